@@ -1,0 +1,215 @@
+//! Records shared by the kernel programs (`cimplifier-ebpf`) and user space.
+//!
+//! Every record starts with a [`RecordHeader`]; its `kind` says which struct
+//! follows. Records are written to one BPF ring buffer in the order the
+//! kernel produced them, so records of one thread arrive in program order.
+//! The layout is `#[repr(C)]` and little-endian (x86_64 only for now).
+#![no_std]
+
+pub mod syscalls;
+
+/// Bytes of one string slot (a path, or argv packed NUL-separated): PATH_MAX.
+pub const STR_SLOT: usize = 4096;
+/// Bytes of a task's comm.
+pub const COMM_LEN: usize = 16;
+/// Bytes of a socket address we keep: enough for `sockaddr_un` and `sockaddr_in6`.
+pub const SOCKADDR_MAX: usize = 128;
+/// Arguments of execve we copy at most.
+pub const MAX_ARGV: usize = 32;
+/// Deepest cgroup level the watch filter walks up from.
+pub const MAX_CGROUP_LEVEL: i32 = 16;
+
+/// What follows the header.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A [`SyscallRecord`] emitted at sys_exit (or at sys_enter for calls
+    /// that never return: exit, exit_group).
+    Syscall = 1,
+    /// A [`PathRecord`]: the kernel resolved a file the current syscall
+    /// opened (security_file_open) or looked up (security_inode_getattr).
+    ResolvedPath = 2,
+    /// A [`ForkRecord`] from sched_process_fork, emitted in the parent.
+    Fork = 3,
+    /// A [`ExitRecord`] from sched_process_exit, one per thread.
+    Exit = 4,
+    /// A [`SyscallRecord`] emitted at execve(at) entry with the filename and
+    /// argv, which are gone once the new image is loaded.
+    ExecArgs = 5,
+}
+
+impl RecordKind {
+    pub fn from_u32(v: u32) -> Option<Self> {
+        Some(match v {
+            1 => Self::Syscall,
+            2 => Self::ResolvedPath,
+            3 => Self::Fork,
+            4 => Self::Exit,
+            5 => Self::ExecArgs,
+            _ => return None,
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RecordHeader {
+    pub kind: u32,
+    /// Process id (tgid) of the thread that produced the record.
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Process id of the real parent.
+    pub ppid: u32,
+    /// CLOCK_MONOTONIC (bpf_ktime_get_ns).
+    pub ts_ns: u64,
+    /// cgroup v2 id (inode number of the cgroup directory).
+    pub cgroup_id: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// Bits of [`SyscallRecord::flags`] and [`PathRecord::flags`].
+pub mod flags {
+    /// String slot 0 holds a string.
+    pub const STR0_PRESENT: u32 = 1 << 0;
+    /// String slot 0 filled the slot: the string was cut.
+    pub const STR0_TRUNCATED: u32 = 1 << 1;
+    /// Reading string 0 from user memory failed: the path is unknown.
+    pub const STR0_FAULT: u32 = 1 << 2;
+    pub const STR1_PRESENT: u32 = 1 << 4;
+    pub const STR1_TRUNCATED: u32 = 1 << 5;
+    pub const STR1_FAULT: u32 = 1 << 6;
+    /// `sockaddr` holds `sockaddr_len` bytes.
+    pub const SOCKADDR_PRESENT: u32 = 1 << 8;
+    /// Reading the socket address failed.
+    pub const SOCKADDR_FAULT: u32 = 1 << 9;
+    /// argv had more than MAX_ARGV entries or did not fit its slot.
+    pub const ARGV_TRUNCATED: u32 = 1 << 10;
+    /// The call does not return (exit, exit_group): `ret` is meaningless.
+    pub const NO_RETURN: u32 = 1 << 11;
+    /// The sys_enter half was not seen (the in-flight map was full, or the
+    /// thread entered the call before it was watched): args are zero.
+    pub const ENTER_MISSING: u32 = 1 << 12;
+    /// [`super::PathRecord`]: bpf_d_path failed; the path is unknown.
+    pub const DPATH_FAILED: u32 = 1 << 13;
+}
+
+/// One system call of a watched thread, with its arguments and result.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SyscallRecord {
+    pub header: RecordHeader,
+    /// x86_64 syscall number.
+    pub nr: u32,
+    pub flags: u32,
+    pub args: [u64; 6],
+    pub ret: i64,
+    pub enter_ts_ns: u64,
+    /// Bytes of each string, without the terminating NUL.
+    pub str_len: [u32; 2],
+    pub sockaddr_len: u32,
+    /// Number of argv strings packed into slot 1 (execve only).
+    pub argc: u32,
+    pub sockaddr: [u8; SOCKADDR_MAX],
+    /// Slot 0 at `0..STR_SLOT`, slot 1 at `STR_SLOT..2*STR_SLOT`. Only the
+    /// used prefix is sent: the record ends after the last used string. The
+    /// third slot is spill room that lets the kernel pack argv with bounded
+    /// offsets; it is never sent.
+    pub strings: [u8; 3 * STR_SLOT],
+}
+
+impl SyscallRecord {
+    /// Bytes before the string slots; every record has at least these.
+    pub const FIXED_LEN: usize = core::mem::offset_of!(SyscallRecord, strings);
+}
+
+/// A path the kernel resolved itself, as the task sees it (relative to its
+/// root, so for a container: the path inside the container).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PathRecord {
+    pub header: RecordHeader,
+    /// Which hook produced it.
+    pub hook: u32,
+    pub flags: u32,
+    /// `file->f_flags` for opens (includes `__FMODE_EXEC` for exec opens).
+    pub file_flags: u32,
+    /// Bytes of `path`, without the NUL.
+    pub path_len: u32,
+    pub path: [u8; STR_SLOT],
+}
+
+impl PathRecord {
+    pub const FIXED_LEN: usize = core::mem::offset_of!(PathRecord, path);
+}
+
+/// [`PathRecord::hook`] values.
+pub mod hook {
+    /// security_file_open: a file was opened (open*, exec, the ELF interpreter).
+    pub const FILE_OPEN: u32 = 1;
+    /// security_inode_getattr: a stat-family call found this path.
+    pub const INODE_GETATTR: u32 = 2;
+}
+
+/// `open_exec` marks its files with this f_flags bit.
+pub const FMODE_EXEC_FLAG: u32 = 0x20;
+
+/// A new task, emitted in the parent before the child can run.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForkRecord {
+    pub header: RecordHeader,
+    pub child_tid: u32,
+    pub _pad: u32,
+    /// Clone flags of the creating call (fork: SIGCHLD; vfork: CLONE_VM|CLONE_VFORK).
+    pub clone_flags: u64,
+}
+
+/// A thread ended; `group_dead` is 1 when it was the last of its process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ExitRecord {
+    pub header: RecordHeader,
+    pub group_dead: u32,
+    pub _pad: u32,
+}
+
+/// Indices of the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Records dropped because the ring buffer was full: lost events.
+    pub const RINGBUF_FULL: u32 = 0;
+    /// sys_enter could not store its in-flight entry (map full).
+    pub const INFLIGHT_FULL: u32 = 1;
+    /// A user-memory string could not be read.
+    pub const USER_READ_FAULT: u32 = 2;
+    /// bpf_d_path failed.
+    pub const DPATH_FAILED: u32 = 3;
+    /// Records written to the ring buffer.
+    pub const EMITTED: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// Values the loader fills into the programs' read-only globals.
+pub mod globals {
+    /// Byte offset of `f_path` in `struct file`.
+    pub const FILE_F_PATH_OFFSET: &str = "FILE_F_PATH_OFFSET";
+    /// Byte offset of `f_flags` in `struct file`.
+    pub const FILE_F_FLAGS_OFFSET: &str = "FILE_F_FLAGS_OFFSET";
+    /// Byte offset of `real_parent` in `struct task_struct`.
+    pub const TASK_REAL_PARENT_OFFSET: &str = "TASK_REAL_PARENT_OFFSET";
+    /// Byte offset of `tgid` in `struct task_struct`.
+    pub const TASK_TGID_OFFSET: &str = "TASK_TGID_OFFSET";
+    /// Byte offset of `child_pid` in the sched_process_fork tracepoint record.
+    pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
+    /// Byte offset of `group_dead` in the sched_process_exit tracepoint record.
+    pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+}
+
+/// Map names, shared so the loader cannot drift from the programs.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const WATCHED_CGROUPS: &str = "WATCHED_CGROUPS";
+    pub const WATCH_GENERATION: &str = "WATCH_GENERATION";
+    pub const COUNTERS: &str = "COUNTERS";
+}
+

@@ -1,0 +1,203 @@
+//! The traced x86_64 system calls and where their names live in the arguments.
+//!
+//! The kernel side uses [`spec`] to decide what to copy from user memory; user
+//! space uses the same table to decode, so the two cannot disagree.
+
+pub mod nr {
+    pub const READLINK: u32 = 89;
+    pub const OPEN: u32 = 2;
+    pub const CLOSE: u32 = 3;
+    pub const STAT: u32 = 4;
+    pub const LSTAT: u32 = 6;
+    pub const ACCESS: u32 = 21;
+    pub const DUP: u32 = 32;
+    pub const DUP2: u32 = 33;
+    pub const SOCKET: u32 = 41;
+    pub const CONNECT: u32 = 42;
+    pub const ACCEPT: u32 = 43;
+    pub const SENDTO: u32 = 44;
+    pub const SENDMSG: u32 = 46;
+    pub const BIND: u32 = 49;
+    pub const LISTEN: u32 = 50;
+    pub const CLONE: u32 = 56;
+    pub const FORK: u32 = 57;
+    pub const VFORK: u32 = 58;
+    pub const EXECVE: u32 = 59;
+    pub const EXIT: u32 = 60;
+    pub const FCNTL: u32 = 72;
+    pub const TRUNCATE: u32 = 76;
+    pub const CHDIR: u32 = 80;
+    pub const FCHDIR: u32 = 81;
+    pub const RENAME: u32 = 82;
+    pub const MKDIR: u32 = 83;
+    pub const RMDIR: u32 = 84;
+    pub const CREAT: u32 = 85;
+    pub const LINK: u32 = 86;
+    pub const UNLINK: u32 = 87;
+    pub const SYMLINK: u32 = 88;
+    pub const CHMOD: u32 = 90;
+    pub const CHOWN: u32 = 92;
+    pub const LCHOWN: u32 = 94;
+    pub const MKNOD: u32 = 133;
+    pub const GETDENTS64: u32 = 217;
+    pub const EXIT_GROUP: u32 = 231;
+    pub const OPENAT: u32 = 257;
+    pub const MKDIRAT: u32 = 258;
+    pub const MKNODAT: u32 = 259;
+    pub const FCHOWNAT: u32 = 260;
+    pub const NEWFSTATAT: u32 = 262;
+    pub const UNLINKAT: u32 = 263;
+    pub const RENAMEAT: u32 = 264;
+    pub const LINKAT: u32 = 265;
+    pub const SYMLINKAT: u32 = 266;
+    pub const READLINKAT: u32 = 267;
+    pub const FCHMODAT: u32 = 268;
+    pub const FACCESSAT: u32 = 269;
+    pub const UTIMENSAT: u32 = 280;
+    pub const ACCEPT4: u32 = 288;
+    pub const DUP3: u32 = 292;
+    pub const RENAMEAT2: u32 = 316;
+    pub const EXECVEAT: u32 = 322;
+    pub const STATX: u32 = 332;
+    pub const CLONE3: u32 = 435;
+    pub const CLOSE_RANGE: u32 = 436;
+    pub const OPENAT2: u32 = 437;
+    pub const FACCESSAT2: u32 = 439;
+    pub const FCHMODAT2: u32 = 452;
+}
+
+/// Where an argument's name comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StrSource {
+    /// Not used.
+    None,
+    /// A NUL-terminated path in user memory at argument `n`, read at sys_exit.
+    Path(u8),
+    /// execve's argv array at argument `n`, read at sys_enter.
+    Argv(u8),
+    /// The buffer readlink filled: argument `n`, `ret` bytes, read at sys_exit.
+    ReadlinkResult(u8),
+}
+
+/// Where a socket address comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddrSource {
+    None,
+    /// `(addr ptr arg, len arg)`, the address passed in (bind, connect, sendto).
+    In { ptr: u8, len: u8 },
+    /// sendmsg: `msg_name`/`msg_namelen` of the `msghdr` at argument `n`.
+    MsgHdr(u8),
+    /// accept: `(addr ptr arg, *len ptr arg)`, written by the kernel.
+    Out { ptr: u8, len_ptr: u8 },
+}
+
+/// How a traced syscall is recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Spec {
+    pub str0: StrSource,
+    pub str1: StrSource,
+    pub addr: AddrSource,
+}
+
+const fn s(str0: StrSource, str1: StrSource) -> Option<Spec> {
+    Some(Spec { str0, str1, addr: AddrSource::None })
+}
+
+const fn a(addr: AddrSource) -> Option<Spec> {
+    Some(Spec { str0: StrSource::None, str1: StrSource::None, addr })
+}
+
+/// The recording spec of syscall `n`, or `None` when it is not traced.
+#[inline(always)]
+pub const fn spec(n: u32) -> Option<Spec> {
+    use StrSource::{Argv, None as No, Path, ReadlinkResult};
+    use nr::*;
+    match n {
+        OPEN | CREAT | STAT | LSTAT | ACCESS | CHDIR | MKDIR | RMDIR | UNLINK | CHMOD | CHOWN
+        | LCHOWN | TRUNCATE | MKNOD => s(Path(0), No),
+        OPENAT | OPENAT2 | NEWFSTATAT | STATX | FACCESSAT | FACCESSAT2 | MKDIRAT | UNLINKAT
+        | FCHMODAT | FCHMODAT2 | FCHOWNAT | UTIMENSAT | MKNODAT => s(Path(1), No),
+        READLINK => s(Path(0), ReadlinkResult(1)),
+        READLINKAT => s(Path(1), ReadlinkResult(2)),
+        RENAME | LINK | SYMLINK => s(Path(0), Path(1)),
+        RENAMEAT | RENAMEAT2 | LINKAT => s(Path(1), Path(3)),
+        SYMLINKAT => s(Path(0), Path(2)),
+        EXECVE => s(Path(0), Argv(1)),
+        EXECVEAT => s(Path(1), Argv(2)),
+        BIND | CONNECT => a(AddrSource::In { ptr: 1, len: 2 }),
+        SENDTO => a(AddrSource::In { ptr: 4, len: 5 }),
+        SENDMSG => a(AddrSource::MsgHdr(1)),
+        ACCEPT | ACCEPT4 => a(AddrSource::Out { ptr: 1, len_ptr: 2 }),
+        FCHDIR | GETDENTS64 | DUP | DUP2 | DUP3 | FCNTL | CLOSE | CLOSE_RANGE | SOCKET
+        | LISTEN | CLONE | CLONE3 | FORK | VFORK | EXIT | EXIT_GROUP => s(No, No),
+        _ => None,
+    }
+}
+
+/// The syscall's name, for logs and decoding.
+pub const fn name(n: u32) -> &'static str {
+    use nr::*;
+    match n {
+        OPEN => "open",
+        CLOSE => "close",
+        STAT => "stat",
+        LSTAT => "lstat",
+        ACCESS => "access",
+        DUP => "dup",
+        DUP2 => "dup2",
+        SOCKET => "socket",
+        CONNECT => "connect",
+        ACCEPT => "accept",
+        SENDTO => "sendto",
+        SENDMSG => "sendmsg",
+        BIND => "bind",
+        LISTEN => "listen",
+        CLONE => "clone",
+        FORK => "fork",
+        VFORK => "vfork",
+        EXECVE => "execve",
+        EXIT => "exit",
+        FCNTL => "fcntl",
+        TRUNCATE => "truncate",
+        CHDIR => "chdir",
+        FCHDIR => "fchdir",
+        RENAME => "rename",
+        MKDIR => "mkdir",
+        RMDIR => "rmdir",
+        CREAT => "creat",
+        LINK => "link",
+        UNLINK => "unlink",
+        SYMLINK => "symlink",
+        READLINK => "readlink",
+        CHMOD => "chmod",
+        CHOWN => "chown",
+        LCHOWN => "lchown",
+        MKNOD => "mknod",
+        GETDENTS64 => "getdents64",
+        EXIT_GROUP => "exit_group",
+        OPENAT => "openat",
+        MKDIRAT => "mkdirat",
+        MKNODAT => "mknodat",
+        FCHOWNAT => "fchownat",
+        NEWFSTATAT => "newfstatat",
+        UNLINKAT => "unlinkat",
+        RENAMEAT => "renameat",
+        LINKAT => "linkat",
+        SYMLINKAT => "symlinkat",
+        READLINKAT => "readlinkat",
+        FCHMODAT => "fchmodat",
+        FACCESSAT => "faccessat",
+        UTIMENSAT => "utimensat",
+        ACCEPT4 => "accept4",
+        DUP3 => "dup3",
+        RENAMEAT2 => "renameat2",
+        EXECVEAT => "execveat",
+        STATX => "statx",
+        CLONE3 => "clone3",
+        CLOSE_RANGE => "close_range",
+        OPENAT2 => "openat2",
+        FACCESSAT2 => "faccessat2",
+        FCHMODAT2 => "fchmodat2",
+        _ => "unknown",
+    }
+}
