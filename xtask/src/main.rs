@@ -1,0 +1,124 @@
+//! `cargo xtask`: developer tasks for cimplifier.
+//!
+//! Everything here assumes the project's reference machine: Debian 12, run as
+//! root, no container registry (test images are built locally from Debian
+//! packages), Docker from Debian's `docker.io`.
+
+mod demo;
+mod ebpf;
+mod images;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer tasks for cimplifier (run as root on Debian 12)",
+    long_about = "Developer tasks for cimplifier.\n\n\
+        Start with `cargo xtask demo` (trace an nginx container) or \
+        `cargo xtask test` (what CI runs). Both run `setup` first, which \
+        installs and starts everything they need and is safe to rerun."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install and start everything the project needs (idempotent, safe to rerun).
+    ///
+    /// Installs missing Debian packages (LLVM 22, Debian's rustc-web/cargo-web/
+    /// rust-web-src for the eBPF build, docker.io, debootstrap, test tools),
+    /// bpf-linker 0.13.0, mounts tracefs, starts dockerd if it is not answering
+    /// (log: /var/log/cimplifier-dockerd.log) and builds the test images.
+    /// Each step is skipped when already done. Needs root.
+    Setup,
+    /// Build the kernel programs (cimplifier-ebpf) with Debian's rustc-web and bpf-linker.
+    ///
+    /// Runs `/usr/bin/cargo build` in cimplifier-ebpf/ (its own workspace,
+    /// target bpfel-unknown-none with build-std) with RUSTC=/usr/bin/rustc and
+    /// RUSTC_BOOTSTRAP=1. Output:
+    /// <target-dir>/bpfel-unknown-none/{release,debug}/cimplifier-ebpf.
+    BuildEbpf {
+        /// Build with the release profile (what the daemon embeds).
+        #[arg(long)]
+        release: bool,
+        /// Cargo target directory for the eBPF build [default: cimplifier-ebpf/target].
+        #[arg(long, value_name = "DIR")]
+        target_dir: Option<std::path::PathBuf>,
+    },
+    /// Build the local Docker test images (cached by recipe hash).
+    ///
+    /// cimplifier-test/base:bookworm is made with `debootstrap --variant=minbase`
+    /// from the Debian mirror apt is configured with, then `docker import`ed.
+    /// cimplifier-test/<name>:latest is built from tests/images/<name>/Dockerfile
+    /// with `docker build --network host`. Each image carries the label
+    /// io.cimplifier.recipe-hash; an image whose label matches its recipe is
+    /// not rebuilt. Needs root and a running dockerd (see `setup`).
+    Images {
+        /// Rebuild every image even when its recipe hash matches.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run the whole test suite as CI does: setup, eBPF build, clippy, cargo test.
+    ///
+    /// Runs `setup`, `build-ebpf --release`, `cargo clippy --workspace
+    /// --all-targets -- -D warnings` and `cargo test --workspace ARGS...`.
+    /// Fails if any step fails. Needs root (the tests load eBPF programs and
+    /// start Docker containers). Example: `cargo xtask test -- -p cimplifier-daemon -- --nocapture`.
+    Test {
+        /// Extra arguments for `cargo test --workspace` (after `--`).
+        #[arg(last = true, value_name = "ARGS")]
+        args: Vec<String>,
+    },
+    /// Trace an nginx test container for 10 s while curling it, and summarise the trace.
+    ///
+    /// Runs `setup`, starts cimplifier-demo-nginx from cimplifier-test/nginx
+    /// on 127.0.0.1:8088, runs `cimplifierd trace --container
+    /// cimplifier-demo-nginx --duration 10s --output target/demo-trace.jsonl`,
+    /// requests / and /missing a few times, then prints a summary of the
+    /// event log and removes the container. Needs root.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf {
+            release,
+            target_dir,
+        } => ebpf::build(release, target_dir.as_deref()).map(|_| ()),
+        Command::Images { force } => images::run(force),
+        Command::Test { args } => test::run(&args),
+        Command::Demo => demo::run(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn test_passes_trailing_args() {
+        let cli =
+            Cli::try_parse_from(["cargo xtask", "test", "--", "-p", "x", "--", "--nocapture"])
+                .unwrap();
+        match cli.command {
+            Command::Test { args } => assert_eq!(args, ["-p", "x", "--", "--nocapture"]),
+            _ => panic!("wrong subcommand"),
+        }
+    }
+}
