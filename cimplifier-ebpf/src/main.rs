@@ -7,8 +7,6 @@
 //!   thread id through `INFLIGHT` and emit one `SyscallRecord` at exit, with
 //!   the arguments, the return value and the names read from user memory.
 //!   execve(at) also emits an `ExecArgs` record at entry, while its argv exists.
-//! - `file_open`/`inode_getattr` (fentry) emit the path the kernel resolved,
-//!   via bpf_d_path: absolute, symlinks followed, as the task's root sees it.
 //! - `sched_process_fork`/`sched_process_exit` follow the process tree.
 //!
 //! Every dropped record is counted in `COUNTERS`.
@@ -18,22 +16,21 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::path as kernel_path,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_d_path, bpf_get_current_ancestor_cgroup_id, bpf_probe_read_user as read_user_raw,
+            bpf_get_current_ancestor_cgroup_id, bpf_probe_read_user as read_user_raw,
             bpf_probe_read_user_str as read_user_str_raw,
         },
     },
-    macros::{fentry, map, tracepoint},
+    macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::{FEntryContext, TracePointContext},
+    programs::TracePointContext,
 };
 use cimplifier_common::{
-    COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, PathRecord, RecordHeader,
-    RecordKind, SOCKADDR_MAX, STR_SLOT, SyscallRecord, counter, flags, hook,
+    COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader,
+    RecordKind, SOCKADDR_MAX, STR_SLOT, SyscallRecord, counter, flags,
     syscalls::{AddrSource, StrSource, nr, spec},
 };
 
@@ -69,8 +66,6 @@ static INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(65536, 0);
 /// Scratch records: too large for the 512-byte stack.
 #[map]
 static SYSCALL_SCRATCH: PerCpuArray<SyscallRecord> = PerCpuArray::with_max_entries(1, 0);
-#[map]
-static PATH_SCRATCH: PerCpuArray<PathRecord> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -78,10 +73,6 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 // Filled by the loader from this kernel's BTF and tracepoint formats. Read
 // through `read_volatile` so the compiler cannot fold the zero; the verifier
 // sees the frozen .rodata value as a constant.
-#[unsafe(no_mangle)]
-static FILE_F_PATH_OFFSET: u64 = 0;
-#[unsafe(no_mangle)]
-static FILE_F_FLAGS_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static TASK_REAL_PARENT_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
@@ -404,62 +395,6 @@ fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-#[inline(always)]
-fn emit_resolved_path(hook_id: u32, path: *mut kernel_path, file_flags: u32, cgroup: u64) -> Option<()> {
-    let rec = unsafe { &mut *PATH_SCRATCH.get_ptr_mut(0)? };
-    rec.header = header(RecordKind::ResolvedPath, cgroup);
-    rec.hook = hook_id;
-    rec.flags = 0;
-    rec.file_flags = file_flags;
-    let n = unsafe { bpf_d_path(path, rec.path.as_mut_ptr().cast(), STR_SLOT as u32) };
-    if n <= 0 {
-        rec.flags = flags::DPATH_FAILED;
-        rec.path_len = 0;
-        count(counter::DPATH_FAILED);
-    } else {
-        rec.path_len = (n as u32).saturating_sub(1);
-    }
-    let len = PathRecord::FIXED_LEN + rec.path_len as usize;
-    emit((rec as *const PathRecord).cast(), len, core::mem::size_of::<PathRecord>());
-    Some(())
-}
-
-#[fentry(function = "security_file_open")]
-pub fn file_open(ctx: FEntryContext) -> u32 {
-    let _ = try_file_open(&ctx);
-    0
-}
-
-fn try_file_open(ctx: &FEntryContext) -> Option<()> {
-    let cgroup = watched_cgroup()?;
-    let file: *const u8 = ctx.arg(0);
-    let path = unsafe { file.add(global(&FILE_F_PATH_OFFSET) as usize) } as *mut kernel_path;
-    let file_flags: u32 = unsafe {
-        bpf_probe_read_kernel(file.add(global(&FILE_F_FLAGS_OFFSET) as usize).cast())
-    }
-    .unwrap_or(0);
-    emit_resolved_path(hook::FILE_OPEN, path, file_flags, cgroup)
-}
-
-#[fentry(function = "security_inode_getattr")]
-pub fn inode_getattr(ctx: FEntryContext) -> u32 {
-    let _ = try_inode_getattr(&ctx);
-    0
-}
-
-fn try_inode_getattr(ctx: &FEntryContext) -> Option<()> {
-    // Only for the stat family we trace, not for every fstat.
-    let tid = bpf_get_current_pid_tgid() as u32;
-    let entry = unsafe { INFLIGHT.get(&tid) }?;
-    match entry.nr {
-        nr::STAT | nr::LSTAT | nr::NEWFSTATAT | nr::STATX => {}
-        _ => return None,
-    }
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    let path: *mut kernel_path = ctx.arg(0);
-    emit_resolved_path(hook::INODE_GETATTR, path, 0, cgroup)
-}
-
 const SIGCHLD: u64 = 17;
 const CLONE_VM: u64 = 0x100;
 const CLONE_VFORK: u64 = 0x4000;
@@ -514,6 +449,12 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     emit((&rec as *const ExitRecord).cast(), core::mem::size_of::<ExitRecord>(), core::mem::size_of::<ExitRecord>());
     Some(())
 }
+
+/// GPL-compatible, as the kernel requires for bpf_probe_read_kernel and
+/// bpf_get_current_task.
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,0 +1,46 @@
+//! The Docker engine, through bollard: which cgroup a container runs in.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use bollard::Docker;
+
+use crate::trace::cgroup::cgroup_of_pid;
+
+/// A running container, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerInfo {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub pid: u32,
+    /// Its cgroup v2 directory on this host.
+    pub cgroup_path: PathBuf,
+}
+
+/// Connects to the local engine (DOCKER_HOST or /var/run/docker.sock).
+pub fn connect() -> Result<Docker> {
+    Docker::connect_with_local_defaults()
+        .context("connecting to the Docker engine (is dockerd running? `cargo xtask setup` starts it)")
+}
+
+/// Resolves a container name or id to its process and cgroup.
+pub async fn resolve_container(docker: &Docker, name_or_id: &str) -> Result<ContainerInfo> {
+    let details = docker
+        .inspect_container(name_or_id, None)
+        .await
+        .with_context(|| format!("container {name_or_id:?} not found by the Docker engine (see `docker ps -a`)"))?;
+    let state = details.state.unwrap_or_default();
+    let pid = state.pid.unwrap_or(0);
+    if state.running != Some(true) || pid <= 0 {
+        bail!("container {name_or_id:?} is not running (state: {:?}); start it first", state.status);
+    }
+    let pid = pid as u32;
+    Ok(ContainerInfo {
+        id: details.id.unwrap_or_default(),
+        name: details.name.unwrap_or_default().trim_start_matches('/').to_owned(),
+        image: details.config.and_then(|c| c.image).unwrap_or_default(),
+        pid,
+        cgroup_path: cgroup_of_pid(pid)?,
+    })
+}

@@ -1,0 +1,122 @@
+//! cgroup v2 and /proc facts the tracer needs: ids, members, and the state
+//! of processes that were running before a watch began.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow};
+
+use super::{CgroupId, ContainerPath};
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified
+/// hosts, `/sys/fs/cgroup/unified` on hybrid ones like these machines).
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("reading /proc/self/mountinfo")?;
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+        })
+        .ok_or_else(|| anyhow!("no cgroup2 file system is mounted; cimplifier needs cgroup v2"))
+}
+
+/// The id of a cgroup directory: its inode number, which is what the kernel
+/// programs see from `bpf_get_current_cgroup_id()`.
+pub fn cgroup_id(dir: &Path) -> Result<CgroupId> {
+    let meta = std::fs::metadata(dir).with_context(|| {
+        format!("cgroup {} does not exist or is not readable", dir.display())
+    })?;
+    if !dir.join("cgroup.procs").exists() {
+        return Err(anyhow!(
+            "{} is not a cgroup v2 directory (no cgroup.procs); give a path under {}",
+            dir.display(),
+            cgroup2_mount().map(|p| p.display().to_string()).unwrap_or_default()
+        ));
+    }
+    Ok(CgroupId(meta.ino()))
+}
+
+/// The cgroup v2 directory of a process, from `/proc/PID/cgroup`.
+pub fn cgroup_of_pid(pid: u32) -> Result<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .with_context(|| format!("reading /proc/{pid}/cgroup: has process {pid} exited?"))?;
+    let rel = text
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| anyhow!("process {pid} has no cgroup v2 membership in /proc/{pid}/cgroup"))?;
+    Ok(cgroup2_mount()?.join(rel.trim_start_matches('/')))
+}
+
+/// Processes in `dir` and every cgroup below it.
+pub fn pids_below(dir: &Path) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            stack.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+        }
+    }
+    pids
+}
+
+/// What a running process has open, in its own view of the file system.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ProcessSnapshot {
+    pub cwd: Option<ContainerPath>,
+    pub fds: Vec<(i32, ContainerPath)>,
+}
+
+/// Reads a process's cwd and open file paths from /proc, translated from the
+/// host's view to the process's own by stripping `/proc/PID/root`.
+pub fn snapshot_process(pid: u32) -> ProcessSnapshot {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let root = std::fs::read_link(proc_dir.join("root")).ok();
+    let inside = |target: PathBuf| -> Option<ContainerPath> {
+        let target = target.to_str()?;
+        let root = root.as_ref()?.to_str()?;
+        let rel = if root == "/" { target } else { target.strip_prefix(root)? };
+        ContainerPath::new(if rel.is_empty() { "/" } else { rel })
+    };
+    let cwd = std::fs::read_link(proc_dir.join("cwd")).ok().and_then(&inside);
+    let mut fds = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(proc_dir.join("fd")) {
+        for entry in entries.flatten() {
+            let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            // Sockets, pipes and anon inodes read as "socket:[..]": not paths.
+            if let Some(path) = std::fs::read_link(entry.path()).ok().and_then(&inside) {
+                fds.push((fd, path));
+            }
+        }
+    }
+    ProcessSnapshot { cwd, fds }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_snapshot_and_cgroup() {
+        let me = std::process::id();
+        let snap = snapshot_process(me);
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(snap.cwd.unwrap().as_str(), cwd.to_str().unwrap());
+        let dir = cgroup_of_pid(me).unwrap();
+        assert!(pids_below(&dir).contains(&me), "{} should list us", dir.display());
+        assert!(cgroup_id(&dir).unwrap().0 > 0);
+    }
+
+    #[test]
+    fn names_a_directory_that_is_not_a_cgroup() {
+        let err = cgroup_id(Path::new("/tmp")).unwrap_err().to_string();
+        assert!(err.contains("not a cgroup v2 directory"), "{err}");
+    }
+}

@@ -1,0 +1,332 @@
+//! Typed, decoded trace events: what the trace stage hands to the model.
+//!
+//! These types are also the event-log format (one JSON object per line, see
+//! `docs/event-log.md`), so every field is serialisable and stable.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// A cgroup v2 id: the inode number of the cgroup's directory, and what
+/// `bpf_get_current_cgroup_id()` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct CgroupId(pub u64);
+
+impl fmt::Display for CgroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// An absolute, lexically normalised path as the traced task sees it (for a
+/// container: inside the container). `..` is folded without following
+/// symlinks, which is what the name the program used means.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ContainerPath(String);
+
+impl ContainerPath {
+    /// The root, `/`.
+    pub fn root() -> Self {
+        Self("/".to_owned())
+    }
+
+    /// Normalises an absolute path: folds `//`, `.` and `..`. Returns `None`
+    /// for a relative path.
+    pub fn new(path: &str) -> Option<Self> {
+        if !path.starts_with('/') {
+            return None;
+        }
+        let mut parts: Vec<&str> = Vec::new();
+        for part in path.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                p => parts.push(p),
+            }
+        }
+        let mut out = String::with_capacity(path.len());
+        for p in &parts {
+            out.push('/');
+            out.push_str(p);
+        }
+        if out.is_empty() {
+            out.push('/');
+        }
+        Some(Self(out))
+    }
+
+    /// `rel` resolved against this directory; an absolute `rel` stands alone.
+    pub fn join(&self, rel: &str) -> Self {
+        if rel.starts_with('/') {
+            return Self::new(rel).expect("absolute");
+        }
+        Self::new(&format!("{}/{}", self.0, rel)).expect("absolute")
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The parent directory; the root is its own parent.
+    pub fn parent(&self) -> Self {
+        match self.0.rfind('/') {
+            Some(0) | None => Self::root(),
+            Some(i) => Self(self.0[..i].to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ContainerPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for ContainerPath {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s).ok_or_else(|| format!("not an absolute path: {s:?}"))
+    }
+}
+
+impl From<ContainerPath> for String {
+    fn from(p: ContainerPath) -> String {
+        p.0
+    }
+}
+
+/// What a path argument means to its syscall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PathRole {
+    /// The object the call acts on (open, stat, mkdir, exec, chdir, ...).
+    Target,
+    /// rename/link: the existing name.
+    Old,
+    /// rename/link/symlink: the name created.
+    New,
+    /// symlink: the link's content; not resolved, it is data.
+    LinkContent,
+    /// readlink: what the link points to, as the kernel returned it.
+    LinkValue,
+}
+
+/// How far a path could be resolved.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "status", content = "reason")]
+pub enum Resolution {
+    /// `path` is the absolute name the program used.
+    Resolved,
+    /// Could not be made absolute; `reason` says why (unknown cwd or dirfd).
+    Unresolved(String),
+    /// The name could not be read from the program's memory.
+    Unreadable,
+    /// Not a path to resolve (symlink content, readlink value).
+    Literal,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathArg {
+    pub role: PathRole,
+    /// The bytes the program passed, lossily UTF-8.
+    pub raw: String,
+    /// Absolute form, when `resolution` is `Resolved`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub path: Option<ContainerPath>,
+    #[serde(flatten)]
+    pub resolution: Resolution,
+    /// The kernel's copy hit the slot size: `raw` is cut.
+    #[serde(skip_serializing_if = "is_false", default)]
+    pub truncated: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A socket address named in bind, connect, accept, sendto or sendmsg.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum SocketAddress {
+    /// A unix socket node on the file system.
+    Unix { raw: String, path: Option<ContainerPath> },
+    /// A Linux abstract unix socket name (no file system node).
+    Abstract { name: String },
+    /// An unnamed unix socket (autobind, or a peer without a name).
+    UnixUnnamed,
+    Inet { addr: SocketAddr },
+    /// Another family; kept so nothing is dropped silently.
+    Other { family: u16 },
+}
+
+/// One traced system call with its arguments and result.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyscallEvent {
+    /// The syscall's name, e.g. `openat`.
+    pub syscall: String,
+    pub nr: u32,
+    /// Raw arguments; flags and modes are read from here.
+    pub args: [u64; 6],
+    /// Return value; negative is `-errno`. Absent for calls that never return.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub ret: Option<i64>,
+    /// errno name when the call failed, e.g. `ENOENT`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub errno: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub paths: Vec<PathArg>,
+    /// For calls on a descriptor (dirfd-less calls such as fchdir, getdents64,
+    /// listen, accept): the path or socket that descriptor names, if known.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fd_path: Option<ContainerPath>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub addr: Option<SocketAddress>,
+    /// Paths the kernel itself resolved during the call (bpf_d_path in
+    /// security_file_open / security_inode_getattr): absolute, symlinks
+    /// followed. For execve: the binary, then any interpreter and ld.so.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub kernel_paths: Vec<ContainerPath>,
+    /// execve(at): argv as passed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub argv: Option<Vec<String>>,
+    /// Anything the tracer could not record fully (truncated argv, unreadable
+    /// socket address, missing sys_enter half).
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub incomplete: Vec<String>,
+}
+
+impl SyscallEvent {
+    pub fn succeeded(&self) -> bool {
+        self.ret.is_some_and(|r| r >= 0)
+    }
+
+    /// The path argument with `role`.
+    pub fn path(&self, role: PathRole) -> Option<&PathArg> {
+        self.paths.iter().find(|p| p.role == role)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "event")]
+pub enum EventKind {
+    /// A new process or thread, seen from the parent.
+    Fork { child_pid: u32, child_tid: u32, thread: bool, clone_flags: u64 },
+    Syscall(SyscallEvent),
+    /// A thread ended; `process_exited` when it was the last one.
+    Exit { process_exited: bool },
+    /// A file opened by the kernel outside a traced syscall (io_uring, or a
+    /// thread whose sys_enter was not seen).
+    FileOpened { path: ContainerPath },
+}
+
+/// One decoded event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// CLOCK_MONOTONIC nanoseconds (at sys_exit for syscalls).
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tid: u32,
+    pub ppid: u32,
+    pub cgroup: CgroupId,
+    pub comm: String,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+impl Event {
+    pub fn syscall(&self) -> Option<&SyscallEvent> {
+        match &self.kind {
+            EventKind::Syscall(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Events the pipeline could not deliver, by where they were lost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LossCounters {
+    /// Records the kernel dropped because the ring buffer was full.
+    pub ringbuf_full: u64,
+    /// Syscalls whose entry could not be stored (in-flight map full).
+    pub inflight_full: u64,
+    /// Names that could not be read from user memory (recorded as unreadable).
+    pub user_read_faults: u64,
+    /// Kernel path resolutions that failed (bpf_d_path).
+    pub dpath_failures: u64,
+    /// Records that could not be decoded in user space.
+    pub undecodable: u64,
+    /// Events dropped in user space because a consumer lagged.
+    pub channel_full: u64,
+}
+
+impl LossCounters {
+    /// Events that never reached the consumer. Faults and d_path failures are
+    /// not in this sum: those events arrived, marked as incomplete.
+    pub fn lost(&self) -> u64 {
+        self.ringbuf_full + self.inflight_full + self.undecodable + self.channel_full
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.lost() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_path_normalises() {
+        let p = |s| ContainerPath::new(s).unwrap().to_string();
+        assert_eq!(p("/"), "/");
+        assert_eq!(p("//etc/./nginx//"), "/etc/nginx");
+        assert_eq!(p("/a/b/../../.."), "/");
+        assert_eq!(p("/var/../etc/passwd"), "/etc/passwd");
+        assert!(ContainerPath::new("etc").is_none());
+        let cwd = ContainerPath::new("/srv/www").unwrap();
+        assert_eq!(cwd.join("../x").as_str(), "/srv/x");
+        assert_eq!(cwd.join("/abs").as_str(), "/abs");
+        assert_eq!(cwd.parent().as_str(), "/srv");
+        assert_eq!(ContainerPath::root().parent().as_str(), "/");
+    }
+
+    #[test]
+    fn event_round_trips_through_json() {
+        let e = Event {
+            ts_ns: 1,
+            pid: 2,
+            tid: 3,
+            ppid: 1,
+            cgroup: CgroupId(42),
+            comm: "sh".into(),
+            kind: EventKind::Syscall(SyscallEvent {
+                syscall: "openat".into(),
+                nr: 257,
+                args: [0; 6],
+                ret: Some(-2),
+                errno: Some("ENOENT".into()),
+                paths: vec![PathArg {
+                    role: PathRole::Target,
+                    raw: "x".into(),
+                    path: ContainerPath::new("/tmp/x"),
+                    resolution: Resolution::Resolved,
+                    truncated: false,
+                }],
+                fd_path: None,
+                addr: Some(SocketAddress::Inet { addr: "127.0.0.1:80".parse().unwrap() }),
+                kernel_paths: vec![],
+                argv: None,
+                incomplete: vec![],
+            }),
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains(r#""event":"syscall""#), "{json}");
+        let back: Event = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, e);
+    }
+}

@@ -1,0 +1,260 @@
+//! Loads the kernel programs, owns the watch set, and turns the ring buffer
+//! into a stream of [`Event`]s.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use cimplifier_common::{counter, globals, maps};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+use super::cgroup::{cgroup_id, pids_below, snapshot_process};
+use super::decode::decode;
+use super::kernel_layout::{KernelLayout, TRACEFS};
+use super::resolve::Resolver;
+use super::{CgroupId, Event, LossCounters};
+
+/// The kernel programs, built by build.rs with Debian's rustc-web.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cimplifier.bpf.o"));
+
+#[derive(Clone, Debug)]
+pub struct TracerConfig {
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    pub ring_buffer_bytes: u32,
+    /// Decoded events buffered between the reader and the consumer. When the
+    /// consumer lags the reader waits, and the ring buffer absorbs the burst.
+    pub channel_capacity: usize,
+}
+
+impl Default for TracerConfig {
+    fn default() -> Self {
+        Self { ring_buffer_bytes: 64 << 20, channel_capacity: 65536 }
+    }
+}
+
+/// A watched cgroup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchedCgroup {
+    pub id: CgroupId,
+    pub path: PathBuf,
+}
+
+struct Maps {
+    watched: HashMap<MapData, u64, u8>,
+    generation: Array<MapData, u64>,
+    counters: PerCpuArray<MapData, u64>,
+}
+
+/// The loaded, attached tracer. Dropping it detaches every program.
+pub struct Tracer {
+    // Owns the programs and their links.
+    _ebpf: Ebpf,
+    maps: Mutex<Maps>,
+    ring: Option<RingBuf<MapData>>,
+    resolver: Arc<Mutex<Resolver>>,
+    undecodable: Arc<AtomicU64>,
+    config: TracerConfig,
+}
+
+impl Tracer {
+    /// Loads and attaches the programs host-wide. They record nothing until
+    /// a cgroup is watched. Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN).
+    pub fn load(config: TracerConfig) -> Result<Self> {
+        if !Path::new(TRACEFS).join("events").exists() {
+            bail!("tracefs is not mounted at {TRACEFS}: run `mount -t tracefs nodev {TRACEFS}` (or `cargo xtask setup`)");
+        }
+        let layout = KernelLayout::read()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::TASK_REAL_PARENT_OFFSET, &layout.task_real_parent, true)
+            .override_global(globals::TASK_TGID_OFFSET, &layout.task_tgid, true)
+            .override_global(globals::FORK_CHILD_PID_OFFSET, &layout.fork_child_pid, true)
+            .override_global(globals::EXIT_GROUP_DEAD_OFFSET, &layout.exit_group_dead, true)
+            .map_max_entries(maps::EVENTS, config.ring_buffer_bytes)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF programs (are you root, with BPF enabled?)")?;
+
+        for (prog, category, name) in [
+            ("sys_enter", "raw_syscalls", "sys_enter"),
+            ("sys_exit", "raw_syscalls", "sys_exit"),
+            ("sched_process_fork", "sched", "sched_process_fork"),
+            ("sched_process_exit", "sched", "sched_process_exit"),
+        ] {
+            let p: &mut TracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+                .try_into()?;
+            p.load().with_context(|| format!("loading tracepoint program {prog}"))?;
+            p.attach(category, name).with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
+        }
+
+        let take = |ebpf: &mut Ebpf, name: &str| {
+            ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+        };
+        let maps = Maps {
+            watched: HashMap::try_from(take(&mut ebpf, maps::WATCHED_CGROUPS)?)?,
+            generation: Array::try_from(take(&mut ebpf, maps::WATCH_GENERATION)?)?,
+            counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
+        };
+        let ring = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
+        Ok(Self {
+            _ebpf: ebpf,
+            maps: Mutex::new(maps),
+            ring: Some(ring),
+            resolver: Arc::new(Mutex::new(Resolver::new())),
+            undecodable: Arc::new(AtomicU64::new(0)),
+            config,
+        })
+    }
+
+    /// Starts recording the processes of the cgroup at `dir` and of every
+    /// cgroup below it, including ones created later.
+    pub fn watch_cgroup(&self, dir: &Path) -> Result<WatchedCgroup> {
+        let id = cgroup_id(dir)?;
+        // Processes already running: learn their cwd and open files first,
+        // so their relative names resolve.
+        {
+            let mut resolver = self.resolver.lock().expect("resolver lock");
+            for pid in pids_below(dir) {
+                let snap = snapshot_process(pid);
+                resolver.seed_process(pid, snap.cwd, snap.fds);
+            }
+        }
+        let mut maps = self.maps.lock().expect("maps lock");
+        maps.watched.insert(id.0, 1, 0).with_context(|| format!("adding cgroup {} to the watch set", dir.display()))?;
+        bump_generation(&mut maps)?;
+        Ok(WatchedCgroup { id, path: dir.to_path_buf() })
+    }
+
+    /// Stops recording a cgroup.
+    pub fn unwatch(&self, cgroup: &WatchedCgroup) -> Result<()> {
+        let mut maps = self.maps.lock().expect("maps lock");
+        maps.watched.remove(&cgroup.id.0).with_context(|| format!("cgroup {} was not watched", cgroup.path.display()))?;
+        bump_generation(&mut maps)
+    }
+
+    /// Loss and health counters, summed over CPUs, plus user-space ones.
+    pub fn counters(&self) -> Result<TracerCounters> {
+        let maps = self.maps.lock().expect("maps lock");
+        let sum = |index: u32| -> Result<(u64, Vec<u64>)> {
+            let per_cpu = maps.counters.get(&index, 0)?;
+            Ok((per_cpu.iter().sum(), per_cpu.to_vec()))
+        };
+        let (ringbuf_full, ringbuf_full_per_cpu) = sum(counter::RINGBUF_FULL)?;
+        Ok(TracerCounters {
+            loss: LossCounters {
+                ringbuf_full,
+                inflight_full: sum(counter::INFLIGHT_FULL)?.0,
+                user_read_faults: sum(counter::USER_READ_FAULT)?.0,
+                dpath_failures: sum(counter::DPATH_FAILED)?.0,
+                undecodable: self.undecodable.load(Ordering::Relaxed),
+                channel_full: 0,
+            },
+            ringbuf_full_per_cpu,
+            emitted: sum(counter::EMITTED)?.0,
+        })
+    }
+
+    /// The decoded event stream. Can be taken once; spawns the reader task
+    /// on the current tokio runtime.
+    pub fn events(&mut self) -> Result<EventStream> {
+        let ring = self.ring.take().ok_or_else(|| anyhow!("the event stream was already taken"))?;
+        let (tx, rx) = mpsc::channel(self.config.channel_capacity);
+        let resolver = Arc::clone(&self.resolver);
+        let undecodable = Arc::clone(&self.undecodable);
+        let task = tokio::spawn(read_ring(ring, resolver, undecodable, tx));
+        Ok(EventStream { rx, _reader: AbortOnDrop(task) })
+    }
+}
+
+fn bump_generation(maps: &mut Maps) -> Result<()> {
+    let generation = maps.generation.get(&0, 0)?;
+    maps.generation.set(0, generation + 1, 0)?;
+    Ok(())
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TracerCounters {
+    pub loss: LossCounters,
+    /// Ring-buffer drops on each CPU.
+    pub ringbuf_full_per_cpu: Vec<u64>,
+    /// Records the kernel wrote.
+    pub emitted: u64,
+}
+
+async fn read_ring(
+    ring: RingBuf<MapData>,
+    resolver: Arc<Mutex<Resolver>>,
+    undecodable: Arc<AtomicU64>,
+    tx: mpsc::Sender<Event>,
+) -> Result<()> {
+    // SAFETY: the ring buffer's fd stays open and unchanged while the AsyncFd owns it.
+    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?;
+    let mut batch = Vec::with_capacity(1024);
+    loop {
+        let mut guard = fd.readable_mut().await?;
+        let ring = guard.get_inner_mut();
+        {
+            let mut resolver = resolver.lock().expect("resolver lock");
+            while let Some(item) = ring.next() {
+                match decode(&item) {
+                    Ok(rec) => batch.extend(resolver.handle(rec)),
+                    Err(e) => {
+                        undecodable.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("undecodable ring-buffer record: {e}");
+                    }
+                }
+                if batch.len() >= 1024 {
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            guard.clear_ready();
+        }
+        for event in batch.drain(..) {
+            if tx.send(event).await.is_err() {
+                return Ok(()); // the consumer is gone
+            }
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Decoded events of every watched cgroup, in ring-buffer order.
+pub struct EventStream {
+    rx: mpsc::Receiver<Event>,
+    _reader: AbortOnDrop,
+}
+
+impl EventStream {
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// Events already decoded and waiting, without blocking.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl futures::Stream for EventStream {
+    type Item = Event;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}

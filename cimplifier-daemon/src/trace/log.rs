@@ -1,0 +1,207 @@
+//! The replayable event log: JSON lines, documented in docs/event-log.md.
+//!
+//! Line 1 is a `header`, then one `event` per line, and a final `summary`
+//! with the loss counters. A log without a summary was cut off (the tracer
+//! crashed or the disk filled) and reads as incomplete.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use super::{CgroupId, Event, LossCounters};
+
+pub const FORMAT: &str = "cimplifier-event-log";
+pub const VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogHeader {
+    pub format: String,
+    pub version: u32,
+    /// What was traced, as the user named it (`container nginx`, `cgroup /sys/...`).
+    pub target: String,
+    pub cgroup: CgroupId,
+    pub cgroup_path: PathBuf,
+    pub started_unix_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogSummary {
+    pub events: u64,
+    pub duration_ms: u64,
+    pub loss: LossCounters,
+    /// True only when nothing was lost anywhere.
+    pub complete: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum LogLine {
+    Header(LogHeader),
+    Event(Event),
+    Summary(LogSummary),
+}
+
+pub struct EventLogWriter {
+    out: BufWriter<File>,
+    path: PathBuf,
+    events: u64,
+}
+
+impl EventLogWriter {
+    pub fn create(path: &Path, header: LogHeader) -> Result<Self> {
+        let file = File::create(path)
+            .with_context(|| format!("creating event log {}", path.display()))?;
+        let mut w = Self { out: BufWriter::new(file), path: path.to_path_buf(), events: 0 };
+        w.line(&LogLine::Header(header))?;
+        Ok(w)
+    }
+
+    fn line(&mut self, line: &LogLine) -> Result<()> {
+        serde_json::to_writer(&mut self.out, line)?;
+        self.out
+            .write_all(b"\n")
+            .with_context(|| format!("writing event log {}", self.path.display()))
+    }
+
+    pub fn write(&mut self, event: &Event) -> Result<()> {
+        self.events += 1;
+        // Borrowing serialisation of the tagged line without cloning the event.
+        #[derive(Serialize)]
+        struct Tagged<'a> {
+            record: &'static str,
+            #[serde(flatten)]
+            event: &'a Event,
+        }
+        serde_json::to_writer(&mut self.out, &Tagged { record: "event", event })?;
+        self.out
+            .write_all(b"\n")
+            .with_context(|| format!("writing event log {}", self.path.display()))
+    }
+
+    pub fn events_written(&self) -> u64 {
+        self.events
+    }
+
+    /// Writes the summary and flushes to disk.
+    pub fn finish(mut self, duration_ms: u64, loss: LossCounters) -> Result<LogSummary> {
+        let summary = LogSummary {
+            events: self.events,
+            duration_ms,
+            loss,
+            complete: loss.is_complete(),
+        };
+        self.line(&LogLine::Summary(summary.clone()))?;
+        self.out.flush()?;
+        self.out.get_ref().sync_all()?;
+        Ok(summary)
+    }
+}
+
+/// A whole log read back.
+#[derive(Clone, Debug)]
+pub struct EventLog {
+    pub header: LogHeader,
+    pub events: Vec<Event>,
+    /// `None` when the log was cut off before its summary.
+    pub summary: Option<LogSummary>,
+}
+
+impl EventLog {
+    pub fn is_complete(&self) -> bool {
+        self.summary.as_ref().is_some_and(|s| s.complete)
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let file = File::open(path).with_context(|| format!("opening event log {}", path.display()))?;
+        Self::from_reader(BufReader::new(file), path)
+    }
+
+    pub fn from_reader(reader: impl BufRead, name: &Path) -> Result<Self> {
+        let mut header = None;
+        let mut events = Vec::new();
+        let mut summary = None;
+        for (i, line) in reader.lines().enumerate() {
+            let n = i + 1;
+            let line = line.with_context(|| format!("{}:{n}: reading", name.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let parsed: LogLine = serde_json::from_str(&line).with_context(|| {
+                format!("{}:{n}: expected a JSON log record (header, event or summary)", name.display())
+            })?;
+            match (parsed, &header) {
+                (LogLine::Header(h), None) if n == 1 => {
+                    if h.format != FORMAT || h.version != VERSION {
+                        bail!(
+                            "{}:1: log format {} v{} is not {FORMAT} v{VERSION}",
+                            name.display(),
+                            h.format,
+                            h.version
+                        );
+                    }
+                    header = Some(h)
+                }
+                (_, None) => bail!("{}:{n}: expected the header record first", name.display()),
+                (LogLine::Header(_), Some(_)) => bail!("{}:{n}: a second header record", name.display()),
+                (LogLine::Event(e), Some(_)) if summary.is_none() => events.push(e),
+                (LogLine::Summary(s), Some(_)) if summary.is_none() => summary = Some(s),
+                (_, Some(_)) => bail!("{}:{n}: records after the summary", name.display()),
+            }
+        }
+        let header = header.with_context(|| format!("{}: empty event log", name.display()))?;
+        Ok(Self { header, events, summary })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::EventKind;
+
+    fn header() -> LogHeader {
+        LogHeader {
+            format: FORMAT.into(),
+            version: VERSION,
+            target: "cgroup /x".into(),
+            cgroup: CgroupId(7),
+            cgroup_path: "/x".into(),
+            started_unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn writes_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let mut w = EventLogWriter::create(&path, header()).unwrap();
+        let event = Event {
+            ts_ns: 1,
+            pid: 1,
+            tid: 1,
+            ppid: 0,
+            cgroup: CgroupId(7),
+            comm: "x".into(),
+            kind: EventKind::Exit { process_exited: true },
+        };
+        w.write(&event).unwrap();
+        let loss = LossCounters { ringbuf_full: 3, ..Default::default() };
+        w.finish(10, loss).unwrap();
+        let log = EventLog::read(&path).unwrap();
+        assert_eq!(log.events, vec![event]);
+        assert!(!log.is_complete(), "3 lost events must make the log incomplete");
+        assert_eq!(log.summary.unwrap().loss.ringbuf_full, 3);
+    }
+
+    #[test]
+    fn errors_name_the_file_and_line() {
+        let text = format!("{}\nnot json\n", serde_json::to_string(&LogLine::Header(header())).unwrap());
+        let err = EventLog::from_reader(text.as_bytes(), Path::new("t.jsonl")).unwrap_err();
+        assert!(format!("{err:#}").contains("t.jsonl:2"), "{err:#}");
+        let cut = serde_json::to_string(&LogLine::Header(header())).unwrap();
+        let log = EventLog::from_reader(cut.as_bytes(), Path::new("t.jsonl")).unwrap();
+        assert!(!log.is_complete(), "a log without a summary was cut off");
+    }
+}

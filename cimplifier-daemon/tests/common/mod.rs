@@ -1,0 +1,125 @@
+//! Shared pieces of the end-to-end tracer tests. They need root, eBPF and
+//! (some) Docker; they fail with a message saying so rather than skip.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use cimplifier::trace::cgroup::cgroup2_mount;
+use cimplifier::trace::{ContainerPath, Event, EventStream, PathRole, SocketAddress, SyscallEvent};
+
+pub fn require_root() {
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "the tracer tests load eBPF programs and create cgroups: run them as root \
+         (`cargo xtask test` does), after `cargo xtask setup`"
+    );
+}
+
+/// A fresh cgroup v2 directory, removed (with its processes gone) on drop.
+pub struct TestCgroup {
+    pub path: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = cgroup2_mount().unwrap().join(format!(
+            "cimplifier-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        Self { path }
+    }
+}
+
+/// Runs `argv` inside the cgroup at `cgroup`: a shell moves itself in, then
+/// execs it. Panics with its stderr when it fails.
+pub fn run_in(cgroup: &Path, argv: &[&str]) -> Output {
+    let script = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", cgroup.display());
+    let out = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(argv)
+        .output()
+        .unwrap_or_else(|e| panic!("running {argv:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{argv:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.path).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Reads events until none arrives for `quiet`.
+pub async fn drain(events: &mut EventStream, quiet: Duration) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(quiet, events.next_event()).await {
+        out.push(e);
+    }
+    out
+}
+
+pub fn workload_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/trace_workload.py")
+}
+
+pub fn syscalls<'a>(events: &'a [Event], name: &str) -> Vec<(&'a Event, &'a SyscallEvent)> {
+    events
+        .iter()
+        .filter_map(|e| e.syscall().filter(|s| s.syscall == name).map(|s| (e, s)))
+        .collect()
+}
+
+pub fn path_of(s: &SyscallEvent, role: PathRole) -> Option<&str> {
+    s.path(role)
+        .and_then(|p| p.path.as_ref())
+        .map(ContainerPath::as_str)
+}
+
+/// Syscalls named one of `names` whose `role` path resolved to `path`.
+pub fn find<'a>(
+    events: &'a [Event],
+    names: &[&str],
+    role: PathRole,
+    path: &str,
+) -> Vec<(&'a Event, &'a SyscallEvent)> {
+    events
+        .iter()
+        .filter_map(|e| e.syscall().map(|s| (e, s)))
+        .filter(|(_, s)| names.contains(&s.syscall.as_str()) && path_of(s, role) == Some(path))
+        .collect()
+}
+
+pub fn unix_path(addr: &Option<SocketAddress>) -> Option<&str> {
+    match addr {
+        Some(SocketAddress::Unix { path: Some(p), .. }) => Some(p.as_str()),
+        _ => None,
+    }
+}
+
+/// Describes the events for an assertion message (the first `n`).
+pub fn dump(events: &[Event], n: usize) -> String {
+    events
+        .iter()
+        .take(n)
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}

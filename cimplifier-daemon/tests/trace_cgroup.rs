@@ -1,0 +1,240 @@
+//! The tracer on a real cgroup: a scripted workload runs inside it and every
+//! step must come out with its resolved path and return value. Needs root.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use cimplifier::trace::{EventKind, PathRole, Resolution, SocketAddress, Tracer, TracerConfig};
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripted_workload_is_recorded_with_resolved_paths() {
+    require_root();
+    let mut tracer = Tracer::load(TracerConfig::default()).expect("loading the tracer");
+    let mut events = tracer.events().unwrap();
+    let cgroup = TestCgroup::new("workload");
+    let watched = tracer.watch_cgroup(&cgroup.path).unwrap();
+
+    let base_dir = tempfile::tempdir().unwrap();
+    let base = base_dir.path().to_str().unwrap().to_owned();
+    let outside_marker = format!("{base}/outside-marker");
+    std::fs::write(&outside_marker, "x").unwrap();
+
+    let script = workload_script();
+    let out = tokio::task::spawn_blocking({
+        let path = cgroup.path.clone();
+        let base = base.clone();
+        move || run_in(&path, &["python3", script.to_str().unwrap(), &base])
+    })
+    .await
+    .unwrap();
+    // A process outside the cgroup touches a marker: it must not be recorded.
+    let outside = std::process::Command::new("/bin/cat")
+        .arg(&outside_marker)
+        .output()
+        .unwrap();
+    assert!(outside.status.success());
+    let port: u16 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("workload prints its port");
+
+    let events = drain(&mut events, Duration::from_millis(500)).await;
+    tracer.unwatch(&watched).unwrap();
+    let counters = tracer.counters().unwrap();
+    assert_eq!(
+        counters.loss.lost(),
+        0,
+        "events were lost: {:?}",
+        counters.loss
+    );
+    assert!(
+        !events.is_empty(),
+        "nothing was recorded from the watched cgroup"
+    );
+    let ctx = || dump(&events, 0);
+
+    // Every event comes from the watched cgroup, carries ids and a comm.
+    for e in &events {
+        assert_eq!(e.cgroup, watched.id, "event from another cgroup: {e:?}");
+        assert!(
+            e.pid > 0 && e.tid > 0 && e.ppid > 0 && !e.comm.is_empty(),
+            "{e:?}"
+        );
+    }
+
+    // cd, then open relative paths: created, then read.
+    let rel = format!("{base}/sub/rel.txt");
+    let opens = find(&events, &["openat", "open"], PathRole::Target, &rel);
+    assert!(opens.len() >= 2, "two opens of {rel} expected{}", ctx());
+    assert!(opens.iter().all(|(_, s)| s.succeeded()), "{opens:?}");
+    assert!(
+        opens
+            .iter()
+            .any(|(_, s)| s.path(PathRole::Target).unwrap().raw == "sub/rel.txt"),
+        "the raw name is kept as passed: {opens:?}"
+    );
+    let mkdir = find(
+        &events,
+        &["mkdir", "mkdirat"],
+        PathRole::Target,
+        &format!("{base}/sub"),
+    );
+    assert_eq!(mkdir.len(), 1, "mkdir sub{}", ctx());
+    assert_eq!(mkdir[0].1.ret, Some(0));
+
+    // openat with a dirfd: raw "rel.txt" relative to the fd of "sub".
+    let via_dirfd: Vec<_> = opens
+        .iter()
+        .filter(|(_, s)| s.path(PathRole::Target).unwrap().raw == "rel.txt")
+        .collect();
+    assert_eq!(via_dirfd.len(), 1, "openat(dirfd, \"rel.txt\"): {opens:?}");
+    assert_ne!(
+        via_dirfd[0].1.args[0] as i32, -100,
+        "it used a real dirfd, not AT_FDCWD"
+    );
+
+    // A failed open keeps its errno and its resolved path.
+    let missing = find(
+        &events,
+        &["openat", "open"],
+        PathRole::Target,
+        &format!("{base}/does-not-exist.txt"),
+    );
+    assert_eq!(missing.len(), 1, "failed open{}", ctx());
+    assert_eq!(missing[0].1.ret, Some(-2));
+    assert_eq!(missing[0].1.errno.as_deref(), Some("ENOENT"));
+
+    // rename, symlink, readlink.
+    let renamed = format!("{base}/sub/renamed.txt");
+    let rename = find(
+        &events,
+        &["rename", "renameat", "renameat2"],
+        PathRole::Old,
+        &rel,
+    );
+    assert_eq!(rename.len(), 1, "rename{}", ctx());
+    assert_eq!(path_of(rename[0].1, PathRole::New), Some(renamed.as_str()));
+    assert_eq!(rename[0].1.ret, Some(0));
+    let link = format!("{base}/sub/link");
+    let symlink = find(&events, &["symlink", "symlinkat"], PathRole::New, &link);
+    assert_eq!(symlink.len(), 1, "symlink{}", ctx());
+    let content = symlink[0].1.path(PathRole::LinkContent).unwrap();
+    assert_eq!(
+        (content.raw.as_str(), &content.resolution),
+        ("renamed.txt", &Resolution::Literal)
+    );
+    let readlink = find(
+        &events,
+        &["readlink", "readlinkat"],
+        PathRole::Target,
+        &link,
+    );
+    assert_eq!(readlink.len(), 1, "readlink{}", ctx());
+    assert_eq!(readlink[0].1.ret, Some("renamed.txt".len() as i64));
+    assert_eq!(
+        readlink[0].1.path(PathRole::LinkValue).unwrap().raw,
+        "renamed.txt"
+    );
+
+    // A unix socket bound and connected by a relative name.
+    let sock = format!("{base}/unix.sock");
+    for name in ["bind", "connect"] {
+        let calls: Vec<_> = syscalls(&events, name)
+            .into_iter()
+            .filter(|(_, s)| unix_path(&s.addr) == Some(sock.as_str()))
+            .collect();
+        assert_eq!(calls.len(), 1, "{name} on {sock}{}", ctx());
+        assert_eq!(calls[0].1.ret, Some(0), "{name}");
+    }
+
+    // A TCP connect to 127.0.0.1.
+    let tcp: Vec<_> = syscalls(&events, "connect")
+        .into_iter()
+        .filter(|(_, s)| matches!(&s.addr, Some(SocketAddress::Inet { addr }) if addr.port() == port && addr.ip().is_loopback()))
+        .collect();
+    assert_eq!(tcp.len(), 1, "connect to 127.0.0.1:{port}{}", ctx());
+    assert_eq!(tcp[0].1.ret, Some(0));
+
+    // exec of a child, with argv; the child inherited the cwd.
+    let execs: Vec<_> = syscalls(&events, "execve")
+        .into_iter()
+        .filter(|(_, s)| path_of(s, PathRole::Target) == Some("/bin/cat"))
+        .collect();
+    assert_eq!(execs.len(), 1, "execve /bin/cat{}", ctx());
+    let (exec_event, exec) = execs[0];
+    assert_eq!(exec.ret, Some(0));
+    assert_eq!(
+        exec.argv.as_deref(),
+        Some(&["/bin/cat".to_owned(), "sub/renamed.txt".to_owned()][..])
+    );
+    let cat_open = find(&events, &["openat", "open"], PathRole::Target, &renamed);
+    assert!(
+        cat_open
+            .iter()
+            .any(|(e, _)| e.pid == exec_event.pid && e.comm == "cat"),
+        "cat's relative open resolved through the inherited cwd{}",
+        ctx()
+    );
+    let forks = events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Fork { .. }))
+        .count();
+    assert!(forks >= 1, "the fork of the child is recorded");
+    assert!(
+        events.iter().any(|e| e.pid == exec_event.pid
+            && matches!(
+                e.kind,
+                EventKind::Exit {
+                    process_exited: true
+                }
+            )),
+        "the child's exit is recorded"
+    );
+
+    // Nothing from outside the cgroup.
+    assert!(
+        !events
+            .iter()
+            .filter_map(|e| e.syscall())
+            .any(|s| s.paths.iter().any(|p| p.raw.contains("outside-marker"))),
+        "a process outside the watched cgroup was recorded"
+    );
+    let outside_comms: BTreeSet<_> = events.iter().map(|e| e.comm.as_str()).collect();
+    assert!(
+        outside_comms
+            .iter()
+            .all(|c| ["sh", "python3", "cat"].contains(c)),
+        "{outside_comms:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_cgroups_of_a_watched_cgroup_are_recorded() {
+    require_root();
+    let mut tracer = Tracer::load(TracerConfig::default()).unwrap();
+    let mut events = tracer.events().unwrap();
+    let parent = TestCgroup::new("parent");
+    let child_path = parent.path.join("child");
+    std::fs::create_dir(&child_path).unwrap();
+    let child = TestCgroup { path: child_path };
+    tracer.watch_cgroup(&parent.path).unwrap();
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    tokio::task::spawn_blocking({
+        let path = child.path.clone();
+        let marker = marker.path().to_owned();
+        move || run_in(&path, &["/bin/cat", marker.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    let events = drain(&mut events, Duration::from_millis(300)).await;
+    let marker = marker.path().to_str().unwrap();
+    assert!(
+        !find(&events, &["openat", "open"], PathRole::Target, marker).is_empty(),
+        "an open in a sub-cgroup of the watched one must be recorded:\n{}",
+        dump(&events, 50)
+    );
+    drop(child);
+}
