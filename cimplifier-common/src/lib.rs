@@ -26,9 +26,6 @@ pub enum RecordKind {
     /// A [`SyscallRecord`] emitted at sys_exit (or at sys_enter for calls
     /// that never return: exit, exit_group).
     Syscall = 1,
-    /// A [`PathRecord`]: the kernel resolved a file the current syscall
-    /// opened (security_file_open) or looked up (security_inode_getattr).
-    ResolvedPath = 2,
     /// A [`ForkRecord`] from sched_process_fork, emitted in the parent.
     Fork = 3,
     /// A [`ExitRecord`] from sched_process_exit, one per thread.
@@ -42,7 +39,6 @@ impl RecordKind {
     pub fn from_u32(v: u32) -> Option<Self> {
         Some(match v {
             1 => Self::Syscall,
-            2 => Self::ResolvedPath,
             3 => Self::Fork,
             4 => Self::Exit,
             5 => Self::ExecArgs,
@@ -68,7 +64,7 @@ pub struct RecordHeader {
     pub comm: [u8; COMM_LEN],
 }
 
-/// Bits of [`SyscallRecord::flags`] and [`PathRecord::flags`].
+/// Bits of [`SyscallRecord::flags`].
 pub mod flags {
     /// String slot 0 holds a string.
     pub const STR0_PRESENT: u32 = 1 << 0;
@@ -87,11 +83,6 @@ pub mod flags {
     pub const ARGV_TRUNCATED: u32 = 1 << 10;
     /// The call does not return (exit, exit_group): `ret` is meaningless.
     pub const NO_RETURN: u32 = 1 << 11;
-    /// The sys_enter half was not seen (the in-flight map was full, or the
-    /// thread entered the call before it was watched): args are zero.
-    pub const ENTER_MISSING: u32 = 1 << 12;
-    /// [`super::PathRecord`]: bpf_d_path failed; the path is unknown.
-    pub const DPATH_FAILED: u32 = 1 << 13;
 }
 
 /// One system call of a watched thread, with its arguments and result.
@@ -123,37 +114,6 @@ impl SyscallRecord {
     pub const FIXED_LEN: usize = core::mem::offset_of!(SyscallRecord, strings);
 }
 
-/// A path the kernel resolved itself, as the task sees it (relative to its
-/// root, so for a container: the path inside the container).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PathRecord {
-    pub header: RecordHeader,
-    /// Which hook produced it.
-    pub hook: u32,
-    pub flags: u32,
-    /// `file->f_flags` for opens (includes `__FMODE_EXEC` for exec opens).
-    pub file_flags: u32,
-    /// Bytes of `path`, without the NUL.
-    pub path_len: u32,
-    pub path: [u8; STR_SLOT],
-}
-
-impl PathRecord {
-    pub const FIXED_LEN: usize = core::mem::offset_of!(PathRecord, path);
-}
-
-/// [`PathRecord::hook`] values.
-pub mod hook {
-    /// security_file_open: a file was opened (open*, exec, the ELF interpreter).
-    pub const FILE_OPEN: u32 = 1;
-    /// security_inode_getattr: a stat-family call found this path.
-    pub const INODE_GETATTR: u32 = 2;
-}
-
-/// `open_exec` marks its files with this f_flags bit.
-pub const FMODE_EXEC_FLAG: u32 = 0x20;
-
 /// A new task, emitted in the parent before the child can run.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -182,19 +142,13 @@ pub mod counter {
     pub const INFLIGHT_FULL: u32 = 1;
     /// A user-memory string could not be read.
     pub const USER_READ_FAULT: u32 = 2;
-    /// bpf_d_path failed.
-    pub const DPATH_FAILED: u32 = 3;
     /// Records written to the ring buffer.
-    pub const EMITTED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    pub const EMITTED: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Values the loader fills into the programs' read-only globals.
 pub mod globals {
-    /// Byte offset of `f_path` in `struct file`.
-    pub const FILE_F_PATH_OFFSET: &str = "FILE_F_PATH_OFFSET";
-    /// Byte offset of `f_flags` in `struct file`.
-    pub const FILE_F_FLAGS_OFFSET: &str = "FILE_F_FLAGS_OFFSET";
     /// Byte offset of `real_parent` in `struct task_struct`.
     pub const TASK_REAL_PARENT_OFFSET: &str = "TASK_REAL_PARENT_OFFSET";
     /// Byte offset of `tgid` in `struct task_struct`.

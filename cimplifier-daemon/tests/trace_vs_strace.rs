@@ -143,7 +143,7 @@ async fn every_path_strace_sees_is_in_our_log() {
             run_in(
                 &cg,
                 &[
-                    "strace", "-f", "-y", "-s", "4096", "-o", log.to_str().unwrap(), "python3",
+                    "strace", "-f", "-y", "-s", "4096", "-o", log.to_str().unwrap(), "/usr/bin/python3",
                     script.to_str().unwrap(), base.to_str().unwrap(),
                 ],
             )

@@ -4,7 +4,7 @@
 //! socket addresses. [`super::resolve`] turns them into [`super::Event`]s.
 
 use cimplifier_common::{
-    ExitRecord, ForkRecord, PathRecord, RecordHeader, RecordKind, STR_SLOT, SyscallRecord,
+    ExitRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT, SyscallRecord,
     flags, syscalls::{StrSource, spec},
 };
 
@@ -67,19 +67,9 @@ impl RawSyscall {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RawPath {
-    pub header: RawHeader,
-    pub hook: u32,
-    pub file_flags: u32,
-    /// `None` when bpf_d_path failed.
-    pub path: Option<String>,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawRecord {
     Syscall(RawSyscall),
     ExecArgs(RawSyscall),
-    ResolvedPath(RawPath),
     Fork { header: RawHeader, child_tid: u32, clone_flags: u64 },
     Exit { header: RawHeader, group_dead: bool },
 }
@@ -88,7 +78,6 @@ impl RawRecord {
     pub fn header(&self) -> &RawHeader {
         match self {
             RawRecord::Syscall(s) | RawRecord::ExecArgs(s) => &s.header,
-            RawRecord::ResolvedPath(p) => &p.header,
             RawRecord::Fork { header, .. } | RawRecord::Exit { header, .. } => header,
         }
     }
@@ -224,21 +213,6 @@ pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
     match RecordKind::from_u32(h.kind) {
         Some(RecordKind::Syscall) => Ok(RawRecord::Syscall(syscall(bytes)?)),
         Some(RecordKind::ExecArgs) => Ok(RawRecord::ExecArgs(syscall(bytes)?)),
-        Some(RecordKind::ResolvedPath) => {
-            let rec: PathRecord = read_prefix(bytes, PathRecord::FIXED_LEN, "resolved path")?;
-            let path = if rec.flags & flags::DPATH_FAILED != 0 {
-                None
-            } else {
-                let tail = &bytes[PathRecord::FIXED_LEN..];
-                Some(String::from_utf8_lossy(slot(tail, 0, rec.path_len, "resolved path")?).into_owned())
-            };
-            Ok(RawRecord::ResolvedPath(RawPath {
-                header: header(&rec.header),
-                hook: rec.hook,
-                file_flags: rec.file_flags,
-                path,
-            }))
-        }
         Some(RecordKind::Fork) => {
             let rec: ForkRecord = read(bytes, "fork")?;
             Ok(RawRecord::Fork {

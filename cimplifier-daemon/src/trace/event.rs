@@ -180,17 +180,18 @@ pub struct SyscallEvent {
     pub errno: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub paths: Vec<PathArg>,
-    /// For calls on a descriptor (dirfd-less calls such as fchdir, getdents64,
-    /// listen, accept): the path or socket that descriptor names, if known.
+    /// For calls on a descriptor (fchdir, getdents64, dup*, fcntl, close):
+    /// the path that descriptor names, if known.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub fd_path: Option<ContainerPath>,
+    /// For calls on a socket (listen, accept, send*, bind, connect): the
+    /// address it was bound or connected to, if known. For an accepted
+    /// socket, the listener's address.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fd_addr: Option<SocketAddress>,
+    /// The socket address the call names.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub addr: Option<SocketAddress>,
-    /// Paths the kernel itself resolved during the call (bpf_d_path in
-    /// security_file_open / security_inode_getattr): absolute, symlinks
-    /// followed. For execve: the binary, then any interpreter and ld.so.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub kernel_paths: Vec<ContainerPath>,
     /// execve(at): argv as passed.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub argv: Option<Vec<String>>,
@@ -219,9 +220,6 @@ pub enum EventKind {
     Syscall(SyscallEvent),
     /// A thread ended; `process_exited` when it was the last one.
     Exit { process_exited: bool },
-    /// A file opened by the kernel outside a traced syscall (io_uring, or a
-    /// thread whose sys_enter was not seen).
-    FileOpened { path: ContainerPath },
 }
 
 /// One decoded event.
@@ -256,8 +254,6 @@ pub struct LossCounters {
     pub inflight_full: u64,
     /// Names that could not be read from user memory (recorded as unreadable).
     pub user_read_faults: u64,
-    /// Kernel path resolutions that failed (bpf_d_path).
-    pub dpath_failures: u64,
     /// Records that could not be decoded in user space.
     pub undecodable: u64,
     /// Events dropped in user space because a consumer lagged.
@@ -318,8 +314,8 @@ mod tests {
                     truncated: false,
                 }],
                 fd_path: None,
+                fd_addr: None,
                 addr: Some(SocketAddress::Inet { addr: "127.0.0.1:80".parse().unwrap() }),
-                kernel_paths: vec![],
                 argv: None,
                 incomplete: vec![],
             }),

@@ -107,7 +107,10 @@ impl Tracer {
             _ebpf: ebpf,
             maps: Mutex::new(maps),
             ring: Some(ring),
-            resolver: Arc::new(Mutex::new(Resolver::new())),
+            resolver: Arc::new(Mutex::new(Resolver::with_snapshotter(Box::new(|pid| {
+                let snap = snapshot_process(pid);
+                (snap.cwd, snap.fds)
+            })))),
             undecodable: Arc::new(AtomicU64::new(0)),
             config,
         })
@@ -152,7 +155,6 @@ impl Tracer {
                 ringbuf_full,
                 inflight_full: sum(counter::INFLIGHT_FULL)?.0,
                 user_read_faults: sum(counter::USER_READ_FAULT)?.0,
-                dpath_failures: sum(counter::DPATH_FAILED)?.0,
                 undecodable: self.undecodable.load(Ordering::Relaxed),
                 channel_full: 0,
             },

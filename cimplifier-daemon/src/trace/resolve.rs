@@ -1,0 +1,834 @@
+//! Raw records -> [`Event`]s with absolute names.
+//!
+//! The kernel reports names as the program passed them. This keeps, per
+//! process, the cwd and the fd table (which names each descriptor stands
+//! for), so relative and dirfd-relative names become absolute as the
+//! container sees them. Tables are shared or copied at fork as the clone
+//! flags say. Anything that cannot be resolved is marked, never dropped.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use cimplifier_common::flags;
+use cimplifier_common::syscalls::{self, nr};
+
+use super::decode::{RawHeader, RawRecord, RawStr, RawSyscall};
+use super::{
+    CgroupId, ContainerPath, Event, EventKind, PathArg, PathRole, Resolution, SocketAddress,
+    SyscallEvent,
+};
+
+const AT_FDCWD: i32 = -100;
+const AT_EMPTY_PATH: u64 = 0x1000;
+const O_CLOEXEC: u64 = 0o2_000_000;
+const CLONE_FS: u64 = 0x200;
+const CLONE_FILES: u64 = 0x400;
+const CLONE_THREAD: u64 = 0x10000;
+const F_DUPFD: u64 = 0;
+const F_SETFD: u64 = 2;
+const F_DUPFD_CLOEXEC: u64 = 1030;
+const FD_CLOEXEC: u64 = 1;
+const CLOSE_RANGE_UNSHARE: u64 = 2;
+const CLOSE_RANGE_CLOEXEC: u64 = 4;
+const AF_UNIX: u16 = 1;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// What a descriptor stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FdTarget {
+    Path(ContainerPath),
+    /// A socket, with the address it was bound or connected to, if any.
+    Socket(Option<SocketAddress>),
+}
+
+#[derive(Clone, Debug)]
+struct Fd {
+    target: FdTarget,
+    cloexec: bool,
+}
+
+type FdTable = HashMap<i32, Fd>;
+
+/// Tables can be shared between processes (CLONE_FS, CLONE_FILES), so they
+/// live in their own maps with reference counts.
+type TableId = u64;
+
+#[derive(Clone, Copy, Debug)]
+struct Process {
+    fs: TableId,
+    files: TableId,
+}
+
+/// How a name argument of a syscall is interpreted.
+#[derive(Clone, Copy)]
+struct NameArg {
+    role: PathRole,
+    /// The argument holding the directory fd the name is relative to;
+    /// `None` means the cwd.
+    dirfd: Option<usize>,
+    /// The argument holding flags where AT_EMPTY_PATH means "the dirfd itself".
+    empty_path_flags: Option<usize>,
+}
+
+const fn name(role: PathRole, dirfd: Option<usize>, empty_path_flags: Option<usize>) -> Option<NameArg> {
+    Some(NameArg { role, dirfd, empty_path_flags })
+}
+
+/// Meaning of string slots 0 and 1 of each syscall.
+fn name_args(n: u32) -> [Option<NameArg>; 2] {
+    use PathRole::*;
+    let literal = |role| name(role, None, None);
+    match n {
+        nr::OPEN | nr::CREAT | nr::STAT | nr::LSTAT | nr::ACCESS | nr::CHDIR | nr::MKDIR
+        | nr::RMDIR | nr::UNLINK | nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::TRUNCATE
+        | nr::MKNOD | nr::EXECVE => [name(Target, None, None), None],
+        nr::OPENAT | nr::OPENAT2 | nr::FACCESSAT | nr::MKDIRAT | nr::UNLINKAT | nr::FCHMODAT
+        | nr::MKNODAT => [name(Target, Some(0), None), None],
+        // The path may be NULL (no string) or "" with AT_EMPTY_PATH.
+        nr::UTIMENSAT => [name(Target, Some(0), Some(3)), None],
+        nr::NEWFSTATAT | nr::FACCESSAT2 | nr::FCHMODAT2 => [name(Target, Some(0), Some(3)), None],
+        nr::STATX => [name(Target, Some(0), Some(2)), None],
+        nr::FCHOWNAT | nr::EXECVEAT => [name(Target, Some(0), Some(4)), None],
+        nr::READLINK => [name(Target, None, None), literal(LinkValue)],
+        nr::READLINKAT => [name(Target, Some(0), None), literal(LinkValue)],
+        nr::RENAME | nr::LINK => [name(Old, None, None), name(New, None, None)],
+        nr::RENAMEAT | nr::RENAMEAT2 => [name(Old, Some(0), None), name(New, Some(2), None)],
+        nr::LINKAT => [name(Old, Some(0), Some(4)), name(New, Some(2), None)],
+        nr::SYMLINK => [literal(LinkContent), name(New, None, None)],
+        nr::SYMLINKAT => [literal(LinkContent), name(New, Some(1), None)],
+        _ => [None, None],
+    }
+}
+
+fn is_literal(role: PathRole) -> bool {
+    matches!(role, PathRole::LinkContent | PathRole::LinkValue)
+}
+
+/// An execve seen at entry, waiting for its exit.
+struct PendingExec {
+    pid: u32,
+    path: PathArg,
+    argv: Option<Vec<String>>,
+    incomplete: Vec<String>,
+}
+
+/// Reads the cwd and open files of a process the resolver meets without
+/// having seen its fork (it was running before the watch began).
+pub type Snapshotter = Box<dyn Fn(u32) -> (Option<ContainerPath>, Vec<(i32, ContainerPath)>) + Send>;
+
+#[derive(Default)]
+pub struct Resolver {
+    processes: HashMap<u32, Process>,
+    cwds: HashMap<TableId, (u32, Option<ContainerPath>)>,
+    fd_tables: HashMap<TableId, (u32, FdTable)>,
+    next_table: TableId,
+    pending_exec: HashMap<u32, PendingExec>,
+    snapshot: Option<Snapshotter>,
+}
+
+impl Resolver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A resolver that reads unknown processes' state through `snapshot`.
+    pub fn with_snapshotter(snapshot: Snapshotter) -> Self {
+        Self { snapshot: Some(snapshot), ..Self::default() }
+    }
+
+    /// Records the state of a process that was running before the watch.
+    pub fn seed_process(&mut self, pid: u32, cwd: Option<ContainerPath>, fds: Vec<(i32, ContainerPath)>) {
+        self.forget_process(pid);
+        let table = fds
+            .into_iter()
+            .map(|(fd, path)| (fd, Fd { target: FdTarget::Path(path), cloexec: false }))
+            .collect();
+        let fs = self.new_cwd(cwd);
+        let files = self.new_fd_table(table);
+        self.processes.insert(pid, Process { fs, files });
+    }
+
+    /// Processes the resolver holds state for (for tests and memory checks).
+    pub fn tracked_processes(&self) -> usize {
+        self.processes.len()
+    }
+
+    fn new_cwd(&mut self, cwd: Option<ContainerPath>) -> TableId {
+        self.next_table += 1;
+        self.cwds.insert(self.next_table, (1, cwd));
+        self.next_table
+    }
+
+    fn new_fd_table(&mut self, table: FdTable) -> TableId {
+        self.next_table += 1;
+        self.fd_tables.insert(self.next_table, (1, table));
+        self.next_table
+    }
+
+    fn process(&mut self, pid: u32) -> Process {
+        if let Some(p) = self.processes.get(&pid) {
+            return *p;
+        }
+        let (cwd, fds) = match &self.snapshot {
+            Some(snapshot) => snapshot(pid),
+            None => (None, Vec::new()),
+        };
+        self.seed_process(pid, cwd, fds);
+        self.processes[&pid]
+    }
+
+    fn forget_process(&mut self, pid: u32) {
+        let Some(p) = self.processes.remove(&pid) else { return };
+        if let Some(entry) = self.cwds.get_mut(&p.fs) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                self.cwds.remove(&p.fs);
+            }
+        }
+        if let Some(entry) = self.fd_tables.get_mut(&p.files) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
+                self.fd_tables.remove(&p.files);
+            }
+        }
+    }
+
+    fn cwd(&self, p: Process) -> Option<&ContainerPath> {
+        self.cwds.get(&p.fs).and_then(|(_, c)| c.as_ref())
+    }
+
+    fn fds(&mut self, p: Process) -> &mut FdTable {
+        &mut self.fd_tables.entry(p.files).or_insert_with(|| (1, FdTable::new())).1
+    }
+
+    fn fd_path(&self, p: Process, fd: i32) -> Option<ContainerPath> {
+        match self.fd_tables.get(&p.files)?.1.get(&fd)?.target {
+            FdTarget::Path(ref path) => Some(path.clone()),
+            FdTarget::Socket(_) => None,
+        }
+    }
+
+    fn fd_addr(&self, p: Process, fd: i32) -> Option<SocketAddress> {
+        match self.fd_tables.get(&p.files)?.1.get(&fd)?.target {
+            FdTarget::Socket(ref addr) => addr.clone(),
+            FdTarget::Path(_) => None,
+        }
+    }
+
+    /// Turns one raw record into the events it completes (0 or 1).
+    pub fn handle(&mut self, rec: RawRecord) -> Vec<Event> {
+        match rec {
+            RawRecord::Fork { header, child_tid, clone_flags } => {
+                let thread = clone_flags & CLONE_THREAD != 0;
+                if !thread {
+                    self.fork(header.pid, child_tid, clone_flags);
+                }
+                let child_pid = if thread { header.pid } else { child_tid };
+                vec![event(&header, EventKind::Fork { child_pid, child_tid, thread, clone_flags })]
+            }
+            RawRecord::Exit { header, group_dead } => {
+                self.pending_exec.remove(&header.tid);
+                if group_dead {
+                    self.forget_process(header.pid);
+                }
+                vec![event(&header, EventKind::Exit { process_exited: group_dead })]
+            }
+            RawRecord::ExecArgs(raw) => {
+                let pending = self.exec_entry(&raw);
+                self.pending_exec.insert(raw.header.tid, pending);
+                Vec::new()
+            }
+            RawRecord::Syscall(raw) => vec![self.syscall(raw)],
+        }
+    }
+
+    fn fork(&mut self, parent_pid: u32, child: u32, clone_flags: u64) {
+        let parent = self.process(parent_pid);
+        self.forget_process(child);
+        let fs = if clone_flags & CLONE_FS != 0 {
+            if let Some(e) = self.cwds.get_mut(&parent.fs) {
+                e.0 += 1;
+            }
+            parent.fs
+        } else {
+            let cwd = self.cwd(parent).cloned();
+            self.new_cwd(cwd)
+        };
+        let files = if clone_flags & CLONE_FILES != 0 {
+            if let Some(e) = self.fd_tables.get_mut(&parent.files) {
+                e.0 += 1;
+            }
+            parent.files
+        } else {
+            let table = self.fds(parent).clone();
+            self.new_fd_table(table)
+        };
+        self.processes.insert(child, Process { fs, files });
+    }
+
+    /// Resolves name `raw` of process `p`, relative to the cwd or `dirfd`.
+    fn resolve(&self, p: Process, raw: &RawStr, arg: NameArg, args: &[u64; 6]) -> PathArg {
+        let (text, truncated) = match raw {
+            RawStr::Fault => {
+                return PathArg {
+                    role: arg.role,
+                    raw: String::new(),
+                    path: None,
+                    resolution: Resolution::Unreadable,
+                    truncated: false,
+                };
+            }
+            RawStr::Text { bytes, truncated } => (String::from_utf8_lossy(bytes).into_owned(), *truncated),
+        };
+        let literal = |resolution| PathArg { role: arg.role, raw: text.clone(), path: None, resolution, truncated };
+        if is_literal(arg.role) {
+            return literal(Resolution::Literal);
+        }
+        if text.starts_with('/') {
+            return PathArg {
+                role: arg.role,
+                path: ContainerPath::new(&text),
+                raw: text,
+                resolution: Resolution::Resolved,
+                truncated,
+            };
+        }
+        let dirfd = arg.dirfd.map(|i| args[i] as i32).filter(|&fd| fd != AT_FDCWD);
+        let base = match dirfd {
+            None => self.cwd(p).cloned().ok_or_else(|| {
+                "cwd unknown: the process was running before the watch and its cwd could not be read".to_owned()
+            }),
+            Some(fd) => self.fd_path(p, fd).ok_or_else(|| format!("dirfd {fd} is not in the fd table")),
+        };
+        if text.is_empty() {
+            let empty_ok = arg.empty_path_flags.is_some_and(|i| args[i] & AT_EMPTY_PATH != 0);
+            if !empty_ok {
+                return literal(Resolution::Unresolved("empty name".to_owned()));
+            }
+        }
+        match base {
+            Ok(dir) => PathArg {
+                role: arg.role,
+                path: Some(dir.join(&text)),
+                raw: text,
+                resolution: Resolution::Resolved,
+                truncated,
+            },
+            Err(reason) => literal(Resolution::Unresolved(reason)),
+        }
+    }
+
+    fn resolve_names(&mut self, raw: &RawSyscall, p: Process) -> Vec<PathArg> {
+        let mut paths = Vec::new();
+        let [a0, a1] = name_args(raw.nr);
+        for (arg, s) in [(a0, &raw.str0), (a1, &raw.str1)] {
+            match (arg, s) {
+                (Some(arg), Some(s)) => paths.push(self.resolve(p, s, arg, &raw.args)),
+                // utimensat(fd, NULL, ...): acts on the fd itself.
+                (Some(arg), None) if raw.nr == nr::UTIMENSAT && arg.role == PathRole::Target => {
+                    if let Some(path) = self.fd_path(p, raw.args[0] as i32) {
+                        paths.push(PathArg {
+                            role: arg.role,
+                            raw: String::new(),
+                            path: Some(path),
+                            resolution: Resolution::Resolved,
+                            truncated: false,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        paths
+    }
+
+    fn exec_entry(&mut self, raw: &RawSyscall) -> PendingExec {
+        let p = self.process(raw.header.pid);
+        let mut incomplete = Vec::new();
+        if raw.has(flags::ARGV_TRUNCATED) {
+            incomplete.push(format!("argv cut after {} arguments", raw.argv.as_ref().map_or(0, Vec::len)));
+        }
+        if raw.has(flags::STR1_FAULT) {
+            incomplete.push("argv could not be read".to_owned());
+        }
+        let arg = name_args(raw.nr)[0].expect("execve has a name");
+        let path = match &raw.str0 {
+            Some(s) => self.resolve(p, s, arg, &raw.args),
+            None => PathArg {
+                role: PathRole::Target,
+                raw: String::new(),
+                path: None,
+                resolution: Resolution::Unreadable,
+                truncated: false,
+            },
+        };
+        PendingExec { pid: raw.header.pid, path, argv: raw.argv.clone(), incomplete }
+    }
+
+    fn syscall(&mut self, raw: RawSyscall) -> Event {
+        let p = self.process(raw.header.pid);
+        let no_return = raw.has(flags::NO_RETURN);
+        let ret = (!no_return).then_some(raw.ret);
+        let mut incomplete = Vec::new();
+        let mut argv = None;
+        let paths = if raw.nr == nr::EXECVE || raw.nr == nr::EXECVEAT {
+            // A successful exec from a non-leader thread exits as the leader.
+            let tid = raw.header.tid;
+            let key = if self.pending_exec.contains_key(&tid) {
+                Some(tid)
+            } else {
+                self.pending_exec.iter().find(|(_, e)| e.pid == raw.header.pid).map(|(k, _)| *k)
+            };
+            match key.and_then(|k| self.pending_exec.remove(&k)) {
+                Some(pending) => {
+                    argv = pending.argv;
+                    incomplete.extend(pending.incomplete);
+                    vec![pending.path]
+                }
+                None => {
+                    incomplete.push("exec entry (filename, argv) not seen".to_owned());
+                    Vec::new()
+                }
+            }
+        } else {
+            self.resolve_names(&raw, p)
+        };
+        let addr = raw.sockaddr.as_deref().map(|b| self.socket_address(p, b));
+        if raw.has(flags::SOCKADDR_FAULT) {
+            incomplete.push("socket address could not be read".to_owned());
+        }
+        let fd = raw.args[0] as i32;
+        let on_fd = matches!(
+            raw.nr,
+            nr::FCHDIR | nr::GETDENTS64 | nr::CLOSE | nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL
+        );
+        let on_socket = matches!(
+            raw.nr,
+            nr::BIND | nr::CONNECT | nr::LISTEN | nr::ACCEPT | nr::ACCEPT4 | nr::SENDTO | nr::SENDMSG
+        );
+        let fd_path = on_fd.then(|| self.fd_path(p, fd)).flatten();
+        let fd_addr = on_socket.then(|| self.fd_addr(p, fd)).flatten();
+        let succeeded = ret.is_some_and(|r| r >= 0);
+        let event_paths = paths.clone();
+        if succeeded {
+            self.apply(p, &raw, &paths, addr.as_ref());
+        }
+        if raw.nr == nr::CLOSE {
+            // close releases the descriptor even when it reports an error.
+            self.fds(p).remove(&fd);
+        }
+        let errno = ret
+            .filter(|&r| r < 0)
+            .map(|r| format!("{:?}", nix::errno::Errno::from_raw((-r) as i32)));
+        let kind = EventKind::Syscall(SyscallEvent {
+            syscall: syscalls::name(raw.nr).to_owned(),
+            nr: raw.nr,
+            args: raw.args,
+            ret,
+            errno,
+            paths: event_paths,
+            fd_path,
+            fd_addr,
+            addr,
+            argv,
+            incomplete,
+        });
+        event(&raw.header, kind)
+    }
+
+    /// Updates cwd and fd tables after a successful call.
+    fn apply(&mut self, p: Process, raw: &RawSyscall, paths: &[PathArg], addr: Option<&SocketAddress>) {
+        let args = &raw.args;
+        let ret = raw.ret as i32;
+        let target = || paths.iter().find(|a| a.role == PathRole::Target).and_then(|a| a.path.clone());
+        match raw.nr {
+            nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => {
+                let cloexec = match raw.nr {
+                    nr::OPEN => args[1] & O_CLOEXEC != 0,
+                    nr::OPENAT => args[2] & O_CLOEXEC != 0,
+                    _ => false, // openat2's flags are in user memory; creat has none
+                };
+                match target() {
+                    Some(path) => {
+                        self.fds(p).insert(ret, Fd { target: FdTarget::Path(path), cloexec });
+                    }
+                    None => {
+                        self.fds(p).remove(&ret);
+                    }
+                }
+            }
+            nr::CHDIR => {
+                let cwd = target();
+                if let Some(e) = self.cwds.get_mut(&p.fs) {
+                    e.1 = cwd;
+                }
+            }
+            nr::FCHDIR => {
+                let cwd = self.fd_path(p, args[0] as i32);
+                if let Some(e) = self.cwds.get_mut(&p.fs) {
+                    e.1 = cwd;
+                }
+            }
+            nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => {
+                let (new_fd, cloexec) = match raw.nr {
+                    nr::DUP => (ret, false),
+                    nr::DUP2 => (args[1] as i32, false),
+                    nr::DUP3 => (args[1] as i32, args[2] & O_CLOEXEC != 0),
+                    _ => match args[1] {
+                        F_DUPFD => (ret, false),
+                        F_DUPFD_CLOEXEC => (ret, true),
+                        F_SETFD => {
+                            if let Some(fd) = self.fds(p).get_mut(&(args[0] as i32)) {
+                                fd.cloexec = args[2] & FD_CLOEXEC != 0;
+                            }
+                            return;
+                        }
+                        _ => return,
+                    },
+                };
+                let old = self.fds(p).get(&(args[0] as i32)).cloned();
+                match old {
+                    Some(fd) => {
+                        self.fds(p).insert(new_fd, Fd { target: fd.target, cloexec });
+                    }
+                    None => {
+                        self.fds(p).remove(&new_fd);
+                    }
+                }
+            }
+            nr::CLOSE_RANGE => {
+                let (first, last, flags) = (args[0] as u32, args[1] as u32, args[2]);
+                let p = if flags & CLOSE_RANGE_UNSHARE != 0 { self.unshare_files(raw.header.pid) } else { p };
+                let table = self.fds(p);
+                if flags & CLOSE_RANGE_CLOEXEC != 0 {
+                    for (fd, entry) in table.iter_mut() {
+                        if (first..=last).contains(&(*fd as u32)) {
+                            entry.cloexec = true;
+                        }
+                    }
+                } else {
+                    table.retain(|fd, _| !(first..=last).contains(&(*fd as u32)));
+                }
+            }
+            nr::SOCKET => {
+                self.fds(p).insert(ret, Fd { target: FdTarget::Socket(None), cloexec: false });
+            }
+            nr::BIND | nr::CONNECT => {
+                if let Some(fd) = self.fds(p).get_mut(&(args[0] as i32)) {
+                    // A listener keeps the address it was bound to.
+                    if let FdTarget::Socket(slot @ None) = &mut fd.target {
+                        *slot = addr.cloned();
+                    }
+                }
+            }
+            nr::ACCEPT | nr::ACCEPT4 => {
+                let listener = self.fd_addr(p, args[0] as i32);
+                self.fds(p).insert(ret, Fd { target: FdTarget::Socket(listener), cloexec: false });
+            }
+            nr::EXECVE | nr::EXECVEAT => {
+                let p = self.unshare_files(raw.header.pid);
+                self.fds(p).retain(|_, fd| !fd.cloexec);
+            }
+            _ => {}
+        }
+    }
+
+    /// Gives the process a private copy of its fd table (exec, unshare).
+    fn unshare_files(&mut self, pid: u32) -> Process {
+        let p = self.process(pid);
+        let shared = self.fd_tables.get(&p.files).is_some_and(|(refs, _)| *refs > 1);
+        if !shared {
+            return p;
+        }
+        let table = self.fds(p).clone();
+        if let Some(e) = self.fd_tables.get_mut(&p.files) {
+            e.0 -= 1;
+        }
+        let files = self.new_fd_table(table);
+        let p = Process { fs: p.fs, files };
+        self.processes.insert(pid, p);
+        p
+    }
+
+    fn socket_address(&self, p: Process, bytes: &[u8]) -> SocketAddress {
+        decode_sockaddr(bytes, self.cwd(p))
+    }
+}
+
+/// Decodes a `struct sockaddr`; relative unix paths join `cwd`.
+pub fn decode_sockaddr(bytes: &[u8], cwd: Option<&ContainerPath>) -> SocketAddress {
+    if bytes.len() < 2 {
+        return SocketAddress::Other { family: 0 };
+    }
+    let family = u16::from_le_bytes([bytes[0], bytes[1]]);
+    let port = |b: &[u8]| u16::from_be_bytes([b[2], b[3]]);
+    match family {
+        AF_UNIX => {
+            let name = &bytes[2..];
+            match name.first() {
+                None => SocketAddress::UnixUnnamed,
+                Some(0) => {
+                    let mut n = &name[1..];
+                    while let [rest @ .., 0] = n {
+                        n = rest;
+                    }
+                    SocketAddress::Abstract { name: String::from_utf8_lossy(n).into_owned() }
+                }
+                Some(_) => {
+                    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+                    let raw = String::from_utf8_lossy(&name[..end]).into_owned();
+                    let path = if raw.starts_with('/') {
+                        ContainerPath::new(&raw)
+                    } else {
+                        cwd.map(|c| c.join(&raw))
+                    };
+                    SocketAddress::Unix { raw, path }
+                }
+            }
+        }
+        AF_INET if bytes.len() >= 8 => {
+            let ip = Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7]);
+            SocketAddress::Inet { addr: SocketAddr::new(ip.into(), port(bytes)) }
+        }
+        AF_INET6 if bytes.len() >= 24 => {
+            let octets: [u8; 16] = bytes[8..24].try_into().expect("16 bytes");
+            SocketAddress::Inet { addr: SocketAddr::new(Ipv6Addr::from(octets).into(), port(bytes)) }
+        }
+        family => SocketAddress::Other { family },
+    }
+}
+
+fn event(h: &RawHeader, kind: EventKind) -> Event {
+    Event {
+        ts_ns: h.ts_ns,
+        pid: h.pid,
+        tid: h.tid,
+        ppid: h.ppid,
+        cgroup: CgroupId(h.cgroup_id),
+        comm: h.comm.clone(),
+        kind,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(pid: u32) -> RawHeader {
+        RawHeader { pid, tid: pid, ppid: 1, ts_ns: 0, cgroup_id: 9, comm: "t".into() }
+    }
+
+    fn text(s: &str) -> Option<RawStr> {
+        Some(RawStr::Text { bytes: s.as_bytes().to_vec(), truncated: false })
+    }
+
+    fn call(pid: u32, nr: u32, args: [u64; 6], ret: i64, s0: Option<RawStr>, s1: Option<RawStr>) -> RawRecord {
+        RawRecord::Syscall(RawSyscall {
+            header: header(pid),
+            nr,
+            flags: 0,
+            args,
+            ret,
+            enter_ts_ns: 0,
+            str0: s0,
+            str1: s1,
+            argv: None,
+            sockaddr: None,
+        })
+    }
+
+    fn one(r: &mut Resolver, rec: RawRecord) -> SyscallEvent {
+        let mut events = r.handle(rec);
+        assert_eq!(events.len(), 1);
+        match events.remove(0).kind {
+            EventKind::Syscall(s) => s,
+            other => panic!("not a syscall: {other:?}"),
+        }
+    }
+
+    fn path(s: &SyscallEvent, role: PathRole) -> Option<String> {
+        s.path(role).and_then(|p| p.path.as_ref()).map(|p| p.to_string())
+    }
+
+    const CWD: u64 = AT_FDCWD as i64 as u64;
+
+    fn seeded() -> Resolver {
+        let mut r = Resolver::new();
+        r.seed_process(10, ContainerPath::new("/srv"), vec![]);
+        r
+    }
+
+    #[test]
+    fn chdir_then_relative_open_and_dirfd() {
+        let mut r = seeded();
+        one(&mut r, call(10, nr::CHDIR, [0; 6], 0, text("www"), None));
+        let open = one(&mut r, call(10, nr::OPENAT, [CWD, 0, 0, 0, 0, 0], 3, text("html/index.html"), None));
+        assert_eq!(path(&open, PathRole::Target).as_deref(), Some("/srv/www/html/index.html"));
+        let dir = one(&mut r, call(10, nr::OPEN, [0; 6], 4, text("../etc"), None));
+        assert_eq!(path(&dir, PathRole::Target).as_deref(), Some("/srv/etc"));
+        let via_fd = one(&mut r, call(10, nr::OPENAT, [4, 0, 0, 0, 0, 0], 5, text("passwd"), None));
+        assert_eq!(path(&via_fd, PathRole::Target).as_deref(), Some("/srv/etc/passwd"));
+        // After close, the dirfd means nothing: unresolved, with the reason.
+        one(&mut r, call(10, nr::CLOSE, [4, 0, 0, 0, 0, 0], 0, None, None));
+        let stale = one(&mut r, call(10, nr::OPENAT, [4, 0, 0, 0, 0, 0], -9, text("group"), None));
+        let p = stale.path(PathRole::Target).unwrap();
+        assert_eq!(p.path, None);
+        assert!(matches!(&p.resolution, Resolution::Unresolved(why) if why.contains("dirfd 4")), "{p:?}");
+        assert_eq!(stale.errno.as_deref(), Some("EBADF"));
+    }
+
+    #[test]
+    fn failed_open_keeps_errno_and_path() {
+        let mut r = seeded();
+        let e = one(&mut r, call(10, nr::OPENAT, [CWD, 0, 0, 0, 0, 0], -2, text("nope"), None));
+        assert_eq!(e.errno.as_deref(), Some("ENOENT"));
+        assert_eq!(e.ret, Some(-2));
+        assert_eq!(path(&e, PathRole::Target).as_deref(), Some("/srv/nope"));
+        assert!(!r.fds(r.processes[&10]).contains_key(&-2));
+    }
+
+    #[test]
+    fn rename_symlink_readlink_roles() {
+        let mut r = seeded();
+        let mv = one(&mut r, call(10, nr::RENAMEAT2, [CWD, 0, CWD, 0, 0, 0], 0, text("a"), text("/b")));
+        assert_eq!(path(&mv, PathRole::Old).as_deref(), Some("/srv/a"));
+        assert_eq!(path(&mv, PathRole::New).as_deref(), Some("/b"));
+        let ln = one(&mut r, call(10, nr::SYMLINK, [0; 6], 0, text("../x"), text("l")));
+        let content = ln.path(PathRole::LinkContent).unwrap();
+        assert_eq!((content.raw.as_str(), &content.resolution, &content.path), ("../x", &Resolution::Literal, &None));
+        assert_eq!(path(&ln, PathRole::New).as_deref(), Some("/srv/l"));
+        let rl = one(&mut r, call(10, nr::READLINK, [0; 6], 4, text("l"), text("../x")));
+        assert_eq!(path(&rl, PathRole::Target).as_deref(), Some("/srv/l"));
+        assert_eq!(rl.path(PathRole::LinkValue).unwrap().raw, "../x");
+    }
+
+    #[test]
+    fn at_empty_path_means_the_fd_itself() {
+        let mut r = seeded();
+        one(&mut r, call(10, nr::OPEN, [0; 6], 7, text("/etc/hosts"), None));
+        let st = one(&mut r, call(10, nr::NEWFSTATAT, [7, 0, 0, AT_EMPTY_PATH, 0, 0], 0, text(""), None));
+        assert_eq!(path(&st, PathRole::Target).as_deref(), Some("/etc/hosts"));
+        let bad = one(&mut r, call(10, nr::NEWFSTATAT, [7, 0, 0, 0, 0, 0], -2, text(""), None));
+        assert_eq!(bad.path(PathRole::Target).unwrap().path, None);
+    }
+
+    #[test]
+    fn unknown_process_has_unknown_cwd() {
+        let mut r = Resolver::new();
+        let e = one(&mut r, call(99, nr::STAT, [0; 6], 0, text("rel"), None));
+        let p = e.path(PathRole::Target).unwrap();
+        assert!(matches!(&p.resolution, Resolution::Unresolved(why) if why.contains("cwd unknown")));
+        let abs = one(&mut r, call(99, nr::STAT, [0; 6], 0, text("/abs/./x"), None));
+        assert_eq!(path(&abs, PathRole::Target).as_deref(), Some("/abs/x"));
+    }
+
+    #[test]
+    fn snapshotter_fills_in_processes_seen_late() {
+        let mut r = Resolver::with_snapshotter(Box::new(|pid| {
+            (ContainerPath::new(&format!("/proc-{pid}")), vec![(3, ContainerPath::new("/data").unwrap())])
+        }));
+        let e = one(&mut r, call(5, nr::OPENAT, [3, 0, 0, 0, 0, 0], 4, text("f"), None));
+        assert_eq!(path(&e, PathRole::Target).as_deref(), Some("/data/f"));
+        let c = one(&mut r, call(5, nr::OPEN, [0; 6], 6, text("g"), None));
+        assert_eq!(path(&c, PathRole::Target).as_deref(), Some("/proc-5/g"));
+    }
+
+    #[test]
+    fn fork_copies_tables_and_threads_share_them() {
+        let mut r = seeded();
+        one(&mut r, call(10, nr::OPEN, [0; 6], 3, text("/var"), None));
+        r.handle(RawRecord::Fork { header: header(10), child_tid: 11, clone_flags: 17 });
+        // The child changes directory; the parent's cwd must not move.
+        one(&mut r, call(11, nr::CHDIR, [0; 6], 0, text("/tmp"), None));
+        let parent = one(&mut r, call(10, nr::STAT, [0; 6], 0, text("x"), None));
+        assert_eq!(path(&parent, PathRole::Target).as_deref(), Some("/srv/x"));
+        let child_fd = one(&mut r, call(11, nr::OPENAT, [3, 0, 0, 0, 0, 0], 4, text("log"), None));
+        assert_eq!(path(&child_fd, PathRole::Target).as_deref(), Some("/var/log"), "fds are inherited");
+        // A thread: events carry the process id, so it shares the cwd.
+        let forks = r.handle(RawRecord::Fork { header: header(10), child_tid: 12, clone_flags: CLONE_THREAD | CLONE_FS | CLONE_FILES });
+        assert!(matches!(forks[0].kind, EventKind::Fork { child_pid: 10, thread: true, .. }));
+        // CLONE_FS shares the cwd between processes.
+        r.handle(RawRecord::Fork { header: header(10), child_tid: 13, clone_flags: CLONE_FS });
+        one(&mut r, call(13, nr::CHDIR, [0; 6], 0, text("/opt"), None));
+        let shared = one(&mut r, call(10, nr::STAT, [0; 6], 0, text("y"), None));
+        assert_eq!(path(&shared, PathRole::Target).as_deref(), Some("/opt/y"));
+    }
+
+    #[test]
+    fn exit_forgets_the_process() {
+        let mut r = seeded();
+        r.handle(RawRecord::Fork { header: header(10), child_tid: 11, clone_flags: 17 });
+        assert_eq!(r.tracked_processes(), 2);
+        let e = r.handle(RawRecord::Exit { header: header(11), group_dead: true });
+        assert!(matches!(e[0].kind, EventKind::Exit { process_exited: true }));
+        assert_eq!(r.tracked_processes(), 1);
+        assert_eq!(r.fd_tables.len(), 1, "the child's table is freed");
+    }
+
+    #[test]
+    fn socket_addresses_decode() {
+        let cwd = ContainerPath::new("/run").unwrap();
+        let mut unix = vec![1, 0];
+        unix.extend_from_slice(b"app.sock\0\0");
+        assert_eq!(
+            decode_sockaddr(&unix, Some(&cwd)),
+            SocketAddress::Unix { raw: "app.sock".into(), path: ContainerPath::new("/run/app.sock") }
+        );
+        let mut abs = vec![1, 0, 0];
+        abs.extend_from_slice(b"dbus\0");
+        assert_eq!(decode_sockaddr(&abs, None), SocketAddress::Abstract { name: "dbus".into() });
+        assert_eq!(decode_sockaddr(&[1, 0], None), SocketAddress::UnixUnnamed);
+        let inet = [2, 0, 0x1f, 0x90, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(decode_sockaddr(&inet, None), SocketAddress::Inet { addr: "127.0.0.1:8080".parse().unwrap() });
+        let mut v6 = vec![10, 0, 0, 80, 0, 0, 0, 0];
+        v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
+        assert_eq!(decode_sockaddr(&v6, None), SocketAddress::Inet { addr: "[::1]:80".parse().unwrap() });
+        assert_eq!(decode_sockaddr(&[16, 0, 1, 2], None), SocketAddress::Other { family: 16 });
+    }
+
+    #[test]
+    fn listener_address_follows_accepted_sockets() {
+        let mut r = seeded();
+        one(&mut r, call(10, nr::SOCKET, [2, 1, 0, 0, 0, 0], 3, None, None));
+        let RawRecord::Syscall(mut bind) = call(10, nr::BIND, [3, 0, 16, 0, 0, 0], 0, None, None) else { unreachable!() };
+        bind.sockaddr = Some(vec![2, 0, 0x0c, 0xea, 0, 0, 0, 0]);
+        one(&mut r, RawRecord::Syscall(bind));
+        let listen = one(&mut r, call(10, nr::LISTEN, [3, 128, 0, 0, 0, 0], 0, None, None));
+        let want = SocketAddress::Inet { addr: "0.0.0.0:3306".parse().unwrap() };
+        assert_eq!(listen.fd_addr, Some(want.clone()));
+        one(&mut r, call(10, nr::ACCEPT4, [3, 0, 0, 0, 0, 0], 5, None, None));
+        let close = one(&mut r, call(10, nr::SENDTO, [5, 0, 0, 0, 0, 0], 1, None, None));
+        assert_eq!(close.fd_addr, Some(want));
+    }
+
+    #[test]
+    fn exec_merges_entry_and_exit_and_drops_cloexec_fds() {
+        let mut r = seeded();
+        one(&mut r, call(10, nr::OPEN, [0, O_CLOEXEC, 0, 0, 0, 0], 3, text("/etc/a"), None));
+        one(&mut r, call(10, nr::OPEN, [0; 6], 4, text("/etc/b"), None));
+        let RawRecord::Syscall(mut entry) = call(10, nr::EXECVE, [0; 6], 0, text("bin/tool"), None) else { unreachable!() };
+        entry.argv = Some(vec!["tool".into(), "-v".into()]);
+        assert!(r.handle(RawRecord::ExecArgs(entry)).is_empty(), "entry waits for the exit");
+        let exec = one(&mut r, call(10, nr::EXECVE, [0; 6], 0, None, None));
+        assert_eq!(path(&exec, PathRole::Target).as_deref(), Some("/srv/bin/tool"));
+        assert_eq!(exec.argv, Some(vec!["tool".into(), "-v".into()]));
+        let table = r.fds(r.processes[&10]);
+        assert!(!table.contains_key(&3) && table.contains_key(&4), "O_CLOEXEC fd closed by exec");
+        let orphan = one(&mut r, call(10, nr::EXECVE, [0; 6], -2, None, None));
+        assert_eq!(orphan.incomplete, vec!["exec entry (filename, argv) not seen".to_owned()]);
+    }
+
+    #[test]
+    fn dup_and_fcntl_copy_descriptors() {
+        let mut r = seeded();
+        one(&mut r, call(10, nr::OPEN, [0; 6], 3, text("/d"), None));
+        one(&mut r, call(10, nr::DUP2, [3, 9, 0, 0, 0, 0], 9, None, None));
+        one(&mut r, call(10, nr::FCNTL, [9, F_DUPFD_CLOEXEC, 20, 0, 0, 0], 20, None, None));
+        one(&mut r, call(10, nr::CLOSE_RANGE, [3, 9, 0, 0, 0, 0], 0, None, None));
+        let e = one(&mut r, call(10, nr::OPENAT, [20, 0, 0, 0, 0, 0], 21, text("f"), None));
+        assert_eq!(path(&e, PathRole::Target).as_deref(), Some("/d/f"));
+        let gone = one(&mut r, call(10, nr::FCHDIR, [9, 0, 0, 0, 0, 0], -9, None, None));
+        assert_eq!(gone.fd_path, None);
+    }
+}
