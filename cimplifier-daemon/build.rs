@@ -25,7 +25,11 @@ fn main() {
             .unwrap_or_else(|e| panic!("copying CIMPLIFIER_EBPF_OBJECT={prebuilt}: {e}"));
         return;
     }
-    for dir in ["cimplifier-ebpf/src", "cimplifier-ebpf/Cargo.toml", "cimplifier-common/src"] {
+    for dir in [
+        "cimplifier-ebpf/src",
+        "cimplifier-ebpf/Cargo.toml",
+        "cimplifier-common/src",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     for tool in [DEBIAN_RUSTC, DEBIAN_CARGO] {
@@ -45,15 +49,17 @@ fn main() {
         .env("RUSTC", DEBIAN_RUSTC)
         .env("RUSTC_BOOTSTRAP", "1");
     // The outer cargo's settings would point the child at rustup's toolchain.
-    for (key, _) in env::vars() {
-        if key.starts_with("CARGO_") || key.starts_with("RUSTC_") || key == "CARGO" || key == "RUSTUP_TOOLCHAIN" || key == "RUSTFLAGS" {
-            if key != "RUSTC_BOOTSTRAP" {
-                cmd.env_remove(&key);
-            }
-        }
+    let inherited = |key: &str| {
+        key.starts_with("CARGO_")
+            || key.starts_with("RUSTC_")
+            || ["CARGO", "RUSTUP_TOOLCHAIN", "RUSTFLAGS"].contains(&key)
+    };
+    for (key, _) in env::vars().filter(|(k, _)| inherited(k) && k != "RUSTC_BOOTSTRAP") {
+        cmd.env_remove(key);
     }
-    cmd.env_remove("RUSTC_WRAPPER").env_remove("RUSTC_WORKSPACE_WRAPPER");
-    let status = cmd.status().unwrap_or_else(|e| panic!("running {DEBIAN_CARGO}: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running {DEBIAN_CARGO}: {e}"));
     if !status.success() {
         panic!(
             "building the eBPF programs in {} failed ({status}); \

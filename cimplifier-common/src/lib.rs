@@ -166,4 +166,3 @@ pub mod maps {
     pub const WATCH_GENERATION: &str = "WATCH_GENERATION";
     pub const COUNTERS: &str = "COUNTERS";
 }
-

@@ -84,11 +84,17 @@ pub enum StrSource {
 pub enum AddrSource {
     None,
     /// `(addr ptr arg, len arg)`, the address passed in (bind, connect, sendto).
-    In { ptr: u8, len: u8 },
+    In {
+        ptr: u8,
+        len: u8,
+    },
     /// sendmsg: `msg_name`/`msg_namelen` of the `msghdr` at argument `n`.
     MsgHdr(u8),
     /// accept: `(addr ptr arg, *len ptr arg)`, written by the kernel.
-    Out { ptr: u8, len_ptr: u8 },
+    Out {
+        ptr: u8,
+        len_ptr: u8,
+    },
 }
 
 /// How a traced syscall is recorded.
@@ -100,11 +106,19 @@ pub struct Spec {
 }
 
 const fn s(str0: StrSource, str1: StrSource) -> Option<Spec> {
-    Some(Spec { str0, str1, addr: AddrSource::None })
+    Some(Spec {
+        str0,
+        str1,
+        addr: AddrSource::None,
+    })
 }
 
 const fn a(addr: AddrSource) -> Option<Spec> {
-    Some(Spec { str0: StrSource::None, str1: StrSource::None, addr })
+    Some(Spec {
+        str0: StrSource::None,
+        str1: StrSource::None,
+        addr,
+    })
 }
 
 /// The recording spec of syscall `n`, or `None` when it is not traced.
@@ -128,8 +142,8 @@ pub const fn spec(n: u32) -> Option<Spec> {
         SENDTO => a(AddrSource::In { ptr: 4, len: 5 }),
         SENDMSG => a(AddrSource::MsgHdr(1)),
         ACCEPT | ACCEPT4 => a(AddrSource::Out { ptr: 1, len_ptr: 2 }),
-        FCHDIR | GETDENTS64 | DUP | DUP2 | DUP3 | FCNTL | CLOSE | CLOSE_RANGE | SOCKET
-        | LISTEN | CLONE | CLONE3 | FORK | VFORK | EXIT | EXIT_GROUP => s(No, No),
+        FCHDIR | GETDENTS64 | DUP | DUP2 | DUP3 | FCNTL | CLOSE | CLOSE_RANGE | SOCKET | LISTEN
+        | CLONE | CLONE3 | FORK | VFORK | EXIT | EXIT_GROUP => s(No, No),
         _ => None,
     }
 }

@@ -11,13 +11,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use cimplifier::trace::cgroup::{cgroup2_mount, cgroup_id};
+use cimplifier::trace::cgroup::{cgroup_id, cgroup2_mount};
 use cimplifier::trace::{EventStream, Tracer, TracerConfig};
 
 const LOOP_ITERATIONS: usize = 200_000;
 const LOOP_FILES: usize = 100;
 const REDIS_IMAGE: &str = "cimplifier-test/redis:latest";
-const REDIS_REQUESTS: &str = "200000";
+const REDIS_REQUESTS: &str = "100000";
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
@@ -26,9 +26,15 @@ fn main() -> Result<()> {
         return syscall_loop(Path::new(&args[2]));
     }
     if !nix::unistd::Uid::effective().is_root() {
-        bail!("the trace benchmark loads eBPF programs: run it as root (`cargo xtask bench-trace`)");
+        bail!(
+            "the trace benchmark loads eBPF programs: run it as root (`cargo xtask bench-trace`)"
+        );
     }
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?.block_on(run())
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(run())
 }
 
 /// stat + open + close over LOOP_FILES files, LOOP_ITERATIONS times: 3 traced
@@ -66,7 +72,12 @@ impl Drop for Cgroup {
 fn timed_in(cgroup: &Path, argv: &[&str]) -> Result<Duration> {
     let script = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", cgroup.display());
     let start = Instant::now();
-    let status = Command::new("/bin/sh").arg("-c").arg(script).arg("sh").args(argv).status()?;
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .args(argv)
+        .status()?;
     let elapsed = start.elapsed();
     if !status.success() {
         bail!("{argv:?} failed: {status}");
@@ -74,8 +85,14 @@ fn timed_in(cgroup: &Path, argv: &[&str]) -> Result<Duration> {
     Ok(elapsed)
 }
 
-/// Counts events as they arrive, in the background, until `stop`.
-fn count_events(mut events: EventStream) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<(u64, EventStream)>) {
+/// Counts events as they arrive, in the background, until `stop` fires.
+/// The caller stops watching and then calls [`drain_rest`].
+fn count_events(
+    mut events: EventStream,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<(u64, EventStream)>,
+) {
     let (tx, mut rx) = tokio::sync::oneshot::channel();
     let task = tokio::spawn(async move {
         let mut n = 0u64;
@@ -85,12 +102,20 @@ fn count_events(mut events: EventStream) -> (tokio::sync::oneshot::Sender<()>, t
                 e = events.next_event() => if e.is_some() { n += 1 } else { break },
             }
         }
-        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), events.next_event()).await {
-            n += 1;
-        }
         (n, events)
     });
     (tx, task)
+}
+
+/// Counts what is still queued once nothing is watched any more.
+async fn drain_rest(events: &mut EventStream) -> u64 {
+    let mut n = 0;
+    while let Ok(Some(_)) =
+        tokio::time::timeout(Duration::from_millis(300), events.next_event()).await
+    {
+        n += 1;
+    }
+    n
 }
 
 async fn run() -> Result<()> {
@@ -115,9 +140,10 @@ async fn run() -> Result<()> {
     let (stop, counter) = count_events(events.take().unwrap());
     let traced = timed_in(&traced_cg.0, &loop_argv)?;
     let _ = stop.send(());
-    let (received, stream) = counter.await?;
-    events = Some(stream);
+    let (mut received, mut stream) = counter.await?;
     tracer.unwatch(&watched)?;
+    received += drain_rest(&mut stream).await;
+    events = Some(stream);
     let after = tracer.counters()?;
     let lost = after.loss.lost() - before.loss.lost();
 
@@ -127,9 +153,20 @@ async fn run() -> Result<()> {
     let straced = timed_in(&strace_cg.0, &strace_argv)?;
 
     let rate = received as f64 / traced.as_secs_f64();
-    println!("untraced            {:>8.3} s  1.00x", untraced.as_secs_f64());
-    println!("cimplifier          {:>8.3} s  {:.2}x slower", traced.as_secs_f64(), traced.as_secs_f64() / untraced.as_secs_f64());
-    println!("strace -f           {:>8.3} s  {:.2}x slower", straced.as_secs_f64(), straced.as_secs_f64() / untraced.as_secs_f64());
+    println!(
+        "untraced            {:>8.3} s  1.00x",
+        untraced.as_secs_f64()
+    );
+    println!(
+        "cimplifier          {:>8.3} s  {:.2}x slower",
+        traced.as_secs_f64(),
+        traced.as_secs_f64() / untraced.as_secs_f64()
+    );
+    println!(
+        "strace -f           {:>8.3} s  {:.2}x slower",
+        straced.as_secs_f64(),
+        straced.as_secs_f64() / untraced.as_secs_f64()
+    );
     println!("events ingested     {received} ({rate:.0} events/s), lost {lost}");
 
     println!();
@@ -145,8 +182,9 @@ async fn run() -> Result<()> {
     let traced_rps = redis.benchmark()?;
     let traced_secs = start.elapsed().as_secs_f64();
     let _ = stop.send(());
-    let (received, _) = counter.await?;
+    let (mut received, mut stream) = counter.await?;
     tracer.unwatch(&watched)?;
+    received += drain_rest(&mut stream).await;
     let redis_lost = tracer.counters()?.loss.lost() - before.loss.lost();
     let mut strace = Command::new("strace")
         .args(["-f", "-o", "/dev/null", "-p", &redis.pid.to_string()])
@@ -154,10 +192,20 @@ async fn run() -> Result<()> {
         .context("starting strace")?;
     std::thread::sleep(Duration::from_millis(500));
     let straced_rps = redis.benchmark()?;
-    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(strace.id() as i32), nix::sys::signal::Signal::SIGINT);
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(strace.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
     let _ = strace.wait();
-    for (name, rps) in [("untraced", untraced_rps), ("cimplifier", traced_rps), ("strace -f", straced_rps)] {
-        println!("{name:<18}  {rps:>10.0} requests/s  {:.3}x of untraced", rps / untraced_rps);
+    for (name, rps) in [
+        ("untraced", untraced_rps),
+        ("cimplifier", traced_rps),
+        ("strace -f", straced_rps),
+    ] {
+        println!(
+            "{name:<18}  {rps:>10.0} requests/s  {:.3}x of untraced",
+            rps / untraced_rps
+        );
     }
     println!(
         "events ingested     {received} ({:.0} events/s), lost {redis_lost}",
@@ -177,17 +225,51 @@ impl RedisContainer {
         let name = format!("cimplifier-bench-redis-{}", std::process::id());
         let _ = Command::new("docker").args(["rm", "-f", &name]).output();
         let out = Command::new("docker")
-            .args(["run", "-d", "--name", &name, "-p", "127.0.0.1::6379", REDIS_IMAGE])
+            .args([
+                "run",
+                "-d",
+                "--name",
+                &name,
+                "-p",
+                "127.0.0.1::6379",
+                REDIS_IMAGE,
+            ])
             .output()?;
         if !out.status.success() {
-            bail!("starting {REDIS_IMAGE} failed (run `cargo xtask images`): {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "starting {REDIS_IMAGE} failed (run `cargo xtask images`): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        let port = String::from_utf8(Command::new("docker").args(["port", &name, "6379/tcp"]).output()?.stdout)?;
-        let port = port.lines().next().context("no published port")?.rsplit(':').next().unwrap().to_owned();
-        let pid = String::from_utf8(Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", &name]).output()?.stdout)?;
-        let me = Self { name, port, pid: pid.trim().parse()? };
+        let port = String::from_utf8(
+            Command::new("docker")
+                .args(["port", &name, "6379/tcp"])
+                .output()?
+                .stdout,
+        )?;
+        let port = port
+            .lines()
+            .next()
+            .context("no published port")?
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        let pid = String::from_utf8(
+            Command::new("docker")
+                .args(["inspect", "-f", "{{.State.Pid}}", &name])
+                .output()?
+                .stdout,
+        )?;
+        let me = Self {
+            name,
+            port,
+            pid: pid.trim().parse()?,
+        };
         for _ in 0..50 {
-            let ping = Command::new("redis-cli").args(["-p", &me.port, "ping"]).output()?;
+            let ping = Command::new("redis-cli")
+                .args(["-p", &me.port, "ping"])
+                .output()?;
             if String::from_utf8_lossy(&ping.stdout).trim() == "PONG" {
                 return Ok(me);
             }
@@ -199,11 +281,25 @@ impl RedisContainer {
     /// Mean requests/s over the SET and GET tests.
     fn benchmark(&self) -> Result<f64> {
         let out = Command::new("redis-benchmark")
-            .args(["-h", "127.0.0.1", "-p", &self.port, "-n", REDIS_REQUESTS, "-t", "set,get", "-q", "--csv"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port,
+                "-n",
+                REDIS_REQUESTS,
+                "-t",
+                "set,get",
+                "-q",
+                "--csv",
+            ])
             .output()
             .context("running redis-benchmark (apt package redis-tools)")?;
         if !out.status.success() {
-            bail!("redis-benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "redis-benchmark failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let text = String::from_utf8(out.stdout)?;
         let rates: Vec<f64> = text
@@ -220,6 +316,8 @@ impl RedisContainer {
 
 impl Drop for RedisContainer {
     fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", &self.name]).output();
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
     }
 }

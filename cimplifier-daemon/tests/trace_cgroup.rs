@@ -26,7 +26,12 @@ async fn scripted_workload_is_recorded_with_resolved_paths() {
     let out = tokio::task::spawn_blocking({
         let path = cgroup.path.clone();
         let base = base.clone();
-        move || run_in(&path, &["/usr/bin/python3", script.to_str().unwrap(), &base])
+        move || {
+            run_in(
+                &path,
+                &["/usr/bin/python3", script.to_str().unwrap(), &base],
+            )
+        }
     })
     .await
     .unwrap();

@@ -7,14 +7,17 @@ use std::process::Command;
 use std::time::Duration;
 
 use cimplifier::docker;
-use cimplifier::trace::cgroup::{cgroup2_mount, cgroup_id};
+use cimplifier::trace::cgroup::{cgroup_id, cgroup2_mount};
 use cimplifier::trace::{PathRole, Tracer, TracerConfig};
 use common::*;
 
 const IMAGE: &str = "cimplifier-test/nginx:latest";
 
 fn docker_cli(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("running the docker CLI");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("running the docker CLI");
     assert!(
         out.status.success(),
         "docker {args:?} failed: {}",
@@ -33,7 +36,19 @@ impl Drop for Container {
 
 fn curl(url: &str) -> (u16, String) {
     let out = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--retry", "20", "--retry-connrefused", "--retry-delay", "0", url])
+        .args([
+            "-s",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--retry",
+            "20",
+            "--retry-connrefused",
+            "--retry-delay",
+            "0",
+            url,
+        ])
         .output()
         .expect("running curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -44,8 +59,14 @@ fn curl(url: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_container_serving_a_page_is_recorded_from_its_first_exec() {
     require_root();
-    let inspect = Command::new("docker").args(["image", "inspect", IMAGE]).output().expect("docker CLI");
-    assert!(inspect.status.success(), "image {IMAGE} is missing: run `cargo xtask images`");
+    let inspect = Command::new("docker")
+        .args(["image", "inspect", IMAGE])
+        .output()
+        .expect("docker CLI");
+    assert!(
+        inspect.status.success(),
+        "image {IMAGE} is missing: run `cargo xtask images`"
+    );
 
     let mut tracer = Tracer::load(TracerConfig::default()).expect("loading the tracer");
     let mut events = tracer.events().unwrap();
@@ -59,7 +80,9 @@ async fn nginx_container_serving_a_page_is_recorded_from_its_first_exec() {
     let _ = Command::new("docker").args(["rm", "-f", &name]).output();
     docker_cli(&["run", "-d", "--name", &name, "-p", "127.0.0.1::80", IMAGE]);
     let _guard = Container(name.clone());
-    let info = docker::resolve_container(&docker::connect().unwrap(), &name).await.unwrap();
+    let info = docker::resolve_container(&docker::connect().unwrap(), &name)
+        .await
+        .unwrap();
     let container_cgroup = cgroup_id(&info.cgroup_path).unwrap();
     let port = docker_cli(&["port", &name, "80/tcp"]);
     let addr = port.lines().next().unwrap().to_owned();
@@ -79,20 +102,40 @@ async fn nginx_container_serving_a_page_is_recorded_from_its_first_exec() {
 
     let execs: Vec<_> = syscalls(&events, "execve")
         .into_iter()
-        .filter(|(_, s)| s.succeeded() && path_of(s, PathRole::Target).is_some_and(|p| p.ends_with("/nginx")))
+        .filter(|(_, s)| {
+            s.succeeded() && path_of(s, PathRole::Target).is_some_and(|p| p.ends_with("/nginx"))
+        })
         .collect();
-    assert!(!execs.is_empty(), "the nginx exec was not seen:\n{}", dump(&events, 40));
+    assert!(
+        !execs.is_empty(),
+        "the nginx exec was not seen:\n{}",
+        dump(&events, 40)
+    );
     assert_eq!(execs[0].1.argv.as_ref().unwrap()[0], "nginx");
 
-    let served = find(&events, &["openat", "open"], PathRole::Target, "/var/www/html/index.html");
+    let served = find(
+        &events,
+        &["openat", "open"],
+        PathRole::Target,
+        "/var/www/html/index.html",
+    );
     assert!(
-        served.iter().any(|(e, s)| s.succeeded() && e.comm == "nginx"),
+        served
+            .iter()
+            .any(|(e, s)| s.succeeded() && e.comm == "nginx"),
         "nginx opening the served file /var/www/html/index.html was not seen:\n{}",
         dump(&events, 80)
     );
-    let probed_missing = events
-        .iter()
-        .filter_map(|e| e.syscall())
-        .any(|s| !s.succeeded() && s.paths.iter().any(|p| p.path.as_ref().is_some_and(|p| p.as_str() == "/var/www/html/no-such-page.html")));
-    assert!(probed_missing, "the failed lookup of the missing page was not seen");
+    let probed_missing = events.iter().filter_map(|e| e.syscall()).any(|s| {
+        !s.succeeded()
+            && s.paths.iter().any(|p| {
+                p.path
+                    .as_ref()
+                    .is_some_and(|p| p.as_str() == "/var/www/html/no-such-page.html")
+            })
+    });
+    assert!(
+        probed_missing,
+        "the failed lookup of the missing page was not seen"
+    );
 }

@@ -12,11 +12,43 @@ use common::*;
 
 /// The file and name syscalls the tracer promises to record.
 const FILE_SYSCALLS: &[&str] = &[
-    "open", "openat", "openat2", "creat", "stat", "lstat", "newfstatat", "statx", "access",
-    "faccessat", "faccessat2", "readlink", "readlinkat", "execve", "execveat", "chdir", "mkdir",
-    "mkdirat", "rmdir", "unlink", "unlinkat", "rename", "renameat", "renameat2", "link", "linkat",
-    "symlink", "symlinkat", "chmod", "fchmodat", "chown", "lchown", "fchownat", "truncate",
-    "utimensat", "mknod", "mknodat",
+    "open",
+    "openat",
+    "openat2",
+    "creat",
+    "stat",
+    "lstat",
+    "newfstatat",
+    "statx",
+    "access",
+    "faccessat",
+    "faccessat2",
+    "readlink",
+    "readlinkat",
+    "execve",
+    "execveat",
+    "chdir",
+    "mkdir",
+    "mkdirat",
+    "rmdir",
+    "unlink",
+    "unlinkat",
+    "rename",
+    "renameat",
+    "renameat2",
+    "link",
+    "linkat",
+    "symlink",
+    "symlinkat",
+    "chmod",
+    "fchmodat",
+    "chown",
+    "lchown",
+    "fchownat",
+    "truncate",
+    "utimensat",
+    "mknod",
+    "mknodat",
 ];
 
 /// Parses a C string literal as strace prints it, starting after the `"`.
@@ -88,9 +120,13 @@ fn strace_names(log: &str) -> BTreeSet<(String, String)> {
     let mut names = BTreeSet::new();
     for line in log.lines() {
         // "PID  name(args) = ret" or "PID  name(args <unfinished ...>"
-        let Some((_, call)) = line.split_once(char::is_whitespace) else { continue };
+        let Some((_, call)) = line.split_once(char::is_whitespace) else {
+            continue;
+        };
         let call = call.trim_start();
-        let Some((name, args)) = call.split_once('(') else { continue };
+        let Some((name, args)) = call.split_once('(') else {
+            continue;
+        };
         if !FILE_SYSCALLS.contains(&name) {
             continue;
         }
@@ -143,8 +179,16 @@ async fn every_path_strace_sees_is_in_our_log() {
             run_in(
                 &cg,
                 &[
-                    "strace", "-f", "-y", "-s", "4096", "-o", log.to_str().unwrap(), "/usr/bin/python3",
-                    script.to_str().unwrap(), base.to_str().unwrap(),
+                    "strace",
+                    "-f",
+                    "-y",
+                    "-s",
+                    "4096",
+                    "-o",
+                    log.to_str().unwrap(),
+                    "/usr/bin/python3",
+                    script.to_str().unwrap(),
+                    base.to_str().unwrap(),
                 ],
             )
         }
@@ -152,14 +196,25 @@ async fn every_path_strace_sees_is_in_our_log() {
     .await
     .unwrap();
     let events = drain(&mut events, Duration::from_millis(500)).await;
-    assert_eq!(tracer.counters().unwrap().loss.lost(), 0, "a lossy trace cannot be compared");
+    assert_eq!(
+        tracer.counters().unwrap().loss.lost(),
+        0,
+        "a lossy trace cannot be compared"
+    );
 
     let theirs = strace_names(&std::fs::read_to_string(&strace_log).unwrap());
-    assert!(theirs.len() > 50, "strace saw too little to compare: {theirs:?}");
+    assert!(
+        theirs.len() > 50,
+        "strace saw too little to compare: {theirs:?}"
+    );
     let ours: BTreeSet<(String, String)> = events
         .iter()
         .filter_map(|e| e.syscall())
-        .flat_map(|s| s.paths.iter().map(move |p| (s.syscall.clone(), p.raw.clone())))
+        .flat_map(|s| {
+            s.paths
+                .iter()
+                .map(move |p| (s.syscall.clone(), p.raw.clone()))
+        })
         .collect();
     // No exceptions are needed today: both read the same argument strings.
     // (strace's own syscalls are in our log and not in its output; that is
@@ -175,7 +230,8 @@ async fn every_path_strace_sees_is_in_our_log() {
     for s in events.iter().filter_map(|e| e.syscall()) {
         for p in &s.paths {
             assert!(
-                p.path.is_some() || !matches!(p.resolution, cimplifier::trace::Resolution::Resolved),
+                p.path.is_some()
+                    || !matches!(p.resolution, cimplifier::trace::Resolution::Resolved),
                 "{s:?}"
             );
         }

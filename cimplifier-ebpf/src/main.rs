@@ -29,8 +29,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use cimplifier_common::{
-    COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader,
-    RecordKind, SOCKADDR_MAX, STR_SLOT, SyscallRecord, counter, flags,
+    COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
+    SOCKADDR_MAX, STR_SLOT, SyscallRecord, counter, flags,
     syscalls::{AddrSource, StrSource, nr, spec},
 };
 
@@ -147,12 +147,24 @@ fn header(kind: RecordKind, cgroup_id: u64) -> RecordHeader {
     }
 }
 
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// Wake the reader only once this much is queued: a wakeup per record costs
+/// more than the record. The reader also polls, so nothing waits long.
+const WAKEUP_BYTES: u64 = 256 << 10;
+
 /// Sends the first `len` bytes of `base`, counting a full ring buffer as loss.
 #[inline(always)]
 fn emit(base: *const u8, len: usize, max: usize) {
     let len = if len > max { max } else { len };
     let data = unsafe { core::slice::from_raw_parts(base, len) };
-    if EVENTS.output::<[u8]>(data, 0).is_ok() {
+    let wakeup = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    if EVENTS.output::<[u8]>(data, wakeup).is_ok() {
         count(counter::EMITTED);
     } else {
         count(counter::RINGBUF_FULL);
@@ -166,9 +178,7 @@ fn read_path(dst: *mut u8, src: u64) -> (u32, u32) {
     if src == 0 {
         return (0, 0);
     }
-    let n = unsafe {
-        read_user_str_raw(dst.cast(), STR_SLOT as u32, src as *const c_void)
-    };
+    let n = unsafe { read_user_str_raw(dst.cast(), STR_SLOT as u32, src as *const c_void) };
     if n <= 0 {
         count(counter::USER_READ_FAULT);
         return (0, flags::STR0_PRESENT | flags::STR0_FAULT);
@@ -223,9 +233,17 @@ fn read_sockaddr(rec: &mut SyscallRecord, ptr_arg: u64, len: u64) {
     if ptr_arg == 0 || len == 0 {
         return;
     }
-    let len = if len > SOCKADDR_MAX as u64 { SOCKADDR_MAX as u64 } else { len };
+    let len = if len > SOCKADDR_MAX as u64 {
+        SOCKADDR_MAX as u64
+    } else {
+        len
+    };
     let r = unsafe {
-        read_user_raw(rec.sockaddr.as_mut_ptr().cast(), len as u32, ptr_arg as *const c_void)
+        read_user_raw(
+            rec.sockaddr.as_mut_ptr().cast(),
+            len as u32,
+            ptr_arg as *const c_void,
+        )
     };
     if r == 0 {
         rec.sockaddr_len = len as u32;
@@ -237,7 +255,12 @@ fn read_sockaddr(rec: &mut SyscallRecord, ptr_arg: u64, len: u64) {
 }
 
 #[inline(always)]
-fn scratch_syscall(kind: RecordKind, cgroup: u64, nr: u32, args: &[u64; 6]) -> Option<&'static mut SyscallRecord> {
+fn scratch_syscall(
+    kind: RecordKind,
+    cgroup: u64,
+    nr: u32,
+    args: &[u64; 6],
+) -> Option<&'static mut SyscallRecord> {
     let rec = unsafe { &mut *SYSCALL_SCRATCH.get_ptr_mut(0)? };
     rec.header = header(kind, cgroup);
     rec.nr = nr;
@@ -302,7 +325,12 @@ fn try_sys_enter(ctx: &TracePointContext) -> Option<()> {
         emit_syscall(rec);
     }
     let tid = bpf_get_current_pid_tgid() as u32;
-    let entry = InFlight { nr, _pad: 0, args, enter_ts_ns: unsafe { bpf_ktime_get_ns() } };
+    let entry = InFlight {
+        nr,
+        _pad: 0,
+        args,
+        enter_ts_ns: unsafe { bpf_ktime_get_ns() },
+    };
     if INFLIGHT.insert(&tid, &entry, 0).is_err() {
         count(counter::INFLIGHT_FULL);
     }
@@ -351,7 +379,11 @@ fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
             rec.flags |= b << 4;
         }
         StrSource::ReadlinkResult(p) if ret > 0 => {
-            let n = if ret as usize >= STR_SLOT { STR_SLOT - 1 } else { ret as usize };
+            let n = if ret as usize >= STR_SLOT {
+                STR_SLOT - 1
+            } else {
+                ret as usize
+            };
             let r = unsafe {
                 read_user_raw(
                     base.add(STR_SLOT).cast(),
@@ -377,8 +409,7 @@ fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
             let msghdr = args[m as usize % 6] as *const u8;
             if !msghdr.is_null() {
                 let name: u64 = unsafe { bpf_probe_read_user(msghdr.cast()) }.unwrap_or(0);
-                let len: u32 =
-                    unsafe { bpf_probe_read_user(msghdr.add(8).cast()) }.unwrap_or(0);
+                let len: u32 = unsafe { bpf_probe_read_user(msghdr.add(8).cast()) }.unwrap_or(0);
                 read_sockaddr(rec, name, len as u64);
             }
         }
@@ -407,8 +438,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 
 fn try_fork(ctx: &TracePointContext) -> Option<()> {
     let cgroup = watched_cgroup()?;
-    let child_tid: i32 =
-        unsafe { ctx.read_at(global(&FORK_CHILD_PID_OFFSET) as usize) }.ok()?;
+    let child_tid: i32 = unsafe { ctx.read_at(global(&FORK_CHILD_PID_OFFSET) as usize) }.ok()?;
     let tid = bpf_get_current_pid_tgid() as u32;
     let clone_flags = match unsafe { INFLIGHT.get(&tid) } {
         Some(e) if e.nr == nr::CLONE => e.args[0],
@@ -425,7 +455,11 @@ fn try_fork(ctx: &TracePointContext) -> Option<()> {
         _pad: 0,
         clone_flags,
     };
-    emit((&rec as *const ForkRecord).cast(), core::mem::size_of::<ForkRecord>(), core::mem::size_of::<ForkRecord>());
+    emit(
+        (&rec as *const ForkRecord).cast(),
+        core::mem::size_of::<ForkRecord>(),
+        core::mem::size_of::<ForkRecord>(),
+    );
     Some(())
 }
 
@@ -446,7 +480,11 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
         group_dead: group_dead as u32,
         _pad: 0,
     };
-    emit((&rec as *const ExitRecord).cast(), core::mem::size_of::<ExitRecord>(), core::mem::size_of::<ExitRecord>());
+    emit(
+        (&rec as *const ExitRecord).cast(),
+        core::mem::size_of::<ExitRecord>(),
+        core::mem::size_of::<ExitRecord>(),
+    );
     Some(())
 }
 

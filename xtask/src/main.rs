@@ -4,6 +4,7 @@
 //! root, no container registry (test images are built locally from Debian
 //! packages), Docker from Debian's `docker.io`.
 
+mod bench;
 mod demo;
 mod ebpf;
 mod images;
@@ -85,6 +86,14 @@ enum Command {
     /// requests / and /missing a few times, then prints a summary of the
     /// event log and removes the container. Needs root.
     Demo,
+    /// Measure the tracer's overhead; prints figures, asserts nothing.
+    ///
+    /// In one run: a stat/open/close loop and redis-benchmark against a redis
+    /// container, each untraced, traced by cimplifier and under `strace -f`.
+    /// Prints wall times or requests/s as ratios to the untraced baseline,
+    /// the events/s ingested and the events lost. Runs `setup` first. Needs
+    /// root. Record the figures in docs/benchmarks.md.
+    BenchTrace,
 }
 
 fn main() -> Result<()> {
@@ -98,6 +107,7 @@ fn main() -> Result<()> {
         Command::Images { force } => images::run(force),
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
+        Command::BenchTrace => bench::trace(),
     }
 }
 

@@ -4,12 +4,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
 use cimplifier::trace::TracerConfig;
 use cimplifier::trace::record::{RecordOptions, TraceTarget, record};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(version, about = "cimplifier's host daemon: observes containers with eBPF")]
+#[command(
+    version,
+    about = "cimplifier's host daemon: observes containers with eBPF"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,7 +28,11 @@ enum Command {
     /// was lost it says `"complete": false` and this command warns. Needs root.
     Trace {
         /// cgroup v2 directory to trace, e.g. /sys/fs/cgroup/unified/my-job.
-        #[arg(long, conflicts_with = "container", required_unless_present = "container")]
+        #[arg(
+            long,
+            conflicts_with = "container",
+            required_unless_present = "container"
+        )]
         cgroup: Option<PathBuf>,
         /// Running Docker container to trace, by name or id.
         #[arg(long)]
@@ -46,8 +53,7 @@ enum Command {
 async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -62,7 +68,13 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Trace { cgroup, container, output, duration, ring_buffer_mib } => {
+        Command::Trace {
+            cgroup,
+            container,
+            output,
+            duration,
+            ring_buffer_mib,
+        } => {
             if !ring_buffer_mib.is_power_of_two() {
                 anyhow::bail!("--ring-buffer-mib {ring_buffer_mib} must be a power of two");
             }
@@ -75,7 +87,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 target,
                 output,
                 duration,
-                tracer: TracerConfig { ring_buffer_bytes: ring_buffer_mib << 20, ..Default::default() },
+                tracer: TracerConfig {
+                    ring_buffer_bytes: ring_buffer_mib << 20,
+                    ..Default::default()
+                },
                 progress_every: Duration::from_secs(5),
             };
             let summary = record(opts, shutdown_signal()).await?;
@@ -86,7 +101,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if summary.complete {
                     "no events lost".to_owned()
                 } else {
-                    format!("{} events LOST: the trace is incomplete", summary.loss.lost())
+                    format!(
+                        "{} events LOST: the trace is incomplete",
+                        summary.loss.lost()
+                    )
                 }
             );
             Ok(())

@@ -20,8 +20,9 @@ pub struct ContainerInfo {
 
 /// Connects to the local engine (DOCKER_HOST or /var/run/docker.sock).
 pub fn connect() -> Result<Docker> {
-    Docker::connect_with_local_defaults()
-        .context("connecting to the Docker engine (is dockerd running? `cargo xtask setup` starts it)")
+    Docker::connect_with_local_defaults().context(
+        "connecting to the Docker engine (is dockerd running? `cargo xtask setup` starts it)",
+    )
 }
 
 /// Resolves a container name or id to its process and cgroup.
@@ -29,16 +30,25 @@ pub async fn resolve_container(docker: &Docker, name_or_id: &str) -> Result<Cont
     let details = docker
         .inspect_container(name_or_id, None)
         .await
-        .with_context(|| format!("container {name_or_id:?} not found by the Docker engine (see `docker ps -a`)"))?;
+        .with_context(|| {
+            format!("container {name_or_id:?} not found by the Docker engine (see `docker ps -a`)")
+        })?;
     let state = details.state.unwrap_or_default();
     let pid = state.pid.unwrap_or(0);
     if state.running != Some(true) || pid <= 0 {
-        bail!("container {name_or_id:?} is not running (state: {:?}); start it first", state.status);
+        bail!(
+            "container {name_or_id:?} is not running (state: {:?}); start it first",
+            state.status
+        );
     }
     let pid = pid as u32;
     Ok(ContainerInfo {
         id: details.id.unwrap_or_default(),
-        name: details.name.unwrap_or_default().trim_start_matches('/').to_owned(),
+        name: details
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned(),
         image: details.config.and_then(|c| c.image).unwrap_or_default(),
         pid,
         cgroup_path: cgroup_of_pid(pid)?,

@@ -11,8 +11,8 @@ use super::{CgroupId, ContainerPath};
 /// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup` on unified
 /// hosts, `/sys/fs/cgroup/unified` on hybrid ones like these machines).
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .context("reading /proc/self/mountinfo")?;
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     mountinfo
         .lines()
         .find_map(|line| {
@@ -26,14 +26,15 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
 /// The id of a cgroup directory: its inode number, which is what the kernel
 /// programs see from `bpf_get_current_cgroup_id()`.
 pub fn cgroup_id(dir: &Path) -> Result<CgroupId> {
-    let meta = std::fs::metadata(dir).with_context(|| {
-        format!("cgroup {} does not exist or is not readable", dir.display())
-    })?;
+    let meta = std::fs::metadata(dir)
+        .with_context(|| format!("cgroup {} does not exist or is not readable", dir.display()))?;
     if !dir.join("cgroup.procs").exists() {
         return Err(anyhow!(
             "{} is not a cgroup v2 directory (no cgroup.procs); give a path under {}",
             dir.display(),
-            cgroup2_mount().map(|p| p.display().to_string()).unwrap_or_default()
+            cgroup2_mount()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         ));
     }
     Ok(CgroupId(meta.ino()))
@@ -46,7 +47,9 @@ pub fn cgroup_of_pid(pid: u32) -> Result<PathBuf> {
     let rel = text
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
-        .ok_or_else(|| anyhow!("process {pid} has no cgroup v2 membership in /proc/{pid}/cgroup"))?;
+        .ok_or_else(|| {
+            anyhow!("process {pid} has no cgroup v2 membership in /proc/{pid}/cgroup")
+        })?;
     Ok(cgroup2_mount()?.join(rel.trim_start_matches('/')))
 }
 
@@ -59,7 +62,12 @@ pub fn pids_below(dir: &Path) -> Vec<u32> {
             pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
         }
         if let Ok(entries) = std::fs::read_dir(&d) {
-            stack.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+            stack.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path()),
+            );
         }
     }
     pids
@@ -80,14 +88,24 @@ pub fn snapshot_process(pid: u32) -> ProcessSnapshot {
     let inside = |target: PathBuf| -> Option<ContainerPath> {
         let target = target.to_str()?;
         let root = root.as_ref()?.to_str()?;
-        let rel = if root == "/" { target } else { target.strip_prefix(root)? };
+        let rel = if root == "/" {
+            target
+        } else {
+            target.strip_prefix(root)?
+        };
         ContainerPath::new(if rel.is_empty() { "/" } else { rel })
     };
-    let cwd = std::fs::read_link(proc_dir.join("cwd")).ok().and_then(&inside);
+    let cwd = std::fs::read_link(proc_dir.join("cwd"))
+        .ok()
+        .and_then(&inside);
     let mut fds = Vec::new();
     if let Ok(entries) = std::fs::read_dir(proc_dir.join("fd")) {
         for entry in entries.flatten() {
-            let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            let Some(fd) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
                 continue;
             };
             // Sockets, pipes and anon inodes read as "socket:[..]": not paths.
@@ -110,7 +128,11 @@ mod tests {
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(snap.cwd.unwrap().as_str(), cwd.to_str().unwrap());
         let dir = cgroup_of_pid(me).unwrap();
-        assert!(pids_below(&dir).contains(&me), "{} should list us", dir.display());
+        assert!(
+            pids_below(&dir).contains(&me),
+            "{} should list us",
+            dir.display()
+        );
         assert!(cgroup_id(&dir).unwrap().0 > 0);
     }
 

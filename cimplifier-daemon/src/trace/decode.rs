@@ -4,18 +4,26 @@
 //! socket addresses. [`super::resolve`] turns them into [`super::Event`]s.
 
 use cimplifier_common::{
-    ExitRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT, SyscallRecord,
-    flags, syscalls::{StrSource, spec},
+    ExitRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT, SyscallRecord, flags,
+    syscalls::{StrSource, spec},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
     #[error("record of {len} bytes is shorter than its {kind} header ({need} bytes)")]
-    Short { kind: &'static str, len: usize, need: usize },
+    Short {
+        kind: &'static str,
+        len: usize,
+        need: usize,
+    },
     #[error("record kind {0} is unknown (kernel programs newer than this daemon?)")]
     UnknownKind(u32),
     #[error("record claims a {what} of {claimed} bytes but carries {present}")]
-    BadLength { what: &'static str, claimed: usize, present: usize },
+    BadLength {
+        what: &'static str,
+        claimed: usize,
+        present: usize,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,7 +39,10 @@ pub struct RawHeader {
 /// A name copied from user memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RawStr {
-    Text { bytes: Vec<u8>, truncated: bool },
+    Text {
+        bytes: Vec<u8>,
+        truncated: bool,
+    },
     /// The kernel could not read it.
     Fault,
 }
@@ -70,8 +81,15 @@ impl RawSyscall {
 pub enum RawRecord {
     Syscall(RawSyscall),
     ExecArgs(RawSyscall),
-    Fork { header: RawHeader, child_tid: u32, clone_flags: u64 },
-    Exit { header: RawHeader, group_dead: bool },
+    Fork {
+        header: RawHeader,
+        child_tid: u32,
+        clone_flags: u64,
+    },
+    Exit {
+        header: RawHeader,
+        group_dead: bool,
+    },
 }
 
 impl RawRecord {
@@ -87,7 +105,11 @@ impl RawRecord {
 fn read<T: Copy>(bytes: &[u8], kind: &'static str) -> Result<T, DecodeError> {
     let need = size_of::<T>();
     if bytes.len() < need {
-        return Err(DecodeError::Short { kind, len: bytes.len(), need });
+        return Err(DecodeError::Short {
+            kind,
+            len: bytes.len(),
+            need,
+        });
     }
     // SAFETY: length checked; T is a repr(C) plain-old-data record.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
@@ -97,7 +119,11 @@ fn read<T: Copy>(bytes: &[u8], kind: &'static str) -> Result<T, DecodeError> {
 /// `bytes.len()` are zero.
 fn read_prefix<T: Copy>(bytes: &[u8], fixed: usize, kind: &'static str) -> Result<T, DecodeError> {
     if bytes.len() < fixed {
-        return Err(DecodeError::Short { kind, len: bytes.len(), need: fixed });
+        return Err(DecodeError::Short {
+            kind,
+            len: bytes.len(),
+            need: fixed,
+        });
     }
     let mut buf = vec![0u8; size_of::<T>()];
     let n = bytes.len().min(buf.len());
@@ -191,7 +217,10 @@ fn syscall(bytes: &[u8]) -> Result<RawSyscall, DecodeError> {
         };
         (None, argv)
     } else {
-        (string(tail, 1, rec.str_len[1], rec.flags, "second path")?, None)
+        (
+            string(tail, 1, rec.str_len[1], rec.flags, "second path")?,
+            None,
+        )
     };
     Ok(RawSyscall {
         header: header(&rec.header),
@@ -223,7 +252,10 @@ pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
         }
         Some(RecordKind::Exit) => {
             let rec: ExitRecord = read(bytes, "exit")?;
-            Ok(RawRecord::Exit { header: header(&rec.header), group_dead: rec.group_dead != 0 })
+            Ok(RawRecord::Exit {
+                header: header(&rec.header),
+                group_dead: rec.group_dead != 0,
+            })
         }
         None => Err(DecodeError::UnknownKind(h.kind)),
     }
@@ -237,7 +269,15 @@ pub(crate) mod tests {
     pub(crate) fn header_bytes(kind: RecordKind, tid: u32) -> RecordHeader {
         let mut comm = [0u8; COMM_LEN];
         comm[..4].copy_from_slice(b"test");
-        RecordHeader { kind: kind as u32, pid: tid, tid, ppid: 1, ts_ns: 5, cgroup_id: 9, comm }
+        RecordHeader {
+            kind: kind as u32,
+            pid: tid,
+            tid,
+            ppid: 1,
+            ts_ns: 5,
+            cgroup_id: 9,
+            comm,
+        }
     }
 
     fn as_bytes<T>(v: &T) -> &[u8] {
@@ -270,17 +310,33 @@ pub(crate) mod tests {
     #[test]
     fn decodes_a_rename_with_two_paths() {
         let bytes = syscall_bytes(nr::RENAME, 0, Some("a.txt"), Some("b.txt"));
-        let RawRecord::Syscall(s) = decode(&bytes).unwrap() else { panic!() };
+        let RawRecord::Syscall(s) = decode(&bytes).unwrap() else {
+            panic!()
+        };
         assert_eq!(s.header.comm, "test");
-        assert_eq!(s.str0, Some(RawStr::Text { bytes: b"a.txt".to_vec(), truncated: false }));
-        assert_eq!(s.str1, Some(RawStr::Text { bytes: b"b.txt".to_vec(), truncated: false }));
+        assert_eq!(
+            s.str0,
+            Some(RawStr::Text {
+                bytes: b"a.txt".to_vec(),
+                truncated: false
+            })
+        );
+        assert_eq!(
+            s.str1,
+            Some(RawStr::Text {
+                bytes: b"b.txt".to_vec(),
+                truncated: false
+            })
+        );
     }
 
     #[test]
     fn decodes_packed_argv() {
         let mut bytes = syscall_bytes(nr::EXECVE, 0, Some("/bin/ls"), Some("ls\0-l\0"));
         bytes[0] = RecordKind::ExecArgs as u8;
-        let RawRecord::ExecArgs(s) = decode(&bytes).unwrap() else { panic!() };
+        let RawRecord::ExecArgs(s) = decode(&bytes).unwrap() else {
+            panic!()
+        };
         assert_eq!(s.argv, Some(vec!["ls".to_owned(), "-l".to_owned()]));
         assert_eq!(s.str1, None);
     }

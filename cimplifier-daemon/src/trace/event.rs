@@ -154,14 +154,23 @@ fn is_false(b: &bool) -> bool {
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum SocketAddress {
     /// A unix socket node on the file system.
-    Unix { raw: String, path: Option<ContainerPath> },
+    Unix {
+        raw: String,
+        path: Option<ContainerPath>,
+    },
     /// A Linux abstract unix socket name (no file system node).
-    Abstract { name: String },
+    Abstract {
+        name: String,
+    },
     /// An unnamed unix socket (autobind, or a peer without a name).
     UnixUnnamed,
-    Inet { addr: SocketAddr },
+    Inet {
+        addr: SocketAddr,
+    },
     /// Another family; kept so nothing is dropped silently.
-    Other { family: u16 },
+    Other {
+        family: u16,
+    },
 }
 
 /// One traced system call with its arguments and result.
@@ -216,10 +225,17 @@ impl SyscallEvent {
 #[serde(rename_all = "snake_case", tag = "event")]
 pub enum EventKind {
     /// A new process or thread, seen from the parent.
-    Fork { child_pid: u32, child_tid: u32, thread: bool, clone_flags: u64 },
-    Syscall(SyscallEvent),
+    Fork {
+        child_pid: u32,
+        child_tid: u32,
+        thread: bool,
+        clone_flags: u64,
+    },
+    Syscall(Box<SyscallEvent>),
     /// A thread ended; `process_exited` when it was the last one.
-    Exit { process_exited: bool },
+    Exit {
+        process_exited: bool,
+    },
 }
 
 /// One decoded event.
@@ -300,7 +316,7 @@ mod tests {
             ppid: 1,
             cgroup: CgroupId(42),
             comm: "sh".into(),
-            kind: EventKind::Syscall(SyscallEvent {
+            kind: EventKind::Syscall(Box::new(SyscallEvent {
                 syscall: "openat".into(),
                 nr: 257,
                 args: [0; 6],
@@ -315,10 +331,12 @@ mod tests {
                 }],
                 fd_path: None,
                 fd_addr: None,
-                addr: Some(SocketAddress::Inet { addr: "127.0.0.1:80".parse().unwrap() }),
+                addr: Some(SocketAddress::Inet {
+                    addr: "127.0.0.1:80".parse().unwrap(),
+                }),
                 argv: None,
                 incomplete: vec![],
-            }),
+            })),
         };
         let json = serde_json::to_string(&e).unwrap();
         assert!(json.contains(r#""event":"syscall""#), "{json}");

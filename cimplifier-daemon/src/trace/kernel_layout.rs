@@ -75,9 +75,16 @@ fn find_member(btf: &Btf, members: &[btf_rs::Member], field: &str) -> Result<Opt
 
 /// Offset of `field` in a tracepoint's record, from its tracefs format file.
 pub fn tracepoint_field_offset(category: &str, event: &str, field: &str) -> Result<u64> {
-    let path = Path::new(TRACEFS).join("events").join(category).join(event).join("format");
+    let path = Path::new(TRACEFS)
+        .join("events")
+        .join(category)
+        .join(event)
+        .join("format");
     let text = std::fs::read_to_string(&path).with_context(|| {
-        format!("reading {}: is tracefs mounted? (`mount -t tracefs nodev {TRACEFS}`)", path.display())
+        format!(
+            "reading {}: is tracefs mounted? (`mount -t tracefs nodev {TRACEFS}`)",
+            path.display()
+        )
     })?;
     parse_field_offset(&text, field)
         .ok_or_else(|| anyhow!("{} has no field {field}", path.display()))
@@ -90,7 +97,9 @@ fn parse_field_offset(format: &str, field: &str) -> Option<u64> {
         if name != field {
             return None;
         }
-        let offset = line.split(';').find_map(|p| p.trim().strip_prefix("offset:"))?;
+        let offset = line
+            .split(';')
+            .find_map(|p| p.trim().strip_prefix("offset:"))?;
         offset.parse().ok()
     })
 }
@@ -116,13 +125,17 @@ format:
 
     #[test]
     fn reads_this_kernels_layout() {
-        let layout = KernelLayout::read().expect("kernel BTF and tracefs (run `cargo xtask setup`)");
+        let layout =
+            KernelLayout::read().expect("kernel BTF and tracefs (run `cargo xtask setup`)");
         let btf = Btf::from_file(VMLINUX_BTF).unwrap();
         // 6.x keeps f_path inside an anonymous union: found through it.
         let f_path = member_offset(&btf, "file", "f_path").unwrap();
         assert!(f_path > 0 && f_path < 512, "file.f_path at {f_path}");
         assert!(member_offset(&btf, "file", "no_such_member").is_err());
-        assert!(layout.task_tgid > 0 && layout.task_real_parent > layout.task_tgid, "{layout:?}");
+        assert!(
+            layout.task_tgid > 0 && layout.task_real_parent > layout.task_tgid,
+            "{layout:?}"
+        );
         assert!(layout.fork_child_pid >= 8, "{layout:?}");
     }
 }

@@ -6,6 +6,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
@@ -22,7 +23,8 @@ use super::resolve::Resolver;
 use super::{CgroupId, Event, LossCounters};
 
 /// The kernel programs, built by build.rs with Debian's rustc-web.
-static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cimplifier.bpf.o"));
+static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/cimplifier.bpf.o"));
 
 #[derive(Clone, Debug)]
 pub struct TracerConfig {
@@ -35,7 +37,10 @@ pub struct TracerConfig {
 
 impl Default for TracerConfig {
     fn default() -> Self {
-        Self { ring_buffer_bytes: 64 << 20, channel_capacity: 65536 }
+        Self {
+            ring_buffer_bytes: 64 << 20,
+            channel_capacity: 65536,
+        }
     }
 }
 
@@ -68,14 +73,24 @@ impl Tracer {
     /// a cgroup is watched. Needs root (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN).
     pub fn load(config: TracerConfig) -> Result<Self> {
         if !Path::new(TRACEFS).join("events").exists() {
-            bail!("tracefs is not mounted at {TRACEFS}: run `mount -t tracefs nodev {TRACEFS}` (or `cargo xtask setup`)");
+            bail!(
+                "tracefs is not mounted at {TRACEFS}: run `mount -t tracefs nodev {TRACEFS}` (or `cargo xtask setup`)"
+            );
         }
         let layout = KernelLayout::read()?;
         let mut ebpf = EbpfLoader::new()
-            .override_global(globals::TASK_REAL_PARENT_OFFSET, &layout.task_real_parent, true)
+            .override_global(
+                globals::TASK_REAL_PARENT_OFFSET,
+                &layout.task_real_parent,
+                true,
+            )
             .override_global(globals::TASK_TGID_OFFSET, &layout.task_tgid, true)
             .override_global(globals::FORK_CHILD_PID_OFFSET, &layout.fork_child_pid, true)
-            .override_global(globals::EXIT_GROUP_DEAD_OFFSET, &layout.exit_group_dead, true)
+            .override_global(
+                globals::EXIT_GROUP_DEAD_OFFSET,
+                &layout.exit_group_dead,
+                true,
+            )
             .map_max_entries(maps::EVENTS, config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs (are you root, with BPF enabled?)")?;
@@ -90,12 +105,15 @@ impl Tracer {
                 .program_mut(prog)
                 .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
                 .try_into()?;
-            p.load().with_context(|| format!("loading tracepoint program {prog}"))?;
-            p.attach(category, name).with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
+            p.load()
+                .with_context(|| format!("loading tracepoint program {prog}"))?;
+            p.attach(category, name)
+                .with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
         }
 
         let take = |ebpf: &mut Ebpf, name: &str| {
-            ebpf.take_map(name).ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
+            ebpf.take_map(name)
+                .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))
         };
         let maps = Maps {
             watched: HashMap::try_from(take(&mut ebpf, maps::WATCHED_CGROUPS)?)?,
@@ -130,15 +148,22 @@ impl Tracer {
             }
         }
         let mut maps = self.maps.lock().expect("maps lock");
-        maps.watched.insert(id.0, 1, 0).with_context(|| format!("adding cgroup {} to the watch set", dir.display()))?;
+        maps.watched
+            .insert(id.0, 1, 0)
+            .with_context(|| format!("adding cgroup {} to the watch set", dir.display()))?;
         bump_generation(&mut maps)?;
-        Ok(WatchedCgroup { id, path: dir.to_path_buf() })
+        Ok(WatchedCgroup {
+            id,
+            path: dir.to_path_buf(),
+        })
     }
 
     /// Stops recording a cgroup.
     pub fn unwatch(&self, cgroup: &WatchedCgroup) -> Result<()> {
         let mut maps = self.maps.lock().expect("maps lock");
-        maps.watched.remove(&cgroup.id.0).with_context(|| format!("cgroup {} was not watched", cgroup.path.display()))?;
+        maps.watched
+            .remove(&cgroup.id.0)
+            .with_context(|| format!("cgroup {} was not watched", cgroup.path.display()))?;
         bump_generation(&mut maps)
     }
 
@@ -166,12 +191,18 @@ impl Tracer {
     /// The decoded event stream. Can be taken once; spawns the reader task
     /// on the current tokio runtime.
     pub fn events(&mut self) -> Result<EventStream> {
-        let ring = self.ring.take().ok_or_else(|| anyhow!("the event stream was already taken"))?;
+        let ring = self
+            .ring
+            .take()
+            .ok_or_else(|| anyhow!("the event stream was already taken"))?;
         let (tx, rx) = mpsc::channel(self.config.channel_capacity);
         let resolver = Arc::clone(&self.resolver);
         let undecodable = Arc::clone(&self.undecodable);
         let task = tokio::spawn(read_ring(ring, resolver, undecodable, tx));
-        Ok(EventStream { rx, _reader: AbortOnDrop(task) })
+        Ok(EventStream {
+            rx,
+            _reader: AbortOnDrop(task),
+        })
     }
 }
 
@@ -190,6 +221,11 @@ pub struct TracerCounters {
     pub emitted: u64,
 }
 
+/// How long records may wait in the ring buffer: the kernel wakes the reader
+/// only when much is queued, so the reader also polls this often.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+const BATCH: usize = 1024;
+
 async fn read_ring(
     ring: RingBuf<MapData>,
     resolver: Arc<Mutex<Resolver>>,
@@ -199,27 +235,34 @@ async fn read_ring(
     // SAFETY: the ring buffer's fd stays open and unchanged while the AsyncFd owns it.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?;
-    let mut batch = Vec::with_capacity(1024);
-    loop {
-        let mut guard = fd.readable_mut().await?;
-        let ring = guard.get_inner_mut();
-        {
-            let mut resolver = resolver.lock().expect("resolver lock");
-            while let Some(item) = ring.next() {
-                match decode(&item) {
-                    Ok(rec) => batch.extend(resolver.handle(rec)),
-                    Err(e) => {
-                        undecodable.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!("undecodable ring-buffer record: {e}");
-                    }
-                }
-                if batch.len() >= 1024 {
-                    break;
+    let mut batch = Vec::with_capacity(BATCH);
+    let drain = |ring: &mut RingBuf<MapData>, batch: &mut Vec<Event>| -> usize {
+        let mut resolver = resolver.lock().expect("resolver lock");
+        let mut records = 0;
+        while batch.len() < BATCH {
+            let Some(item) = ring.next() else { break };
+            records += 1;
+            match decode(&item) {
+                Ok(rec) => batch.extend(resolver.handle(rec)),
+                Err(e) => {
+                    undecodable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!("undecodable ring-buffer record: {e}");
                 }
             }
         }
-        if batch.is_empty() {
-            guard.clear_ready();
+        records
+    };
+    loop {
+        match tokio::time::timeout(POLL_INTERVAL, fd.readable_mut()).await {
+            Ok(guard) => {
+                let mut guard = guard?;
+                if drain(guard.get_inner_mut(), &mut batch) == 0 {
+                    guard.clear_ready();
+                }
+            }
+            Err(_) => {
+                drain(fd.get_mut(), &mut batch);
+            }
         }
         for event in batch.drain(..) {
             if tx.send(event).await.is_err() {

@@ -40,7 +40,7 @@ pub struct LogSummary {
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum LogLine {
     Header(LogHeader),
-    Event(Event),
+    Event(Box<Event>),
     Summary(LogSummary),
 }
 
@@ -52,9 +52,13 @@ pub struct EventLogWriter {
 
 impl EventLogWriter {
     pub fn create(path: &Path, header: LogHeader) -> Result<Self> {
-        let file = File::create(path)
-            .with_context(|| format!("creating event log {}", path.display()))?;
-        let mut w = Self { out: BufWriter::new(file), path: path.to_path_buf(), events: 0 };
+        let file =
+            File::create(path).with_context(|| format!("creating event log {}", path.display()))?;
+        let mut w = Self {
+            out: BufWriter::new(file),
+            path: path.to_path_buf(),
+            events: 0,
+        };
         w.line(&LogLine::Header(header))?;
         Ok(w)
     }
@@ -75,7 +79,13 @@ impl EventLogWriter {
             #[serde(flatten)]
             event: &'a Event,
         }
-        serde_json::to_writer(&mut self.out, &Tagged { record: "event", event })?;
+        serde_json::to_writer(
+            &mut self.out,
+            &Tagged {
+                record: "event",
+                event,
+            },
+        )?;
         self.out
             .write_all(b"\n")
             .with_context(|| format!("writing event log {}", self.path.display()))
@@ -115,7 +125,8 @@ impl EventLog {
     }
 
     pub fn read(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("opening event log {}", path.display()))?;
+        let file =
+            File::open(path).with_context(|| format!("opening event log {}", path.display()))?;
         Self::from_reader(BufReader::new(file), path)
     }
 
@@ -130,7 +141,10 @@ impl EventLog {
                 continue;
             }
             let parsed: LogLine = serde_json::from_str(&line).with_context(|| {
-                format!("{}:{n}: expected a JSON log record (header, event or summary)", name.display())
+                format!(
+                    "{}:{n}: expected a JSON log record (header, event or summary)",
+                    name.display()
+                )
             })?;
             match (parsed, &header) {
                 (LogLine::Header(h), None) if n == 1 => {
@@ -145,14 +159,20 @@ impl EventLog {
                     header = Some(h)
                 }
                 (_, None) => bail!("{}:{n}: expected the header record first", name.display()),
-                (LogLine::Header(_), Some(_)) => bail!("{}:{n}: a second header record", name.display()),
-                (LogLine::Event(e), Some(_)) if summary.is_none() => events.push(e),
+                (LogLine::Header(_), Some(_)) => {
+                    bail!("{}:{n}: a second header record", name.display())
+                }
+                (LogLine::Event(e), Some(_)) if summary.is_none() => events.push(*e),
                 (LogLine::Summary(s), Some(_)) if summary.is_none() => summary = Some(s),
                 (_, Some(_)) => bail!("{}:{n}: records after the summary", name.display()),
             }
         }
         let header = header.with_context(|| format!("{}: empty event log", name.display()))?;
-        Ok(Self { header, events, summary })
+        Ok(Self {
+            header,
+            events,
+            summary,
+        })
     }
 }
 
@@ -184,20 +204,31 @@ mod tests {
             ppid: 0,
             cgroup: CgroupId(7),
             comm: "x".into(),
-            kind: EventKind::Exit { process_exited: true },
+            kind: EventKind::Exit {
+                process_exited: true,
+            },
         };
         w.write(&event).unwrap();
-        let loss = LossCounters { ringbuf_full: 3, ..Default::default() };
+        let loss = LossCounters {
+            ringbuf_full: 3,
+            ..Default::default()
+        };
         w.finish(10, loss).unwrap();
         let log = EventLog::read(&path).unwrap();
         assert_eq!(log.events, vec![event]);
-        assert!(!log.is_complete(), "3 lost events must make the log incomplete");
+        assert!(
+            !log.is_complete(),
+            "3 lost events must make the log incomplete"
+        );
         assert_eq!(log.summary.unwrap().loss.ringbuf_full, 3);
     }
 
     #[test]
     fn errors_name_the_file_and_line() {
-        let text = format!("{}\nnot json\n", serde_json::to_string(&LogLine::Header(header())).unwrap());
+        let text = format!(
+            "{}\nnot json\n",
+            serde_json::to_string(&LogLine::Header(header())).unwrap()
+        );
         let err = EventLog::from_reader(text.as_bytes(), Path::new("t.jsonl")).unwrap_err();
         assert!(format!("{err:#}").contains("t.jsonl:2"), "{err:#}");
         let cut = serde_json::to_string(&LogLine::Header(header())).unwrap();

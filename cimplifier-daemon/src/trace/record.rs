@@ -38,7 +38,10 @@ pub async fn record(opts: RecordOptions, stop: impl Future<Output = ()>) -> Resu
         TraceTarget::Container(name) => {
             let info = docker::resolve_container(&docker::connect()?, name).await?;
             tracing::info!(container = %info.name, id = %info.id, cgroup = %info.cgroup_path.display(), "resolved container");
-            (info.cgroup_path, format!("container {} ({})", info.name, info.id))
+            (
+                info.cgroup_path,
+                format!("container {} ({})", info.name, info.id),
+            )
         }
     };
     let mut tracer = Tracer::load(opts.tracer.clone())?;
@@ -82,7 +85,9 @@ pub async fn record(opts: RecordOptions, stop: impl Future<Output = ()>) -> Resu
     }
     tracer.unwatch(&watched)?;
     // Records already in the ring buffer still belong to the trace.
-    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), events.next_event()).await {
+    while let Ok(Some(e)) =
+        tokio::time::timeout(Duration::from_millis(200), events.next_event()).await
+    {
         log.write(&e)?;
     }
     let counters = tracer.counters()?;

@@ -71,8 +71,16 @@ struct NameArg {
     empty_path_flags: Option<usize>,
 }
 
-const fn name(role: PathRole, dirfd: Option<usize>, empty_path_flags: Option<usize>) -> Option<NameArg> {
-    Some(NameArg { role, dirfd, empty_path_flags })
+const fn name(
+    role: PathRole,
+    dirfd: Option<usize>,
+    empty_path_flags: Option<usize>,
+) -> Option<NameArg> {
+    Some(NameArg {
+        role,
+        dirfd,
+        empty_path_flags,
+    })
 }
 
 /// Meaning of string slots 0 and 1 of each syscall.
@@ -80,10 +88,27 @@ fn name_args(n: u32) -> [Option<NameArg>; 2] {
     use PathRole::*;
     let literal = |role| name(role, None, None);
     match n {
-        nr::OPEN | nr::CREAT | nr::STAT | nr::LSTAT | nr::ACCESS | nr::CHDIR | nr::MKDIR
-        | nr::RMDIR | nr::UNLINK | nr::CHMOD | nr::CHOWN | nr::LCHOWN | nr::TRUNCATE
-        | nr::MKNOD | nr::EXECVE => [name(Target, None, None), None],
-        nr::OPENAT | nr::OPENAT2 | nr::FACCESSAT | nr::MKDIRAT | nr::UNLINKAT | nr::FCHMODAT
+        nr::OPEN
+        | nr::CREAT
+        | nr::STAT
+        | nr::LSTAT
+        | nr::ACCESS
+        | nr::CHDIR
+        | nr::MKDIR
+        | nr::RMDIR
+        | nr::UNLINK
+        | nr::CHMOD
+        | nr::CHOWN
+        | nr::LCHOWN
+        | nr::TRUNCATE
+        | nr::MKNOD
+        | nr::EXECVE => [name(Target, None, None), None],
+        nr::OPENAT
+        | nr::OPENAT2
+        | nr::FACCESSAT
+        | nr::MKDIRAT
+        | nr::UNLINKAT
+        | nr::FCHMODAT
         | nr::MKNODAT => [name(Target, Some(0), None), None],
         // The path may be NULL (no string) or "" with AT_EMPTY_PATH.
         nr::UTIMENSAT => [name(Target, Some(0), Some(3)), None],
@@ -108,6 +133,8 @@ fn is_literal(role: PathRole) -> bool {
 /// An execve seen at entry, waiting for its exit.
 struct PendingExec {
     pid: u32,
+    /// The entry record, to report the exec if its exit never arrives.
+    entry: RawSyscall,
     path: PathArg,
     argv: Option<Vec<String>>,
     incomplete: Vec<String>,
@@ -115,7 +142,8 @@ struct PendingExec {
 
 /// Reads the cwd and open files of a process the resolver meets without
 /// having seen its fork (it was running before the watch began).
-pub type Snapshotter = Box<dyn Fn(u32) -> (Option<ContainerPath>, Vec<(i32, ContainerPath)>) + Send>;
+pub type Snapshotter =
+    Box<dyn Fn(u32) -> (Option<ContainerPath>, Vec<(i32, ContainerPath)>) + Send>;
 
 #[derive(Default)]
 pub struct Resolver {
@@ -134,15 +162,31 @@ impl Resolver {
 
     /// A resolver that reads unknown processes' state through `snapshot`.
     pub fn with_snapshotter(snapshot: Snapshotter) -> Self {
-        Self { snapshot: Some(snapshot), ..Self::default() }
+        Self {
+            snapshot: Some(snapshot),
+            ..Self::default()
+        }
     }
 
     /// Records the state of a process that was running before the watch.
-    pub fn seed_process(&mut self, pid: u32, cwd: Option<ContainerPath>, fds: Vec<(i32, ContainerPath)>) {
+    pub fn seed_process(
+        &mut self,
+        pid: u32,
+        cwd: Option<ContainerPath>,
+        fds: Vec<(i32, ContainerPath)>,
+    ) {
         self.forget_process(pid);
         let table = fds
             .into_iter()
-            .map(|(fd, path)| (fd, Fd { target: FdTarget::Path(path), cloexec: false }))
+            .map(|(fd, path)| {
+                (
+                    fd,
+                    Fd {
+                        target: FdTarget::Path(path),
+                        cloexec: false,
+                    },
+                )
+            })
             .collect();
         let fs = self.new_cwd(cwd);
         let files = self.new_fd_table(table);
@@ -179,7 +223,9 @@ impl Resolver {
     }
 
     fn forget_process(&mut self, pid: u32) {
-        let Some(p) = self.processes.remove(&pid) else { return };
+        let Some(p) = self.processes.remove(&pid) else {
+            return;
+        };
         if let Some(entry) = self.cwds.get_mut(&p.fs) {
             entry.0 -= 1;
             if entry.0 == 0 {
@@ -199,7 +245,11 @@ impl Resolver {
     }
 
     fn fds(&mut self, p: Process) -> &mut FdTable {
-        &mut self.fd_tables.entry(p.files).or_insert_with(|| (1, FdTable::new())).1
+        &mut self
+            .fd_tables
+            .entry(p.files)
+            .or_insert_with(|| (1, FdTable::new()))
+            .1
     }
 
     fn fd_path(&self, p: Process, fd: i32) -> Option<ContainerPath> {
@@ -219,25 +269,54 @@ impl Resolver {
     /// Turns one raw record into the events it completes (0 or 1).
     pub fn handle(&mut self, rec: RawRecord) -> Vec<Event> {
         match rec {
-            RawRecord::Fork { header, child_tid, clone_flags } => {
+            RawRecord::Fork {
+                header,
+                child_tid,
+                clone_flags,
+            } => {
                 let thread = clone_flags & CLONE_THREAD != 0;
                 if !thread {
                     self.fork(header.pid, child_tid, clone_flags);
                 }
                 let child_pid = if thread { header.pid } else { child_tid };
-                vec![event(&header, EventKind::Fork { child_pid, child_tid, thread, clone_flags })]
+                vec![event(
+                    &header,
+                    EventKind::Fork {
+                        child_pid,
+                        child_tid,
+                        thread,
+                        clone_flags,
+                    },
+                )]
             }
             RawRecord::Exit { header, group_dead } => {
-                self.pending_exec.remove(&header.tid);
+                // Killed mid-exec (or the exit record was lost): the attempt
+                // still named a binary, so report it rather than drop it.
+                let mut events: Vec<Event> = self
+                    .pending_exec
+                    .remove(&header.tid)
+                    .map(|p| unfinished_exec(p, "the thread exited before exec returned"))
+                    .into_iter()
+                    .collect();
                 if group_dead {
                     self.forget_process(header.pid);
                 }
-                vec![event(&header, EventKind::Exit { process_exited: group_dead })]
+                events.push(event(
+                    &header,
+                    EventKind::Exit {
+                        process_exited: group_dead,
+                    },
+                ));
+                events
             }
             RawRecord::ExecArgs(raw) => {
-                let pending = self.exec_entry(&raw);
-                self.pending_exec.insert(raw.header.tid, pending);
-                Vec::new()
+                let pending = self.exec_entry(raw);
+                let tid = pending.entry.header.tid;
+                self.pending_exec
+                    .insert(tid, pending)
+                    .map(|p| unfinished_exec(p, "exec exit not seen before the next exec"))
+                    .into_iter()
+                    .collect()
             }
             RawRecord::Syscall(raw) => vec![self.syscall(raw)],
         }
@@ -279,9 +358,17 @@ impl Resolver {
                     truncated: false,
                 };
             }
-            RawStr::Text { bytes, truncated } => (String::from_utf8_lossy(bytes).into_owned(), *truncated),
+            RawStr::Text { bytes, truncated } => {
+                (String::from_utf8_lossy(bytes).into_owned(), *truncated)
+            }
         };
-        let literal = |resolution| PathArg { role: arg.role, raw: text.clone(), path: None, resolution, truncated };
+        let literal = |resolution| PathArg {
+            role: arg.role,
+            raw: text.clone(),
+            path: None,
+            resolution,
+            truncated,
+        };
         if is_literal(arg.role) {
             return literal(Resolution::Literal);
         }
@@ -294,7 +381,10 @@ impl Resolver {
                 truncated,
             };
         }
-        let dirfd = arg.dirfd.map(|i| args[i] as i32).filter(|&fd| fd != AT_FDCWD);
+        let dirfd = arg
+            .dirfd
+            .map(|i| args[i] as i32)
+            .filter(|&fd| fd != AT_FDCWD);
         let base = match dirfd {
             None => self.cwd(p).cloned().ok_or_else(|| {
                 "cwd unknown: the process was running before the watch and its cwd could not be read".to_owned()
@@ -302,7 +392,9 @@ impl Resolver {
             Some(fd) => self.fd_path(p, fd).ok_or_else(|| format!("dirfd {fd} is not in the fd table")),
         };
         if text.is_empty() {
-            let empty_ok = arg.empty_path_flags.is_some_and(|i| args[i] & AT_EMPTY_PATH != 0);
+            let empty_ok = arg
+                .empty_path_flags
+                .is_some_and(|i| args[i] & AT_EMPTY_PATH != 0);
             if !empty_ok {
                 return literal(Resolution::Unresolved("empty name".to_owned()));
             }
@@ -343,11 +435,14 @@ impl Resolver {
         paths
     }
 
-    fn exec_entry(&mut self, raw: &RawSyscall) -> PendingExec {
+    fn exec_entry(&mut self, mut raw: RawSyscall) -> PendingExec {
         let p = self.process(raw.header.pid);
         let mut incomplete = Vec::new();
         if raw.has(flags::ARGV_TRUNCATED) {
-            incomplete.push(format!("argv cut after {} arguments", raw.argv.as_ref().map_or(0, Vec::len)));
+            incomplete.push(format!(
+                "argv cut after {} arguments",
+                raw.argv.as_ref().map_or(0, Vec::len)
+            ));
         }
         if raw.has(flags::STR1_FAULT) {
             incomplete.push("argv could not be read".to_owned());
@@ -363,7 +458,14 @@ impl Resolver {
                 truncated: false,
             },
         };
-        PendingExec { pid: raw.header.pid, path, argv: raw.argv.clone(), incomplete }
+        incomplete.extend(name_notes(std::slice::from_ref(&path)));
+        PendingExec {
+            pid: raw.header.pid,
+            path,
+            argv: raw.argv.take(),
+            incomplete,
+            entry: raw,
+        }
     }
 
     fn syscall(&mut self, raw: RawSyscall) -> Event {
@@ -378,7 +480,10 @@ impl Resolver {
             let key = if self.pending_exec.contains_key(&tid) {
                 Some(tid)
             } else {
-                self.pending_exec.iter().find(|(_, e)| e.pid == raw.header.pid).map(|(k, _)| *k)
+                self.pending_exec
+                    .iter()
+                    .find(|(_, e)| e.pid == raw.header.pid)
+                    .map(|(k, _)| *k)
             };
             match key.and_then(|k| self.pending_exec.remove(&k)) {
                 Some(pending) => {
@@ -392,7 +497,9 @@ impl Resolver {
                 }
             }
         } else {
-            self.resolve_names(&raw, p)
+            let paths = self.resolve_names(&raw, p);
+            incomplete.extend(name_notes(&paths));
+            paths
         };
         let addr = raw.sockaddr.as_deref().map(|b| self.socket_address(p, b));
         if raw.has(flags::SOCKADDR_FAULT) {
@@ -405,7 +512,13 @@ impl Resolver {
         );
         let on_socket = matches!(
             raw.nr,
-            nr::BIND | nr::CONNECT | nr::LISTEN | nr::ACCEPT | nr::ACCEPT4 | nr::SENDTO | nr::SENDMSG
+            nr::BIND
+                | nr::CONNECT
+                | nr::LISTEN
+                | nr::ACCEPT
+                | nr::ACCEPT4
+                | nr::SENDTO
+                | nr::SENDMSG
         );
         let fd_path = on_fd.then(|| self.fd_path(p, fd)).flatten();
         let fd_addr = on_socket.then(|| self.fd_addr(p, fd)).flatten();
@@ -421,7 +534,7 @@ impl Resolver {
         let errno = ret
             .filter(|&r| r < 0)
             .map(|r| format!("{:?}", nix::errno::Errno::from_raw((-r) as i32)));
-        let kind = EventKind::Syscall(SyscallEvent {
+        let kind = EventKind::Syscall(Box::new(SyscallEvent {
             syscall: syscalls::name(raw.nr).to_owned(),
             nr: raw.nr,
             args: raw.args,
@@ -433,15 +546,28 @@ impl Resolver {
             addr,
             argv,
             incomplete,
-        });
+        }));
         event(&raw.header, kind)
     }
 
     /// Updates cwd and fd tables after a successful call.
-    fn apply(&mut self, p: Process, raw: &RawSyscall, paths: &[PathArg], addr: Option<&SocketAddress>) {
+    fn apply(
+        &mut self,
+        p: Process,
+        raw: &RawSyscall,
+        paths: &[PathArg],
+        addr: Option<&SocketAddress>,
+    ) {
         let args = &raw.args;
         let ret = raw.ret as i32;
-        let target = || paths.iter().find(|a| a.role == PathRole::Target).and_then(|a| a.path.clone());
+        // A cut name is not the object's name: leave the fd or cwd unknown
+        // rather than resolve later names against the wrong directory.
+        let target = || {
+            paths
+                .iter()
+                .find(|a| a.role == PathRole::Target && !a.truncated)
+                .and_then(|a| a.path.clone())
+        };
         match raw.nr {
             nr::OPEN | nr::OPENAT | nr::OPENAT2 | nr::CREAT => {
                 let cloexec = match raw.nr {
@@ -451,7 +577,13 @@ impl Resolver {
                 };
                 match target() {
                     Some(path) => {
-                        self.fds(p).insert(ret, Fd { target: FdTarget::Path(path), cloexec });
+                        self.fds(p).insert(
+                            ret,
+                            Fd {
+                                target: FdTarget::Path(path),
+                                cloexec,
+                            },
+                        );
                     }
                     None => {
                         self.fds(p).remove(&ret);
@@ -490,7 +622,13 @@ impl Resolver {
                 let old = self.fds(p).get(&(args[0] as i32)).cloned();
                 match old {
                     Some(fd) => {
-                        self.fds(p).insert(new_fd, Fd { target: fd.target, cloexec });
+                        self.fds(p).insert(
+                            new_fd,
+                            Fd {
+                                target: fd.target,
+                                cloexec,
+                            },
+                        );
                     }
                     None => {
                         self.fds(p).remove(&new_fd);
@@ -499,7 +637,11 @@ impl Resolver {
             }
             nr::CLOSE_RANGE => {
                 let (first, last, flags) = (args[0] as u32, args[1] as u32, args[2]);
-                let p = if flags & CLOSE_RANGE_UNSHARE != 0 { self.unshare_files(raw.header.pid) } else { p };
+                let p = if flags & CLOSE_RANGE_UNSHARE != 0 {
+                    self.unshare_files(raw.header.pid)
+                } else {
+                    p
+                };
                 let table = self.fds(p);
                 if flags & CLOSE_RANGE_CLOEXEC != 0 {
                     for (fd, entry) in table.iter_mut() {
@@ -512,7 +654,13 @@ impl Resolver {
                 }
             }
             nr::SOCKET => {
-                self.fds(p).insert(ret, Fd { target: FdTarget::Socket(None), cloexec: false });
+                self.fds(p).insert(
+                    ret,
+                    Fd {
+                        target: FdTarget::Socket(None),
+                        cloexec: false,
+                    },
+                );
             }
             nr::BIND | nr::CONNECT => {
                 if let Some(fd) = self.fds(p).get_mut(&(args[0] as i32)) {
@@ -524,7 +672,13 @@ impl Resolver {
             }
             nr::ACCEPT | nr::ACCEPT4 => {
                 let listener = self.fd_addr(p, args[0] as i32);
-                self.fds(p).insert(ret, Fd { target: FdTarget::Socket(listener), cloexec: false });
+                self.fds(p).insert(
+                    ret,
+                    Fd {
+                        target: FdTarget::Socket(listener),
+                        cloexec: false,
+                    },
+                );
             }
             nr::EXECVE | nr::EXECVEAT => {
                 let p = self.unshare_files(raw.header.pid);
@@ -537,7 +691,10 @@ impl Resolver {
     /// Gives the process a private copy of its fd table (exec, unshare).
     fn unshare_files(&mut self, pid: u32) -> Process {
         let p = self.process(pid);
-        let shared = self.fd_tables.get(&p.files).is_some_and(|(refs, _)| *refs > 1);
+        let shared = self
+            .fd_tables
+            .get(&p.files)
+            .is_some_and(|(refs, _)| *refs > 1);
         if !shared {
             return p;
         }
@@ -573,7 +730,9 @@ pub fn decode_sockaddr(bytes: &[u8], cwd: Option<&ContainerPath>) -> SocketAddre
                     while let [rest @ .., 0] = n {
                         n = rest;
                     }
-                    SocketAddress::Abstract { name: String::from_utf8_lossy(n).into_owned() }
+                    SocketAddress::Abstract {
+                        name: String::from_utf8_lossy(n).into_owned(),
+                    }
                 }
                 Some(_) => {
                     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
@@ -589,14 +748,62 @@ pub fn decode_sockaddr(bytes: &[u8], cwd: Option<&ContainerPath>) -> SocketAddre
         }
         AF_INET if bytes.len() >= 8 => {
             let ip = Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7]);
-            SocketAddress::Inet { addr: SocketAddr::new(ip.into(), port(bytes)) }
+            SocketAddress::Inet {
+                addr: SocketAddr::new(ip.into(), port(bytes)),
+            }
         }
         AF_INET6 if bytes.len() >= 24 => {
             let octets: [u8; 16] = bytes[8..24].try_into().expect("16 bytes");
-            SocketAddress::Inet { addr: SocketAddr::new(Ipv6Addr::from(octets).into(), port(bytes)) }
+            SocketAddress::Inet {
+                addr: SocketAddr::new(Ipv6Addr::from(octets).into(), port(bytes)),
+            }
         }
         family => SocketAddress::Other { family },
     }
+}
+
+/// Notes for names that were not recorded whole.
+fn name_notes(paths: &[PathArg]) -> Vec<String> {
+    let role = |p: &PathArg| format!("{:?}", p.role).to_lowercase();
+    paths
+        .iter()
+        .filter_map(|p| {
+            if p.resolution == Resolution::Unreadable {
+                Some(format!(
+                    "{} name could not be read from the program's memory",
+                    role(p)
+                ))
+            } else if p.truncated {
+                Some(format!(
+                    "{} name cut at {} bytes",
+                    role(p),
+                    cimplifier_common::STR_SLOT
+                ))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+/// An exec whose exit record never came: reported with no return value.
+fn unfinished_exec(p: PendingExec, why: &str) -> Event {
+    let mut incomplete = p.incomplete;
+    incomplete.push(why.to_owned());
+    let kind = EventKind::Syscall(Box::new(SyscallEvent {
+        syscall: syscalls::name(p.entry.nr).to_owned(),
+        nr: p.entry.nr,
+        args: p.entry.args,
+        ret: None,
+        errno: None,
+        paths: vec![p.path],
+        fd_path: None,
+        fd_addr: None,
+        addr: None,
+        argv: p.argv,
+        incomplete,
+    }));
+    event(&p.entry.header, kind)
 }
 
 fn event(h: &RawHeader, kind: EventKind) -> Event {
@@ -616,14 +823,31 @@ mod tests {
     use super::*;
 
     fn header(pid: u32) -> RawHeader {
-        RawHeader { pid, tid: pid, ppid: 1, ts_ns: 0, cgroup_id: 9, comm: "t".into() }
+        RawHeader {
+            pid,
+            tid: pid,
+            ppid: 1,
+            ts_ns: 0,
+            cgroup_id: 9,
+            comm: "t".into(),
+        }
     }
 
     fn text(s: &str) -> Option<RawStr> {
-        Some(RawStr::Text { bytes: s.as_bytes().to_vec(), truncated: false })
+        Some(RawStr::Text {
+            bytes: s.as_bytes().to_vec(),
+            truncated: false,
+        })
     }
 
-    fn call(pid: u32, nr: u32, args: [u64; 6], ret: i64, s0: Option<RawStr>, s1: Option<RawStr>) -> RawRecord {
+    fn call(
+        pid: u32,
+        nr: u32,
+        args: [u64; 6],
+        ret: i64,
+        s0: Option<RawStr>,
+        s1: Option<RawStr>,
+    ) -> RawRecord {
         RawRecord::Syscall(RawSyscall {
             header: header(pid),
             nr,
@@ -642,13 +866,15 @@ mod tests {
         let mut events = r.handle(rec);
         assert_eq!(events.len(), 1);
         match events.remove(0).kind {
-            EventKind::Syscall(s) => s,
+            EventKind::Syscall(s) => *s,
             other => panic!("not a syscall: {other:?}"),
         }
     }
 
     fn path(s: &SyscallEvent, role: PathRole) -> Option<String> {
-        s.path(role).and_then(|p| p.path.as_ref()).map(|p| p.to_string())
+        s.path(role)
+            .and_then(|p| p.path.as_ref())
+            .map(|p| p.to_string())
     }
 
     const CWD: u64 = AT_FDCWD as i64 as u64;
@@ -663,25 +889,56 @@ mod tests {
     fn chdir_then_relative_open_and_dirfd() {
         let mut r = seeded();
         one(&mut r, call(10, nr::CHDIR, [0; 6], 0, text("www"), None));
-        let open = one(&mut r, call(10, nr::OPENAT, [CWD, 0, 0, 0, 0, 0], 3, text("html/index.html"), None));
-        assert_eq!(path(&open, PathRole::Target).as_deref(), Some("/srv/www/html/index.html"));
+        let open = one(
+            &mut r,
+            call(
+                10,
+                nr::OPENAT,
+                [CWD, 0, 0, 0, 0, 0],
+                3,
+                text("html/index.html"),
+                None,
+            ),
+        );
+        assert_eq!(
+            path(&open, PathRole::Target).as_deref(),
+            Some("/srv/www/html/index.html")
+        );
         let dir = one(&mut r, call(10, nr::OPEN, [0; 6], 4, text("../etc"), None));
         assert_eq!(path(&dir, PathRole::Target).as_deref(), Some("/srv/etc"));
-        let via_fd = one(&mut r, call(10, nr::OPENAT, [4, 0, 0, 0, 0, 0], 5, text("passwd"), None));
-        assert_eq!(path(&via_fd, PathRole::Target).as_deref(), Some("/srv/etc/passwd"));
+        let via_fd = one(
+            &mut r,
+            call(10, nr::OPENAT, [4, 0, 0, 0, 0, 0], 5, text("passwd"), None),
+        );
+        assert_eq!(
+            path(&via_fd, PathRole::Target).as_deref(),
+            Some("/srv/etc/passwd")
+        );
         // After close, the dirfd means nothing: unresolved, with the reason.
-        one(&mut r, call(10, nr::CLOSE, [4, 0, 0, 0, 0, 0], 0, None, None));
-        let stale = one(&mut r, call(10, nr::OPENAT, [4, 0, 0, 0, 0, 0], -9, text("group"), None));
+        one(
+            &mut r,
+            call(10, nr::CLOSE, [4, 0, 0, 0, 0, 0], 0, None, None),
+        );
+        let stale = one(
+            &mut r,
+            call(10, nr::OPENAT, [4, 0, 0, 0, 0, 0], -9, text("group"), None),
+        );
         let p = stale.path(PathRole::Target).unwrap();
         assert_eq!(p.path, None);
-        assert!(matches!(&p.resolution, Resolution::Unresolved(why) if why.contains("dirfd 4")), "{p:?}");
+        assert!(
+            matches!(&p.resolution, Resolution::Unresolved(why) if why.contains("dirfd 4")),
+            "{p:?}"
+        );
         assert_eq!(stale.errno.as_deref(), Some("EBADF"));
     }
 
     #[test]
     fn failed_open_keeps_errno_and_path() {
         let mut r = seeded();
-        let e = one(&mut r, call(10, nr::OPENAT, [CWD, 0, 0, 0, 0, 0], -2, text("nope"), None));
+        let e = one(
+            &mut r,
+            call(10, nr::OPENAT, [CWD, 0, 0, 0, 0, 0], -2, text("nope"), None),
+        );
         assert_eq!(e.errno.as_deref(), Some("ENOENT"));
         assert_eq!(e.ret, Some(-2));
         assert_eq!(path(&e, PathRole::Target).as_deref(), Some("/srv/nope"));
@@ -691,14 +948,33 @@ mod tests {
     #[test]
     fn rename_symlink_readlink_roles() {
         let mut r = seeded();
-        let mv = one(&mut r, call(10, nr::RENAMEAT2, [CWD, 0, CWD, 0, 0, 0], 0, text("a"), text("/b")));
+        let mv = one(
+            &mut r,
+            call(
+                10,
+                nr::RENAMEAT2,
+                [CWD, 0, CWD, 0, 0, 0],
+                0,
+                text("a"),
+                text("/b"),
+            ),
+        );
         assert_eq!(path(&mv, PathRole::Old).as_deref(), Some("/srv/a"));
         assert_eq!(path(&mv, PathRole::New).as_deref(), Some("/b"));
-        let ln = one(&mut r, call(10, nr::SYMLINK, [0; 6], 0, text("../x"), text("l")));
+        let ln = one(
+            &mut r,
+            call(10, nr::SYMLINK, [0; 6], 0, text("../x"), text("l")),
+        );
         let content = ln.path(PathRole::LinkContent).unwrap();
-        assert_eq!((content.raw.as_str(), &content.resolution, &content.path), ("../x", &Resolution::Literal, &None));
+        assert_eq!(
+            (content.raw.as_str(), &content.resolution, &content.path),
+            ("../x", &Resolution::Literal, &None)
+        );
         assert_eq!(path(&ln, PathRole::New).as_deref(), Some("/srv/l"));
-        let rl = one(&mut r, call(10, nr::READLINK, [0; 6], 4, text("l"), text("../x")));
+        let rl = one(
+            &mut r,
+            call(10, nr::READLINK, [0; 6], 4, text("l"), text("../x")),
+        );
         assert_eq!(path(&rl, PathRole::Target).as_deref(), Some("/srv/l"));
         assert_eq!(rl.path(PathRole::LinkValue).unwrap().raw, "../x");
     }
@@ -706,10 +982,26 @@ mod tests {
     #[test]
     fn at_empty_path_means_the_fd_itself() {
         let mut r = seeded();
-        one(&mut r, call(10, nr::OPEN, [0; 6], 7, text("/etc/hosts"), None));
-        let st = one(&mut r, call(10, nr::NEWFSTATAT, [7, 0, 0, AT_EMPTY_PATH, 0, 0], 0, text(""), None));
+        one(
+            &mut r,
+            call(10, nr::OPEN, [0; 6], 7, text("/etc/hosts"), None),
+        );
+        let st = one(
+            &mut r,
+            call(
+                10,
+                nr::NEWFSTATAT,
+                [7, 0, 0, AT_EMPTY_PATH, 0, 0],
+                0,
+                text(""),
+                None,
+            ),
+        );
         assert_eq!(path(&st, PathRole::Target).as_deref(), Some("/etc/hosts"));
-        let bad = one(&mut r, call(10, nr::NEWFSTATAT, [7, 0, 0, 0, 0, 0], -2, text(""), None));
+        let bad = one(
+            &mut r,
+            call(10, nr::NEWFSTATAT, [7, 0, 0, 0, 0, 0], -2, text(""), None),
+        );
         assert_eq!(bad.path(PathRole::Target).unwrap().path, None);
     }
 
@@ -718,17 +1010,28 @@ mod tests {
         let mut r = Resolver::new();
         let e = one(&mut r, call(99, nr::STAT, [0; 6], 0, text("rel"), None));
         let p = e.path(PathRole::Target).unwrap();
-        assert!(matches!(&p.resolution, Resolution::Unresolved(why) if why.contains("cwd unknown")));
-        let abs = one(&mut r, call(99, nr::STAT, [0; 6], 0, text("/abs/./x"), None));
+        assert!(
+            matches!(&p.resolution, Resolution::Unresolved(why) if why.contains("cwd unknown"))
+        );
+        let abs = one(
+            &mut r,
+            call(99, nr::STAT, [0; 6], 0, text("/abs/./x"), None),
+        );
         assert_eq!(path(&abs, PathRole::Target).as_deref(), Some("/abs/x"));
     }
 
     #[test]
     fn snapshotter_fills_in_processes_seen_late() {
         let mut r = Resolver::with_snapshotter(Box::new(|pid| {
-            (ContainerPath::new(&format!("/proc-{pid}")), vec![(3, ContainerPath::new("/data").unwrap())])
+            (
+                ContainerPath::new(&format!("/proc-{pid}")),
+                vec![(3, ContainerPath::new("/data").unwrap())],
+            )
         }));
-        let e = one(&mut r, call(5, nr::OPENAT, [3, 0, 0, 0, 0, 0], 4, text("f"), None));
+        let e = one(
+            &mut r,
+            call(5, nr::OPENAT, [3, 0, 0, 0, 0, 0], 4, text("f"), None),
+        );
         assert_eq!(path(&e, PathRole::Target).as_deref(), Some("/data/f"));
         let c = one(&mut r, call(5, nr::OPEN, [0; 6], 6, text("g"), None));
         assert_eq!(path(&c, PathRole::Target).as_deref(), Some("/proc-5/g"));
@@ -738,18 +1041,44 @@ mod tests {
     fn fork_copies_tables_and_threads_share_them() {
         let mut r = seeded();
         one(&mut r, call(10, nr::OPEN, [0; 6], 3, text("/var"), None));
-        r.handle(RawRecord::Fork { header: header(10), child_tid: 11, clone_flags: 17 });
+        r.handle(RawRecord::Fork {
+            header: header(10),
+            child_tid: 11,
+            clone_flags: 17,
+        });
         // The child changes directory; the parent's cwd must not move.
         one(&mut r, call(11, nr::CHDIR, [0; 6], 0, text("/tmp"), None));
         let parent = one(&mut r, call(10, nr::STAT, [0; 6], 0, text("x"), None));
         assert_eq!(path(&parent, PathRole::Target).as_deref(), Some("/srv/x"));
-        let child_fd = one(&mut r, call(11, nr::OPENAT, [3, 0, 0, 0, 0, 0], 4, text("log"), None));
-        assert_eq!(path(&child_fd, PathRole::Target).as_deref(), Some("/var/log"), "fds are inherited");
+        let child_fd = one(
+            &mut r,
+            call(11, nr::OPENAT, [3, 0, 0, 0, 0, 0], 4, text("log"), None),
+        );
+        assert_eq!(
+            path(&child_fd, PathRole::Target).as_deref(),
+            Some("/var/log"),
+            "fds are inherited"
+        );
         // A thread: events carry the process id, so it shares the cwd.
-        let forks = r.handle(RawRecord::Fork { header: header(10), child_tid: 12, clone_flags: CLONE_THREAD | CLONE_FS | CLONE_FILES });
-        assert!(matches!(forks[0].kind, EventKind::Fork { child_pid: 10, thread: true, .. }));
+        let forks = r.handle(RawRecord::Fork {
+            header: header(10),
+            child_tid: 12,
+            clone_flags: CLONE_THREAD | CLONE_FS | CLONE_FILES,
+        });
+        assert!(matches!(
+            forks[0].kind,
+            EventKind::Fork {
+                child_pid: 10,
+                thread: true,
+                ..
+            }
+        ));
         // CLONE_FS shares the cwd between processes.
-        r.handle(RawRecord::Fork { header: header(10), child_tid: 13, clone_flags: CLONE_FS });
+        r.handle(RawRecord::Fork {
+            header: header(10),
+            child_tid: 13,
+            clone_flags: CLONE_FS,
+        });
         one(&mut r, call(13, nr::CHDIR, [0; 6], 0, text("/opt"), None));
         let shared = one(&mut r, call(10, nr::STAT, [0; 6], 0, text("y"), None));
         assert_eq!(path(&shared, PathRole::Target).as_deref(), Some("/opt/y"));
@@ -758,10 +1087,22 @@ mod tests {
     #[test]
     fn exit_forgets_the_process() {
         let mut r = seeded();
-        r.handle(RawRecord::Fork { header: header(10), child_tid: 11, clone_flags: 17 });
+        r.handle(RawRecord::Fork {
+            header: header(10),
+            child_tid: 11,
+            clone_flags: 17,
+        });
         assert_eq!(r.tracked_processes(), 2);
-        let e = r.handle(RawRecord::Exit { header: header(11), group_dead: true });
-        assert!(matches!(e[0].kind, EventKind::Exit { process_exited: true }));
+        let e = r.handle(RawRecord::Exit {
+            header: header(11),
+            group_dead: true,
+        });
+        assert!(matches!(
+            e[0].kind,
+            EventKind::Exit {
+                process_exited: true
+            }
+        ));
         assert_eq!(r.tracked_processes(), 1);
         assert_eq!(r.fd_tables.len(), 1, "the child's table is freed");
     }
@@ -773,62 +1114,373 @@ mod tests {
         unix.extend_from_slice(b"app.sock\0\0");
         assert_eq!(
             decode_sockaddr(&unix, Some(&cwd)),
-            SocketAddress::Unix { raw: "app.sock".into(), path: ContainerPath::new("/run/app.sock") }
+            SocketAddress::Unix {
+                raw: "app.sock".into(),
+                path: ContainerPath::new("/run/app.sock")
+            }
         );
         let mut abs = vec![1, 0, 0];
         abs.extend_from_slice(b"dbus\0");
-        assert_eq!(decode_sockaddr(&abs, None), SocketAddress::Abstract { name: "dbus".into() });
+        assert_eq!(
+            decode_sockaddr(&abs, None),
+            SocketAddress::Abstract {
+                name: "dbus".into()
+            }
+        );
         assert_eq!(decode_sockaddr(&[1, 0], None), SocketAddress::UnixUnnamed);
         let inet = [2, 0, 0x1f, 0x90, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
-        assert_eq!(decode_sockaddr(&inet, None), SocketAddress::Inet { addr: "127.0.0.1:8080".parse().unwrap() });
+        assert_eq!(
+            decode_sockaddr(&inet, None),
+            SocketAddress::Inet {
+                addr: "127.0.0.1:8080".parse().unwrap()
+            }
+        );
         let mut v6 = vec![10, 0, 0, 80, 0, 0, 0, 0];
         v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
-        assert_eq!(decode_sockaddr(&v6, None), SocketAddress::Inet { addr: "[::1]:80".parse().unwrap() });
-        assert_eq!(decode_sockaddr(&[16, 0, 1, 2], None), SocketAddress::Other { family: 16 });
+        assert_eq!(
+            decode_sockaddr(&v6, None),
+            SocketAddress::Inet {
+                addr: "[::1]:80".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            decode_sockaddr(&[16, 0, 1, 2], None),
+            SocketAddress::Other { family: 16 }
+        );
     }
 
     #[test]
     fn listener_address_follows_accepted_sockets() {
         let mut r = seeded();
-        one(&mut r, call(10, nr::SOCKET, [2, 1, 0, 0, 0, 0], 3, None, None));
-        let RawRecord::Syscall(mut bind) = call(10, nr::BIND, [3, 0, 16, 0, 0, 0], 0, None, None) else { unreachable!() };
+        one(
+            &mut r,
+            call(10, nr::SOCKET, [2, 1, 0, 0, 0, 0], 3, None, None),
+        );
+        let RawRecord::Syscall(mut bind) = call(10, nr::BIND, [3, 0, 16, 0, 0, 0], 0, None, None)
+        else {
+            unreachable!()
+        };
         bind.sockaddr = Some(vec![2, 0, 0x0c, 0xea, 0, 0, 0, 0]);
         one(&mut r, RawRecord::Syscall(bind));
-        let listen = one(&mut r, call(10, nr::LISTEN, [3, 128, 0, 0, 0, 0], 0, None, None));
-        let want = SocketAddress::Inet { addr: "0.0.0.0:3306".parse().unwrap() };
+        let listen = one(
+            &mut r,
+            call(10, nr::LISTEN, [3, 128, 0, 0, 0, 0], 0, None, None),
+        );
+        let want = SocketAddress::Inet {
+            addr: "0.0.0.0:3306".parse().unwrap(),
+        };
         assert_eq!(listen.fd_addr, Some(want.clone()));
-        one(&mut r, call(10, nr::ACCEPT4, [3, 0, 0, 0, 0, 0], 5, None, None));
-        let close = one(&mut r, call(10, nr::SENDTO, [5, 0, 0, 0, 0, 0], 1, None, None));
+        one(
+            &mut r,
+            call(10, nr::ACCEPT4, [3, 0, 0, 0, 0, 0], 5, None, None),
+        );
+        let close = one(
+            &mut r,
+            call(10, nr::SENDTO, [5, 0, 0, 0, 0, 0], 1, None, None),
+        );
         assert_eq!(close.fd_addr, Some(want));
     }
 
     #[test]
     fn exec_merges_entry_and_exit_and_drops_cloexec_fds() {
         let mut r = seeded();
-        one(&mut r, call(10, nr::OPEN, [0, O_CLOEXEC, 0, 0, 0, 0], 3, text("/etc/a"), None));
+        one(
+            &mut r,
+            call(
+                10,
+                nr::OPEN,
+                [0, O_CLOEXEC, 0, 0, 0, 0],
+                3,
+                text("/etc/a"),
+                None,
+            ),
+        );
         one(&mut r, call(10, nr::OPEN, [0; 6], 4, text("/etc/b"), None));
-        let RawRecord::Syscall(mut entry) = call(10, nr::EXECVE, [0; 6], 0, text("bin/tool"), None) else { unreachable!() };
+        let RawRecord::Syscall(mut entry) = call(10, nr::EXECVE, [0; 6], 0, text("bin/tool"), None)
+        else {
+            unreachable!()
+        };
         entry.argv = Some(vec!["tool".into(), "-v".into()]);
-        assert!(r.handle(RawRecord::ExecArgs(entry)).is_empty(), "entry waits for the exit");
+        assert!(
+            r.handle(RawRecord::ExecArgs(entry)).is_empty(),
+            "entry waits for the exit"
+        );
         let exec = one(&mut r, call(10, nr::EXECVE, [0; 6], 0, None, None));
-        assert_eq!(path(&exec, PathRole::Target).as_deref(), Some("/srv/bin/tool"));
+        assert_eq!(
+            path(&exec, PathRole::Target).as_deref(),
+            Some("/srv/bin/tool")
+        );
         assert_eq!(exec.argv, Some(vec!["tool".into(), "-v".into()]));
         let table = r.fds(r.processes[&10]);
-        assert!(!table.contains_key(&3) && table.contains_key(&4), "O_CLOEXEC fd closed by exec");
+        assert!(
+            !table.contains_key(&3) && table.contains_key(&4),
+            "O_CLOEXEC fd closed by exec"
+        );
         let orphan = one(&mut r, call(10, nr::EXECVE, [0; 6], -2, None, None));
-        assert_eq!(orphan.incomplete, vec!["exec entry (filename, argv) not seen".to_owned()]);
+        assert_eq!(
+            orphan.incomplete,
+            vec!["exec entry (filename, argv) not seen".to_owned()]
+        );
     }
 
     #[test]
     fn dup_and_fcntl_copy_descriptors() {
         let mut r = seeded();
         one(&mut r, call(10, nr::OPEN, [0; 6], 3, text("/d"), None));
-        one(&mut r, call(10, nr::DUP2, [3, 9, 0, 0, 0, 0], 9, None, None));
-        one(&mut r, call(10, nr::FCNTL, [9, F_DUPFD_CLOEXEC, 20, 0, 0, 0], 20, None, None));
-        one(&mut r, call(10, nr::CLOSE_RANGE, [3, 9, 0, 0, 0, 0], 0, None, None));
-        let e = one(&mut r, call(10, nr::OPENAT, [20, 0, 0, 0, 0, 0], 21, text("f"), None));
+        one(
+            &mut r,
+            call(10, nr::DUP2, [3, 9, 0, 0, 0, 0], 9, None, None),
+        );
+        one(
+            &mut r,
+            call(
+                10,
+                nr::FCNTL,
+                [9, F_DUPFD_CLOEXEC, 20, 0, 0, 0],
+                20,
+                None,
+                None,
+            ),
+        );
+        one(
+            &mut r,
+            call(10, nr::CLOSE_RANGE, [3, 9, 0, 0, 0, 0], 0, None, None),
+        );
+        let e = one(
+            &mut r,
+            call(10, nr::OPENAT, [20, 0, 0, 0, 0, 0], 21, text("f"), None),
+        );
         assert_eq!(path(&e, PathRole::Target).as_deref(), Some("/d/f"));
-        let gone = one(&mut r, call(10, nr::FCHDIR, [9, 0, 0, 0, 0, 0], -9, None, None));
+        let gone = one(
+            &mut r,
+            call(10, nr::FCHDIR, [9, 0, 0, 0, 0, 0], -9, None, None),
+        );
         assert_eq!(gone.fd_path, None);
+    }
+
+    fn with_addr(rec: RawRecord, addr: Vec<u8>) -> RawRecord {
+        let RawRecord::Syscall(mut s) = rec else {
+            unreachable!()
+        };
+        s.sockaddr = Some(addr);
+        RawRecord::Syscall(s)
+    }
+
+    #[test]
+    fn socket_calls_name_their_addresses() {
+        let mut r = seeded();
+        one(
+            &mut r,
+            call(10, nr::CHDIR, [0; 6], 0, text("/run/app"), None),
+        );
+        one(
+            &mut r,
+            call(10, nr::SOCKET, [1, 1, 0, 0, 0, 0], 3, None, None),
+        );
+        let mut unix = vec![1, 0];
+        unix.extend_from_slice(b"ctl.sock\0");
+        let bind = one(
+            &mut r,
+            with_addr(call(10, nr::BIND, [3, 0, 11, 0, 0, 0], 0, None, None), unix),
+        );
+        let want = SocketAddress::Unix {
+            raw: "ctl.sock".into(),
+            path: ContainerPath::new("/run/app/ctl.sock"),
+        };
+        assert_eq!(bind.addr, Some(want.clone()));
+        let listen = one(
+            &mut r,
+            call(10, nr::LISTEN, [3, 8, 0, 0, 0, 0], 0, None, None),
+        );
+        assert_eq!(listen.fd_addr, Some(want));
+
+        one(
+            &mut r,
+            call(10, nr::SOCKET, [1, 1, 0, 0, 0, 0], 4, None, None),
+        );
+        let mut abs = vec![1, 0, 0];
+        abs.extend_from_slice(b"bus\0name\0\0");
+        let conn = one(
+            &mut r,
+            with_addr(
+                call(10, nr::CONNECT, [4, 0, 13, 0, 0, 0], 0, None, None),
+                abs,
+            ),
+        );
+        assert_eq!(
+            conn.addr,
+            Some(SocketAddress::Abstract {
+                name: "bus\0name".into()
+            })
+        );
+
+        one(
+            &mut r,
+            call(10, nr::SOCKET, [2, 1, 0, 0, 0, 0], 5, None, None),
+        );
+        let inet = vec![2, 0, 0x1f, 0x90, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+        let refused = one(
+            &mut r,
+            with_addr(
+                call(10, nr::CONNECT, [5, 0, 16, 0, 0, 0], -111, None, None),
+                inet,
+            ),
+        );
+        let want = SocketAddress::Inet {
+            addr: "127.0.0.1:8080".parse().unwrap(),
+        };
+        assert_eq!(
+            (refused.addr, refused.errno.as_deref()),
+            (Some(want), Some("ECONNREFUSED"))
+        );
+        // A failed connect names no peer for the socket.
+        let send = one(
+            &mut r,
+            call(10, nr::SENDTO, [5, 0, 0, 0, 0, 0], -107, None, None),
+        );
+        assert_eq!(send.fd_addr, None);
+    }
+
+    #[test]
+    fn fchdir_moves_the_cwd_to_the_fd() {
+        let mut r = seeded();
+        one(
+            &mut r,
+            call(10, nr::OPEN, [0; 6], 3, text("/var/lib"), None),
+        );
+        let cd = one(
+            &mut r,
+            call(10, nr::FCHDIR, [3, 0, 0, 0, 0, 0], 0, None, None),
+        );
+        assert_eq!(cd.fd_path, ContainerPath::new("/var/lib"));
+        let e = one(&mut r, call(10, nr::MKDIR, [0; 6], 0, text("apt"), None));
+        assert_eq!(path(&e, PathRole::Target).as_deref(), Some("/var/lib/apt"));
+    }
+
+    #[test]
+    fn cut_and_unreadable_names_are_noted_and_not_trusted() {
+        let mut r = seeded();
+        let cut = Some(RawStr::Text {
+            bytes: b"/deep/dir".to_vec(),
+            truncated: true,
+        });
+        let e = one(&mut r, call(10, nr::OPEN, [0; 6], 3, cut, None));
+        let p = e.path(PathRole::Target).unwrap();
+        assert!(p.truncated);
+        assert_eq!(
+            e.incomplete,
+            vec![format!(
+                "target name cut at {} bytes",
+                cimplifier_common::STR_SLOT
+            )]
+        );
+        // fd 3's real name is unknown, so names relative to it are too.
+        let rel = one(
+            &mut r,
+            call(10, nr::OPENAT, [3, 0, 0, 0, 0, 0], 4, text("f"), None),
+        );
+        assert!(matches!(
+            rel.path(PathRole::Target).unwrap().resolution,
+            Resolution::Unresolved(_)
+        ));
+
+        let e = one(
+            &mut r,
+            call(10, nr::RENAME, [0; 6], 0, text("a"), Some(RawStr::Fault)),
+        );
+        assert_eq!(
+            e.path(PathRole::New).unwrap().resolution,
+            Resolution::Unreadable
+        );
+        assert_eq!(
+            e.incomplete,
+            vec!["new name could not be read from the program's memory".to_owned()]
+        );
+    }
+
+    #[test]
+    fn exec_from_a_thread_completes_as_the_leader() {
+        let mut r = seeded();
+        let RawRecord::Syscall(mut entry) = call(
+            10,
+            nr::EXECVEAT,
+            [CWD, 0, 0, 0, 0, 0],
+            0,
+            text("/bin/sh"),
+            None,
+        ) else {
+            unreachable!()
+        };
+        entry.header.tid = 12;
+        entry.argv = Some(vec!["sh".into()]);
+        entry.flags |= flags::ARGV_TRUNCATED;
+        assert!(r.handle(RawRecord::ExecArgs(entry)).is_empty());
+        // The old leader dies in de_thread; the exec'ing thread becomes it.
+        let dead = r.handle(RawRecord::Exit {
+            header: header(10),
+            group_dead: false,
+        });
+        assert_eq!(dead.len(), 1);
+        let exec = one(
+            &mut r,
+            call(10, nr::EXECVEAT, [CWD, 0, 0, 0, 0, 0], 0, None, None),
+        );
+        assert_eq!(path(&exec, PathRole::Target).as_deref(), Some("/bin/sh"));
+        assert_eq!(
+            exec.incomplete,
+            vec!["argv cut after 1 arguments".to_owned()]
+        );
+        assert!(r.pending_exec.is_empty());
+    }
+
+    #[test]
+    fn exec_without_exit_is_reported_not_dropped() {
+        let mut r = seeded();
+        let RawRecord::Syscall(entry) = call(10, nr::EXECVE, [0; 6], 0, text("run"), None) else {
+            unreachable!()
+        };
+        assert!(r.handle(RawRecord::ExecArgs(entry.clone())).is_empty());
+        // A second entry means the first one's exit was lost.
+        let lost = r.handle(RawRecord::ExecArgs(entry));
+        let s = lost[0].syscall().unwrap();
+        assert_eq!(
+            (s.ret, path(s, PathRole::Target).as_deref()),
+            (None, Some("/srv/run"))
+        );
+        assert!(
+            s.incomplete[0].contains("exit not seen"),
+            "{:?}",
+            s.incomplete
+        );
+        // Killed mid-exec: the attempt comes out before the exit.
+        let events = r.handle(RawRecord::Exit {
+            header: header(10),
+            group_dead: true,
+        });
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].syscall().unwrap().syscall, "execve");
+        assert!(matches!(
+            events[1].kind,
+            EventKind::Exit {
+                process_exited: true
+            }
+        ));
+        assert_eq!(r.tracked_processes(), 0);
+    }
+
+    #[test]
+    fn no_return_calls_have_no_ret() {
+        let mut r = seeded();
+        let RawRecord::Syscall(mut exit) =
+            call(10, nr::EXIT_GROUP, [1, 0, 0, 0, 0, 0], 0, None, None)
+        else {
+            unreachable!()
+        };
+        exit.flags = flags::NO_RETURN;
+        let e = one(&mut r, RawRecord::Syscall(exit));
+        assert_eq!(
+            (e.syscall.as_str(), e.ret, e.errno),
+            ("exit_group", None, None)
+        );
     }
 }
