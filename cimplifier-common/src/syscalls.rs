@@ -3,6 +3,7 @@
 //! The kernel side uses [`spec`] to decide what to copy from user memory; user
 //! space uses the same table to decode, so the two cannot disagree.
 
+/// x86_64 syscall numbers.
 pub mod nr {
     pub const READLINK: u32 = 89;
     pub const OPEN: u32 = 2;
@@ -148,6 +149,92 @@ pub const fn spec(n: u32) -> Option<Spec> {
     }
 }
 
+/// Every traced syscall.
+pub const TRACED: &[u32] = {
+    use nr::*;
+    &[
+        OPEN,
+        CLOSE,
+        STAT,
+        LSTAT,
+        ACCESS,
+        DUP,
+        DUP2,
+        SOCKET,
+        CONNECT,
+        ACCEPT,
+        SENDTO,
+        SENDMSG,
+        BIND,
+        LISTEN,
+        CLONE,
+        FORK,
+        VFORK,
+        EXECVE,
+        EXIT,
+        FCNTL,
+        TRUNCATE,
+        CHDIR,
+        FCHDIR,
+        RENAME,
+        MKDIR,
+        RMDIR,
+        CREAT,
+        LINK,
+        UNLINK,
+        SYMLINK,
+        READLINK,
+        CHMOD,
+        CHOWN,
+        LCHOWN,
+        MKNOD,
+        GETDENTS64,
+        EXIT_GROUP,
+        OPENAT,
+        MKDIRAT,
+        MKNODAT,
+        FCHOWNAT,
+        NEWFSTATAT,
+        UNLINKAT,
+        RENAMEAT,
+        LINKAT,
+        SYMLINKAT,
+        READLINKAT,
+        FCHMODAT,
+        FACCESSAT,
+        UTIMENSAT,
+        ACCEPT4,
+        DUP3,
+        RENAMEAT2,
+        EXECVEAT,
+        STATX,
+        CLONE3,
+        CLOSE_RANGE,
+        OPENAT2,
+        FACCESSAT2,
+        FCHMODAT2,
+    ]
+};
+
+/// How many arguments the syscall takes; the rest of `args` is unspecified.
+pub const fn arity(n: u32) -> usize {
+    use nr::*;
+    match n {
+        FORK | VFORK => 0,
+        CLOSE | DUP | EXIT | CHDIR | FCHDIR | RMDIR | UNLINK | EXIT_GROUP => 1,
+        STAT | LSTAT | ACCESS | DUP2 | LISTEN | TRUNCATE | RENAME | MKDIR | CREAT | LINK
+        | SYMLINK | CHMOD | CLONE3 => 2,
+        OPEN | SOCKET | CONNECT | ACCEPT | SENDMSG | BIND | EXECVE | FCNTL | READLINK | CHOWN
+        | LCHOWN | MKNOD | GETDENTS64 | MKDIRAT | UNLINKAT | SYMLINKAT | FCHMODAT | FACCESSAT
+        | DUP3 | CLOSE_RANGE => 3,
+        OPENAT | MKNODAT | NEWFSTATAT | RENAMEAT | READLINKAT | UTIMENSAT | ACCEPT4 | OPENAT2
+        | FACCESSAT2 | FCHMODAT2 => 4,
+        CLONE | FCHOWNAT | LINKAT | RENAMEAT2 | EXECVEAT | STATX => 5,
+        SENDTO => 6,
+        _ => 6,
+    }
+}
+
 /// The syscall's name, for logs and decoding.
 pub const fn name(n: u32) -> &'static str {
     use nr::*;
@@ -213,5 +300,21 @@ pub const fn name(n: u32) -> &'static str {
         FACCESSAT2 => "faccessat2",
         FCHMODAT2 => "fchmodat2",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_traced_syscall_has_a_spec_a_name_and_an_arity() {
+        for &n in TRACED {
+            assert!(spec(n).is_some(), "{n} has no spec");
+            assert_ne!(name(n), "unknown", "{n} has no name");
+            assert!(arity(n) <= 6);
+        }
+        let specified = (0..512).filter(|&n| spec(n).is_some()).count();
+        assert_eq!(specified, TRACED.len(), "TRACED and spec() disagree");
     }
 }

@@ -141,7 +141,12 @@ async fn traced<T>(cgroup: &Path, work: impl FnOnce() -> Result<T>) -> Result<Tr
     tracer.unwatch(&watched)?;
     events += drain_rest(&mut stream).await;
     let lost = tracer.counters()?.loss.lost();
-    Ok(Traced { result, events, seconds, lost })
+    Ok(Traced {
+        result,
+        events,
+        seconds,
+        lost,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -164,16 +169,28 @@ async fn run() -> Result<()> {
     let untraced = timed_in(&cg.0, &loop_argv)?.as_secs_f64();
     // Another cgroup is watched: the cost every unwatched task on the host pays.
     let other = Cgroup::new("other")?;
-    let bystander = traced(&other.0, || timed_in(&cg.0, &loop_argv)).await?.result.as_secs_f64();
+    let bystander = traced(&other.0, || timed_in(&cg.0, &loop_argv))
+        .await?
+        .result
+        .as_secs_f64();
     let run = traced(&cg.0, || timed_in(&cg.0, &loop_argv)).await?;
     let mut strace_argv = vec!["strace", "-f", "-o", "/dev/null"];
     strace_argv.extend_from_slice(&loop_argv);
     let straced = timed_in(&cg.0, &strace_argv)?.as_secs_f64();
     let traced_secs = run.result.as_secs_f64();
     println!("untraced (no programs)     {untraced:>8.3} s  1.00x");
-    println!("unwatched bystander        {bystander:>8.3} s  {:.2}x", bystander / untraced);
-    println!("traced by cimplifier       {traced_secs:>8.3} s  {:.2}x", traced_secs / untraced);
-    println!("strace -f                  {straced:>8.3} s  {:.2}x", straced / untraced);
+    println!(
+        "unwatched bystander        {bystander:>8.3} s  {:.2}x",
+        bystander / untraced
+    );
+    println!(
+        "traced by cimplifier       {traced_secs:>8.3} s  {:.2}x",
+        traced_secs / untraced
+    );
+    println!(
+        "strace -f                  {straced:>8.3} s  {:.2}x",
+        straced / untraced
+    );
     println!(
         "events ingested            {} ({:.0} events/s), lost {}",
         run.events,
@@ -216,7 +233,10 @@ async fn run() -> Result<()> {
         ("traced by cimplifier", median(watched)),
         ("strace -f (one round)", straced_rps),
     ] {
-        println!("{name:<26} {rps:>8.0} requests/s  {:.3}x", rps / untraced_rps);
+        println!(
+            "{name:<26} {rps:>8.0} requests/s  {:.3}x",
+            rps / untraced_rps
+        );
     }
     println!("events ingested            {events}, lost {lost}");
     Ok(())

@@ -27,6 +27,7 @@ use aya_ebpf::{
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
+    EbpfContext,
 };
 use cimplifier_common::{
     COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
@@ -301,12 +302,25 @@ pub fn sys_enter(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// Reads a field of the tracepoint record directly (no helper call).
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    unsafe { ctx.as_ptr().cast::<u8>().add(offset).cast::<T>().read() }
+}
+
+// raw_syscalls records hold the syscall number (a long; its low half is
+// read) at offset 8, then the arguments (enter) or the return value (exit).
+const NR_OFFSET: usize = 8;
+const ARGS_OFFSET: usize = 16;
+
 fn try_sys_enter(ctx: &TracePointContext) -> Option<()> {
-    let id: i64 = unsafe { ctx.read_at(8) }.ok()?;
-    let nr = id as u32;
+    let nr = field::<i32>(ctx, NR_OFFSET) as u32;
     let spec = spec(nr)?;
     let cgroup = watched_cgroup()?;
-    let args: [u64; 6] = unsafe { ctx.read_at(16) }.ok()?;
+    let mut args = [0u64; 6];
+    for (i, a) in args.iter_mut().enumerate() {
+        *a = field(ctx, ARGS_OFFSET + 8 * i);
+    }
 
     if nr == nr::EXIT || nr == nr::EXIT_GROUP {
         let rec = scratch_syscall(RecordKind::Syscall, cgroup, nr, &args)?;
@@ -344,8 +358,7 @@ pub fn sys_exit(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
-    let id: i64 = unsafe { ctx.read_at(8) }.ok()?;
-    let nr = id as u32;
+    let nr = field::<i32>(ctx, NR_OFFSET) as u32;
     let spec = spec(nr)?;
     let tid = bpf_get_current_pid_tgid() as u32;
     // Only watched threads have an entry, so no cgroup walk here.
@@ -354,7 +367,7 @@ fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
     if entry.nr != nr {
         return None;
     }
-    let ret: i64 = unsafe { ctx.read_at(16) }.ok()?;
+    let ret: i64 = field(ctx, ARGS_OFFSET);
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     let rec = scratch_syscall(RecordKind::Syscall, cgroup, nr, &entry.args)?;
     rec.ret = ret;

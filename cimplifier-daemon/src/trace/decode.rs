@@ -5,7 +5,7 @@
 
 use cimplifier_common::{
     ExitRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT, SyscallRecord, flags,
-    syscalls::{StrSource, spec},
+    syscalls::{StrSource, arity, spec},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -198,6 +198,10 @@ fn syscall(bytes: &[u8]) -> Result<RawSyscall, DecodeError> {
     } else {
         None
     };
+    // Arguments beyond the syscall's arity are whatever followed in the
+    // tracepoint buffer: zero them.
+    let mut args = rec.args;
+    args.iter_mut().skip(arity(rec.nr)).for_each(|a| *a = 0);
     let is_exec = spec(rec.nr).is_some_and(|s| matches!(s.str1, StrSource::Argv(_)));
     let str0 = string(tail, 0, rec.str_len[0], rec.flags, "path")?;
     let (str1, argv) = if is_exec {
@@ -226,7 +230,7 @@ fn syscall(bytes: &[u8]) -> Result<RawSyscall, DecodeError> {
         header: header(&rec.header),
         nr: rec.nr,
         flags: rec.flags,
-        args: rec.args,
+        args,
         ret: rec.ret,
         enter_ts_ns: rec.enter_ts_ns,
         str0,

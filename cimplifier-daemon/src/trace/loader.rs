@@ -95,16 +95,15 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs (are you root, with BPF enabled?)")?;
 
+        // raw_syscalls rather than the per-syscall `syscalls/sys_*_NAME`
+        // tracepoints: linking programs to those fails on these kernels.
         for (prog, category, name) in [
             ("sys_enter", "raw_syscalls", "sys_enter"),
             ("sys_exit", "raw_syscalls", "sys_exit"),
             ("sched_process_fork", "sched", "sched_process_fork"),
             ("sched_process_exit", "sched", "sched_process_exit"),
         ] {
-            let p: &mut TracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
-                .try_into()?;
+            let p = program(&mut ebpf, prog)?;
             p.load()
                 .with_context(|| format!("loading tracepoint program {prog}"))?;
             p.attach(category, name)
@@ -204,6 +203,13 @@ impl Tracer {
             _reader: AbortOnDrop(task),
         })
     }
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut TracePoint> {
+    Ok(ebpf
+        .program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()?)
 }
 
 fn bump_generation(maps: &mut Maps) -> Result<()> {

@@ -1,0 +1,108 @@
+//! `cimplifierd trace` end to end, and loss accounting. Needs root.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use cimplifier::trace::log::EventLog;
+use cimplifier::trace::{PathRole, Tracer, TracerConfig};
+use common::*;
+
+#[test]
+fn trace_command_writes_a_complete_replayable_log() {
+    require_root();
+    let cgroup = TestCgroup::new("cli");
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("trace.jsonl");
+    let marker = dir.path().join("marker.txt");
+    std::fs::write(&marker, "x").unwrap();
+
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+        .args([
+            "trace",
+            "--cgroup",
+            cgroup.path.to_str().unwrap(),
+            "--duration",
+            "3s",
+            "--output",
+        ])
+        .arg(&log_path)
+        .spawn()
+        .unwrap();
+    // Give it time to load and attach before the workload runs.
+    std::thread::sleep(Duration::from_millis(1500));
+    run_in(&cgroup.path, &["/bin/cat", marker.to_str().unwrap()]);
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "cimplifierd trace failed: {status}");
+
+    let log = EventLog::read(&log_path).unwrap();
+    assert!(log.is_complete(), "summary: {:?}", log.summary);
+    assert_eq!(log.header.cgroup_path, cgroup.path);
+    assert_eq!(
+        log.summary.as_ref().unwrap().events,
+        log.events.len() as u64
+    );
+    let marker = marker.to_str().unwrap();
+    assert!(
+        !find(&log.events, &["openat", "open"], PathRole::Target, marker).is_empty(),
+        "the workload's open of {marker} is not in the log:\n{}",
+        dump(&log.events, 40)
+    );
+}
+
+#[test]
+fn trace_command_names_a_bad_cgroup() {
+    require_root();
+    let out = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+        .args([
+            "trace",
+            "--cgroup",
+            "/tmp",
+            "--duration",
+            "1s",
+            "--output",
+            "/dev/null",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/tmp is not a cgroup v2 directory"),
+        "{stderr}"
+    );
+}
+
+/// With a one-page ring buffer that nobody reads, records must be counted
+/// as lost, never dropped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_ring_buffer_is_counted_as_loss() {
+    require_root();
+    let tracer = Tracer::load(TracerConfig {
+        ring_buffer_bytes: 4096,
+        ..Default::default()
+    })
+    .unwrap();
+    let cgroup = TestCgroup::new("loss");
+    tracer.watch_cgroup(&cgroup.path).unwrap();
+    run_in(
+        &cgroup.path,
+        &[
+            "/bin/sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8; do cat /etc/hostname >/dev/null; done",
+        ],
+    );
+    let counters = tracer.counters().unwrap();
+    assert!(counters.loss.ringbuf_full > 0, "{counters:?}");
+    assert_eq!(
+        counters.ringbuf_full_per_cpu.iter().sum::<u64>(),
+        counters.loss.ringbuf_full
+    );
+    assert!(!counters.loss.is_complete());
+    assert!(
+        counters.emitted > 0,
+        "some records fit before the buffer filled: {counters:?}"
+    );
+}
