@@ -3,7 +3,8 @@
 //! All programs attach host-wide and return at once unless the current task's
 //! cgroup v2 is watched or descends from a watched cgroup (`watched_cgroup`).
 //!
-//! - `sys_enter`/`sys_exit` (raw_syscalls tracepoints) pair each traced call by
+//! - `sys_enter`/`sys_exit` (BTF raw tracepoints: no trace record is built,
+//!   which keeps the cost for every unwatched syscall low) pair each call by
 //!   thread id through `INFLIGHT` and emit one `SyscallRecord` at exit, with
 //!   the arguments, the return value and the names read from user memory.
 //!   execve(at) also emits an `ExecArgs` record at entry, while its argv exists.
@@ -24,10 +25,9 @@ use aya_ebpf::{
             bpf_probe_read_user_str as read_user_str_raw,
         },
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
-    EbpfContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 use cimplifier_common::{
     COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
@@ -296,30 +296,28 @@ fn emit_syscall(rec: &SyscallRecord) {
     );
 }
 
-#[tracepoint]
-pub fn sys_enter(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "sys_enter")]
+pub fn sys_enter(ctx: BtfTracePointContext) -> i32 {
     let _ = try_sys_enter(&ctx);
     0
 }
 
-/// Reads a field of the tracepoint record directly (no helper call).
-#[inline(always)]
-fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    unsafe { ctx.as_ptr().cast::<u8>().add(offset).cast::<T>().read() }
-}
+// `struct pt_regs` on x86_64, in u64 words: the syscall ABI's argument
+// registers, and orig_ax, which holds the syscall number at exit.
+const REG_WORDS: usize = 16;
+const ARG_REGS: [usize; 6] = [14, 13, 12, 7, 9, 8]; // di, si, dx, r10, r8, r9
+const ORIG_AX: usize = 15;
 
-// raw_syscalls records hold the syscall number (a long; its low half is
-// read) at offset 8, then the arguments (enter) or the return value (exit).
-const NR_OFFSET: usize = 8;
-const ARGS_OFFSET: usize = 16;
-
-fn try_sys_enter(ctx: &TracePointContext) -> Option<()> {
-    let nr = field::<i32>(ctx, NR_OFFSET) as u32;
+fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
+    let id: i64 = ctx.arg(1);
+    let nr = id as u32;
     let spec = spec(nr)?;
     let cgroup = watched_cgroup()?;
+    let regs: *const [u64; REG_WORDS] = ctx.arg(0);
+    let regs = unsafe { bpf_probe_read_kernel(regs) }.ok()?;
     let mut args = [0u64; 6];
-    for (i, a) in args.iter_mut().enumerate() {
-        *a = field(ctx, ARGS_OFFSET + 8 * i);
+    for (a, r) in args.iter_mut().zip(ARG_REGS) {
+        *a = regs[r];
     }
 
     if nr == nr::EXIT || nr == nr::EXIT_GROUP {
@@ -351,14 +349,15 @@ fn try_sys_enter(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
-#[tracepoint]
-pub fn sys_exit(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> i32 {
     let _ = try_sys_exit(&ctx);
     0
 }
 
-fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
-    let nr = field::<i32>(ctx, NR_OFFSET) as u32;
+fn try_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
+    let regs: *const u64 = ctx.arg(0);
+    let nr = unsafe { bpf_probe_read_kernel(regs.wrapping_add(ORIG_AX)) }.ok()? as u32;
     let spec = spec(nr)?;
     let tid = bpf_get_current_pid_tgid() as u32;
     // Only watched threads have an entry, so no cgroup walk here.
@@ -367,7 +366,7 @@ fn try_sys_exit(ctx: &TracePointContext) -> Option<()> {
     if entry.nr != nr {
         return None;
     }
-    let ret: i64 = field(ctx, ARGS_OFFSET);
+    let ret: i64 = ctx.arg(1);
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
     let rec = scratch_syscall(RecordKind::Syscall, cgroup, nr, &entry.args)?;
     rec.ret = ret;

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
-use aya::{Ebpf, EbpfLoader};
+use aya::programs::{BtfTracePoint, TracePoint};
+use aya::{Btf, Ebpf, EbpfLoader};
 use cimplifier_common::{counter, globals, maps};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
@@ -95,19 +95,28 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs (are you root, with BPF enabled?)")?;
 
-        // raw_syscalls rather than the per-syscall `syscalls/sys_*_NAME`
-        // tracepoints: linking programs to those fails on these kernels.
-        for (prog, category, name) in [
-            ("sys_enter", "raw_syscalls", "sys_enter"),
-            ("sys_exit", "raw_syscalls", "sys_exit"),
-            ("sched_process_fork", "sched", "sched_process_fork"),
-            ("sched_process_exit", "sched", "sched_process_exit"),
-        ] {
-            let p = program(&mut ebpf, prog)?;
+        // BTF raw tracepoints for the syscall hooks: they fire on every
+        // syscall on the host, and unlike `raw_syscalls/*` tracepoints they
+        // build no trace record first. (The per-syscall `syscalls/*`
+        // tracepoints would skip untraced calls, but linking to them fails
+        // on these kernels.)
+        let btf = Btf::from_sys_fs().context("reading kernel BTF from /sys/kernel/btf/vmlinux")?;
+        for (prog, hook) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
+            let p: &mut BtfTracePoint = ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
+                .try_into()?;
+            p.load(hook, &btf)
+                .with_context(|| format!("loading tp_btf program {prog}"))?;
+            p.attach()
+                .with_context(|| format!("attaching to raw tracepoint {hook}"))?;
+        }
+        for name in ["sched_process_fork", "sched_process_exit"] {
+            let p = program(&mut ebpf, name)?;
             p.load()
-                .with_context(|| format!("loading tracepoint program {prog}"))?;
-            p.attach(category, name)
-                .with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
+                .with_context(|| format!("loading tracepoint program {name}"))?;
+            p.attach("sched", name)
+                .with_context(|| format!("attaching to tracepoint sched/{name}"))?;
         }
 
         let take = |ebpf: &mut Ebpf, name: &str| {
