@@ -1,10 +1,12 @@
 //! `cargo xtask demo`: trace an nginx test container while curling it.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
 use crate::util::{self, Step, cmd};
 
@@ -128,33 +130,59 @@ pub fn run() -> Result<()> {
     summarise(&trace_path)
 }
 
+/// A short human summary of the event log: what nginx opened and ran.
 fn summarise(path: &Path) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let lines: Vec<&str> = text.lines().collect();
-    println!("\n{}: {} lines", path.display(), lines.len());
-    for needle in ["index.html", "nginx"] {
-        let hits: Vec<&str> = lines
-            .iter()
-            .copied()
-            .filter(|l| l.contains(needle))
-            .collect();
-        println!("\nlines mentioning {needle:?}: {}", hits.len());
-        for line in hits.iter().take(SHOW_LINES) {
-            println!("  {}", shorten(line, 240));
+    let mut syscalls: BTreeMap<String, u64> = BTreeMap::new();
+    let mut opened: BTreeSet<String> = BTreeSet::new();
+    let mut failed: BTreeSet<String> = BTreeSet::new();
+    let mut complete = None;
+    for (i, line) in text.lines().enumerate() {
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
+        match v["record"].as_str() {
+            Some("summary") => complete = Some(v["complete"] == true),
+            Some("event") if v["event"] == "syscall" => {
+                let name = v["syscall"].as_str().unwrap_or("?").to_owned();
+                let ok = v["ret"].as_i64().is_some_and(|r| r >= 0);
+                for p in v["paths"].as_array().into_iter().flatten() {
+                    if let Some(path) = p["path"].as_str() {
+                        let entry =
+                            format!("{path}  ({name} by {})", v["comm"].as_str().unwrap_or("?"));
+                        if ok {
+                            opened.insert(entry);
+                        } else {
+                            failed.insert(entry);
+                        }
+                    }
+                }
+                *syscalls.entry(name).or_default() += 1;
+            }
+            _ => {}
         }
-        if hits.len() > SHOW_LINES {
-            println!("  ... and {} more", hits.len() - SHOW_LINES);
+    }
+    println!("\n{}: {} lines", path.display(), text.lines().count());
+    let counts: Vec<String> = syscalls.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("syscalls seen: {}", counts.join(", "));
+    for (title, set) in [
+        ("names used successfully", &opened),
+        ("names looked up and not found (or refused)", &failed),
+    ] {
+        println!("\n{title}: {}", set.len());
+        for entry in set.iter().take(SHOW_LINES) {
+            println!("  {entry}");
         }
+        if set.len() > SHOW_LINES {
+            println!("  ... and {} more", set.len() - SHOW_LINES);
+        }
+    }
+    match complete {
+        Some(true) => println!("\nthe trace is complete: no events were lost"),
+        Some(false) => {
+            println!("\nthe trace is INCOMPLETE: events were lost (see the summary line)")
+        }
+        None => println!("\nthe log has no summary line: the tracer did not finish"),
     }
     Ok(())
-}
-
-fn shorten(line: &str, max: usize) -> String {
-    if line.chars().count() <= max {
-        return line.to_string();
-    }
-    let mut s: String = line.chars().take(max).collect();
-    s.push('…');
-    s
 }
