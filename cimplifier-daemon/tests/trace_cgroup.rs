@@ -243,3 +243,34 @@ async fn child_cgroups_of_a_watched_cgroup_are_recorded() {
     );
     drop(child);
 }
+
+/// A process already running when the watch begins: its cwd comes from
+/// /proc, so its (and its children's) relative names still resolve.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processes_running_before_the_watch_resolve_relative_names() {
+    require_root();
+    let mut tracer = Tracer::load(TracerConfig::default()).unwrap();
+    let mut events = tracer.events().unwrap();
+    let cgroup = TestCgroup::new("before");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("late.txt"), "x").unwrap();
+    let workload = tokio::task::spawn_blocking({
+        let (cg, dir) = (cgroup.path.clone(), dir.path().to_owned());
+        move || {
+            let script = format!("cd {} && sleep 1 && cat late.txt", dir.display());
+            run_in(&cg, &["/bin/sh", "-c", &script])
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    tracer.watch_cgroup(&cgroup.path).unwrap();
+    workload.await.unwrap();
+    let events = drain(&mut events, Duration::from_millis(300)).await;
+    let late = format!("{}/late.txt", dir.path().display());
+    assert!(
+        find(&events, &["openat", "open"], PathRole::Target, &late)
+            .iter()
+            .any(|(e, s)| e.comm == "cat" && s.succeeded()),
+        "cat's relative open of late.txt did not resolve through the seeded cwd:\n{}",
+        dump(&events, 40)
+    );
+}
