@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 
+use super::cgroup::cgroup_id;
 use super::log::{EventLogWriter, FORMAT, LogHeader, LogSummary, VERSION};
 use super::{Tracer, TracerConfig};
 use crate::docker;
@@ -44,18 +45,20 @@ pub async fn record(opts: RecordOptions, stop: impl Future<Output = ()>) -> Resu
             )
         }
     };
-    let mut tracer = Tracer::load(opts.tracer.clone())?;
-    let mut events = tracer.events()?;
-    let watched = tracer.watch_cgroup(&cgroup_path)?;
+    // Name a bad cgroup or output path before loading anything.
+    let cgroup = cgroup_id(&cgroup_path)?;
     let header = LogHeader {
         format: FORMAT.into(),
         version: VERSION,
         target: target.clone(),
-        cgroup: watched.id,
+        cgroup,
         cgroup_path: cgroup_path.clone(),
         started_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64,
     };
     let mut log = EventLogWriter::create(&opts.output, header)?;
+    let mut tracer = Tracer::load(opts.tracer.clone())?;
+    let mut events = tracer.events()?;
+    let watched = tracer.watch_cgroup(&cgroup_path)?;
     tracing::info!("tracing {target} into {}", opts.output.display());
 
     let started = Instant::now();
