@@ -154,7 +154,7 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-const REDIS_ROUNDS: usize = 3;
+const REDIS_ROUNDS: usize = 5;
 
 async fn run() -> Result<()> {
     let exe = std::env::current_exe()?;
