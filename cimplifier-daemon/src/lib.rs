@@ -5,4 +5,5 @@
 //! emit → glue`; today the trace stage and the Docker glue it needs exist.
 
 pub mod docker;
+pub mod model;
 pub mod trace;

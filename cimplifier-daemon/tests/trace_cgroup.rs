@@ -199,6 +199,48 @@ async fn scripted_workload_is_recorded_with_resolved_paths() {
         "the child's exit is recorded"
     );
 
+    // The same events folded into the model: who read and wrote what.
+    let model = cimplifier::model::Model::from_events(&events);
+    let exe = |p: &str| cimplifier::model::Exe(cimplifier::trace::ContainerPath::new(p).unwrap());
+    let res = |p: &str| {
+        cimplifier::model::Resource::Path(cimplifier::trace::ContainerPath::new(p).unwrap())
+    };
+    let (python, cat) = (exe("/usr/bin/python3"), exe("/bin/cat"));
+    assert!(model.callees(&python).contains(&cat), "python3 exec'd cat");
+    assert!(
+        model
+            .writes(std::slice::from_ref(&python))
+            .contains(&res(&renamed))
+    );
+    assert!(
+        model
+            .reads(std::slice::from_ref(&cat))
+            .contains(&res(&renamed))
+    );
+    assert!(
+        model
+            .failed_lookups(&[python])
+            .contains(&res(&format!("{base}/does-not-exist.txt")))
+    );
+    let unresolved: Vec<_> = events
+        .iter()
+        .filter_map(|e| e.syscall())
+        .filter(|s| {
+            s.paths.iter().any(|p| {
+                matches!(
+                    p.resolution,
+                    Resolution::Unresolved(_) | Resolution::Unreadable
+                )
+            })
+        })
+        .collect();
+    assert_eq!(
+        model.unresolved_names(),
+        unresolved.len() as u64,
+        "{unresolved:#?}"
+    );
+    assert!(unresolved.is_empty(), "{unresolved:#?}");
+
     // Nothing from outside the cgroup.
     assert!(
         !events

@@ -128,6 +128,9 @@ pub enum Resolution {
     Unreadable,
     /// Not a path to resolve (symlink content, readlink value).
     Literal,
+    /// An empty name with AT_EMPTY_PATH on a descriptor that names no path
+    /// (a pipe, a socket): the call acts on the descriptor, not on a name.
+    Descriptor,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -398,6 +398,11 @@ impl Resolver {
             if !empty_ok {
                 return literal(Resolution::Unresolved("empty name".to_owned()));
             }
+            // AT_EMPTY_PATH: the call acts on the descriptor itself. One that
+            // names no path (a pipe, a socket) is not a missing name.
+            if base.is_err() {
+                return literal(Resolution::Descriptor);
+            }
         }
         match base {
             Ok(dir) => PathArg {
@@ -998,6 +1003,22 @@ mod tests {
             ),
         );
         assert_eq!(path(&st, PathRole::Target).as_deref(), Some("/etc/hosts"));
+        // fstat of a descriptor that names no path (a pipe on stdout).
+        let pipe = one(
+            &mut r,
+            call(
+                10,
+                nr::NEWFSTATAT,
+                [1, 0, 0, AT_EMPTY_PATH, 0, 0],
+                0,
+                text(""),
+                None,
+            ),
+        );
+        assert_eq!(
+            pipe.path(PathRole::Target).unwrap().resolution,
+            Resolution::Descriptor
+        );
         let bad = one(
             &mut r,
             call(10, nr::NEWFSTATAT, [7, 0, 0, 0, 0, 0], -2, text(""), None),

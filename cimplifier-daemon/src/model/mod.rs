@@ -1,0 +1,381 @@
+//! The model stage: trace events in, per-executable resource sets out.
+//!
+//! Section 3.1 of the CIMPLIFIER paper: each syscall, in the state the log
+//! has built so far, reads and writes resources. A resource that must exist
+//! for the call to succeed is read; one created, modified or whose metadata
+//! changed is written. Resources reached only through a descriptor are not
+//! added (they were added when the descriptor was opened). Failed calls are
+//! kept apart, as evidence of what was looked for and not found.
+//!
+//! The model is a petgraph graph: executables and resources are nodes, each
+//! access an edge, and the exec call graph links executables.
+//!
+//! Not here yet (issue 3 continues): strace-log input, the symlink chains of
+//! each path against the image tree, shebang interpreters, the report CLI.
+
+mod semantics;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::net::IpAddr;
+
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+use serde::{Deserialize, Serialize};
+
+use crate::trace::{ContainerPath, Event, EventKind, Resolution};
+
+pub use semantics::accesses;
+
+/// An executable: the path a process exec'd, as the program named it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Exe(pub ContainerPath);
+
+impl fmt::Display for Exe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A network endpoint. A wildcard address (0.0.0.0, ::) matches any address
+/// on its port, as a listening socket does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct InetEndpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+impl InetEndpoint {
+    /// Whether a connection to `other` reaches a socket bound to `self`.
+    pub fn accepts(&self, other: &InetEndpoint) -> bool {
+        self.port == other.port && (self.ip.is_unspecified() || self.ip == other.ip)
+    }
+}
+
+/// Something a process uses.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", content = "name")]
+pub enum Resource {
+    /// A file system name: file, directory, symlink, fifo or unix socket node.
+    Path(ContainerPath),
+    /// A Linux abstract unix socket name.
+    AbstractSocket(String),
+    /// An inet endpoint.
+    Inet(InetEndpoint),
+}
+
+/// How a resource was used. The R and W sets are derived from these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Contents read (open for reading, readlink, directory opened).
+    Read,
+    /// Contents modified (open for writing, truncate).
+    Write,
+    /// Brought into existence (O_CREAT, mkdir, mknod, symlink, link, rename target, bind).
+    Create,
+    /// Removed (unlink, rmdir, rename source).
+    Delete,
+    /// Executed.
+    Exec,
+    /// Looked up: it must exist (stat, access, chdir).
+    Stat,
+    /// Only its metadata changed (chmod, chown, utimensat). Kept apart from
+    /// writes so that a recursive chown does not force shipping content.
+    Metadata,
+    /// A socket bound to it (listening).
+    Bind,
+    /// Connected or sent to.
+    Connect,
+    /// A lookup that failed (ENOENT and the like): it is not needed, but the
+    /// program looked for it.
+    ProbeFailed,
+}
+
+impl Access {
+    /// In the paper's read set: it must exist for the call to succeed.
+    pub fn is_read(self) -> bool {
+        matches!(
+            self,
+            Access::Read | Access::Exec | Access::Stat | Access::Delete
+        )
+    }
+
+    /// In the paper's write set: created, modified, removed, or metadata changed.
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            Access::Write
+                | Access::Create
+                | Access::Delete
+                | Access::Metadata
+                | Access::Bind
+                | Access::Connect
+        )
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Node {
+    Exe(Exe),
+    Resource(Resource),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Edge {
+    Access(Access),
+    /// Exec call graph: caller -> callee.
+    Calls,
+}
+
+/// Per-process state while folding events.
+#[derive(Clone, Debug, Default)]
+struct ProcessState {
+    exe: Option<Exe>,
+}
+
+/// The resource model of one observed container.
+#[derive(Default)]
+pub struct Model {
+    graph: DiGraph<Node, Edge>,
+    exes: HashMap<Exe, NodeIndex>,
+    resources: HashMap<Resource, NodeIndex>,
+    processes: HashMap<u32, ProcessState>,
+    /// Access edges already present, so repeated calls add nothing.
+    seen: std::collections::HashSet<(NodeIndex, NodeIndex, Access)>,
+    events: u64,
+    unresolved_names: u64,
+}
+
+impl Model {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
+        let mut m = Self::new();
+        for e in events {
+            m.apply(e);
+        }
+        m
+    }
+
+    /// Events folded in so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Names that could not be made absolute or read, so are in no set:
+    /// a model with any is not the whole truth.
+    pub fn unresolved_names(&self) -> u64 {
+        self.unresolved_names
+    }
+
+    /// Folds one event into the model.
+    pub fn apply(&mut self, event: &Event) {
+        self.events += 1;
+        match &event.kind {
+            EventKind::Fork {
+                child_pid,
+                thread: false,
+                ..
+            } => {
+                let parent = self.processes.get(&event.pid).cloned().unwrap_or_default();
+                self.processes.insert(*child_pid, parent);
+            }
+            EventKind::Fork { .. } => {}
+            EventKind::Exit {
+                process_exited: true,
+            } => {
+                self.processes.remove(&event.pid);
+            }
+            EventKind::Exit { .. } => {}
+            EventKind::Syscall(s) => {
+                self.unresolved_names += s
+                    .paths
+                    .iter()
+                    .filter(|p| {
+                        matches!(
+                            p.resolution,
+                            Resolution::Unresolved(_) | Resolution::Unreadable
+                        )
+                    })
+                    .count() as u64;
+                let caller = self.exe_of(event);
+                let uses = accesses(s);
+                if s.succeeded()
+                    && let Some(callee) = semantics::exec_target(s)
+                {
+                    let callee = Exe(callee);
+                    if let Some(caller) = &caller {
+                        let (a, b) = (self.exe_node(caller), self.exe_node(&callee));
+                        if !self
+                            .graph
+                            .edges_connecting(a, b)
+                            .any(|e| *e.weight() == Edge::Calls)
+                        {
+                            self.graph.add_edge(a, b, Edge::Calls);
+                        }
+                    }
+                    self.processes.entry(event.pid).or_default().exe = Some(callee);
+                }
+                // The exec'd file is used by the new executable; everything
+                // else by the one running when the call was made.
+                let exe = match semantics::exec_target(s) {
+                    Some(_) if s.succeeded() => self.processes[&event.pid].exe.clone(),
+                    _ => caller,
+                };
+                let exe = exe.unwrap_or_else(|| unknown_exe(&event.comm));
+                self.exe_node(&exe);
+                for (access, resource) in uses {
+                    self.add_access(&exe, resource, access);
+                }
+            }
+        }
+    }
+
+    fn exe_of(&self, event: &Event) -> Option<Exe> {
+        self.processes.get(&event.pid).and_then(|p| p.exe.clone())
+    }
+
+    fn exe_node(&mut self, exe: &Exe) -> NodeIndex {
+        if let Some(&n) = self.exes.get(exe) {
+            return n;
+        }
+        let n = self.graph.add_node(Node::Exe(exe.clone()));
+        self.exes.insert(exe.clone(), n);
+        n
+    }
+
+    fn resource_node(&mut self, r: Resource) -> NodeIndex {
+        if let Some(&n) = self.resources.get(&r) {
+            return n;
+        }
+        let n = self.graph.add_node(Node::Resource(r.clone()));
+        self.resources.insert(r, n);
+        n
+    }
+
+    fn add_access(&mut self, exe: &Exe, resource: Resource, access: Access) {
+        let e = self.exe_node(exe);
+        let r = self.resource_node(resource);
+        if self.seen.insert((e, r, access)) {
+            self.graph.add_edge(e, r, Edge::Access(access));
+        }
+    }
+
+    /// Every executable seen, in path order.
+    pub fn executables(&self) -> BTreeSet<Exe> {
+        self.exes.keys().cloned().collect()
+    }
+
+    /// Each resource `exes` used, with how.
+    pub fn uses(&self, exes: &[Exe]) -> BTreeMap<Resource, BTreeSet<Access>> {
+        let mut out: BTreeMap<Resource, BTreeSet<Access>> = BTreeMap::new();
+        for exe in exes {
+            let Some(&n) = self.exes.get(exe) else {
+                continue;
+            };
+            for edge in self.graph.edges_directed(n, Direction::Outgoing) {
+                if let (Edge::Access(a), Node::Resource(r)) =
+                    (edge.weight(), &self.graph[edge.target()])
+                {
+                    out.entry(r.clone()).or_default().insert(*a);
+                }
+            }
+        }
+        out
+    }
+
+    /// R(E): what must exist for the executables `exes`.
+    pub fn reads(&self, exes: &[Exe]) -> BTreeSet<Resource> {
+        self.filter(exes, Access::is_read)
+    }
+
+    /// W(E): what the executables `exes` create, change or remove.
+    pub fn writes(&self, exes: &[Exe]) -> BTreeSet<Resource> {
+        self.filter(exes, Access::is_write)
+    }
+
+    /// Names `exes` looked up and did not find.
+    pub fn failed_lookups(&self, exes: &[Exe]) -> BTreeSet<Resource> {
+        self.filter(exes, |a| a == Access::ProbeFailed)
+    }
+
+    fn filter(&self, exes: &[Exe], keep: impl Fn(Access) -> bool) -> BTreeSet<Resource> {
+        self.uses(exes)
+            .into_iter()
+            .filter(|(_, a)| a.iter().any(|&a| keep(a)))
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    /// The executables that write `resource`.
+    pub fn writers(&self, resource: &Resource) -> BTreeSet<Exe> {
+        let Some(&n) = self.resources.get(resource) else {
+            return BTreeSet::new();
+        };
+        self.graph
+            .edges_directed(n, Direction::Incoming)
+            .filter(|e| matches!(e.weight(), Edge::Access(a) if a.is_write()))
+            .filter_map(|e| match &self.graph[e.source()] {
+                Node::Exe(x) => Some(x.clone()),
+                Node::Resource(_) => None,
+            })
+            .collect()
+    }
+
+    /// Resources used by both sets of executables.
+    pub fn shared(&self, a: &[Exe], b: &[Exe]) -> BTreeSet<Resource> {
+        let ua: BTreeSet<_> = self.uses(a).into_keys().collect();
+        self.uses(b)
+            .into_keys()
+            .filter(|r| ua.contains(r))
+            .collect()
+    }
+
+    /// Executables that exec'd `exe`.
+    pub fn callers(&self, exe: &Exe) -> BTreeSet<Exe> {
+        self.call_neighbours(exe, Direction::Incoming)
+    }
+
+    /// Executables `exe` exec'd.
+    pub fn callees(&self, exe: &Exe) -> BTreeSet<Exe> {
+        self.call_neighbours(exe, Direction::Outgoing)
+    }
+
+    fn call_neighbours(&self, exe: &Exe, dir: Direction) -> BTreeSet<Exe> {
+        let Some(&n) = self.exes.get(exe) else {
+            return BTreeSet::new();
+        };
+        self.graph
+            .edges_directed(n, dir)
+            .filter(|e| *e.weight() == Edge::Calls)
+            .filter_map(|e| {
+                let other = if dir == Direction::Outgoing {
+                    e.target()
+                } else {
+                    e.source()
+                };
+                match &self.graph[other] {
+                    Node::Exe(x) => Some(x.clone()),
+                    Node::Resource(_) => None,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Stands for the executable of a process whose exec was not observed (it
+/// was running before the watch began).
+fn unknown_exe(comm: &str) -> Exe {
+    Exe(
+        ContainerPath::new(&format!("/?unobserved-exec/{}", comm.replace('/', "_")))
+            .expect("absolute"),
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,337 @@
+//! The paper's cases, on hand-built events.
+
+use std::net::SocketAddr;
+
+use cimplifier_common::syscalls::{self, nr};
+
+use super::*;
+use crate::trace::{CgroupId, PathArg, PathRole, Resolution, SocketAddress, SyscallEvent};
+
+fn p(s: &str) -> ContainerPath {
+    ContainerPath::new(s).unwrap()
+}
+
+fn exe(s: &str) -> Exe {
+    Exe(p(s))
+}
+
+fn res(s: &str) -> Resource {
+    Resource::Path(p(s))
+}
+
+fn arg(role: PathRole, path: &str) -> PathArg {
+    PathArg {
+        role,
+        raw: path.to_owned(),
+        path: ContainerPath::new(path),
+        resolution: Resolution::Resolved,
+        truncated: false,
+    }
+}
+
+fn call(
+    pid: u32,
+    n: u32,
+    args: [u64; 6],
+    ret: i64,
+    paths: Vec<PathArg>,
+    addr: Option<SocketAddress>,
+) -> Event {
+    Event {
+        ts_ns: 0,
+        pid,
+        tid: pid,
+        ppid: 1,
+        cgroup: CgroupId(1),
+        comm: "t".into(),
+        kind: EventKind::Syscall(Box::new(SyscallEvent {
+            syscall: syscalls::name(n).to_owned(),
+            nr: n,
+            args,
+            ret: Some(ret),
+            errno: None,
+            paths,
+            fd_path: None,
+            fd_addr: None,
+            addr,
+            argv: None,
+            incomplete: vec![],
+        })),
+    }
+}
+
+fn exec(pid: u32, path: &str) -> Event {
+    call(
+        pid,
+        nr::EXECVE,
+        [0; 6],
+        0,
+        vec![arg(PathRole::Target, path)],
+        None,
+    )
+}
+
+fn fork(parent: u32, child: u32) -> Event {
+    Event {
+        ts_ns: 0,
+        pid: parent,
+        tid: parent,
+        ppid: 1,
+        cgroup: CgroupId(1),
+        comm: "t".into(),
+        kind: EventKind::Fork {
+            child_pid: child,
+            child_tid: child,
+            thread: false,
+            clone_flags: 17,
+        },
+    }
+}
+
+const CWD: u64 = -100i64 as u64;
+const O_WRONLY_CREAT: u64 = 0o101;
+
+fn set(items: &[Resource]) -> BTreeSet<Resource> {
+    items.iter().cloned().collect()
+}
+
+#[test]
+fn created_then_moved_file() {
+    let m = Model::from_events(&[
+        exec(10, "/app/job"),
+        call(
+            10,
+            nr::OPENAT,
+            [CWD, 0, O_WRONLY_CREAT, 0, 0, 0],
+            3,
+            vec![arg(PathRole::Target, "/tmp/a.part")],
+            None,
+        ),
+        call(
+            10,
+            nr::RENAME,
+            [0; 6],
+            0,
+            vec![
+                arg(PathRole::Old, "/tmp/a.part"),
+                arg(PathRole::New, "/data/a"),
+            ],
+            None,
+        ),
+    ]);
+    let job = [exe("/app/job")];
+    assert_eq!(m.writes(&job), set(&[res("/data/a"), res("/tmp/a.part")]));
+    // The renamed file must exist to be renamed; its directories to be reached.
+    assert_eq!(
+        m.reads(&job),
+        set(&[
+            res("/app/job"),
+            res("/data"),
+            res("/tmp"),
+            res("/tmp/a.part")
+        ])
+    );
+    let uses = m.uses(&job);
+    assert_eq!(
+        uses[&res("/tmp/a.part")],
+        [Access::Write, Access::Create, Access::Delete]
+            .into_iter()
+            .collect()
+    );
+}
+
+#[test]
+fn a_unix_socket_shared_by_two_executables() {
+    let sock = |path: &str| {
+        Some(SocketAddress::Unix {
+            raw: path.into(),
+            path: ContainerPath::new(path),
+        })
+    };
+    let m = Model::from_events(&[
+        exec(1, "/usr/sbin/mysqld"),
+        call(
+            1,
+            nr::BIND,
+            [3, 0, 0, 0, 0, 0],
+            0,
+            vec![],
+            sock("/run/mysqld/mysqld.sock"),
+        ),
+        exec(2, "/usr/sbin/php-fpm"),
+        call(
+            2,
+            nr::CONNECT,
+            [5, 0, 0, 0, 0, 0],
+            0,
+            vec![],
+            sock("/run/mysqld/mysqld.sock"),
+        ),
+    ]);
+    let (db, php) = ([exe("/usr/sbin/mysqld")], [exe("/usr/sbin/php-fpm")]);
+    let node = res("/run/mysqld/mysqld.sock");
+    assert!(m.writes(&db).contains(&node) && m.writes(&php).contains(&node));
+    assert!(
+        m.reads(&db).contains(&res("/run/mysqld")),
+        "bind needs the parent directory"
+    );
+    assert_eq!(
+        m.shared(&db, &php),
+        set(&[node.clone(), res("/run/mysqld")])
+    );
+    assert_eq!(
+        m.writers(&node),
+        [db[0].clone(), php[0].clone()].into_iter().collect()
+    );
+}
+
+#[test]
+fn a_shell_script_executing_a_binary_builds_the_call_graph() {
+    let m = Model::from_events(&[
+        exec(1, "/entrypoint.sh"),
+        fork(1, 2),
+        call(
+            2,
+            nr::OPENAT,
+            [CWD, 0, 0, 0, 0, 0],
+            3,
+            vec![arg(PathRole::Target, "/etc/ld.so.cache")],
+            None,
+        ),
+        exec(2, "/usr/bin/cat"),
+        call(
+            2,
+            nr::OPENAT,
+            [CWD, 0, 0, 0, 0, 0],
+            3,
+            vec![arg(PathRole::Target, "/etc/motd")],
+            None,
+        ),
+    ]);
+    let (sh, cat) = (exe("/entrypoint.sh"), exe("/usr/bin/cat"));
+    assert_eq!(m.callees(&sh), [cat.clone()].into_iter().collect());
+    assert_eq!(m.callers(&cat), [sh.clone()].into_iter().collect());
+    // Before its exec the child still runs the script's executable.
+    assert!(
+        m.reads(std::slice::from_ref(&sh))
+            .contains(&res("/etc/ld.so.cache"))
+    );
+    assert!(
+        m.reads(std::slice::from_ref(&cat))
+            .contains(&res("/usr/bin/cat")),
+        "the callee's own file"
+    );
+    assert!(
+        m.reads(std::slice::from_ref(&cat))
+            .contains(&res("/etc/motd"))
+    );
+    assert!(!m.reads(&[sh]).contains(&res("/etc/motd")));
+}
+
+#[test]
+fn failed_probes_are_kept_apart_and_do_not_make_files_appear() {
+    let m = Model::from_events(&[
+        exec(1, "/usr/bin/python3"),
+        call(
+            1,
+            nr::NEWFSTATAT,
+            [CWD, 0, 0, 0, 0, 0],
+            -2,
+            vec![arg(PathRole::Target, "/usr/lib/python3/x.so")],
+            None,
+        ),
+        call(
+            1,
+            nr::OPENAT,
+            [CWD, 0, 0, 0, 0, 0],
+            3,
+            vec![arg(PathRole::Target, "/usr/lib/python3/x.py")],
+            None,
+        ),
+    ]);
+    let py = [exe("/usr/bin/python3")];
+    assert_eq!(m.failed_lookups(&py), set(&[res("/usr/lib/python3/x.so")]));
+    assert!(!m.reads(&py).contains(&res("/usr/lib/python3/x.so")));
+    assert!(!m.writes(&py).contains(&res("/usr/lib/python3/x.so")));
+    assert!(m.reads(&py).contains(&res("/usr/lib/python3/x.py")));
+}
+
+#[test]
+fn metadata_changes_stay_apart_from_content_writes() {
+    let m = Model::from_events(&[
+        exec(1, "/bin/chown"),
+        call(
+            1,
+            nr::FCHOWNAT,
+            [CWD, 0, 33, 33, 0, 0],
+            0,
+            vec![arg(PathRole::Target, "/var/www/big.tar")],
+            None,
+        ),
+    ]);
+    let chown = [exe("/bin/chown")];
+    assert!(m.writes(&chown).contains(&res("/var/www/big.tar")));
+    assert_eq!(
+        m.uses(&chown)[&res("/var/www/big.tar")],
+        [Access::Metadata].into_iter().collect()
+    );
+}
+
+#[test]
+fn descriptor_calls_add_nothing() {
+    let m = Model::from_events(&[
+        exec(1, "/bin/stat"),
+        // fstatat(fd, "", AT_EMPTY_PATH): the path is the fd's, not a new need.
+        call(
+            1,
+            nr::NEWFSTATAT,
+            [3, 0, 0, 0x1000, 0, 0],
+            0,
+            vec![PathArg {
+                raw: String::new(),
+                ..arg(PathRole::Target, "/etc/hosts")
+            }],
+            None,
+        ),
+    ]);
+    assert_eq!(m.reads(&[exe("/bin/stat")]), set(&[res("/bin/stat")]));
+}
+
+#[test]
+fn inet_listeners_accept_by_socket_semantics() {
+    let ep = |s: &str| {
+        let a: SocketAddr = s.parse().unwrap();
+        InetEndpoint {
+            ip: a.ip(),
+            port: a.port(),
+        }
+    };
+    assert!(ep("0.0.0.0:3306").accepts(&ep("127.0.0.1:3306")));
+    assert!(ep("[::]:3306").accepts(&ep("[::1]:3306")));
+    assert!(ep("127.0.0.1:3306").accepts(&ep("127.0.0.1:3306")));
+    assert!(!ep("127.0.0.1:3306").accepts(&ep("10.1.1.1:3306")));
+    assert!(!ep("0.0.0.0:3306").accepts(&ep("127.0.0.1:3307")));
+}
+
+#[test]
+fn unresolved_names_are_counted_not_dropped() {
+    let unresolved = PathArg {
+        path: None,
+        resolution: Resolution::Unresolved("cwd unknown".into()),
+        ..arg(PathRole::Target, "rel.txt")
+    };
+    let m = Model::from_events(&[call(
+        1,
+        nr::OPENAT,
+        [CWD, 0, 0, 0, 0, 0],
+        3,
+        vec![unresolved],
+        None,
+    )]);
+    assert_eq!(m.unresolved_names(), 1);
+    assert_eq!(
+        m.executables().len(),
+        1,
+        "an unobserved exec still gets an executable"
+    );
+}
