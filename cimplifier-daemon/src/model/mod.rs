@@ -14,6 +14,7 @@
 //! each path against the image tree, shebang interpreters, the report CLI.
 
 mod semantics;
+pub mod strace;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;

@@ -193,6 +193,17 @@ impl Resolver {
         self.processes.insert(pid, Process { fs, files });
     }
 
+    /// Sets the cwd of `pid` when it is not known (a log that shows the cwd
+    /// without showing how the process got there).
+    pub fn learn_cwd(&mut self, pid: u32, cwd: ContainerPath) {
+        let p = self.process(pid);
+        if let Some(entry) = self.cwds.get_mut(&p.fs)
+            && entry.1.is_none()
+        {
+            entry.1 = Some(cwd);
+        }
+    }
+
     /// Processes the resolver holds state for (for tests and memory checks).
     pub fn tracked_processes(&self) -> usize {
         self.processes.len()
