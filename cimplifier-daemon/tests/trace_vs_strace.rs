@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cimplifier::model::Model;
+use cimplifier::model::strace::parse_c_string;
 use cimplifier::trace::{Tracer, TracerConfig};
 use common::*;
 
@@ -52,46 +53,6 @@ const FILE_SYSCALLS: &[&str] = &[
     "mknodat",
 ];
 
-/// Parses a C string literal as strace prints it, starting after the `"`.
-/// Returns the bytes and the rest of the input after the closing quote.
-fn c_string(s: &str) -> (Vec<u8>, &str) {
-    let bytes = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => return (out, &s[i + 1..]),
-            b'\\' if i + 1 < bytes.len() => {
-                i += 1;
-                match bytes[i] {
-                    b'n' => out.push(b'\n'),
-                    b't' => out.push(b'\t'),
-                    b'r' => out.push(b'\r'),
-                    b'v' => out.push(0x0b),
-                    b'f' => out.push(0x0c),
-                    b'x' => {
-                        let hex = &s[i + 1..i + 3];
-                        out.push(u8::from_str_radix(hex, 16).unwrap());
-                        i += 2;
-                    }
-                    b'0'..=b'7' => {
-                        let end = (i..(i + 3).min(bytes.len()))
-                            .take_while(|&j| (b'0'..=b'7').contains(&bytes[j]))
-                            .last()
-                            .unwrap();
-                        out.push(u8::from_str_radix(&s[i..=end], 8).unwrap());
-                        i = end;
-                    }
-                    c => out.push(c),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    (out, "")
-}
-
 /// The quoted strings of an argument list that are not inside `[...]`
 /// (argv, envp) or `{...}` (stat buffers).
 fn top_level_strings(args: &str) -> Vec<String> {
@@ -104,7 +65,12 @@ fn top_level_strings(args: &str) -> Vec<String> {
             '[' | '{' => depth += 1,
             ']' | '}' => depth -= 1,
             '"' => {
-                let (bytes, after) = c_string(rest);
+                // The literal's decoding is shared with the library; which
+                // arguments count is decided here, independently.
+                let (bytes, after) = parse_c_string(&format!("\"{rest}"))
+                    .map(|(b, after)| (b, rest.len() - after.len()))
+                    .map(|(b, used)| (b, &rest[used..]))
+                    .unwrap_or((Vec::new(), ""));
                 if depth == 0 {
                     out.push(String::from_utf8_lossy(&bytes).into_owned());
                 }

@@ -380,13 +380,20 @@ const FLAGS: &[(&str, u64)] = &[
 
 /// The bytes of a C string literal argument, `None` for anything else.
 fn c_string(arg: &str) -> Option<Vec<u8>> {
-    let body = arg.strip_prefix('"')?;
+    parse_c_string(arg).map(|(bytes, _)| bytes)
+}
+
+/// Decodes the C string literal (with strace's escapes) at the start of `s`,
+/// which begins with `"`. Returns its bytes and the text after it, or `None`
+/// when `s` holds no whole literal.
+pub fn parse_c_string(s: &str) -> Option<(Vec<u8>, &str)> {
+    let body = s.strip_prefix('"')?;
     let bytes = body.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'"' => return Some(out),
+            b'"' => return Some((out, &body[i + 1..])),
             b'\\' if i + 1 < bytes.len() => {
                 i += 1;
                 match bytes[i] {
@@ -396,7 +403,7 @@ fn c_string(arg: &str) -> Option<Vec<u8>> {
                     b'v' => out.push(0x0b),
                     b'f' => out.push(0x0c),
                     b'x' if i + 2 < bytes.len() => {
-                        out.push(u8::from_str_radix(&body[i + 1..i + 3], 16).ok()?);
+                        out.push(u8::from_str_radix(body.get(i + 1..i + 3)?, 16).ok()?);
                         i += 2;
                     }
                     b'0'..=b'7' => {
