@@ -146,7 +146,6 @@ pub struct Model {
     processes: HashMap<u32, ProcessState>,
     /// Access edges already present, so repeated calls add nothing.
     seen: std::collections::HashSet<(NodeIndex, NodeIndex, Access)>,
-    events: u64,
     unresolved_names: u64,
 }
 
@@ -163,11 +162,6 @@ impl Model {
         m
     }
 
-    /// Events folded in so far.
-    pub fn events(&self) -> u64 {
-        self.events
-    }
-
     /// Names that could not be made absolute or read, so are in no set:
     /// a model with any is not the whole truth.
     pub fn unresolved_names(&self) -> u64 {
@@ -176,7 +170,6 @@ impl Model {
 
     /// Folds one event into the model.
     pub fn apply(&mut self, event: &Event) {
-        self.events += 1;
         match &event.kind {
             EventKind::Fork {
                 child_pid,

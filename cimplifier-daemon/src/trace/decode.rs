@@ -47,15 +47,6 @@ pub enum RawStr {
     Fault,
 }
 
-impl RawStr {
-    pub fn lossy(&self) -> String {
-        match self {
-            RawStr::Text { bytes, .. } => String::from_utf8_lossy(bytes).into_owned(),
-            RawStr::Fault => String::new(),
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RawSyscall {
     pub header: RawHeader,

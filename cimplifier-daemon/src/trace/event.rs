@@ -275,15 +275,13 @@ pub struct LossCounters {
     pub user_read_faults: u64,
     /// Records that could not be decoded in user space.
     pub undecodable: u64,
-    /// Events dropped in user space because a consumer lagged.
-    pub channel_full: u64,
 }
 
 impl LossCounters {
     /// Events that never reached the consumer. Faults and d_path failures are
     /// not in this sum: those events arrived, marked as incomplete.
     pub fn lost(&self) -> u64 {
-        self.ringbuf_full + self.inflight_full + self.undecodable + self.channel_full
+        self.ringbuf_full + self.inflight_full + self.undecodable
     }
 
     pub fn is_complete(&self) -> bool {

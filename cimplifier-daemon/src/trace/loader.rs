@@ -102,17 +102,14 @@ impl Tracer {
         // on these kernels.)
         let btf = Btf::from_sys_fs().context("reading kernel BTF from /sys/kernel/btf/vmlinux")?;
         for (prog, hook) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
-            let p: &mut BtfTracePoint = ebpf
-                .program_mut(prog)
-                .ok_or_else(|| anyhow!("program {prog} missing from the eBPF object"))?
-                .try_into()?;
+            let p: &mut BtfTracePoint = program(&mut ebpf, prog)?;
             p.load(hook, &btf)
                 .with_context(|| format!("loading tp_btf program {prog}"))?;
             p.attach()
                 .with_context(|| format!("attaching to raw tracepoint {hook}"))?;
         }
         for name in ["sched_process_fork", "sched_process_exit"] {
-            let p = program(&mut ebpf, name)?;
+            let p: &mut TracePoint = program(&mut ebpf, name)?;
             p.load()
                 .with_context(|| format!("loading tracepoint program {name}"))?;
             p.attach("sched", name)
@@ -189,7 +186,6 @@ impl Tracer {
                 inflight_full: sum(counter::INFLIGHT_FULL)?.0,
                 user_read_faults: sum(counter::USER_READ_FAULT)?.0,
                 undecodable: self.undecodable.load(Ordering::Relaxed),
-                channel_full: 0,
             },
             ringbuf_full_per_cpu,
             emitted: sum(counter::EMITTED)?.0,
@@ -214,7 +210,11 @@ impl Tracer {
     }
 }
 
-fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut TracePoint> {
+/// The program `name` of the object, as the program type `T`.
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
     Ok(ebpf
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
@@ -304,11 +304,6 @@ pub struct EventStream {
 impl EventStream {
     pub async fn next_event(&mut self) -> Option<Event> {
         self.rx.recv().await
-    }
-
-    /// Events already decoded and waiting, without blocking.
-    pub fn try_next(&mut self) -> Option<Event> {
-        self.rx.try_recv().ok()
     }
 }
 

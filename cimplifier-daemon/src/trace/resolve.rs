@@ -48,6 +48,12 @@ struct Fd {
     cloexec: bool,
 }
 
+impl Fd {
+    fn new(target: FdTarget, cloexec: bool) -> Self {
+        Self { target, cloexec }
+    }
+}
+
 type FdTable = HashMap<i32, Fd>;
 
 /// Tables can be shared between processes (CLONE_FS, CLONE_FILES), so they
@@ -178,15 +184,7 @@ impl Resolver {
         self.forget_process(pid);
         let table = fds
             .into_iter()
-            .map(|(fd, path)| {
-                (
-                    fd,
-                    Fd {
-                        target: FdTarget::Path(path),
-                        cloexec: false,
-                    },
-                )
-            })
+            .map(|(fd, path)| (fd, Fd::new(FdTarget::Path(path), false)))
             .collect();
         let fs = self.new_cwd(cwd);
         let files = self.new_fd_table(table);
@@ -593,13 +591,8 @@ impl Resolver {
                 };
                 match target() {
                     Some(path) => {
-                        self.fds(p).insert(
-                            ret,
-                            Fd {
-                                target: FdTarget::Path(path),
-                                cloexec,
-                            },
-                        );
+                        self.fds(p)
+                            .insert(ret, Fd::new(FdTarget::Path(path), cloexec));
                     }
                     None => {
                         self.fds(p).remove(&ret);
@@ -638,13 +631,7 @@ impl Resolver {
                 let old = self.fds(p).get(&(args[0] as i32)).cloned();
                 match old {
                     Some(fd) => {
-                        self.fds(p).insert(
-                            new_fd,
-                            Fd {
-                                target: fd.target,
-                                cloexec,
-                            },
-                        );
+                        self.fds(p).insert(new_fd, Fd::new(fd.target, cloexec));
                     }
                     None => {
                         self.fds(p).remove(&new_fd);
@@ -670,13 +657,8 @@ impl Resolver {
                 }
             }
             nr::SOCKET => {
-                self.fds(p).insert(
-                    ret,
-                    Fd {
-                        target: FdTarget::Socket(None),
-                        cloexec: false,
-                    },
-                );
+                self.fds(p)
+                    .insert(ret, Fd::new(FdTarget::Socket(None), false));
             }
             nr::BIND | nr::CONNECT => {
                 if let Some(fd) = self.fds(p).get_mut(&(args[0] as i32)) {
@@ -688,13 +670,8 @@ impl Resolver {
             }
             nr::ACCEPT | nr::ACCEPT4 => {
                 let listener = self.fd_addr(p, args[0] as i32);
-                self.fds(p).insert(
-                    ret,
-                    Fd {
-                        target: FdTarget::Socket(listener),
-                        cloexec: false,
-                    },
-                );
+                self.fds(p)
+                    .insert(ret, Fd::new(FdTarget::Socket(listener), false));
             }
             nr::EXECVE | nr::EXECVEAT => {
                 let p = self.unshare_files(raw.header.pid);
