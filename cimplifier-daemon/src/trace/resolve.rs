@@ -537,7 +537,6 @@ impl Resolver {
         let fd_path = on_fd.then(|| self.fd_path(p, fd)).flatten();
         let fd_addr = on_socket.then(|| self.fd_addr(p, fd)).flatten();
         let succeeded = ret.is_some_and(|r| r >= 0);
-        let event_paths = paths.clone();
         if succeeded {
             self.apply(p, &raw, &paths, addr.as_ref());
         }
@@ -554,7 +553,7 @@ impl Resolver {
             args: raw.args,
             ret,
             errno,
-            paths: event_paths,
+            paths,
             fd_path,
             fd_addr,
             addr,
