@@ -315,4 +315,30 @@ async fn processes_running_before_the_watch_resolve_relative_names() {
         "cat's relative open of late.txt did not resolve through the seeded cwd:\n{}",
         dump(&events, 40)
     );
+    // The shell was running before the watch: it is reported as running,
+    // with the file it runs, so the model needs no placeholder for it.
+    let running: Vec<_> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Running { exe, argv, .. } => Some((exe.clone(), argv.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        running.iter().any(|(exe, argv)| {
+            exe.as_ref().is_some_and(|x| x.as_str() == "/usr/bin/dash")
+                && argv.first().is_some_and(|a| a == "/bin/sh")
+        }),
+        "no Running event for the shell started before the watch: {running:?}"
+    );
+    let model = cimplifier::model::Model::from_events(&events);
+    let exes: Vec<String> = model.executables().iter().map(|e| e.to_string()).collect();
+    assert!(
+        exes.contains(&"/usr/bin/dash".to_owned()) && exes.contains(&"/usr/bin/cat".to_owned()),
+        "{exes:?}"
+    );
+    assert!(
+        !exes.iter().any(|e| e.starts_with("/?unobserved-exec")),
+        "a placeholder remains: {exes:?}"
+    );
 }

@@ -202,10 +202,30 @@ async fn every_path_strace_sees_is_in_our_log() {
         .filter(|e| traced_pids.contains(&e.pid))
         .cloned()
         .collect();
-    let (theirs, ours) = (
-        Model::from_events(&from_strace),
-        Model::from_events(&ours_only),
-    );
+    // Both against the host's tree, so the merged-/usr links and the
+    // python3 -> python3.11 link are walked in both.
+    let host_model = |events: &[cimplifier::trace::Event]| {
+        let mut m = Model::with_image_tree(Box::new(cimplifier::model::DirTree::new("/")));
+        events.iter().for_each(|e| m.apply(e));
+        m
+    };
+    let (theirs, ours) = (host_model(&from_strace), host_model(&ours_only));
+    let python =
+        cimplifier::model::Exe(cimplifier::trace::ContainerPath::new("/usr/bin/python3").unwrap());
+    let r_python = ours.reads(std::slice::from_ref(&python));
+    for needed in [
+        "/usr/bin/python3",
+        "/usr/bin/python3.11",
+        "/usr/bin",
+        "/usr",
+    ] {
+        assert!(
+            r_python
+                .iter()
+                .any(|r| matches!(r, cimplifier::model::Resource::Path(p) if p.as_str() == needed)),
+            "R(python3) lacks {needed}, which the host tree says it needs"
+        );
+    }
     let mut differences = Vec::new();
     for exe in theirs.executables() {
         let one = std::slice::from_ref(&exe);

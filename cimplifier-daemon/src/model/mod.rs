@@ -10,11 +10,14 @@
 //! The model is a petgraph graph: executables and resources are nodes, each
 //! access an edge, and the exec call graph links executables.
 //!
-//! Not here yet (issue 3 continues): strace-log input, the symlink chains of
-//! each path against the image tree, shebang interpreters, the report CLI.
+//! Every used name also needs the directories above it and, given the image
+//! tree, every symlink the lookup followed and the file it ended at: those
+//! are [`Access::Traverse`] uses. With the tree, a `#!` script's interpreter
+//! is an executable too, called by the script.
 
 mod semantics;
 pub mod strace;
+mod tree;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -28,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use crate::trace::{ContainerPath, Event, EventKind, Resolution};
 
 pub use semantics::accesses;
+pub use tree::{DirTree, ImageTree, Walk, shebang_interpreter};
 
 /// An executable: the path a process exec'd, as the program named it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -93,6 +97,9 @@ pub enum Access {
     /// A lookup that failed (ENOENT and the like): it is not needed, but the
     /// program looked for it.
     ProbeFailed,
+    /// Passed through on the way to a used name: a directory above it, or a
+    /// symlink the lookup followed.
+    Traverse,
 }
 
 impl Access {
@@ -100,7 +107,7 @@ impl Access {
     pub fn is_read(self) -> bool {
         matches!(
             self,
-            Access::Read | Access::Exec | Access::Stat | Access::Delete
+            Access::Read | Access::Exec | Access::Stat | Access::Delete | Access::Traverse
         )
     }
 
@@ -140,6 +147,7 @@ struct ProcessState {
 /// The resource model of one observed container.
 #[derive(Default)]
 pub struct Model {
+    walker: tree::Walker,
     graph: DiGraph<Node, Edge>,
     exes: HashMap<Exe, NodeIndex>,
     resources: HashMap<Resource, NodeIndex>,
@@ -152,6 +160,15 @@ pub struct Model {
 impl Model {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A model that follows symlinks and reads `#!` lines in `tree`, the
+    /// file system the events happened in.
+    pub fn with_image_tree(tree: Box<dyn ImageTree>) -> Self {
+        Self {
+            walker: tree::Walker::new(Some(tree)),
+            ..Self::default()
+        }
     }
 
     pub fn from_events<'a>(events: impl IntoIterator<Item = &'a Event>) -> Self {
@@ -186,6 +203,13 @@ impl Model {
                 self.processes.remove(&event.pid);
             }
             EventKind::Exit { .. } => {}
+            EventKind::Running { exe, .. } => {
+                let exe = exe.clone().map(Exe);
+                if let Some(exe) = &exe {
+                    self.use_resource(exe, Resource::Path(exe.0.clone()), Access::Exec);
+                }
+                self.processes.insert(event.pid, ProcessState { exe });
+            }
             EventKind::Syscall(s) => {
                 self.unresolved_names += s
                     .paths
@@ -204,14 +228,7 @@ impl Model {
                 {
                     let callee = Exe(callee);
                     if let Some(caller) = &caller {
-                        let (a, b) = (self.exe_node(caller), self.exe_node(&callee));
-                        if !self
-                            .graph
-                            .edges_connecting(a, b)
-                            .any(|e| *e.weight() == Edge::Calls)
-                        {
-                            self.graph.add_edge(a, b, Edge::Calls);
-                        }
+                        self.add_call(caller, &callee);
                     }
                     self.processes.entry(event.pid).or_default().exe = Some(callee);
                 }
@@ -224,7 +241,7 @@ impl Model {
                 let exe = exe.unwrap_or_else(|| unknown_exe(&event.comm));
                 self.exe_node(&exe);
                 for (access, resource) in uses {
-                    self.add_access(&exe, resource, access);
+                    self.use_resource(&exe, resource, access);
                 }
             }
         }
@@ -252,11 +269,57 @@ impl Model {
         n
     }
 
-    fn add_access(&mut self, exe: &Exe, resource: Resource, access: Access) {
+    fn add_call(&mut self, caller: &Exe, callee: &Exe) {
+        let (a, b) = (self.exe_node(caller), self.exe_node(callee));
+        if !self
+            .graph
+            .edges_connecting(a, b)
+            .any(|e| *e.weight() == Edge::Calls)
+        {
+            self.graph.add_edge(a, b, Edge::Calls);
+        }
+    }
+
+    /// Adds one access edge; false when it was there already.
+    fn add_access(&mut self, exe: &Exe, resource: Resource, access: Access) -> bool {
         let e = self.exe_node(exe);
         let r = self.resource_node(resource);
-        if self.seen.insert((e, r, access)) {
+        let new = self.seen.insert((e, r, access));
+        if new {
             self.graph.add_edge(e, r, Edge::Access(access));
+        }
+        new
+    }
+
+    /// Adds a use with what it implies: the directories and symlinks its
+    /// lookup went through, the name it ended at, and for an exec'd script,
+    /// its interpreter.
+    fn use_resource(&mut self, exe: &Exe, resource: Resource, access: Access) {
+        let Resource::Path(path) = &resource else {
+            self.add_access(exe, resource, access);
+            return;
+        };
+        let path = path.clone();
+        if !self.add_access(exe, resource, access) || access == Access::ProbeFailed {
+            return;
+        }
+        // Creating or removing a name acts on the last link, not its target.
+        let follow_final = !matches!(access, Access::Create | Access::Delete);
+        let walk = self.walker.walk(&path, follow_final);
+        for passed in walk.dirs.into_iter().chain(walk.links) {
+            self.add_access(exe, Resource::Path(passed), Access::Traverse);
+        }
+        let Some(real) = walk.resolved else { return };
+        if real != path {
+            self.use_resource(exe, Resource::Path(real.clone()), access);
+        }
+        if access == Access::Exec
+            && let Some(interp) = self.walker.interpreter(&real)
+        {
+            let interp_exe = Exe(interp.clone());
+            self.add_call(exe, &interp_exe);
+            self.use_resource(exe, Resource::Path(interp.clone()), Access::Exec);
+            self.use_resource(&interp_exe, Resource::Path(interp), Access::Exec);
         }
     }
 
@@ -321,11 +384,19 @@ impl Model {
             .collect()
     }
 
-    /// Resources used by both sets of executables.
+    /// Resources used by both sets of executables. Directories both only
+    /// passed through are structure, not something they share.
     pub fn shared(&self, a: &[Exe], b: &[Exe]) -> BTreeSet<Resource> {
-        let ua: BTreeSet<_> = self.uses(a).into_keys().collect();
-        self.uses(b)
-            .into_keys()
+        let more_than_traverse =
+            |uses: BTreeMap<Resource, BTreeSet<Access>>| -> BTreeSet<Resource> {
+                uses.into_iter()
+                    .filter(|(_, a)| a.iter().any(|&a| a != Access::Traverse))
+                    .map(|(r, _)| r)
+                    .collect()
+            };
+        let ua = more_than_traverse(self.uses(a));
+        more_than_traverse(self.uses(b))
+            .into_iter()
             .filter(|r| ua.contains(r))
             .collect()
     }

@@ -31,14 +31,18 @@ pub fn read_strace_logs(paths: &[&Path]) -> Result<Vec<Event>> {
         .collect();
     files.sort();
     for (pid, path) in files {
-        let text = std::fs::read_to_string(path)
+        let bytes = std::fs::read(path)
             .with_context(|| format!("reading strace log {}", path.display()))?;
-        for (i, line) in text.lines().enumerate() {
-            parser
-                .line(line, pid)
-                .with_context(|| format!("{}:{}: {line:?}", path.display(), i + 1))?;
-        }
+        parser.text(&String::from_utf8_lossy(&bytes), pid, path)?;
     }
+    Ok(parser.events)
+}
+
+/// Parses the text of one strace log; `name` is used in errors. For a `-ff`
+/// file, `pid` is the pid its name carries.
+pub fn parse_strace_text(text: &str, pid: Option<u32>, name: &Path) -> Result<Vec<Event>> {
+    let mut parser = Parser::default();
+    parser.text(text, pid, name)?;
     Ok(parser.events)
 }
 
@@ -61,6 +65,14 @@ const CLONE_THREAD: u64 = 0x10000;
 const SIGCHLD: u64 = 17;
 
 impl Parser {
+    fn text(&mut self, text: &str, pid: Option<u32>, name: &Path) -> Result<()> {
+        for (i, line) in text.lines().enumerate() {
+            self.line(line, pid)
+                .with_context(|| format!("{}:{}: {line:?}", name.display(), i + 1))?;
+        }
+        Ok(())
+    }
+
     fn header(&mut self, tid: u32) -> RawHeader {
         self.seq += 1;
         let pid = self.tgid.get(&tid).copied().unwrap_or(tid);

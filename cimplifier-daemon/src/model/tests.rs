@@ -125,6 +125,8 @@ fn created_then_moved_file() {
     assert_eq!(
         m.reads(&job),
         set(&[
+            res("/"),
+            res("/app"),
             res("/app/job"),
             res("/data"),
             res("/tmp"),
@@ -294,7 +296,10 @@ fn descriptor_calls_add_nothing() {
             None,
         ),
     ]);
-    assert_eq!(m.reads(&[exe("/bin/stat")]), set(&[res("/bin/stat")]));
+    assert_eq!(
+        m.reads(&[exe("/bin/stat")]),
+        set(&[res("/"), res("/bin"), res("/bin/stat")])
+    );
 }
 
 #[test]
@@ -334,4 +339,90 @@ fn unresolved_names_are_counted_not_dropped() {
         1,
         "an unobserved exec still gets an executable"
     );
+}
+
+/// A merged-/usr tree: /bin -> usr/bin, sh -> dash, and a `#!/bin/sh` script.
+fn merged_usr_tree() -> tempfile::TempDir {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path();
+    std::fs::create_dir_all(r.join("usr/bin")).unwrap();
+    std::fs::create_dir_all(r.join("srv")).unwrap();
+    symlink("usr/bin", r.join("bin")).unwrap();
+    symlink("dash", r.join("usr/bin/sh")).unwrap();
+    std::fs::write(r.join("usr/bin/dash"), b"\x7fELF").unwrap();
+    std::fs::write(r.join("usr/bin/cat"), b"\x7fELF").unwrap();
+    std::fs::write(r.join("srv/run.sh"), b"#!/bin/sh\ncat /srv/x\n").unwrap();
+    dir
+}
+
+#[test]
+fn script_gets_its_interpreter_through_merged_usr_links() {
+    let root = merged_usr_tree();
+    let mut m = Model::with_image_tree(Box::new(DirTree::new(root.path())));
+    for e in [exec(10, "/srv/run.sh"), fork(10, 11), exec(11, "/bin/cat")] {
+        m.apply(&e);
+    }
+    let script = exe("/srv/run.sh");
+    let sh = exe("/bin/sh");
+    assert_eq!(
+        m.callees(&script),
+        [sh.clone(), exe("/bin/cat")].into_iter().collect(),
+        "a shebang gives two executables: the script calls its interpreter"
+    );
+    assert!(m.executables().contains(&sh));
+    let r = m.reads(std::slice::from_ref(&script));
+    for needed in [
+        "/bin",
+        "/bin/sh",
+        "/usr/bin/sh",
+        "/usr/bin/dash",
+        "/usr",
+        "/srv",
+    ] {
+        assert!(r.contains(&res(needed)), "R(run.sh) lacks {needed}: {r:?}");
+    }
+    // The interpreter's own R holds the file it runs and the links to it.
+    let r_sh = m.reads(std::slice::from_ref(&sh));
+    assert!(r_sh.contains(&res("/usr/bin/dash")) && r_sh.contains(&res("/bin")));
+    // cat, exec'd as /bin/cat, needs the /bin link and /usr/bin/cat.
+    let r_cat = m.reads(&[exe("/bin/cat")]);
+    assert!(r_cat.contains(&res("/bin")) && r_cat.contains(&res("/usr/bin/cat")));
+    assert!(!r_cat.contains(&res("/usr/bin/dash")));
+}
+
+#[test]
+fn without_a_tree_a_script_is_one_executable() {
+    let m = Model::from_events(&[exec(10, "/srv/run.sh")]);
+    assert_eq!(m.executables(), [exe("/srv/run.sh")].into_iter().collect());
+}
+
+#[test]
+fn a_process_seen_running_has_its_real_executable() {
+    let running = Event {
+        ts_ns: 0,
+        pid: 7,
+        tid: 7,
+        ppid: 1,
+        cgroup: CgroupId(1),
+        comm: "nginx".into(),
+        kind: EventKind::Running {
+            exe: Some(p("/usr/sbin/nginx")),
+            argv: vec!["nginx".into()],
+            cwd: Some(p("/")),
+        },
+    };
+    let open = call(
+        7,
+        nr::OPENAT,
+        [CWD, 0, 0, 0, 0, 0],
+        3,
+        vec![arg(PathRole::Target, "/etc/nginx/nginx.conf")],
+        None,
+    );
+    let m = Model::from_events(&[running, open]);
+    let nginx = [exe("/usr/sbin/nginx")];
+    assert_eq!(m.executables(), nginx.iter().cloned().collect());
+    let r = m.reads(&nginx);
+    assert!(r.contains(&res("/usr/sbin/nginx")) && r.contains(&res("/etc/nginx/nginx.conf")));
 }

@@ -73,11 +73,16 @@ pub fn pids_below(dir: &Path) -> Vec<u32> {
     pids
 }
 
-/// What a running process has open, in its own view of the file system.
-#[derive(Debug, Default, PartialEq, Eq)]
+/// A running process as /proc shows it, in its own view of the file system.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessSnapshot {
     pub cwd: Option<ContainerPath>,
     pub fds: Vec<(i32, ContainerPath)>,
+    /// The file it is running (`/proc/PID/exe`).
+    pub exe: Option<ContainerPath>,
+    pub argv: Vec<String>,
+    pub ppid: u32,
+    pub comm: String,
 }
 
 /// Reads a process's cwd and open file paths from /proc, translated from the
@@ -98,6 +103,32 @@ pub fn snapshot_process(pid: u32) -> ProcessSnapshot {
     let cwd = std::fs::read_link(proc_dir.join("cwd"))
         .ok()
         .and_then(&inside);
+    // A deleted file reads as "/path (deleted)": still the file it ran.
+    let exe = std::fs::read_link(proc_dir.join("exe"))
+        .ok()
+        .map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")))
+        .and_then(&inside);
+    let argv = std::fs::read(proc_dir.join("cmdline"))
+        .map(|b| {
+            b.split(|&c| c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+    let stat = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
+    let (comm, ppid) = match (stat.find('('), stat.rfind(')')) {
+        (Some(open), Some(close)) if open < close => (
+            stat[open + 1..close].to_owned(),
+            stat[close + 1..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0),
+        ),
+        _ => (String::new(), 0),
+    };
     let mut fds = Vec::new();
     if let Ok(entries) = std::fs::read_dir(proc_dir.join("fd")) {
         for entry in entries.flatten() {
@@ -114,7 +145,14 @@ pub fn snapshot_process(pid: u32) -> ProcessSnapshot {
             }
         }
     }
-    ProcessSnapshot { cwd, fds }
+    ProcessSnapshot {
+        cwd,
+        fds,
+        exe,
+        argv,
+        ppid,
+        comm,
+    }
 }
 
 #[cfg(test)]
@@ -127,6 +165,11 @@ mod tests {
         let snap = snapshot_process(me);
         let cwd = std::env::current_dir().unwrap();
         assert_eq!(snap.cwd.unwrap().as_str(), cwd.to_str().unwrap());
+        let exe = std::env::current_exe().unwrap();
+        assert_eq!(snap.exe.unwrap().as_str(), exe.to_str().unwrap());
+        assert_eq!(snap.argv, std::env::args().collect::<Vec<_>>());
+        assert_eq!(snap.ppid, std::os::unix::process::parent_id());
+        assert!(!snap.comm.is_empty());
         let dir = cgroup_of_pid(me).unwrap();
         assert!(
             pids_below(&dir).contains(&me),

@@ -239,6 +239,20 @@ pub enum EventKind {
     Exit {
         process_exited: bool,
     },
+    /// A process already running when it was first seen (it was started
+    /// before the watch began), as /proc showed it then: its exec was never
+    /// traced, so this is what stands for it.
+    Running {
+        /// `/proc/PID/exe` as the process sees it; absent when unreadable
+        /// (the process was exiting, or is a kernel thread).
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        exe: Option<ContainerPath>,
+        /// `/proc/PID/cmdline`.
+        #[serde(skip_serializing_if = "Vec::is_empty", default)]
+        argv: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        cwd: Option<ContainerPath>,
+    },
 }
 
 /// One decoded event.

@@ -16,8 +16,8 @@ use cimplifier_common::{counter, globals, maps};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use super::cgroup::{cgroup_id, pids_below, snapshot_process};
-use super::decode::decode;
+use super::cgroup::{cgroup_id, cgroup_of_pid, pids_below, snapshot_process};
+use super::decode::{RawHeader, decode};
 use super::kernel_layout::{KernelLayout, TRACEFS};
 use super::resolve::Resolver;
 use super::{CgroupId, Event, LossCounters};
@@ -130,10 +130,9 @@ impl Tracer {
             _ebpf: ebpf,
             maps: Mutex::new(maps),
             ring: Some(ring),
-            resolver: Arc::new(Mutex::new(Resolver::with_snapshotter(Box::new(|pid| {
-                let snap = snapshot_process(pid);
-                (snap.cwd, snap.fds)
-            })))),
+            resolver: Arc::new(Mutex::new(Resolver::with_snapshotter(Box::new(
+                snapshot_process,
+            )))),
             undecodable: Arc::new(AtomicU64::new(0)),
             config,
         })
@@ -144,12 +143,22 @@ impl Tracer {
     pub fn watch_cgroup(&self, dir: &Path) -> Result<WatchedCgroup> {
         let id = cgroup_id(dir)?;
         // Processes already running: learn their cwd and open files first,
-        // so their relative names resolve.
+        // so their relative names resolve, and report each as running.
         {
             let mut resolver = self.resolver.lock().expect("resolver lock");
             for pid in pids_below(dir) {
                 let snap = snapshot_process(pid);
-                resolver.seed_process(pid, snap.cwd, snap.fds);
+                let header = RawHeader {
+                    pid,
+                    tid: pid,
+                    ppid: snap.ppid,
+                    ts_ns: monotonic_ns(),
+                    cgroup_id: cgroup_of_pid(pid)
+                        .and_then(|d| cgroup_id(&d))
+                        .map_or(id.0, |c| c.0),
+                    comm: snap.comm.clone(),
+                };
+                resolver.seed_running(&header, snap);
             }
         }
         let mut maps = self.maps.lock().expect("maps lock");
@@ -227,6 +236,13 @@ fn bump_generation(maps: &mut Maps) -> Result<()> {
     Ok(())
 }
 
+/// CLOCK_MONOTONIC in nanoseconds, the clock of the kernel's timestamps.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TracerCounters {
     pub loss: LossCounters,
@@ -253,6 +269,7 @@ async fn read_ring(
     let mut batch = Vec::with_capacity(BATCH);
     let drain = |ring: &mut RingBuf<MapData>, batch: &mut Vec<Event>| -> usize {
         let mut resolver = resolver.lock().expect("resolver lock");
+        batch.extend(resolver.take_queued());
         let mut records = 0;
         while batch.len() < BATCH {
             let Some(item) = ring.next() else { break };

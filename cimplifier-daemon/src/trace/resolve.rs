@@ -12,6 +12,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use cimplifier_common::flags;
 use cimplifier_common::syscalls::{self, nr};
 
+use super::cgroup::ProcessSnapshot;
 use super::decode::{RawHeader, RawRecord, RawStr, RawSyscall};
 use super::{
     CgroupId, ContainerPath, Event, EventKind, PathArg, PathRole, Resolution, SocketAddress,
@@ -146,10 +147,9 @@ struct PendingExec {
     incomplete: Vec<String>,
 }
 
-/// Reads the cwd and open files of a process the resolver meets without
-/// having seen its fork (it was running before the watch began).
-pub type Snapshotter =
-    Box<dyn Fn(u32) -> (Option<ContainerPath>, Vec<(i32, ContainerPath)>) + Send>;
+/// Reads the state of a process the resolver meets without having seen its
+/// fork (it was running before the watch began).
+pub type Snapshotter = Box<dyn Fn(u32) -> ProcessSnapshot + Send>;
 
 #[derive(Default)]
 pub struct Resolver {
@@ -159,6 +159,8 @@ pub struct Resolver {
     next_table: TableId,
     pending_exec: HashMap<u32, PendingExec>,
     snapshot: Option<Snapshotter>,
+    /// `Running` events of seeded processes, not yet handed out.
+    queued: Vec<Event>,
 }
 
 impl Resolver {
@@ -189,6 +191,27 @@ impl Resolver {
         let fs = self.new_cwd(cwd);
         let files = self.new_fd_table(table);
         self.processes.insert(pid, Process { fs, files });
+    }
+
+    /// Records a process found running (before the watch began, or met
+    /// without its fork) and queues the `Running` event that stands for its
+    /// unseen exec.
+    pub fn seed_running(&mut self, header: &RawHeader, snap: ProcessSnapshot) {
+        self.seed_process(header.pid, snap.cwd.clone(), snap.fds);
+        self.queued.push(event(
+            header,
+            EventKind::Running {
+                exe: snap.exe,
+                argv: snap.argv,
+                cwd: snap.cwd,
+            },
+        ));
+    }
+
+    /// Events produced outside [`Resolver::handle`] (by
+    /// [`Resolver::seed_running`]), oldest first.
+    pub fn take_queued(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.queued)
     }
 
     /// Sets the cwd of `pid` when it is not known (a log that shows the cwd
@@ -223,11 +246,7 @@ impl Resolver {
         if let Some(p) = self.processes.get(&pid) {
             return *p;
         }
-        let (cwd, fds) = match &self.snapshot {
-            Some(snapshot) => snapshot(pid),
-            None => (None, Vec::new()),
-        };
-        self.seed_process(pid, cwd, fds);
+        self.seed_process(pid, None, Vec::new());
         self.processes[&pid]
     }
 
@@ -277,6 +296,19 @@ impl Resolver {
 
     /// Turns one raw record into the events it completes (0 or 1).
     pub fn handle(&mut self, rec: RawRecord) -> Vec<Event> {
+        let header = rec.header();
+        if !self.processes.contains_key(&header.pid)
+            && let Some(snapshot) = &self.snapshot
+        {
+            let (header, snap) = (header.clone(), snapshot(header.pid));
+            self.seed_running(&header, snap);
+        }
+        let mut events = self.take_queued();
+        events.extend(self.handle_record(rec));
+        events
+    }
+
+    fn handle_record(&mut self, rec: RawRecord) -> Vec<Event> {
         match rec {
             RawRecord::Fork {
                 header,
@@ -1030,16 +1062,29 @@ mod tests {
 
     #[test]
     fn snapshotter_fills_in_processes_seen_late() {
-        let mut r = Resolver::with_snapshotter(Box::new(|pid| {
-            (
-                ContainerPath::new(&format!("/proc-{pid}")),
-                vec![(3, ContainerPath::new("/data").unwrap())],
-            )
+        let mut r = Resolver::with_snapshotter(Box::new(|pid| ProcessSnapshot {
+            cwd: ContainerPath::new(&format!("/proc-{pid}")),
+            fds: vec![(3, ContainerPath::new("/data").unwrap())],
+            exe: ContainerPath::new("/usr/bin/old"),
+            argv: vec!["old".into(), "-d".into()],
+            ..Default::default()
         }));
-        let e = one(
-            &mut r,
-            call(5, nr::OPENAT, [3, 0, 0, 0, 0, 0], 4, text("f"), None),
+        let mut events = r.handle(call(5, nr::OPENAT, [3, 0, 0, 0, 0, 0], 4, text("f"), None));
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(
+            events[0].kind,
+            EventKind::Running {
+                exe: ContainerPath::new("/usr/bin/old"),
+                argv: vec!["old".into(), "-d".into()],
+                cwd: ContainerPath::new("/proc-5"),
+            },
+            "the process seen running comes first"
         );
+        assert_eq!(events[0].pid, 5);
+        let e = match events.remove(1).kind {
+            EventKind::Syscall(s) => *s,
+            other => panic!("not a syscall: {other:?}"),
+        };
         assert_eq!(path(&e, PathRole::Target).as_deref(), Some("/data/f"));
         let c = one(&mut r, call(5, nr::OPEN, [0; 6], 6, text("g"), None));
         assert_eq!(path(&c, PathRole::Target).as_deref(), Some("/proc-5/g"));
