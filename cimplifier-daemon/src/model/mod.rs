@@ -15,6 +15,7 @@
 //! are [`Access::Traverse`] uses. With the tree, a `#!` script's interpreter
 //! is an executable too, called by the script.
 
+pub mod report;
 mod semantics;
 pub mod strace;
 mod tree;
@@ -398,6 +399,18 @@ impl Model {
         more_than_traverse(self.uses(b))
             .into_iter()
             .filter(|r| ua.contains(r))
+            .collect()
+    }
+
+    /// The exec call graph's edges, caller -> callee.
+    pub fn calls(&self) -> BTreeSet<(Exe, Exe)> {
+        self.graph
+            .edge_references()
+            .filter(|e| *e.weight() == Edge::Calls)
+            .filter_map(|e| match (&self.graph[e.source()], &self.graph[e.target()]) {
+                (Node::Exe(a), Node::Exe(b)) => Some((a.clone(), b.clone())),
+                _ => None,
+            })
             .collect()
     }
 
