@@ -407,10 +407,12 @@ impl Model {
         self.graph
             .edge_references()
             .filter(|e| *e.weight() == Edge::Calls)
-            .filter_map(|e| match (&self.graph[e.source()], &self.graph[e.target()]) {
-                (Node::Exe(a), Node::Exe(b)) => Some((a.clone(), b.clone())),
-                _ => None,
-            })
+            .filter_map(
+                |e| match (&self.graph[e.source()], &self.graph[e.target()]) {
+                    (Node::Exe(a), Node::Exe(b)) => Some((a.clone(), b.clone())),
+                    _ => None,
+                },
+            )
             .collect()
     }
 

@@ -144,7 +144,10 @@ impl Report {
                 if set.is_empty() {
                     "-".to_owned()
                 } else {
-                    set.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", ")
+                    set.iter()
+                        .map(|e| e.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 }
             };
             let _ = writeln!(
@@ -237,10 +240,18 @@ fn sockets(model: &Model) -> Vec<SocketReport> {
         for (r, access) in model.uses(std::slice::from_ref(&exe)) {
             let entry = || (BTreeSet::new(), BTreeSet::new());
             if access.contains(&Access::Bind) {
-                by_socket.entry(r.clone()).or_insert_with(entry).0.insert(exe.clone());
+                by_socket
+                    .entry(r.clone())
+                    .or_insert_with(entry)
+                    .0
+                    .insert(exe.clone());
             }
             if access.contains(&Access::Connect) {
-                by_socket.entry(r).or_insert_with(entry).1.insert(exe.clone());
+                by_socket
+                    .entry(r)
+                    .or_insert_with(entry)
+                    .1
+                    .insert(exe.clone());
             }
         }
     }
@@ -313,8 +324,9 @@ pub fn analyze(input: &Input, root: Option<&std::path::Path>) -> anyhow::Result<
         Input::Strace(paths) => {
             anyhow::ensure!(!paths.is_empty(), "no strace log given");
             let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
-            let events = super::strace::read_strace_logs(&refs)
-                .context("reading strace logs (expected `strace -f -y -yy -s 4096 -o FILE` output)")?;
+            let events = super::strace::read_strace_logs(&refs).context(
+                "reading strace logs (expected `strace -f -y -yy -s 4096 -o FILE` output)",
+            )?;
             events.iter().for_each(|e| model.apply(e));
             Source {
                 kind: "strace".into(),

@@ -264,9 +264,15 @@ fn split_call(call: &str) -> Option<(Vec<String>, &str)> {
     let mut args = Vec::new();
     let mut current = String::new();
     let mut depth = 0i32;
+    let mut prev = ' ';
     let mut chars = call.char_indices();
     while let Some((i, c)) = chars.next() {
+        // `[110 => 2]` (value changed) and `[1->2]` (socket peers) are
+        // arrows, not closing brackets.
+        let arrow = c == '>' && matches!(prev, '=' | '-');
+        prev = c;
         match c {
+            _ if arrow => {}
             '"' => {
                 current.push(c);
                 let mut escaped = false;
@@ -526,6 +532,21 @@ mod tests {
             p.line(line, None).unwrap();
         }
         p.events
+    }
+
+    #[test]
+    fn arrows_inside_arguments_are_not_brackets() {
+        let events = parse(concat!(
+            "7 accept4(3<UNIX-STREAM:[1->2,\"/s.sock\"]>, {sa_family=AF_UNIX}, [110 => 2], SOCK_CLOEXEC) = 4<UNIX-STREAM:[3->4,\"/s.sock\"]>\n",
+            "7 accept4(3<UNIX-STREAM:[1->2,\"/s.sock\"]>, <unfinished ...>\n",
+            "7 <... accept4 resumed>{sa_family=AF_UNIX}, [110 => 2], SOCK_CLOEXEC) = 5<UNIX-STREAM:[5->6]>\n",
+        ));
+        let rets: Vec<_> = events
+            .iter()
+            .filter_map(|e| e.syscall())
+            .map(|s| (s.syscall.as_str(), s.ret))
+            .collect();
+        assert_eq!(rets, [("accept4", Some(4)), ("accept4", Some(5))]);
     }
 
     #[test]

@@ -1,0 +1,2 @@
+#!/bin/sh
+cat /tmp/cimplifier-golden/out.txt > /dev/null
