@@ -1,4 +1,4 @@
-//! `cargo xtask bench-trace`: tracer overhead against same-run baselines.
+//! `cargo xtask bench-trace` and `bench-model`: figures measured in one run.
 
 use std::process::Command;
 
@@ -14,5 +14,16 @@ pub fn trace() -> Result<()> {
         Command::new(util::cargo())
             .current_dir(util::repo_root())
             .args(["bench", "-p", "cimplifier-daemon", "--bench", "trace"]),
+    )
+}
+
+pub fn model() -> Result<()> {
+    util::ensure_root("bench-model")?;
+    crate::setup::run()?;
+    let _step = Step::new("bench-model");
+    util::run(
+        Command::new(util::cargo())
+            .current_dir(util::repo_root())
+            .args(["bench", "-p", "cimplifier-daemon", "--bench", "model"]),
     )
 }

@@ -94,6 +94,14 @@ enum Command {
     /// the events/s ingested and the events lost. Runs `setup` first. Needs
     /// root. Record the figures in docs/benchmarks.md.
     BenchTrace,
+    /// Measure the model stage; prints figures, asserts nothing.
+    ///
+    /// Records a >= 1M-event trace of a file-walking workload and replays it:
+    /// events/s through the decoder and into the model, and peak heap per
+    /// million events. Then records nginx and redis containers (start-up and
+    /// workload) and times computing every executable's R and W sets. Runs
+    /// `setup` first. Needs root. Record the figures in docs/benchmarks.md.
+    BenchModel,
 }
 
 fn main() -> Result<()> {
@@ -108,6 +116,7 @@ fn main() -> Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
         Command::BenchTrace => bench::trace(),
+        Command::BenchModel => bench::model(),
     }
 }
 

@@ -20,13 +20,14 @@ mod semantics;
 pub mod strace;
 mod tree;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::IpAddr;
 
 use petgraph::Direction;
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
+use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::trace::{ContainerPath, Event, EventKind, Resolution};
@@ -140,9 +141,10 @@ enum Edge {
 }
 
 /// Per-process state while folding events.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 struct ProcessState {
-    exe: Option<Exe>,
+    /// The executable's node.
+    exe: Option<NodeIndex>,
 }
 
 /// The resource model of one observed container.
@@ -150,11 +152,11 @@ struct ProcessState {
 pub struct Model {
     walker: tree::Walker,
     graph: DiGraph<Node, Edge>,
-    exes: HashMap<Exe, NodeIndex>,
-    resources: HashMap<Resource, NodeIndex>,
-    processes: HashMap<u32, ProcessState>,
+    exes: FxHashMap<Exe, NodeIndex>,
+    resources: FxHashMap<Resource, NodeIndex>,
+    processes: FxHashMap<u32, ProcessState>,
     /// Access edges already present, so repeated calls add nothing.
-    seen: std::collections::HashSet<(NodeIndex, NodeIndex, Access)>,
+    seen: FxHashSet<(NodeIndex, NodeIndex, Access)>,
     unresolved_names: u64,
 }
 
@@ -194,7 +196,7 @@ impl Model {
                 thread: false,
                 ..
             } => {
-                let parent = self.processes.get(&event.pid).cloned().unwrap_or_default();
+                let parent = self.processes.get(&event.pid).copied().unwrap_or_default();
                 self.processes.insert(*child_pid, parent);
             }
             EventKind::Fork { .. } => {}
@@ -205,10 +207,11 @@ impl Model {
             }
             EventKind::Exit { .. } => {}
             EventKind::Running { exe, .. } => {
-                let exe = exe.clone().map(Exe);
-                if let Some(exe) = &exe {
-                    self.use_resource(exe, Resource::Path(exe.0.clone()), Access::Exec);
-                }
+                let exe = exe.as_ref().map(|path| {
+                    let node = self.exe_node(&Exe(path.clone()));
+                    self.use_resource(node, Resource::Path(path.clone()), Access::Exec);
+                    node
+                });
                 self.processes.insert(event.pid, ProcessState { exe });
             }
             EventKind::Syscall(s) => {
@@ -222,34 +225,28 @@ impl Model {
                         )
                     })
                     .count() as u64;
-                let caller = self.exe_of(event);
-                let uses = accesses(s);
-                if s.succeeded()
-                    && let Some(callee) = semantics::exec_target(s)
-                {
-                    let callee = Exe(callee);
-                    if let Some(caller) = &caller {
-                        self.add_call(caller, &callee);
-                    }
-                    self.processes.entry(event.pid).or_default().exe = Some(callee);
-                }
+                let caller = self.processes.get(&event.pid).and_then(|p| p.exe);
                 // The exec'd file is used by the new executable; everything
                 // else by the one running when the call was made.
                 let exe = match semantics::exec_target(s) {
-                    Some(_) if s.succeeded() => self.processes[&event.pid].exe.clone(),
-                    _ => caller,
+                    Some(callee) if s.succeeded() => {
+                        let callee = self.exe_node(&Exe(callee));
+                        if let Some(caller) = caller {
+                            self.add_call(caller, callee);
+                        }
+                        self.processes.entry(event.pid).or_default().exe = Some(callee);
+                        callee
+                    }
+                    _ => match caller {
+                        Some(caller) => caller,
+                        None => self.exe_node(&unknown_exe(&event.comm)),
+                    },
                 };
-                let exe = exe.unwrap_or_else(|| unknown_exe(&event.comm));
-                self.exe_node(&exe);
-                for (access, resource) in uses {
-                    self.use_resource(&exe, resource, access);
+                for (access, resource) in accesses(s) {
+                    self.use_resource(exe, resource, access);
                 }
             }
         }
-    }
-
-    fn exe_of(&self, event: &Event) -> Option<Exe> {
-        self.processes.get(&event.pid).and_then(|p| p.exe.clone())
     }
 
     fn exe_node(&mut self, exe: &Exe) -> NodeIndex {
@@ -270,8 +267,7 @@ impl Model {
         n
     }
 
-    fn add_call(&mut self, caller: &Exe, callee: &Exe) {
-        let (a, b) = (self.exe_node(caller), self.exe_node(callee));
+    fn add_call(&mut self, a: NodeIndex, b: NodeIndex) {
         if !self
             .graph
             .edges_connecting(a, b)
@@ -282,8 +278,7 @@ impl Model {
     }
 
     /// Adds one access edge; false when it was there already.
-    fn add_access(&mut self, exe: &Exe, resource: Resource, access: Access) -> bool {
-        let e = self.exe_node(exe);
+    fn add_access(&mut self, e: NodeIndex, resource: Resource, access: Access) -> bool {
         let r = self.resource_node(resource);
         let new = self.seen.insert((e, r, access));
         if new {
@@ -295,13 +290,25 @@ impl Model {
     /// Adds a use with what it implies: the directories and symlinks its
     /// lookup went through, the name it ended at, and for an exec'd script,
     /// its interpreter.
-    fn use_resource(&mut self, exe: &Exe, resource: Resource, access: Access) {
+    fn use_resource(&mut self, exe: NodeIndex, resource: Resource, access: Access) {
         let Resource::Path(path) = &resource else {
             self.add_access(exe, resource, access);
             return;
         };
         let path = path.clone();
         if !self.add_access(exe, resource, access) || access == Access::ProbeFailed {
+            return;
+        }
+        if !self.walker.has_tree() {
+            // Only the directories above are known. When one is already
+            // there, so are all above it.
+            let mut dir = path;
+            while dir != ContainerPath::root() {
+                dir = dir.parent();
+                if !self.add_access(exe, Resource::Path(dir.clone()), Access::Traverse) {
+                    break;
+                }
+            }
             return;
         }
         // Creating or removing a name acts on the last link, not its target.
@@ -317,10 +324,10 @@ impl Model {
         if access == Access::Exec
             && let Some(interp) = self.walker.interpreter(&real)
         {
-            let interp_exe = Exe(interp.clone());
-            self.add_call(exe, &interp_exe);
+            let interp_exe = self.exe_node(&Exe(interp.clone()));
+            self.add_call(exe, interp_exe);
             self.use_resource(exe, Resource::Path(interp.clone()), Access::Exec);
-            self.use_resource(&interp_exe, Resource::Path(interp), Access::Exec);
+            self.use_resource(interp_exe, Resource::Path(interp), Access::Exec);
         }
     }
 

@@ -87,6 +87,10 @@ impl Walker {
         }
     }
 
+    pub(super) fn has_tree(&self) -> bool {
+        self.tree.is_some()
+    }
+
     fn read_link(&mut self, path: &ContainerPath) -> Option<String> {
         let tree = self.tree.as_ref()?;
         self.links

@@ -87,9 +87,26 @@ impl fmt::Display for ContainerPath {
     }
 }
 
+impl ContainerPath {
+    /// Already in normal form: absolute, no empty, `.` or `..` components,
+    /// no trailing slash (except the root itself).
+    fn is_normal(path: &str) -> bool {
+        path == "/"
+            || (path.starts_with('/')
+                && !path.ends_with('/')
+                && path[1..]
+                    .split('/')
+                    .all(|c| !c.is_empty() && c != "." && c != ".."))
+    }
+}
+
 impl TryFrom<String> for ContainerPath {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {
+        // Logs hold normalised paths: keep the string rather than rebuild it.
+        if Self::is_normal(&s) {
+            return Ok(Self(s));
+        }
         Self::new(&s).ok_or_else(|| format!("not an absolute path: {s:?}"))
     }
 }
@@ -134,6 +151,7 @@ pub enum Resolution {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "super::wire::FlatPathArg")]
 pub struct PathArg {
     pub role: PathRole,
     /// The bytes the program passed, lossily UTF-8.
@@ -257,6 +275,7 @@ pub enum EventKind {
 
 /// One decoded event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "super::wire::FlatRecord")]
 pub struct Event {
     /// CLOCK_MONOTONIC nanoseconds (at sys_exit for syscalls).
     pub ts_ns: u64,
@@ -320,6 +339,15 @@ mod tests {
         assert_eq!(cwd.join("/abs").as_str(), "/abs");
         assert_eq!(cwd.parent().as_str(), "/srv");
         assert_eq!(ContainerPath::root().parent().as_str(), "/");
+        for s in ["/", "/a", "/a/b.c", "/..a/.b"] {
+            assert!(ContainerPath::is_normal(s), "{s}");
+            assert_eq!(ContainerPath::new(s).unwrap().as_str(), s);
+        }
+        for s in ["", "a", "/a/", "//a", "/a/./b", "/a/../b", "/.."] {
+            assert!(!ContainerPath::is_normal(s), "{s}");
+        }
+        let from_log = |s: &str| ContainerPath::try_from(s.to_owned()).unwrap().to_string();
+        assert_eq!(from_log("/a/../b/"), "/b");
     }
 
     #[test]

@@ -38,6 +38,7 @@ pub struct LogSummary {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
+#[serde(try_from = "super::wire::FlatRecord")]
 pub enum LogLine {
     Header(LogHeader),
     Event(Box<Event>),

@@ -18,3 +18,4 @@ pub mod log;
 
 pub use loader::{EventStream, Tracer, TracerConfig, TracerCounters, WatchedCgroup};
 pub mod record;
+mod wire;
