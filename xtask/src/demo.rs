@@ -1,19 +1,17 @@
-//! `cargo xtask demo`: trace an nginx test container while curling it.
+//! `cargo xtask demo`: trace an nginx test container while curling it, then
+//! report the model of what it used.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde_json::Value;
 
 use crate::util::{self, Step, cmd};
 
 const CONTAINER: &str = "cimplifier-demo-nginx";
 const PORT: u16 = 8088;
 const TRACE: &str = "target/demo-trace.jsonl";
-const SHOW_LINES: usize = 10;
+const MODEL_JSON: &str = "target/demo-model.json";
 
 /// Removes the demo container (and stops a still-running tracer) however the demo ends.
 struct Cleanup {
@@ -48,6 +46,8 @@ pub fn run() -> Result<()> {
         "cimplifier-daemon",
         "--bin",
         "cimplifierd",
+        "--bin",
+        "cimplifierctl",
     ]))?;
 
     let _ = util::probe(&mut cmd("docker", ["rm", "-f", CONTAINER]))?;
@@ -127,62 +127,35 @@ pub fn run() -> Result<()> {
     if !status.success() {
         bail!("`{tracer_line}` failed ({status})");
     }
-    summarise(&trace_path)
-}
 
-/// A short human summary of the event log: what nginx opened and ran.
-fn summarise(path: &Path) -> Result<()> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut syscalls: BTreeMap<String, u64> = BTreeMap::new();
-    let mut opened: BTreeSet<String> = BTreeSet::new();
-    let mut failed: BTreeSet<String> = BTreeSet::new();
-    let mut complete = None;
-    for (i, line) in text.lines().enumerate() {
-        let v: Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        match v["record"].as_str() {
-            Some("summary") => complete = Some(v["complete"] == true),
-            Some("event") if v["event"] == "syscall" => {
-                let name = v["syscall"].as_str().unwrap_or("?").to_owned();
-                let ok = v["ret"].as_i64().is_some_and(|r| r >= 0);
-                for p in v["paths"].as_array().into_iter().flatten() {
-                    if let Some(path) = p["path"].as_str() {
-                        let entry =
-                            format!("{path}  ({name} by {})", v["comm"].as_str().unwrap_or("?"));
-                        if ok {
-                            opened.insert(entry);
-                        } else {
-                            failed.insert(entry);
-                        }
-                    }
+    // The model of the trace, against the running container's own tree so
+    // symlink chains (merged /usr) are followed.
+    let pid = util::probe(&mut cmd(
+        "docker",
+        ["inspect", "-f", "{{.State.Pid}}", CONTAINER],
+    ))?;
+    let root_dir = format!("/proc/{}/root", String::from_utf8_lossy(&pid.stdout).trim());
+    let json = root.join(MODEL_JSON);
+    for extra in [None, Some("--json")] {
+        let mut analyze = Command::new(root.join("target/release/cimplifierctl"));
+        analyze
+            .current_dir(&root)
+            .args(["analyze", "--events", TRACE, "--root", &root_dir])
+            .args(extra);
+        match extra {
+            None => util::run(&mut analyze)?,
+            Some(_) => {
+                let out = util::probe(&mut analyze)?;
+                if !out.status.success() {
+                    bail!("{}", String::from_utf8_lossy(&out.stderr));
                 }
-                *syscalls.entry(name).or_default() += 1;
+                std::fs::write(&json, &out.stdout)
+                    .with_context(|| format!("writing {}", json.display()))?;
             }
-            _ => {}
         }
     }
-    println!("\n{}: {} lines", path.display(), text.lines().count());
-    let counts: Vec<String> = syscalls.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!("syscalls seen: {}", counts.join(", "));
-    for (title, set) in [
-        ("names used successfully", &opened),
-        ("names looked up and not found (or refused)", &failed),
-    ] {
-        println!("\n{title}: {}", set.len());
-        for entry in set.iter().take(SHOW_LINES) {
-            println!("  {entry}");
-        }
-        if set.len() > SHOW_LINES {
-            println!("  ... and {} more", set.len() - SHOW_LINES);
-        }
-    }
-    match complete {
-        Some(true) => println!("\nthe trace is complete: no events were lost"),
-        Some(false) => {
-            println!("\nthe trace is INCOMPLETE: events were lost (see the summary line)")
-        }
-        None => println!("\nthe log has no summary line: the tracer did not finish"),
-    }
+    println!(
+        "\nThe event log is {TRACE}; the whole model, as JSON (docs/model-json.md), is {MODEL_JSON}."
+    );
     Ok(())
 }

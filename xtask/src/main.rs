@@ -78,13 +78,14 @@ enum Command {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<String>,
     },
-    /// Trace an nginx test container for 10 s while curling it, and summarise the trace.
+    /// Trace an nginx test container for 10 s while curling it, and report its model.
     ///
     /// Runs `setup`, starts cimplifier-demo-nginx from cimplifier-test/nginx
     /// on 127.0.0.1:8088, runs `cimplifierd trace --container
     /// cimplifier-demo-nginx --duration 10s --output target/demo-trace.jsonl`,
-    /// requests / and /missing a few times, then prints a summary of the
-    /// event log and removes the container. Needs root.
+    /// requests / and /missing a few times, then runs `cimplifierctl analyze`
+    /// on the log against the container's file system (table on stdout, JSON
+    /// in target/demo-model.json) and removes the container. Needs root.
     Demo,
     /// Measure the tracer's overhead; prints figures, asserts nothing.
     ///
