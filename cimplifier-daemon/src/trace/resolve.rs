@@ -294,7 +294,8 @@ impl Resolver {
         }
     }
 
-    /// Turns one raw record into the events it completes (0 or 1).
+    /// Turns one raw record into the events it completes (usually one),
+    /// preceded by a `Running` event for a process first met here.
     pub fn handle(&mut self, rec: RawRecord) -> Vec<Event> {
         let header = rec.header();
         if !self.processes.contains_key(&header.pid)
@@ -302,6 +303,9 @@ impl Resolver {
         {
             let (header, snap) = (header.clone(), snapshot(header.pid));
             self.seed_running(&header, snap);
+        }
+        if self.queued.is_empty() {
+            return self.handle_record(rec);
         }
         let mut events = self.take_queued();
         events.extend(self.handle_record(rec));
