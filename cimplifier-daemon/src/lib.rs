@@ -1,9 +1,14 @@
-//! cimplifier: observe a container with eBPF, learn which executables use
-//! which resources, and emit least-privilege images.
+//! cimplifier: observe containers with eBPF, model what each executable
+//! uses, and emit least-privilege images.
 //!
-//! One module per stage of the flow `trace → model → partition → place →
-//! emit → glue`; today the trace stage and the Docker glue it needs exist.
+//! One module per pipeline stage: [`trace`] (eBPF events), [`model`]
+//! (resource graph), [`place`] (what each image keeps), [`emit`] (images
+//! and reports); around them [`docker`] (the engine) and [`session`]
+//! (observing a container and keeping what was seen).
 
 pub mod docker;
+pub mod emit;
 pub mod model;
+pub mod place;
+pub mod session;
 pub mod trace;

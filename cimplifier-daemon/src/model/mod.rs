@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::trace::{ContainerPath, Event, EventKind, Resolution};
 
 pub use semantics::accesses;
-pub use tree::{DirTree, ImageTree, Walk, shebang_interpreter};
+pub use tree::{DirTree, ImageTree, Walk, shebang_interpreter, walk};
 
 /// An executable: the path a process exec'd, as the program named it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -102,37 +102,7 @@ impl Walker {
     /// The walk the kernel does for `path`; `follow_final` as without
     /// O_NOFOLLOW / AT_SYMLINK_NOFOLLOW.
     pub(super) fn walk(&mut self, path: &ContainerPath, follow_final: bool) -> Walk {
-        let mut walk = Walk::default();
-        let mut todo: VecDeque<String> = components(path.as_str());
-        let mut cur = ContainerPath::root();
-        while let Some(part) = todo.pop_front() {
-            if part == ".." {
-                cur = cur.parent();
-                continue;
-            }
-            if !walk.dirs.contains(&cur) {
-                walk.dirs.push(cur.clone());
-            }
-            let next = cur.join(&part);
-            if (follow_final || !todo.is_empty())
-                && let Some(target) = self.read_link(&next)
-            {
-                walk.links.push(next);
-                if walk.links.len() > MAX_LINKS {
-                    return walk; // ELOOP: the lookup fails
-                }
-                if target.starts_with('/') {
-                    cur = ContainerPath::root();
-                }
-                for (i, c) in components(&target).into_iter().enumerate() {
-                    todo.insert(i, c);
-                }
-                continue;
-            }
-            cur = next;
-        }
-        walk.resolved = Some(cur);
-        walk
+        walk_with(path, follow_final, |p| self.read_link(p))
     }
 
     /// The interpreter a `#!` line names, if `path` starts with one.
@@ -140,6 +110,51 @@ impl Walker {
         let head = self.tree.as_ref()?.head(path, 256)?;
         shebang_interpreter(&head)
     }
+}
+
+/// The lookup of `path` in `tree`, as the kernel does it: each symlink
+/// component is followed, inside the tree; `follow_final` as without
+/// O_NOFOLLOW / AT_SYMLINK_NOFOLLOW.
+pub fn walk(tree: &dyn ImageTree, path: &ContainerPath, follow_final: bool) -> Walk {
+    walk_with(path, follow_final, |p| tree.read_link(p))
+}
+
+fn walk_with(
+    path: &ContainerPath,
+    follow_final: bool,
+    mut read_link: impl FnMut(&ContainerPath) -> Option<String>,
+) -> Walk {
+    let mut walk = Walk::default();
+    let mut todo: VecDeque<String> = components(path.as_str());
+    let mut cur = ContainerPath::root();
+    while let Some(part) = todo.pop_front() {
+        if part == ".." {
+            cur = cur.parent();
+            continue;
+        }
+        if !walk.dirs.contains(&cur) {
+            walk.dirs.push(cur.clone());
+        }
+        let next = cur.join(&part);
+        if (follow_final || !todo.is_empty())
+            && let Some(target) = read_link(&next)
+        {
+            walk.links.push(next);
+            if walk.links.len() > MAX_LINKS {
+                return walk; // ELOOP: the lookup fails
+            }
+            if target.starts_with('/') {
+                cur = ContainerPath::root();
+            }
+            for (i, c) in components(&target).into_iter().enumerate() {
+                todo.insert(i, c);
+            }
+            continue;
+        }
+        cur = next;
+    }
+    walk.resolved = Some(cur);
+    walk
 }
 
 fn components(path: &str) -> VecDeque<String> {

@@ -1,0 +1,471 @@
+//! All-one-context placement: one image holding every file the observed
+//! executables used, with what those files need to work: every directory and
+//! symlink on the way to them, the ELF libraries of every binary, hard-link
+//! targets, small safety sets, and the user's includes.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::emit::image_fs::{EntryKind, ImageFs};
+use crate::model::{Access, Exe, Model, Resource, walk};
+use crate::trace::ContainerPath;
+
+/// Why a path is in the slim image.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum KeepReason {
+    /// An executable used it.
+    Observed { exe: Exe, access: BTreeSet<Access> },
+    /// A directory above a kept path.
+    ParentDirectory { of: ContainerPath },
+    /// A symlink followed, or the file reached, on the way to a kept path.
+    LinkChain { of: ContainerPath },
+    /// The file a kept hard link shares its content with.
+    HardLinkTarget { of: ContainerPath },
+    /// The ELF interpreter or a DT_NEEDED library of a kept binary.
+    ElfDependency { of: ContainerPath },
+    /// In a safety set (see [`SafetySet`]).
+    SafetySet { set: SafetySet },
+    /// Under a `--include` path.
+    UserInclude { include: ContainerPath },
+}
+
+/// Files kept although a run may not have touched them, because programs
+/// reach them on paths a test workload rarely takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SafetySet {
+    /// Name service and resolver configuration and the glibc NSS modules
+    /// for files and DNS: user, group and host lookups.
+    Nss,
+    /// The CA certificate bundle and OpenSSL's configuration: TLS clients.
+    CaCertificates,
+    /// The local time zone.
+    Timezone,
+}
+
+impl SafetySet {
+    pub const ALL: [SafetySet; 3] = [
+        SafetySet::Nss,
+        SafetySet::CaCertificates,
+        SafetySet::Timezone,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SafetySet::Nss => "nss",
+            SafetySet::CaCertificates => "ca-certificates",
+            SafetySet::Timezone => "timezone",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// Paths (files, or directories kept whole) in the set.
+    fn paths(self) -> &'static [&'static str] {
+        match self {
+            SafetySet::Nss => &[
+                "/etc/nsswitch.conf",
+                "/etc/passwd",
+                "/etc/group",
+                "/etc/hosts",
+                "/etc/host.conf",
+                "/etc/resolv.conf",
+                "/etc/gai.conf",
+            ],
+            SafetySet::CaCertificates => &[
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/ssl/openssl.cnf",
+                "/usr/lib/ssl/openssl.cnf",
+                "/usr/lib/ssl/certs",
+            ],
+            SafetySet::Timezone => &["/etc/localtime", "/etc/timezone"],
+        }
+    }
+
+    /// Library names found through the library search path.
+    fn libraries(self) -> &'static [&'static str] {
+        match self {
+            SafetySet::Nss => &["libnss_files.so.2", "libnss_dns.so.2", "libresolv.so.2"],
+            _ => &[],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SlimOptions {
+    /// Paths kept whole (with everything below), used or not.
+    pub include: Vec<ContainerPath>,
+    /// Paths dropped with everything below, whatever else wants them.
+    pub exclude: Vec<ContainerPath>,
+    pub safety_sets: BTreeSet<SafetySet>,
+}
+
+impl SlimOptions {
+    /// Every safety set on, no includes or excludes.
+    pub fn with_safety_sets() -> Self {
+        Self {
+            safety_sets: SafetySet::ALL.into_iter().collect(),
+            ..Self::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SlimPlan {
+    /// Every image path kept, with the first reason found for it.
+    pub keep: BTreeMap<ContainerPath, KeepReason>,
+    /// Used by the trace but absent from the image: created at run time.
+    pub not_in_image: BTreeSet<ContainerPath>,
+    /// Kept for a reason but dropped by `--exclude`.
+    pub excluded: BTreeSet<ContainerPath>,
+}
+
+fn under(path: &ContainerPath, prefix: &ContainerPath) -> bool {
+    let (p, pre) = (path.as_str(), prefix.as_str());
+    pre == "/" || p == pre || (p.starts_with(pre) && p.as_bytes().get(pre.len()) == Some(&b'/'))
+}
+
+struct Planner<'a> {
+    fs: &'a Arc<ImageFs>,
+    plan: SlimPlan,
+    queue: VecDeque<ContainerPath>,
+    search_dirs: Vec<ContainerPath>,
+}
+
+impl Planner<'_> {
+    fn keep(&mut self, path: ContainerPath, reason: KeepReason) {
+        if self.fs.get(&path).is_none() {
+            if matches!(reason, KeepReason::Observed { .. }) {
+                self.plan.not_in_image.insert(path);
+            }
+            return;
+        }
+        if !self.plan.keep.contains_key(&path) {
+            self.plan.keep.insert(path.clone(), reason);
+            self.queue.push_back(path);
+        }
+    }
+
+    /// Adds what one kept path needs.
+    fn close_over(&mut self, path: &ContainerPath) {
+        let w = walk(self.fs, path, true);
+        for dir in w.dirs {
+            self.keep(dir, KeepReason::ParentDirectory { of: path.clone() });
+        }
+        for link in w.links {
+            self.keep(link, KeepReason::LinkChain { of: path.clone() });
+        }
+        if let Some(real) = w.resolved
+            && real != *path
+        {
+            self.keep(real, KeepReason::LinkChain { of: path.clone() });
+        }
+        // The lexical parents too: a kept name must stay reachable by it.
+        let mut dir = path.clone();
+        while dir != ContainerPath::root() {
+            dir = dir.parent();
+            self.keep(
+                dir.clone(),
+                KeepReason::ParentDirectory { of: path.clone() },
+            );
+        }
+        let Some(entry) = self.fs.get(path) else {
+            return;
+        };
+        match &entry.kind {
+            EntryKind::HardLink(target) => {
+                let target = target.clone();
+                self.keep(target, KeepReason::HardLinkTarget { of: path.clone() });
+            }
+            EntryKind::File => {
+                for dep in self.elf_dependencies(path) {
+                    self.keep(dep, KeepReason::ElfDependency { of: path.clone() });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The interpreter and DT_NEEDED libraries of an ELF file, resolved as
+    /// ld.so would: RPATH/RUNPATH (with $ORIGIN), then the image's
+    /// ld.so.conf directories, then the default directories.
+    fn elf_dependencies(&self, path: &ContainerPath) -> Vec<ContainerPath> {
+        let Some(data) = self.fs.data(path) else {
+            return Vec::new();
+        };
+        if !data.starts_with(b"\x7fELF") {
+            return Vec::new();
+        }
+        let Ok(elf) = goblin::elf::Elf::parse(data) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        if let Some(interp) = elf.interpreter.and_then(ContainerPath::new) {
+            out.push(interp);
+        }
+        let origin = path.parent();
+        let own_dirs: Vec<ContainerPath> = if elf.runpaths.is_empty() {
+            &elf.rpaths
+        } else {
+            &elf.runpaths
+        }
+        .iter()
+        .flat_map(|p| p.split(':'))
+        .filter_map(|d| {
+            let d = d
+                .replace("${ORIGIN}", origin.as_str())
+                .replace("$ORIGIN", origin.as_str());
+            ContainerPath::new(&d)
+        })
+        .collect();
+        for lib in &elf.libraries {
+            if lib.contains('/') {
+                out.extend(ContainerPath::new(lib));
+                continue;
+            }
+            if let Some(found) = own_dirs
+                .iter()
+                .chain(&self.search_dirs)
+                .map(|d| d.join(lib))
+                .find(|c| self.exists(c))
+            {
+                out.push(found);
+            }
+        }
+        out
+    }
+
+    fn exists(&self, path: &ContainerPath) -> bool {
+        walk(self.fs, path, true)
+            .resolved
+            .is_some_and(|r| self.fs.get(&r).is_some())
+    }
+
+    fn find_library(&self, name: &str) -> Option<ContainerPath> {
+        self.search_dirs
+            .iter()
+            .map(|d| d.join(name))
+            .find(|c| self.exists(c))
+    }
+}
+
+/// The library directories of the image: /etc/ld.so.conf (with its
+/// `include` globs of the form `DIR/*.conf`), then the defaults.
+fn library_search_dirs(fs: &ImageFs) -> Vec<ContainerPath> {
+    let mut dirs = Vec::new();
+    let mut files = vec![ContainerPath::new("/etc/ld.so.conf").expect("absolute")];
+    let mut i = 0;
+    while i < files.len() && i < 64 {
+        let text = fs
+            .data(&files[i])
+            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .unwrap_or_default();
+        i += 1;
+        for line in text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or("").trim())
+        {
+            if let Some(pattern) = line.strip_prefix("include ") {
+                let pattern = pattern.trim();
+                if let Some((dir, suffix)) = pattern.rsplit_once("/*")
+                    && let Some(dir) = ContainerPath::new(dir)
+                {
+                    let mut matches: Vec<ContainerPath> = fs
+                        .entries()
+                        .map(|(p, _)| p)
+                        .filter(|p| p.parent() == dir && p.as_str().ends_with(suffix))
+                        .cloned()
+                        .collect();
+                    matches.sort();
+                    files.extend(matches);
+                }
+            } else if let Some(dir) = ContainerPath::new(line) {
+                dirs.push(dir);
+            }
+        }
+    }
+    for d in [
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib64",
+        "/usr/lib64",
+        "/lib",
+        "/usr/lib",
+    ] {
+        dirs.push(ContainerPath::new(d).expect("absolute"));
+    }
+    dirs
+}
+
+/// The slim image's contents for `model`, observed on a container of the
+/// image `fs`.
+pub fn plan(model: &Model, fs: &Arc<ImageFs>, opts: &SlimOptions) -> SlimPlan {
+    let mut p = Planner {
+        fs,
+        plan: SlimPlan::default(),
+        queue: VecDeque::new(),
+        search_dirs: library_search_dirs(fs),
+    };
+    for exe in model.executables() {
+        for (resource, access) in model.uses(std::slice::from_ref(&exe)) {
+            let Resource::Path(path) = resource else {
+                continue;
+            };
+            if access.iter().all(|&a| a == Access::ProbeFailed) {
+                continue;
+            }
+            p.keep(
+                path,
+                KeepReason::Observed {
+                    exe: exe.clone(),
+                    access,
+                },
+            );
+        }
+    }
+    for include in &opts.include {
+        let inside: Vec<ContainerPath> = fs
+            .entries()
+            .map(|(path, _)| path)
+            .filter(|path| under(path, include))
+            .cloned()
+            .collect();
+        for path in inside {
+            p.keep(
+                path,
+                KeepReason::UserInclude {
+                    include: include.clone(),
+                },
+            );
+        }
+    }
+    for set in &opts.safety_sets {
+        for path in set.paths() {
+            let path = ContainerPath::new(path).expect("absolute");
+            let inside: Vec<ContainerPath> = fs
+                .entries()
+                .map(|(e, _)| e)
+                .filter(|e| under(e, &path))
+                .cloned()
+                .collect();
+            for e in inside {
+                p.keep(e, KeepReason::SafetySet { set: *set });
+            }
+        }
+        for lib in set.libraries() {
+            if let Some(found) = p.find_library(lib) {
+                p.keep(found, KeepReason::SafetySet { set: *set });
+            }
+        }
+    }
+    while let Some(path) = p.queue.pop_front() {
+        p.close_over(&path);
+    }
+    let mut plan = p.plan;
+    if !opts.exclude.is_empty() {
+        let (dropped, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut plan.keep)
+            .into_iter()
+            .partition(|(path, _)| opts.exclude.iter().any(|x| under(path, x)));
+        plan.keep = kept;
+        plan.excluded = dropped.into_keys().collect();
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::emit::image_fs::tests::sample_tar;
+    use crate::model::Model;
+    use crate::trace::{CgroupId, Event, EventKind, PathArg, PathRole, Resolution, SyscallEvent};
+    use cimplifier_common::syscalls::nr;
+
+    fn p(s: &str) -> ContainerPath {
+        ContainerPath::new(s).unwrap()
+    }
+
+    fn exec(pid: u32, path: &str) -> Event {
+        Event {
+            ts_ns: 0,
+            pid,
+            tid: pid,
+            ppid: 1,
+            cgroup: CgroupId(1),
+            comm: "x".into(),
+            kind: EventKind::Syscall(Box::new(SyscallEvent {
+                syscall: "execve".into(),
+                nr: nr::EXECVE,
+                args: [0; 6],
+                ret: Some(0),
+                errno: None,
+                paths: vec![PathArg {
+                    role: PathRole::Target,
+                    raw: path.into(),
+                    path: ContainerPath::new(path),
+                    resolution: Resolution::Resolved,
+                    truncated: false,
+                }],
+                fd_path: None,
+                fd_addr: None,
+                addr: None,
+                argv: None,
+                incomplete: vec![],
+            })),
+        }
+    }
+
+    #[test]
+    fn keeps_the_used_binary_with_its_links_parents_and_hard_link_target() {
+        let fs = Arc::new(ImageFs::from_tar(sample_tar(), "sample").unwrap());
+        let mut model = Model::with_image_tree(Box::new(fs.clone()));
+        model.apply(&exec(1, "/bin/ping6"));
+        let plan = plan(&model, &fs, &SlimOptions::default());
+        let kept: Vec<&str> = plan.keep.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            kept,
+            [
+                "/bin",
+                "/usr",
+                "/usr/bin",
+                "/usr/bin/ping",
+                "/usr/bin/ping6"
+            ]
+        );
+        assert!(matches!(
+            &plan.keep[&p("/usr/bin/ping")],
+            KeepReason::HardLinkTarget { of } if of.as_str() == "/usr/bin/ping6"
+        ));
+        assert!(matches!(plan.keep[&p("/bin")], KeepReason::Observed { .. }));
+        assert!(!plan.keep.contains_key(&p("/etc/motd")), "never used");
+    }
+
+    #[test]
+    fn includes_safety_sets_and_excludes() {
+        let fs = Arc::new(ImageFs::from_tar(sample_tar(), "sample").unwrap());
+        let model = Model::new();
+        let opts = SlimOptions {
+            include: vec![p("/etc")],
+            exclude: vec![p("/usr/bin/ping6")],
+            safety_sets: SafetySet::ALL.into_iter().collect(),
+        };
+        let plan = plan(&model, &fs, &opts);
+        assert!(matches!(
+            plan.keep[&p("/etc/motd")],
+            KeepReason::UserInclude { .. }
+        ));
+        assert!(
+            plan.keep.contains_key(&p("/etc")),
+            "parents of included files"
+        );
+        assert!(!plan.keep.contains_key(&p("/usr/bin/ping6")));
+        assert_eq!(
+            SafetySet::from_name("ca-certificates"),
+            Some(SafetySet::CaCertificates)
+        );
+    }
+}
