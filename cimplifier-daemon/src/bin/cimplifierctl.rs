@@ -1,21 +1,104 @@
-//! cimplifierctl: the admin CLI. Today it analyses recorded traces offline.
+//! cimplifierctl: the admin CLI. `observe` and `emit` run in-process until
+//! the gRPC daemon exists; `analyze` works offline on recorded traces.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use anyhow::Context;
+use cimplifier::emit::slim::{EmitOptions, EmitReport, emit};
 use cimplifier::model::report::{Input, analyze};
+use cimplifier::place::slim::{SafetySet, SlimOptions};
+use cimplifier::session::{DEFAULT_STATE_DIR, ObserveOptions, SessionDir, observe};
+use cimplifier::trace::{ContainerPath, TracerConfig};
 use clap::{ArgGroup, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(version, about = "cimplifier's admin CLI")]
+#[command(
+    version,
+    about = "cimplifier's admin CLI: observe a container, then emit its least-privilege image"
+)]
 struct Cli {
+    /// Where observation sessions are kept.
+    #[arg(long, global = true, env = "CIMPLIFIER_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Observe a Docker container with eBPF while it serves its workload.
+    ///
+    /// A container that is created but not running is started under
+    /// observation, so its first exec and all of its start-up are seen. A
+    /// running container needs --restart (recommended) or --attach. Run the
+    /// workload meanwhile; stop with Ctrl-C, --duration, or by stopping the
+    /// container. The session (event log and summary) is saved under
+    /// STATE_DIR/sessions/NAME for `emit`. Needs root.
+    Observe {
+        /// Container name or id.
+        container: String,
+        /// Stop after this long, e.g. 30s or 5m.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Restart a running container so its start-up is observed.
+        #[arg(long, conflicts_with = "attach")]
+        restart: bool,
+        /// Observe a running container from now on; its start-up is missed.
+        #[arg(long)]
+        attach: bool,
+        /// Kernel ring-buffer size in MiB (a power of two).
+        #[arg(long, default_value_t = 64)]
+        ring_buffer_mib: u32,
+        /// Print the session summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Emit the slim image of an observed container (all-one-context).
+    ///
+    /// Keeps every file the observed executables used, with every directory
+    /// and symlink on the way to it, the ELF libraries of every binary kept,
+    /// the safety sets (nss, ca-certificates, timezone) and --include paths;
+    /// copies the source image's configuration; writes an audit report of
+    /// every kept path and why (STATE_DIR/sessions/NAME/emit-report.json).
+    /// Refuses a session that lost events unless --allow-incomplete.
+    #[command(group(ArgGroup::new("output").required(true).multiple(true).args(["tag", "oci_dir"])))]
+    Emit {
+        /// The observed container's name.
+        container: String,
+        /// Load the image into Docker under this tag, e.g. myapp:slim.
+        #[arg(long)]
+        tag: Option<String>,
+        /// Write an OCI image layout to this directory.
+        #[arg(long, value_name = "DIR")]
+        oci_dir: Option<PathBuf>,
+        /// Keep this path and everything below it (repeatable).
+        #[arg(long, value_name = "PATH")]
+        include: Vec<String>,
+        /// Drop this path and everything below it (repeatable).
+        #[arg(long, value_name = "PATH")]
+        exclude: Vec<String>,
+        /// Leave out one safety set: nss, ca-certificates or timezone (repeatable).
+        #[arg(long, value_name = "SET")]
+        no_safety_set: Vec<String>,
+        /// Leave out every safety set.
+        #[arg(long)]
+        no_safety_sets: bool,
+        /// Emit even if the session lost events; the report says so.
+        #[arg(long)]
+        allow_incomplete: bool,
+        /// List every removed path in the report.
+        #[arg(long)]
+        list_removed: bool,
+        /// Say why PATH is kept or removed (repeatable).
+        #[arg(long, value_name = "PATH")]
+        explain: Vec<String>,
+        /// Print the audit report as JSON instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
     /// Build the resource model of a recorded trace and report it.
     ///
     /// Prints each executable with the sizes of its read set R (what must
@@ -49,6 +132,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -58,8 +147,201 @@ fn main() -> ExitCode {
     }
 }
 
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    // A closed pipe (`| head`) is not an error worth reporting.
+    match out.write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn path_arg(s: &str, flag: &str) -> anyhow::Result<ContainerPath> {
+    ContainerPath::new(s)
+        .with_context(|| format!("{flag} {s:?}: give an absolute path inside the container"))
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn summary(r: &EmitReport) -> String {
+    let mut s = String::new();
+    let target = r
+        .tag
+        .clone()
+        .or_else(|| r.oci_dir.as_ref().map(|d| d.display().to_string()))
+        .unwrap_or_default();
+    s += &format!(
+        "slim image {target} ({}) from {}\n",
+        r.image_id, r.source_ref
+    );
+    s += &format!(
+        "  kept {} of {} files: {} of {} ({:.1}% smaller)\n",
+        r.kept_files,
+        r.source_files,
+        mb(r.slim_image_bytes),
+        mb(r.source_image_bytes),
+        r.reduction_percent
+    );
+    s += &format!(
+        "  removed {} files, {}\n",
+        r.removed_files,
+        mb(r.removed_bytes)
+    );
+    s += &format!(
+        "  session: {} events, {}, {}\n",
+        r.events,
+        if r.complete {
+            "complete".to_owned()
+        } else {
+            format!(
+                "INCOMPLETE ({} events lost; emitted with --allow-incomplete)",
+                r.lost_events
+            )
+        },
+        if r.from_first_exec {
+            "observed from the first exec"
+        } else {
+            "start-up NOT observed (--attach)"
+        }
+    );
+    let t = &r.timings;
+    s += &format!(
+        "  time: read image {} ms, plan {} ms, write {} ms, load {} ms\n",
+        t.read_image_ms, t.plan_ms, t.write_ms, t.load_ms
+    );
+    s
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Observe {
+            container,
+            duration,
+            restart,
+            attach,
+            ring_buffer_mib,
+            json,
+        } => {
+            let opts = ObserveOptions {
+                container,
+                state_dir: cli.state_dir.clone(),
+                duration,
+                restart,
+                attach,
+                tracer: TracerConfig {
+                    ring_buffer_bytes: ring_buffer_mib
+                        .checked_mul(1 << 20)
+                        .context("--ring-buffer-mib is too large")?,
+                    ..TracerConfig::default()
+                },
+            };
+            let info = runtime()?.block_on(observe(opts, stop_signal()))?;
+            let dir = SessionDir::new(&cli.state_dir, &info.container_name);
+            if json {
+                print(&(serde_json::to_string_pretty(&info)? + "\n"))
+            } else {
+                print(&format!(
+                    "observed {} for {:.1} s: {} events, {}; ended: {:?}\nsession: {}\n",
+                    info.container_name,
+                    info.duration_ms as f64 / 1000.0,
+                    info.events,
+                    if info.complete {
+                        "no events lost".to_owned()
+                    } else {
+                        format!(
+                            "{} events LOST (emit will refuse without --allow-incomplete)",
+                            info.loss.lost()
+                        )
+                    },
+                    info.end,
+                    dir.path().display()
+                ))
+            }
+        }
+        Command::Emit {
+            container,
+            tag,
+            oci_dir,
+            include,
+            exclude,
+            no_safety_set,
+            no_safety_sets,
+            allow_incomplete,
+            list_removed,
+            explain,
+            json,
+        } => {
+            let mut slim = SlimOptions::with_safety_sets();
+            if no_safety_sets {
+                slim.safety_sets.clear();
+            }
+            for name in &no_safety_set {
+                let set = SafetySet::from_name(name).with_context(|| {
+                    format!(
+                        "--no-safety-set {name:?}: the sets are nss, ca-certificates and timezone"
+                    )
+                })?;
+                slim.safety_sets.remove(&set);
+            }
+            slim.include = include
+                .iter()
+                .map(|s| path_arg(s, "--include"))
+                .collect::<Result<_, _>>()?;
+            slim.exclude = exclude
+                .iter()
+                .map(|s| path_arg(s, "--exclude"))
+                .collect::<Result<_, _>>()?;
+            let explain: Vec<ContainerPath> = explain
+                .iter()
+                .map(|s| path_arg(s, "--explain"))
+                .collect::<Result<_, _>>()?;
+            let opts = EmitOptions {
+                container: container.clone(),
+                state_dir: cli.state_dir.clone(),
+                tag,
+                oci_dir,
+                slim,
+                allow_incomplete,
+                list_removed,
+            };
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            let report = runtime()?.block_on(emit(&opts, &|step| bar.set_message(step.to_owned())));
+            bar.finish_and_clear();
+            let report = report?;
+            let path = SessionDir::new(&cli.state_dir, &container)
+                .path()
+                .join("emit-report.json");
+            std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("writing the audit report {}", path.display()))?;
+            if json {
+                return print(&(serde_json::to_string_pretty(&report)? + "\n"));
+            }
+            let mut text = summary(&report);
+            text += &format!("  audit report: {}\n", path.display());
+            for p in &explain {
+                text += &format!("  {p}: {}\n", report.explain(p));
+            }
+            print(&text)
+        }
         Command::Analyze {
             events,
             strace,
@@ -85,12 +367,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     report.source.lost_events
                 );
             }
-            let mut out = std::io::stdout().lock();
-            // A closed pipe (`| head`) is not an error worth reporting.
-            match out.write_all(text.as_bytes()) {
-                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-                other => Ok(other?),
-            }
+            print(&text)
         }
     }
 }

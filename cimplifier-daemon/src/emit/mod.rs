@@ -2,3 +2,5 @@
 //! OCI layout and into Docker, and the audit report.
 
 pub mod image_fs;
+pub mod oci;
+pub mod slim;

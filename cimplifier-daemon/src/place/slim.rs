@@ -140,8 +140,19 @@ struct Planner<'a> {
 impl Planner<'_> {
     fn keep(&mut self, path: ContainerPath, reason: KeepReason) {
         if self.fs.get(&path).is_none() {
-            if matches!(reason, KeepReason::Observed { .. }) {
-                self.plan.not_in_image.insert(path);
+            // Named through a symlinked directory (/lib64/ld-linux…): keep
+            // the links on the way and the file it reaches.
+            let w = walk(self.fs, &path, true);
+            match w.resolved {
+                Some(real) if real != path && self.fs.get(&real).is_some() => {
+                    for p in w.links.into_iter().chain(w.dirs).chain([real]) {
+                        self.keep(p, reason.clone());
+                    }
+                }
+                _ if matches!(reason, KeepReason::Observed { .. }) => {
+                    self.plan.not_in_image.insert(path);
+                }
+                _ => {}
             }
             return;
         }

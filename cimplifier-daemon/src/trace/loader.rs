@@ -147,6 +147,11 @@ impl Tracer {
         {
             let mut resolver = self.resolver.lock().expect("resolver lock");
             for pid in pids_below(dir) {
+                // Already followed through a watched parent: its state is
+                // known better from its events than from /proc.
+                if resolver.is_tracked(pid) {
+                    continue;
+                }
                 let snap = snapshot_process(pid);
                 let header = RawHeader {
                     pid,

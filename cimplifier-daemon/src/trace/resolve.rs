@@ -225,6 +225,11 @@ impl Resolver {
         }
     }
 
+    /// Whether the resolver already holds state for `pid`.
+    pub fn is_tracked(&self, pid: u32) -> bool {
+        self.processes.contains_key(&pid)
+    }
+
     /// Processes the resolver holds state for (for tests and memory checks).
     pub fn tracked_processes(&self) -> usize {
         self.processes.len()

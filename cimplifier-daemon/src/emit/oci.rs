@@ -1,0 +1,306 @@
+//! The slim image as OCI blobs: one layer, its config and manifest, written
+//! as an OCI image layout directory and as a tar Docker can load (the same
+//! layout plus the `manifest.json` of `docker save`, which engines without
+//! OCI-archive support read). Every blob is canonical JSON or a
+//! deterministic tar, so the same inputs give the same digests.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use oci_spec::image::{
+    Arch, ConfigBuilder, Descriptor, DescriptorBuilder, HistoryBuilder, ImageConfigurationBuilder,
+    ImageIndexBuilder, ImageManifestBuilder, MediaType, Os, RootFsBuilder, Sha256Digest,
+};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+/// The run-time configuration carried over from the source image.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SourceConfig {
+    pub entrypoint: Option<Vec<String>>,
+    pub cmd: Option<Vec<String>>,
+    pub env: Option<Vec<String>>,
+    pub working_dir: Option<String>,
+    pub user: Option<String>,
+    pub exposed_ports: Option<Vec<String>>,
+    pub volumes: Option<Vec<String>>,
+    pub labels: BTreeMap<String, String>,
+    pub stop_signal: Option<String>,
+    /// RFC 3339; reused so the config, and so the digest, is reproducible.
+    pub created: Option<String>,
+}
+
+impl SourceConfig {
+    pub fn from_inspect(image: &bollard::models::ImageInspect) -> Self {
+        let c = image.config.clone().unwrap_or_default();
+        let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
+        Self {
+            entrypoint: c.entrypoint,
+            cmd: c.cmd,
+            env: c.env,
+            working_dir: non_empty(c.working_dir),
+            user: non_empty(c.user),
+            exposed_ports: c.exposed_ports.map(sorted),
+            volumes: c.volumes.map(sorted),
+            labels: c.labels.unwrap_or_default().into_iter().collect(),
+            stop_signal: non_empty(c.stop_signal),
+            created: image.created.as_ref().map(|d| d.to_string()),
+        }
+    }
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// One blob and its descriptor fields.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    pub bytes: Vec<u8>,
+    /// Hex sha256.
+    pub sha256: String,
+}
+
+impl Blob {
+    fn new(bytes: Vec<u8>) -> Self {
+        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        Self { bytes, sha256 }
+    }
+
+    pub fn digest(&self) -> String {
+        format!("sha256:{}", self.sha256)
+    }
+
+    fn path(&self) -> String {
+        format!("blobs/sha256/{}", self.sha256)
+    }
+
+    fn descriptor(&self, media_type: MediaType) -> Result<Descriptor> {
+        let digest: Sha256Digest = self.sha256.parse().context("a sha256 digest")?;
+        Ok(DescriptorBuilder::default()
+            .media_type(media_type)
+            .size(self.bytes.len() as u64)
+            .digest(digest)
+            .build()?)
+    }
+}
+
+/// A built single-layer image.
+#[derive(Clone, Debug)]
+pub struct OciImage {
+    pub layer: Blob,
+    pub config: Blob,
+    pub manifest: Blob,
+    pub index: Vec<u8>,
+    pub tag: Option<String>,
+}
+
+/// serde_json's maps are ordered, so a value round trip gives canonical
+/// JSON even where oci-spec serialises from a HashMap.
+fn canonical_json(value: &impl Serialize) -> Result<Vec<u8>> {
+    Ok(serde_json::to_vec(&serde_json::to_value(value)?)?)
+}
+
+/// Builds the image around an uncompressed layer tar.
+pub fn build(
+    layer: Vec<u8>,
+    source: &SourceConfig,
+    extra_labels: &BTreeMap<String, String>,
+    tag: Option<&str>,
+) -> Result<OciImage> {
+    let layer = Blob::new(layer);
+    let mut labels: std::collections::HashMap<String, String> =
+        source.labels.clone().into_iter().collect();
+    labels.extend(extra_labels.clone());
+    let mut config = ConfigBuilder::default().labels(labels);
+    if let Some(v) = &source.entrypoint {
+        config = config.entrypoint(v.clone());
+    }
+    if let Some(v) = &source.cmd {
+        config = config.cmd(v.clone());
+    }
+    if let Some(v) = &source.env {
+        config = config.env(v.clone());
+    }
+    if let Some(v) = &source.working_dir {
+        config = config.working_dir(v.clone());
+    }
+    if let Some(v) = &source.user {
+        config = config.user(v.clone());
+    }
+    if let Some(v) = &source.exposed_ports {
+        config = config.exposed_ports(v.clone());
+    }
+    if let Some(v) = &source.volumes {
+        config = config.volumes(v.clone());
+    }
+    if let Some(v) = &source.stop_signal {
+        config = config.stop_signal(v.clone());
+    }
+    let created = source
+        .created
+        .clone()
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".to_owned());
+    let image_config = ImageConfigurationBuilder::default()
+        .created(created.clone())
+        .architecture(Arch::Amd64)
+        .os(Os::Linux)
+        .config(config.build()?)
+        .rootfs(
+            RootFsBuilder::default()
+                .typ("layers")
+                .diff_ids(vec![layer.digest()])
+                .build()?,
+        )
+        .history(vec![
+            HistoryBuilder::default()
+                .created(created)
+                .created_by("cimplifier emit: the files the observed executables used")
+                .build()?,
+        ])
+        .build()?;
+    let config = Blob::new(canonical_json(&image_config)?);
+    let manifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(config.descriptor(MediaType::ImageConfig)?)
+        .layers(vec![layer.descriptor(MediaType::ImageLayer)?])
+        .build()?;
+    let manifest = Blob::new(canonical_json(&manifest)?);
+    let mut manifest_desc = manifest.descriptor(MediaType::ImageManifest)?;
+    if let Some(tag) = tag {
+        manifest_desc.set_annotations(Some(
+            [(
+                "org.opencontainers.image.ref.name".to_owned(),
+                tag.to_owned(),
+            )]
+            .into_iter()
+            .collect(),
+        ));
+    }
+    let index = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(vec![manifest_desc])
+        .build()?;
+    Ok(OciImage {
+        layer,
+        config,
+        manifest,
+        index: canonical_json(&index)?,
+        tag: tag.map(str::to_owned),
+    })
+}
+
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+impl OciImage {
+    fn files(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut files = vec![
+            ("oci-layout".to_owned(), OCI_LAYOUT.to_vec()),
+            ("index.json".to_owned(), self.index.clone()),
+        ];
+        for blob in [&self.layer, &self.config, &self.manifest] {
+            files.push((blob.path(), blob.bytes.clone()));
+        }
+        // docker save's manifest, for engines that load only that format.
+        let docker_manifest = serde_json::json!([{
+            "Config": self.config.path(),
+            "RepoTags": self.tag.iter().collect::<Vec<_>>(),
+            "Layers": [self.layer.path()],
+        }]);
+        files.push((
+            "manifest.json".to_owned(),
+            serde_json::to_vec(&docker_manifest)?,
+        ));
+        Ok(files)
+    }
+
+    /// Writes an OCI image layout directory.
+    pub fn write_layout(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir.join("blobs/sha256"))
+            .with_context(|| format!("creating the OCI layout directory {}", dir.display()))?;
+        for (name, bytes) in self.files()? {
+            let path = dir.join(&name);
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The layout as one tar, for `POST /images/load`.
+    pub fn archive(&self) -> Result<Vec<u8>> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_ustar();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o755);
+        dir.set_size(0);
+        dir.set_mtime(0);
+        for d in ["blobs/", "blobs/sha256/"] {
+            b.append_data(&mut dir.clone(), d, &[][..])?;
+        }
+        for (name, bytes) in self.files()? {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(0o644);
+            h.set_size(bytes.len() as u64);
+            h.set_mtime(0);
+            b.append_data(&mut h, name, &bytes[..])?;
+        }
+        Ok(b.into_inner()?)
+    }
+}
+
+/// Loads the image into the engine under its tag.
+pub async fn load_into_docker(docker: &bollard::Docker, image: &OciImage) -> Result<()> {
+    use futures::StreamExt;
+    let archive = image.archive()?;
+    let mut progress = docker.import_image(
+        bollard::query_parameters::ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        },
+        bollard::body_full(archive.into()),
+        None,
+    );
+    while let Some(item) = progress.next().await {
+        item.context("loading the slim image into the Docker engine")?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_inputs_same_digests() {
+        let source = SourceConfig {
+            cmd: Some(vec!["nginx".into()]),
+            exposed_ports: Some(vec!["80/tcp".into(), "443/tcp".into()]),
+            volumes: Some(vec!["/a".into(), "/b".into(), "/c".into()]),
+            labels: [
+                ("x".to_owned(), "1".to_owned()),
+                ("y".to_owned(), "2".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            created: Some("2026-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        let extra = [("io.cimplifier.source".to_owned(), "img".to_owned())]
+            .into_iter()
+            .collect();
+        let a = build(b"layer".to_vec(), &source, &extra, Some("t:slim")).unwrap();
+        let b = build(b"layer".to_vec(), &source, &extra, Some("t:slim")).unwrap();
+        assert_eq!(a.manifest.digest(), b.manifest.digest());
+        assert_eq!(a.archive().unwrap(), b.archive().unwrap());
+        let config: serde_json::Value = serde_json::from_slice(&a.config.bytes).unwrap();
+        assert_eq!(config["config"]["Cmd"][0], "nginx");
+        assert_eq!(config["rootfs"]["diff_ids"][0], a.layer.digest());
+        assert!(config["config"]["ExposedPorts"]["443/tcp"].is_object());
+        assert_eq!(config["config"]["Labels"]["io.cimplifier.source"], "img");
+        let other = build(b"layer2".to_vec(), &source, &extra, Some("t:slim")).unwrap();
+        assert_ne!(a.manifest.digest(), other.manifest.digest());
+    }
+}

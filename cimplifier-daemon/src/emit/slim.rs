@@ -1,0 +1,318 @@
+//! `emit` for the all-one-context policy: the observed container's image,
+//! cut down to what the session saw used, with an audit report of every
+//! kept path and why.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::image_fs::ImageFs;
+use super::oci::{self, SourceConfig};
+use crate::model::Model;
+use crate::place::slim::{KeepReason, SlimOptions, plan};
+use crate::session::SessionDir;
+use crate::trace::ContainerPath;
+use crate::trace::log::EventLog;
+
+pub const REPORT_FORMAT: &str = "cimplifier-emit-report";
+pub const REPORT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug)]
+pub struct EmitOptions {
+    /// The observed container, by the name its session was saved under.
+    pub container: String,
+    pub state_dir: PathBuf,
+    /// Load the image into Docker under this tag.
+    pub tag: Option<String>,
+    /// Also write an OCI image layout here.
+    pub oci_dir: Option<PathBuf>,
+    pub slim: SlimOptions,
+    /// Emit even if the session lost events (the report says so).
+    pub allow_incomplete: bool,
+    /// List every removed path in the report.
+    pub list_removed: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptPath {
+    pub path: ContainerPath,
+    pub bytes: u64,
+    #[serde(flatten)]
+    pub reason: KeepReason,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Exporting and indexing the source image's files.
+    pub read_image_ms: u64,
+    /// Replaying the session into the model and planning what to keep.
+    pub plan_ms: u64,
+    /// Writing the layer and the OCI blobs.
+    pub write_ms: u64,
+    /// Loading into Docker (0 without a tag).
+    pub load_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmitReport {
+    pub format: String,
+    pub version: u32,
+    pub container: String,
+    pub source_image: String,
+    pub source_ref: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oci_dir: Option<PathBuf>,
+    /// The image id Docker gives it: the digest of its config.
+    pub image_id: String,
+    pub manifest_digest: String,
+    /// The session's events and whether any were lost.
+    pub events: u64,
+    pub complete: bool,
+    pub lost_events: u64,
+    /// Emitted from a lossy session because `--allow-incomplete` was given.
+    pub incomplete_allowed: bool,
+    /// The session began before the container's first exec.
+    pub from_first_exec: bool,
+    pub source_files: u64,
+    /// Size of the source image as the engine reports it.
+    pub source_image_bytes: u64,
+    pub kept_files: u64,
+    /// Size of the slim image's layer.
+    pub slim_image_bytes: u64,
+    pub removed_files: u64,
+    pub removed_bytes: u64,
+    /// 100 × (1 − slim / source).
+    pub reduction_percent: f64,
+    pub kept: Vec<KeptPath>,
+    /// Used by the workload but not in the image: created at run time.
+    pub created_at_run_time: Vec<ContainerPath>,
+    /// Dropped by `--exclude`.
+    pub excluded: Vec<ContainerPath>,
+    /// Every removed path, with `--list-removed`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed: Option<Vec<ContainerPath>>,
+    pub timings: Timings,
+}
+
+impl EmitReport {
+    /// Why `path` is in the image, or why not.
+    pub fn explain(&self, path: &ContainerPath) -> String {
+        match self.kept.iter().find(|k| &k.path == path) {
+            Some(k) => format!("kept: {}", describe(&k.reason)),
+            None if self.excluded.contains(path) => "removed: excluded by --exclude".into(),
+            None if self.created_at_run_time.contains(path) => {
+                "not in the source image: created at run time".into()
+            }
+            None => "removed: no observed executable used it, and nothing kept needs it".into(),
+        }
+    }
+}
+
+pub fn describe(reason: &KeepReason) -> String {
+    match reason {
+        KeepReason::Observed { exe, access } => {
+            let access: Vec<String> = access
+                .iter()
+                .map(|a| {
+                    serde_json::to_value(a)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default()
+                })
+                .collect();
+            format!("used by {exe} ({})", access.join(", "))
+        }
+        KeepReason::ParentDirectory { of } => format!("directory above {of}"),
+        KeepReason::LinkChain { of } => format!("on the symlink chain of {of}"),
+        KeepReason::HardLinkTarget { of } => format!("hard-link target of {of}"),
+        KeepReason::ElfDependency { of } => format!("ELF dependency of {of}"),
+        KeepReason::SafetySet { set } => format!("safety set {}", set.name()),
+        KeepReason::UserInclude { include } => format!("--include {include}"),
+    }
+}
+
+fn ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
+/// Exports the files of `image` through a created, never started container.
+async fn export_image(docker: &bollard::Docker, image: &str) -> Result<Vec<u8>> {
+    let created = docker
+        .create_container(
+            None::<bollard::query_parameters::CreateContainerOptions>,
+            bollard::models::ContainerCreateBody {
+                image: Some(image.to_owned()),
+                cmd: Some(vec!["/cimplifier-export-only".to_owned()]),
+                entrypoint: Some(vec![]),
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| format!("creating a container of {image} to read its files"))?;
+    let mut bytes = Vec::new();
+    let mut stream = docker.export_container(&created.id);
+    let result = async {
+        while let Some(chunk) = stream.next().await {
+            bytes.extend_from_slice(&chunk.context("exporting the image's files")?);
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = docker
+        .remove_container(
+            &created.id,
+            Some(bollard::query_parameters::RemoveContainerOptions {
+                force: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+    result?;
+    Ok(bytes)
+}
+
+/// Emits the slim image of an observed container. `progress` hears each step.
+pub async fn emit(opts: &EmitOptions, progress: &dyn Fn(&str)) -> Result<EmitReport> {
+    let session = SessionDir::new(&opts.state_dir, &opts.container);
+    let info = session.info()?;
+    if !info.complete && !opts.allow_incomplete {
+        bail!(
+            "the session of {} lost {} events, so the image could miss files it needs; \
+             observe again (a larger --ring-buffer-mib helps), or pass --allow-incomplete \
+             to emit anyway (the report will say so)",
+            info.container_name,
+            info.loss.lost()
+        );
+    }
+    let docker = crate::docker::connect()?;
+    let inspect = docker
+        .inspect_image(&info.image_id)
+        .await
+        .with_context(|| {
+            format!(
+                "the observed container's image {} ({}) is gone from the engine",
+                info.image_ref, info.image_id
+            )
+        })?;
+
+    progress("reading the source image");
+    let start = Instant::now();
+    let tar = export_image(&docker, &info.image_id).await?;
+    let fs = Arc::new(ImageFs::from_tar(tar, &info.image_ref)?);
+    let read_image_ms = ms(start);
+
+    progress("planning what to keep");
+    let start = Instant::now();
+    let log = EventLog::read(&session.trace())?;
+    let mut model = Model::with_image_tree(Box::new(fs.clone()));
+    for e in &log.events {
+        model.apply(e);
+    }
+    let slim_plan = plan(&model, &fs, &opts.slim);
+    let plan_ms = ms(start);
+
+    progress("writing the slim layer");
+    let start = Instant::now();
+    let layer = fs.write_tar(&|p| slim_plan.keep.contains_key(p));
+    let trace_sha = format!(
+        "sha256:{:x}",
+        Sha256::digest(std::fs::read(session.trace()).context("reading the session's trace")?)
+    );
+    let labels: BTreeMap<String, String> = [
+        ("io.cimplifier.source-image", info.image_id.clone()),
+        ("io.cimplifier.source-ref", info.image_ref.clone()),
+        ("io.cimplifier.trace", trace_sha),
+        ("io.cimplifier.policy", "all-one-context".to_owned()),
+        (
+            "io.cimplifier.version",
+            env!("CARGO_PKG_VERSION").to_owned(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let image = oci::build(
+        layer,
+        &SourceConfig::from_inspect(&inspect),
+        &labels,
+        opts.tag.as_deref(),
+    )?;
+    if let Some(dir) = &opts.oci_dir {
+        image.write_layout(dir)?;
+    }
+    let write_ms = ms(start);
+
+    let start = Instant::now();
+    if opts.tag.is_some() {
+        progress("loading into Docker");
+        oci::load_into_docker(&docker, &image).await?;
+    }
+    let load_ms = ms(start);
+
+    let mut kept = Vec::new();
+    let (mut removed_files, mut removed_bytes, mut removed) = (0u64, 0u64, Vec::new());
+    for (path, entry) in fs.entries() {
+        match slim_plan.keep.get(path) {
+            Some(reason) => kept.push(KeptPath {
+                path: path.clone(),
+                bytes: entry.size,
+                reason: reason.clone(),
+            }),
+            None => {
+                removed_files += 1;
+                removed_bytes += entry.size;
+                if opts.list_removed {
+                    removed.push(path.clone());
+                }
+            }
+        }
+    }
+    kept.sort_by(|a, b| a.path.cmp(&b.path));
+    let source_image_bytes = inspect.size.unwrap_or(0).max(0) as u64;
+    let slim_image_bytes = image.layer.bytes.len() as u64;
+    Ok(EmitReport {
+        format: REPORT_FORMAT.into(),
+        version: REPORT_VERSION,
+        container: info.container_name.clone(),
+        source_image: info.image_id.clone(),
+        source_ref: info.image_ref.clone(),
+        tag: opts.tag.clone(),
+        oci_dir: opts.oci_dir.clone(),
+        image_id: image.config.digest(),
+        manifest_digest: image.manifest.digest(),
+        events: info.events,
+        complete: info.complete,
+        lost_events: info.loss.lost(),
+        incomplete_allowed: !info.complete,
+        from_first_exec: info.from_first_exec,
+        source_files: fs.entries().count() as u64,
+        source_image_bytes,
+        kept_files: kept.len() as u64,
+        slim_image_bytes,
+        removed_files,
+        removed_bytes,
+        reduction_percent: if source_image_bytes > 0 {
+            100.0 * (1.0 - slim_image_bytes as f64 / source_image_bytes as f64)
+        } else {
+            0.0
+        },
+        kept,
+        created_at_run_time: slim_plan.not_in_image.into_iter().collect(),
+        excluded: slim_plan.excluded.into_iter().collect(),
+        removed: opts.list_removed.then_some(removed),
+        timings: Timings {
+            read_image_ms,
+            plan_ms,
+            write_ms,
+            load_ms,
+        },
+    })
+}
