@@ -97,10 +97,26 @@ pub struct OciImage {
     pub tag: Option<String>,
 }
 
-/// serde_json's maps are ordered, so a value round trip gives canonical
-/// JSON even where oci-spec serialises from a HashMap.
+/// JSON with every object's keys sorted, whatever order oci-spec's
+/// HashMaps (and serde_json's `preserve_order`, if a dependency turns it
+/// on) would give: the digests must not depend on hashing.
 fn canonical_json(value: &impl Serialize) -> Result<Vec<u8>> {
-    Ok(serde_json::to_vec(&serde_json::to_value(value)?)?)
+    fn sorted(v: serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<_> = map.into_iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+                serde_json::Value::Object(
+                    entries.into_iter().map(|(k, v)| (k, sorted(v))).collect(),
+                )
+            }
+            serde_json::Value::Array(items) => {
+                serde_json::Value::Array(items.into_iter().map(sorted).collect())
+            }
+            other => other,
+        }
+    }
+    Ok(serde_json::to_vec(&sorted(serde_json::to_value(value)?))?)
 }
 
 /// Builds the image around an uncompressed layer tar.

@@ -143,39 +143,13 @@ fn ms(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
-/// Exports the files of `image` through a created, never started container.
-async fn export_image(docker: &bollard::Docker, image: &str) -> Result<Vec<u8>> {
-    let created = docker
-        .create_container(
-            None::<bollard::query_parameters::CreateContainerOptions>,
-            bollard::models::ContainerCreateBody {
-                image: Some(image.to_owned()),
-                cmd: Some(vec!["/cimplifier-export-only".to_owned()]),
-                entrypoint: Some(vec![]),
-                ..Default::default()
-            },
-        )
-        .await
-        .with_context(|| format!("creating a container of {image} to read its files"))?;
+/// The image's layers, as `docker image save` gives them.
+async fn save_image(docker: &bollard::Docker, image: &str) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    let mut stream = docker.export_container(&created.id);
-    let result = async {
-        while let Some(chunk) = stream.next().await {
-            bytes.extend_from_slice(&chunk.context("exporting the image's files")?);
-        }
-        anyhow::Ok(())
+    let mut stream = docker.export_image(image);
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.with_context(|| format!("reading the layers of {image}"))?);
     }
-    .await;
-    let _ = docker
-        .remove_container(
-            &created.id,
-            Some(bollard::query_parameters::RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await;
-    result?;
     Ok(bytes)
 }
 
@@ -205,8 +179,8 @@ pub async fn emit(opts: &EmitOptions, progress: &dyn Fn(&str)) -> Result<EmitRep
 
     progress("reading the source image");
     let start = Instant::now();
-    let tar = export_image(&docker, &info.image_id).await?;
-    let fs = Arc::new(ImageFs::from_tar(tar, &info.image_ref)?);
+    let saved = save_image(&docker, &info.image_id).await?;
+    let fs = Arc::new(ImageFs::from_docker_save(saved, &info.image_ref)?);
     let read_image_ms = ms(start);
 
     progress("planning what to keep");

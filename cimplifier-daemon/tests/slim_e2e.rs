@@ -1,0 +1,506 @@
+//! The paper's slimming case studies, end to end with real Docker, real
+//! images built from Debian packages (`cargo xtask images`) and real
+//! clients: observe the original under its workload with `cimplifierctl
+//! observe`, `emit` the slim image, run it, run the same workload again and
+//! require the same results. Prints each size reduction. Needs root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::require_root;
+use serde_json::Value;
+
+fn ctl() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Removes a container however the test ends.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", &self.0])
+            .output();
+    }
+}
+
+/// The host port Docker published for `inner` (e.g. "80/tcp"), once the
+/// container runs.
+fn published_port(container: &str, inner: &str) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("docker")
+            .args(["port", container, inner])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if let Some(port) = text
+            .lines()
+            .next()
+            .and_then(|l| l.rsplit(':').next()?.parse().ok())
+        {
+            return port;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{container} never published {inner}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} never became ready");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn http(port: u16, method: &str, path: &str, form: Option<&str>) -> (String, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "--max-time",
+        "10",
+        "-X",
+        method,
+        "-w",
+        "\n%{http_code}",
+    ]);
+    if let Some(form) = form {
+        cmd.args(["--data", form]);
+    }
+    let out = cmd
+        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_owned(), body.to_owned())
+}
+
+fn http_ready(port: u16) -> bool {
+    http(port, "GET", "/", None).0 != "000"
+}
+
+/// What one case does: its image, port, readiness and workload.
+struct Case {
+    name: &'static str,
+    image: &'static str,
+    inner_port: &'static str,
+    /// The paper's size reduction, the floor for ours.
+    paper_percent: f64,
+    ready: fn(u16) -> bool,
+    /// The workload's observable results; equal results mean it passed.
+    workload: fn(u16) -> Vec<String>,
+}
+
+struct Emitted {
+    report: Value,
+    tag: String,
+    oci_dir: PathBuf,
+    state: tempfile::TempDir,
+}
+
+/// Observe the original under the workload, then emit. Returns the
+/// original's results and the emit report.
+fn observe_and_emit(case: &Case) -> (Vec<String>, Emitted) {
+    require_root();
+    let state = tempfile::tempdir().unwrap();
+    let name = format!("cimplifier-e2e-{}-{}", case.name, std::process::id());
+    let container = Container(name.clone());
+    let _ = Command::new("docker")
+        .args(["rm", "-f", "-v", &name])
+        .output();
+    docker(&[
+        "create",
+        "--name",
+        &name,
+        "-p",
+        &format!("127.0.0.1::{}", case.inner_port),
+        case.image,
+    ]);
+    let observer: Child = ctl()
+        .args([
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "observe",
+            &name,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = published_port(&name, case.inner_port);
+    wait_until(case.name, || (case.ready)(port));
+    let original = (case.workload)(port);
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(observer.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = observer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "observe failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("no events lost"), "{said}");
+    drop(container);
+
+    let tag = format!("cimplifier-e2e/{}:slim", case.name);
+    let oci_dir = state.path().join("oci");
+    let emit = ctl()
+        .args([
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "emit",
+            &name,
+            "--tag",
+            &tag,
+        ])
+        .arg("--oci-dir")
+        .arg(&oci_dir)
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(
+        emit.status.success(),
+        "emit failed: {}",
+        String::from_utf8_lossy(&emit.stderr)
+    );
+    let report: Value = serde_json::from_slice(&emit.stdout).unwrap();
+    (
+        original,
+        Emitted {
+            report,
+            tag,
+            oci_dir,
+            state,
+        },
+    )
+}
+
+/// Runs the slim image; returns the container and its published port.
+fn run_slim(case: &Case, e: &Emitted) -> (Container, u16) {
+    let name = format!("cimplifier-e2e-{}-slim-{}", case.name, std::process::id());
+    let _ = Command::new("docker")
+        .args(["rm", "-f", "-v", &name])
+        .output();
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        &format!("127.0.0.1::{}", case.inner_port),
+        &e.tag,
+    ]);
+    let c = Container(name.clone());
+    let port = published_port(&name, case.inner_port);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !(case.ready)(port) {
+        if Instant::now() > deadline {
+            panic!(
+                "the slim {} never became ready; its log:\n{}",
+                case.name,
+                docker(&["logs", &name])
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (c, port)
+}
+
+fn report_sizes(case: &Case, report: &Value) -> f64 {
+    let percent = report["reduction_percent"].as_f64().unwrap();
+    println!(
+        "{}: {} -> {} bytes, {:.1}% smaller (paper: {}%); kept {} of {} files",
+        case.name,
+        report["source_image_bytes"],
+        report["slim_image_bytes"],
+        percent,
+        case.paper_percent,
+        report["kept_files"],
+        report["source_files"],
+    );
+    percent
+}
+
+/// Entry names of the slim image's single layer, from the OCI layout.
+fn layer_entries(oci_dir: &Path) -> Vec<String> {
+    let index: Value =
+        serde_json::from_slice(&std::fs::read(oci_dir.join("index.json")).unwrap()).unwrap();
+    let blob = |digest: &str| {
+        oci_dir
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let manifest: Value = serde_json::from_slice(
+        &std::fs::read(blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap(),
+    )
+    .unwrap();
+    let layer = std::fs::read(blob(manifest["layers"][0]["digest"].as_str().unwrap())).unwrap();
+    let mut archive = tar::Archive::new(&layer[..]);
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .unwrap()
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_owned()
+        })
+        .collect()
+}
+
+const NGINX: Case = Case {
+    name: "nginx",
+    image: "cimplifier-test/nginx:latest",
+    inner_port: "80/tcp",
+    paper_percent: 95.0,
+    ready: http_ready,
+    workload: |port| {
+        [
+            "/",
+            "/index.html",
+            "/about.html",
+            "/missing",
+            "/nested/missing.css",
+        ]
+        .iter()
+        .map(|p| {
+            let (code, body) = http(port, "GET", p, None);
+            format!("GET {p} -> {code}\n{body}")
+        })
+        .collect()
+    },
+};
+
+#[test]
+fn nginx_static_site() {
+    let (original, e) = observe_and_emit(&NGINX);
+    assert!(original[0].starts_with("GET / -> 200"), "{original:?}");
+    assert!(
+        original[3].starts_with("GET /missing -> 404"),
+        "{original:?}"
+    );
+    let (_slim, port) = run_slim(&NGINX, &e);
+    assert_eq!(
+        (NGINX.workload)(port),
+        original,
+        "the slim nginx answers differently"
+    );
+    let percent = report_sizes(&NGINX, &e.report);
+    assert!(
+        percent >= NGINX.paper_percent,
+        "{percent:.1}% < the paper's {}%",
+        NGINX.paper_percent
+    );
+
+    // Negative: a file the workload never touched is gone, and the report
+    // says why; the binary and the merged-/usr links it needs are there.
+    let entries = layer_entries(&e.oci_dir);
+    for needed in [
+        "usr/sbin/nginx",
+        "etc/nginx/nginx.conf",
+        "lib64",
+        "var/www/html/about.html",
+    ] {
+        assert!(
+            entries.iter().any(|x| x == needed),
+            "{needed} missing from the slim layer"
+        );
+    }
+    assert!(
+        !entries.iter().any(|x| x == "usr/bin/apt"),
+        "apt was never used"
+    );
+    let kept = e.report["kept"].as_array().unwrap();
+    let reason = |path: &str| {
+        kept.iter()
+            .find(|k| k["path"] == path)
+            .map(|k| k["reason"].clone())
+    };
+    assert_eq!(reason("/usr/bin/apt"), None);
+    assert_eq!(reason("/usr/sbin/nginx").unwrap(), "observed");
+    assert_eq!(reason("/lib64").unwrap(), "elf_dependency");
+    let explain = ctl()
+        .args(["--state-dir", e.state.path().to_str().unwrap(), "emit"])
+        .arg(e.report["container"].as_str().unwrap())
+        .args([
+            "--tag",
+            &e.tag,
+            "--explain",
+            "/usr/bin/apt",
+            "--explain",
+            "/etc/nginx/nginx.conf",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        text.contains("/usr/bin/apt: removed: no observed executable used it"),
+        "{text}"
+    );
+    assert!(
+        text.contains("/etc/nginx/nginx.conf: kept: used by /usr/sbin/nginx (read)"),
+        "{text}"
+    );
+    // The same inputs give the same image.
+    assert!(
+        text.contains(e.report["image_id"].as_str().unwrap()),
+        "a second emit gave another image id:\n{text}"
+    );
+}
+
+fn redis_ready(port: u16) -> bool {
+    let out: Output = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "ping"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim() == "PONG"
+}
+
+fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .arg("-p")
+        .arg(port.to_string())
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+const REDIS: Case = Case {
+    name: "redis",
+    image: "cimplifier-test/redis:latest",
+    inner_port: "6379/tcp",
+    paper_percent: 92.0,
+    ready: redis_ready,
+    workload: |port| {
+        let out = Command::new("redis-benchmark")
+            .args([
+                "-p",
+                &port.to_string(),
+                "-n",
+                "5000",
+                "-t",
+                "set,get,incr,lpush,lpop,sadd,hset",
+                "-q",
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_lowercase()
+            + &String::from_utf8_lossy(&out.stderr).to_lowercase();
+        let benchmark = if out.status.success() && !text.contains("err") {
+            "redis-benchmark completed without errors".to_owned()
+        } else {
+            format!("redis-benchmark failed: {text}")
+        };
+        vec![
+            benchmark,
+            redis_cli(port, &["SET", "cimplifier:aof", "survives"]),
+            redis_cli(port, &["GET", "cimplifier:aof"]),
+            redis_cli(port, &["BGREWRITEAOF"]).replace("already in progress", "started"),
+        ]
+    },
+};
+
+#[test]
+fn redis_with_aof() {
+    let (original, e) = observe_and_emit(&REDIS);
+    assert_eq!(original[0], "redis-benchmark completed without errors");
+    let (slim, port) = run_slim(&REDIS, &e);
+    assert_eq!(
+        (REDIS.workload)(port),
+        original,
+        "the slim redis answers differently"
+    );
+    // The append-only file brings the data back after a restart.
+    docker(&["restart", "-t", "5", &slim.0]);
+    let port = published_port(&slim.0, REDIS.inner_port);
+    wait_until("the restarted slim redis", || redis_ready(port));
+    assert_eq!(redis_cli(port, &["GET", "cimplifier:aof"]), "survives");
+    let percent = report_sizes(&REDIS, &e.report);
+    assert!(
+        percent >= REDIS.paper_percent,
+        "{percent:.1}% < the paper's {}%",
+        REDIS.paper_percent
+    );
+    // What redis wrote at run time is in its volume, not baked into the image.
+    let entries = layer_entries(&e.oci_dir);
+    assert!(entries.iter().any(|x| x == "var/lib/redis"));
+    assert!(
+        !entries
+            .iter()
+            .any(|x| x.starts_with("var/lib/redis/appendonly")),
+        "{entries:?}"
+    );
+}
+
+const FLASK: Case = Case {
+    name: "flask",
+    image: "cimplifier-test/flask:latest",
+    inner_port: "5000/tcp",
+    paper_percent: 75.0,
+    ready: http_ready,
+    workload: |port| {
+        [
+            ("GET", "/", None),
+            ("GET", "/about", None),
+            ("GET", "/sign", None),
+            ("POST", "/sign", Some("name=alice")),
+            ("POST", "/sign", Some("name=")),
+            ("GET", "/", None),
+            ("GET", "/missing", None),
+        ]
+        .iter()
+        .map(|(m, p, f)| {
+            let (code, body) = http(port, m, p, *f);
+            format!("{m} {p} -> {code}\n{body}")
+        })
+        .collect()
+    },
+};
+
+#[test]
+fn flask_web_app() {
+    let (original, e) = observe_and_emit(&FLASK);
+    assert!(original[3].contains("Thank you, alice"), "{original:?}");
+    let (_slim, port) = run_slim(&FLASK, &e);
+    assert_eq!(
+        (FLASK.workload)(port),
+        original,
+        "the slim Flask app answers differently"
+    );
+    let percent = report_sizes(&FLASK, &e.report);
+    assert!(
+        percent >= FLASK.paper_percent,
+        "{percent:.1}% < the paper's {}%",
+        FLASK.paper_percent
+    );
+}
