@@ -1,33 +1,89 @@
-//! `cargo xtask demo`: trace an nginx test container while curling it, then
-//! report the model of what it used.
+//! `cargo xtask demo`: the main user flow on an nginx test container.
+//! Observe it from its first exec while curling it, emit its slim image,
+//! run the slim image and make the same requests, then show the sizes.
 
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::util::{self, Step, cmd};
 
 const CONTAINER: &str = "cimplifier-demo-nginx";
+const SLIM_CONTAINER: &str = "cimplifier-demo-nginx-slim";
+const SLIM_TAG: &str = "cimplifier-demo/nginx:slim";
 const PORT: u16 = 8088;
-const TRACE: &str = "target/demo-trace.jsonl";
-const MODEL_JSON: &str = "target/demo-model.json";
+const SLIM_PORT: u16 = 8089;
+const STATE_DIR: &str = "target/demo-state";
+const OCI_DIR: &str = "target/demo-oci";
+const PATHS: [&str; 4] = ["/", "/about.html", "/missing", "/index.html"];
 
-/// Removes the demo container (and stops a still-running tracer) however the demo ends.
+/// Removes the demo containers (and stops a still-running observer) however
+/// the demo ends.
 struct Cleanup {
-    tracer: Option<Child>,
+    observer: Option<Child>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(mut child) = self.tracer.take() {
+        if let Some(mut child) = self.observer.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
-        println!("+ docker rm -f {CONTAINER}");
-        let _ = cmd("docker", ["rm", "-f", CONTAINER])
-            .stdout(Stdio::null())
-            .status();
+        for c in [CONTAINER, SLIM_CONTAINER] {
+            println!("+ docker rm -f {c}");
+            let _ = cmd("docker", ["rm", "-f", "-v", c])
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
+}
+
+fn ctl(root: &Path) -> Command {
+    let mut c = Command::new(root.join("target/release/cimplifierctl"));
+    c.current_dir(root).args(["--state-dir", STATE_DIR]);
+    c
+}
+
+/// GETs each path; returns "status bytes" per path.
+fn requests(port: u16, label: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for path in PATHS {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        let res = util::probe(&mut cmd(
+            "curl",
+            ["-s", "--max-time", "5", "-w", "\n%{http_code}", &url],
+        ))?;
+        let text = String::from_utf8_lossy(&res.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        println!("{label}: GET {url} -> {code} ({} bytes)", body.len());
+        out.push(format!("{code} {body}"));
+    }
+    Ok(out)
+}
+
+fn wait_for_http(port: u16) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let res = util::probe(&mut cmd(
+            "curl",
+            [
+                "-s",
+                "-o",
+                "/dev/null",
+                "--max-time",
+                "1",
+                &format!("http://127.0.0.1:{port}/"),
+            ],
+        ))?;
+        if res.status.success() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("nothing answered on 127.0.0.1:{port} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -36,27 +92,23 @@ pub fn run() -> Result<()> {
     crate::setup::run()?;
     let root = util::repo_root();
     let _demo = Step::new("demo");
-
-    // Build first, so that the tracer starts at once and the requests below
-    // land inside its 10 s window.
     util::run(Command::new(util::cargo()).current_dir(&root).args([
         "build",
         "--release",
         "-p",
         "cimplifier-daemon",
         "--bin",
-        "cimplifierd",
-        "--bin",
         "cimplifierctl",
     ]))?;
 
-    let _ = util::probe(&mut cmd("docker", ["rm", "-f", CONTAINER]))?;
-    let mut cleanup = Cleanup { tracer: None };
+    let mut cleanup = Cleanup { observer: None };
+    for c in [CONTAINER, SLIM_CONTAINER] {
+        let _ = util::probe(&mut cmd("docker", ["rm", "-f", "-v", c]))?;
+    }
     util::run(&mut cmd(
         "docker",
         [
-            "run",
-            "-d",
+            "create",
             "--name",
             CONTAINER,
             "-p",
@@ -65,97 +117,86 @@ pub fn run() -> Result<()> {
         ],
     ))?;
 
-    let trace_path = root.join(TRACE);
-    if let Some(dir) = trace_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut tracer = Command::new(util::cargo());
-    tracer.current_dir(&root).args([
-        "run",
-        "--release",
-        "-p",
-        "cimplifier-daemon",
-        "--bin",
-        "cimplifierd",
-        "--",
-        "trace",
-        "--container",
-        CONTAINER,
-        "--output",
-        TRACE,
-        "--duration",
-        "10s",
-    ]);
-    let tracer_line = util::display(&tracer);
-    println!("+ {tracer_line} &");
-    cleanup.tracer = Some(
-        tracer
+    // 1. Observe: the container is started under observation.
+    let mut observe = ctl(&root);
+    observe.args(["observe", CONTAINER]);
+    let line = util::display(&observe);
+    println!("+ {line} &");
+    cleanup.observer = Some(
+        observe
             .spawn()
-            .with_context(|| format!("could not start `{tracer_line}`"))?,
+            .with_context(|| format!("could not start `{line}`"))?,
     );
-
-    std::thread::sleep(Duration::from_secs(3));
-    for round in 1..=3 {
-        for path in ["/", "/missing"] {
-            let url = format!("http://127.0.0.1:{PORT}{path}");
-            let out = util::probe(&mut cmd(
-                "curl",
-                [
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "--max-time",
-                    "5",
-                    "-w",
-                    "%{http_code}",
-                    &url,
-                ],
-            ))?;
-            println!(
-                "request {round}: GET {url} -> {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-
-    println!("waiting for the trace to finish ...");
-    let mut child = cleanup.tracer.take().expect("tracer started");
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for `{tracer_line}`"))?;
+    wait_for_http(PORT)?;
+    let original = requests(PORT, "original")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let observer = cleanup.observer.take().expect("observer started");
+    util::run(&mut cmd("kill", ["-INT", &observer.id().to_string()]))?;
+    let status = observer
+        .wait_with_output()
+        .context("waiting for observe")?
+        .status;
     if !status.success() {
-        bail!("`{tracer_line}` failed ({status})");
+        bail!("`{line}` failed ({status})");
     }
 
-    // The model of the trace, against the running container's own tree so
-    // symlink chains (merged /usr) are followed.
-    let pid = util::probe(&mut cmd(
+    // 2. Emit the slim image, with the reasons for two paths.
+    util::run(ctl(&root).args([
+        "emit",
+        CONTAINER,
+        "--tag",
+        SLIM_TAG,
+        "--oci-dir",
+        OCI_DIR,
+        "--explain",
+        "/etc/nginx/nginx.conf",
+        "--explain",
+        "/usr/bin/apt",
+    ]))?;
+
+    // 3. Run it and make the same requests.
+    util::run(&mut cmd(
         "docker",
-        ["inspect", "-f", "{{.State.Pid}}", CONTAINER],
+        [
+            "run",
+            "-d",
+            "--name",
+            SLIM_CONTAINER,
+            "-p",
+            &format!("127.0.0.1:{SLIM_PORT}:80"),
+            SLIM_TAG,
+        ],
     ))?;
-    let root_dir = format!("/proc/{}/root", String::from_utf8_lossy(&pid.stdout).trim());
-    let json = root.join(MODEL_JSON);
-    for extra in [None, Some("--json")] {
-        let mut analyze = Command::new(root.join("target/release/cimplifierctl"));
-        analyze
-            .current_dir(&root)
-            .args(["analyze", "--events", TRACE, "--root", &root_dir])
-            .args(extra);
-        match extra {
-            None => util::run(&mut analyze)?,
-            Some(_) => {
-                let out = util::probe(&mut analyze)?;
-                if !out.status.success() {
-                    bail!("{}", String::from_utf8_lossy(&out.stderr));
-                }
-                std::fs::write(&json, &out.stdout)
-                    .with_context(|| format!("writing {}", json.display()))?;
-            }
-        }
+    wait_for_http(SLIM_PORT)?;
+    let slim = requests(SLIM_PORT, "slim")?;
+    if slim != original {
+        bail!("the slim image answered differently from the original");
     }
     println!(
-        "\nThe event log is {TRACE}; the whole model, as JSON (docs/model-json.md), is {MODEL_JSON}."
+        "\nthe slim image gave the same status codes and bodies for all {} requests",
+        PATHS.len()
     );
+    util::run(&mut cmd(
+        "docker",
+        [
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}}  {{.Size}}",
+            &crate::images::tag("nginx"),
+        ],
+    ))?;
+    util::run(&mut cmd(
+        "docker",
+        [
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}}  {{.Size}}",
+            SLIM_TAG,
+        ],
+    ))?;
+    println!(
+        "\nsession and audit report: {STATE_DIR}/sessions/{CONTAINER}/ (trace.jsonl, session.json, emit-report.json); OCI layout: {OCI_DIR}"
+    );
+    drop(cleanup);
     Ok(())
 }

@@ -78,14 +78,14 @@ enum Command {
         #[arg(last = true, value_name = "ARGS")]
         args: Vec<String>,
     },
-    /// Trace an nginx test container for 10 s while curling it, and report its model.
+    /// The main flow on an nginx test container: observe, emit a slim image, run it.
     ///
-    /// Runs `setup`, starts cimplifier-demo-nginx from cimplifier-test/nginx
-    /// on 127.0.0.1:8088, runs `cimplifierd trace --container
-    /// cimplifier-demo-nginx --duration 10s --output target/demo-trace.jsonl`,
-    /// requests / and /missing a few times, then runs `cimplifierctl analyze`
-    /// on the log against the container's file system (table on stdout, JSON
-    /// in target/demo-model.json) and removes the container. Needs root.
+    /// Runs `setup`, creates cimplifier-demo-nginx from cimplifier-test/nginx
+    /// on 127.0.0.1:8088, runs `cimplifierctl observe` (which starts it under
+    /// observation), requests a few pages, stops observing, runs
+    /// `cimplifierctl emit --tag cimplifier-demo/nginx:slim`, starts the slim
+    /// image on 127.0.0.1:8089, checks it answers the same requests the same
+    /// way, and prints both sizes. Removes the containers. Needs root.
     Demo,
     /// Measure the tracer's overhead; prints figures, asserts nothing.
     ///
