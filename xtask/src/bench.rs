@@ -1,4 +1,5 @@
-//! `cargo xtask bench-trace` and `bench-model`: figures measured in one run.
+//! `cargo xtask bench-trace`, `bench-model` and `bench-emit`: figures
+//! measured in one run.
 
 use std::process::Command;
 
@@ -25,5 +26,16 @@ pub fn model() -> Result<()> {
         Command::new(util::cargo())
             .current_dir(util::repo_root())
             .args(["bench", "-p", "cimplifier-daemon", "--bench", "model"]),
+    )
+}
+
+pub fn emit() -> Result<()> {
+    util::ensure_root("bench-emit")?;
+    crate::setup::run()?;
+    let _step = Step::new("bench-emit");
+    util::run(
+        Command::new(util::cargo())
+            .current_dir(util::repo_root())
+            .args(["bench", "-p", "cimplifier-daemon", "--bench", "emit"]),
     )
 }

@@ -103,6 +103,14 @@ enum Command {
     /// workload) and times computing every executable's R and W sets. Runs
     /// `setup` first. Needs root. Record the figures in docs/benchmarks.md.
     BenchModel,
+    /// Measure emit: the time from the request to a runnable slim image.
+    ///
+    /// Observes an nginx test container under a few requests, then emits
+    /// its slim image five times and prints the median of each phase (read
+    /// the image, plan, write, load) against `docker image save` measured in
+    /// the same run. Runs `setup` first. Needs root. Record the figures in
+    /// docs/benchmarks.md.
+    BenchEmit,
 }
 
 fn main() -> Result<()> {
@@ -118,6 +126,7 @@ fn main() -> Result<()> {
         Command::Demo => demo::run(),
         Command::BenchTrace => bench::trace(),
         Command::BenchModel => bench::model(),
+        Command::BenchEmit => bench::emit(),
     }
 }
 
