@@ -1,0 +1,227 @@
+//! `cimplifierctl observe` and `emit` around a container's lifecycle, with
+//! real Docker: the entrypoint's exec is recorded, a dying container closes
+//! its session, a running one must be restarted (or attached to), and bad
+//! input is named. Needs root.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use cimplifier::trace::EventKind;
+use cimplifier::trace::log::EventLog;
+use common::require_root;
+use serde_json::Value;
+
+const BASE: &str = "cimplifier-test/base:bookworm";
+
+fn ctl(state: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .output()
+        .expect("running cimplifierctl")
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+struct Container(String);
+
+impl Container {
+    fn create(tag: &str, args: &[&str]) -> Self {
+        let name = format!("cimplifier-session-{tag}-{}", std::process::id());
+        let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+        let mut all = vec!["create", "--name", &name];
+        all.extend_from_slice(args);
+        docker(&all);
+        Self(name)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", &self.0])
+            .output();
+    }
+}
+
+fn execs(log: &EventLog) -> Vec<String> {
+    log.events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Syscall(s) if s.syscall == "execve" && s.succeeded() => {
+                s.paths.first().map(|p| p.raw.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_dying_container_closes_a_complete_session_with_its_entrypoint() {
+    require_root();
+    let state = tempfile::tempdir().unwrap();
+    let c = Container::create(
+        "dies",
+        &[
+            BASE,
+            "/bin/sh",
+            "-c",
+            "cat /etc/os-release > /dev/null; sleep 1",
+        ],
+    );
+    let out = ctl(state.path(), &["observe", &c.0, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["end"], "container_died", "{info}");
+    assert_eq!(info["from_first_exec"], true);
+    assert_eq!(info["complete"], true);
+    let log =
+        EventLog::read(&state.path().join("sessions").join(&c.0).join("trace.jsonl")).unwrap();
+    assert!(
+        log.summary.is_some(),
+        "the session's log is closed with its summary"
+    );
+    let execs = execs(&log);
+    assert_eq!(
+        execs.first().map(String::as_str),
+        Some("/bin/sh"),
+        "the entrypoint's exec: {execs:?}"
+    );
+    assert!(execs.iter().any(|e| e.ends_with("/cat")), "{execs:?}");
+    assert!(log.events.iter().any(|e| {
+        e.syscall()
+            .is_some_and(|s| s.paths.iter().any(|p| p.raw == "/etc/os-release"))
+    }));
+
+    // A session that lost events is refused unless --allow-incomplete.
+    let info_path = state
+        .path()
+        .join("sessions")
+        .join(&c.0)
+        .join("session.json");
+    let mut info: Value = serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
+    info["complete"] = Value::Bool(false);
+    info["loss"]["ringbuf_full"] = 7.into();
+    std::fs::write(&info_path, serde_json::to_vec(&info).unwrap()).unwrap();
+    let refused = ctl(
+        state.path(),
+        &["emit", &c.0, "--oci-dir", "/nonexistent/never-written"],
+    );
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("lost 7 events") && err.contains("--allow-incomplete"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_running_container_is_restarted_under_observation() {
+    require_root();
+    let state = tempfile::tempdir().unwrap();
+    let c = Container::create(
+        "running",
+        &[
+            BASE,
+            "/bin/sh",
+            "-c",
+            "while true; do cat /etc/hostname > /dev/null; sleep 0.2; done",
+        ],
+    );
+    docker(&["start", &c.0]);
+    let refused = ctl(state.path(), &["observe", &c.0, "--duration", "1s"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("--restart") && err.contains("--attach") && err.contains(&c.0),
+        "{err}"
+    );
+
+    let out = ctl(
+        state.path(),
+        &["observe", &c.0, "--restart", "--duration", "3s", "--json"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["from_first_exec"], true);
+    assert_eq!(info["end"], "duration");
+    let log =
+        EventLog::read(&state.path().join("sessions").join(&c.0).join("trace.jsonl")).unwrap();
+    let execs = execs(&log);
+    assert_eq!(
+        execs.first().map(String::as_str),
+        Some("/bin/sh"),
+        "{execs:?}"
+    );
+
+    let attached = ctl(
+        state.path(),
+        &["observe", &c.0, "--attach", "--duration", "1s", "--json"],
+    );
+    assert!(
+        attached.status.success(),
+        "{}",
+        String::from_utf8_lossy(&attached.stderr)
+    );
+    let info: Value = serde_json::from_slice(&attached.stdout).unwrap();
+    assert_eq!(
+        info["from_first_exec"], false,
+        "attached: the start-up was not seen"
+    );
+}
+
+#[test]
+fn bad_input_is_named() {
+    let state = tempfile::tempdir().unwrap();
+    let unknown = ctl(state.path(), &["observe", "no-such-container-cimplifier"]);
+    assert!(!unknown.status.success());
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("no-such-container-cimplifier") && err.contains("docker ps -a"),
+        "{err}"
+    );
+
+    let no_session = ctl(state.path(), &["emit", "never-observed", "--tag", "x:slim"]);
+    assert!(!no_session.status.success());
+    let err = String::from_utf8_lossy(&no_session.stderr);
+    assert!(err.contains("cimplifierctl observe"), "{err}");
+
+    let no_output = ctl(state.path(), &["emit", "never-observed"]);
+    assert_eq!(
+        no_output.status.code(),
+        Some(2),
+        "a usage error: --tag or --oci-dir is needed"
+    );
+
+    let bad_set = ctl(
+        state.path(),
+        &["emit", "x", "--tag", "x:slim", "--no-safety-set", "dns"],
+    );
+    assert!(String::from_utf8_lossy(&bad_set.stderr).contains("nss, ca-certificates and timezone"));
+    let relative = ctl(
+        state.path(),
+        &["emit", "x", "--tag", "x:slim", "--include", "etc/ssl"],
+    );
+    assert!(String::from_utf8_lossy(&relative.stderr).contains("--include \"etc/ssl\""));
+}
