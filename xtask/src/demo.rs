@@ -130,8 +130,9 @@ pub fn run() -> Result<()> {
     wait_for_http(PORT)?;
     let original = requests(PORT, "original")?;
     std::thread::sleep(Duration::from_millis(500));
+    let pid = cleanup.observer.as_ref().expect("observer started").id();
+    util::run(&mut cmd("kill", ["-INT", &pid.to_string()]))?;
     let observer = cleanup.observer.take().expect("observer started");
-    util::run(&mut cmd("kill", ["-INT", &observer.id().to_string()]))?;
     let status = observer
         .wait_with_output()
         .context("waiting for observe")?
