@@ -218,7 +218,10 @@ fn bad_input_is_named() {
         state.path(),
         &["emit", "x", "--tag", "x:slim", "--no-safety-set", "dns"],
     );
-    assert!(String::from_utf8_lossy(&bad_set.stderr).contains("nss, ca-certificates and timezone"));
+    assert!(
+        String::from_utf8_lossy(&bad_set.stderr)
+            .contains("nss, ca-certificates, timezone and locales")
+    );
     let relative = ctl(
         state.path(),
         &["emit", "x", "--tag", "x:slim", "--include", "etc/ssl"],

@@ -60,7 +60,7 @@ enum Command {
     ///
     /// Keeps every file the observed executables used, with every directory
     /// and symlink on the way to it, the ELF libraries of every binary kept,
-    /// the safety sets (nss, ca-certificates, timezone) and --include paths;
+    /// the safety sets (nss, ca-certificates, timezone, locales) and --include paths;
     /// copies the source image's configuration; writes an audit report of
     /// every kept path and why (STATE_DIR/sessions/NAME/emit-report.json).
     /// Refuses a session that lost events unless --allow-incomplete.
@@ -80,7 +80,7 @@ enum Command {
         /// Drop this path and everything below it (repeatable).
         #[arg(long, value_name = "PATH")]
         exclude: Vec<String>,
-        /// Leave out one safety set: nss, ca-certificates or timezone (repeatable).
+        /// Leave out one safety set: nss, ca-certificates, timezone or locales (repeatable).
         #[arg(long, value_name = "SET")]
         no_safety_set: Vec<String>,
         /// Leave out every safety set.
@@ -296,7 +296,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for name in &no_safety_set {
                 let set = SafetySet::from_name(name).with_context(|| {
                     format!(
-                        "--no-safety-set {name:?}: the sets are nss, ca-certificates and timezone"
+                        "--no-safety-set {name:?}: the sets are nss, ca-certificates, timezone and locales"
                     )
                 })?;
                 slim.safety_sets.remove(&set);

@@ -190,7 +190,10 @@ pub async fn emit(opts: &EmitOptions, progress: &dyn Fn(&str)) -> Result<EmitRep
     for e in &log.events {
         model.apply(e);
     }
-    let slim_plan = plan(&model, &fs, &opts.slim);
+    let source = SourceConfig::from_inspect(&inspect);
+    let mut slim = opts.slim.clone();
+    slim.env = source.env.clone().unwrap_or_default();
+    let slim_plan = plan(&model, &fs, &slim);
     let plan_ms = ms(start);
 
     progress("writing the slim layer");
@@ -213,12 +216,7 @@ pub async fn emit(opts: &EmitOptions, progress: &dyn Fn(&str)) -> Result<EmitRep
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let image = oci::build(
-        layer,
-        &SourceConfig::from_inspect(&inspect),
-        &labels,
-        opts.tag.as_deref(),
-    )?;
+    let image = oci::build(layer, &source, &labels, opts.tag.as_deref())?;
     if let Some(dir) = &opts.oci_dir {
         image.write_layout(dir)?;
     }

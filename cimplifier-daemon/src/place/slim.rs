@@ -44,13 +44,17 @@ pub enum SafetySet {
     CaCertificates,
     /// The local time zone.
     Timezone,
+    /// The locales the image's environment selects (LANG, LC_ALL, LC_*),
+    /// and the locale archive.
+    Locales,
 }
 
 impl SafetySet {
-    pub const ALL: [SafetySet; 3] = [
+    pub const ALL: [SafetySet; 4] = [
         SafetySet::Nss,
         SafetySet::CaCertificates,
         SafetySet::Timezone,
+        SafetySet::Locales,
     ];
 
     pub fn name(self) -> &'static str {
@@ -58,6 +62,7 @@ impl SafetySet {
             SafetySet::Nss => "nss",
             SafetySet::CaCertificates => "ca-certificates",
             SafetySet::Timezone => "timezone",
+            SafetySet::Locales => "locales",
         }
     }
 
@@ -84,6 +89,7 @@ impl SafetySet {
                 "/usr/lib/ssl/certs",
             ],
             SafetySet::Timezone => &["/etc/localtime", "/etc/timezone"],
+            SafetySet::Locales => &["/usr/lib/locale/locale-archive"],
         }
     }
 
@@ -103,6 +109,8 @@ pub struct SlimOptions {
     /// Paths dropped with everything below, whatever else wants them.
     pub exclude: Vec<ContainerPath>,
     pub safety_sets: BTreeSet<SafetySet>,
+    /// The image's environment (`KEY=VALUE`), for the locales it selects.
+    pub env: Vec<String>,
 }
 
 impl SlimOptions {
@@ -313,6 +321,42 @@ fn library_search_dirs(fs: &ImageFs) -> Vec<ContainerPath> {
     dirs
 }
 
+/// The locale directories the environment selects: `LANG=C.UTF-8` is found
+/// as /usr/lib/locale/C.UTF-8 or, normalised as glibc does, C.utf8.
+fn locale_dirs(env: &[String]) -> Vec<ContainerPath> {
+    let mut dirs = Vec::new();
+    for var in env {
+        let Some((key, value)) = var.split_once('=') else {
+            continue;
+        };
+        if !(key == "LANG" || key == "LC_ALL" || key.starts_with("LC_")) || value.is_empty() {
+            continue;
+        }
+        if value.contains('/') || value == "C" || value == "POSIX" {
+            continue;
+        }
+        let normalised = match value.split_once('.') {
+            Some((lang, codeset)) => format!(
+                "{lang}.{}",
+                codeset
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric())
+                    .collect::<String>()
+                    .to_lowercase()
+            ),
+            None => value.to_owned(),
+        };
+        for name in [value.to_owned(), normalised] {
+            if let Some(dir) = ContainerPath::new(&format!("/usr/lib/locale/{name}"))
+                && !dirs.contains(&dir)
+            {
+                dirs.push(dir);
+            }
+        }
+    }
+    dirs
+}
+
 /// The slim image's contents for `model`, observed on a container of the
 /// image `fs`.
 pub fn plan(model: &Model, fs: &Arc<ImageFs>, opts: &SlimOptions) -> SlimPlan {
@@ -366,6 +410,19 @@ pub fn plan(model: &Model, fs: &Arc<ImageFs>, opts: &SlimOptions) -> SlimPlan {
                 .collect();
             for e in inside {
                 p.keep(e, KeepReason::SafetySet { set: *set });
+            }
+        }
+        if *set == SafetySet::Locales {
+            for dir in locale_dirs(&opts.env) {
+                let inside: Vec<ContainerPath> = fs
+                    .entries()
+                    .map(|(e, _)| e)
+                    .filter(|e| under(e, &dir))
+                    .cloned()
+                    .collect();
+                for e in inside {
+                    p.keep(e, KeepReason::SafetySet { set: *set });
+                }
             }
         }
         for lib in set.libraries() {
@@ -463,6 +520,7 @@ mod tests {
             include: vec![p("/etc")],
             exclude: vec![p("/usr/bin/ping6")],
             safety_sets: SafetySet::ALL.into_iter().collect(),
+            env: vec![],
         };
         let plan = plan(&model, &fs, &opts);
         assert!(matches!(
@@ -477,6 +535,10 @@ mod tests {
         assert_eq!(
             SafetySet::from_name("ca-certificates"),
             Some(SafetySet::CaCertificates)
+        );
+        assert_eq!(
+            locale_dirs(&["LANG=C.UTF-8".into(), "PATH=/bin".into(), "LC_ALL=C".into()]),
+            [p("/usr/lib/locale/C.UTF-8"), p("/usr/lib/locale/C.utf8")]
         );
     }
 }
