@@ -5,7 +5,7 @@
 
 use cimplifier_common::{
     ExitRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT, SyscallRecord, flags,
-    syscalls::{StrSource, arity, spec},
+    syscalls::{StrSource, arity, nr, spec},
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub enum DecodeError {
     },
     #[error("record kind {0} is unknown (kernel programs newer than this daemon?)")]
     UnknownKind(u32),
+    #[error("an exec-arguments record for syscall {0}, which is not an exec")]
+    ExecArgsNotExec(u32),
     #[error("record claims a {what} of {claimed} bytes but carries {present}")]
     BadLength {
         what: &'static str,
@@ -236,7 +238,13 @@ pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
     let h: RecordHeader = read(bytes, "record")?;
     match RecordKind::from_u32(h.kind) {
         Some(RecordKind::Syscall) => Ok(RawRecord::Syscall(syscall(bytes)?)),
-        Some(RecordKind::ExecArgs) => Ok(RawRecord::ExecArgs(syscall(bytes)?)),
+        Some(RecordKind::ExecArgs) => {
+            let s = syscall(bytes)?;
+            if !matches!(s.nr, nr::EXECVE | nr::EXECVEAT) {
+                return Err(DecodeError::ExecArgsNotExec(s.nr));
+            }
+            Ok(RawRecord::ExecArgs(s))
+        }
         Some(RecordKind::Fork) => {
             let rec: ForkRecord = read(bytes, "fork")?;
             Ok(RawRecord::Fork {
@@ -345,5 +353,9 @@ pub(crate) mod tests {
         let mut unknown = syscall_bytes(nr::OPEN, 3, None, None);
         unknown[0] = 77;
         assert_eq!(decode(&unknown), Err(DecodeError::UnknownKind(77)));
+        // Found by the ring_record fuzzer: exec arguments of a non-exec.
+        let mut not_exec = syscall_bytes(0, 0, Some("/bin/ls"), Some("ls\0"));
+        not_exec[0] = RecordKind::ExecArgs as u8;
+        assert_eq!(decode(&not_exec), Err(DecodeError::ExecArgsNotExec(0)));
     }
 }

@@ -502,7 +502,12 @@ impl Resolver {
         if raw.has(flags::STR1_FAULT) {
             incomplete.push("argv could not be read".to_owned());
         }
-        let arg = name_args(raw.nr)[0].expect("execve has a name");
+        // decode() only lets exec calls through here; execve's shape otherwise.
+        let arg = name_args(raw.nr)[0].unwrap_or(NameArg {
+            role: PathRole::Target,
+            dirfd: None,
+            empty_path_flags: None,
+        });
         let path = match &raw.str0 {
             Some(s) => self.resolve(p, s, arg, &raw.args),
             None => PathArg {
