@@ -590,8 +590,10 @@ impl Resolver {
             // close releases the descriptor even when it reports an error.
             self.fds(p).remove(&fd);
         }
+        // Only -4095..=-1 are errnos; anything lower is not a kernel error
+        // return (and i64::MIN cannot be negated).
         let errno = ret
-            .filter(|&r| r < 0)
+            .filter(|&r| (-4095..0).contains(&r))
             .map(|r| format!("{:?}", nix::errno::Errno::from_raw((-r) as i32)));
         let kind = EventKind::Syscall(Box::new(SyscallEvent {
             syscall: syscalls::name(raw.nr).to_owned(),
@@ -1072,6 +1074,19 @@ mod tests {
             call(99, nr::STAT, [0; 6], 0, text("/abs/./x"), None),
         );
         assert_eq!(path(&abs, PathRole::Target).as_deref(), Some("/abs/x"));
+    }
+
+    #[test]
+    fn a_return_value_outside_the_errno_range_has_no_errno() {
+        // Found by the ring_record fuzzer: i64::MIN cannot be negated.
+        let mut r = seeded();
+        let e = one(
+            &mut r,
+            call(10, nr::OPEN, [0; 6], i64::MIN, text("/x"), None),
+        );
+        assert_eq!((e.ret, e.errno), (Some(i64::MIN), None));
+        let e = one(&mut r, call(10, nr::OPEN, [0; 6], -2, text("/x"), None));
+        assert_eq!(e.errno.as_deref(), Some("ENOENT"));
     }
 
     #[test]
