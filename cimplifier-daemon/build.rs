@@ -1,5 +1,6 @@
-//! Builds the kernel programs (`cimplifier-ebpf`) and embeds the object.
-//! Set CIMPLIFIER_EBPF_OBJECT to use a prebuilt object instead.
+//! Builds the kernel programs (`cimplifier-ebpf`) and embeds the object
+//! (set CIMPLIFIER_EBPF_OBJECT to use a prebuilt object instead), and
+//! generates the gRPC code from proto/ (protox, so no protoc is needed).
 
 use std::env;
 use std::path::PathBuf;
@@ -9,6 +10,17 @@ fn main() {
     let root = manifest_dir.parent().unwrap();
     let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("cimplifier.bpf.o");
     println!("cargo:rerun-if-env-changed=CIMPLIFIER_EBPF_OBJECT");
+
+    let proto_dir = root.join("proto");
+    let proto = proto_dir.join("cimplifier/v1/cimplifier.proto");
+    println!("cargo:rerun-if-changed={}", proto.display());
+    let fds = protox::compile([&proto], [&proto_dir])
+        .unwrap_or_else(|e| panic!("compiling {}: {e}", proto.display()));
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)
+        .unwrap_or_else(|e| panic!("generating gRPC code for {}: {e}", proto.display()));
 
     let object = match env::var("CIMPLIFIER_EBPF_OBJECT") {
         Ok(prebuilt) => {

@@ -72,6 +72,7 @@ async fn run(name: &str, state: &Path) -> Result<()> {
         async move {
             let _ = stop_rx.await;
         },
+        |_| {},
     ));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -6,6 +6,7 @@
 //! and reports); around them [`docker`] (the engine) and [`session`]
 //! (observing a container and keeping what was seen).
 
+pub mod api;
 pub mod docker;
 pub mod emit;
 pub mod model;

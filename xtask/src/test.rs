@@ -30,7 +30,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let _step = Step::new("cargo test");
     let mut cmd = Command::new(util::cargo());
     cmd.current_dir(&root)
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(args);
     let line = util::display(&cmd);
     println!("+ {line}");

@@ -20,9 +20,12 @@ use clap::{ArgGroup, Parser, Subcommand};
     about = "cimplifier's admin CLI: observe a container, then emit its least-privilege image"
 )]
 struct Cli {
-    /// Where observation sessions are kept.
+    /// Where observation sessions are kept (observe, emit).
     #[arg(long, global = true, env = "CIMPLIFIER_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// The daemon's socket (version, sessions, stop, report).
+    #[arg(long, global = true, env = "CIMPLIFIER_SOCKET", default_value = cimplifier::api::DEFAULT_SOCKET)]
+    socket: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -98,6 +101,23 @@ enum Command {
         /// Print the audit report as JSON instead of the summary.
         #[arg(long)]
         json: bool,
+    },
+    /// The daemon's version and API.
+    Version,
+    /// The daemon's sessions: observing, closed or failed.
+    Sessions {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon's observation of a container; the session is kept.
+    Stop { container: String },
+    /// The model of a session the daemon holds, as JSON or DOT.
+    Report {
+        container: String,
+        /// Print the call graph as Graphviz DOT instead of the JSON model.
+        #[arg(long)]
+        dot: bool,
     },
     /// Build the resource model of a recorded trace and report it.
     ///
@@ -177,6 +197,16 @@ async fn stop_signal() {
     }
 }
 
+fn state_name(state: i32) -> &'static str {
+    use cimplifier::api::pb::session::State;
+    match State::try_from(state) {
+        Ok(State::Observing) => "observing",
+        Ok(State::Closed) => "closed",
+        Ok(State::Failed) => "failed",
+        _ => "unknown",
+    }
+}
+
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
@@ -230,8 +260,105 @@ fn summary(r: &EmitReport) -> String {
     s
 }
 
+/// One call to the daemon; a gRPC status becomes an error naming it.
+fn daemon<T>(
+    socket: &std::path::Path,
+    call: impl AsyncFnOnce(
+        cimplifier::api::pb::cimplifier_client::CimplifierClient<tonic::transport::Channel>,
+    ) -> Result<tonic::Response<T>, tonic::Status>,
+) -> anyhow::Result<T> {
+    runtime()?.block_on(async {
+        let client = cimplifier::api::connect(socket).await?;
+        call(client)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|s| anyhow::anyhow!("{} ({:?})", s.message(), s.code()))
+    })
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
+    use cimplifier::api::pb;
+    let socket = cli.socket.clone();
     match cli.command {
+        Command::Version => {
+            let v = daemon(&socket, async |mut c| {
+                c.version(pb::VersionRequest {}).await
+            })?;
+            print(&format!(
+                "cimplifierctl {}\ncimplifierd {} (APIs: {})\n",
+                env!("CARGO_PKG_VERSION"),
+                v.version,
+                v.apis.join(", ")
+            ))
+        }
+        Command::Sessions { json } => {
+            let list = daemon(&socket, async |mut c| {
+                c.list_sessions(pb::ListSessionsRequest {}).await
+            })?;
+            if json {
+                let rows: Vec<serde_json::Value> = list
+                    .sessions
+                    .iter()
+                    .map(|s| {
+                        serde_json::json!({
+                            "container": s.container, "container_id": s.container_id,
+                            "image_ref": s.image_ref, "image_id": s.image_id,
+                            "state": state_name(s.state), "end": s.end, "error": s.error,
+                            "from_first_exec": s.from_first_exec,
+                            "started_unix_ms": s.started_unix_ms, "duration_ms": s.duration_ms,
+                            "events": s.events, "lost_events": s.lost_events, "complete": s.complete,
+                        })
+                    })
+                    .collect();
+                return print(&(serde_json::to_string_pretty(&rows)? + "\n"));
+            }
+            let mut text = format!(
+                "{:<32} {:<10} {:>9} {:>6} {:>9}  {}\n",
+                "CONTAINER", "STATE", "EVENTS", "LOST", "SECONDS", "IMAGE"
+            );
+            for s in &list.sessions {
+                text += &format!(
+                    "{:<32} {:<10} {:>9} {:>6} {:>9.1}  {}{}\n",
+                    s.container,
+                    state_name(s.state),
+                    s.events,
+                    s.lost_events,
+                    s.duration_ms as f64 / 1000.0,
+                    s.image_ref,
+                    if s.error.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  error: {}", s.error)
+                    }
+                );
+            }
+            print(&text)
+        }
+        Command::Stop { container } => {
+            let s = daemon(&socket, async |mut c| {
+                c.stop_observing(pb::StopObservingRequest { container })
+                    .await
+            })?;
+            print(&format!(
+                "{}: {} events, {} lost; ended: {}\n",
+                s.container, s.events, s.lost_events, s.end
+            ))
+        }
+        Command::Report { container, dot } => {
+            let format = if dot {
+                pb::get_report_request::Format::Dot
+            } else {
+                pb::get_report_request::Format::Json
+            };
+            let r = daemon(&socket, async |mut c| {
+                c.get_report(pb::GetReportRequest {
+                    container,
+                    format: format as i32,
+                })
+                .await
+            })?;
+            print(&(r.body + if dot { "" } else { "\n" }))
+        }
         Command::Observe {
             container,
             duration,
@@ -253,7 +380,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     ..TracerConfig::default()
                 },
             };
-            let info = runtime()?.block_on(observe(opts, stop_signal()))?;
+            let info = runtime()?.block_on(observe(opts, stop_signal(), |s| {
+                eprintln!(
+                    "observing {} ({}){}; stop with Ctrl-C",
+                    s.container_name,
+                    s.image_ref,
+                    if s.from_first_exec {
+                        " from its first exec"
+                    } else {
+                        ""
+                    }
+                )
+            }))?;
             let dir = SessionDir::new(&cli.state_dir, &info.container_name);
             if json {
                 print(&(serde_json::to_string_pretty(&info)? + "\n"))

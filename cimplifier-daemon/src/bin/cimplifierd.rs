@@ -1,4 +1,5 @@
-//! cimplifierd: the privileged host daemon. Today it records traces.
+//! cimplifierd: the privileged host daemon. `serve` runs the gRPC API on a
+//! unix socket; `trace` records one target to an event log.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,27 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         ring_buffer_mib: u32,
     },
+    /// Serve the gRPC API (proto/cimplifier/v1) on a unix socket.
+    ///
+    /// The socket is created with mode 0660, owned by root and by
+    /// --socket-group when given: members of that group may drive the
+    /// daemon. The standard gRPC health service is served beside it.
+    /// SIGTERM or Ctrl-C stops every observation, writes each session, and
+    /// removes the socket. Needs root.
+    Serve {
+        /// Unix socket to listen on.
+        #[arg(long, env = "CIMPLIFIER_SOCKET", default_value = cimplifier::api::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Group allowed to use the socket.
+        #[arg(long)]
+        socket_group: Option<String>,
+        /// Where observation sessions are kept.
+        #[arg(long, env = "CIMPLIFIER_STATE_DIR", default_value = cimplifier::session::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Kernel ring-buffer size in MiB (a power of two), per observation.
+        #[arg(long, default_value_t = 64)]
+        ring_buffer_mib: u32,
+    },
 }
 
 #[tokio::main]
@@ -68,6 +90,26 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve {
+            socket,
+            socket_group,
+            state_dir,
+            ring_buffer_mib,
+        } => {
+            if !ring_buffer_mib.is_power_of_two() {
+                anyhow::bail!("--ring-buffer-mib {ring_buffer_mib} must be a power of two");
+            }
+            let opts = cimplifier::api::ServeOptions {
+                socket,
+                socket_group,
+                state_dir,
+                tracer: TracerConfig {
+                    ring_buffer_bytes: ring_buffer_mib << 20,
+                    ..Default::default()
+                },
+            };
+            cimplifier::api::serve(opts, shutdown_signal()).await
+        }
         Command::Trace {
             cgroup,
             container,

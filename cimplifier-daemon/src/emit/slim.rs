@@ -154,7 +154,10 @@ async fn save_image(docker: &bollard::Docker, image: &str) -> Result<Vec<u8>> {
 }
 
 /// Emits the slim image of an observed container. `progress` hears each step.
-pub async fn emit(opts: &EmitOptions, progress: &dyn Fn(&str)) -> Result<EmitReport> {
+pub async fn emit(
+    opts: &EmitOptions,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<EmitReport> {
     let session = SessionDir::new(&opts.state_dir, &opts.container);
     let info = session.info()?;
     if !info.complete && !opts.allow_incomplete {

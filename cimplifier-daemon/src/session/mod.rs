@@ -57,6 +57,17 @@ pub struct SessionInfo {
     pub complete: bool,
 }
 
+/// An observation that has begun.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Started {
+    pub container_id: String,
+    pub container_name: String,
+    pub image_id: String,
+    pub image_ref: String,
+    pub from_first_exec: bool,
+    pub started_unix_ms: u64,
+}
+
 /// The files of one session.
 #[derive(Clone, Debug)]
 pub struct SessionDir(PathBuf);
@@ -141,8 +152,13 @@ fn cgroup_ids_below(dir: &Path) -> HashSet<CgroupId> {
 }
 
 /// Observes one container until `stop` resolves, `duration` passes or the
-/// container dies, and writes the session. Progress goes to `tracing`.
-pub async fn observe(opts: ObserveOptions, stop: impl Future<Output = ()>) -> Result<SessionInfo> {
+/// container dies, and writes the session. `on_started` hears when the
+/// observation has begun. Progress goes to `tracing`.
+pub async fn observe(
+    opts: ObserveOptions,
+    stop: impl Future<Output = ()>,
+    on_started: impl FnOnce(&Started),
+) -> Result<SessionInfo> {
     let docker = crate::docker::connect()?;
     let details = docker
         .inspect_container(&opts.container, None)
@@ -239,6 +255,20 @@ pub async fn observe(opts: ObserveOptions, stop: impl Future<Output = ()>) -> Re
     };
     let mut log = EventLogWriter::create(&session.trace(), header)?;
     tracing::info!(container = %name, log = %session.trace().display(), "observing");
+    let image_id = details.image.clone().unwrap_or_default();
+    let image_ref = details
+        .config
+        .as_ref()
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    on_started(&Started {
+        container_id: id.clone(),
+        container_name: name.clone(),
+        image_id: image_id.clone(),
+        image_ref: image_ref.clone(),
+        from_first_exec,
+        started_unix_ms,
+    });
 
     let started = Instant::now();
     let deadline = async {
@@ -298,8 +328,8 @@ pub async fn observe(opts: ObserveOptions, stop: impl Future<Output = ()>) -> Re
     let info = SessionInfo {
         container_id: id,
         container_name: name,
-        image_id: details.image.unwrap_or_default(),
-        image_ref: details.config.and_then(|c| c.image).unwrap_or_default(),
+        image_id,
+        image_ref,
         from_first_exec,
         started_unix_ms,
         duration_ms,

@@ -1,0 +1,511 @@
+//! The gRPC service (proto/cimplifier/v1/cimplifier.proto): a thin layer
+//! over sessions, the model's reports and emit. Statuses say what to do.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::emit::slim::{EmitOptions, emit};
+use crate::model::report::{Input, analyze};
+use crate::place::slim::{SafetySet, SlimOptions};
+use crate::session::{ObserveOptions, SessionDir, SessionInfo, Started, observe};
+use crate::trace::{ContainerPath, TracerConfig};
+
+/// Code generated from proto/cimplifier/v1/cimplifier.proto.
+pub mod pb {
+    tonic::include_proto!("cimplifier.v1");
+}
+
+use pb::cimplifier_server::Cimplifier;
+use pb::session::State;
+
+/// An observation in progress.
+struct Running {
+    started: Started,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<anyhow::Result<SessionInfo>>>,
+}
+
+/// The service's state: where sessions live and which are being observed.
+pub struct Service {
+    state_dir: PathBuf,
+    tracer: TracerConfig,
+    running: Arc<Mutex<HashMap<String, Running>>>,
+    /// Sessions whose observation failed after it began, with the error.
+    failed: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl Service {
+    pub fn new(state_dir: PathBuf, tracer: TracerConfig) -> Self {
+        Self {
+            state_dir,
+            tracer,
+            running: Arc::default(),
+            failed: Arc::default(),
+        }
+    }
+
+    /// Stops every observation and waits for each session to be written:
+    /// what the daemon does on SIGTERM.
+    pub async fn shutdown(&self) {
+        let all: Vec<Running> = {
+            let mut running = self.running.lock().expect("sessions lock");
+            running.drain().map(|(_, r)| r).collect()
+        };
+        for mut r in all {
+            if let Some(stop) = r.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(done) = r.done.take() {
+                let _ = done.await;
+            }
+        }
+    }
+
+    fn closed(&self, container: &str) -> Option<SessionInfo> {
+        SessionDir::new(&self.state_dir, container).info().ok()
+    }
+}
+
+fn observing(s: &Started) -> pb::Session {
+    pb::Session {
+        container: s.container_name.clone(),
+        container_id: s.container_id.clone(),
+        image_ref: s.image_ref.clone(),
+        image_id: s.image_id.clone(),
+        state: State::Observing as i32,
+        from_first_exec: s.from_first_exec,
+        started_unix_ms: s.started_unix_ms,
+        ..Default::default()
+    }
+}
+
+fn closed(i: &SessionInfo) -> pb::Session {
+    pb::Session {
+        container: i.container_name.clone(),
+        container_id: i.container_id.clone(),
+        image_ref: i.image_ref.clone(),
+        image_id: i.image_id.clone(),
+        state: State::Closed as i32,
+        end: serde_json::to_value(&i.end)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        error: String::new(),
+        from_first_exec: i.from_first_exec,
+        started_unix_ms: i.started_unix_ms,
+        duration_ms: i.duration_ms,
+        events: i.events,
+        lost_events: i.loss.lost(),
+        complete: i.complete,
+    }
+}
+
+fn internal(e: anyhow::Error) -> Status {
+    Status::internal(format!("{e:#}"))
+}
+
+fn not_found(container: &str) -> Status {
+    Status::not_found(format!(
+        "no session for container {container:?}: start one with `cimplifierctl observe {container}`"
+    ))
+}
+
+fn paths(list: &[String], field: &str) -> Result<Vec<ContainerPath>, Status> {
+    list.iter()
+        .map(|s| {
+            ContainerPath::new(s).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{field} {s:?}: give an absolute path inside the container"
+                ))
+            })
+        })
+        .collect()
+}
+
+type EmitStream = Pin<Box<dyn Stream<Item = Result<pb::EmitProgress, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Cimplifier for Service {
+    async fn version(
+        &self,
+        _: Request<pb::VersionRequest>,
+    ) -> Result<Response<pb::VersionResponse>, Status> {
+        Ok(Response::new(pb::VersionResponse {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            apis: vec!["cimplifier.v1".to_owned()],
+        }))
+    }
+
+    async fn observe(
+        &self,
+        request: Request<pb::ObserveRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let req = request.into_inner();
+        if req.container.is_empty() || req.container.len() > 256 {
+            return Err(Status::invalid_argument(
+                "container: give a container name or id (at most 256 characters)",
+            ));
+        }
+        if req.restart && req.attach {
+            return Err(Status::invalid_argument(
+                "restart and attach exclude each other",
+            ));
+        }
+        let docker = crate::docker::connect().map_err(internal)?;
+        let details = docker
+            .inspect_container(&req.container, None)
+            .await
+            .map_err(|_| {
+                Status::not_found(format!(
+                    "container {:?} not found by the Docker engine (see `docker ps -a`)",
+                    req.container
+                ))
+            })?;
+        let name = details
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned();
+        if self
+            .running
+            .lock()
+            .expect("sessions lock")
+            .contains_key(&name)
+        {
+            return Err(Status::already_exists(format!(
+                "{name} is already being observed; `cimplifierctl stop {name}` ends it"
+            )));
+        }
+        let opts = ObserveOptions {
+            container: name.clone(),
+            state_dir: self.state_dir.clone(),
+            duration: (req.duration_seconds > 0)
+                .then(|| std::time::Duration::from_secs(req.duration_seconds.into())),
+            restart: req.restart,
+            attach: req.attach,
+            tracer: self.tracer.clone(),
+        };
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (started_tx, started_rx) = oneshot::channel::<Started>();
+        let failed = self.failed.clone();
+        let running = self.running.clone();
+        let task_name = name.clone();
+        let done = tokio::spawn(async move {
+            let result = observe(
+                opts,
+                async move {
+                    let _ = stop_rx.await;
+                },
+                move |s| {
+                    let _ = started_tx.send(s.clone());
+                },
+            )
+            .await;
+            if let Err(e) = &result {
+                failed
+                    .lock()
+                    .expect("failed lock")
+                    .insert(task_name.clone(), format!("{e:#}"));
+            }
+            // A session that ended by itself (duration, death) is closed.
+            running.lock().expect("sessions lock").remove(&task_name);
+            result
+        });
+        match started_rx.await {
+            Ok(started) => {
+                self.failed.lock().expect("failed lock").remove(&name);
+                let session = observing(&started);
+                let mut running = self.running.lock().expect("sessions lock");
+                if !done.is_finished() {
+                    running.insert(
+                        name,
+                        Running {
+                            started,
+                            stop: Some(stop_tx),
+                            done: Some(done),
+                        },
+                    );
+                }
+                Ok(Response::new(session))
+            }
+            Err(_) => match done.await {
+                Ok(Err(e)) => Err(Status::failed_precondition(format!("{e:#}"))),
+                Ok(Ok(_)) => Err(Status::internal("observation ended before it began")),
+                Err(e) => Err(Status::internal(format!("observation task failed: {e}"))),
+            },
+        }
+    }
+
+    async fn stop_observing(
+        &self,
+        request: Request<pb::StopObservingRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let container = request.into_inner().container;
+        let entry = self
+            .running
+            .lock()
+            .expect("sessions lock")
+            .remove(&container);
+        let Some(mut r) = entry else {
+            return match self.closed(&container) {
+                Some(info) => Ok(Response::new(closed(&info))),
+                None => Err(not_found(&container)),
+            };
+        };
+        if let Some(stop) = r.stop.take() {
+            let _ = stop.send(());
+        }
+        let done = r.done.take().expect("a running session has its task");
+        match done.await {
+            Ok(Ok(info)) => Ok(Response::new(closed(&info))),
+            Ok(Err(e)) => Err(internal(e)),
+            Err(e) => Err(Status::internal(format!("observation task failed: {e}"))),
+        }
+    }
+
+    async fn list_sessions(
+        &self,
+        _: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let mut sessions: HashMap<String, pb::Session> = HashMap::new();
+        if let Ok(dirs) = std::fs::read_dir(self.state_dir.join("sessions")) {
+            for d in dirs.flatten() {
+                let name = d.file_name().to_string_lossy().into_owned();
+                if let Some(info) = self.closed(&name) {
+                    sessions.insert(name, closed(&info));
+                }
+            }
+        }
+        for (name, error) in self.failed.lock().expect("failed lock").iter() {
+            sessions.insert(
+                name.clone(),
+                pb::Session {
+                    container: name.clone(),
+                    state: State::Failed as i32,
+                    error: error.clone(),
+                    ..Default::default()
+                },
+            );
+        }
+        for (name, r) in self.running.lock().expect("sessions lock").iter() {
+            sessions.insert(name.clone(), observing(&r.started));
+        }
+        let mut sessions: Vec<pb::Session> = sessions.into_values().collect();
+        sessions.sort_by(|a, b| a.container.cmp(&b.container));
+        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+    }
+
+    async fn get_session(
+        &self,
+        request: Request<pb::GetSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let container = request.into_inner().container;
+        if let Some(r) = self.running.lock().expect("sessions lock").get(&container) {
+            return Ok(Response::new(observing(&r.started)));
+        }
+        self.closed(&container)
+            .map(|i| Response::new(closed(&i)))
+            .ok_or_else(|| not_found(&container))
+    }
+
+    async fn get_report(
+        &self,
+        request: Request<pb::GetReportRequest>,
+    ) -> Result<Response<pb::Report>, Status> {
+        let req = request.into_inner();
+        if self.closed(&req.container).is_none() {
+            return Err(not_found(&req.container));
+        }
+        let trace = SessionDir::new(&self.state_dir, &req.container).trace();
+        let report = tokio::task::spawn_blocking(move || analyze(&Input::Events(trace), None))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(internal)?;
+        let body = match pb::get_report_request::Format::try_from(req.format) {
+            Ok(pb::get_report_request::Format::Dot) => report.dot(),
+            _ => serde_json::to_string_pretty(&report)
+                .map_err(|e| Status::internal(e.to_string()))?,
+        };
+        Ok(Response::new(pb::Report { body }))
+    }
+
+    type EmitStream = EmitStream;
+
+    async fn emit(
+        &self,
+        request: Request<pb::EmitRequest>,
+    ) -> Result<Response<Self::EmitStream>, Status> {
+        let req = request.into_inner();
+        let Some(info) = self.closed(&req.container) else {
+            return Err(not_found(&req.container));
+        };
+        if req.tag.is_empty() && req.oci_dir.is_empty() {
+            return Err(Status::invalid_argument("give a tag, an oci_dir, or both"));
+        }
+        if !info.complete && !req.allow_incomplete {
+            return Err(Status::failed_precondition(format!(
+                "the session of {} lost {} events, so the image could miss files it needs; \
+                 observe again, or allow an incomplete session (the report will say so)",
+                info.container_name,
+                info.loss.lost()
+            )));
+        }
+        let mut slim = SlimOptions::with_safety_sets();
+        for name in &req.no_safety_sets {
+            let set = SafetySet::from_name(name).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "no_safety_sets {name:?}: the sets are nss, ca-certificates, timezone and locales"
+                ))
+            })?;
+            slim.safety_sets.remove(&set);
+        }
+        slim.include = paths(&req.include, "include")?;
+        slim.exclude = paths(&req.exclude, "exclude")?;
+        let opts = EmitOptions {
+            container: req.container,
+            state_dir: self.state_dir.clone(),
+            tag: (!req.tag.is_empty()).then_some(req.tag),
+            oci_dir: (!req.oci_dir.is_empty()).then(|| PathBuf::from(req.oci_dir)),
+            slim,
+            allow_incomplete: req.allow_incomplete,
+            list_removed: req.list_removed,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let steps = tx.clone();
+            let progress = move |step: &str| {
+                let _ = steps.try_send(Ok(pb::EmitProgress {
+                    update: Some(pb::emit_progress::Update::Step(step.to_owned())),
+                }));
+            };
+            let result = emit(&opts, &progress).await;
+            let last = result.and_then(|report| {
+                let path = SessionDir::new(&opts.state_dir, &opts.container)
+                    .path()
+                    .join("emit-report.json");
+                let json = serde_json::to_string_pretty(&report)?;
+                std::fs::write(&path, &json)?;
+                Ok(json)
+            });
+            let _ = tx
+                .send(match last {
+                    Ok(json) => Ok(pb::EmitProgress {
+                        update: Some(pb::emit_progress::Update::ReportJson(json)),
+                    }),
+                    Err(e) => Err(internal(e)),
+                })
+                .await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/cimplifier/cimplifier.sock";
+
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub socket: PathBuf,
+    /// Group allowed on the socket (mode 0660); root's group otherwise.
+    pub socket_group: Option<String>,
+    pub state_dir: PathBuf,
+    pub tracer: TracerConfig,
+}
+
+/// Serves the API and the standard gRPC health service on a unix socket
+/// until `shutdown` resolves; then stops every observation, writing each
+/// session, and removes the socket.
+pub async fn serve(
+    opts: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    let socket = &opts.socket;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the socket directory {}", dir.display()))?;
+    }
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            anyhow::bail!(
+                "another cimplifierd is serving on {}: stop it, or pass another --socket",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting the mode of {}", socket.display()))?;
+    if let Some(group) = &opts.socket_group {
+        let gid = nix::unistd::Group::from_name(group)
+            .with_context(|| format!("looking up group {group}"))?
+            .with_context(|| format!("--socket-group {group}: no such group"))?
+            .gid;
+        nix::unistd::chown(socket, None, Some(gid))
+            .with_context(|| format!("giving {} to group {group}", socket.display()))?;
+    }
+    let service = Arc::new(Service::new(opts.state_dir.clone(), opts.tracer.clone()));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::cimplifier_server::CimplifierServer<Service>>()
+        .await;
+    tracing::info!(socket = %socket.display(), state_dir = %opts.state_dir.display(), "serving");
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(pb::cimplifier_server::CimplifierServer::from_arc(
+            service.clone(),
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    tracing::info!("shutting down: closing every session");
+    service.shutdown().await;
+    let _ = std::fs::remove_file(socket);
+    result.context("serving the API")
+}
+
+/// A client of the daemon on `socket`.
+pub async fn connect(
+    socket: &std::path::Path,
+) -> anyhow::Result<pb::cimplifier_client::CimplifierClient<tonic::transport::Channel>> {
+    Ok(pb::cimplifier_client::CimplifierClient::new(
+        channel(socket).await?,
+    ))
+}
+
+/// A gRPC channel to the daemon on `socket` (for the API or health).
+pub async fn channel(socket: &std::path::Path) -> anyhow::Result<tonic::transport::Channel> {
+    use anyhow::Context;
+    let path = socket.to_owned();
+    let channel = tonic::transport::Endpoint::try_from("http://cimplifierd.invalid")?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+        .with_context(|| {
+            format!(
+                "connecting to cimplifierd on {} (is it running? `cimplifierd serve` starts it; --socket picks another)",
+                socket.display()
+            )
+        })?;
+    Ok(channel)
+}

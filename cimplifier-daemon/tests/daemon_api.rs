@@ -1,0 +1,290 @@
+//! A real `cimplifierd serve` process, driven over its unix socket by
+//! `cimplifierctl` and by a gRPC client: version and health, observing a
+//! real container, sessions, reports, emit, errors with their statuses, and
+//! a SIGTERM that closes every session. Needs root and dockerd.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+use cimplifier::api::pb;
+use common::require_root;
+use tokio_stream::StreamExt;
+
+const BASE: &str = "cimplifier-test/base:bookworm";
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    state: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("run/cimplifier.sock");
+        let state = dir.path().join("state");
+        let child = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state)
+            .spawn()
+            .unwrap();
+        let d = Self {
+            child,
+            socket,
+            state,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !d.ctl(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "cimplifierd never answered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Container(String);
+
+impl Container {
+    fn create(tag: &str) -> Self {
+        let name = format!("cimplifier-api-{tag}-{}", std::process::id());
+        let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+        let out = Command::new("docker")
+            .args(["create", "--name", &name, BASE, "/bin/sh", "-c"])
+            .arg("while true; do cat /etc/hostname > /dev/null; sleep 0.2; done")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(name)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", &self.0])
+            .output();
+    }
+}
+
+fn text(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn client(
+    socket: &Path,
+) -> pb::cimplifier_client::CimplifierClient<tonic::transport::Channel> {
+    cimplifier::api::connect(socket).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_observes_reports_and_emits_over_its_socket() {
+    require_root();
+    let d = Daemon::start();
+    let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "the socket is for root and its group only");
+    let v = text(&d.ctl(&["version"]));
+    assert!(
+        v.contains("cimplifierd 0.1.0") && v.contains("cimplifier.v1"),
+        "{v}"
+    );
+
+    // The standard health service.
+    let channel = cimplifier::api::channel(&d.socket).await.unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "cimplifier.v1.Cimplifier".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    let c = Container::create("observed");
+    let mut api = client(&d.socket).await;
+    let s = api
+        .observe(pb::ObserveRequest {
+            container: c.0.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.state, pb::session::State::Observing as i32);
+    assert!(
+        s.from_first_exec,
+        "a created container is started under observation"
+    );
+    let listed = text(&d.ctl(&["sessions"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&c.0) && l.contains("observing")),
+        "{listed}"
+    );
+    let again = api
+        .observe(pb::ObserveRequest {
+            container: c.0.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped = text(&d.ctl(&["stop", &c.0]));
+    assert!(stopped.contains("ended: stopped"), "{stopped}");
+    let sessions: serde_json::Value =
+        serde_json::from_str(&text(&d.ctl(&["sessions", "--json"]))).unwrap();
+    let mine = sessions
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["container"] == c.0.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(mine["state"], "closed");
+    assert_eq!(mine["complete"], true);
+    assert!(mine["events"].as_u64().unwrap() > 10, "{mine}");
+
+    let report: serde_json::Value = serde_json::from_str(&text(&d.ctl(&["report", &c.0]))).unwrap();
+    assert_eq!(report["format"], "cimplifier-model");
+    assert!(
+        report["executables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"] == "/usr/bin/cat"),
+        "{report}"
+    );
+    assert!(text(&d.ctl(&["report", &c.0, "--dot"])).starts_with("digraph calls {"));
+
+    // Emit streams its steps, then the audit report.
+    let oci = d.state.join("oci");
+    let mut stream = api
+        .emit(pb::EmitRequest {
+            container: c.0.clone(),
+            oci_dir: oci.to_string_lossy().into_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut steps, mut report) = (Vec::new(), None);
+    while let Some(item) = stream.next().await {
+        match item.unwrap().update {
+            Some(pb::emit_progress::Update::Step(s)) => steps.push(s),
+            Some(pb::emit_progress::Update::ReportJson(r)) => report = Some(r),
+            None => {}
+        }
+    }
+    assert!(
+        steps.iter().any(|s| s.contains("reading the source image")),
+        "{steps:?}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&report.expect("the report comes last")).unwrap();
+    assert!(
+        report["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["path"] == "/usr/bin/cat")
+    );
+    assert!(oci.join("index.json").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
+    require_root();
+    let mut d = Daemon::start();
+    let mut api = client(&d.socket).await;
+    let unknown = api
+        .observe(pb::ObserveRequest {
+            container: "no-such-container-cimplifier".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::NotFound);
+    assert!(unknown.message().contains("docker ps -a"), "{unknown}");
+    let huge = api
+        .observe(pb::ObserveRequest {
+            container: "x".repeat(100_000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(huge.code(), tonic::Code::InvalidArgument);
+    let no_session = api
+        .get_report(pb::GetReportRequest {
+            container: "never-observed".into(),
+            format: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_session.code(), tonic::Code::NotFound);
+    assert!(no_session.message().contains("cimplifierctl observe"));
+    let ctl_err = d.ctl(&["stop", "never-observed"]);
+    assert!(!ctl_err.status.success());
+    assert!(String::from_utf8_lossy(&ctl_err.stderr).contains("NotFound"));
+
+    // SIGTERM while observing: the session is closed and written.
+    let c = Container::create("sigterm");
+    api.observe(pb::ObserveRequest {
+        container: c.0.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = d.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!d.socket.exists(), "the socket is removed");
+    let info: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.state.join("sessions").join(&c.0).join("session.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(info["end"], "stopped");
+    assert_eq!(info["complete"], true);
+}
