@@ -261,8 +261,30 @@ async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
     assert_eq!(no_session.code(), tonic::Code::NotFound);
     assert!(no_session.message().contains("cimplifierctl observe"));
     let ctl_err = d.ctl(&["stop", "never-observed"]);
-    assert!(!ctl_err.status.success());
+    assert_eq!(
+        ctl_err.status.code(),
+        Some(4),
+        "not found has its exit code"
+    );
     assert!(String::from_utf8_lossy(&ctl_err.stderr).contains("NotFound"));
+    let nobody = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        .args(["--socket", "/nonexistent/cimplifier.sock", "version"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        nobody.status.code(),
+        Some(3),
+        "an unreachable daemon has its exit code"
+    );
+    assert!(String::from_utf8_lossy(&nobody.stderr).contains("cimplifierd serve"));
+    let bash = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&bash.stdout).contains("complete -F"),
+        "a bash completion script"
+    );
 
     // SIGTERM while observing: the session is closed and written.
     let c = Container::create("sigterm");

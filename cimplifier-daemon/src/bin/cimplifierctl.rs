@@ -17,7 +17,9 @@ use clap::{ArgGroup, Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     version,
-    about = "cimplifier's admin CLI: observe a container, then emit its least-privilege image"
+    about = "cimplifier's admin CLI: observe a container, then emit its least-privilege image",
+    after_help = "Exit codes: 0 success; 1 failure; 2 usage error; 3 the daemon cannot be reached; \
+                  4 no such container or session; 5 refused as asked (e.g. a session that lost events)."
 )]
 struct Cli {
     /// Where observation sessions are kept (observe, emit).
@@ -104,6 +106,8 @@ enum Command {
     },
     /// The daemon's version and API.
     Version,
+    /// Print a shell completion script, e.g. `cimplifierctl completions bash > /etc/bash_completion.d/cimplifierctl`.
+    Completions { shell: clap_complete::Shell },
     /// The daemon's sessions: observing, closed or failed.
     Sessions {
         /// Print them as JSON.
@@ -162,8 +166,33 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cimplifierctl: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// A gRPC status from the daemon.
+#[derive(Debug, thiserror::Error)]
+#[error("{message} ({code:?})")]
+struct DaemonStatus {
+    code: tonic::Code,
+    message: String,
+}
+
+/// The daemon could not be reached.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+struct Unreachable(anyhow::Error);
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    if e.downcast_ref::<Unreachable>().is_some() {
+        return 3;
+    }
+    match e.downcast_ref::<DaemonStatus>().map(|s| s.code) {
+        Some(tonic::Code::NotFound) => 4,
+        Some(tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists) => 5,
+        Some(tonic::Code::InvalidArgument) => 2,
+        _ => 1,
     }
 }
 
@@ -268,11 +297,18 @@ fn daemon<T>(
     ) -> Result<tonic::Response<T>, tonic::Status>,
 ) -> anyhow::Result<T> {
     runtime()?.block_on(async {
-        let client = cimplifier::api::connect(socket).await?;
+        let client = cimplifier::api::connect(socket)
+            .await
+            .map_err(Unreachable)?;
         call(client)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| anyhow::anyhow!("{} ({:?})", s.message(), s.code()))
+            .map_err(|s| {
+                anyhow::Error::new(DaemonStatus {
+                    code: s.code(),
+                    message: s.message().to_owned(),
+                })
+            })
     })
 }
 
@@ -280,6 +316,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     use cimplifier::api::pb;
     let socket = cli.socket.clone();
     match cli.command {
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "cimplifierctl", &mut out);
+            print(&String::from_utf8_lossy(&out))
+        }
         Command::Version => {
             let v = daemon(&socket, async |mut c| {
                 c.version(pb::VersionRequest {}).await
