@@ -25,7 +25,13 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        // Reachable by any uid, so the socket's own mode decides who gets in.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.path().join("run/cimplifier.sock");
         let state = dir.path().join("state");
         let child = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
@@ -34,6 +40,7 @@ impl Daemon {
             .arg(&socket)
             .arg("--state-dir")
             .arg(&state)
+            .args(extra)
             .spawn()
             .unwrap();
         let d = Self {
@@ -309,4 +316,35 @@ async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
     .unwrap();
     assert_eq!(info["end"], "stopped");
     assert_eq!(info["complete"], true);
+}
+
+/// Only root and the socket's group may use the daemon.
+#[test]
+fn uids_outside_the_socket_group_are_refused() {
+    use std::os::unix::process::CommandExt;
+    require_root();
+    let nogroup = nix::unistd::Group::from_name("nogroup")
+        .unwrap()
+        .expect("Debian's nogroup");
+    let d = Daemon::start_with(&["--socket-group", "nogroup"]);
+    let as_user = |gid: u32| {
+        Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+            .arg("--socket")
+            .arg(&d.socket)
+            .arg("version")
+            .uid(65534)
+            .gid(gid)
+            .output()
+            .unwrap()
+    };
+    let member = as_user(nogroup.gid.as_raw());
+    assert!(
+        member.status.success(),
+        "a member of the socket's group is let in: {}",
+        String::from_utf8_lossy(&member.stderr)
+    );
+    let outsider = as_user(1);
+    assert_eq!(outsider.status.code(), Some(3), "refused at the socket");
+    let err = String::from_utf8_lossy(&outsider.stderr);
+    assert!(err.contains("connecting to cimplifierd"), "{err}");
 }
