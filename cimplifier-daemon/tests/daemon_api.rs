@@ -348,3 +348,104 @@ fn uids_outside_the_socket_group_are_refused() {
     let err = String::from_utf8_lossy(&outsider.stderr);
     assert!(err.contains("connecting to cimplifierd"), "{err}");
 }
+
+/// Settings come from the config file, then the environment, then flags;
+/// the metrics endpoint answers in Prometheus' text format.
+#[test]
+fn config_file_flags_and_metrics() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let socket = dir.path().join("from-file.sock");
+    let flag_state = dir.path().join("flag-state");
+    // A closed session in the state dir the flag names, none in the file's.
+    let session = flag_state.join("sessions/web");
+    std::fs::create_dir_all(&session).unwrap();
+    std::fs::write(
+        session.join("session.json"),
+        r#"{"container_id":"abc","container_name":"web","image_id":"sha256:1","image_ref":"web:1",
+            "from_first_exec":true,"started_unix_ms":1,"duration_ms":2000,"end":"stopped","events":42,
+            "loss":{"ringbuf_full":0,"inflight_full":0,"user_read_faults":0,"undecodable":0},"complete":true}"#,
+    )
+    .unwrap();
+    let config = dir.path().join("cimplifierd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "socket = {:?}\nstate_dir = {:?}\nmetrics_addr = \"127.0.0.1:{port}\"\n",
+            socket.to_str().unwrap(),
+            dir.path().join("file-state").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&flag_state)
+        .spawn()
+        .unwrap();
+    let ctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ctl(&["version"]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "no daemon on the config file's socket"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let listed = text(&ctl(&["sessions"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("web ") && l.contains("closed")),
+        "the flag's state dir: {listed}"
+    );
+    let metrics = Command::new("curl")
+        .args(["-sf", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = text(&metrics);
+    assert!(
+        metrics.contains("cimplifier_sessions{state=\"closed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cimplifier_closed_session_events_total 42"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("# TYPE cimplifier_resident_memory_bytes gauge"));
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // A bad key is named with its file and line.
+    std::fs::write(
+        &config,
+        "socket = \"/tmp/x.sock\"\nsockett_group = \"docker\"\n",
+    )
+    .unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("cimplifierd.toml") && err.contains("sockett_group") && err.contains("line 2"),
+        "{err}"
+    );
+}

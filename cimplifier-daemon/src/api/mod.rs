@@ -67,6 +67,42 @@ impl Service {
         }
     }
 
+    /// Prometheus text exposition of the daemon's state.
+    pub fn metrics(&self) -> String {
+        let (mut closed_n, mut events, mut lost) = (0u64, 0u64, 0u64);
+        if let Ok(dirs) = std::fs::read_dir(self.state_dir.join("sessions")) {
+            for d in dirs.flatten() {
+                if let Some(info) = self.closed(&d.file_name().to_string_lossy()) {
+                    closed_n += 1;
+                    events += info.events;
+                    lost += info.loss.lost();
+                }
+            }
+        }
+        let observing = self.running.lock().expect("sessions lock").len();
+        let failed = self.failed.lock().expect("failed lock").len();
+        let rss = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .map_or(0, |pages| pages * 4096);
+        format!(
+            "# HELP cimplifier_sessions Observation sessions by state.\n\
+             # TYPE cimplifier_sessions gauge\n\
+             cimplifier_sessions{{state=\"observing\"}} {observing}\n\
+             cimplifier_sessions{{state=\"closed\"}} {closed_n}\n\
+             cimplifier_sessions{{state=\"failed\"}} {failed}\n\
+             # HELP cimplifier_closed_session_events_total Events recorded by closed sessions.\n\
+             # TYPE cimplifier_closed_session_events_total counter\n\
+             cimplifier_closed_session_events_total {events}\n\
+             # HELP cimplifier_closed_session_lost_events_total Events closed sessions lost.\n\
+             # TYPE cimplifier_closed_session_lost_events_total counter\n\
+             cimplifier_closed_session_lost_events_total {lost}\n\
+             # HELP cimplifier_resident_memory_bytes The daemon's resident memory.\n\
+             # TYPE cimplifier_resident_memory_bytes gauge\n\
+             cimplifier_resident_memory_bytes {rss}\n"
+        )
+    }
+
     fn closed(&self, container: &str) -> Option<SessionInfo> {
         SessionDir::new(&self.state_dir, container).info().ok()
     }
@@ -411,12 +447,52 @@ impl Cimplifier for Service {
 /// Where the daemon listens unless told otherwise.
 pub const DEFAULT_SOCKET: &str = "/run/cimplifier/cimplifier.sock";
 
+/// Where the daemon reads its config unless told otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/cimplifier/cimplifierd.toml";
+
+/// The daemon's config file: every key optional; flags and the environment
+/// override it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub socket: Option<PathBuf>,
+    pub socket_group: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub ring_buffer_mib: Option<u32>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl DaemonConfig {
+    /// Reads `path`, or the default file when it exists. Errors name the
+    /// file and, for bad TOML, the line.
+    pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let (path, must_exist) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                return Ok(Self::default());
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading the config file {}", path.display()));
+            }
+        };
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
     pub socket: PathBuf,
     /// Group allowed on the socket (mode 0660); root's group otherwise.
     pub socket_group: Option<String>,
     pub state_dir: PathBuf,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub tracer: TracerConfig,
 }
 
@@ -461,6 +537,25 @@ pub async fn serve(
     health
         .set_serving::<pb::cimplifier_server::CimplifierServer<Service>>()
         .await;
+    if let Some(addr) = opts.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        let service = service.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let service = service.clone();
+                async move { service.metrics() }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("the metrics endpoint stopped: {e}");
+            }
+        });
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
     tracing::info!(socket = %socket.display(), state_dir = %opts.state_dir.display(), "serving");
     let result = tonic::transport::Server::builder()
         .add_service(health_service)

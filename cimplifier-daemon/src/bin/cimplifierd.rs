@@ -54,20 +54,30 @@ enum Command {
     /// --socket-group when given: members of that group may drive the
     /// daemon. The standard gRPC health service is served beside it.
     /// SIGTERM or Ctrl-C stops every observation, writes each session, and
-    /// removes the socket. Needs root.
+    /// removes the socket. Settings come from the config file, then the
+    /// environment, then these flags, each overriding the one before.
+    /// Needs root.
     Serve {
-        /// Unix socket to listen on.
-        #[arg(long, env = "CIMPLIFIER_SOCKET", default_value = cimplifier::api::DEFAULT_SOCKET)]
-        socket: PathBuf,
+        /// TOML config file (keys: socket, socket_group, state_dir,
+        /// ring_buffer_mib, metrics_addr). Read if it exists; a file named
+        /// explicitly must exist.
+        #[arg(long, env = "CIMPLIFIER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Unix socket to listen on [default: /run/cimplifier/cimplifier.sock].
+        #[arg(long, env = "CIMPLIFIER_SOCKET")]
+        socket: Option<PathBuf>,
         /// Group allowed to use the socket.
-        #[arg(long)]
+        #[arg(long, env = "CIMPLIFIER_SOCKET_GROUP")]
         socket_group: Option<String>,
-        /// Where observation sessions are kept.
-        #[arg(long, env = "CIMPLIFIER_STATE_DIR", default_value = cimplifier::session::DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
-        /// Kernel ring-buffer size in MiB (a power of two), per observation.
-        #[arg(long, default_value_t = 64)]
-        ring_buffer_mib: u32,
+        /// Where observation sessions are kept [default: /var/lib/cimplifier].
+        #[arg(long, env = "CIMPLIFIER_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// Kernel ring-buffer size in MiB, a power of two [default: 64].
+        #[arg(long, env = "CIMPLIFIER_RING_BUFFER_MIB")]
+        ring_buffer_mib: Option<u32>,
+        /// Serve Prometheus metrics on this TCP address, e.g. 127.0.0.1:9464.
+        #[arg(long, env = "CIMPLIFIER_METRICS_ADDR")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
 }
 
@@ -91,18 +101,27 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
+            config,
             socket,
             socket_group,
             state_dir,
             ring_buffer_mib,
+            metrics_addr,
         } => {
+            let file = cimplifier::api::DaemonConfig::load(config.as_deref())?;
+            let ring_buffer_mib = ring_buffer_mib.or(file.ring_buffer_mib).unwrap_or(64);
             if !ring_buffer_mib.is_power_of_two() {
-                anyhow::bail!("--ring-buffer-mib {ring_buffer_mib} must be a power of two");
+                anyhow::bail!("ring_buffer_mib {ring_buffer_mib} must be a power of two");
             }
             let opts = cimplifier::api::ServeOptions {
-                socket,
-                socket_group,
-                state_dir,
+                socket: socket
+                    .or(file.socket)
+                    .unwrap_or_else(|| cimplifier::api::DEFAULT_SOCKET.into()),
+                socket_group: socket_group.or(file.socket_group),
+                state_dir: state_dir
+                    .or(file.state_dir)
+                    .unwrap_or_else(|| cimplifier::session::DEFAULT_STATE_DIR.into()),
+                metrics_addr: metrics_addr.or(file.metrics_addr),
                 tracer: TracerConfig {
                     ring_buffer_bytes: ring_buffer_mib << 20,
                     ..Default::default()
