@@ -6,73 +6,15 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cimplifier::api::pb;
-use common::require_root;
+use common::{Daemon, require_root};
 use tokio_stream::StreamExt;
 
 const BASE: &str = "cimplifier-test/base:bookworm";
-
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    state: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Daemon {
-    fn start() -> Self {
-        Self::start_with(&[])
-    }
-
-    fn start_with(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        // Reachable by any uid, so the socket's own mode decides who gets in.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let socket = dir.path().join("run/cimplifier.sock");
-        let state = dir.path().join("state");
-        let child = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(extra)
-            .spawn()
-            .unwrap();
-        let d = Self {
-            child,
-            socket,
-            state,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !d.ctl(&["version"]).status.success() {
-            assert!(Instant::now() < deadline, "cimplifierd never answered");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        d
-    }
-
-    fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Container(String);
 

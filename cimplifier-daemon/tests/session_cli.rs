@@ -9,18 +9,13 @@ use std::process::{Command, Output};
 
 use cimplifier::trace::EventKind;
 use cimplifier::trace::log::EventLog;
-use common::require_root;
+use common::{Daemon, require_root};
 use serde_json::Value;
 
 const BASE: &str = "cimplifier-test/base:bookworm";
 
-fn ctl(state: &std::path::Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
-        .arg("--state-dir")
-        .arg(state)
-        .args(args)
-        .output()
-        .expect("running cimplifierctl")
+fn ctl(daemon: &Daemon, args: &[&str]) -> Output {
+    daemon.ctl(args)
 }
 
 fn docker(args: &[&str]) -> String {
@@ -72,7 +67,7 @@ fn execs(log: &EventLog) -> Vec<String> {
 #[test]
 fn a_dying_container_closes_a_complete_session_with_its_entrypoint() {
     require_root();
-    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::start();
     let c = Container::create(
         "dies",
         &[
@@ -82,7 +77,7 @@ fn a_dying_container_closes_a_complete_session_with_its_entrypoint() {
             "cat /etc/os-release > /dev/null; sleep 1",
         ],
     );
-    let out = ctl(state.path(), &["observe", &c.0, "--json"]);
+    let out = ctl(&d, &["observe", &c.0, "--json"]);
     assert!(
         out.status.success(),
         "{}",
@@ -92,8 +87,7 @@ fn a_dying_container_closes_a_complete_session_with_its_entrypoint() {
     assert_eq!(info["end"], "container_died", "{info}");
     assert_eq!(info["from_first_exec"], true);
     assert_eq!(info["complete"], true);
-    let log =
-        EventLog::read(&state.path().join("sessions").join(&c.0).join("trace.jsonl")).unwrap();
+    let log = EventLog::read(&d.state.join("sessions").join(&c.0).join("trace.jsonl")).unwrap();
     assert!(
         log.summary.is_some(),
         "the session's log is closed with its summary"
@@ -111,17 +105,13 @@ fn a_dying_container_closes_a_complete_session_with_its_entrypoint() {
     }));
 
     // A session that lost events is refused unless --allow-incomplete.
-    let info_path = state
-        .path()
-        .join("sessions")
-        .join(&c.0)
-        .join("session.json");
+    let info_path = d.state.join("sessions").join(&c.0).join("session.json");
     let mut info: Value = serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
     info["complete"] = Value::Bool(false);
     info["loss"]["ringbuf_full"] = 7.into();
     std::fs::write(&info_path, serde_json::to_vec(&info).unwrap()).unwrap();
     let refused = ctl(
-        state.path(),
+        &d,
         &["emit", &c.0, "--oci-dir", "/nonexistent/never-written"],
     );
     assert!(!refused.status.success());
@@ -135,7 +125,7 @@ fn a_dying_container_closes_a_complete_session_with_its_entrypoint() {
 #[test]
 fn a_running_container_is_restarted_under_observation() {
     require_root();
-    let state = tempfile::tempdir().unwrap();
+    let d = Daemon::start();
     let c = Container::create(
         "running",
         &[
@@ -146,7 +136,7 @@ fn a_running_container_is_restarted_under_observation() {
         ],
     );
     docker(&["start", &c.0]);
-    let refused = ctl(state.path(), &["observe", &c.0, "--duration", "1s"]);
+    let refused = ctl(&d, &["observe", &c.0, "--duration", "1s"]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
@@ -155,7 +145,7 @@ fn a_running_container_is_restarted_under_observation() {
     );
 
     let out = ctl(
-        state.path(),
+        &d,
         &["observe", &c.0, "--restart", "--duration", "3s", "--json"],
     );
     assert!(
@@ -166,8 +156,7 @@ fn a_running_container_is_restarted_under_observation() {
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["from_first_exec"], true);
     assert_eq!(info["end"], "duration");
-    let log =
-        EventLog::read(&state.path().join("sessions").join(&c.0).join("trace.jsonl")).unwrap();
+    let log = EventLog::read(&d.state.join("sessions").join(&c.0).join("trace.jsonl")).unwrap();
     let execs = execs(&log);
     assert_eq!(
         execs.first().map(String::as_str),
@@ -176,7 +165,7 @@ fn a_running_container_is_restarted_under_observation() {
     );
 
     let attached = ctl(
-        state.path(),
+        &d,
         &["observe", &c.0, "--attach", "--duration", "1s", "--json"],
     );
     assert!(
@@ -193,8 +182,9 @@ fn a_running_container_is_restarted_under_observation() {
 
 #[test]
 fn bad_input_is_named() {
-    let state = tempfile::tempdir().unwrap();
-    let unknown = ctl(state.path(), &["observe", "no-such-container-cimplifier"]);
+    require_root();
+    let d = Daemon::start();
+    let unknown = ctl(&d, &["observe", "no-such-container-cimplifier"]);
     assert!(!unknown.status.success());
     let err = String::from_utf8_lossy(&unknown.stderr);
     assert!(
@@ -202,12 +192,12 @@ fn bad_input_is_named() {
         "{err}"
     );
 
-    let no_session = ctl(state.path(), &["emit", "never-observed", "--tag", "x:slim"]);
+    let no_session = ctl(&d, &["emit", "never-observed", "--tag", "x:slim"]);
     assert!(!no_session.status.success());
     let err = String::from_utf8_lossy(&no_session.stderr);
     assert!(err.contains("cimplifierctl observe"), "{err}");
 
-    let no_output = ctl(state.path(), &["emit", "never-observed"]);
+    let no_output = ctl(&d, &["emit", "never-observed"]);
     assert_eq!(
         no_output.status.code(),
         Some(2),
@@ -215,7 +205,7 @@ fn bad_input_is_named() {
     );
 
     let bad_set = ctl(
-        state.path(),
+        &d,
         &["emit", "x", "--tag", "x:slim", "--no-safety-set", "dns"],
     );
     assert!(
@@ -223,7 +213,7 @@ fn bad_input_is_named() {
             .contains("nss, ca-certificates, timezone and locales")
     );
     let relative = ctl(
-        state.path(),
+        &d,
         &["emit", "x", "--tag", "x:slim", "--include", "etc/ssl"],
     );
     assert!(String::from_utf8_lossy(&relative.stderr).contains("--include \"etc/ssl\""));

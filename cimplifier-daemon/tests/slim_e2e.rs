@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::require_root;
+use common::{Daemon, require_root};
 use serde_json::Value;
 
-fn ctl() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+fn ctl(daemon: &Daemon) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"));
+    c.arg("--socket").arg(&daemon.socket);
+    c
 }
 
 fn docker(args: &[&str]) -> String {
@@ -117,14 +119,16 @@ struct Emitted {
     report: Value,
     tag: String,
     oci_dir: PathBuf,
-    state: tempfile::TempDir,
+    daemon: Daemon,
+    _work: tempfile::TempDir,
 }
 
 /// Observe the original under the workload, then emit. Returns the
 /// original's results and the emit report.
 fn observe_and_emit(case: &Case) -> (Vec<String>, Emitted) {
     require_root();
-    let state = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start();
+    let work = tempfile::tempdir().unwrap();
     let name = format!("cimplifier-e2e-{}-{}", case.name, std::process::id());
     let container = Container(name.clone());
     let _ = Command::new("docker")
@@ -138,13 +142,8 @@ fn observe_and_emit(case: &Case) -> (Vec<String>, Emitted) {
         &format!("127.0.0.1::{}", case.inner_port),
         case.image,
     ]);
-    let observer: Child = ctl()
-        .args([
-            "--state-dir",
-            state.path().to_str().unwrap(),
-            "observe",
-            &name,
-        ])
+    let observer: Child = ctl(&daemon)
+        .args(["observe", &name])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -169,16 +168,9 @@ fn observe_and_emit(case: &Case) -> (Vec<String>, Emitted) {
     drop(container);
 
     let tag = format!("cimplifier-e2e/{}:slim", case.name);
-    let oci_dir = state.path().join("oci");
-    let emit = ctl()
-        .args([
-            "--state-dir",
-            state.path().to_str().unwrap(),
-            "emit",
-            &name,
-            "--tag",
-            &tag,
-        ])
+    let oci_dir = work.path().join("oci");
+    let emit = ctl(&daemon)
+        .args(["emit", &name, "--tag", &tag])
         .arg("--oci-dir")
         .arg(&oci_dir)
         .arg("--json")
@@ -196,7 +188,8 @@ fn observe_and_emit(case: &Case) -> (Vec<String>, Emitted) {
             report,
             tag,
             oci_dir,
-            state,
+            daemon,
+            _work: work,
         },
     )
 }
@@ -348,8 +341,8 @@ fn nginx_static_site() {
     assert_eq!(reason("/usr/bin/apt"), None);
     assert_eq!(reason("/usr/sbin/nginx").unwrap(), "observed");
     assert_eq!(reason("/lib64").unwrap(), "elf_dependency");
-    let explain = ctl()
-        .args(["--state-dir", e.state.path().to_str().unwrap(), "emit"])
+    let explain = ctl(&e.daemon)
+        .args(["emit"])
         .arg(e.report["container"].as_str().unwrap())
         .args([
             "--tag",

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the main user flow on an nginx test container.
-//! Observe it from its first exec while curling it, emit its slim image,
-//! run the slim image and make the same requests, then show the sizes.
+//! Start the daemon, observe the container from its first exec while
+//! curling it, emit its slim image, run the slim image and make the same
+//! requests, then show the sizes.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -16,18 +17,23 @@ const SLIM_TAG: &str = "cimplifier-demo/nginx:slim";
 const PORT: u16 = 8088;
 const SLIM_PORT: u16 = 8089;
 const STATE_DIR: &str = "target/demo-state";
+const SOCKET: &str = "target/demo-state/cimplifier.sock";
 const OCI_DIR: &str = "target/demo-oci";
 const PATHS: [&str; 4] = ["/", "/about.html", "/missing", "/index.html"];
 
-/// Removes the demo containers (and stops a still-running observer) however
-/// the demo ends.
+/// Removes the demo containers and stops the daemon (and a still-running
+/// observer) however the demo ends.
 struct Cleanup {
     observer: Option<Child>,
+    daemon: Option<Child>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        if let Some(mut child) = self.observer.take() {
+        for mut child in [self.observer.take(), self.daemon.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -42,7 +48,7 @@ impl Drop for Cleanup {
 
 fn ctl(root: &Path) -> Command {
     let mut c = Command::new(root.join("target/release/cimplifierctl"));
-    c.current_dir(root).args(["--state-dir", STATE_DIR]);
+    c.current_dir(root).args(["--socket", SOCKET]);
     c
 }
 
@@ -99,9 +105,33 @@ pub fn run() -> Result<()> {
         "cimplifier-daemon",
         "--bin",
         "cimplifierctl",
+        "--bin",
+        "cimplifierd",
     ]))?;
 
-    let mut cleanup = Cleanup { observer: None };
+    let mut cleanup = Cleanup {
+        observer: None,
+        daemon: None,
+    };
+    // 0. The daemon, on a socket of its own.
+    let mut daemon = Command::new(root.join("target/release/cimplifierd"));
+    daemon
+        .current_dir(&root)
+        .args(["serve", "--socket", SOCKET, "--state-dir", STATE_DIR]);
+    let line = util::display(&daemon);
+    println!("+ {line} &");
+    cleanup.daemon = Some(
+        daemon
+            .spawn()
+            .with_context(|| format!("could not start `{line}`"))?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !util::probe(ctl(&root).arg("version"))?.status.success() {
+        if Instant::now() > deadline {
+            bail!("cimplifierd did not answer on {SOCKET} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     for c in [CONTAINER, SLIM_CONTAINER] {
         let _ = util::probe(&mut cmd("docker", ["rm", "-f", "-v", c]))?;
     }

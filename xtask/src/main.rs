@@ -80,8 +80,9 @@ enum Command {
     },
     /// The main flow on an nginx test container: observe, emit a slim image, run it.
     ///
-    /// Runs `setup`, creates cimplifier-demo-nginx from cimplifier-test/nginx
-    /// on 127.0.0.1:8088, runs `cimplifierctl observe` (which starts it under
+    /// Runs `setup`, starts `cimplifierd serve` on target/demo-state, creates
+    /// cimplifier-demo-nginx from cimplifier-test/nginx on 127.0.0.1:8088,
+    /// runs `cimplifierctl observe` (the daemon starts it under
     /// observation), requests a few pages, stops observing, runs
     /// `cimplifierctl emit --tag cimplifier-demo/nginx:slim`, starts the slim
     /// image on 127.0.0.1:8089, checks it answers the same requests the same

@@ -345,6 +345,14 @@ impl Cimplifier for Service {
         if let Some(r) = self.running.lock().expect("sessions lock").get(&container) {
             return Ok(Response::new(observing(&r.started)));
         }
+        if let Some(error) = self.failed.lock().expect("failed lock").get(&container) {
+            return Ok(Response::new(pb::Session {
+                container: container.clone(),
+                state: State::Failed as i32,
+                error: error.clone(),
+                ..Default::default()
+            }));
+        }
         self.closed(&container)
             .map(|i| Response::new(closed(&i)))
             .ok_or_else(|| not_found(&container))
@@ -387,7 +395,7 @@ impl Cimplifier for Service {
         if !info.complete && !req.allow_incomplete {
             return Err(Status::failed_precondition(format!(
                 "the session of {} lost {} events, so the image could miss files it needs; \
-                 observe again, or allow an incomplete session (the report will say so)",
+                 observe again, or emit anyway with --allow-incomplete (the report will say so)",
                 info.container_name,
                 info.loss.lost()
             )));

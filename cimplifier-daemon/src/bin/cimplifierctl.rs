@@ -7,12 +7,12 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use cimplifier::emit::slim::{EmitOptions, EmitReport, emit};
+use cimplifier::emit::slim::EmitReport;
 use cimplifier::model::report::{Input, analyze};
 use cimplifier::place::slim::{SafetySet, SlimOptions};
-use cimplifier::session::{DEFAULT_STATE_DIR, ObserveOptions, SessionDir, observe};
-use cimplifier::trace::{ContainerPath, TracerConfig};
+use cimplifier::trace::ContainerPath;
 use clap::{ArgGroup, Parser, Subcommand};
+use tokio_stream::StreamExt;
 
 #[derive(Parser)]
 #[command(
@@ -22,10 +22,7 @@ use clap::{ArgGroup, Parser, Subcommand};
                   4 no such container or session; 5 refused as asked (e.g. a session that lost events)."
 )]
 struct Cli {
-    /// Where observation sessions are kept (observe, emit).
-    #[arg(long, global = true, env = "CIMPLIFIER_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
-    /// The daemon's socket (version, sessions, stop, report).
+    /// The daemon's socket (`cimplifierd serve`); `analyze` works without it.
     #[arg(long, global = true, env = "CIMPLIFIER_SOCKET", default_value = cimplifier::api::DEFAULT_SOCKET)]
     socket: PathBuf,
     #[command(subcommand)]
@@ -36,12 +33,13 @@ struct Cli {
 enum Command {
     /// Observe a Docker container with eBPF while it serves its workload.
     ///
-    /// A container that is created but not running is started under
-    /// observation, so its first exec and all of its start-up are seen. A
-    /// running container needs --restart (recommended) or --attach. Run the
-    /// workload meanwhile; stop with Ctrl-C, --duration, or by stopping the
-    /// container. The session (event log and summary) is saved under
-    /// STATE_DIR/sessions/NAME for `emit`. Needs root.
+    /// The daemon does the observing. A container that is created but not
+    /// running is started under observation, so its first exec and all of
+    /// its start-up are seen. A running container needs --restart
+    /// (recommended) or --attach. Run the workload meanwhile; stop with
+    /// Ctrl-C (the session is kept), --duration, or by stopping the
+    /// container. The daemon keeps the session (event log and summary)
+    /// for `emit`, `report` and `sessions`.
     Observe {
         /// Container name or id.
         container: String,
@@ -54,9 +52,6 @@ enum Command {
         /// Observe a running container from now on; its start-up is missed.
         #[arg(long)]
         attach: bool,
-        /// Kernel ring-buffer size in MiB (a power of two).
-        #[arg(long, default_value_t = 64)]
-        ring_buffer_mib: u32,
         /// Print the session summary as JSON.
         #[arg(long)]
         json: bool,
@@ -66,9 +61,11 @@ enum Command {
     /// Keeps every file the observed executables used, with every directory
     /// and symlink on the way to it, the ELF libraries of every binary kept,
     /// the safety sets (nss, ca-certificates, timezone, locales) and --include paths;
-    /// copies the source image's configuration; writes an audit report of
-    /// every kept path and why (STATE_DIR/sessions/NAME/emit-report.json).
-    /// Refuses a session that lost events unless --allow-incomplete.
+    /// copies the source image's configuration; the daemon keeps an audit
+    /// report of every kept path and why (emit-report.json in the session's
+    /// directory; --json prints it). Refuses a session that lost events
+    /// unless --allow-incomplete. The OCI directory is written by the
+    /// daemon, on its host.
     #[command(group(ArgGroup::new("output").required(true).multiple(true).args(["tag", "oci_dir"])))]
     Emit {
         /// The observed container's name.
@@ -183,6 +180,24 @@ struct DaemonStatus {
 #[derive(Debug, thiserror::Error)]
 #[error("{0:#}")]
 struct Unreachable(anyhow::Error);
+
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::Error::new(DaemonStatus {
+        code: s.code(),
+        message: s.message().to_owned(),
+    })
+}
+
+fn session_json(s: &cimplifier::api::pb::Session) -> serde_json::Value {
+    serde_json::json!({
+        "container": s.container, "container_id": s.container_id,
+        "image_ref": s.image_ref, "image_id": s.image_id,
+        "state": state_name(s.state), "end": s.end, "error": s.error,
+        "from_first_exec": s.from_first_exec,
+        "started_unix_ms": s.started_unix_ms, "duration_ms": s.duration_ms,
+        "events": s.events, "lost_events": s.lost_events, "complete": s.complete,
+    })
+}
 
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Unreachable>().is_some() {
@@ -303,12 +318,7 @@ fn daemon<T>(
         call(client)
             .await
             .map(tonic::Response::into_inner)
-            .map_err(|s| {
-                anyhow::Error::new(DaemonStatus {
-                    code: s.code(),
-                    message: s.message().to_owned(),
-                })
-            })
+            .map_err(status)
     })
 }
 
@@ -338,20 +348,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 c.list_sessions(pb::ListSessionsRequest {}).await
             })?;
             if json {
-                let rows: Vec<serde_json::Value> = list
-                    .sessions
-                    .iter()
-                    .map(|s| {
-                        serde_json::json!({
-                            "container": s.container, "container_id": s.container_id,
-                            "image_ref": s.image_ref, "image_id": s.image_id,
-                            "state": state_name(s.state), "end": s.end, "error": s.error,
-                            "from_first_exec": s.from_first_exec,
-                            "started_unix_ms": s.started_unix_ms, "duration_ms": s.duration_ms,
-                            "events": s.events, "lost_events": s.lost_events, "complete": s.complete,
-                        })
-                    })
-                    .collect();
+                let rows: Vec<serde_json::Value> = list.sessions.iter().map(session_json).collect();
                 return print(&(serde_json::to_string_pretty(&rows)? + "\n"));
             }
             let mut text = format!(
@@ -406,55 +403,65 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             restart,
             attach,
-            ring_buffer_mib,
             json,
         } => {
-            let opts = ObserveOptions {
-                container,
-                state_dir: cli.state_dir.clone(),
-                duration,
-                restart,
-                attach,
-                tracer: TracerConfig {
-                    ring_buffer_bytes: ring_buffer_mib
-                        .checked_mul(1 << 20)
-                        .context("--ring-buffer-mib is too large")?,
-                    ..TracerConfig::default()
-                },
-            };
-            let info = runtime()?.block_on(observe(opts, stop_signal(), |s| {
+            let session = runtime()?.block_on(async {
+                let mut api = cimplifier::api::connect(&socket).await.map_err(Unreachable)?;
+                let started = api
+                    .observe(pb::ObserveRequest {
+                        container: container.clone(),
+                        restart,
+                        attach,
+                        duration_seconds: duration.map_or(0, |d| d.as_secs().max(1) as u32),
+                    })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
                 eprintln!(
                     "observing {} ({}){}; stop with Ctrl-C",
-                    s.container_name,
-                    s.image_ref,
-                    if s.from_first_exec {
-                        " from its first exec"
-                    } else {
-                        ""
+                    started.container,
+                    started.image_ref,
+                    if started.from_first_exec { " from its first exec" } else { "" }
+                );
+                let stop = stop_signal();
+                tokio::pin!(stop);
+                loop {
+                    tokio::select! {
+                        _ = &mut stop => {
+                            let req = pb::StopObservingRequest { container: started.container.clone() };
+                            break api.stop_observing(req).await.map_err(status).map(|r| r.into_inner());
+                        }
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                            let req = pb::GetSessionRequest { container: started.container.clone() };
+                            let now = api.get_session(req).await.map_err(status)?.into_inner();
+                            if now.state != pb::session::State::Observing as i32 {
+                                break Ok(now);
+                            }
+                        }
                     }
-                )
-            }))?;
-            let dir = SessionDir::new(&cli.state_dir, &info.container_name);
+                }
+            })?;
             if json {
-                print(&(serde_json::to_string_pretty(&info)? + "\n"))
-            } else {
-                print(&format!(
-                    "observed {} for {:.1} s: {} events, {}; ended: {:?}\nsession: {}\n",
-                    info.container_name,
-                    info.duration_ms as f64 / 1000.0,
-                    info.events,
-                    if info.complete {
-                        "no events lost".to_owned()
-                    } else {
-                        format!(
-                            "{} events LOST (emit will refuse without --allow-incomplete)",
-                            info.loss.lost()
-                        )
-                    },
-                    info.end,
-                    dir.path().display()
-                ))
+                return print(&(serde_json::to_string_pretty(&session_json(&session))? + "\n"));
             }
+            if session.state == pb::session::State::Failed as i32 {
+                anyhow::bail!("observing {} failed: {}", session.container, session.error);
+            }
+            print(&format!(
+                "observed {} for {:.1} s: {} events, {}; ended: {}\n",
+                session.container,
+                session.duration_ms as f64 / 1000.0,
+                session.events,
+                if session.complete {
+                    "no events lost".to_owned()
+                } else {
+                    format!(
+                        "{} events LOST (emit will refuse without --allow-incomplete)",
+                        session.lost_events
+                    )
+                },
+                session.end,
+            ))
         }
         Command::Emit {
             container,
@@ -493,30 +500,53 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .iter()
                 .map(|s| path_arg(s, "--explain"))
                 .collect::<Result<_, _>>()?;
-            let opts = EmitOptions {
+            let request = pb::EmitRequest {
                 container: container.clone(),
-                state_dir: cli.state_dir.clone(),
-                tag,
-                oci_dir,
-                slim,
+                tag: tag.unwrap_or_default(),
+                oci_dir: oci_dir
+                    .map(|d| {
+                        std::path::absolute(&d)
+                            .unwrap_or(d)
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                    .unwrap_or_default(),
+                include: slim.include.iter().map(|p| p.to_string()).collect(),
+                exclude: slim.exclude.iter().map(|p| p.to_string()).collect(),
+                no_safety_sets: SafetySet::ALL
+                    .into_iter()
+                    .filter(|s| !slim.safety_sets.contains(s))
+                    .map(|s| s.name().to_owned())
+                    .collect(),
                 allow_incomplete,
                 list_removed,
             };
             let bar = indicatif::ProgressBar::new_spinner();
             bar.enable_steady_tick(Duration::from_millis(120));
-            let report = runtime()?.block_on(emit(&opts, &|step| bar.set_message(step.to_owned())));
+            let report = runtime()?.block_on(async {
+                let mut api = cimplifier::api::connect(&socket)
+                    .await
+                    .map_err(Unreachable)?;
+                let mut stream = api.emit(request).await.map_err(status)?.into_inner();
+                let mut report = None;
+                while let Some(item) = stream.next().await {
+                    match item.map_err(status)?.update {
+                        Some(pb::emit_progress::Update::Step(step)) => bar.set_message(step),
+                        Some(pb::emit_progress::Update::ReportJson(json)) => {
+                            report = Some(serde_json::from_str::<EmitReport>(&json)?)
+                        }
+                        None => {}
+                    }
+                }
+                report.context("the daemon ended the emit without a report")
+            });
             bar.finish_and_clear();
             let report = report?;
-            let path = SessionDir::new(&cli.state_dir, &container)
-                .path()
-                .join("emit-report.json");
-            std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
-                .with_context(|| format!("writing the audit report {}", path.display()))?;
             if json {
                 return print(&(serde_json::to_string_pretty(&report)? + "\n"));
             }
             let mut text = summary(&report);
-            text += &format!("  audit report: {}\n", path.display());
+            text += "  audit report: emit-report.json in the daemon's session directory (or emit --json)\n";
             for p in &explain {
                 text += &format!("  {p}: {}\n", report.explain(p));
             }

@@ -2,10 +2,12 @@
 //! (some) Docker; they fail with a message saying so rather than skip.
 #![allow(dead_code)]
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
+use std::time::Instant;
 
 use cimplifier::trace::cgroup::cgroup2_mount;
 use cimplifier::trace::{ContainerPath, Event, EventStream, PathRole, SocketAddress, SyscallEvent};
@@ -122,4 +124,65 @@ pub fn dump(events: &[Event], n: usize) -> String {
         .map(|e| serde_json::to_string(e).unwrap())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// A `cimplifierd serve` process on its own socket and state directory,
+/// killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Reachable by any uid, so the socket's own mode decides who gets in.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let socket = dir.path().join("run/cimplifier.sock");
+        let state = dir.path().join("state");
+        let child = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(extra)
+            .spawn()
+            .unwrap();
+        let d = Self {
+            child,
+            socket,
+            state,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !d.ctl(&["version"]).status.success() {
+            assert!(Instant::now() < deadline, "cimplifierd never answered");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        d
+    }
+
+    /// Runs cimplifierctl against this daemon.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
