@@ -1,5 +1,5 @@
-//! cimplifierctl: the admin CLI. `observe` and `emit` run in-process until
-//! the gRPC daemon exists; `analyze` works offline on recorded traces.
+//! cimplifierctl: the admin CLI, a gRPC client of cimplifierd; `analyze`
+//! works offline on recorded traces.
 
 use std::io::Write;
 use std::path::PathBuf;
