@@ -11,37 +11,22 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cimplifier::api::pb;
-use common::{Daemon, require_root};
+use common::{Container, Daemon, require_root};
 use tokio_stream::StreamExt;
 
 const BASE: &str = "cimplifier-test/base:bookworm";
 
-struct Container(String);
-
-impl Container {
-    fn create(tag: &str) -> Self {
-        let name = format!("cimplifier-api-{tag}-{}", std::process::id());
-        let _ = Command::new("docker").args(["rm", "-f", &name]).output();
-        let out = Command::new("docker")
-            .args(["create", "--name", &name, BASE, "/bin/sh", "-c"])
-            .arg("while true; do cat /etc/hostname > /dev/null; sleep 0.2; done")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Self(name)
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", "-v", &self.0])
-            .output();
-    }
+/// A created container that reads a file in a loop once started.
+fn looping_container(tag: &str) -> Container {
+    Container::create(
+        &format!("api-{tag}"),
+        &[
+            BASE,
+            "/bin/sh",
+            "-c",
+            "while true; do cat /etc/hostname > /dev/null; sleep 0.2; done",
+        ],
+    )
 }
 
 fn text(out: &Output) -> String {
@@ -85,7 +70,7 @@ async fn the_daemon_observes_reports_and_emits_over_its_socket() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    let c = Container::create("observed");
+    let c = looping_container("observed");
     let mut api = client(&d.socket).await;
     let s = api
         .observe(pb::ObserveRequest {
@@ -236,7 +221,7 @@ async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
     );
 
     // SIGTERM while observing: the session is closed and written.
-    let c = Container::create("sigterm");
+    let c = looping_container("sigterm");
     api.observe(pb::ObserveRequest {
         container: c.0.clone(),
         ..Default::default()

@@ -5,51 +5,17 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use cimplifier::trace::EventKind;
 use cimplifier::trace::log::EventLog;
-use common::{Daemon, require_root};
+use common::{Container, Daemon, docker, require_root};
 use serde_json::Value;
 
 const BASE: &str = "cimplifier-test/base:bookworm";
 
 fn ctl(daemon: &Daemon, args: &[&str]) -> Output {
     daemon.ctl(args)
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-struct Container(String);
-
-impl Container {
-    fn create(tag: &str, args: &[&str]) -> Self {
-        let name = format!("cimplifier-session-{tag}-{}", std::process::id());
-        let _ = Command::new("docker").args(["rm", "-f", &name]).output();
-        let mut all = vec!["create", "--name", &name];
-        all.extend_from_slice(args);
-        docker(&all);
-        Self(name)
-    }
-}
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", "-v", &self.0])
-            .output();
-    }
 }
 
 fn execs(log: &EventLog) -> Vec<String> {
@@ -69,7 +35,7 @@ fn a_dying_container_closes_a_complete_session_with_its_entrypoint() {
     require_root();
     let d = Daemon::start();
     let c = Container::create(
-        "dies",
+        "session-dies",
         &[
             BASE,
             "/bin/sh",
@@ -127,7 +93,7 @@ fn a_running_container_is_restarted_under_observation() {
     require_root();
     let d = Daemon::start();
     let c = Container::create(
-        "running",
+        "session-running",
         &[
             BASE,
             "/bin/sh",

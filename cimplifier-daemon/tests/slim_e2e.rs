@@ -10,37 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, require_root};
+use common::{Container, Daemon, docker, require_root};
 use serde_json::Value;
 
 fn ctl(daemon: &Daemon) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"));
     c.arg("--socket").arg(&daemon.socket);
     c
-}
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("docker CLI");
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// Removes a container however the test ends.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rm", "-f", "-v", &self.0])
-            .output();
-    }
 }
 
 /// The host port Docker published for `inner` (e.g. "80/tcp"), once the

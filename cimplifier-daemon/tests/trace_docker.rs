@@ -13,27 +13,6 @@ use common::*;
 
 const IMAGE: &str = "cimplifier-test/nginx:latest";
 
-fn docker_cli(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("running the docker CLI");
-    assert!(
-        out.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
-    }
-}
-
 fn curl(url: &str) -> (u16, String) {
     let out = Command::new("curl")
         .args([
@@ -78,13 +57,13 @@ async fn nginx_container_serving_a_page_is_recorded_from_its_first_exec() {
 
     let name = format!("cimplifier-test-nginx-{}", std::process::id());
     let _ = Command::new("docker").args(["rm", "-f", &name]).output();
-    docker_cli(&["run", "-d", "--name", &name, "-p", "127.0.0.1::80", IMAGE]);
+    docker(&["run", "-d", "--name", &name, "-p", "127.0.0.1::80", IMAGE]);
     let _guard = Container(name.clone());
     let info = docker::resolve_container(&docker::connect().unwrap(), &name)
         .await
         .unwrap();
     let container_cgroup = cgroup_id(&info.cgroup_path).unwrap();
-    let port = docker_cli(&["port", &name, "80/tcp"]);
+    let port = docker(&["port", &name, "80/tcp"]);
     let addr = port.lines().next().unwrap().to_owned();
 
     let (status, body) = curl(&format!("http://{addr}/"));

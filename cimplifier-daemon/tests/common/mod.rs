@@ -186,3 +186,42 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+/// Runs the docker CLI; panics with its stderr when it fails.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("running the docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A container (and its anonymous volumes) removed however the test ends.
+pub struct Container(pub String);
+
+impl Container {
+    /// `docker create --name cimplifier-TAG-PID ARGS...`.
+    pub fn create(tag: &str, args: &[&str]) -> Self {
+        let name = format!("cimplifier-{tag}-{}", std::process::id());
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", &name])
+            .output();
+        let mut all = vec!["create", "--name", &name];
+        all.extend_from_slice(args);
+        docker(&all);
+        Self(name)
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", &self.0])
+            .output();
+    }
+}
