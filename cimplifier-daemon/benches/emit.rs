@@ -109,7 +109,7 @@ async fn run(name: &str, state: &Path) -> Result<()> {
     let info = session.await??;
     println!(
         "observed {}: {} events, complete: {}",
-        info.container_name, info.events, info.complete
+        info.started.container_name, info.events, info.complete
     );
 
     let opts = EmitOptions {

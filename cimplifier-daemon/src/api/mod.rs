@@ -123,22 +123,16 @@ fn observing(s: &Started) -> pb::Session {
 
 fn closed(i: &SessionInfo) -> pb::Session {
     pb::Session {
-        container: i.container_name.clone(),
-        container_id: i.container_id.clone(),
-        image_ref: i.image_ref.clone(),
-        image_id: i.image_id.clone(),
         state: State::Closed as i32,
         end: serde_json::to_value(&i.end)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default(),
-        error: String::new(),
-        from_first_exec: i.from_first_exec,
-        started_unix_ms: i.started_unix_ms,
         duration_ms: i.duration_ms,
         events: i.events,
         lost_events: i.loss.lost(),
         complete: i.complete,
+        ..observing(&i.started)
     }
 }
 
@@ -396,7 +390,7 @@ impl Cimplifier for Service {
             return Err(Status::failed_precondition(format!(
                 "the session of {} lost {} events, so the image could miss files it needs; \
                  observe again, or emit anyway with --allow-incomplete (the report will say so)",
-                info.container_name,
+                info.started.container_name,
                 info.loss.lost()
             )));
         }

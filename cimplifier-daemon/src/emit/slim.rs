@@ -165,25 +165,25 @@ pub async fn emit(
             "the session of {} lost {} events, so the image could miss files it needs; \
              observe again (a larger --ring-buffer-mib helps), or pass --allow-incomplete \
              to emit anyway (the report will say so)",
-            info.container_name,
+            info.started.container_name,
             info.loss.lost()
         );
     }
     let docker = crate::docker::connect()?;
     let inspect = docker
-        .inspect_image(&info.image_id)
+        .inspect_image(&info.started.image_id)
         .await
         .with_context(|| {
             format!(
                 "the observed container's image {} ({}) is gone from the engine",
-                info.image_ref, info.image_id
+                info.started.image_ref, info.started.image_id
             )
         })?;
 
     progress("reading the source image");
     let start = Instant::now();
-    let saved = save_image(&docker, &info.image_id).await?;
-    let fs = Arc::new(ImageFs::from_docker_save(saved, &info.image_ref)?);
+    let saved = save_image(&docker, &info.started.image_id).await?;
+    let fs = Arc::new(ImageFs::from_docker_save(saved, &info.started.image_ref)?);
     let read_image_ms = ms(start);
 
     progress("planning what to keep");
@@ -207,8 +207,8 @@ pub async fn emit(
         Sha256::digest(std::fs::read(session.trace()).context("reading the session's trace")?)
     );
     let labels: BTreeMap<String, String> = [
-        ("io.cimplifier.source-image", info.image_id.clone()),
-        ("io.cimplifier.source-ref", info.image_ref.clone()),
+        ("io.cimplifier.source-image", info.started.image_id.clone()),
+        ("io.cimplifier.source-ref", info.started.image_ref.clone()),
         ("io.cimplifier.trace", trace_sha),
         ("io.cimplifier.policy", "all-one-context".to_owned()),
         (
@@ -256,9 +256,9 @@ pub async fn emit(
     Ok(EmitReport {
         format: REPORT_FORMAT.into(),
         version: REPORT_VERSION,
-        container: info.container_name.clone(),
-        source_image: info.image_id.clone(),
-        source_ref: info.image_ref.clone(),
+        container: info.started.container_name.clone(),
+        source_image: info.started.image_id.clone(),
+        source_ref: info.started.image_ref.clone(),
         tag: opts.tag.clone(),
         oci_dir: opts.oci_dir.clone(),
         image_id: image.config.digest(),
@@ -267,7 +267,7 @@ pub async fn emit(
         complete: info.complete,
         lost_events: info.loss.lost(),
         incomplete_allowed: !info.complete,
-        from_first_exec: info.from_first_exec,
+        from_first_exec: info.started.from_first_exec,
         source_files: fs.entries().count() as u64,
         source_image_bytes,
         kept_files: kept.len() as u64,

@@ -40,15 +40,8 @@ pub enum EndReason {
 /// A session's record, `session.json` beside its event log.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionInfo {
-    pub container_id: String,
-    pub container_name: String,
-    /// The image the container runs, by id (`sha256:…`).
-    pub image_id: String,
-    /// The image as the container was created from it (`nginx:latest`).
-    pub image_ref: String,
-    /// True when the trace starts before the container's first exec.
-    pub from_first_exec: bool,
-    pub started_unix_ms: u64,
+    #[serde(flatten)]
+    pub started: Started,
     pub duration_ms: u64,
     pub end: EndReason,
     pub events: u64,
@@ -57,13 +50,16 @@ pub struct SessionInfo {
     pub complete: bool,
 }
 
-/// An observation that has begun.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An observation that has begun: what a session knows from its start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Started {
     pub container_id: String,
     pub container_name: String,
+    /// The image the container runs, by id (`sha256:…`).
     pub image_id: String,
+    /// The image as the container was created from it (`nginx:latest`).
     pub image_ref: String,
+    /// True when the trace starts before the container's first exec.
     pub from_first_exec: bool,
     pub started_unix_ms: u64,
 }
@@ -261,14 +257,15 @@ pub async fn observe(
         .as_ref()
         .and_then(|c| c.image.clone())
         .unwrap_or_default();
-    on_started(&Started {
-        container_id: id.clone(),
+    let begun = Started {
+        container_id: id,
         container_name: name.clone(),
-        image_id: image_id.clone(),
-        image_ref: image_ref.clone(),
+        image_id,
+        image_ref,
         from_first_exec,
         started_unix_ms,
-    });
+    };
+    on_started(&begun);
 
     let started = Instant::now();
     let deadline = async {
@@ -326,12 +323,7 @@ pub async fn observe(
     let duration_ms = started.elapsed().as_millis() as u64;
     let summary = log.finish(duration_ms, loss)?;
     let info = SessionInfo {
-        container_id: id,
-        container_name: name,
-        image_id,
-        image_ref,
-        from_first_exec,
-        started_unix_ms,
+        started: begun,
         duration_ms,
         end,
         events: summary.events,
