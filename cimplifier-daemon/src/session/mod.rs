@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::trace::cgroup::{cgroup_id, cgroup2_mount};
+use crate::trace::cgroup::{cgroup_id, cgroup2_mount, cgroups_below};
 use crate::trace::log::{EventLogWriter, FORMAT, LogHeader, VERSION};
 use crate::trace::{CgroupId, LossCounters, Tracer, TracerConfig};
 
@@ -129,22 +129,10 @@ fn docker_parent_cgroup(cgroup_parent: Option<&str>) -> Result<PathBuf> {
 
 /// Ids of the cgroup at `dir` and of every cgroup below it.
 fn cgroup_ids_below(dir: &Path) -> HashSet<CgroupId> {
-    let mut ids = HashSet::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        if let Ok(id) = cgroup_id(&d) {
-            ids.insert(id);
-        }
-        if let Ok(entries) = std::fs::read_dir(&d) {
-            stack.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.path().is_dir())
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    ids
+    cgroups_below(dir)
+        .iter()
+        .filter_map(|d| cgroup_id(d).ok())
+        .collect()
 }
 
 /// Observes one container until `stop` resolves, `duration` passes or the

@@ -53,14 +53,11 @@ pub fn cgroup_of_pid(pid: u32) -> Result<PathBuf> {
     Ok(cgroup2_mount()?.join(rel.trim_start_matches('/')))
 }
 
-/// Processes in `dir` and every cgroup below it.
-pub fn pids_below(dir: &Path) -> Vec<u32> {
-    let mut pids = Vec::new();
+/// The cgroup at `dir` and every cgroup below it.
+pub fn cgroups_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
-            pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
         if let Ok(entries) = std::fs::read_dir(&d) {
             stack.extend(
                 entries
@@ -69,8 +66,22 @@ pub fn pids_below(dir: &Path) -> Vec<u32> {
                     .map(|e| e.path()),
             );
         }
+        out.push(d);
     }
-    pids
+    out
+}
+
+/// Processes in `dir` and every cgroup below it.
+pub fn pids_below(dir: &Path) -> Vec<u32> {
+    cgroups_below(dir)
+        .iter()
+        .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
+        .flat_map(|text| {
+            text.lines()
+                .filter_map(|l| l.trim().parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// A running process as /proc shows it, in its own view of the file system.
