@@ -1,0 +1,136 @@
+//! Running the daemon: its config, its listener, and shutdown.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{Service, pb};
+use crate::trace::TracerConfig;
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/cimplifier/cimplifier.sock";
+
+/// Where the daemon reads its config unless told otherwise.
+pub const DEFAULT_CONFIG: &str = "/etc/cimplifier/cimplifierd.toml";
+
+/// The daemon's config file: every key optional; flags and the environment
+/// override it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    pub socket: Option<PathBuf>,
+    pub socket_group: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub ring_buffer_mib: Option<u32>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+}
+
+impl DaemonConfig {
+    /// Reads `path`, or the default file when it exists. Errors name the
+    /// file and, for bad TOML, the line.
+    pub fn load(path: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let (path, must_exist) = match path {
+            Some(p) => (p.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                return Ok(Self::default());
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("reading the config file {}", path.display()));
+            }
+        };
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    pub socket: PathBuf,
+    /// Group allowed on the socket (mode 0660); root's group otherwise.
+    pub socket_group: Option<String>,
+    pub state_dir: PathBuf,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub tracer: TracerConfig,
+}
+
+/// Serves the API and the standard gRPC health service on a unix socket
+/// until `shutdown` resolves; then stops every observation, writing each
+/// session, and removes the socket.
+pub async fn serve(
+    opts: ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::os::unix::fs::PermissionsExt;
+    let socket = &opts.socket;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the socket directory {}", dir.display()))?;
+    }
+    if socket.exists() {
+        if tokio::net::UnixStream::connect(socket).await.is_ok() {
+            anyhow::bail!(
+                "another cimplifierd is serving on {}: stop it, or pass another --socket",
+                socket.display()
+            );
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("removing the stale socket {}", socket.display()))?;
+    }
+    let listener = tokio::net::UnixListener::bind(socket)
+        .with_context(|| format!("listening on {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("setting the mode of {}", socket.display()))?;
+    if let Some(group) = &opts.socket_group {
+        let gid = nix::unistd::Group::from_name(group)
+            .with_context(|| format!("looking up group {group}"))?
+            .with_context(|| format!("--socket-group {group}: no such group"))?
+            .gid;
+        nix::unistd::chown(socket, None, Some(gid))
+            .with_context(|| format!("giving {} to group {group}", socket.display()))?;
+    }
+    let service = Arc::new(Service::new(opts.state_dir.clone(), opts.tracer.clone()));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::cimplifier_server::CimplifierServer<Service>>()
+        .await;
+    if let Some(addr) = opts.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening for metrics on {addr}"))?;
+        let service = service.clone();
+        let app = axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let service = service.clone();
+                async move { service.metrics() }
+            }),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!("the metrics endpoint stopped: {e}");
+            }
+        });
+        tracing::info!(%addr, "serving Prometheus metrics at /metrics");
+    }
+    tracing::info!(socket = %socket.display(), state_dir = %opts.state_dir.display(), "serving");
+    let result = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(pb::cimplifier_server::CimplifierServer::from_arc(
+            service.clone(),
+        ))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(listener),
+            shutdown,
+        )
+        .await;
+    tracing::info!("shutting down: closing every session");
+    service.shutdown().await;
+    let _ = std::fs::remove_file(socket);
+    result.context("serving the API")
+}
