@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use cimplifier::emit::slim::{EmitOptions, Timings, emit};
 use cimplifier::place::slim::SlimOptions;
-use cimplifier::session::{ObserveOptions, observe};
+use cimplifier::session::{Manager, ObserveOptions, Observer};
+use cimplifier::store::Store;
 use cimplifier::trace::TracerConfig;
 
 const IMAGE: &str = "cimplifier-test/nginx:latest";
@@ -59,21 +60,14 @@ fn median(mut v: Vec<u64>) -> u64 {
 }
 
 async fn run(name: &str, state: &Path) -> Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let session = tokio::spawn(observe(
-        ObserveOptions {
+    let store = std::sync::Arc::new(Store::open(state)?);
+    let manager = Manager::new(Observer::start(TracerConfig::default())?, store.clone());
+    manager
+        .observe(ObserveOptions {
             container: name.to_owned(),
-            state_dir: state.to_owned(),
-            duration: None,
-            restart: false,
-            attach: false,
-            tracer: TracerConfig::default(),
-        },
-        async move {
-            let _ = stop_rx.await;
-        },
-        |_| {},
-    ));
+            ..Default::default()
+        })
+        .await?;
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ok = Command::new("curl")
@@ -105,16 +99,19 @@ async fn run(name: &str, state: &Path) -> Result<()> {
             ])
             .status()?;
     }
-    let _ = stop_tx.send(());
-    let info = session.await??;
+    let info = manager
+        .stop(name)
+        .await?
+        .context("the session is stored")?;
     println!(
         "observed {}: {} events, complete: {}",
-        info.started.container_name, info.events, info.complete
+        info.started.container_name,
+        info.events,
+        info.complete()
     );
 
     let opts = EmitOptions {
-        container: name.to_owned(),
-        state_dir: state.to_owned(),
+        session: name.to_owned(),
         tag: Some("cimplifier-bench/nginx:slim".into()),
         oci_dir: None,
         slim: SlimOptions::with_safety_sets(),
@@ -136,7 +133,7 @@ async fn run(name: &str, state: &Path) -> Result<()> {
         }
         save.push(start.elapsed().as_millis() as u64);
         let start = Instant::now();
-        let report = emit(&opts, &|_| {}).await?;
+        let report = emit(&store, &opts, &|_| {}).await?;
         total.push(start.elapsed().as_millis() as u64);
         let Timings {
             read_image_ms,

@@ -3,8 +3,8 @@
 //!
 //! One module per pipeline stage: [`trace`] (eBPF events), [`model`]
 //! (resource graph), [`place`] (what each image keeps), [`emit`] (images
-//! and reports); around them [`docker`] (the engine) and [`session`]
-//! (observing a container and keeping what was seen).
+//! and reports); around them [`docker`] (the engine) [`session`]
+//! (observing containers) and [`store`] (keeping what was seen).
 
 pub mod api;
 pub mod docker;
@@ -12,4 +12,5 @@ pub mod emit;
 pub mod model;
 pub mod place;
 pub mod session;
+pub mod store;
 pub mod trace;

@@ -116,7 +116,8 @@ async fn the_daemon_observes_reports_and_emits_over_its_socket() {
     assert_eq!(mine["complete"], true);
     assert!(mine["events"].as_u64().unwrap() > 10, "{mine}");
 
-    let report: serde_json::Value = serde_json::from_str(&text(&d.ctl(&["report", &c.0]))).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&text(&d.ctl(&["report", &c.0, "--json"]))).unwrap();
     assert_eq!(report["format"], "cimplifier-model");
     assert!(
         report["executables"]
@@ -237,12 +238,12 @@ async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
     let status = d.child.wait().unwrap();
     assert!(status.success(), "{status}");
     assert!(!d.socket.exists(), "the socket is removed");
-    let info: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(d.state.join("sessions").join(&c.0).join("session.json")).unwrap(),
-    )
-    .unwrap();
-    assert_eq!(info["end"], "stopped");
-    assert_eq!(info["complete"], true);
+    let store = cimplifier::store::Store::open(&d.state).unwrap();
+    let record = store.session(&c.0).unwrap().expect("the session is stored");
+    assert_eq!(record.state, cimplifier::store::SessionState::Closed);
+    assert_eq!(record.end, Some(cimplifier::session::EndReason::Stopped));
+    assert!(record.complete(), "{record:?}");
+    assert!(record.events > 0, "{record:?}");
 }
 
 /// Only root and the socket's group may use the daemon.
@@ -290,15 +291,18 @@ fn config_file_flags_and_metrics() {
     let socket = dir.path().join("from-file.sock");
     let flag_state = dir.path().join("flag-state");
     // A closed session in the state dir the flag names, none in the file's.
-    let session = flag_state.join("sessions/web");
-    std::fs::create_dir_all(&session).unwrap();
-    std::fs::write(
-        session.join("session.json"),
-        r#"{"container_id":"abc","container_name":"web","image_id":"sha256:1","image_ref":"web:1",
-            "from_first_exec":true,"started_unix_ms":1,"duration_ms":2000,"end":"stopped","events":42,
-            "loss":{"ringbuf_full":0,"inflight_full":0,"user_read_faults":0,"undecodable":0},"complete":true}"#,
-    )
-    .unwrap();
+    {
+        let store = cimplifier::store::Store::open(&flag_state).unwrap();
+        let record: cimplifier::store::SessionRecord = serde_json::from_str(&format!(
+            r#"{{"name":"web","id":{},"container_id":"abc","container_name":"web","image_id":"sha256:1",
+                "image_ref":"web:1","from_first_exec":true,"started_unix_ms":1,"state":"closed",
+                "end":"stopped","duration_ms":2000,"events":0,"segments":[],"checkpoint_unix_ms":1,
+                "loss":{{"ringbuf_full":0,"inflight_full":0,"user_read_faults":0,"undecodable":0}}}}"#,
+            store.next_session_id().unwrap()
+        ))
+        .unwrap();
+        store.put_session(&record).unwrap();
+    }
     let config = dir.path().join("cimplifierd.toml");
     std::fs::write(
         &config,
@@ -350,7 +354,11 @@ fn config_file_flags_and_metrics() {
         "{metrics}"
     );
     assert!(
-        metrics.contains("cimplifier_closed_session_events_total 42"),
+        metrics.contains("# TYPE cimplifier_events_total counter"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("cimplifier_event_streams_cut_off_total 0"),
         "{metrics}"
     );
     assert!(metrics.contains("# TYPE cimplifier_resident_memory_bytes gauge"));

@@ -7,8 +7,7 @@ mod common;
 
 use std::process::Output;
 
-use cimplifier::trace::EventKind;
-use cimplifier::trace::log::EventLog;
+use cimplifier::trace::{Event, EventKind};
 use common::{Container, Daemon, docker, require_root};
 use serde_json::Value;
 
@@ -18,8 +17,8 @@ fn ctl(daemon: &Daemon, args: &[&str]) -> Output {
     daemon.ctl(args)
 }
 
-fn execs(log: &EventLog) -> Vec<String> {
-    log.events
+fn execs(events: &[Event]) -> Vec<String> {
+    events
         .iter()
         .filter_map(|e| match &e.kind {
             EventKind::Syscall(s) if s.syscall == "execve" && s.succeeded() => {
@@ -53,32 +52,42 @@ fn a_dying_container_closes_a_complete_session_with_its_entrypoint() {
     assert_eq!(info["end"], "container_died", "{info}");
     assert_eq!(info["from_first_exec"], true);
     assert_eq!(info["complete"], true);
-    let log = EventLog::read(&d.state.join("sessions").join(&c.0).join("trace.jsonl")).unwrap();
-    assert!(
-        log.summary.is_some(),
-        "the session's log is closed with its summary"
-    );
-    let execs = execs(&log);
+    let (record, events) = d.session_events(&c.0);
+    assert_eq!(record["state"], "closed", "{record}");
+    let execs = execs(&events);
     assert_eq!(
         execs.first().map(String::as_str),
         Some("/bin/sh"),
         "the entrypoint's exec: {execs:?}"
     );
     assert!(execs.iter().any(|e| e.ends_with("/cat")), "{execs:?}");
-    assert!(log.events.iter().any(|e| {
+    assert!(events.iter().any(|e| {
         e.syscall()
             .is_some_and(|s| s.paths.iter().any(|p| p.raw == "/etc/os-release"))
     }));
 
     // A session that lost events is refused unless --allow-incomplete.
-    let info_path = d.state.join("sessions").join(&c.0).join("session.json");
-    let mut info: Value = serde_json::from_slice(&std::fs::read(&info_path).unwrap()).unwrap();
-    info["complete"] = Value::Bool(false);
-    info["loss"]["ringbuf_full"] = 7.into();
-    std::fs::write(&info_path, serde_json::to_vec(&info).unwrap()).unwrap();
+    // (The same events, imported as a session whose tracer lost 7.)
+    let out = d.ctl(&["export", &c.0, "-o", "-"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (first, rest) = text.split_once('\n').unwrap();
+    let mut header: Value = serde_json::from_str(first).unwrap();
+    header["session"]["loss"]["ringbuf_full"] = 7.into();
+    let bundle = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bundle.path(), format!("{header}\n{rest}")).unwrap();
+    let lossy = format!("{}-lossy", c.0);
+    let imported = ctl(
+        &d,
+        &["import", bundle.path().to_str().unwrap(), "--as", &lossy],
+    );
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
     let refused = ctl(
         &d,
-        &["emit", &c.0, "--oci-dir", "/nonexistent/never-written"],
+        &["emit", &lossy, "--oci-dir", "/nonexistent/never-written"],
     );
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
@@ -122,8 +131,8 @@ fn a_running_container_is_restarted_under_observation() {
     let info: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(info["from_first_exec"], true);
     assert_eq!(info["end"], "duration");
-    let log = EventLog::read(&d.state.join("sessions").join(&c.0).join("trace.jsonl")).unwrap();
-    let execs = execs(&log);
+    let (_, events) = d.session_events(&c.0);
+    let execs = execs(&events);
     assert_eq!(
         execs.first().map(String::as_str),
         Some("/bin/sh"),

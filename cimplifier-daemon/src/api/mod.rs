@@ -1,20 +1,23 @@
 //! The gRPC service (proto/cimplifier/v1/cimplifier.proto): a thin layer
-//! over sessions, the model's reports and emit. Statuses say what to do.
+//! over the session manager, the store, the model's reports and emit.
+//! Statuses say what to do.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 use crate::emit::slim::{EmitOptions, emit};
-use crate::model::report::{Input, analyze};
+use crate::model::Model;
+use crate::model::report::{Report, Source};
 use crate::place::slim::{SafetySet, SlimOptions};
-use crate::session::{ObserveOptions, SessionDir, SessionInfo, Started, observe};
-use crate::trace::{ContainerPath, TracerConfig};
+use crate::session::{Manager, ObserveError, ObserveOptions, SessionView, Started, StreamFilter};
+use crate::store::{SessionRecord, SessionState};
+use crate::trace::ContainerPath;
 
 mod client;
 mod serve;
@@ -30,91 +33,119 @@ pub mod pb {
 use pb::cimplifier_server::Cimplifier;
 use pb::session::State;
 
-/// An observation in progress.
-struct Running {
-    started: Started,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<anyhow::Result<SessionInfo>>>,
-}
+/// Events a stream may fall behind by before it is cut off, by default.
+pub const DEFAULT_STREAM_BUFFER: usize = 4096;
+/// The most a client may ask to buffer.
+const MAX_STREAM_BUFFER: usize = 1 << 20;
+/// Longest name, id or path the API accepts.
+const MAX_NAME: usize = 256;
+/// Largest session bundle ImportSession accepts.
+const MAX_BUNDLE: usize = 1 << 30;
 
-/// The service's state: where sessions live and which are being observed.
+/// The service: the session manager and where emit reports go.
 pub struct Service {
+    manager: Arc<Manager>,
     state_dir: PathBuf,
-    tracer: TracerConfig,
-    running: Arc<Mutex<HashMap<String, Running>>>,
-    /// Sessions whose observation failed after it began, with the error.
-    failed: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl Service {
-    pub fn new(state_dir: PathBuf, tracer: TracerConfig) -> Self {
-        Self {
-            state_dir,
-            tracer,
-            running: Arc::default(),
-            failed: Arc::default(),
-        }
+    pub fn new(manager: Arc<Manager>, state_dir: PathBuf) -> Self {
+        Self { manager, state_dir }
     }
 
-    /// Stops every observation and waits for each session to be written:
-    /// what the daemon does on SIGTERM.
-    pub async fn shutdown(&self) {
-        let all: Vec<Running> = {
-            let mut running = self.running.lock().expect("sessions lock");
-            running.drain().map(|(_, r)| r).collect()
-        };
-        for mut r in all {
-            if let Some(stop) = r.stop.take() {
-                let _ = stop.send(());
-            }
-            if let Some(done) = r.done.take() {
-                let _ = done.await;
-            }
-        }
+    pub fn manager(&self) -> &Arc<Manager> {
+        &self.manager
     }
 
     /// Prometheus text exposition of the daemon's state.
     pub fn metrics(&self) -> String {
-        let (mut closed_n, mut events, mut lost) = (0u64, 0u64, 0u64);
-        if let Ok(dirs) = std::fs::read_dir(self.state_dir.join("sessions")) {
-            for d in dirs.flatten() {
-                if let Some(info) = self.closed(&d.file_name().to_string_lossy()) {
-                    closed_n += 1;
-                    events += info.events;
-                    lost += info.loss.lost();
-                }
+        let sessions = self.manager.list().unwrap_or_default();
+        let count = |f: &dyn Fn(&SessionView) -> bool| sessions.iter().filter(|s| f(s)).count();
+        let observing = self.manager.observing();
+        let closed =
+            count(&|s| matches!(s, SessionView::Stored(r) if r.state == SessionState::Closed));
+        let failed = count(&|s| matches!(s, SessionView::Failed { .. }));
+        let (mut events, mut lost) = (0u64, 0u64);
+        for s in &sessions {
+            if let SessionView::Stored(r) = s {
+                events += r.events;
+                lost += r.loss.lost();
             }
         }
-        let observing = self.running.lock().expect("sessions lock").len();
-        let failed = self.failed.lock().expect("failed lock").len();
+        let observer = self.manager.observer();
+        let tracer_events = observer.stats.events.load(Ordering::Relaxed);
+        let tracer_lost = observer.loss().lost();
+        let cut_off = observer.stats.streams_cut_off.load(Ordering::Relaxed);
+        let streams = observer.subscribers();
         let rss = std::fs::read_to_string("/proc/self/statm")
             .ok()
             .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
             .map_or(0, |pages| pages * 4096);
+        let store_bytes = std::fs::metadata(self.manager.store().path()).map_or(0, |m| m.len());
         format!(
             "# HELP cimplifier_sessions Observation sessions by state.\n\
              # TYPE cimplifier_sessions gauge\n\
              cimplifier_sessions{{state=\"observing\"}} {observing}\n\
-             cimplifier_sessions{{state=\"closed\"}} {closed_n}\n\
+             cimplifier_sessions{{state=\"closed\"}} {closed}\n\
              cimplifier_sessions{{state=\"failed\"}} {failed}\n\
-             # HELP cimplifier_closed_session_events_total Events recorded by closed sessions.\n\
-             # TYPE cimplifier_closed_session_events_total counter\n\
-             cimplifier_closed_session_events_total {events}\n\
-             # HELP cimplifier_closed_session_lost_events_total Events closed sessions lost.\n\
-             # TYPE cimplifier_closed_session_lost_events_total counter\n\
-             cimplifier_closed_session_lost_events_total {lost}\n\
-             # HELP cimplifier_resident_memory_bytes The daemon's resident memory.\n\
+             # HELP cimplifier_events_total Events the tracer delivered (rate() gives events/s).\n\
+             # TYPE cimplifier_events_total counter\n\
+             cimplifier_events_total {tracer_events}\n\
+             # HELP cimplifier_lost_events_total Events the tracer lost since the daemon started.\n\
+             # TYPE cimplifier_lost_events_total counter\n\
+             cimplifier_lost_events_total {tracer_lost}\n\
+             # HELP cimplifier_session_events Events recorded by the stored sessions.\n\
+             # TYPE cimplifier_session_events gauge\n\
+             cimplifier_session_events {events}\n\
+             # HELP cimplifier_session_lost_events Events the stored sessions lost.\n\
+             # TYPE cimplifier_session_lost_events gauge\n\
+             cimplifier_session_lost_events {lost}\n\
+             # HELP cimplifier_event_streams Clients streaming events now.\n\
+             # TYPE cimplifier_event_streams gauge\n\
+             cimplifier_event_streams {streams}\n\
+             # HELP cimplifier_event_streams_cut_off_total Streams cut off for falling behind.\n\
+             # TYPE cimplifier_event_streams_cut_off_total counter\n\
+             cimplifier_event_streams_cut_off_total {cut_off}\n\
+             # HELP cimplifier_store_bytes Size of the store file.\n\
+             # TYPE cimplifier_store_bytes gauge\n\
+             cimplifier_store_bytes {store_bytes}\n\
+             # HELP cimplifier_resident_memory_bytes The daemon's resident memory (models and buffers).\n\
              # TYPE cimplifier_resident_memory_bytes gauge\n\
              cimplifier_resident_memory_bytes {rss}\n"
         )
     }
 
-    fn closed(&self, container: &str) -> Option<SessionInfo> {
-        SessionDir::new(&self.state_dir, container).info().ok()
+    fn record(&self, name: &str) -> Result<SessionRecord, Status> {
+        self.manager
+            .store()
+            .session(name)
+            .map_err(internal)?
+            .ok_or_else(|| not_found(name))
+    }
+
+    /// The session's model and the report's source line.
+    async fn model(&self, record: SessionRecord) -> Result<(Model, Source), Status> {
+        let store = self.manager.store().clone();
+        tokio::task::spawn_blocking(move || {
+            let mut model = Model::new();
+            store.fold(&record, &mut model, |_| {})?;
+            let source = Source {
+                kind: "session".into(),
+                files: vec![record.name.clone()],
+                events: record.events,
+                lost_events: record.loss.lost(),
+                complete: record.complete(),
+                image_tree: None,
+            };
+            Ok::<_, anyhow::Error>((model, source))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(internal)
     }
 }
 
-fn observing(s: &Started) -> pb::Session {
+fn starting(s: &Started) -> pb::Session {
     pb::Session {
         container: s.container_name.clone(),
         container_id: s.container_id.clone(),
@@ -127,18 +158,56 @@ fn observing(s: &Started) -> pb::Session {
     }
 }
 
-fn closed(i: &SessionInfo) -> pb::Session {
+fn stored(r: &SessionRecord) -> pb::Session {
     pb::Session {
-        state: State::Closed as i32,
-        end: serde_json::to_value(&i.end)
-            .ok()
+        container: r.name.clone(),
+        state: match r.state {
+            SessionState::Observing => State::Observing,
+            SessionState::Closed => State::Closed,
+        } as i32,
+        end: r
+            .end
+            .as_ref()
+            .and_then(|e| serde_json::to_value(e).ok())
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default(),
-        duration_ms: i.duration_ms,
-        events: i.events,
-        lost_events: i.loss.lost(),
-        complete: i.complete,
-        ..observing(&i.started)
+        duration_ms: r.duration_ms,
+        events: r.events,
+        lost_events: r.loss.lost(),
+        complete: r.complete(),
+        gaps: r
+            .gaps
+            .iter()
+            .map(|g| pb::Gap {
+                from_unix_ms: g.from_unix_ms,
+                to_unix_ms: g.to_unix_ms,
+                reason: g.reason.clone(),
+            })
+            .collect(),
+        segments: r
+            .segments
+            .iter()
+            .map(|s| pb::Segment {
+                first_event: s.first_event,
+                started_unix_ms: s.started_unix_ms,
+                from_first_exec: s.from_first_exec,
+                origin: s.origin.clone(),
+            })
+            .collect(),
+        ..starting(&r.started)
+    }
+}
+
+fn view(v: &SessionView) -> pb::Session {
+    match v {
+        SessionView::Stored(r) => stored(r),
+        SessionView::Starting(s) => starting(s),
+        SessionView::Failed { name, error } => pb::Session {
+            container: name.clone(),
+            state: State::Failed as i32,
+            error: error.clone(),
+            ..Default::default()
+        },
     }
 }
 
@@ -146,25 +215,55 @@ fn internal(e: anyhow::Error) -> Status {
     Status::internal(format!("{e:#}"))
 }
 
-fn not_found(container: &str) -> Status {
+fn not_found(name: &str) -> Status {
     Status::not_found(format!(
-        "no session for container {container:?}: start one with `cimplifierctl observe {container}`"
+        "no session {name:?}: `cimplifierctl sessions` lists them; `cimplifierctl observe {name}` starts one"
     ))
+}
+
+fn check_name(name: &str, field: &str) -> Result<(), Status> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(Status::invalid_argument(format!(
+            "{field}: give a name or id of 1 to {MAX_NAME} characters"
+        )));
+    }
+    Ok(())
 }
 
 fn paths(list: &[String], field: &str) -> Result<Vec<ContainerPath>, Status> {
     list.iter()
         .map(|s| {
-            ContainerPath::new(s).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "{field} {s:?}: give an absolute path inside the container"
-                ))
-            })
+            ContainerPath::new(s)
+                .filter(|_| s.len() <= 4096)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "{field} {s:?}: give an absolute path inside the container"
+                    ))
+                })
         })
         .collect()
 }
 
-type EmitStream = Pin<Box<dyn Stream<Item = Result<pb::EmitProgress, Status>> + Send>>;
+fn event_message(e: &crate::session::StreamedEvent) -> pb::Event {
+    let (kind, syscall) = crate::session::observer::kind_of(&e.event);
+    pb::Event {
+        session: e.session.to_string(),
+        ts_ns: e.event.ts_ns,
+        pid: e.event.pid,
+        tid: e.event.tid,
+        comm: e.event.comm.clone(),
+        executable: e
+            .exe
+            .as_ref()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
+        kind: kind.to_owned(),
+        syscall: syscall.unwrap_or_default().to_owned(),
+        json: serde_json::to_string(&*e.event).unwrap_or_default(),
+    }
+}
+
+type ResultStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Cimplifier for Service {
@@ -183,98 +282,37 @@ impl Cimplifier for Service {
         request: Request<pb::ObserveRequest>,
     ) -> Result<Response<pb::Session>, Status> {
         let req = request.into_inner();
-        if req.container.is_empty() || req.container.len() > 256 {
-            return Err(Status::invalid_argument(
-                "container: give a container name or id (at most 256 characters)",
-            ));
+        if !req.label_selector.is_empty() {
+            if !req.container.is_empty() {
+                return Err(Status::invalid_argument(
+                    "give a container or a label_selector, not both",
+                ));
+            }
+            self.manager
+                .add_selector(&req.label_selector)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            return Ok(Response::new(pb::Session {
+                state: State::Observing as i32,
+                label_selector: req.label_selector,
+                ..Default::default()
+            }));
         }
-        if req.restart && req.attach {
-            return Err(Status::invalid_argument(
-                "restart and attach exclude each other",
-            ));
-        }
-        let docker = crate::docker::connect().map_err(internal)?;
-        let details = docker
-            .inspect_container(&req.container, None)
-            .await
-            .map_err(|_| {
-                Status::not_found(format!(
-                    "container {:?} not found by the Docker engine (see `docker ps -a`)",
-                    req.container
-                ))
-            })?;
-        let name = details
-            .name
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_owned();
-        if self
-            .running
-            .lock()
-            .expect("sessions lock")
-            .contains_key(&name)
-        {
-            return Err(Status::already_exists(format!(
-                "{name} is already being observed; `cimplifierctl stop {name}` ends it"
-            )));
-        }
+        check_name(&req.container, "container")?;
         let opts = ObserveOptions {
-            container: name.clone(),
-            state_dir: self.state_dir.clone(),
+            container: req.container,
             duration: (req.duration_seconds > 0)
                 .then(|| std::time::Duration::from_secs(req.duration_seconds.into())),
             restart: req.restart,
             attach: req.attach,
-            tracer: self.tracer.clone(),
         };
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let (started_tx, started_rx) = oneshot::channel::<Started>();
-        let failed = self.failed.clone();
-        let running = self.running.clone();
-        let task_name = name.clone();
-        let done = tokio::spawn(async move {
-            let result = observe(
-                opts,
-                async move {
-                    let _ = stop_rx.await;
-                },
-                move |s| {
-                    let _ = started_tx.send(s.clone());
-                },
-            )
-            .await;
-            if let Err(e) = &result {
-                failed
-                    .lock()
-                    .expect("failed lock")
-                    .insert(task_name.clone(), format!("{e:#}"));
+        match self.manager.observe(opts).await {
+            Ok(started) => Ok(Response::new(starting(&started))),
+            Err(e @ ObserveError::NotFound(_)) => Err(Status::not_found(e.to_string())),
+            Err(e @ ObserveError::AlreadyObserving(_)) => {
+                Err(Status::already_exists(e.to_string()))
             }
-            // A session that ended by itself (duration, death) is closed.
-            running.lock().expect("sessions lock").remove(&task_name);
-            result
-        });
-        match started_rx.await {
-            Ok(started) => {
-                self.failed.lock().expect("failed lock").remove(&name);
-                let session = observing(&started);
-                let mut running = self.running.lock().expect("sessions lock");
-                if !done.is_finished() {
-                    running.insert(
-                        name,
-                        Running {
-                            started,
-                            stop: Some(stop_tx),
-                            done: Some(done),
-                        },
-                    );
-                }
-                Ok(Response::new(session))
-            }
-            Err(_) => match done.await {
-                Ok(Err(e)) => Err(Status::failed_precondition(format!("{e:#}"))),
-                Ok(Ok(_)) => Err(Status::internal("observation ended before it began")),
-                Err(e) => Err(Status::internal(format!("observation task failed: {e}"))),
-            },
+            Err(e @ ObserveError::Refused(_)) => Err(Status::failed_precondition(e.to_string())),
+            Err(ObserveError::Failed(e)) => Err(internal(e)),
         }
     }
 
@@ -282,26 +320,11 @@ impl Cimplifier for Service {
         &self,
         request: Request<pb::StopObservingRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let container = request.into_inner().container;
-        let entry = self
-            .running
-            .lock()
-            .expect("sessions lock")
-            .remove(&container);
-        let Some(mut r) = entry else {
-            return match self.closed(&container) {
-                Some(info) => Ok(Response::new(closed(&info))),
-                None => Err(not_found(&container)),
-            };
-        };
-        if let Some(stop) = r.stop.take() {
-            let _ = stop.send(());
-        }
-        let done = r.done.take().expect("a running session has its task");
-        match done.await {
-            Ok(Ok(info)) => Ok(Response::new(closed(&info))),
-            Ok(Err(e)) => Err(internal(e)),
-            Err(e) => Err(Status::internal(format!("observation task failed: {e}"))),
+        let name = request.into_inner().container;
+        check_name(&name, "container")?;
+        match self.manager.stop(&name).await.map_err(internal)? {
+            Some(record) => Ok(Response::new(stored(&record))),
+            None => Err(not_found(&name)),
         }
     }
 
@@ -309,53 +332,23 @@ impl Cimplifier for Service {
         &self,
         _: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
-        let mut sessions: HashMap<String, pb::Session> = HashMap::new();
-        if let Ok(dirs) = std::fs::read_dir(self.state_dir.join("sessions")) {
-            for d in dirs.flatten() {
-                let name = d.file_name().to_string_lossy().into_owned();
-                if let Some(info) = self.closed(&name) {
-                    sessions.insert(name, closed(&info));
-                }
-            }
-        }
-        for (name, error) in self.failed.lock().expect("failed lock").iter() {
-            sessions.insert(
-                name.clone(),
-                pb::Session {
-                    container: name.clone(),
-                    state: State::Failed as i32,
-                    error: error.clone(),
-                    ..Default::default()
-                },
-            );
-        }
-        for (name, r) in self.running.lock().expect("sessions lock").iter() {
-            sessions.insert(name.clone(), observing(&r.started));
-        }
-        let mut sessions: Vec<pb::Session> = sessions.into_values().collect();
-        sessions.sort_by(|a, b| a.container.cmp(&b.container));
-        Ok(Response::new(pb::ListSessionsResponse { sessions }))
+        let sessions = self.manager.list().map_err(internal)?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: sessions.iter().map(view).collect(),
+            label_selectors: self.manager.selectors(),
+        }))
     }
 
     async fn get_session(
         &self,
         request: Request<pb::GetSessionRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let container = request.into_inner().container;
-        if let Some(r) = self.running.lock().expect("sessions lock").get(&container) {
-            return Ok(Response::new(observing(&r.started)));
+        let name = request.into_inner().container;
+        check_name(&name, "container")?;
+        match self.manager.get(&name).map_err(internal)? {
+            Some(v) => Ok(Response::new(view(&v))),
+            None => Err(not_found(&name)),
         }
-        if let Some(error) = self.failed.lock().expect("failed lock").get(&container) {
-            return Ok(Response::new(pb::Session {
-                container: container.clone(),
-                state: State::Failed as i32,
-                error: error.clone(),
-                ..Default::default()
-            }));
-        }
-        self.closed(&container)
-            .map(|i| Response::new(closed(&i)))
-            .ok_or_else(|| not_found(&container))
     }
 
     async fn get_report(
@@ -363,14 +356,10 @@ impl Cimplifier for Service {
         request: Request<pb::GetReportRequest>,
     ) -> Result<Response<pb::Report>, Status> {
         let req = request.into_inner();
-        if self.closed(&req.container).is_none() {
-            return Err(not_found(&req.container));
-        }
-        let trace = SessionDir::new(&self.state_dir, &req.container).trace();
-        let report = tokio::task::spawn_blocking(move || analyze(&Input::Events(trace), None))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(internal)?;
+        check_name(&req.container, "container")?;
+        let record = self.record(&req.container)?;
+        let (model, source) = self.model(record).await?;
+        let report = Report::new(&model, source);
         let body = match pb::get_report_request::Format::try_from(req.format) {
             Ok(pb::get_report_request::Format::Dot) => report.dot(),
             _ => serde_json::to_string_pretty(&report)
@@ -379,25 +368,31 @@ impl Cimplifier for Service {
         Ok(Response::new(pb::Report { body }))
     }
 
-    type EmitStream = EmitStream;
+    type EmitStream = ResultStream<pb::EmitProgress>;
 
     async fn emit(
         &self,
         request: Request<pb::EmitRequest>,
     ) -> Result<Response<Self::EmitStream>, Status> {
         let req = request.into_inner();
-        let Some(info) = self.closed(&req.container) else {
-            return Err(not_found(&req.container));
-        };
+        check_name(&req.container, "container")?;
+        let record = self.record(&req.container)?;
         if req.tag.is_empty() && req.oci_dir.is_empty() {
             return Err(Status::invalid_argument("give a tag, an oci_dir, or both"));
         }
-        if !info.complete && !req.allow_incomplete {
+        if record.state != SessionState::Closed {
             return Err(Status::failed_precondition(format!(
-                "the session of {} lost {} events, so the image could miss files it needs; \
+                "session {0} is still observing; `cimplifierctl stop {0}` closes it first",
+                record.name
+            )));
+        }
+        if let Some(why) = record.incompleteness()
+            && !req.allow_incomplete
+        {
+            return Err(Status::failed_precondition(format!(
+                "the session {} {why}, so the image could miss files it needs; \
                  observe again, or emit anyway with --allow-incomplete (the report will say so)",
-                info.started.container_name,
-                info.loss.lost()
+                record.name
             )));
         }
         let mut slim = SlimOptions::with_safety_sets();
@@ -412,14 +407,15 @@ impl Cimplifier for Service {
         slim.include = paths(&req.include, "include")?;
         slim.exclude = paths(&req.exclude, "exclude")?;
         let opts = EmitOptions {
-            container: req.container,
-            state_dir: self.state_dir.clone(),
+            session: req.container,
             tag: (!req.tag.is_empty()).then_some(req.tag),
             oci_dir: (!req.oci_dir.is_empty()).then(|| PathBuf::from(req.oci_dir)),
             slim,
             allow_incomplete: req.allow_incomplete,
             list_removed: req.list_removed,
         };
+        let store = self.manager.store().clone();
+        let reports = self.state_dir.join("emit-reports");
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             let steps = tx.clone();
@@ -428,13 +424,11 @@ impl Cimplifier for Service {
                     update: Some(pb::emit_progress::Update::Step(step.to_owned())),
                 }));
             };
-            let result = emit(&opts, &progress).await;
+            let result = emit(&store, &opts, &progress).await;
             let last = result.and_then(|report| {
-                let path = SessionDir::new(&opts.state_dir, &opts.container)
-                    .path()
-                    .join("emit-report.json");
                 let json = serde_json::to_string_pretty(&report)?;
-                std::fs::write(&path, &json)?;
+                std::fs::create_dir_all(&reports)?;
+                std::fs::write(reports.join(format!("{}.json", opts.session)), &json)?;
                 Ok(json)
             });
             let _ = tx
@@ -449,5 +443,126 @@ impl Cimplifier for Service {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    type StreamEventsStream = ResultStream<pb::Event>;
+
+    async fn stream_events(
+        &self,
+        request: Request<pb::StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let req = request.into_inner();
+        let buffer = match req.buffer as usize {
+            0 => DEFAULT_STREAM_BUFFER,
+            n if n > MAX_STREAM_BUFFER => {
+                return Err(Status::invalid_argument(format!(
+                    "buffer {n}: at most {MAX_STREAM_BUFFER} events"
+                )));
+            }
+            n => n,
+        };
+        for s in &req.sessions {
+            check_name(s, "sessions")?;
+        }
+        for k in &req.kinds {
+            check_name(k, "kinds")?;
+        }
+        let filter = StreamFilter {
+            sessions: req.sessions,
+            executables: paths(&req.executables, "executables")?,
+            kinds: req.kinds,
+        };
+        let sub = self.manager.observer().subscribe(filter, buffer);
+        let stream = futures::stream::unfold(Some(sub), move |sub| async move {
+            let mut sub = sub?;
+            match sub.events.recv().await {
+                Some(e) => Some((Ok(event_message(&e)), Some(sub))),
+                None if sub.cut_off.load(Ordering::Relaxed) => Some((
+                    Err(Status::resource_exhausted(format!(
+                        "this stream fell more than {buffer} events behind and was cut off so it \
+                         could not slow the daemon; read faster, filter more, or ask for a \
+                         larger buffer, and reconnect"
+                    ))),
+                    None,
+                )),
+                None => None,
+            }
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    type ExportSessionStream = ResultStream<pb::Chunk>;
+
+    async fn export_session(
+        &self,
+        request: Request<pb::ExportSessionRequest>,
+    ) -> Result<Response<Self::ExportSessionStream>, Status> {
+        let name = request.into_inner().session;
+        check_name(&name, "session")?;
+        let record = self.record(&name)?;
+        if record.state != SessionState::Closed {
+            return Err(Status::failed_precondition(format!(
+                "session {name} is still observing; `cimplifierctl stop {name}` closes it first"
+            )));
+        }
+        let store = self.manager.store().clone();
+        let bundle = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            store.export(&record, &mut out).map(|()| out)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(internal)?;
+        let chunks: Vec<Result<pb::Chunk, Status>> = bundle
+            .chunks(1 << 20)
+            .map(|c| Ok(pb::Chunk { data: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+
+    async fn import_session(
+        &self,
+        request: Request<Streaming<pb::ImportChunk>>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let mut stream = request.into_inner();
+        let mut bundle = Vec::new();
+        let mut name = None;
+        while let Some(chunk) = stream.message().await? {
+            if name.is_none() {
+                name = Some(chunk.name);
+            }
+            if bundle.len() + chunk.data.len() > MAX_BUNDLE {
+                return Err(Status::invalid_argument(format!(
+                    "the bundle is larger than {} MiB",
+                    MAX_BUNDLE >> 20
+                )));
+            }
+            bundle.extend_from_slice(&chunk.data);
+        }
+        let name = name.filter(|n| !n.is_empty());
+        let store = self.manager.store().clone();
+        let record = tokio::task::spawn_blocking(move || store.import(&bundle, name.as_deref()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        Ok(Response::new(stored(&record)))
+    }
+
+    async fn merge_sessions(
+        &self,
+        request: Request<pb::MergeSessionsRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let req = request.into_inner();
+        check_name(&req.into, "into")?;
+        for s in &req.sessions {
+            check_name(s, "sessions")?;
+            self.record(s)?;
+        }
+        let store = self.manager.store().clone();
+        let record = tokio::task::spawn_blocking(move || store.merge(&req.into, &req.sessions))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        Ok(Response::new(stored(&record)))
     }
 }

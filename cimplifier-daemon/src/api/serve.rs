@@ -94,7 +94,19 @@ pub async fn serve(
         nix::unistd::chown(socket, None, Some(gid))
             .with_context(|| format!("giving {} to group {group}", socket.display()))?;
     }
-    let service = Arc::new(Service::new(opts.state_dir.clone(), opts.tracer.clone()));
+    let store = Arc::new(crate::store::Store::open(&opts.state_dir)?);
+    let observer = crate::session::Observer::start(opts.tracer.clone())?;
+    let manager = crate::session::Manager::new(observer, store);
+    manager.recover().await?;
+    {
+        let manager = manager.clone();
+        tokio::spawn(async move {
+            if let Err(e) = manager.watch_labels().await {
+                tracing::error!("following Docker's events for labelled containers stopped: {e:#}");
+            }
+        });
+    }
+    let service = Arc::new(Service::new(manager, opts.state_dir.clone()));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::cimplifier_server::CimplifierServer<Service>>()
@@ -130,7 +142,7 @@ pub async fn serve(
         )
         .await;
     tracing::info!("shutting down: closing every session");
-    service.shutdown().await;
+    service.manager().shutdown().await;
     let _ = std::fs::remove_file(socket);
     result.context("serving the API")
 }

@@ -40,9 +40,15 @@ enum Command {
     /// Ctrl-C (the session is kept), --duration, or by stopping the
     /// container. The daemon keeps the session (event log and summary)
     /// for `emit`, `report` and `sessions`.
+    #[command(group(ArgGroup::new("what").required(true).args(["container", "label"])))]
     Observe {
         /// Container name or id.
-        container: String,
+        container: Option<String>,
+        /// Instead of one container: observe every container created from
+        /// now on with this label (KEY=VALUE), from its first exec. The
+        /// daemon always does so for io.cimplifier.observe=true.
+        #[arg(long, value_name = "KEY=VALUE", conflicts_with_all = ["duration", "restart", "attach"])]
+        label: Option<String>,
         /// Stop after this long, e.g. 30s or 5m.
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
@@ -62,8 +68,8 @@ enum Command {
     /// and symlink on the way to it, the ELF libraries of every binary kept,
     /// the safety sets (nss, ca-certificates, timezone, locales) and --include paths;
     /// copies the source image's configuration; the daemon keeps an audit
-    /// report of every kept path and why (emit-report.json in the session's
-    /// directory; --json prints it). Refuses a session that lost events
+    /// report of every kept path and why (emit-reports/SESSION.json in its
+    /// state directory; --json prints it). Refuses a session that lost events
     /// unless --allow-incomplete. The OCI directory is written by the
     /// daemon, on its host.
     #[command(group(ArgGroup::new("output").required(true).multiple(true).args(["tag", "oci_dir"])))]
@@ -113,12 +119,69 @@ enum Command {
     },
     /// Stop the daemon's observation of a container; the session is kept.
     Stop { container: String },
-    /// The model of a session the daemon holds, as JSON or DOT.
+    /// The model of a session the daemon holds: a table of each
+    /// executable's reads, writes and failed lookups, the call graph and
+    /// the sockets; --json for the whole model (docs/model-json.md), --dot
+    /// for the call graph.
     Report {
+        /// The session (the container's name, or a merge's).
         container: String,
-        /// Print the call graph as Graphviz DOT instead of the JSON model.
+        /// Print the whole model as JSON.
+        #[arg(long, conflicts_with = "dot")]
+        json: bool,
+        /// Print the call graph as Graphviz DOT.
         #[arg(long)]
         dot: bool,
+    },
+    /// Tail the events of observing sessions live, until Ctrl-C.
+    ///
+    /// Filters combine: --session, --exe and --kind each may repeat. A
+    /// stream that falls more than --buffer events behind is cut off by the
+    /// daemon (exit code 6) so that it never slows the observation.
+    Events {
+        /// Only this session (repeatable).
+        #[arg(long, value_name = "NAME")]
+        session: Vec<String>,
+        /// Only processes running this executable (repeatable), e.g. /usr/sbin/nginx.
+        #[arg(long, value_name = "PATH")]
+        exe: Vec<String>,
+        /// Only this kind: fork, exit, running, syscall, or a syscall name
+        /// such as openat (repeatable).
+        #[arg(long, value_name = "KIND")]
+        kind: Vec<String>,
+        /// Events the daemon may buffer for this stream [default: 4096].
+        #[arg(long)]
+        buffer: Option<u32>,
+        /// Print each event as one JSON line (docs/event-log.md) with its session and executable.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a closed session (record and events) to a bundle file, to
+    /// import it into another daemon (e.g. to merge sessions of one image
+    /// observed on several nodes).
+    Export {
+        session: String,
+        /// The bundle file to write; `-` for stdout.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Store a bundle written by `export` as a session of this daemon.
+    Import {
+        bundle: PathBuf,
+        /// Store it under this name instead of the bundle's own.
+        #[arg(long = "as", value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Merge closed sessions of one image into a new session, whose model
+    /// is the union of theirs; emit it to get one image that serves every
+    /// workload that was observed.
+    Merge {
+        /// The new session's name.
+        #[arg(long, value_name = "NAME")]
+        into: String,
+        /// The sessions to merge (two or more).
+        #[arg(num_args = 2.., required = true)]
+        sessions: Vec<String>,
     },
     /// Build the resource model of a recorded trace and report it.
     ///
@@ -196,6 +259,13 @@ fn session_json(s: &cimplifier::api::pb::Session) -> serde_json::Value {
         "from_first_exec": s.from_first_exec,
         "started_unix_ms": s.started_unix_ms, "duration_ms": s.duration_ms,
         "events": s.events, "lost_events": s.lost_events, "complete": s.complete,
+        "gaps": s.gaps.iter().map(|g| serde_json::json!({
+            "from_unix_ms": g.from_unix_ms, "to_unix_ms": g.to_unix_ms, "reason": g.reason,
+        })).collect::<Vec<_>>(),
+        "segments": s.segments.iter().map(|g| serde_json::json!({
+            "first_event": g.first_event, "started_unix_ms": g.started_unix_ms,
+            "from_first_exec": g.from_first_exec, "origin": g.origin,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -207,6 +277,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         Some(tonic::Code::NotFound) => 4,
         Some(tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists) => 5,
         Some(tonic::Code::InvalidArgument) => 2,
+        Some(tonic::Code::ResourceExhausted) => 6,
         _ => 1,
     }
 }
@@ -249,6 +320,28 @@ fn state_name(state: i32) -> &'static str {
         Ok(State::Failed) => "failed",
         _ => "unknown",
     }
+}
+
+/// The names or address an event is about, for the table of `events`.
+fn event_detail(json: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return String::new();
+    };
+    let mut parts: Vec<String> = v["paths"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["path"].as_str().map(str::to_owned))
+        .collect();
+    for key in ["socket", "fd_path", "exe"] {
+        if let Some(s) = v.get(key).filter(|s| !s.is_null()) {
+            parts.push(s.as_str().map_or_else(|| s.to_string(), str::to_owned));
+        }
+    }
+    if let Some(errno) = v["errno"].as_str() {
+        parts.push(format!("= {errno}"));
+    }
+    parts.join(" ")
 }
 
 fn mb(bytes: u64) -> String {
@@ -383,7 +476,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.container, s.events, s.lost_events, s.end
             ))
         }
-        Command::Report { container, dot } => {
+        Command::Report {
+            container,
+            json,
+            dot,
+        } => {
             let format = if dot {
                 pb::get_report_request::Format::Dot
             } else {
@@ -396,7 +493,158 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .await
             })?;
-            print(&(r.body + if dot { "" } else { "\n" }))
+            if dot {
+                return print(&r.body);
+            }
+            if json {
+                return print(&(r.body + "\n"));
+            }
+            let report: cimplifier::model::report::Report = serde_json::from_str(&r.body)
+                .context("the daemon's report is not the model JSON this cimplifierctl reads")?;
+            print(&report.table())
+        }
+        Command::Events {
+            session,
+            exe,
+            kind,
+            buffer,
+            json,
+        } => {
+            for p in &exe {
+                path_arg(p, "--exe")?;
+            }
+            let request = pb::StreamEventsRequest {
+                sessions: session,
+                executables: exe,
+                kinds: kind,
+                buffer: buffer.unwrap_or(0),
+            };
+            runtime()?.block_on(async {
+                let mut api = cimplifier::api::connect(&socket)
+                    .await
+                    .map_err(Unreachable)?;
+                let mut stream = api
+                    .stream_events(request)
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                let stop = stop_signal();
+                tokio::pin!(stop);
+                loop {
+                    let item = tokio::select! {
+                        _ = &mut stop => return Ok(()),
+                        item = stream.next() => item,
+                    };
+                    let Some(item) = item else { return Ok(()) };
+                    let e = item.map_err(status)?;
+                    let line = if json {
+                        let mut v: serde_json::Value = serde_json::from_str(&e.json)?;
+                        v["session"] = e.session.into();
+                        v["executable"] = e.executable.into();
+                        v.to_string() + "\n"
+                    } else {
+                        format!(
+                            "{:<16} {:>7} {:<24} {:<10} {}\n",
+                            e.session,
+                            e.pid,
+                            if e.executable.is_empty() {
+                                e.comm
+                            } else {
+                                e.executable
+                            },
+                            if e.syscall.is_empty() {
+                                e.kind
+                            } else {
+                                e.syscall
+                            },
+                            event_detail(&e.json)
+                        )
+                    };
+                    print(&line)?;
+                }
+            })
+        }
+        Command::Export { session, output } => {
+            let bundle = runtime()?.block_on(async {
+                let mut api = cimplifier::api::connect(&socket)
+                    .await
+                    .map_err(Unreachable)?;
+                let mut stream = api
+                    .export_session(pb::ExportSessionRequest { session })
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                let mut bundle = Vec::new();
+                while let Some(chunk) = stream.next().await {
+                    bundle.extend_from_slice(&chunk.map_err(status)?.data);
+                }
+                Ok::<_, anyhow::Error>(bundle)
+            })?;
+            if output.as_os_str() == "-" {
+                std::io::stdout().lock().write_all(&bundle)?;
+                return Ok(());
+            }
+            std::fs::write(&output, &bundle)
+                .with_context(|| format!("writing the bundle {}", output.display()))?;
+            eprintln!("wrote {} ({})", output.display(), mb(bundle.len() as u64));
+            Ok(())
+        }
+        Command::Import { bundle, name } => {
+            let bytes = std::fs::read(&bundle)
+                .with_context(|| format!("reading the bundle {}", bundle.display()))?;
+            let mut chunks: Vec<pb::ImportChunk> = bytes
+                .chunks(1 << 20)
+                .map(|c| pb::ImportChunk {
+                    name: String::new(),
+                    data: c.to_vec(),
+                })
+                .collect();
+            match chunks.first_mut() {
+                Some(first) => first.name = name.unwrap_or_default(),
+                None => anyhow::bail!("{} is empty: not a session bundle", bundle.display()),
+            }
+            let s = daemon(&socket, async |mut c| {
+                c.import_session(tokio_stream::iter(chunks)).await
+            })?;
+            print(&format!(
+                "imported session {} ({}): {} events\n",
+                s.container, s.image_ref, s.events
+            ))
+        }
+        Command::Merge { into, sessions } => {
+            let s = daemon(&socket, async |mut c| {
+                c.merge_sessions(pb::MergeSessionsRequest { into, sessions })
+                    .await
+            })?;
+            print(&format!(
+                "merged {} segments into session {} ({}): {} events{}\n",
+                s.segments.len(),
+                s.container,
+                s.image_ref,
+                s.events,
+                if s.complete {
+                    ""
+                } else {
+                    "; INCOMPLETE: a source lost events or has a gap"
+                }
+            ))
+        }
+        Command::Observe {
+            container: None,
+            label: Some(label),
+            ..
+        } => {
+            let s = daemon(&socket, async |mut c| {
+                c.observe(pb::ObserveRequest {
+                    label_selector: label,
+                    ..Default::default()
+                })
+                .await
+            })?;
+            print(&format!(
+                "containers created with label {} will be observed from their first exec\n",
+                s.label_selector
+            ))
         }
         Command::Observe {
             container,
@@ -404,7 +652,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             restart,
             attach,
             json,
+            ..
         } => {
+            let container = container.context("give a container or --label")?;
             let session = runtime()?.block_on(async {
                 let mut api = cimplifier::api::connect(&socket).await.map_err(Unreachable)?;
                 let started = api
@@ -413,6 +663,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         restart,
                         attach,
                         duration_seconds: duration.map_or(0, |d| d.as_secs().max(1) as u32),
+                        ..Default::default()
                     })
                     .await
                     .map_err(status)?
@@ -546,7 +797,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return print(&(serde_json::to_string_pretty(&report)? + "\n"));
             }
             let mut text = summary(&report);
-            text += "  audit report: emit-report.json in the daemon's session directory (or emit --json)\n";
+            text += "  audit report: emit-reports/SESSION.json in the daemon's state directory (or emit --json)\n";
             for p in &explain {
                 text += &format!("  {p}: {}\n", report.explain(p));
             }

@@ -16,18 +16,16 @@ use super::image_fs::ImageFs;
 use super::oci::{self, SourceConfig};
 use crate::model::Model;
 use crate::place::slim::{KeepReason, SlimOptions, plan};
-use crate::session::SessionDir;
+use crate::store::Store;
 use crate::trace::ContainerPath;
-use crate::trace::log::EventLog;
 
 pub const REPORT_FORMAT: &str = "cimplifier-emit-report";
 pub const REPORT_VERSION: u32 = 1;
 
 #[derive(Clone, Debug)]
 pub struct EmitOptions {
-    /// The observed container, by the name its session was saved under.
-    pub container: String,
-    pub state_dir: PathBuf,
+    /// The session to emit, by name (the container's, or a merge's).
+    pub session: String,
     /// Load the image into Docker under this tag.
     pub tag: Option<String>,
     /// Also write an OCI image layout here.
@@ -155,18 +153,31 @@ async fn save_image(docker: &bollard::Docker, image: &str) -> Result<Vec<u8>> {
 
 /// Emits the slim image of an observed container. `progress` hears each step.
 pub async fn emit(
+    store: &Store,
     opts: &EmitOptions,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<EmitReport> {
-    let session = SessionDir::new(&opts.state_dir, &opts.container);
-    let info = session.info()?;
-    if !info.complete && !opts.allow_incomplete {
+    let info = store.session(&opts.session)?.with_context(|| {
+        format!(
+            "no session {:?}: `cimplifierctl sessions` lists them; `cimplifierctl observe` starts one",
+            opts.session
+        )
+    })?;
+    if info.state != crate::store::SessionState::Closed {
         bail!(
-            "the session of {} lost {} events, so the image could miss files it needs; \
-             observe again (a larger --ring-buffer-mib helps), or pass --allow-incomplete \
-             to emit anyway (the report will say so)",
-            info.started.container_name,
-            info.loss.lost()
+            "session {} is still observing; `cimplifierctl stop {}` closes it first",
+            info.name,
+            info.name
+        );
+    }
+    if let Some(why) = info.incompleteness()
+        && !opts.allow_incomplete
+    {
+        bail!(
+            "the session {} {why}, so the image could miss files it needs; \
+             observe again (a larger --ring-buffer-mib helps with loss), or pass \
+             --allow-incomplete to emit anyway (the report will say so)",
+            info.name
         );
     }
     let docker = crate::docker::connect()?;
@@ -188,11 +199,11 @@ pub async fn emit(
 
     progress("planning what to keep");
     let start = Instant::now();
-    let log = EventLog::read(&session.trace())?;
     let mut model = Model::with_image_tree(Box::new(fs.clone()));
-    for e in &log.events {
-        model.apply(e);
-    }
+    let mut trace_hash = Sha256::new();
+    store.fold(&info, &mut model, |e| {
+        trace_hash.update(serde_json::to_vec(e).expect("events serialize to JSON"));
+    })?;
     let source = SourceConfig::from_inspect(&inspect);
     let mut slim = opts.slim.clone();
     slim.env = source.env.clone().unwrap_or_default();
@@ -202,10 +213,7 @@ pub async fn emit(
     progress("writing the slim layer");
     let start = Instant::now();
     let layer = fs.write_tar(&|p| slim_plan.keep.contains_key(p));
-    let trace_sha = format!(
-        "sha256:{:x}",
-        Sha256::digest(std::fs::read(session.trace()).context("reading the session's trace")?)
-    );
+    let trace_sha = format!("sha256:{:x}", trace_hash.finalize());
     let labels: BTreeMap<String, String> = [
         ("io.cimplifier.source-image", info.started.image_id.clone()),
         ("io.cimplifier.source-ref", info.started.image_ref.clone()),
@@ -264,9 +272,9 @@ pub async fn emit(
         image_id: image.config.digest(),
         manifest_digest: image.manifest.digest(),
         events: info.events,
-        complete: info.complete,
+        complete: info.complete(),
         lost_events: info.loss.lost(),
-        incomplete_allowed: !info.complete,
+        incomplete_allowed: !info.complete(),
         from_first_exec: info.started.from_first_exec,
         source_files: fs.entries().count() as u64,
         source_image_bytes,

@@ -16,6 +16,12 @@
 //! is an executable too, called by the script.
 
 pub mod report;
+
+/// The file a successful exec event ran, if `event` is one.
+pub fn exec_path(event: &Event) -> Option<ContainerPath> {
+    let s = event.syscall()?;
+    s.succeeded().then(|| semantics::exec_target(s)).flatten()
+}
 mod semantics;
 pub mod strace;
 mod tree;
@@ -186,6 +192,12 @@ impl Model {
     /// a model with any is not the whole truth.
     pub fn unresolved_names(&self) -> u64 {
         self.unresolved_names
+    }
+
+    /// Forgets which process runs what: for events that follow from another
+    /// host or another run, whose process ids mean something else.
+    pub fn forget_processes(&mut self) {
+        self.processes.clear();
     }
 
     /// Folds one event into the model.

@@ -1,53 +1,58 @@
-//! Observation sessions: what `cimplifierctl observe` records about one
-//! container, kept in a state directory for `emit`.
+//! Observation sessions: the daemon core. A [`Manager`] observes
+//! containers through one shared [`Observer`], checkpoints what each session
+//! sees into the [`Store`] at least every [`CHECKPOINT`], and after a crash
+//! marks the gap and resumes the containers still running.
 //!
 //! A session covers the container from its first exec: when the container
-//! is not running, or `restart` is asked for, the tracer watches Docker's
-//! parent cgroup before the engine starts the container, so the entrypoint's
-//! exec and everything start-up reads are recorded; then the watch narrows
-//! to the container's own cgroup. Events of other containers that start in
-//! that window are dropped by cgroup id. A container that dies ends the
-//! session, which is closed with its summary like any other.
+//! is not running, or `restart` is asked for, Docker's parent cgroup is
+//! watched before the engine starts the container, so the entrypoint's exec
+//! and everything start-up reads are recorded; then the session narrows to
+//! the container's own cgroup. Containers labelled
+//! `io.cimplifier.observe=true` (or matching a selector given to `observe`)
+//! are caught at `create`, so they too are observed from their first exec.
 
-use std::collections::HashSet;
-use std::future::Future;
-use std::path::{Path, PathBuf};
+pub mod observer;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
 
-use crate::trace::cgroup::{cgroup_id, cgroup2_mount, cgroups_below};
-use crate::trace::log::{EventLogWriter, FORMAT, LogHeader, VERSION};
-use crate::trace::{CgroupId, LossCounters, Tracer, TracerConfig};
+pub use observer::{Observer, StreamFilter, StreamedEvent, Subscription};
+
+use crate::store::{Gap, Segment, SessionRecord, SessionState, Store};
+use crate::trace::cgroup::cgroup2_mount;
+use crate::trace::{ContainerPath, Event, EventKind, LossCounters};
+use observer::Route;
 
 /// Where sessions live unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cimplifier";
+
+/// The label that asks for a container to be observed from its first exec.
+pub const OBSERVE_LABEL: &str = "io.cimplifier.observe=true";
+
+/// How often a session makes what it saw durable: a daemon killed outright
+/// loses at most this much.
+pub const CHECKPOINT: Duration = Duration::from_millis(500);
 
 /// How a session ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
-    /// Stopped by the user (Ctrl-C, SIGTERM).
+    /// Stopped by the user (StopObserving, SIGTERM of the daemon).
     Stopped,
     /// `--duration` passed.
     Duration,
     /// The container exited.
     ContainerDied,
-}
-
-/// A session's record, `session.json` beside its event log.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionInfo {
-    #[serde(flatten)]
-    pub started: Started,
-    pub duration_ms: u64,
-    pub end: EndReason,
-    pub events: u64,
-    pub loss: LossCounters,
-    /// No events lost.
-    pub complete: bool,
+    /// The daemon stopped without closing the session, and the container
+    /// was gone when it came back.
+    Interrupted,
 }
 
 /// An observation that has begun: what a session knows from its start.
@@ -64,56 +69,74 @@ pub struct Started {
     pub started_unix_ms: u64,
 }
 
-/// The files of one session.
-#[derive(Clone, Debug)]
-pub struct SessionDir(PathBuf);
-
-impl SessionDir {
-    /// The session of `container` (name or id) under `state_dir`.
-    pub fn new(state_dir: &Path, container: &str) -> Self {
-        Self(
-            state_dir
-                .join("sessions")
-                .join(container.trim_start_matches('/')),
-        )
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub fn trace(&self) -> PathBuf {
-        self.0.join("trace.jsonl")
-    }
-
-    pub fn info_path(&self) -> PathBuf {
-        self.0.join("session.json")
-    }
-
-    pub fn info(&self) -> Result<SessionInfo> {
-        let path = self.info_path();
-        let text = std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "no finished observation session at {}: run `cimplifierctl observe CONTAINER` first",
-                path.display()
-            )
-        })?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a session record", path.display()))
-    }
-}
-
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ObserveOptions {
     /// Container name or id.
     pub container: String,
-    pub state_dir: PathBuf,
     pub duration: Option<Duration>,
     /// Restart a running container so its start-up is observed.
     pub restart: bool,
     /// Observe a running container from now on, without its start-up.
     pub attach: bool,
-    pub tracer: TracerConfig,
+}
+
+/// Why an observation could not begin, by what the caller can do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    #[error("container {0:?} not found by the Docker engine (see `docker ps -a`)")]
+    NotFound(String),
+    #[error("{0} is already being observed; `cimplifierctl stop {0}` ends it")]
+    AlreadyObserving(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
+}
+
+/// How the session meets its container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opening {
+    /// Not running: start it under observation.
+    Start,
+    Restart,
+    Attach,
+    /// Just created by someone else, who is starting it: wait for it.
+    AwaitStart,
+    /// The daemon came back; the container still runs.
+    Resume,
+}
+
+/// What a session looks like from outside.
+#[derive(Clone, Debug)]
+pub enum SessionView {
+    /// Observing, or closed: the stored record (updated at each checkpoint).
+    Stored(SessionRecord),
+    /// Observing, before its first checkpoint.
+    Starting(Started),
+    /// The observation failed after it began.
+    Failed { name: String, error: String },
+}
+
+struct Running {
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<Result<SessionRecord>>>,
+    started: Started,
+}
+
+/// The sessions of one daemon.
+pub struct Manager {
+    observer: Arc<Observer>,
+    store: Arc<Store>,
+    running: Mutex<HashMap<String, Running>>,
+    failed: Mutex<HashMap<String, String>>,
+    /// Label selectors (`key=value`) of containers to observe on creation.
+    selectors: Mutex<BTreeSet<String>>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Docker's parent cgroup for containers (the cgroupfs driver's default).
@@ -127,199 +150,741 @@ fn docker_parent_cgroup(cgroup_parent: Option<&str>) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Ids of the cgroup at `dir` and of every cgroup below it.
-fn cgroup_ids_below(dir: &Path) -> HashSet<CgroupId> {
-    cgroups_below(dir)
-        .iter()
-        .filter_map(|d| cgroup_id(d).ok())
-        .collect()
+/// `a - b`, field by field: what a tracer lost since `b` was read.
+fn loss_since(a: LossCounters, b: LossCounters) -> LossCounters {
+    LossCounters {
+        ringbuf_full: a.ringbuf_full.saturating_sub(b.ringbuf_full),
+        inflight_full: a.inflight_full.saturating_sub(b.inflight_full),
+        user_read_faults: a.user_read_faults.saturating_sub(b.user_read_faults),
+        undecodable: a.undecodable.saturating_sub(b.undecodable),
+    }
 }
 
-/// Observes one container until `stop` resolves, `duration` passes or the
-/// container dies, and writes the session. `on_started` hears when the
-/// observation has begun. Progress goes to `tracing`.
-pub async fn observe(
-    opts: ObserveOptions,
-    stop: impl Future<Output = ()>,
-    on_started: impl FnOnce(&Started),
-) -> Result<SessionInfo> {
-    let docker = crate::docker::connect()?;
-    let details = docker
-        .inspect_container(&opts.container, None)
-        .await
-        .with_context(|| {
-            format!(
-                "container {:?} not found by the Docker engine (see `docker ps -a`)",
-                opts.container
-            )
-        })?;
-    let id = details.id.clone().unwrap_or_default();
-    let name = details
-        .name
-        .clone()
-        .unwrap_or_default()
-        .trim_start_matches('/')
-        .to_owned();
-    let running = details.state.as_ref().and_then(|s| s.running) == Some(true);
-    if running && !opts.restart && !opts.attach {
-        bail!(
-            "container {name} is already running, so its start-up (which reads its configuration \
-             and loads its libraries) cannot be observed: pass --restart to restart it under \
-             observation, or --attach to observe it from now on"
-        );
+pub(crate) fn add_loss(a: LossCounters, b: LossCounters) -> LossCounters {
+    LossCounters {
+        ringbuf_full: a.ringbuf_full + b.ringbuf_full,
+        inflight_full: a.inflight_full + b.inflight_full,
+        user_read_faults: a.user_read_faults + b.user_read_faults,
+        undecodable: a.undecodable + b.undecodable,
     }
-    let from_first_exec = !running || opts.restart;
-    let session = SessionDir::new(&opts.state_dir, &name);
-    std::fs::create_dir_all(session.path()).with_context(|| {
-        format!(
-            "creating the session directory {}",
-            session.path().display()
-        )
-    })?;
-    let cgroup_parent = details
-        .host_config
-        .as_ref()
-        .and_then(|h| h.cgroup_parent.clone());
+}
 
-    let mut tracer = Tracer::load(opts.tracer.clone())?;
-    let mut events = tracer.events()?;
-    let mut die_events = docker.events(Some(bollard::query_parameters::EventsOptions {
-        filters: Some(
-            [
-                ("container".to_owned(), vec![id.clone()]),
-                ("event".to_owned(), vec!["die".to_owned()]),
-            ]
-            .into_iter()
-            .collect(),
-        ),
-        ..Default::default()
-    }));
-
-    // Watch before the container starts, then narrow to its own cgroup.
-    let parent_watch = if from_first_exec {
-        Some(tracer.watch_cgroup(&docker_parent_cgroup(cgroup_parent.as_deref())?)?)
-    } else {
-        None
-    };
-    if running && opts.restart {
-        tracing::info!(container = %name, "restarting under observation");
-        docker
-            .restart_container(
-                &id,
-                None::<bollard::query_parameters::RestartContainerOptions>,
-            )
-            .await
-            .with_context(|| format!("restarting container {name}"))?;
-    } else if !running {
-        tracing::info!(container = %name, "starting under observation");
-        docker
-            .start_container(
-                &id,
-                None::<bollard::query_parameters::StartContainerOptions>,
-            )
-            .await
-            .with_context(|| format!("starting container {name}"))?;
+/// A `key=value` label selector, checked.
+pub fn check_selector(selector: &str) -> Result<(), ObserveError> {
+    match selector.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() && selector.len() <= 256 => Ok(()),
+        _ => Err(ObserveError::Refused(format!(
+            "label selector {selector:?}: give key=value, e.g. {OBSERVE_LABEL}"
+        ))),
     }
-    let info = crate::docker::resolve_container(&docker, &id).await?;
-    let container_cgroup = info.cgroup_path.clone();
-    let watched = tracer.watch_cgroup(&container_cgroup)?;
-    if let Some(parent) = &parent_watch {
-        tracer.unwatch(parent)?;
+}
+
+impl Manager {
+    pub fn new(observer: Arc<Observer>, store: Arc<Store>) -> Arc<Self> {
+        Arc::new(Self {
+            observer,
+            store,
+            running: Mutex::default(),
+            failed: Mutex::default(),
+            selectors: Mutex::new([OBSERVE_LABEL.to_owned()].into()),
+        })
     }
-    let mut members = cgroup_ids_below(&container_cgroup);
 
-    let started_unix_ms = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64;
-    let header = LogHeader {
-        format: FORMAT.into(),
-        version: VERSION,
-        target: format!("container {name} ({id})"),
-        cgroup: cgroup_id(&container_cgroup)?,
-        cgroup_path: container_cgroup.clone(),
-        started_unix_ms,
-    };
-    let mut log = EventLogWriter::create(&session.trace(), header)?;
-    tracing::info!(container = %name, log = %session.trace().display(), "observing");
-    let image_id = details.image.clone().unwrap_or_default();
-    let image_ref = details
-        .config
-        .as_ref()
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
-    let begun = Started {
-        container_id: id,
-        container_name: name.clone(),
-        image_id,
-        image_ref,
-        from_first_exec,
-        started_unix_ms,
-    };
-    on_started(&begun);
+    pub fn observer(&self) -> &Arc<Observer> {
+        &self.observer
+    }
 
-    let started = Instant::now();
-    let deadline = async {
-        match opts.duration {
-            Some(d) => tokio::time::sleep(d).await,
-            None => std::future::pending().await,
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Starts observing a container; returns once the observation has
+    /// begun (the container's cgroup is watched).
+    pub async fn observe(self: &Arc<Self>, opts: ObserveOptions) -> Result<Started, ObserveError> {
+        if opts.restart && opts.attach {
+            return Err(ObserveError::Refused(
+                "restart and attach exclude each other".into(),
+            ));
         }
-    };
-    tokio::pin!(stop, deadline);
-    let mut progress = tokio::time::interval(Duration::from_secs(5));
-    progress.tick().await;
-    let mut dropped_foreign = 0u64;
-    let keep = |e: &crate::trace::Event, members: &mut HashSet<CgroupId>| {
-        if members.contains(&e.cgroup) {
-            return true;
+        let docker = crate::docker::connect()?;
+        let details = docker
+            .inspect_container(&opts.container, None)
+            .await
+            .map_err(|_| ObserveError::NotFound(opts.container.clone()))?;
+        let name = details
+            .name
+            .clone()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned();
+        if self.running.lock().expect("sessions lock").contains_key(&name) {
+            return Err(ObserveError::AlreadyObserving(name));
         }
-        // A cgroup created below the container's since the last look.
-        *members = cgroup_ids_below(&container_cgroup);
-        members.contains(&e.cgroup)
-    };
-    let end = loop {
-        tokio::select! {
-            biased;
-            _ = &mut stop => break EndReason::Stopped,
-            _ = &mut deadline => break EndReason::Duration,
-            Some(_) = die_events.next() => break EndReason::ContainerDied,
-            _ = progress.tick() => {
-                let c = tracer.counters()?;
-                tracing::info!(events = log.events_written(), lost = c.loss.lost(), "observing {name}");
+        let running = details.state.as_ref().and_then(|s| s.running) == Some(true);
+        let opening = match (running, opts.restart, opts.attach) {
+            (false, _, _) => Opening::Start,
+            (true, true, _) => Opening::Restart,
+            (true, _, true) => Opening::Attach,
+            (true, false, false) => {
+                return Err(ObserveError::Refused(format!(
+                    "container {name} is already running, so its start-up (which reads its \
+                     configuration and loads its libraries) cannot be observed: pass --restart \
+                     to restart it under observation, or --attach to observe it from now on"
+                )));
             }
-            event = events.next_event() => match event {
-                Some(e) if keep(&e, &mut members) => log.write(&e)?,
-                Some(_) => dropped_foreign += 1,
-                None => break EndReason::Stopped,
-            },
-        }
-    };
-    if tracer.unwatch(&watched).is_err() {
-        tracing::debug!("the container's cgroup is gone");
+        };
+        self.begin(details, opening, opts.duration, None).await
     }
-    while let Ok(Some(e)) =
-        tokio::time::timeout(Duration::from_millis(200), events.next_event()).await
-    {
-        if keep(&e, &mut members) {
-            log.write(&e)?;
+
+    /// Spawns the session task and waits until it has begun.
+    async fn begin(
+        self: &Arc<Self>,
+        details: bollard::models::ContainerInspectResponse,
+        opening: Opening,
+        duration: Option<Duration>,
+        resumed: Option<SessionRecord>,
+    ) -> Result<Started, ObserveError> {
+        let name = details
+            .name
+            .clone()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (started_tx, started_rx) = oneshot::channel::<Started>();
+        {
+            let mut running = self.running.lock().expect("sessions lock");
+            if running.contains_key(&name) {
+                return Err(ObserveError::AlreadyObserving(name));
+            }
+            // Reserved now so a second request for it is refused at once.
+            running.insert(
+                name.clone(),
+                Running {
+                    stop: Some(stop_tx),
+                    done: None,
+                    started: Started {
+                        container_id: details.id.clone().unwrap_or_default(),
+                        container_name: name.clone(),
+                        image_id: details.image.clone().unwrap_or_default(),
+                        image_ref: String::new(),
+                        from_first_exec: false,
+                        started_unix_ms: now_ms(),
+                    },
+                },
+            );
+        }
+        let manager = self.clone();
+        let task_name = name.clone();
+        let done = tokio::spawn(async move {
+            let session = SessionTask {
+                manager: manager.clone(),
+                details,
+                opening,
+                duration,
+                resumed,
+            };
+            let result = session
+                .run(
+                    async move {
+                        let _ = stop_rx.await;
+                    },
+                    started_tx,
+                )
+                .await;
+            if let Err(e) = &result {
+                tracing::warn!(session = %task_name, "observation failed: {e:#}");
+                manager
+                    .failed
+                    .lock()
+                    .expect("failed lock")
+                    .insert(task_name.clone(), format!("{e:#}"));
+            }
+            manager
+                .running
+                .lock()
+                .expect("sessions lock")
+                .remove(&task_name);
+            result
+        });
+        match started_rx.await {
+            Ok(started) => {
+                self.failed.lock().expect("failed lock").remove(&name);
+                if let Some(r) = self.running.lock().expect("sessions lock").get_mut(&name) {
+                    r.started = started.clone();
+                    r.done = Some(done);
+                }
+                Ok(started)
+            }
+            Err(_) => {
+                self.running.lock().expect("sessions lock").remove(&name);
+                match done.await {
+                    Ok(Err(e)) => Err(ObserveError::Refused(format!("{e:#}"))),
+                    Ok(Ok(_)) => Err(anyhow!("observation ended before it began").into()),
+                    Err(e) => Err(anyhow!("observation task failed: {e}").into()),
+                }
+            }
         }
     }
-    if dropped_foreign > 0 {
-        tracing::debug!(
-            dropped_foreign,
-            "events of other containers started meanwhile"
+
+    /// Ends an observation and returns its closed record; a closed
+    /// session's record as it is; None when there is no such session.
+    pub async fn stop(&self, name: &str) -> Result<Option<SessionRecord>> {
+        let entry = self.running.lock().expect("sessions lock").remove(name);
+        let Some(mut r) = entry else {
+            return self.store.session(name);
+        };
+        if let Some(stop) = r.stop.take() {
+            let _ = stop.send(());
+        }
+        match r.done.take() {
+            Some(done) => done
+                .await
+                .map_err(|e| anyhow!("observation task failed: {e}"))?
+                .map(Some),
+            None => self.store.session(name),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Result<Option<SessionView>> {
+        if let Some(error) = self.failed.lock().expect("failed lock").get(name) {
+            return Ok(Some(SessionView::Failed {
+                name: name.to_owned(),
+                error: error.clone(),
+            }));
+        }
+        let starting = self
+            .running
+            .lock()
+            .expect("sessions lock")
+            .get(name)
+            .map(|r| r.started.clone());
+        Ok(match self.store.session(name)? {
+            Some(r) if r.state == SessionState::Observing || starting.is_none() => {
+                Some(SessionView::Stored(r))
+            }
+            _ => starting.map(SessionView::Starting),
+        })
+    }
+
+    pub fn list(&self) -> Result<Vec<SessionView>> {
+        let mut out: HashMap<String, SessionView> = self
+            .store
+            .sessions()?
+            .into_iter()
+            .map(|r| (r.name.clone(), SessionView::Stored(r)))
+            .collect();
+        for (name, r) in self.running.lock().expect("sessions lock").iter() {
+            out.entry(name.clone())
+                .or_insert_with(|| SessionView::Starting(r.started.clone()));
+        }
+        for (name, error) in self.failed.lock().expect("failed lock").iter() {
+            out.insert(
+                name.clone(),
+                SessionView::Failed {
+                    name: name.clone(),
+                    error: error.clone(),
+                },
+            );
+        }
+        let mut list: Vec<(String, SessionView)> = out.into_iter().collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(list.into_iter().map(|(_, v)| v).collect())
+    }
+
+    pub fn observing(&self) -> usize {
+        self.running.lock().expect("sessions lock").len()
+    }
+
+    pub fn selectors(&self) -> Vec<String> {
+        self.selectors
+            .lock()
+            .expect("selectors lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Observes containers created from now on whose labels match
+    /// `selector` (`key=value`), from their first exec.
+    pub fn add_selector(&self, selector: &str) -> Result<(), ObserveError> {
+        check_selector(selector)?;
+        self.selectors
+            .lock()
+            .expect("selectors lock")
+            .insert(selector.to_owned());
+        Ok(())
+    }
+
+    /// Stops every observation and waits for each session to be closed:
+    /// what the daemon does on SIGTERM.
+    pub async fn shutdown(&self) {
+        let all: Vec<Running> = {
+            let mut running = self.running.lock().expect("sessions lock");
+            running.drain().map(|(_, r)| r).collect()
+        };
+        for mut r in all {
+            if let Some(stop) = r.stop.take() {
+                let _ = stop.send(());
+            }
+            if let Some(done) = r.done.take() {
+                let _ = done.await;
+            }
+        }
+    }
+
+    /// After a start: sessions the store says were observing were cut off
+    /// (the daemon was killed). Each gets a gap from its last checkpoint to
+    /// now; those whose container still runs are resumed, the others closed.
+    pub async fn recover(self: &Arc<Self>) -> Result<()> {
+        let docker = crate::docker::connect()?;
+        for mut record in self.store.sessions()? {
+            if record.state != SessionState::Observing {
+                continue;
+            }
+            let gap = Gap {
+                from_unix_ms: record.checkpoint_unix_ms,
+                to_unix_ms: now_ms(),
+                reason: "the daemon stopped without closing the session (killed or crashed)".into(),
+            };
+            let details = docker
+                .inspect_container(&record.started.container_id, None)
+                .await
+                .ok()
+                .filter(|d| d.state.as_ref().and_then(|s| s.running) == Some(true));
+            match details {
+                Some(details) => {
+                    tracing::warn!(
+                        session = %record.name,
+                        gap_ms = gap.to_unix_ms - gap.from_unix_ms,
+                        "resuming an observation the daemon lost; the gap is marked"
+                    );
+                    record.gaps.push(gap);
+                    self.store.put_session(&record)?;
+                    if let Err(e) = self
+                        .begin(details, Opening::Resume, None, Some(record.clone()))
+                        .await
+                    {
+                        tracing::error!(session = %record.name, "could not resume: {e}");
+                    }
+                }
+                None => {
+                    tracing::warn!(session = %record.name, "closing an observation the daemon lost; its container is gone");
+                    record.gaps.push(gap);
+                    record.state = SessionState::Closed;
+                    record.end = Some(EndReason::Interrupted);
+                    self.store.put_session(&record)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows Docker's `create` events and observes the containers whose
+    /// labels match a selector; attaches to matching containers already
+    /// running without a session. Runs until the engine's event stream ends.
+    pub async fn watch_labels(self: Arc<Self>) -> Result<()> {
+        let docker = crate::docker::connect()?;
+        let listed = docker
+            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                all: false,
+                ..Default::default()
+            }))
+            .await
+            .context("listing containers")?;
+        for c in listed {
+            let labels = c.labels.clone().unwrap_or_default();
+            let name = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_default();
+            if !self.wanted(&labels)
+                || self
+                    .running
+                    .lock()
+                    .expect("sessions lock")
+                    .contains_key(&name)
+            {
+                continue;
+            }
+            tracing::info!(container = %name, "labelled container already running: observing it from now on");
+            let opts = ObserveOptions {
+                container: name.clone(),
+                attach: true,
+                ..Default::default()
+            };
+            if let Err(e) = self.observe(opts).await {
+                tracing::warn!(container = %name, "not observed: {e}");
+            }
+        }
+        let mut events = docker.events(Some(bollard::query_parameters::EventsOptions {
+            filters: Some(
+                [
+                    ("type".to_owned(), vec!["container".to_owned()]),
+                    ("event".to_owned(), vec!["create".to_owned()]),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            ..Default::default()
+        }));
+        while let Some(event) = events.next().await {
+            let event = event.context("reading Docker's events")?;
+            let Some(actor) = event.actor else { continue };
+            let attributes = actor.attributes.unwrap_or_default();
+            if !self.wanted(&attributes) {
+                continue;
+            }
+            let Some(id) = actor.id else { continue };
+            let Ok(details) = docker.inspect_container(&id, None).await else {
+                continue;
+            };
+            let manager = self.clone();
+            tokio::spawn(async move {
+                let name = details.name.clone().unwrap_or_default();
+                match manager
+                    .begin(details, Opening::AwaitStart, None, None)
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(container = %name, "labelled container: observing from its first exec")
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %name, "labelled container not observed: {e}")
+                    }
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether labels (or Docker event attributes, which include them)
+    /// match a selector.
+    fn wanted(&self, labels: &HashMap<String, String>) -> bool {
+        self.selectors
+            .lock()
+            .expect("selectors lock")
+            .iter()
+            .any(|s| {
+                s.split_once('=')
+                    .is_some_and(|(k, v)| labels.get(k).is_some_and(|x| x == v))
+            })
+    }
+}
+
+/// One session's observation.
+struct SessionTask {
+    manager: Arc<Manager>,
+    details: bollard::models::ContainerInspectResponse,
+    opening: Opening,
+    duration: Option<Duration>,
+    resumed: Option<SessionRecord>,
+}
+
+/// Who ran what, per process, for streaming by executable.
+#[derive(Default)]
+struct ExeTracker(HashMap<u32, ContainerPath>);
+
+impl ExeTracker {
+    fn exe_after(&mut self, e: &Event) -> Option<ContainerPath> {
+        match &e.kind {
+            EventKind::Fork {
+                child_pid,
+                thread: false,
+                ..
+            } => {
+                if let Some(exe) = self.0.get(&e.pid).cloned() {
+                    self.0.insert(*child_pid, exe);
+                }
+            }
+            EventKind::Running { exe: Some(exe), .. } => {
+                self.0.insert(e.pid, exe.clone());
+            }
+            EventKind::Exit {
+                process_exited: true,
+            } => return self.0.remove(&e.pid),
+            _ => {
+                if let Some(exe) = crate::model::exec_path(e) {
+                    self.0.insert(e.pid, exe);
+                }
+            }
+        }
+        self.0.get(&e.pid).cloned()
+    }
+}
+
+impl SessionTask {
+    async fn run(
+        self,
+        stop: impl std::future::Future<Output = ()>,
+        started_tx: oneshot::Sender<Started>,
+    ) -> Result<SessionRecord> {
+        let observer = self.manager.observer.clone();
+        let store = self.manager.store.clone();
+        let docker = crate::docker::connect()?;
+        let details = &self.details;
+        let id = details.id.clone().unwrap_or_default();
+        let name = details
+            .name
+            .clone()
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_owned();
+        let from_first_exec = matches!(
+            self.opening,
+            Opening::Start | Opening::Restart | Opening::AwaitStart
         );
+        let cgroup_parent = details
+            .host_config
+            .as_ref()
+            .and_then(|h| h.cgroup_parent.clone());
+
+        let (route, mut events) = observer.route(&name);
+        let route = RouteGuard {
+            observer: observer.clone(),
+            route,
+        };
+        let mut die_events = docker.events(Some(bollard::query_parameters::EventsOptions {
+            filters: Some(
+                [
+                    ("container".to_owned(), vec![id.clone()]),
+                    ("event".to_owned(), vec!["die".to_owned()]),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            ..Default::default()
+        }));
+        let loss_base = observer.loss();
+
+        // Watch before the container starts, then narrow to its own cgroup.
+        let parent_watch = if from_first_exec {
+            Some(observer.watch(&docker_parent_cgroup(cgroup_parent.as_deref())?)?)
+        } else {
+            None
+        };
+        let opened = self.open(&docker, &id, &name).await;
+        let container_cgroup = match opened {
+            Ok(()) => crate::docker::resolve_container(&docker, &id)
+                .await
+                .map(|info| info.cgroup_path),
+            Err(e) => Err(e),
+        };
+        let container_cgroup = match container_cgroup {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(w) = parent_watch {
+                    observer.unwatch(w);
+                }
+                return Err(e);
+            }
+        };
+        observer.claim(&route.route, &container_cgroup);
+        let watch = observer.watch(&container_cgroup)?;
+        if let Some(w) = parent_watch {
+            observer.unwatch(w);
+        }
+        let mut members = observer::cgroup_ids_below(&container_cgroup);
+
+        let now = now_ms();
+        let mut record = match self.resumed.clone() {
+            Some(mut r) => {
+                r.segments.push(Segment {
+                    first_event: r.events,
+                    started_unix_ms: now,
+                    from_first_exec: false,
+                    origin: "resumed after a daemon restart".into(),
+                });
+                r
+            }
+            None => SessionRecord {
+                name: name.clone(),
+                id: store.next_session_id()?,
+                started: Started {
+                    container_id: id.clone(),
+                    container_name: name.clone(),
+                    image_id: details.image.clone().unwrap_or_default(),
+                    image_ref: details
+                        .config
+                        .as_ref()
+                        .and_then(|c| c.image.clone())
+                        .unwrap_or_default(),
+                    from_first_exec,
+                    started_unix_ms: now,
+                },
+                state: SessionState::Observing,
+                end: None,
+                duration_ms: 0,
+                events: 0,
+                loss: LossCounters::default(),
+                segments: vec![Segment {
+                    first_event: 0,
+                    started_unix_ms: now,
+                    from_first_exec,
+                    origin: "observed".into(),
+                }],
+                gaps: vec![],
+                checkpoint_unix_ms: now,
+            },
+        };
+        record.checkpoint_unix_ms = now;
+        store.put_session(&record)?;
+        tracing::info!(container = %name, store = %store.path().display(), "observing");
+        let _ = started_tx.send(record.started.clone());
+
+        let prior_duration = record.duration_ms;
+        let prior_loss = record.loss;
+        let started = Instant::now();
+        let deadline = async {
+            match self.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stop, deadline);
+        let mut checkpoint = tokio::time::interval(CHECKPOINT);
+        checkpoint.tick().await;
+        let mut batch: Vec<Event> = Vec::new();
+        let mut exes = ExeTracker::default();
+        let session_name: Arc<str> = name.as_str().into();
+        let mut accept = |e: Event, batch: &mut Vec<Event>| {
+            if !members.contains(&e.cgroup) {
+                // A cgroup created below the container's since the last look,
+                // or another container's event seen while waiting.
+                members = observer::cgroup_ids_below(&container_cgroup);
+                if !members.contains(&e.cgroup) {
+                    return;
+                }
+            }
+            let exe = exes.exe_after(&e);
+            let event = Arc::new(e);
+            observer.publish(&StreamedEvent {
+                session: session_name.clone(),
+                exe,
+                event: event.clone(),
+            });
+            batch.push(Arc::unwrap_or_clone(event));
+        };
+        let commit = |record: &mut SessionRecord, batch: &mut Vec<Event>| -> Result<()> {
+            record.events += batch.len() as u64;
+            record.checkpoint_unix_ms = now_ms();
+            record.duration_ms = prior_duration + started.elapsed().as_millis() as u64;
+            record.loss = add_loss(prior_loss, loss_since(observer.loss(), loss_base));
+            store.append(record, batch)?;
+            batch.clear();
+            Ok(())
+        };
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => break EndReason::Stopped,
+                _ = &mut deadline => break EndReason::Duration,
+                Some(_) = die_events.next() => break EndReason::ContainerDied,
+                _ = checkpoint.tick() => commit(&mut record, &mut batch)?,
+                event = events.recv() => match event {
+                    Some(e) => accept(e, &mut batch),
+                    None => break EndReason::Stopped,
+                },
+            }
+        };
+        observer.unwatch(watch);
+        // What the tracer still holds of the container's last moments.
+        while let Ok(Some(e)) =
+            tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+        {
+            accept(e, &mut batch);
+        }
+        record.state = SessionState::Closed;
+        record.end = Some(end);
+        commit(&mut record, &mut batch)?;
+        drop(route);
+        Ok(record)
     }
-    let loss = tracer.counters()?.loss;
-    let duration_ms = started.elapsed().as_millis() as u64;
-    let summary = log.finish(duration_ms, loss)?;
-    let info = SessionInfo {
-        started: begun,
-        duration_ms,
-        end,
-        events: summary.events,
-        loss,
-        complete: summary.complete,
-    };
-    let path = session.info_path();
-    std::fs::write(&path, serde_json::to_vec_pretty(&info)?)
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(info)
+
+    /// Brings the container to running as the opening asks.
+    async fn open(&self, docker: &bollard::Docker, id: &str, name: &str) -> Result<()> {
+        match self.opening {
+            Opening::Restart => {
+                tracing::info!(container = %name, "restarting under observation");
+                docker
+                    .restart_container(
+                        id,
+                        None::<bollard::query_parameters::RestartContainerOptions>,
+                    )
+                    .await
+                    .with_context(|| format!("restarting container {name}"))
+            }
+            Opening::Start => {
+                tracing::info!(container = %name, "starting under observation");
+                docker
+                    .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
+                    .await
+                    .with_context(|| format!("starting container {name}"))
+            }
+            Opening::AwaitStart => {
+                // Whoever created it starts it; give them a minute.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let d = docker
+                        .inspect_container(id, None)
+                        .await
+                        .with_context(|| format!("container {name} went away before it started"))?;
+                    if d.state.as_ref().and_then(|s| s.running) == Some(true) {
+                        return Ok(());
+                    }
+                    if Instant::now() > deadline {
+                        anyhow::bail!(
+                            "container {name} was created but not started within a minute"
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            Opening::Attach | Opening::Resume => Ok(()),
+        }
+    }
+}
+
+/// Takes the session's route out of the dispatcher however the task ends.
+struct RouteGuard {
+    observer: Arc<Observer>,
+    route: Arc<Route>,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        self.observer.unroute(&self.route);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_must_be_key_equals_value() {
+        assert!(check_selector(OBSERVE_LABEL).is_ok());
+        for bad in ["", "x", "=v", "k=", &format!("k={}", "v".repeat(300))] {
+            assert!(check_selector(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn loss_since_a_baseline_is_per_counter() {
+        let a = LossCounters {
+            ringbuf_full: 5,
+            inflight_full: 1,
+            user_read_faults: 0,
+            undecodable: 2,
+        };
+        let b = LossCounters {
+            ringbuf_full: 3,
+            ..Default::default()
+        };
+        let d = loss_since(a, b);
+        assert_eq!((d.ringbuf_full, d.inflight_full, d.undecodable), (2, 1, 2));
+        assert_eq!(add_loss(d, b).ringbuf_full, 5);
+    }
 }

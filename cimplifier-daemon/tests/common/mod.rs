@@ -132,6 +132,7 @@ pub struct Daemon {
     pub child: Child,
     pub socket: PathBuf,
     pub state: PathBuf,
+    extra: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -146,27 +147,63 @@ impl Daemon {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.path().join("run/cimplifier.sock");
         let state = dir.path().join("state");
-        let child = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
-            .arg("serve")
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(extra)
-            .spawn()
-            .unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = Self::spawn(&socket, &state, &extra);
         let d = Self {
             child,
             socket,
             state,
+            extra,
             _dir: dir,
         };
+        d.wait_ready();
+        d
+    }
+
+    fn spawn(socket: &Path, state: &Path, extra: &[String]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+            .arg("serve")
+            .arg("--socket")
+            .arg(socket)
+            .arg("--state-dir")
+            .arg(state)
+            .args(extra)
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !d.ctl(&["version"]).status.success() {
+        while !self.ctl(&["version"]).status.success() {
             assert!(Instant::now() < deadline, "cimplifierd never answered");
             std::thread::sleep(Duration::from_millis(100));
         }
-        d
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would.
+    pub fn kill_hard(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts the daemon again on the same socket and state directory.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.socket, &self.state, &self.extra);
+        self.wait_ready();
+    }
+
+    /// A session's record and events, through `cimplifierctl export`.
+    pub fn session_events(&self, name: &str) -> (serde_json::Value, Vec<Event>) {
+        let out = self.ctl(&["export", name, "-o", "-"]);
+        assert!(
+            out.status.success(),
+            "export {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut lines = out.stdout.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+        let header: serde_json::Value = serde_json::from_slice(lines.next().unwrap()).unwrap();
+        let events = lines.map(|l| serde_json::from_slice(l).unwrap()).collect();
+        (header["session"].clone(), events)
     }
 
     /// Runs cimplifierctl against this daemon.

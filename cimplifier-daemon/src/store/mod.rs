@@ -1,0 +1,588 @@
+//! The daemon's embedded store (redb, one file in the state directory):
+//! every session's record and the events it observed, so a daemon that is
+//! killed loses at most what it had not yet checkpointed (≤ 500 ms) and a
+//! restarted one carries on. Why redb: docs/store.md.
+//!
+//! Tables:
+//! - `sessions`: session name → [`SessionRecord`] as JSON.
+//! - `events`: (session id, sequence number) → one [`Event`] as JSON.
+//! - `meta`: `next_session_id`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::model::Model;
+use crate::session::{EndReason, Started};
+use crate::trace::{Event, LossCounters};
+
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The store's file name inside the state directory.
+pub const FILE_NAME: &str = "cimplifier.redb";
+
+/// What a session is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Observing,
+    Closed,
+}
+
+/// A stretch of events recorded in one go: one observation, or one resumed
+/// after a restart of the daemon, or one source of a merge. Process ids
+/// mean nothing across segments, so the model starts its process table
+/// afresh at each.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Sequence number of the segment's first event.
+    pub first_event: u64,
+    pub started_unix_ms: u64,
+    /// True when the segment starts before the container's first exec.
+    pub from_first_exec: bool,
+    /// Where the events came from: "observed", "resumed after a daemon
+    /// restart", "merged from SESSION".
+    pub origin: String,
+}
+
+/// Time in which nothing was observed although the session was open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    pub from_unix_ms: u64,
+    pub to_unix_ms: u64,
+    pub reason: String,
+}
+
+/// A session as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The session's name: the container's name, or the name given to a
+    /// merge or an import.
+    pub name: String,
+    /// Key of the session's events.
+    pub id: u64,
+    #[serde(flatten)]
+    pub started: Started,
+    pub state: SessionState,
+    /// How a closed session ended.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub end: Option<EndReason>,
+    /// Time observed, summed over segments.
+    pub duration_ms: u64,
+    pub events: u64,
+    pub loss: LossCounters,
+    pub segments: Vec<Segment>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub gaps: Vec<Gap>,
+    /// When the last events were made durable.
+    pub checkpoint_unix_ms: u64,
+}
+
+impl SessionRecord {
+    /// No event lost and no gap: the model is the whole truth.
+    pub fn complete(&self) -> bool {
+        self.loss.is_complete() && self.gaps.is_empty()
+    }
+
+    /// Why the session is not complete, in words; None when it is.
+    pub fn incompleteness(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if !self.loss.is_complete() {
+            why.push(format!("lost {} events", self.loss.lost()));
+        }
+        if !self.gaps.is_empty() {
+            let secs: u64 = self
+                .gaps
+                .iter()
+                .map(|g| g.to_unix_ms.saturating_sub(g.from_unix_ms))
+                .sum::<u64>()
+                / 1000;
+            why.push(format!(
+                "has {} gap(s) of {secs} s in all when nothing was observed ({})",
+                self.gaps.len(),
+                self.gaps[0].reason
+            ));
+        }
+        (!why.is_empty()).then(|| why.join(" and "))
+    }
+}
+
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+fn json_err(what: &str) -> impl FnOnce(serde_json::Error) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!("{what}: {e}")
+}
+
+impl Store {
+    /// Opens (or creates) the store in `state_dir`. Fails when another
+    /// daemon holds it.
+    pub fn open(state_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
+        let path = state_dir.join(FILE_NAME);
+        let db = Database::create(&path).with_context(|| {
+            format!(
+                "opening the store {} (is another cimplifierd using this --state-dir?)",
+                path.display()
+            )
+        })?;
+        let txn = db.begin_write()?;
+        txn.open_table(SESSIONS)?;
+        txn.open_table(EVENTS)?;
+        txn.open_table(META)?;
+        txn.commit()?;
+        Ok(Self { db, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A fresh id for a new session's events.
+    pub fn next_session_id(&self) -> Result<u64> {
+        let txn = self.db.begin_write()?;
+        let id = {
+            let mut meta = txn.open_table(META)?;
+            let id = meta.get("next_session_id")?.map_or(1, |v| v.value());
+            meta.insert("next_session_id", id + 1)?;
+            id
+        };
+        txn.commit()?;
+        Ok(id)
+    }
+
+    /// Writes a session's record, replacing (and dropping the events of) any
+    /// earlier session of that name with another id.
+    pub fn put_session(&self, record: &SessionRecord) -> Result<()> {
+        self.append(record, &[])
+    }
+
+    /// Appends events (numbered from `record.events - events.len()`) and
+    /// writes the record, in one durable transaction.
+    pub fn append(&self, record: &SessionRecord, events: &[Event]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let mut table = txn.open_table(EVENTS)?;
+            let old_id = match sessions.get(record.name.as_str())? {
+                Some(old) => Some(
+                    serde_json::from_slice::<SessionRecord>(old.value())
+                        .map_err(json_err("a stored session record"))?
+                        .id,
+                ),
+                None => None,
+            };
+            if let Some(old) = old_id.filter(|&old| old != record.id) {
+                table.retain_in((old, 0)..=(old, u64::MAX), |_, _| false)?;
+            }
+            let first = record.events - events.len() as u64;
+            for (i, e) in events.iter().enumerate() {
+                let bytes = serde_json::to_vec(e)?;
+                table.insert((record.id, first + i as u64), bytes.as_slice())?;
+            }
+            let bytes = serde_json::to_vec(record)?;
+            sessions.insert(record.name.as_str(), bytes.as_slice())?;
+        }
+        txn.commit()
+            .with_context(|| format!("committing to the store {}", self.path.display()))?;
+        Ok(())
+    }
+
+    pub fn session(&self, name: &str) -> Result<Option<SessionRecord>> {
+        let txn = self.db.begin_read()?;
+        let sessions = txn.open_table(SESSIONS)?;
+        sessions
+            .get(name)?
+            .map(|v| serde_json::from_slice(v.value()).map_err(json_err("a stored session record")))
+            .transpose()
+    }
+
+    pub fn sessions(&self) -> Result<Vec<SessionRecord>> {
+        let txn = self.db.begin_read()?;
+        let sessions = txn.open_table(SESSIONS)?;
+        let mut out = Vec::new();
+        for entry in sessions.iter()? {
+            let (_, v) = entry?;
+            out.push(
+                serde_json::from_slice(v.value()).map_err(json_err("a stored session record"))?,
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn delete_session(&self, name: &str) -> Result<bool> {
+        let Some(record) = self.session(name)? else {
+            return Ok(false);
+        };
+        let txn = self.db.begin_write()?;
+        {
+            txn.open_table(SESSIONS)?.remove(name)?;
+            txn.open_table(EVENTS)?
+                .retain_in((record.id, 0)..=(record.id, u64::MAX), |_, _| false)?;
+        }
+        txn.commit()?;
+        Ok(true)
+    }
+
+    /// Calls `f` with each event of the session in order, with the segment
+    /// it belongs to.
+    pub fn for_each_event(
+        &self,
+        record: &SessionRecord,
+        mut f: impl FnMut(&Segment, Event) -> Result<()>,
+    ) -> Result<()> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(EVENTS)?;
+        let mut segments = record.segments.iter().peekable();
+        let Some(mut segment) = segments.next() else {
+            return Ok(());
+        };
+        for entry in table.range((record.id, 0)..(record.id, record.events))? {
+            let (key, value) = entry?;
+            let seq = key.value().1;
+            while let Some(next) = segments.next_if(|s| s.first_event <= seq) {
+                segment = next;
+            }
+            let event: Event = serde_json::from_slice(value.value())
+                .with_context(|| format!("event {seq} of session {} in the store", record.name))?;
+            f(segment, event)?;
+        }
+        Ok(())
+    }
+
+    /// Folds the session's events into `model`, segment by segment;
+    /// `also` sees each event too.
+    pub fn fold(
+        &self,
+        record: &SessionRecord,
+        model: &mut Model,
+        mut also: impl FnMut(&Event),
+    ) -> Result<()> {
+        let mut current = None;
+        self.for_each_event(record, |segment, event| {
+            if current != Some(segment.first_event) {
+                model.forget_processes();
+                current = Some(segment.first_event);
+            }
+            also(&event);
+            model.apply(&event);
+            Ok(())
+        })
+    }
+}
+
+/// The first line of a session bundle (`cimplifierctl export`); the
+/// session's events follow, one JSON object per line.
+#[derive(Serialize, Deserialize)]
+struct BundleHeader {
+    format: String,
+    version: u32,
+    session: SessionRecord,
+}
+
+pub const BUNDLE_FORMAT: &str = "cimplifier-session-bundle";
+pub const BUNDLE_VERSION: u32 = 1;
+
+impl Store {
+    /// Writes a closed session as a bundle.
+    pub fn export(&self, record: &SessionRecord, out: &mut dyn std::io::Write) -> Result<()> {
+        let header = BundleHeader {
+            format: BUNDLE_FORMAT.into(),
+            version: BUNDLE_VERSION,
+            session: record.clone(),
+        };
+        serde_json::to_writer(&mut *out, &header)?;
+        out.write_all(b"\n")?;
+        self.for_each_event(record, |_, e| {
+            serde_json::to_writer(&mut *out, &e)?;
+            out.write_all(b"\n")?;
+            Ok(())
+        })
+    }
+
+    /// Stores a bundle under `name` (its own when None), replacing any
+    /// session of that name that is not observing.
+    pub fn import(&self, bundle: &[u8], name: Option<&str>) -> Result<SessionRecord> {
+        let mut lines = bundle.split(|&b| b == b'\n').filter(|l| !l.is_empty());
+        let header: BundleHeader = serde_json::from_slice(lines.next().unwrap_or_default())
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "not a session bundle (line 1: {e}); bundles are written by `cimplifierctl export`"
+                )
+            })?;
+        if header.format != BUNDLE_FORMAT || header.version != BUNDLE_VERSION {
+            bail!(
+                "bundle format {} version {} is not {BUNDLE_FORMAT} version {BUNDLE_VERSION}",
+                header.format,
+                header.version
+            );
+        }
+        let mut record = header.session;
+        if record.state != SessionState::Closed {
+            bail!(
+                "the bundle's session {} was still observing when exported",
+                record.name
+            );
+        }
+        if let Some(name) = name {
+            record.name = name.to_owned();
+        }
+        check_session_name(&record.name)?;
+        self.refuse_observing(&record.name)?;
+        let events: Vec<Event> = lines
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_slice(l)
+                    .with_context(|| format!("bundle line {}: not an event", i + 2))
+            })
+            .collect::<Result<_>>()?;
+        if events.len() as u64 != record.events {
+            bail!(
+                "the bundle says {} events but holds {}: it was cut off; export it again",
+                record.events,
+                events.len()
+            );
+        }
+        record.id = self.next_session_id()?;
+        self.append(&record, &events)?;
+        Ok(record)
+    }
+
+    /// A new closed session `into` holding every event of `sources`, each
+    /// source's segments kept apart. The sources must be closed and of one
+    /// image.
+    pub fn merge(&self, into: &str, sources: &[String]) -> Result<SessionRecord> {
+        check_session_name(into)?;
+        if sources.len() < 2 {
+            bail!("give at least two sessions to merge");
+        }
+        if sources.iter().any(|s| s == into) {
+            bail!("merge into a new name, not into one of the sessions merged ({into})");
+        }
+        self.refuse_observing(into)?;
+        let mut records = Vec::new();
+        for name in sources {
+            let r = self.session(name)?.with_context(|| {
+                format!("no session {name:?}: `cimplifierctl sessions` lists them")
+            })?;
+            if r.state != SessionState::Closed {
+                bail!("session {name} is still observing; `cimplifierctl stop {name}` first");
+            }
+            records.push(r);
+        }
+        let first = &records[0];
+        if let Some(other) = records
+            .iter()
+            .find(|r| r.started.image_id != first.started.image_id)
+        {
+            bail!(
+                "sessions {} ({}) and {} ({}) observed different images; merge only sessions of one image",
+                first.name,
+                first.started.image_id,
+                other.name,
+                other.started.image_id
+            );
+        }
+        let mut merged = SessionRecord {
+            name: into.to_owned(),
+            id: self.next_session_id()?,
+            started: Started {
+                container_name: into.to_owned(),
+                from_first_exec: records.iter().all(|r| r.started.from_first_exec),
+                ..first.started.clone()
+            },
+            state: SessionState::Closed,
+            end: Some(EndReason::Stopped),
+            duration_ms: 0,
+            events: 0,
+            loss: LossCounters::default(),
+            segments: vec![],
+            gaps: vec![],
+            checkpoint_unix_ms: 0,
+        };
+        for r in &records {
+            let mut events = Vec::with_capacity(r.events as usize);
+            self.for_each_event(r, |_, e| {
+                events.push(e);
+                Ok(())
+            })?;
+            for s in &r.segments {
+                merged.segments.push(Segment {
+                    first_event: merged.events + s.first_event,
+                    origin: format!("merged from {} ({})", r.name, s.origin),
+                    ..s.clone()
+                });
+            }
+            merged.events += events.len() as u64;
+            merged.duration_ms += r.duration_ms;
+            merged.loss = crate::session::add_loss(merged.loss, r.loss);
+            merged.gaps.extend(r.gaps.iter().cloned());
+            merged.checkpoint_unix_ms = merged.checkpoint_unix_ms.max(r.checkpoint_unix_ms);
+            self.append(&merged, &events)?;
+        }
+        Ok(merged)
+    }
+
+    fn refuse_observing(&self, name: &str) -> Result<()> {
+        if let Some(r) = self.session(name)?
+            && r.state == SessionState::Observing
+        {
+            bail!("session {name} is observing; pick another name or stop it first");
+        }
+        Ok(())
+    }
+}
+
+/// A valid session name for a merge or an import: what Docker allows in a
+/// container name, so names never clash with paths or flags.
+pub fn check_session_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if !ok {
+        bail!(
+            "session name {name:?}: use 1 to 128 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::{CgroupId, EventKind};
+
+    fn started() -> Started {
+        Started {
+            container_id: "c0ffee".into(),
+            container_name: "web".into(),
+            image_id: "sha256:1".into(),
+            image_ref: "web:latest".into(),
+            from_first_exec: true,
+            started_unix_ms: 1,
+        }
+    }
+
+    fn event(pid: u32) -> Event {
+        Event {
+            ts_ns: 1,
+            pid,
+            tid: pid,
+            ppid: 1,
+            cgroup: CgroupId(7),
+            comm: "sh".into(),
+            kind: EventKind::Exit {
+                process_exited: true,
+            },
+        }
+    }
+
+    fn record(store: &Store, name: &str) -> SessionRecord {
+        SessionRecord {
+            name: name.into(),
+            id: store.next_session_id().unwrap(),
+            started: started(),
+            state: SessionState::Observing,
+            end: None,
+            duration_ms: 0,
+            events: 0,
+            loss: LossCounters::default(),
+            segments: vec![Segment {
+                first_event: 0,
+                started_unix_ms: 1,
+                from_first_exec: true,
+                origin: "observed".into(),
+            }],
+            gaps: vec![],
+            checkpoint_unix_ms: 1,
+        }
+    }
+
+    #[test]
+    fn appended_events_come_back_in_order_with_their_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = record(&store, "web");
+        r.events = 2;
+        store.append(&r, &[event(10), event(11)]).unwrap();
+        r.segments.push(Segment {
+            first_event: 2,
+            started_unix_ms: 5,
+            from_first_exec: false,
+            origin: "resumed".into(),
+        });
+        r.events = 3;
+        store.append(&r, &[event(12)]).unwrap();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        let r = store.session("web").unwrap().unwrap();
+        let mut seen = Vec::new();
+        store
+            .for_each_event(&r, |s, e| {
+                seen.push((s.origin.clone(), e.pid));
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(
+            seen,
+            [
+                ("observed".to_owned(), 10),
+                ("observed".to_owned(), 11),
+                ("resumed".to_owned(), 12)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_new_session_of_the_same_name_drops_the_old_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut old = record(&store, "web");
+        old.events = 1;
+        store.append(&old, &[event(1)]).unwrap();
+        let new = record(&store, "web");
+        store.put_session(&new).unwrap();
+        let txn = store.db.begin_read().unwrap();
+        let table = txn.open_table(EVENTS).unwrap();
+        assert_eq!(table.iter().unwrap().count(), 0);
+        assert_eq!(store.sessions().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn gaps_and_loss_make_a_session_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = record(&store, "web");
+        assert!(r.complete());
+        r.gaps.push(Gap {
+            from_unix_ms: 1000,
+            to_unix_ms: 4000,
+            reason: "the daemon was down".into(),
+        });
+        assert!(!r.complete());
+        let why = r.incompleteness().unwrap();
+        assert!(why.contains("1 gap(s) of 3 s"), "{why}");
+    }
+
+    #[test]
+    fn session_names_are_checked() {
+        assert!(check_session_name("web-merged.1").is_ok());
+        for bad in ["", "-x", "a/b", "../x", &"a".repeat(129)] {
+            assert!(check_session_name(bad).is_err(), "{bad}");
+        }
+    }
+}
