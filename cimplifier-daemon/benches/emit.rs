@@ -99,10 +99,7 @@ async fn run(name: &str, state: &Path) -> Result<()> {
             ])
             .status()?;
     }
-    let info = manager
-        .stop(name)
-        .await?
-        .context("the session is stored")?;
+    let info = manager.stop(name).await?.context("the session is stored")?;
     println!(
         "observed {}: {} events, complete: {}",
         info.started.container_name,

@@ -13,7 +13,7 @@
 
 pub mod observer;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,14 +21,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 pub use observer::{Observer, StreamFilter, StreamedEvent, Subscription};
 
 use crate::store::{Gap, Segment, SessionRecord, SessionState, Store};
 use crate::trace::cgroup::cgroup2_mount;
 use crate::trace::{ContainerPath, Event, EventKind, LossCounters};
-use observer::Route;
+use observer::{Route, Watch};
 
 /// Where sessions live unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cimplifier";
@@ -217,7 +217,12 @@ impl Manager {
             .unwrap_or_default()
             .trim_start_matches('/')
             .to_owned();
-        if self.running.lock().expect("sessions lock").contains_key(&name) {
+        if self
+            .running
+            .lock()
+            .expect("sessions lock")
+            .contains_key(&name)
+        {
             return Err(ObserveError::AlreadyObserving(name));
         }
         let running = details.state.as_ref().and_then(|s| s.running) == Some(true);
@@ -233,7 +238,8 @@ impl Manager {
                 )));
             }
         };
-        self.begin(details, opening, opts.duration, None).await
+        self.begin(details, opening, opts.duration, None, None)
+            .await
     }
 
     /// Spawns the session task and waits until it has begun.
@@ -243,6 +249,7 @@ impl Manager {
         opening: Opening,
         duration: Option<Duration>,
         resumed: Option<SessionRecord>,
+        prepared: Option<Prepared>,
     ) -> Result<Started, ObserveError> {
         let name = details
             .name
@@ -283,6 +290,7 @@ impl Manager {
                 opening,
                 duration,
                 resumed,
+                prepared,
             };
             let result = session
                 .run(
@@ -462,7 +470,7 @@ impl Manager {
                     record.gaps.push(gap);
                     self.store.put_session(&record)?;
                     if let Err(e) = self
-                        .begin(details, Opening::Resume, None, Some(record.clone()))
+                        .begin(details, Opening::Resume, None, Some(record.clone()), None)
                         .await
                     {
                         tracing::error!(session = %record.name, "could not resume: {e}");
@@ -538,6 +546,18 @@ impl Manager {
                 continue;
             }
             let Some(id) = actor.id else { continue };
+            // Watched first, inspected after: the creator is starting it now.
+            let name = attributes
+                .get("name")
+                .cloned()
+                .unwrap_or_else(|| id.clone());
+            let prepared = match self.prepare(&id, &name) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::debug!(container = %name, "cannot watch ahead of the start: {e:#}");
+                    None
+                }
+            };
             let Ok(details) = docker.inspect_container(&id, None).await else {
                 continue;
             };
@@ -545,7 +565,7 @@ impl Manager {
             tokio::spawn(async move {
                 let name = details.name.clone().unwrap_or_default();
                 match manager
-                    .begin(details, Opening::AwaitStart, None, None)
+                    .begin(details, Opening::AwaitStart, None, None, prepared)
                     .await
                 {
                     Ok(_) => {
@@ -558,6 +578,30 @@ impl Manager {
             });
         }
         Ok(())
+    }
+
+    /// Makes the cgroup Docker will start container `id` in (its default
+    /// place) and watches it, so a session can begin there.
+    fn prepare(&self, id: &str, name: &str) -> Result<Prepared> {
+        let dir = docker_parent_cgroup(None)?.join(id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).with_context(|| format!("making {}", dir.display())),
+        }
+        let (route, events) = self.observer.route(name);
+        self.observer.claim(&route, &dir);
+        let route = RouteGuard {
+            observer: self.observer.clone(),
+            route,
+        };
+        let watch = self.observer.watch(&dir)?;
+        Ok(Prepared {
+            route,
+            events,
+            watch,
+            dir,
+        })
     }
 
     /// Whether labels (or Docker event attributes, which include them)
@@ -581,6 +625,15 @@ struct SessionTask {
     opening: Opening,
     duration: Option<Duration>,
     resumed: Option<SessionRecord>,
+    prepared: Option<Prepared>,
+}
+
+/// A session's route and watch, set up ahead of its task.
+struct Prepared {
+    route: RouteGuard,
+    events: mpsc::Receiver<Event>,
+    watch: Watch,
+    dir: PathBuf,
 }
 
 /// Who ran what, per process, for streaming by executable.
@@ -617,7 +670,7 @@ impl ExeTracker {
 
 impl SessionTask {
     async fn run(
-        self,
+        mut self,
         stop: impl std::future::Future<Output = ()>,
         started_tx: oneshot::Sender<Started>,
     ) -> Result<SessionRecord> {
@@ -641,10 +694,16 @@ impl SessionTask {
             .as_ref()
             .and_then(|h| h.cgroup_parent.clone());
 
-        let (route, mut events) = observer.route(&name);
-        let route = RouteGuard {
-            observer: observer.clone(),
-            route,
+        let (route, mut events, prepared) = match self.prepared.take() {
+            Some(p) => (p.route, p.events, Some((p.watch, p.dir))),
+            None => {
+                let (route, events) = observer.route(&name);
+                let route = RouteGuard {
+                    observer: observer.clone(),
+                    route,
+                };
+                (route, events, None)
+            }
         };
         let mut die_events = docker.events(Some(bollard::query_parameters::EventsOptions {
             filters: Some(
@@ -659,34 +718,85 @@ impl SessionTask {
         }));
         let loss_base = observer.loss();
 
-        // Watch before the container starts, then narrow to its own cgroup.
-        let parent_watch = if from_first_exec {
-            Some(observer.watch(&docker_parent_cgroup(cgroup_parent.as_deref())?)?)
+        // The container's cgroup is made before the engine starts the
+        // container (runc joins a directory that exists), so its id is known
+        // from the first exec on, however short-lived the container. Should
+        // that fail, Docker's parent cgroup is watched until the container's
+        // own is known.
+        let mut stopped = false;
+        let (prepared_watch, prepared_dir) = prepared.unzip();
+        let precreated = if let Some(dir) = prepared_dir {
+            Some(dir)
+        } else if from_first_exec {
+            if self.opening == Opening::Restart {
+                tracing::info!(container = %name, "stopping, to restart under observation");
+                docker
+                    .stop_container(&id, None::<bollard::query_parameters::StopContainerOptions>)
+                    .await
+                    .with_context(|| format!("stopping container {name}"))?;
+                stopped = true;
+            }
+            let dir = docker_parent_cgroup(cgroup_parent.as_deref())?.join(&id);
+            match std::fs::create_dir(&dir) {
+                Ok(()) => Some(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(dir),
+                Err(e) => {
+                    tracing::debug!(cgroup = %dir.display(), "cannot make the container's cgroup ahead: {e}");
+                    None
+                }
+            }
         } else {
             None
         };
-        let opened = self.open(&docker, &id, &name).await;
+        let mut members = HashSet::new();
+        let early_watch = match &precreated {
+            Some(dir) if prepared_watch.is_some() => {
+                members = observer::cgroup_ids_below(dir);
+                prepared_watch
+            }
+            Some(dir) => {
+                observer.claim(&route.route, dir);
+                members = observer::cgroup_ids_below(dir);
+                Some(observer.watch(dir)?)
+            }
+            None if from_first_exec => {
+                Some(observer.watch(&docker_parent_cgroup(cgroup_parent.as_deref())?)?)
+            }
+            None => None,
+        };
+        let opened = self.open(&docker, &id, &name, stopped).await;
         let container_cgroup = match opened {
             Ok(()) => crate::docker::resolve_container(&docker, &id)
                 .await
-                .map(|info| info.cgroup_path),
+                .map(|info| info.cgroup_path)
+                // Already exited: it ran in the cgroup made for it.
+                .or_else(|e| precreated.clone().ok_or(e)),
             Err(e) => Err(e),
         };
         let container_cgroup = match container_cgroup {
             Ok(c) => c,
             Err(e) => {
-                if let Some(w) = parent_watch {
+                if let Some(w) = early_watch {
                     observer.unwatch(w);
+                }
+                if let Some(dir) = &precreated {
+                    let _ = std::fs::remove_dir(dir);
                 }
                 return Err(e);
             }
         };
-        observer.claim(&route.route, &container_cgroup);
-        let watch = observer.watch(&container_cgroup)?;
-        if let Some(w) = parent_watch {
-            observer.unwatch(w);
-        }
-        let mut members = observer::cgroup_ids_below(&container_cgroup);
+        let watch = match early_watch {
+            Some(w) if precreated.as_ref() == Some(&container_cgroup) => w,
+            early => {
+                observer.claim(&route.route, &container_cgroup);
+                let w = observer.watch(&container_cgroup)?;
+                if let Some(early) = early {
+                    observer.unwatch(early);
+                }
+                w
+            }
+        };
+        members.extend(observer::cgroup_ids_below(&container_cgroup));
 
         let now = now_ms();
         let mut record = match self.resumed.clone() {
@@ -749,13 +859,23 @@ impl SessionTask {
         let mut batch: Vec<Event> = Vec::new();
         let mut exes = ExeTracker::default();
         let session_name: Arc<str> = name.as_str().into();
+        let missed_start = std::sync::atomic::AtomicBool::new(false);
         let mut accept = |e: Event, batch: &mut Vec<Event>| {
             if !members.contains(&e.cgroup) {
                 // A cgroup created below the container's since the last look,
                 // or another container's event seen while waiting.
-                members = observer::cgroup_ids_below(&container_cgroup);
+                members.extend(observer::cgroup_ids_below(&container_cgroup));
                 if !members.contains(&e.cgroup) {
                     return;
+                }
+            }
+            // A container process already past runc's exec when the watch
+            // began: its start-up was missed, whatever the opening hoped.
+            if let EventKind::Running { .. } = &e.kind
+                && !e.comm.starts_with("runc")
+            {
+                if !missed_start.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    tracing::debug!(pid = e.pid, comm = %e.comm, "already running when the watch began");
                 }
             }
             let exe = exes.exe_after(&e);
@@ -768,6 +888,15 @@ impl SessionTask {
             batch.push(Arc::unwrap_or_clone(event));
         };
         let commit = |record: &mut SessionRecord, batch: &mut Vec<Event>| -> Result<()> {
+            let segment = record.segments.last_mut().expect("a session has a segment");
+            if missed_start.load(std::sync::atomic::Ordering::Relaxed) && segment.from_first_exec {
+                tracing::warn!(
+                    container = %record.name,
+                    "the container started before the watch took hold: its start-up was missed"
+                );
+                segment.from_first_exec = false;
+                record.started.from_first_exec = record.segments.iter().all(|s| s.from_first_exec);
+            }
             record.events += batch.len() as u64;
             record.checkpoint_unix_ms = now_ms();
             record.duration_ms = prior_duration + started.elapsed().as_millis() as u64;
@@ -804,9 +933,15 @@ impl SessionTask {
     }
 
     /// Brings the container to running as the opening asks.
-    async fn open(&self, docker: &bollard::Docker, id: &str, name: &str) -> Result<()> {
+    async fn open(
+        &self,
+        docker: &bollard::Docker,
+        id: &str,
+        name: &str,
+        stopped: bool,
+    ) -> Result<()> {
         match self.opening {
-            Opening::Restart => {
+            Opening::Restart if !stopped => {
                 tracing::info!(container = %name, "restarting under observation");
                 docker
                     .restart_container(
@@ -816,7 +951,7 @@ impl SessionTask {
                     .await
                     .with_context(|| format!("restarting container {name}"))
             }
-            Opening::Start => {
+            Opening::Start | Opening::Restart => {
                 tracing::info!(container = %name, "starting under observation");
                 docker
                     .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)

@@ -208,7 +208,12 @@ impl Observer {
         match watches.get_mut(dir) {
             Some((_, n)) => *n += 1,
             None => {
-                let w = self.tracer.watch_cgroup(dir)?;
+                let followed = watches.keys().any(|w| dir.starts_with(w));
+                let w = if followed {
+                    self.tracer.watch_cgroup_followed(dir)?
+                } else {
+                    self.tracer.watch_cgroup(dir)?
+                };
                 watches.insert(dir.to_path_buf(), (w, 1));
             }
         }

@@ -141,10 +141,21 @@ impl Tracer {
     /// Starts recording the processes of the cgroup at `dir` and of every
     /// cgroup below it, including ones created later.
     pub fn watch_cgroup(&self, dir: &Path) -> Result<WatchedCgroup> {
+        self.watch(dir, true)
+    }
+
+    /// Like [`Tracer::watch_cgroup`], for a cgroup below one already
+    /// watched: its processes are followed from their forks already, and
+    /// reading /proc for them now would race with their queued events.
+    pub fn watch_cgroup_followed(&self, dir: &Path) -> Result<WatchedCgroup> {
+        self.watch(dir, false)
+    }
+
+    fn watch(&self, dir: &Path, seed: bool) -> Result<WatchedCgroup> {
         let id = cgroup_id(dir)?;
         // Processes already running: learn their cwd and open files first,
         // so their relative names resolve, and report each as running.
-        {
+        if seed {
             let mut resolver = self.resolver.lock().expect("resolver lock");
             for pid in pids_below(dir) {
                 // Already followed through a watched parent: its state is

@@ -262,3 +262,49 @@ impl Drop for Container {
             .output();
     }
 }
+
+/// The smallest test image (`cargo xtask images`).
+pub const BASE_IMAGE: &str = "cimplifier-test/base:bookworm";
+
+/// A command's stdout; panics with its stderr when it failed.
+pub fn stdout_of(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `cimplifierctl sessions --json`, the entry of session `name`.
+pub fn session_json(d: &Daemon, name: &str) -> serde_json::Value {
+    let all: serde_json::Value =
+        serde_json::from_str(&stdout_of(&d.ctl(&["sessions", "--json"]))).unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["container"] == name)
+        .unwrap_or_else(|| panic!("no session {name} in {all}"))
+        .clone()
+}
+
+/// Whether any event opened, exec'd or stat'd `path`.
+pub fn touches(events: &[Event], path: &str) -> bool {
+    events.iter().any(|e| {
+        e.syscall().is_some_and(|s| {
+            s.paths
+                .iter()
+                .any(|p| p.raw == path || p.path.as_ref().is_some_and(|x| x.as_str() == path))
+        })
+    })
+}
+
+/// Polls `f` every 100 ms until it is true; panics with `what` after `secs`.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

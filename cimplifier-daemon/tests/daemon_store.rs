@@ -1,0 +1,128 @@
+//! Persistence: a daemon killed with SIGKILL mid-observation and started
+//! again keeps what it saw up to its last checkpoint (at most 500 ms before
+//! the kill), marks the gap, and resumes observing the container. Real
+//! daemon, real container. Needs root and dockerd.
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cimplifier::api::pb;
+use common::{
+    BASE_IMAGE, Container, Daemon, docker, require_root, session_json, stdout_of, touches,
+    wait_until,
+};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn looping(tag: &str) -> Container {
+    Container::create(
+        tag,
+        &[
+            BASE_IMAGE,
+            "/bin/sh",
+            "-c",
+            "while true; do cat /etc/hostname > /dev/null; sleep 0.2; done",
+        ],
+    )
+}
+
+async fn observe(d: &Daemon, container: &str) {
+    cimplifier::api::connect(&d.socket)
+        .await
+        .unwrap()
+        .observe(pb::ObserveRequest {
+            container: container.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_daemon_keeps_what_it_saw_marks_the_gap_and_resumes() {
+    require_root();
+    let mut d = Daemon::start();
+    let c = looping("store-resume");
+    observe(&d, &c.0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Seen 1.1 s before the kill: must survive it.
+    docker(&["exec", &c.0, "cat", "/etc/os-release"]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let killed_ms = now_ms();
+    d.kill_hard();
+
+    // While the daemon is down the container goes on; this is the gap.
+    docker(&["exec", &c.0, "cat", "/etc/debian_version"]);
+    d.restart();
+    let resumed = session_json(&d, &c.0);
+    assert_eq!(resumed["state"], "observing", "resumed: {resumed}");
+    assert_eq!(resumed["complete"], false, "a gap is not complete");
+    let gaps = resumed["gaps"].as_array().unwrap();
+    assert_eq!(gaps.len(), 1, "{resumed}");
+    let from = gaps[0]["from_unix_ms"].as_u64().unwrap();
+    assert!(
+        from + 1000 >= killed_ms,
+        "checkpointed {} ms before the kill: more than a second lost",
+        killed_ms - from
+    );
+    assert!(gaps[0]["to_unix_ms"].as_u64().unwrap() >= killed_ms);
+    assert!(gaps[0]["reason"].as_str().unwrap().contains("killed"));
+    let segments = resumed["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 2, "{resumed}");
+    assert_eq!(segments[1]["origin"], "resumed after a daemon restart");
+
+    // Observed again after the restart.
+    docker(&["exec", &c.0, "cat", "/etc/issue"]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let stopped = stdout_of(&d.ctl(&["stop", &c.0]));
+    assert!(stopped.contains("ended: stopped"), "{stopped}");
+    let (record, events) = d.session_events(&c.0);
+    assert!(
+        touches(&events, "/etc/os-release"),
+        "what was seen before the kill was kept"
+    );
+    assert!(
+        touches(&events, "/etc/issue"),
+        "observing resumed after the restart"
+    );
+    assert!(
+        !touches(&events, "/etc/debian_version"),
+        "nothing is invented for the gap"
+    );
+    assert_eq!(record["events"].as_u64().unwrap(), events.len() as u64);
+
+    // The gap is why emit refuses, unless told.
+    let refused = d.ctl(&["emit", &c.0, "--oci-dir", "/nonexistent/never"]);
+    assert_eq!(refused.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("gap") && err.contains("--allow-incomplete"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_gone_while_the_daemon_was_down_is_closed_as_interrupted() {
+    require_root();
+    let mut d = Daemon::start();
+    let c = looping("store-gone");
+    observe(&d, &c.0).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    d.kill_hard();
+    docker(&["rm", "-f", &c.0]);
+    d.restart();
+    let s = session_json(&d, &c.0);
+    assert_eq!(s["state"], "closed", "{s}");
+    assert_eq!(s["end"], "interrupted", "{s}");
+    assert_eq!(s["gaps"].as_array().unwrap().len(), 1, "{s}");
+    assert!(s["events"].as_u64().unwrap() > 0, "{s}");
+    wait_until(5, "the daemon answers", || {
+        d.ctl(&["version"]).status.success()
+    });
+}
