@@ -11,7 +11,8 @@ use crate::util::{self, Step, cmd};
 
 /// Debian packages the project needs: LLVM 22 and Debian's rustc-web toolchain
 /// (eBPF build, bpf-linker), the Docker engine and debootstrap (test images),
-/// and tools used by tests and the demo.
+/// and tools used by tests and the demo (openssl makes the TLS tests'
+/// certificates).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -26,6 +27,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "strace",
     "redis-tools",
     "curl",
+    "openssl",
     "python3",
     "ca-certificates",
 ];

@@ -1,35 +1,19 @@
 //! Connecting to the daemon, for cimplifierctl and tests.
 
 use super::pb;
+use super::transport::{Address, connect_channel};
 
-/// A client of the daemon on `socket`.
+/// A client of the daemon at `address`: a unix socket (a path), or an
+/// [`Address`] naming a TCP listener and its TLS.
 pub async fn connect(
-    socket: &std::path::Path,
+    address: impl Into<Address>,
 ) -> anyhow::Result<pb::cimplifier_client::CimplifierClient<tonic::transport::Channel>> {
     Ok(pb::cimplifier_client::CimplifierClient::new(
-        channel(socket).await?,
+        channel(address).await?,
     ))
 }
 
-/// A gRPC channel to the daemon on `socket` (for the API or health).
-pub async fn channel(socket: &std::path::Path) -> anyhow::Result<tonic::transport::Channel> {
-    use anyhow::Context;
-    let path = socket.to_owned();
-    let channel = tonic::transport::Endpoint::try_from("http://cimplifierd.invalid")?
-        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
-            }
-        }))
-        .await
-        .with_context(|| {
-            format!(
-                "connecting to cimplifierd on {} (is it running? `cimplifierd serve` starts it; --socket picks another)",
-                socket.display()
-            )
-        })?;
-    Ok(channel)
+/// A gRPC channel to the daemon at `address` (for the API or health).
+pub async fn channel(address: impl Into<Address>) -> anyhow::Result<tonic::transport::Channel> {
+    connect_channel(&address.into()).await
 }

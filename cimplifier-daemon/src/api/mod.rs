@@ -21,9 +21,13 @@ use crate::trace::ContainerPath;
 
 mod client;
 mod serve;
+mod transport;
 
 pub use client::{channel, connect};
 pub use serve::{DEFAULT_CONFIG, DEFAULT_SOCKET, DaemonConfig, ServeOptions, serve};
+pub use transport::{
+    Address, ClientSecurity, ClientTls, ServerTls, TcpFlags, TcpListen, TcpSecurity,
+};
 
 /// Code generated from proto/cimplifier/v1/cimplifier.proto.
 pub mod pb {

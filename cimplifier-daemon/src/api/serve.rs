@@ -1,4 +1,4 @@
-//! Running the daemon: its config, its listener, and shutdown.
+//! Running the daemon: its config, its listeners, and shutdown.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +22,12 @@ pub struct DaemonConfig {
     pub state_dir: Option<PathBuf>,
     pub ring_buffer_mib: Option<u32>,
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Also serve the API on this TCP address (mutual TLS, see
+    /// [`super::TcpFlags`]).
+    pub listen_tcp: Option<std::net::SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 impl DaemonConfig {
@@ -55,12 +61,14 @@ pub struct ServeOptions {
     pub state_dir: PathBuf,
     /// Serve Prometheus metrics here.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Also serve the API on TCP, with mutual TLS or (`--insecure`) without.
+    pub tcp: Option<super::TcpListen>,
     pub tracer: TracerConfig,
 }
 
-/// Serves the API and the standard gRPC health service on a unix socket
-/// until `shutdown` resolves; then stops every observation, writing each
-/// session, and removes the socket.
+/// Serves the API and the standard gRPC health service on a unix socket,
+/// and on TCP when asked, until `shutdown` resolves; then stops every
+/// observation, writing each session, and removes the socket.
 pub async fn serve(
     opts: ServeOptions,
     shutdown: impl std::future::Future<Output = ()>,
@@ -68,6 +76,12 @@ pub async fn serve(
     use anyhow::Context;
     use std::os::unix::fs::PermissionsExt;
     let socket = &opts.socket;
+    // TLS files and the TCP address are checked before the socket is made.
+    let tcp = opts
+        .tcp
+        .as_ref()
+        .map(|tcp| super::transport::bind_tcp(tcp).map(|bound| (tcp, bound)))
+        .transpose()?;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the socket directory {}", dir.display()))?;
@@ -131,18 +145,40 @@ pub async fn serve(
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     tracing::info!(socket = %socket.display(), state_dir = %opts.state_dir.display(), "serving");
-    let result = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(pb::cimplifier_server::CimplifierServer::from_arc(
-            service.clone(),
-        ))
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let api = pb::cimplifier_server::CimplifierServer::from_arc(service.clone());
+    let on_socket = tonic::transport::Server::builder()
+        .add_service(health_service.clone())
+        .add_service(api.clone())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(listener),
-            shutdown,
-        )
-        .await;
+            shutdown.clone(),
+        );
+    let on_tcp = async {
+        let Some((tcp, (mut builder, incoming))) = tcp else {
+            return Ok(());
+        };
+        match &tcp.security {
+            super::TcpSecurity::MutualTls(_) => {
+                tracing::info!(addr = %tcp.addr, "serving on TCP with mutual TLS")
+            }
+            super::TcpSecurity::Insecure => tracing::warn!(
+                addr = %tcp.addr,
+                "INSECURE: serving on plaintext TCP (--insecure), without TLS or any \
+                 authentication: anyone who can reach this address controls this root daemon \
+                 (starts containers, reads their files, writes images). Use --tls-cert, \
+                 --tls-key and --tls-client-ca instead"
+            ),
+        }
+        builder
+            .add_service(health_service)
+            .add_service(api)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+    };
+    let result = tokio::try_join!(on_socket, on_tcp);
     tracing::info!("shutting down: closing every session");
     service.manager().shutdown().await;
     let _ = std::fs::remove_file(socket);
-    result.context("serving the API")
+    result.map(|_| ()).context("serving the API")
 }

@@ -25,6 +25,43 @@ struct Cli {
     /// The daemon's socket (`cimplifierd serve`); `analyze` works without it.
     #[arg(long, global = true, env = "CIMPLIFIER_SOCKET", default_value = cimplifier::api::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Reach the daemon on TCP instead (`cimplifierd serve --listen-tcp`),
+    /// with mutual TLS: needs --tls-ca, --tls-cert and --tls-key, or
+    /// --insecure for a daemon serving plaintext.
+    #[arg(
+        long,
+        global = true,
+        env = "CIMPLIFIER_ADDR",
+        value_name = "HOST:PORT",
+        conflicts_with = "socket"
+    )]
+    addr: Option<String>,
+    /// With --addr: the CA certificate (PEM) that signed the daemon's
+    /// certificate; that certificate must name the host of --addr.
+    #[arg(long, global = true, env = "CIMPLIFIER_TLS_CA", value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// With --addr: this client's certificate (PEM), signed by the CA the
+    /// daemon trusts (its --tls-client-ca).
+    #[arg(
+        long,
+        global = true,
+        env = "CIMPLIFIER_TLS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// With --addr: the private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "CIMPLIFIER_TLS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// With --addr: talk plaintext TCP, to a daemon serving --insecure.
+    #[arg(long, global = true, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    insecure: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -269,6 +306,48 @@ fn session_json(s: &cimplifier::api::pb::Session) -> serde_json::Value {
     })
 }
 
+impl Cli {
+    /// Where the daemon is: --socket, or --addr with TLS (or --insecure).
+    /// --addr without either is a usage error (exit 2).
+    fn address(&self) -> cimplifier::api::Address {
+        use cimplifier::api::{Address, ClientSecurity, ClientTls};
+        let Some(addr) = &self.addr else {
+            if self.tls_ca.is_some() || self.tls_cert.is_some() || self.insecure {
+                usage_error(
+                    "--tls-ca, --tls-cert, --tls-key and --insecure apply to --addr only; \
+                     the unix socket (--socket) needs none",
+                );
+            }
+            return Address::Unix(self.socket.clone());
+        };
+        let security = match (&self.tls_ca, self.insecure) {
+            (_, true) => ClientSecurity::Insecure,
+            (Some(ca), false) => ClientSecurity::Tls(ClientTls {
+                ca: ca.clone(),
+                identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+            }),
+            (None, false) => usage_error(&format!(
+                "--addr {addr} needs TLS: pass --tls-ca FILE (the CA of the daemon's \
+                 certificate) with --tls-cert FILE and --tls-key FILE (this client's \
+                 certificate, which the daemon requires), or --insecure if the daemon \
+                 serves plaintext TCP (`cimplifierd serve --insecure`)"
+            )),
+        };
+        Address::Tcp {
+            addr: addr.clone(),
+            security,
+        }
+    }
+}
+
+fn usage_error(message: &str) -> ! {
+    use clap::CommandFactory;
+    Cli::command()
+        .bin_name("cimplifierctl")
+        .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+        .exit()
+}
+
 fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Unreachable>().is_some() {
         return 3;
@@ -399,7 +478,7 @@ fn summary(r: &EmitReport) -> String {
 
 /// One call to the daemon; a gRPC status becomes an error naming it.
 fn daemon<T>(
-    socket: &std::path::Path,
+    socket: &cimplifier::api::Address,
     call: impl AsyncFnOnce(
         cimplifier::api::pb::cimplifier_client::CimplifierClient<tonic::transport::Channel>,
     ) -> Result<tonic::Response<T>, tonic::Status>,
@@ -417,7 +496,12 @@ fn daemon<T>(
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     use cimplifier::api::pb;
-    let socket = cli.socket.clone();
+    let socket = match cli.command {
+        Command::Completions { .. } | Command::Analyze { .. } => {
+            cimplifier::api::Address::Unix(cli.socket.clone())
+        }
+        _ => cli.address(),
+    };
     match cli.command {
         Command::Completions { shell } => {
             use clap::CommandFactory;

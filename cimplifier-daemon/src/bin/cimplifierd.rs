@@ -1,5 +1,6 @@
 //! cimplifierd: the privileged host daemon. `serve` runs the gRPC API on a
-//! unix socket; `trace` records one target to an event log.
+//! unix socket (and optionally on TCP with mutual TLS); `trace` records one
+//! target to an event log.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,18 +49,22 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         ring_buffer_mib: u32,
     },
-    /// Serve the gRPC API (proto/cimplifier/v1) on a unix socket.
+    /// Serve the gRPC API (proto/cimplifier/v1) on a unix socket (and TCP).
     ///
     /// The socket is created with mode 0660, owned by root and by
     /// --socket-group when given: members of that group may drive the
     /// daemon. The standard gRPC health service is served beside it.
-    /// SIGTERM or Ctrl-C stops every observation, writes each session, and
+    /// --listen-tcp also serves both on TCP, with mutual TLS: --tls-cert,
+    /// --tls-key and --tls-client-ca are required (clients must present a
+    /// certificate signed by that CA), unless --insecure explicitly asks for
+    /// plaintext TCP without any authentication. SIGTERM or Ctrl-C stops every observation, writes each session, and
     /// removes the socket. Settings come from the config file, then the
     /// environment, then these flags, each overriding the one before.
     /// Needs root.
     Serve {
         /// TOML config file (keys: socket, socket_group, state_dir,
-        /// ring_buffer_mib, metrics_addr). Read if it exists; a file named
+        /// ring_buffer_mib, metrics_addr, listen_tcp, tls_cert, tls_key,
+        /// tls_client_ca). Read if it exists; a file named
         /// explicitly must exist.
         #[arg(long, env = "CIMPLIFIER_CONFIG")]
         config: Option<PathBuf>,
@@ -78,6 +83,26 @@ enum Command {
         /// Serve Prometheus metrics on this TCP address, e.g. 127.0.0.1:9464.
         #[arg(long, env = "CIMPLIFIER_METRICS_ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Also serve the API on this TCP address, e.g. 0.0.0.0:7443; needs
+        /// --tls-cert, --tls-key and --tls-client-ca, or --insecure.
+        #[arg(long, env = "CIMPLIFIER_LISTEN_TCP", value_name = "ADDR")]
+        listen_tcp: Option<std::net::SocketAddr>,
+        /// The TCP listener's certificate (chain), PEM; its names (SAN) must
+        /// match the host clients dial.
+        #[arg(long, env = "CIMPLIFIER_TLS_CERT", value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert, PEM.
+        #[arg(long, env = "CIMPLIFIER_TLS_KEY", value_name = "FILE")]
+        tls_key: Option<PathBuf>,
+        /// The CA certificate(s), PEM, that client certificates must chain
+        /// to: TCP clients without such a certificate are refused.
+        #[arg(long, env = "CIMPLIFIER_TLS_CLIENT_CA", value_name = "FILE")]
+        tls_client_ca: Option<PathBuf>,
+        /// Serve --listen-tcp in plaintext, without TLS or any
+        /// authentication: anyone who can reach it controls the daemon.
+        /// For a trusted network or a test only; warned about at start-up.
+        #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_client_ca"])]
+        insecure: bool,
     },
 }
 
@@ -107,8 +132,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             state_dir,
             ring_buffer_mib,
             metrics_addr,
+            listen_tcp,
+            tls_cert,
+            tls_key,
+            tls_client_ca,
+            insecure,
         } => {
             let file = cimplifier::api::DaemonConfig::load(config.as_deref())?;
+            let tcp = cimplifier::api::TcpFlags {
+                listen_tcp: listen_tcp.or(file.listen_tcp),
+                tls_cert: tls_cert.or(file.tls_cert),
+                tls_key: tls_key.or(file.tls_key),
+                tls_client_ca: tls_client_ca.or(file.tls_client_ca),
+                insecure,
+            }
+            .listener()?;
             let ring_buffer_mib = ring_buffer_mib.or(file.ring_buffer_mib).unwrap_or(64);
             if !ring_buffer_mib.is_power_of_two() {
                 anyhow::bail!("ring_buffer_mib {ring_buffer_mib} must be a power of two");
@@ -122,6 +160,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .or(file.state_dir)
                     .unwrap_or_else(|| cimplifier::session::DEFAULT_STATE_DIR.into()),
                 metrics_addr: metrics_addr.or(file.metrics_addr),
+                tcp,
                 tracer: TracerConfig {
                     ring_buffer_bytes: ring_buffer_mib << 20,
                     ..Default::default()
