@@ -873,10 +873,9 @@ impl SessionTask {
             // began: its start-up was missed, whatever the opening hoped.
             if let EventKind::Running { .. } = &e.kind
                 && !e.comm.starts_with("runc")
+                && !missed_start.swap(true, std::sync::atomic::Ordering::Relaxed)
             {
-                if !missed_start.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                    tracing::debug!(pid = e.pid, comm = %e.comm, "already running when the watch began");
-                }
+                tracing::debug!(pid = e.pid, comm = %e.comm, "already running when the watch began");
             }
             let exe = exes.exe_after(&e);
             let event = Arc::new(e);
