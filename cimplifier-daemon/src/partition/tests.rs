@@ -643,3 +643,34 @@ fn partitioning_serialises_with_meaningful_tags() {
     let back: Partitioning = serde_json::from_value(json).unwrap();
     assert_eq!(back, p);
 }
+
+#[test]
+fn the_documented_examples_are_valid_policies() {
+    let doc = include_str!("../../../docs/policy.md");
+    let mut blocks: Vec<String> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in doc.lines() {
+        if let Some(code) = line.strip_prefix("    ") {
+            let block = current.get_or_insert_with(String::new);
+            block.push_str(code);
+            block.push('\n');
+        } else if line.is_empty() {
+            if let Some(block) = current.as_mut() {
+                block.push('\n');
+            }
+        } else if let Some(block) = current.take() {
+            blocks.push(block);
+        }
+    }
+    blocks.extend(current);
+    let policies: Vec<&String> = blocks
+        .iter()
+        .filter(|b| b.starts_with("kind =") && b.matches("kind =").count() == 1)
+        .collect();
+    assert_eq!(policies.len(), 5, "{blocks:#?}");
+    for toml in policies {
+        if let Err(e) = Policy::from_toml(toml) {
+            panic!("{toml}\n{e}");
+        }
+    }
+}
