@@ -483,9 +483,10 @@ impl<'a> Merger<'a> {
         for (label, root) in unnamed {
             let path = self.exes[label].0.as_str();
             let file = path.rsplit('/').next().unwrap_or(path);
-            let mut candidates = [PartitionName::derive(file), PartitionName::derive(path)]
+            let short = PartitionName::derive(file);
+            let mut candidates = [short.clone(), PartitionName::derive(path)]
                 .into_iter()
-                .chain((2..).map(|n| PartitionName::derive(&format!("{file}-{n}"))));
+                .chain((2..).map(|n| short.numbered(n)));
             let name = candidates
                 .find(|c| !taken.contains(c))
                 .expect("an endless supply of names");

@@ -65,6 +65,17 @@ impl PartitionName {
         Self(s)
     }
 
+    /// This name with `-n` appended, shortened to stay within the limit.
+    pub(super) fn numbered(&self, n: usize) -> Self {
+        let suffix = format!("-{n}");
+        let mut base = self.0.clone();
+        base.truncate(Self::MAX_LEN - suffix.len());
+        while base.ends_with(['-', '.', '_']) {
+            base.pop();
+        }
+        Self(base + &suffix)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -407,6 +407,31 @@ fn derived_names_do_not_collide() {
     let p = partition(&s.model(), &policy(r#"kind = "one-one""#)).unwrap();
     let names: Vec<&str> = p.partitions.keys().map(|n| n.as_str()).collect();
     assert_eq!(names, ["python3", "run", "usr-local-bin-python3"]);
+
+    // Long names are cut to 63 characters, and numbered within them.
+    // Three paths that all lower-case to the same file name, two to the
+    // same whole path.
+    let x = |n: usize| "x".repeat(n);
+    let mut s = Script::default();
+    for path in [
+        format!("/A/{}", x(70)),
+        format!("/a/{}", x(70)),
+        format!("/a/{}", "X".repeat(70)),
+    ] {
+        s.start(&path);
+    }
+    let p = partition(&s.model(), &policy(r#"kind = "one-one""#)).unwrap();
+    let names: Vec<String> = p.partitions.keys().map(|n| n.to_string()).collect();
+    assert_eq!(
+        names,
+        [format!("a-{}", x(61)), format!("{}-2", x(61)), x(63)]
+    );
+    assert_eq!(
+        p.assignment[&exe(&format!("/a/{}", x(70)))]
+            .partition
+            .as_str(),
+        format!("{}-2", x(61))
+    );
 }
 
 #[test]

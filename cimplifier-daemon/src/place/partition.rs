@@ -155,8 +155,8 @@ pub struct RpeEdge {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "warning")]
 pub enum PlanWarning {
-    /// A shared resource created or removed directly below `/`: the root
-    /// cannot be a volume.
+    /// A shared resource only `/` itself could hold as a volume (one
+    /// created or removed directly below it): the root cannot be a volume.
     RootNotShareable {
         resource: ContainerPath,
         partitions: BTreeSet<PartitionName>,
@@ -651,7 +651,7 @@ pub fn render_text(plan: &PartitionPlan) -> String {
                 partitions,
             } => writeln!(
                 out,
-                "\nwarning: {resource} is created or removed at run time and used by {}, but / cannot be a volume: move it into a directory",
+                "\nwarning: {resource} is shared by {}, but only / could hold it and / cannot be a volume: move it into a directory",
                 list(partitions)
             ),
             PlanWarning::IpcNotShared {
