@@ -10,6 +10,7 @@ pub mod api;
 pub mod docker;
 pub mod emit;
 pub mod model;
+pub mod partition;
 pub mod place;
 pub mod session;
 pub mod store;

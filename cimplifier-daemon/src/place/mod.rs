@@ -1,4 +1,7 @@
 //! The place stage: which files of the source image each output image
-//! keeps, and why. Today: the all-one-context policy (one slim image).
+//! keeps, and why. [`slim`]: the all-one-context policy (one slim image);
+//! [`partition`]: a partitioned system (images, shared volumes, network,
+//! RPE stubs).
 
+pub mod partition;
 pub mod slim;

@@ -133,7 +133,8 @@ pub struct SlimPlan {
     pub excluded: BTreeSet<ContainerPath>,
 }
 
-fn under(path: &ContainerPath, prefix: &ContainerPath) -> bool {
+/// Whether `path` is `prefix` or below it.
+pub(crate) fn under(path: &ContainerPath, prefix: &ContainerPath) -> bool {
     let (p, pre) = (path.as_str(), prefix.as_str());
     pre == "/" || p == pre || (p.starts_with(pre) && p.as_bytes().get(pre.len()) == Some(&b'/'))
 }

@@ -1,0 +1,671 @@
+//! Placement for a partitioned system (section 3.2, "Resource placement",
+//! and 3.3 of the paper): which resources each partition's image holds,
+//! which are shared through volumes and why, how the partitions reach each
+//! other's sockets, and which executables they run in each other by RPE.
+//!
+//! A path some partition changes and another uses is shared through a
+//! volume; every other path is the partition's own: copied read-only from
+//! the source image, or written only there. A shared path that is created
+//! or removed at run time is reached through its parent directory, since a
+//! mount needs an existing target and pins it; directories that are
+//! themselves created or removed are skipped upwards, and volumes nested in
+//! another merge into the outer one. Paths only passed through (the
+//! directories above a used name) are structure and never force sharing.
+//!
+//! This plan works on the model's names. The closure of what each kept
+//! path needs in the image (ELF libraries, symlink chains) is the slim
+//! planner's, per partition, at emit time.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::slim::under;
+use crate::model::report::ResourceUse;
+use crate::model::{Access, Exe, Model, Resource};
+use crate::partition::{PartitionName, Partitioning, PolicyKind, Separation};
+use crate::trace::ContainerPath;
+
+pub const FORMAT: &str = "cimplifier-partition-plan";
+pub const VERSION: u32 = 1;
+
+/// Kernel file systems each container gets from its runtime: never copied
+/// from the image, never shared by volume.
+const RUNTIME_PROVIDED: [&str; 3] = ["/proc", "/sys", "/dev"];
+/// Runtime-provided places whose objects programs share as IPC.
+const RUNTIME_IPC: [&str; 2] = ["/dev/shm", "/dev/mqueue"];
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionPlan {
+    pub format: String,
+    pub version: u32,
+    pub policy: PolicyKind,
+    pub partitions: BTreeMap<PartitionName, PartitionContents>,
+    /// Sorted by mount point.
+    pub volumes: Vec<SharedVolume>,
+    pub network: NetworkPlan,
+    /// Sorted by caller, then callee.
+    pub rpe: Vec<RpeEdge>,
+    pub warnings: Vec<PlanWarning>,
+}
+
+/// What one partition's container holds and reaches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionContents {
+    pub executables: BTreeSet<Exe>,
+    /// Every resource its executables used (failed lookups aside), and how.
+    pub resources: Vec<ResourceUse>,
+    /// Copied from the source image into its own image, read-only: no
+    /// executable of this partition changes them.
+    pub copied: BTreeSet<ContainerPath>,
+    /// Changed by this partition alone: in its image or created at run
+    /// time, and in its own writable layer either way.
+    pub private: BTreeSet<ContainerPath>,
+    /// Mount points of the shared volumes it mounts; what it uses below
+    /// them is in the volume, not its image.
+    pub mounts: BTreeSet<ContainerPath>,
+    /// Used below /proc, /sys or /dev: the container runtime provides them.
+    pub runtime: BTreeSet<ContainerPath>,
+    /// Executables of other partitions its programs run: a stub stands at
+    /// each path, and the named partition runs the real one.
+    pub stubs: BTreeMap<Exe, PartitionName>,
+    /// Its executables that programs in other partitions run, through its
+    /// RPE server.
+    pub serves: BTreeSet<Exe>,
+}
+
+/// A volume mounted at the same path in several partitions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedVolume {
+    pub mount: ContainerPath,
+    pub partitions: BTreeSet<PartitionName>,
+    /// The resources that must be shared, with who uses them how: why the
+    /// volume exists.
+    pub shared: Vec<SharedResource>,
+    /// Every path the mounting partitions use below the mount point: what
+    /// the volume starts with (from the source image) or comes to hold.
+    pub contents: BTreeSet<ContainerPath>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedResource {
+    pub resource: ContainerPath,
+    pub mounted_as: MountedAs,
+    /// Sorted by partition, then executable; passing through is left out.
+    pub uses: Vec<Use>,
+}
+
+/// How a shared resource is reached by the volume.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "how")]
+pub enum MountedAs {
+    /// Changed in place: the resource itself can be the mount.
+    Itself,
+    /// Created or removed at run time: through `dir`, the nearest directory
+    /// above it that is neither.
+    Through { dir: ContainerPath },
+}
+
+/// One executable's use of a resource.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Use {
+    pub partition: PartitionName,
+    pub exe: Exe,
+    pub access: BTreeSet<Access>,
+}
+
+/// The partitions share one network namespace (as the paper's
+/// implementation does), so loopback and abstract socket addresses keep
+/// working across them; `links` are the connections that now cross
+/// partitions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPlan {
+    pub shared_namespace: bool,
+    /// Sorted by client partition, client, then server.
+    pub links: Vec<NetworkLink>,
+}
+
+/// A socket bound in one partition and reached from another.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct NetworkLink {
+    pub client_partition: PartitionName,
+    pub client: Exe,
+    /// The address the client used.
+    pub reached_as: Resource,
+    pub server_partition: PartitionName,
+    pub server: Exe,
+    /// The address the server bound (a wildcard accepts any address).
+    pub bound: Resource,
+}
+
+/// A call that crosses partitions: `callee` runs in `callee_partition`,
+/// and `caller_partition` holds a stub at its path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpeEdge {
+    pub caller_partition: PartitionName,
+    pub caller: Exe,
+    pub callee_partition: PartitionName,
+    pub callee: Exe,
+    /// What kept the two apart.
+    pub separation: Separation,
+}
+
+/// Something the plan cannot provide.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "warning")]
+pub enum PlanWarning {
+    /// A shared resource only `/` itself could hold as a volume (one
+    /// created or removed directly below it): the root cannot be a volume.
+    RootNotShareable {
+        resource: ContainerPath,
+        partitions: BTreeSet<PartitionName>,
+    },
+    /// A /dev/shm or /dev/mqueue object used by several partitions and
+    /// changed by one: it needs a shared IPC namespace or /dev/shm, which
+    /// this plan does not set up.
+    IpcNotShared {
+        resource: ContainerPath,
+        partitions: BTreeSet<PartitionName>,
+    },
+}
+
+/// Who used one resource: partition -> executable -> accesses.
+type Users = BTreeMap<PartitionName, BTreeMap<Exe, BTreeSet<Access>>>;
+
+fn path(s: &str) -> ContainerPath {
+    ContainerPath::new(s).expect("absolute")
+}
+
+fn below_any(p: &ContainerPath, dirs: &[&str]) -> bool {
+    dirs.iter().any(|d| under(p, &path(d)))
+}
+
+fn accesses(users: &Users) -> impl Iterator<Item = Access> + '_ {
+    users.values().flat_map(|e| e.values().flatten().copied())
+}
+
+/// Whether some partition brings `users`' resource into or out of existence.
+fn created_or_removed(users: Option<&Users>) -> bool {
+    users.is_some_and(|u| {
+        accesses(u).any(|a| matches!(a, Access::Create | Access::Delete | Access::Bind))
+    })
+}
+
+/// The partitions that use a resource for more than passing through.
+fn real_users(users: &Users) -> BTreeSet<PartitionName> {
+    users
+        .iter()
+        .filter(|(_, exes)| exes.values().flatten().any(|&a| a != Access::Traverse))
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+fn writers(users: &Users) -> BTreeSet<PartitionName> {
+    users
+        .iter()
+        .filter(|(_, exes)| exes.values().flatten().any(|a| a.is_write()))
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+/// The placement of `partitioning`'s partitions, from what `model` saw
+/// their executables use.
+pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
+    let mut by_resource: BTreeMap<Resource, Users> = BTreeMap::new();
+    for (name, exes) in &partitioning.partitions {
+        for exe in exes {
+            for (resource, access) in model.uses(std::slice::from_ref(exe)) {
+                let access: BTreeSet<Access> = access
+                    .into_iter()
+                    .filter(|&a| a != Access::ProbeFailed)
+                    .collect();
+                if access.is_empty() {
+                    continue;
+                }
+                by_resource
+                    .entry(resource)
+                    .or_default()
+                    .entry(name.clone())
+                    .or_default()
+                    .insert(exe.clone(), access);
+            }
+        }
+    }
+    let mut warnings = Vec::new();
+
+    // Shared resources, each at the mount it alone would need.
+    let mut wanted: BTreeMap<ContainerPath, Vec<(SharedResource, BTreeSet<PartitionName>)>> =
+        BTreeMap::new();
+    for (resource, users) in &by_resource {
+        let Resource::Path(p) = resource else {
+            continue;
+        };
+        let sharers = real_users(users);
+        if sharers.len() < 2 || writers(users).is_empty() {
+            continue;
+        }
+        if below_any(p, &RUNTIME_PROVIDED) {
+            if below_any(p, &RUNTIME_IPC) {
+                warnings.push(PlanWarning::IpcNotShared {
+                    resource: p.clone(),
+                    partitions: sharers,
+                });
+            }
+            continue;
+        }
+        let (mount, mounted_as) = if created_or_removed(Some(users)) {
+            let mut dir = p.parent();
+            while dir != ContainerPath::root()
+                && created_or_removed(by_resource.get(&Resource::Path(dir.clone())))
+            {
+                dir = dir.parent();
+            }
+            (dir.clone(), MountedAs::Through { dir })
+        } else {
+            (p.clone(), MountedAs::Itself)
+        };
+        if mount == ContainerPath::root() {
+            warnings.push(PlanWarning::RootNotShareable {
+                resource: p.clone(),
+                partitions: sharers,
+            });
+            continue;
+        }
+        // Passing through is structure, not evidence.
+        let uses = users
+            .iter()
+            .flat_map(|(part, exes)| {
+                exes.iter().filter_map(|(exe, access)| {
+                    let mut access = access.clone();
+                    access.remove(&Access::Traverse);
+                    (!access.is_empty()).then(|| Use {
+                        partition: part.clone(),
+                        exe: exe.clone(),
+                        access,
+                    })
+                })
+            })
+            .collect();
+        let shared = SharedResource {
+            resource: p.clone(),
+            mounted_as,
+            uses,
+        };
+        wanted.entry(mount).or_default().push((shared, sharers));
+    }
+
+    // A volume inside another merges into the outer one.
+    let mut volumes: BTreeMap<ContainerPath, SharedVolume> = BTreeMap::new();
+    for (mount, resources) in &wanted {
+        let mut outer = mount.clone();
+        let mut dir = mount.clone();
+        while dir != ContainerPath::root() {
+            dir = dir.parent();
+            if wanted.contains_key(&dir) {
+                outer = dir.clone();
+            }
+        }
+        let v = volumes
+            .entry(outer.clone())
+            .or_insert_with(|| SharedVolume {
+                mount: outer,
+                partitions: BTreeSet::new(),
+                shared: Vec::new(),
+                contents: BTreeSet::new(),
+            });
+        for (shared, sharers) in resources {
+            v.partitions.extend(sharers.iter().cloned());
+            v.shared.push(shared.clone());
+        }
+    }
+    for v in volumes.values_mut() {
+        v.shared.sort_by(|a, b| a.resource.cmp(&b.resource));
+        v.contents = by_resource
+            .iter()
+            .filter_map(|(r, users)| match r {
+                Resource::Path(p)
+                    if p != &v.mount
+                        && under(p, &v.mount)
+                        && users.keys().any(|u| v.partitions.contains(u)) =>
+                {
+                    Some(p.clone())
+                }
+                _ => None,
+            })
+            .collect();
+    }
+
+    let mut partitions: BTreeMap<PartitionName, PartitionContents> = partitioning
+        .partitions
+        .iter()
+        .map(|(name, exes)| {
+            let contents = PartitionContents {
+                executables: exes.clone(),
+                resources: Vec::new(),
+                copied: BTreeSet::new(),
+                private: BTreeSet::new(),
+                mounts: volumes
+                    .values()
+                    .filter(|v| v.partitions.contains(name))
+                    .map(|v| v.mount.clone())
+                    .collect(),
+                runtime: BTreeSet::new(),
+                stubs: BTreeMap::new(),
+                serves: BTreeSet::new(),
+            };
+            (name.clone(), contents)
+        })
+        .collect();
+    for (resource, users) in &by_resource {
+        for (name, exes) in users {
+            let part = partitions.get_mut(name).expect("a partition of the plan");
+            let access: BTreeSet<Access> = exes.values().flatten().copied().collect();
+            if let Resource::Path(p) = resource {
+                if below_any(p, &RUNTIME_PROVIDED) {
+                    part.runtime.insert(p.clone());
+                } else if part.mounts.iter().any(|m| under(p, m)) {
+                    // In the volume.
+                } else if access.iter().any(|a| a.is_write()) {
+                    part.private.insert(p.clone());
+                } else {
+                    part.copied.insert(p.clone());
+                }
+            }
+            part.resources.push(ResourceUse {
+                resource: resource.clone(),
+                access,
+            });
+        }
+    }
+
+    let mut rpe = Vec::new();
+    for call in &partitioning.separated_calls {
+        let (Some(from), Some(to)) = (
+            partitioning.partition_of(&call.caller),
+            partitioning.partition_of(&call.callee),
+        ) else {
+            continue;
+        };
+        if let Some(p) = partitions.get_mut(from) {
+            p.stubs.insert(call.callee.clone(), to.clone());
+        }
+        if let Some(p) = partitions.get_mut(to) {
+            p.serves.insert(call.callee.clone());
+        }
+        rpe.push(RpeEdge {
+            caller_partition: from.clone(),
+            caller: call.caller.clone(),
+            callee_partition: to.clone(),
+            callee: call.callee.clone(),
+            separation: call.separation.clone(),
+        });
+    }
+
+    PartitionPlan {
+        format: FORMAT.to_owned(),
+        version: VERSION,
+        policy: partitioning.policy,
+        partitions,
+        volumes: volumes.into_values().collect(),
+        network: NetworkPlan {
+            shared_namespace: true,
+            links: network_links(&by_resource),
+        },
+        rpe,
+        warnings,
+    }
+}
+
+/// Sockets bound in one partition and connected to from another.
+fn network_links(by_resource: &BTreeMap<Resource, Users>) -> Vec<NetworkLink> {
+    let with = |want: Access| -> Vec<(&Resource, &PartitionName, &Exe)> {
+        by_resource
+            .iter()
+            .filter(|(r, _)| matches!(r, Resource::Inet(_) | Resource::AbstractSocket(_)))
+            .flat_map(|(r, users)| {
+                users.iter().flat_map(move |(p, exes)| {
+                    exes.iter()
+                        .filter(move |(_, a)| a.contains(&want))
+                        .map(move |(e, _)| (r, p, e))
+                })
+            })
+            .collect()
+    };
+    let (servers, clients) = (with(Access::Bind), with(Access::Connect));
+    let mut links = Vec::new();
+    for &(reached_as, client_partition, client) in &clients {
+        for &(bound, server_partition, server) in &servers {
+            let reaches = match (bound, reached_as) {
+                (Resource::Inet(b), Resource::Inet(c)) => b.accepts(c),
+                (Resource::AbstractSocket(b), Resource::AbstractSocket(c)) => b == c,
+                _ => false,
+            };
+            if reaches && client_partition != server_partition {
+                links.push(NetworkLink {
+                    client_partition: client_partition.clone(),
+                    client: client.clone(),
+                    reached_as: reached_as.clone(),
+                    server_partition: server_partition.clone(),
+                    server: server.clone(),
+                    bound: bound.clone(),
+                });
+            }
+        }
+    }
+    links.sort();
+    links
+}
+
+fn access_name(a: Access) -> &'static str {
+    match a {
+        Access::Read => "read",
+        Access::Write => "write",
+        Access::Create => "create",
+        Access::Delete => "delete",
+        Access::Exec => "exec",
+        Access::Stat => "stat",
+        Access::Metadata => "metadata",
+        Access::Bind => "bind",
+        Access::Connect => "connect",
+        Access::ProbeFailed => "probe-failed",
+        Access::Traverse => "traverse",
+    }
+}
+
+fn resource_name(r: &Resource) -> String {
+    match r {
+        Resource::Path(p) => p.to_string(),
+        Resource::AbstractSocket(name) => format!("@{name}"),
+        Resource::Inet(e) => std::net::SocketAddr::new(e.ip, e.port).to_string(),
+    }
+}
+
+fn separation_text(s: &Separation) -> String {
+    match s {
+        Separation::Alone { exe } => format!("{exe} is kept alone"),
+        Separation::Partitions {
+            caller_side,
+            callee_side,
+        } => format!("partitions {caller_side} and {callee_side} are disjoint"),
+        Separation::Apart {
+            constraint,
+            caller_side,
+            callee_side,
+        } => format!("apart {constraint}: {caller_side} vs {callee_side}"),
+    }
+}
+
+fn list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    let v: Vec<String> = items.into_iter().map(|i| i.to_string()).collect();
+    if v.is_empty() {
+        "-".to_owned()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// Left-aligned columns, two spaces apart; the last is not padded.
+fn table(out: &mut String, header: &[&str], rows: &[Vec<String>]) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 < row.len() {
+                let _ = write!(line, "{cell:<w$}  ", w = width[i]);
+            } else {
+                line.push_str(cell);
+            }
+        }
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+}
+
+impl PartitionPlan {
+    /// The plan for people; JSON (serde) is for programs.
+    pub fn render_text(&self) -> String {
+        render_text(self)
+    }
+}
+
+/// The plan for people: partitions, volumes with their evidence, RPE
+/// stubs, network links and warnings.
+pub fn render_text(plan: &PartitionPlan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "policy {}: {} partitions, {} shared volumes, {} RPE calls, one network namespace\n",
+        plan.policy,
+        plan.partitions.len(),
+        plan.volumes.len(),
+        plan.rpe.len()
+    );
+    let rows: Vec<Vec<String>> = plan
+        .partitions
+        .iter()
+        .map(|(name, p)| {
+            vec![
+                name.to_string(),
+                p.copied.len().to_string(),
+                p.private.len().to_string(),
+                list(&p.mounts),
+                list(p.stubs.iter().map(|(e, at)| format!("{e} ({at})"))),
+                list(&p.executables),
+            ]
+        })
+        .collect();
+    table(
+        &mut out,
+        &[
+            "PARTITION",
+            "COPIED",
+            "PRIVATE",
+            "MOUNTS",
+            "STUBS (RUN IN)",
+            "EXECUTABLES",
+        ],
+        &rows,
+    );
+    if !plan.volumes.is_empty() {
+        out.push('\n');
+        let mut rows = Vec::new();
+        for v in &plan.volumes {
+            for (i, s) in v.shared.iter().enumerate() {
+                let how = match &s.mounted_as {
+                    MountedAs::Itself => "changed in place".to_owned(),
+                    MountedAs::Through { dir } => format!("created/removed, via {dir}"),
+                };
+                let uses = s
+                    .uses
+                    .iter()
+                    .map(|u| {
+                        let access = u.access.iter().map(|&a| access_name(a));
+                        format!("{} {} {}", u.partition, u.exe, list(access))
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                let (mount, parts) = if i == 0 {
+                    (v.mount.to_string(), list(&v.partitions))
+                } else {
+                    (String::new(), String::new())
+                };
+                rows.push(vec![mount, parts, s.resource.to_string(), how, uses]);
+            }
+        }
+        table(
+            &mut out,
+            &["VOLUME", "PARTITIONS", "SHARED", "BECAUSE", "USED BY"],
+            &rows,
+        );
+    }
+    if !plan.rpe.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = plan
+            .rpe
+            .iter()
+            .map(|e| {
+                vec![
+                    format!("{} {}", e.caller_partition, e.caller),
+                    format!("{} {}", e.callee_partition, e.callee),
+                    separation_text(&e.separation),
+                ]
+            })
+            .collect();
+        table(&mut out, &["RPE CALLER", "RUNS", "APART BECAUSE"], &rows);
+    }
+    if !plan.network.links.is_empty() {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = plan
+            .network
+            .links
+            .iter()
+            .map(|l| {
+                vec![
+                    format!("{} {}", l.client_partition, l.client),
+                    resource_name(&l.reached_as),
+                    format!(
+                        "{} {} ({})",
+                        l.server_partition,
+                        l.server,
+                        resource_name(&l.bound)
+                    ),
+                ]
+            })
+            .collect();
+        table(
+            &mut out,
+            &["NETWORK CLIENT", "REACHES", "SERVER (BOUND)"],
+            &rows,
+        );
+    }
+    for w in &plan.warnings {
+        let _ = match w {
+            PlanWarning::RootNotShareable {
+                resource,
+                partitions,
+            } => writeln!(
+                out,
+                "\nwarning: {resource} is shared by {}, but only / could hold it and / cannot be a volume: move it into a directory",
+                list(partitions)
+            ),
+            PlanWarning::IpcNotShared {
+                resource,
+                partitions,
+            } => writeln!(
+                out,
+                "\nwarning: {resource} is shared by {} as IPC, which this plan does not set up",
+                list(partitions)
+            ),
+        };
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

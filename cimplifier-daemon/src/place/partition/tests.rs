@@ -1,0 +1,408 @@
+//! Placement of the paper's running example and small cases.
+
+use super::*;
+use crate::partition::script::{Script, wiki};
+use crate::partition::{Policy, partition};
+
+fn p(s: &str) -> ContainerPath {
+    ContainerPath::new(s).unwrap()
+}
+
+fn exe(s: &str) -> Exe {
+    Exe(p(s))
+}
+
+fn name(s: &str) -> PartitionName {
+    PartitionName::new(s).unwrap()
+}
+
+fn names(v: &[&str]) -> BTreeSet<PartitionName> {
+    v.iter().map(|s| name(s)).collect()
+}
+
+fn paths(v: &[&str]) -> BTreeSet<ContainerPath> {
+    v.iter().map(|s| p(s)).collect()
+}
+
+fn access(v: &[Access]) -> BTreeSet<Access> {
+    v.iter().copied().collect()
+}
+
+fn plan_for(script: &Script, policy: &str) -> PartitionPlan {
+    let model = script.model();
+    let policy = Policy::from_toml(policy).unwrap();
+    plan(&model, &partition(&model, &policy).unwrap())
+}
+
+const WIKI_SUBSETS: &str = r#"
+kind = "disjoint-subsets"
+[partitions]
+web = ["/usr/sbin/apache2"]
+db = ["/usr/sbin/mysqld"]
+images = ["/usr/bin/convert"]
+"#;
+
+fn volume<'a>(plan: &'a PartitionPlan, mount: &str) -> &'a SharedVolume {
+    plan.volumes
+        .iter()
+        .find(|v| v.mount == p(mount))
+        .unwrap_or_else(|| panic!("no volume at {mount}: {:#?}", plan.volumes))
+}
+
+#[test]
+fn an_upload_created_by_php_is_shared_with_convert_by_mounting_its_directory() {
+    let plan = plan_for(&wiki(), WIKI_SUBSETS);
+    let v = volume(&plan, "/var/www/wiki/images");
+    assert_eq!(v.partitions, names(&["images", "web"]));
+    assert_eq!(
+        v.shared,
+        [SharedResource {
+            resource: p("/var/www/wiki/images/up.png"),
+            mounted_as: MountedAs::Through {
+                dir: p("/var/www/wiki/images")
+            },
+            uses: vec![
+                Use {
+                    partition: name("images"),
+                    exe: exe("/usr/bin/convert"),
+                    access: access(&[Access::Read]),
+                },
+                Use {
+                    partition: name("web"),
+                    exe: exe("/usr/bin/php"),
+                    access: access(&[Access::Write, Access::Create]),
+                },
+            ],
+        }]
+    );
+    // The thumbnail only convert uses still lives in the volume, which
+    // convert mounts.
+    assert_eq!(
+        v.contents,
+        paths(&[
+            "/var/www/wiki/images/thumb",
+            "/var/www/wiki/images/thumb/up.png",
+            "/var/www/wiki/images/up.png"
+        ])
+    );
+    let images = &plan.partitions[&name("images")];
+    assert!(
+        !images
+            .private
+            .contains(&p("/var/www/wiki/images/thumb/up.png"))
+    );
+    assert!(images.copied.contains(&p("/etc/ImageMagick-6/policy.xml")));
+    assert!(
+        images.copied.contains(&p("/var/www/wiki")),
+        "above the mount"
+    );
+}
+
+#[test]
+fn a_socket_in_a_directory_made_at_run_time_is_shared_one_level_up() {
+    let plan = plan_for(&wiki(), WIKI_SUBSETS);
+    // mysqld makes /run/mysqld and binds its socket there: mounting
+    // /run/mysqld would make the directory exist before mysqld's mkdir.
+    let v = volume(&plan, "/run");
+    assert_eq!(v.partitions, names(&["db", "web"]));
+    let shared: Vec<(&str, &MountedAs)> = v
+        .shared
+        .iter()
+        .map(|s| (s.resource.as_str(), &s.mounted_as))
+        .collect();
+    let via_run = MountedAs::Through { dir: p("/run") };
+    assert_eq!(
+        shared,
+        [
+            ("/run/mysqld", &via_run),
+            ("/run/mysqld/mysqld.sock", &via_run)
+        ]
+    );
+    let sock = &v.shared[1].uses;
+    assert_eq!(
+        sock.iter()
+            .map(|u| (u.partition.as_str(), u.exe.0.as_str(), u.access.clone()))
+            .collect::<Vec<_>>(),
+        [
+            ("db", "/usr/sbin/mysqld", access(&[Access::Bind])),
+            ("web", "/usr/bin/php", access(&[Access::Connect])),
+        ]
+    );
+    assert_eq!(plan.volumes.len(), 2, "{:#?}", plan.volumes);
+}
+
+#[test]
+fn the_wiki_partitions_hold_what_they_use() {
+    let plan = plan_for(&wiki(), WIKI_SUBSETS);
+    let db = &plan.partitions[&name("db")];
+    assert_eq!(db.executables, [exe("/usr/sbin/mysqld")].into());
+    assert_eq!(db.private, paths(&["/var/lib/mysql/ibdata1"]));
+    assert_eq!(
+        db.copied,
+        paths(&[
+            "/",
+            "/etc",
+            "/etc/mysql",
+            "/etc/mysql/my.cnf",
+            "/usr",
+            "/usr/sbin",
+            "/usr/sbin/mysqld",
+            "/var",
+            "/var/lib",
+            "/var/lib/mysql"
+        ])
+    );
+    assert_eq!(db.mounts, paths(&["/run"]));
+    assert_eq!(db.serves, [exe("/usr/sbin/mysqld")].into());
+    assert!(db.stubs.is_empty());
+    let web = &plan.partitions[&name("web")];
+    // openssl makes the key and apache2 reads it: both in web, so private.
+    assert!(web.private.contains(&p("/etc/ssl/private/wiki.key")));
+    assert!(web.copied.contains(&p("/etc/wiki/settings.conf")));
+    assert_eq!(web.mounts, paths(&["/run", "/var/www/wiki/images"]));
+    assert_eq!(
+        web.stubs,
+        BTreeMap::from([
+            (exe("/usr/bin/convert"), name("images")),
+            (exe("/usr/sbin/mysqld"), name("db")),
+        ])
+    );
+    assert!(web.resources.iter().any(
+        |u| u.resource == Resource::Path(p("/etc/motd")) && u.access == access(&[Access::Read])
+    ));
+}
+
+#[test]
+fn rpe_edges_and_network_links_cross_partitions() {
+    let plan = plan_for(&wiki(), WIKI_SUBSETS);
+    assert_eq!(
+        plan.rpe,
+        [
+            RpeEdge {
+                caller_partition: name("web"),
+                caller: exe("/entrypoint.sh"),
+                callee_partition: name("db"),
+                callee: exe("/usr/sbin/mysqld"),
+                separation: Separation::Partitions {
+                    caller_side: name("web"),
+                    callee_side: name("db")
+                },
+            },
+            RpeEdge {
+                caller_partition: name("web"),
+                caller: exe("/usr/bin/php"),
+                callee_partition: name("images"),
+                callee: exe("/usr/bin/convert"),
+                separation: Separation::Partitions {
+                    caller_side: name("web"),
+                    callee_side: name("images")
+                },
+            },
+        ]
+    );
+    let inet = |s: &str| {
+        let a: std::net::SocketAddr = s.parse().unwrap();
+        Resource::Inet(crate::model::InetEndpoint {
+            ip: a.ip(),
+            port: a.port(),
+        })
+    };
+    assert!(plan.network.shared_namespace);
+    assert_eq!(
+        plan.network.links,
+        [NetworkLink {
+            client_partition: name("web"),
+            client: exe("/usr/bin/php"),
+            reached_as: inet("127.0.0.1:3306"),
+            server_partition: name("db"),
+            server: exe("/usr/sbin/mysqld"),
+            bound: inet("0.0.0.0:3306"),
+        }]
+    );
+}
+
+#[test]
+fn a_negative_constraint_leaves_a_stub_in_the_callers_partition() {
+    let toml = r#"
+kind = "disjoint-subsets"
+apart = [["/usr/bin/php", "/usr/bin/convert"]]
+[partitions]
+web = ["/usr/sbin/apache2", "/entrypoint.sh"]
+"#;
+    let plan = plan_for(&wiki(), toml);
+    let convert = plan
+        .partitions
+        .iter()
+        .find(|(_, c)| c.executables.contains(&exe("/usr/bin/convert")))
+        .map(|(n, _)| n.clone())
+        .unwrap();
+    assert_eq!(convert, name("convert"));
+    let web = &plan.partitions[&name("web")];
+    assert_eq!(
+        web.stubs,
+        BTreeMap::from([(exe("/usr/bin/convert"), name("convert"))])
+    );
+    assert_eq!(
+        plan.rpe.iter().map(|e| &e.separation).collect::<Vec<_>>(),
+        [&Separation::Apart {
+            constraint: crate::partition::Constraint::new([
+                crate::partition::Member::Exe(exe("/usr/bin/convert")),
+                crate::partition::Member::Exe(exe("/usr/bin/php")),
+            ]),
+            caller_side: exe("/usr/bin/php"),
+            callee_side: exe("/usr/bin/convert"),
+        }]
+    );
+}
+
+#[test]
+fn all_one_shares_nothing() {
+    let plan = plan_for(&wiki(), r#"kind = "all-one""#);
+    assert_eq!(plan.partitions.len(), 1);
+    assert!(plan.volumes.is_empty() && plan.rpe.is_empty() && plan.network.links.is_empty());
+    let all = &plan.partitions[&name("all")];
+    assert!(all.private.contains(&p("/var/www/wiki/images/up.png")));
+    assert!(all.private.contains(&p("/run/mysqld/mysqld.sock")));
+    assert!(all.copied.contains(&p("/etc/motd")));
+    assert!(all.mounts.is_empty() && all.stubs.is_empty());
+}
+
+#[test]
+fn one_one_copies_read_only_files_and_shares_the_key() {
+    let plan = plan_for(&wiki(), r#"kind = "one-one""#);
+    for part in ["entrypoint.sh", "php"] {
+        assert!(
+            plan.partitions[&name(part)]
+                .copied
+                .contains(&p("/etc/wiki/settings.conf")),
+            "read by both, changed by neither: a copy each"
+        );
+    }
+    let key = volume(&plan, "/etc/ssl/private");
+    assert_eq!(key.partitions, names(&["apache2", "openssl"]));
+    assert_eq!(plan.rpe.len(), 6);
+    assert_eq!(
+        plan.partitions[&name("entrypoint.sh")].stubs.len(),
+        4,
+        "cat, openssl, apache2 and mysqld"
+    );
+}
+
+#[test]
+fn files_changed_in_place_are_mounted_themselves_unless_inside_another_volume() {
+    let mut s = Script::default();
+    let db = s.start("/usr/sbin/mysqld");
+    s.write(db, "/var/lib/mysql/ibdata1")
+        .write(db, "/etc/mysql/state");
+    let backup = s.start("/usr/local/bin/backup");
+    s.read(backup, "/var/lib/mysql/ibdata1")
+        .read(backup, "/etc/mysql/state");
+    let toml = r#"
+kind = "disjoint-subsets"
+[partitions]
+db = ["/usr/sbin/mysqld"]
+backup = ["/usr/local/bin/backup"]
+"#;
+    let plan = plan_for(&s, toml);
+    let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
+    assert_eq!(mounts, ["/etc/mysql/state", "/var/lib/mysql/ibdata1"]);
+    assert_eq!(plan.volumes[1].shared[0].mounted_as, MountedAs::Itself);
+    // Now mysqld also creates a log next to ibdata1, which backup reads:
+    // the directory is mounted and ibdata1's own volume merges into it.
+    s.create(db, "/var/lib/mysql/ib_logfile0");
+    s.read(backup, "/var/lib/mysql/ib_logfile0");
+    let plan = plan_for(&s, toml);
+    let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
+    assert_eq!(mounts, ["/etc/mysql/state", "/var/lib/mysql"]);
+    let v = &plan.volumes[1];
+    let shared: Vec<&str> = v.shared.iter().map(|s| s.resource.as_str()).collect();
+    assert_eq!(
+        shared,
+        ["/var/lib/mysql/ib_logfile0", "/var/lib/mysql/ibdata1"]
+    );
+}
+
+#[test]
+fn what_cannot_be_shared_is_a_warning() {
+    let mut s = Script::default();
+    let a = s.start("/usr/sbin/daemon");
+    s.create(a, "/daemon.pid").create(a, "/dev/shm/ring");
+    s.write(a, "/dev/null");
+    let b = s.start("/usr/bin/monitor");
+    s.read(b, "/daemon.pid").read(b, "/dev/shm/ring");
+    s.write(b, "/dev/null");
+    let plan = plan_for(&s, r#"kind = "one-one""#);
+    assert!(plan.volumes.is_empty(), "{:#?}", plan.volumes);
+    assert_eq!(
+        plan.warnings,
+        [
+            PlanWarning::RootNotShareable {
+                resource: p("/daemon.pid"),
+                partitions: names(&["daemon", "monitor"]),
+            },
+            PlanWarning::IpcNotShared {
+                resource: p("/dev/shm/ring"),
+                partitions: names(&["daemon", "monitor"]),
+            },
+        ]
+    );
+    let monitor = &plan.partitions[&name("monitor")];
+    assert!(monitor.runtime.contains(&p("/dev/null")));
+    assert!(!monitor.copied.contains(&p("/dev")));
+}
+
+#[test]
+fn the_plan_is_deterministic_and_renders_as_json_and_text() {
+    let first = plan_for(&wiki(), WIKI_SUBSETS);
+    let shuffled = WIKI_SUBSETS.replace("web = [\"/usr/sbin/apache2\"]\n", "")
+        + "web = [\"/usr/sbin/apache2\"]\n";
+    assert_ne!(shuffled, WIKI_SUBSETS);
+    let again = plan_for(&wiki(), &shuffled);
+    assert_eq!(first, again);
+    let json = serde_json::to_string_pretty(&first).unwrap();
+    assert_eq!(json, serde_json::to_string_pretty(&again).unwrap());
+    let back: PartitionPlan = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, first);
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(value["format"], FORMAT);
+    assert_eq!(
+        value["volumes"][0]["shared"][0]["mounted_as"],
+        serde_json::json!({"how": "through", "dir": "/run"})
+    );
+    assert_eq!(
+        value["partitions"]["web"]["stubs"]["/usr/bin/convert"],
+        "images"
+    );
+
+    let text = first.render_text();
+    assert_eq!(text, render_text(&again));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines[0],
+        "policy disjoint-subsets: 3 partitions, 2 shared volumes, 2 RPE calls, one network namespace"
+    );
+    let has = |needle: &str| {
+        assert!(
+            lines.iter().any(|l| l.contains(needle)),
+            "no line has {needle:?}:\n{text}"
+        )
+    };
+    has("PARTITION  COPIED  PRIVATE  MOUNTS");
+    has("db         10      1        /run");
+    has("/usr/bin/convert (images), /usr/sbin/mysqld (db)");
+    has("/run/mysqld/mysqld.sock");
+    has("db /usr/sbin/mysqld bind; web /usr/bin/php connect");
+    has("db /usr/sbin/mysqld create, stat; web /usr/bin/php stat");
+    has("created/removed, via /var/www/wiki/images");
+    let tail = text.split_once("\nRPE CALLER").unwrap().1;
+    assert_eq!(
+        tail,
+        "          RUNS                     APART BECAUSE
+web /entrypoint.sh  db /usr/sbin/mysqld      partitions web and db are disjoint
+web /usr/bin/php    images /usr/bin/convert  partitions web and images are disjoint
+
+NETWORK CLIENT    REACHES         SERVER (BOUND)
+web /usr/bin/php  127.0.0.1:3306  db /usr/sbin/mysqld (0.0.0.0:3306)
+"
+    );
+}
