@@ -115,6 +115,8 @@ async fn the_daemon_observes_reports_and_emits_over_its_socket() {
     assert_eq!(mine["state"], "closed");
     assert_eq!(mine["complete"], true);
     assert!(mine["events"].as_u64().unwrap() > 10, "{mine}");
+    // The loop's repeated reads are counted, not stored: they add nothing.
+    assert!(mine["aggregated_events"].as_u64().unwrap() > 10, "{mine}");
 
     let report: serde_json::Value =
         serde_json::from_str(&text(&d.ctl(&["report", &c.0, "--json"]))).unwrap();

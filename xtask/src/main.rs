@@ -9,6 +9,7 @@ mod demo;
 mod ebpf;
 mod images;
 mod setup;
+mod soak;
 mod test;
 mod util;
 
@@ -112,6 +113,18 @@ enum Command {
     /// the same run. Runs `setup` first. Needs root. Record the figures in
     /// docs/benchmarks.md.
     BenchEmit,
+    /// Watch the daemon's memory over a long observation; prints figures.
+    ///
+    /// A release daemon observes a redis test container from its first
+    /// exec while redis-benchmark runs back to back,
+    /// and prints the daemon's resident memory, the session's events and
+    /// the store's size each minute. Runs `setup` first. Needs root. Record
+    /// the figures in docs/benchmarks.md.
+    Soak {
+        /// How long to observe.
+        #[arg(long, default_value_t = 60)]
+        minutes: u64,
+    },
 }
 
 fn main() -> Result<()> {
@@ -128,6 +141,7 @@ fn main() -> Result<()> {
         Command::BenchTrace => bench::trace(),
         Command::BenchModel => bench::model(),
         Command::BenchEmit => bench::emit(),
+        Command::Soak { minutes } => soak::run(minutes),
     }
 }
 

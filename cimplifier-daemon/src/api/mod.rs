@@ -177,6 +177,7 @@ fn stored(r: &SessionRecord) -> pb::Session {
             .unwrap_or_default(),
         duration_ms: r.duration_ms,
         events: r.events,
+        aggregated_events: r.aggregated,
         lost_events: r.loss.lost(),
         complete: r.complete(),
         gaps: r
@@ -266,6 +267,11 @@ fn event_message(e: &crate::session::StreamedEvent) -> pb::Event {
         json: serde_json::to_string(&*e.event).unwrap_or_default(),
     }
 }
+
+/// A policy that does not fit the session's model.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct PlanRefused(String);
 
 type ResultStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -447,6 +453,46 @@ impl Cimplifier for Service {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn plan(
+        &self,
+        request: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
+        let req = request.into_inner();
+        check_name(&req.session, "session")?;
+        if req.policy_toml.len() > 1 << 20 {
+            return Err(Status::invalid_argument("policy_toml: at most 1 MiB"));
+        }
+        let policy = crate::partition::Policy::from_toml(&req.policy_toml)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let record = self.record(&req.session)?;
+        // With the image's tree, symlinked names and `#!` interpreters are
+        // known, as emit will know them.
+        let docker = crate::docker::connect().map_err(internal)?;
+        let tree = crate::emit::slim::source_tree(
+            &docker,
+            &record.started.image_id,
+            &record.started.image_ref,
+        )
+        .await
+        .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        let store = self.manager.store().clone();
+        let (plan_json, text) = tokio::task::spawn_blocking(move || {
+            let mut model = Model::with_image_tree(Box::new(tree));
+            store.fold(&record, &mut model, |_| {})?;
+            let partitioning = crate::partition::partition(&model, &policy)
+                .map_err(|e| anyhow::anyhow!(PlanRefused(e.to_string())))?;
+            let plan = crate::place::partition::plan(&model, &partitioning);
+            Ok::<_, anyhow::Error>((serde_json::to_string_pretty(&plan)?, plan.render_text()))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| match e.downcast_ref::<PlanRefused>() {
+            Some(PlanRefused(why)) => Status::invalid_argument(format!("policy: {why}")),
+            None => internal(e),
+        })?;
+        Ok(Response::new(pb::PlanResponse { plan_json, text }))
     }
 
     type StreamEventsStream = ResultStream<pb::Event>;

@@ -170,6 +170,22 @@ enum Command {
         #[arg(long)]
         dot: bool,
     },
+    /// Dry-run a partitioning policy on a session: which executables go
+    /// where, what each partition copies and shares (with the evidence for
+    /// every shared volume), and which calls cross partitions by RPE.
+    ///
+    /// The policy is a TOML file (docs/policy.md), e.g.
+    /// `kind = "one-one"`. Nothing is built.
+    Plan {
+        /// The session (a container's name, or a merge's).
+        session: String,
+        /// The policy file.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Print the plan as JSON (format cimplifier-partition-plan).
+        #[arg(long)]
+        json: bool,
+    },
     /// Tail the events of observing sessions live, until Ctrl-C.
     ///
     /// Filters combine: --session, --exe and --kind each may repeat. A
@@ -295,7 +311,8 @@ fn session_json(s: &cimplifier::api::pb::Session) -> serde_json::Value {
         "state": state_name(s.state), "end": s.end, "error": s.error,
         "from_first_exec": s.from_first_exec,
         "started_unix_ms": s.started_unix_ms, "duration_ms": s.duration_ms,
-        "events": s.events, "lost_events": s.lost_events, "complete": s.complete,
+        "events": s.events, "aggregated_events": s.aggregated_events,
+        "lost_events": s.lost_events, "complete": s.complete,
         "gaps": s.gaps.iter().map(|g| serde_json::json!({
             "from_unix_ms": g.from_unix_ms, "to_unix_ms": g.to_unix_ms, "reason": g.reason,
         })).collect::<Vec<_>>(),
@@ -586,6 +603,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report: cimplifier::model::report::Report = serde_json::from_str(&r.body)
                 .context("the daemon's report is not the model JSON this cimplifierctl reads")?;
             print(&report.table())
+        }
+        Command::Plan {
+            session,
+            policy,
+            json,
+        } => {
+            let policy_toml = std::fs::read_to_string(&policy)
+                .with_context(|| format!("reading the policy file {}", policy.display()))?;
+            let plan = daemon(&socket, async |mut c| {
+                c.plan(pb::PlanRequest {
+                    session,
+                    policy_toml,
+                })
+                .await
+            })?;
+            print(&if json {
+                plan.plan_json + "\n"
+            } else {
+                plan.text
+            })
         }
         Command::Events {
             session,

@@ -141,6 +141,19 @@ fn ms(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
+/// The file tree of a session's source image, read from the engine.
+pub async fn source_tree(
+    docker: &bollard::Docker,
+    image_id: &str,
+    image_ref: &str,
+) -> Result<Arc<ImageFs>> {
+    docker.inspect_image(image_id).await.with_context(|| {
+        format!("the observed container's image {image_ref} ({image_id}) is gone from the engine")
+    })?;
+    let saved = save_image(docker, image_id).await?;
+    Ok(Arc::new(ImageFs::from_docker_save(saved, image_ref)?))
+}
+
 /// The image's layers, as `docker image save` gives them.
 async fn save_image(docker: &bollard::Docker, image: &str) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();

@@ -17,6 +17,26 @@
 
 pub mod report;
 
+/// What a syscall event adds to the model of the executable that made it;
+/// None for an event that must be kept whatever came before (a fork, an
+/// exec, an exit, a name that did not resolve). The model is a set of such
+/// uses, so an event whose uses an identical earlier one (same executable)
+/// already added changes nothing: the daemon counts it instead of storing it.
+pub fn uses_of(event: &Event) -> Option<Vec<(Access, Resource)>> {
+    let s = event.syscall()?;
+    if semantics::exec_target(s).is_some()
+        || s.paths.iter().any(|p| {
+            matches!(
+                p.resolution,
+                Resolution::Unresolved(_) | Resolution::Unreadable
+            )
+        })
+    {
+        return None;
+    }
+    Some(semantics::accesses(s))
+}
+
 /// The file a successful exec event ran, if `event` is one.
 pub fn exec_path(event: &Event) -> Option<ContainerPath> {
     let s = event.syscall()?;
@@ -467,11 +487,23 @@ impl Model {
     }
 }
 
+const UNOBSERVED_EXEC: &str = "/?unobserved-exec/";
+
+impl Exe {
+    /// A stand-in for a process whose exec was never seen: one running
+    /// before the watch began, or the container runtime's own set-up
+    /// (`runc:[2:INIT]`) before it execs the entrypoint. There is no file
+    /// to place for it.
+    pub fn is_unobserved(&self) -> bool {
+        self.0.as_str().starts_with(UNOBSERVED_EXEC)
+    }
+}
+
 /// Stands for the executable of a process whose exec was not observed (it
 /// was running before the watch began).
 fn unknown_exe(comm: &str) -> Exe {
     Exe(
-        ContainerPath::new(&format!("/?unobserved-exec/{}", comm.replace('/', "_")))
+        ContainerPath::new(&format!("{UNOBSERVED_EXEC}{}", comm.replace('/', "_")))
             .expect("absolute"),
     )
 }

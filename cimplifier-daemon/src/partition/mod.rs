@@ -109,8 +109,14 @@ impl Partitioning {
 }
 
 /// Partitions the executables `model` observed by `policy`.
+/// Stand-ins for processes whose exec was never seen (the runtime's set-up
+/// before the entrypoint, say) are not placed: there is no file to place.
 pub fn partition(model: &Model, policy: &Policy) -> Result<Partitioning, PolicyError> {
-    let observed = model.executables();
+    let observed: BTreeSet<Exe> = model
+        .executables()
+        .into_iter()
+        .filter(|e| !e.is_unobserved())
+        .collect();
     if observed.is_empty() {
         return Err(PolicyError::NoExecutables);
     }

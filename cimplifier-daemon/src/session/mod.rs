@@ -828,6 +828,7 @@ impl SessionTask {
                 end: None,
                 duration_ms: 0,
                 events: 0,
+                aggregated: 0,
                 loss: LossCounters::default(),
                 segments: vec![Segment {
                     first_event: 0,
@@ -846,6 +847,7 @@ impl SessionTask {
 
         let prior_duration = record.duration_ms;
         let prior_loss = record.loss;
+        let prior_aggregated = record.aggregated;
         let started = Instant::now();
         let deadline = async {
             match self.duration {
@@ -860,6 +862,10 @@ impl SessionTask {
         let mut exes = ExeTracker::default();
         let session_name: Arc<str> = name.as_str().into();
         let missed_start = std::sync::atomic::AtomicBool::new(false);
+        // Uses already stored in this segment, by executable: what the
+        // model holds, so bounded by it.
+        let mut seen_uses: HashSet<u64> = HashSet::new();
+        let aggregated = std::sync::atomic::AtomicU64::new(0);
         let mut accept = |e: Event, batch: &mut Vec<Event>| {
             if !members.contains(&e.cgroup) {
                 // A cgroup created below the container's since the last look,
@@ -878,13 +884,27 @@ impl SessionTask {
                 tracing::debug!(pid = e.pid, comm = %e.comm, "already running when the watch began");
             }
             let exe = exes.exe_after(&e);
+            let repeated = crate::model::uses_of(&e).is_some_and(|uses| {
+                use std::hash::{Hash, Hasher};
+                let mut h = rustc_hash::FxHasher::default();
+                match &exe {
+                    Some(x) => x.as_str().hash(&mut h),
+                    None => e.comm.hash(&mut h),
+                }
+                uses.hash(&mut h);
+                !seen_uses.insert(h.finish())
+            });
             let event = Arc::new(e);
             observer.publish(&StreamedEvent {
                 session: session_name.clone(),
                 exe,
                 event: event.clone(),
             });
-            batch.push(Arc::unwrap_or_clone(event));
+            if repeated {
+                aggregated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                batch.push(Arc::unwrap_or_clone(event));
+            }
         };
         let commit = |record: &mut SessionRecord, batch: &mut Vec<Event>| -> Result<()> {
             let segment = record.segments.last_mut().expect("a session has a segment");
@@ -897,6 +917,8 @@ impl SessionTask {
                 record.started.from_first_exec = record.segments.iter().all(|s| s.from_first_exec);
             }
             record.events += batch.len() as u64;
+            record.aggregated =
+                prior_aggregated + aggregated.load(std::sync::atomic::Ordering::Relaxed);
             record.checkpoint_unix_ms = now_ms();
             record.duration_ms = prior_duration + started.elapsed().as_millis() as u64;
             record.loss = add_loss(prior_loss, loss_since(observer.loss(), loss_base));

@@ -22,6 +22,9 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
+/// The store's page cache.
+const CACHE_BYTES: usize = 16 << 20;
+
 /// The store's file name inside the state directory.
 pub const FILE_NAME: &str = "cimplifier.redb";
 
@@ -73,7 +76,12 @@ pub struct SessionRecord {
     pub end: Option<EndReason>,
     /// Time observed, summed over segments.
     pub duration_ms: u64,
+    /// Events stored.
     pub events: u64,
+    /// Events not stored because an identical earlier one (same executable,
+    /// same uses) already said all they say (see `model::uses_of`).
+    #[serde(default)]
+    pub aggregated: u64,
     pub loss: LossCounters,
     pub segments: Vec<Segment>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
@@ -127,7 +135,12 @@ impl Store {
         std::fs::create_dir_all(state_dir)
             .with_context(|| format!("creating the state directory {}", state_dir.display()))?;
         let path = state_dir.join(FILE_NAME);
-        let db = Database::create(&path).with_context(|| {
+        // redb caches up to 1 GiB by default, growing with the file; the
+        // daemon reads little back, so a small cache keeps memory flat.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .with_context(|| {
             format!(
                 "opening the store {} (is another cimplifierd using this --state-dir?)",
                 path.display()
@@ -402,6 +415,7 @@ impl Store {
             end: Some(EndReason::Stopped),
             duration_ms: 0,
             events: 0,
+            aggregated: 0,
             loss: LossCounters::default(),
             segments: vec![],
             gaps: vec![],
@@ -422,6 +436,7 @@ impl Store {
             }
             merged.events += events.len() as u64;
             merged.duration_ms += r.duration_ms;
+            merged.aggregated += r.aggregated;
             merged.loss = crate::session::add_loss(merged.loss, r.loss);
             merged.gaps.extend(r.gaps.iter().cloned());
             merged.checkpoint_unix_ms = merged.checkpoint_unix_ms.max(r.checkpoint_unix_ms);
@@ -499,6 +514,7 @@ mod tests {
             end: None,
             duration_ms: 0,
             events: 0,
+            aggregated: 0,
             loss: LossCounters::default(),
             segments: vec![Segment {
                 first_event: 0,

@@ -118,7 +118,10 @@ pub fn snapshot_process(pid: u32) -> ProcessSnapshot {
     let exe = std::fs::read_link(proc_dir.join("exe"))
         .ok()
         .map(|p| PathBuf::from(p.to_string_lossy().trim_end_matches(" (deleted)")))
-        .and_then(&inside);
+        .and_then(&inside)
+        // Seen mid-setup (runc's init, say), a process can show its root or
+        // an anonymous memfd as its executable: neither is a file to keep.
+        .filter(|p| p.as_str() != "/" && !p.as_str().starts_with("/memfd:"));
     let argv = std::fs::read(proc_dir.join("cmdline"))
         .map(|b| {
             b.split(|&c| c == 0)
