@@ -226,7 +226,7 @@ pub fn run() -> Result<()> {
         ],
     ))?;
     println!(
-        "\nsession and audit report: {STATE_DIR}/sessions/{CONTAINER}/ (trace.jsonl, session.json, emit-report.json); OCI layout: {OCI_DIR}"
+        "\nsession: {STATE_DIR}/cimplifier.redb (`cimplifierctl --socket {SOCKET} sessions`, `report {CONTAINER}`, `export {CONTAINER} -o FILE`); audit report: {STATE_DIR}/emit-reports/{CONTAINER}.json; OCI layout: {OCI_DIR}"
     );
     drop(cleanup);
     Ok(())

@@ -141,11 +141,11 @@ impl Store {
             .set_cache_size(CACHE_BYTES)
             .create(&path)
             .with_context(|| {
-            format!(
-                "opening the store {} (is another cimplifierd using this --state-dir?)",
-                path.display()
-            )
-        })?;
+                format!(
+                    "opening the store {} (is another cimplifierd using this --state-dir?)",
+                    path.display()
+                )
+            })?;
         let txn = db.begin_write()?;
         txn.open_table(SESSIONS)?;
         txn.open_table(EVENTS)?;
