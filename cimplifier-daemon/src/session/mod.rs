@@ -169,6 +169,16 @@ pub(crate) fn add_loss(a: LossCounters, b: LossCounters) -> LossCounters {
     }
 }
 
+/// A container's name as Docker shows it, without the leading `/`.
+fn container_name(details: &bollard::models::ContainerInspectResponse) -> String {
+    details
+        .name
+        .as_deref()
+        .unwrap_or_default()
+        .trim_start_matches('/')
+        .to_owned()
+}
+
 /// A `key=value` label selector, checked.
 pub fn check_selector(selector: &str) -> Result<(), ObserveError> {
     match selector.split_once('=') {
@@ -211,12 +221,7 @@ impl Manager {
             .inspect_container(&opts.container, None)
             .await
             .map_err(|_| ObserveError::NotFound(opts.container.clone()))?;
-        let name = details
-            .name
-            .clone()
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_owned();
+        let name = container_name(&details);
         if self
             .running
             .lock()
@@ -251,12 +256,7 @@ impl Manager {
         resumed: Option<SessionRecord>,
         prepared: Option<Prepared>,
     ) -> Result<Started, ObserveError> {
-        let name = details
-            .name
-            .clone()
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_owned();
+        let name = container_name(&details);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (started_tx, started_rx) = oneshot::channel::<Started>();
         {
@@ -679,12 +679,7 @@ impl SessionTask {
         let docker = crate::docker::connect()?;
         let details = &self.details;
         let id = details.id.clone().unwrap_or_default();
-        let name = details
-            .name
-            .clone()
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_owned();
+        let name = container_name(&details);
         let from_first_exec = matches!(
             self.opening,
             Opening::Start | Opening::Restart | Opening::AwaitStart
@@ -809,10 +804,10 @@ impl SessionTask {
                 });
                 r
             }
-            None => SessionRecord {
-                name: name.clone(),
-                id: store.next_session_id()?,
-                started: Started {
+            None => SessionRecord::new(
+                name.clone(),
+                store.next_session_id()?,
+                Started {
                     container_id: id.clone(),
                     container_name: name.clone(),
                     image_id: details.image.clone().unwrap_or_default(),
@@ -824,21 +819,7 @@ impl SessionTask {
                     from_first_exec,
                     started_unix_ms: now,
                 },
-                state: SessionState::Observing,
-                end: None,
-                duration_ms: 0,
-                events: 0,
-                aggregated: 0,
-                loss: LossCounters::default(),
-                segments: vec![Segment {
-                    first_event: 0,
-                    started_unix_ms: now,
-                    from_first_exec,
-                    origin: "observed".into(),
-                }],
-                gaps: vec![],
-                checkpoint_unix_ms: now,
-            },
+            ),
         };
         record.checkpoint_unix_ms = now;
         store.put_session(&record)?;

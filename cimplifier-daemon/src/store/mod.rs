@@ -91,6 +91,30 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// A session beginning now: observing, one segment, nothing seen yet.
+    pub fn new(name: String, id: u64, started: Started) -> Self {
+        let now = started.started_unix_ms;
+        Self {
+            segments: vec![Segment {
+                first_event: 0,
+                started_unix_ms: now,
+                from_first_exec: started.from_first_exec,
+                origin: "observed".into(),
+            }],
+            name,
+            id,
+            started,
+            state: SessionState::Observing,
+            end: None,
+            duration_ms: 0,
+            events: 0,
+            aggregated: 0,
+            loss: LossCounters::default(),
+            gaps: vec![],
+            checkpoint_unix_ms: now,
+        }
+    }
+
     /// No event lost and no gap: the model is the whole truth.
     pub fn complete(&self) -> bool {
         self.loss.is_complete() && self.gaps.is_empty()
@@ -506,25 +530,7 @@ mod tests {
     }
 
     fn record(store: &Store, name: &str) -> SessionRecord {
-        SessionRecord {
-            name: name.into(),
-            id: store.next_session_id().unwrap(),
-            started: started(),
-            state: SessionState::Observing,
-            end: None,
-            duration_ms: 0,
-            events: 0,
-            aggregated: 0,
-            loss: LossCounters::default(),
-            segments: vec![Segment {
-                first_event: 0,
-                started_unix_ms: 1,
-                from_first_exec: true,
-                origin: "observed".into(),
-            }],
-            gaps: vec![],
-            checkpoint_unix_ms: 1,
-        }
+        SessionRecord::new(name.into(), store.next_session_id().unwrap(), started())
     }
 
     #[test]
