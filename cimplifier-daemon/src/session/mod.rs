@@ -679,7 +679,7 @@ impl SessionTask {
         let docker = crate::docker::connect()?;
         let details = &self.details;
         let id = details.id.clone().unwrap_or_default();
-        let name = container_name(&details);
+        let name = container_name(details);
         let from_first_exec = matches!(
             self.opening,
             Opening::Start | Opening::Restart | Opening::AwaitStart
