@@ -12,7 +12,8 @@ use crate::util::{self, Step, cmd};
 /// Debian packages the project needs: LLVM 22 and Debian's rustc-web toolchain
 /// (eBPF build, bpf-linker), the Docker engine and debootstrap (test images),
 /// and tools used by tests and the demo (openssl makes the TLS tests'
-/// certificates).
+/// certificates; systemd brings `systemd-analyze`, which checks
+/// deploy/systemd/ without systemd running).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -30,6 +31,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "openssl",
     "python3",
     "ca-certificates",
+    "systemd",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
