@@ -52,6 +52,17 @@ fn a_dying_container_closes_a_complete_session_with_its_entrypoint() {
     assert_eq!(info["end"], "container_died", "{info}");
     assert_eq!(info["from_first_exec"], true);
     assert_eq!(info["complete"], true);
+    let exes: Vec<&str> = info["executables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        exes.contains(&"/bin/sh") && exes.contains(&"/usr/bin/cat"),
+        "the session reports its executables: {info}"
+    );
+    assert!(info["resources"].as_u64().unwrap() > 5, "{info}");
     let (record, events) = d.session_events(&c.0);
     assert_eq!(record["state"], "closed", "{record}");
     let execs = execs(&events);

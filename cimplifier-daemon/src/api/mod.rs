@@ -355,10 +355,22 @@ impl Cimplifier for Service {
     ) -> Result<Response<pb::Session>, Status> {
         let name = request.into_inner().container;
         check_name(&name, "container")?;
-        match self.manager.get(&name).map_err(internal)? {
-            Some(v) => Ok(Response::new(view(&v))),
-            None => Err(not_found(&name)),
+        let v = self
+            .manager
+            .get(&name)
+            .map_err(internal)?
+            .ok_or_else(|| not_found(&name))?;
+        let mut session = view(&v);
+        if let SessionView::Stored(record) = v {
+            let (model, _) = self.model(record).await?;
+            session.executables = model
+                .executables()
+                .into_iter()
+                .map(|e| e.0.as_str().to_owned())
+                .collect();
+            session.resources = model.resource_count() as u64;
         }
+        Ok(Response::new(session))
     }
 
     async fn get_report(

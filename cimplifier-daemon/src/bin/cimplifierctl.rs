@@ -313,6 +313,7 @@ fn session_json(s: &cimplifier::api::pb::Session) -> serde_json::Value {
         "started_unix_ms": s.started_unix_ms, "duration_ms": s.duration_ms,
         "events": s.events, "aggregated_events": s.aggregated_events,
         "lost_events": s.lost_events, "complete": s.complete,
+        "executables": s.executables, "resources": s.resources,
         "gaps": s.gaps.iter().map(|g| serde_json::json!({
             "from_unix_ms": g.from_unix_ms, "to_unix_ms": g.to_unix_ms, "reason": g.reason,
         })).collect::<Vec<_>>(),
@@ -801,17 +802,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     tokio::select! {
                         _ = &mut stop => {
                             let req = pb::StopObservingRequest { container: started.container.clone() };
-                            break api.stop_observing(req).await.map_err(status).map(|r| r.into_inner());
+                            break api.stop_observing(req).await.map_err(status).map(|_| ());
                         }
+                        // The list is cheap; GetSession builds the model.
                         _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                            let req = pb::GetSessionRequest { container: started.container.clone() };
-                            let now = api.get_session(req).await.map_err(status)?.into_inner();
-                            if now.state != pb::session::State::Observing as i32 {
-                                break Ok(now);
+                            let list = api.list_sessions(pb::ListSessionsRequest {}).await.map_err(status)?.into_inner();
+                            let now = list.sessions.into_iter().find(|s| s.container == started.container);
+                            if now.is_none_or(|s| s.state != pb::session::State::Observing as i32) {
+                                break Ok(());
                             }
                         }
                     }
-                }
+                }?;
+                let req = pb::GetSessionRequest { container: started.container.clone() };
+                api.get_session(req).await.map_err(status).map(|r| r.into_inner())
             })?;
             if json {
                 return print(&(serde_json::to_string_pretty(&session_json(&session))? + "\n"));
@@ -820,10 +824,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("observing {} failed: {}", session.container, session.error);
             }
             print(&format!(
-                "observed {} for {:.1} s: {} events, {}; ended: {}\n",
+                "observed {} for {:.1} s: {} executables used {} resources; {} events stored, {} repeats counted; {}; ended: {}\n",
                 session.container,
                 session.duration_ms as f64 / 1000.0,
+                session.executables.len(),
+                session.resources,
                 session.events,
+                session.aggregated_events,
                 if session.complete {
                     "no events lost".to_owned()
                 } else {

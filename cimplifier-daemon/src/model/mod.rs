@@ -364,6 +364,11 @@ impl Model {
     }
 
     /// Every executable seen, in path order.
+    /// How many distinct resources (paths, sockets, endpoints) were used.
+    pub fn resource_count(&self) -> usize {
+        self.resources.len()
+    }
+
     pub fn executables(&self) -> BTreeSet<Exe> {
         self.exes.keys().cloned().collect()
     }
