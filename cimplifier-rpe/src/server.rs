@@ -392,6 +392,7 @@ fn relay(mut conn: UnixStream, pid: libc::pid_t, mut status_r: File) {
         if pfd[1].revents != 0 {
             match proto::read_frame::<_, ToServer>(&mut conn) {
                 Ok(Some(ToServer::Signal(sig))) => {
+                    let sig = job_control_signal(pid, sig);
                     if let Some(fd) = &pidfd {
                         // SAFETY: signalling our own child through its pidfd.
                         unsafe {
@@ -411,6 +412,24 @@ fn relay(mut conn: UnixStream, pid: libc::pid_t, mut status_r: File) {
             }
         }
     }
+}
+
+/// The callee leads its own session, so its process group is orphaned and
+/// the kernel discards a default-action SIGTSTP/SIGTTIN/SIGTTOU. Those
+/// become SIGSTOP unless the callee catches them (its handler should run).
+fn job_control_signal(pid: libc::pid_t, sig: i32) -> i32 {
+    if ![libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].contains(&sig) {
+        return sig;
+    }
+    let caught = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & (1u64 << (sig - 1)) != 0);
+    if caught { sig } else { libc::SIGSTOP }
 }
 
 /// Everything the forked child needs, built before fork: after fork in a
