@@ -98,11 +98,24 @@ impl Fixture {
         p
     }
 
-    /// A stub `bin/<name>` that runs the shell script `body`.
-    pub fn callee(&mut self, name: &str, body: &str) -> PathBuf {
+    /// Allows `requested` (as the stub will name it) to run `target`.
+    pub fn allow_map(&mut self, requested: &Path, target: &Path) {
+        self.allow.push(requested.to_path_buf());
+        self.map
+            .insert(requested.to_path_buf(), target.to_path_buf());
+    }
+
+    /// Writes `real/<name>` with the shell script `body`.
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
         let real = self.root.join("real").join(name);
         std::fs::write(&real, format!("#!/bin/sh\n{body}\n")).unwrap();
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o755)).unwrap();
+        real
+    }
+
+    /// A stub `bin/<name>` that runs the shell script `body`.
+    pub fn callee(&mut self, name: &str, body: &str) -> PathBuf {
+        let real = self.script(name, body);
         self.callee_exec(name, &real)
     }
 
