@@ -88,6 +88,7 @@ pub fn serve(cfg: ServerConfig) -> Result<(), String> {
     // SAFETY: changing our own signal mask.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     *CHILDREN.lock().unwrap() = Some(HashMap::new());
+    inherited();
     let root = unsafe { libc::geteuid() } == 0;
     for p in cfg.partitions {
         let listener = bind(&p.socket).map_err(|e| format!("partition {}: {e}", p.name))?;
@@ -334,12 +335,15 @@ fn handle(mut conn: UnixStream, part: &Partition, root: bool) {
             let path = Path::new(OsStr::from_bytes(&req.path));
             part.resolve(path).map_err(|m| (EXIT_CANNOT_EXECUTE, m))
         })
-        .and_then(|exe| spawn(&req, fds, &exe, root, &part.cfg.name));
+        .and_then(|exe| spawn(&req, &fds, &exe, root, &part.cfg.name));
     let (pid, status_r) = match started {
         Ok(s) => s,
         Err((code, message)) => return refuse(&mut conn, code, message),
     };
-    if proto::write_frame(&mut conn, &ToStub::Started { pid }).is_err() {
+    let sent = proto::write_frame(&mut conn, &ToStub::Started { pid });
+    // Off the critical path: the stub already knows the callee runs.
+    close_all(fds);
+    if sent.is_err() {
         return;
     }
     relay(conn, pid, status_r);
@@ -444,6 +448,11 @@ struct ChildPlan {
     src: Vec<RawFd>,
     dst: Vec<RawFd>,
     dst_sorted: Vec<RawFd>,
+    /// Indices into src/dst, by ascending dst.
+    order: Vec<usize>,
+    /// owner[fd] = index of the received fd sitting at number fd (or -1),
+    /// for fd numbers up to the highest target.
+    owner: Vec<i32>,
     ctty: Option<RawFd>,
     rlimits: Vec<(u32, libc::rlimit)>,
     nice: c_int,
@@ -455,8 +464,43 @@ struct ChildPlan {
     gid: u32,
     egid: u32,
     groups: Vec<libc::gid_t>,
-    ignored: u64,
+    /// Dispositions that differ from the server's own (exec resets handled
+    /// signals; only ignored ones survive).
+    signals: Vec<(c_int, libc::sighandler_t)>,
     mask: libc::sigset_t,
+}
+
+/// The server's own state a child inherits, read once: a child only
+/// changes what differs from it.
+struct Inherited {
+    ignored: u64,
+    rlimits: Vec<(u32, libc::rlimit)>,
+}
+
+fn inherited() -> &'static Inherited {
+    static I: std::sync::OnceLock<Inherited> = std::sync::OnceLock::new();
+    I.get_or_init(|| {
+        let mut ignored = 0;
+        let mut rlimits = Vec::new();
+        // SAFETY: read-only queries of our own process state.
+        unsafe {
+            for sig in 1..=64 {
+                let mut act: libc::sigaction = std::mem::zeroed();
+                if libc::sigaction(sig, std::ptr::null(), &mut act) == 0
+                    && act.sa_sigaction == libc::SIG_IGN
+                {
+                    ignored |= 1u64 << (sig - 1);
+                }
+            }
+            for res in 0..=libc::RLIMIT_RTTIME as u32 {
+                let mut rl: libc::rlimit = std::mem::zeroed();
+                if libc::getrlimit(res as _, &mut rl) == 0 {
+                    rlimits.push((res, rl));
+                }
+            }
+        }
+        Inherited { ignored, rlimits }
+    })
 }
 
 fn cstrings(blob: &[u8]) -> Vec<CString> {
@@ -492,6 +536,46 @@ impl ChildPlan {
                 unsafe { libc::sigaddset(&mut mask, sig) };
             }
         }
+        let src: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let mut order: Vec<usize> = (0..src.len()).collect();
+        order.sort_unstable_by_key(|&i| req.fds[i]);
+        let above = dst_sorted.last().map_or(0, |&m| m as usize + 1);
+        let mut owner = vec![-1i32; above];
+        for (i, &s) in src.iter().enumerate() {
+            if (s as usize) < above {
+                owner[s as usize] = i as i32;
+            }
+        }
+        let inh = inherited();
+        let signals = (1..=64)
+            .filter(|&sig| sig != libc::SIGKILL && sig != libc::SIGSTOP)
+            .filter_map(|sig| {
+                let bit = 1u64 << (sig - 1);
+                match (req.sigignored & bit != 0, inh.ignored & bit != 0) {
+                    (true, false) => Some((sig, libc::SIG_IGN)),
+                    (false, true) => Some((sig, libc::SIG_DFL)),
+                    _ => None,
+                }
+            })
+            .collect();
+        let rlimits = req
+            .rlimits
+            .iter()
+            .map(|r| {
+                (
+                    r.resource,
+                    libc::rlimit {
+                        rlim_cur: r.soft,
+                        rlim_max: r.hard,
+                    },
+                )
+            })
+            .filter(|(res, rl)| {
+                !inh.rlimits.iter().any(|(r, o)| {
+                    r == res && o.rlim_cur == rl.rlim_cur && o.rlim_max == rl.rlim_max
+                })
+            })
+            .collect();
         Ok(ChildPlan {
             exe: CString::new(exe.as_os_str().as_bytes())
                 .map_err(|_| format!("{} contains a NUL byte", exe.display()))?,
@@ -499,23 +583,13 @@ impl ChildPlan {
             _argv: argv,
             env_ptrs: with_null(&env),
             _env: env,
-            src: fds.iter().map(|f| f.as_raw_fd()).collect(),
+            src,
             dst: req.fds.clone(),
             dst_sorted,
+            order,
+            owner,
             ctty: req.ctty,
-            rlimits: req
-                .rlimits
-                .iter()
-                .map(|r| {
-                    (
-                        r.resource,
-                        libc::rlimit {
-                            rlim_cur: r.soft,
-                            rlim_max: r.hard,
-                        },
-                    )
-                })
-                .collect(),
+            rlimits,
             nice: req.nice,
             umask: req.umask,
             cwd: CString::new(req.cwd.clone()).unwrap_or_else(|_| c"/".into()),
@@ -525,7 +599,7 @@ impl ChildPlan {
             gid: req.gid,
             egid: req.egid,
             groups: req.groups.clone(),
-            ignored: req.sigignored,
+            signals,
             mask,
         })
     }
@@ -539,12 +613,12 @@ const STAGE_EXEC: u32 = 3;
 /// Forks and execs the callee. Returns its pid and the status pipe.
 fn spawn(
     req: &Request,
-    fds: Vec<OwnedFd>,
+    fds: &[OwnedFd],
     exe: &Path,
     root: bool,
     partition: &str,
 ) -> Result<(libc::pid_t, File), (i32, String)> {
-    let mut plan = ChildPlan::new(req, &fds, exe, root).map_err(|m| (EXIT_CANNOT_EXECUTE, m))?;
+    let mut plan = ChildPlan::new(req, fds, exe, root).map_err(|m| (EXIT_CANNOT_EXECUTE, m))?;
     let pipe = || -> Result<(File, File), (i32, String)> {
         let mut p = [0; 2];
         // SAFETY: pipe2 into a local array; both ends owned at once.
@@ -579,7 +653,6 @@ fn spawn(
         g.get_or_insert_with(HashMap::new).insert(pid, status_w);
         pid
     };
-    drop(fds);
     drop(err_w);
     let mut report = [0u8; 8];
     let n = read_full(&mut err_r, &mut report);
@@ -611,6 +684,29 @@ fn spawn(
             format!("cannot place the file descriptors for {exe}: {err}"),
         ),
     })
+}
+
+/// Closes received fds, a run of consecutive numbers per syscall.
+fn close_all(fds: Vec<OwnedFd>) {
+    let mut raw: Vec<RawFd> = fds
+        .into_iter()
+        .map(std::os::fd::IntoRawFd::into_raw_fd)
+        .collect();
+    raw.sort_unstable();
+    let mut k = 0;
+    while k < raw.len() {
+        let mut e = k;
+        while e + 1 < raw.len() && raw[e + 1] == raw[e] + 1 {
+            e += 1;
+        }
+        // SAFETY: we own these fds (taken out of their OwnedFds above).
+        if unsafe { close_range(raw[k] as u32, raw[e] as u32, 0) } != 0 {
+            for &fd in &raw[k..=e] {
+                unsafe { libc::close(fd) };
+            }
+        }
+        k = e + 1;
+    }
 }
 
 fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
@@ -650,24 +746,33 @@ unsafe fn child(p: &mut ChildPlan, err_w: RawFd) -> ! {
                 libc::_exit(127);
             }
         }
-        // Move received fds that sit on someone else's target number.
-        for i in 0..p.src.len() {
-            if p.src[i] != p.dst[i] && p.dst_sorted.binary_search(&p.src[i]).is_ok() {
-                let n = libc::fcntl(p.src[i], libc::F_DUPFD_CLOEXEC, above);
+        // Place fds by ascending target; a received fd still waiting to be
+        // placed that sits on the target is moved out of the way first. In
+        // the usual case (received fds numbered a little above their
+        // targets) nothing moves.
+        for k in 0..p.order.len() {
+            let i = p.order[k];
+            let d = p.dst[i];
+            let o = p.owner[d as usize];
+            if o >= 0 && o as usize != i {
+                let j = o as usize;
+                let n = libc::fcntl(p.src[j], libc::F_DUPFD_CLOEXEC, above);
                 if n < 0 {
                     fail(err_w, STAGE_FDS);
                 }
-                p.src[i] = n;
+                p.src[j] = n;
+                p.owner[d as usize] = -1;
             }
-        }
-        for i in 0..p.src.len() {
-            let r = if p.src[i] == p.dst[i] {
-                libc::fcntl(p.dst[i], libc::F_SETFD, 0)
+            let r = if p.src[i] == d {
+                libc::fcntl(d, libc::F_SETFD, 0)
             } else {
-                libc::dup2(p.src[i], p.dst[i])
+                libc::dup2(p.src[i], d)
             };
             if r < 0 {
                 fail(err_w, STAGE_FDS);
+            }
+            if let Some(slot) = p.owner.get_mut(p.src[i] as usize) {
+                *slot = -1;
             }
         }
         // Close what the stub did not have open below the highest target,
@@ -706,15 +811,7 @@ unsafe fn child(p: &mut ChildPlan, err_w: RawFd) -> ! {
         {
             fail(err_w, STAGE_IDS);
         }
-        for sig in 1..=64 {
-            if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-                continue;
-            }
-            let h = if p.ignored & (1u64 << (sig - 1)) != 0 {
-                libc::SIG_IGN
-            } else {
-                libc::SIG_DFL
-            };
+        for &(sig, h) in &p.signals {
             libc::signal(sig, h);
         }
         libc::sigprocmask(libc::SIG_SETMASK, &p.mask, std::ptr::null_mut());

@@ -101,6 +101,17 @@ fn open_fds() -> Vec<RawFd> {
 
 /// The fd that is our controlling terminal, if any.
 fn controlling_tty(fds: &[RawFd]) -> Option<RawFd> {
+    // tty_nr 0 in /proc/self/stat: no controlling terminal, no need to
+    // probe every fd (1000 ioctls at 1000 fds).
+    let tty_nr = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            rest.split(' ').nth(4)?.parse::<i64>().ok()
+        });
+    if tty_nr == Some(0) {
+        return None;
+    }
     // SAFETY: ioctls on fds we hold; TIOCGSID only succeeds on our ctty
     // (or a pty master, hence the session comparison).
     unsafe {
@@ -142,18 +153,11 @@ unsafe fn capture(argc: c_int, argv: *const *const c_char, envp: *const *const c
                 .extend_from_slice(CStr::from_ptr(*e).to_bytes_with_nul());
             e = e.add(1);
         }
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigprocmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
-        for sig in 1..=64 {
-            if libc::sigismember(&set, sig) == 1 {
-                req.sigmask |= sigbit(sig);
-            }
-            let mut act: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut act) == 0
-                && act.sa_sigaction == libc::SIG_IGN
-            {
-                req.sigignored |= sigbit(sig);
-            }
+        if let Some((blk, ign)) = proc_signal_masks() {
+            req.sigmask = blk;
+            req.sigignored = ign;
+        } else {
+            signal_masks(&mut req);
         }
         let m = libc::umask(0o022);
         libc::umask(m);
@@ -190,6 +194,57 @@ unsafe fn capture(argc: c_int, argv: *const *const c_char, envp: *const *const c
 }
 
 use std::os::unix::ffi::OsStringExt;
+
+/// SigBlk and SigIgn from /proc/self/status: one read instead of 129 calls.
+fn proc_signal_masks() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    Some((field("SigBlk:")?, field("SigIgn:")?))
+}
+
+/// The same without /proc.
+fn signal_masks(req: &mut Request) {
+    // SAFETY: read-only queries of our signal state.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+        for sig in 1..=64 {
+            if libc::sigismember(&set, sig) == 1 {
+                req.sigmask |= sigbit(sig);
+            }
+            let mut act: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut act) == 0
+                && act.sa_sigaction == libc::SIG_IGN
+            {
+                req.sigignored |= sigbit(sig);
+            }
+        }
+    }
+}
+
+/// Closes the sorted `fds`, a run of consecutive numbers per syscall.
+fn close_sorted(fds: &[RawFd]) {
+    let mut k = 0;
+    while k < fds.len() {
+        let mut e = k;
+        while e + 1 < fds.len() && fds[e + 1] == fds[e] + 1 {
+            e += 1;
+        }
+        // SAFETY: closing inherited fds the callee now owns.
+        unsafe {
+            if libc::syscall(libc::SYS_close_range, fds[k] as u32, fds[e] as u32, 0) != 0 {
+                for &fd in &fds[k..=e] {
+                    libc::close(fd);
+                }
+            }
+        }
+        k = e + 1;
+    }
+}
 
 /// The path the stub was executed as (AT_EXECFN), made absolute.
 fn invoked_path(cwd: &[u8]) -> Vec<u8> {
@@ -383,10 +438,7 @@ pub unsafe fn run(argc: c_int, argv: *const *const c_char, envp: *const *const c
                 started = true;
                 // The callee owns the fds now; holding them would keep pipes
                 // open past the callee's own close.
-                for &fd in &fds {
-                    // SAFETY: closing fds we inherited and no longer use.
-                    unsafe { libc::close(fd) };
-                }
+                close_sorted(&fds);
             }
             // SAFETY: stopping ourselves; SIGCONT is relayed on the way back.
             Some(ToStub::Stopped(_)) => unsafe {
