@@ -492,7 +492,7 @@ fn inherited() -> &'static Inherited {
                     ignored |= 1u64 << (sig - 1);
                 }
             }
-            for res in 0..=libc::RLIMIT_RTTIME as u32 {
+            for res in 0..=libc::RLIMIT_RTTIME {
                 let mut rl: libc::rlimit = std::mem::zeroed();
                 if libc::getrlimit(res as _, &mut rl) == 0 {
                     rlimits.push((res, rl));

@@ -164,7 +164,7 @@ unsafe fn capture(argc: c_int, argv: *const *const c_char, envp: *const *const c
         req.umask = m;
         *libc::__errno_location() = 0;
         req.nice = libc::getpriority(libc::PRIO_PROCESS, 0);
-        for resource in 0..=libc::RLIMIT_RTTIME as u32 {
+        for resource in 0..=libc::RLIMIT_RTTIME {
             let mut rl: libc::rlimit = std::mem::zeroed();
             if libc::getrlimit(resource as _, &mut rl) == 0 {
                 req.rlimits.push(Rlimit {
