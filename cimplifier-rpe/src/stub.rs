@@ -1,0 +1,460 @@
+//! The stub: sits at the callee's path in the caller partition, ships the
+//! process state to the server, relays signals, and mirrors the exit status.
+//!
+//! It runs without Rust's usual start-up (`#![no_main]` in the binary)
+//! because that start-up reopens closed fds 0-2 on /dev/null and ignores
+//! SIGPIPE, both of which the callee would then inherit.
+
+use crate::config::{STUB_CONFIG_DEFAULT, STUB_CONFIG_NAME, StubConfig};
+use crate::fdpass::send_fds;
+use crate::proto::{self, EXIT_CANNOT_EXECUTE, EXIT_LOST, Request, Rlimit, ToServer, ToStub};
+use std::ffi::{CStr, c_char, c_int};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+
+/// Signals the stub catches and forwards to the callee.
+pub const RELAYED: &[c_int] = &[
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGTERM,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGWINCH,
+    libc::SIGALRM,
+    libc::SIGPIPE,
+    libc::SIGCONT,
+    libc::SIGTSTP,
+];
+
+static SIG_PIPE_W: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: c_int) {
+    let b = sig as u8;
+    // SAFETY: write is async-signal-safe; errno is saved around it.
+    unsafe {
+        let e = *libc::__errno_location();
+        libc::write(
+            SIG_PIPE_W.load(Ordering::Relaxed),
+            (&b as *const u8).cast(),
+            1,
+        );
+        *libc::__errno_location() = e;
+    }
+}
+
+fn die(path: &str, msg: &str, code: i32) -> ! {
+    let line = format!("cimplifier-rpe-stub: {path}: {msg}\n");
+    // SAFETY: plain write to fd 2, which may be closed; then exit.
+    unsafe {
+        libc::write(2, line.as_ptr().cast(), line.len());
+        libc::_exit(code)
+    }
+}
+
+/// Open fds, sorted, read before the stub opens anything of its own.
+fn open_fds() -> Vec<RawFd> {
+    let mut fds = Vec::new();
+    // SAFETY: libc directory calls on a fd we own; closedir closes it.
+    unsafe {
+        let dfd = libc::open(
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        );
+        if dfd >= 0 {
+            let dir = libc::fdopendir(dfd);
+            if !dir.is_null() {
+                loop {
+                    let ent = libc::readdir(dir);
+                    if ent.is_null() {
+                        break;
+                    }
+                    let name = CStr::from_ptr((*ent).d_name.as_ptr());
+                    if let Some(fd) = name.to_str().ok().and_then(|s| s.parse::<RawFd>().ok())
+                        && fd != dfd
+                    {
+                        fds.push(fd);
+                    }
+                }
+                libc::closedir(dir);
+                fds.sort_unstable();
+                return fds;
+            }
+            libc::close(dfd);
+        }
+        // No /proc (an empty chroot): probe every possible fd.
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+        let max = rl.rlim_cur.min(1 << 20) as RawFd;
+        for fd in 0..max {
+            if libc::fcntl(fd, libc::F_GETFD) >= 0 {
+                fds.push(fd);
+            }
+        }
+    }
+    fds
+}
+
+/// The fd that is our controlling terminal, if any.
+fn controlling_tty(fds: &[RawFd]) -> Option<RawFd> {
+    // tty_nr 0 in /proc/self/stat: no controlling terminal, no need to
+    // probe every fd (1000 ioctls at 1000 fds).
+    let tty_nr = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            rest.split(' ').nth(4)?.parse::<i64>().ok()
+        });
+    if tty_nr == Some(0) {
+        return None;
+    }
+    // SAFETY: ioctls on fds we hold; TIOCGSID only succeeds on our ctty
+    // (or a pty master, hence the session comparison).
+    unsafe {
+        let me = libc::getsid(0);
+        fds.iter().copied().find(|&fd| {
+            let mut sid: libc::pid_t = 0;
+            libc::isatty(fd) == 1 && libc::ioctl(fd, libc::TIOCGSID, &mut sid) == 0 && sid == me
+        })
+    }
+}
+
+fn sigbit(sig: c_int) -> u64 {
+    1u64 << (sig - 1)
+}
+
+/// Collects the process state the callee would have inherited.
+///
+/// # Safety
+/// `argv`/`envp` must be the NUL-terminated arrays given to `main`.
+unsafe fn capture(argc: c_int, argv: *const *const c_char, envp: *const *const c_char) -> Request {
+    let mut req = Request {
+        fds: open_fds(),
+        ..Default::default()
+    };
+    req.ctty = controlling_tty(&req.fds);
+    // SAFETY: read-only queries of our own process state.
+    unsafe {
+        for i in 0..argc as usize {
+            let a = *argv.add(i);
+            if a.is_null() {
+                break;
+            }
+            req.argv
+                .extend_from_slice(CStr::from_ptr(a).to_bytes_with_nul());
+        }
+        let mut e = envp;
+        while !e.is_null() && !(*e).is_null() {
+            req.env
+                .extend_from_slice(CStr::from_ptr(*e).to_bytes_with_nul());
+            e = e.add(1);
+        }
+        if let Some((blk, ign)) = proc_signal_masks() {
+            req.sigmask = blk;
+            req.sigignored = ign;
+        } else {
+            signal_masks(&mut req);
+        }
+        let m = libc::umask(0o022);
+        libc::umask(m);
+        req.umask = m;
+        *libc::__errno_location() = 0;
+        req.nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+        for resource in 0..=libc::RLIMIT_RTTIME {
+            let mut rl: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(resource as _, &mut rl) == 0 {
+                req.rlimits.push(Rlimit {
+                    resource,
+                    soft: rl.rlim_cur,
+                    hard: rl.rlim_max,
+                });
+            }
+        }
+        req.uid = libc::getuid();
+        req.euid = libc::geteuid();
+        req.gid = libc::getgid();
+        req.egid = libc::getegid();
+        let n = libc::getgroups(0, std::ptr::null_mut());
+        if n > 0 {
+            let mut g = vec![0; n as usize];
+            let n = libc::getgroups(n, g.as_mut_ptr());
+            g.truncate(n.max(0) as usize);
+            req.groups = g;
+        }
+    }
+    req.cwd = std::env::current_dir()
+        .map(|p| p.into_os_string().into_vec())
+        .unwrap_or_default();
+    req.path = invoked_path(&req.cwd);
+    req
+}
+
+use std::os::unix::ffi::OsStringExt;
+
+/// SigBlk and SigIgn from /proc/self/status: one read instead of 129 calls.
+fn proc_signal_masks() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    Some((field("SigBlk:")?, field("SigIgn:")?))
+}
+
+/// The same without /proc.
+fn signal_masks(req: &mut Request) {
+    // SAFETY: read-only queries of our signal state.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+        for sig in 1..=64 {
+            if libc::sigismember(&set, sig) == 1 {
+                req.sigmask |= sigbit(sig);
+            }
+            let mut act: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut act) == 0
+                && act.sa_sigaction == libc::SIG_IGN
+            {
+                req.sigignored |= sigbit(sig);
+            }
+        }
+    }
+}
+
+/// Closes the sorted `fds`, a run of consecutive numbers per syscall.
+fn close_sorted(fds: &[RawFd]) {
+    let mut k = 0;
+    while k < fds.len() {
+        let mut e = k;
+        while e + 1 < fds.len() && fds[e + 1] == fds[e] + 1 {
+            e += 1;
+        }
+        // SAFETY: closing inherited fds the callee now owns.
+        unsafe {
+            if libc::syscall(libc::SYS_close_range, fds[k] as u32, fds[e] as u32, 0) != 0 {
+                for &fd in &fds[k..=e] {
+                    libc::close(fd);
+                }
+            }
+        }
+        k = e + 1;
+    }
+}
+
+/// The path the stub was executed as (AT_EXECFN), made absolute.
+fn invoked_path(cwd: &[u8]) -> Vec<u8> {
+    // SAFETY: AT_EXECFN points at a NUL-terminated string on our stack.
+    let execfn = unsafe {
+        let p = libc::getauxval(libc::AT_EXECFN) as *const c_char;
+        if p.is_null() {
+            Vec::new()
+        } else {
+            CStr::from_ptr(p).to_bytes().to_vec()
+        }
+    };
+    if execfn.first() == Some(&b'/') || cwd.is_empty() {
+        return execfn;
+    }
+    let rel = execfn.strip_prefix(b"./").unwrap_or(&execfn);
+    let mut p = cwd.to_vec();
+    if p.last() != Some(&b'/') {
+        p.push(b'/');
+    }
+    p.extend_from_slice(rel);
+    p
+}
+
+/// The stub's configuration: next to the stub binary, else the default.
+fn find_config(invoked: &Path) -> Result<(PathBuf, StubConfig), String> {
+    let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| invoked.to_path_buf());
+    let mut tried = Vec::new();
+    if let Some(dir) = exe.parent() {
+        let p = dir.join(STUB_CONFIG_NAME);
+        if p.exists() {
+            return StubConfig::load(&p).map(|c| (p, c));
+        }
+        tried.push(p);
+    }
+    let p = PathBuf::from(STUB_CONFIG_DEFAULT);
+    if p.exists() {
+        return StubConfig::load(&p).map(|c| (p, c));
+    }
+    tried.push(p);
+    Err(format!(
+        "no RPE stub configuration; looked for {}; write one naming the server socket \
+         (socket = \"/run/cimplifier-rpe/<partition>/rpe.sock\")",
+        tried
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" and ")
+    ))
+}
+
+fn install_handlers(ignored: u64) -> io::Result<RawFd> {
+    let mut p = [0; 2];
+    // SAFETY: plain syscalls; the handler only writes to the pipe.
+    unsafe {
+        if libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        SIG_PIPE_W.store(p[1], Ordering::Relaxed);
+        let mut unblock: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut unblock);
+        for &sig in RELAYED {
+            // An ignored signal stays ignored, as it would for the callee.
+            if ignored & sigbit(sig) != 0 {
+                continue;
+            }
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_signal as *const () as usize;
+            act.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut act.sa_mask);
+            libc::sigaction(sig, &act, std::ptr::null_mut());
+            libc::sigaddset(&mut unblock, sig);
+        }
+        // Blocked signals stay blocked in the callee (sigmask is forwarded);
+        // the stub itself must see them to pass them on.
+        libc::sigprocmask(libc::SIG_UNBLOCK, &unblock, std::ptr::null_mut());
+    }
+    Ok(p[0])
+}
+
+/// Die the way the callee died, so the caller's wait status matches.
+fn die_by_signal(sig: c_int) -> ! {
+    // SAFETY: resetting our own signal state and raising; no core file of
+    // the stub (the callee already dumped its own if it was meant to).
+    unsafe {
+        let rl = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::setrlimit(libc::RLIMIT_CORE, &rl);
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::kill(libc::getpid(), sig);
+        // Only reached for signals whose default is not to terminate.
+        libc::_exit(128 + sig)
+    }
+}
+
+/// Entry point of the stub binary.
+///
+/// # Safety
+/// Must be called from `main` with its own `argc`/`argv`/`envp`, before
+/// anything else opened a file descriptor or changed signal dispositions.
+pub unsafe fn run(argc: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
+    // SAFETY: forwarded from the caller's contract.
+    let req = unsafe { capture(argc, argv, envp) };
+    let shown = String::from_utf8_lossy(&req.path).into_owned();
+    let sig_r = install_handlers(req.sigignored).unwrap_or_else(|e| {
+        die(
+            &shown,
+            &format!("cannot create a pipe: {e}"),
+            EXIT_CANNOT_EXECUTE,
+        )
+    });
+    let invoked = PathBuf::from(std::ffi::OsStr::from_bytes(&req.path));
+    let (cfg_path, cfg) =
+        find_config(&invoked).unwrap_or_else(|e| die(&shown, &e, EXIT_CANNOT_EXECUTE));
+    let mut sock = UnixStream::connect(&cfg.socket).unwrap_or_else(|e| {
+        die(
+            &shown,
+            &format!(
+                "cannot reach the RPE server at {} (from {}): {e}; is the partition's server running \
+                 and its socket volume mounted?",
+                cfg.socket.display(),
+                cfg_path.display()
+            ),
+            EXIT_CANNOT_EXECUTE,
+        )
+    });
+    let fds = req.fds.clone();
+    let sent = proto::write_frame(&mut sock, &ToServer::Request(Box::new(req)))
+        .and_then(|()| send_fds(sock.as_raw_fd(), &fds));
+    if let Err(e) = sent {
+        die(
+            &shown,
+            &format!("cannot send the request to {}: {e}", cfg.socket.display()),
+            EXIT_CANNOT_EXECUTE,
+        );
+    }
+    let mut started = false;
+    loop {
+        let mut pfd = [
+            libc::pollfd {
+                fd: sock.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: sig_r,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on two valid fds.
+        if unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) } < 0 {
+            continue; // EINTR: the handler wrote to the pipe.
+        }
+        if pfd[1].revents != 0 {
+            let mut buf = [0u8; 64];
+            // SAFETY: non-blocking read into a local buffer.
+            let n = unsafe { libc::read(sig_r, buf.as_mut_ptr().cast(), buf.len()) };
+            for &sig in &buf[..n.max(0) as usize] {
+                // A dead server shows up as EOF on the socket below.
+                let _ = proto::write_frame(&mut sock, &ToServer::Signal(sig as i32));
+            }
+        }
+        if pfd[0].revents == 0 {
+            continue;
+        }
+        let msg: Option<ToStub> = match proto::read_frame(&mut sock) {
+            Ok(m) => m,
+            Err(e) => die(
+                &shown,
+                &format!("bad reply from the RPE server: {e}"),
+                code_lost(started),
+            ),
+        };
+        match msg {
+            None => die(
+                &shown,
+                &format!(
+                    "the RPE server at {} closed the connection before the callee finished",
+                    cfg.socket.display()
+                ),
+                code_lost(started),
+            ),
+            Some(ToStub::Started { .. }) => {
+                started = true;
+                // The callee owns the fds now; holding them would keep pipes
+                // open past the callee's own close.
+                close_sorted(&fds);
+            }
+            // SAFETY: stopping ourselves; SIGCONT is relayed on the way back.
+            Some(ToStub::Stopped(_)) => unsafe {
+                libc::kill(libc::getpid(), libc::SIGSTOP);
+            },
+            Some(ToStub::Exited(code)) => return code,
+            Some(ToStub::Signaled(sig)) => die_by_signal(sig),
+            Some(ToStub::Refused { code, message }) => die(&shown, &message, code),
+        }
+    }
+}
+
+fn code_lost(started: bool) -> i32 {
+    if started {
+        EXIT_LOST
+    } else {
+        EXIT_CANNOT_EXECUTE
+    }
+}
