@@ -98,16 +98,7 @@ pub fn run() -> Result<()> {
     crate::setup::run()?;
     let root = util::repo_root();
     let _demo = Step::new("demo");
-    util::run(Command::new(util::cargo()).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "cimplifier-daemon",
-        "--bin",
-        "cimplifierctl",
-        "--bin",
-        "cimplifierd",
-    ]))?;
+    util::build_daemon_release(&root)?;
 
     let mut cleanup = Cleanup {
         observer: None,

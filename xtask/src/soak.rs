@@ -70,16 +70,7 @@ pub fn run(minutes: u64) -> Result<()> {
     crate::setup::run()?;
     let root = util::repo_root();
     let _step = Step::new("soak");
-    util::run(Command::new(util::cargo()).current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "cimplifier-daemon",
-        "--bin",
-        "cimplifierctl",
-        "--bin",
-        "cimplifierd",
-    ]))?;
+    util::build_daemon_release(&root)?;
     let _ = std::fs::remove_dir_all(root.join(STATE_DIR));
     let _ = cmd("docker", ["rm", "-f", "-v", CONTAINER])
         .stdout(Stdio::null())

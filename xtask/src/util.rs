@@ -100,6 +100,20 @@ pub fn cargo() -> std::ffi::OsString {
     std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
 }
 
+/// Builds target/release/cimplifierd and cimplifierctl.
+pub fn build_daemon_release(root: &Path) -> Result<()> {
+    run(Command::new(cargo()).current_dir(root).args([
+        "build",
+        "--release",
+        "-p",
+        "cimplifier-daemon",
+        "--bin",
+        "cimplifierctl",
+        "--bin",
+        "cimplifierd",
+    ]))
+}
+
 /// Prints a step header and, when dropped, how long the step took.
 pub struct Step {
     name: String,
