@@ -700,17 +700,6 @@ impl SessionTask {
                 (route, events, None)
             }
         };
-        let mut die_events = docker.events(Some(bollard::query_parameters::EventsOptions {
-            filters: Some(
-                [
-                    ("container".to_owned(), vec![id.clone()]),
-                    ("event".to_owned(), vec!["die".to_owned()]),
-                ]
-                .into_iter()
-                .collect(),
-            ),
-            ..Default::default()
-        }));
         let loss_base = observer.loss();
 
         // The container's cgroup is made before the engine starts the
@@ -759,6 +748,22 @@ impl SessionTask {
             }
             None => None,
         };
+        // The stream connects when first polled, after the start: `since`
+        // (now, after any stop of ours) keeps a container that dies at once
+        // from ending unnoticed.
+        let since = SystemTime::now().duration_since(UNIX_EPOCH)?;
+        let mut die_events = docker.events(Some(bollard::query_parameters::EventsOptions {
+            since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
+            filters: Some(
+                [
+                    ("container".to_owned(), vec![id.clone()]),
+                    ("event".to_owned(), vec!["die".to_owned()]),
+                ]
+                .into_iter()
+                .collect(),
+            ),
+            ..Default::default()
+        }));
         let opened = self.open(&docker, &id, &name, stopped).await;
         let container_cgroup = match opened {
             Ok(()) => crate::docker::resolve_container(&docker, &id)
