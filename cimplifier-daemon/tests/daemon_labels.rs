@@ -16,12 +16,25 @@ use common::{
 struct Run(String);
 
 impl Run {
-    fn start(tag: &str, label: &str, script: &str) -> Self {
+    /// `docker create`, then `docker start` once the daemon has taken the
+    /// container on (it lists it): a creator that starts its container
+    /// later than the daemon hears of the creation, which the daemon needs
+    /// to see the first exec. (With `docker run` on a loaded machine the
+    /// start can win; the session then says its start-up was missed.)
+    fn start(d: &Daemon, tag: &str, label: &str, script: &str, expect_session: bool) -> Self {
         let name = format!("cimplifier-{tag}-{}", std::process::id());
         let _ = Command::new("docker").args(["rm", "-f", &name]).output();
         docker(&[
-            "run", "-d", "--name", &name, "--label", label, BASE_IMAGE, "/bin/sh", "-c", script,
+            "create", "--name", &name, "--label", label, BASE_IMAGE, "/bin/sh", "-c", script,
         ]);
+        if expect_session {
+            wait_until(20, &format!("the daemon takes {name} on"), || {
+                stdout_of(&d.ctl(&["sessions"])).contains(&name)
+            });
+        } else {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        docker(&["start", &name]);
         Self(name)
     }
 }
@@ -54,9 +67,11 @@ fn labelled_containers_are_observed_from_their_first_exec() {
     require_root();
     let d = Daemon::start();
     let run = Run::start(
+        &d,
         "label-default",
         "io.cimplifier.observe=true",
         "cat /etc/os-release > /dev/null; sleep 1",
+        true,
     );
     let s = closed(&d, &run.0);
     assert_eq!(s["from_first_exec"], true, "{s}");
@@ -70,7 +85,7 @@ fn labelled_containers_are_observed_from_their_first_exec() {
     assert!(touches(&events, "/etc/os-release"));
 
     // Unlabelled containers are left alone.
-    let other = Run::start("label-none", "app=other", "sleep 1");
+    let other = Run::start(&d, "label-none", "app=other", "sleep 1", false);
     std::thread::sleep(std::time::Duration::from_secs(2));
     let all = stdout_of(&d.ctl(&["sessions"]));
     assert!(!all.contains(&other.0), "{all}");
@@ -87,9 +102,11 @@ fn a_selector_given_to_observe_catches_containers_yet_to_start() {
         serde_json::from_str(&stdout_of(&d.ctl(&["sessions", "--json"]))).unwrap();
     assert!(listed.is_array());
     let run = Run::start(
+        &d,
         "label-selector",
         &label,
         "cat /etc/hostname > /dev/null; sleep 1",
+        true,
     );
     let s = closed(&d, &run.0);
     assert_eq!(s["from_first_exec"], true, "{s}");
