@@ -109,7 +109,10 @@ async fn twenty_streams_and_five_sessions_and_a_slow_reader_is_cut_off() {
     assert!(status.message().contains("fell more than 16 events behind"));
     // Its queue held 16; HTTP/2's flow-control window (64 KiB) holds what
     // was already sent, a few hundred small events at the most.
-    assert!(got <= 16 + 300, "the slow client's backlog was bounded: {got}");
+    assert!(
+        got <= 16 + 300,
+        "the slow client's backlog was bounded: {got}"
+    );
 
     let metrics = String::from_utf8(
         std::process::Command::new("curl")
