@@ -29,10 +29,26 @@ pub struct PartitionConfig {
     pub map: BTreeMap<PathBuf, PathBuf>,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+/// Where a stub sends its call: the server socket of the callee's
+/// partition. One caller partition may call into several others, so its
+/// stubs can be routed by the path they run as.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StubConfig {
-    pub socket: PathBuf,
+    /// The socket for a stub that no route names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// Stub path (as run, or the file it resolves to) -> socket.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routes: BTreeMap<PathBuf, PathBuf>,
+    /// How long to keep retrying a socket that is not there yet or refuses
+    /// (a partition's server still starting), in milliseconds.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub connect_timeout_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 fn read(path: &Path) -> Result<String, String> {
@@ -75,9 +91,33 @@ impl ServerConfig {
 }
 
 impl StubConfig {
+    /// A configuration sending every call to `socket`.
+    pub fn single(socket: PathBuf) -> Self {
+        Self {
+            socket: Some(socket),
+            ..Self::default()
+        }
+    }
+
     pub fn load(path: &Path) -> Result<Self, String> {
-        toml::from_str(&read(path)?)
-            .map_err(|e| format!("{}: not a valid stub configuration: {e}", path.display()))
+        let cfg: Self = toml::from_str(&read(path)?)
+            .map_err(|e| format!("{}: not a valid stub configuration: {e}", path.display()))?;
+        if cfg.socket.is_none() && cfg.routes.is_empty() {
+            return Err(format!(
+                "{}: names no socket; give `socket = \"...\"` or a [routes] table",
+                path.display()
+            ));
+        }
+        Ok(cfg)
+    }
+
+    /// The socket for a stub run as `invoked` whose file is `real`.
+    pub fn socket_for(&self, invoked: &Path, real: &Path) -> Option<&Path> {
+        self.routes
+            .get(invoked)
+            .or_else(|| self.routes.get(real))
+            .or(self.socket.as_ref())
+            .map(PathBuf::as_path)
     }
 }
 
@@ -107,5 +147,42 @@ mod tests {
             }],
         };
         assert!(bad.check().unwrap_err().contains("not an absolute path"));
+    }
+
+    #[test]
+    fn stub_routes_by_invoked_path_then_real_path_then_default() {
+        let cfg: StubConfig = toml::from_str(
+            r#"
+            socket = "/run/default.sock"
+            [routes]
+            "/usr/sbin/nginx" = "/run/web.sock"
+            "/usr/sbin/mariadbd" = "/run/db.sock"
+            "#,
+        )
+        .unwrap();
+        let route = |invoked: &str, real: &str| {
+            cfg.socket_for(Path::new(invoked), Path::new(real))
+                .map(|p| p.display().to_string())
+        };
+        assert_eq!(
+            route("/usr/sbin/nginx", "/x").as_deref(),
+            Some("/run/web.sock")
+        );
+        assert_eq!(
+            route("/sbin/mariadbd", "/usr/sbin/mariadbd").as_deref(),
+            Some("/run/db.sock")
+        );
+        assert_eq!(
+            route("/bin/other", "/bin/other").as_deref(),
+            Some("/run/default.sock")
+        );
+        let routes_only = StubConfig {
+            socket: None,
+            ..cfg
+        };
+        assert_eq!(
+            routes_only.socket_for(Path::new("/bin/other"), Path::new("/bin/other")),
+            None
+        );
     }
 }

@@ -18,12 +18,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Live callees: pid -> write end of the pipe their call thread reads.
 static CHILDREN: Mutex<Option<HashMap<libc::pid_t, File>>> = Mutex::new(None);
 static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+/// The original entrypoint the server started with `--`, while it runs.
+static ENTRY_PID: AtomicI32 = AtomicI32::new(0);
+/// Its wait status once reaped.
+static ENTRY_STATUS: Mutex<Option<c_int>> = Mutex::new(None);
 
 /// A caller partition as the server serves it.
 pub struct Partition {
@@ -81,7 +85,12 @@ fn signal_set(sigs: &[c_int]) -> libc::sigset_t {
 const SERVER_SIGNALS: &[c_int] = &[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT];
 
 /// Runs the server until SIGTERM/SIGINT and the last callee are gone.
-pub fn serve(cfg: ServerConfig) -> Result<(), String> {
+/// Serves the configured partitions until SIGTERM or SIGINT, and then until
+/// the last callee has been reaped. With `entry`, it also runs that command
+/// (the partition's original entrypoint) once the sockets are up, passes it
+/// SIGTERM too, and shuts down when it exits; the result is then the exit
+/// code to leave with (128 + signal if a signal killed it).
+pub fn serve(cfg: ServerConfig, entry: Option<&[std::ffi::OsString]>) -> Result<i32, String> {
     raise_nofile();
     // Blocked before any thread exists, so only sigwaitinfo sees them.
     let set = signal_set(SERVER_SIGNALS);
@@ -98,36 +107,62 @@ pub fn serve(cfg: ServerConfig) -> Result<(), String> {
             .spawn(move || accept_loop(listener, part, root))
             .map_err(|e| format!("cannot start a thread: {e}"))?;
     }
+    if let Some([program, args @ ..]) = entry {
+        // std resets the signal mask and SIGPIPE in the child; the reaper
+        // below waits for it, never `Child::wait`.
+        let child = std::process::Command::new(program)
+            .args(args)
+            .spawn()
+            .map_err(|e| {
+                format!(
+                    "cannot start the entrypoint {}: {e}",
+                    Path::new(program).display()
+                )
+            })?;
+        ENTRY_PID.store(child.id() as i32, Ordering::SeqCst);
+    }
     loop {
         let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: waiting for the signals blocked above.
         let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
         match sig {
             libc::SIGCHLD => reap(),
-            libc::SIGTERM | libc::SIGINT => {
-                SHUTTING_DOWN.store(true, Ordering::SeqCst);
-                let pids: Vec<_> = CHILDREN
-                    .lock()
-                    .unwrap()
-                    .as_ref()
-                    .map(|m| m.keys().copied().collect())
-                    .unwrap_or_default();
-                for pid in pids {
-                    // SAFETY: pids in the map are unreaped children of ours.
-                    unsafe { libc::kill(pid, libc::SIGTERM) };
-                }
-            }
+            libc::SIGTERM | libc::SIGINT => shut_down(),
             _ => {}
         }
+        let entry_done = ENTRY_PID.load(Ordering::SeqCst) == 0;
         if SHUTTING_DOWN.load(Ordering::SeqCst)
+            && entry_done
             && CHILDREN
                 .lock()
                 .unwrap()
                 .as_ref()
                 .is_none_or(|m| m.is_empty())
         {
-            return Ok(());
+            let status = *ENTRY_STATUS.lock().unwrap();
+            return Ok(match status {
+                Some(st) if libc::WIFSIGNALED(st) => 128 + libc::WTERMSIG(st),
+                Some(st) => libc::WEXITSTATUS(st),
+                None => 0,
+            });
         }
+    }
+}
+
+/// SIGTERM to the entrypoint and every running callee; exit once reaped.
+fn shut_down() {
+    SHUTTING_DOWN.store(true, Ordering::SeqCst);
+    let mut pids: Vec<_> = CHILDREN
+        .lock()
+        .unwrap()
+        .as_ref()
+        .map(|m| m.keys().copied().collect())
+        .unwrap_or_default();
+    pids.push(ENTRY_PID.load(Ordering::SeqCst));
+    for pid in pids.into_iter().filter(|&p| p > 0) {
+        // SAFETY: unreaped children of ours (the entry pid is cleared when
+        // reaped).
+        unsafe { libc::kill(pid, libc::SIGTERM) };
     }
 }
 
@@ -196,6 +231,15 @@ fn reap() {
         let pid = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG | libc::WUNTRACED) };
         if pid <= 0 {
             return;
+        }
+        if pid == ENTRY_PID.load(Ordering::SeqCst) {
+            if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+                *ENTRY_STATUS.lock().unwrap() = Some(st);
+                ENTRY_PID.store(0, Ordering::SeqCst);
+                // The container lives as long as its original entrypoint.
+                shut_down();
+            }
+            continue;
         }
         let mut g = CHILDREN.lock().unwrap();
         let Some(map) = g.as_mut() else { continue };
@@ -826,13 +870,19 @@ unsafe fn close_range(first: u32, last: u32, flags: c_int) -> c_int {
 
 /// Entry point of the server binary.
 pub fn main() -> i32 {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let path = match args.as_slice() {
-        [flag, path] if flag == "--config" => PathBuf::from(path),
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    let (path, entry) = match args.as_slice() {
+        [flag, path] if flag == "--config" => (PathBuf::from(path), None),
+        [flag, path, dashes, entry @ ..]
+            if flag == "--config" && dashes == "--" && !entry.is_empty() =>
+        {
+            (PathBuf::from(path), Some(entry))
+        }
         _ => {
             eprintln!(
-                "usage: cimplifier-rpe-server --config /etc/cimplifier-rpe/server.toml\n\
-                 (see docs/rpe.md for the file's format)"
+                "usage: cimplifier-rpe-server --config /etc/cimplifier-rpe/server.toml [-- ENTRYPOINT ARGS...]\n\
+                 (see docs/rpe.md for the file's format; with `--`, the server also runs the\n\
+                 partition's original entrypoint and exits with its status)"
             );
             return 2;
         }
@@ -844,8 +894,8 @@ pub fn main() -> i32 {
             return 2;
         }
     };
-    match serve(cfg) {
-        Ok(()) => 0,
+    match serve(cfg, entry) {
+        Ok(code) => code,
         Err(e) => {
             eprintln!("cimplifier-rpe-server: {e}");
             1

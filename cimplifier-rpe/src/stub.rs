@@ -270,8 +270,7 @@ fn invoked_path(cwd: &[u8]) -> Vec<u8> {
 }
 
 /// The stub's configuration: next to the stub binary, else the default.
-fn find_config(invoked: &Path) -> Result<(PathBuf, StubConfig), String> {
-    let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| invoked.to_path_buf());
+fn find_config(exe: &Path) -> Result<(PathBuf, StubConfig), String> {
     let mut tried = Vec::new();
     if let Some(dir) = exe.parent() {
         let p = dir.join(STUB_CONFIG_NAME);
@@ -363,15 +362,28 @@ pub unsafe fn run(argc: c_int, argv: *const *const c_char, envp: *const *const c
         )
     });
     let invoked = PathBuf::from(std::ffi::OsStr::from_bytes(&req.path));
+    let exe = std::fs::read_link("/proc/self/exe").unwrap_or_else(|_| invoked.clone());
     let (cfg_path, cfg) =
-        find_config(&invoked).unwrap_or_else(|e| die(&shown, &e, EXIT_CANNOT_EXECUTE));
-    let mut sock = UnixStream::connect(&cfg.socket).unwrap_or_else(|e| {
+        find_config(&exe).unwrap_or_else(|e| die(&shown, &e, EXIT_CANNOT_EXECUTE));
+    let socket = cfg.socket_for(&invoked, &exe).unwrap_or_else(|| {
+        die(
+            &shown,
+            &format!(
+                "{} has no route for {} (nor for {}) and no default socket",
+                cfg_path.display(),
+                invoked.display(),
+                exe.display()
+            ),
+            EXIT_CANNOT_EXECUTE,
+        )
+    });
+    let mut sock = connect(socket, cfg.connect_timeout_ms).unwrap_or_else(|e| {
         die(
             &shown,
             &format!(
                 "cannot reach the RPE server at {} (from {}): {e}; is the partition's server running \
                  and its socket volume mounted?",
-                cfg.socket.display(),
+                socket.display(),
                 cfg_path.display()
             ),
             EXIT_CANNOT_EXECUTE,
@@ -383,7 +395,7 @@ pub unsafe fn run(argc: c_int, argv: *const *const c_char, envp: *const *const c
     if let Err(e) = sent {
         die(
             &shown,
-            &format!("cannot send the request to {}: {e}", cfg.socket.display()),
+            &format!("cannot send the request to {}: {e}", socket.display()),
             EXIT_CANNOT_EXECUTE,
         );
     }
@@ -430,7 +442,7 @@ pub unsafe fn run(argc: c_int, argv: *const *const c_char, envp: *const *const c
                 &shown,
                 &format!(
                     "the RPE server at {} closed the connection before the callee finished",
-                    cfg.socket.display()
+                    socket.display()
                 ),
                 code_lost(started),
             ),
@@ -447,6 +459,25 @@ pub unsafe fn run(argc: c_int, argv: *const *const c_char, envp: *const *const c
             Some(ToStub::Exited(code)) => return code,
             Some(ToStub::Signaled(sig)) => die_by_signal(sig),
             Some(ToStub::Refused { code, message }) => die(&shown, &message, code),
+        }
+    }
+}
+
+/// Connects, retrying for up to `timeout_ms` while the socket is missing or
+/// refuses: the callee's server may still be starting.
+fn connect(socket: &Path, timeout_ms: u64) -> io::Result<UnixStream> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    loop {
+        match UnixStream::connect(socket) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
         }
     }
 }

@@ -20,7 +20,7 @@ const VARIANT: &str = "minbase";
 const BASE_RECIPE_VERSION: u32 = 1;
 
 /// Test images built from tests/images/<name>/Dockerfile, in build order.
-pub const DERIVED: &[&str] = &["nginx", "redis", "flask"];
+pub const DERIVED: &[&str] = &["nginx", "redis", "flask", "wordpress"];
 
 pub fn tag(name: &str) -> String {
     format!("cimplifier-test/{name}:latest")

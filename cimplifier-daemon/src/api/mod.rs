@@ -119,6 +119,76 @@ impl Service {
         )
     }
 
+    /// Emit with a policy: one image per partition and the run plan.
+    fn emit_partitioned(
+        &self,
+        req: pb::EmitRequest,
+        slim: SlimOptions,
+    ) -> Result<Response<ResultStream<pb::EmitProgress>>, Status> {
+        use crate::emit::partitioned::{
+            ImageNaming, PartitionEmitOptions, RpeBinaries, emit_partitioned,
+        };
+        if req.policy_toml.len() > 1 << 20 {
+            return Err(Status::invalid_argument("policy_toml: at most 1 MiB"));
+        }
+        let policy = crate::partition::Policy::from_toml(&req.policy_toml)
+            .map_err(|e| Status::invalid_argument(format!("policy: {e}")))?;
+        if req.tag.is_empty() || req.out_dir.is_empty() {
+            return Err(Status::invalid_argument(
+                "with a policy, give a tag (REPOSITORY[:TAG] for the partitions' images) and an out_dir for the run plan",
+            ));
+        }
+        if !req.oci_dir.is_empty() {
+            return Err(Status::invalid_argument(
+                "oci_dir is for a single slim image; with a policy the images go into Docker",
+            ));
+        }
+        let out_dir = PathBuf::from(&req.out_dir);
+        if !out_dir.is_absolute() {
+            return Err(Status::invalid_argument(format!(
+                "out_dir {:?} must be absolute: the daemon writes it on its host",
+                req.out_dir
+            )));
+        }
+        let images =
+            ImageNaming::parse(&req.tag).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let rpe =
+            RpeBinaries::locate().map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        let opts = PartitionEmitOptions {
+            session: req.container,
+            policy,
+            images,
+            out_dir,
+            slim,
+            allow_incomplete: req.allow_incomplete,
+            rpe,
+        };
+        let store = self.manager.store().clone();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let steps = tx.clone();
+            let progress = move |step: &str| {
+                let _ = steps.try_send(Ok(pb::EmitProgress {
+                    update: Some(pb::emit_progress::Update::Step(step.to_owned())),
+                }));
+            };
+            let result = emit_partitioned(&store, &opts, &progress)
+                .await
+                .and_then(|r| Ok(serde_json::to_string_pretty(&r)?));
+            let _ = tx
+                .send(match result {
+                    Ok(json) => Ok(pb::EmitProgress {
+                        update: Some(pb::emit_progress::Update::ReportJson(json)),
+                    }),
+                    Err(e) => Err(internal(e)),
+                })
+                .await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     fn record(&self, name: &str) -> Result<SessionRecord, Status> {
         self.manager
             .store()
@@ -428,6 +498,9 @@ impl Cimplifier for Service {
         }
         slim.include = paths(&req.include, "include")?;
         slim.exclude = paths(&req.exclude, "exclude")?;
+        if !req.policy_toml.is_empty() {
+            return self.emit_partitioned(req, slim);
+        }
         let opts = EmitOptions {
             session: req.container,
             tag: (!req.tag.is_empty()).then_some(req.tag),

@@ -2,11 +2,13 @@
 //! works offline on recorded traces.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use cimplifier::emit::compose;
+use cimplifier::emit::partitioned::PartitionEmitReport;
 use cimplifier::emit::slim::EmitReport;
 use cimplifier::model::report::{Input, analyze};
 use cimplifier::place::slim::{SafetySet, SlimOptions};
@@ -140,6 +142,15 @@ enum Command {
         /// Say why PATH is kept or removed (repeatable).
         #[arg(long, value_name = "PATH")]
         explain: Vec<String>,
+        /// Partition by this policy (TOML, docs/policy.md) instead: one
+        /// image per partition, named REPOSITORY-<partition>:TAG after
+        /// --tag, with RPE stubs and servers, and a run plan in --out.
+        #[arg(long, value_name = "FILE", requires_all = ["tag", "out"], conflicts_with = "oci_dir")]
+        policy: Option<PathBuf>,
+        /// With --policy: the directory the daemon writes the run plan
+        /// (docker-compose.yml) and partition-report.json to.
+        #[arg(long, value_name = "DIR", requires = "policy")]
+        out: Option<PathBuf>,
         /// Print the audit report as JSON instead of the summary.
         #[arg(long)]
         json: bool,
@@ -183,6 +194,31 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         policy: PathBuf,
         /// Print the plan as JSON (format cimplifier-partition-plan).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a partitioned system that `emit --policy` wrote.
+    ///
+    /// Reads the run plan (the --out directory of `emit --policy`, or its
+    /// docker-compose.yml), creates its volumes and starts one container
+    /// per partition through the Docker API, servers first, all in one
+    /// network namespace. Containers are named PROJECT-PARTITION-1 and
+    /// labelled as Compose labels them, so `docker compose` sees them too.
+    Up {
+        /// The run plan: a directory holding docker-compose.yml, or the file.
+        plan: PathBuf,
+        /// Print what was started as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop and remove a partitioned system that `up` started.
+    Down {
+        /// The run plan `up` was given.
+        plan: PathBuf,
+        /// Also remove its volumes (the data the partitions shared).
+        #[arg(long)]
+        volumes: bool,
+        /// Print what was removed as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -445,6 +481,48 @@ fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
 }
 
+/// `emit --policy`: the daemon writes the partitions' images and run plan.
+fn emit_partitioned(
+    socket: &cimplifier::api::Address,
+    request: cimplifier::api::pb::EmitRequest,
+    json: bool,
+) -> anyhow::Result<()> {
+    use cimplifier::api::pb;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let report = runtime()?.block_on(async {
+        let mut api = cimplifier::api::connect(socket)
+            .await
+            .map_err(Unreachable)?;
+        let mut stream = api.emit(request).await.map_err(status)?.into_inner();
+        let mut report = None;
+        while let Some(item) = stream.next().await {
+            match item.map_err(status)?.update {
+                Some(pb::emit_progress::Update::Step(step)) => bar.set_message(step),
+                Some(pb::emit_progress::Update::ReportJson(json)) => {
+                    report = Some(serde_json::from_str::<PartitionEmitReport>(&json)?)
+                }
+                None => {}
+            }
+        }
+        report.context("the daemon ended the emit without a report")
+    });
+    bar.finish_and_clear();
+    let report = report?;
+    if json {
+        return print(&(serde_json::to_string_pretty(&report)? + "\n"));
+    }
+    print(&format!(
+        "{}  start it: cimplifierctl up {}\n",
+        report.render_text(),
+        report
+            .compose_file
+            .parent()
+            .unwrap_or(Path::new("."))
+            .display()
+    ))
+}
+
 fn summary(r: &EmitReport) -> String {
     let mut s = String::new();
     let target = r
@@ -604,6 +682,55 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let report: cimplifier::model::report::Report = serde_json::from_str(&r.body)
                 .context("the daemon's report is not the model JSON this cimplifierctl reads")?;
             print(&report.table())
+        }
+        Command::Up { plan, json } => {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            let report = runtime()?.block_on(async {
+                let docker = cimplifier::docker::connect()?;
+                compose::up(&docker, &plan, &|step| bar.set_message(step.to_owned())).await
+            });
+            bar.finish_and_clear();
+            let report = report?;
+            if json {
+                return print(&(serde_json::to_string_pretty(&report)? + "\n"));
+            }
+            let mut text = format!(
+                "project {} is up ({})\n",
+                report.project,
+                report.compose_file.display()
+            );
+            for c in &report.containers {
+                text += &format!("  {:<12} {}\n", c.service, c.container);
+            }
+            if let Some(ip) = &report.ip_address {
+                text += &format!("  reachable at {ip} (the shared network namespace)\n");
+            }
+            print(&text)
+        }
+        Command::Down {
+            plan,
+            volumes,
+            json,
+        } => {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            let removed = runtime()?.block_on(async {
+                let docker = cimplifier::docker::connect()?;
+                compose::down(&docker, &plan, volumes, &|step| {
+                    bar.set_message(step.to_owned())
+                })
+                .await
+            });
+            bar.finish_and_clear();
+            let removed = removed?;
+            if json {
+                return print(&(serde_json::to_string_pretty(&removed)? + "\n"));
+            }
+            if removed.is_empty() {
+                return print("nothing was running\n");
+            }
+            print(&format!("removed {}\n", removed.join(", ")))
         }
         Command::Plan {
             session,
@@ -853,6 +980,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             allow_incomplete,
             list_removed,
             explain,
+            policy,
+            out,
             json,
         } => {
             let mut slim = SlimOptions::with_safety_sets();
@@ -899,7 +1028,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect(),
                 allow_incomplete,
                 list_removed,
+                policy_toml: match &policy {
+                    Some(p) => std::fs::read_to_string(p)
+                        .with_context(|| format!("reading the policy file {}", p.display()))?,
+                    None => String::new(),
+                },
+                out_dir: out
+                    .map(|d| {
+                        std::path::absolute(&d)
+                            .unwrap_or(d)
+                            .to_string_lossy()
+                            .into_owned()
+                    })
+                    .unwrap_or_default(),
             };
+            if policy.is_some() {
+                return emit_partitioned(&socket, request, json);
+            }
             let bar = indicatif::ProgressBar::new_spinner();
             bar.enable_steady_tick(Duration::from_millis(120));
             let report = runtime()?.block_on(async {

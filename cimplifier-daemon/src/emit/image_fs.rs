@@ -226,6 +226,12 @@ impl ImageFs {
     /// A tar of the `keep` entries, each copied byte for byte in path order,
     /// hard links after the files they name, then the end-of-archive marker.
     pub fn write_tar(&self, keep: &dyn Fn(&ContainerPath) -> bool) -> Vec<u8> {
+        self.write_tar_with(keep, &[])
+    }
+
+    /// `write_tar`, with `extra` (whole tar members, no end-of-archive
+    /// marker) after the kept entries.
+    pub fn write_tar_with(&self, keep: &dyn Fn(&ContainerPath) -> bool, extra: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         for hard_links in [false, true] {
             for (path, entry) in self.entries() {
@@ -234,6 +240,7 @@ impl ImageFs {
                 }
             }
         }
+        out.extend_from_slice(extra);
         out.extend_from_slice(&[0; 2 * BLOCK]);
         out
     }

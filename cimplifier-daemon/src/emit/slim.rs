@@ -164,16 +164,15 @@ async fn save_image(docker: &bollard::Docker, image: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Emits the slim image of an observed container. `progress` hears each step.
-pub async fn emit(
+/// A closed session to emit from, complete unless `allow_incomplete`.
+pub(crate) fn closed_session(
     store: &Store,
-    opts: &EmitOptions,
-    progress: &(dyn Fn(&str) + Send + Sync),
-) -> Result<EmitReport> {
-    let info = store.session(&opts.session)?.with_context(|| {
+    session: &str,
+    allow_incomplete: bool,
+) -> Result<crate::store::SessionRecord> {
+    let info = store.session(session)?.with_context(|| {
         format!(
-            "no session {:?}: `cimplifierctl sessions` lists them; `cimplifierctl observe` starts one",
-            opts.session
+            "no session {session:?}: `cimplifierctl sessions` lists them; `cimplifierctl observe` starts one"
         )
     })?;
     if info.state != crate::store::SessionState::Closed {
@@ -184,7 +183,7 @@ pub async fn emit(
         );
     }
     if let Some(why) = info.incompleteness()
-        && !opts.allow_incomplete
+        && !allow_incomplete
     {
         bail!(
             "the session {} {why}, so the image could miss files it needs; \
@@ -193,6 +192,16 @@ pub async fn emit(
             info.name
         );
     }
+    Ok(info)
+}
+
+/// Emits the slim image of an observed container. `progress` hears each step.
+pub async fn emit(
+    store: &Store,
+    opts: &EmitOptions,
+    progress: &(dyn Fn(&str) + Send + Sync),
+) -> Result<EmitReport> {
+    let info = closed_session(store, &opts.session, opts.allow_incomplete)?;
     let docker = crate::docker::connect()?;
     let inspect = docker
         .inspect_image(&info.started.image_id)

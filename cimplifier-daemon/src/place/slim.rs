@@ -361,18 +361,31 @@ fn locale_dirs(env: &[String]) -> Vec<ContainerPath> {
 /// The slim image's contents for `model`, observed on a container of the
 /// image `fs`.
 pub fn plan(model: &Model, fs: &Arc<ImageFs>, opts: &SlimOptions) -> SlimPlan {
+    plan_for(model, &model.executables(), &BTreeSet::new(), fs, opts)
+}
+
+/// The contents of an image holding only `exes` (one partition) and their
+/// resources. Nothing is kept at a `replaced` path, nor for it: another
+/// file (an RPE stub) stands there.
+pub fn plan_for(
+    model: &Model,
+    exes: &BTreeSet<Exe>,
+    replaced: &BTreeSet<ContainerPath>,
+    fs: &Arc<ImageFs>,
+    opts: &SlimOptions,
+) -> SlimPlan {
     let mut p = Planner {
         fs,
         plan: SlimPlan::default(),
         queue: VecDeque::new(),
         search_dirs: library_search_dirs(fs),
     };
-    for exe in model.executables() {
-        for (resource, access) in model.uses(std::slice::from_ref(&exe)) {
+    for exe in exes {
+        for (resource, access) in model.uses(std::slice::from_ref(exe)) {
             let Resource::Path(path) = resource else {
                 continue;
             };
-            if access.iter().all(|&a| a == Access::ProbeFailed) {
+            if access.iter().all(|&a| a == Access::ProbeFailed) || replaced.contains(&path) {
                 continue;
             }
             p.keep(
@@ -436,6 +449,7 @@ pub fn plan(model: &Model, fs: &Arc<ImageFs>, opts: &SlimOptions) -> SlimPlan {
         p.close_over(&path);
     }
     let mut plan = p.plan;
+    plan.keep.retain(|path, _| !replaced.contains(path));
     if !opts.exclude.is_empty() {
         let (dropped, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut plan.keep)
             .into_iter()

@@ -133,6 +133,7 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub state: PathBuf,
     extra: Vec<String>,
+    env: Vec<(String, PathBuf)>,
     _dir: tempfile::TempDir,
 }
 
@@ -142,26 +143,36 @@ impl Daemon {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, &[])
+    }
+
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &Path)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // Reachable by any uid, so the socket's own mode decides who gets in.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.path().join("run/cimplifier.sock");
         let state = dir.path().join("state");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let child = Self::spawn(&socket, &state, &extra);
+        let env: Vec<(String, PathBuf)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.to_path_buf()))
+            .collect();
+        let child = Self::spawn(&socket, &state, &extra, &env);
         let d = Self {
             child,
             socket,
             state,
             extra,
+            env,
             _dir: dir,
         };
         d.wait_ready();
         d
     }
 
-    fn spawn(socket: &Path, state: &Path, extra: &[String]) -> Child {
+    fn spawn(socket: &Path, state: &Path, extra: &[String], env: &[(String, PathBuf)]) -> Child {
         Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .arg("serve")
             .arg("--socket")
             .arg(socket)
@@ -188,7 +199,7 @@ impl Daemon {
 
     /// Starts the daemon again on the same socket and state directory.
     pub fn restart(&mut self) {
-        self.child = Self::spawn(&self.socket, &self.state, &self.extra);
+        self.child = Self::spawn(&self.socket, &self.state, &self.extra, &self.env);
         self.wait_ready();
     }
 
@@ -307,4 +318,28 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The directory of the static RPE stub and server, built as docs/rpe.md
+/// says (once per test binary): what `emit --policy` places in images.
+pub fn rpe_static_dir() -> PathBuf {
+    const TARGET: &str = "x86_64-unknown-linux-gnu";
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| manifest.join("../target"))
+        .join("rpe-static");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "-p", "cimplifier-rpe", "--bins"])
+        .args(["--target", TARGET])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .current_dir(manifest)
+        .status()
+        .expect("cannot run cargo to build the static RPE binaries");
+    assert!(status.success(), "static build of cimplifier-rpe failed");
+    target_dir.join(TARGET).join("release")
 }

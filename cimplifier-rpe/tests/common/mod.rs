@@ -132,9 +132,7 @@ impl Fixture {
 
     /// Writes both configs and starts the server; waits for its socket.
     pub fn start(&mut self) {
-        let stub_cfg = StubConfig {
-            socket: self.socket(),
-        };
+        let stub_cfg = StubConfig::single(self.socket());
         std::fs::write(
             self.root.join("bin").join(STUB_CONFIG_NAME),
             toml::to_string(&stub_cfg).unwrap(),

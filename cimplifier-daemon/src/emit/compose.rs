@@ -1,0 +1,473 @@
+//! The run plan of a partitioned system: a docker-compose.yml, and `up` and
+//! `down`, which start and stop exactly what it describes through the
+//! Docker API (so Compose itself is optional).
+//!
+//! Only the subset of the Compose format that emit writes is read back:
+//! `name`, and per service `image`, `network_mode`, `depends_on`,
+//! `volumes` (short syntax, named volumes), `expose` and `labels`. Anything
+//! else is refused by name rather than silently ignored.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
+use bollard::query_parameters::{
+    CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, RemoveVolumeOptions,
+    StopContainerOptions,
+};
+use serde::{Deserialize, Serialize};
+
+/// File name of the run plan in emit's output directory.
+pub const COMPOSE_FILE: &str = "docker-compose.yml";
+/// Labels Compose itself uses, so `docker compose ps` and `down` see
+/// containers `up` started and the other way round.
+const PROJECT_LABEL: &str = "com.docker.compose.project";
+const SERVICE_LABEL: &str = "com.docker.compose.service";
+const VOLUME_LABEL: &str = "com.docker.compose.volume";
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeFile {
+    /// The project name: prefix of container and volume names.
+    pub name: String,
+    pub services: BTreeMap<String, ComposeService>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, ComposeVolume>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeService {
+    pub image: String,
+    /// `service:<name>`: join that service's network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// `<volume>:<mount point>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposeVolume {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+impl ComposeFile {
+    pub fn to_yaml(&self) -> Result<String> {
+        Ok(serde_norway::to_string(self)?)
+    }
+
+    /// Reads a run plan: the file itself, or the directory emit wrote it to.
+    pub fn load(path: &Path) -> Result<(PathBuf, Self)> {
+        let file = if path.is_dir() {
+            path.join(COMPOSE_FILE)
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            format!(
+                "cannot read the run plan {}; give the directory `cimplifierctl emit --policy` wrote, or its {COMPOSE_FILE}",
+                file.display()
+            )
+        })?;
+        let plan: Self = serde_norway::from_str(&text).with_context(|| {
+            format!(
+                "{}: not a run plan cimplifier can start (it reads only what `emit --policy` writes)",
+                file.display()
+            )
+        })?;
+        plan.check()
+            .with_context(|| format!("{}: inconsistent run plan", file.display()))?;
+        Ok((file, plan))
+    }
+
+    fn check(&self) -> Result<()> {
+        for (name, s) in &self.services {
+            for dep in s
+                .depends_on
+                .iter()
+                .map(String::as_str)
+                .chain(s.network_owner())
+            {
+                if !self.services.contains_key(dep) {
+                    bail!("service {name} refers to service {dep}, which the file does not define");
+                }
+            }
+            for v in &s.volumes {
+                let (vol, target) =
+                    split_volume(v).with_context(|| format!("service {name}: volume {v:?}"))?;
+                if !self.volumes.contains_key(vol) {
+                    bail!("service {name} mounts volume {vol}, which the file does not define");
+                }
+                if !target.starts_with('/') {
+                    bail!("service {name}: volume {v:?} must mount at an absolute path");
+                }
+            }
+            if let Some(mode) = &s.network_mode
+                && s.network_owner().is_none()
+            {
+                bail!("service {name}: network_mode {mode:?} is not `service:<name>`");
+            }
+        }
+        self.start_order().map(|_| ())
+    }
+
+    /// Services in an order that starts each after what it depends on.
+    pub fn start_order(&self) -> Result<Vec<&str>> {
+        let mut order: Vec<&str> = Vec::new();
+        let mut placed: BTreeSet<&str> = BTreeSet::new();
+        while order.len() < self.services.len() {
+            let ready: Vec<&str> = self
+                .services
+                .iter()
+                .filter(|(n, s)| {
+                    !placed.contains(n.as_str())
+                        && s.depends_on
+                            .iter()
+                            .map(String::as_str)
+                            .chain(s.network_owner())
+                            .all(|d| placed.contains(d))
+                })
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if ready.is_empty() {
+                bail!("the services' depends_on and network_mode form a cycle");
+            }
+            for n in ready {
+                placed.insert(n);
+                order.push(n);
+            }
+        }
+        Ok(order)
+    }
+
+    pub fn container_name(&self, service: &str) -> String {
+        format!("{}-{service}-1", self.name)
+    }
+
+    pub fn volume_name(&self, volume: &str) -> String {
+        format!("{}_{volume}", self.name)
+    }
+}
+
+impl ComposeService {
+    /// The service whose network namespace this one joins.
+    pub fn network_owner(&self) -> Option<&str> {
+        self.network_mode.as_deref()?.strip_prefix("service:")
+    }
+}
+
+fn split_volume(spec: &str) -> Result<(&str, &str)> {
+    match spec.split_once(':') {
+        Some((v, t)) if !v.is_empty() && !t.contains(':') => Ok((v, t)),
+        _ => bail!("expected <volume>:<mount point>"),
+    }
+}
+
+/// A started container of the system.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    pub service: String,
+    pub container: String,
+    pub id: String,
+}
+
+/// What `up` started, and where the shared network namespace answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpReport {
+    pub project: String,
+    pub compose_file: PathBuf,
+    pub containers: Vec<Started>,
+    /// The network owner's address on Docker's default bridge, if any.
+    pub ip_address: Option<String>,
+}
+
+/// Creates the volumes and starts every service, in dependency order.
+pub async fn up(
+    docker: &bollard::Docker,
+    path: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<UpReport> {
+    let (file, plan) = ComposeFile::load(path)?;
+    let existing = project_containers(docker, &plan.name).await?;
+    if !existing.is_empty() {
+        bail!(
+            "project {} is already up ({}); `cimplifierctl down {}` stops it first",
+            plan.name,
+            existing.join(", "),
+            path.display()
+        );
+    }
+    for (name, v) in &plan.volumes {
+        let mut labels: HashMap<String, String> = v.labels.clone().into_iter().collect();
+        labels.insert(PROJECT_LABEL.into(), plan.name.clone());
+        labels.insert(VOLUME_LABEL.into(), name.clone());
+        docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(plan.volume_name(name)),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("creating volume {}", plan.volume_name(name)))?;
+    }
+    let mut containers = Vec::new();
+    for service in plan.start_order()? {
+        let s = &plan.services[service];
+        let name = plan.container_name(service);
+        progress(&format!("starting {name} ({})", s.image));
+        let mounts = s
+            .volumes
+            .iter()
+            .map(|v| {
+                let (vol, target) = split_volume(v)?;
+                Ok(Mount {
+                    typ: Some(MountType::VOLUME),
+                    source: Some(plan.volume_name(vol)),
+                    target: Some(target.to_owned()),
+                    ..Default::default()
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut labels: HashMap<String, String> = s.labels.clone().into_iter().collect();
+        labels.insert(PROJECT_LABEL.into(), plan.name.clone());
+        labels.insert(SERVICE_LABEL.into(), service.to_owned());
+        let body = ContainerCreateBody {
+            image: Some(s.image.clone()),
+            labels: Some(labels),
+            exposed_ports: (!s.expose.is_empty()).then(|| s.expose.clone()),
+            host_config: Some(HostConfig {
+                mounts: Some(mounts),
+                network_mode: s
+                    .network_owner()
+                    .map(|owner| format!("container:{}", plan.container_name(owner))),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let created = docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(name.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "creating container {name} from {} (was it emitted and loaded?)",
+                    s.image
+                )
+            })?;
+        docker
+            .start_container(&name, None)
+            .await
+            .with_context(|| format!("starting container {name}"))?;
+        containers.push(Started {
+            service: service.to_owned(),
+            container: name,
+            id: created.id,
+        });
+    }
+    let owner = plan
+        .services
+        .iter()
+        .find(|(_, s)| s.network_mode.is_none())
+        .map(|(n, _)| plan.container_name(n));
+    let mut ip_address = None;
+    if let Some(owner) = owner {
+        let details = docker
+            .inspect_container(&owner, None)
+            .await
+            .with_context(|| format!("inspecting {owner}"))?;
+        ip_address = details
+            .network_settings
+            .and_then(|n| n.networks)
+            .and_then(|n| n.get("bridge").and_then(|b| b.ip_address.clone()))
+            .filter(|ip| !ip.is_empty());
+    }
+    Ok(UpReport {
+        project: plan.name.clone(),
+        compose_file: file,
+        containers,
+        ip_address,
+    })
+}
+
+/// Stops and removes the project's containers, the first started last; and
+/// with `volumes`, its volumes too.
+pub async fn down(
+    docker: &bollard::Docker,
+    path: &Path,
+    volumes: bool,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<String>> {
+    let (_, plan) = ComposeFile::load(path)?;
+    let mut removed = Vec::new();
+    let running = project_containers(docker, &plan.name).await?;
+    let mut order: Vec<String> = plan
+        .start_order()?
+        .into_iter()
+        .map(|s| plan.container_name(s))
+        .collect();
+    order.reverse();
+    // Containers of the project the file no longer names go too, first.
+    let mut all: Vec<String> = running
+        .iter()
+        .filter(|c| !order.contains(c))
+        .cloned()
+        .collect();
+    all.extend(order.into_iter().filter(|c| running.contains(c)));
+    for name in all {
+        progress(&format!("stopping {name}"));
+        docker
+            .stop_container(
+                &name,
+                Some(StopContainerOptions {
+                    t: Some(10),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .or_else(not_found)
+            .with_context(|| format!("stopping {name}"))?;
+        docker
+            .remove_container(
+                &name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .or_else(not_found)
+            .with_context(|| format!("removing {name}"))?;
+        removed.push(name);
+    }
+    if volumes {
+        for v in plan.volumes.keys() {
+            let name = plan.volume_name(v);
+            progress(&format!("removing volume {name}"));
+            docker
+                .remove_volume(&name, None::<RemoveVolumeOptions>)
+                .await
+                .or_else(not_found)
+                .with_context(|| format!("removing volume {name}"))?;
+            removed.push(name);
+        }
+    }
+    Ok(removed)
+}
+
+fn not_found(e: bollard::errors::Error) -> std::result::Result<(), bollard::errors::Error> {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404 | 304,
+            ..
+        } => Ok(()),
+        e => Err(e),
+    }
+}
+
+/// Names of the project's containers, running or not.
+async fn project_containers(docker: &bollard::Docker, project: &str) -> Result<Vec<String>> {
+    let list = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(
+                [(
+                    "label".to_owned(),
+                    vec![format!("{PROJECT_LABEL}={project}")],
+                )]
+                .into_iter()
+                .collect(),
+            ),
+            ..Default::default()
+        }))
+        .await
+        .context("listing containers (is dockerd running?)")?;
+    Ok(list
+        .into_iter()
+        .filter_map(|c| {
+            c.names?
+                .first()
+                .map(|n| n.trim_start_matches('/').to_owned())
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> ComposeFile {
+        let svc = |image: &str, owner: Option<&str>, vols: &[&str]| ComposeService {
+            image: image.to_owned(),
+            network_mode: owner.map(|o| format!("service:{o}")),
+            depends_on: owner.into_iter().map(str::to_owned).collect(),
+            volumes: vols.iter().map(|v| (*v).to_owned()).collect(),
+            expose: vec![],
+            labels: BTreeMap::new(),
+        };
+        ComposeFile {
+            name: "wp".into(),
+            services: [
+                (
+                    "db".to_owned(),
+                    svc("wp-db", None, &["run-mysqld:/run/mysqld"]),
+                ),
+                (
+                    "web".to_owned(),
+                    svc("wp-web", Some("db"), &["run-mysqld:/run/mysqld"]),
+                ),
+                ("init".to_owned(), svc("wp-init", Some("web"), &[])),
+            ]
+            .into_iter()
+            .collect(),
+            volumes: [("run-mysqld".to_owned(), ComposeVolume::default())]
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn round_trips_through_yaml_and_orders_by_dependency() {
+        let plan = sample();
+        let yaml = plan.to_yaml().unwrap();
+        let back: ComposeFile = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(back, plan);
+        back.check().unwrap();
+        assert_eq!(back.start_order().unwrap(), ["db", "web", "init"]);
+        assert_eq!(back.container_name("web"), "wp-web-1");
+        assert_eq!(back.volume_name("run-mysqld"), "wp_run-mysqld");
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_start() {
+        let mut plan = sample();
+        plan.services.get_mut("web").unwrap().volumes = vec!["nope:/x".into()];
+        let e = plan.check().unwrap_err().to_string();
+        assert!(e.contains("volume nope"), "{e}");
+
+        let mut plan = sample();
+        plan.services.get_mut("db").unwrap().depends_on = vec!["init".into()];
+        let e = plan.check().unwrap_err().to_string();
+        assert!(e.contains("cycle"), "{e}");
+
+        let unknown_key = "name: x\nservices:\n  a:\n    image: i\n    privileged: true\n";
+        let e = serde_norway::from_str::<ComposeFile>(unknown_key)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("privileged"), "{e}");
+    }
+}

@@ -1,0 +1,217 @@
+//! The paper's case study (§5): WordPress with nginx, php-fpm, mariadb and
+//! supervisord in one container (cimplifier-test/wordpress, from Debian
+//! packages), split into four partitions. The workload
+//! (tests/workloads/wordpress.sh: install, log in, posts, a comment, the
+//! profile, log out, all over HTTP with curl) runs against the observed
+//! container, and again against the partitioned system, where supervisord
+//! starts the other three through RPE. Needs root and dockerd.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cimplifier::emit::partitioned::{PartitionEmitReport, RPE_DIR_ENV, Role};
+use common::{Container, Daemon, docker, require_root, rpe_static_dir, stdout_of, wait_until};
+
+const IMAGE: &str = "cimplifier-test/wordpress:latest";
+const POLICY: &str = r#"kind = "disjoint-subsets"
+unlisted = "dont-care"
+
+[partitions]
+supervisord = ["/usr/bin/supervisord"]
+nginx = ["/usr/sbin/nginx"]
+php = ["/usr/sbin/php-fpm8.2"]
+mariadb = ["/usr/sbin/mariadbd"]
+"#;
+
+fn workload() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workloads/wordpress.sh")
+}
+
+/// Runs the workload against `ip`; panics with its output if it fails.
+fn run_workload(ip: &str, against: &str) {
+    let out = Command::new("bash")
+        .arg(workload())
+        .arg(format!("http://{ip}"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("workload against {against}:\n{text}");
+    assert!(
+        out.status.success(),
+        "the workload failed against {against}:\n{text}"
+    );
+    assert!(text.contains("workload: passed"), "{text}");
+}
+
+/// Waits until WordPress answers at `ip` (its installer redirects).
+fn wait_http(ip: &str) {
+    wait_until(90, &format!("WordPress at {ip}"), || {
+        Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .arg(format!("http://{ip}/wp-admin/install.php"))
+            .output()
+            .is_ok_and(|o| o.stdout == b"200")
+    });
+}
+
+/// Stops the partitioned system however the test ends.
+struct Up<'a>(&'a Daemon, String);
+
+impl Drop for Up<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.ctl(&["down", &self.1, "--volumes"]);
+    }
+}
+
+#[test]
+fn wordpress_split_into_four_partitions_still_serves_the_workload() {
+    require_root();
+    let rpe = rpe_static_dir();
+    let d = Daemon::start_with_env(&[], &[(RPE_DIR_ENV, &rpe)]);
+    let c = Container::create("wordpress", &[IMAGE]);
+    // `observe` starts the container and returns when the session ends.
+    let mut observe = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["observe", &c.0])
+        .spawn()
+        .unwrap();
+    wait_until(60, "the container to run", || {
+        docker(&["inspect", "-f", "{{.State.Running}}", &c.0]) == "true"
+    });
+    let ip = docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &c.0]);
+    wait_http(&ip);
+    run_workload(&ip, "the original container");
+    stdout_of(&d.ctl(&["stop", &c.0]));
+    assert!(
+        observe.wait().unwrap().success(),
+        "observe ends with the session"
+    );
+    docker(&["rm", "-f", &c.0]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).unwrap();
+    let out = dir.path().join("wp-split");
+    let tag = format!("cimplifier-e2e/wp{}", std::process::id());
+    let report: PartitionEmitReport = serde_json::from_str(&stdout_of(&d.ctl(&[
+        "emit",
+        &c.0,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--tag",
+        &tag,
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ])))
+    .unwrap();
+    println!("{}", report.render_text());
+
+    let names: Vec<String> = report
+        .partitions
+        .iter()
+        .map(|p| p.name.to_string())
+        .collect();
+    assert_eq!(names, ["mariadb", "nginx", "php", "supervisord"]);
+    let part = |n: &str| {
+        report
+            .partitions
+            .iter()
+            .find(|p| p.name.as_str() == n)
+            .unwrap()
+    };
+    assert_eq!(part("supervisord").role, Role::Entrypoint);
+    for server in ["mariadb", "nginx", "php"] {
+        assert_eq!(part(server).role, Role::Server, "{server}");
+        assert!(
+            part("supervisord")
+                .stubs
+                .values()
+                .any(|p| p.as_str() == server),
+            "supervisord runs {server}'s executable through a stub: {:?}",
+            part("supervisord").stubs
+        );
+    }
+    // The sockets force sharing their directories, and nothing more: the
+    // database's files stay in mariadb's partition alone.
+    let volume = |mount: &str| report.volumes.iter().find(|v| v.mount.as_str() == mount);
+    let mysqld = volume("/run/mysqld").expect("the mariadb socket's directory is shared");
+    let sharers: Vec<&str> = mysqld.partitions.iter().map(|p| p.as_str()).collect();
+    assert_eq!(sharers, ["mariadb", "php"]);
+    assert!(
+        mysqld
+            .because
+            .iter()
+            .any(|r| r.as_str() == "/run/mysqld/mysqld.sock"),
+        "{:?}",
+        mysqld.because
+    );
+    assert!(
+        volume("/run/php").is_some(),
+        "php-fpm's socket: {:?}",
+        report.volumes
+    );
+    assert!(
+        !report
+            .volumes
+            .iter()
+            .any(|v| v.mount.as_str().starts_with("/var/lib/mysql")),
+        "the data directory is not shared: {:?}",
+        report.volumes
+    );
+    assert!(
+        report.total_bytes < report.source_image_bytes / 2,
+        "{}",
+        report.render_text()
+    );
+
+    let plan_dir = out.to_str().unwrap().to_owned();
+    let up: serde_json::Value =
+        serde_json::from_str(&stdout_of(&d.ctl(&["up", &plan_dir, "--json"]))).unwrap();
+    let _down = Up(&d, plan_dir.clone());
+    assert_eq!(up["containers"].as_array().unwrap().len(), 4, "{up}");
+    let ip = up["ip_address"]
+        .as_str()
+        .expect("the system's address")
+        .to_owned();
+    wait_http(&ip);
+    run_workload(&ip, "the partitioned system");
+
+    // Each partition holds only its own programs.
+    let has = |container: &str, path: &str| {
+        Command::new("docker")
+            .args(["cp", &format!("{container}:{path}"), "-"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let project = up["project"].as_str().unwrap();
+    let db = format!("{project}-mariadb-1");
+    let web = format!("{project}-nginx-1");
+    assert!(has(&db, "/usr/sbin/mariadbd") && !has(&db, "/usr/sbin/nginx"));
+    assert!(has(&web, "/usr/sbin/nginx") && !has(&web, "/usr/sbin/mariadbd"));
+    assert!(
+        !has(&web, "/var/lib/mysql"),
+        "nginx's partition has no database files"
+    );
+
+    let down = stdout_of(&d.ctl(&["down", &plan_dir, "--volumes"]));
+    assert!(down.contains(&db), "{down}");
+    for p in &report.partitions {
+        let _ = Command::new("docker").args(["rmi", &p.image]).output();
+    }
+}
