@@ -544,6 +544,18 @@ fn parse_dockerfile(text: &str) -> (BTreeMap<String, String>, Vec<Stage>) {
     (args, stages)
 }
 
+/// The binaries a workspace crate's Cargo.toml declares.
+fn manifest_bins(package: &str) -> Vec<String> {
+    let manifest: toml::Value =
+        toml::from_str(&read(&format!("{package}/Cargo.toml"))).unwrap();
+    manifest["bin"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
 /// The files a `cargo build` command line writes: TARGET/PROFILE/BIN.
 fn cargo_build_outputs(run: &str, workdir: &str, env: &BTreeMap<String, String>) -> Vec<PathBuf> {
     let words: Vec<&str> = run.split_whitespace().collect();
@@ -556,24 +568,31 @@ fn cargo_build_outputs(run: &str, workdir: &str, env: &BTreeMap<String, String>)
         .or_else(|| env.get("CARGO_TARGET_DIR").cloned())
         .map(|t| Path::new(workdir).join(t))
         .unwrap_or_else(|| Path::new(workdir).join("target"));
-    assert!(
-        flag_value(words, "target").is_none(),
-        "cargo build --target puts binaries under TARGET/TRIPLE/: teach this test"
-    );
+    // With --target, binaries go under TARGET/TRIPLE/PROFILE.
+    let target = match flag_value(words, "target") {
+        Some(triple) => target.join(triple),
+        None => target,
+    };
     let profile = match flag_value(words, "profile") {
         Some(p) if p == "dev" => "debug".to_owned(),
         Some(p) => p,
         None if words.contains(&"--release") || words.contains(&"-r") => "release".to_owned(),
         None => "debug".to_owned(),
     };
-    let bins: Vec<String> = words
+    let mut bins: Vec<String> = words
         .windows(2)
         .filter(|w| w[0] == "--bin")
         .map(|w| w[1].to_owned())
         .collect();
+    if words.contains(&"--bins") {
+        let package = flag_value(words, "package")
+            .or_else(|| words.windows(2).find(|w| w[0] == "-p").map(|w| w[1].to_owned()))
+            .expect("cargo build --bins names its package with -p");
+        bins.extend(manifest_bins(&package));
+    }
     assert!(
         !bins.is_empty(),
-        "the builder's cargo build should name its binaries with --bin"
+        "the builder's cargo build should name its binaries with --bin (or -p PKG --bins)"
     );
     bins.iter().map(|b| target.join(&profile).join(b)).collect()
 }
@@ -633,18 +652,15 @@ fn dockerfile_runtime_stage_copies_only_what_the_builder_builds() {
         }
     }
     assert!(!built.is_empty(), "the builder runs no cargo build");
-    let manifest: toml::Value = toml::from_str(&read("cimplifier-daemon/Cargo.toml")).unwrap();
-    let bins: BTreeSet<&str> = manifest["bin"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|b| b["name"].as_str())
+    let bins: BTreeSet<String> = ["cimplifier-daemon", "cimplifier-rpe"]
+        .into_iter()
+        .flat_map(manifest_bins)
         .collect();
     for path in &built {
         let name = path.file_name().unwrap().to_str().unwrap();
         assert!(
             bins.contains(name),
-            "the builder builds {name}, not a binary of the daemon: {bins:?}"
+            "the builder builds {name}, not a binary of the daemon or of RPE: {bins:?}"
         );
     }
 
@@ -679,8 +695,14 @@ fn dockerfile_runtime_stage_copies_only_what_the_builder_builds() {
             copied.insert(to.display().to_string(), src.to_string());
         }
     }
-    // The unit, the DaemonSet and the probes run these.
-    for path in [INSTALLED_CIMPLIFIERD, INSTALLED_CIMPLIFIERCTL] {
+    // The unit, the DaemonSet and the probes run these; `emit --policy`
+    // places the static RPE binaries from /usr/lib/cimplifier.
+    for path in [
+        INSTALLED_CIMPLIFIERD,
+        INSTALLED_CIMPLIFIERCTL,
+        "/usr/lib/cimplifier/cimplifier-rpe-stub",
+        "/usr/lib/cimplifier/cimplifier-rpe-server",
+    ] {
         assert!(
             copied.contains_key(path),
             "the runtime image has no {path}: it has {copied:?}"
