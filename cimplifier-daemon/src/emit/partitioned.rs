@@ -464,6 +464,32 @@ impl Additions {
     }
 }
 
+/// Where a file named `path` lands in the image: the directories on the
+/// way are followed through the image's symlinks (`/bin/sh` is
+/// `/usr/bin/sh` with a merged /usr), and those links are kept.
+fn through_dir_links(
+    path: &ContainerPath,
+    fs: &ImageFs,
+    keep: &mut BTreeSet<ContainerPath>,
+) -> Result<ContainerPath> {
+    let name = path.as_str().rsplit('/').next().unwrap_or_default();
+    let mut dir = ContainerPath::root();
+    for part in path.parent().as_str().split('/').filter(|p| !p.is_empty()) {
+        let mut next = dir.join(part);
+        let mut hops = 0;
+        while let Some(EntryKind::Symlink(target)) = fs.get(&next).map(|e| &e.kind) {
+            hops += 1;
+            if hops > 40 {
+                bail!("cannot place {path}: too many symlinks at {next}");
+            }
+            keep.insert(next.clone());
+            next = next.parent().join(target);
+        }
+        dir = next;
+    }
+    Ok(dir.join(name))
+}
+
 fn rel(p: &ContainerPath) -> String {
     p.as_str().trim_start_matches('/').to_owned()
 }
@@ -533,15 +559,27 @@ pub async fn emit_partitioned(
     let mut partitions = Vec::new();
     for (name, contents) in &plan.partitions {
         progress(&format!("writing partition {name}"));
-        let replaced: BTreeSet<ContainerPath> =
-            contents.stubs.keys().map(|e| e.0.clone()).collect();
+        // Stubs stand where the callees' names lead in the image.
+        let mut link_dirs = BTreeSet::new();
+        let stub_files: BTreeSet<ContainerPath> = contents
+            .stubs
+            .keys()
+            .map(|e| through_dir_links(&e.0, &fs, &mut link_dirs))
+            .collect::<Result<_>>()?;
+        let replaced: BTreeSet<ContainerPath> = contents
+            .stubs
+            .keys()
+            .map(|e| e.0.clone())
+            .chain(stub_files.iter().cloned())
+            .collect();
         let slim = plan_for(&model, &contents.executables, &replaced, &fs, &mut_slim);
         let mut keep: BTreeSet<ContainerPath> = slim.keep.into_keys().collect();
+        keep.extend(link_dirs);
         let mut add = Additions::new();
 
         // Stubs, one file and hard links to it, routed per callee partition.
         let mut first_stub: Option<&ContainerPath> = None;
-        for path in &replaced {
+        for path in &stub_files {
             add.parents(path, &fs, &mut keep)?;
             match first_stub {
                 None => {
@@ -626,8 +664,8 @@ pub async fn emit_partitioned(
         };
         let extra = add.finish()?;
         let layer = fs.write_tar_with(&|p| keep.contains(p) && !replaced.contains(p), &extra);
-        let files =
-            keep.iter().filter(|p| !replaced.contains(*p)).count() as u64 + replaced.len() as u64;
+        let files = keep.iter().filter(|p| !replaced.contains(*p)).count() as u64
+            + stub_files.len() as u64;
         let config = SourceConfig {
             entrypoint: Some(entrypoint.clone()),
             cmd: (!cmd.is_empty()).then(|| cmd.clone()),
@@ -850,6 +888,18 @@ mod tests {
         let bad = ContainerPath::new("/bin/x/y").unwrap();
         let e = add_err(&fs, &bad);
         assert!(e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn stubs_land_where_symlinked_directories_lead() {
+        let fs = ImageFs::from_tar(crate::emit::image_fs::tests::sample_tar(), "sample").unwrap();
+        let mut keep = BTreeSet::new();
+        let via_link = ContainerPath::new("/bin/ping").unwrap();
+        let landed = through_dir_links(&via_link, &fs, &mut keep).unwrap();
+        assert_eq!(landed.as_str(), "/usr/bin/ping");
+        assert!(keep.contains(&ContainerPath::new("/bin").unwrap()), "{keep:?}");
+        let plain = ContainerPath::new("/etc/motd").unwrap();
+        assert_eq!(through_dir_links(&plain, &fs, &mut keep).unwrap(), plain);
     }
 
     fn add_err(fs: &ImageFs, p: &ContainerPath) -> String {
