@@ -546,8 +546,7 @@ fn parse_dockerfile(text: &str) -> (BTreeMap<String, String>, Vec<Stage>) {
 
 /// The binaries a workspace crate's Cargo.toml declares.
 fn manifest_bins(package: &str) -> Vec<String> {
-    let manifest: toml::Value =
-        toml::from_str(&read(&format!("{package}/Cargo.toml"))).unwrap();
+    let manifest: toml::Value = toml::from_str(&read(&format!("{package}/Cargo.toml"))).unwrap();
     manifest["bin"]
         .as_array()
         .unwrap()
@@ -586,7 +585,12 @@ fn cargo_build_outputs(run: &str, workdir: &str, env: &BTreeMap<String, String>)
         .collect();
     if words.contains(&"--bins") {
         let package = flag_value(words, "package")
-            .or_else(|| words.windows(2).find(|w| w[0] == "-p").map(|w| w[1].to_owned()))
+            .or_else(|| {
+                words
+                    .windows(2)
+                    .find(|w| w[0] == "-p")
+                    .map(|w| w[1].to_owned())
+            })
             .expect("cargo build --bins names its package with -p");
         bins.extend(manifest_bins(&package));
     }

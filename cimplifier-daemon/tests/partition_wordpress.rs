@@ -15,15 +15,7 @@ use cimplifier::emit::partitioned::{PartitionEmitReport, RPE_DIR_ENV, Role};
 use common::{Container, Daemon, docker, require_root, rpe_static_dir, stdout_of, wait_until};
 
 const IMAGE: &str = "cimplifier-test/wordpress:latest";
-const POLICY: &str = r#"kind = "disjoint-subsets"
-unlisted = "dont-care"
-
-[partitions]
-supervisord = ["/usr/bin/supervisord"]
-nginx = ["/usr/sbin/nginx"]
-php = ["/usr/sbin/php-fpm8.2"]
-mariadb = ["/usr/sbin/mariadbd"]
-"#;
+const POLICY: &str = include_str!("../../tests/workloads/wordpress-policy.toml");
 
 fn workload() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/workloads/wordpress.sh")

@@ -47,9 +47,48 @@ impl Drop for Cleanup {
 }
 
 fn ctl(root: &Path) -> Command {
+    ctl_at(root, SOCKET)
+}
+
+/// The release cimplifierctl, talking to the daemon on `socket`.
+pub(crate) fn ctl_at(root: &Path, socket: &str) -> Command {
     let mut c = Command::new(root.join("target/release/cimplifierctl"));
-    c.current_dir(root).args(["--socket", SOCKET]);
+    c.current_dir(root).args(["--socket", socket]);
     c
+}
+
+/// Starts the release cimplifierd on `socket` and waits until it answers.
+pub(crate) fn start_daemon(
+    root: &Path,
+    socket: &str,
+    state_dir: &str,
+    env: &[(&str, &Path)],
+) -> Result<Child> {
+    let mut daemon = Command::new(root.join("target/release/cimplifierd"));
+    daemon.current_dir(root).envs(env.iter().copied()).args([
+        "serve",
+        "--socket",
+        socket,
+        "--state-dir",
+        state_dir,
+    ]);
+    let line = util::display(&daemon);
+    println!("+ {line} &");
+    let mut child = daemon
+        .spawn()
+        .with_context(|| format!("could not start `{line}`"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !util::probe(ctl_at(root, socket).arg("version"))?
+        .status
+        .success()
+    {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("cimplifierd did not answer on {socket} within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(child)
 }
 
 /// GETs each path; returns "status bytes" per path.
@@ -105,24 +144,7 @@ pub fn run() -> Result<()> {
         daemon: None,
     };
     // 0. The daemon, on a socket of its own.
-    let mut daemon = Command::new(root.join("target/release/cimplifierd"));
-    daemon
-        .current_dir(&root)
-        .args(["serve", "--socket", SOCKET, "--state-dir", STATE_DIR]);
-    let line = util::display(&daemon);
-    println!("+ {line} &");
-    cleanup.daemon = Some(
-        daemon
-            .spawn()
-            .with_context(|| format!("could not start `{line}`"))?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !util::probe(ctl(&root).arg("version"))?.status.success() {
-        if Instant::now() > deadline {
-            bail!("cimplifierd did not answer on {SOCKET} within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    cleanup.daemon = Some(start_daemon(&root, SOCKET, STATE_DIR, &[])?);
     for c in [CONTAINER, SLIM_CONTAINER] {
         let _ = util::probe(&mut cmd("docker", ["rm", "-f", "-v", c]))?;
     }

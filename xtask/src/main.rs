@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod demo_partition;
 mod ebpf;
 mod images;
 mod setup;
@@ -89,6 +90,17 @@ enum Command {
     /// image on 127.0.0.1:8089, checks it answers the same requests the same
     /// way, and prints both sizes. Removes the containers. Needs root.
     Demo,
+    /// The paper's WordPress case study: observe, partition, run it split.
+    ///
+    /// Runs `setup`, builds the daemon and the static RPE binaries, starts
+    /// `cimplifierd serve` on target/demo-partition-state, observes
+    /// cimplifier-test/wordpress (nginx, php-fpm, mariadb, supervisord)
+    /// while tests/workloads/wordpress.sh runs against it, shows
+    /// `cimplifierctl plan` for tests/workloads/wordpress-policy.toml,
+    /// emits the four partitions as cimplifier-demo/wp-*:latest with their
+    /// run plan in target/demo-wp-split, starts them with `cimplifierctl up`,
+    /// runs the workload again, and stops them. Needs root.
+    DemoPartition,
     /// Measure the tracer's overhead; prints figures, asserts nothing.
     ///
     /// In one run: a stat/open/close loop and redis-benchmark against a redis
@@ -138,6 +150,7 @@ fn main() -> Result<()> {
         Command::Images { force } => images::run(force),
         Command::Test { args } => test::run(&args),
         Command::Demo => demo::run(),
+        Command::DemoPartition => demo_partition::run(),
         Command::BenchTrace => bench::trace(),
         Command::BenchModel => bench::model(),
         Command::BenchEmit => bench::emit(),

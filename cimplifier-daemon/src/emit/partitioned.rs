@@ -664,8 +664,8 @@ pub async fn emit_partitioned(
         };
         let extra = add.finish()?;
         let layer = fs.write_tar_with(&|p| keep.contains(p) && !replaced.contains(p), &extra);
-        let files = keep.iter().filter(|p| !replaced.contains(*p)).count() as u64
-            + stub_files.len() as u64;
+        let files =
+            keep.iter().filter(|p| !replaced.contains(*p)).count() as u64 + stub_files.len() as u64;
         let config = SourceConfig {
             entrypoint: Some(entrypoint.clone()),
             cmd: (!cmd.is_empty()).then(|| cmd.clone()),
@@ -897,7 +897,10 @@ mod tests {
         let via_link = ContainerPath::new("/bin/ping").unwrap();
         let landed = through_dir_links(&via_link, &fs, &mut keep).unwrap();
         assert_eq!(landed.as_str(), "/usr/bin/ping");
-        assert!(keep.contains(&ContainerPath::new("/bin").unwrap()), "{keep:?}");
+        assert!(
+            keep.contains(&ContainerPath::new("/bin").unwrap()),
+            "{keep:?}"
+        );
         let plain = ContainerPath::new("/etc/motd").unwrap();
         assert_eq!(through_dir_links(&plain, &fs, &mut keep).unwrap(), plain);
     }
