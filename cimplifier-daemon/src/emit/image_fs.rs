@@ -263,6 +263,10 @@ impl ImageTree for Arc<ImageFs> {
         let data = self.data(path)?;
         Some(data[..data.len().min(len)].to_vec())
     }
+
+    fn is_dir(&self, path: &ContainerPath) -> Option<bool> {
+        Some(self.get(path).is_some_and(|e| e.kind == EntryKind::Dir))
+    }
 }
 
 #[cfg(test)]

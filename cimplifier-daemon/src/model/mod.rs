@@ -460,6 +460,12 @@ impl Model {
             .collect()
     }
 
+    /// Whether `path` is a directory in the image tree the model was given;
+    /// `None` without a tree.
+    pub fn image_is_dir(&self, path: &ContainerPath) -> Option<bool> {
+        self.walker.is_dir(path)
+    }
+
     /// Executables that exec'd `exe`.
     pub fn callers(&self, exe: &Exe) -> BTreeSet<Exe> {
         self.call_neighbours(exe, Direction::Incoming)

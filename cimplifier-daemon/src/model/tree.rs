@@ -21,6 +21,11 @@ pub trait ImageTree: Send {
     fn read_link(&self, path: &ContainerPath) -> Option<String>;
     /// Up to `len` bytes from the start of the regular file at `path`.
     fn head(&self, path: &ContainerPath, len: usize) -> Option<Vec<u8>>;
+    /// Whether `path` is a directory (not a symlink to one) in the image;
+    /// `None` when the tree cannot say.
+    fn is_dir(&self, _path: &ContainerPath) -> Option<bool> {
+        None
+    }
 }
 
 /// An image tree unpacked in a host directory: an exported image, a
@@ -54,6 +59,10 @@ impl ImageTree for DirTree {
         let mut buf = Vec::with_capacity(len);
         file.take(len as u64).read_to_end(&mut buf).ok()?;
         Some(buf)
+    }
+
+    fn is_dir(&self, path: &ContainerPath) -> Option<bool> {
+        Some(std::fs::symlink_metadata(self.host_path(path)).is_ok_and(|m| m.is_dir()))
     }
 }
 
@@ -89,6 +98,10 @@ impl Walker {
 
     pub(super) fn has_tree(&self) -> bool {
         self.tree.is_some()
+    }
+
+    pub(super) fn is_dir(&self, path: &ContainerPath) -> Option<bool> {
+        self.tree.as_ref()?.is_dir(path)
     }
 
     fn read_link(&mut self, path: &ContainerPath) -> Option<String> {

@@ -28,6 +28,15 @@ impl Script {
         Model::from_events(&self.events)
     }
 
+    /// The model with `tree` as the image (symlinks, `#!` lines, kinds).
+    pub fn model_with_tree(&self, tree: Box<dyn crate::model::ImageTree>) -> Model {
+        let mut m = Model::with_image_tree(tree);
+        for e in &self.events {
+            m.apply(e);
+        }
+        m
+    }
+
     fn push(&mut self, pid: u32, kind: EventKind) {
         self.events.push(Event {
             ts_ns: self.events.len() as u64 * 1000,
@@ -134,6 +143,17 @@ impl Script {
             pid,
             nr::OPENAT,
             args,
+            vec![arg(PathRole::Target, path)],
+            None,
+        );
+        self
+    }
+
+    pub fn stat(&mut self, pid: u32, path: &str) -> &mut Self {
+        self.syscall(
+            pid,
+            nr::NEWFSTATAT,
+            [AT_FDCWD, 0, 0, 0, 0, 0],
             vec![arg(PathRole::Target, path)],
             None,
         );

@@ -10,7 +10,8 @@
 //! mount needs an existing target and pins it; directories that are
 //! themselves created or removed are skipped upwards, and volumes nested in
 //! another merge into the outer one. Paths only passed through (the
-//! directories above a used name) are structure and never force sharing.
+//! directories above a used name) are structure and never force sharing;
+//! nor does a stat of a directory (in the image), which shows no entries.
 //!
 //! This plan works on the model's names. The closure of what each kept
 //! path needs in the image (ELF libraries, symlink chains) is the slim
@@ -241,7 +242,17 @@ pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
         let Resource::Path(p) = resource else {
             continue;
         };
-        let sharers = real_users(users);
+        let mut sharers = real_users(users);
+        // Stat of a directory shows its mode and times, not what another
+        // partition creates in it: it need not see the same directory.
+        if model.image_is_dir(p) == Some(true) {
+            sharers.retain(|part| {
+                users[part]
+                    .values()
+                    .flatten()
+                    .any(|&a| !matches!(a, Access::Stat | Access::Traverse))
+            });
+        }
         if sharers.len() < 2 || writers(users).is_empty() {
             continue;
         }

@@ -406,3 +406,32 @@ web /usr/bin/php  127.0.0.1:3306  db /usr/sbin/mysqld (0.0.0.0:3306)
 "
     );
 }
+
+#[test]
+fn a_directory_another_partition_only_stats_is_not_shared() {
+    let mut s = Script::default();
+    let init = s.start("/usr/bin/supervisord");
+    let db = s.spawn(init, "/usr/sbin/mariadbd");
+    s.write(db, "/tmp");
+    let web = s.spawn(init, "/usr/sbin/nginx");
+    s.stat(web, "/tmp");
+    let policy = Policy::from_toml(
+        "kind = \"disjoint-subsets\"\n[partitions]\ninit = [\"/usr/bin/supervisord\"]\n\
+         db = [\"/usr/sbin/mariadbd\"]\nweb = [\"/usr/sbin/nginx\"]\n",
+    )
+    .unwrap();
+    let image = tempfile::tempdir().unwrap();
+    std::fs::create_dir(image.path().join("tmp")).unwrap();
+    let placed = |model: &Model| plan(model, &partition(model, &policy).unwrap());
+
+    // Knowing /tmp is a directory, nginx's stat needs no shared /tmp.
+    let with_tree = placed(&s.model_with_tree(Box::new(crate::model::DirTree::new(image.path()))));
+    assert!(with_tree.volumes.is_empty(), "{:#?}", with_tree.volumes);
+    // Without the image, a stat of what another partition writes is a use.
+    let without = placed(&s.model());
+    assert_eq!(volume(&without, "/tmp").partitions, names(&["db", "web"]));
+    // Reading the directory (its entries) still shares it.
+    s.read(web, "/tmp");
+    let reads = placed(&s.model_with_tree(Box::new(crate::model::DirTree::new(image.path()))));
+    assert_eq!(volume(&reads, "/tmp").partitions, names(&["db", "web"]));
+}
