@@ -101,7 +101,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Emit the slim image of an observed container (all-one-context).
+    /// Emit the slim image of an observed container, or with --policy its
+    /// partitions (one image each) and the run plan `up` starts.
     ///
     /// Keeps every file the observed executables used, with every directory
     /// and symlink on the way to it, the ELF libraries of every binary kept,
@@ -110,7 +111,11 @@ enum Command {
     /// report of every kept path and why (emit-reports/SESSION.json in its
     /// state directory; --json prints it). Refuses a session that lost events
     /// unless --allow-incomplete. The OCI directory is written by the
-    /// daemon, on its host.
+    /// daemon, on its host. With --policy (docs/partitioning.md), a stub of
+    /// the RPE glue stands at each program that runs in another partition,
+    /// the RPE server is the entrypoint of every partition that runs
+    /// programs for others, and --out gets docker-compose.yml and
+    /// partition-report.json.
     #[command(group(ArgGroup::new("output").required(true).multiple(true).args(["tag", "oci_dir"])))]
     Emit {
         /// The observed container's name.
@@ -485,6 +490,7 @@ fn mb(bytes: u64) -> String {
 fn emit_partitioned(
     socket: &cimplifier::api::Address,
     request: cimplifier::api::pb::EmitRequest,
+    explain: &[ContainerPath],
     json: bool,
 ) -> anyhow::Result<()> {
     use cimplifier::api::pb;
@@ -512,9 +518,12 @@ fn emit_partitioned(
     if json {
         return print(&(serde_json::to_string_pretty(&report)? + "\n"));
     }
+    let mut text = report.render_text();
+    for p in explain {
+        text += &format!("  {p}: {}\n", report.explain(p));
+    }
     print(&format!(
-        "{}  start it: cimplifierctl up {}\n",
-        report.render_text(),
+        "{text}  start it: cimplifierctl up {}\n",
         report
             .compose_file
             .parent()
@@ -1043,7 +1052,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .unwrap_or_default(),
             };
             if policy.is_some() {
-                return emit_partitioned(&socket, request, json);
+                return emit_partitioned(&socket, request, &explain, json);
             }
             let bar = indicatif::ProgressBar::new_spinner();
             bar.enable_steady_tick(Duration::from_millis(120));

@@ -203,6 +203,56 @@ pub struct PartitionEmitReport {
 }
 
 impl PartitionEmitReport {
+    /// Where `path` is in the partitioned system, and why.
+    pub fn explain(&self, path: &ContainerPath) -> String {
+        let access_list = |a: &BTreeSet<crate::model::Access>| {
+            a.iter()
+                .map(|a| format!("{a:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(v) = self
+            .plan
+            .volumes
+            .iter()
+            .find(|v| crate::place::slim::under(path, &v.mount))
+        {
+            let why: Vec<String> = v.shared.iter().map(|s| s.resource.to_string()).collect();
+            let parts: Vec<String> = v.partitions.iter().map(|p| p.to_string()).collect();
+            return format!(
+                "in the volume at {} shared by {}, because of {}",
+                v.mount,
+                parts.join(", "),
+                why.join(", ")
+            );
+        }
+        let mut found = Vec::new();
+        for (name, p) in &self.plan.partitions {
+            let used = p
+                .resources
+                .iter()
+                .find(|r| r.resource == crate::model::Resource::Path(path.clone()))
+                .map(|r| access_list(&r.access))
+                .unwrap_or_default();
+            if p.private.contains(path) {
+                found.push(format!(
+                    "private to {name}, which alone changes it ({used})"
+                ));
+            } else if p.copied.contains(path) {
+                found.push(format!("copied read-only into {name} ({used})"));
+            } else if p.runtime.contains(path) {
+                found.push(format!("provided by the runtime in {name}"));
+            } else if let Some(at) = p.stubs.get(&Exe(path.clone())) {
+                found.push(format!("an RPE stub in {name}: it runs in {at}"));
+            }
+        }
+        if found.is_empty() {
+            "in no partition's plan: no executable used it (the images may still hold it as a parent directory, a link or a library)".to_owned()
+        } else {
+            found.join("; ")
+        }
+    }
+
     /// A summary for people: sizes, volumes and why, RPE edges.
     pub fn render_text(&self) -> String {
         use std::fmt::Write as _;
