@@ -85,6 +85,10 @@ pub enum ToStub {
         code: i32,
         message: String,
     },
+    /// The callee's terminal is a pty standing in for the stub's
+    /// controlling terminal; its master follows by SCM_RIGHTS, and the stub
+    /// relays between the two. Sent before `Started`.
+    Pty,
 }
 
 /// Split a NUL-terminated list (argv/env blob) into its entries.

@@ -7,7 +7,7 @@
 //! call's thread through a pipe registered under the child's pid.
 
 use crate::config::{PartitionConfig, ServerConfig};
-use crate::fdpass::recv_fds;
+use crate::fdpass::{recv_fds, send_fds};
 use crate::proto::{self, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, Request, ToServer, ToStub};
 use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, OsStr, c_char, c_int};
@@ -349,7 +349,7 @@ fn handle(mut conn: UnixStream, part: &Partition, root: bool) {
     let Some(ToServer::Request(req)) = msg else {
         return;
     };
-    let fds = match recv_fds(conn.as_raw_fd(), req.fds.len()) {
+    let mut fds = match recv_fds(conn.as_raw_fd(), req.fds.len()) {
         Ok(f) => f,
         Err(e) => {
             return refuse(
@@ -379,11 +379,22 @@ fn handle(mut conn: UnixStream, part: &Partition, root: bool) {
             let path = Path::new(OsStr::from_bytes(&req.path));
             part.resolve(path).map_err(|m| (EXIT_CANNOT_EXECUTE, m))
         })
-        .and_then(|exe| spawn(&req, &fds, &exe, root, &part.cfg.name));
-    let (pid, status_r) = match started {
+        .and_then(|exe| {
+            let pty = pty_for(&req, &mut fds).map_err(|m| (EXIT_CANNOT_EXECUTE, m))?;
+            spawn(&req, &fds, &exe, root, &part.cfg.name).map(|s| (s, pty))
+        });
+    let ((pid, status_r), pty) = match started {
         Ok(s) => s,
         Err((code, message)) => return refuse(&mut conn, code, message),
     };
+    if let Some(master) = pty {
+        // The stub relays between its terminal and the pty's master.
+        let sent = proto::write_frame(&mut conn, &ToStub::Pty)
+            .and_then(|()| send_fds(conn.as_raw_fd(), &[master.as_raw_fd()]));
+        if sent.is_err() {
+            return;
+        }
+    }
     let sent = proto::write_frame(&mut conn, &ToStub::Started { pid });
     // Off the critical path: the stub already knows the callee runs.
     close_all(fds);
@@ -391,6 +402,75 @@ fn handle(mut conn: UnixStream, part: &Partition, root: bool) {
         return;
     }
     relay(conn, pid, status_r);
+}
+
+/// A pty for a caller whose controlling terminal came with the call: that
+/// terminal is the caller session's, so the callee cannot make it its own.
+/// Every received fd on the caller's terminal is replaced by the pty's
+/// slave (with the same termios and window size), which the callee's new
+/// session then takes as its controlling terminal. Returns the master.
+fn pty_for(req: &Request, fds: &mut [OwnedFd]) -> Result<Option<OwnedFd>, String> {
+    let Some(i) = req
+        .ctty
+        .and_then(|ctty| req.fds.iter().position(|&n| n == ctty))
+    else {
+        return Ok(None);
+    };
+    let rdev = |fd: RawFd| -> Option<libc::dev_t> {
+        // SAFETY: fstat into a local.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        (unsafe { libc::fstat(fd, &mut st) } == 0 && st.st_mode & libc::S_IFMT == libc::S_IFCHR)
+            .then_some(st.st_rdev)
+    };
+    let Some(tty_dev) = rdev(fds[i].as_raw_fd()) else {
+        return Ok(None);
+    };
+    let err = |what: &str| {
+        format!(
+            "cannot give the callee a terminal: {what}: {}",
+            io::Error::last_os_error()
+        )
+    };
+    // SAFETY: pty set-up on fds we own; every result is checked.
+    unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if m < 0 {
+            return Err(err("posix_openpt (is /dev/pts mounted in this partition?)"));
+        }
+        let master = OwnedFd::from_raw_fd(m);
+        let mut name = [0 as c_char; 128];
+        if libc::grantpt(m) != 0
+            || libc::unlockpt(m) != 0
+            || libc::ptsname_r(m, name.as_mut_ptr(), name.len()) != 0
+        {
+            return Err(err("grantpt/unlockpt/ptsname"));
+        }
+        let sl = libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if sl < 0 {
+            return Err(err("opening the pty's slave"));
+        }
+        let slave = OwnedFd::from_raw_fd(sl);
+        let caller = fds[i].as_raw_fd();
+        let mut tio: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(caller, &mut tio) == 0 {
+            libc::tcsetattr(sl, libc::TCSANOW, &tio);
+        }
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(caller, libc::TIOCGWINSZ, &mut ws) == 0 {
+            libc::ioctl(sl, libc::TIOCSWINSZ, &ws);
+        }
+        for fd in fds.iter_mut() {
+            if rdev(fd.as_raw_fd()) == Some(tty_dev) {
+                *fd = slave
+                    .try_clone()
+                    .map_err(|e| format!("cannot give the callee a terminal: {e}"))?;
+            }
+        }
+        Ok(Some(master))
+    }
 }
 
 /// Relays signals from the stub and statuses to it until the callee ends.
@@ -835,8 +915,7 @@ unsafe fn child(p: &mut ChildPlan, err_w: RawFd) -> ! {
         }
         libc::setsid();
         if let Some(tty) = p.ctty {
-            // Fails (EPERM) while the tty is still the caller's controlling
-            // terminal; stealing it would break the caller's job control.
+            // The pty's slave by now (pty_for), which no session holds.
             libc::ioctl(tty, libc::TIOCSCTTY, 0);
         }
         for (res, rl) in &p.rlimits {

@@ -6,11 +6,11 @@
 //! SIGPIPE, both of which the callee would then inherit.
 
 use crate::config::{STUB_CONFIG_DEFAULT, STUB_CONFIG_NAME, StubConfig};
-use crate::fdpass::send_fds;
+use crate::fdpass::{recv_fds, send_fds};
 use crate::proto::{self, EXIT_CANNOT_EXECUTE, EXIT_LOST, Request, Rlimit, ToServer, ToStub};
 use std::ffi::{CStr, c_char, c_int};
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -47,7 +47,141 @@ extern "C" fn on_signal(sig: c_int) {
     }
 }
 
+/// The stub's terminal and its settings before the relay made it raw.
+static SAVED_TTY: std::sync::Mutex<Option<(RawFd, libc::termios)>> = std::sync::Mutex::new(None);
+
+/// Puts the stub's terminal back as it was (before exiting or stopping).
+fn restore_tty() {
+    if let Some((fd, tio)) = *SAVED_TTY.lock().unwrap_or_else(|e| e.into_inner()) {
+        // SAFETY: restoring saved settings on our own terminal fd.
+        unsafe { libc::tcsetattr(fd, libc::TCSADRAIN, &tio) };
+    }
+}
+
+/// Relays between the stub's controlling terminal and the pty the callee
+/// has as its own: the callee's line discipline does the work, so the
+/// stub's terminal is raw meanwhile, as under `ssh -t` or `docker exec -t`.
+struct TtyRelay {
+    tty: OwnedFd,
+    master: OwnedFd,
+    /// Reading the terminal: only while the stub's job is in the foreground.
+    tty_open: bool,
+    master_open: bool,
+}
+
+impl TtyRelay {
+    fn new(ctty: RawFd, master: OwnedFd) -> io::Result<Self> {
+        // SAFETY: duplicating and querying our own terminal fd.
+        let tty = unsafe {
+            let fd = libc::fcntl(ctty, libc::F_DUPFD_CLOEXEC, 3);
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            OwnedFd::from_raw_fd(fd)
+        };
+        let mut relay = TtyRelay {
+            tty,
+            master,
+            tty_open: false,
+            master_open: true,
+        };
+        relay.make_raw();
+        Ok(relay)
+    }
+
+    /// Raw mode, when the stub's job owns the terminal.
+    fn make_raw(&mut self) {
+        let fd = self.tty.as_raw_fd();
+        // SAFETY: termios calls on our own terminal fd.
+        unsafe {
+            if libc::tcgetpgrp(fd) != libc::getpgrp() {
+                self.tty_open = false;
+                return;
+            }
+            let mut tio: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut tio) == 0 {
+                SAVED_TTY
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .replace((fd, tio));
+                let mut raw = tio;
+                libc::cfmakeraw(&mut raw);
+                libc::tcsetattr(fd, libc::TCSADRAIN, &raw);
+            }
+        }
+        self.tty_open = true;
+    }
+
+    fn copy_window_size(&self) {
+        // SAFETY: winsize ioctls on fds we hold; the kernel sends SIGWINCH
+        // to the pty's foreground process group.
+        unsafe {
+            let mut ws: libc::winsize = std::mem::zeroed();
+            if libc::ioctl(self.tty.as_raw_fd(), libc::TIOCGWINSZ, &mut ws) == 0 {
+                libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws);
+            }
+        }
+    }
+
+    /// Moves what one side has to the other; false at end of input.
+    fn pump(from: RawFd, to: RawFd) -> bool {
+        let mut buf = [0u8; 4096];
+        // SAFETY: reads and writes into a local buffer.
+        unsafe {
+            let n = libc::read(from, buf.as_mut_ptr().cast(), buf.len());
+            if n < 0 {
+                let e = io::Error::last_os_error().kind();
+                return matches!(e, io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock);
+            }
+            if n == 0 {
+                return false;
+            }
+            let mut off = 0;
+            while off < n as usize {
+                let w = libc::write(to, buf[off..].as_ptr().cast(), n as usize - off);
+                if w < 0 {
+                    if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return false;
+                }
+                off += w as usize;
+            }
+        }
+        true
+    }
+
+    /// The callee's last output, then the terminal as it was.
+    fn finish(&mut self) {
+        let m = self.master.as_raw_fd();
+        // SAFETY: non-blocking reads of the rest of the pty's output.
+        unsafe {
+            libc::fcntl(
+                m,
+                libc::F_SETFL,
+                libc::fcntl(m, libc::F_GETFL) | libc::O_NONBLOCK,
+            );
+        }
+        for _ in 0..1024 {
+            let mut pfd = libc::pollfd {
+                fd: m,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: poll on one valid fd, without waiting.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0
+                || pfd.revents & libc::POLLIN == 0
+                || !Self::pump(m, self.tty.as_raw_fd())
+            {
+                break;
+            }
+        }
+        restore_tty();
+    }
+}
+
 fn die(path: &str, msg: &str, code: i32) -> ! {
+    restore_tty();
     let line = format!("cimplifier-rpe-stub: {path}: {msg}\n");
     // SAFETY: plain write to fd 2, which may be closed; then exit.
     unsafe {
@@ -326,6 +460,7 @@ fn install_handlers(ignored: u64) -> io::Result<RawFd> {
 
 /// Die the way the callee died, so the caller's wait status matches.
 fn die_by_signal(sig: c_int) -> ! {
+    restore_tty();
     // SAFETY: resetting our own signal state and raising; no core file of
     // the stub (the callee already dumped its own if it was meant to).
     unsafe {
@@ -390,6 +525,8 @@ pub unsafe fn run(argc: c_int, argv: *const *const c_char, envp: *const *const c
         )
     });
     let fds = req.fds.clone();
+    let ctty = req.ctty;
+    let mut tty: Option<TtyRelay> = None;
     let sent = proto::write_frame(&mut sock, &ToServer::Request(Box::new(req)))
         .and_then(|()| send_fds(sock.as_raw_fd(), &fds));
     if let Err(e) = sent {
@@ -401,20 +538,31 @@ pub unsafe fn run(argc: c_int, argv: *const *const c_char, envp: *const *const c
     }
     let mut started = false;
     loop {
+        let pollfd = |fd: RawFd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // poll skips negative fds.
+        let (tty_fd, master_fd) = match &tty {
+            Some(t) => (
+                if t.tty_open { t.tty.as_raw_fd() } else { -1 },
+                if t.master_open {
+                    t.master.as_raw_fd()
+                } else {
+                    -1
+                },
+            ),
+            None => (-1, -1),
+        };
         let mut pfd = [
-            libc::pollfd {
-                fd: sock.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: sig_r,
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            pollfd(sock.as_raw_fd()),
+            pollfd(sig_r),
+            pollfd(tty_fd),
+            pollfd(master_fd),
         ];
-        // SAFETY: poll on two valid fds.
-        if unsafe { libc::poll(pfd.as_mut_ptr(), 2, -1) } < 0 {
+        // SAFETY: poll on valid fds (or -1).
+        if unsafe { libc::poll(pfd.as_mut_ptr(), 4, -1) } < 0 {
             continue; // EINTR: the handler wrote to the pipe.
         }
         if pfd[1].revents != 0 {
@@ -422,8 +570,21 @@ pub unsafe fn run(argc: c_int, argv: *const *const c_char, envp: *const *const c
             // SAFETY: non-blocking read into a local buffer.
             let n = unsafe { libc::read(sig_r, buf.as_mut_ptr().cast(), buf.len()) };
             for &sig in &buf[..n.max(0) as usize] {
+                if let (Some(t), libc::SIGWINCH) = (&tty, sig as i32) {
+                    // The pty signals its foreground group itself.
+                    t.copy_window_size();
+                    continue;
+                }
                 // A dead server shows up as EOF on the socket below.
                 let _ = proto::write_frame(&mut sock, &ToServer::Signal(sig as i32));
+            }
+        }
+        if let Some(t) = &mut tty {
+            if pfd[2].revents != 0 {
+                t.tty_open = TtyRelay::pump(t.tty.as_raw_fd(), t.master.as_raw_fd());
+            }
+            if pfd[3].revents != 0 {
+                t.master_open = TtyRelay::pump(t.master.as_raw_fd(), t.tty.as_raw_fd());
             }
         }
         if pfd[0].revents == 0 {
@@ -452,12 +613,48 @@ pub unsafe fn run(argc: c_int, argv: *const *const c_char, envp: *const *const c
                 // open past the callee's own close.
                 close_sorted(&fds);
             }
-            // SAFETY: stopping ourselves; SIGCONT is relayed on the way back.
-            Some(ToStub::Stopped(_)) => unsafe {
-                libc::kill(libc::getpid(), libc::SIGSTOP);
-            },
-            Some(ToStub::Exited(code)) => return code,
-            Some(ToStub::Signaled(sig)) => die_by_signal(sig),
+            Some(ToStub::Pty) => {
+                let master = recv_fds(sock.as_raw_fd(), 1)
+                    .ok()
+                    .and_then(|mut m| m.pop())
+                    .unwrap_or_else(|| {
+                        die(&shown, "the RPE server sent no pty", EXIT_CANNOT_EXECUTE)
+                    });
+                let Some(ctty) = ctty else {
+                    die(
+                        &shown,
+                        "a pty for a call without a terminal",
+                        EXIT_CANNOT_EXECUTE,
+                    )
+                };
+                tty = Some(TtyRelay::new(ctty, master).unwrap_or_else(|e| {
+                    die(
+                        &shown,
+                        &format!("cannot relay the terminal: {e}"),
+                        EXIT_CANNOT_EXECUTE,
+                    )
+                }));
+            }
+            Some(ToStub::Stopped(_)) => {
+                restore_tty();
+                // SAFETY: stopping ourselves; SIGCONT is relayed on the way back.
+                unsafe { libc::kill(libc::getpid(), libc::SIGSTOP) };
+                if let Some(t) = &mut tty {
+                    t.make_raw();
+                }
+            }
+            Some(ToStub::Exited(code)) => {
+                if let Some(t) = &mut tty {
+                    t.finish();
+                }
+                return code;
+            }
+            Some(ToStub::Signaled(sig)) => {
+                if let Some(t) = &mut tty {
+                    t.finish();
+                }
+                die_by_signal(sig)
+            }
             Some(ToStub::Refused { code, message }) => die(&shown, &message, code),
         }
     }
