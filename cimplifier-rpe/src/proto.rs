@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 
 pub const MAGIC: [u8; 4] = *b"CRPE";
 /// Bumped whenever a payload type below changes shape.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 12;
 /// Linux caps argv+env far below this; anything bigger is a broken peer.
 pub const MAX_PAYLOAD: u32 = 64 << 20;
