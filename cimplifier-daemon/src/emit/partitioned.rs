@@ -24,7 +24,7 @@ use super::image_fs::{EntryKind, ImageFs};
 use super::oci::{self, SourceConfig};
 use crate::model::{Exe, Model};
 use crate::partition::{PartitionName, Policy};
-use crate::place::partition::{PartitionPlan, plan};
+use crate::place::partition::{PartitionContents, PartitionPlan, RpeEdge, plan};
 use crate::place::slim::{SlimOptions, plan_for};
 use crate::store::Store;
 use crate::trace::ContainerPath;
@@ -544,6 +544,136 @@ fn rel(p: &ContainerPath) -> String {
     p.as_str().trim_start_matches('/').to_owned()
 }
 
+impl Role {
+    /// The entrypoint and command of a partition in this role.
+    fn run(&self, source: &SourceConfig) -> (Vec<String>, Vec<String>) {
+        let server = || {
+            vec![
+                SERVER_PATH.to_owned(),
+                "--config".to_owned(),
+                SERVER_CONFIG.to_owned(),
+            ]
+        };
+        let original_entrypoint = source.entrypoint.clone().unwrap_or_default();
+        let original_cmd = source.cmd.clone().unwrap_or_default();
+        match self {
+            Role::Entrypoint => (original_entrypoint, original_cmd),
+            Role::EntrypointAndServer => {
+                let mut e = server();
+                e.push("--".to_owned());
+                e.extend(original_entrypoint);
+                (e, original_cmd)
+            }
+            Role::Server => (server(), Vec::new()),
+        }
+    }
+}
+
+/// The static RPE binaries' bytes.
+struct Glue<'a> {
+    stub: &'a [u8],
+    server: &'a [u8],
+}
+
+/// One partition's layer.
+struct PartitionLayer {
+    tar: Vec<u8>,
+    files: u64,
+    /// Caller partition -> what its server runs for it.
+    serves: BTreeMap<PartitionName, BTreeSet<Exe>>,
+}
+
+/// The partition's files, its stubs with their routes, and (when it runs
+/// programs for others) the server with one allow-list per caller.
+fn partition_layer(
+    model: &Model,
+    fs: &std::sync::Arc<ImageFs>,
+    slim_opts: &SlimOptions,
+    name: &PartitionName,
+    contents: &PartitionContents,
+    rpe: &[RpeEdge],
+    glue: &Glue,
+) -> Result<PartitionLayer> {
+    // Stubs stand where the callees' names lead in the image.
+    let mut link_dirs = BTreeSet::new();
+    let stub_files: BTreeSet<ContainerPath> = contents
+        .stubs
+        .keys()
+        .map(|e| through_dir_links(&e.0, fs, &mut link_dirs))
+        .collect::<Result<_>>()?;
+    let replaced: BTreeSet<ContainerPath> = contents
+        .stubs
+        .keys()
+        .map(|e| e.0.clone())
+        .chain(stub_files.iter().cloned())
+        .collect();
+    let slim = plan_for(model, &contents.executables, &replaced, fs, slim_opts);
+    let mut keep: BTreeSet<ContainerPath> = slim.keep.into_keys().collect();
+    keep.extend(link_dirs);
+    let mut add = Additions::new();
+
+    // One stub file and hard links to it.
+    let mut first_stub: Option<&ContainerPath> = None;
+    for path in &stub_files {
+        add.parents(path, fs, &mut keep)?;
+        match first_stub {
+            None => {
+                add.file(path, 0o755, glue.stub)?;
+                first_stub = Some(path);
+            }
+            Some(first) => add.hard_link(path, first)?,
+        }
+    }
+    if !contents.stubs.is_empty() {
+        let cfg = StubConfig {
+            socket: None,
+            routes: contents
+                .stubs
+                .iter()
+                .map(|(exe, callee)| (PathBuf::from(exe.0.as_str()), rpe_socket("to", callee)))
+                .collect(),
+            connect_timeout_ms: STUB_CONNECT_TIMEOUT_MS,
+        };
+        let path = ContainerPath::new(STUB_CONFIG_DEFAULT).expect("absolute");
+        add.parents(&path, fs, &mut keep)?;
+        add.file(&path, 0o644, toml::to_string(&cfg)?.as_bytes())?;
+    }
+
+    let mut serves: BTreeMap<PartitionName, BTreeSet<Exe>> = BTreeMap::new();
+    for e in rpe.iter().filter(|e| &e.callee_partition == name) {
+        serves
+            .entry(e.caller_partition.clone())
+            .or_default()
+            .insert(e.callee.clone());
+    }
+    if !serves.is_empty() {
+        let cfg = ServerConfig {
+            partitions: serves
+                .iter()
+                .map(|(caller, exes)| PartitionConfig {
+                    name: caller.to_string(),
+                    socket: rpe_socket("from", caller),
+                    allow: exes.iter().map(|e| PathBuf::from(e.0.as_str())).collect(),
+                    map: BTreeMap::new(),
+                })
+                .collect(),
+        };
+        let server = ContainerPath::new(SERVER_PATH).expect("absolute");
+        let config = ContainerPath::new(SERVER_CONFIG).expect("absolute");
+        add.parents(&server, fs, &mut keep)?;
+        add.file(&server, 0o755, glue.server)?;
+        add.file(&config, 0o644, toml::to_string(&cfg)?.as_bytes())?;
+    }
+
+    let extra = add.finish()?;
+    Ok(PartitionLayer {
+        tar: fs.write_tar_with(&|p| keep.contains(p) && !replaced.contains(p), &extra),
+        files: keep.iter().filter(|p| !replaced.contains(*p)).count() as u64
+            + stub_files.len() as u64,
+        serves,
+    })
+}
+
 /// Emits the partitioned system of an observed container.
 pub async fn emit_partitioned(
     store: &Store,
@@ -604,118 +734,22 @@ pub async fn emit_partitioned(
         })
         .collect();
 
-    let mut mut_slim = opts.slim.clone();
-    mut_slim.env = source.env.clone().unwrap_or_default();
+    let mut slim_opts = opts.slim.clone();
+    slim_opts.env = source.env.clone().unwrap_or_default();
+    let glue = Glue {
+        stub: &stub_bytes,
+        server: &server_bytes,
+    };
     let mut partitions = Vec::new();
     for (name, contents) in &plan.partitions {
         progress(&format!("writing partition {name}"));
-        // Stubs stand where the callees' names lead in the image.
-        let mut link_dirs = BTreeSet::new();
-        let stub_files: BTreeSet<ContainerPath> = contents
-            .stubs
-            .keys()
-            .map(|e| through_dir_links(&e.0, &fs, &mut link_dirs))
-            .collect::<Result<_>>()?;
-        let replaced: BTreeSet<ContainerPath> = contents
-            .stubs
-            .keys()
-            .map(|e| e.0.clone())
-            .chain(stub_files.iter().cloned())
-            .collect();
-        let slim = plan_for(&model, &contents.executables, &replaced, &fs, &mut_slim);
-        let mut keep: BTreeSet<ContainerPath> = slim.keep.into_keys().collect();
-        keep.extend(link_dirs);
-        let mut add = Additions::new();
-
-        // Stubs, one file and hard links to it, routed per callee partition.
-        let mut first_stub: Option<&ContainerPath> = None;
-        for path in &stub_files {
-            add.parents(path, &fs, &mut keep)?;
-            match first_stub {
-                None => {
-                    add.file(path, 0o755, &stub_bytes)?;
-                    first_stub = Some(path);
-                }
-                Some(first) => add.hard_link(path, first)?,
-            }
-        }
-        if !contents.stubs.is_empty() {
-            let cfg = StubConfig {
-                socket: None,
-                routes: contents
-                    .stubs
-                    .iter()
-                    .map(|(exe, callee)| (PathBuf::from(exe.0.as_str()), rpe_socket("to", callee)))
-                    .collect(),
-                connect_timeout_ms: STUB_CONNECT_TIMEOUT_MS,
-            };
-            let path = ContainerPath::new(STUB_CONFIG_DEFAULT).expect("absolute");
-            add.parents(&path, &fs, &mut keep)?;
-            add.file(&path, 0o644, toml::to_string(&cfg)?.as_bytes())?;
-        }
-
-        // The server, with one allow-list per caller partition.
-        let mut serves: BTreeMap<PartitionName, BTreeSet<Exe>> = BTreeMap::new();
-        for e in plan.rpe.iter().filter(|e| &e.callee_partition == name) {
-            serves
-                .entry(e.caller_partition.clone())
-                .or_default()
-                .insert(e.callee.clone());
-        }
-        if !serves.is_empty() {
-            let cfg = ServerConfig {
-                partitions: serves
-                    .iter()
-                    .map(|(caller, exes)| PartitionConfig {
-                        name: caller.to_string(),
-                        socket: rpe_socket("from", caller),
-                        allow: exes.iter().map(|e| PathBuf::from(e.0.as_str())).collect(),
-                        map: BTreeMap::new(),
-                    })
-                    .collect(),
-            };
-            let server = ContainerPath::new(SERVER_PATH).expect("absolute");
-            let config = ContainerPath::new(SERVER_CONFIG).expect("absolute");
-            add.parents(&server, &fs, &mut keep)?;
-            add.file(&server, 0o755, &server_bytes)?;
-            add.file(&config, 0o644, toml::to_string(&cfg)?.as_bytes())?;
-        }
-
-        let is_entry = name == &entry;
-        let (role, entrypoint, cmd) = match (is_entry, serves.is_empty()) {
-            (true, true) => (
-                Role::Entrypoint,
-                source.entrypoint.clone().unwrap_or_default(),
-                source.cmd.clone().unwrap_or_default(),
-            ),
-            (true, false) => {
-                let mut e = vec![
-                    SERVER_PATH.to_owned(),
-                    "--config".to_owned(),
-                    SERVER_CONFIG.to_owned(),
-                    "--".to_owned(),
-                ];
-                e.extend(source.entrypoint.clone().unwrap_or_default());
-                (
-                    Role::EntrypointAndServer,
-                    e,
-                    source.cmd.clone().unwrap_or_default(),
-                )
-            }
-            (false, _) => (
-                Role::Server,
-                vec![
-                    SERVER_PATH.to_owned(),
-                    "--config".to_owned(),
-                    SERVER_CONFIG.to_owned(),
-                ],
-                Vec::new(),
-            ),
+        let layer = partition_layer(&model, &fs, &slim_opts, name, contents, &plan.rpe, &glue)?;
+        let role = match (name == &entry, layer.serves.is_empty()) {
+            (true, true) => Role::Entrypoint,
+            (true, false) => Role::EntrypointAndServer,
+            (false, _) => Role::Server,
         };
-        let extra = add.finish()?;
-        let layer = fs.write_tar_with(&|p| keep.contains(p) && !replaced.contains(p), &extra);
-        let files =
-            keep.iter().filter(|p| !replaced.contains(*p)).count() as u64 + stub_files.len() as u64;
+        let (entrypoint, cmd) = role.run(&source);
         let config = SourceConfig {
             entrypoint: Some(entrypoint.clone()),
             cmd: (!cmd.is_empty()).then(|| cmd.clone()),
@@ -735,7 +769,7 @@ pub async fn emit_partitioned(
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
         let tag = opts.images.of(name);
-        let image = oci::build(layer, &config, &labels, Some(&tag))?;
+        let image = oci::build(layer.tar, &config, &labels, Some(&tag))?;
         progress(&format!("loading {tag} into Docker"));
         oci::load_into_docker(&docker, &image).await?;
         partitions.push(EmittedPartition {
@@ -746,10 +780,10 @@ pub async fn emit_partitioned(
             entrypoint,
             cmd,
             executables: contents.executables.clone(),
-            files,
+            files: layer.files,
             bytes: image.layer.bytes.len() as u64,
             stubs: contents.stubs.clone(),
-            serves,
+            serves: layer.serves,
         });
     }
 
