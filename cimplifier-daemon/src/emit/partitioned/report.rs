@@ -1,0 +1,204 @@
+//! The partition emit report: what was built, why each volume is shared,
+//! and where any path went.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::Role;
+use crate::model::Exe;
+use crate::partition::PartitionName;
+use crate::place::partition::PartitionPlan;
+use crate::trace::ContainerPath;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmittedPartition {
+    pub name: PartitionName,
+    pub image: String,
+    pub image_id: String,
+    pub role: Role,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    pub executables: BTreeSet<Exe>,
+    pub files: u64,
+    /// Size of its one layer.
+    pub bytes: u64,
+    /// Paths where a stub stands, with the partition that runs them.
+    pub stubs: BTreeMap<Exe, PartitionName>,
+    /// Caller partition -> what it may run here.
+    pub serves: BTreeMap<PartitionName, BTreeSet<Exe>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmittedVolume {
+    /// Its name in the run plan.
+    pub name: String,
+    pub mount: ContainerPath,
+    pub partitions: BTreeSet<PartitionName>,
+    /// The shared resources that force it, from the plan.
+    pub because: Vec<ContainerPath>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RpeVolume {
+    pub name: String,
+    pub caller: PartitionName,
+    pub callee: PartitionName,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartitionEmitReport {
+    pub format: String,
+    pub version: u32,
+    pub container: String,
+    pub source_image: String,
+    pub source_ref: String,
+    pub source_image_bytes: u64,
+    pub complete: bool,
+    pub lost_events: u64,
+    pub from_first_exec: bool,
+    pub partitions: Vec<EmittedPartition>,
+    /// Sum of the partitions' layers.
+    pub total_bytes: u64,
+    /// 100 × (1 − total / source).
+    pub reduction_percent: f64,
+    pub volumes: Vec<EmittedVolume>,
+    pub rpe_volumes: Vec<RpeVolume>,
+    /// The partition whose network namespace the others join.
+    pub network_owner: PartitionName,
+    pub compose_file: PathBuf,
+    /// The placement plan, with the evidence for every shared volume.
+    pub plan: PartitionPlan,
+}
+
+impl PartitionEmitReport {
+    /// Where `path` is in the partitioned system, and why.
+    pub fn explain(&self, path: &ContainerPath) -> String {
+        let access_list = |a: &BTreeSet<crate::model::Access>| {
+            a.iter()
+                .map(|a| format!("{a:?}").to_lowercase())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if let Some(v) = self
+            .plan
+            .volumes
+            .iter()
+            .find(|v| crate::place::slim::under(path, &v.mount))
+        {
+            let why: Vec<String> = v.shared.iter().map(|s| s.resource.to_string()).collect();
+            let parts: Vec<String> = v.partitions.iter().map(|p| p.to_string()).collect();
+            return format!(
+                "in the volume at {} shared by {}, because of {}",
+                v.mount,
+                parts.join(", "),
+                why.join(", ")
+            );
+        }
+        let mut found = Vec::new();
+        for (name, p) in &self.plan.partitions {
+            let used = p
+                .resources
+                .iter()
+                .find(|r| r.resource == crate::model::Resource::Path(path.clone()))
+                .map(|r| access_list(&r.access))
+                .unwrap_or_default();
+            if p.private.contains(path) {
+                found.push(format!(
+                    "private to {name}, which alone changes it ({used})"
+                ));
+            } else if p.copied.contains(path) {
+                found.push(format!("copied read-only into {name} ({used})"));
+            } else if p.runtime.contains(path) {
+                found.push(format!("provided by the runtime in {name}"));
+            } else if let Some(at) = p.stubs.get(&Exe(path.clone())) {
+                found.push(format!("an RPE stub in {name}: it runs in {at}"));
+            }
+        }
+        if found.is_empty() {
+            "in no partition's plan: no executable used it (the images may still hold it as a parent directory, a link or a library)".to_owned()
+        } else {
+            found.join("; ")
+        }
+    }
+
+    /// A summary for people: sizes, volumes and why, RPE edges.
+    pub fn render_text(&self) -> String {
+        use std::fmt::Write as _;
+        let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "{} ({}): {} -> {} in {} partitions ({:.1}% smaller)",
+            self.container,
+            self.source_ref,
+            mb(self.source_image_bytes),
+            mb(self.total_bytes),
+            self.partitions.len(),
+            self.reduction_percent
+        );
+        for p in &self.partitions {
+            let role = match p.role {
+                Role::Entrypoint => "original entrypoint",
+                Role::EntrypointAndServer => "original entrypoint + RPE server",
+                Role::Server => "RPE server",
+            };
+            let _ = writeln!(
+                out,
+                "  {:<12} {:>9}  {:>6} files  {}  runs: {role}",
+                p.name.to_string(),
+                mb(p.bytes),
+                p.files,
+                p.image
+            );
+        }
+        for v in &self.volumes {
+            let because: Vec<String> = self
+                .plan
+                .volumes
+                .iter()
+                .filter(|pv| pv.mount == v.mount)
+                .flat_map(|pv| &pv.shared)
+                .map(|s| {
+                    let users: Vec<String> = s
+                        .uses
+                        .iter()
+                        .map(|u| {
+                            let access: Vec<String> = u
+                                .access
+                                .iter()
+                                .map(|a| format!("{a:?}").to_lowercase())
+                                .collect();
+                            format!("{} {} ({})", u.partition, u.exe, access.join(","))
+                        })
+                        .collect();
+                    format!("{}: {}", s.resource, users.join("; "))
+                })
+                .collect();
+            let parts: Vec<String> = v.partitions.iter().map(|p| p.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "  volume {} at {} shared by {}\n    because {}",
+                v.name,
+                v.mount,
+                parts.join(", "),
+                because.join("\n    and "),
+            );
+        }
+        for e in &self.plan.rpe {
+            let _ = writeln!(
+                out,
+                "  rpe: {} {} runs {} in {}",
+                e.caller_partition, e.caller, e.callee, e.callee_partition
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  network: one namespace, held by {}\n  run plan: {}",
+            self.network_owner,
+            self.compose_file.display()
+        );
+        out
+    }
+}
