@@ -560,8 +560,9 @@ fn job_control_signal(pid: libc::pid_t, sig: i32) -> i32 {
     if caught { sig } else { libc::SIGSTOP }
 }
 
-/// Everything the forked child needs, built before fork: after fork in a
-/// threaded process only async-signal-safe calls are allowed (no malloc).
+/// Everything the child needs, built before clone: the child shares our
+/// memory and runs beside other threads, so it may only make raw syscalls
+/// (no malloc, no locks).
 struct ChildPlan {
     exe: CString,
     // Own the strings the pointer arrays point into.
@@ -734,7 +735,7 @@ const STAGE_FDS: u32 = 1;
 const STAGE_IDS: u32 = 2;
 const STAGE_EXEC: u32 = 3;
 
-/// Forks and execs the callee. Returns its pid and the status pipe.
+/// Starts the callee (clone + exec). Returns its pid and the status pipe.
 fn spawn(
     req: &Request,
     fds: &[OwnedFd],
@@ -761,16 +762,34 @@ fn spawn(
     let (status_r, status_w) = pipe()?;
     let pid = {
         let mut g = CHILDREN.lock().unwrap();
-        // SAFETY: the child only runs `child`, which makes raw syscalls on
-        // memory prepared above.
-        let pid = unsafe { libc::fork() };
-        if pid == 0 {
-            unsafe { child(&mut plan, err_w.as_raw_fd()) }
-        }
+        // vfork-style: the child borrows our memory until it execs, so
+        // nothing is copied (fork copied the page tables of the whole
+        // server) and this thread waits meanwhile. It runs on a stack of
+        // its own and touches only the plan prepared above.
+        let mut stack = vec![0u8; CHILD_STACK];
+        let mut args = ChildArgs {
+            plan: &mut plan,
+            err_w: err_w.as_raw_fd(),
+        };
+        // SAFETY: the stack outlives the child's use of it (we are
+        // suspended until it execs or exits); the top is 16-byte aligned.
+        let pid = unsafe {
+            let top = stack.as_mut_ptr().add(CHILD_STACK) as usize & !15;
+            libc::clone(
+                child_entry,
+                top as *mut libc::c_void,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&mut args as *mut ChildArgs).cast(),
+            )
+        };
+        drop(stack);
         if pid < 0 {
             return Err((
                 EXIT_CANNOT_EXECUTE,
-                format!("the RPE server cannot fork: {}", io::Error::last_os_error()),
+                format!(
+                    "the RPE server cannot start a process: {}",
+                    io::Error::last_os_error()
+                ),
             ));
         }
         // Registered before the reaper can look it up: it needs this lock.
@@ -846,10 +865,27 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
     got
 }
 
-/// In the forked child: set the process up like the stub and exec.
+/// Stack of a callee between clone and exec: `child` keeps little on it.
+const CHILD_STACK: usize = 256 * 1024;
+
+struct ChildArgs {
+    plan: *mut ChildPlan,
+    err_w: RawFd,
+}
+
+extern "C" fn child_entry(arg: *mut libc::c_void) -> c_int {
+    // SAFETY: `arg` is the ChildArgs `spawn` passed to clone, alive while
+    // the parent waits for our exec.
+    unsafe {
+        let args = &*(arg as *const ChildArgs);
+        child(&mut *args.plan, args.err_w)
+    }
+}
+
+/// In the cloned child: set the process up like the stub and exec.
 ///
 /// # Safety
-/// Only after fork; uses nothing but raw syscalls.
+/// Only in the child of `spawn`'s clone; uses nothing but raw syscalls.
 unsafe fn child(p: &mut ChildPlan, err_w: RawFd) -> ! {
     unsafe fn fail(err_w: RawFd, stage: u32) -> ! {
         unsafe {

@@ -190,44 +190,57 @@ fn die(path: &str, msg: &str, code: i32) -> ! {
     }
 }
 
-/// Open fds, sorted, read before the stub opens anything of its own.
-fn open_fds() -> Vec<RawFd> {
+/// A small /proc file in one read (std's growing reads take several).
+fn read_proc(path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = String::with_capacity(4096);
+    std::fs::File::open(path)
+        .ok()?
+        .read_to_string(&mut s)
+        .ok()?;
+    Some(s)
+}
+
+/// Open fds, sorted. `bound` is above every open fd (the fd table's size,
+/// FDSize in /proc/self/status); without it, RLIMIT_NOFILE.
+///
+/// One poll over every number finds them: a closed fd answers POLLNVAL.
+/// Listing /proc/self/fd instead costs a dentry and an inode per fd, which
+/// dominated calls with many fds.
+fn open_fds(bound: Option<u64>) -> Vec<RawFd> {
     let mut fds = Vec::new();
-    // SAFETY: libc directory calls on a fd we own; closedir closes it.
+    // SAFETY: getrlimit and poll into locals.
     unsafe {
-        let dfd = libc::open(
-            c"/proc/self/fd".as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        );
-        if dfd >= 0 {
-            let dir = libc::fdopendir(dfd);
-            if !dir.is_null() {
-                loop {
-                    let ent = libc::readdir(dir);
-                    if ent.is_null() {
-                        break;
-                    }
-                    let name = CStr::from_ptr((*ent).d_name.as_ptr());
-                    if let Some(fd) = name.to_str().ok().and_then(|s| s.parse::<RawFd>().ok())
-                        && fd != dfd
-                    {
+        let mut rl: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
+        // poll refuses more entries than RLIMIT_NOFILE.
+        let chunk = rl.rlim_cur.clamp(1, 4096) as usize;
+        let max = bound.unwrap_or(rl.rlim_cur).min(1 << 20) as RawFd;
+        let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(chunk);
+        let mut first = 0;
+        while first < max {
+            let n = chunk.min((max - first) as usize);
+            pfds.clear();
+            pfds.extend((0..n).map(|i| libc::pollfd {
+                fd: first + i as RawFd,
+                events: 0,
+                revents: 0,
+            }));
+            if libc::poll(pfds.as_mut_ptr(), n as libc::nfds_t, 0) < 0 {
+                // Not expected; probe one by one instead.
+                for fd in first..first + n as RawFd {
+                    if libc::fcntl(fd, libc::F_GETFD) >= 0 {
                         fds.push(fd);
                     }
                 }
-                libc::closedir(dir);
-                fds.sort_unstable();
-                return fds;
+            } else {
+                fds.extend(
+                    pfds.iter()
+                        .filter(|p| p.revents & libc::POLLNVAL == 0)
+                        .map(|p| p.fd),
+                );
             }
-            libc::close(dfd);
-        }
-        // No /proc (an empty chroot): probe every possible fd.
-        let mut rl: libc::rlimit = std::mem::zeroed();
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl);
-        let max = rl.rlim_cur.min(1 << 20) as RawFd;
-        for fd in 0..max {
-            if libc::fcntl(fd, libc::F_GETFD) >= 0 {
-                fds.push(fd);
-            }
+            first += n as RawFd;
         }
     }
     fds
@@ -237,12 +250,10 @@ fn open_fds() -> Vec<RawFd> {
 fn controlling_tty(fds: &[RawFd]) -> Option<RawFd> {
     // tty_nr 0 in /proc/self/stat: no controlling terminal, no need to
     // probe every fd (1000 ioctls at 1000 fds).
-    let tty_nr = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 2..];
-            rest.split(' ').nth(4)?.parse::<i64>().ok()
-        });
+    let tty_nr = read_proc("/proc/self/stat").and_then(|s| {
+        let rest = &s[s.rfind(')')? + 2..];
+        rest.split(' ').nth(4)?.parse::<i64>().ok()
+    });
     if tty_nr == Some(0) {
         return None;
     }
@@ -266,8 +277,17 @@ fn sigbit(sig: c_int) -> u64 {
 /// # Safety
 /// `argv`/`envp` must be the NUL-terminated arrays given to `main`.
 unsafe fn capture(argc: c_int, argv: *const *const c_char, envp: *const *const c_char) -> Request {
+    // Read before the fds are listed: reading opens one for a moment.
+    let status = read_proc("/proc/self/status");
+    let field = |name: &str, radix: u32| {
+        status.as_deref().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| u64::from_str_radix(v.trim(), radix).ok())
+        })
+    };
     let mut req = Request {
-        fds: open_fds(),
+        fds: open_fds(field("FDSize:", 10)),
         ..Default::default()
     };
     req.ctty = controlling_tty(&req.fds);
@@ -287,7 +307,8 @@ unsafe fn capture(argc: c_int, argv: *const *const c_char, envp: *const *const c
                 .extend_from_slice(CStr::from_ptr(*e).to_bytes_with_nul());
             e = e.add(1);
         }
-        if let Some((blk, ign)) = proc_signal_masks() {
+        if let (Some(blk), Some(ign)) = (field("SigBlk:", 16), field("SigIgn:", 16)) {
+            // One read instead of 129 calls.
             req.sigmask = blk;
             req.sigignored = ign;
         } else {
@@ -328,17 +349,6 @@ unsafe fn capture(argc: c_int, argv: *const *const c_char, envp: *const *const c
 }
 
 use std::os::unix::ffi::OsStringExt;
-
-/// SigBlk and SigIgn from /proc/self/status: one read instead of 129 calls.
-fn proc_signal_masks() -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let field = |name: &str| {
-        s.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-    };
-    Some((field("SigBlk:")?, field("SigIgn:")?))
-}
 
 /// The same without /proc.
 fn signal_masks(req: &mut Request) {
