@@ -47,15 +47,37 @@ fn env_of(bytes: usize) -> Vec<(String, String)> {
 }
 
 fn run(prog: &Path, env: &[(String, String)]) -> Duration {
+    run_expecting(prog, env, 0)
+}
+
+fn run_expecting(prog: &Path, env: &[(String, String)], code: i32) -> Duration {
     let t0 = Instant::now();
     let st = Command::new(prog)
         .env_clear()
         .envs(env.iter().map(|(k, v)| (k, v)))
+        .stderr(std::process::Stdio::null())
         .status()
         .unwrap();
     let d = t0.elapsed();
-    assert!(st.success(), "{} failed: {st:?}", prog.display());
+    assert_eq!(st.code(), Some(code), "{} : {st:?}", prog.display());
     d
+}
+
+/// A stub whose server is missing: its start-up and state capture alone,
+/// the part of a call no server can speed up.
+fn lone_stub() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rpe-bench-lone-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stub = dir.join("true");
+    std::fs::copy(&common::static_bins().stub, &stub).unwrap();
+    let cfg = cimplifier_rpe::config::StubConfig::single(dir.join("no-server.sock"));
+    std::fs::write(
+        dir.join(cimplifier_rpe::config::STUB_CONFIG_NAME),
+        toml::to_string(&cfg).unwrap(),
+    )
+    .unwrap();
+    stub
 }
 
 fn stats(mut v: Vec<Duration>) -> (f64, f64) {
@@ -83,10 +105,18 @@ fn main() {
     let stub = fx.callee_exec("true", Path::new("/bin/true"));
     fx.start();
     let plain = Path::new("/bin/true");
+    let lone = lone_stub();
     println!("## RPE round trip vs plain fork/exec of /bin/true, {ROUNDS} alternating rounds each");
     println!(
-        "{:>5} {:>9} | {:>12} {:>12} | {:>12} {:>12} | {:>14}",
-        "fds", "argv+env", "plain med", "plain p99", "RPE med", "RPE p99", "added (med)"
+        "{:>5} {:>9} | {:>12} {:>12} | {:>12} {:>12} | {:>14} | {:>14}",
+        "fds",
+        "argv+env",
+        "plain med",
+        "plain p99",
+        "RPE med",
+        "RPE p99",
+        "added (med)",
+        "lone stub med"
     );
     for fds in [3usize, 100, 1000] {
         for bytes in [1024usize, 128 * 1024] {
@@ -96,21 +126,23 @@ fn main() {
                 run(plain, &env);
                 run(&stub, &env);
             }
-            let (mut p, mut r) = (Vec::new(), Vec::new());
+            let (mut p, mut r, mut l) = (Vec::new(), Vec::new(), Vec::new());
             for _ in 0..ROUNDS {
                 p.push(run(plain, &env));
                 r.push(run(&stub, &env));
+                l.push(run_expecting(&lone, &env, 126));
             }
             drop(held);
-            let ((pm, p99), (rm, r99)) = (stats(p), stats(r));
+            let ((pm, p99), (rm, r99), (lm, _)) = (stats(p), stats(r), stats(l));
             println!(
-                "{fds:>5} {:>8}K | {:>10.0}us {:>10.0}us | {:>10.0}us {:>10.0}us | {:>12.0}us",
+                "{fds:>5} {:>8}K | {:>10.0}us {:>10.0}us | {:>10.0}us {:>10.0}us | {:>12.0}us | {:>12.0}us",
                 bytes / 1024,
                 pm,
                 p99,
                 rm,
                 r99,
-                rm - pm
+                rm - pm,
+                lm
             );
         }
     }
