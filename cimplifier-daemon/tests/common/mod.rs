@@ -171,8 +171,17 @@ impl Daemon {
     }
 
     fn spawn(socket: &Path, state: &Path, extra: &[String], env: &[(String, PathBuf)]) -> Child {
-        Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
-            .envs(env.iter().map(|(k, v)| (k, v)))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cimplifierd"));
+        // A test killed before its Drop runs must not leave the daemon (and
+        // its host-wide eBPF programs) behind.
+        // SAFETY: prctl only, between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        cmd.envs(env.iter().map(|(k, v)| (k, v)))
             .arg("serve")
             .arg("--socket")
             .arg(socket)
