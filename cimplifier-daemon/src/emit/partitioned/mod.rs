@@ -450,7 +450,7 @@ fn compose_file(
 ) -> ComposeFile {
     let servers: Vec<String> = partitions
         .iter()
-        .filter(|p| p.role != Role::Entrypoint && p.role != Role::EntrypointAndServer)
+        .filter(|p| p.role == Role::Server)
         .map(|p| p.name.to_string())
         .collect();
     let services = partitions
