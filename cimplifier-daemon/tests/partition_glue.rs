@@ -134,16 +134,14 @@ fn dynamic_rpe_binaries_beside_the_daemon_are_not_what_partitions_get() {
     assert_eq!(role("shell"), Role::Entrypoint);
     assert_eq!(role("sorter"), Role::Server);
 
-    let plan = out.to_str().unwrap().to_owned();
-    let up: serde_json::Value =
-        serde_json::from_str(&stdout_of(&d.ctl(&["up", &plan, "--json"]))).unwrap();
-    cleanup.plan = Some(plan);
-    let project = up["project"].as_str().expect("the project's name");
+    let compose: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&report.compose_file).unwrap()).unwrap();
+    let project = compose["name"]
+        .as_str()
+        .expect("the project's name")
+        .to_owned();
     let shell = format!("{project}-shell-1");
     let sorter = format!("{project}-sorter-1");
-    wait_until(60, "the shell partition to finish", || {
-        docker(&["inspect", "-f", "{{.State.Running}}", &shell]) == "false"
-    });
     let logs = |container: &str| {
         let o = Command::new("docker")
             .args(["logs", container])
@@ -155,6 +153,18 @@ fn dynamic_rpe_binaries_beside_the_daemon_are_not_what_partitions_get() {
             String::from_utf8_lossy(&o.stderr)
         )
     };
+    let plan = out.to_str().unwrap().to_owned();
+    let up = d.ctl(&["up", &plan]);
+    cleanup.plan = Some(plan);
+    assert!(
+        up.status.success(),
+        "up failed: {}\nthe RPE server's log ({sorter}):\n{}",
+        String::from_utf8_lossy(&up.stderr),
+        logs(&sorter)
+    );
+    wait_until(60, "the shell partition to finish", || {
+        docker(&["inspect", "-f", "{{.State.Running}}", &shell]) == "false"
+    });
     let exit = docker(&["inspect", "-f", "{{.State.ExitCode}}", &shell]);
     assert_eq!(
         (exit.as_str(), logs(&shell).as_str()),
