@@ -53,12 +53,9 @@ fn main() {
     };
     std::fs::copy(&object, &out).unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
 
-    // Checked here (a build that cannot emit working glue fails now) and
-    // again by emit.
     let glue = static_glue(root);
     for bin in GlueBinary::ALL {
         let from = glue.path(bin);
-        rpe::check_file(from).unwrap_or_else(|e| panic!("{e}"));
         std::fs::copy(from, out_dir.join(bin.file_name()))
             .unwrap_or_else(|e| panic!("copying {}: {e}", from.display()));
     }
@@ -67,7 +64,9 @@ fn main() {
 /// The static RPE stub and server: prebuilt ones from the environment, or
 /// a nested release build into target/rpe-static (its own target dir: the
 /// outer cargo holds the lock of the one it builds into). Cargo caches it,
-/// so it is rebuilt only when cimplifier-rpe's sources change.
+/// so it is rebuilt only when cimplifier-rpe's sources change. Either way
+/// they are checked here (a build that cannot emit working glue fails
+/// now), and again by emit.
 fn static_glue(root: &Path) -> StaticGlue {
     println!("cargo:rerun-if-env-changed={RPE_STUB_ENV}");
     println!("cargo:rerun-if-env-changed={RPE_SERVER_ENV}");
@@ -77,8 +76,13 @@ fn static_glue(root: &Path) -> StaticGlue {
                 stub: stub.into(),
                 server: server.into(),
             };
-            for bin in GlueBinary::ALL {
+            for (bin, var) in [
+                (GlueBinary::Stub, RPE_STUB_ENV),
+                (GlueBinary::Server, RPE_SERVER_ENV),
+            ] {
                 println!("cargo:rerun-if-changed={}", glue.path(bin).display());
+                rpe::check_file(glue.path(bin))
+                    .unwrap_or_else(|e| panic!("{var} gives the {bin}: {e}"));
             }
             glue
         }
