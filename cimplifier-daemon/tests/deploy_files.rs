@@ -656,15 +656,12 @@ fn dockerfile_runtime_stage_copies_only_what_the_builder_builds() {
         }
     }
     assert!(!built.is_empty(), "the builder runs no cargo build");
-    let bins: BTreeSet<String> = ["cimplifier-daemon", "cimplifier-rpe"]
-        .into_iter()
-        .flat_map(manifest_bins)
-        .collect();
+    let bins: BTreeSet<String> = manifest_bins("cimplifier-daemon").into_iter().collect();
     for path in &built {
         let name = path.file_name().unwrap().to_str().unwrap();
         assert!(
             bins.contains(name),
-            "the builder builds {name}, not a binary of the daemon or of RPE: {bins:?}"
+            "the builder builds {name}, not a binary of the daemon: {bins:?}"
         );
     }
 
@@ -699,14 +696,14 @@ fn dockerfile_runtime_stage_copies_only_what_the_builder_builds() {
             copied.insert(to.display().to_string(), src.to_string());
         }
     }
-    // The unit, the DaemonSet and the probes run these; `emit --policy`
-    // places the static RPE binaries from /usr/lib/cimplifier.
-    for path in [
-        INSTALLED_CIMPLIFIERD,
-        INSTALLED_CIMPLIFIERCTL,
-        "/usr/lib/cimplifier/cimplifier-rpe-stub",
-        "/usr/lib/cimplifier/cimplifier-rpe-server",
-    ] {
+    // The unit, the DaemonSet and the probes run these. The RPE glue that
+    // `emit --policy` places is embedded in cimplifierd: nothing else.
+    assert_eq!(
+        copied.keys().map(String::as_str).collect::<BTreeSet<_>>(),
+        BTreeSet::from([INSTALLED_CIMPLIFIERCTL, INSTALLED_CIMPLIFIERD]),
+        "the runtime image gets the two daemon binaries, and nothing else"
+    );
+    for path in [INSTALLED_CIMPLIFIERD, INSTALLED_CIMPLIFIERCTL] {
         assert!(
             copied.contains_key(path),
             "the runtime image has no {path}: it has {copied:?}"

@@ -11,9 +11,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cimplifier::emit::partitioned::{PartitionEmitReport, RPE_DIR_ENV, Role};
+use cimplifier::emit::partitioned::{PartitionEmitReport, Role};
 use cimplifier::trace::ContainerPath;
-use common::{Container, Daemon, docker, require_root, rpe_static_dir, stdout_of, wait_until};
+use common::{Container, Daemon, docker, require_root, stdout_of, wait_until};
 
 const IMAGE: &str = "cimplifier-test/wordpress:latest";
 const POLICY: &str = include_str!("../../tests/workloads/wordpress-policy.toml");
@@ -73,8 +73,7 @@ impl Drop for Up<'_> {
 #[test]
 fn wordpress_split_into_four_partitions_still_serves_the_workload() {
     require_root();
-    let rpe = rpe_static_dir();
-    let d = Daemon::start_with_env(&[], &[(RPE_DIR_ENV, &rpe)]);
+    let d = Daemon::start();
     let c = Container::create("wordpress", &[IMAGE]);
     // `observe` starts the container and returns when the session ends.
     let mut observe = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))

@@ -58,20 +58,11 @@ pub(crate) fn ctl_at(root: &Path, socket: &str) -> Command {
 }
 
 /// Starts the release cimplifierd on `socket` and waits until it answers.
-pub(crate) fn start_daemon(
-    root: &Path,
-    socket: &str,
-    state_dir: &str,
-    env: &[(&str, &Path)],
-) -> Result<Child> {
+pub(crate) fn start_daemon(root: &Path, socket: &str, state_dir: &str) -> Result<Child> {
     let mut daemon = Command::new(root.join("target/release/cimplifierd"));
-    daemon.current_dir(root).envs(env.iter().copied()).args([
-        "serve",
-        "--socket",
-        socket,
-        "--state-dir",
-        state_dir,
-    ]);
+    daemon
+        .current_dir(root)
+        .args(["serve", "--socket", socket, "--state-dir", state_dir]);
     let line = util::display(&daemon);
     println!("+ {line} &");
     let mut child = daemon
@@ -144,7 +135,7 @@ pub fn run() -> Result<()> {
         daemon: None,
     };
     // 0. The daemon, on a socket of its own.
-    cleanup.daemon = Some(start_daemon(&root, SOCKET, STATE_DIR, &[])?);
+    cleanup.daemon = Some(start_daemon(&root, SOCKET, STATE_DIR)?);
     for c in [CONTAINER, SLIM_CONTAINER] {
         let _ = util::probe(&mut cmd("docker", ["rm", "-f", "-v", c]))?;
     }

@@ -97,7 +97,6 @@ pub fn run() -> Result<()> {
     let root = util::repo_root();
     let _demo = Step::new("demo-partition");
     util::build_daemon_release(&root)?;
-    let rpe = util::build_rpe_static(&root)?;
 
     let mut cleanup = Cleanup {
         root: &root,
@@ -105,12 +104,7 @@ pub fn run() -> Result<()> {
         daemon: None,
         up: false,
     };
-    cleanup.daemon = Some(start_daemon(
-        &root,
-        SOCKET,
-        STATE_DIR,
-        &[("CIMPLIFIER_RPE_DIR", &rpe)],
-    )?);
+    cleanup.daemon = Some(start_daemon(&root, SOCKET, STATE_DIR)?);
     // A run plan left by an earlier demo that was interrupted.
     let _ = util::probe(ctl(&root).args(["down", OUT_DIR, "--volumes"]));
     let _ = util::probe(&mut cmd("docker", ["rm", "-f", "-v", CONTAINER]))?;

@@ -23,7 +23,7 @@ pub fn build(release: bool, target_dir: Option<&Path>) -> Result<PathBuf> {
         "build-ebpf ({})",
         if release { "release" } else { "debug" }
     ));
-    let object = cimplifier_ebpf_build::build(&crate_dir, &target_dir, release)
+    let object = cimplifier_build::ebpf::build(&crate_dir, &target_dir, release)
         .map_err(anyhow::Error::msg)?;
     println!("eBPF object: {}", object.display());
     Ok(object)

@@ -92,7 +92,7 @@ enum Command {
     Demo,
     /// The paper's WordPress case study: observe, partition, run it split.
     ///
-    /// Runs `setup`, builds the daemon and the static RPE binaries, starts
+    /// Runs `setup`, builds the daemon (which embeds the static RPE glue), starts
     /// `cimplifierd serve` on target/demo-partition-state, observes
     /// cimplifier-test/wordpress (nginx, php-fpm, mariadb, supervisord)
     /// while tests/workloads/wordpress.sh runs against it, shows

@@ -114,20 +114,6 @@ pub fn build_daemon_release(root: &Path) -> Result<()> {
     ]))
 }
 
-/// Builds the static RPE stub and server as docs/rpe.md says; returns
-/// their directory (what the daemon's CIMPLIFIER_RPE_DIR names).
-pub fn build_rpe_static(root: &Path) -> Result<PathBuf> {
-    const TARGET: &str = "x86_64-unknown-linux-gnu";
-    let target_dir = root.join("target").join("rpe-static");
-    run(Command::new(cargo())
-        .current_dir(root)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .args(["build", "--release", "-p", "cimplifier-rpe", "--bins"])
-        .args(["--target", TARGET, "--target-dir"])
-        .arg(&target_dir))?;
-    Ok(target_dir.join(TARGET).join("release"))
-}
-
 /// Prints a step header and, when dropped, how long the step took.
 pub struct Step {
     name: String,

@@ -153,7 +153,7 @@ impl Service {
         let images =
             ImageNaming::parse(&req.tag).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let rpe =
-            RpeBinaries::locate().map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+            RpeBinaries::embedded().map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         let opts = PartitionEmitOptions {
             session: req.container,
             policy,

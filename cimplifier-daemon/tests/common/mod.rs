@@ -130,6 +130,8 @@ pub fn dump(events: &[Event], n: usize) -> String {
 /// killed on drop.
 pub struct Daemon {
     pub child: Child,
+    /// The cimplifierd binary it runs.
+    pub exe: PathBuf,
     pub socket: PathBuf,
     pub state: PathBuf,
     extra: Vec<String>,
@@ -147,6 +149,11 @@ impl Daemon {
     }
 
     pub fn start_with_env(extra: &[&str], env: &[(&str, &Path)]) -> Self {
+        Self::start_exe(Path::new(env!("CARGO_BIN_EXE_cimplifierd")), extra, env)
+    }
+
+    /// Runs the cimplifierd at `exe` (e.g. a copy placed elsewhere).
+    pub fn start_exe(exe: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // Reachable by any uid, so the socket's own mode decides who gets in.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -157,9 +164,10 @@ impl Daemon {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), v.to_path_buf()))
             .collect();
-        let child = Self::spawn(&socket, &state, &extra, &env);
+        let child = Self::spawn(exe, &socket, &state, &extra, &env);
         let d = Self {
             child,
+            exe: exe.to_path_buf(),
             socket,
             state,
             extra,
@@ -170,8 +178,14 @@ impl Daemon {
         d
     }
 
-    fn spawn(socket: &Path, state: &Path, extra: &[String], env: &[(String, PathBuf)]) -> Child {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cimplifierd"));
+    fn spawn(
+        exe: &Path,
+        socket: &Path,
+        state: &Path,
+        extra: &[String],
+        env: &[(String, PathBuf)],
+    ) -> Child {
+        let mut cmd = Command::new(exe);
         // A test killed before its Drop runs must not leave the daemon (and
         // its host-wide eBPF programs) behind.
         // SAFETY: prctl only, between fork and exec.
@@ -208,7 +222,7 @@ impl Daemon {
 
     /// Starts the daemon again on the same socket and state directory.
     pub fn restart(&mut self) {
-        self.child = Self::spawn(&self.socket, &self.state, &self.extra, &self.env);
+        self.child = Self::spawn(&self.exe, &self.socket, &self.state, &self.extra, &self.env);
         self.wait_ready();
     }
 
@@ -327,28 +341,4 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// The directory of the static RPE stub and server, built as docs/rpe.md
-/// says (once per test binary): what `emit --policy` places in images.
-pub fn rpe_static_dir() -> PathBuf {
-    const TARGET: &str = "x86_64-unknown-linux-gnu";
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("../target"))
-        .join("rpe-static");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "-p", "cimplifier-rpe", "--bins"])
-        .args(["--target", TARGET])
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env("RUSTFLAGS", "-C target-feature=+crt-static")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .current_dir(manifest)
-        .status()
-        .expect("cannot run cargo to build the static RPE binaries");
-    assert!(status.success(), "static build of cimplifier-rpe failed");
-    target_dir.join(TARGET).join("release")
 }

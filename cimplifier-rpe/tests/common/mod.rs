@@ -10,40 +10,27 @@ use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-pub const TARGET: &str = "x86_64-unknown-linux-gnu";
-
 pub struct Bins {
     pub stub: PathBuf,
     pub server: PathBuf,
 }
 
-/// Builds the stub and server statically (glibc, `+crt-static`) into their
-/// own target dir. `--target` keeps RUSTFLAGS off build scripts and
-/// proc-macros, which cannot be static.
+/// Builds the stub and server statically, the way cimplifierd's build
+/// script does (cimplifier-build), into the same target dir, so the two
+/// share one cached build.
 pub fn static_bins() -> &'static Bins {
     static BINS: OnceLock<Bins> = OnceLock::new();
     BINS.get_or_init(|| {
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let target_dir = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| manifest.join("../target"))
+            .unwrap_or_else(|| workspace.join("target"))
             .join("rpe-static");
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--release", "-p", "cimplifier-rpe", "--bins"])
-            .args(["--target", TARGET])
-            .arg("--target-dir")
-            .arg(&target_dir)
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .current_dir(manifest)
-            .status()
-            .expect("cannot run cargo to build the static RPE binaries");
-        assert!(status.success(), "static build of cimplifier-rpe failed");
-        let dir = target_dir.join(TARGET).join("release");
+        let built = cimplifier_build::rpe::build_static(&workspace, &target_dir)
+            .unwrap_or_else(|e| panic!("{e}"));
         Bins {
-            stub: dir.join("cimplifier-rpe-stub"),
-            server: dir.join("cimplifier-rpe-server"),
+            stub: built.stub,
+            server: built.server,
         }
     })
 }

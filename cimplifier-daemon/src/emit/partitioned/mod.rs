@@ -12,10 +12,12 @@
 //!   (so a partition can reach only the servers it calls, and only its own
 //!   socket on each), and one network namespace.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use cimplifier_build::glue::{GlueBinary, check_static};
 use serde::{Deserialize, Serialize};
 
 use super::compose::{COMPOSE_FILE, ComposeFile, ComposeService, ComposeVolume};
@@ -44,48 +46,86 @@ pub const SERVER_CONFIG: &str = "/.cimplifier/rpe-server.toml";
 const RPE_DIR: &str = "/run/cimplifier-rpe";
 /// How long a stub waits for a server that is still starting.
 const STUB_CONNECT_TIMEOUT_MS: u64 = 30_000;
-/// Environment variable naming the directory of the static RPE binaries.
-pub const RPE_DIR_ENV: &str = "CIMPLIFIER_RPE_DIR";
+/// Read by daemons before the glue was embedded; now only warned about.
+const OLD_RPE_DIR_ENV: &str = "CIMPLIFIER_RPE_DIR";
 
-/// The static RPE binaries placed into the images.
+/// The RPE stub and server placed into the images. A value exists only
+/// for binaries that passed [`check_static`]: no PT_INTERP, no DT_NEEDED,
+/// so they start in a partition that keeps no loader or libraries.
 #[derive(Clone, Debug)]
 pub struct RpeBinaries {
-    pub stub: PathBuf,
-    pub server: PathBuf,
+    stub: Cow<'static, [u8]>,
+    server: Cow<'static, [u8]>,
 }
 
+static EMBEDDED_STUB: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cimplifier-rpe-stub"));
+static EMBEDDED_SERVER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cimplifier-rpe-server"));
+
 impl RpeBinaries {
-    /// From $CIMPLIFIER_RPE_DIR, else next to the running daemon, else
-    /// /usr/lib/cimplifier.
-    pub fn locate() -> Result<Self> {
-        let mut dirs: Vec<PathBuf> = std::env::var_os(RPE_DIR_ENV)
-            .map(PathBuf::from)
-            .into_iter()
-            .collect();
-        if let Some(dir) = std::env::current_exe()
-            .ok()
-            .and_then(|e| e.parent().map(Path::to_path_buf))
-        {
-            dirs.push(dir);
+    /// The ones built with this daemon and embedded in it (build.rs), so
+    /// there is nothing to install or find.
+    pub fn embedded() -> Result<Self> {
+        if let Some(dir) = std::env::var_os(OLD_RPE_DIR_ENV) {
+            tracing::warn!(
+                "{OLD_RPE_DIR_ENV}={} is ignored: the static RPE binaries are embedded in cimplifierd",
+                Path::new(&dir).display()
+            );
         }
-        dirs.push(PathBuf::from("/usr/lib/cimplifier"));
-        for dir in &dirs {
-            let bins = Self {
-                stub: dir.join("cimplifier-rpe-stub"),
-                server: dir.join("cimplifier-rpe-server"),
-            };
-            if bins.stub.is_file() && bins.server.is_file() {
-                return Ok(bins);
-            }
-        }
-        bail!(
-            "the static RPE binaries (cimplifier-rpe-stub, cimplifier-rpe-server) are in none of {}; \
-             build them as docs/rpe.md says and set {RPE_DIR_ENV} to their directory",
-            dirs.iter()
-                .map(|d| d.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
+        Self::new(
+            "embedded in cimplifierd",
+            Cow::Borrowed(EMBEDDED_STUB),
+            Cow::Borrowed(EMBEDDED_SERVER),
         )
+    }
+
+    /// Checks both; `origin` says where they came from, for the error.
+    pub fn new(origin: &str, stub: Cow<'static, [u8]>, server: Cow<'static, [u8]>) -> Result<Self> {
+        for (bin, bytes) in [(GlueBinary::Stub, &stub), (GlueBinary::Server, &server)] {
+            check_static(bytes).map_err(|e| {
+                anyhow::anyhow!("refusing the RPE glue binary {bin} ({origin}): {e}")
+            })?;
+        }
+        Ok(Self { stub, server })
+    }
+
+    pub fn stub(&self) -> &[u8] {
+        &self.stub
+    }
+
+    pub fn server(&self) -> &[u8] {
+        &self.server
+    }
+}
+
+#[cfg(test)]
+mod glue_tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_glue_is_static_and_a_dynamic_binary_is_refused_by_name() {
+        let embedded = RpeBinaries::embedded().expect("the embedded glue passes the check");
+        for bytes in [embedded.stub(), embedded.server()] {
+            let elf = goblin::elf::Elf::parse(bytes).unwrap();
+            assert_eq!(elf.interpreter, None);
+            assert!(elf.libraries.is_empty(), "{:?}", elf.libraries);
+        }
+
+        // What a plain `cargo build` leaves next to cimplifierd looks like this.
+        let dynamic = std::fs::read("/bin/true").unwrap();
+        let err = RpeBinaries::new(
+            "/bin/true",
+            Cow::Owned(embedded.stub().to_vec()),
+            Cow::Owned(dynamic),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("cimplifier-rpe-server")
+                && err.contains("/bin/true")
+                && err.contains("PT_INTERP")
+                && err.contains("libc.so.6"),
+            "{err}"
+        );
     }
 }
 
@@ -302,10 +342,6 @@ pub async fn emit_partitioned(
     let plan = plan(&model, &partitioning);
     let source = SourceConfig::from_inspect(&inspect);
     let entry = entry_partition(&model, &plan, &source, &fs)?;
-    let stub_bytes = std::fs::read(&opts.rpe.stub)
-        .with_context(|| format!("reading the RPE stub {}", opts.rpe.stub.display()))?;
-    let server_bytes = std::fs::read(&opts.rpe.server)
-        .with_context(|| format!("reading the RPE server {}", opts.rpe.server.display()))?;
 
     // Volumes: the plan's shared ones, and one per caller/callee pair.
     let mut taken = BTreeSet::new();
@@ -337,8 +373,8 @@ pub async fn emit_partitioned(
     let mut slim_opts = opts.slim.clone();
     slim_opts.env = source.env.clone().unwrap_or_default();
     let glue = Glue {
-        stub: &stub_bytes,
-        server: &server_bytes,
+        stub: opts.rpe.stub(),
+        server: opts.rpe.server(),
     };
     let mut partitions = Vec::new();
     for (name, contents) in &plan.partitions {

@@ -8,7 +8,6 @@
 //! two cannot drift.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 pub const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 pub const DEBIAN_CARGO: &str = "/usr/bin/cargo";
@@ -24,27 +23,15 @@ pub fn build(crate_dir: &Path, target_dir: &Path, release: bool) -> Result<PathB
             ));
         }
     }
-    let mut cmd = Command::new(DEBIAN_CARGO);
+    // The outer (rustup) cargo's settings would point the inner build at
+    // the rustup toolchain, which has no `core` sources.
+    let mut cmd = crate::nested_cargo(DEBIAN_CARGO, &[]);
     cmd.current_dir(crate_dir)
         .arg("build")
         .arg("--target-dir")
         .arg(target_dir);
     if release {
         cmd.arg("--release");
-    }
-    // Settings inherited from an outer (rustup) cargo would point the inner
-    // build at the rustup toolchain, which has no `core` sources.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        let inherited = key == "CARGO"
-            || key.starts_with("CARGO_")
-            || key.starts_with("RUSTC")
-            || key == "RUSTUP_TOOLCHAIN"
-            || key == "RUSTFLAGS"
-            || key == "RUSTDOC";
-        if inherited && key != "CARGO_HOME" {
-            cmd.env_remove(&*key);
-        }
     }
     cmd.env("RUSTC", DEBIAN_RUSTC).env("RUSTC_BOOTSTRAP", "1");
     let status = cmd
