@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::docker::run::RunSettings;
 use crate::model::Model;
 use crate::session::{EndReason, Started};
 use crate::trace::{Event, LossCounters};
@@ -88,6 +89,11 @@ pub struct SessionRecord {
     pub gaps: Vec<Gap>,
     /// When the last events were made durable.
     pub checkpoint_unix_ms: u64,
+    /// How the container was run (command, environment, ports...), from
+    /// the engine when the session began. None in sessions recorded before
+    /// the daemon kept it: emit then has only the image's configuration.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub run: Option<RunSettings>,
 }
 
 impl SessionRecord {
@@ -112,6 +118,7 @@ impl SessionRecord {
             loss: LossCounters::default(),
             gaps: vec![],
             checkpoint_unix_ms: now,
+            run: None,
         }
     }
 
@@ -427,6 +434,14 @@ impl Store {
                 other.started.image_id
             );
         }
+        // One way of running the image: the same command, environment...
+        // (ports may differ from node to node; all are kept).
+        let run = RunSettings::merge(
+            records
+                .iter()
+                .filter_map(|r| r.run.as_ref().map(|run| (r.name.as_str(), run))),
+        )
+        .map_err(anyhow::Error::msg)?;
         let mut merged = SessionRecord {
             name: into.to_owned(),
             id: self.next_session_id()?,
@@ -444,6 +459,7 @@ impl Store {
             segments: vec![],
             gaps: vec![],
             checkpoint_unix_ms: 0,
+            run,
         };
         for r in &records {
             let mut events = Vec::with_capacity(r.events as usize);
@@ -598,6 +614,63 @@ mod tests {
         assert!(!r.complete());
         let why = r.incompleteness().unwrap();
         assert!(why.contains("1 gap(s) of 3 s"), "{why}");
+    }
+
+    fn closed_with_run(store: &Store, name: &str, cmd: &str, port: &str) -> SessionRecord {
+        let mut r = record(store, name);
+        r.state = SessionState::Closed;
+        r.events = 1;
+        r.run = Some(RunSettings {
+            cmd: Some(vec!["sh".into(), "-c".into(), cmd.into()]),
+            env: vec!["GREETING=hi".into()],
+            runtime: crate::docker::run::RuntimeSettings {
+                published_ports: vec![crate::docker::run::PublishedPort {
+                    container_port: "80/tcp".into(),
+                    host_ip: String::new(),
+                    host_port: port.into(),
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        store.append(&r, &[event(1)]).unwrap();
+        r
+    }
+
+    #[test]
+    fn run_settings_survive_export_import_and_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = closed_with_run(&store, "a", "serve", "8080");
+        closed_with_run(&store, "b", "serve", "8081");
+        let mut bundle = Vec::new();
+        store.export(&a, &mut bundle).unwrap();
+        let imported = store.import(&bundle, Some("a2")).unwrap();
+        assert_eq!(imported.run, a.run);
+
+        // Same command, other host ports: one way of running, both ports.
+        let merged = store.merge("ab", &["a".into(), "b".into()]).unwrap();
+        let run = merged.run.unwrap();
+        assert_eq!(run.cmd, a.run.as_ref().unwrap().cmd);
+        assert_eq!(run.runtime.published_ports.len(), 2);
+
+        closed_with_run(&store, "c", "other", "8080");
+        let e = store
+            .merge("ac", &["a".into(), "c".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("sessions a and c") && e.contains("command"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn records_without_run_settings_still_load() {
+        let mut old = serde_json::to_value(SessionRecord::new("old".into(), 1, started())).unwrap();
+        old.as_object_mut().unwrap().remove("run");
+        let back: SessionRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back.run, None);
     }
 
     #[test]
