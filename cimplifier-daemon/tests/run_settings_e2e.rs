@@ -109,12 +109,16 @@ fn the_slim_image_runs_the_containers_own_command() {
     );
 }
 
-/// Stops the partitioned system however the test ends.
-struct Up<'a>(&'a Daemon, String);
+/// Stops the partitioned system and removes its images however the test
+/// ends.
+struct Up<'a>(&'a Daemon, String, Vec<String>);
 
 impl Drop for Up<'_> {
     fn drop(&mut self) {
         let _ = self.0.ctl(&["down", &self.1, "--volumes"]);
+        for image in &self.2 {
+            let _ = Command::new("docker").args(["rmi", "-f", image]).output();
+        }
     }
 }
 
@@ -147,6 +151,28 @@ fn a_one_one_partitioned_system_runs_the_containers_own_command() {
         .iter()
         .find(|p| p.role == Role::Entrypoint)
         .expect("an entry partition");
+
+    // Removes the system and the images however the test ends.
+    let plan_dir = out.to_str().unwrap().to_owned();
+    let images = report.partitions.iter().map(|p| p.image.clone()).collect();
+    let _down = Up(&d, plan_dir.clone(), images);
+    let up: Value = serde_json::from_str(&stdout_of(&d.ctl(&["up", &plan_dir, "--json"]))).unwrap();
+    let project = up["project"].as_str().unwrap();
+    let entry_container = format!("{project}-{}-1", entry.name);
+    wait_until(60, "the entry partition to finish", || {
+        docker(&["inspect", "-f", "{{.State.Running}}", &entry_container]) == "false"
+    });
+    let split_printed = docker(&["logs", &entry_container]);
+    let owner = format!("{project}-{}-1", report.network_owner);
+    let published = docker(&["port", &owner]);
+    assert_eq!(
+        split_printed, printed,
+        "the partitioned system printed otherwise"
+    );
+    assert!(
+        published.contains("8000/tcp -> 127.0.0.1:"),
+        "up publishes the port: {published:?}"
+    );
     assert_eq!(entry.cmd[..2], ["sh", "-c"], "{:?}", entry.cmd);
     let cmd = report
         .run
@@ -159,31 +185,5 @@ fn a_one_one_partitioned_system_runs_the_containers_own_command() {
     assert!(
         compose.contains("host_ip: 127.0.0.1") && compose.contains("target: 8000"),
         "the published port is in the run plan:\n{compose}"
-    );
-
-    let plan_dir = out.to_str().unwrap().to_owned();
-    let up: Value = serde_json::from_str(&stdout_of(&d.ctl(&["up", &plan_dir, "--json"]))).unwrap();
-    let _down = Up(&d, plan_dir.clone());
-    let project = up["project"].as_str().unwrap();
-    let entry_container = format!("{project}-{}-1", entry.name);
-    wait_until(60, "the entry partition to finish", || {
-        docker(&["inspect", "-f", "{{.State.Running}}", &entry_container]) == "false"
-    });
-    let split_printed = docker(&["logs", &entry_container]);
-    let owner = format!("{project}-{}-1", report.network_owner);
-    let published = docker(&["port", &owner]);
-    stdout_of(&d.ctl(&["down", &plan_dir, "--volumes"]));
-    for p in &report.partitions {
-        let _ = Command::new("docker")
-            .args(["rmi", "-f", &p.image])
-            .output();
-    }
-    assert_eq!(
-        split_printed, printed,
-        "the partitioned system printed otherwise"
-    );
-    assert!(
-        published.contains("8000/tcp -> 127.0.0.1:"),
-        "up publishes the port: {published:?}"
     );
 }
