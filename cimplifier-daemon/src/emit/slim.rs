@@ -235,7 +235,8 @@ pub async fn emit(
     store.fold(&info, &mut model, |e| {
         trace_hash.update(serde_json::to_vec(e).expect("events serialize to JSON"));
     })?;
-    let (source, run) = runconfig::carry(&SourceConfig::from_inspect(&inspect), info.run.as_ref());
+    let (source, run) =
+        runconfig::carry(&SourceConfig::from_inspect(&inspect), info.run.as_deref());
     let mut slim = opts.slim.clone();
     slim.env = source.env.clone().unwrap_or_default();
     let slim_plan = plan(&model, &fs, &slim);

@@ -829,7 +829,9 @@ impl SessionTask {
         // How the container was run, from the inspect the session began
         // with (a resumed session keeps what it recorded first).
         if record.run.is_none() {
-            record.run = Some(crate::docker::run::RunSettings::from_inspect(details));
+            record.run = Some(Box::new(crate::docker::run::RunSettings::from_inspect(
+                details,
+            )));
         }
         record.checkpoint_unix_ms = now;
         store.put_session(&record)?;

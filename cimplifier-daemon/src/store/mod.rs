@@ -93,7 +93,7 @@ pub struct SessionRecord {
     /// the engine when the session began. None in sessions recorded before
     /// the daemon kept it: emit then has only the image's configuration.
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub run: Option<RunSettings>,
+    pub run: Option<Box<RunSettings>>,
 }
 
 impl SessionRecord {
@@ -439,9 +439,10 @@ impl Store {
         let run = RunSettings::merge(
             records
                 .iter()
-                .filter_map(|r| r.run.as_ref().map(|run| (r.name.as_str(), run))),
+                .filter_map(|r| r.run.as_deref().map(|run| (r.name.as_str(), run))),
         )
-        .map_err(anyhow::Error::msg)?;
+        .map_err(anyhow::Error::msg)?
+        .map(Box::new);
         let mut merged = SessionRecord {
             name: into.to_owned(),
             id: self.next_session_id()?,
@@ -620,7 +621,7 @@ mod tests {
         let mut r = record(store, name);
         r.state = SessionState::Closed;
         r.events = 1;
-        r.run = Some(RunSettings {
+        r.run = Some(Box::new(RunSettings {
             cmd: Some(vec!["sh".into(), "-c".into(), cmd.into()]),
             env: vec!["GREETING=hi".into()],
             runtime: crate::docker::run::RuntimeSettings {
@@ -632,7 +633,7 @@ mod tests {
                 ..Default::default()
             },
             ..Default::default()
-        });
+        }));
         store.append(&r, &[event(1)]).unwrap();
         r
     }
