@@ -11,7 +11,7 @@ use super::oci::SourceConfig;
 use crate::docker::run::{RunSettings, RuntimeSettings};
 
 /// Where a setting of an emitted image came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Origin {
     /// The source image's configuration.
@@ -150,6 +150,7 @@ impl RunReport {
                 s.origin()
             );
         }
+        env.sort_by_key(|(from, _)| *from);
         for (from, names) in env {
             let s = CarriedSetting {
                 setting: Setting::Env,
