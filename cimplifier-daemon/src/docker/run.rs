@@ -160,8 +160,8 @@ impl RunSettings {
     }
 
     /// The settings of sessions of one image merged into one: equal in
-    /// what runs (else an error naming the first difference), with the
-    /// ports of all of them.
+    /// what runs (else the first difference, in words), with the ports of
+    /// all of them.
     pub fn merge<'a>(
         sessions: impl IntoIterator<Item = (&'a str, &'a RunSettings)>,
     ) -> Result<Option<RunSettings>, String> {
@@ -173,9 +173,7 @@ impl RunSettings {
             };
             if let Some(what) = run.first_difference(m) {
                 return Err(format!(
-                    "sessions {first} and {name} ran their containers with different {what}; \
-                     a merged session stands for one way of running the image: re-create the \
-                     containers alike and observe again, or emit each session on its own"
+                    "sessions {first} and {name} ran their containers with different {what}"
                 ));
             }
             m.exposed_ports.extend(run.exposed_ports.iter().cloned());

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::oci::SourceConfig;
 use crate::docker::run::{RunSettings, RuntimeSettings};
+use crate::store::SessionRecord;
 
 /// Where a setting of an emitted image came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -102,9 +103,11 @@ impl CarriedSetting {
 /// The run configuration an emit carried, for its report.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunReport {
-    /// False for a session recorded before the daemon kept how containers
-    /// were run: only the image's configuration was carried.
+    /// False when the session has no run settings: only the image's
+    /// configuration was carried, for the reason `not_carried` gives.
     pub recorded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_carried: Option<String>,
     pub settings: Vec<CarriedSetting>,
     /// What the output must be started with, outside its image config.
     pub runtime: RuntimeSettings,
@@ -127,9 +130,9 @@ impl RunReport {
         if !self.recorded {
             let _ = writeln!(
                 out,
-                "{indent}run settings: NOT RECORDED (the session is older than this daemon's \
-                 recording of them): only the image config was carried; check the command, \
-                 environment and ports"
+                "{indent}how the container was run: NOT CARRIED ({}): only the image config \
+                 was; check the command, environment and ports",
+                self.not_carried.as_deref().unwrap_or("not recorded")
             );
         }
         let mut env: Vec<(Origin, Vec<&str>)> = Vec::new();
@@ -169,8 +172,22 @@ fn argv_text(v: &Option<Vec<String>>) -> Option<String> {
         .map(|v| serde_json::to_string(v).expect("strings serialize"))
 }
 
+/// The configuration to emit for the source image of `session`, whose
+/// container ran with its recorded run settings, and where each setting
+/// came from.
+pub fn carry_for(image: &SourceConfig, session: &SessionRecord) -> (SourceConfig, RunReport) {
+    let (config, mut report) = carry(image, session.run.as_deref());
+    if !report.recorded {
+        report.not_carried = Some(match &session.run_not_merged {
+            Some(why) => format!("{why}, and were merged"),
+            None => "the session was recorded by a daemon that did not keep it".to_owned(),
+        });
+    }
+    (config, report)
+}
+
 /// The configuration to emit for a source image whose container ran with
-/// `run` (None: not recorded), and where each setting came from.
+/// `run` (None: unknown), and where each setting came from.
 pub fn carry(image: &SourceConfig, run: Option<&RunSettings>) -> (SourceConfig, RunReport) {
     let mut report = RunReport {
         recorded: run.is_some(),
@@ -430,10 +447,36 @@ mod tests {
     }
 
     #[test]
+    fn a_merge_of_sessions_run_otherwise_says_so() {
+        let started = crate::session::Started {
+            container_id: String::new(),
+            container_name: "m".into(),
+            image_id: "sha256:1".into(),
+            image_ref: "img".into(),
+            from_first_exec: true,
+            started_unix_ms: 0,
+        };
+        let mut merged = SessionRecord::new("m".into(), 1, started);
+        merged.run_not_merged =
+            Some("sessions a and b ran their containers with different command".into());
+        let (config, report) = carry_for(&image(), &merged);
+        assert_eq!(config, image());
+        let text = report.render_text("");
+        assert!(
+            text.contains("NOT CARRIED (sessions a and b ran their containers with different command, and were merged)"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn without_recorded_settings_the_image_config_is_used_and_said() {
         let (config, report) = carry(&image(), None);
         assert_eq!(config, image());
         assert!(!report.recorded);
-        assert!(report.render_text("").contains("NOT RECORDED"));
+        assert!(
+            report
+                .render_text("")
+                .contains("NOT CARRIED (not recorded)")
+        );
     }
 }

@@ -235,8 +235,7 @@ pub async fn emit(
     store.fold(&info, &mut model, |e| {
         trace_hash.update(serde_json::to_vec(e).expect("events serialize to JSON"));
     })?;
-    let (source, run) =
-        runconfig::carry(&SourceConfig::from_inspect(&inspect), info.run.as_deref());
+    let (source, run) = runconfig::carry_for(&SourceConfig::from_inspect(&inspect), &info);
     let mut slim = opts.slim.clone();
     slim.env = source.env.clone().unwrap_or_default();
     let slim_plan = plan(&model, &fs, &slim);

@@ -94,6 +94,10 @@ pub struct SessionRecord {
     /// the daemon kept it: emit then has only the image's configuration.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub run: Option<Box<RunSettings>>,
+    /// Why a merged session has no `run`: its sources ran the image in
+    /// different ways (emit says so and uses the image's configuration).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub run_not_merged: Option<String>,
 }
 
 impl SessionRecord {
@@ -119,6 +123,7 @@ impl SessionRecord {
             gaps: vec![],
             checkpoint_unix_ms: now,
             run: None,
+            run_not_merged: None,
         }
     }
 
@@ -434,15 +439,20 @@ impl Store {
                 other.started.image_id
             );
         }
-        // One way of running the image: the same command, environment...
-        // (ports may differ from node to node; all are kept).
-        let run = RunSettings::merge(
+        // Sources that ran the image alike (the same command, environment,
+        // user...; host ports may differ from node to node, all are kept)
+        // give the merge their settings. Sources that ran it differently
+        // (one workload per command, say) are merged all the same, for
+        // their files; the merged session then has no run settings, and
+        // says why, so emit falls back to the image's config and says so.
+        let (run, run_not_merged) = match RunSettings::merge(
             records
                 .iter()
                 .filter_map(|r| r.run.as_deref().map(|run| (r.name.as_str(), run))),
-        )
-        .map_err(anyhow::Error::msg)?
-        .map(Box::new);
+        ) {
+            Ok(run) => (run.map(Box::new), None),
+            Err(why) => (None, Some(why)),
+        };
         let mut merged = SessionRecord {
             name: into.to_owned(),
             id: self.next_session_id()?,
@@ -461,6 +471,7 @@ impl Store {
             gaps: vec![],
             checkpoint_unix_ms: 0,
             run,
+            run_not_merged,
         };
         for r in &records {
             let mut events = Vec::with_capacity(r.events as usize);
@@ -655,14 +666,15 @@ mod tests {
         assert_eq!(run.cmd, a.run.as_ref().unwrap().cmd);
         assert_eq!(run.runtime.published_ports.len(), 2);
 
+        // Run otherwise: merged for the files, without run settings, and
+        // the record says why.
         closed_with_run(&store, "c", "other", "8080");
-        let e = store
-            .merge("ac", &["a".into(), "c".into()])
-            .unwrap_err()
-            .to_string();
+        let ac = store.merge("ac", &["a".into(), "c".into()]).unwrap();
+        assert_eq!(ac.run, None);
+        let why = ac.run_not_merged.unwrap();
         assert!(
-            e.contains("sessions a and c") && e.contains("command"),
-            "{e}"
+            why.contains("sessions a and c") && why.contains("command"),
+            "{why}"
         );
     }
 

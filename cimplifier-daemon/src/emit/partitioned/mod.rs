@@ -322,8 +322,7 @@ pub async fn emit_partitioned(
     let plan = plan(&model, &partitioning);
     // The image's configuration with the observed container's settings on
     // top: the entry partition runs the command the container ran.
-    let (source, run) =
-        runconfig::carry(&SourceConfig::from_inspect(&inspect), info.run.as_deref());
+    let (source, run) = runconfig::carry_for(&SourceConfig::from_inspect(&inspect), &info);
     let entry = entry_partition(&model, &plan, &source, &fs)?;
     let stub_bytes = std::fs::read(&opts.rpe.stub)
         .with_context(|| format!("reading the RPE stub {}", opts.rpe.stub.display()))?;
