@@ -34,6 +34,10 @@ fn observe_own_command(d: &Daemon, tag: &str) -> (Container, String) {
             "65534",
             "-p",
             "127.0.0.1::8000",
+            // Not carried (no image config or run plan key holds it): the
+            // report must name it.
+            "--cap-add",
+            "SYS_NICE",
             BASE_IMAGE,
             "sh",
             "-c",
@@ -100,6 +104,8 @@ fn the_slim_image_runs_the_containers_own_command() {
     assert_eq!(origin(settings, "env", Some("GREETING")), "container");
     let run = report["docker_run"].as_str().unwrap();
     assert!(run.contains("-p 127.0.0.1::8000 "), "{run}");
+    // The engine names it as the kernel does.
+    assert_eq!(report["run"]["left_out"][0], "--cap-add CAP_SYS_NICE");
     let text = stdout_of(&d.ctl(&["emit", &c.0, "--tag", &tag]));
     let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
     assert!(

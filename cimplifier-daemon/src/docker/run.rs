@@ -107,6 +107,10 @@ pub struct RunSettings {
     pub stop_signal: Option<String>,
     #[serde(flatten)]
     pub runtime: RuntimeSettings,
+    /// Settings of the container that emit does not carry over (bind
+    /// mounts, capabilities, `--network`...), as `docker run` flags: the
+    /// reports name them, so whoever runs the output can add them.
+    pub left_out: Vec<String>,
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
@@ -117,11 +121,88 @@ fn non_empty_argv(v: Option<Vec<String>>) -> Option<Vec<String>> {
     v.filter(|v| !v.is_empty())
 }
 
+/// The container's host settings that change what runs or what it sees
+/// and that emit does not carry, as `docker run` flags.
+fn left_out(h: &bollard::models::HostConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut each = |flag: &str, values: &Option<Vec<String>>| {
+        for v in values.iter().flatten() {
+            out.push(format!("{flag} {v}"));
+        }
+    };
+    each("--volume", &h.binds);
+    each("--volumes-from", &h.volumes_from);
+    each("--cap-add", &h.cap_add);
+    each("--cap-drop", &h.cap_drop);
+    each("--security-opt", &h.security_opt);
+    each("--add-host", &h.extra_hosts);
+    each("--dns", &h.dns);
+    each("--group-add", &h.group_add);
+    each("--link", &h.links);
+    for m in h.mounts.iter().flatten() {
+        let typ = m.typ.map(|t| t.to_string()).unwrap_or_default();
+        out.push(format!(
+            "--mount type={typ},source={},target={}",
+            m.source.as_deref().unwrap_or_default(),
+            m.target.as_deref().unwrap_or_default()
+        ));
+    }
+    let mut tmpfs: Vec<&String> = h.tmpfs.iter().flat_map(|t| t.keys()).collect();
+    tmpfs.sort();
+    out.extend(tmpfs.into_iter().map(|t| format!("--tmpfs {t}")));
+    for d in h.devices.iter().flatten() {
+        out.push(format!(
+            "--device {}:{}",
+            d.path_on_host.as_deref().unwrap_or_default(),
+            d.path_in_container.as_deref().unwrap_or_default()
+        ));
+    }
+    for u in h.ulimits.iter().flatten() {
+        out.push(format!(
+            "--ulimit {}={}:{}",
+            u.name.as_deref().unwrap_or_default(),
+            u.soft.unwrap_or_default(),
+            u.hard.unwrap_or_default()
+        ));
+    }
+    let mut sysctls: Vec<_> = h.sysctls.iter().flatten().collect();
+    sysctls.sort();
+    out.extend(
+        sysctls
+            .into_iter()
+            .map(|(k, v)| format!("--sysctl {k}={v}")),
+    );
+    if h.privileged == Some(true) {
+        out.push("--privileged".into());
+    }
+    if h.readonly_rootfs == Some(true) {
+        out.push("--read-only".into());
+    }
+    let modes = [
+        ("--network", &h.network_mode, &["", "default", "bridge"][..]),
+        ("--pid", &h.pid_mode, &[""][..]),
+        ("--ipc", &h.ipc_mode, &["", "private", "shareable"][..]),
+        ("--uts", &h.uts_mode, &[""][..]),
+        ("--userns", &h.userns_mode, &[""][..]),
+    ];
+    for (flag, mode, defaults) in modes {
+        if let Some(m) = mode.as_deref().filter(|m| !defaults.contains(m)) {
+            out.push(format!("{flag} {m}"));
+        }
+    }
+    // Docker's default /dev/shm is 64 MiB.
+    if let Some(size) = h.shm_size.filter(|&s| s > 0 && s != 64 << 20) {
+        out.push(format!("--shm-size {size}"));
+    }
+    out
+}
+
 impl RunSettings {
     /// From `docker inspect CONTAINER`.
     pub fn from_inspect(details: &bollard::models::ContainerInspectResponse) -> Self {
         let c = details.config.clone().unwrap_or_default();
         let h = details.host_config.clone().unwrap_or_default();
+        let left_out = left_out(&h);
         let mut exposed_ports = c.exposed_ports.unwrap_or_default();
         exposed_ports.sort();
         let mut published_ports: Vec<PublishedPort> = h
@@ -142,6 +223,7 @@ impl RunSettings {
         published_ports.sort();
         published_ports.dedup();
         Self {
+            left_out,
             entrypoint: non_empty_argv(c.entrypoint),
             cmd: non_empty_argv(c.cmd),
             env: c.env.unwrap_or_default(),
@@ -185,6 +267,11 @@ impl RunSettings {
             r.published_ports.sort();
             r.published_ports.dedup();
             r.publish_all_ports |= run.runtime.publish_all_ports;
+            for flag in &run.left_out {
+                if !m.left_out.contains(flag) {
+                    m.left_out.push(flag.clone());
+                }
+            }
         }
         Ok(merged.map(|(_, m)| m))
     }
@@ -246,6 +333,11 @@ mod tests {
                     .into_iter()
                     .collect(),
                 ),
+                binds: Some(vec!["/srv/data:/data".into()]),
+                cap_add: Some(vec!["NET_ADMIN".into()]),
+                network_mode: Some("bridge".into()),
+                ipc_mode: Some("private".into()),
+                shm_size: Some(64 << 20),
                 ..Default::default()
             }),
             ..Default::default()
@@ -264,6 +356,11 @@ mod tests {
         assert_eq!(
             run.runtime.docker_run_flags(),
             ["-i", "-t", "-p", "127.0.0.1::80", "-p", "[::1]:8081:81/udp"]
+        );
+        // What emit cannot carry is named; Docker's defaults are not.
+        assert_eq!(
+            run.left_out,
+            ["--volume /srv/data:/data", "--cap-add NET_ADMIN"]
         );
         // What old stores hold (no run settings) and partial JSON still load.
         let partial: RunSettings = serde_json::from_str(r#"{"cmd":["x"]}"#).unwrap();

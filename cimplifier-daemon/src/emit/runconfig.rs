@@ -111,6 +111,11 @@ pub struct RunReport {
     pub settings: Vec<CarriedSetting>,
     /// What the output must be started with, outside its image config.
     pub runtime: RuntimeSettings,
+    /// What the container was run with that emit does not carry (bind
+    /// mounts, capabilities, `--network`...), as `docker run` flags: add
+    /// them when running the output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
 }
 
 impl RunReport {
@@ -163,6 +168,13 @@ impl RunReport {
             };
             let _ = writeln!(out, "{indent}env {}: {}", names.join(" "), s.origin());
         }
+        if !self.left_out.is_empty() {
+            let _ = writeln!(
+                out,
+                "{indent}NOT carried (the container had them; add them when you run it): {}",
+                self.left_out.join(", ")
+            );
+        }
         out
     }
 }
@@ -204,12 +216,14 @@ pub fn carry(image: &SourceConfig, run: Option<&RunSettings>) -> (SourceConfig, 
             exposed_ports: image.exposed_ports.clone().unwrap_or_default(),
             stop_signal: image.stop_signal.clone(),
             runtime: RuntimeSettings::default(),
+            left_out: Vec::new(),
         };
         report.settings = settings(image, &same);
         return (image.clone(), report);
     };
     report.settings = settings(image, run);
     report.runtime = run.runtime.clone();
+    report.left_out = run.left_out.clone();
     let config = SourceConfig {
         entrypoint: run.entrypoint.clone(),
         cmd: run.cmd.clone(),
@@ -381,6 +395,7 @@ mod tests {
             host_port: "18080".into(),
         }];
         run.runtime.stdin_open = true;
+        run.left_out = vec!["--volume /srv/data:/data".into()];
         let (config, report) = carry(&image(), Some(&run));
         assert_eq!(config.cmd, run.cmd);
         assert_eq!(config.env.as_deref().unwrap(), run.env);
@@ -427,6 +442,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("hello"), "env values stay out: {text}");
+        assert!(
+            text.contains("  NOT carried (the container had them; add them when you run it): --volume /srv/data:/data"),
+            "{text}"
+        );
     }
 
     #[test]
