@@ -573,6 +573,11 @@ fn summary(r: &EmitReport) -> String {
             "start-up NOT observed (--attach)"
         }
     );
+    s += "  run settings (the image's config):\n";
+    s += &r.run.render_text("    ");
+    if !r.docker_run.is_empty() {
+        s += &format!("  run it as the container ran: {}\n", r.docker_run);
+    }
     let t = &r.timings;
     s += &format!(
         "  time: read image {} ms, plan {} ms, write {} ms, load {} ms\n",

@@ -1,4 +1,7 @@
-//! The Docker engine, through bollard: which cgroup a container runs in.
+//! The Docker engine, through bollard: which cgroup a container runs in,
+//! and how it was run ([`run`]).
+
+pub mod run;
 
 use std::path::PathBuf;
 

@@ -4,14 +4,17 @@
 //!
 //! Only the subset of the Compose format that emit writes is read back:
 //! `name`, and per service `image`, `network_mode`, `depends_on`,
-//! `volumes` (short syntax, named volumes), `expose` and `labels`. Anything
-//! else is refused by name rather than silently ignored.
+//! `volumes` (short syntax, named volumes), `expose`, `ports` (long
+//! syntax), `tty`, `stdin_open`, `init` and `labels`. Anything else is
+//! refused by name rather than silently ignored.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, VolumeCreateRequest};
+use bollard::models::{
+    ContainerCreateBody, HostConfig, Mount, MountType, PortBinding, VolumeCreateRequest,
+};
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, RemoveVolumeOptions,
     StopContainerOptions,
@@ -50,8 +53,54 @@ pub struct ComposeService {
     pub volumes: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub expose: Vec<String>,
+    /// Published on the host, as the observed container was (`-p`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<ComposePort>,
+    /// As the observed container ran: a terminal (`-t`), stdin kept open
+    /// (`-i`), Docker's init as PID 1 (`--init`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_open: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+}
+
+/// A published port, in Compose's long syntax.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComposePort {
+    /// The container's port.
+    pub target: u16,
+    /// The host port; none for one the engine picks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<String>,
+    /// The host address; none for all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<String>,
+    /// `tcp`, `udp` or `sctp`.
+    pub protocol: String,
+}
+
+impl ComposePort {
+    /// From what the observed container published; None for a port name
+    /// Docker would not have given (not `PORT/PROTO`).
+    pub fn from_published(p: &crate::docker::run::PublishedPort) -> Option<Self> {
+        let (port, protocol) = p.port_and_protocol();
+        Some(Self {
+            target: port.parse().ok()?,
+            published: Some(p.host_port.clone()).filter(|s| !s.is_empty()),
+            host_ip: Some(p.host_ip.clone()).filter(|s| !s.is_empty()),
+            protocol: protocol.to_owned(),
+        })
+    }
+
+    /// Docker's name of the container side: `80/tcp`.
+    pub fn container_port(&self) -> String {
+        format!("{}/{}", self.target, self.protocol)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +165,21 @@ impl ComposeFile {
                 && s.network_owner().is_none()
             {
                 bail!("service {name}: network_mode {mode:?} is not `service:<name>`");
+            }
+            if s.network_mode.is_some() && !s.ports.is_empty() {
+                bail!(
+                    "service {name} publishes ports but joins another service's network: \
+                     publish them on the service that owns the network"
+                );
+            }
+            for p in &s.ports {
+                if !matches!(p.protocol.as_str(), "tcp" | "udp" | "sctp") {
+                    bail!(
+                        "service {name}: port {} has protocol {:?}; give tcp, udp or sctp",
+                        p.target,
+                        p.protocol
+                    );
+                }
             }
         }
         self.start_order().map(|_| ())
@@ -241,15 +305,35 @@ pub async fn up(
         let mut labels: HashMap<String, String> = s.labels.clone().into_iter().collect();
         labels.insert(PROJECT_LABEL.into(), plan.name.clone());
         labels.insert(SERVICE_LABEL.into(), service.to_owned());
+        let mut exposed = s.expose.clone();
+        let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+        for p in &s.ports {
+            let port = p.container_port();
+            if !exposed.contains(&port) {
+                exposed.push(port.clone());
+            }
+            port_bindings
+                .entry(port)
+                .or_default()
+                .get_or_insert_default()
+                .push(PortBinding {
+                    host_ip: p.host_ip.clone(),
+                    host_port: p.published.clone(),
+                });
+        }
         let body = ContainerCreateBody {
             image: Some(s.image.clone()),
             labels: Some(labels),
-            exposed_ports: (!s.expose.is_empty()).then(|| s.expose.clone()),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            tty: s.tty.then_some(true),
+            open_stdin: s.stdin_open.then_some(true),
             host_config: Some(HostConfig {
                 mounts: Some(mounts),
                 network_mode: s
                     .network_owner()
                     .map(|owner| format!("container:{}", plan.container_name(owner))),
+                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+                init: s.init.then_some(true),
                 ..Default::default()
             }),
             ..Default::default()
@@ -417,6 +501,10 @@ mod tests {
             depends_on: owner.into_iter().map(str::to_owned).collect(),
             volumes: vols.iter().map(|v| (*v).to_owned()).collect(),
             expose: vec![],
+            ports: vec![],
+            tty: false,
+            stdin_open: false,
+            init: false,
             labels: BTreeMap::new(),
         };
         ComposeFile {
@@ -442,8 +530,18 @@ mod tests {
 
     #[test]
     fn round_trips_through_yaml_and_orders_by_dependency() {
-        let plan = sample();
+        let mut plan = sample();
+        let db = plan.services.get_mut("db").unwrap();
+        db.ports = vec![ComposePort {
+            target: 53,
+            published: Some("5353".into()),
+            host_ip: Some("127.0.0.1".into()),
+            protocol: "udp".into(),
+        }];
+        plan.services.get_mut("init").unwrap().stdin_open = true;
         let yaml = plan.to_yaml().unwrap();
+        assert!(yaml.contains("stdin_open: true"), "{yaml}");
+        assert!(!yaml.contains("tty"), "false flags are left out: {yaml}");
         let back: ComposeFile = serde_norway::from_str(&yaml).unwrap();
         assert_eq!(back, plan);
         back.check().unwrap();
@@ -463,6 +561,16 @@ mod tests {
         plan.services.get_mut("db").unwrap().depends_on = vec!["init".into()];
         let e = plan.check().unwrap_err().to_string();
         assert!(e.contains("cycle"), "{e}");
+
+        let mut plan = sample();
+        plan.services.get_mut("web").unwrap().ports = vec![ComposePort {
+            target: 80,
+            published: None,
+            host_ip: None,
+            protocol: "tcp".into(),
+        }];
+        let e = plan.check().unwrap_err().to_string();
+        assert!(e.contains("publishes ports"), "{e}");
 
         let unknown_key = "name: x\nservices:\n  a:\n    image: i\n    privileged: true\n";
         let e = serde_norway::from_str::<ComposeFile>(unknown_key)

@@ -6,4 +6,5 @@ pub mod compose;
 pub mod image_fs;
 pub mod oci;
 pub mod partitioned;
+pub mod runconfig;
 pub mod slim;

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::image_fs::ImageFs;
 use super::oci::{self, SourceConfig};
+use super::runconfig::{self, RunReport};
 use crate::model::Model;
 use crate::place::slim::{KeepReason, SlimOptions, plan};
 use crate::store::Store;
@@ -97,6 +98,14 @@ pub struct EmitReport {
     /// Every removed path, with `--list-removed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed: Option<Vec<ContainerPath>>,
+    /// The image's run configuration (command, environment, user, ports...)
+    /// and where each setting came from: the source image's config or the
+    /// observed container.
+    #[serde(default)]
+    pub run: RunReport,
+    /// How to start the slim image as the observed container was started.
+    #[serde(default)]
+    pub docker_run: String,
     pub timings: Timings,
 }
 
@@ -226,7 +235,7 @@ pub async fn emit(
     store.fold(&info, &mut model, |e| {
         trace_hash.update(serde_json::to_vec(e).expect("events serialize to JSON"));
     })?;
-    let source = SourceConfig::from_inspect(&inspect);
+    let (source, run) = runconfig::carry_for(&SourceConfig::from_inspect(&inspect), &info);
     let mut slim = opts.slim.clone();
     slim.env = source.env.clone().unwrap_or_default();
     let slim_plan = plan(&model, &fs, &slim);
@@ -313,6 +322,8 @@ pub async fn emit(
         created_at_run_time: slim_plan.not_in_image.into_iter().collect(),
         excluded: slim_plan.excluded.into_iter().collect(),
         removed: opts.list_removed.then_some(removed),
+        docker_run: run.docker_run(opts.tag.as_deref().unwrap_or("IMAGE")),
+        run,
         timings: Timings {
             read_image_ms,
             plan_ms,

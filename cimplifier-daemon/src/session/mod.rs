@@ -826,6 +826,13 @@ impl SessionTask {
                 },
             ),
         };
+        // How the container was run, from the inspect the session began
+        // with (a resumed session keeps what it recorded first).
+        if record.run.is_none() {
+            record.run = Some(Box::new(crate::docker::run::RunSettings::from_inspect(
+                details,
+            )));
+        }
         record.checkpoint_unix_ms = now;
         store.put_session(&record)?;
         tracing::info!(container = %name, store = %store.path().display(), "observing");

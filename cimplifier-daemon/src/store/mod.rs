@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
+use crate::docker::run::RunSettings;
 use crate::model::Model;
 use crate::session::{EndReason, Started};
 use crate::trace::{Event, LossCounters};
@@ -88,6 +89,15 @@ pub struct SessionRecord {
     pub gaps: Vec<Gap>,
     /// When the last events were made durable.
     pub checkpoint_unix_ms: u64,
+    /// How the container was run (command, environment, ports...), from
+    /// the engine when the session began. None in sessions recorded before
+    /// the daemon kept it: emit then has only the image's configuration.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub run: Option<Box<RunSettings>>,
+    /// Why a merged session has no `run`: its sources ran the image in
+    /// different ways (emit says so and uses the image's configuration).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub run_not_merged: Option<String>,
 }
 
 impl SessionRecord {
@@ -112,6 +122,8 @@ impl SessionRecord {
             loss: LossCounters::default(),
             gaps: vec![],
             checkpoint_unix_ms: now,
+            run: None,
+            run_not_merged: None,
         }
     }
 
@@ -427,6 +439,20 @@ impl Store {
                 other.started.image_id
             );
         }
+        // Sources that ran the image alike (the same command, environment,
+        // user...; host ports may differ from node to node, all are kept)
+        // give the merge their settings. Sources that ran it differently
+        // (one workload per command, say) are merged all the same, for
+        // their files; the merged session then has no run settings, and
+        // says why, so emit falls back to the image's config and says so.
+        let (run, run_not_merged) = match RunSettings::merge(
+            records
+                .iter()
+                .filter_map(|r| r.run.as_deref().map(|run| (r.name.as_str(), run))),
+        ) {
+            Ok(run) => (run.map(Box::new), None),
+            Err(why) => (None, Some(why)),
+        };
         let mut merged = SessionRecord {
             name: into.to_owned(),
             id: self.next_session_id()?,
@@ -444,6 +470,8 @@ impl Store {
             segments: vec![],
             gaps: vec![],
             checkpoint_unix_ms: 0,
+            run,
+            run_not_merged,
         };
         for r in &records {
             let mut events = Vec::with_capacity(r.events as usize);
@@ -598,6 +626,64 @@ mod tests {
         assert!(!r.complete());
         let why = r.incompleteness().unwrap();
         assert!(why.contains("1 gap(s) of 3 s"), "{why}");
+    }
+
+    fn closed_with_run(store: &Store, name: &str, cmd: &str, port: &str) -> SessionRecord {
+        let mut r = record(store, name);
+        r.state = SessionState::Closed;
+        r.events = 1;
+        r.run = Some(Box::new(RunSettings {
+            cmd: Some(vec!["sh".into(), "-c".into(), cmd.into()]),
+            env: vec!["GREETING=hi".into()],
+            runtime: crate::docker::run::RuntimeSettings {
+                published_ports: vec![crate::docker::run::PublishedPort {
+                    container_port: "80/tcp".into(),
+                    host_ip: String::new(),
+                    host_port: port.into(),
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        }));
+        store.append(&r, &[event(1)]).unwrap();
+        r
+    }
+
+    #[test]
+    fn run_settings_survive_export_import_and_merge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = closed_with_run(&store, "a", "serve", "8080");
+        closed_with_run(&store, "b", "serve", "8081");
+        let mut bundle = Vec::new();
+        store.export(&a, &mut bundle).unwrap();
+        let imported = store.import(&bundle, Some("a2")).unwrap();
+        assert_eq!(imported.run, a.run);
+
+        // Same command, other host ports: one way of running, both ports.
+        let merged = store.merge("ab", &["a".into(), "b".into()]).unwrap();
+        let run = merged.run.unwrap();
+        assert_eq!(run.cmd, a.run.as_ref().unwrap().cmd);
+        assert_eq!(run.runtime.published_ports.len(), 2);
+
+        // Run otherwise: merged for the files, without run settings, and
+        // the record says why.
+        closed_with_run(&store, "c", "other", "8080");
+        let ac = store.merge("ac", &["a".into(), "c".into()]).unwrap();
+        assert_eq!(ac.run, None);
+        let why = ac.run_not_merged.unwrap();
+        assert!(
+            why.contains("sessions a and c") && why.contains("command"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn records_without_run_settings_still_load() {
+        let mut old = serde_json::to_value(SessionRecord::new("old".into(), 1, started())).unwrap();
+        old.as_object_mut().unwrap().remove("run");
+        let back: SessionRecord = serde_json::from_value(old).unwrap();
+        assert_eq!(back.run, None);
     }
 
     #[test]

@@ -20,9 +20,10 @@ use anyhow::{Context, Result, bail};
 use cimplifier_build::glue::{GlueBinary, check_static};
 use serde::{Deserialize, Serialize};
 
-use super::compose::{COMPOSE_FILE, ComposeFile, ComposeService, ComposeVolume};
+use super::compose::{COMPOSE_FILE, ComposeFile, ComposePort, ComposeService, ComposeVolume};
 use super::image_fs::ImageFs;
 use super::oci::{self, SourceConfig};
+use super::runconfig::{self, RunReport};
 use crate::model::{Exe, Model};
 use crate::partition::{PartitionName, Policy};
 use crate::place::partition::{PartitionPlan, plan};
@@ -314,6 +315,25 @@ impl Role {
     }
 }
 
+/// The user a partition's container runs as. The original entrypoint runs
+/// as the container did; an RPE server runs as root, so that it can bind
+/// its sockets in the volumes and start each callee with its caller's
+/// user and groups (docs/rpe.md), which is how the callee ran before.
+fn user_of(role: &Role, name: &PartitionName, source: &SourceConfig) -> Result<Option<String>> {
+    let root = |u: &str| matches!(u.split(':').next(), Some("" | "0" | "root"));
+    match (role, &source.user) {
+        (Role::Entrypoint, user) => Ok(user.clone()),
+        (Role::Server, _) => Ok(None),
+        (Role::EntrypointAndServer, Some(user)) if !root(user) => bail!(
+            "partition {name} runs the original entrypoint, which ran as user {user:?}, and \
+             also serves other partitions; its RPE server must run as root and would start the \
+             entrypoint as root too. Give the entrypoint's executable a partition that serves \
+             no other (a policy `apart` rule), or run the container as root"
+        ),
+        (Role::EntrypointAndServer, user) => Ok(user.clone()),
+    }
+}
+
 /// Emits the partitioned system of an observed container.
 pub async fn emit_partitioned(
     store: &Store,
@@ -340,7 +360,9 @@ pub async fn emit_partitioned(
     let partitioning = crate::partition::partition(&model, &opts.policy)
         .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
     let plan = plan(&model, &partitioning);
-    let source = SourceConfig::from_inspect(&inspect);
+    // The image's configuration with the observed container's settings on
+    // top: the entry partition runs the command the container ran.
+    let (source, run) = runconfig::carry_for(&SourceConfig::from_inspect(&inspect), &info);
     let entry = entry_partition(&model, &plan, &source, &fs)?;
 
     // Volumes: the plan's shared ones, and one per caller/callee pair.
@@ -389,6 +411,7 @@ pub async fn emit_partitioned(
         let config = SourceConfig {
             entrypoint: Some(entrypoint.clone()),
             cmd: (!cmd.is_empty()).then(|| cmd.clone()),
+            user: user_of(&role, name, &source)?,
             ..source.clone()
         };
         let labels: BTreeMap<String, String> = [
@@ -438,6 +461,7 @@ pub async fn emit_partitioned(
         &rpe_volumes,
         &network_owner,
         &source,
+        &run,
     );
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("creating the output directory {}", opts.out_dir.display()))?;
@@ -468,6 +492,7 @@ pub async fn emit_partitioned(
         rpe_volumes,
         network_owner,
         compose_file: compose_path,
+        run,
         plan,
     };
     let report_path = opts.out_dir.join("partition-report.json");
@@ -483,7 +508,32 @@ fn compose_file(
     rpe_volumes: &[RpeVolume],
     network_owner: &PartitionName,
     source: &SourceConfig,
+    run: &RunReport,
 ) -> ComposeFile {
+    // Ports are published by the container that holds the network
+    // namespace; `-P` publishes every exposed port.
+    let mut ports: Vec<ComposePort> = run
+        .runtime
+        .published_ports
+        .iter()
+        .filter_map(ComposePort::from_published)
+        .collect();
+    if run.runtime.publish_all_ports {
+        for exposed in source.exposed_ports.iter().flatten() {
+            let p = crate::docker::run::PublishedPort {
+                container_port: exposed.clone(),
+                host_ip: String::new(),
+                host_port: String::new(),
+            };
+            if let Some(p) = ComposePort::from_published(&p)
+                && !ports
+                    .iter()
+                    .any(|q| q.container_port() == p.container_port())
+            {
+                ports.push(p);
+            }
+        }
+    }
     let servers: Vec<String> = partitions
         .iter()
         .filter(|p| p.role == Role::Server)
@@ -529,6 +579,11 @@ fn compose_file(
                 } else {
                     Vec::new()
                 },
+                ports: if owner { ports.clone() } else { Vec::new() },
+                // The terminal and stdin are the original entrypoint's.
+                tty: p.role != Role::Server && run.runtime.tty,
+                stdin_open: p.role != Role::Server && run.runtime.stdin_open,
+                init: p.role != Role::Server && run.runtime.init,
                 labels: [("io.cimplifier.partition".to_owned(), p.name.to_string())]
                     .into_iter()
                     .collect(),
@@ -557,6 +612,86 @@ fn compose_file(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::docker::run::{PublishedPort, RunSettings};
+
+    fn partition(name: &str, role: Role) -> EmittedPartition {
+        EmittedPartition {
+            name: name.parse().unwrap(),
+            image: format!("t-{name}:latest"),
+            image_id: String::new(),
+            role,
+            entrypoint: vec![],
+            cmd: vec![],
+            executables: BTreeSet::new(),
+            files: 0,
+            bytes: 0,
+            stubs: BTreeMap::new(),
+            serves: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_run_plan_publishes_the_containers_ports_on_the_network_owner() {
+        let image = SourceConfig {
+            cmd: Some(vec!["/bin/bash".into()]),
+            exposed_ports: Some(vec!["80/tcp".into()]),
+            ..Default::default()
+        };
+        let mut run = RunSettings {
+            cmd: Some(vec!["sh".into(), "-c".into(), "serve".into()]),
+            exposed_ports: vec!["80/tcp".into()],
+            ..Default::default()
+        };
+        run.runtime.published_ports = vec![PublishedPort {
+            container_port: "80/tcp".into(),
+            host_ip: "127.0.0.1".into(),
+            host_port: "8080".into(),
+        }];
+        run.runtime.stdin_open = true;
+        let (source, report) = runconfig::carry(&image, Some(&run));
+        let parts = [
+            partition("sh", Role::Entrypoint),
+            partition("cat", Role::Server),
+        ];
+        let owner: PartitionName = "cat".parse().unwrap();
+        let images = ImageNaming::parse("t").unwrap();
+        let plan = compose_file(&images, &parts, &[], &[], &owner, &source, &report);
+        let cat = &plan.services["cat"];
+        assert_eq!(cat.ports.len(), 1);
+        assert_eq!(cat.ports[0].published.as_deref(), Some("8080"));
+        assert_eq!(cat.ports[0].host_ip.as_deref(), Some("127.0.0.1"));
+        assert!(!cat.stdin_open);
+        let sh = &plan.services["sh"];
+        assert!(sh.ports.is_empty() && sh.stdin_open);
+        let yaml = plan.to_yaml().unwrap();
+        let back: ComposeFile = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(back, plan);
+    }
+
+    #[test]
+    fn servers_run_as_root_and_the_entrypoint_as_the_container_ran() {
+        let source = SourceConfig {
+            user: Some("65534".into()),
+            ..Default::default()
+        };
+        let name: PartitionName = "p".parse().unwrap();
+        assert_eq!(
+            user_of(&Role::Entrypoint, &name, &source)
+                .unwrap()
+                .as_deref(),
+            Some("65534")
+        );
+        assert_eq!(user_of(&Role::Server, &name, &source).unwrap(), None);
+        let e = user_of(&Role::EntrypointAndServer, &name, &source)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("partition p") && e.contains("apart"), "{e}");
+        let root = SourceConfig {
+            user: Some("root:root".into()),
+            ..Default::default()
+        };
+        assert!(user_of(&Role::EntrypointAndServer, &name, &root).is_ok());
+    }
 
     #[test]
     fn image_names_and_volume_names() {

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::Role;
+use crate::emit::runconfig::RunReport;
 use crate::model::Exe;
 use crate::partition::PartitionName;
 use crate::place::partition::PartitionPlan;
@@ -68,6 +69,12 @@ pub struct PartitionEmitReport {
     /// The partition whose network namespace the others join.
     pub network_owner: PartitionName,
     pub compose_file: PathBuf,
+    /// The run configuration the images carry (the entry partition's
+    /// command, the environment, user, working directory, ports) and where
+    /// each setting came from: the source image's config or the observed
+    /// container. Published ports and `-t`/`-i`/`--init` are in the run plan.
+    #[serde(default)]
+    pub run: RunReport,
     /// The placement plan, with the evidence for every shared volume.
     pub plan: PartitionPlan,
 }
@@ -193,6 +200,8 @@ impl PartitionEmitReport {
                 e.caller_partition, e.caller, e.callee, e.callee_partition
             );
         }
+        let _ = writeln!(out, "  run settings (the images' config and the run plan):");
+        out += &self.run.render_text("    ");
         let _ = writeln!(
             out,
             "  network: one namespace, held by {}\n  run plan: {}",

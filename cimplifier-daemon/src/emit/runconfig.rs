@@ -1,0 +1,501 @@
+//! The run configuration of emitted images: the source image's config with
+//! what the observed container set on top of it (`docker create IMAGE
+//! COMMAND`, `--env`, `--user`, `--workdir`, `--publish`...). Where the two
+//! agree nothing changes; where they differ the container's setting wins,
+//! since that is what was observed. Each setting says where it came from,
+//! for the reports.
+
+use serde::{Deserialize, Serialize};
+
+use super::oci::SourceConfig;
+use crate::docker::run::{RunSettings, RuntimeSettings};
+use crate::store::SessionRecord;
+
+/// Where a setting of an emitted image came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// The source image's configuration.
+    ImageConfig,
+    /// The observed container, which set it at `docker create`/`run`.
+    Container,
+}
+
+/// A run setting, named as in an image config or `docker run`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Setting {
+    Entrypoint,
+    Cmd,
+    Env,
+    User,
+    WorkingDir,
+    ExposedPorts,
+    StopSignal,
+    PublishedPorts,
+    PublishAllPorts,
+    Tty,
+    StdinOpen,
+    Init,
+}
+
+impl Setting {
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::Entrypoint => "entrypoint",
+            Setting::Cmd => "cmd",
+            Setting::Env => "env",
+            Setting::User => "user",
+            Setting::WorkingDir => "working_dir",
+            Setting::ExposedPorts => "exposed_ports",
+            Setting::StopSignal => "stop_signal",
+            Setting::PublishedPorts => "published_ports",
+            Setting::PublishAllPorts => "publish_all_ports",
+            Setting::Tty => "tty",
+            Setting::StdinOpen => "stdin_open",
+            Setting::Init => "init",
+        }
+    }
+
+    /// How a container sets it.
+    fn how(self) -> &'static str {
+        match self {
+            Setting::Entrypoint => "docker create --entrypoint",
+            Setting::Cmd => "docker create IMAGE COMMAND",
+            Setting::Env => "docker create --env",
+            Setting::User => "docker create --user",
+            Setting::WorkingDir => "docker create --workdir",
+            Setting::ExposedPorts => "docker create --expose/--publish",
+            Setting::StopSignal => "docker create --stop-signal",
+            Setting::PublishedPorts => "docker create --publish",
+            Setting::PublishAllPorts => "docker create --publish-all",
+            Setting::Tty => "docker create --tty",
+            Setting::StdinOpen => "docker create --interactive",
+            Setting::Init => "docker create --init",
+        }
+    }
+}
+
+/// One setting of the emitted configuration and where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CarriedSetting {
+    pub setting: Setting,
+    /// For `env`: the variable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The value (argv as JSON). Left out for `env`: values may be secrets,
+    /// and `docker image inspect` shows them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    pub from: Origin,
+}
+
+impl CarriedSetting {
+    /// `image config` or `container (docker create --env)`.
+    pub fn origin(&self) -> String {
+        match self.from {
+            Origin::ImageConfig => "image config".to_owned(),
+            Origin::Container => format!("container ({})", self.setting.how()),
+        }
+    }
+}
+
+/// The run configuration an emit carried, for its report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// False when the session has no run settings: only the image's
+    /// configuration was carried, for the reason `not_carried` gives.
+    pub recorded: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_carried: Option<String>,
+    pub settings: Vec<CarriedSetting>,
+    /// What the output must be started with, outside its image config.
+    pub runtime: RuntimeSettings,
+    /// What the container was run with that emit does not carry (bind
+    /// mounts, capabilities, `--network`...), as `docker run` flags: add
+    /// them when running the output.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
+}
+
+impl RunReport {
+    /// The `docker run` line that starts `image` as the container ran.
+    pub fn docker_run(&self, image: &str) -> String {
+        let mut argv = vec!["docker".to_owned(), "run".to_owned(), "-d".to_owned()];
+        argv.extend(self.runtime.docker_run_flags());
+        argv.push(image.to_owned());
+        argv.join(" ")
+    }
+
+    /// One line per setting (variables grouped by origin), each indented
+    /// by `indent`.
+    pub fn render_text(&self, indent: &str) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        if !self.recorded {
+            let _ = writeln!(
+                out,
+                "{indent}how the container was run: NOT CARRIED ({}): only the image config \
+                 was; check the command, environment and ports",
+                self.not_carried.as_deref().unwrap_or("not recorded")
+            );
+        }
+        let mut env: Vec<(Origin, Vec<&str>)> = Vec::new();
+        for s in &self.settings {
+            if s.setting == Setting::Env {
+                let name = s.name.as_deref().unwrap_or_default();
+                match env.iter_mut().find(|(o, _)| *o == s.from) {
+                    Some((_, names)) => names.push(name),
+                    None => env.push((s.from, vec![name])),
+                }
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "{indent}{} {}: {}",
+                s.setting.name(),
+                s.value.as_deref().unwrap_or("(none)"),
+                s.origin()
+            );
+        }
+        env.sort_by_key(|(from, _)| *from);
+        for (from, names) in env {
+            let s = CarriedSetting {
+                setting: Setting::Env,
+                name: None,
+                value: None,
+                from,
+            };
+            let _ = writeln!(out, "{indent}env {}: {}", names.join(" "), s.origin());
+        }
+        if !self.left_out.is_empty() {
+            let _ = writeln!(
+                out,
+                "{indent}NOT carried (the container had them; add them when you run it): {}",
+                self.left_out.join(", ")
+            );
+        }
+        out
+    }
+}
+
+fn argv_text(v: &Option<Vec<String>>) -> Option<String> {
+    v.as_ref()
+        .map(|v| serde_json::to_string(v).expect("strings serialize"))
+}
+
+/// The configuration to emit for the source image of `session`, whose
+/// container ran with its recorded run settings, and where each setting
+/// came from.
+pub fn carry_for(image: &SourceConfig, session: &SessionRecord) -> (SourceConfig, RunReport) {
+    let (config, mut report) = carry(image, session.run.as_deref());
+    if !report.recorded {
+        report.not_carried = Some(match &session.run_not_merged {
+            Some(why) => format!("{why}, and were merged"),
+            None => "the session was recorded by a daemon that did not keep it".to_owned(),
+        });
+    }
+    (config, report)
+}
+
+/// The configuration to emit for a source image whose container ran with
+/// `run` (None: unknown), and where each setting came from.
+pub fn carry(image: &SourceConfig, run: Option<&RunSettings>) -> (SourceConfig, RunReport) {
+    let mut report = RunReport {
+        recorded: run.is_some(),
+        ..Default::default()
+    };
+    let Some(run) = run else {
+        let image_env = image.env.clone().unwrap_or_default();
+        let same = RunSettings {
+            entrypoint: image.entrypoint.clone(),
+            cmd: image.cmd.clone(),
+            env: image_env,
+            user: image.user.clone(),
+            working_dir: image.working_dir.clone(),
+            exposed_ports: image.exposed_ports.clone().unwrap_or_default(),
+            stop_signal: image.stop_signal.clone(),
+            runtime: RuntimeSettings::default(),
+            left_out: Vec::new(),
+        };
+        report.settings = settings(image, &same);
+        return (image.clone(), report);
+    };
+    report.settings = settings(image, run);
+    report.runtime = run.runtime.clone();
+    report.left_out = run.left_out.clone();
+    let config = SourceConfig {
+        entrypoint: run.entrypoint.clone(),
+        cmd: run.cmd.clone(),
+        env: (!run.env.is_empty()).then(|| run.env.clone()),
+        user: run.user.clone(),
+        working_dir: run.working_dir.clone(),
+        exposed_ports: (!run.exposed_ports.is_empty()).then(|| run.exposed_ports.clone()),
+        stop_signal: run.stop_signal.clone(),
+        ..image.clone()
+    };
+    (config, report)
+}
+
+/// Every setting that is set in the image or the container, by origin.
+fn settings(image: &SourceConfig, run: &RunSettings) -> Vec<CarriedSetting> {
+    let mut out = Vec::new();
+    let mut one = |setting: Setting, image: Option<String>, run: Option<String>| {
+        if image.is_none() && run.is_none() {
+            return;
+        }
+        out.push(CarriedSetting {
+            setting,
+            name: None,
+            from: if image == run {
+                Origin::ImageConfig
+            } else {
+                Origin::Container
+            },
+            value: run,
+        });
+    };
+    let empty_argv = |v: &Option<Vec<String>>| v.clone().filter(|v| !v.is_empty());
+    one(
+        Setting::Entrypoint,
+        argv_text(&empty_argv(&image.entrypoint)),
+        argv_text(&run.entrypoint),
+    );
+    one(
+        Setting::Cmd,
+        argv_text(&empty_argv(&image.cmd)),
+        argv_text(&run.cmd),
+    );
+    one(Setting::User, image.user.clone(), run.user.clone());
+    one(
+        Setting::WorkingDir,
+        image.working_dir.clone(),
+        run.working_dir.clone(),
+    );
+    let ports = |v: &[String]| (!v.is_empty()).then(|| v.join(" "));
+    let mut image_ports = image.exposed_ports.clone().unwrap_or_default();
+    image_ports.sort();
+    one(
+        Setting::ExposedPorts,
+        ports(&image_ports),
+        ports(&run.exposed_ports),
+    );
+    one(
+        Setting::StopSignal,
+        image.stop_signal.clone(),
+        run.stop_signal.clone(),
+    );
+    let r = &run.runtime;
+    if !r.published_ports.is_empty() {
+        let flags: Vec<String> = r.published_ports.iter().map(|p| p.flag()).collect();
+        one(Setting::PublishedPorts, None, Some(flags.join(" ")));
+    }
+    for (setting, on) in [
+        (Setting::PublishAllPorts, r.publish_all_ports),
+        (Setting::Tty, r.tty),
+        (Setting::StdinOpen, r.stdin_open),
+        (Setting::Init, r.init),
+    ] {
+        if on {
+            one(setting, None, Some("true".to_owned()));
+        }
+    }
+    let image_env = image.env.clone().unwrap_or_default();
+    let var = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_owned();
+    for e in &run.env {
+        out.push(CarriedSetting {
+            setting: Setting::Env,
+            name: Some(var(e)),
+            value: None,
+            from: if image_env.contains(e) {
+                Origin::ImageConfig
+            } else {
+                Origin::Container
+            },
+        });
+    }
+    // A variable of the image the container ran without.
+    for e in &image_env {
+        let name = var(e);
+        if !run.env.iter().any(|r| var(r) == name) {
+            out.push(CarriedSetting {
+                setting: Setting::Env,
+                name: Some(format!("{name} (unset)")),
+                value: None,
+                from: Origin::Container,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::docker::run::PublishedPort;
+
+    fn image() -> SourceConfig {
+        SourceConfig {
+            cmd: Some(vec!["/bin/bash".into()]),
+            env: Some(vec!["PATH=/usr/bin:/bin".into(), "LANG=C.UTF-8".into()]),
+            working_dir: Some("/".into()),
+            exposed_ports: Some(vec!["80/tcp".into()]),
+            labels: [("org.example".to_owned(), "x".to_owned())].into(),
+            created: Some("2026-01-01T00:00:00Z".into()),
+            ..Default::default()
+        }
+    }
+
+    /// What the engine reports for `docker create IMAGE` with no options:
+    /// the image's settings, merged in.
+    fn as_image() -> RunSettings {
+        RunSettings {
+            cmd: Some(vec!["/bin/bash".into()]),
+            env: vec!["PATH=/usr/bin:/bin".into(), "LANG=C.UTF-8".into()],
+            working_dir: Some("/".into()),
+            exposed_ports: vec!["80/tcp".into()],
+            ..Default::default()
+        }
+    }
+
+    fn from(report: &RunReport, setting: Setting, name: Option<&str>) -> Origin {
+        report
+            .settings
+            .iter()
+            .find(|s| s.setting == setting && s.name.as_deref() == name)
+            .unwrap_or_else(|| panic!("{setting:?} {name:?} in {:?}", report.settings))
+            .from
+    }
+
+    #[test]
+    fn a_container_run_as_its_image_changes_nothing() {
+        let (config, report) = carry(&image(), Some(&as_image()));
+        assert_eq!(config, image());
+        assert!(
+            report
+                .settings
+                .iter()
+                .all(|s| s.from == Origin::ImageConfig)
+        );
+        assert_eq!(report.docker_run("t:slim"), "docker run -d t:slim");
+    }
+
+    #[test]
+    fn the_containers_settings_win_where_they_differ() {
+        let mut run = as_image();
+        run.cmd = Some(vec!["sh".into(), "-c".into(), "echo $GREETING".into()]);
+        run.env.push("GREETING=hello".into());
+        run.env[1] = "LANG=de_DE.UTF-8".into();
+        run.working_dir = Some("/srv".into());
+        run.user = Some("nobody".into());
+        run.exposed_ports.push("8080/tcp".into());
+        run.runtime.published_ports = vec![PublishedPort {
+            container_port: "8080/tcp".into(),
+            host_ip: "127.0.0.1".into(),
+            host_port: "18080".into(),
+        }];
+        run.runtime.stdin_open = true;
+        run.left_out = vec!["--volume /srv/data:/data".into()];
+        let (config, report) = carry(&image(), Some(&run));
+        assert_eq!(config.cmd, run.cmd);
+        assert_eq!(config.env.as_deref().unwrap(), run.env);
+        assert_eq!(config.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(config.user.as_deref(), Some("nobody"));
+        assert_eq!(
+            config.exposed_ports.as_deref().unwrap(),
+            ["80/tcp", "8080/tcp"]
+        );
+        // What only the image has stays.
+        assert_eq!(config.labels, image().labels);
+        assert_eq!(config.created, image().created);
+
+        assert_eq!(from(&report, Setting::Cmd, None), Origin::Container);
+        assert_eq!(
+            from(&report, Setting::Env, Some("PATH")),
+            Origin::ImageConfig
+        );
+        assert_eq!(from(&report, Setting::Env, Some("LANG")), Origin::Container);
+        assert_eq!(
+            from(&report, Setting::Env, Some("GREETING")),
+            Origin::Container
+        );
+        assert_eq!(from(&report, Setting::WorkingDir, None), Origin::Container);
+        assert_eq!(from(&report, Setting::User, None), Origin::Container);
+        assert_eq!(
+            from(&report, Setting::PublishedPorts, None),
+            Origin::Container
+        );
+        assert_eq!(
+            report.docker_run("t:slim"),
+            "docker run -d -i -p 127.0.0.1:18080:8080 t:slim"
+        );
+        let text = report.render_text("  ");
+        assert!(
+            text.contains(
+                r#"  cmd ["sh","-c","echo $GREETING"]: container (docker create IMAGE COMMAND)"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  env PATH: image config"), "{text}");
+        assert!(
+            text.contains("  env LANG GREETING: container (docker create --env)"),
+            "{text}"
+        );
+        assert!(!text.contains("hello"), "env values stay out: {text}");
+        assert!(
+            text.contains("  NOT carried (the container had them; add them when you run it): --volume /srv/data:/data"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn an_entrypoint_cleared_by_the_container_stays_cleared() {
+        let mut img = image();
+        img.entrypoint = Some(vec!["/docker-entrypoint.sh".into()]);
+        let mut run = as_image();
+        run.entrypoint = None;
+        run.cmd = Some(vec!["sh".into()]);
+        let (config, report) = carry(&img, Some(&run));
+        assert_eq!(config.entrypoint, None);
+        let e = report
+            .settings
+            .iter()
+            .find(|s| s.setting == Setting::Entrypoint)
+            .unwrap();
+        assert_eq!((e.from, e.value.as_deref()), (Origin::Container, None));
+    }
+
+    #[test]
+    fn a_merge_of_sessions_run_otherwise_says_so() {
+        let started = crate::session::Started {
+            container_id: String::new(),
+            container_name: "m".into(),
+            image_id: "sha256:1".into(),
+            image_ref: "img".into(),
+            from_first_exec: true,
+            started_unix_ms: 0,
+        };
+        let mut merged = SessionRecord::new("m".into(), 1, started);
+        merged.run_not_merged =
+            Some("sessions a and b ran their containers with different command".into());
+        let (config, report) = carry_for(&image(), &merged);
+        assert_eq!(config, image());
+        let text = report.render_text("");
+        assert!(
+            text.contains("NOT CARRIED (sessions a and b ran their containers with different command, and were merged)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn without_recorded_settings_the_image_config_is_used_and_said() {
+        let (config, report) = carry(&image(), None);
+        assert_eq!(config, image());
+        assert!(!report.recorded);
+        assert!(
+            report
+                .render_text("")
+                .contains("NOT CARRIED (not recorded)")
+        );
+    }
+}
