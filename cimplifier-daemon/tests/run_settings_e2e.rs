@@ -10,11 +10,9 @@ mod common;
 
 use std::process::Command;
 
-use cimplifier::emit::partitioned::{PartitionEmitReport, RPE_DIR_ENV, Role};
+use cimplifier::emit::partitioned::{PartitionEmitReport, Role};
 use cimplifier::emit::runconfig::{Origin, Setting};
-use common::{
-    BASE_IMAGE, Container, Daemon, docker, require_root, rpe_static_dir, stdout_of, wait_until,
-};
+use common::{BASE_IMAGE, Container, Daemon, docker, require_root, stdout_of, wait_until};
 use serde_json::Value;
 
 /// The command the container is created with; the image's is /bin/bash.
@@ -131,8 +129,7 @@ impl Drop for Up<'_> {
 #[test]
 fn a_one_one_partitioned_system_runs_the_containers_own_command() {
     require_root();
-    let rpe = rpe_static_dir();
-    let d = Daemon::start_with_env(&[], &[(RPE_DIR_ENV, &rpe)]);
+    let d = Daemon::start();
     let (c, printed) = observe_own_command(&d, "runconfig-split");
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
