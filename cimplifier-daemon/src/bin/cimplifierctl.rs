@@ -144,6 +144,10 @@ enum Command {
         /// List every removed path in the report.
         #[arg(long)]
         list_removed: bool,
+        /// Keep only what the run used (and what that needs): not the whole
+        /// of each state directory, nor interpreters' whole code trees.
+        #[arg(long)]
+        strict: bool,
         /// Say why PATH is kept or removed (repeatable).
         #[arg(long, value_name = "PATH")]
         explain: Vec<String>,
@@ -988,12 +992,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_safety_sets,
             allow_incomplete,
             list_removed,
+            strict,
             explain,
             policy,
             out,
             json,
         } => {
             let mut slim = SlimOptions::with_safety_sets();
+            slim.strict = strict;
             if no_safety_sets {
                 slim.safety_sets.clear();
             }
@@ -1037,6 +1043,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect(),
                 allow_incomplete,
                 list_removed,
+                strict: slim.strict,
                 policy_toml: match &policy {
                     Some(p) => std::fs::read_to_string(p)
                         .with_context(|| format!("reading the policy file {}", p.display()))?,

@@ -134,6 +134,27 @@ pub fn describe(reason: &KeepReason) -> String {
         KeepReason::ElfDependency { of } => format!("ELF dependency of {of}"),
         KeepReason::SafetySet { set } => format!("safety set {}", set.name()),
         KeepReason::UserInclude { include } => format!("--include {include}"),
+        KeepReason::StateDirectory { dir, written_by } => format!(
+            "inside state directory {dir}, written by {}",
+            written_by
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        KeepReason::CodeTree {
+            exe,
+            kind,
+            dir,
+            loaded,
+            files,
+        } => format!(
+            "code tree of {exe} ({}), loaded {loaded} of {files} files under {dir}",
+            kind.name()
+        ),
+        KeepReason::DirectorySkeleton { of } => {
+            format!("directory skeleton: a subdirectory of the kept directory {of}")
+        }
     }
 }
 
