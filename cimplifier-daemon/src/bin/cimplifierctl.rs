@@ -577,6 +577,35 @@ fn summary(r: &EmitReport) -> String {
             "start-up NOT observed (--attach)"
         }
     );
+    for d in &r.state_directories {
+        s += &format!(
+            "  state directory {}{}, written by {}: kept whole\n",
+            d.dir,
+            if d.in_image {
+                ""
+            } else {
+                " (not in the image)"
+            },
+            d.written_by
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for t in &r.code_trees {
+        s += &format!(
+            "  code tree of {} under {}: loaded {} of {} {} files, kept all\n",
+            t.exe,
+            t.dir,
+            t.loaded,
+            t.files,
+            t.kind.name()
+        );
+    }
+    if r.strict {
+        s += "  --strict: only what was observed (no state directories or code trees kept whole)\n";
+    }
     let t = &r.timings;
     s += &format!(
         "  time: read image {} ms, plan {} ms, write {} ms, load {} ms\n",

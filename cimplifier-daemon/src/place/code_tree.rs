@@ -310,13 +310,20 @@ pub fn code_trees(model: &Model, exes: &BTreeSet<Exe>, fs: &ImageFs) -> Vec<Code
                 .iter()
                 .filter(|f| CodeKind::of_file(f).any(|k| k == kind))
             {
-                let Some(app) = application_of(file) else {
+                // A compiled module in `__pycache__` stands where its source
+                // does: `email/__pycache__/x.pyc` is of the package `email`.
+                let source = if file_name(&file.parent()) == "__pycache__" {
+                    file.parent().parent().join(file_name(file))
+                } else {
+                    file.clone()
+                };
+                let Some(app) = application_of(&source) else {
                     continue;
                 };
                 let (root, loaded) = apps
                     .entry(app)
-                    .or_insert_with(|| (file.parent(), BTreeSet::new()));
-                *root = common_dir(root, file);
+                    .or_insert_with(|| (source.parent(), BTreeSet::new()));
+                *root = common_dir(root, &source);
                 loaded.insert(file.clone());
             }
             for (_, (root, loaded)) in apps {
@@ -427,6 +434,9 @@ mod tests {
             "/usr/lib/",
             "/usr/lib/python3.11/",
             "/usr/lib/python3.11/os.py",
+            "/usr/lib/python3.11/__pycache__/",
+            "/usr/lib/python3.11/__pycache__/os.cpython-311.pyc",
+            "/usr/lib/python3.11/__pycache__/re.cpython-311.pyc",
             "/usr/lib/python3.11/email/",
             "/usr/lib/python3.11/email/__init__.py",
             "/usr/lib/python3.11/email/mime/",
@@ -448,7 +458,8 @@ mod tests {
             "/srv/app/app.py",
             "/srv/app/data.json",
             "/usr/lib/python3.11/os.py",
-            "/usr/lib/python3.11/email/__init__.py",
+            "/usr/lib/python3.11/__pycache__/os.cpython-311.pyc",
+            "/usr/lib/python3.11/email/__pycache__/__init__.cpython-311.pyc",
         ] {
             model.apply(&open(1, f, 0));
         }

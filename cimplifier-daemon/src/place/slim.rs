@@ -155,6 +155,34 @@ pub struct SlimPlan {
     pub not_in_image: BTreeSet<ContainerPath>,
     /// Kept for a reason but dropped by `--exclude`.
     pub excluded: BTreeSet<ContainerPath>,
+    /// The state directories found (none with `strict`).
+    pub state_dirs: Vec<KeptStateDir>,
+    /// The interpreters' code trees found (none with `strict`).
+    pub code_trees: Vec<KeptCodeTree>,
+}
+
+/// A state directory, as the audit report lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptStateDir {
+    pub dir: ContainerPath,
+    pub written_by: BTreeSet<Exe>,
+    /// Under /tmp, /var/tmp or /run: need not survive a restart.
+    pub volatile: bool,
+    /// Whether the source image has it (a directory the run created has
+    /// nothing to keep).
+    pub in_image: bool,
+}
+
+/// An interpreter's code tree, as the audit report lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptCodeTree {
+    pub exe: Exe,
+    pub kind: CodeKind,
+    pub dir: ContainerPath,
+    /// Files of the kind the run loaded under `dir`.
+    pub loaded: usize,
+    /// Files of the kind under `dir` in the image: all kept.
+    pub files: usize,
 }
 
 /// Whether `path` is `prefix` or below it.
@@ -472,6 +500,12 @@ pub fn plan_for(
     if !opts.strict {
         for state in state_dirs(model, exes, fs) {
             let written_by: BTreeSet<Exe> = state.writers.into_keys().collect();
+            p.plan.state_dirs.push(KeptStateDir {
+                dir: state.dir.clone(),
+                written_by: written_by.clone(),
+                volatile: state.volatile,
+                in_image: fs.get(&state.dir).is_some(),
+            });
             let inside: Vec<ContainerPath> = fs
                 .entries()
                 .map(|(e, _)| e)
@@ -490,6 +524,13 @@ pub fn plan_for(
         }
         for tree in code_trees(model, exes, fs) {
             let (loaded, files) = (tree.loaded.len(), tree.files.len());
+            p.plan.code_trees.push(KeptCodeTree {
+                exe: tree.exe.clone(),
+                kind: tree.kind,
+                dir: tree.root.clone(),
+                loaded,
+                files,
+            });
             for file in tree.files {
                 p.keep(
                     file,
