@@ -6,6 +6,10 @@
 //! opens after a restart, a journal it only replays after a crash) is still
 //! the program's state, so placement keeps such a directory whole.
 //!
+//! Only observed executables count: a process whose exec was not seen (the
+//! runtime's `runc:[2:INIT]`, which names host paths before it enters the
+//! container's root) is not a program of the image.
+//!
 //! Not state directories:
 //! - anything under `/proc`, `/sys` or `/dev`: kernel file systems mounted at
 //!   run time, never image content;
@@ -74,7 +78,7 @@ fn file_name(path: &ContainerPath) -> &str {
 /// through its symlinks.
 pub fn state_dirs(model: &Model, exes: &BTreeSet<Exe>, tree: &dyn ImageTree) -> Vec<StateDir> {
     let mut dirs: BTreeMap<ContainerPath, BTreeMap<Exe, Evidence>> = BTreeMap::new();
-    for exe in exes {
+    for exe in exes.iter().filter(|e| !e.is_unobserved()) {
         for (resource, access) in model.uses(std::slice::from_ref(exe)) {
             let Resource::Path(path) = resource else {
                 continue;
@@ -251,6 +255,12 @@ pub(crate) mod tests {
         model.apply(&open(1, "/etc/hosts", 1));
         // A marker at the root.
         model.apply(&open(1, "/.initialised", O_WRONLY_CREAT));
+        // The runtime's set-up, before the first exec: host paths.
+        model.apply(&open(
+            2,
+            "/var/lib/docker/overlay2/x/merged/dev/ptmx",
+            O_WRONLY_CREAT,
+        ));
 
         let exes = model.executables();
         let dirs = state_dirs(&model, &exes, &fs);
