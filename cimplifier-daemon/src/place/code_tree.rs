@@ -473,4 +473,47 @@ mod tests {
             [("/srv/app", 1, 2), ("/usr/lib/python3.11/email", 1, 3)]
         );
     }
+
+    #[test]
+    fn a_web_server_serving_scripts_is_no_interpreter_but_a_node_script_is() {
+        let fs = image(&[
+            "/usr/",
+            "/usr/sbin/",
+            "/usr/sbin/nginx",
+            "/usr/bin/",
+            "/usr/bin/node",
+            "/opt/",
+            "/opt/tool/",
+            "/opt/tool/bin/",
+            "/opt/tool/bin/tool = #!/usr/bin/node\n",
+            "/opt/tool/lib/",
+            "/opt/tool/lib/main.js",
+            "/opt/tool/lib/later.js",
+            "/srv/",
+            "/srv/www/",
+            "/srv/www/app.js",
+            "/srv/www/other.js",
+        ]);
+        let mut model = Model::with_image_tree(Box::new(fs.clone()));
+        model.apply(&exec(1, "/usr/sbin/nginx"));
+        model.apply(&open(1, "/srv/www/app.js", 0));
+        // The kernel runs the script's interpreter; the process's reads are
+        // the script's.
+        model.apply(&exec(2, "/opt/tool/bin/tool"));
+        model.apply(&open(2, "/opt/tool/lib/main.js", 0));
+        let trees = code_trees(&model, &model.executables(), &fs);
+        let summary: Vec<(&str, &str, usize, usize)> = trees
+            .iter()
+            .map(|t| {
+                (
+                    t.exe.0.as_str(),
+                    t.root.as_str(),
+                    t.loaded.len(),
+                    t.files.len(),
+                )
+            })
+            .collect();
+        assert_eq!(summary, [("/opt/tool/bin/tool", "/opt/tool/lib", 1, 2)]);
+        assert_eq!(trees[0].kind, CodeKind::Node);
+    }
 }

@@ -138,7 +138,8 @@ pub(crate) mod tests {
     }
 
     /// An image from a list: `dir/` a directory, `name -> target` a
-    /// symlink, anything else a file holding its own name.
+    /// symlink, `name = text` a file holding `text`, anything else a file
+    /// holding its own name.
     pub(crate) fn image(entries: &[&str]) -> Arc<ImageFs> {
         let mut b = tar::Builder::new(Vec::new());
         for e in entries {
@@ -155,8 +156,9 @@ pub(crate) mod tests {
                 b.append_link(&mut h, name.trim_start_matches('/'), target)
                     .unwrap();
             } else {
-                h.set_size(e.len() as u64);
-                b.append_data(&mut h, e.trim_start_matches('/'), e.as_bytes())
+                let (name, text) = e.split_once(" = ").unwrap_or((e, e));
+                h.set_size(text.len() as u64);
+                b.append_data(&mut h, name.trim_start_matches('/'), text.as_bytes())
                     .unwrap();
             }
         }
