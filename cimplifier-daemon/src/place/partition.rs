@@ -13,9 +13,17 @@
 //! directories above a used name) are structure and never force sharing;
 //! nor does a stat of a directory (in the image), which shows no entries.
 //!
-//! This plan works on the model's names. The closure of what each kept
-//! path needs in the image (ELF libraries, symlink chains) is the slim
-//! planner's, per partition, at emit time.
+//! Every name is first resolved through the image's symlinked directories
+//! (`/var/run/x.sock` is `/run/x.sock` where `/var/run -> /run`), so two
+//! names of one object are one resource and two names of one directory give
+//! one volume. A volume is mounted at a shared object itself only when the
+//! image has it as a directory or regular file and nobody creates, binds or
+//! removes it: a mount there would make a directory where a program later
+//! binds a socket, makes a FIFO or renames a file. Otherwise its directory
+//! is shared.
+//!
+//! The closure of what each kept path needs in the image (ELF libraries,
+//! symlink chains) is the slim planner's, per partition, at emit time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -24,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::slim::under;
 use crate::model::report::ResourceUse;
-use crate::model::{Access, Exe, Model, Resource};
+use crate::model::{Access, Exe, ImageTree, Model, Resource, walk};
 use crate::partition::{PartitionName, Partitioning, PolicyKind, Separation};
 use crate::trace::ContainerPath;
 
@@ -49,6 +57,10 @@ pub struct PartitionPlan {
     /// Sorted by caller, then callee.
     pub rpe: Vec<RpeEdge>,
     pub warnings: Vec<PlanWarning>,
+    /// Symlinks to directories that used names went through, with where
+    /// they lead: the plan names every resource by where it leads.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dir_links: BTreeMap<ContainerPath, ContainerPath>,
 }
 
 /// What one partition's container holds and reaches.
@@ -210,26 +222,91 @@ fn writers(users: &Users) -> BTreeSet<PartitionName> {
         .collect()
 }
 
+/// Resolves the names of used paths through the image's symlinks.
+struct Names<'a> {
+    tree: &'a dyn ImageTree,
+    dir_links: BTreeMap<ContainerPath, ContainerPath>,
+}
+
+impl Names<'_> {
+    /// `path` with every directory on the way resolved through the image's
+    /// symlinks; the last component is kept (a use of a link itself, or
+    /// one the model also recorded at the link's target).
+    fn canonical(&mut self, path: &ContainerPath) -> ContainerPath {
+        if *path == ContainerPath::root() {
+            return path.clone();
+        }
+        let w = walk(self.tree, &path.parent(), true);
+        let Some(dir) = w.resolved else {
+            return path.clone(); // a link loop: the lookup fails anyway
+        };
+        for link in w.links {
+            if let Some(to) = walk(self.tree, &link, true).resolved {
+                self.dir_links.insert(link, to);
+            }
+        }
+        let name = path.as_str().rsplit('/').next().unwrap_or_default();
+        dir.join(name)
+    }
+
+    /// Whether the image has `path` as a symlink.
+    fn is_link(&self, path: &ContainerPath) -> bool {
+        self.tree.read_link(path).is_some()
+    }
+
+    /// Whether a volume may be mounted at `path` itself: the image has it
+    /// as a directory or a regular file. Unknown when the tree cannot say.
+    fn mountable(&self, path: &ContainerPath) -> bool {
+        match self.tree.is_dir(path) {
+            Some(true) | None => true,
+            Some(false) => self.tree.head(path, 0).is_some(),
+        }
+    }
+}
+
 /// The placement of `partitioning`'s partitions, from what `model` saw
-/// their executables use.
-pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
+/// their executables use in the image `tree` (the source image's files,
+/// whose symlinks name where each used name leads).
+pub fn plan(model: &Model, partitioning: &Partitioning, tree: &dyn ImageTree) -> PartitionPlan {
+    let mut names = Names {
+        tree,
+        dir_links: BTreeMap::new(),
+    };
     let mut by_resource: BTreeMap<Resource, Users> = BTreeMap::new();
     for (name, exes) in &partitioning.partitions {
         for exe in exes {
             for (resource, access) in model.uses(std::slice::from_ref(exe)) {
-                let access: BTreeSet<Access> = access
+                let mut access: BTreeSet<Access> = access
                     .into_iter()
                     .filter(|&a| a != Access::ProbeFailed)
                     .collect();
                 if access.is_empty() {
                     continue;
                 }
+                let resource = match resource {
+                    Resource::Path(p) => {
+                        let real = names.canonical(&p);
+                        // A symlink followed to its target is passed
+                        // through: the model has the use at the target.
+                        if names.is_link(&real)
+                            && !access
+                                .iter()
+                                .any(|a| matches!(a, Access::Create | Access::Delete))
+                        {
+                            access = BTreeSet::from([Access::Traverse]);
+                        }
+                        Resource::Path(real)
+                    }
+                    other => other,
+                };
                 by_resource
                     .entry(resource)
                     .or_default()
                     .entry(name.clone())
                     .or_default()
-                    .insert(exe.clone(), access);
+                    .entry(exe.clone())
+                    .or_default()
+                    .extend(access);
             }
         }
     }
@@ -245,7 +322,7 @@ pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
         let mut sharers = real_users(users);
         // Stat of a directory shows its mode and times, not what another
         // partition creates in it: it need not see the same directory.
-        if model.image_is_dir(p) == Some(true) {
+        if tree.is_dir(p) == Some(true) {
             sharers.retain(|part| {
                 users[part]
                     .values()
@@ -265,7 +342,9 @@ pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
             }
             continue;
         }
-        let (mount, mounted_as) = if created_or_removed(Some(users)) {
+        // A mount makes a directory where the image has none: never at
+        // what a program creates, binds or removes, nor at a socket or FIFO.
+        let (mount, mounted_as) = if created_or_removed(Some(users)) || !names.mountable(p) {
             let mut dir = p.parent();
             while dir != ContainerPath::root()
                 && created_or_removed(by_resource.get(&Resource::Path(dir.clone())))
@@ -425,6 +504,7 @@ pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
         },
         rpe,
         warnings,
+        dir_links: names.dir_links,
     }
 }
 
@@ -542,6 +622,28 @@ impl PartitionPlan {
     /// The plan for people; JSON (serde) is for programs.
     pub fn render_text(&self) -> String {
         render_text(self)
+    }
+
+    /// The name the plan knows `path` by: through the symlinked
+    /// directories its used names went through (`/var/run/x` is `/run/x`).
+    pub fn resolve(&self, path: &ContainerPath) -> ContainerPath {
+        let mut path = path.clone();
+        for _ in 0..40 {
+            let Some((link, to)) = self
+                .dir_links
+                .iter()
+                .filter(|(link, _)| under(&path, link))
+                .max_by_key(|(link, _)| link.as_str().len())
+            else {
+                break;
+            };
+            let rest = &path.as_str()[link.as_str().len()..];
+            match ContainerPath::new(&format!("{to}{rest}")) {
+                Some(p) => path = p,
+                None => break,
+            }
+        }
+        path
     }
 }
 

@@ -299,7 +299,7 @@ pub async fn emit_partitioned(
     store.fold(&info, &mut model, |_| {})?;
     let partitioning = crate::partition::partition(&model, &opts.policy)
         .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
-    let plan = plan(&model, &partitioning);
+    let plan = plan(&model, &partitioning, &fs);
     let source = SourceConfig::from_inspect(&inspect);
     let entry = entry_partition(&model, &plan, &source, &fs)?;
     let stub_bytes = std::fs::read(&opts.rpe.stub)

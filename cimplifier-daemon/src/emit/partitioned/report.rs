@@ -75,6 +75,7 @@ pub struct PartitionEmitReport {
 impl PartitionEmitReport {
     /// Where `path` is in the partitioned system, and why.
     pub fn explain(&self, path: &ContainerPath) -> String {
+        let path = &self.plan.resolve(path);
         let access_list = |a: &BTreeSet<crate::model::Access>| {
             a.iter()
                 .map(|a| format!("{a:?}").to_lowercase())

@@ -28,10 +28,31 @@ fn access(v: &[Access]) -> BTreeSet<Access> {
     v.iter().copied().collect()
 }
 
+/// No image: nothing is known about kinds or links.
+struct NoImage;
+
+impl ImageTree for NoImage {
+    fn read_link(&self, _: &ContainerPath) -> Option<String> {
+        None
+    }
+    fn head(&self, _: &ContainerPath, _: usize) -> Option<Vec<u8>> {
+        None
+    }
+}
+
 fn plan_for(script: &Script, policy: &str) -> PartitionPlan {
     let model = script.model();
     let policy = Policy::from_toml(policy).unwrap();
-    plan(&model, &partition(&model, &policy).unwrap())
+    plan(&model, &partition(&model, &policy).unwrap(), &NoImage)
+}
+
+/// The plan with `image` (a host directory) as the source image, as emit
+/// makes it: the model and the placement both see the image.
+fn plan_in(script: &Script, policy: &str, image: &std::path::Path) -> PartitionPlan {
+    let tree = crate::model::DirTree::new(image);
+    let model = script.model_with_tree(Box::new(tree.clone()));
+    let policy = Policy::from_toml(policy).unwrap();
+    plan(&model, &partition(&model, &policy).unwrap(), &tree)
 }
 
 const WIKI_SUBSETS: &str = r#"
@@ -422,16 +443,128 @@ fn a_directory_another_partition_only_stats_is_not_shared() {
     .unwrap();
     let image = tempfile::tempdir().unwrap();
     std::fs::create_dir(image.path().join("tmp")).unwrap();
-    let placed = |model: &Model| plan(model, &partition(model, &policy).unwrap());
+    let tree = crate::model::DirTree::new(image.path());
+    let placed = |model: &Model, tree: &dyn ImageTree| {
+        plan(model, &partition(model, &policy).unwrap(), tree)
+    };
 
     // Knowing /tmp is a directory, nginx's stat needs no shared /tmp.
-    let with_tree = placed(&s.model_with_tree(Box::new(crate::model::DirTree::new(image.path()))));
+    let with_tree = placed(&s.model_with_tree(Box::new(tree.clone())), &tree);
     assert!(with_tree.volumes.is_empty(), "{:#?}", with_tree.volumes);
     // Without the image, a stat of what another partition writes is a use.
-    let without = placed(&s.model());
+    let without = placed(&s.model(), &NoImage);
     assert_eq!(volume(&without, "/tmp").partitions, names(&["db", "web"]));
     // Reading the directory (its entries) still shares it.
     s.read(web, "/tmp");
-    let reads = placed(&s.model_with_tree(Box::new(crate::model::DirTree::new(image.path()))));
+    let reads = placed(&s.model_with_tree(Box::new(tree.clone())), &tree);
     assert_eq!(volume(&reads, "/tmp").partitions, names(&["db", "web"]));
+}
+
+/// A Debian-like image: `/var/run -> /run`, with /run/mysqld and /run/app
+/// made by the packages.
+fn debian_run() -> tempfile::TempDir {
+    let image = tempfile::tempdir().unwrap();
+    let r = image.path();
+    for d in ["run/mysqld", "run/app", "var", "etc/app", "usr/sbin"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink("/run", r.join("var/run")).unwrap();
+    std::fs::write(r.join("etc/app/state"), b"0").unwrap();
+    image
+}
+
+const DB_WEB_INIT: &str = r#"
+kind = "disjoint-subsets"
+[partitions]
+init = ["/usr/bin/supervisord"]
+db = ["/usr/sbin/mariadbd"]
+web = ["/usr/sbin/php-fpm"]
+"#;
+
+#[test]
+fn a_socket_reached_through_a_symlinked_directory_is_one_resource_shared_through_its_directory() {
+    let image = debian_run();
+    let mut s = Script::default();
+    let init = s.start("/usr/bin/supervisord");
+    let db = s.spawn(init, "/usr/sbin/mariadbd");
+    s.bind_unix(db, "/run/mysqld/mysqld.sock");
+    // A start-up check and the client use the other name of /run.
+    s.stat(init, "/var/run/mysqld/mysqld.sock");
+    let web = s.spawn(init, "/usr/sbin/php-fpm");
+    s.connect_unix(web, "/var/run/mysqld/mysqld.sock");
+    let plan = plan_in(&s, DB_WEB_INIT, image.path());
+    let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
+    // Never a volume at the socket (mariadbd's bind would fail with
+    // EADDRINUSE), nor at its /var/run name.
+    assert_eq!(mounts, ["/run/mysqld"], "{:#?}", plan.volumes);
+    let v = volume(&plan, "/run/mysqld");
+    assert_eq!(v.partitions, names(&["db", "init", "web"]));
+    assert_eq!(v.shared[0].resource, p("/run/mysqld/mysqld.sock"));
+    assert_eq!(
+        v.shared[0].mounted_as,
+        MountedAs::Through {
+            dir: p("/run/mysqld")
+        }
+    );
+    assert_eq!(plan.dir_links.get(&p("/var/run")), Some(&p("/run")));
+    assert_eq!(
+        plan.resolve(&p("/var/run/mysqld/mysqld.sock")),
+        p("/run/mysqld/mysqld.sock")
+    );
+}
+
+#[test]
+fn a_socket_nobody_was_seen_binding_is_shared_through_its_directory() {
+    // Only a chmod of the socket and a connect were seen (say mariadbd
+    // bound it before the watch began): the image has no such file, so a
+    // mount there would make a directory in its place.
+    let image = debian_run();
+    let mut s = Script::default();
+    let init = s.start("/usr/bin/supervisord");
+    let db = s.spawn(init, "/usr/sbin/mariadbd");
+    s.chmod(db, "/run/app/app.sock");
+    let web = s.spawn(init, "/usr/sbin/php-fpm");
+    s.connect_unix(web, "/var/run/app/app.sock");
+    let plan = plan_in(&s, DB_WEB_INIT, image.path());
+    let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
+    assert_eq!(mounts, ["/run/app"], "{:#?}", plan.volumes);
+}
+
+#[test]
+fn two_names_of_one_directory_give_one_volume() {
+    // A file changed in place is mounted itself; here its two users reach
+    // its directory by two names, and also create files next to it.
+    let image = debian_run();
+    let mut s = Script::default();
+    let init = s.start("/usr/bin/supervisord");
+    let db = s.spawn(init, "/usr/sbin/mariadbd");
+    s.create(db, "/var/run/app/db.pid");
+    s.write(db, "/etc/app/state");
+    let web = s.spawn(init, "/usr/sbin/php-fpm");
+    s.read(web, "/var/run/app/db.pid");
+    s.read(web, "/etc/app/state");
+    s.create(web, "/run/app/web.pid");
+    s.read(db, "/var/run/app/web.pid");
+    let plan = plan_in(&s, DB_WEB_INIT, image.path());
+    let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
+    assert_eq!(
+        mounts,
+        ["/etc/app/state", "/run/app"],
+        "{:#?}",
+        plan.volumes
+    );
+    let shared: Vec<&str> = volume(&plan, "/run/app")
+        .shared
+        .iter()
+        .map(|s| s.resource.as_str())
+        .collect();
+    assert_eq!(shared, ["/run/app/db.pid", "/run/app/web.pid"]);
+    // No partition mounts one volume inside another.
+    for part in plan.partitions.values() {
+        for a in &part.mounts {
+            for b in &part.mounts {
+                assert!(a == b || !under(a, b), "{a} inside {b}");
+            }
+        }
+    }
 }
