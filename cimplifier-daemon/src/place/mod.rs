@@ -1,7 +1,8 @@
 //! The place stage: which files of the source image each output image
 //! keeps, and why. [`slim`]: the all-one-context policy (one slim image);
 //! [`partition`]: a partitioned system (images, shared volumes, network,
-//! RPE stubs).
+//! RPE stubs); [`state`]: the directories programs keep their state in.
 
 pub mod partition;
 pub mod slim;
+pub mod state;
