@@ -31,6 +31,7 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::slim::under;
+use super::state::state_dirs;
 use crate::model::report::ResourceUse;
 use crate::model::{Access, Exe, ImageTree, Model, Resource, walk};
 use crate::partition::{PartitionName, Partitioning, PolicyKind, Separation};
@@ -88,17 +89,46 @@ pub struct PartitionContents {
     pub serves: BTreeSet<Exe>,
 }
 
-/// A volume mounted at the same path in several partitions.
+/// A named volume of the run plan: mounted at the same path in several
+/// partitions (it holds what they share), or in one alone (it holds that
+/// partition's state, so that re-creating its container keeps the data).
+/// Either way it starts with the source image's content (see emit's seed).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedVolume {
     pub mount: ContainerPath,
     pub partitions: BTreeSet<PartitionName>,
     /// The resources that must be shared, with who uses them how: why the
-    /// volume exists.
+    /// volume exists when several partitions mount it.
     pub shared: Vec<SharedResource>,
+    /// State directories it holds (directories observed executables write
+    /// in): why it exists when only one partition mounts it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<StateUse>,
     /// Every path the mounting partitions use below the mount point: what
     /// the volume starts with (from the source image) or comes to hold.
     pub contents: BTreeSet<ContainerPath>,
+}
+
+impl SharedVolume {
+    /// Mounted by one partition only: its state, not something shared.
+    pub fn is_private(&self) -> bool {
+        self.partitions.len() == 1
+    }
+
+    fn absorb(&mut self, inner: SharedVolume) {
+        self.partitions.extend(inner.partitions);
+        self.shared.extend(inner.shared);
+        self.state.extend(inner.state);
+    }
+}
+
+/// A state directory (see [`crate::place::state`]) a volume holds.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StateUse {
+    pub partition: PartitionName,
+    pub dir: ContainerPath,
+    /// The executables that write in it.
+    pub writers: BTreeSet<Exe>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +210,14 @@ pub enum PlanWarning {
     IpcNotShared {
         resource: ContainerPath,
         partitions: BTreeSet<PartitionName>,
+    },
+    /// A state directory only `/` could hold as a volume (it and the
+    /// directories above it are made at run time): its data stays in the
+    /// container's writable layer and is lost when the container is
+    /// re-created.
+    StateNotPersisted {
+        dir: ContainerPath,
+        partition: PartitionName,
     },
 }
 
@@ -402,6 +440,7 @@ pub fn plan(model: &Model, partitioning: &Partitioning, tree: &dyn ImageTree) ->
                 mount: outer,
                 partitions: BTreeSet::new(),
                 shared: Vec::new(),
+                state: Vec::new(),
                 contents: BTreeSet::new(),
             });
         for (shared, sharers) in resources {
@@ -409,8 +448,65 @@ pub fn plan(model: &Model, partitioning: &Partitioning, tree: &dyn ImageTree) ->
             v.shared.push(shared.clone());
         }
     }
-    for v in volumes.values_mut() {
+    let mut volumes: Vec<SharedVolume> = volumes.into_values().collect();
+
+    // Every lasting state directory gets a volume, so that re-creating a
+    // container (`down`, `up`) keeps its data. /tmp, /run and the like
+    // need not last, and stay in the writable layer unless shared.
+    for (name, exes) in &partitioning.partitions {
+        for dir in state_dirs(model, exes, tree) {
+            if dir.volatile {
+                continue;
+            }
+            // Mounting a directory made at run time would make it before
+            // the program does: mount the nearest one above that is not.
+            let mut mount = dir.dir.clone();
+            while mount != ContainerPath::root()
+                && created_or_removed(by_resource.get(&Resource::Path(mount.clone())))
+            {
+                mount = mount.parent();
+            }
+            if mount == ContainerPath::root() {
+                warnings.push(PlanWarning::StateNotPersisted {
+                    dir: dir.dir,
+                    partition: name.clone(),
+                });
+                continue;
+            }
+            volumes.push(SharedVolume {
+                mount,
+                partitions: BTreeSet::from([name.clone()]),
+                shared: Vec::new(),
+                state: vec![StateUse {
+                    partition: name.clone(),
+                    dir: dir.dir,
+                    writers: dir.writers.into_keys().collect(),
+                }],
+                contents: BTreeSet::new(),
+            });
+        }
+    }
+    // No container mounts one volume inside another, or two at one path:
+    // such volumes merge into the outer one.
+    while let Some((outer, inner)) = (0..volumes.len())
+        .flat_map(|i| (0..volumes.len()).map(move |j| (i, j)))
+        .find(|&(i, j)| {
+            let (a, b) = (&volumes[i], &volumes[j]);
+            i != j
+                && under(&b.mount, &a.mount)
+                && (b.mount != a.mount || i < j)
+                && !a.partitions.is_disjoint(&b.partitions)
+        })
+    {
+        let v = volumes[inner].clone();
+        volumes[outer].absorb(v);
+        volumes.remove(inner);
+    }
+    volumes.sort_by(|a, b| (&a.mount, &a.partitions).cmp(&(&b.mount, &b.partitions)));
+    for v in &mut volumes {
         v.shared.sort_by(|a, b| a.resource.cmp(&b.resource));
+        v.state.sort();
+        v.state.dedup();
         v.contents = by_resource
             .iter()
             .filter_map(|(r, users)| match r {
@@ -436,7 +532,7 @@ pub fn plan(model: &Model, partitioning: &Partitioning, tree: &dyn ImageTree) ->
                 copied: BTreeSet::new(),
                 private: BTreeSet::new(),
                 mounts: volumes
-                    .values()
+                    .iter()
                     .filter(|v| v.partitions.contains(name))
                     .map(|v| v.mount.clone())
                     .collect(),
@@ -497,7 +593,7 @@ pub fn plan(model: &Model, partitioning: &Partitioning, tree: &dyn ImageTree) ->
         version: VERSION,
         policy: partitioning.policy,
         partitions,
-        volumes: volumes.into_values().collect(),
+        volumes,
         network: NetworkPlan {
             shared_namespace: true,
             links: network_links(&by_resource),
@@ -653,10 +749,14 @@ pub fn render_text(plan: &PartitionPlan) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "policy {}: {} partitions, {} shared volumes, {} RPE calls, one network namespace\n",
+        "policy {}: {} partitions, {} shared volumes{}, {} RPE calls, one network namespace\n",
         plan.policy,
         plan.partitions.len(),
-        plan.volumes.len(),
+        plan.volumes.iter().filter(|v| !v.is_private()).count(),
+        match plan.volumes.iter().filter(|v| v.is_private()).count() {
+            0 => String::new(),
+            n => format!(", {n} private state volumes"),
+        },
         plan.rpe.len()
     );
     let rows: Vec<Vec<String>> = plan
@@ -709,6 +809,20 @@ pub fn render_text(plan: &PartitionPlan) -> String {
                     (String::new(), String::new())
                 };
                 rows.push(vec![mount, parts, s.resource.to_string(), how, uses]);
+            }
+            for (i, st) in v.state.iter().enumerate() {
+                let (mount, parts) = if i == 0 && v.shared.is_empty() {
+                    (v.mount.to_string(), list(&v.partitions))
+                } else {
+                    (String::new(), String::new())
+                };
+                rows.push(vec![
+                    mount,
+                    parts,
+                    st.dir.to_string(),
+                    format!("state directory of {}", st.partition),
+                    format!("written by {}", list(&st.writers)),
+                ]);
             }
         }
         table(
@@ -774,6 +888,10 @@ pub fn render_text(plan: &PartitionPlan) -> String {
                 out,
                 "\nwarning: {resource} is shared by {} as IPC, which this plan does not set up",
                 list(partitions)
+            ),
+            PlanWarning::StateNotPersisted { dir, partition } => writeln!(
+                out,
+                "\nwarning: {dir} is a state directory of {partition}, but only / could hold it and / cannot be a volume: its data is lost when the container is re-created"
             ),
         };
     }

@@ -97,8 +97,7 @@ pub fn state_dirs(model: &Model, exes: &BTreeSet<Exe>, tree: &dyn ImageTree) -> 
             }
             let parent = path.parent();
             let dir = walk(tree, &parent, true).resolved.unwrap_or(parent);
-            if dir == ContainerPath::root()
-                || KERNEL_FILE_SYSTEMS.iter().any(|k| is_under(&dir, k))
+            if dir == ContainerPath::root() || KERNEL_FILE_SYSTEMS.iter().any(|k| is_under(&dir, k))
             {
                 continue;
             }

@@ -149,7 +149,13 @@ fn a_socket_in_a_directory_made_at_run_time_is_shared_one_level_up() {
             ("web", "/usr/bin/php", access(&[Access::Connect])),
         ]
     );
-    assert_eq!(plan.volumes.len(), 2, "{:#?}", plan.volumes);
+    let shared: Vec<&str> = plan
+        .volumes
+        .iter()
+        .filter(|v| !v.is_private())
+        .map(|v| v.mount.as_str())
+        .collect();
+    assert_eq!(shared, ["/run", "/var/www/wiki/images"]);
 }
 
 #[test]
@@ -157,7 +163,8 @@ fn the_wiki_partitions_hold_what_they_use() {
     let plan = plan_for(&wiki(), WIKI_SUBSETS);
     let db = &plan.partitions[&name("db")];
     assert_eq!(db.executables, [exe("/usr/sbin/mysqld")].into());
-    assert_eq!(db.private, paths(&["/var/lib/mysql/ibdata1"]));
+    // ibdata1 is in the volume of mysqld's state directory.
+    assert!(db.private.is_empty(), "{:?}", db.private);
     assert_eq!(
         db.copied,
         paths(&[
@@ -170,17 +177,21 @@ fn the_wiki_partitions_hold_what_they_use() {
             "/usr/sbin/mysqld",
             "/var",
             "/var/lib",
-            "/var/lib/mysql"
         ])
     );
-    assert_eq!(db.mounts, paths(&["/run"]));
+    assert_eq!(db.mounts, paths(&["/run", "/var/lib/mysql"]));
     assert_eq!(db.serves, [exe("/usr/sbin/mysqld")].into());
     assert!(db.stubs.is_empty());
     let web = &plan.partitions[&name("web")];
-    // openssl makes the key and apache2 reads it: both in web, so private.
-    assert!(web.private.contains(&p("/etc/ssl/private/wiki.key")));
+    // openssl makes the key and apache2 reads it: both in web, so in
+    // web's own volume of openssl's state directory.
+    let key = volume(&plan, "/etc/ssl/private");
+    assert!(key.is_private() && key.partitions == names(&["web"]));
     assert!(web.copied.contains(&p("/etc/wiki/settings.conf")));
-    assert_eq!(web.mounts, paths(&["/run", "/var/www/wiki/images"]));
+    assert_eq!(
+        web.mounts,
+        paths(&["/etc/ssl/private", "/run", "/var/www/wiki/images"])
+    );
     assert_eq!(
         web.stubs,
         BTreeMap::from([
@@ -280,12 +291,14 @@ web = ["/usr/sbin/apache2", "/entrypoint.sh"]
 fn all_one_shares_nothing() {
     let plan = plan_for(&wiki(), r#"kind = "all-one""#);
     assert_eq!(plan.partitions.len(), 1);
-    assert!(plan.volumes.is_empty() && plan.rpe.is_empty() && plan.network.links.is_empty());
+    assert!(plan.volumes.iter().all(SharedVolume::is_private));
+    assert!(plan.rpe.is_empty() && plan.network.links.is_empty());
     let all = &plan.partitions[&name("all")];
-    assert!(all.private.contains(&p("/var/www/wiki/images/up.png")));
+    // State that must last is in volumes; /run need not.
+    assert!(all.mounts.contains(&p("/var/www/wiki/images")));
     assert!(all.private.contains(&p("/run/mysqld/mysqld.sock")));
     assert!(all.copied.contains(&p("/etc/motd")));
-    assert!(all.mounts.is_empty() && all.stubs.is_empty());
+    assert!(all.stubs.is_empty());
 }
 
 #[test]
@@ -311,13 +324,13 @@ fn one_one_copies_read_only_files_and_shares_the_key() {
 
 #[test]
 fn files_changed_in_place_are_mounted_themselves_unless_inside_another_volume() {
+    // In /run, a directory whose contents need not last: no state volume.
     let mut s = Script::default();
     let db = s.start("/usr/sbin/mysqld");
-    s.write(db, "/var/lib/mysql/ibdata1")
-        .write(db, "/etc/mysql/state");
+    s.write(db, "/run/mysql/ibdata1").write(db, "/run/state");
     let backup = s.start("/usr/local/bin/backup");
-    s.read(backup, "/var/lib/mysql/ibdata1")
-        .read(backup, "/etc/mysql/state");
+    s.read(backup, "/run/mysql/ibdata1")
+        .read(backup, "/run/state");
     let toml = r#"
 kind = "disjoint-subsets"
 [partitions]
@@ -326,21 +339,18 @@ backup = ["/usr/local/bin/backup"]
 "#;
     let plan = plan_for(&s, toml);
     let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
-    assert_eq!(mounts, ["/etc/mysql/state", "/var/lib/mysql/ibdata1"]);
-    assert_eq!(plan.volumes[1].shared[0].mounted_as, MountedAs::Itself);
+    assert_eq!(mounts, ["/run/mysql/ibdata1", "/run/state"]);
+    assert_eq!(plan.volumes[0].shared[0].mounted_as, MountedAs::Itself);
     // Now mysqld also creates a log next to ibdata1, which backup reads:
     // the directory is mounted and ibdata1's own volume merges into it.
-    s.create(db, "/var/lib/mysql/ib_logfile0");
-    s.read(backup, "/var/lib/mysql/ib_logfile0");
+    s.create(db, "/run/mysql/ib_logfile0");
+    s.read(backup, "/run/mysql/ib_logfile0");
     let plan = plan_for(&s, toml);
     let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
-    assert_eq!(mounts, ["/etc/mysql/state", "/var/lib/mysql"]);
-    let v = &plan.volumes[1];
+    assert_eq!(mounts, ["/run/mysql", "/run/state"]);
+    let v = &plan.volumes[0];
     let shared: Vec<&str> = v.shared.iter().map(|s| s.resource.as_str()).collect();
-    assert_eq!(
-        shared,
-        ["/var/lib/mysql/ib_logfile0", "/var/lib/mysql/ibdata1"]
-    );
+    assert_eq!(shared, ["/run/mysql/ib_logfile0", "/run/mysql/ibdata1"]);
 }
 
 #[test]
@@ -387,7 +397,7 @@ fn the_plan_is_deterministic_and_renders_as_json_and_text() {
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["format"], FORMAT);
     assert_eq!(
-        value["volumes"][0]["shared"][0]["mounted_as"],
+        value["volumes"][1]["shared"][0]["mounted_as"],
         serde_json::json!({"how": "through", "dir": "/run"})
     );
     assert_eq!(
@@ -400,7 +410,7 @@ fn the_plan_is_deterministic_and_renders_as_json_and_text() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
-        "policy disjoint-subsets: 3 partitions, 2 shared volumes, 2 RPE calls, one network namespace"
+        "policy disjoint-subsets: 3 partitions, 2 shared volumes, 2 private state volumes, 2 RPE calls, one network namespace"
     );
     let has = |needle: &str| {
         assert!(
@@ -409,7 +419,10 @@ fn the_plan_is_deterministic_and_renders_as_json_and_text() {
         )
     };
     has("PARTITION  COPIED  PRIVATE  MOUNTS");
-    has("db         10      1        /run");
+    has("db         9       0        /run, /var/lib/mysql");
+    has(
+        "/var/lib/mysql        db           /var/lib/mysql               state directory of db                      written by /usr/sbin/mysqld",
+    );
     has("/usr/bin/convert (images), /usr/sbin/mysqld (db)");
     has("/run/mysqld/mysqld.sock");
     has("db /usr/sbin/mysqld bind; web /usr/bin/php connect");
@@ -547,12 +560,9 @@ fn two_names_of_one_directory_give_one_volume() {
     s.read(db, "/var/run/app/web.pid");
     let plan = plan_in(&s, DB_WEB_INIT, image.path());
     let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
-    assert_eq!(
-        mounts,
-        ["/etc/app/state", "/run/app"],
-        "{:#?}",
-        plan.volumes
-    );
+    // mariadbd writes /etc/app/state in place: /etc/app is its state
+    // directory, whose volume php-fpm shares.
+    assert_eq!(mounts, ["/etc/app", "/run/app"], "{:#?}", plan.volumes);
     let shared: Vec<&str> = volume(&plan, "/run/app")
         .shared
         .iter()
@@ -567,4 +577,76 @@ fn two_names_of_one_directory_give_one_volume() {
             }
         }
     }
+}
+
+#[test]
+fn every_lasting_state_directory_gets_a_volume_private_to_its_partition() {
+    let image = debian_run();
+    for d in ["var/lib/mysql", "var/log/nginx", "srv/app", "tmp"] {
+        std::fs::create_dir_all(image.path().join(d)).unwrap();
+    }
+    let mut s = Script::default();
+    let init = s.start("/usr/bin/supervisord");
+    let db = s.spawn(init, "/usr/sbin/mariadbd");
+    s.write(db, "/var/lib/mysql/ibdata1")
+        .create(db, "/var/lib/mysql/ib_logfile0")
+        .create(db, "/tmp/ib123")
+        .mkdir(db, "/srv/app/data")
+        .create(db, "/srv/app/data/f")
+        .mkdir(db, "/data")
+        .create(db, "/data/f");
+    let web = s.spawn(init, "/usr/sbin/php-fpm");
+    s.create(web, "/var/log/nginx/access.log");
+    let plan = plan_in(&s, DB_WEB_INIT, image.path());
+    let vols: Vec<(&str, Vec<&str>)> = plan
+        .volumes
+        .iter()
+        .map(|v| {
+            (
+                v.mount.as_str(),
+                v.partitions.iter().map(|p| p.as_str()).collect(),
+            )
+        })
+        .collect();
+    // /tmp need not last; /srv/app/data is made at run time, so the
+    // volume is one level up; /data could only be held by /.
+    assert_eq!(
+        vols,
+        [
+            ("/srv/app", vec!["db"]),
+            ("/var/lib/mysql", vec!["db"]),
+            ("/var/log/nginx", vec!["web"]),
+        ]
+    );
+    let v = volume(&plan, "/var/lib/mysql");
+    assert!(v.is_private() && v.shared.is_empty());
+    assert_eq!(
+        v.state,
+        [StateUse {
+            partition: name("db"),
+            dir: p("/var/lib/mysql"),
+            writers: [exe("/usr/sbin/mariadbd")].into(),
+        }]
+    );
+    let srv: Vec<&str> = volume(&plan, "/srv/app")
+        .state
+        .iter()
+        .map(|s| s.dir.as_str())
+        .collect();
+    assert_eq!(
+        srv,
+        ["/srv/app", "/srv/app/data"],
+        "mkdir writes in /srv/app"
+    );
+    assert_eq!(
+        plan.warnings,
+        [PlanWarning::StateNotPersisted {
+            dir: p("/data"),
+            partition: name("db"),
+        }]
+    );
+    let db = &plan.partitions[&name("db")];
+    assert_eq!(db.mounts, paths(&["/srv/app", "/var/lib/mysql"]));
+    assert!(db.private.contains(&p("/tmp/ib123")));
+    assert!(plan.render_text().contains("state directory of db"));
 }
