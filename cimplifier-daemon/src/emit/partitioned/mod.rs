@@ -30,9 +30,10 @@ use crate::trace::ContainerPath;
 
 mod layer;
 mod report;
+pub mod seed;
 
 use layer::{Glue, partition_layer};
-pub use report::{EmittedPartition, EmittedVolume, PartitionEmitReport, RpeVolume};
+pub use report::{EmittedPartition, EmittedSeed, EmittedVolume, PartitionEmitReport, RpeVolume};
 
 pub const REPORT_FORMAT: &str = "cimplifier-partition-emit-report";
 pub const REPORT_VERSION: u32 = 1;
@@ -147,20 +148,27 @@ pub enum Role {
     Server,
 }
 
-/// A name Docker and Compose accept for a volume, from its mount point.
-fn volume_name(mount: &ContainerPath, taken: &BTreeSet<String>) -> String {
-    let base: String = mount
-        .as_str()
-        .trim_start_matches('/')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
+/// A name Docker and Compose accept for a volume, from its mount point;
+/// a volume private to one partition is named after it too.
+fn volume_name(
+    mount: &ContainerPath,
+    private_to: Option<&PartitionName>,
+    taken: &BTreeSet<String>,
+) -> String {
+    let path = mount.as_str().trim_start_matches('/');
+    let base: String = match private_to {
+        Some(p) => format!("{p}-{path}"),
+        None => path.to_owned(),
+    }
+    .chars()
+    .map(|c| {
+        if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+            c.to_ascii_lowercase()
+        } else {
+            '-'
+        }
+    })
+    .collect();
     let mut name = base.clone();
     let mut n = 2;
     while taken.contains(&name) {
@@ -299,6 +307,16 @@ pub async fn emit_partitioned(
     store.fold(&info, &mut model, |_| {})?;
     let partitioning = crate::partition::partition(&model, &opts.policy)
         .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
+    if partitioning
+        .partitions
+        .keys()
+        .any(|p| p.as_str() == seed::SEED_SERVICE)
+    {
+        bail!(
+            "policy: the partition name {} is the run plan's seed service; rename that partition",
+            seed::SEED_SERVICE
+        );
+    }
     let plan = plan(&model, &partitioning, &fs);
     let source = SourceConfig::from_inspect(&inspect);
     let entry = entry_partition(&model, &plan, &source, &fs)?;
@@ -307,19 +325,71 @@ pub async fn emit_partitioned(
     let server_bytes = std::fs::read(&opts.rpe.server)
         .with_context(|| format!("reading the RPE server {}", opts.rpe.server.display()))?;
 
-    // Volumes: the plan's shared ones, and one per caller/callee pair.
+    // Volumes: the plan's shared and state ones, seeded from the source
+    // image; and one per caller/callee pair.
     let mut taken = BTreeSet::new();
     let mut volumes = Vec::new();
     for v in &plan.volumes {
-        let name = volume_name(&v.mount, &taken);
+        let private_to = v
+            .is_private()
+            .then(|| v.partitions.first().cloned())
+            .flatten();
+        let name = volume_name(&v.mount, private_to.as_ref(), &taken);
         taken.insert(name.clone());
         volumes.push(EmittedVolume {
             name,
             mount: v.mount.clone(),
             partitions: v.partitions.clone(),
             because: v.shared.iter().map(|s| s.resource.clone()).collect(),
+            private_to,
+            state_dirs: v.state.iter().map(|s| s.dir.clone()).collect(),
+            seed: Default::default(),
         });
     }
+    let seed_image = if volumes.is_empty() {
+        None
+    } else {
+        progress("writing the volumes' seed image");
+        let pairs: Vec<(String, &crate::place::partition::SharedVolume)> = volumes
+            .iter()
+            .map(|v| v.name.clone())
+            .zip(&plan.volumes)
+            .collect();
+        let (layer, stats) = seed::seed_layer(&fs, &pairs)?;
+        for (v, stat) in volumes.iter_mut().zip(stats) {
+            v.seed = stat;
+        }
+        let config = SourceConfig {
+            entrypoint: Some(vec![seed::SEED_PROGRAM.to_owned()]),
+            cmd: None,
+            env: None,
+            working_dir: None,
+            user: None,
+            exposed_ports: None,
+            volumes: None,
+            labels: BTreeMap::new(),
+            stop_signal: None,
+            created: source.created.clone(),
+        };
+        let labels: BTreeMap<String, String> = [
+            ("io.cimplifier.source-image", info.started.image_id.clone()),
+            ("io.cimplifier.role", "seed".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let seed_name: PartitionName = seed::SEED_SERVICE.parse().expect("a valid name");
+        let tag = opts.images.of(&seed_name);
+        let image = oci::build(layer, &config, &labels, Some(&tag))?;
+        progress(&format!("loading {tag} into Docker"));
+        oci::load_into_docker(&docker, &image).await?;
+        Some(EmittedSeed {
+            service: seed::SEED_SERVICE.to_owned(),
+            image: tag,
+            image_id: image.config.digest(),
+            bytes: image.layer.bytes.len() as u64,
+        })
+    };
     let pairs: BTreeSet<(PartitionName, PartitionName)> = plan
         .rpe
         .iter()
@@ -402,6 +472,7 @@ pub async fn emit_partitioned(
         &rpe_volumes,
         &network_owner,
         &source,
+        seed_image.as_ref(),
     );
     std::fs::create_dir_all(&opts.out_dir)
         .with_context(|| format!("creating the output directory {}", opts.out_dir.display()))?;
@@ -429,6 +500,7 @@ pub async fn emit_partitioned(
             0.0
         },
         volumes,
+        seed: seed_image,
         rpe_volumes,
         network_owner,
         compose_file: compose_path,
@@ -447,6 +519,7 @@ fn compose_file(
     rpe_volumes: &[RpeVolume],
     network_owner: &PartitionName,
     source: &SourceConfig,
+    seed: Option<&EmittedSeed>,
 ) -> ComposeFile {
     let servers: Vec<String> = partitions
         .iter()
@@ -456,10 +529,12 @@ fn compose_file(
     let services = partitions
         .iter()
         .map(|p| {
+            // nocopy: a volume starts with what the seed service put there,
+            // never with this image's files (see seed.rs).
             let mut mounts: Vec<String> = volumes
                 .iter()
                 .filter(|v| v.partitions.contains(&p.name))
-                .map(|v| format!("{}:{}", v.name, v.mount))
+                .map(|v| format!("{}:{}:nocopy", v.name, v.mount))
                 .collect();
             for v in rpe_volumes {
                 if v.caller == p.name {
@@ -471,7 +546,7 @@ fn compose_file(
             }
             let owner = &p.name == network_owner;
             // Servers start first, so stubs find their sockets.
-            let mut depends_on: Vec<String> = Vec::new();
+            let mut depends_on: Vec<String> = seed.iter().map(|s| s.service.clone()).collect();
             if !owner {
                 depends_on.push(network_owner.to_string());
                 if p.role != Role::Server {
@@ -499,6 +574,22 @@ fn compose_file(
             };
             (p.name.to_string(), service)
         })
+        .chain(seed.map(|s| {
+            let service = ComposeService {
+                image: s.image.clone(),
+                network_mode: None,
+                depends_on: Vec::new(),
+                volumes: volumes
+                    .iter()
+                    .map(|v| format!("{}:{}", v.name, seed::staging_dir(&v.name)))
+                    .collect(),
+                expose: Vec::new(),
+                labels: [("io.cimplifier.role".to_owned(), "seed".to_owned())]
+                    .into_iter()
+                    .collect(),
+            };
+            (s.service.clone(), service)
+        }))
         .collect();
     let name = images
         .repository
@@ -532,8 +623,10 @@ mod tests {
         assert!(ImageNaming::parse("Bad Name").is_err());
         let mut taken = BTreeSet::new();
         let p = ContainerPath::new("/run/mysqld").unwrap();
-        assert_eq!(volume_name(&p, &taken), "run-mysqld");
+        assert_eq!(volume_name(&p, None, &taken), "run-mysqld");
         taken.insert("run-mysqld".to_owned());
-        assert_eq!(volume_name(&p, &taken), "run-mysqld-2");
+        assert_eq!(volume_name(&p, None, &taken), "run-mysqld-2");
+        let lib = ContainerPath::new("/var/lib/mysql").unwrap();
+        assert_eq!(volume_name(&lib, Some(&db), &taken), "db-var-lib-mysql");
     }
 }
