@@ -277,7 +277,8 @@ pub struct UpReport {
     pub containers: Vec<Started>,
     /// The network owner's address on Docker's default bridge, if any.
     pub ip_address: Option<String>,
-    /// Volumes created by this `up` and filled by the seed service.
+    /// Volumes created by this `up` and filled by the seed service (the
+    /// RPE socket volumes start empty).
     #[serde(default)]
     pub seeded: Vec<String>,
     /// Volumes that existed already and kept their data.
@@ -348,7 +349,19 @@ pub async fn up_in_order(
             .with_context(|| format!("creating volume {full}"))?;
         seeded.push(name.clone());
     }
-    if plan.services.contains_key(SEED_SERVICE) && !seeded.is_empty() {
+    // Only what the seed service mounts is seeded.
+    let seed_mounts: BTreeSet<&str> = plan
+        .services
+        .get(SEED_SERVICE)
+        .map(|s| {
+            s.volumes
+                .iter()
+                .filter_map(|v| split_volume(v).ok().map(|(v, _, _)| v))
+                .collect()
+        })
+        .unwrap_or_default();
+    seeded.retain(|v| seed_mounts.contains(v.as_str()));
+    if !seeded.is_empty() {
         seed(docker, &plan, &seeded, progress).await?;
     }
     let mut services: Vec<&str> = plan
