@@ -359,17 +359,12 @@ pub async fn emit_partitioned(
         for (v, stat) in volumes.iter_mut().zip(stats) {
             v.seed = stat;
         }
+        // Nothing of the source's configuration: the seed runs as root and
+        // only has to exit 0.
         let config = SourceConfig {
             entrypoint: Some(vec![seed::SEED_PROGRAM.to_owned()]),
-            cmd: None,
-            env: None,
-            working_dir: None,
-            user: None,
-            exposed_ports: None,
-            volumes: None,
-            labels: BTreeMap::new(),
-            stop_signal: None,
             created: source.created.clone(),
+            ..SourceConfig::default()
         };
         let labels: BTreeMap<String, String> = [
             ("io.cimplifier.source-image", info.started.image_id.clone()),
