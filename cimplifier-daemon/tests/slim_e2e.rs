@@ -213,7 +213,99 @@ fn report_sizes(case: &Case, report: &Value) -> f64 {
         report["kept_files"],
         report["source_files"],
     );
+    // What each keep reason costs in the layer: a 512-byte header per
+    // entry and its content padded to 512 (PAX records left out).
+    let mut by_reason: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();
+    for k in report["kept"].as_array().unwrap() {
+        let bytes = k["bytes"].as_u64().unwrap();
+        let r = by_reason
+            .entry(k["reason"].as_str().unwrap().to_owned())
+            .or_default();
+        r.0 += 1;
+        r.1 += bytes;
+        r.2 += 512 + bytes.div_ceil(512) * 512;
+    }
+    for (reason, (n, bytes, tar)) in by_reason {
+        println!("  {reason:<20} {n:>6} entries {bytes:>10} content bytes {tar:>10} layer bytes");
+    }
+    let mut rules = std::collections::BTreeSet::new();
+    for (_, k) in kept_for(report, "state_directory") {
+        rules.insert(format!(
+            "state directory {} ({})",
+            k["dir"], k["written_by"]
+        ));
+    }
+    for (_, k) in kept_for(report, "code_tree") {
+        rules.insert(format!(
+            "code tree {} of {}: {} of {}",
+            k["dir"], k["exe"], k["loaded"], k["files"]
+        ));
+    }
+    for r in rules {
+        println!("  {r}");
+    }
     percent
+}
+
+/// Emits the same session again with `--strict`; its layer's size.
+fn strict_size(e: &Emitted) -> u64 {
+    let out = ctl(&e.daemon)
+        .args(["emit", e.report["container"].as_str().unwrap()])
+        .arg("--oci-dir")
+        .arg(e.oci_dir.with_extension("strict"))
+        .args(["--strict", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "emit --strict failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept = report["kept"].as_array().unwrap();
+    assert!(
+        !kept
+            .iter()
+            .any(|k| k["reason"] == "state_directory" || k["reason"] == "code_tree"),
+        "--strict kept more than what was observed"
+    );
+    let bytes = report["slim_image_bytes"].as_u64().unwrap();
+    println!(
+        "  --strict: {bytes} bytes; the state directory and code tree rules cost {} bytes",
+        e.report["slim_image_bytes"].as_u64().unwrap() as i64 - bytes as i64
+    );
+    bytes
+}
+
+/// The state directories the report lists, with their writers.
+fn state_dirs(report: &Value) -> Vec<(String, Vec<String>)> {
+    report["state_directories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["dir"].as_str().unwrap().to_owned(),
+                d["written_by"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e.as_str().unwrap().to_owned())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The kept entries with `reason`, as (path, the whole record).
+fn kept_for<'a>(report: &'a Value, reason: &str) -> Vec<(&'a str, &'a Value)> {
+    report["kept"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["reason"] == reason)
+        .map(|k| (k["path"].as_str().unwrap(), k))
+        .collect()
 }
 
 /// Entry names of the slim image's single layer, from the OCI layout.
@@ -284,6 +376,13 @@ fn nginx_static_site() {
         "the slim nginx answers differently"
     );
     let percent = report_sizes(&NGINX, &e.report);
+    strict_size(&e);
+    // nginx writes its pid file in /run: a state directory, kept whole.
+    assert!(
+        state_dirs(&e.report).contains(&("/run".into(), vec!["/usr/sbin/nginx".into()])),
+        "{:?}",
+        state_dirs(&e.report)
+    );
     assert!(
         percent >= NGINX.paper_percent,
         "{percent:.1}% < the paper's {}%",
@@ -415,6 +514,15 @@ fn redis_with_aof() {
     wait_until("the restarted slim redis", || redis_ready(port));
     assert_eq!(redis_cli(port, &["GET", "cimplifier:aof"]), "survives");
     let percent = report_sizes(&REDIS, &e.report);
+    strict_size(&e);
+    // Its data directory is a state directory (the image has it empty).
+    assert!(
+        state_dirs(&e.report)
+            .iter()
+            .any(|(d, by)| d == "/var/lib/redis" && by.iter().any(|e| e.ends_with("redis-server"))),
+        "{:?}",
+        state_dirs(&e.report)
+    );
     assert!(
         percent >= REDIS.paper_percent,
         "{percent:.1}% < the paper's {}%",
@@ -467,6 +575,25 @@ fn flask_web_app() {
         "the slim Flask app answers differently"
     );
     let percent = report_sizes(&FLASK, &e.report);
+    let strict = strict_size(&e);
+    // Python imports lazily: the packages it loaded from are kept whole,
+    // each file with the tree it belongs to.
+    let trees = e.report["code_trees"].as_array().unwrap();
+    assert!(
+        trees
+            .iter()
+            .any(|t| t["dir"] == "/usr/lib/python3/dist-packages/flask" && t["kind"] == "python"),
+        "{trees:?}"
+    );
+    let code = kept_for(&e.report, "code_tree");
+    assert!(
+        code.iter().any(
+            |(p, k)| p.starts_with("/usr/lib/python3/dist-packages/werkzeug/")
+                && k["dir"] == "/usr/lib/python3/dist-packages/werkzeug"
+        ),
+        "no werkzeug module kept for its code tree"
+    );
+    assert!(strict < e.report["slim_image_bytes"].as_u64().unwrap());
     assert!(
         percent >= FLASK.paper_percent,
         "{percent:.1}% < the paper's {}%",

@@ -498,6 +498,7 @@ impl Cimplifier for Service {
         }
         slim.include = paths(&req.include, "include")?;
         slim.exclude = paths(&req.exclude, "exclude")?;
+        slim.strict = req.strict;
         if !req.policy_toml.is_empty() {
             return self.emit_partitioned(req, slim);
         }

@@ -144,6 +144,10 @@ enum Command {
         /// List every removed path in the report.
         #[arg(long)]
         list_removed: bool,
+        /// Keep only what the run used (and what that needs): not the whole
+        /// of each state directory, nor interpreters' whole code trees.
+        #[arg(long)]
+        strict: bool,
         /// Say why PATH is kept or removed (repeatable).
         #[arg(long, value_name = "PATH")]
         explain: Vec<String>,
@@ -573,6 +577,35 @@ fn summary(r: &EmitReport) -> String {
             "start-up NOT observed (--attach)"
         }
     );
+    for d in &r.state_directories {
+        s += &format!(
+            "  state directory {}{}, written by {}: kept whole\n",
+            d.dir,
+            if d.in_image {
+                ""
+            } else {
+                " (not in the image)"
+            },
+            d.written_by
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    for t in &r.code_trees {
+        s += &format!(
+            "  code tree of {} under {}: loaded {} of {} {} files, kept all\n",
+            t.exe,
+            t.dir,
+            t.loaded,
+            t.files,
+            t.kind.name()
+        );
+    }
+    if r.strict {
+        s += "  --strict: only what was observed (no state directories or code trees kept whole)\n";
+    }
     let t = &r.timings;
     s += &format!(
         "  time: read image {} ms, plan {} ms, write {} ms, load {} ms\n",
@@ -1000,12 +1033,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             no_safety_sets,
             allow_incomplete,
             list_removed,
+            strict,
             explain,
             policy,
             out,
             json,
         } => {
             let mut slim = SlimOptions::with_safety_sets();
+            slim.strict = strict;
             if no_safety_sets {
                 slim.safety_sets.clear();
             }
@@ -1049,6 +1084,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect(),
                 allow_incomplete,
                 list_removed,
+                strict: slim.strict,
                 policy_toml: match &policy {
                     Some(p) => std::fs::read_to_string(p)
                         .with_context(|| format!("reading the policy file {}", p.display()))?,

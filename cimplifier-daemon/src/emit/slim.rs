@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use super::image_fs::ImageFs;
 use super::oci::{self, SourceConfig};
 use crate::model::Model;
-use crate::place::slim::{KeepReason, SlimOptions, plan};
+use crate::place::slim::{KeepReason, KeptCodeTree, KeptStateDir, SlimOptions, plan};
 use crate::store::Store;
 use crate::trace::ContainerPath;
 
@@ -94,6 +94,15 @@ pub struct EmitReport {
     pub created_at_run_time: Vec<ContainerPath>,
     /// Dropped by `--exclude`.
     pub excluded: Vec<ContainerPath>,
+    /// Emitted with `--strict`: no state directories or code trees kept whole.
+    #[serde(default)]
+    pub strict: bool,
+    /// Directories the run wrote in, each kept whole (docs/slim.md).
+    #[serde(default)]
+    pub state_directories: Vec<KeptStateDir>,
+    /// Interpreters' code trees, each kept whole (docs/slim.md).
+    #[serde(default)]
+    pub code_trees: Vec<KeptCodeTree>,
     /// Every removed path, with `--list-removed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed: Option<Vec<ContainerPath>>,
@@ -134,6 +143,27 @@ pub fn describe(reason: &KeepReason) -> String {
         KeepReason::ElfDependency { of } => format!("ELF dependency of {of}"),
         KeepReason::SafetySet { set } => format!("safety set {}", set.name()),
         KeepReason::UserInclude { include } => format!("--include {include}"),
+        KeepReason::StateDirectory { dir, written_by } => format!(
+            "inside state directory {dir}, written by {}",
+            written_by
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        KeepReason::CodeTree {
+            exe,
+            kind,
+            dir,
+            loaded,
+            files,
+        } => format!(
+            "code tree of {exe} ({}), loaded {loaded} of {files} files under {dir}",
+            kind.name()
+        ),
+        KeepReason::DirectorySkeleton { of } => {
+            format!("directory skeleton: a subdirectory of the kept directory {of}")
+        }
     }
 }
 
@@ -312,6 +342,9 @@ pub async fn emit(
         kept,
         created_at_run_time: slim_plan.not_in_image.into_iter().collect(),
         excluded: slim_plan.excluded.into_iter().collect(),
+        strict: slim.strict,
+        state_directories: slim_plan.state_dirs,
+        code_trees: slim_plan.code_trees,
         removed: opts.list_removed.then_some(removed),
         timings: Timings {
             read_image_ms,

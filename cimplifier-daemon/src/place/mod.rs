@@ -3,6 +3,7 @@
 //! [`partition`]: a partitioned system (images, shared volumes, network,
 //! RPE stubs); [`state`]: the directories programs keep their state in.
 
+pub mod code_tree;
 pub mod partition;
 pub mod slim;
 pub mod state;

@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::code_tree::{CodeKind, code_trees};
+use super::state::state_dirs;
 use crate::emit::image_fs::{EntryKind, ImageFs};
 use crate::model::{Access, Exe, Model, Resource, walk};
 use crate::trace::ContainerPath;
@@ -30,6 +32,25 @@ pub enum KeepReason {
     SafetySet { set: SafetySet },
     /// Under a `--include` path.
     UserInclude { include: ContainerPath },
+    /// Inside a directory the run wrote in (see [`super::state`]): the
+    /// program's state, kept whole as the image has it.
+    StateDirectory {
+        dir: ContainerPath,
+        written_by: BTreeSet<Exe>,
+    },
+    /// A code file of an application an interpreter loaded code from (see
+    /// [`super::code_tree`]): loaded `loaded` of the `files` files of its
+    /// kind under `dir`.
+    CodeTree {
+        exe: Exe,
+        kind: CodeKind,
+        dir: ContainerPath,
+        loaded: usize,
+        files: usize,
+    },
+    /// A subdirectory (not its files) of a kept directory: programs create
+    /// files in, or change into, directories they never did on the run.
+    DirectorySkeleton { of: ContainerPath },
 }
 
 /// Files kept although a run may not have touched them, because programs
@@ -111,6 +132,9 @@ pub struct SlimOptions {
     pub safety_sets: BTreeSet<SafetySet>,
     /// The image's environment (`KEY=VALUE`), for the locales it selects.
     pub env: Vec<String>,
+    /// Keep only what was observed and what it needs: no state directory
+    /// subtrees and no code trees (`emit --strict`).
+    pub strict: bool,
 }
 
 impl SlimOptions {
@@ -131,6 +155,34 @@ pub struct SlimPlan {
     pub not_in_image: BTreeSet<ContainerPath>,
     /// Kept for a reason but dropped by `--exclude`.
     pub excluded: BTreeSet<ContainerPath>,
+    /// The state directories found (none with `strict`).
+    pub state_dirs: Vec<KeptStateDir>,
+    /// The interpreters' code trees found (none with `strict`).
+    pub code_trees: Vec<KeptCodeTree>,
+}
+
+/// A state directory, as the audit report lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptStateDir {
+    pub dir: ContainerPath,
+    pub written_by: BTreeSet<Exe>,
+    /// Under /tmp, /var/tmp or /run: need not survive a restart.
+    pub volatile: bool,
+    /// Whether the source image has it (a directory the run created has
+    /// nothing to keep).
+    pub in_image: bool,
+}
+
+/// An interpreter's code tree, as the audit report lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptCodeTree {
+    pub exe: Exe,
+    pub kind: CodeKind,
+    pub dir: ContainerPath,
+    /// Files of the kind the run loaded under `dir`.
+    pub loaded: usize,
+    /// Files of the kind under `dir` in the image: all kept.
+    pub files: usize,
 }
 
 /// Whether `path` is `prefix` or below it.
@@ -445,6 +497,75 @@ pub fn plan_for(
             }
         }
     }
+    if !opts.strict {
+        for state in state_dirs(model, exes, fs) {
+            let written_by: BTreeSet<Exe> = state.writers.into_keys().collect();
+            p.plan.state_dirs.push(KeptStateDir {
+                dir: state.dir.clone(),
+                written_by: written_by.clone(),
+                volatile: state.volatile,
+                in_image: fs.get(&state.dir).is_some(),
+            });
+            let inside: Vec<ContainerPath> = fs
+                .entries()
+                .map(|(e, _)| e)
+                .filter(|e| under(e, &state.dir))
+                .cloned()
+                .collect();
+            for e in inside {
+                p.keep(
+                    e,
+                    KeepReason::StateDirectory {
+                        dir: state.dir.clone(),
+                        written_by: written_by.clone(),
+                    },
+                );
+            }
+        }
+        for tree in code_trees(model, exes, fs) {
+            let (loaded, files) = (tree.loaded.len(), tree.files.len());
+            p.plan.code_trees.push(KeptCodeTree {
+                exe: tree.exe.clone(),
+                kind: tree.kind,
+                dir: tree.root.clone(),
+                loaded,
+                files,
+            });
+            for file in tree.files {
+                p.keep(
+                    file,
+                    KeepReason::CodeTree {
+                        exe: tree.exe.clone(),
+                        kind: tree.kind,
+                        dir: tree.root.clone(),
+                        loaded,
+                        files,
+                    },
+                );
+            }
+        }
+    }
+    while let Some(path) = p.queue.pop_front() {
+        p.close_over(&path);
+    }
+    // The skeleton: every subdirectory of a kept directory, without files.
+    let skeleton: Vec<(ContainerPath, ContainerPath)> = fs
+        .entries()
+        .filter(|(path, entry)| {
+            entry.kind == EntryKind::Dir
+                && !p.plan.keep.contains_key(*path)
+                && *path != &ContainerPath::root()
+        })
+        .map(|(path, _)| (path.clone(), path.parent()))
+        .filter(|(_, parent)| {
+            *parent == ContainerPath::root()
+                || (fs.get(parent).is_some_and(|e| e.kind == EntryKind::Dir)
+                    && p.plan.keep.contains_key(parent))
+        })
+        .collect();
+    for (dir, parent) in skeleton {
+        p.keep(dir, KeepReason::DirectorySkeleton { of: parent });
+    }
     while let Some(path) = p.queue.pop_front() {
         p.close_over(&path);
     }
@@ -513,12 +634,17 @@ mod tests {
             kept,
             [
                 "/bin",
+                "/etc",
                 "/usr",
                 "/usr/bin",
                 "/usr/bin/ping",
                 "/usr/bin/ping6"
             ]
         );
+        assert!(matches!(
+            &plan.keep[&p("/etc")],
+            KeepReason::DirectorySkeleton { of } if of.as_str() == "/"
+        ));
         assert!(matches!(
             &plan.keep[&p("/usr/bin/ping")],
             KeepReason::HardLinkTarget { of } if of.as_str() == "/usr/bin/ping6"
@@ -536,6 +662,7 @@ mod tests {
             exclude: vec![p("/usr/bin/ping6")],
             safety_sets: SafetySet::ALL.into_iter().collect(),
             env: vec![],
+            strict: false,
         };
         let plan = plan(&model, &fs, &opts);
         assert!(matches!(
@@ -555,5 +682,142 @@ mod tests {
             locale_dirs(&["LANG=C.UTF-8".into(), "PATH=/bin".into(), "LC_ALL=C".into()]),
             [p("/usr/lib/locale/C.UTF-8"), p("/usr/lib/locale/C.utf8")]
         );
+    }
+
+    mod rules {
+        use super::super::*;
+        use crate::place::state::tests::{call, exec, image, open, p};
+        use crate::trace::PathRole;
+        use cimplifier_common::syscalls::nr;
+
+        /// A database that writes in its data directory, whose recovery
+        /// directory (empty in the image) the run never opened.
+        fn database() -> (Arc<ImageFs>, Model) {
+            let fs = image(&[
+                "/usr/",
+                "/usr/bin/",
+                "/usr/bin/db",
+                "/usr/share/",
+                "/usr/share/doc/",
+                "/usr/share/doc/db/",
+                "/usr/share/doc/db/README",
+                "/etc/",
+                "/etc/db.conf",
+                "/etc/other.conf",
+                "/var/",
+                "/var/lib/",
+                "/var/lib/db/",
+                "/var/lib/db/base/",
+                "/var/lib/db/base/1",
+                "/var/lib/db/recovery/",
+                "/var/lib/db/VERSION",
+            ]);
+            let mut model = Model::with_image_tree(Box::new(fs.clone()));
+            model.apply(&exec(1, "/usr/bin/db"));
+            model.apply(&open(1, "/etc/db.conf", 0));
+            model.apply(&open(1, "/var/lib/db/base/1", 2));
+            model.apply(&open(1, "/var/lib/db/wal.tmp", 0o101));
+            model.apply(&call(
+                1,
+                nr::RENAME,
+                [0; 6],
+                &[
+                    (PathRole::Old, "/var/lib/db/wal.tmp"),
+                    (PathRole::New, "/var/lib/db/wal"),
+                ],
+            ));
+            (fs, model)
+        }
+
+        #[test]
+        fn a_state_directory_is_kept_whole_with_its_empty_subdirectories() {
+            let (fs, model) = database();
+            let plan = plan(&model, &fs, &SlimOptions::default());
+            for kept in ["/var/lib/db/recovery", "/var/lib/db/VERSION"] {
+                assert!(
+                    matches!(
+                        &plan.keep[&p(kept)],
+                        KeepReason::StateDirectory { dir, written_by }
+                            if dir.as_str() == "/var/lib/db"
+                                && written_by.contains(&Exe(p("/usr/bin/db")))
+                    ),
+                    "{kept}: {:?}",
+                    plan.keep.get(&p(kept))
+                );
+            }
+            assert!(
+                !plan.keep.contains_key(&p("/etc/other.conf")),
+                "only read in /etc"
+            );
+            let strict = plan_for_strict(&model, &fs);
+            assert!(!strict.keep.contains_key(&p("/var/lib/db/VERSION")));
+        }
+
+        fn plan_for_strict(model: &Model, fs: &Arc<ImageFs>) -> SlimPlan {
+            plan(
+                model,
+                fs,
+                &SlimOptions {
+                    strict: true,
+                    ..SlimOptions::default()
+                },
+            )
+        }
+
+        #[test]
+        fn the_directory_skeleton_keeps_subdirectories_without_files() {
+            let (fs, model) = database();
+            let plan = plan_for_strict(&model, &fs);
+            // Under kept directories: the subdirectories, not their files.
+            assert!(matches!(
+                &plan.keep[&p("/var/lib/db/recovery")],
+                KeepReason::DirectorySkeleton { of } if of.as_str() == "/var/lib/db"
+            ));
+            assert!(plan.keep.contains_key(&p("/usr/share")));
+            assert!(
+                !plan.keep.contains_key(&p("/usr/share/doc")),
+                "one level only"
+            );
+            assert!(!plan.keep.contains_key(&p("/usr/share/doc/db/README")));
+        }
+
+        #[test]
+        fn an_interpreter_keeps_its_application_code_tree_unless_strict() {
+            let fs = image(&[
+                "/usr/",
+                "/usr/bin/",
+                "/usr/bin/php8.2",
+                "/usr/share/",
+                "/usr/share/app/",
+                "/usr/share/app/index.php",
+                "/usr/share/app/README",
+                "/usr/share/app/src/",
+                "/usr/share/app/src/Record.php",
+                "/usr/share/app/src/Edit.php",
+            ]);
+            let mut model = Model::with_image_tree(Box::new(fs.clone()));
+            model.apply(&exec(1, "/usr/bin/php8.2"));
+            model.apply(&open(1, "/usr/share/app/index.php", 0));
+            model.apply(&open(1, "/usr/share/app/src/Record.php", 0));
+            let plan = plan(&model, &fs, &SlimOptions::default());
+            assert_eq!(
+                plan.keep[&p("/usr/share/app/src/Edit.php")],
+                KeepReason::CodeTree {
+                    exe: Exe(p("/usr/bin/php8.2")),
+                    kind: CodeKind::Php,
+                    dir: p("/usr/share/app"),
+                    loaded: 2,
+                    files: 3,
+                }
+            );
+            assert!(!plan.keep.contains_key(&p("/usr/share/app/README")));
+            let strict = plan_for_strict(&model, &fs);
+            assert!(!strict.keep.contains_key(&p("/usr/share/app/src/Edit.php")));
+            assert!(
+                strict
+                    .keep
+                    .contains_key(&p("/usr/share/app/src/Record.php"))
+            );
+        }
     }
 }

@@ -6,6 +6,10 @@
 //! opens after a restart, a journal it only replays after a crash) is still
 //! the program's state, so placement keeps such a directory whole.
 //!
+//! Only observed executables count: a process whose exec was not seen (the
+//! runtime's `runc:[2:INIT]`, which names host paths before it enters the
+//! container's root) is not a program of the image.
+//!
 //! Not state directories:
 //! - anything under `/proc`, `/sys` or `/dev`: kernel file systems mounted at
 //!   run time, never image content;
@@ -74,7 +78,7 @@ fn file_name(path: &ContainerPath) -> &str {
 /// through its symlinks.
 pub fn state_dirs(model: &Model, exes: &BTreeSet<Exe>, tree: &dyn ImageTree) -> Vec<StateDir> {
     let mut dirs: BTreeMap<ContainerPath, BTreeMap<Exe, Evidence>> = BTreeMap::new();
-    for exe in exes {
+    for exe in exes.iter().filter(|e| !e.is_unobserved()) {
         for (resource, access) in model.uses(std::slice::from_ref(exe)) {
             let Resource::Path(path) = resource else {
                 continue;
@@ -134,7 +138,8 @@ pub(crate) mod tests {
     }
 
     /// An image from a list: `dir/` a directory, `name -> target` a
-    /// symlink, anything else a file holding its own name.
+    /// symlink, `name = text` a file holding `text`, anything else a file
+    /// holding its own name.
     pub(crate) fn image(entries: &[&str]) -> Arc<ImageFs> {
         let mut b = tar::Builder::new(Vec::new());
         for e in entries {
@@ -151,8 +156,9 @@ pub(crate) mod tests {
                 b.append_link(&mut h, name.trim_start_matches('/'), target)
                     .unwrap();
             } else {
-                h.set_size(e.len() as u64);
-                b.append_data(&mut h, e.trim_start_matches('/'), e.as_bytes())
+                let (name, text) = e.split_once(" = ").unwrap_or((e, e));
+                h.set_size(text.len() as u64);
+                b.append_data(&mut h, name.trim_start_matches('/'), text.as_bytes())
                     .unwrap();
             }
         }
@@ -251,6 +257,12 @@ pub(crate) mod tests {
         model.apply(&open(1, "/etc/hosts", 1));
         // A marker at the root.
         model.apply(&open(1, "/.initialised", O_WRONLY_CREAT));
+        // The runtime's set-up, before the first exec: host paths.
+        model.apply(&open(
+            2,
+            "/var/lib/docker/overlay2/x/merged/dev/ptmx",
+            O_WRONLY_CREAT,
+        ));
 
         let exes = model.executables();
         let dirs = state_dirs(&model, &exes, &fs);
