@@ -4,13 +4,17 @@
 //! (tests/workloads/wordpress.sh: install, log in, posts, a comment, the
 //! profile, log out, all over HTTP with curl) runs against the observed
 //! container, and again against the partitioned system, where supervisord
-//! starts the other three through RPE. Needs root and dockerd.
+//! starts the other three through RPE. The system is first started in
+//! the reverse of its dependency order (the volumes start with the source
+//! image's content all the same), then taken down and up again: the
+//! database keeps its data. Needs root and dockerd.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use cimplifier::emit::compose::{StartOrder, up_in_order};
 use cimplifier::emit::partitioned::{PartitionEmitReport, Role};
 use cimplifier::trace::ContainerPath;
 use common::{Container, Daemon, docker, require_root, stdout_of, wait_until};
@@ -139,6 +143,9 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
         );
         let _ = Command::new("docker").args(["rmi", &s.image]).output();
     }
+    if let Some(seed) = &strict.seed {
+        let _ = Command::new("docker").args(["rmi", &seed.image]).output();
+    }
 
     let names: Vec<String> = report
         .partitions
@@ -166,8 +173,14 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
         );
     }
     // The sockets force sharing their directories, and nothing more: the
-    // database's files stay in mariadb's partition alone.
-    let volume = |mount: &str| report.volumes.iter().find(|v| v.mount.as_str() == mount);
+    // database's files stay in mariadb's partition alone, in a volume of
+    // its own.
+    let volume = |mount: &str| {
+        report
+            .volumes
+            .iter()
+            .find(|v| v.mount.as_str() == mount && v.private_to.is_none())
+    };
     let mysqld = volume("/run/mysqld").expect("the mariadb socket's directory is shared");
     let sharers: Vec<&str> = mysqld.partitions.iter().map(|p| p.as_str()).collect();
     assert_eq!(sharers, ["mariadb", "php"]);
@@ -185,15 +198,30 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
         report.volumes
     );
     assert_eq!(
-        report.volumes.len(),
+        report
+            .volumes
+            .iter()
+            .filter(|v| v.private_to.is_none())
+            .count(),
         2,
         "only the two sockets' directories are shared: {:?}",
         report.volumes
     );
+    let db_volume = report
+        .volumes
+        .iter()
+        .find(|v| v.mount.as_str() == "/var/lib/mysql")
+        .expect("the database's state directory has a volume");
+    assert_eq!(db_volume.private_to.as_ref().unwrap().as_str(), "mariadb");
+    assert!(db_volume.seed.entries > 0, "{db_volume:?}");
     let datadir = ContainerPath::new("/var/lib/mysql/ibdata1").unwrap();
     let why = report.explain(&datadir);
     println!("{datadir}: {why}");
-    assert!(why.starts_with("private to mariadb"), "{why}");
+    assert!(
+        why.contains("private to mariadb") && why.contains("state directory /var/lib/mysql"),
+        "{why}"
+    );
+    assert!(report.seed.is_some());
     assert!(
         report.total_bytes < report.source_image_bytes / 2,
         "{}",
@@ -201,9 +229,24 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
     );
 
     let plan_dir = out.to_str().unwrap().to_owned();
-    let up: serde_json::Value =
-        serde_json::from_str(&stdout_of(&d.ctl(&["up", &plan_dir, "--json"]))).unwrap();
+    // In the reverse order: whichever partition mounts a volume first, it
+    // starts with the source image's content.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = cimplifier::docker::connect().unwrap();
+    let reversed = rt
+        .block_on(up_in_order(&engine, &out, StartOrder::Reversed, &|step| {
+            println!("up: {step}")
+        }))
+        .unwrap();
     let _down = Up(&d, plan_dir.clone());
+    let started: Vec<&str> = reversed
+        .containers
+        .iter()
+        .map(|c| c.service.as_str())
+        .collect();
+    assert_eq!(started, ["mariadb", "supervisord", "php", "nginx"]);
+    assert_eq!(reversed.seeded.len(), report.volumes.len(), "{reversed:?}");
+    let up = serde_json::to_value(&reversed).unwrap();
     assert_eq!(up["containers"].as_array().unwrap().len(), 4, "{up}");
     let ip = up["ip_address"]
         .as_str()
@@ -231,9 +274,66 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
         "nginx's partition has no database files"
     );
 
+    // The shared socket directories start as the source image has them
+    // (owner, group, mode), whichever partition mounted them first.
+    let stat = |args: &[&str], path: &str| {
+        let mut cmd = vec!["run", "--rm"];
+        cmd.extend_from_slice(args);
+        cmd.extend_from_slice(&["--entrypoint", "stat", IMAGE, "-c", "%U:%G %a", path]);
+        docker(&cmd)
+    };
+    for v in report.volumes.iter().filter(|v| v.private_to.is_none()) {
+        let mount = format!("{project}_{}:/v:ro", v.name);
+        assert_eq!(
+            stat(&["-v", &mount], "/v"),
+            stat(&[], v.mount.as_str()),
+            "volume {} at {}",
+            v.name,
+            v.mount
+        );
+    }
+
+    // down keeps the volumes: up again, and the site is still installed,
+    // with the workload's posts.
+    let down = stdout_of(&d.ctl(&["down", &plan_dir]));
+    assert!(down.contains(&db), "{down}");
+    let again: serde_json::Value =
+        serde_json::from_str(&stdout_of(&d.ctl(&["up", &plan_dir, "--json"]))).unwrap();
+    assert!(again["seeded"].as_array().unwrap().is_empty(), "{again}");
+    for v in &report.volumes {
+        assert!(
+            again["kept"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| k.as_str() == Some(v.name.as_str())),
+            "{again}"
+        );
+    }
+    let ip = again["ip_address"].as_str().unwrap().to_owned();
+    wait_http(&ip);
+    let home = Command::new("curl")
+        .args(["-sL", "--max-time", "30"])
+        .arg(format!("http://{ip}/"))
+        .output()
+        .unwrap();
+    let home = String::from_utf8_lossy(&home.stdout);
+    assert!(
+        home.contains("cimplifier case study") && home.contains("Post 3"),
+        "after down and up the database lost the site: {}",
+        &home[..home.len().min(500)]
+    );
+
     let down = stdout_of(&d.ctl(&["down", &plan_dir, "--volumes"]));
     assert!(down.contains(&db), "{down}");
+    assert!(
+        down.contains("mariadb-var-lib-mysql"),
+        "down --volumes removes the state volumes too: {down}"
+    );
     for p in &report.partitions {
         let _ = Command::new("docker").args(["rmi", &p.image]).output();
+    }
+    if let Some(seed) = &report.seed {
+        let _ = Command::new("docker").args(["rmi", &seed.image]).output();
     }
 }

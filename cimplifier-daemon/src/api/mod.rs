@@ -565,11 +565,11 @@ impl Cimplifier for Service {
         .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         let store = self.manager.store().clone();
         let (plan_json, text) = tokio::task::spawn_blocking(move || {
-            let mut model = Model::with_image_tree(Box::new(tree));
+            let mut model = Model::with_image_tree(Box::new(tree.clone()));
             store.fold(&record, &mut model, |_| {})?;
             let partitioning = crate::partition::partition(&model, &policy)
                 .map_err(|e| anyhow::anyhow!(PlanRefused(e.to_string())))?;
-            let plan = crate::place::partition::plan(&model, &partitioning);
+            let plan = crate::place::partition::plan(&model, &partitioning, &tree);
             Ok::<_, anyhow::Error>((serde_json::to_string_pretty(&plan)?, plan.render_text()))
         })
         .await

@@ -750,6 +750,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for c in &report.containers {
                 text += &format!("  {:<12} {}\n", c.service, c.container);
             }
+            if !report.seeded.is_empty() {
+                text += &format!(
+                    "  new volumes, seeded from the source image: {}\n",
+                    report.seeded.join(", ")
+                );
+            }
+            if !report.kept.is_empty() {
+                text += &format!(
+                    "  volumes kept with their data: {}\n",
+                    report.kept.join(", ")
+                );
+            }
             if let Some(ip) = &report.ip_address {
                 text += &format!("  reachable at {ip} (the shared network namespace)\n");
             }

@@ -3,23 +3,33 @@
 //! Docker API (so Compose itself is optional).
 //!
 //! Only the subset of the Compose format that emit writes is read back:
-//! `name`, and per service `image`, `network_mode`, `depends_on`,
-//! `volumes` (short syntax, named volumes), `expose`, `ports` (long
-//! syntax), `tty`, `stdin_open`, `init` and `labels`. Anything else is
-//! refused by name rather than silently ignored.
+//! `name`, and per service `image`, `network_mode`, `depends_on` (a list,
+//! or a map whose conditions are `service_started` and, for the seed
+//! service, `service_completed_successfully`), `volumes` (short syntax,
+//! named volumes, optionally `:nocopy`), `expose`, `ports` (long syntax),
+//! `tty`, `stdin_open`, `init` and `labels`. Anything else is refused by
+//! name rather than silently ignored.
+//!
+//! The seed service (`cimplifier-seed`, see emit/partitioned/seed.rs) fills
+//! the volumes: `up` runs it first, with only the volumes it has just
+//! created, and waits for it to succeed; volumes that exist already keep
+//! their data.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount, MountType, PortBinding, VolumeCreateRequest,
+    ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions, PortBinding,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, RemoveVolumeOptions,
     StopContainerOptions,
 };
 use serde::{Deserialize, Serialize};
+
+use super::partitioned::seed::SEED_SERVICE;
 
 /// File name of the run plan in emit's output directory.
 pub const COMPOSE_FILE: &str = "docker-compose.yml";
@@ -46,9 +56,11 @@ pub struct ComposeService {
     /// `service:<name>`: join that service's network namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_mode: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// Written as a map: each service must have started, the seed service
+    /// must have completed successfully.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "depends_on")]
     pub depends_on: Vec<String>,
-    /// `<volume>:<mount point>`.
+    /// `<volume>:<mount point>[:nocopy]`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -152,7 +164,7 @@ impl ComposeFile {
                 }
             }
             for v in &s.volumes {
-                let (vol, target) =
+                let (vol, target, _) =
                     split_volume(v).with_context(|| format!("service {name}: volume {v:?}"))?;
                 if !self.volumes.contains_key(vol) {
                     bail!("service {name} mounts volume {vol}, which the file does not define");
@@ -230,10 +242,85 @@ impl ComposeService {
     }
 }
 
-fn split_volume(spec: &str) -> Result<(&str, &str)> {
-    match spec.split_once(':') {
-        Some((v, t)) if !v.is_empty() && !t.contains(':') => Ok((v, t)),
-        _ => bail!("expected <volume>:<mount point>"),
+/// `<volume>:<mount point>[:nocopy]`: the volume, where it is mounted, and
+/// whether the engine must leave an empty volume empty (not fill it from
+/// the image).
+fn split_volume(spec: &str) -> Result<(&str, &str, bool)> {
+    let mut parts = spec.split(':');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(v), Some(t), None, None) if !v.is_empty() => Ok((v, t, false)),
+        (Some(v), Some(t), Some("nocopy"), None) if !v.is_empty() => Ok((v, t, true)),
+        _ => bail!("expected <volume>:<mount point>[:nocopy]"),
+    }
+}
+
+/// `depends_on` as Compose's long syntax, whose conditions say what
+/// `cimplifierctl up` does: a service waits for the others to start, and
+/// for the seed service to complete.
+mod depends_on {
+    use std::collections::BTreeMap;
+
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::SEED_SERVICE;
+
+    const STARTED: &str = "service_started";
+    const COMPLETED: &str = "service_completed_successfully";
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Dependency {
+        condition: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        List(Vec<String>),
+        Map(BTreeMap<String, Dependency>),
+    }
+
+    fn condition(service: &str) -> &'static str {
+        if service == SEED_SERVICE {
+            COMPLETED
+        } else {
+            STARTED
+        }
+    }
+
+    pub fn serialize<S: Serializer>(deps: &[String], s: S) -> Result<S::Ok, S::Error> {
+        deps.iter()
+            .map(|d| {
+                (
+                    d.as_str(),
+                    Dependency {
+                        condition: condition(d).to_owned(),
+                    },
+                )
+            })
+            .collect::<BTreeMap<_, _>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        match Either::deserialize(d)? {
+            Either::List(list) => Ok(list),
+            Either::Map(map) => map
+                .into_iter()
+                .map(|(service, dep)| {
+                    if dep.condition == condition(&service) {
+                        Ok(service)
+                    } else {
+                        Err(D::Error::custom(format!(
+                            "depends_on {service}: condition {} is not one `up` can honour (it waits for {})",
+                            dep.condition,
+                            condition(&service)
+                        )))
+                    }
+                })
+                .collect(),
+        }
     }
 }
 
@@ -253,12 +340,42 @@ pub struct UpReport {
     pub containers: Vec<Started>,
     /// The network owner's address on Docker's default bridge, if any.
     pub ip_address: Option<String>,
+    /// Volumes created by this `up` and filled by the seed service (the
+    /// RPE socket volumes start empty).
+    #[serde(default)]
+    pub seeded: Vec<String>,
+    /// Volumes that existed already and kept their data.
+    #[serde(default)]
+    pub kept: Vec<String>,
+}
+
+/// In which order `up` starts the services.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum StartOrder {
+    /// Each after what it depends on.
+    #[default]
+    Dependencies,
+    /// The seed service, then the network owner (the others join its
+    /// namespace), then the rest in the reverse of the dependency order: a
+    /// check that what a partition finds does not depend on start order.
+    Reversed,
 }
 
 /// Creates the volumes and starts every service, in dependency order.
 pub async fn up(
     docker: &bollard::Docker,
     path: &Path,
+    progress: &dyn Fn(&str),
+) -> Result<UpReport> {
+    up_in_order(docker, path, StartOrder::Dependencies, progress).await
+}
+
+/// Creates the volumes that do not exist yet, fills them with the seed
+/// service, and starts the other services in `order`.
+pub async fn up_in_order(
+    docker: &bollard::Docker,
+    path: &Path,
+    order: StartOrder,
     progress: &dyn Fn(&str),
 ) -> Result<UpReport> {
     let (file, plan) = ComposeFile::load(path)?;
@@ -271,88 +388,66 @@ pub async fn up(
             path.display()
         );
     }
+    let (mut seeded, mut kept) = (Vec::new(), Vec::new());
     for (name, v) in &plan.volumes {
+        let full = plan.volume_name(name);
+        match docker.inspect_volume(&full).await {
+            Ok(_) => {
+                progress(&format!("volume {full} exists: it keeps its data"));
+                kept.push(name.clone());
+                continue;
+            }
+            Err(e) => not_found(e).with_context(|| format!("inspecting volume {full}"))?,
+        }
         let mut labels: HashMap<String, String> = v.labels.clone().into_iter().collect();
         labels.insert(PROJECT_LABEL.into(), plan.name.clone());
         labels.insert(VOLUME_LABEL.into(), name.clone());
         docker
             .create_volume(VolumeCreateRequest {
-                name: Some(plan.volume_name(name)),
+                name: Some(full.clone()),
                 labels: Some(labels),
                 ..Default::default()
             })
             .await
-            .with_context(|| format!("creating volume {}", plan.volume_name(name)))?;
+            .with_context(|| format!("creating volume {full}"))?;
+        seeded.push(name.clone());
+    }
+    // Only what the seed service mounts is seeded.
+    let seed_mounts: BTreeSet<&str> = plan
+        .services
+        .get(SEED_SERVICE)
+        .map(|s| {
+            s.volumes
+                .iter()
+                .filter_map(|v| split_volume(v).ok().map(|(v, _, _)| v))
+                .collect()
+        })
+        .unwrap_or_default();
+    seeded.retain(|v| seed_mounts.contains(v.as_str()));
+    if !seeded.is_empty() {
+        seed(docker, &plan, &seeded, progress).await?;
+    }
+    let mut services: Vec<&str> = plan
+        .start_order()?
+        .into_iter()
+        .filter(|s| *s != SEED_SERVICE)
+        .collect();
+    if order == StartOrder::Reversed {
+        services.reverse();
+        if let Some(i) = services
+            .iter()
+            .position(|s| plan.services[*s].network_mode.is_none())
+        {
+            let owner = services.remove(i);
+            services.insert(0, owner);
+        }
     }
     let mut containers = Vec::new();
-    for service in plan.start_order()? {
+    for service in services {
         let s = &plan.services[service];
         let name = plan.container_name(service);
         progress(&format!("starting {name} ({})", s.image));
-        let mounts = s
-            .volumes
-            .iter()
-            .map(|v| {
-                let (vol, target) = split_volume(v)?;
-                Ok(Mount {
-                    typ: Some(MountType::VOLUME),
-                    source: Some(plan.volume_name(vol)),
-                    target: Some(target.to_owned()),
-                    ..Default::default()
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut labels: HashMap<String, String> = s.labels.clone().into_iter().collect();
-        labels.insert(PROJECT_LABEL.into(), plan.name.clone());
-        labels.insert(SERVICE_LABEL.into(), service.to_owned());
-        let mut exposed = s.expose.clone();
-        let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
-        for p in &s.ports {
-            let port = p.container_port();
-            if !exposed.contains(&port) {
-                exposed.push(port.clone());
-            }
-            port_bindings
-                .entry(port)
-                .or_default()
-                .get_or_insert_default()
-                .push(PortBinding {
-                    host_ip: p.host_ip.clone(),
-                    host_port: p.published.clone(),
-                });
-        }
-        let body = ContainerCreateBody {
-            image: Some(s.image.clone()),
-            labels: Some(labels),
-            exposed_ports: (!exposed.is_empty()).then_some(exposed),
-            tty: s.tty.then_some(true),
-            open_stdin: s.stdin_open.then_some(true),
-            host_config: Some(HostConfig {
-                mounts: Some(mounts),
-                network_mode: s
-                    .network_owner()
-                    .map(|owner| format!("container:{}", plan.container_name(owner))),
-                port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
-                init: s.init.then_some(true),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let created = docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await
-            .with_context(|| {
-                format!(
-                    "creating container {name} from {} (was it emitted and loaded?)",
-                    s.image
-                )
-            })?;
+        let id = create(docker, &plan, service, None).await?;
         docker
             .start_container(&name, None)
             .await
@@ -360,13 +455,13 @@ pub async fn up(
         containers.push(Started {
             service: service.to_owned(),
             container: name,
-            id: created.id,
+            id,
         });
     }
     let owner = plan
         .services
         .iter()
-        .find(|(_, s)| s.network_mode.is_none())
+        .find(|(n, s)| s.network_mode.is_none() && n.as_str() != SEED_SERVICE)
         .map(|(n, _)| plan.container_name(n));
     let mut ip_address = None;
     if let Some(owner) = owner {
@@ -385,7 +480,131 @@ pub async fn up(
         compose_file: file,
         containers,
         ip_address,
+        seeded,
+        kept,
     })
+}
+
+/// Runs the seed service with only the `new` volumes mounted: the engine
+/// fills each from the seed image, since it is empty. Waits for it to exit
+/// 0, then removes it.
+async fn seed(
+    docker: &bollard::Docker,
+    plan: &ComposeFile,
+    new: &[String],
+    progress: &dyn Fn(&str),
+) -> Result<()> {
+    let name = plan.container_name(SEED_SERVICE);
+    progress(&format!("seeding {} from the source image", new.join(", ")));
+    create(docker, plan, SEED_SERVICE, Some(new)).await?;
+    docker
+        .start_container(&name, None)
+        .await
+        .with_context(|| format!("starting the seed container {name}"))?;
+    use futures::StreamExt as _;
+    let mut wait = docker.wait_container(
+        &name,
+        None::<bollard::query_parameters::WaitContainerOptions>,
+    );
+    let mut code = None;
+    while let Some(r) = wait.next().await {
+        match r {
+            Ok(w) => code = Some(w.status_code),
+            // bollard reports a non-zero exit as an error carrying the code.
+            Err(bollard::errors::Error::DockerContainerWaitError { code: c, .. }) => code = Some(c),
+            Err(e) => return Err(e).with_context(|| format!("waiting for {name}")),
+        }
+    }
+    if code != Some(0) {
+        bail!(
+            "the seed container {name} exited with {code:?}; its volumes may be half filled: see `docker logs {name}`, then `cimplifierctl down --volumes` and `up` again"
+        );
+    }
+    docker
+        .remove_container(&name, None::<RemoveContainerOptions>)
+        .await
+        .with_context(|| format!("removing {name}"))?;
+    Ok(())
+}
+
+/// Creates `service`'s container; `only` limits its volumes to those named.
+async fn create(
+    docker: &bollard::Docker,
+    plan: &ComposeFile,
+    service: &str,
+    only: Option<&[String]>,
+) -> Result<String> {
+    let s = &plan.services[service];
+    let name = plan.container_name(service);
+    let mut mounts = Vec::new();
+    for v in &s.volumes {
+        let (vol, target, nocopy) = split_volume(v)?;
+        if only.is_some_and(|o| !o.iter().any(|n| n == vol)) {
+            continue;
+        }
+        mounts.push(Mount {
+            typ: Some(MountType::VOLUME),
+            source: Some(plan.volume_name(vol)),
+            target: Some(target.to_owned()),
+            volume_options: nocopy.then(|| MountVolumeOptions {
+                no_copy: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let mut labels: HashMap<String, String> = s.labels.clone().into_iter().collect();
+    labels.insert(PROJECT_LABEL.into(), plan.name.clone());
+    labels.insert(SERVICE_LABEL.into(), service.to_owned());
+    let mut exposed = s.expose.clone();
+    let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
+    for p in &s.ports {
+        let port = p.container_port();
+        if !exposed.contains(&port) {
+            exposed.push(port.clone());
+        }
+        port_bindings
+            .entry(port)
+            .or_default()
+            .get_or_insert_default()
+            .push(PortBinding {
+                host_ip: p.host_ip.clone(),
+                host_port: p.published.clone(),
+            });
+    }
+    let body = ContainerCreateBody {
+        image: Some(s.image.clone()),
+        labels: Some(labels),
+        exposed_ports: (!exposed.is_empty()).then_some(exposed),
+        tty: s.tty.then_some(true),
+        open_stdin: s.stdin_open.then_some(true),
+        host_config: Some(HostConfig {
+            mounts: Some(mounts),
+            network_mode: s
+                .network_owner()
+                .map(|owner| format!("container:{}", plan.container_name(owner))),
+            port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            init: s.init.then_some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let created = docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            body,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "creating container {name} from {} (was it emitted and loaded?)",
+                s.image
+            )
+        })?;
+    Ok(created.id)
 }
 
 /// Stops and removes the project's containers, the first started last; and
@@ -577,5 +796,57 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("privileged"), "{e}");
+
+        let healthy = "name: x\nservices:\n  a:\n    image: i\n  b:\n    image: j\n    depends_on:\n      a:\n        condition: service_healthy\n";
+        let e = serde_norway::from_str::<ComposeFile>(healthy)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("service_healthy"), "{e}");
+        assert!(split_volume("v:/x:ro").is_err());
+    }
+
+    #[test]
+    fn the_seed_service_runs_to_completion_before_the_partitions_which_do_not_copy() {
+        let mut plan = sample();
+        for s in plan.services.values_mut() {
+            s.depends_on.insert(0, SEED_SERVICE.to_owned());
+            for v in &mut s.volumes {
+                v.push_str(":nocopy");
+            }
+        }
+        plan.services.insert(
+            SEED_SERVICE.to_owned(),
+            ComposeService {
+                image: "wp-cimplifier-seed".into(),
+                network_mode: None,
+                depends_on: vec![],
+                volumes: vec!["run-mysqld:/.cimplifier/seed/run-mysqld".into()],
+                expose: vec![],
+                ports: vec![],
+                tty: false,
+                stdin_open: false,
+                init: false,
+                labels: BTreeMap::new(),
+            },
+        );
+        let yaml = plan.to_yaml().unwrap();
+        assert!(
+            yaml.contains(
+                "    depends_on:\n      cimplifier-seed:\n        condition: service_completed_successfully\n      db:\n        condition: service_started\n"
+            ),
+            "{yaml}"
+        );
+        assert!(yaml.contains("- run-mysqld:/run/mysqld:nocopy"), "{yaml}");
+        let back: ComposeFile = serde_norway::from_str(&yaml).unwrap();
+        assert_eq!(back, plan);
+        back.check().unwrap();
+        assert_eq!(
+            back.start_order().unwrap(),
+            [SEED_SERVICE, "db", "web", "init"]
+        );
+        assert_eq!(
+            split_volume("run-mysqld:/run/mysqld:nocopy").unwrap(),
+            ("run-mysqld", "/run/mysqld", true)
+        );
     }
 }

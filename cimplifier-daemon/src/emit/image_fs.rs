@@ -204,6 +204,12 @@ impl ImageFs {
         self.entries.get(path)
     }
 
+    /// The entry's tar member as the image has it: extension headers,
+    /// header and padded data.
+    pub fn raw_entry(&self, path: &ContainerPath) -> Option<&[u8]> {
+        Some(&self.bytes[self.entries.get(path)?.raw.clone()])
+    }
+
     /// Entries in path order, so parents come before children.
     pub fn entries(&self) -> impl Iterator<Item = (&ContainerPath, &FsEntry)> {
         self.entries.iter()

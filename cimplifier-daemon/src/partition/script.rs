@@ -172,6 +172,18 @@ impl Script {
         self
     }
 
+    pub fn chmod(&mut self, pid: u32, path: &str) -> &mut Self {
+        let args = [AT_FDCWD, 0, 0o777, 0, 0, 0];
+        self.syscall(
+            pid,
+            nr::FCHMODAT,
+            args,
+            vec![arg(PathRole::Target, path)],
+            None,
+        );
+        self
+    }
+
     pub fn bind_unix(&mut self, pid: u32, path: &str) -> &mut Self {
         self.syscall(pid, nr::BIND, [3, 0, 0, 0, 0, 0], vec![], Some(unix(path)));
         self

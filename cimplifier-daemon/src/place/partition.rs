@@ -13,9 +13,17 @@
 //! directories above a used name) are structure and never force sharing;
 //! nor does a stat of a directory (in the image), which shows no entries.
 //!
-//! This plan works on the model's names. The closure of what each kept
-//! path needs in the image (ELF libraries, symlink chains) is the slim
-//! planner's, per partition, at emit time.
+//! Every name is first resolved through the image's symlinked directories
+//! (`/var/run/x.sock` is `/run/x.sock` where `/var/run -> /run`), so two
+//! names of one object are one resource and two names of one directory give
+//! one volume. A volume is mounted at a shared object itself only when the
+//! image has it as a directory or regular file and nobody creates, binds or
+//! removes it: a mount there would make a directory where a program later
+//! binds a socket, makes a FIFO or renames a file. Otherwise its directory
+//! is shared.
+//!
+//! The closure of what each kept path needs in the image (ELF libraries,
+//! symlink chains) is the slim planner's, per partition, at emit time.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -23,8 +31,9 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 
 use super::slim::under;
+use super::state::state_dirs;
 use crate::model::report::ResourceUse;
-use crate::model::{Access, Exe, Model, Resource};
+use crate::model::{Access, Exe, ImageTree, Model, Resource, walk};
 use crate::partition::{PartitionName, Partitioning, PolicyKind, Separation};
 use crate::trace::ContainerPath;
 
@@ -49,6 +58,10 @@ pub struct PartitionPlan {
     /// Sorted by caller, then callee.
     pub rpe: Vec<RpeEdge>,
     pub warnings: Vec<PlanWarning>,
+    /// Symlinks to directories that used names went through, with where
+    /// they lead: the plan names every resource by where it leads.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dir_links: BTreeMap<ContainerPath, ContainerPath>,
 }
 
 /// What one partition's container holds and reaches.
@@ -76,17 +89,46 @@ pub struct PartitionContents {
     pub serves: BTreeSet<Exe>,
 }
 
-/// A volume mounted at the same path in several partitions.
+/// A named volume of the run plan: mounted at the same path in several
+/// partitions (it holds what they share), or in one alone (it holds that
+/// partition's state, so that re-creating its container keeps the data).
+/// Either way it starts with the source image's content (see emit's seed).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SharedVolume {
     pub mount: ContainerPath,
     pub partitions: BTreeSet<PartitionName>,
     /// The resources that must be shared, with who uses them how: why the
-    /// volume exists.
+    /// volume exists when several partitions mount it.
     pub shared: Vec<SharedResource>,
+    /// State directories it holds (directories observed executables write
+    /// in): why it exists when only one partition mounts it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<StateUse>,
     /// Every path the mounting partitions use below the mount point: what
     /// the volume starts with (from the source image) or comes to hold.
     pub contents: BTreeSet<ContainerPath>,
+}
+
+impl SharedVolume {
+    /// Mounted by one partition only: its state, not something shared.
+    pub fn is_private(&self) -> bool {
+        self.partitions.len() == 1
+    }
+
+    fn absorb(&mut self, inner: SharedVolume) {
+        self.partitions.extend(inner.partitions);
+        self.shared.extend(inner.shared);
+        self.state.extend(inner.state);
+    }
+}
+
+/// A state directory (see [`crate::place::state`]) a volume holds.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StateUse {
+    pub partition: PartitionName,
+    pub dir: ContainerPath,
+    /// The executables that write in it.
+    pub writers: BTreeSet<Exe>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +211,14 @@ pub enum PlanWarning {
         resource: ContainerPath,
         partitions: BTreeSet<PartitionName>,
     },
+    /// A state directory only `/` could hold as a volume (it and the
+    /// directories above it are made at run time): its data stays in the
+    /// container's writable layer and is lost when the container is
+    /// re-created.
+    StateNotPersisted {
+        dir: ContainerPath,
+        partition: PartitionName,
+    },
 }
 
 /// Who used one resource: partition -> executable -> accesses.
@@ -210,26 +260,91 @@ fn writers(users: &Users) -> BTreeSet<PartitionName> {
         .collect()
 }
 
+/// Resolves the names of used paths through the image's symlinks.
+struct Names<'a> {
+    tree: &'a dyn ImageTree,
+    dir_links: BTreeMap<ContainerPath, ContainerPath>,
+}
+
+impl Names<'_> {
+    /// `path` with every directory on the way resolved through the image's
+    /// symlinks; the last component is kept (a use of a link itself, or
+    /// one the model also recorded at the link's target).
+    fn canonical(&mut self, path: &ContainerPath) -> ContainerPath {
+        if *path == ContainerPath::root() {
+            return path.clone();
+        }
+        let w = walk(self.tree, &path.parent(), true);
+        let Some(dir) = w.resolved else {
+            return path.clone(); // a link loop: the lookup fails anyway
+        };
+        for link in w.links {
+            if let Some(to) = walk(self.tree, &link, true).resolved {
+                self.dir_links.insert(link, to);
+            }
+        }
+        let name = path.as_str().rsplit('/').next().unwrap_or_default();
+        dir.join(name)
+    }
+
+    /// Whether the image has `path` as a symlink.
+    fn is_link(&self, path: &ContainerPath) -> bool {
+        self.tree.read_link(path).is_some()
+    }
+
+    /// Whether a volume may be mounted at `path` itself: the image has it
+    /// as a directory or a regular file. Unknown when the tree cannot say.
+    fn mountable(&self, path: &ContainerPath) -> bool {
+        match self.tree.is_dir(path) {
+            Some(true) | None => true,
+            Some(false) => self.tree.head(path, 0).is_some(),
+        }
+    }
+}
+
 /// The placement of `partitioning`'s partitions, from what `model` saw
-/// their executables use.
-pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
+/// their executables use in the image `tree` (the source image's files,
+/// whose symlinks name where each used name leads).
+pub fn plan(model: &Model, partitioning: &Partitioning, tree: &dyn ImageTree) -> PartitionPlan {
+    let mut names = Names {
+        tree,
+        dir_links: BTreeMap::new(),
+    };
     let mut by_resource: BTreeMap<Resource, Users> = BTreeMap::new();
     for (name, exes) in &partitioning.partitions {
         for exe in exes {
             for (resource, access) in model.uses(std::slice::from_ref(exe)) {
-                let access: BTreeSet<Access> = access
+                let mut access: BTreeSet<Access> = access
                     .into_iter()
                     .filter(|&a| a != Access::ProbeFailed)
                     .collect();
                 if access.is_empty() {
                     continue;
                 }
+                let resource = match resource {
+                    Resource::Path(p) => {
+                        let real = names.canonical(&p);
+                        // A symlink followed to its target is passed
+                        // through: the model has the use at the target.
+                        if names.is_link(&real)
+                            && !access
+                                .iter()
+                                .any(|a| matches!(a, Access::Create | Access::Delete))
+                        {
+                            access = BTreeSet::from([Access::Traverse]);
+                        }
+                        Resource::Path(real)
+                    }
+                    other => other,
+                };
                 by_resource
                     .entry(resource)
                     .or_default()
                     .entry(name.clone())
                     .or_default()
-                    .insert(exe.clone(), access);
+                    .entry(exe.clone())
+                    .or_default()
+                    .extend(access);
             }
         }
     }
@@ -245,7 +360,7 @@ pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
         let mut sharers = real_users(users);
         // Stat of a directory shows its mode and times, not what another
         // partition creates in it: it need not see the same directory.
-        if model.image_is_dir(p) == Some(true) {
+        if tree.is_dir(p) == Some(true) {
             sharers.retain(|part| {
                 users[part]
                     .values()
@@ -265,7 +380,9 @@ pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
             }
             continue;
         }
-        let (mount, mounted_as) = if created_or_removed(Some(users)) {
+        // A mount makes a directory where the image has none: never at
+        // what a program creates, binds or removes, nor at a socket or FIFO.
+        let (mount, mounted_as) = if created_or_removed(Some(users)) || !names.mountable(p) {
             let mut dir = p.parent();
             while dir != ContainerPath::root()
                 && created_or_removed(by_resource.get(&Resource::Path(dir.clone())))
@@ -323,6 +440,7 @@ pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
                 mount: outer,
                 partitions: BTreeSet::new(),
                 shared: Vec::new(),
+                state: Vec::new(),
                 contents: BTreeSet::new(),
             });
         for (shared, sharers) in resources {
@@ -330,8 +448,65 @@ pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
             v.shared.push(shared.clone());
         }
     }
-    for v in volumes.values_mut() {
+    let mut volumes: Vec<SharedVolume> = volumes.into_values().collect();
+
+    // Every lasting state directory gets a volume, so that re-creating a
+    // container (`down`, `up`) keeps its data. /tmp, /run and the like
+    // need not last, and stay in the writable layer unless shared.
+    for (name, exes) in &partitioning.partitions {
+        for dir in state_dirs(model, exes, tree) {
+            if dir.volatile {
+                continue;
+            }
+            // Mounting a directory made at run time would make it before
+            // the program does: mount the nearest one above that is not.
+            let mut mount = dir.dir.clone();
+            while mount != ContainerPath::root()
+                && created_or_removed(by_resource.get(&Resource::Path(mount.clone())))
+            {
+                mount = mount.parent();
+            }
+            if mount == ContainerPath::root() {
+                warnings.push(PlanWarning::StateNotPersisted {
+                    dir: dir.dir,
+                    partition: name.clone(),
+                });
+                continue;
+            }
+            volumes.push(SharedVolume {
+                mount,
+                partitions: BTreeSet::from([name.clone()]),
+                shared: Vec::new(),
+                state: vec![StateUse {
+                    partition: name.clone(),
+                    dir: dir.dir,
+                    writers: dir.writers.into_keys().collect(),
+                }],
+                contents: BTreeSet::new(),
+            });
+        }
+    }
+    // No container mounts one volume inside another, or two at one path:
+    // such volumes merge into the outer one.
+    while let Some((outer, inner)) = (0..volumes.len())
+        .flat_map(|i| (0..volumes.len()).map(move |j| (i, j)))
+        .find(|&(i, j)| {
+            let (a, b) = (&volumes[i], &volumes[j]);
+            i != j
+                && under(&b.mount, &a.mount)
+                && (b.mount != a.mount || i < j)
+                && !a.partitions.is_disjoint(&b.partitions)
+        })
+    {
+        let v = volumes[inner].clone();
+        volumes[outer].absorb(v);
+        volumes.remove(inner);
+    }
+    volumes.sort_by(|a, b| (&a.mount, &a.partitions).cmp(&(&b.mount, &b.partitions)));
+    for v in &mut volumes {
         v.shared.sort_by(|a, b| a.resource.cmp(&b.resource));
+        v.state.sort();
+        v.state.dedup();
         v.contents = by_resource
             .iter()
             .filter_map(|(r, users)| match r {
@@ -357,7 +532,7 @@ pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
                 copied: BTreeSet::new(),
                 private: BTreeSet::new(),
                 mounts: volumes
-                    .values()
+                    .iter()
                     .filter(|v| v.partitions.contains(name))
                     .map(|v| v.mount.clone())
                     .collect(),
@@ -418,13 +593,14 @@ pub fn plan(model: &Model, partitioning: &Partitioning) -> PartitionPlan {
         version: VERSION,
         policy: partitioning.policy,
         partitions,
-        volumes: volumes.into_values().collect(),
+        volumes,
         network: NetworkPlan {
             shared_namespace: true,
             links: network_links(&by_resource),
         },
         rpe,
         warnings,
+        dir_links: names.dir_links,
     }
 }
 
@@ -543,6 +719,28 @@ impl PartitionPlan {
     pub fn render_text(&self) -> String {
         render_text(self)
     }
+
+    /// The name the plan knows `path` by: through the symlinked
+    /// directories its used names went through (`/var/run/x` is `/run/x`).
+    pub fn resolve(&self, path: &ContainerPath) -> ContainerPath {
+        let mut path = path.clone();
+        for _ in 0..40 {
+            let Some((link, to)) = self
+                .dir_links
+                .iter()
+                .filter(|(link, _)| under(&path, link))
+                .max_by_key(|(link, _)| link.as_str().len())
+            else {
+                break;
+            };
+            let rest = &path.as_str()[link.as_str().len()..];
+            match ContainerPath::new(&format!("{to}{rest}")) {
+                Some(p) => path = p,
+                None => break,
+            }
+        }
+        path
+    }
 }
 
 /// The plan for people: partitions, volumes with their evidence, RPE
@@ -551,10 +749,14 @@ pub fn render_text(plan: &PartitionPlan) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "policy {}: {} partitions, {} shared volumes, {} RPE calls, one network namespace\n",
+        "policy {}: {} partitions, {} shared volumes{}, {} RPE calls, one network namespace\n",
         plan.policy,
         plan.partitions.len(),
-        plan.volumes.len(),
+        plan.volumes.iter().filter(|v| !v.is_private()).count(),
+        match plan.volumes.iter().filter(|v| v.is_private()).count() {
+            0 => String::new(),
+            n => format!(", {n} private state volumes"),
+        },
         plan.rpe.len()
     );
     let rows: Vec<Vec<String>> = plan
@@ -607,6 +809,20 @@ pub fn render_text(plan: &PartitionPlan) -> String {
                     (String::new(), String::new())
                 };
                 rows.push(vec![mount, parts, s.resource.to_string(), how, uses]);
+            }
+            for (i, st) in v.state.iter().enumerate() {
+                let (mount, parts) = if i == 0 && v.shared.is_empty() {
+                    (v.mount.to_string(), list(&v.partitions))
+                } else {
+                    (String::new(), String::new())
+                };
+                rows.push(vec![
+                    mount,
+                    parts,
+                    st.dir.to_string(),
+                    format!("state directory of {}", st.partition),
+                    format!("written by {}", list(&st.writers)),
+                ]);
             }
         }
         table(
@@ -672,6 +888,10 @@ pub fn render_text(plan: &PartitionPlan) -> String {
                 out,
                 "\nwarning: {resource} is shared by {} as IPC, which this plan does not set up",
                 list(partitions)
+            ),
+            PlanWarning::StateNotPersisted { dir, partition } => writeln!(
+                out,
+                "\nwarning: {dir} is a state directory of {partition}, but only / could hold it and / cannot be a volume: its data is lost when the container is re-created"
             ),
         };
     }

@@ -14,7 +14,7 @@ use crate::emit::image_fs::{EntryKind, ImageFs};
 use crate::model::{Exe, Model};
 use crate::partition::PartitionName;
 use crate::place::partition::{PartitionContents, RpeEdge};
-use crate::place::slim::{SlimOptions, plan_for};
+use crate::place::slim::{SlimOptions, plan_for, under};
 use crate::trace::ContainerPath;
 
 /// Tar members added to a partition's layer (no end-of-archive marker).
@@ -165,7 +165,14 @@ pub(super) fn partition_layer(
         .chain(stub_files.iter().cloned())
         .collect();
     let slim = plan_for(model, &contents.executables, &replaced, fs, slim_opts);
-    let mut keep: BTreeSet<ContainerPath> = slim.keep.into_keys().collect();
+    // What lies below a volume's mount point comes from the volume (seeded
+    // from the source image, mounted nocopy): the image's copy would be
+    // hidden, so it is left out.
+    let mut keep: BTreeSet<ContainerPath> = slim
+        .keep
+        .into_keys()
+        .filter(|p| !contents.mounts.iter().any(|m| p != m && under(p, m)))
+        .collect();
     keep.extend(link_dirs);
     let mut add = Additions::new();
 

@@ -33,9 +33,10 @@ use crate::trace::ContainerPath;
 
 mod layer;
 mod report;
+pub mod seed;
 
 use layer::{Glue, partition_layer};
-pub use report::{EmittedPartition, EmittedVolume, PartitionEmitReport, RpeVolume};
+pub use report::{EmittedPartition, EmittedSeed, EmittedVolume, PartitionEmitReport, RpeVolume};
 
 pub const REPORT_FORMAT: &str = "cimplifier-partition-emit-report";
 pub const REPORT_VERSION: u32 = 1;
@@ -188,20 +189,27 @@ pub enum Role {
     Server,
 }
 
-/// A name Docker and Compose accept for a volume, from its mount point.
-fn volume_name(mount: &ContainerPath, taken: &BTreeSet<String>) -> String {
-    let base: String = mount
-        .as_str()
-        .trim_start_matches('/')
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
+/// A name Docker and Compose accept for a volume, from its mount point;
+/// a volume private to one partition is named after it too.
+fn volume_name(
+    mount: &ContainerPath,
+    private_to: Option<&PartitionName>,
+    taken: &BTreeSet<String>,
+) -> String {
+    let path = mount.as_str().trim_start_matches('/');
+    let base: String = match private_to {
+        Some(p) => format!("{p}-{path}"),
+        None => path.to_owned(),
+    }
+    .chars()
+    .map(|c| {
+        if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' {
+            c.to_ascii_lowercase()
+        } else {
+            '-'
+        }
+    })
+    .collect();
     let mut name = base.clone();
     let mut n = 2;
     while taken.contains(&name) {
@@ -359,25 +367,82 @@ pub async fn emit_partitioned(
     store.fold(&info, &mut model, |_| {})?;
     let partitioning = crate::partition::partition(&model, &opts.policy)
         .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
-    let plan = plan(&model, &partitioning);
+    if partitioning
+        .partitions
+        .keys()
+        .any(|p| p.as_str() == seed::SEED_SERVICE)
+    {
+        bail!(
+            "policy: the partition name {} is the run plan's seed service; rename that partition",
+            seed::SEED_SERVICE
+        );
+    }
+    let plan = plan(&model, &partitioning, &fs);
     // The image's configuration with the observed container's settings on
     // top: the entry partition runs the command the container ran.
     let (source, run) = runconfig::carry_for(&SourceConfig::from_inspect(&inspect), &info);
     let entry = entry_partition(&model, &plan, &source, &fs)?;
 
-    // Volumes: the plan's shared ones, and one per caller/callee pair.
+    // Volumes: the plan's shared and state ones, seeded from the source
+    // image; and one per caller/callee pair.
     let mut taken = BTreeSet::new();
     let mut volumes = Vec::new();
     for v in &plan.volumes {
-        let name = volume_name(&v.mount, &taken);
+        let private_to = v
+            .is_private()
+            .then(|| v.partitions.first().cloned())
+            .flatten();
+        let name = volume_name(&v.mount, private_to.as_ref(), &taken);
         taken.insert(name.clone());
         volumes.push(EmittedVolume {
             name,
             mount: v.mount.clone(),
             partitions: v.partitions.clone(),
             because: v.shared.iter().map(|s| s.resource.clone()).collect(),
+            private_to,
+            state_dirs: v.state.iter().map(|s| s.dir.clone()).collect(),
+            seed: Default::default(),
         });
     }
+    let seed_image = if volumes.is_empty() {
+        None
+    } else {
+        progress("writing the volumes' seed image");
+        let pairs: Vec<(String, &crate::place::partition::SharedVolume)> = volumes
+            .iter()
+            .map(|v| v.name.clone())
+            .zip(&plan.volumes)
+            .collect();
+        let (layer, stats) = seed::seed_layer(&fs, &pairs)?;
+        for (v, stat) in volumes.iter_mut().zip(stats) {
+            v.seed = stat;
+        }
+        // Nothing of the source's configuration: the seed runs as root and
+        // only has to exit 0.
+        let config = SourceConfig {
+            entrypoint: Some(vec![seed::SEED_PROGRAM.to_owned()]),
+            created: source.created.clone(),
+            ..SourceConfig::default()
+        };
+        let labels: BTreeMap<String, String> = [
+            ("io.cimplifier.source-image", info.started.image_id.clone()),
+            ("io.cimplifier.role", "seed".to_owned()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let seed_name: PartitionName = seed::SEED_SERVICE.parse().expect("a valid name");
+        let tag = opts.images.of(&seed_name);
+        let image = oci::build(layer, &config, &labels, Some(&tag))?;
+        progress(&format!("loading {tag} into Docker"));
+        oci::load_into_docker(&docker, &image).await?;
+        Some(EmittedSeed {
+            service: seed::SEED_SERVICE.to_owned(),
+            image: tag,
+            image_id: image.config.digest(),
+            bytes: image.layer.bytes.len() as u64,
+        })
+    };
     let pairs: BTreeSet<(PartitionName, PartitionName)> = plan
         .rpe
         .iter()
@@ -457,8 +522,11 @@ pub async fn emit_partitioned(
     let compose = compose_file(
         &opts.images,
         &partitions,
-        &volumes,
-        &rpe_volumes,
+        RunPlanVolumes {
+            volumes: &volumes,
+            rpe_volumes: &rpe_volumes,
+            seed: seed_image.as_ref(),
+        },
         &network_owner,
         &source,
         &run,
@@ -489,6 +557,7 @@ pub async fn emit_partitioned(
             0.0
         },
         volumes,
+        seed: seed_image,
         rpe_volumes,
         network_owner,
         compose_file: compose_path,
@@ -501,15 +570,27 @@ pub async fn emit_partitioned(
     Ok(report)
 }
 
+/// The volumes a run plan declares: the plan's shared and state volumes,
+/// the RPE socket volumes, and the seed that fills the former.
+struct RunPlanVolumes<'a> {
+    volumes: &'a [EmittedVolume],
+    rpe_volumes: &'a [RpeVolume],
+    seed: Option<&'a EmittedSeed>,
+}
+
 fn compose_file(
     images: &ImageNaming,
     partitions: &[EmittedPartition],
-    volumes: &[EmittedVolume],
-    rpe_volumes: &[RpeVolume],
+    all_volumes: RunPlanVolumes<'_>,
     network_owner: &PartitionName,
     source: &SourceConfig,
     run: &RunReport,
 ) -> ComposeFile {
+    let RunPlanVolumes {
+        volumes,
+        rpe_volumes,
+        seed,
+    } = all_volumes;
     // Ports are published by the container that holds the network
     // namespace; `-P` publishes every exposed port.
     let mut ports: Vec<ComposePort> = run
@@ -542,10 +623,12 @@ fn compose_file(
     let services = partitions
         .iter()
         .map(|p| {
+            // nocopy: a volume starts with what the seed service put there,
+            // never with this image's files (see seed.rs).
             let mut mounts: Vec<String> = volumes
                 .iter()
                 .filter(|v| v.partitions.contains(&p.name))
-                .map(|v| format!("{}:{}", v.name, v.mount))
+                .map(|v| format!("{}:{}:nocopy", v.name, v.mount))
                 .collect();
             for v in rpe_volumes {
                 if v.caller == p.name {
@@ -557,7 +640,7 @@ fn compose_file(
             }
             let owner = &p.name == network_owner;
             // Servers start first, so stubs find their sockets.
-            let mut depends_on: Vec<String> = Vec::new();
+            let mut depends_on: Vec<String> = seed.iter().map(|s| s.service.clone()).collect();
             if !owner {
                 depends_on.push(network_owner.to_string());
                 if p.role != Role::Server {
@@ -590,6 +673,26 @@ fn compose_file(
             };
             (p.name.to_string(), service)
         })
+        .chain(seed.map(|s| {
+            let service = ComposeService {
+                image: s.image.clone(),
+                network_mode: None,
+                depends_on: Vec::new(),
+                volumes: volumes
+                    .iter()
+                    .map(|v| format!("{}:{}", v.name, seed::staging_dir(&v.name)))
+                    .collect(),
+                expose: Vec::new(),
+                ports: Vec::new(),
+                tty: false,
+                stdin_open: false,
+                init: false,
+                labels: [("io.cimplifier.role".to_owned(), "seed".to_owned())]
+                    .into_iter()
+                    .collect(),
+            };
+            (s.service.clone(), service)
+        }))
         .collect();
     let name = images
         .repository
@@ -655,7 +758,12 @@ mod tests {
         ];
         let owner: PartitionName = "cat".parse().unwrap();
         let images = ImageNaming::parse("t").unwrap();
-        let plan = compose_file(&images, &parts, &[], &[], &owner, &source, &report);
+        let no_volumes = RunPlanVolumes {
+            volumes: &[],
+            rpe_volumes: &[],
+            seed: None,
+        };
+        let plan = compose_file(&images, &parts, no_volumes, &owner, &source, &report);
         let cat = &plan.services["cat"];
         assert_eq!(cat.ports.len(), 1);
         assert_eq!(cat.ports[0].published.as_deref(), Some("8080"));
@@ -703,8 +811,10 @@ mod tests {
         assert!(ImageNaming::parse("Bad Name").is_err());
         let mut taken = BTreeSet::new();
         let p = ContainerPath::new("/run/mysqld").unwrap();
-        assert_eq!(volume_name(&p, &taken), "run-mysqld");
+        assert_eq!(volume_name(&p, None, &taken), "run-mysqld");
         taken.insert("run-mysqld".to_owned());
-        assert_eq!(volume_name(&p, &taken), "run-mysqld-2");
+        assert_eq!(volume_name(&p, None, &taken), "run-mysqld-2");
+        let lib = ContainerPath::new("/var/lib/mysql").unwrap();
+        assert_eq!(volume_name(&lib, Some(&db), &taken), "db-var-lib-mysql");
     }
 }

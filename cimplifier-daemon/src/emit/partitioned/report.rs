@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::Role;
+use super::seed::VolumeSeed;
 use crate::emit::runconfig::RunReport;
 use crate::model::Exe;
 use crate::partition::PartitionName;
@@ -39,6 +40,27 @@ pub struct EmittedVolume {
     pub partitions: BTreeSet<PartitionName>,
     /// The shared resources that force it, from the plan.
     pub because: Vec<ContainerPath>,
+    /// The one partition that mounts it, when it holds state rather than
+    /// something shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_to: Option<PartitionName>,
+    /// State directories it holds (directories observed executables
+    /// write in; the plan names their writers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state_dirs: Vec<ContainerPath>,
+    /// What it starts with from the source image.
+    #[serde(default)]
+    pub seed: VolumeSeed,
+}
+
+/// The one-shot service that fills new volumes before any partition runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmittedSeed {
+    pub service: String,
+    pub image: String,
+    pub image_id: String,
+    /// Size of its one layer.
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +87,9 @@ pub struct PartitionEmitReport {
     /// 100 × (1 − total / source).
     pub reduction_percent: f64,
     pub volumes: Vec<EmittedVolume>,
+    /// The seed of the volumes, when there are any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<EmittedSeed>,
     pub rpe_volumes: Vec<RpeVolume>,
     /// The partition whose network namespace the others join.
     pub network_owner: PartitionName,
@@ -82,26 +107,48 @@ pub struct PartitionEmitReport {
 impl PartitionEmitReport {
     /// Where `path` is in the partitioned system, and why.
     pub fn explain(&self, path: &ContainerPath) -> String {
+        let path = &self.plan.resolve(path);
         let access_list = |a: &BTreeSet<crate::model::Access>| {
             a.iter()
                 .map(|a| format!("{a:?}").to_lowercase())
                 .collect::<Vec<_>>()
                 .join(", ")
         };
-        if let Some(v) = self
+        let in_volumes: Vec<String> = self
             .plan
             .volumes
             .iter()
-            .find(|v| crate::place::slim::under(path, &v.mount))
-        {
-            let why: Vec<String> = v.shared.iter().map(|s| s.resource.to_string()).collect();
-            let parts: Vec<String> = v.partitions.iter().map(|p| p.to_string()).collect();
-            return format!(
-                "in the volume at {} shared by {}, because of {}",
-                v.mount,
-                parts.join(", "),
-                why.join(", ")
-            );
+            .filter(|v| crate::place::slim::under(path, &v.mount))
+            .map(|v| {
+                let parts: Vec<String> = v.partitions.iter().map(|p| p.to_string()).collect();
+                let mut why: Vec<String> = v
+                    .shared
+                    .iter()
+                    .map(|s| format!("shared {}", s.resource))
+                    .collect();
+                why.extend(v.state.iter().map(|s| {
+                    let writers: Vec<String> = s.writers.iter().map(|w| w.to_string()).collect();
+                    format!(
+                        "state directory {} of {} (written by {})",
+                        s.dir,
+                        s.partition,
+                        writers.join(", ")
+                    )
+                }));
+                let whose = if v.is_private() {
+                    format!("private to {}", parts.join(", "))
+                } else {
+                    format!("shared by {}", parts.join(", "))
+                };
+                format!(
+                    "in the volume at {} {whose}, because of {}; it starts with the source image's content there",
+                    v.mount,
+                    why.join(", ")
+                )
+            })
+            .collect();
+        if !in_volumes.is_empty() {
+            return in_volumes.join("; ");
         }
         let mut found = Vec::new();
         for (name, p) in &self.plan.partitions {
@@ -165,7 +212,7 @@ impl PartitionEmitReport {
                 .plan
                 .volumes
                 .iter()
-                .filter(|pv| pv.mount == v.mount)
+                .filter(|pv| pv.mount == v.mount && pv.partitions == v.partitions)
                 .flat_map(|pv| &pv.shared)
                 .map(|s| {
                     let users: Vec<String> = s
@@ -184,13 +231,45 @@ impl PartitionEmitReport {
                 })
                 .collect();
             let parts: Vec<String> = v.partitions.iter().map(|p| p.to_string()).collect();
+            let mut because = because;
+            because.extend(
+                self.plan
+                    .volumes
+                    .iter()
+                    .filter(|pv| pv.mount == v.mount && pv.partitions == v.partitions)
+                    .flat_map(|pv| &pv.state)
+                    .map(|s| {
+                        let writers: Vec<String> =
+                            s.writers.iter().map(|w| w.to_string()).collect();
+                        format!(
+                            "{} is a state directory of {} (written by {})",
+                            s.dir,
+                            s.partition,
+                            writers.join(", ")
+                        )
+                    }),
+            );
+            let whose = match &v.private_to {
+                Some(p) => format!("private to {p}"),
+                None => format!("shared by {}", parts.join(", ")),
+            };
             let _ = writeln!(
                 out,
-                "  volume {} at {} shared by {}\n    because {}",
+                "  volume {} at {} {whose}\n    because {}\n    seeded from the source image: {} entries, {}",
                 v.name,
                 v.mount,
-                parts.join(", "),
                 because.join("\n    and "),
+                v.seed.entries,
+                mb(v.seed.bytes),
+            );
+        }
+        if let Some(seed) = &self.seed {
+            let _ = writeln!(
+                out,
+                "  seed: service {} ({}, {}) fills new volumes before the partitions start",
+                seed.service,
+                seed.image,
+                mb(seed.bytes)
             );
         }
         for e in &self.plan.rpe {

@@ -28,10 +28,31 @@ fn access(v: &[Access]) -> BTreeSet<Access> {
     v.iter().copied().collect()
 }
 
+/// No image: nothing is known about kinds or links.
+struct NoImage;
+
+impl ImageTree for NoImage {
+    fn read_link(&self, _: &ContainerPath) -> Option<String> {
+        None
+    }
+    fn head(&self, _: &ContainerPath, _: usize) -> Option<Vec<u8>> {
+        None
+    }
+}
+
 fn plan_for(script: &Script, policy: &str) -> PartitionPlan {
     let model = script.model();
     let policy = Policy::from_toml(policy).unwrap();
-    plan(&model, &partition(&model, &policy).unwrap())
+    plan(&model, &partition(&model, &policy).unwrap(), &NoImage)
+}
+
+/// The plan with `image` (a host directory) as the source image, as emit
+/// makes it: the model and the placement both see the image.
+fn plan_in(script: &Script, policy: &str, image: &std::path::Path) -> PartitionPlan {
+    let tree = crate::model::DirTree::new(image);
+    let model = script.model_with_tree(Box::new(tree.clone()));
+    let policy = Policy::from_toml(policy).unwrap();
+    plan(&model, &partition(&model, &policy).unwrap(), &tree)
 }
 
 const WIKI_SUBSETS: &str = r#"
@@ -128,7 +149,13 @@ fn a_socket_in_a_directory_made_at_run_time_is_shared_one_level_up() {
             ("web", "/usr/bin/php", access(&[Access::Connect])),
         ]
     );
-    assert_eq!(plan.volumes.len(), 2, "{:#?}", plan.volumes);
+    let shared: Vec<&str> = plan
+        .volumes
+        .iter()
+        .filter(|v| !v.is_private())
+        .map(|v| v.mount.as_str())
+        .collect();
+    assert_eq!(shared, ["/run", "/var/www/wiki/images"]);
 }
 
 #[test]
@@ -136,7 +163,8 @@ fn the_wiki_partitions_hold_what_they_use() {
     let plan = plan_for(&wiki(), WIKI_SUBSETS);
     let db = &plan.partitions[&name("db")];
     assert_eq!(db.executables, [exe("/usr/sbin/mysqld")].into());
-    assert_eq!(db.private, paths(&["/var/lib/mysql/ibdata1"]));
+    // ibdata1 is in the volume of mysqld's state directory.
+    assert!(db.private.is_empty(), "{:?}", db.private);
     assert_eq!(
         db.copied,
         paths(&[
@@ -149,17 +177,21 @@ fn the_wiki_partitions_hold_what_they_use() {
             "/usr/sbin/mysqld",
             "/var",
             "/var/lib",
-            "/var/lib/mysql"
         ])
     );
-    assert_eq!(db.mounts, paths(&["/run"]));
+    assert_eq!(db.mounts, paths(&["/run", "/var/lib/mysql"]));
     assert_eq!(db.serves, [exe("/usr/sbin/mysqld")].into());
     assert!(db.stubs.is_empty());
     let web = &plan.partitions[&name("web")];
-    // openssl makes the key and apache2 reads it: both in web, so private.
-    assert!(web.private.contains(&p("/etc/ssl/private/wiki.key")));
+    // openssl makes the key and apache2 reads it: both in web, so in
+    // web's own volume of openssl's state directory.
+    let key = volume(&plan, "/etc/ssl/private");
+    assert!(key.is_private() && key.partitions == names(&["web"]));
     assert!(web.copied.contains(&p("/etc/wiki/settings.conf")));
-    assert_eq!(web.mounts, paths(&["/run", "/var/www/wiki/images"]));
+    assert_eq!(
+        web.mounts,
+        paths(&["/etc/ssl/private", "/run", "/var/www/wiki/images"])
+    );
     assert_eq!(
         web.stubs,
         BTreeMap::from([
@@ -259,12 +291,14 @@ web = ["/usr/sbin/apache2", "/entrypoint.sh"]
 fn all_one_shares_nothing() {
     let plan = plan_for(&wiki(), r#"kind = "all-one""#);
     assert_eq!(plan.partitions.len(), 1);
-    assert!(plan.volumes.is_empty() && plan.rpe.is_empty() && plan.network.links.is_empty());
+    assert!(plan.volumes.iter().all(SharedVolume::is_private));
+    assert!(plan.rpe.is_empty() && plan.network.links.is_empty());
     let all = &plan.partitions[&name("all")];
-    assert!(all.private.contains(&p("/var/www/wiki/images/up.png")));
+    // State that must last is in volumes; /run need not.
+    assert!(all.mounts.contains(&p("/var/www/wiki/images")));
     assert!(all.private.contains(&p("/run/mysqld/mysqld.sock")));
     assert!(all.copied.contains(&p("/etc/motd")));
-    assert!(all.mounts.is_empty() && all.stubs.is_empty());
+    assert!(all.stubs.is_empty());
 }
 
 #[test]
@@ -290,13 +324,13 @@ fn one_one_copies_read_only_files_and_shares_the_key() {
 
 #[test]
 fn files_changed_in_place_are_mounted_themselves_unless_inside_another_volume() {
+    // In /run, a directory whose contents need not last: no state volume.
     let mut s = Script::default();
     let db = s.start("/usr/sbin/mysqld");
-    s.write(db, "/var/lib/mysql/ibdata1")
-        .write(db, "/etc/mysql/state");
+    s.write(db, "/run/mysql/ibdata1").write(db, "/run/state");
     let backup = s.start("/usr/local/bin/backup");
-    s.read(backup, "/var/lib/mysql/ibdata1")
-        .read(backup, "/etc/mysql/state");
+    s.read(backup, "/run/mysql/ibdata1")
+        .read(backup, "/run/state");
     let toml = r#"
 kind = "disjoint-subsets"
 [partitions]
@@ -305,21 +339,18 @@ backup = ["/usr/local/bin/backup"]
 "#;
     let plan = plan_for(&s, toml);
     let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
-    assert_eq!(mounts, ["/etc/mysql/state", "/var/lib/mysql/ibdata1"]);
-    assert_eq!(plan.volumes[1].shared[0].mounted_as, MountedAs::Itself);
+    assert_eq!(mounts, ["/run/mysql/ibdata1", "/run/state"]);
+    assert_eq!(plan.volumes[0].shared[0].mounted_as, MountedAs::Itself);
     // Now mysqld also creates a log next to ibdata1, which backup reads:
     // the directory is mounted and ibdata1's own volume merges into it.
-    s.create(db, "/var/lib/mysql/ib_logfile0");
-    s.read(backup, "/var/lib/mysql/ib_logfile0");
+    s.create(db, "/run/mysql/ib_logfile0");
+    s.read(backup, "/run/mysql/ib_logfile0");
     let plan = plan_for(&s, toml);
     let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
-    assert_eq!(mounts, ["/etc/mysql/state", "/var/lib/mysql"]);
-    let v = &plan.volumes[1];
+    assert_eq!(mounts, ["/run/mysql", "/run/state"]);
+    let v = &plan.volumes[0];
     let shared: Vec<&str> = v.shared.iter().map(|s| s.resource.as_str()).collect();
-    assert_eq!(
-        shared,
-        ["/var/lib/mysql/ib_logfile0", "/var/lib/mysql/ibdata1"]
-    );
+    assert_eq!(shared, ["/run/mysql/ib_logfile0", "/run/mysql/ibdata1"]);
 }
 
 #[test]
@@ -366,7 +397,7 @@ fn the_plan_is_deterministic_and_renders_as_json_and_text() {
     let value: serde_json::Value = serde_json::from_str(&json).unwrap();
     assert_eq!(value["format"], FORMAT);
     assert_eq!(
-        value["volumes"][0]["shared"][0]["mounted_as"],
+        value["volumes"][1]["shared"][0]["mounted_as"],
         serde_json::json!({"how": "through", "dir": "/run"})
     );
     assert_eq!(
@@ -379,7 +410,7 @@ fn the_plan_is_deterministic_and_renders_as_json_and_text() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(
         lines[0],
-        "policy disjoint-subsets: 3 partitions, 2 shared volumes, 2 RPE calls, one network namespace"
+        "policy disjoint-subsets: 3 partitions, 2 shared volumes, 2 private state volumes, 2 RPE calls, one network namespace"
     );
     let has = |needle: &str| {
         assert!(
@@ -388,7 +419,10 @@ fn the_plan_is_deterministic_and_renders_as_json_and_text() {
         )
     };
     has("PARTITION  COPIED  PRIVATE  MOUNTS");
-    has("db         10      1        /run");
+    has("db         9       0        /run, /var/lib/mysql");
+    has(
+        "/var/lib/mysql        db           /var/lib/mysql               state directory of db                      written by /usr/sbin/mysqld",
+    );
     has("/usr/bin/convert (images), /usr/sbin/mysqld (db)");
     has("/run/mysqld/mysqld.sock");
     has("db /usr/sbin/mysqld bind; web /usr/bin/php connect");
@@ -422,16 +456,197 @@ fn a_directory_another_partition_only_stats_is_not_shared() {
     .unwrap();
     let image = tempfile::tempdir().unwrap();
     std::fs::create_dir(image.path().join("tmp")).unwrap();
-    let placed = |model: &Model| plan(model, &partition(model, &policy).unwrap());
+    let tree = crate::model::DirTree::new(image.path());
+    let placed = |model: &Model, tree: &dyn ImageTree| {
+        plan(model, &partition(model, &policy).unwrap(), tree)
+    };
 
     // Knowing /tmp is a directory, nginx's stat needs no shared /tmp.
-    let with_tree = placed(&s.model_with_tree(Box::new(crate::model::DirTree::new(image.path()))));
+    let with_tree = placed(&s.model_with_tree(Box::new(tree.clone())), &tree);
     assert!(with_tree.volumes.is_empty(), "{:#?}", with_tree.volumes);
     // Without the image, a stat of what another partition writes is a use.
-    let without = placed(&s.model());
+    let without = placed(&s.model(), &NoImage);
     assert_eq!(volume(&without, "/tmp").partitions, names(&["db", "web"]));
     // Reading the directory (its entries) still shares it.
     s.read(web, "/tmp");
-    let reads = placed(&s.model_with_tree(Box::new(crate::model::DirTree::new(image.path()))));
+    let reads = placed(&s.model_with_tree(Box::new(tree.clone())), &tree);
     assert_eq!(volume(&reads, "/tmp").partitions, names(&["db", "web"]));
+}
+
+/// A Debian-like image: `/var/run -> /run`, with /run/mysqld and /run/app
+/// made by the packages.
+fn debian_run() -> tempfile::TempDir {
+    let image = tempfile::tempdir().unwrap();
+    let r = image.path();
+    for d in ["run/mysqld", "run/app", "var", "etc/app", "usr/sbin"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink("/run", r.join("var/run")).unwrap();
+    std::fs::write(r.join("etc/app/state"), b"0").unwrap();
+    image
+}
+
+const DB_WEB_INIT: &str = r#"
+kind = "disjoint-subsets"
+[partitions]
+init = ["/usr/bin/supervisord"]
+db = ["/usr/sbin/mariadbd"]
+web = ["/usr/sbin/php-fpm"]
+"#;
+
+#[test]
+fn a_socket_reached_through_a_symlinked_directory_is_one_resource_shared_through_its_directory() {
+    let image = debian_run();
+    let mut s = Script::default();
+    let init = s.start("/usr/bin/supervisord");
+    let db = s.spawn(init, "/usr/sbin/mariadbd");
+    s.bind_unix(db, "/run/mysqld/mysqld.sock");
+    // A start-up check and the client use the other name of /run.
+    s.stat(init, "/var/run/mysqld/mysqld.sock");
+    let web = s.spawn(init, "/usr/sbin/php-fpm");
+    s.connect_unix(web, "/var/run/mysqld/mysqld.sock");
+    let plan = plan_in(&s, DB_WEB_INIT, image.path());
+    let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
+    // Never a volume at the socket (mariadbd's bind would fail with
+    // EADDRINUSE), nor at its /var/run name.
+    assert_eq!(mounts, ["/run/mysqld"], "{:#?}", plan.volumes);
+    let v = volume(&plan, "/run/mysqld");
+    assert_eq!(v.partitions, names(&["db", "init", "web"]));
+    assert_eq!(v.shared[0].resource, p("/run/mysqld/mysqld.sock"));
+    assert_eq!(
+        v.shared[0].mounted_as,
+        MountedAs::Through {
+            dir: p("/run/mysqld")
+        }
+    );
+    assert_eq!(plan.dir_links.get(&p("/var/run")), Some(&p("/run")));
+    assert_eq!(
+        plan.resolve(&p("/var/run/mysqld/mysqld.sock")),
+        p("/run/mysqld/mysqld.sock")
+    );
+}
+
+#[test]
+fn a_socket_nobody_was_seen_binding_is_shared_through_its_directory() {
+    // Only a chmod of the socket and a connect were seen (say mariadbd
+    // bound it before the watch began): the image has no such file, so a
+    // mount there would make a directory in its place.
+    let image = debian_run();
+    let mut s = Script::default();
+    let init = s.start("/usr/bin/supervisord");
+    let db = s.spawn(init, "/usr/sbin/mariadbd");
+    s.chmod(db, "/run/app/app.sock");
+    let web = s.spawn(init, "/usr/sbin/php-fpm");
+    s.connect_unix(web, "/var/run/app/app.sock");
+    let plan = plan_in(&s, DB_WEB_INIT, image.path());
+    let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
+    assert_eq!(mounts, ["/run/app"], "{:#?}", plan.volumes);
+}
+
+#[test]
+fn two_names_of_one_directory_give_one_volume() {
+    // A file changed in place is mounted itself; here its two users reach
+    // its directory by two names, and also create files next to it.
+    let image = debian_run();
+    let mut s = Script::default();
+    let init = s.start("/usr/bin/supervisord");
+    let db = s.spawn(init, "/usr/sbin/mariadbd");
+    s.create(db, "/var/run/app/db.pid");
+    s.write(db, "/etc/app/state");
+    let web = s.spawn(init, "/usr/sbin/php-fpm");
+    s.read(web, "/var/run/app/db.pid");
+    s.read(web, "/etc/app/state");
+    s.create(web, "/run/app/web.pid");
+    s.read(db, "/var/run/app/web.pid");
+    let plan = plan_in(&s, DB_WEB_INIT, image.path());
+    let mounts: Vec<&str> = plan.volumes.iter().map(|v| v.mount.as_str()).collect();
+    // mariadbd writes /etc/app/state in place: /etc/app is its state
+    // directory, whose volume php-fpm shares.
+    assert_eq!(mounts, ["/etc/app", "/run/app"], "{:#?}", plan.volumes);
+    let shared: Vec<&str> = volume(&plan, "/run/app")
+        .shared
+        .iter()
+        .map(|s| s.resource.as_str())
+        .collect();
+    assert_eq!(shared, ["/run/app/db.pid", "/run/app/web.pid"]);
+    // No partition mounts one volume inside another.
+    for part in plan.partitions.values() {
+        for a in &part.mounts {
+            for b in &part.mounts {
+                assert!(a == b || !under(a, b), "{a} inside {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_lasting_state_directory_gets_a_volume_private_to_its_partition() {
+    let image = debian_run();
+    for d in ["var/lib/mysql", "var/log/nginx", "srv/app", "tmp"] {
+        std::fs::create_dir_all(image.path().join(d)).unwrap();
+    }
+    let mut s = Script::default();
+    let init = s.start("/usr/bin/supervisord");
+    let db = s.spawn(init, "/usr/sbin/mariadbd");
+    s.write(db, "/var/lib/mysql/ibdata1")
+        .create(db, "/var/lib/mysql/ib_logfile0")
+        .create(db, "/tmp/ib123")
+        .mkdir(db, "/srv/app/data")
+        .create(db, "/srv/app/data/f")
+        .mkdir(db, "/data")
+        .create(db, "/data/f");
+    let web = s.spawn(init, "/usr/sbin/php-fpm");
+    s.create(web, "/var/log/nginx/access.log");
+    let plan = plan_in(&s, DB_WEB_INIT, image.path());
+    let vols: Vec<(&str, Vec<&str>)> = plan
+        .volumes
+        .iter()
+        .map(|v| {
+            (
+                v.mount.as_str(),
+                v.partitions.iter().map(|p| p.as_str()).collect(),
+            )
+        })
+        .collect();
+    // /tmp need not last; /srv/app/data is made at run time, so the
+    // volume is one level up; /data could only be held by /.
+    assert_eq!(
+        vols,
+        [
+            ("/srv/app", vec!["db"]),
+            ("/var/lib/mysql", vec!["db"]),
+            ("/var/log/nginx", vec!["web"]),
+        ]
+    );
+    let v = volume(&plan, "/var/lib/mysql");
+    assert!(v.is_private() && v.shared.is_empty());
+    assert_eq!(
+        v.state,
+        [StateUse {
+            partition: name("db"),
+            dir: p("/var/lib/mysql"),
+            writers: [exe("/usr/sbin/mariadbd")].into(),
+        }]
+    );
+    let srv: Vec<&str> = volume(&plan, "/srv/app")
+        .state
+        .iter()
+        .map(|s| s.dir.as_str())
+        .collect();
+    assert_eq!(
+        srv,
+        ["/srv/app", "/srv/app/data"],
+        "mkdir writes in /srv/app"
+    );
+    assert_eq!(
+        plan.warnings,
+        [PlanWarning::StateNotPersisted {
+            dir: p("/data"),
+            partition: name("db"),
+        }]
+    );
+    let db = &plan.partitions[&name("db")];
+    assert_eq!(db.mounts, paths(&["/srv/app", "/var/lib/mysql"]));
+    assert!(db.private.contains(&p("/tmp/ib123")));
+    assert!(plan.render_text().contains("state directory of db"));
 }
