@@ -157,6 +157,7 @@ fn loss_since(a: LossCounters, b: LossCounters) -> LossCounters {
         inflight_full: a.inflight_full.saturating_sub(b.inflight_full),
         user_read_faults: a.user_read_faults.saturating_sub(b.user_read_faults),
         undecodable: a.undecodable.saturating_sub(b.undecodable),
+        unreadable_names: a.unreadable_names.saturating_sub(b.unreadable_names),
     }
 }
 
@@ -166,6 +167,7 @@ pub(crate) fn add_loss(a: LossCounters, b: LossCounters) -> LossCounters {
         inflight_full: a.inflight_full + b.inflight_full,
         user_read_faults: a.user_read_faults + b.user_read_faults,
         undecodable: a.undecodable + b.undecodable,
+        unreadable_names: a.unreadable_names + b.unreadable_names,
     }
 }
 
@@ -852,6 +854,9 @@ impl SessionTask {
         // model holds, so bounded by it.
         let mut seen_uses: HashSet<u64> = HashSet::new();
         let aggregated = std::sync::atomic::AtomicU64::new(0);
+        // Names of this segment's events that the tracer could not read:
+        // the tracer's own counters are host-wide.
+        let unreadable = std::sync::atomic::AtomicU64::new(0);
         let mut accept = |e: Event, batch: &mut Vec<Event>| {
             if !members.contains(&e.cgroup) {
                 // A cgroup created below the container's since the last look,
@@ -869,6 +874,7 @@ impl SessionTask {
             {
                 tracing::debug!(pid = e.pid, comm = %e.comm, "already running when the watch began");
             }
+            unreadable.fetch_add(e.unreadable_names(), std::sync::atomic::Ordering::Relaxed);
             let exe = exes.exe_after(&e);
             let repeated = crate::model::uses_of(&e).is_some_and(|uses| {
                 use std::hash::{Hash, Hasher};
@@ -908,6 +914,7 @@ impl SessionTask {
             record.checkpoint_unix_ms = now_ms();
             record.duration_ms = prior_duration + started.elapsed().as_millis() as u64;
             record.loss = add_loss(prior_loss, loss_since(observer.loss(), loss_base));
+            record.loss.unreadable_names += unreadable.load(std::sync::atomic::Ordering::Relaxed);
             store.append(record, batch)?;
             batch.clear();
             Ok(())
@@ -1020,6 +1027,7 @@ mod tests {
             inflight_full: 1,
             user_read_faults: 0,
             undecodable: 2,
+            unreadable_names: 4,
         };
         let b = LossCounters {
             ringbuf_full: 3,
@@ -1028,5 +1036,6 @@ mod tests {
         let d = loss_since(a, b);
         assert_eq!((d.ringbuf_full, d.inflight_full, d.undecodable), (2, 1, 2));
         assert_eq!(add_loss(d, b).ringbuf_full, 5);
+        assert_eq!(add_loss(d, b).unreadable_names, 4);
     }
 }
