@@ -150,6 +150,19 @@ fn docker_parent_cgroup(cgroup_parent: Option<&str>) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// A closed session of a container that still runs, reopened at `now_ms`:
+/// the time since its last checkpoint is a gap (nothing was observed).
+fn continued(mut record: SessionRecord, now_ms: u64) -> SessionRecord {
+    record.gaps.push(Gap {
+        from_unix_ms: record.checkpoint_unix_ms,
+        to_unix_ms: now_ms,
+        reason: "the session was closed while its container ran on (the daemon was stopped)".into(),
+    });
+    record.state = SessionState::Observing;
+    record.end = None;
+    record
+}
+
 /// `a - b`, field by field: what a tracer lost since `b` was read.
 fn loss_since(a: LossCounters, b: LossCounters) -> LossCounters {
     LossCounters {
@@ -520,12 +533,7 @@ impl Manager {
                 continue;
             }
             tracing::info!(container = %name, "labelled container already running: observing it from now on");
-            let opts = ObserveOptions {
-                container: name.clone(),
-                attach: true,
-                ..Default::default()
-            };
-            if let Err(e) = self.observe(opts).await {
+            if let Err(e) = self.attach_labelled(&name).await {
                 tracing::warn!(container = %name, "not observed: {e}");
             }
         }
@@ -580,6 +588,37 @@ impl Manager {
             });
         }
         Ok(())
+    }
+
+    /// Observes a labelled container found running without a session. When
+    /// the store holds a session of this very container (the daemon was
+    /// stopped and started again while it ran), that session goes on in a
+    /// new segment after a gap: a fresh session would replace it, dropping
+    /// its events and restarting its duration from zero.
+    async fn attach_labelled(self: &Arc<Self>, name: &str) -> Result<Started, ObserveError> {
+        let docker = crate::docker::connect()?;
+        let details = docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|_| ObserveError::NotFound(name.to_owned()))?;
+        let Some(record) = self.store.session(&container_name(&details))?.filter(|r| {
+            Some(&r.started.container_id) == details.id.as_ref() && r.state == SessionState::Closed
+        }) else {
+            let opts = ObserveOptions {
+                container: name.to_owned(),
+                attach: true,
+                ..Default::default()
+            };
+            return self.observe(opts).await;
+        };
+        let record = continued(record, now_ms());
+        self.store.put_session(&record)?;
+        tracing::warn!(
+            session = %record.name,
+            "continuing the session of a labelled container that ran while the daemon was down; the gap is marked"
+        );
+        self.begin(details, Opening::Resume, None, Some(record), None)
+            .await
     }
 
     /// Makes the cgroup Docker will start container `id` in (its default
@@ -1018,6 +1057,33 @@ mod tests {
         for bad in ["", "x", "=v", "k=", &format!("k={}", "v".repeat(300))] {
             assert!(check_selector(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_continued_session_keeps_its_events_and_duration_and_marks_the_gap() {
+        let started = Started {
+            container_id: "c1".into(),
+            container_name: "web".into(),
+            image_id: "sha256:1".into(),
+            image_ref: "web".into(),
+            from_first_exec: true,
+            started_unix_ms: 1_000,
+        };
+        let mut r = SessionRecord::new("web".into(), 7, started);
+        r.state = SessionState::Closed;
+        r.end = Some(EndReason::Stopped);
+        r.events = 40;
+        r.duration_ms = 65_000;
+        r.checkpoint_unix_ms = 66_000;
+        let c = continued(r, 90_000);
+        assert_eq!((c.id, c.events, c.duration_ms), (7, 40, 65_000));
+        assert_eq!(c.state, SessionState::Observing);
+        assert_eq!(c.end, None);
+        assert_eq!(
+            (c.gaps[0].from_unix_ms, c.gaps[0].to_unix_ms),
+            (66_000, 90_000)
+        );
+        assert!(!c.complete(), "a gap makes it incomplete");
     }
 
     #[test]
