@@ -243,8 +243,14 @@ impl SyscallEvent {
 
     /// Names the tracer could not read from the program's memory even with
     /// its retries (unreadable paths, argv, socket address): what the
-    /// program used is unknown, so a model built from it may miss it.
+    /// program used is unknown, so a model built from it may miss it. A
+    /// call that failed with EFAULT used nothing: the kernel could not read
+    /// the name either.
     pub fn unreadable_names(&self) -> u64 {
+        const EFAULT: i64 = 14;
+        if self.ret == Some(-EFAULT) {
+            return 0;
+        }
         let paths = self
             .paths
             .iter()
@@ -384,6 +390,37 @@ mod tests {
         }
         let from_log = |s: &str| ContainerPath::try_from(s.to_owned()).unwrap().to_string();
         assert_eq!(from_log("/a/../b/"), "/b");
+    }
+
+    #[test]
+    fn unreadable_names_count_paths_argv_and_addresses_but_not_efault() {
+        let unreadable = PathArg {
+            role: PathRole::Target,
+            raw: String::new(),
+            path: None,
+            resolution: Resolution::Unreadable,
+            truncated: false,
+        };
+        let mut s = SyscallEvent {
+            syscall: "execve".into(),
+            nr: 59,
+            args: [0; 6],
+            ret: Some(0),
+            errno: None,
+            paths: vec![unreadable],
+            fd_path: None,
+            fd_addr: None,
+            addr: None,
+            argv: None,
+            incomplete: vec![ARGV_UNREADABLE.into(), "argv cut after 32 arguments".into()],
+        };
+        assert_eq!(s.unreadable_names(), 2);
+        s.ret = Some(-14);
+        assert_eq!(
+            s.unreadable_names(),
+            0,
+            "EFAULT: the kernel read nothing either"
+        );
     }
 
     #[test]

@@ -233,6 +233,22 @@ mod tests {
     }
 
     #[test]
+    fn unreadable_names_make_the_log_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let mut w = EventLogWriter::create(&path, header()).unwrap();
+        let line = r#"{"ts_ns":1,"pid":1,"tid":1,"ppid":0,"cgroup":7,"comm":"x","event":"syscall",
+            "syscall":"execve","nr":59,"args":[0,0,0,0,0,0],"ret":0,
+            "paths":[{"role":"target","raw":"","status":"unreadable"}]}"#;
+        let event: Event = serde_json::from_str(line).unwrap();
+        w.write(&event).unwrap();
+        let summary = w.finish(10, LossCounters::default()).unwrap();
+        assert_eq!(summary.loss.unreadable_names, 1);
+        assert_eq!(summary.loss.lost(), 0);
+        assert!(!EventLog::read(&path).unwrap().is_complete());
+    }
+
+    #[test]
     fn errors_name_the_file_and_line() {
         let text = format!(
             "{}\nnot json\n",

@@ -1520,7 +1520,7 @@ mod tests {
             10,
             nr::EXECVE,
             [0; 6],
-            -14,
+            -2,
             fault,
             Some(RawStr::Fault),
             None,
