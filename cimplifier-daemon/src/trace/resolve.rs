@@ -1516,15 +1516,7 @@ mod tests {
         // Unreadable at exit too: the event says so and counts both names.
         let entry = exec_record(10, nr::EXECVE, [0; 6], 0, fault, Some(RawStr::Fault), None);
         r.handle(RawRecord::ExecArgs(entry));
-        let exit = exec_record(
-            10,
-            nr::EXECVE,
-            [0; 6],
-            -2,
-            fault,
-            Some(RawStr::Fault),
-            None,
-        );
+        let exit = exec_record(10, nr::EXECVE, [0; 6], -2, fault, Some(RawStr::Fault), None);
         let exec = one(&mut r, RawRecord::Syscall(exit));
         assert_eq!(exec.unreadable_names(), 2, "{:?}", exec.incomplete);
     }
