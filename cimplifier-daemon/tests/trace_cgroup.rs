@@ -425,3 +425,40 @@ async fn spawns_with_names_on_untouched_pages_are_recorded_whole() {
         model.executables()
     );
 }
+
+/// A thread other than the leader calls exec: the kernel gives it the
+/// leader's id, so its exit comes under another thread id than its entry.
+/// The exec must still be recorded, with its return value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_from_a_non_leader_thread_is_recorded_whole() {
+    require_root();
+    let mut tracer = Tracer::load(TracerConfig::default()).unwrap();
+    let mut events = tracer.events().unwrap();
+    let cgroup = TestCgroup::new("thread-exec");
+    tracer.watch_cgroup(&cgroup.path).unwrap();
+    let script = "import os, threading, time\n\
+                  threading.Thread(target=lambda: os.execv('/bin/true', ['true', 'from-a-thread'])).start()\n\
+                  time.sleep(5)\n";
+    tokio::task::spawn_blocking({
+        let cg = cgroup.path.clone();
+        move || run_in(&cg, &["/usr/bin/python3", "-c", script])
+    })
+    .await
+    .unwrap();
+    let events = drain(&mut events, Duration::from_millis(500)).await;
+    let execs = find(&events, &["execve"], PathRole::Target, "/bin/true");
+    assert_eq!(
+        execs.len(),
+        1,
+        "the exec from a thread:\n{}",
+        dump(&events, 400)
+    );
+    let (e, exec) = execs[0];
+    assert_eq!(exec.ret, Some(0), "{exec:?}");
+    assert!(exec.incomplete.is_empty(), "{exec:?}");
+    assert_eq!(e.tid, e.pid, "it completes as the leader");
+    assert_eq!(
+        exec.argv.as_deref(),
+        Some(&["true".to_owned(), "from-a-thread".to_owned()][..])
+    );
+}
