@@ -33,6 +33,17 @@ pub enum RecordKind {
     /// A [`SyscallRecord`] emitted at execve(at) entry with the filename and
     /// argv, which are gone once the new image is loaded.
     ExecArgs = 5,
+    /// A [`SyscallRecord`] emitted from `sched_process_exec` once an exec
+    /// has loaded its new image, from memory that cannot fault: slot 0 holds
+    /// the file name the kernel executed (`bprm->filename`, from the trace
+    /// record), slot 1 the new image's argv (`mm->arg_start..arg_end`, just
+    /// copied in by the kernel; for a script, the interpreter's argv). `nr`,
+    /// `args` and `enter_ts_ns` are those of the exec call in flight (zero
+    /// when unknown), and `ret` is the id of the thread that called exec
+    /// (which differs from the header's `tid` when a non-leader thread
+    /// exec'd). Stands in for [`RecordKind::ExecArgs`] names that could not
+    /// be read at entry.
+    ExecImage = 6,
 }
 
 impl RecordKind {
@@ -42,6 +53,7 @@ impl RecordKind {
             3 => Self::Fork,
             4 => Self::Exit,
             5 => Self::ExecArgs,
+            6 => Self::ExecImage,
             _ => return None,
         })
     }
@@ -140,7 +152,10 @@ pub mod counter {
     pub const RINGBUF_FULL: u32 = 0;
     /// sys_enter could not store its in-flight entry (map full).
     pub const INFLIGHT_FULL: u32 = 1;
-    /// A user-memory string could not be read.
+    /// A name stayed unreadable: a user-memory string could not be read
+    /// where no later read makes up for it (an exec's names unread at entry
+    /// are read again at exit or from `sched_process_exec`, and count only
+    /// if that fails too).
     pub const USER_READ_FAULT: u32 = 2;
     /// Records written to the ring buffer.
     pub const EMITTED: u32 = 3;
@@ -157,6 +172,16 @@ pub mod globals {
     pub const FORK_CHILD_PID_OFFSET: &str = "FORK_CHILD_PID_OFFSET";
     /// Byte offset of `group_dead` in the sched_process_exit tracepoint record.
     pub const EXIT_GROUP_DEAD_OFFSET: &str = "EXIT_GROUP_DEAD_OFFSET";
+    /// Byte offset of the `filename` `__data_loc` word in the
+    /// sched_process_exec tracepoint record.
+    pub const EXEC_FILENAME_OFFSET: &str = "EXEC_FILENAME_OFFSET";
+    /// Byte offset of `old_pid` in the sched_process_exec tracepoint record.
+    pub const EXEC_OLD_PID_OFFSET: &str = "EXEC_OLD_PID_OFFSET";
+    /// Byte offset of `mm` in `struct task_struct`.
+    pub const TASK_MM_OFFSET: &str = "TASK_MM_OFFSET";
+    /// Byte offsets of `arg_start` and `arg_end` in `struct mm_struct`.
+    pub const MM_ARG_START_OFFSET: &str = "MM_ARG_START_OFFSET";
+    pub const MM_ARG_END_OFFSET: &str = "MM_ARG_END_OFFSET";
 }
 
 /// Map names, shared so the loader cannot drift from the programs.

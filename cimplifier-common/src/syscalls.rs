@@ -74,7 +74,10 @@ pub enum StrSource {
     None,
     /// A NUL-terminated path in user memory at argument `n`, read at sys_exit.
     Path(u8),
-    /// execve's argv array at argument `n`, read at sys_enter.
+    /// execve's argv array at argument `n`, read at sys_enter (the path at
+    /// sys_enter too). When that read faults they are read again at sys_exit
+    /// of a failed exec, and a successful one gets them from
+    /// `sched_process_exec` (`RecordKind::ExecImage`).
     Argv(u8),
     /// The buffer readlink filled: argument `n`, `ret` bytes, read at sys_exit.
     ReadlinkResult(u8),

@@ -126,3 +126,68 @@ async fn a_container_gone_while_the_daemon_was_down_is_closed_as_interrupted() {
         d.ctl(&["version"]).status.success()
     });
 }
+
+/// The daemon is stopped (SIGTERM, as for an upgrade) and started again
+/// while a labelled container runs. It attaches to the container again; the
+/// session must go on, with its events, its duration and the gap, rather
+/// than be replaced by a fresh session that starts counting from zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_daemon_continues_a_labelled_containers_session() {
+    require_root();
+    let mut d = Daemon::start();
+    let c = Container::create(
+        "store-label",
+        &[
+            "--label",
+            "io.cimplifier.observe=true",
+            BASE_IMAGE,
+            "/bin/sh",
+            "-c",
+            "while true; do cat /etc/hostname > /dev/null; sleep 0.2; done",
+        ],
+    );
+    docker(&["start", &c.0]);
+    let observing = |d: &Daemon| {
+        let out = d.ctl(&["sessions", "--json"]);
+        let all: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        all.as_array().is_some_and(|a| {
+            a.iter()
+                .any(|s| s["container"] == c.0.as_str() && s["state"] == "observing")
+        })
+    };
+    wait_until(20, "the labelled container is observed", || observing(&d));
+    docker(&["exec", &c.0, "cat", "/etc/os-release"]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let pid = nix::unistd::Pid::from_raw(d.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    d.child.wait().unwrap();
+    let before = {
+        d.restart();
+        // Read before the daemon's own checkpoint can move it.
+        session_json(&d, &c.0)
+    };
+    let first_ms = before["duration_ms"].as_u64().unwrap();
+    wait_until(20, "the session goes on", || observing(&d));
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let stopped = stdout_of(&d.ctl(&["stop", &c.0]));
+    assert!(stopped.contains("ended: stopped"), "{stopped}");
+
+    let (record, events) = d.session_events(&c.0);
+    assert!(
+        first_ms >= 2500,
+        "the first stretch lasted over 2.5 s: {before}"
+    );
+    let total_ms = record["duration_ms"].as_u64().unwrap();
+    assert!(
+        total_ms >= first_ms + 900,
+        "duration {total_ms} ms: the {first_ms} ms observed before the restart were dropped: {record}"
+    );
+    let segments = record["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 2, "{record}");
+    assert_eq!(record["gaps"].as_array().unwrap().len(), 1, "{record}");
+    assert!(
+        touches(&events, "/etc/os-release"),
+        "the events seen before the restart were kept"
+    );
+}

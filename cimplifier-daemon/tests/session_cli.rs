@@ -204,3 +204,61 @@ fn bad_input_is_named() {
     );
     assert!(String::from_utf8_lossy(&relative.stderr).contains("--include \"etc/ssl\""));
 }
+
+/// A session whose events carry names the tracer could not read: `sessions`
+/// counts them (table and --json), and emit refuses it without
+/// --allow-incomplete, saying why.
+#[test]
+fn unreadable_names_are_shown_and_stop_emit() {
+    require_root();
+    let d = Daemon::start();
+    let event = r#"{"ts_ns":1,"pid":5,"tid":5,"ppid":1,"cgroup":7,"comm":"httpd","event":"syscall","syscall":"execve","nr":59,"args":[0,0,0,0,0,0],"ret":0,"paths":[{"role":"target","raw":"","status":"unreadable"}],"argv":[""],"incomplete":["argv could not be read","target name could not be read from the program's memory"]}"#;
+    let image_id = docker(&["image", "inspect", "-f", "{{.Id}}", BASE]);
+    let header = format!(
+        r#"{{"format":"cimplifier-session-bundle","version":1,"session":{{"name":"unread","id":1,"container_id":"c0ffee","container_name":"unread","image_id":"{image_id}","image_ref":"{BASE}","from_first_exec":true,"started_unix_ms":1,"state":"closed","end":"stopped","duration_ms":1000,"events":1,"segments":[{{"first_event":0,"started_unix_ms":1,"from_first_exec":true,"origin":"observed"}}],"checkpoint_unix_ms":2,"loss":{{"ringbuf_full":0,"inflight_full":0,"user_read_faults":2,"undecodable":0,"unreadable_names":2}}}}}}"#
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("unread.bundle");
+    std::fs::write(&bundle, format!("{header}\n{event}\n")).unwrap();
+    let imported = ctl(&d, &["import", bundle.to_str().unwrap()]);
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+
+    let table = String::from_utf8_lossy(&ctl(&d, &["sessions"]).stdout).into_owned();
+    let header_line = table.lines().next().unwrap();
+    assert!(header_line.contains("UNREADABLE"), "{table}");
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("unread "))
+        .unwrap_or_else(|| panic!("{table}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[2..5],
+        ["1", "0", "2"],
+        "events, lost, unreadable: {table}"
+    );
+    let json: Value = serde_json::from_slice(&ctl(&d, &["sessions", "--json"]).stdout).unwrap();
+    let s = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["container"] == "unread")
+        .unwrap();
+    assert_eq!(s["unreadable_names"], 2, "{s}");
+    assert_eq!(s["lost_events"], 0, "{s}");
+    assert_eq!(s["complete"], false, "{s}");
+
+    let refused = ctl(&d, &["emit", "unread", "--oci-dir", "/nonexistent/never"]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("2 name(s)")
+            && err.contains("could not read")
+            && err.contains("--allow-incomplete"),
+        "{err}"
+    );
+}

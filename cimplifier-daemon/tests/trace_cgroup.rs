@@ -4,6 +4,7 @@
 mod common;
 
 use std::collections::BTreeSet;
+use std::path::Path;
 use std::time::Duration;
 
 use cimplifier::trace::{EventKind, PathRole, Resolution, SocketAddress, Tracer, TracerConfig};
@@ -340,5 +341,124 @@ async fn processes_running_before_the_watch_resolve_relative_names() {
     assert!(
         !exes.iter().any(|e| e.starts_with("/?unobserved-exec")),
         "a placeholder remains: {exes:?}"
+    );
+}
+
+/// A large process shells out through posix_spawn (a vfork-style clone that
+/// shares its memory) with every name on a page it never touched, so the
+/// read at syscall entry faults. The exec must still come out with its path
+/// and argv (from sched_process_exec), a failed exec with its names (read
+/// again at exit), and nothing may be left unreadable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spawns_with_names_on_untouched_pages_are_recorded_whole() {
+    require_root();
+    let mut tracer = Tracer::load(TracerConfig::default()).unwrap();
+    let mut events = tracer.events().unwrap();
+    let cgroup = TestCgroup::new("unmapped");
+    tracer.watch_cgroup(&cgroup.path).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().to_str().unwrap().to_owned();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/spawn_unmapped.py");
+    tokio::task::spawn_blocking({
+        let (cg, base) = (cgroup.path.clone(), base.clone());
+        move || run_in(&cg, &["/usr/bin/python3", script.to_str().unwrap(), &base])
+    })
+    .await
+    .unwrap();
+    let events = drain(&mut events, Duration::from_millis(500)).await;
+    let ctx = || {
+        dump(
+            &events
+                .iter()
+                .filter(|e| e.syscall().is_some_and(|s| s.syscall.starts_with("exec")))
+                .cloned()
+                .collect::<Vec<_>>(),
+            40,
+        )
+    };
+
+    let spawned = find(&events, &["execve"], PathRole::Target, "/bin/true");
+    assert_eq!(spawned.len(), 1, "the spawn of /bin/true{}", ctx());
+    let (_, exec) = spawned[0];
+    assert_eq!(exec.ret, Some(0));
+    assert_eq!(
+        exec.argv.as_deref(),
+        Some(&["true".to_owned(), "from-an-unmapped-page".to_owned()][..])
+    );
+    assert!(exec.incomplete.is_empty(), "{exec:?}");
+
+    let missing = format!("{base}/no-such-program");
+    let failed = find(&events, &["execve"], PathRole::Target, &missing);
+    assert_eq!(failed.len(), 1, "the failed spawn of {missing}{}", ctx());
+    assert_eq!(failed[0].1.errno.as_deref(), Some("ENOENT"));
+    assert_eq!(
+        failed[0].1.argv.as_deref(),
+        Some(&["no-such-program".to_owned(), "-x".to_owned()][..])
+    );
+
+    let probe = format!("{base}/probe");
+    assert_eq!(
+        find(
+            &events,
+            &["access", "faccessat", "faccessat2"],
+            PathRole::Target,
+            &probe
+        )
+        .len(),
+        1,
+        "access of {probe}:\n{}",
+        dump(&events, 400)
+    );
+
+    let unreadable: Vec<_> = events.iter().filter(|e| e.unreadable_names() > 0).collect();
+    assert!(
+        unreadable.is_empty(),
+        "names left unreadable: {unreadable:#?}"
+    );
+    let model = cimplifier::model::Model::from_events(&events);
+    assert!(
+        model
+            .executables()
+            .iter()
+            .any(|e| e.to_string() == "/bin/true"),
+        "the spawned program is an executable of the model: {:?}",
+        model.executables()
+    );
+}
+
+/// A thread other than the leader calls exec: the kernel gives it the
+/// leader's id, so its exit comes under another thread id than its entry.
+/// The exec must still be recorded, with its return value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_from_a_non_leader_thread_is_recorded_whole() {
+    require_root();
+    let mut tracer = Tracer::load(TracerConfig::default()).unwrap();
+    let mut events = tracer.events().unwrap();
+    let cgroup = TestCgroup::new("thread-exec");
+    tracer.watch_cgroup(&cgroup.path).unwrap();
+    let script = "import os, threading, time\n\
+                  threading.Thread(target=lambda: os.execv('/bin/true', ['true', 'from-a-thread'])).start()\n\
+                  time.sleep(5)\n";
+    tokio::task::spawn_blocking({
+        let cg = cgroup.path.clone();
+        move || run_in(&cg, &["/usr/bin/python3", "-c", script])
+    })
+    .await
+    .unwrap();
+    let events = drain(&mut events, Duration::from_millis(500)).await;
+    let execs = find(&events, &["execve"], PathRole::Target, "/bin/true");
+    assert_eq!(
+        execs.len(),
+        1,
+        "the exec from a thread:\n{}",
+        dump(&events, 400)
+    );
+    let (e, exec) = execs[0];
+    assert_eq!(exec.ret, Some(0), "{exec:?}");
+    assert!(exec.incomplete.is_empty(), "{exec:?}");
+    assert_eq!(e.tid, e.pid, "it completes as the leader");
+    assert_eq!(
+        exec.argv.as_deref(),
+        Some(&["true".to_owned(), "from-a-thread".to_owned()][..])
     );
 }

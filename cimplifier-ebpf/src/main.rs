@@ -8,6 +8,11 @@
 //!   thread id through `INFLIGHT` and emit one `SyscallRecord` at exit, with
 //!   the arguments, the return value and the names read from user memory.
 //!   execve(at) also emits an `ExecArgs` record at entry, while its argv exists.
+//! - `sched_process_exec` emits an `ExecImage` record for every exec that
+//!   loaded its image, with the file name and argv read from memory that
+//!   cannot fault: the entry read fails when the caller's page is not mapped
+//!   (a vfork/posix_spawn child of a large process, a string in a file
+//!   mapping the process never touched).
 //! - `sched_process_fork`/`sched_process_exit` follow the process tree.
 //!
 //! Every dropped record is counted in `COUNTERS`.
@@ -17,12 +22,13 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_probe_read_user as read_user_raw,
-            bpf_probe_read_user_str as read_user_str_raw,
+            bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel_str as read_kernel_str_raw,
+            bpf_probe_read_user as read_user_raw, bpf_probe_read_user_str as read_user_str_raw,
         },
     },
     macros::{btf_tracepoint, map, tracepoint},
@@ -56,7 +62,9 @@ static VERDICTS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(16384, 0);
 #[derive(Clone, Copy)]
 struct InFlight {
     nr: u32,
-    _pad: u32,
+    /// For execve(at): the fault bits of the names read at entry, so that
+    /// sys_exit reads them again when the exec failed.
+    enter_flags: u32,
     args: [u64; 6],
     enter_ts_ns: u64,
 }
@@ -82,6 +90,16 @@ static TASK_TGID_OFFSET: u64 = 0;
 static FORK_CHILD_PID_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static EXIT_GROUP_DEAD_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static EXEC_FILENAME_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static EXEC_OLD_PID_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_MM_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static MM_ARG_START_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static MM_ARG_END_OFFSET: u64 = 0;
 
 #[inline(always)]
 fn global(v: &'static u64) -> u64 {
@@ -173,7 +191,8 @@ fn emit(base: *const u8, len: usize, max: usize) {
 }
 
 /// Reads a NUL-terminated user string into `dst` (STR_SLOT bytes of room).
-/// Returns (length without NUL, flag bits relative to slot 0).
+/// Returns (length without NUL, flag bits relative to slot 0). A fault is
+/// counted by the caller, which knows whether a later read makes up for it.
 #[inline(always)]
 fn read_path(dst: *mut u8, src: u64) -> (u32, u32) {
     if src == 0 {
@@ -181,7 +200,6 @@ fn read_path(dst: *mut u8, src: u64) -> (u32, u32) {
     }
     let n = unsafe { read_user_str_raw(dst.cast(), STR_SLOT as u32, src as *const c_void) };
     if n <= 0 {
-        count(counter::USER_READ_FAULT);
         return (0, flags::STR0_PRESENT | flags::STR0_FAULT);
     }
     let len = (n as u32).saturating_sub(1);
@@ -193,6 +211,7 @@ fn read_path(dst: *mut u8, src: u64) -> (u32, u32) {
 }
 
 /// Packs argv NUL-separated into `dst`; returns (bytes, argc, flag bits).
+/// Faults are counted by the caller, as for [`read_path`].
 #[inline(always)]
 fn read_argv(dst: *mut u8, argv: u64) -> (u32, u32, u32) {
     let mut off: usize = 0;
@@ -203,7 +222,6 @@ fn read_argv(dst: *mut u8, argv: u64) -> (u32, u32, u32) {
     }
     for i in 0..MAX_ARGV {
         let Ok(p) = (unsafe { bpf_probe_read_user((argv as *const u64).add(i)) }) else {
-            count(counter::USER_READ_FAULT);
             bits |= flags::STR1_FAULT;
             break;
         };
@@ -217,7 +235,6 @@ fn read_argv(dst: *mut u8, argv: u64) -> (u32, u32, u32) {
         let at = unsafe { dst.add(off & (STR_SLOT - 1)) };
         let n = unsafe { read_user_str_raw(at.cast(), STR_SLOT as u32, p as *const c_void) };
         if n <= 0 {
-            count(counter::USER_READ_FAULT);
             bits |= flags::STR1_FAULT;
             break;
         }
@@ -227,6 +244,37 @@ fn read_argv(dst: *mut u8, argv: u64) -> (u32, u32, u32) {
     bits |= flags::ARGV_TRUNCATED;
     let off = if off > STR_SLOT { STR_SLOT } else { off };
     (off as u32, argc, bits)
+}
+
+/// Argument `i` of a syscall. A bounds check the verifier can follow: it
+/// does not bound the result of `%`, and a stack offset must be bounded.
+#[inline(always)]
+fn arg(args: &[u64; 6], i: u8) -> u64 {
+    match args.get(i as usize) {
+        Some(v) => *v,
+        None => 0,
+    }
+}
+
+/// Reads an exec's file name (slot 0) and argv (slot 1) from user memory:
+/// (path bytes, argv bytes, argc, flag bits).
+#[inline(always)]
+fn read_exec_names(rec: &mut SyscallRecord, args: &[u64; 6], p: u8, a: u8) -> (u32, u32, u32, u32) {
+    let base = rec.strings.as_mut_ptr();
+    let (l0, b0) = read_path(base, arg(args, p));
+    let (l1, argc, b1) = read_argv(unsafe { base.add(STR_SLOT) }, arg(args, a));
+    (l0, l1, argc, b0 | b1)
+}
+
+/// Counts a name that stayed unreadable (bits relative to slot 0 or both slots).
+#[inline(always)]
+fn count_faults(bits: u32) {
+    if bits & flags::STR0_FAULT != 0 {
+        count(counter::USER_READ_FAULT);
+    }
+    if bits & flags::STR1_FAULT != 0 {
+        count(counter::USER_READ_FAULT);
+    }
 }
 
 #[inline(always)]
@@ -326,20 +374,22 @@ fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
         emit_syscall(rec);
         return Some(());
     }
+    let mut enter_flags = 0;
     if let (StrSource::Path(p), StrSource::Argv(a)) = (spec.str0, spec.str1) {
         let rec = scratch_syscall(RecordKind::ExecArgs, cgroup, nr, &args)?;
-        let base = rec.strings.as_mut_ptr();
-        let (l0, b0) = read_path(base, args[p as usize % 6]);
-        let (l1, argc, b1) = read_argv(unsafe { base.add(STR_SLOT) }, args[a as usize % 6]);
+        let (l0, l1, argc, bits) = read_exec_names(rec, &args, p, a);
         rec.str_len = [l0, l1];
         rec.argc = argc;
-        rec.flags |= b0 | b1;
+        rec.flags |= bits;
+        // Not counted as a fault yet: sys_exit (failed exec) or
+        // sched_process_exec (loaded image) reads the names again.
+        enter_flags = bits & (flags::STR0_FAULT | flags::STR1_FAULT);
         emit_syscall(rec);
     }
     let tid = bpf_get_current_pid_tgid() as u32;
     let entry = InFlight {
         nr,
-        _pad: 0,
+        enter_flags,
         args,
         enter_ts_ns: unsafe { bpf_ktime_get_ns() },
     };
@@ -377,20 +427,33 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
     let base = rec.strings.as_mut_ptr();
 
     // Names are read at exit: the kernel has faulted the pages in by now.
-    // execve's names went out at entry (ExecArgs); they are gone after success.
-    match spec.str0 {
-        StrSource::Path(p) => {
-            let (l, b) = read_path(base, args[p as usize % 6]);
+    // execve's names went out at entry (ExecArgs); they are gone after
+    // success (sched_process_exec has sent them then). A failed exec whose
+    // entry read faulted still has them, now faulted in: read them again.
+    match (spec.str0, spec.str1) {
+        (StrSource::Path(p), StrSource::Argv(a)) => {
+            if ret < 0 && entry.enter_flags != 0 {
+                let (l0, l1, argc, bits) = read_exec_names(rec, &args, p, a);
+                rec.str_len = [l0, l1];
+                rec.argc = argc;
+                rec.flags |= bits;
+                count_faults(bits);
+            }
+        }
+        (StrSource::Path(p), _) => {
+            let (l, b) = read_path(base, arg(&args, p));
             rec.str_len[0] = l;
             rec.flags |= b;
+            count_faults(b);
         }
         _ => {}
     }
     match spec.str1 {
         StrSource::Path(p) => {
-            let (l, b) = read_path(unsafe { base.add(STR_SLOT) }, args[p as usize % 6]);
+            let (l, b) = read_path(unsafe { base.add(STR_SLOT) }, arg(&args, p));
             rec.str_len[1] = l;
             rec.flags |= b << 4;
+            count_faults(b);
         }
         StrSource::ReadlinkResult(p) if ret > 0 => {
             let n = if ret as usize >= STR_SLOT {
@@ -402,7 +465,7 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
                 read_user_raw(
                     base.add(STR_SLOT).cast(),
                     (n & (STR_SLOT - 1)) as u32,
-                    args[p as usize % 6] as *const c_void,
+                    arg(&args, p) as *const c_void,
                 )
             };
             if r == 0 {
@@ -417,10 +480,10 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
     }
     match spec.addr {
         AddrSource::In { ptr, len } => {
-            read_sockaddr(rec, args[ptr as usize % 6], args[len as usize % 6]);
+            read_sockaddr(rec, arg(&args, ptr), arg(&args, len));
         }
         AddrSource::MsgHdr(m) => {
-            let msghdr = args[m as usize % 6] as *const u8;
+            let msghdr = arg(&args, m) as *const u8;
             if !msghdr.is_null() {
                 let name: u64 = unsafe { bpf_probe_read_user(msghdr.cast()) }.unwrap_or(0);
                 let len: u32 = unsafe { bpf_probe_read_user(msghdr.add(8).cast()) }.unwrap_or(0);
@@ -428,10 +491,10 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
             }
         }
         AddrSource::Out { ptr, len_ptr } if ret >= 0 => {
-            let len_at = args[len_ptr as usize % 6] as *const u32;
+            let len_at = arg(&args, len_ptr) as *const u32;
             if !len_at.is_null() {
                 let len: u32 = unsafe { bpf_probe_read_user(len_at) }.unwrap_or(0);
-                read_sockaddr(rec, args[ptr as usize % 6], len as u64);
+                read_sockaddr(rec, arg(&args, ptr), len as u64);
             }
         }
         _ => {}
@@ -474,6 +537,101 @@ fn try_fork(ctx: &TracePointContext) -> Option<()> {
         core::mem::size_of::<ForkRecord>(),
         core::mem::size_of::<ForkRecord>(),
     );
+    Some(())
+}
+
+#[tracepoint]
+pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
+    let _ = try_exec(&ctx);
+    0
+}
+
+/// The exec has loaded its image: current is the new program. The file name
+/// is a `__data_loc` string in the trace record (kernel memory), and argv
+/// lies in pages of the new mm that the kernel has just written.
+fn try_exec(ctx: &TracePointContext) -> Option<()> {
+    let cgroup = watched_cgroup()?;
+    let old_tid: i32 = unsafe { ctx.read_at(global(&EXEC_OLD_PID_OFFSET) as usize) }.ok()?;
+    let old_tid = old_tid as u32;
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let entry = unsafe { INFLIGHT.get(&old_tid) }.copied();
+    let (nr, args, enter_ts_ns) = match entry {
+        Some(e) => {
+            // A non-leader thread that exec'd now has the leader's id: move
+            // its in-flight entry so that sys_exit finds it.
+            if old_tid != tid {
+                let _ = INFLIGHT.remove(&old_tid);
+                if INFLIGHT.insert(&tid, &e, 0).is_err() {
+                    count(counter::INFLIGHT_FULL);
+                }
+            }
+            (e.nr, e.args, e.enter_ts_ns)
+        }
+        None => (nr::EXECVE, [0u64; 6], 0),
+    };
+    let rec = scratch_syscall(RecordKind::ExecImage, cgroup, nr, &args)?;
+    rec.ret = old_tid as i64;
+    rec.enter_ts_ns = enter_ts_ns;
+    let base = rec.strings.as_mut_ptr();
+
+    // __data_loc: the low 16 bits are the string's offset in the record.
+    let loc: u32 = unsafe { ctx.read_at(global(&EXEC_FILENAME_OFFSET) as usize) }.ok()?;
+    let name = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
+    let n = unsafe { read_kernel_str_raw(base.cast(), STR_SLOT as u32, name.cast()) };
+    if n > 0 {
+        rec.str_len[0] = (n as u32).saturating_sub(1);
+        rec.flags |= flags::STR0_PRESENT;
+        if n as usize >= STR_SLOT {
+            rec.flags |= flags::STR0_TRUNCATED;
+        }
+    } else {
+        rec.flags |= flags::STR0_PRESENT | flags::STR0_FAULT;
+        count(counter::USER_READ_FAULT);
+    }
+
+    // argv: NUL-terminated strings back to back, as ExecArgs packs them.
+    let task = unsafe { bpf_get_current_task() } as *const u8;
+    let mm: *const u8 =
+        unsafe { bpf_probe_read_kernel(task.add(global(&TASK_MM_OFFSET) as usize).cast()) }
+            .unwrap_or(ptr::null());
+    let (start, end): (u64, u64) = if mm.is_null() {
+        (0, 0)
+    } else {
+        unsafe {
+            (
+                bpf_probe_read_kernel(mm.add(global(&MM_ARG_START_OFFSET) as usize).cast())
+                    .unwrap_or(0),
+                bpf_probe_read_kernel(mm.add(global(&MM_ARG_END_OFFSET) as usize).cast())
+                    .unwrap_or(0),
+            )
+        }
+    };
+    if start != 0 && end > start {
+        let mut len = end - start;
+        if len > (STR_SLOT - 1) as u64 {
+            len = (STR_SLOT - 1) as u64;
+            rec.flags |= flags::ARGV_TRUNCATED;
+        }
+        let len = (len as usize) & (STR_SLOT - 1);
+        let r = unsafe {
+            read_user_raw(
+                base.add(STR_SLOT).cast(),
+                len as u32,
+                start as *const c_void,
+            )
+        };
+        if r == 0 {
+            rec.str_len[1] = len as u32;
+            rec.flags |= flags::STR1_PRESENT;
+        } else {
+            rec.flags |= flags::STR1_FAULT;
+            count(counter::USER_READ_FAULT);
+        }
+    } else {
+        rec.flags |= flags::STR1_FAULT;
+        count(counter::USER_READ_FAULT);
+    }
+    emit_syscall(rec);
     Some(())
 }
 

@@ -249,6 +249,7 @@ fn stored(r: &SessionRecord) -> pb::Session {
         events: r.events,
         aggregated_events: r.aggregated,
         lost_events: r.loss.lost(),
+        unreadable_names: r.loss.unreadable_names,
         complete: r.complete(),
         gaps: r
             .gaps

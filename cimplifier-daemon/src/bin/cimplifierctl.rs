@@ -357,7 +357,8 @@ fn session_json(s: &cimplifier::api::pb::Session) -> serde_json::Value {
         "from_first_exec": s.from_first_exec,
         "started_unix_ms": s.started_unix_ms, "duration_ms": s.duration_ms,
         "events": s.events, "aggregated_events": s.aggregated_events,
-        "lost_events": s.lost_events, "complete": s.complete,
+        "lost_events": s.lost_events, "unreadable_names": s.unreadable_names,
+        "complete": s.complete,
         "executables": s.executables, "resources": s.resources,
         "gaps": s.gaps.iter().map(|g| serde_json::json!({
             "from_unix_ms": g.from_unix_ms, "to_unix_ms": g.to_unix_ms, "reason": g.reason,
@@ -672,16 +673,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return print(&(serde_json::to_string_pretty(&rows)? + "\n"));
             }
             let mut text = format!(
-                "{:<32} {:<10} {:>9} {:>6} {:>9}  {}\n",
-                "CONTAINER", "STATE", "EVENTS", "LOST", "SECONDS", "IMAGE"
+                "{:<32} {:<10} {:>9} {:>6} {:>10} {:>9}  {}\n",
+                "CONTAINER", "STATE", "EVENTS", "LOST", "UNREADABLE", "SECONDS", "IMAGE"
             );
             for s in &list.sessions {
                 text += &format!(
-                    "{:<32} {:<10} {:>9} {:>6} {:>9.1}  {}{}\n",
+                    "{:<32} {:<10} {:>9} {:>6} {:>10} {:>9.1}  {}{}\n",
                     s.container,
                     state_name(s.state),
                     s.events,
                     s.lost_events,
+                    s.unreadable_names,
                     s.duration_ms as f64 / 1000.0,
                     s.image_ref,
                     if s.error.is_empty() {
@@ -1021,8 +1023,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     "no events lost".to_owned()
                 } else {
                     format!(
-                        "{} events LOST (emit will refuse without --allow-incomplete)",
-                        session.lost_events
+                        "INCOMPLETE: {} events lost, {} names unreadable, {} gaps (emit will refuse without --allow-incomplete)",
+                        session.lost_events,
+                        session.unreadable_names,
+                        session.gaps.len()
                     )
                 },
                 session.end,

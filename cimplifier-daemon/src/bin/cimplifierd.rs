@@ -202,8 +202,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     "no events lost".to_owned()
                 } else {
                     format!(
-                        "{} events LOST: the trace is incomplete",
-                        summary.loss.lost()
+                        "{} events LOST, {} names UNREADABLE: the trace is incomplete",
+                        summary.loss.lost(),
+                        summary.loss.unreadable_names
                     )
                 }
             );

@@ -150,6 +150,19 @@ fn docker_parent_cgroup(cgroup_parent: Option<&str>) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// A closed session of a container that still runs, reopened at `now_ms`:
+/// the time since its last checkpoint is a gap (nothing was observed).
+fn continued(mut record: SessionRecord, now_ms: u64) -> SessionRecord {
+    record.gaps.push(Gap {
+        from_unix_ms: record.checkpoint_unix_ms,
+        to_unix_ms: now_ms,
+        reason: "the session was closed while its container ran on (the daemon was stopped)".into(),
+    });
+    record.state = SessionState::Observing;
+    record.end = None;
+    record
+}
+
 /// `a - b`, field by field: what a tracer lost since `b` was read.
 fn loss_since(a: LossCounters, b: LossCounters) -> LossCounters {
     LossCounters {
@@ -157,6 +170,7 @@ fn loss_since(a: LossCounters, b: LossCounters) -> LossCounters {
         inflight_full: a.inflight_full.saturating_sub(b.inflight_full),
         user_read_faults: a.user_read_faults.saturating_sub(b.user_read_faults),
         undecodable: a.undecodable.saturating_sub(b.undecodable),
+        unreadable_names: a.unreadable_names.saturating_sub(b.unreadable_names),
     }
 }
 
@@ -166,6 +180,7 @@ pub(crate) fn add_loss(a: LossCounters, b: LossCounters) -> LossCounters {
         inflight_full: a.inflight_full + b.inflight_full,
         user_read_faults: a.user_read_faults + b.user_read_faults,
         undecodable: a.undecodable + b.undecodable,
+        unreadable_names: a.unreadable_names + b.unreadable_names,
     }
 }
 
@@ -518,12 +533,7 @@ impl Manager {
                 continue;
             }
             tracing::info!(container = %name, "labelled container already running: observing it from now on");
-            let opts = ObserveOptions {
-                container: name.clone(),
-                attach: true,
-                ..Default::default()
-            };
-            if let Err(e) = self.observe(opts).await {
+            if let Err(e) = self.attach_labelled(&name).await {
                 tracing::warn!(container = %name, "not observed: {e}");
             }
         }
@@ -578,6 +588,37 @@ impl Manager {
             });
         }
         Ok(())
+    }
+
+    /// Observes a labelled container found running without a session. When
+    /// the store holds a session of this very container (the daemon was
+    /// stopped and started again while it ran), that session goes on in a
+    /// new segment after a gap: a fresh session would replace it, dropping
+    /// its events and restarting its duration from zero.
+    async fn attach_labelled(self: &Arc<Self>, name: &str) -> Result<Started, ObserveError> {
+        let docker = crate::docker::connect()?;
+        let details = docker
+            .inspect_container(name, None)
+            .await
+            .map_err(|_| ObserveError::NotFound(name.to_owned()))?;
+        let Some(record) = self.store.session(&container_name(&details))?.filter(|r| {
+            Some(&r.started.container_id) == details.id.as_ref() && r.state == SessionState::Closed
+        }) else {
+            let opts = ObserveOptions {
+                container: name.to_owned(),
+                attach: true,
+                ..Default::default()
+            };
+            return self.observe(opts).await;
+        };
+        let record = continued(record, now_ms());
+        self.store.put_session(&record)?;
+        tracing::warn!(
+            session = %record.name,
+            "continuing the session of a labelled container that ran while the daemon was down; the gap is marked"
+        );
+        self.begin(details, Opening::Resume, None, Some(record), None)
+            .await
     }
 
     /// Makes the cgroup Docker will start container `id` in (its default
@@ -859,6 +900,9 @@ impl SessionTask {
         // model holds, so bounded by it.
         let mut seen_uses: HashSet<u64> = HashSet::new();
         let aggregated = std::sync::atomic::AtomicU64::new(0);
+        // Names of this segment's events that the tracer could not read:
+        // the tracer's own counters are host-wide.
+        let unreadable = std::sync::atomic::AtomicU64::new(0);
         let mut accept = |e: Event, batch: &mut Vec<Event>| {
             if !members.contains(&e.cgroup) {
                 // A cgroup created below the container's since the last look,
@@ -876,6 +920,7 @@ impl SessionTask {
             {
                 tracing::debug!(pid = e.pid, comm = %e.comm, "already running when the watch began");
             }
+            unreadable.fetch_add(e.unreadable_names(), std::sync::atomic::Ordering::Relaxed);
             let exe = exes.exe_after(&e);
             let repeated = crate::model::uses_of(&e).is_some_and(|uses| {
                 use std::hash::{Hash, Hasher};
@@ -915,6 +960,7 @@ impl SessionTask {
             record.checkpoint_unix_ms = now_ms();
             record.duration_ms = prior_duration + started.elapsed().as_millis() as u64;
             record.loss = add_loss(prior_loss, loss_since(observer.loss(), loss_base));
+            record.loss.unreadable_names += unreadable.load(std::sync::atomic::Ordering::Relaxed);
             store.append(record, batch)?;
             batch.clear();
             Ok(())
@@ -1021,12 +1067,40 @@ mod tests {
     }
 
     #[test]
+    fn a_continued_session_keeps_its_events_and_duration_and_marks_the_gap() {
+        let started = Started {
+            container_id: "c1".into(),
+            container_name: "web".into(),
+            image_id: "sha256:1".into(),
+            image_ref: "web".into(),
+            from_first_exec: true,
+            started_unix_ms: 1_000,
+        };
+        let mut r = SessionRecord::new("web".into(), 7, started);
+        r.state = SessionState::Closed;
+        r.end = Some(EndReason::Stopped);
+        r.events = 40;
+        r.duration_ms = 65_000;
+        r.checkpoint_unix_ms = 66_000;
+        let c = continued(r, 90_000);
+        assert_eq!((c.id, c.events, c.duration_ms), (7, 40, 65_000));
+        assert_eq!(c.state, SessionState::Observing);
+        assert_eq!(c.end, None);
+        assert_eq!(
+            (c.gaps[0].from_unix_ms, c.gaps[0].to_unix_ms),
+            (66_000, 90_000)
+        );
+        assert!(!c.complete(), "a gap makes it incomplete");
+    }
+
+    #[test]
     fn loss_since_a_baseline_is_per_counter() {
         let a = LossCounters {
             ringbuf_full: 5,
             inflight_full: 1,
             user_read_faults: 0,
             undecodable: 2,
+            unreadable_names: 4,
         };
         let b = LossCounters {
             ringbuf_full: 3,
@@ -1035,5 +1109,6 @@ mod tests {
         let d = loss_since(a, b);
         assert_eq!((d.ringbuf_full, d.inflight_full, d.undecodable), (2, 1, 2));
         assert_eq!(add_loss(d, b).ringbuf_full, 5);
+        assert_eq!(add_loss(d, b).unreadable_names, 4);
     }
 }

@@ -127,9 +127,10 @@ impl SessionRecord {
         }
     }
 
-    /// No event lost and no gap: the model is the whole truth.
+    /// Nothing that makes the session incomplete (no event lost, no name
+    /// unreadable, no gap): the model is the whole truth.
     pub fn complete(&self) -> bool {
-        self.loss.is_complete() && self.gaps.is_empty()
+        self.incompleteness().is_none()
     }
 
     /// Why the session is not complete, in words; None when it is.
@@ -149,6 +150,14 @@ impl SessionRecord {
                 "has {} gap(s) of {secs} s in all when nothing was observed ({})",
                 self.gaps.len(),
                 self.gaps[0].reason
+            ));
+        }
+        if self.loss.unreadable_names > 0 {
+            why.push(format!(
+                "has {} name(s) (paths, argv, socket addresses) the tracer could not read \
+                 from the programs' memory, so what those calls used is unknown \
+                 (`cimplifierctl sessions` counts them)",
+                self.loss.unreadable_names
             ));
         }
         (!why.is_empty()).then(|| why.join(" and "))
@@ -684,6 +693,26 @@ mod tests {
         old.as_object_mut().unwrap().remove("run");
         let back: SessionRecord = serde_json::from_value(old).unwrap();
         assert_eq!(back.run, None);
+    }
+
+    #[test]
+    fn unreadable_names_make_a_session_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = record(&store, "web");
+        r.loss.unreadable_names = 3;
+        assert!(!r.complete());
+        let why = r.incompleteness().unwrap();
+        assert!(why.contains("3 name(s)"), "{why}");
+        assert!(!why.contains("lost"), "no event was lost: {why}");
+        // Records stored before the counter existed read as 0.
+        let mut json = serde_json::to_value(record(&store, "old")).unwrap();
+        json["loss"]
+            .as_object_mut()
+            .unwrap()
+            .remove("unreadable_names");
+        let old: SessionRecord = serde_json::from_value(json).unwrap();
+        assert!(old.complete());
     }
 
     #[test]

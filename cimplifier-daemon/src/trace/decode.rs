@@ -74,6 +74,10 @@ impl RawSyscall {
 pub enum RawRecord {
     Syscall(RawSyscall),
     ExecArgs(RawSyscall),
+    /// From `sched_process_exec`: the file name the kernel executed (`str0`)
+    /// and the new image's argv; `ret` is the id of the thread that called
+    /// exec.
+    ExecImage(RawSyscall),
     Fork {
         header: RawHeader,
         child_tid: u32,
@@ -88,7 +92,7 @@ pub enum RawRecord {
 impl RawRecord {
     pub fn header(&self) -> &RawHeader {
         match self {
-            RawRecord::Syscall(s) | RawRecord::ExecArgs(s) => &s.header,
+            RawRecord::Syscall(s) | RawRecord::ExecArgs(s) | RawRecord::ExecImage(s) => &s.header,
             RawRecord::Fork { header, .. } | RawRecord::Exit { header, .. } => header,
         }
     }
@@ -238,12 +242,16 @@ pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
     let h: RecordHeader = read(bytes, "record")?;
     match RecordKind::from_u32(h.kind) {
         Some(RecordKind::Syscall) => Ok(RawRecord::Syscall(syscall(bytes)?)),
-        Some(RecordKind::ExecArgs) => {
+        Some(kind @ (RecordKind::ExecArgs | RecordKind::ExecImage)) => {
             let s = syscall(bytes)?;
             if !matches!(s.nr, nr::EXECVE | nr::EXECVEAT) {
                 return Err(DecodeError::ExecArgsNotExec(s.nr));
             }
-            Ok(RawRecord::ExecArgs(s))
+            Ok(if kind == RecordKind::ExecArgs {
+                RawRecord::ExecArgs(s)
+            } else {
+                RawRecord::ExecImage(s)
+            })
         }
         Some(RecordKind::Fork) => {
             let rec: ForkRecord = read(bytes, "fork")?;

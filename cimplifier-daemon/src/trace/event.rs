@@ -231,9 +231,37 @@ pub struct SyscallEvent {
     pub incomplete: Vec<String>,
 }
 
+/// The `incomplete` note of an exec whose argv could not be read.
+pub const ARGV_UNREADABLE: &str = "argv could not be read";
+/// The `incomplete` note of a call whose socket address could not be read.
+pub const SOCKADDR_UNREADABLE: &str = "socket address could not be read";
+
 impl SyscallEvent {
     pub fn succeeded(&self) -> bool {
         self.ret.is_some_and(|r| r >= 0)
+    }
+
+    /// Names the tracer could not read from the program's memory even with
+    /// its retries (unreadable paths, argv, socket address): what the
+    /// program used is unknown, so a model built from it may miss it. A
+    /// call that failed with EFAULT used nothing: the kernel could not read
+    /// the name either.
+    pub fn unreadable_names(&self) -> u64 {
+        const EFAULT: i64 = 14;
+        if self.ret == Some(-EFAULT) {
+            return 0;
+        }
+        let paths = self
+            .paths
+            .iter()
+            .filter(|p| p.resolution == Resolution::Unreadable)
+            .count();
+        let notes = self
+            .incomplete
+            .iter()
+            .filter(|n| *n == ARGV_UNREADABLE || *n == SOCKADDR_UNREADABLE)
+            .count();
+        (paths + notes) as u64
     }
 
     /// The path argument with `role`.
@@ -295,6 +323,11 @@ impl Event {
             _ => None,
         }
     }
+
+    /// See [`SyscallEvent::unreadable_names`].
+    pub fn unreadable_names(&self) -> u64 {
+        self.syscall().map_or(0, SyscallEvent::unreadable_names)
+    }
 }
 
 /// Events the pipeline could not deliver, by where they were lost.
@@ -304,10 +337,18 @@ pub struct LossCounters {
     pub ringbuf_full: u64,
     /// Syscalls whose entry could not be stored (in-flight map full).
     pub inflight_full: u64,
-    /// Names that could not be read from user memory (recorded as unreadable).
+    /// Names the kernel could not read from user memory, host-wide, after
+    /// its retries: a diagnostic. Which of them were a session's is
+    /// `unreadable_names`.
     pub user_read_faults: u64,
     /// Records that could not be decoded in user space.
     pub undecodable: u64,
+    /// Names (paths, argv, socket addresses) of the recorded events that
+    /// stayed unreadable (see [`SyscallEvent::unreadable_names`]), counted
+    /// from the events themselves. The events arrived, but what they named
+    /// is unknown: a loss of fidelity that makes a session incomplete.
+    #[serde(default)]
+    pub unreadable_names: u64,
 }
 
 impl LossCounters {
@@ -317,6 +358,7 @@ impl LossCounters {
         self.ringbuf_full + self.inflight_full + self.undecodable
     }
 
+    /// No event lost (names may still be unreadable: `unreadable_names`).
     pub fn is_complete(&self) -> bool {
         self.lost() == 0
     }
@@ -348,6 +390,37 @@ mod tests {
         }
         let from_log = |s: &str| ContainerPath::try_from(s.to_owned()).unwrap().to_string();
         assert_eq!(from_log("/a/../b/"), "/b");
+    }
+
+    #[test]
+    fn unreadable_names_count_paths_argv_and_addresses_but_not_efault() {
+        let unreadable = PathArg {
+            role: PathRole::Target,
+            raw: String::new(),
+            path: None,
+            resolution: Resolution::Unreadable,
+            truncated: false,
+        };
+        let mut s = SyscallEvent {
+            syscall: "execve".into(),
+            nr: 59,
+            args: [0; 6],
+            ret: Some(0),
+            errno: None,
+            paths: vec![unreadable],
+            fd_path: None,
+            fd_addr: None,
+            addr: None,
+            argv: None,
+            incomplete: vec![ARGV_UNREADABLE.into(), "argv cut after 32 arguments".into()],
+        };
+        assert_eq!(s.unreadable_names(), 2);
+        s.ret = Some(-14);
+        assert_eq!(
+            s.unreadable_names(),
+            0,
+            "EFAULT: the kernel read nothing either"
+        );
     }
 
     #[test]

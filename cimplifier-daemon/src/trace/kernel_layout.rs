@@ -20,6 +20,12 @@ pub struct KernelLayout {
     pub task_tgid: u64,
     pub fork_child_pid: u64,
     pub exit_group_dead: u64,
+    /// sched_process_exec's `filename` (a `__data_loc` word) and `old_pid`.
+    pub exec_filename: u64,
+    pub exec_old_pid: u64,
+    pub task_mm: u64,
+    pub mm_arg_start: u64,
+    pub mm_arg_end: u64,
 }
 
 impl KernelLayout {
@@ -32,6 +38,11 @@ impl KernelLayout {
             task_tgid: member_offset(&btf, "task_struct", "tgid")?,
             fork_child_pid: tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?,
             exit_group_dead: tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?,
+            exec_filename: tracepoint_field_offset("sched", "sched_process_exec", "filename")?,
+            exec_old_pid: tracepoint_field_offset("sched", "sched_process_exec", "old_pid")?,
+            task_mm: member_offset(&btf, "task_struct", "mm")?,
+            mm_arg_start: member_offset(&btf, "mm_struct", "arg_start")?,
+            mm_arg_end: member_offset(&btf, "mm_struct", "arg_end")?,
         })
     }
 }
@@ -116,11 +127,24 @@ format:
 \tfield:pid_t child_pid;\toffset:20;\tsize:4;\tsigned:1;
 ";
 
+    const EXEC: &str = "name: sched_process_exec
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:pid_t pid;\toffset:12;\tsize:4;\tsigned:1;
+\tfield:pid_t old_pid;\toffset:16;\tsize:4;\tsigned:1;
+";
+
     #[test]
     fn finds_tracepoint_fields() {
         assert_eq!(parse_field_offset(FORK, "child_pid"), Some(20));
         assert_eq!(parse_field_offset(FORK, "parent_comm"), Some(8));
         assert_eq!(parse_field_offset(FORK, "child"), None);
+        assert_eq!(parse_field_offset(EXEC, "filename"), Some(8));
+        assert_eq!(parse_field_offset(EXEC, "old_pid"), Some(16));
+        assert_eq!(parse_field_offset(EXEC, "pid"), Some(12));
     }
 
     #[test]
@@ -137,5 +161,10 @@ format:
             "{layout:?}"
         );
         assert!(layout.fork_child_pid >= 8, "{layout:?}");
+        assert!(layout.exec_old_pid >= 8, "{layout:?}");
+        assert!(
+            layout.task_mm > 0 && layout.mm_arg_end == layout.mm_arg_start + 8,
+            "{layout:?}"
+        );
     }
 }

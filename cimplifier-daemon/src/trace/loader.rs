@@ -91,6 +91,11 @@ impl Tracer {
                 &layout.exit_group_dead,
                 true,
             )
+            .override_global(globals::EXEC_FILENAME_OFFSET, &layout.exec_filename, true)
+            .override_global(globals::EXEC_OLD_PID_OFFSET, &layout.exec_old_pid, true)
+            .override_global(globals::TASK_MM_OFFSET, &layout.task_mm, true)
+            .override_global(globals::MM_ARG_START_OFFSET, &layout.mm_arg_start, true)
+            .override_global(globals::MM_ARG_END_OFFSET, &layout.mm_arg_end, true)
             .map_max_entries(maps::EVENTS, config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs (are you root, with BPF enabled?)")?;
@@ -108,7 +113,11 @@ impl Tracer {
             p.attach()
                 .with_context(|| format!("attaching to raw tracepoint {hook}"))?;
         }
-        for name in ["sched_process_fork", "sched_process_exit"] {
+        for name in [
+            "sched_process_fork",
+            "sched_process_exec",
+            "sched_process_exit",
+        ] {
             let p: &mut TracePoint = program(&mut ebpf, name)?;
             p.load()
                 .with_context(|| format!("loading tracepoint program {name}"))?;
@@ -211,6 +220,8 @@ impl Tracer {
                 inflight_full: sum(counter::INFLIGHT_FULL)?.0,
                 user_read_faults: sum(counter::USER_READ_FAULT)?.0,
                 undecodable: self.undecodable.load(Ordering::Relaxed),
+                // Counted from the events, by whoever receives them.
+                unreadable_names: 0,
             },
             ringbuf_full_per_cpu,
             emitted: sum(counter::EMITTED)?.0,

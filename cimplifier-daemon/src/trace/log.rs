@@ -32,7 +32,7 @@ pub struct LogSummary {
     pub events: u64,
     pub duration_ms: u64,
     pub loss: LossCounters,
-    /// True only when nothing was lost anywhere.
+    /// True only when nothing was lost anywhere and every name was read.
     pub complete: bool,
 }
 
@@ -49,6 +49,7 @@ pub struct EventLogWriter {
     out: BufWriter<File>,
     path: PathBuf,
     events: u64,
+    unreadable_names: u64,
 }
 
 impl EventLogWriter {
@@ -59,6 +60,7 @@ impl EventLogWriter {
             out: BufWriter::new(file),
             path: path.to_path_buf(),
             events: 0,
+            unreadable_names: 0,
         };
         w.line(&LogLine::Header(header))?;
         Ok(w)
@@ -73,6 +75,7 @@ impl EventLogWriter {
 
     pub fn write(&mut self, event: &Event) -> Result<()> {
         self.events += 1;
+        self.unreadable_names += event.unreadable_names();
         // Borrowing serialisation of the tagged line without cloning the event.
         #[derive(Serialize)]
         struct Tagged<'a> {
@@ -96,13 +99,18 @@ impl EventLogWriter {
         self.events
     }
 
-    /// Writes the summary and flushes to disk.
+    /// Writes the summary and flushes to disk. `loss` is the tracer's;
+    /// the unreadable names are counted from the events written.
     pub fn finish(mut self, duration_ms: u64, loss: LossCounters) -> Result<LogSummary> {
+        let loss = LossCounters {
+            unreadable_names: self.unreadable_names,
+            ..loss
+        };
         let summary = LogSummary {
             events: self.events,
             duration_ms,
             loss,
-            complete: loss.is_complete(),
+            complete: loss.is_complete() && loss.unreadable_names == 0,
         };
         self.line(&LogLine::Summary(summary.clone()))?;
         self.out.flush()?;
@@ -222,6 +230,22 @@ mod tests {
             "3 lost events must make the log incomplete"
         );
         assert_eq!(log.summary.unwrap().loss.ringbuf_full, 3);
+    }
+
+    #[test]
+    fn unreadable_names_make_the_log_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let mut w = EventLogWriter::create(&path, header()).unwrap();
+        let line = r#"{"ts_ns":1,"pid":1,"tid":1,"ppid":0,"cgroup":7,"comm":"x","event":"syscall",
+            "syscall":"execve","nr":59,"args":[0,0,0,0,0,0],"ret":0,
+            "paths":[{"role":"target","raw":"","status":"unreadable"}]}"#;
+        let event: Event = serde_json::from_str(line).unwrap();
+        w.write(&event).unwrap();
+        let summary = w.finish(10, LossCounters::default()).unwrap();
+        assert_eq!(summary.loss.unreadable_names, 1);
+        assert_eq!(summary.loss.lost(), 0);
+        assert!(!EventLog::read(&path).unwrap().is_complete());
     }
 
     #[test]

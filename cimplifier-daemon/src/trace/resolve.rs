@@ -15,8 +15,8 @@ use cimplifier_common::syscalls::{self, nr};
 use super::cgroup::ProcessSnapshot;
 use super::decode::{RawHeader, RawRecord, RawStr, RawSyscall};
 use super::{
-    CgroupId, ContainerPath, Event, EventKind, PathArg, PathRole, Resolution, SocketAddress,
-    SyscallEvent,
+    ARGV_UNREADABLE, CgroupId, ContainerPath, Event, EventKind, PathArg, PathRole, Resolution,
+    SOCKADDR_UNREADABLE, SocketAddress, SyscallEvent,
 };
 
 const AT_FDCWD: i32 = -100;
@@ -144,7 +144,37 @@ struct PendingExec {
     entry: RawSyscall,
     path: PathArg,
     argv: Option<Vec<String>>,
-    incomplete: Vec<String>,
+    /// argv had more than MAX_ARGV entries or did not fit its slot.
+    argv_truncated: bool,
+    /// argv (or part of it) could not be read.
+    argv_unreadable: bool,
+}
+
+impl PendingExec {
+    /// What the exec event will say was not recorded fully.
+    fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.argv_truncated {
+            notes.push(format!(
+                "argv cut after {} arguments",
+                self.argv.as_ref().map_or(0, Vec::len)
+            ));
+        }
+        if self.argv_unreadable {
+            notes.push(ARGV_UNREADABLE.to_owned());
+        }
+        notes.extend(name_notes(std::slice::from_ref(&self.path)));
+        notes
+    }
+}
+
+/// The name argument of an exec call (execve's shape when `nr` is unknown).
+fn exec_name_arg(nr: u32) -> NameArg {
+    name_args(nr)[0].unwrap_or(NameArg {
+        role: PathRole::Target,
+        dirfd: None,
+        empty_path_flags: None,
+    })
 }
 
 /// Reads the state of a process the resolver meets without having seen its
@@ -368,6 +398,7 @@ impl Resolver {
                     .into_iter()
                     .collect()
             }
+            RawRecord::ExecImage(raw) => self.exec_image(raw),
             RawRecord::Syscall(raw) => vec![self.syscall(raw)],
         }
     }
@@ -492,40 +523,106 @@ impl Resolver {
 
     fn exec_entry(&mut self, mut raw: RawSyscall) -> PendingExec {
         let p = self.process(raw.header.pid);
-        let mut incomplete = Vec::new();
-        if raw.has(flags::ARGV_TRUNCATED) {
-            incomplete.push(format!(
-                "argv cut after {} arguments",
-                raw.argv.as_ref().map_or(0, Vec::len)
-            ));
-        }
-        if raw.has(flags::STR1_FAULT) {
-            incomplete.push("argv could not be read".to_owned());
-        }
-        // decode() only lets exec calls through here; execve's shape otherwise.
-        let arg = name_args(raw.nr)[0].unwrap_or(NameArg {
-            role: PathRole::Target,
-            dirfd: None,
-            empty_path_flags: None,
-        });
+        // decode() only lets exec calls through here.
         let path = match &raw.str0 {
-            Some(s) => self.resolve(p, s, arg, &raw.args),
-            None => PathArg {
-                role: PathRole::Target,
-                raw: String::new(),
-                path: None,
-                resolution: Resolution::Unreadable,
-                truncated: false,
-            },
+            Some(s) => self.resolve(p, s, exec_name_arg(raw.nr), &raw.args),
+            None => unreadable_target(),
         };
-        incomplete.extend(name_notes(std::slice::from_ref(&path)));
         PendingExec {
             pid: raw.header.pid,
             path,
+            argv_truncated: raw.has(flags::ARGV_TRUNCATED),
+            argv_unreadable: raw.has(flags::STR1_FAULT),
             argv: raw.argv.take(),
-            incomplete,
             entry: raw,
         }
+    }
+
+    /// The exec loaded its image: names its entry could not read are taken
+    /// from the kernel's own copy. The exit then comes from `header.tid`,
+    /// which is the leader's id even when another thread called exec.
+    fn exec_image(&mut self, raw: RawSyscall) -> Vec<Event> {
+        let p = self.process(raw.header.pid);
+        let caller = raw.ret as u32;
+        let key = [caller, raw.header.tid]
+            .into_iter()
+            .find(|k| self.pending_exec.contains_key(k))
+            .or_else(|| {
+                self.pending_exec
+                    .iter()
+                    .find(|(_, e)| e.pid == raw.header.pid)
+                    .map(|(k, _)| *k)
+            });
+        let mut pending = match key.and_then(|k| self.pending_exec.remove(&k)) {
+            Some(pending) => pending,
+            // The entry record was not seen: the image stands for it.
+            None => PendingExec {
+                pid: raw.header.pid,
+                path: unreadable_target(),
+                argv: None,
+                argv_truncated: false,
+                argv_unreadable: true,
+                entry: RawSyscall {
+                    ret: 0,
+                    str0: None,
+                    str1: None,
+                    argv: None,
+                    ..raw.clone()
+                },
+            },
+        };
+        self.fill_exec(p, &mut pending, &raw, true);
+        self.pending_exec
+            .insert(raw.header.tid, pending)
+            .map(|p| unfinished_exec(p, "exec exit not seen before the next exec"))
+            .into_iter()
+            .collect()
+    }
+
+    /// Fills the names of `pending` that its entry could not read from a
+    /// later copy: the exit of a failed exec (read again once the kernel had
+    /// faulted them in) or the loaded image (`image`).
+    fn fill_exec(&self, p: Process, pending: &mut PendingExec, raw: &RawSyscall, image: bool) {
+        if pending.path.resolution == Resolution::Unreadable
+            && let Some(s @ RawStr::Text { .. }) = &raw.str0
+        {
+            pending.path = if image {
+                self.image_path(p, raw, s)
+            } else {
+                self.resolve(p, s, exec_name_arg(raw.nr), &raw.args)
+            };
+        }
+        if (pending.argv_unreadable || pending.argv.is_none())
+            && raw.argv.is_some()
+            && !raw.has(flags::STR1_FAULT)
+        {
+            pending.argv = raw.argv.clone();
+            pending.argv_unreadable = false;
+            pending.argv_truncated = raw.has(flags::ARGV_TRUNCATED);
+        }
+    }
+
+    /// The name an exec's image was loaded from, as the program named it.
+    /// The kernel calls a file opened through a dirfd `/dev/fd/N/NAME`
+    /// (`/dev/fd/N` for `AT_EMPTY_PATH`): that is NAME relative to fd N.
+    fn image_path(&self, p: Process, raw: &RawSyscall, name: &RawStr) -> PathArg {
+        let arg = exec_name_arg(raw.nr);
+        if let RawStr::Text { bytes, truncated } = name
+            && raw.nr == nr::EXECVEAT
+            && raw.args[0] as i32 != AT_FDCWD
+        {
+            let prefix = format!("/dev/fd/{}", raw.args[0] as i32);
+            if let Some(rest) = bytes.strip_prefix(prefix.as_bytes())
+                && (rest.is_empty() || rest[0] == b'/')
+            {
+                let rest = RawStr::Text {
+                    bytes: rest.strip_prefix(b"/").unwrap_or(rest).to_vec(),
+                    truncated: *truncated,
+                };
+                return self.resolve(p, &rest, arg, &raw.args);
+            }
+        }
+        self.resolve(p, name, arg, &raw.args)
     }
 
     fn syscall(&mut self, raw: RawSyscall) -> Event {
@@ -546,9 +643,10 @@ impl Resolver {
                     .map(|(k, _)| *k)
             };
             match key.and_then(|k| self.pending_exec.remove(&k)) {
-                Some(pending) => {
+                Some(mut pending) => {
+                    self.fill_exec(p, &mut pending, &raw, false);
+                    incomplete.extend(pending.notes());
                     argv = pending.argv;
-                    incomplete.extend(pending.incomplete);
                     vec![pending.path]
                 }
                 None => {
@@ -563,7 +661,7 @@ impl Resolver {
         };
         let addr = raw.sockaddr.as_deref().map(|b| self.socket_address(p, b));
         if raw.has(flags::SOCKADDR_FAULT) {
-            incomplete.push("socket address could not be read".to_owned());
+            incomplete.push(SOCKADDR_UNREADABLE.to_owned());
         }
         let fd = raw.args[0] as i32;
         let on_fd = matches!(
@@ -826,9 +924,20 @@ fn name_notes(paths: &[PathArg]) -> Vec<String> {
         .collect()
 }
 
+/// An exec name that could not be read.
+fn unreadable_target() -> PathArg {
+    PathArg {
+        role: PathRole::Target,
+        raw: String::new(),
+        path: None,
+        resolution: Resolution::Unreadable,
+        truncated: false,
+    }
+}
+
 /// An exec whose exit record never came: reported with no return value.
 fn unfinished_exec(p: PendingExec, why: &str) -> Event {
-    let mut incomplete = p.incomplete;
+    let mut incomplete = p.notes();
     incomplete.push(why.to_owned());
     let kind = EventKind::Syscall(Box::new(SyscallEvent {
         syscall: syscalls::name(p.entry.nr).to_owned(),
@@ -1303,6 +1412,185 @@ mod tests {
             orphan.incomplete,
             vec!["exec entry (filename, argv) not seen".to_owned()]
         );
+    }
+
+    /// A raw exec record of `kind` (entry, image, exit) for tests.
+    fn exec_record(
+        tid: u32,
+        nr: u32,
+        args: [u64; 6],
+        ret: i64,
+        flags: u32,
+        name: Option<RawStr>,
+        argv: Option<&[&str]>,
+    ) -> RawSyscall {
+        let RawRecord::Syscall(mut raw) = call(tid, nr, args, ret, name, None) else {
+            unreachable!()
+        };
+        raw.flags = flags;
+        raw.argv = argv.map(|a| a.iter().map(|s| s.to_string()).collect());
+        raw
+    }
+
+    #[test]
+    fn exec_names_unread_at_entry_come_from_the_loaded_image() {
+        let mut r = seeded();
+        let fault = flags::STR0_FAULT | flags::STR1_FAULT;
+        let entry = exec_record(
+            10,
+            nr::EXECVE,
+            [0; 6],
+            0,
+            fault,
+            Some(RawStr::Fault),
+            Some(&[""]),
+        );
+        assert!(r.handle(RawRecord::ExecArgs(entry)).is_empty());
+        let image = exec_record(
+            10,
+            nr::EXECVE,
+            [0; 6],
+            10,
+            0,
+            text("/bin/sh"),
+            Some(&["sh", "-c", "x"]),
+        );
+        assert!(r.handle(RawRecord::ExecImage(image)).is_empty());
+        let exec = one(&mut r, call(10, nr::EXECVE, [0; 6], 0, None, None));
+        assert_eq!(path(&exec, PathRole::Target).as_deref(), Some("/bin/sh"));
+        assert_eq!(exec.argv, Some(vec!["sh".into(), "-c".into(), "x".into()]));
+        assert!(exec.incomplete.is_empty(), "{:?}", exec.incomplete);
+        assert_eq!(exec.unreadable_names(), 0);
+
+        // Names read at entry stay as the program passed them (a script's
+        // image has the interpreter's argv); a relative image name joins the cwd.
+        let entry = exec_record(
+            10,
+            nr::EXECVE,
+            [0; 6],
+            0,
+            0,
+            text("run.sh"),
+            Some(&["./run.sh"]),
+        );
+        r.handle(RawRecord::ExecArgs(entry));
+        let image = exec_record(
+            10,
+            nr::EXECVE,
+            [0; 6],
+            10,
+            0,
+            text("run.sh"),
+            Some(&["/bin/sh", "./run.sh"]),
+        );
+        r.handle(RawRecord::ExecImage(image));
+        let exec = one(&mut r, call(10, nr::EXECVE, [0; 6], 0, None, None));
+        assert_eq!(
+            path(&exec, PathRole::Target).as_deref(),
+            Some("/srv/run.sh")
+        );
+        assert_eq!(exec.argv, Some(vec!["./run.sh".into()]));
+    }
+
+    #[test]
+    fn a_failed_exec_takes_the_names_read_again_at_exit() {
+        let mut r = seeded();
+        let fault = flags::STR0_FAULT | flags::STR1_FAULT;
+        let entry = exec_record(10, nr::EXECVE, [0; 6], 0, fault, Some(RawStr::Fault), None);
+        r.handle(RawRecord::ExecArgs(entry));
+        let exit = exec_record(
+            10,
+            nr::EXECVE,
+            [0; 6],
+            -2,
+            0,
+            text("nope"),
+            Some(&["nope", "-x"]),
+        );
+        let exec = one(&mut r, RawRecord::Syscall(exit));
+        assert_eq!(path(&exec, PathRole::Target).as_deref(), Some("/srv/nope"));
+        assert_eq!(exec.argv, Some(vec!["nope".into(), "-x".into()]));
+        assert_eq!(exec.errno.as_deref(), Some("ENOENT"));
+        assert_eq!(exec.unreadable_names(), 0);
+
+        // Unreadable at exit too: the event says so and counts both names.
+        let entry = exec_record(10, nr::EXECVE, [0; 6], 0, fault, Some(RawStr::Fault), None);
+        r.handle(RawRecord::ExecArgs(entry));
+        let exit = exec_record(10, nr::EXECVE, [0; 6], -2, fault, Some(RawStr::Fault), None);
+        let exec = one(&mut r, RawRecord::Syscall(exit));
+        assert_eq!(exec.unreadable_names(), 2, "{:?}", exec.incomplete);
+    }
+
+    #[test]
+    fn execveat_through_a_dirfd_resolves_the_kernels_dev_fd_name() {
+        let mut r = seeded();
+        one(
+            &mut r,
+            call(10, nr::OPEN, [0; 6], 7, text("/opt/app"), None),
+        );
+        // execveat(7, "bin/tool", ...) with the entry read faulted; the
+        // kernel names the file /dev/fd/7/bin/tool.
+        let args = [7, 0, 0, 0, 0, 0];
+        let fault = flags::STR0_FAULT | flags::STR1_FAULT;
+        let entry = exec_record(10, nr::EXECVEAT, args, 0, fault, Some(RawStr::Fault), None);
+        r.handle(RawRecord::ExecArgs(entry));
+        // Called from thread 12, which takes the leader's id 10.
+        let mut image = exec_record(
+            10,
+            nr::EXECVEAT,
+            args,
+            12,
+            0,
+            text("/dev/fd/7/bin/tool"),
+            Some(&["tool"]),
+        );
+        image.header.tid = 10;
+        r.handle(RawRecord::ExecImage(image));
+        let exec = one(&mut r, call(10, nr::EXECVEAT, args, 0, None, None));
+        assert_eq!(
+            path(&exec, PathRole::Target).as_deref(),
+            Some("/opt/app/bin/tool")
+        );
+        assert!(r.pending_exec.is_empty());
+
+        // fexecve: execveat(7, "", AT_EMPTY_PATH) is /dev/fd/7.
+        let args = [7, 0, 0, 0, AT_EMPTY_PATH, 0];
+        let entry = exec_record(10, nr::EXECVEAT, args, 0, fault, Some(RawStr::Fault), None);
+        r.handle(RawRecord::ExecArgs(entry));
+        let image = exec_record(
+            10,
+            nr::EXECVEAT,
+            args,
+            10,
+            0,
+            text("/dev/fd/7"),
+            Some(&["app"]),
+        );
+        r.handle(RawRecord::ExecImage(image));
+        let exec = one(&mut r, call(10, nr::EXECVEAT, args, 0, None, None));
+        assert_eq!(path(&exec, PathRole::Target).as_deref(), Some("/opt/app"));
+    }
+
+    #[test]
+    fn an_image_without_its_entry_still_names_the_exec() {
+        let mut r = seeded();
+        let image = exec_record(
+            10,
+            nr::EXECVE,
+            [0; 6],
+            10,
+            0,
+            text("/usr/bin/env"),
+            Some(&["env"]),
+        );
+        r.handle(RawRecord::ExecImage(image));
+        let exec = one(&mut r, call(10, nr::EXECVE, [0; 6], 0, None, None));
+        assert_eq!(
+            path(&exec, PathRole::Target).as_deref(),
+            Some("/usr/bin/env")
+        );
+        assert_eq!(exec.argv, Some(vec!["env".into()]));
+        assert!(exec.incomplete.is_empty(), "{:?}", exec.incomplete);
     }
 
     #[test]
