@@ -115,9 +115,10 @@ impl SessionRecord {
         }
     }
 
-    /// No event lost and no gap: the model is the whole truth.
+    /// Nothing is missing (see [`SessionRecord::incompleteness`]): the
+    /// model is the whole truth.
     pub fn complete(&self) -> bool {
-        self.loss.is_complete() && self.gaps.is_empty()
+        self.incompleteness().is_none()
     }
 
     /// Why the session is not complete, in words; None when it is.
@@ -138,6 +139,15 @@ impl SessionRecord {
                 self.gaps.len(),
                 self.gaps[0].reason
             ));
+        }
+        if !self.started.from_first_exec {
+            why.push(
+                "did not observe the container's start-up (from_first_exec: false: it was \
+                 attached to, or it started before the watch took hold), when most of its \
+                 configuration and libraries are read; observe it again with `--restart`, or \
+                 create it and let the label take it before it starts"
+                    .into(),
+            );
         }
         (!why.is_empty()).then(|| why.join(" and "))
     }
@@ -598,6 +608,20 @@ mod tests {
         assert!(!r.complete());
         let why = r.incompleteness().unwrap();
         assert!(why.contains("1 gap(s) of 3 s"), "{why}");
+    }
+
+    #[test]
+    fn a_missed_start_up_makes_a_session_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = record(&store, "web");
+        r.started.from_first_exec = false;
+        assert!(!r.complete());
+        let why = r.incompleteness().unwrap();
+        assert!(
+            why.contains("start-up") && why.contains("--restart") && why.contains("label"),
+            "{why}"
+        );
     }
 
     #[test]

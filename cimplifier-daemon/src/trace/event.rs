@@ -308,13 +308,21 @@ pub struct LossCounters {
     pub user_read_faults: u64,
     /// Records that could not be decoded in user space.
     pub undecodable: u64,
+    /// Events of a new container's cgroup that did not fit in what the
+    /// daemon holds while it looks up the container's labels.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_overflow: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl LossCounters {
     /// Events that never reached the consumer. Faults and d_path failures are
     /// not in this sum: those events arrived, marked as incomplete.
     pub fn lost(&self) -> u64 {
-        self.ringbuf_full + self.inflight_full + self.undecodable
+        self.ringbuf_full + self.inflight_full + self.undecodable + self.held_overflow
     }
 
     pub fn is_complete(&self) -> bool {
