@@ -774,6 +774,52 @@ mod tests {
         }
     }
 
+    fn big_event(cgroup: u64, pid: u32) -> Event {
+        Event {
+            ts_ns: 0,
+            pid,
+            tid: pid,
+            ppid: 0,
+            cgroup: CgroupId(cgroup),
+            // About 1 MiB, so the limits are reached in a few events.
+            comm: "x".repeat((1 << 20) - std::mem::size_of::<Event>()),
+            kind: EventKind::Exit {
+                process_exited: true,
+            },
+        }
+    }
+
+    #[test]
+    fn what_is_held_is_bounded_per_cgroup_and_in_all() {
+        let stats = ObserverStats::default();
+        let mut pen = Pen::default();
+        let per_cgroup = HOLD_PER_CGROUP_BYTES >> 20;
+        assert!(pen.hold(big_event(1, 10), &stats), "a new cgroup");
+        for _ in 1..per_cgroup + 3 {
+            assert!(!pen.hold(big_event(1, 10), &stats));
+        }
+        let held = &pen.held[&CgroupId(1)];
+        assert_eq!((held.events.len(), held.overflow), (per_cgroup, 3));
+        // Other cgroups fill what is left in all; then they overflow too.
+        let cgroups = (HOLD_TOTAL_BYTES / HOLD_PER_CGROUP_BYTES) as u64;
+        for c in 2..=cgroups + 1 {
+            for _ in 0..per_cgroup {
+                pen.hold(big_event(c, 20), &stats);
+            }
+        }
+        assert!(pen.bytes <= HOLD_TOTAL_BYTES);
+        assert_eq!(pen.held[&CgroupId(cgroups + 1)].events.len(), 0);
+        assert_eq!(
+            stats.held_overflow.load(Ordering::Relaxed),
+            3 + per_cgroup as u64
+        );
+        // What is taken is given back to the total.
+        let taken = pen.take(CgroupId(1)).unwrap();
+        assert_eq!(taken.pids, HashSet::from([10]));
+        assert!(pen.hold(big_event(99, 30), &stats));
+        assert_eq!(pen.held[&CgroupId(99)].events.len(), 1);
+    }
+
     #[test]
     fn filters_match_by_session_executable_and_kind() {
         let exit = EventKind::Exit {
