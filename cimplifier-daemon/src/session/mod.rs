@@ -660,13 +660,21 @@ impl Manager {
             .expect("sessions lock")
             .contains_key(&name);
         // A session begins at `create`; a labelled container restarted
-        // later gets none, so what it does is no one's.
-        let just_created = details
-            .created
-            .as_deref()
-            .and_then(|c| humantime::parse_rfc3339_weak(c).ok())
-            .and_then(|c| c.elapsed().ok())
-            .is_some_and(|age| age < observer::HOLD_WAIT);
+        // later, or still running after its session was stopped, gets
+        // none, so what it does is no one's.
+        let had_session = self
+            .store
+            .session(&name)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.started.container_id == id && r.state == SessionState::Closed);
+        let just_created = !had_session
+            && details
+                .created
+                .as_deref()
+                .and_then(|c| humantime::parse_rfc3339_weak(c).ok())
+                .and_then(|c| c.elapsed().ok())
+                .is_some_and(|age| age < observer::HOLD_WAIT);
         if self.wanted(&labels) && (observed || just_created) {
             tracing::debug!(container = %name, "a labelled container started before its session began: its events are held for it");
             (Verdict::Wanted, Some(dir))

@@ -142,10 +142,10 @@ impl SessionRecord {
         }
         if !self.started.from_first_exec {
             why.push(
-                "did not observe the container's start-up (from_first_exec: false: it was \
-                 attached to, or it started before the watch took hold), when most of its \
-                 configuration and libraries are read; observe it again with `--restart`, or \
-                 create it and let the label take it before it starts"
+                "did not observe the container's start-up, when its configuration and \
+                 libraries are read (from_first_exec: false: it was attached to, or it started \
+                 before the watch took hold; observe it with `--restart`, or create it and let \
+                 the label take it before it starts)"
                     .into(),
             );
         }
