@@ -645,7 +645,13 @@ impl Manager {
             // Not a container's (a builder's, say).
             return (Verdict::Foreign, Some(dir));
         }
-        let Ok(details) = docker.inspect_container(&id, None).await else {
+        let mut details = docker.inspect_container(&id, None).await;
+        if details.is_err() && dir.exists() {
+            // A busy engine, not a removed container: once more.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            details = docker.inspect_container(&id, None).await;
+        }
+        let Ok(details) = details else {
             return (Verdict::Foreign, Some(dir));
         };
         let labels = details
