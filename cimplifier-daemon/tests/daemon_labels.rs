@@ -91,6 +91,107 @@ fn labelled_containers_are_observed_from_their_first_exec() {
     assert!(!all.contains(&other.0), "{all}");
 }
 
+/// `docker run -d` with the label, the way users start containers: the
+/// container starts at once, often before Docker's `create` event reaches
+/// the daemon. Several at once, to make that race likely. Each session must
+/// hold the entrypoint's exec; an unlabelled container started meanwhile
+/// is excluded from tracing once its labels are known.
+#[test]
+fn containers_started_by_docker_run_are_observed_from_their_first_exec() {
+    require_root();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with(&["--metrics-addr", &metrics_addr]);
+    let names: Vec<Removed> = (0..6)
+        .map(|i| Removed(format!("cimplifier-label-run{i}-{}", std::process::id())))
+        .collect();
+    let runs: Vec<_> = names
+        .iter()
+        .map(|n| {
+            let name = n.0.clone();
+            std::thread::spawn(move || {
+                docker(&[
+                    "run",
+                    "-d",
+                    "--name",
+                    &name,
+                    "--label",
+                    "io.cimplifier.observe=true",
+                    BASE_IMAGE,
+                    "/bin/sh",
+                    "-c",
+                    "cat /etc/os-release > /dev/null; sleep 2",
+                ])
+            })
+        })
+        .collect();
+    // Unlabelled, busy: once excluded, it costs the tracer nothing.
+    let busy = Removed(format!("cimplifier-label-busy-{}", std::process::id()));
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &busy.0,
+        BASE_IMAGE,
+        "/bin/sh",
+        "-c",
+        "while true; do cat /etc/hostname > /dev/null; done",
+    ]);
+    for run in runs {
+        run.join().unwrap();
+    }
+    for name in &names {
+        let s = closed(&d, &name.0);
+        assert_eq!(s["from_first_exec"], true, "{s}");
+        assert_eq!(s["complete"], true, "{s}");
+        let (_, events) = d.session_events(&name.0);
+        assert_eq!(
+            first_exec(&events).as_deref(),
+            Some("/bin/sh"),
+            "{}: the entrypoint; {s}\n{}",
+            name.0,
+            common::dump(&events, 40)
+        );
+        assert!(touches(&events, "/etc/os-release"), "{}", name.0);
+    }
+    let all = stdout_of(&d.ctl(&["sessions"]));
+    assert!(!all.contains(&busy.0), "{all}");
+    let metric = |name: &str| -> u64 {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &format!("http://{metrics_addr}/metrics")])
+            .output()
+            .unwrap();
+        stdout_of(&out)
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name}"))
+    };
+    assert!(metric("cimplifier_excluded_cgroups_total") >= 1);
+    // The busy loop runs thousands of syscalls a second; excluded, none of
+    // them reach the daemon.
+    let before = metric("cimplifier_events_total");
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let after = metric("cimplifier_events_total");
+    assert!(
+        after - before < 5000,
+        "{} events in a second with only an excluded container running",
+        after - before
+    );
+}
+
+/// A container removed however the test ends.
+struct Removed(String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
 #[test]
 fn a_selector_given_to_observe_catches_containers_yet_to_start() {
     require_root();

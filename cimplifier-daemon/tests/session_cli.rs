@@ -164,6 +164,19 @@ fn a_running_container_is_restarted_under_observation() {
         info["from_first_exec"], false,
         "attached: the start-up was not seen"
     );
+    // What only the start-up reads is missing, so emit refuses, saying why
+    // and what to do, unless --allow-incomplete.
+    assert_eq!(info["complete"], false, "{info}");
+    let refused = ctl(
+        &d,
+        &["emit", &c.0, "--oci-dir", "/nonexistent/never-written"],
+    );
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("start-up") && err.contains("--restart") && err.contains("--allow-incomplete"),
+        "{err}"
+    );
 }
 
 #[test]

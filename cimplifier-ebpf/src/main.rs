@@ -1,7 +1,8 @@
 //! cimplifier's kernel programs.
 //!
 //! All programs attach host-wide and return at once unless the current task's
-//! cgroup v2 is watched or descends from a watched cgroup (`watched_cgroup`).
+//! cgroup v2 is watched or descends from a watched cgroup, with no excluded
+//! cgroup in between (`watched_cgroup`).
 //!
 //! - `sys_enter`/`sys_exit` (BTF raw tracepoints: no trace record is built,
 //!   which keeps the cost for every unwatched syscall low) pair each call by
@@ -44,7 +45,9 @@ use cimplifier_common::{
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(32 << 20, 0);
 
-/// cgroup ids user space wants traced, with their descendants.
+/// cgroup ids user space wants traced (value 1) with their descendants, or
+/// excluded (value 0) from a traced ancestor: the deepest entry on a task's
+/// cgroup path decides.
 #[map]
 static WATCHED_CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(4096, 0);
 
@@ -113,7 +116,8 @@ fn count(index: u32) {
     }
 }
 
-/// The current cgroup id when it is watched or under a watched cgroup.
+/// The current cgroup id when it is watched or under a watched cgroup, and
+/// not under a deeper excluded one.
 #[inline(always)]
 fn watched_cgroup() -> Option<u64> {
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
@@ -129,9 +133,8 @@ fn watched_cgroup() -> Option<u64> {
         if ancestor == 0 {
             break;
         }
-        if unsafe { WATCHED_CGROUPS.get(&ancestor) }.is_some() {
-            watched = true;
-            break;
+        if let Some(v) = unsafe { WATCHED_CGROUPS.get(&ancestor) } {
+            watched = *v != 0;
         }
     }
     let _ = VERDICTS.insert(&cgroup, &((generation << 1) | watched as u64), 0);

@@ -81,6 +81,10 @@ impl Service {
         let tracer_lost = observer.loss().lost();
         let cut_off = observer.stats.streams_cut_off.load(Ordering::Relaxed);
         let streams = observer.subscribers();
+        let held_cgroups = observer.stats.held_cgroups.load(Ordering::Relaxed);
+        let held_dropped = observer.stats.held_dropped.load(Ordering::Relaxed);
+        let held_overflow = observer.stats.held_overflow.load(Ordering::Relaxed);
+        let excluded = observer.stats.cgroups_excluded.load(Ordering::Relaxed);
         let rss = std::fs::read_to_string("/proc/self/statm")
             .ok()
             .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
@@ -110,6 +114,18 @@ impl Service {
              # HELP cimplifier_event_streams_cut_off_total Streams cut off for falling behind.\n\
              # TYPE cimplifier_event_streams_cut_off_total counter\n\
              cimplifier_event_streams_cut_off_total {cut_off}\n\
+             # HELP cimplifier_held_cgroups_total New containers' cgroups held until their labels were known.\n\
+             # TYPE cimplifier_held_cgroups_total counter\n\
+             cimplifier_held_cgroups_total {held_cgroups}\n\
+             # HELP cimplifier_held_dropped_events_total Held events dropped: another container's, or not claimed in time.\n\
+             # TYPE cimplifier_held_dropped_events_total counter\n\
+             cimplifier_held_dropped_events_total {held_dropped}\n\
+             # HELP cimplifier_held_overflow_events_total Events that did not fit in what is held (lost).\n\
+             # TYPE cimplifier_held_overflow_events_total counter\n\
+             cimplifier_held_overflow_events_total {held_overflow}\n\
+             # HELP cimplifier_excluded_cgroups_total Unwanted containers' cgroups excluded in the kernel.\n\
+             # TYPE cimplifier_excluded_cgroups_total counter\n\
+             cimplifier_excluded_cgroups_total {excluded}\n\
              # HELP cimplifier_store_bytes Size of the store file.\n\
              # TYPE cimplifier_store_bytes gauge\n\
              cimplifier_store_bytes {store_bytes}\n\

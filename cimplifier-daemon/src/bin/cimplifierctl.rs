@@ -94,7 +94,8 @@ enum Command {
         /// Restart a running container so its start-up is observed.
         #[arg(long, conflicts_with = "attach")]
         restart: bool,
-        /// Observe a running container from now on; its start-up is missed.
+        /// Observe a running container from now on; its start-up is missed,
+        /// so `emit` needs --allow-incomplete for the session.
         #[arg(long)]
         attach: bool,
         /// Print the session summary as JSON.
@@ -109,8 +110,9 @@ enum Command {
     /// the safety sets (nss, ca-certificates, timezone, locales) and --include paths;
     /// copies the source image's configuration; the daemon keeps an audit
     /// report of every kept path and why (emit-reports/SESSION.json in its
-    /// state directory; --json prints it). Refuses a session that lost events
-    /// unless --allow-incomplete. The OCI directory is written by the
+    /// state directory; --json prints it). Refuses a session that lost events,
+    /// has a gap or missed the container's start-up (--attach) unless
+    /// --allow-incomplete. The OCI directory is written by the
     /// daemon, on its host. With --policy (docs/partitioning.md), a stub of
     /// the RPE glue stands at each program that runs in another partition,
     /// the RPE server is the entrypoint of every partition that runs
@@ -566,16 +568,18 @@ fn summary(r: &EmitReport) -> String {
         r.events,
         if r.complete {
             "complete".to_owned()
-        } else {
+        } else if r.lost_events > 0 {
             format!(
                 "INCOMPLETE ({} events lost; emitted with --allow-incomplete)",
                 r.lost_events
             )
+        } else {
+            "INCOMPLETE (emitted with --allow-incomplete)".to_owned()
         },
         if r.from_first_exec {
             "observed from the first exec"
         } else {
-            "start-up NOT observed (--attach)"
+            "start-up NOT observed"
         }
     );
     s += "  run settings (the image's config):\n";
@@ -935,7 +939,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 if s.complete {
                     ""
                 } else {
-                    "; INCOMPLETE: a source lost events or has a gap"
+                    "; INCOMPLETE: a source lost events, has a gap or missed its start-up"
                 }
             ))
         }
@@ -1021,13 +1025,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 session.aggregated_events,
                 if session.complete {
                     "no events lost".to_owned()
-                } else {
+                } else if session.lost_events > 0 {
                     format!(
                         "INCOMPLETE: {} events lost, {} names unreadable, {} gaps (emit will refuse without --allow-incomplete)",
                         session.lost_events,
                         session.unreadable_names,
                         session.gaps.len()
                     )
+                } else if !session.from_first_exec {
+                    "start-up NOT observed (emit will refuse without --allow-incomplete)".to_owned()
+                } else {
+                    "INCOMPLETE (emit will refuse without --allow-incomplete)".to_owned()
                 },
                 session.end,
             ))
@@ -1163,7 +1171,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             if !report.source.complete {
                 eprintln!(
-                    "cimplifierctl: warning: the trace is incomplete ({} events lost, or the log was cut off): the model may miss uses",
+                    "cimplifierctl: warning: the trace is incomplete ({} events lost, the log was cut off, or the start-up was not observed): the model may miss uses",
                     report.source.lost_events
                 );
             }

@@ -40,6 +40,10 @@ pub const OBSERVE_LABEL: &str = "io.cimplifier.observe=true";
 /// loses at most this much.
 pub const CHECKPOINT: Duration = Duration::from_millis(500);
 
+/// How long a closing session waits at most for the dispatcher to hand it
+/// what was recorded before the end.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+
 /// How a session ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -171,6 +175,7 @@ fn loss_since(a: LossCounters, b: LossCounters) -> LossCounters {
         user_read_faults: a.user_read_faults.saturating_sub(b.user_read_faults),
         undecodable: a.undecodable.saturating_sub(b.undecodable),
         unreadable_names: a.unreadable_names.saturating_sub(b.unreadable_names),
+        held_overflow: a.held_overflow.saturating_sub(b.held_overflow),
     }
 }
 
@@ -181,6 +186,7 @@ pub(crate) fn add_loss(a: LossCounters, b: LossCounters) -> LossCounters {
         user_read_faults: a.user_read_faults + b.user_read_faults,
         undecodable: a.undecodable + b.undecodable,
         unreadable_names: a.unreadable_names + b.unreadable_names,
+        held_overflow: a.held_overflow + b.held_overflow,
     }
 }
 
@@ -508,6 +514,8 @@ impl Manager {
     /// running without a session. Runs until the engine's event stream ends.
     pub async fn watch_labels(self: Arc<Self>) -> Result<()> {
         let docker = crate::docker::connect()?;
+        // Creations from here on are heard, including during the listing.
+        let since = SystemTime::now().duration_since(UNIX_EPOCH)?;
         let listed = docker
             .list_containers(Some(bollard::query_parameters::ListContainersOptions {
                 all: false,
@@ -537,7 +545,18 @@ impl Manager {
                 tracing::warn!(container = %name, "not observed: {e}");
             }
         }
+        // `docker run` starts a container right after creating it, often
+        // before its `create` event reaches us: Docker's parent cgroup is
+        // watched, and what starts there is held until its labels are known.
+        match self.hold_new_containers(&docker) {
+            Ok(()) => {}
+            Err(e) => tracing::warn!(
+                "cannot watch Docker's parent cgroup: a labelled container started at once \
+                 (`docker run`) may have its start-up missed: {e:#}"
+            ),
+        }
         let mut events = docker.events(Some(bollard::query_parameters::EventsOptions {
+            since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
             filters: Some(
                 [
                     ("type".to_owned(), vec!["container".to_owned()]),
@@ -621,6 +640,96 @@ impl Manager {
             .await
     }
 
+    /// Watches Docker's parent cgroup and answers, for each new cgroup
+    /// below it that no session owns, whether its container is wanted.
+    fn hold_new_containers(self: &Arc<Self>, docker: &bollard::Docker) -> Result<()> {
+        let parent = docker_parent_cgroup(None)?;
+        let (watch, mut new_cgroups) = self.observer.hold_below(&parent)?;
+        let manager = self.clone();
+        let docker = docker.clone();
+        tokio::spawn(async move {
+            // Held for the daemon's life.
+            let _watch = watch;
+            while let Some(cgroup) = new_cgroups.recv().await {
+                let (manager, docker, parent) = (manager.clone(), docker.clone(), parent.clone());
+                tokio::spawn(async move {
+                    let (verdict, dir) = manager.classify(&docker, &parent, cgroup).await;
+                    manager.observer.decide(cgroup, verdict, dir.as_deref());
+                });
+            }
+        });
+        Ok(())
+    }
+
+    /// Whose the new cgroup `cgroup` below `parent` is: wanted when its
+    /// container matches a selector and a session for it is begun or about
+    /// to be (the container was just created); else foreign, with the
+    /// directory to exclude.
+    async fn classify(
+        &self,
+        docker: &bollard::Docker,
+        parent: &std::path::Path,
+        cgroup: crate::trace::CgroupId,
+    ) -> (observer::Verdict, Option<PathBuf>) {
+        use observer::Verdict;
+        let Some(dir) = child_holding(parent, cgroup) else {
+            // Gone already: the container exited before it could be named.
+            tracing::debug!(cgroup = cgroup.0, parent = %parent.display(), "a new cgroup was gone before its container was known");
+            return (Verdict::Foreign, None);
+        };
+        let id = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            // Not a container's (a builder's, say).
+            return (Verdict::Foreign, Some(dir));
+        }
+        let mut details = docker.inspect_container(&id, None).await;
+        if details.is_err() && dir.exists() {
+            // A busy engine, not a removed container: once more.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            details = docker.inspect_container(&id, None).await;
+        }
+        let Ok(details) = details else {
+            return (Verdict::Foreign, Some(dir));
+        };
+        let labels = details
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        let name = container_name(&details);
+        let observed = self
+            .running
+            .lock()
+            .expect("sessions lock")
+            .contains_key(&name);
+        // A session begins at `create`; a labelled container restarted
+        // later, or still running after its session was stopped, gets
+        // none, so what it does is no one's.
+        let had_session = self
+            .store
+            .session(&name)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.started.container_id == id && r.state == SessionState::Closed);
+        let just_created = !had_session
+            && details
+                .created
+                .as_deref()
+                .and_then(|c| humantime::parse_rfc3339_weak(c).ok())
+                .and_then(|c| c.elapsed().ok())
+                .is_some_and(|age| age < observer::HOLD_WAIT);
+        if self.wanted(&labels) && (observed || just_created) {
+            tracing::debug!(container = %name, "a labelled container started before its session began: its events are held for it");
+            (Verdict::Wanted, Some(dir))
+        } else {
+            (Verdict::Foreign, Some(dir))
+        }
+    }
+
     /// Makes the cgroup Docker will start container `id` in (its default
     /// place) and watches it, so a session can begin there.
     fn prepare(&self, id: &str, name: &str) -> Result<Prepared> {
@@ -657,6 +766,24 @@ impl Manager {
                     .is_some_and(|(k, v)| labels.get(k).is_some_and(|x| x == v))
             })
     }
+}
+
+/// Whether a process met running in a container's new cgroup is runc's
+/// init, which joins the cgroup before it execs the entrypoint. It starts
+/// as `/proc/self/exe init` (comm `exe`, its executable a memfd or runc)
+/// and renames itself `runc:[0:PARENT]`, `runc:[2:INIT]`.
+fn is_runc_init(comm: &str, exe: Option<&ContainerPath>) -> bool {
+    comm.starts_with("runc") || (comm == "exe" && exe.is_none_or(|x| x.as_str().ends_with("/runc")))
+}
+
+/// The child of `parent` that is, or holds, the cgroup `cgroup`.
+fn child_holding(parent: &std::path::Path, cgroup: crate::trace::CgroupId) -> Option<PathBuf> {
+    std::fs::read_dir(parent)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .find(|child| observer::cgroup_ids_below(child).contains(&cgroup))
 }
 
 /// One session's observation.
@@ -830,7 +957,13 @@ impl SessionTask {
             Some(w) if precreated.as_ref() == Some(&container_cgroup) => w,
             early => {
                 observer.claim(&route.route, &container_cgroup);
-                let w = observer.watch(&container_cgroup)?;
+                let w = if from_first_exec {
+                    observer.watch(&container_cgroup)?
+                } else {
+                    // Running for a while: read its processes from /proc,
+                    // even below Docker's watched parent.
+                    observer.watch_running(&container_cgroup)?
+                };
                 if let Some(early) = early {
                     observer.unwatch(early);
                 }
@@ -914,8 +1047,8 @@ impl SessionTask {
             }
             // A container process already past runc's exec when the watch
             // began: its start-up was missed, whatever the opening hoped.
-            if let EventKind::Running { .. } = &e.kind
-                && !e.comm.starts_with("runc")
+            if let EventKind::Running { exe, .. } = &e.kind
+                && !is_runc_init(&e.comm, exe.as_ref())
                 && !missed_start.swap(true, std::sync::atomic::Ordering::Relaxed)
             {
                 tracing::debug!(pid = e.pid, comm = %e.comm, "already running when the watch began");
@@ -961,6 +1094,7 @@ impl SessionTask {
             record.duration_ms = prior_duration + started.elapsed().as_millis() as u64;
             record.loss = add_loss(prior_loss, loss_since(observer.loss(), loss_base));
             record.loss.unreadable_names += unreadable.load(std::sync::atomic::Ordering::Relaxed);
+            record.loss.held_overflow += route.route.held_overflow();
             store.append(record, batch)?;
             batch.clear();
             Ok(())
@@ -978,12 +1112,22 @@ impl SessionTask {
                 },
             }
         };
+        // What the tracer still holds of the container's last moments: on a
+        // busy host the dispatcher can be seconds behind the engine's `die`.
+        let end_ns = crate::trace::loader::monotonic_ns();
         observer.unwatch(watch);
-        // What the tracer still holds of the container's last moments.
-        while let Ok(Some(e)) =
-            tokio::time::timeout(Duration::from_millis(200), events.recv()).await
-        {
-            accept(e, &mut batch);
+        let drain_deadline = Instant::now() + DRAIN_WAIT;
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
+                Ok(Some(e)) => accept(e, &mut batch),
+                Ok(None) => break,
+                Err(_) if observer.dispatched_up_to(end_ns) => break,
+                Err(_) if Instant::now() > drain_deadline => {
+                    tracing::warn!(container = %name, "the tracer did not catch up with the container's end in time: its last events may be missing");
+                    break;
+                }
+                Err(_) => {}
+            }
         }
         record.state = SessionState::Closed;
         record.end = Some(end);
@@ -1094,6 +1238,16 @@ mod tests {
     }
 
     #[test]
+    fn runc_init_is_known_by_its_names() {
+        let path = |p| ContainerPath::new(p);
+        assert!(is_runc_init("runc:[2:INIT]", None));
+        assert!(is_runc_init("exe", None));
+        assert!(is_runc_init("exe", path("/usr/bin/runc").as_ref()));
+        assert!(!is_runc_init("exe", path("/srv/app/exe").as_ref()));
+        assert!(!is_runc_init("sh", path("/bin/sh").as_ref()));
+    }
+
+    #[test]
     fn loss_since_a_baseline_is_per_counter() {
         let a = LossCounters {
             ringbuf_full: 5,
@@ -1101,6 +1255,7 @@ mod tests {
             user_read_faults: 0,
             undecodable: 2,
             unreadable_names: 4,
+            ..Default::default()
         };
         let b = LossCounters {
             ringbuf_full: 3,

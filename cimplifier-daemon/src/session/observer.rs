@@ -9,20 +9,44 @@
 //!
 //! Stream subscribers (`StreamEvents`) get a bounded queue each; one that
 //! falls behind is cut off and counted. It never slows the sessions.
+//!
+//! Below a parent held with [`Observer::hold_below`] (Docker's, while label
+//! selectors are active), a cgroup that no session owns is new: its events
+//! are held, within [`HOLD_PER_CGROUP_BYTES`] and [`HOLD_TOTAL_BYTES`], until
+//! the manager says whose it is ([`Observer::decide`]). A wanted one's events
+//! go to the session that claims it, first; another container's are dropped
+//! (counted) and its cgroup is excluded in the kernel, so it costs nothing
+//! more. What did not fit is counted as loss of the session that claims it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 use crate::trace::cgroup::{cgroup_id, cgroups_below};
 use crate::trace::{CgroupId, ContainerPath, Event, LossCounters, Tracer, TracerConfig};
 
 /// Events buffered for one session between the dispatcher and the session.
 const SESSION_QUEUE: usize = 65536;
+
+/// What is held at most for one new cgroup while its labels are looked up
+/// (a container's start-up is a few thousand events of a few hundred bytes).
+pub const HOLD_PER_CGROUP_BYTES: usize = 8 << 20;
+/// What is held at most for all new cgroups together.
+pub const HOLD_TOTAL_BYTES: usize = 64 << 20;
+/// How long a new cgroup's events are held at most: a cgroup found wanted
+/// waits this long for its session to claim it.
+pub const HOLD_WAIT: Duration = Duration::from_secs(30);
+/// How often the dispatcher looks at what it holds, and at whether it has
+/// caught up with the tracer, when no event comes.
+const TICK: Duration = Duration::from_millis(250);
+/// How long a cgroup found to be no session's is remembered, so the events
+/// still in flight when it was excluded are dropped without a new look-up.
+const FOREIGN_MEMORY: Duration = Duration::from_secs(10);
 
 /// Ids of the cgroup at `dir` and of every cgroup below it.
 pub fn cgroup_ids_below(dir: &Path) -> HashSet<CgroupId> {
@@ -45,6 +69,8 @@ pub struct Route {
     session: String,
     claim: Mutex<Claim>,
     tx: mpsc::Sender<Event>,
+    /// Events of the session's cgroups that did not fit while they were held.
+    held_overflow: AtomicU64,
 }
 
 impl Route {
@@ -56,7 +82,9 @@ impl Route {
             return true;
         }
         if let Some(dir) = claim.cgroup.clone() {
-            claim.members = cgroup_ids_below(&dir);
+            // Added to, not replaced: once the container has exited and its
+            // cgroup is gone, its last events may still be on their way.
+            claim.members.extend(cgroup_ids_below(&dir));
             return claim.members.contains(&cgroup);
         }
         false
@@ -69,6 +97,21 @@ impl Route {
     pub fn session(&self) -> &str {
         &self.session
     }
+
+    /// Events of the session's container dropped before the session claimed
+    /// it, because they did not fit in what is held: lost to it.
+    pub fn held_overflow(&self) -> u64 {
+        self.held_overflow.load(Ordering::Relaxed)
+    }
+}
+
+/// Whose a new cgroup under a held parent is, as the manager found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Its container matches a selector: a session will claim it.
+    Wanted,
+    /// Another container's (or no container's): drop its events.
+    Foreign,
 }
 
 /// An event as streamed to subscribers.
@@ -137,6 +180,15 @@ pub struct ObserverStats {
     pub unclaimed: AtomicU64,
     /// Stream subscribers cut off for falling behind.
     pub streams_cut_off: AtomicU64,
+    /// New cgroups whose events were held while their labels were looked up.
+    pub held_cgroups: AtomicU64,
+    /// Held events dropped: their cgroup was another container's, or no
+    /// session claimed it in time.
+    pub held_dropped: AtomicU64,
+    /// Events that did not fit in what is held.
+    pub held_overflow: AtomicU64,
+    /// Cgroups excluded in the kernel because they were no session's.
+    pub cgroups_excluded: AtomicU64,
 }
 
 pub struct Observer {
@@ -147,11 +199,31 @@ pub struct Observer {
     /// Bumped when routes change, so the dispatcher forgets which cgroups
     /// it found to be no session's.
     routes_version: AtomicU64,
+    /// Woken when a session claims a cgroup, so held events go to it.
+    claimed: Arc<Notify>,
+    /// Parents below which new cgroups are held, with their ids.
+    held_parents: Mutex<Vec<(PathBuf, CgroupId)>>,
+    /// Where new held cgroups are announced, for [`Observer::decide`].
+    to_classify: Mutex<Option<mpsc::UnboundedSender<CgroupId>>>,
+    verdicts: mpsc::UnboundedSender<(CgroupId, Verdict)>,
+    /// Cgroups excluded in the kernel below a watched parent.
+    exclusions: Mutex<HashMap<PathBuf, crate::trace::WatchedCgroup>>,
+    /// The dispatcher has routed every event recorded before this time
+    /// (CLOCK_MONOTONIC ns).
+    dispatched_ns: AtomicU64,
     pub stats: ObserverStats,
 }
 
 /// A watch held by a session; given back with [`Observer::unwatch`].
 pub struct Watch(PathBuf);
+
+/// Whether a new watch reads the processes already in its cgroup from /proc.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seed {
+    UnlessFollowed,
+    Always,
+    Never,
+}
 
 impl Observer {
     /// Loads the kernel programs and starts the dispatcher on the current
@@ -159,15 +231,28 @@ impl Observer {
     pub fn start(config: TracerConfig) -> Result<Arc<Self>> {
         let mut tracer = Tracer::load(config)?;
         let events = tracer.events()?;
+        let (verdicts, verdicts_rx) = mpsc::unbounded_channel();
+        let claimed = Arc::new(Notify::new());
         let observer = Arc::new(Self {
             tracer,
             routes: Mutex::default(),
             watches: Mutex::default(),
             subscribers: Mutex::default(),
             routes_version: AtomicU64::new(0),
+            claimed: claimed.clone(),
+            held_parents: Mutex::default(),
+            to_classify: Mutex::default(),
+            verdicts,
+            exclusions: Mutex::default(),
+            dispatched_ns: AtomicU64::new(0),
             stats: ObserverStats::default(),
         });
-        tokio::spawn(dispatch(Arc::downgrade(&observer), events));
+        tokio::spawn(dispatch(
+            Arc::downgrade(&observer),
+            events,
+            verdicts_rx,
+            claimed,
+        ));
         Ok(observer)
     }
 
@@ -179,6 +264,7 @@ impl Observer {
             session: session.to_owned(),
             claim: Mutex::default(),
             tx,
+            held_overflow: AtomicU64::new(0),
         });
         self.routes.lock().expect("routes lock").push(route.clone());
         self.routes_version.fetch_add(1, Ordering::Relaxed);
@@ -191,6 +277,7 @@ impl Observer {
         claim.members = cgroup_ids_below(dir);
         claim.cgroup = Some(dir.to_path_buf());
         self.routes_version.fetch_add(1, Ordering::Relaxed);
+        self.claimed.notify_one();
     }
 
     pub fn unroute(&self, route: &Arc<Route>) {
@@ -202,23 +289,111 @@ impl Observer {
     }
 
     /// Starts recording the cgroup at `dir` and below (shared with any other
-    /// session watching it).
+    /// session watching it). Processes already there are read from /proc
+    /// unless a watched parent has followed them from their forks.
     pub fn watch(&self, dir: &Path) -> Result<Watch> {
+        self.watch_with(dir, Seed::UnlessFollowed)
+    }
+
+    /// Like [`Observer::watch`] for a container that has been running for a
+    /// while: its processes are read from /proc even below a watched parent
+    /// (those the tracer already follows are skipped).
+    pub fn watch_running(&self, dir: &Path) -> Result<Watch> {
+        self.watch_with(dir, Seed::Always)
+    }
+
+    fn watch_with(&self, dir: &Path, seed: Seed) -> Result<Watch> {
         let mut watches = self.watches.lock().expect("watches lock");
         match watches.get_mut(dir) {
             Some((_, n)) => *n += 1,
             None => {
-                let followed = watches.keys().any(|w| dir.starts_with(w));
-                let w = if followed {
-                    self.tracer.watch_cgroup_followed(dir)?
-                } else {
-                    self.tracer.watch_cgroup(dir)?
+                let mut exclusions = self.exclusions.lock().expect("exclusions lock");
+                let followed = watches.keys().any(|w| dir.starts_with(w))
+                    && !exclusions.keys().any(|x| dir.starts_with(x));
+                let w = match seed {
+                    Seed::UnlessFollowed if followed => self.tracer.watch_cgroup_followed(dir)?,
+                    Seed::Never => self.tracer.watch_cgroup_followed(dir)?,
+                    _ => self.tracer.watch_cgroup(dir)?,
                 };
+                // The watch took the exclusion's place in the kernel's map.
+                exclusions.remove(dir);
                 watches.insert(dir.to_path_buf(), (w, 1));
             }
         }
         self.routes_version.fetch_add(1, Ordering::Relaxed);
         Ok(Watch(dir.to_path_buf()))
+    }
+
+    /// Watches `dir` and holds the events of every cgroup below it that no
+    /// session owns until [`Observer::decide`] says whose it is. Each new
+    /// cgroup is announced once on the receiver. Nothing already running
+    /// there is read from /proc: a process is met at its first event.
+    pub fn hold_below(&self, dir: &Path) -> Result<(Watch, mpsc::UnboundedReceiver<CgroupId>)> {
+        let id = cgroup_id(dir)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.to_classify.lock().expect("classify lock") = Some(tx);
+        self.held_parents
+            .lock()
+            .expect("held parents lock")
+            .push((dir.to_path_buf(), id));
+        match self.watch_with(dir, Seed::Never) {
+            Ok(w) => Ok((w, rx)),
+            Err(e) => {
+                self.held_parents
+                    .lock()
+                    .expect("held parents lock")
+                    .retain(|(_, i)| *i != id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Says whose the held cgroup `cgroup` is. A foreign one found at `dir`
+    /// is excluded in the kernel, unless a session watches it or one is
+    /// still waiting for its container's cgroup (which could be this one).
+    pub fn decide(&self, cgroup: CgroupId, verdict: Verdict, dir: Option<&Path>) {
+        if let (Verdict::Foreign, Some(dir)) = (&verdict, dir) {
+            self.exclude(dir);
+        }
+        let _ = self.verdicts.send((cgroup, verdict));
+    }
+
+    fn exclude(&self, dir: &Path) {
+        let watches = self.watches.lock().expect("watches lock");
+        let pending = self
+            .routes
+            .lock()
+            .expect("routes lock")
+            .iter()
+            .any(|r| r.pending());
+        if pending || watches.contains_key(dir) {
+            return;
+        }
+        let mut exclusions = self.exclusions.lock().expect("exclusions lock");
+        // Containers come and go: forget the exclusions of cgroups since
+        // removed (or made anew under the same name), which the kernel's
+        // map would otherwise fill up with.
+        exclusions.retain(|path, w| {
+            let live = cgroup_id(path).is_ok_and(|id| id == w.id);
+            if !live && self.tracer.unwatch(w).is_err() {
+                tracing::debug!(cgroup = %path.display(), "exclusion already gone");
+            }
+            live
+        });
+        if exclusions.contains_key(dir) {
+            return;
+        }
+        match self.tracer.exclude_cgroup(dir) {
+            Ok(w) => {
+                tracing::debug!(cgroup = %dir.display(), "no session's: excluded from tracing");
+                self.stats.cgroups_excluded.fetch_add(1, Ordering::Relaxed);
+                exclusions.insert(dir.to_path_buf(), w);
+            }
+            // Exited meanwhile: nothing left to exclude.
+            Err(_) if !dir.exists() => {}
+            // Its events are still dropped in user space, at more cost.
+            Err(e) => tracing::warn!(cgroup = %dir.display(), "cannot exclude: {e:#}"),
+        }
     }
 
     pub fn unwatch(&self, watch: Watch) {
@@ -232,6 +407,12 @@ impl Observer {
                 watches.remove(&watch.0);
             }
         }
+    }
+
+    /// Whether every event recorded before `ns` (CLOCK_MONOTONIC) has been
+    /// handed to its session.
+    pub fn dispatched_up_to(&self, ns: u64) -> bool {
+        self.dispatched_ns.load(Ordering::Relaxed) >= ns
     }
 
     /// The tracer's loss counters, host-wide.
@@ -288,44 +469,287 @@ impl Observer {
     }
 }
 
-async fn dispatch(observer: std::sync::Weak<Observer>, mut events: crate::trace::EventStream) {
+/// Events of one new cgroup, held until it is known whose it is.
+struct Held {
+    events: Vec<Event>,
+    bytes: usize,
+    /// Events that did not fit.
+    overflow: u64,
+    pids: HashSet<u32>,
+    since: Instant,
+    wanted: bool,
+}
+
+/// Every held cgroup, within the limits.
+#[derive(Default)]
+struct Pen {
+    held: HashMap<CgroupId, Held>,
+    bytes: usize,
+    /// Cgroups found foreign, and when: their in-flight events are dropped.
+    foreign: HashMap<CgroupId, Instant>,
+}
+
+impl Pen {
+    /// Holds `event`; true when its cgroup is new here.
+    fn hold(&mut self, event: Event, stats: &ObserverStats) -> bool {
+        let size = approx_bytes(&event);
+        let new = !self.held.contains_key(&event.cgroup);
+        let held = self.held.entry(event.cgroup).or_insert_with(|| Held {
+            events: Vec::new(),
+            bytes: 0,
+            overflow: 0,
+            pids: HashSet::new(),
+            since: Instant::now(),
+            wanted: false,
+        });
+        held.pids.insert(event.pid);
+        if held.bytes + size > HOLD_PER_CGROUP_BYTES || self.bytes + size > HOLD_TOTAL_BYTES {
+            held.overflow += 1;
+            stats.held_overflow.fetch_add(1, Ordering::Relaxed);
+        } else {
+            held.bytes += size;
+            self.bytes += size;
+            held.events.push(event);
+        }
+        new
+    }
+
+    fn take(&mut self, cgroup: CgroupId) -> Option<Held> {
+        let held = self.held.remove(&cgroup)?;
+        self.bytes -= held.bytes;
+        Some(held)
+    }
+
+    /// Drops what is held for `cgroup`, counted, and has the tracer forget
+    /// its processes: their exits will not be seen.
+    fn drop_held(&mut self, cgroup: CgroupId, observer: &Observer) {
+        if let Some(held) = self.take(cgroup) {
+            observer
+                .stats
+                .held_dropped
+                .fetch_add(held.events.len() as u64 + held.overflow, Ordering::Relaxed);
+            observer.tracer.forget_processes(held.pids);
+        }
+    }
+}
+
+/// Roughly what an event takes in memory, for the hold's limits.
+fn approx_bytes(e: &Event) -> usize {
+    use crate::trace::EventKind;
+    let strings = |v: &[String]| v.iter().map(|a| a.len() + 24).sum::<usize>();
+    std::mem::size_of::<Event>()
+        + e.comm.len()
+        + match &e.kind {
+            EventKind::Syscall(s) => {
+                std::mem::size_of::<crate::trace::SyscallEvent>()
+                    + s.syscall.len()
+                    + s.paths
+                        .iter()
+                        .map(|p| {
+                            std::mem::size_of::<crate::trace::PathArg>()
+                                + p.raw.len()
+                                + p.path.as_ref().map_or(0, |c| c.as_str().len())
+                        })
+                        .sum::<usize>()
+                    + s.argv.as_deref().map_or(0, strings)
+                    + 64
+            }
+            EventKind::Running { exe, argv, cwd } => {
+                strings(argv)
+                    + exe.as_ref().map_or(0, |p| p.as_str().len())
+                    + cwd.as_ref().map_or(0, |p| p.as_str().len())
+            }
+            _ => 0,
+        }
+}
+
+async fn dispatch(
+    observer: std::sync::Weak<Observer>,
+    mut events: crate::trace::EventStream,
+    mut verdicts: mpsc::UnboundedReceiver<(CgroupId, Verdict)>,
+    claimed: Arc<Notify>,
+) {
     let mut routes: Vec<Arc<Route>> = Vec::new();
     let mut seen_version = u64::MAX;
     // Cgroups found to be no narrowed session's, until routes change.
     let mut foreign: HashSet<CgroupId> = HashSet::new();
-    while let Some(event) = events.next_event().await {
-        let Some(observer) = observer.upgrade() else {
+    let mut pen = Pen::default();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            event = events.next_event() => {
+                let Some(event) = event else { return };
+                let Some(observer) = observer.upgrade() else {
+                    return;
+                };
+                observer.stats.events.fetch_add(1, Ordering::Relaxed);
+                refresh(&observer, &mut seen_version, &mut routes, &mut foreign);
+                route_event(&observer, event, &routes, &mut foreign, &mut pen).await;
+                mark_dispatched(&observer, &events);
+            }
+            Some((cgroup, verdict)) = verdicts.recv() => {
+                let Some(observer) = observer.upgrade() else {
+                    return;
+                };
+                match verdict {
+                    Verdict::Wanted => {
+                        if let Some(held) = pen.held.get_mut(&cgroup) {
+                            held.wanted = true;
+                        }
+                        // Its session may have claimed it already.
+                        refresh(&observer, &mut seen_version, &mut routes, &mut foreign);
+                        hand_over(&routes, &mut pen).await;
+                    }
+                    Verdict::Foreign => {
+                        pen.drop_held(cgroup, &observer);
+                        pen.foreign.insert(cgroup, Instant::now());
+                    }
+                }
+            }
+            _ = claimed.notified() => {
+                let Some(observer) = observer.upgrade() else {
+                    return;
+                };
+                refresh(&observer, &mut seen_version, &mut routes, &mut foreign);
+                hand_over(&routes, &mut pen).await;
+            }
+            _ = tick.tick() => {
+                let Some(observer) = observer.upgrade() else {
+                    return;
+                };
+                mark_dispatched(&observer, &events);
+                refresh(&observer, &mut seen_version, &mut routes, &mut foreign);
+                hand_over(&routes, &mut pen).await;
+                let expired: Vec<(CgroupId, bool)> = pen
+                    .held
+                    .iter()
+                    .filter(|(_, h)| h.since.elapsed() > HOLD_WAIT)
+                    .map(|(c, h)| (*c, h.wanted))
+                    .collect();
+                for (cgroup, wanted) in expired {
+                    if wanted {
+                        tracing::warn!(cgroup = cgroup.0, "a labelled container's cgroup was not claimed by a session in time: its events are dropped");
+                    } else {
+                        tracing::warn!(cgroup = cgroup.0, "whose a new cgroup is was not found in time: its events are dropped");
+                    }
+                    pen.drop_held(cgroup, &observer);
+                }
+                pen.foreign.retain(|_, at| at.elapsed() < FOREIGN_MEMORY);
+            }
+        }
+    }
+}
+
+/// With nothing waiting in the stream, everything the reader drained has
+/// been routed. (Read before looking: what the reader hands over after
+/// that is not claimed.)
+fn mark_dispatched(observer: &Observer, events: &crate::trace::EventStream) {
+    let drained = observer.tracer.drained_ns();
+    if events.is_empty() {
+        observer.dispatched_ns.fetch_max(drained, Ordering::Relaxed);
+    }
+}
+
+/// Takes the routes anew when they changed, forgetting which cgroups were
+/// found to be no session's.
+fn refresh(
+    observer: &Observer,
+    seen_version: &mut u64,
+    routes: &mut Vec<Arc<Route>>,
+    foreign: &mut HashSet<CgroupId>,
+) {
+    let version = observer.routes_version.load(Ordering::Relaxed);
+    if version != *seen_version {
+        *routes = observer.routes.lock().expect("routes lock").clone();
+        foreign.clear();
+        *seen_version = version;
+    }
+}
+
+/// Sends one event to the session owning its cgroup, or holds it while its
+/// cgroup is new below a held parent, or counts it as no one's.
+async fn route_event(
+    observer: &Observer,
+    event: Event,
+    routes: &[Arc<Route>],
+    foreign: &mut HashSet<CgroupId>,
+    pen: &mut Pen,
+) {
+    let owner = (!foreign.contains(&event.cgroup))
+        .then(|| routes.iter().find(|r| r.owns(event.cgroup)))
+        .flatten()
+        .cloned();
+    if let Some(route) = owner {
+        // What was held for the cgroup goes first, in order.
+        if let Some(held) = pen.take(event.cgroup) {
+            send_held(&route, held).await;
+        }
+        // Waiting here is back-pressure: the ring buffer absorbs it,
+        // and what it cannot hold is counted as lost.
+        let _ = route.tx.send(event).await;
+        return;
+    }
+    foreign.insert(event.cgroup);
+    let pending: Vec<&Arc<Route>> = routes.iter().filter(|r| r.pending()).collect();
+    for route in &pending {
+        let _ = route.tx.send(event.clone()).await;
+    }
+    let holding = {
+        let parents = observer.held_parents.lock().expect("held parents lock");
+        !parents.is_empty() && !parents.iter().any(|(_, id)| *id == event.cgroup)
+    };
+    if holding {
+        if pen.foreign.contains_key(&event.cgroup) {
+            // In flight when its cgroup was excluded.
+            observer.stats.held_dropped.fetch_add(1, Ordering::Relaxed);
+            observer.tracer.forget_processes([event.pid]);
             return;
-        };
-        observer.stats.events.fetch_add(1, Ordering::Relaxed);
-        let version = observer.routes_version.load(Ordering::Relaxed);
-        if version != seen_version {
-            routes = observer.routes.lock().expect("routes lock").clone();
-            foreign.clear();
-            seen_version = version;
         }
-        let owner = (!foreign.contains(&event.cgroup))
-            .then(|| routes.iter().find(|r| r.owns(event.cgroup)))
-            .flatten()
-            .cloned();
-        match owner {
-            Some(route) => {
-                // Waiting here is back-pressure: the ring buffer absorbs it,
-                // and what it cannot hold is counted as lost.
-                let _ = route.tx.send(event).await;
-            }
-            None => {
-                foreign.insert(event.cgroup);
-                let pending: Vec<&Arc<Route>> = routes.iter().filter(|r| r.pending()).collect();
-                if pending.is_empty() {
-                    observer.stats.unclaimed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                for route in pending {
-                    let _ = route.tx.send(event.clone()).await;
-                }
+        let cgroup = event.cgroup;
+        if pen.hold(event, &observer.stats) {
+            tracing::debug!(cgroup = cgroup.0, "a new cgroup: holding its events");
+            observer.stats.held_cgroups.fetch_add(1, Ordering::Relaxed);
+            if let Some(tx) = observer.to_classify.lock().expect("classify lock").as_ref() {
+                let _ = tx.send(cgroup);
             }
         }
+        return;
+    }
+    if pending.is_empty() {
+        observer.stats.unclaimed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Gives each held cgroup that a session now owns to that session.
+async fn hand_over(routes: &[Arc<Route>], pen: &mut Pen) {
+    if pen.held.is_empty() {
+        return;
+    }
+    let owned: Vec<(CgroupId, Arc<Route>)> = pen
+        .held
+        .keys()
+        .filter_map(|c| Some((*c, routes.iter().find(|r| r.owns(*c))?.clone())))
+        .collect();
+    for (cgroup, route) in owned {
+        if let Some(held) = pen.take(cgroup) {
+            send_held(&route, held).await;
+        }
+    }
+}
+
+async fn send_held(route: &Route, held: Held) {
+    tracing::debug!(
+        session = %route.session,
+        events = held.events.len(),
+        overflow = held.overflow,
+        held_ms = held.since.elapsed().as_millis() as u64,
+        "handing over what was held while the container's labels were looked up"
+    );
+    route
+        .held_overflow
+        .fetch_add(held.overflow, Ordering::Relaxed);
+    for e in held.events {
+        let _ = route.tx.send(e).await;
     }
 }
 
@@ -348,6 +772,52 @@ mod tests {
                 kind,
             }),
         }
+    }
+
+    fn big_event(cgroup: u64, pid: u32) -> Event {
+        Event {
+            ts_ns: 0,
+            pid,
+            tid: pid,
+            ppid: 0,
+            cgroup: CgroupId(cgroup),
+            // About 1 MiB, so the limits are reached in a few events.
+            comm: "x".repeat((1 << 20) - std::mem::size_of::<Event>()),
+            kind: EventKind::Exit {
+                process_exited: true,
+            },
+        }
+    }
+
+    #[test]
+    fn what_is_held_is_bounded_per_cgroup_and_in_all() {
+        let stats = ObserverStats::default();
+        let mut pen = Pen::default();
+        let per_cgroup = HOLD_PER_CGROUP_BYTES >> 20;
+        assert!(pen.hold(big_event(1, 10), &stats), "a new cgroup");
+        for _ in 1..per_cgroup + 3 {
+            assert!(!pen.hold(big_event(1, 10), &stats));
+        }
+        let held = &pen.held[&CgroupId(1)];
+        assert_eq!((held.events.len(), held.overflow), (per_cgroup, 3));
+        // Other cgroups fill what is left in all; then they overflow too.
+        let cgroups = (HOLD_TOTAL_BYTES / HOLD_PER_CGROUP_BYTES) as u64;
+        for c in 2..=cgroups + 1 {
+            for _ in 0..per_cgroup {
+                pen.hold(big_event(c, 20), &stats);
+            }
+        }
+        assert!(pen.bytes <= HOLD_TOTAL_BYTES);
+        assert_eq!(pen.held[&CgroupId(cgroups + 1)].events.len(), 0);
+        assert_eq!(
+            stats.held_overflow.load(Ordering::Relaxed),
+            3 + per_cgroup as u64
+        );
+        // What is taken is given back to the total.
+        let taken = pen.take(CgroupId(1)).unwrap();
+        assert_eq!(taken.pids, HashSet::from([10]));
+        assert!(pen.hold(big_event(99, 30), &stats));
+        assert_eq!(pen.held[&CgroupId(99)].events.len(), 1);
     }
 
     #[test]

@@ -127,8 +127,8 @@ impl SessionRecord {
         }
     }
 
-    /// Nothing that makes the session incomplete (no event lost, no name
-    /// unreadable, no gap): the model is the whole truth.
+    /// Nothing makes the session incomplete (see
+    /// [`SessionRecord::incompleteness`]): the model is the whole truth.
     pub fn complete(&self) -> bool {
         self.incompleteness().is_none()
     }
@@ -159,6 +159,15 @@ impl SessionRecord {
                  (`cimplifierctl sessions` counts them)",
                 self.loss.unreadable_names
             ));
+        }
+        if !self.started.from_first_exec {
+            why.push(
+                "did not observe the container's start-up, when its configuration and \
+                 libraries are read (from_first_exec: false: it was attached to, or it started \
+                 before the watch took hold; observe it with `--restart`, or create it and let \
+                 the label take it before it starts)"
+                    .into(),
+            );
         }
         (!why.is_empty()).then(|| why.join(" and "))
     }
@@ -713,6 +722,20 @@ mod tests {
             .remove("unreadable_names");
         let old: SessionRecord = serde_json::from_value(json).unwrap();
         assert!(old.complete());
+    }
+
+    #[test]
+    fn a_missed_start_up_makes_a_session_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut r = record(&store, "web");
+        r.started.from_first_exec = false;
+        assert!(!r.complete());
+        let why = r.incompleteness().unwrap();
+        assert!(
+            why.contains("start-up") && why.contains("--restart") && why.contains("label"),
+            "{why}"
+        );
     }
 
     #[test]

@@ -349,13 +349,21 @@ pub struct LossCounters {
     /// is unknown: a loss of fidelity that makes a session incomplete.
     #[serde(default)]
     pub unreadable_names: u64,
+    /// Events of a new container's cgroup that did not fit in what the
+    /// daemon holds while it looks up the container's labels.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_overflow: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl LossCounters {
     /// Events that never reached the consumer. Faults and d_path failures are
     /// not in this sum: those events arrived, marked as incomplete.
     pub fn lost(&self) -> u64 {
-        self.ringbuf_full + self.inflight_full + self.undecodable
+        self.ringbuf_full + self.inflight_full + self.undecodable + self.held_overflow
     }
 
     /// No event lost (names may still be unreadable: `unreadable_names`).

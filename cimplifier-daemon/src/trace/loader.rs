@@ -65,6 +65,9 @@ pub struct Tracer {
     ring: Option<RingBuf<MapData>>,
     resolver: Arc<Mutex<Resolver>>,
     undecodable: Arc<AtomicU64>,
+    /// Every record written before this time (CLOCK_MONOTONIC ns) has been
+    /// read and handed to the event stream.
+    drained_ns: Arc<AtomicU64>,
     config: TracerConfig,
 }
 
@@ -143,6 +146,7 @@ impl Tracer {
                 snapshot_process,
             )))),
             undecodable: Arc::new(AtomicU64::new(0)),
+            drained_ns: Arc::new(AtomicU64::new(0)),
             config,
         })
     }
@@ -158,6 +162,31 @@ impl Tracer {
     /// reading /proc for them now would race with their queued events.
     pub fn watch_cgroup_followed(&self, dir: &Path) -> Result<WatchedCgroup> {
         self.watch(dir, false)
+    }
+
+    /// Stops recording the cgroup at `dir` and below although an ancestor is
+    /// watched (the deepest entry on a cgroup's path decides). Given back
+    /// with [`Tracer::unwatch`], or replaced by a later watch of `dir`.
+    pub fn exclude_cgroup(&self, dir: &Path) -> Result<WatchedCgroup> {
+        let id = cgroup_id(dir)?;
+        let mut maps = self.maps.lock().expect("maps lock");
+        maps.watched
+            .insert(id.0, 0, 0)
+            .with_context(|| format!("excluding cgroup {} from the watch set", dir.display()))?;
+        bump_generation(&mut maps)?;
+        Ok(WatchedCgroup {
+            id,
+            path: dir.to_path_buf(),
+        })
+    }
+
+    /// Drops what the resolver holds for processes no longer recorded (their
+    /// cgroup was excluded, so their exits will not be seen).
+    pub fn forget_processes(&self, pids: impl IntoIterator<Item = u32>) {
+        let mut resolver = self.resolver.lock().expect("resolver lock");
+        for pid in pids {
+            resolver.forget(pid);
+        }
     }
 
     fn watch(&self, dir: &Path, seed: bool) -> Result<WatchedCgroup> {
@@ -206,6 +235,12 @@ impl Tracer {
         bump_generation(&mut maps)
     }
 
+    /// The time (CLOCK_MONOTONIC ns) before which every record has been read
+    /// from the ring buffer and handed to the event stream.
+    pub fn drained_ns(&self) -> u64 {
+        self.drained_ns.load(Ordering::Acquire)
+    }
+
     /// Loss and health counters, summed over CPUs, plus user-space ones.
     pub fn counters(&self) -> Result<TracerCounters> {
         let maps = self.maps.lock().expect("maps lock");
@@ -222,6 +257,7 @@ impl Tracer {
                 undecodable: self.undecodable.load(Ordering::Relaxed),
                 // Counted from the events, by whoever receives them.
                 unreadable_names: 0,
+                ..Default::default()
             },
             ringbuf_full_per_cpu,
             emitted: sum(counter::EMITTED)?.0,
@@ -238,7 +274,8 @@ impl Tracer {
         let (tx, rx) = mpsc::channel(self.config.channel_capacity);
         let resolver = Arc::clone(&self.resolver);
         let undecodable = Arc::clone(&self.undecodable);
-        let task = tokio::spawn(read_ring(ring, resolver, undecodable, tx));
+        let drained = Arc::clone(&self.drained_ns);
+        let task = tokio::spawn(read_ring(ring, resolver, undecodable, drained, tx));
         Ok(EventStream {
             rx,
             _reader: AbortOnDrop(task),
@@ -264,7 +301,7 @@ fn bump_generation(maps: &mut Maps) -> Result<()> {
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of the kernel's timestamps.
-fn monotonic_ns() -> u64 {
+pub fn monotonic_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
         t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
     })
@@ -288,18 +325,22 @@ async fn read_ring(
     ring: RingBuf<MapData>,
     resolver: Arc<Mutex<Resolver>>,
     undecodable: Arc<AtomicU64>,
+    drained: Arc<AtomicU64>,
     tx: mpsc::Sender<Event>,
 ) -> Result<()> {
     // SAFETY: the ring buffer's fd stays open and unchanged while the AsyncFd owns it.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?;
     let mut batch = Vec::with_capacity(BATCH);
-    let drain = |ring: &mut RingBuf<MapData>, batch: &mut Vec<Event>| -> usize {
+    // Records read, and whether the ring was found empty.
+    let drain = |ring: &mut RingBuf<MapData>, batch: &mut Vec<Event>| -> (usize, bool) {
         let mut resolver = resolver.lock().expect("resolver lock");
         batch.extend(resolver.take_queued());
         let mut records = 0;
         while batch.len() < BATCH {
-            let Some(item) = ring.next() else { break };
+            let Some(item) = ring.next() else {
+                return (records, true);
+            };
             records += 1;
             match decode(&item) {
                 Ok(rec) => batch.extend(resolver.handle(rec)),
@@ -309,24 +350,30 @@ async fn read_ring(
                 }
             }
         }
-        records
+        (records, false)
     };
     loop {
-        match tokio::time::timeout(POLL_INTERVAL, fd.readable_mut()).await {
+        let started = monotonic_ns();
+        let emptied = match tokio::time::timeout(POLL_INTERVAL, fd.readable_mut()).await {
             Ok(guard) => {
                 let mut guard = guard?;
-                if drain(guard.get_inner_mut(), &mut batch) == 0 {
+                let (records, emptied) = drain(guard.get_inner_mut(), &mut batch);
+                if records == 0 {
                     guard.clear_ready();
                 }
+                emptied
             }
-            Err(_) => {
-                drain(fd.get_mut(), &mut batch);
-            }
-        }
+            Err(_) => drain(fd.get_mut(), &mut batch).1,
+        };
         for event in batch.drain(..) {
             if tx.send(event).await.is_err() {
                 return Ok(()); // the consumer is gone
             }
+        }
+        // The ring was empty at some point after `started`: all written
+        // before then is now in the stream.
+        if emptied {
+            drained.fetch_max(started, Ordering::Release);
         }
     }
 }
@@ -348,6 +395,11 @@ pub struct EventStream {
 impl EventStream {
     pub async fn next_event(&mut self) -> Option<Event> {
         self.rx.recv().await
+    }
+
+    /// Whether no decoded event is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
     }
 }
 

@@ -260,6 +260,13 @@ impl Resolver {
         self.processes.contains_key(&pid)
     }
 
+    /// Drops the state of `pid`, and any exec of it waiting for its exit:
+    /// its events will no longer be seen.
+    pub fn forget(&mut self, pid: u32) {
+        self.forget_process(pid);
+        self.pending_exec.remove(&pid);
+    }
+
     /// Processes the resolver holds state for (for tests and memory checks).
     pub fn tracked_processes(&self) -> usize {
         self.processes.len()
