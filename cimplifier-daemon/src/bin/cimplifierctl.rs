@@ -21,7 +21,8 @@ use tokio_stream::StreamExt;
     version,
     about = "cimplifier's admin CLI: observe a container, then emit its least-privilege image",
     after_help = "Exit codes: 0 success; 1 failure; 2 usage error; 3 the daemon cannot be reached; \
-                  4 no such container or session; 5 refused as asked (e.g. a session that lost events)."
+                  4 no such container or session; 5 refused as asked (e.g. a session that lost events). \
+                  observe --exec exits with the workload's status once it has run."
 )]
 struct Cli {
     /// The daemon's socket (`cimplifierd serve`); `analyze` works without it.
