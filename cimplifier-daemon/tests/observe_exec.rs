@@ -133,7 +133,7 @@ fn a_running_container_is_restarted_and_sigterm_stops_the_workload() {
 }
 
 #[test]
-fn no_single_target_is_refused_by_name() {
+fn what_cannot_be_reached_is_named() {
     require_root();
     let d = Daemon::start();
     let out = d.ctl(&["observe", "--label", "app=web", "--exec", "true"]);
@@ -151,6 +151,24 @@ fn no_single_target_is_refused_by_name() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&c.0) && stderr.contains("--network none"),
+        "{stderr}"
+    );
+    assert_eq!(session_json(&d, &c.0)["state"], "closed");
+
+    // An exposed port nothing listens on: named, and the workload still runs.
+    let c = Container::create("oexec-deaf", &["--expose", "9", BASE_IMAGE, "sleep", "300"]);
+    let out = d.ctl(&[
+        "observe",
+        &c.0,
+        "--ready-timeout",
+        "1s",
+        "--exec",
+        r#"test -n "$CIMPLIFIER_TARGET""#,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("port(s) [9] within 1s; running the workload anyway"),
         "{stderr}"
     );
     assert_eq!(session_json(&d, &c.0)["state"], "closed");

@@ -103,13 +103,18 @@ enum Command {
         /// Run this workload once the container runs, through `sh -c` as
         /// you, with CIMPLIFIER_TARGET set to the container's IP address
         /// (127.0.0.1 on the host's network) and CIMPLIFIER_CONTAINER to its
-        /// name; first waits (up to 30 s) until the TCP ports it exposes
-        /// accept connections. When CMD exits the session is closed and
+        /// name; first waits (see --ready-timeout) until the TCP ports it
+        /// exposes accept connections. When CMD exits the session is closed and
         /// cimplifierctl exits with CMD's status. Ctrl-C or SIGTERM stops
         /// CMD and closes the session. CMD's stdin is empty; with --json its
         /// stdout goes to stderr.
         #[arg(long, value_name = "CMD", conflicts_with = "duration")]
         exec: Option<String>,
+        /// With --exec: how long to wait for the exposed TCP ports before
+        /// running CMD anyway (with a warning naming them); 0 runs it at once.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+              default_value = "30s", requires = "exec")]
+        ready_timeout: Duration,
         /// Print the session summary as JSON.
         #[arg(long)]
         json: bool,
@@ -636,8 +641,6 @@ fn print_observed(session: &cimplifier::api::pb::Session) -> anyhow::Result<()> 
     ))
 }
 
-/// How long `observe --exec` waits for the exposed ports to accept.
-const PORTS_READY: Duration = Duration::from_secs(30);
 /// How long a stopped workload has between SIGTERM and SIGKILL.
 const WORKLOAD_GRACE: Duration = Duration::from_secs(5);
 
@@ -696,6 +699,7 @@ fn observe_exec(
     socket: &cimplifier::api::Address,
     request: cimplifier::api::pb::ObserveRequest,
     cmd: &str,
+    ready_timeout: Duration,
     json: bool,
 ) -> anyhow::Result<()> {
     use cimplifier::api::{pb, workload};
@@ -706,7 +710,7 @@ fn observe_exec(
             .map_err(Unreachable)?;
         let started = api.observe(request).await.map_err(status)?.into_inner();
         let name = started.container.clone();
-        let ended = drive(api.clone(), &started, cmd, json, stop).await;
+        let ended = drive(api.clone(), &started, cmd, ready_timeout, json, stop).await;
         // Whatever happened, the session is closed, as `stop` closes it.
         let closed = api
             .stop_observing(pb::StopObservingRequest {
@@ -772,6 +776,7 @@ async fn drive(
     api: cimplifier::api::pb::cimplifier_client::CimplifierClient<tonic::transport::Channel>,
     started: &cimplifier::api::pb::Session,
     cmd: &str,
+    ready_timeout: Duration,
     json: bool,
     stop: impl Future<Output = nix::sys::signal::Signal>,
 ) -> anyhow::Result<Ended> {
@@ -810,7 +815,7 @@ async fn drive(
         .iter()
         .filter_map(|&p| u16::try_from(p).ok())
         .collect();
-    if !ports.is_empty() {
+    if !ports.is_empty() && !ready_timeout.is_zero() {
         let list = ports
             .iter()
             .map(u16::to_string)
@@ -818,7 +823,7 @@ async fn drive(
             .join(", ");
         eprintln!("waiting until {name} accepts connections on TCP port(s) {list}");
         let never = tokio::select! {
-            never = workload::wait_for_ports(address, &ports, PORTS_READY) => never,
+            never = workload::wait_for_ports(address, &ports, ready_timeout) => never,
             sig = &mut stop => return Ok(Ended::Interrupted(sig, None)),
             end = session_ended(api.clone(), name) => anyhow::bail!(
                 "the session of {name} ended ({end}) before its ports accepted connections, \
@@ -828,8 +833,8 @@ async fn drive(
         if !never.is_empty() {
             eprintln!(
                 "cimplifierctl: warning: {name} did not accept connections on port(s) {never:?} \
-                 within {} s; running the workload anyway",
-                PORTS_READY.as_secs()
+                 within {}; running the workload anyway",
+                humantime::format_duration(ready_timeout)
             );
         }
     }
@@ -1185,6 +1190,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             restart,
             attach,
             exec,
+            ready_timeout,
             json,
             ..
         } => {
@@ -1196,7 +1202,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     attach,
                     ..Default::default()
                 };
-                return observe_exec(&socket, request, &cmd, json);
+                return observe_exec(&socket, request, &cmd, ready_timeout, json);
             }
             let session = runtime()?.block_on(async {
                 let mut api = cimplifier::api::connect(&socket).await.map_err(Unreachable)?;
