@@ -838,6 +838,12 @@ async fn drive(
             );
         }
     }
+    // A signal that came while the daemon was starting the container.
+    tokio::select! {
+        biased;
+        sig = &mut stop => return Ok(Ended::Interrupted(sig, None)),
+        _ = std::future::ready(()) => {}
+    }
     eprintln!(
         "running the workload: sh -c {cmd:?} with {}={address}",
         workload::TARGET_VAR
