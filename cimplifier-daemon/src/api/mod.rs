@@ -22,6 +22,7 @@ use crate::trace::ContainerPath;
 mod client;
 mod serve;
 mod transport;
+pub mod workload;
 
 pub use client::{channel, connect};
 pub use serve::{DEFAULT_CONFIG, DEFAULT_SOCKET, DaemonConfig, ServeOptions, serve};
@@ -303,6 +304,24 @@ fn view(v: &SessionView) -> pb::Session {
     }
 }
 
+/// Where a workload reaches the container, asked of the engine now that it
+/// runs. The client may be remote and without Docker access, so the daemon
+/// says it. None (with a warning) when the engine cannot tell.
+async fn target(container_id: &str) -> Option<pb::Target> {
+    let docker = crate::docker::connect().ok()?;
+    match crate::docker::target::NetworkTarget::of(&docker, container_id).await {
+        Ok(t) => Some(pb::Target {
+            network_mode: t.network_mode,
+            ip_address: t.address.map(|a| a.to_string()).unwrap_or_default(),
+            tcp_ports: t.tcp_ports.into_iter().map(u32::from).collect(),
+        }),
+        Err(e) => {
+            tracing::warn!(container = %container_id, "no network target: {e:#}");
+            None
+        }
+    }
+}
+
 fn internal(e: anyhow::Error) -> Status {
     Status::internal(format!("{e:#}"))
 }
@@ -403,7 +422,11 @@ impl Cimplifier for Service {
             attach: req.attach,
         };
         match self.manager.observe(opts).await {
-            Ok(started) => Ok(Response::new(starting(&started))),
+            Ok(started) => {
+                let mut session = starting(&started);
+                session.target = target(&started.container_id).await;
+                Ok(Response::new(session))
+            }
             Err(e @ ObserveError::NotFound(_)) => Err(Status::not_found(e.to_string())),
             Err(e @ ObserveError::AlreadyObserving(_)) => {
                 Err(Status::already_exists(e.to_string()))

@@ -1,0 +1,207 @@
+//! The workload of `cimplifierctl observe --exec CMD`: a shell command run
+//! by the client, as its user, against the observed container. It runs in
+//! its own process group so that stopping it stops everything it started.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::time::Instant;
+
+/// The variable that tells CMD the container's IP address.
+pub const TARGET_VAR: &str = "CIMPLIFIER_TARGET";
+/// The variable that tells CMD the container's name.
+pub const CONTAINER_VAR: &str = "CIMPLIFIER_CONTAINER";
+
+/// A running workload command.
+pub struct Workload {
+    child: tokio::process::Child,
+    group: Pid,
+}
+
+impl Workload {
+    /// Starts `sh -c command` with the target in its environment. Its stdin
+    /// is empty (no terminal is needed); its stdout is ours, or our stderr
+    /// when ours must hold only JSON.
+    pub fn spawn(
+        command: &str,
+        target: IpAddr,
+        container: &str,
+        stdout_to_stderr: bool,
+    ) -> Result<Self> {
+        let stdout = if stdout_to_stderr {
+            Stdio::from(std::io::stderr())
+        } else {
+            Stdio::inherit()
+        };
+        let child = tokio::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(command)
+            .env(TARGET_VAR, target.to_string())
+            .env(CONTAINER_VAR, container)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting the workload `{command}` with /bin/sh"))?;
+        let pid = child
+            .id()
+            .context("the workload exited before its pid was known")?;
+        Ok(Self {
+            child,
+            group: Pid::from_raw(pid as i32),
+        })
+    }
+
+    /// Waits until the shell exits.
+    pub async fn wait(&mut self) -> Result<ExitStatus> {
+        self.child.wait().await.context("waiting for the workload")
+    }
+
+    /// Stops the whole process group: SIGTERM, then SIGKILL after `grace`.
+    pub async fn stop(&mut self, grace: Duration) -> Result<ExitStatus> {
+        // ESRCH: the group is gone already.
+        let _ = killpg(self.group, Signal::SIGTERM);
+        if let Ok(status) = tokio::time::timeout(grace, self.child.wait()).await {
+            // What the shell started may outlive it.
+            let _ = killpg(self.group, Signal::SIGKILL);
+            return status.context("waiting for the workload");
+        }
+        let _ = killpg(self.group, Signal::SIGKILL);
+        self.wait().await
+    }
+}
+
+/// The exit code a shell would give for `status`: the code, or 128 plus
+/// the signal that killed it.
+pub fn exit_code(status: ExitStatus) -> u8 {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(sig)) => 128u8.saturating_add(sig as u8),
+        (None, None) => 1,
+    }
+}
+
+/// "exited with status 3", "was killed by SIGKILL".
+pub fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => match Signal::try_from(sig) {
+            Ok(s) => format!("was killed by {s}"),
+            Err(_) => format!("was killed by signal {sig}"),
+        },
+        (None, None) => format!("ended ({status})"),
+    }
+}
+
+/// Waits until every port accepts a TCP connection at `address`, or until
+/// `limit` has passed; returns the ports that never did, ascending. The
+/// probes are connections the container sees (accepted, then closed).
+pub async fn wait_for_ports(address: IpAddr, ports: &[u16], limit: Duration) -> Vec<u16> {
+    let deadline = Instant::now() + limit;
+    let mut waiting: Vec<u16> = ports.to_vec();
+    loop {
+        let mut still = Vec::new();
+        for &port in &waiting {
+            let probe = tokio::net::TcpStream::connect(SocketAddr::new(address, port));
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = left.clamp(Duration::from_millis(10), Duration::from_secs(1));
+            if !matches!(tokio::time::timeout(timeout, probe).await, Ok(Ok(_))) {
+                still.push(port);
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() || Instant::now() >= deadline {
+            return waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn the_status_is_the_commands_and_the_target_is_in_its_environment() {
+        let mut ok = Workload::spawn(
+            r#"test "$CIMPLIFIER_TARGET" = 10.0.0.7 && test "$CIMPLIFIER_CONTAINER" = web"#,
+            "10.0.0.7".parse().unwrap(),
+            "web",
+            true,
+        )
+        .unwrap();
+        let status = ok.wait().await.unwrap();
+        assert_eq!(exit_code(status), 0, "{}", describe(status));
+
+        let mut failing = Workload::spawn("exit 3", LOCAL, "web", true).unwrap();
+        let status = failing.wait().await.unwrap();
+        assert_eq!(exit_code(status), 3);
+        assert_eq!(describe(status), "exited with status 3");
+
+        let mut killed = Workload::spawn("kill -9 $$", LOCAL, "web", true).unwrap();
+        let status = killed.wait().await.unwrap();
+        assert_eq!(exit_code(status), 137);
+        assert_eq!(describe(status), "was killed by SIGKILL");
+    }
+
+    #[tokio::test]
+    async fn stopping_stops_what_the_command_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // A child that ignores nothing, and a shell that waits for it.
+        let command = format!("sleep 300 & echo $! > {}; wait", pidfile.display());
+        let mut w = Workload::spawn(&command, LOCAL, "web", true).unwrap();
+        let grandchild = loop {
+            if let Ok(s) = std::fs::read_to_string(&pidfile)
+                && let Ok(pid) = s.trim().parse::<i32>()
+            {
+                break pid;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let status = w.stop(Duration::from_secs(5)).await.unwrap();
+        assert_ne!(exit_code(status), 0, "{}", describe(status));
+        // Gone, or a zombie waiting for init to reap it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(") ").map(|(_, r)| r.chars().next()));
+            if matches!(state, None | Some(Some('Z')) | Some(Some('X'))) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the workload's child {grandchild} outlived the stop ({state:?})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn ports_that_never_accept_are_named() {
+        let open = tokio::net::TcpListener::bind((LOCAL, 0)).await.unwrap();
+        let open_port = open.local_addr().unwrap().port();
+        let closed_port = {
+            let l = std::net::TcpListener::bind((LOCAL, 0)).unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let never =
+            wait_for_ports(LOCAL, &[open_port, closed_port], Duration::from_millis(500)).await;
+        assert_eq!(never, vec![closed_port]);
+        assert!(
+            wait_for_ports(LOCAL, &[], Duration::from_secs(5))
+                .await
+                .is_empty()
+        );
+    }
+}
