@@ -105,6 +105,9 @@ pub enum Resource {
 pub enum Access {
     /// Contents read (open for reading, readlink, directory opened).
     Read,
+    /// A directory's entries read (getdents64 on a descriptor opened on
+    /// it): the program saw every name in it, not only those it opened.
+    List,
     /// Contents modified (open for writing, truncate).
     Write,
     /// Brought into existence (O_CREAT, mkdir, mknod, symlink, link, rename target, bind).
@@ -135,7 +138,12 @@ impl Access {
     pub fn is_read(self) -> bool {
         matches!(
             self,
-            Access::Read | Access::Exec | Access::Stat | Access::Delete | Access::Traverse
+            Access::Read
+                | Access::List
+                | Access::Exec
+                | Access::Stat
+                | Access::Delete
+                | Access::Traverse
         )
     }
 
@@ -399,6 +407,11 @@ impl Model {
     /// W(E): what the executables `exes` create, change or remove.
     pub fn writes(&self, exes: &[Exe]) -> BTreeSet<Resource> {
         self.filter(exes, Access::is_write)
+    }
+
+    /// Directories `exes` listed (read the entries of).
+    pub fn listed(&self, exes: &[Exe]) -> BTreeSet<Resource> {
+        self.filter(exes, |a| a == Access::List)
     }
 
     /// Names `exes` looked up and did not find.
