@@ -304,7 +304,14 @@ fn descriptor_calls_add_nothing() {
 
 /// getdents64 on a descriptor opened on `dir`, returning `ret` bytes.
 fn getdents(pid: u32, dir: Option<&str>, ret: i64) -> Event {
-    let mut e = call(pid, nr::GETDENTS64, [3, 0, 32768, 0, 0, 0], ret, vec![], None);
+    let mut e = call(
+        pid,
+        nr::GETDENTS64,
+        [3, 0, 32768, 0, 0, 0],
+        ret,
+        vec![],
+        None,
+    );
     if let EventKind::Syscall(s) = &mut e.kind {
         s.fd_path = dir.map(p);
     }
