@@ -244,6 +244,10 @@ fn report_sizes(case: &Case, report: &Value) -> f64 {
     for r in rules {
         println!("  {r}");
     }
+    println!(
+        "  listings of unnamed directories: {}",
+        report["unnamed_listings"]
+    );
     for d in report["listed_directories"].as_array().unwrap() {
         println!(
             "  listed {} by {}: {} entries, {} not kept ({} bytes{})",

@@ -637,6 +637,14 @@ fn summary(r: &EmitReport) -> String {
             }
         }
     }
+    if r.unnamed_listings > 0 {
+        s += &format!(
+            "  WARNING: {} directory listings on descriptors the tracer could not name \
+             (opened before the watch began): their entries may be missing; observe from \
+             the first exec (not --attach)\n",
+            r.unnamed_listings
+        );
+    }
     if r.strict {
         s += "  --strict: only what was observed (no state directories, code trees or listed directories kept whole)\n";
     }

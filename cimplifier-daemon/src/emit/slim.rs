@@ -110,6 +110,10 @@ pub struct EmitReport {
     /// lacks (docs/slim.md): a listing there shows fewer names.
     #[serde(default)]
     pub listed_directories: Vec<KeptListedDir>,
+    /// Listings of a directory the tracer could not name (a descriptor
+    /// opened before the watch began): entries may be missing unseen.
+    #[serde(default)]
+    pub unnamed_listings: u64,
     /// Every removed path, with `--list-removed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed: Option<Vec<ContainerPath>>,
@@ -386,6 +390,7 @@ pub async fn emit(
         state_directories: slim_plan.state_dirs,
         code_trees: slim_plan.code_trees,
         listed_directories: slim_plan.listed_dirs,
+        unnamed_listings: model.unnamed_listings(),
         removed: opts.list_removed.then_some(removed),
         docker_run: run.docker_run(opts.tag.as_deref().unwrap_or("IMAGE")),
         run,

@@ -192,6 +192,7 @@ pub struct Model {
     /// Access edges already present, so repeated calls add nothing.
     seen: FxHashSet<(NodeIndex, NodeIndex, Access)>,
     unresolved_names: u64,
+    unnamed_listings: u64,
 }
 
 impl Model {
@@ -220,6 +221,13 @@ impl Model {
     /// a model with any is not the whole truth.
     pub fn unresolved_names(&self) -> u64 {
         self.unresolved_names
+    }
+
+    /// Successful directory listings (getdents64) on a descriptor whose
+    /// directory the tracer could not name (opened before the watch
+    /// began): which directory's entries were read is unknown.
+    pub fn unnamed_listings(&self) -> u64 {
+        self.unnamed_listings
     }
 
     /// Forgets which process runs what: for events that follow from another
@@ -265,6 +273,12 @@ impl Model {
                         )
                     })
                     .count() as u64;
+                if s.nr == cimplifier_common::syscalls::nr::GETDENTS64
+                    && s.fd_path.is_none()
+                    && s.ret.is_some_and(|r| r > 0)
+                {
+                    self.unnamed_listings += 1;
+                }
                 let caller = self.processes.get(&event.pid).and_then(|p| p.exe);
                 // The exec'd file is used by the new executable; everything
                 // else by the one running when the call was made.

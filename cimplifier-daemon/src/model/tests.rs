@@ -354,6 +354,7 @@ fn listing_a_directory_is_a_list_access_and_a_read() {
     assert!(m.reads(&app).contains(&res("/etc/app/plugins")));
     assert!(!m.writes(&app).contains(&res("/etc/app/plugins")));
     assert!(Access::List.is_read() && !Access::List.is_write());
+    assert_eq!(m.unnamed_listings(), 1, "counted, not dropped");
 }
 
 #[test]
