@@ -141,6 +141,12 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
             s.bytes,
             p.bytes as i64 - s.bytes as i64
         );
+        for d in &p.listed_directories {
+            println!(
+                "  listed {} by {:?}: {} entries, {} not kept",
+                d.dir, d.listed_by, d.entries, d.missing
+            );
+        }
         let _ = Command::new("docker").args(["rmi", &s.image]).output();
     }
     if let Some(seed) = &strict.seed {

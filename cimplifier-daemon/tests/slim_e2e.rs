@@ -244,6 +244,29 @@ fn report_sizes(case: &Case, report: &Value) -> f64 {
     for r in rules {
         println!("  {r}");
     }
+    println!(
+        "  listings of unnamed directories: {}",
+        report["unnamed_listings"]
+    );
+    for d in report["listed_directories"].as_array().unwrap() {
+        println!(
+            "  listed {} by {}: {} entries, {} not kept ({} bytes{})",
+            d["dir"],
+            d["listed_by"],
+            d["entries"],
+            d["missing"],
+            d["missing_bytes"],
+            d.get("why_missing")
+                .map(|w| format!(", {w}"))
+                .unwrap_or_default()
+        );
+        // A shortened listing is never silent: it says why.
+        assert_eq!(
+            d["missing"].as_u64().unwrap() > 0,
+            d.get("why_missing").is_some(),
+            "{d}"
+        );
+    }
     percent
 }
 
@@ -264,14 +287,14 @@ fn strict_size(e: &Emitted) -> u64 {
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let kept = report["kept"].as_array().unwrap();
     assert!(
-        !kept
-            .iter()
-            .any(|k| k["reason"] == "state_directory" || k["reason"] == "code_tree"),
+        !kept.iter().any(|k| k["reason"] == "state_directory"
+            || k["reason"] == "code_tree"
+            || k["reason"] == "listed_directory"),
         "--strict kept more than what was observed"
     );
     let bytes = report["slim_image_bytes"].as_u64().unwrap();
     println!(
-        "  --strict: {bytes} bytes; the state directory and code tree rules cost {} bytes",
+        "  --strict: {bytes} bytes; the state directory, code tree and listed directory rules cost {} bytes",
         e.report["slim_image_bytes"].as_u64().unwrap() as i64 - bytes as i64
     );
     bytes
@@ -377,6 +400,14 @@ fn nginx_static_site() {
     );
     let percent = report_sizes(&NGINX, &e.report);
     strict_size(&e);
+    // nginx globs its include directories: the model knows it listed them.
+    let listed: Vec<&str> = e.report["listed_directories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["dir"].as_str().unwrap())
+        .collect();
+    assert!(listed.contains(&"/etc/nginx/conf.d"), "{listed:?}");
     // nginx writes its pid file in /run: a state directory, kept whole.
     assert!(
         state_dirs(&e.report).contains(&("/run".into(), vec!["/usr/sbin/nginx".into()])),
@@ -594,6 +625,15 @@ fn flask_web_app() {
         "no werkzeug module kept for its code tree"
     );
     assert!(strict < e.report["slim_image_bytes"].as_u64().unwrap());
+    // Python lists each directory it imports from. Its standard library's
+    // top level is over the budget: named, not kept, not silent.
+    let stdlib = e.report["listed_directories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["dir"] == "/usr/lib/python3.11")
+        .expect("python3 listed its standard library");
+    assert_eq!(stdlib["why_missing"], "over-budget", "{stdlib}");
     assert!(
         percent >= FLASK.paper_percent,
         "{percent:.1}% < the paper's {}%",

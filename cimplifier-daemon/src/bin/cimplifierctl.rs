@@ -165,7 +165,8 @@ enum Command {
         #[arg(long)]
         list_removed: bool,
         /// Keep only what the run used (and what that needs): not the whole
-        /// of each state directory, nor interpreters' whole code trees.
+        /// of each state directory, nor interpreters' whole code trees, nor
+        /// every entry of a listed directory (the report names those).
         #[arg(long)]
         strict: bool,
         /// Say why PATH is kept or removed (repeatable).
@@ -643,8 +644,44 @@ fn summary(r: &EmitReport) -> String {
             t.kind.name()
         );
     }
+    for d in &r.listed_directories {
+        let by = d
+            .listed_by
+            .iter()
+            .map(|e| e.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match d.why_missing {
+            None => {
+                s += &format!(
+                    "  listed directory {} (by {by}): all {} entries kept\n",
+                    d.dir, d.entries
+                )
+            }
+            Some(why) => {
+                s += &format!(
+                    "  WARNING: listed directory {} (by {by}): {} of {} entries NOT kept ({} bytes; {}), \
+                 a listing shows fewer names; --include {} keeps them\n",
+                    d.dir,
+                    d.missing,
+                    d.entries,
+                    d.missing_bytes,
+                    why.describe(),
+                    d.dir
+                )
+            }
+        }
+    }
+    if r.unnamed_listings > 0 {
+        s += &format!(
+            "  WARNING: {} directory listings on descriptors the tracer could not name \
+             (opened before the watch began): their entries may be missing; observe from \
+             the first exec (not --attach)\n",
+            r.unnamed_listings
+        );
+    }
     if r.strict {
-        s += "  --strict: only what was observed (no state directories or code trees kept whole)\n";
+        s += "  --strict: only what was observed (no state directories, code trees or listed directories kept whole)\n";
     }
     let t = &r.timings;
     s += &format!(

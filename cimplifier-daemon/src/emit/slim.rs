@@ -16,7 +16,9 @@ use super::image_fs::ImageFs;
 use super::oci::{self, SourceConfig};
 use super::runconfig::{self, RunReport};
 use crate::model::Model;
-use crate::place::slim::{KeepReason, KeptCodeTree, KeptStateDir, SlimOptions, plan};
+use crate::place::slim::{
+    KeepReason, KeptCodeTree, KeptListedDir, KeptStateDir, SlimOptions, plan,
+};
 use crate::store::Store;
 use crate::trace::ContainerPath;
 
@@ -104,6 +106,14 @@ pub struct EmitReport {
     /// Interpreters' code trees, each kept whole (docs/slim.md).
     #[serde(default)]
     pub code_trees: Vec<KeptCodeTree>,
+    /// Directories the run listed, and how many of their entries the image
+    /// lacks (docs/slim.md): a listing there shows fewer names.
+    #[serde(default)]
+    pub listed_directories: Vec<KeptListedDir>,
+    /// Listings of a directory the tracer could not name (a descriptor
+    /// opened before the watch began): entries may be missing unseen.
+    #[serde(default)]
+    pub unnamed_listings: u64,
     /// Every removed path, with `--list-removed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed: Option<Vec<ContainerPath>>,
@@ -126,6 +136,21 @@ impl EmitReport {
             None if self.excluded.contains(path) => "removed: excluded by --exclude".into(),
             None if self.created_at_run_time.contains(path) => {
                 "not in the source image: created at run time".into()
+            }
+            None if let Some(d) = self
+                .listed_directories
+                .iter()
+                .find(|d| d.dir == path.parent() && !d.kept_whole()) =>
+            {
+                format!(
+                    "removed although {} listed {} ({}): a listing there shows {} fewer names; \
+                     --include {} keeps them",
+                    exes(&d.listed_by),
+                    d.dir,
+                    d.why_missing.map_or("", |w| w.describe()),
+                    d.missing,
+                    d.dir
+                )
             }
             None => "removed: no observed executable used it, and nothing kept needs it".into(),
         }
@@ -173,7 +198,17 @@ pub fn describe(reason: &KeepReason) -> String {
         KeepReason::DirectorySkeleton { of } => {
             format!("directory skeleton: a subdirectory of the kept directory {of}")
         }
+        KeepReason::ListedDirectory { dir, listed_by } => {
+            format!("an entry of {dir}, listed by {}", exes(listed_by))
+        }
     }
+}
+
+fn exes(set: &std::collections::BTreeSet<crate::model::Exe>) -> String {
+    set.iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ms(start: Instant) -> u64 {
@@ -354,6 +389,8 @@ pub async fn emit(
         strict: slim.strict,
         state_directories: slim_plan.state_dirs,
         code_trees: slim_plan.code_trees,
+        listed_directories: slim_plan.listed_dirs,
+        unnamed_listings: model.unnamed_listings(),
         removed: opts.list_removed.then_some(removed),
         docker_run: run.docker_run(opts.tag.as_deref().unwrap_or("IMAGE")),
         run,

@@ -105,6 +105,9 @@ pub enum Resource {
 pub enum Access {
     /// Contents read (open for reading, readlink, directory opened).
     Read,
+    /// A directory's entries read (getdents64 on a descriptor opened on
+    /// it): the program saw every name in it, not only those it opened.
+    List,
     /// Contents modified (open for writing, truncate).
     Write,
     /// Brought into existence (O_CREAT, mkdir, mknod, symlink, link, rename target, bind).
@@ -135,7 +138,12 @@ impl Access {
     pub fn is_read(self) -> bool {
         matches!(
             self,
-            Access::Read | Access::Exec | Access::Stat | Access::Delete | Access::Traverse
+            Access::Read
+                | Access::List
+                | Access::Exec
+                | Access::Stat
+                | Access::Delete
+                | Access::Traverse
         )
     }
 
@@ -184,6 +192,7 @@ pub struct Model {
     /// Access edges already present, so repeated calls add nothing.
     seen: FxHashSet<(NodeIndex, NodeIndex, Access)>,
     unresolved_names: u64,
+    unnamed_listings: u64,
 }
 
 impl Model {
@@ -212,6 +221,13 @@ impl Model {
     /// a model with any is not the whole truth.
     pub fn unresolved_names(&self) -> u64 {
         self.unresolved_names
+    }
+
+    /// Successful directory listings (getdents64) on a descriptor whose
+    /// directory the tracer could not name (opened before the watch
+    /// began): which directory's entries were read is unknown.
+    pub fn unnamed_listings(&self) -> u64 {
+        self.unnamed_listings
     }
 
     /// Forgets which process runs what: for events that follow from another
@@ -257,6 +273,12 @@ impl Model {
                         )
                     })
                     .count() as u64;
+                if s.nr == cimplifier_common::syscalls::nr::GETDENTS64
+                    && s.fd_path.is_none()
+                    && s.ret.is_some_and(|r| r > 0)
+                {
+                    self.unnamed_listings += 1;
+                }
                 let caller = self.processes.get(&event.pid).and_then(|p| p.exe);
                 // The exec'd file is used by the new executable; everything
                 // else by the one running when the call was made.
@@ -399,6 +421,11 @@ impl Model {
     /// W(E): what the executables `exes` create, change or remove.
     pub fn writes(&self, exes: &[Exe]) -> BTreeSet<Resource> {
         self.filter(exes, Access::is_write)
+    }
+
+    /// Directories `exes` listed (read the entries of).
+    pub fn listed(&self, exes: &[Exe]) -> BTreeSet<Resource> {
+        self.filter(exes, |a| a == Access::List)
     }
 
     /// Names `exes` looked up and did not find.

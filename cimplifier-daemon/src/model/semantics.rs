@@ -137,6 +137,9 @@ pub fn accesses(s: &SyscallEvent) -> Vec<(Access, Resource)> {
         | nr::FCHOWNAT
         | nr::UTIMENSAT => add(Metadata, target()),
         nr::TRUNCATE => add(Write, target()),
+        // The descriptor's directory, named when it was opened: listing it
+        // reads its entries. A descriptor of unknown origin names nothing.
+        nr::GETDENTS64 => add(List, s.fd_path.clone().map(Resource::Path)),
         nr::BIND | nr::CONNECT | nr::SENDTO | nr::SENDMSG => {
             if let Some((r, dir)) = s.addr.as_ref().and_then(socket) {
                 add(if s.nr == nr::BIND { Bind } else { Connect }, Some(r));

@@ -302,6 +302,61 @@ fn descriptor_calls_add_nothing() {
     );
 }
 
+/// getdents64 on a descriptor opened on `dir`, returning `ret` bytes.
+fn getdents(pid: u32, dir: Option<&str>, ret: i64) -> Event {
+    let mut e = call(
+        pid,
+        nr::GETDENTS64,
+        [3, 0, 32768, 0, 0, 0],
+        ret,
+        vec![],
+        None,
+    );
+    if let EventKind::Syscall(s) = &mut e.kind {
+        s.fd_path = dir.map(p);
+    }
+    e
+}
+
+#[test]
+fn listing_a_directory_is_a_list_access_and_a_read() {
+    const O_DIRECTORY: u64 = 0o200000;
+    let m = Model::from_events(&[
+        exec(1, "/usr/bin/app"),
+        call(
+            1,
+            nr::OPENAT,
+            [CWD, 0, O_DIRECTORY, 0, 0, 0],
+            3,
+            vec![arg(PathRole::Target, "/etc/app/plugins")],
+            None,
+        ),
+        getdents(1, Some("/etc/app/plugins"), 120),
+        getdents(1, Some("/etc/app/plugins"), 0),
+        // Opened and not listed: a traversal (openat on a dirfd), no list.
+        call(
+            1,
+            nr::OPENAT,
+            [CWD, 0, O_DIRECTORY, 0, 0, 0],
+            4,
+            vec![arg(PathRole::Target, "/etc/app/other")],
+            None,
+        ),
+        // A descriptor whose origin is unknown names nothing.
+        getdents(1, None, 120),
+    ]);
+    let app = [exe("/usr/bin/app")];
+    assert_eq!(m.listed(&app), set(&[res("/etc/app/plugins")]));
+    assert_eq!(
+        m.uses(&app)[&res("/etc/app/plugins")],
+        [Access::Read, Access::List].into()
+    );
+    assert!(m.reads(&app).contains(&res("/etc/app/plugins")));
+    assert!(!m.writes(&app).contains(&res("/etc/app/plugins")));
+    assert!(Access::List.is_read() && !Access::List.is_write());
+    assert_eq!(m.unnamed_listings(), 1, "counted, not dropped");
+}
+
 #[test]
 fn inet_listeners_accept_by_socket_semantics() {
     let ep = |s: &str| {

@@ -647,6 +647,7 @@ fn network_links(by_resource: &BTreeMap<Resource, Users>) -> Vec<NetworkLink> {
 fn access_name(a: Access) -> &'static str {
     match a {
         Access::Read => "read",
+        Access::List => "list",
         Access::Write => "write",
         Access::Create => "create",
         Access::Delete => "delete",

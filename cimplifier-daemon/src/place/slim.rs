@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::code_tree::{CodeKind, code_trees};
+use super::listed::{content_bytes, listed_dirs};
 use super::state::state_dirs;
 use crate::emit::image_fs::{EntryKind, ImageFs};
 use crate::model::{Access, Exe, Model, Resource, walk};
@@ -51,7 +52,20 @@ pub enum KeepReason {
     /// A subdirectory (not its files) of a kept directory: programs create
     /// files in, or change into, directories they never did on the run.
     DirectorySkeleton { of: ContainerPath },
+    /// An entry of a directory an executable listed (see
+    /// [`super::listed`]): the listing must show the names it showed.
+    ListedDirectory {
+        dir: ContainerPath,
+        listed_by: BTreeSet<Exe>,
+    },
 }
+
+/// The most content bytes the listed-directory rule adds for one
+/// directory. Above it, the directory keeps only what other rules keep and
+/// the report names it: listing `/usr/lib/python3.11` (Python's import
+/// cache does) must not pull in the whole standard library, while a
+/// configuration or plugin directory is far below it.
+pub const LISTED_DIRECTORY_BUDGET: u64 = 1 << 20;
 
 /// Files kept although a run may not have touched them, because programs
 /// reach them on paths a test workload rarely takes.
@@ -133,7 +147,8 @@ pub struct SlimOptions {
     /// The image's environment (`KEY=VALUE`), for the locales it selects.
     pub env: Vec<String>,
     /// Keep only what was observed and what it needs: no state directory
-    /// subtrees and no code trees (`emit --strict`).
+    /// subtrees, no code trees, no entries of listed directories
+    /// (`emit --strict`).
     pub strict: bool,
 }
 
@@ -159,6 +174,55 @@ pub struct SlimPlan {
     pub state_dirs: Vec<KeptStateDir>,
     /// The interpreters' code trees found (none with `strict`).
     pub code_trees: Vec<KeptCodeTree>,
+    /// Every directory of the image an executable listed, and whether the
+    /// slim image holds all its entries (also with `strict`).
+    pub listed_dirs: Vec<KeptListedDir>,
+}
+
+/// A listed directory, as the audit report lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptListedDir {
+    pub dir: ContainerPath,
+    pub listed_by: BTreeSet<Exe>,
+    /// Its entries in the source image (one level).
+    pub entries: usize,
+    /// How many of them the slim image does not hold: a listing there
+    /// shows fewer names than the run saw. Never 0 when `kept_whole` is
+    /// false.
+    pub missing: usize,
+    /// The content bytes of the missing entries.
+    pub missing_bytes: u64,
+    /// Why entries are missing; none when none is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why_missing: Option<WhyMissing>,
+}
+
+/// Why a listed directory's entries are not all in the slim image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhyMissing {
+    /// `--strict`: the listed-directory rule is off.
+    Strict,
+    /// They would add more than [`LISTED_DIRECTORY_BUDGET`] bytes.
+    OverBudget,
+    /// `--exclude` dropped them.
+    Excluded,
+}
+
+impl WhyMissing {
+    pub fn describe(self) -> &'static str {
+        match self {
+            WhyMissing::Strict => "--strict keeps only what was observed",
+            WhyMissing::OverBudget => "over the listed-directory budget of 1 MiB",
+            WhyMissing::Excluded => "dropped by --exclude",
+        }
+    }
+}
+
+impl KeptListedDir {
+    pub fn kept_whole(&self) -> bool {
+        self.missing == 0
+    }
 }
 
 /// A state directory, as the audit report lists it.
@@ -545,6 +609,34 @@ pub fn plan_for(
             }
         }
     }
+    let listed = listed_dirs(model, exes, fs);
+    let mut over_budget = BTreeSet::new();
+    for dir in &listed {
+        let adds: u64 = dir
+            .entries
+            .iter()
+            .filter(|e| !p.plan.keep.contains_key(*e) && !replaced.contains(*e))
+            .map(|e| content_bytes(fs, e))
+            .sum();
+        if opts.strict {
+            continue;
+        }
+        if adds > LISTED_DIRECTORY_BUDGET {
+            over_budget.insert(dir.dir.clone());
+            continue;
+        }
+        for e in &dir.entries {
+            if !replaced.contains(e) {
+                p.keep(
+                    e.clone(),
+                    KeepReason::ListedDirectory {
+                        dir: dir.dir.clone(),
+                        listed_by: dir.listed_by.clone(),
+                    },
+                );
+            }
+        }
+    }
     while let Some(path) = p.queue.pop_front() {
         p.close_over(&path);
     }
@@ -577,6 +669,31 @@ pub fn plan_for(
             .partition(|(path, _)| opts.exclude.iter().any(|x| under(path, x)));
         plan.keep = kept;
         plan.excluded = dropped.into_keys().collect();
+    }
+    // Named whatever the reason, so that no shortened listing is silent.
+    for dir in listed {
+        let missing: Vec<&ContainerPath> = dir
+            .entries
+            .iter()
+            .filter(|e| !plan.keep.contains_key(*e) && !replaced.contains(*e))
+            .collect();
+        let why_missing = if missing.is_empty() {
+            None
+        } else if opts.strict {
+            Some(WhyMissing::Strict)
+        } else if over_budget.contains(&dir.dir) {
+            Some(WhyMissing::OverBudget)
+        } else {
+            Some(WhyMissing::Excluded)
+        };
+        plan.listed_dirs.push(KeptListedDir {
+            entries: dir.entries.len(),
+            missing: missing.len(),
+            missing_bytes: missing.iter().map(|e| content_bytes(fs, e)).sum(),
+            why_missing,
+            dir: dir.dir,
+            listed_by: dir.listed_by,
+        });
     }
     plan
 }
@@ -779,6 +896,127 @@ mod tests {
                 "one level only"
             );
             assert!(!plan.keep.contains_key(&p("/usr/share/doc/db/README")));
+        }
+
+        /// getdents64 by `pid` on a descriptor opened on `dir`.
+        fn list(pid: u32, dir: &str) -> crate::trace::Event {
+            let mut e = call(pid, nr::GETDENTS64, [3, 0, 32768, 0, 0, 0], &[]);
+            if let crate::trace::EventKind::Syscall(s) = &mut e.kind {
+                s.ret = Some(96);
+                s.fd_path = Some(p(dir));
+            }
+            e
+        }
+
+        /// A web application that lists its template directory, then
+        /// renders the one template the run asked for; and its locale
+        /// directory, holding more than the budget.
+        fn lister() -> (Arc<ImageFs>, Model) {
+            let big = format!(
+                "/usr/share/app/locale/big.mo = {}",
+                "x".repeat(LISTED_DIRECTORY_BUDGET as usize + 1)
+            );
+            let fs = image(&[
+                "/usr/",
+                "/usr/bin/",
+                "/usr/bin/app",
+                "/usr/share/",
+                "/usr/share/app/",
+                "/usr/share/app/templates/",
+                "/usr/share/app/templates/plain.tpl",
+                "/usr/share/app/templates/fancy.tpl",
+                "/usr/share/app/templates/alt -> fancy.tpl",
+                "/usr/share/app/templates/extra/",
+                "/usr/share/app/templates/extra/deep.tpl",
+                "/usr/share/app/locale/",
+                "/usr/share/app/locale/en.mo",
+                &big,
+                "/usr/share/app/unlisted/",
+                "/usr/share/app/unlisted/other.tpl",
+                "/proc/",
+            ]);
+            let mut model = Model::with_image_tree(Box::new(fs.clone()));
+            model.apply(&exec(1, "/usr/bin/app"));
+            for dir in ["/usr/share/app/templates", "/usr/share/app/locale", "/proc"] {
+                model.apply(&open(1, dir, 0o200000));
+                model.apply(&list(1, dir));
+            }
+            model.apply(&open(1, "/usr/share/app/templates/plain.tpl", 0));
+            model.apply(&open(1, "/usr/share/app/locale/en.mo", 0));
+            model.apply(&open(1, "/usr/share/app/unlisted", 0o200000));
+            (fs, model)
+        }
+
+        #[test]
+        fn a_listed_directory_keeps_its_entries_unless_strict_and_names_what_it_lacks() {
+            let (fs, model) = lister();
+            let app = Exe(p("/usr/bin/app"));
+            let plan = plan(&model, &fs, &SlimOptions::default());
+            for entry in [
+                "/usr/share/app/templates/fancy.tpl",
+                "/usr/share/app/templates/alt",
+            ] {
+                assert_eq!(
+                    plan.keep.get(&p(entry)),
+                    Some(&KeepReason::ListedDirectory {
+                        dir: p("/usr/share/app/templates"),
+                        listed_by: [app.clone()].into(),
+                    }),
+                    "{entry}"
+                );
+            }
+            assert!(plan.keep.contains_key(&p("/usr/share/app/templates/extra")));
+            assert!(
+                !plan
+                    .keep
+                    .contains_key(&p("/usr/share/app/templates/extra/deep.tpl")),
+                "one level, not the subtree"
+            );
+            assert!(
+                !plan
+                    .keep
+                    .contains_key(&p("/usr/share/app/unlisted/other.tpl")),
+                "opened, never listed"
+            );
+            assert!(
+                !plan.keep.contains_key(&p("/usr/share/app/locale/big.mo")),
+                "over the budget"
+            );
+            let listed: Vec<(&str, usize, usize, Option<WhyMissing>)> = plan
+                .listed_dirs
+                .iter()
+                .map(|d| (d.dir.as_str(), d.entries, d.missing, d.why_missing))
+                .collect();
+            assert_eq!(
+                listed,
+                [
+                    ("/usr/share/app/locale", 2, 1, Some(WhyMissing::OverBudget)),
+                    ("/usr/share/app/templates", 4, 0, None),
+                ],
+                "kernel file systems are not image content"
+            );
+
+            let strict = plan_for_strict(&model, &fs);
+            assert!(
+                !strict
+                    .keep
+                    .contains_key(&p("/usr/share/app/templates/fancy.tpl"))
+            );
+            let templates = strict
+                .listed_dirs
+                .iter()
+                .find(|d| d.dir.as_str() == "/usr/share/app/templates")
+                .expect("named with --strict too");
+            assert_eq!(
+                (
+                    templates.missing,
+                    templates.why_missing,
+                    templates.kept_whole()
+                ),
+                (2, Some(WhyMissing::Strict), false),
+                "fancy.tpl and the alt link; the subdirectory stays as skeleton"
+            );
+            assert_eq!(templates.listed_by, [app].into());
         }
 
         #[test]

@@ -14,7 +14,7 @@ use crate::emit::image_fs::{EntryKind, ImageFs};
 use crate::model::{Exe, Model};
 use crate::partition::PartitionName;
 use crate::place::partition::{PartitionContents, RpeEdge};
-use crate::place::slim::{SlimOptions, plan_for, under};
+use crate::place::slim::{KeptListedDir, SlimOptions, plan_for, under};
 use crate::trace::ContainerPath;
 
 /// Tar members added to a partition's layer (no end-of-archive marker).
@@ -138,6 +138,8 @@ pub(super) struct PartitionLayer {
     pub(super) files: u64,
     /// Caller partition -> what its server runs for it.
     pub(super) serves: BTreeMap<PartitionName, BTreeSet<Exe>>,
+    /// The directories its executables listed (place/listed.rs).
+    pub(super) listed_dirs: Vec<KeptListedDir>,
 }
 
 /// The partition's files, its stubs with their routes, and (when it runs
@@ -165,6 +167,7 @@ pub(super) fn partition_layer(
         .chain(stub_files.iter().cloned())
         .collect();
     let slim = plan_for(model, &contents.executables, &replaced, fs, slim_opts);
+    let listed_dirs = slim.listed_dirs;
     // What lies below a volume's mount point comes from the volume (seeded
     // from the source image, mounted nocopy): the image's copy would be
     // hidden, so it is left out.
@@ -235,6 +238,7 @@ pub(super) fn partition_layer(
         files: keep.iter().filter(|p| !replaced.contains(*p)).count() as u64
             + stub_files.len() as u64,
         serves,
+        listed_dirs,
     })
 }
 

@@ -508,6 +508,7 @@ pub async fn emit_partitioned(
             bytes: image.layer.bytes.len() as u64,
             stubs: contents.stubs.clone(),
             serves: layer.serves,
+            listed_directories: layer.listed_dirs,
         });
     }
 
@@ -730,6 +731,7 @@ mod tests {
             bytes: 0,
             stubs: BTreeMap::new(),
             serves: BTreeMap::new(),
+            listed_directories: vec![],
         }
     }
 

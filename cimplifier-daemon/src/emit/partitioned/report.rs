@@ -30,6 +30,10 @@ pub struct EmittedPartition {
     pub stubs: BTreeMap<Exe, PartitionName>,
     /// Caller partition -> what it may run here.
     pub serves: BTreeMap<PartitionName, BTreeSet<Exe>>,
+    /// The directories its executables listed, and how many entries its
+    /// image lacks (docs/slim.md).
+    #[serde(default)]
+    pub listed_directories: Vec<crate::place::slim::KeptListedDir>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +210,20 @@ impl PartitionEmitReport {
                 p.files,
                 p.image
             );
+            for d in p.listed_directories.iter().filter(|d| !d.kept_whole()) {
+                let by: Vec<String> = d.listed_by.iter().map(|e| e.to_string()).collect();
+                let _ = writeln!(
+                    out,
+                    "    WARNING: listed directory {} (by {}): {} of {} entries NOT kept ({}), \
+                     a listing shows fewer names; --include {} keeps them",
+                    d.dir,
+                    by.join(", "),
+                    d.missing,
+                    d.entries,
+                    d.why_missing.map_or("", |w| w.describe()),
+                    d.dir
+                );
+            }
         }
         for v in &self.volumes {
             let because: Vec<String> = self
