@@ -43,6 +43,9 @@ pub const CHECKPOINT: Duration = Duration::from_millis(500);
 /// How long a closing session waits at most for the dispatcher to hand it
 /// what was recorded before the end.
 const DRAIN_WAIT: Duration = Duration::from_secs(30);
+/// How far past a session's end an event must be to show that the reader
+/// has handed over everything up to the end.
+const PAST_THE_END: Duration = Duration::from_millis(20);
 
 /// How a session ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1116,16 +1119,25 @@ impl SessionTask {
         // busy host the dispatcher can be seconds behind the engine's `die`.
         let end_ns = crate::trace::loader::monotonic_ns();
         observer.unwatch(watch);
+        // A container that goes on running after the session is stopped
+        // (or one still below a watched parent) keeps sending events: those
+        // after the end are not the session's, and one well after it shows
+        // that the reader, which hands records over in the ring buffer's
+        // order, has passed the end.
         let drain_deadline = Instant::now() + DRAIN_WAIT;
         loop {
-            match tokio::time::timeout(Duration::from_millis(200), events.recv()).await {
-                Ok(Some(e)) => accept(e, &mut batch),
+            let left = drain_deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(container = %name, "the tracer did not catch up with the container's end in time: its last events may be missing");
+                break;
+            }
+            match tokio::time::timeout(left.min(Duration::from_millis(200)), events.recv()).await {
+                Ok(Some(e)) if e.ts_ns <= end_ns => accept(e, &mut batch),
+                Ok(Some(e)) if e.ts_ns > end_ns + PAST_THE_END.as_nanos() as u64 => break,
+                Ok(Some(_)) if observer.dispatched_up_to(end_ns) => break,
+                Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(_) if observer.dispatched_up_to(end_ns) => break,
-                Err(_) if Instant::now() > drain_deadline => {
-                    tracing::warn!(container = %name, "the tracer did not catch up with the container's end in time: its last events may be missing");
-                    break;
-                }
                 Err(_) => {}
             }
         }
