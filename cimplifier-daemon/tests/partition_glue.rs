@@ -15,9 +15,11 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cimplifier::emit::partitioned::{PartitionEmitReport, Role};
+use cimplifier::emit::partitioned::Role;
 use cimplifier_build::glue::GlueBinary;
-use common::{BASE_IMAGE, Container, Daemon, docker, require_root, stdout_of, wait_until};
+use common::{
+    BASE_IMAGE, Container, Daemon, docker, emit_partitioned, require_root, stdout_of, wait_until,
+};
 
 const LIBGCC_S: &str = "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1";
 
@@ -106,19 +108,7 @@ fn dynamic_rpe_binaries_beside_the_daemon_are_not_what_partitions_get() {
     .unwrap();
     let out = dir.path().join("split");
     let tag = format!("cimplifier-e2e/glue{pid}");
-    let report: PartitionEmitReport = serde_json::from_str(&stdout_of(&d.ctl(&[
-        "emit",
-        &c.0,
-        "--policy",
-        policy.to_str().unwrap(),
-        "--tag",
-        &tag,
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ])))
-    .unwrap();
-    println!("{}", report.render_text());
+    let report = emit_partitioned(&d, &c.0, &policy, &tag, &out);
     cleanup
         .images
         .extend(report.partitions.iter().map(|p| p.image.clone()));

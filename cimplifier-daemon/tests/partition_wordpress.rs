@@ -17,7 +17,7 @@ use std::process::Command;
 use cimplifier::emit::compose::{StartOrder, up_in_order};
 use cimplifier::emit::partitioned::{PartitionEmitReport, Role};
 use cimplifier::trace::ContainerPath;
-use common::{Container, Daemon, docker, require_root, stdout_of, wait_until};
+use common::{Container, Daemon, docker, emit_partitioned, require_root, stdout_of, wait_until};
 
 const IMAGE: &str = "cimplifier-test/wordpress:latest";
 const POLICY: &str = include_str!("../../tests/workloads/wordpress-policy.toml");
@@ -104,19 +104,7 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
     std::fs::write(&policy, POLICY).unwrap();
     let out = dir.path().join("wp-split");
     let tag = format!("cimplifier-e2e/wp{}", std::process::id());
-    let report: PartitionEmitReport = serde_json::from_str(&stdout_of(&d.ctl(&[
-        "emit",
-        &c.0,
-        "--policy",
-        policy.to_str().unwrap(),
-        "--tag",
-        &tag,
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ])))
-    .unwrap();
-    println!("{}", report.render_text());
+    let report = emit_partitioned(&d, &c.0, &policy, &tag, &out);
     // What the state directory and code tree rules cost per partition
     // (docs/benchmarks.md): the same emit with --strict.
     let strict_tag = format!("cimplifier-e2e/wp{}-strict", std::process::id());

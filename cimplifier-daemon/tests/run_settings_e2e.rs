@@ -10,9 +10,11 @@ mod common;
 
 use std::process::Command;
 
-use cimplifier::emit::partitioned::{PartitionEmitReport, Role};
+use cimplifier::emit::partitioned::Role;
 use cimplifier::emit::runconfig::{Origin, Setting};
-use common::{BASE_IMAGE, Container, Daemon, docker, require_root, stdout_of, wait_until};
+use common::{
+    BASE_IMAGE, Container, Daemon, docker, emit_partitioned, require_root, stdout_of, wait_until,
+};
 use serde_json::Value;
 
 /// The command the container is created with; the image's is /bin/bash.
@@ -136,19 +138,7 @@ fn a_one_one_partitioned_system_runs_the_containers_own_command() {
     std::fs::write(&policy, "kind = \"one-one\"\n").unwrap();
     let out = dir.path().join("split");
     let tag = format!("cimplifier-e2e/rc{}", std::process::id());
-    let report: PartitionEmitReport = serde_json::from_str(&stdout_of(&d.ctl(&[
-        "emit",
-        &c.0,
-        "--policy",
-        policy.to_str().unwrap(),
-        "--tag",
-        &tag,
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ])))
-    .unwrap();
-    println!("{}", report.render_text());
+    let report = emit_partitioned(&d, &c.0, &policy, &tag, &out);
     let entry = report
         .partitions
         .iter()

@@ -342,3 +342,29 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// `cimplifierctl emit SESSION --policy POLICY --tag TAG --out OUT --json`:
+/// the partitioned emit's report, also printed.
+pub fn emit_partitioned(
+    d: &Daemon,
+    session: &str,
+    policy: &Path,
+    tag: &str,
+    out: &Path,
+) -> cimplifier::emit::partitioned::PartitionEmitReport {
+    let report: cimplifier::emit::partitioned::PartitionEmitReport =
+        serde_json::from_str(&stdout_of(&d.ctl(&[
+            "emit",
+            session,
+            "--policy",
+            policy.to_str().unwrap(),
+            "--tag",
+            tag,
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ])))
+        .unwrap();
+    println!("{}", report.render_text());
+    report
+}
