@@ -714,12 +714,28 @@ impl Resolver {
                 }
             }
             nr::PIVOT_ROOT => {
-                // It moves the root of every process of the mount namespace
-                // whose root was the old one; not modelled, so say so.
-                let why = "pivot_root moved the root of the mount namespace".to_owned();
+                // The new root becomes `/`: a container's view is the one
+                // after its runtime's pivot_root (runc calls
+                // pivot_root(".", ".") as every container starts). The cwd
+                // and descriptors below the new root are renamed into it;
+                // the others name the old tree, which has no name now.
+                // Other processes of the mount namespace are not moved.
+                let new_root = target();
+                let rebase = |path: &ContainerPath| new_root.as_ref().and_then(|r| inside(r, path));
                 if let Some(fs) = self.fs_mut(p) {
-                    fs.root = ProcessRoot::Unknown(why);
+                    fs.root = ProcessRoot::default();
+                    fs.cwd = fs.cwd.as_ref().and_then(rebase);
                 }
+                self.fds(p).retain(|_, fd| match &mut fd.target {
+                    FdTarget::Path(path) => match rebase(path) {
+                        Some(rebased) => {
+                            *path = rebased;
+                            true
+                        }
+                        None => false,
+                    },
+                    FdTarget::Socket(_) => true,
+                });
             }
             nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => {
                 let (new_fd, cloexec) = match raw.nr {
@@ -839,19 +855,24 @@ fn reroot(root: &ContainerPath, name: &ContainerPath) -> ContainerPath {
 /// process whose root is `root`: `..` stops at the root, as in the kernel.
 /// A dir outside the root (chroot without chdir) is not clamped.
 fn join_in_root(root: &ContainerPath, dir: &ContainerPath, name: &str) -> ContainerPath {
-    let inside = if root.as_str() == "/" {
-        Some(dir.as_str())
-    } else if dir == root {
-        Some("/")
-    } else {
-        dir.as_str()
-            .strip_prefix(root.as_str())
-            .filter(|rest| rest.starts_with('/'))
-    };
-    match inside.and_then(ContainerPath::new) {
+    match inside(root, dir) {
         Some(inside) => reroot(root, &inside.join(name)),
         None => dir.join(name),
     }
+}
+
+/// `path` as seen from `root` (`root` itself is `/`); `None` when outside.
+fn inside(root: &ContainerPath, path: &ContainerPath) -> Option<ContainerPath> {
+    if root.as_str() == "/" {
+        return Some(path.clone());
+    }
+    if path == root {
+        return Some(ContainerPath::root());
+    }
+    path.as_str()
+        .strip_prefix(root.as_str())
+        .filter(|rest| rest.starts_with('/'))
+        .and_then(ContainerPath::new)
 }
 
 /// Decodes a `struct sockaddr`; `unix_path` places a unix socket's name in
@@ -1739,9 +1760,48 @@ mod tests {
                 "{p:?}"
             );
         }
-        // pivot_root is not modelled: what follows is unresolved, not guessed.
+    }
+
+    #[test]
+    fn pivot_root_makes_the_new_root_the_containers_slash() {
+        // As runc starts a container: chdir(rootfs); pivot_root(".", ".").
         let mut r = seeded();
+        one(
+            &mut r,
+            call(10, nr::OPEN, [0; 6], 3, text("/rootfs/etc"), None),
+        );
+        one(&mut r, call(10, nr::OPEN, [0; 6], 4, text("/host"), None));
+        one(
+            &mut r,
+            call(10, nr::CHDIR, [0; 6], 0, text("/rootfs"), None),
+        );
         let pr = one(
+            &mut r,
+            call(10, nr::PIVOT_ROOT, [0; 6], 0, text("."), text(".")),
+        );
+        assert_eq!(path(&pr, PathRole::Old).as_deref(), Some("/rootfs"));
+        assert_eq!(target(&mut r, 10, nr::STAT, "bin").as_deref(), Some("/bin"));
+        assert_eq!(target(&mut r, 10, nr::OPEN, "/f").as_deref(), Some("/f"));
+        let via_fd = one(
+            &mut r,
+            call(10, nr::OPENAT, [3, 0, 0, 0, 0, 0], 5, text("hosts"), None),
+        );
+        assert_eq!(
+            path(&via_fd, PathRole::Target).as_deref(),
+            Some("/etc/hosts")
+        );
+        let old_tree = one(
+            &mut r,
+            call(10, nr::OPENAT, [4, 0, 0, 0, 0, 0], 6, text("x"), None),
+        );
+        assert!(matches!(
+            old_tree.path(PathRole::Target).unwrap().resolution,
+            Resolution::Unresolved(_)
+        ));
+        // A chroot before it is undone: the new root is `/`.
+        let mut r = seeded();
+        one(&mut r, call(10, nr::CHROOT, [0; 6], 0, text("/jail"), None));
+        one(
             &mut r,
             call(
                 10,
@@ -1752,12 +1812,7 @@ mod tests {
                 text("/new/old"),
             ),
         );
-        assert_eq!(path(&pr, PathRole::Old).as_deref(), Some("/new/old"));
-        let e = one(&mut r, call(10, nr::OPEN, [0; 6], 3, text("/f"), None));
-        assert!(matches!(
-            e.path(PathRole::Target).unwrap().resolution,
-            Resolution::Unresolved(_)
-        ));
+        assert_eq!(target(&mut r, 10, nr::OPEN, "/f").as_deref(), Some("/f"));
     }
 
     #[test]
