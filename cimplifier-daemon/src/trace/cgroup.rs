@@ -104,7 +104,9 @@ impl Default for ProcessRoot {
 /// system (not the process's own, when it is chrooted).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessSnapshot {
-    pub root: ProcessRoot,
+    /// `None` when the process had exited (or was a zombie) before /proc
+    /// could show its root: nothing is known of it then.
+    pub root: Option<ProcessRoot>,
     pub cwd: Option<ContainerPath>,
     pub fds: Vec<(i32, ContainerPath)>,
     /// The file it is running (`/proc/PID/exe`).
@@ -141,10 +143,14 @@ fn ppid_of(pid: u32) -> Option<u32> {
 /// ancestor of `pid` in the same mount namespace (the container's init, or
 /// the host's for a plain cgroup). A chroot changes a process's root but not
 /// its mount namespace, so this is the root the process's chroot is below.
-fn container_root(pid: u32) -> Result<String, String> {
+/// `Ok(None)` when the process is gone.
+fn container_root(pid: u32) -> Result<Option<String>, String> {
     let mnt_ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
-    let ns = mnt_ns(pid)
-        .ok_or_else(|| format!("/proc/{pid}/ns/mnt is not readable (has it exited?)"))?;
+    let ns = match std::fs::read_link(format!("/proc/{pid}/ns/mnt")) {
+        Ok(ns) => ns,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading /proc/{pid}/ns/mnt: {e}")),
+    };
     let mut top = pid;
     while let Some(parent) = ppid_of(top).filter(|&p| p != 0) {
         if mnt_ns(parent).as_ref() != Some(&ns) {
@@ -155,27 +161,33 @@ fn container_root(pid: u32) -> Result<String, String> {
     let root = std::fs::read_link(format!("/proc/{top}/root"))
         .map_err(|e| format!("reading /proc/{top}/root: {e}"))?;
     root.to_str()
-        .map(str::to_owned)
+        .map(|r| Some(r.to_owned()))
         .ok_or_else(|| format!("/proc/{top}/root is not UTF-8"))
 }
 
 /// The process's root in the container's view, given the container's root.
-fn process_root(pid: u32, container: &Result<String, String>) -> ProcessRoot {
+/// `None` when the process is gone.
+fn process_root(pid: u32, container: &Result<Option<String>, String>) -> Option<ProcessRoot> {
     let container = match container {
-        Ok(c) => c,
-        Err(why) => return ProcessRoot::Unknown(format!("the container's root: {why}")),
+        Ok(c) => c.as_ref()?,
+        Err(why) => return Some(ProcessRoot::Unknown(format!("the container's root: {why}"))),
     };
     let own = match std::fs::read_link(format!("/proc/{pid}/root")) {
         Ok(own) => own,
-        Err(e) => return ProcessRoot::Unknown(format!("reading /proc/{pid}/root: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            return Some(ProcessRoot::Unknown(format!(
+                "reading /proc/{pid}/root: {e}"
+            )));
+        }
     };
     let own = own.to_string_lossy();
-    match below(container, &own) {
+    Some(match below(container, &own) {
         Some(root) => ProcessRoot::Known(root),
         None => ProcessRoot::Unknown(format!(
             "its root {own} is not below the container's root {container}"
         )),
-    }
+    })
 }
 
 /// Reads a process's root, cwd and open file paths from /proc, translated
@@ -187,7 +199,7 @@ pub fn snapshot_process(pid: u32) -> ProcessSnapshot {
     let container = container_root(pid);
     let root = process_root(pid, &container);
     let inside = |target: PathBuf| -> Option<ContainerPath> {
-        below(container.as_ref().ok()?, target.to_str()?)
+        below(container.as_ref().ok()?.as_ref()?, target.to_str()?)
     };
     let cwd = std::fs::read_link(proc_dir.join("cwd"))
         .ok()

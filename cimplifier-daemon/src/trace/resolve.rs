@@ -210,7 +210,18 @@ impl Resolver {
     /// without its fork) and queues the `Running` event that stands for its
     /// unseen exec.
     pub fn seed_running(&mut self, header: &RawHeader, snap: ProcessSnapshot) {
-        self.seed_process(header.pid, snap.root, snap.cwd.clone(), snap.fds);
+        // Gone before /proc could be read: its parent's root when the parent
+        // is followed (fork copies it), else the container's. This is the
+        // one assumption made about a root, for processes that left no trace
+        // of one; a root /proc did show but that cannot be placed stays
+        // unknown.
+        let root = snap
+            .root
+            .unwrap_or_else(|| match self.processes.get(&header.ppid) {
+                Some(parent) => self.root(*parent),
+                None => ProcessRoot::default(),
+            });
+        self.seed_process(header.pid, root, snap.cwd.clone(), snap.fds);
         self.queued.push(event(
             header,
             EventKind::Running {
@@ -1816,9 +1827,36 @@ mod tests {
     }
 
     #[test]
+    fn a_process_gone_before_its_snapshot_takes_its_parents_root() {
+        // /proc showed nothing (root None): the parent's root, when followed.
+        let mut r = Resolver::with_snapshotter(Box::new(|_| ProcessSnapshot::default()));
+        r.seed_process(
+            2,
+            ProcessRoot::Known(ContainerPath::new("/jail").unwrap()),
+            None,
+            vec![],
+        );
+        let mut h = header(30);
+        h.ppid = 2;
+        let RawRecord::Syscall(mut open) = call(30, nr::OPEN, [0; 6], 3, text("/f"), None) else {
+            unreachable!()
+        };
+        open.header = h;
+        let events = r.handle(RawRecord::Syscall(open));
+        let s = events[1].syscall().unwrap();
+        assert_eq!(path(s, PathRole::Target).as_deref(), Some("/jail/f"));
+        // No followed parent: the container's root.
+        let events = r.handle(call(31, nr::OPEN, [0; 6], 3, text("/f"), None));
+        let s = events[1].syscall().unwrap();
+        assert_eq!(path(s, PathRole::Target).as_deref(), Some("/f"));
+    }
+
+    #[test]
     fn snapshot_root_seeds_a_chrooted_process() {
         let mut r = Resolver::with_snapshotter(Box::new(|_| ProcessSnapshot {
-            root: ProcessRoot::Known(ContainerPath::new("/var/spool/postfix").unwrap()),
+            root: Some(ProcessRoot::Known(
+                ContainerPath::new("/var/spool/postfix").unwrap(),
+            )),
             cwd: ContainerPath::new("/var/spool/postfix"),
             ..Default::default()
         }));
