@@ -40,6 +40,8 @@ pub mod nr {
     pub const CHOWN: u32 = 92;
     pub const LCHOWN: u32 = 94;
     pub const MKNOD: u32 = 133;
+    pub const PIVOT_ROOT: u32 = 155;
+    pub const CHROOT: u32 = 161;
     pub const GETDENTS64: u32 = 217;
     pub const EXIT_GROUP: u32 = 231;
     pub const OPENAT: u32 = 257;
@@ -132,12 +134,12 @@ pub const fn spec(n: u32) -> Option<Spec> {
     use nr::*;
     match n {
         OPEN | CREAT | STAT | LSTAT | ACCESS | CHDIR | MKDIR | RMDIR | UNLINK | CHMOD | CHOWN
-        | LCHOWN | TRUNCATE | MKNOD => s(Path(0), No),
+        | LCHOWN | TRUNCATE | MKNOD | CHROOT => s(Path(0), No),
         OPENAT | OPENAT2 | NEWFSTATAT | STATX | FACCESSAT | FACCESSAT2 | MKDIRAT | UNLINKAT
         | FCHMODAT | FCHMODAT2 | FCHOWNAT | UTIMENSAT | MKNODAT => s(Path(1), No),
         READLINK => s(Path(0), ReadlinkResult(1)),
         READLINKAT => s(Path(1), ReadlinkResult(2)),
-        RENAME | LINK | SYMLINK => s(Path(0), Path(1)),
+        RENAME | LINK | SYMLINK | PIVOT_ROOT => s(Path(0), Path(1)),
         RENAMEAT | RENAMEAT2 | LINKAT => s(Path(1), Path(3)),
         SYMLINKAT => s(Path(0), Path(2)),
         EXECVE => s(Path(0), Argv(1)),
@@ -216,6 +218,8 @@ pub const TRACED: &[u32] = {
         OPENAT2,
         FACCESSAT2,
         FCHMODAT2,
+        CHROOT,
+        PIVOT_ROOT,
     ]
 };
 
@@ -224,9 +228,9 @@ pub const fn arity(n: u32) -> usize {
     use nr::*;
     match n {
         FORK | VFORK => 0,
-        CLOSE | DUP | EXIT | CHDIR | FCHDIR | RMDIR | UNLINK | EXIT_GROUP => 1,
+        CLOSE | DUP | EXIT | CHDIR | FCHDIR | RMDIR | UNLINK | EXIT_GROUP | CHROOT => 1,
         STAT | LSTAT | ACCESS | DUP2 | LISTEN | TRUNCATE | RENAME | MKDIR | CREAT | LINK
-        | SYMLINK | CHMOD | CLONE3 => 2,
+        | SYMLINK | CHMOD | CLONE3 | PIVOT_ROOT => 2,
         OPEN | SOCKET | CONNECT | ACCEPT | SENDMSG | BIND | EXECVE | FCNTL | READLINK | CHOWN
         | LCHOWN | MKNOD | GETDENTS64 | MKDIRAT | UNLINKAT | SYMLINKAT | FCHMODAT | FACCESSAT
         | DUP3 | CLOSE_RANGE => 3,
@@ -302,6 +306,8 @@ pub const fn name(n: u32) -> &'static str {
         OPENAT2 => "openat2",
         FACCESSAT2 => "faccessat2",
         FCHMODAT2 => "fchmodat2",
+        CHROOT => "chroot",
+        PIVOT_ROOT => "pivot_root",
         _ => "unknown",
     }
 }

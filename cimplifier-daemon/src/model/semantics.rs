@@ -107,7 +107,8 @@ pub fn accesses(s: &SyscallEvent) -> Vec<(Access, Resource)> {
         | nr::ACCESS
         | nr::FACCESSAT
         | nr::FACCESSAT2
-        | nr::CHDIR => add(Stat, target()),
+        | nr::CHDIR
+        | nr::CHROOT => add(Stat, target()),
         nr::READLINK | nr::READLINKAT => add(Read, target()),
         nr::EXECVE | nr::EXECVEAT => add(Exec, target()),
         nr::MKDIR | nr::MKDIRAT | nr::MKNOD | nr::MKNODAT => {

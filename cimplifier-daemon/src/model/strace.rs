@@ -653,6 +653,40 @@ mod tests {
     }
 
     #[test]
+    fn names_after_a_chroot_are_placed_inside_it() {
+        // As strace -f -y prints a process that chroots (`-y` shows the
+        // host's view, the names the program's own).
+        let events = parse(concat!(
+            "7 chdir(\"/var/spool/postfix\") = 0\n",
+            "7 chroot(\".\") = 0\n",
+            "7 openat(AT_FDCWD</var/spool/postfix>, \"/etc/services\", O_RDONLY|O_CLOEXEC) = 3</var/spool/postfix/etc/services>\n",
+            "7 chroot(\"/missing\") = -1 ENOENT (No such file or directory)\n",
+            "7 openat(AT_FDCWD</var/spool/postfix>, \"maildrop\", O_RDONLY|O_DIRECTORY) = 4</var/spool/postfix/maildrop>\n",
+        ));
+        let paths: Vec<_> = events
+            .iter()
+            .filter_map(|e| e.syscall())
+            .map(|s| {
+                let target = s.path(PathRole::Target).unwrap();
+                (
+                    s.syscall.as_str(),
+                    target.path.as_ref().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            [
+                ("chdir", "/var/spool/postfix".to_owned()),
+                ("chroot", "/var/spool/postfix".to_owned()),
+                ("openat", "/var/spool/postfix/etc/services".to_owned()),
+                ("chroot", "/var/spool/postfix/missing".to_owned()),
+                ("openat", "/var/spool/postfix/maildrop".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
     fn per_process_files_take_the_pid_from_the_name() {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("trace.42");

@@ -84,9 +84,29 @@ pub fn pids_below(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
-/// A running process as /proc shows it, in its own view of the file system.
+/// A process's root directory (`chroot`), as the container sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcessRoot {
+    /// The container's root (`/`) or the directory the process chrooted to.
+    Known(ContainerPath),
+    /// Could not be learnt: the process's names cannot be placed in the
+    /// container, and are reported unresolved with this reason.
+    Unknown(String),
+}
+
+impl Default for ProcessRoot {
+    fn default() -> Self {
+        Self::Known(ContainerPath::root())
+    }
+}
+
+/// A running process as /proc shows it, in the container's view of the file
+/// system (not the process's own, when it is chrooted).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProcessSnapshot {
+    /// `None` when the process had exited (or was a zombie) before /proc
+    /// could show its root: nothing is known of it then.
+    pub root: Option<ProcessRoot>,
     pub cwd: Option<ContainerPath>,
     pub fds: Vec<(i32, ContainerPath)>,
     /// The file it is running (`/proc/PID/exe`).
@@ -96,20 +116,90 @@ pub struct ProcessSnapshot {
     pub comm: String,
 }
 
-/// Reads a process's cwd and open file paths from /proc, translated from the
-/// host's view to the process's own by stripping `/proc/PID/root`.
+/// `target` (as /proc shows it to us) in the view of a root that /proc shows
+/// as `root`; `None` when it lies outside.
+fn below(root: &str, target: &str) -> Option<ContainerPath> {
+    let rel = if root == "/" {
+        target
+    } else {
+        target.strip_prefix(root)?
+    };
+    if !rel.is_empty() && !rel.starts_with('/') {
+        return None; // "/srv/ab" is not below "/srv/a"
+    }
+    ContainerPath::new(if rel.is_empty() { "/" } else { rel })
+}
+
+fn ppid_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// The container's root as /proc shows it to us: the root of the oldest
+/// ancestor of `pid` in the same mount namespace (the container's init, or
+/// the host's for a plain cgroup). A chroot changes a process's root but not
+/// its mount namespace, so this is the root the process's chroot is below.
+/// `Ok(None)` when the process is gone.
+fn container_root(pid: u32) -> Result<Option<String>, String> {
+    let mnt_ns = |p: u32| std::fs::read_link(format!("/proc/{p}/ns/mnt")).ok();
+    let ns = match std::fs::read_link(format!("/proc/{pid}/ns/mnt")) {
+        Ok(ns) => ns,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("reading /proc/{pid}/ns/mnt: {e}")),
+    };
+    let mut top = pid;
+    while let Some(parent) = ppid_of(top).filter(|&p| p != 0) {
+        if mnt_ns(parent).as_ref() != Some(&ns) {
+            break;
+        }
+        top = parent;
+    }
+    let root = std::fs::read_link(format!("/proc/{top}/root"))
+        .map_err(|e| format!("reading /proc/{top}/root: {e}"))?;
+    root.to_str()
+        .map(|r| Some(r.to_owned()))
+        .ok_or_else(|| format!("/proc/{top}/root is not UTF-8"))
+}
+
+/// The process's root in the container's view, given the container's root.
+/// `None` when the process is gone.
+fn process_root(pid: u32, container: &Result<Option<String>, String>) -> Option<ProcessRoot> {
+    let container = match container {
+        Ok(c) => c.as_ref()?,
+        Err(why) => return Some(ProcessRoot::Unknown(format!("the container's root: {why}"))),
+    };
+    let own = match std::fs::read_link(format!("/proc/{pid}/root")) {
+        Ok(own) => own,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            return Some(ProcessRoot::Unknown(format!(
+                "reading /proc/{pid}/root: {e}"
+            )));
+        }
+    };
+    let own = own.to_string_lossy();
+    Some(match below(container, &own) {
+        Some(root) => ProcessRoot::Known(root),
+        None => ProcessRoot::Unknown(format!(
+            "its root {own} is not below the container's root {container}"
+        )),
+    })
+}
+
+/// Reads a process's root, cwd and open file paths from /proc, translated
+/// from the host's view to the container's by stripping the container's root
+/// (not the process's own: a chrooted process's names are placed in the
+/// container through its root).
 pub fn snapshot_process(pid: u32) -> ProcessSnapshot {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    let root = std::fs::read_link(proc_dir.join("root")).ok();
+    let container = container_root(pid);
+    let root = process_root(pid, &container);
     let inside = |target: PathBuf| -> Option<ContainerPath> {
-        let target = target.to_str()?;
-        let root = root.as_ref()?.to_str()?;
-        let rel = if root == "/" {
-            target
-        } else {
-            target.strip_prefix(root)?
-        };
-        ContainerPath::new(if rel.is_empty() { "/" } else { rel })
+        below(container.as_ref().ok()?.as_ref()?, target.to_str()?)
     };
     let cwd = std::fs::read_link(proc_dir.join("cwd"))
         .ok()
@@ -160,6 +250,7 @@ pub fn snapshot_process(pid: u32) -> ProcessSnapshot {
         }
     }
     ProcessSnapshot {
+        root,
         cwd,
         fds,
         exe,

@@ -1,10 +1,11 @@
 //! Raw records -> [`Event`]s with absolute names.
 //!
 //! The kernel reports names as the program passed them. This keeps, per
-//! process, the cwd and the fd table (which names each descriptor stands
-//! for), so relative and dirfd-relative names become absolute as the
-//! container sees them. Tables are shared or copied at fork as the clone
-//! flags say. Anything that cannot be resolved is marked, never dropped.
+//! process, the root (chroot), the cwd and the fd table (which names each
+//! descriptor stands for), so absolute, relative and dirfd-relative names
+//! become absolute as the container sees them. Tables are shared or copied
+//! at fork as the clone flags say. Anything that cannot be resolved is
+//! marked, never dropped.
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -12,7 +13,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use cimplifier_common::flags;
 use cimplifier_common::syscalls::{self, nr};
 
-use super::cgroup::ProcessSnapshot;
+use super::cgroup::{ProcessRoot, ProcessSnapshot};
 use super::decode::{RawHeader, RawRecord, RawStr, RawSyscall};
 use super::{
     ARGV_UNREADABLE, CgroupId, ContainerPath, Event, EventKind, PathArg, PathRole, Resolution,
@@ -60,6 +61,13 @@ type FdTable = HashMap<i32, Fd>;
 /// Tables can be shared between processes (CLONE_FS, CLONE_FILES), so they
 /// live in their own maps with reference counts.
 type TableId = u64;
+
+/// What CLONE_FS shares: the root and the cwd, both in the container's view.
+#[derive(Clone, Debug, Default)]
+struct FsState {
+    root: ProcessRoot,
+    cwd: Option<ContainerPath>,
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Process {
@@ -109,7 +117,10 @@ fn name_args(n: u32) -> [Option<NameArg>; 2] {
         | nr::LCHOWN
         | nr::TRUNCATE
         | nr::MKNOD
+        | nr::CHROOT
         | nr::EXECVE => [name(Target, None, None), None],
+        // pivot_root(new_root, put_old): the old root moves to put_old.
+        nr::PIVOT_ROOT => [name(Target, None, None), name(Old, None, None)],
         nr::OPENAT
         | nr::OPENAT2
         | nr::FACCESSAT
@@ -184,7 +195,7 @@ pub type Snapshotter = Box<dyn Fn(u32) -> ProcessSnapshot + Send>;
 #[derive(Default)]
 pub struct Resolver {
     processes: HashMap<u32, Process>,
-    cwds: HashMap<TableId, (u32, Option<ContainerPath>)>,
+    fs_tables: HashMap<TableId, (u32, FsState)>,
     fd_tables: HashMap<TableId, (u32, FdTable)>,
     next_table: TableId,
     pending_exec: HashMap<u32, PendingExec>,
@@ -206,10 +217,12 @@ impl Resolver {
         }
     }
 
-    /// Records the state of a process that was running before the watch.
+    /// Records the state of a process that was running before the watch:
+    /// its root, cwd and descriptors, all in the container's view.
     pub fn seed_process(
         &mut self,
         pid: u32,
+        root: ProcessRoot,
         cwd: Option<ContainerPath>,
         fds: Vec<(i32, ContainerPath)>,
     ) {
@@ -218,7 +231,7 @@ impl Resolver {
             .into_iter()
             .map(|(fd, path)| (fd, Fd::new(FdTarget::Path(path), false)))
             .collect();
-        let fs = self.new_cwd(cwd);
+        let fs = self.new_fs(FsState { root, cwd });
         let files = self.new_fd_table(table);
         self.processes.insert(pid, Process { fs, files });
     }
@@ -227,7 +240,18 @@ impl Resolver {
     /// without its fork) and queues the `Running` event that stands for its
     /// unseen exec.
     pub fn seed_running(&mut self, header: &RawHeader, snap: ProcessSnapshot) {
-        self.seed_process(header.pid, snap.cwd.clone(), snap.fds);
+        // Gone before /proc could be read: its parent's root when the parent
+        // is followed (fork copies it), else the container's. This is the
+        // one assumption made about a root, for processes that left no trace
+        // of one; a root /proc did show but that cannot be placed stays
+        // unknown.
+        let root = snap
+            .root
+            .unwrap_or_else(|| match self.processes.get(&header.ppid) {
+                Some(parent) => self.root(*parent),
+                None => ProcessRoot::default(),
+            });
+        self.seed_process(header.pid, root, snap.cwd.clone(), snap.fds);
         self.queued.push(event(
             header,
             EventKind::Running {
@@ -248,10 +272,10 @@ impl Resolver {
     /// without showing how the process got there).
     pub fn learn_cwd(&mut self, pid: u32, cwd: ContainerPath) {
         let p = self.process(pid);
-        if let Some(entry) = self.cwds.get_mut(&p.fs)
-            && entry.1.is_none()
+        if let Some(entry) = self.fs_tables.get_mut(&p.fs)
+            && entry.1.cwd.is_none()
         {
-            entry.1 = Some(cwd);
+            entry.1.cwd = Some(cwd);
         }
     }
 
@@ -272,9 +296,9 @@ impl Resolver {
         self.processes.len()
     }
 
-    fn new_cwd(&mut self, cwd: Option<ContainerPath>) -> TableId {
+    fn new_fs(&mut self, fs: FsState) -> TableId {
         self.next_table += 1;
-        self.cwds.insert(self.next_table, (1, cwd));
+        self.fs_tables.insert(self.next_table, (1, fs));
         self.next_table
     }
 
@@ -288,7 +312,7 @@ impl Resolver {
         if let Some(p) = self.processes.get(&pid) {
             return *p;
         }
-        self.seed_process(pid, None, Vec::new());
+        self.seed_process(pid, ProcessRoot::default(), None, Vec::new());
         self.processes[&pid]
     }
 
@@ -296,10 +320,10 @@ impl Resolver {
         let Some(p) = self.processes.remove(&pid) else {
             return;
         };
-        if let Some(entry) = self.cwds.get_mut(&p.fs) {
+        if let Some(entry) = self.fs_tables.get_mut(&p.fs) {
             entry.0 -= 1;
             if entry.0 == 0 {
-                self.cwds.remove(&p.fs);
+                self.fs_tables.remove(&p.fs);
             }
         }
         if let Some(entry) = self.fd_tables.get_mut(&p.files) {
@@ -311,7 +335,18 @@ impl Resolver {
     }
 
     fn cwd(&self, p: Process) -> Option<&ContainerPath> {
-        self.cwds.get(&p.fs).and_then(|(_, c)| c.as_ref())
+        self.fs_tables.get(&p.fs).and_then(|(_, f)| f.cwd.as_ref())
+    }
+
+    fn root(&self, p: Process) -> ProcessRoot {
+        self.fs_tables
+            .get(&p.fs)
+            .map(|(_, f)| f.root.clone())
+            .unwrap_or_default()
+    }
+
+    fn fs_mut(&mut self, p: Process) -> Option<&mut FsState> {
+        self.fs_tables.get_mut(&p.fs).map(|(_, f)| f)
     }
 
     fn fds(&mut self, p: Process) -> &mut FdTable {
@@ -414,13 +449,16 @@ impl Resolver {
         let parent = self.process(parent_pid);
         self.forget_process(child);
         let fs = if clone_flags & CLONE_FS != 0 {
-            if let Some(e) = self.cwds.get_mut(&parent.fs) {
+            if let Some(e) = self.fs_tables.get_mut(&parent.fs) {
                 e.0 += 1;
             }
             parent.fs
         } else {
-            let cwd = self.cwd(parent).cloned();
-            self.new_cwd(cwd)
+            let state = FsState {
+                root: self.root(parent),
+                cwd: self.cwd(parent).cloned(),
+            };
+            self.new_fs(state)
         };
         let files = if clone_flags & CLONE_FILES != 0 {
             if let Some(e) = self.fd_tables.get_mut(&parent.files) {
@@ -460,13 +498,21 @@ impl Resolver {
         if is_literal(arg.role) {
             return literal(Resolution::Literal);
         }
+        // Every name, absolute or relative, lies inside the process's root.
+        let root = match self.root(p) {
+            ProcessRoot::Known(root) => Ok(root),
+            ProcessRoot::Unknown(why) => Err(format!("root unknown (chroot): {why}")),
+        };
         if text.starts_with('/') {
-            return PathArg {
-                role: arg.role,
-                path: ContainerPath::new(&text),
-                raw: text,
-                resolution: Resolution::Resolved,
-                truncated,
+            return match root {
+                Ok(root) => PathArg {
+                    role: arg.role,
+                    path: ContainerPath::new(&text).map(|name| reroot(&root, &name)),
+                    raw: text,
+                    resolution: Resolution::Resolved,
+                    truncated,
+                },
+                Err(reason) => literal(Resolution::Unresolved(reason)),
             };
         }
         let dirfd = arg
@@ -492,10 +538,16 @@ impl Resolver {
                 return literal(Resolution::Descriptor);
             }
         }
+        let base = base.and_then(|dir| match root {
+            Ok(root) => Ok(join_in_root(&root, &dir, &text)),
+            // The descriptor itself needs no root.
+            Err(_) if text.is_empty() => Ok(dir),
+            Err(reason) => Err(reason),
+        });
         match base {
-            Ok(dir) => PathArg {
+            Ok(path) => PathArg {
                 role: arg.role,
-                path: Some(dir.join(&text)),
+                path: Some(path),
                 raw: text,
                 resolution: Resolution::Resolved,
                 truncated,
@@ -753,15 +805,53 @@ impl Resolver {
             }
             nr::CHDIR => {
                 let cwd = target();
-                if let Some(e) = self.cwds.get_mut(&p.fs) {
-                    e.1 = cwd;
+                if let Some(fs) = self.fs_mut(p) {
+                    fs.cwd = cwd;
                 }
             }
             nr::FCHDIR => {
                 let cwd = self.fd_path(p, args[0] as i32);
-                if let Some(e) = self.cwds.get_mut(&p.fs) {
-                    e.1 = cwd;
+                if let Some(fs) = self.fs_mut(p) {
+                    fs.cwd = cwd;
                 }
+            }
+            nr::CHROOT => {
+                // The cwd does not move: chroot without chdir leaves it
+                // outside the new root.
+                let root = match target() {
+                    Some(root) => ProcessRoot::Known(root),
+                    None => ProcessRoot::Unknown(format!(
+                        "chroot to {:?}, a name that was not resolved",
+                        paths.first().map_or("", |a| a.raw.as_str())
+                    )),
+                };
+                if let Some(fs) = self.fs_mut(p) {
+                    fs.root = root;
+                }
+            }
+            nr::PIVOT_ROOT => {
+                // The new root becomes `/`: a container's view is the one
+                // after its runtime's pivot_root (runc calls
+                // pivot_root(".", ".") as every container starts). The cwd
+                // and descriptors below the new root are renamed into it;
+                // the others name the old tree, which has no name now.
+                // Other processes of the mount namespace are not moved.
+                let new_root = target();
+                let rebase = |path: &ContainerPath| new_root.as_ref().and_then(|r| inside(r, path));
+                if let Some(fs) = self.fs_mut(p) {
+                    fs.root = ProcessRoot::default();
+                    fs.cwd = fs.cwd.as_ref().and_then(rebase);
+                }
+                self.fds(p).retain(|_, fd| match &mut fd.target {
+                    FdTarget::Path(path) => match rebase(path) {
+                        Some(rebased) => {
+                            *path = rebased;
+                            true
+                        }
+                        None => false,
+                    },
+                    FdTarget::Socket(_) => true,
+                });
             }
             nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL => {
                 let (new_fd, cloexec) = match raw.nr {
@@ -854,12 +944,59 @@ impl Resolver {
     }
 
     fn socket_address(&self, p: Process, bytes: &[u8]) -> SocketAddress {
-        decode_sockaddr(bytes, self.cwd(p))
+        // A unix socket's name is a path like any other: inside the root.
+        let root = match self.root(p) {
+            ProcessRoot::Known(root) => Some(root),
+            ProcessRoot::Unknown(_) => None,
+        };
+        let cwd = self.cwd(p);
+        decode_sockaddr(bytes, |raw| {
+            let root = root.as_ref()?;
+            if raw.starts_with('/') {
+                ContainerPath::new(raw).map(|name| reroot(root, &name))
+            } else {
+                cwd.map(|c| join_in_root(root, c, raw))
+            }
+        })
     }
 }
 
-/// Decodes a `struct sockaddr`; relative unix paths join `cwd`.
-pub fn decode_sockaddr(bytes: &[u8], cwd: Option<&ContainerPath>) -> SocketAddress {
+/// `name`, a path as a process with root `root` names it, in the
+/// container's view.
+fn reroot(root: &ContainerPath, name: &ContainerPath) -> ContainerPath {
+    root.join(name.as_str().trim_start_matches('/'))
+}
+
+/// Relative `name` resolved against `dir` (in the container's view) by a
+/// process whose root is `root`: `..` stops at the root, as in the kernel.
+/// A dir outside the root (chroot without chdir) is not clamped.
+fn join_in_root(root: &ContainerPath, dir: &ContainerPath, name: &str) -> ContainerPath {
+    match inside(root, dir) {
+        Some(inside) => reroot(root, &inside.join(name)),
+        None => dir.join(name),
+    }
+}
+
+/// `path` as seen from `root` (`root` itself is `/`); `None` when outside.
+fn inside(root: &ContainerPath, path: &ContainerPath) -> Option<ContainerPath> {
+    if root.as_str() == "/" {
+        return Some(path.clone());
+    }
+    if path == root {
+        return Some(ContainerPath::root());
+    }
+    path.as_str()
+        .strip_prefix(root.as_str())
+        .filter(|rest| rest.starts_with('/'))
+        .and_then(ContainerPath::new)
+}
+
+/// Decodes a `struct sockaddr`; `unix_path` places a unix socket's name in
+/// the container (`None` when it cannot be).
+pub fn decode_sockaddr(
+    bytes: &[u8],
+    unix_path: impl Fn(&str) -> Option<ContainerPath>,
+) -> SocketAddress {
     if bytes.len() < 2 {
         return SocketAddress::Other { family: 0 };
     }
@@ -882,11 +1019,7 @@ pub fn decode_sockaddr(bytes: &[u8], cwd: Option<&ContainerPath>) -> SocketAddre
                 Some(_) => {
                     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
                     let raw = String::from_utf8_lossy(&name[..end]).into_owned();
-                    let path = if raw.starts_with('/') {
-                        ContainerPath::new(&raw)
-                    } else {
-                        cwd.map(|c| c.join(&raw))
-                    };
+                    let path = unix_path(&raw);
                     SocketAddress::Unix { raw, path }
                 }
             }
@@ -1037,7 +1170,12 @@ mod tests {
 
     fn seeded() -> Resolver {
         let mut r = Resolver::new();
-        r.seed_process(10, ContainerPath::new("/srv"), vec![]);
+        r.seed_process(
+            10,
+            ProcessRoot::default(),
+            ContainerPath::new("/srv"),
+            vec![],
+        );
         r
     }
 
@@ -1311,7 +1449,7 @@ mod tests {
         let mut unix = vec![1, 0];
         unix.extend_from_slice(b"app.sock\0\0");
         assert_eq!(
-            decode_sockaddr(&unix, Some(&cwd)),
+            decode_sockaddr(&unix, |raw| Some(cwd.join(raw))),
             SocketAddress::Unix {
                 raw: "app.sock".into(),
                 path: ContainerPath::new("/run/app.sock")
@@ -1320,15 +1458,18 @@ mod tests {
         let mut abs = vec![1, 0, 0];
         abs.extend_from_slice(b"dbus\0");
         assert_eq!(
-            decode_sockaddr(&abs, None),
+            decode_sockaddr(&abs, |_| None),
             SocketAddress::Abstract {
                 name: "dbus".into()
             }
         );
-        assert_eq!(decode_sockaddr(&[1, 0], None), SocketAddress::UnixUnnamed);
+        assert_eq!(
+            decode_sockaddr(&[1, 0], |_| None),
+            SocketAddress::UnixUnnamed
+        );
         let inet = [2, 0, 0x1f, 0x90, 127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(
-            decode_sockaddr(&inet, None),
+            decode_sockaddr(&inet, |_| None),
             SocketAddress::Inet {
                 addr: "127.0.0.1:8080".parse().unwrap()
             }
@@ -1336,13 +1477,13 @@ mod tests {
         let mut v6 = vec![10, 0, 0, 80, 0, 0, 0, 0];
         v6.extend_from_slice(&Ipv6Addr::LOCALHOST.octets());
         assert_eq!(
-            decode_sockaddr(&v6, None),
+            decode_sockaddr(&v6, |_| None),
             SocketAddress::Inet {
                 addr: "[::1]:80".parse().unwrap()
             }
         );
         assert_eq!(
-            decode_sockaddr(&[16, 0, 1, 2], None),
+            decode_sockaddr(&[16, 0, 1, 2], |_| None),
             SocketAddress::Other { family: 16 }
         );
     }
@@ -1732,6 +1873,297 @@ mod tests {
         assert_eq!(cd.fd_path, ContainerPath::new("/var/lib"));
         let e = one(&mut r, call(10, nr::MKDIR, [0; 6], 0, text("apt"), None));
         assert_eq!(path(&e, PathRole::Target).as_deref(), Some("/var/lib/apt"));
+    }
+
+    fn target(r: &mut Resolver, pid: u32, nr: u32, name: &str) -> Option<String> {
+        let e = one(r, call(pid, nr, [CWD, 0, 0, 0, 0, 0], 0, text(name), None));
+        path(&e, PathRole::Target)
+    }
+
+    #[test]
+    fn chroot_then_open_names_the_file_in_the_container() {
+        let mut r = seeded();
+        one(
+            &mut r,
+            call(10, nr::CHDIR, [0; 6], 0, text("/var/spool/postfix"), None),
+        );
+        let ch = one(&mut r, call(10, nr::CHROOT, [0; 6], 0, text("."), None));
+        assert_eq!(
+            path(&ch, PathRole::Target).as_deref(),
+            Some("/var/spool/postfix")
+        );
+        assert_eq!(
+            target(&mut r, 10, nr::OPEN, "/etc/services").as_deref(),
+            Some("/var/spool/postfix/etc/services")
+        );
+        assert_eq!(
+            target(&mut r, 10, nr::OPENAT, "incoming/x").as_deref(),
+            Some("/var/spool/postfix/incoming/x")
+        );
+        // `..` stops at the root, in relative and absolute names alike.
+        assert_eq!(
+            target(&mut r, 10, nr::STAT, "../../etc/passwd").as_deref(),
+            Some("/var/spool/postfix/etc/passwd")
+        );
+        assert_eq!(
+            target(&mut r, 10, nr::STAT, "/../x").as_deref(),
+            Some("/var/spool/postfix/x")
+        );
+        // Descriptors opened inside the root keep their full names.
+        one(
+            &mut r,
+            call(10, nr::OPEN, [0; 6], 3, text("/private"), None),
+        );
+        let via_fd = one(
+            &mut r,
+            call(10, nr::OPENAT, [3, 0, 0, 0, 0, 0], 4, text("../smtp"), None),
+        );
+        assert_eq!(
+            path(&via_fd, PathRole::Target).as_deref(),
+            Some("/var/spool/postfix/smtp")
+        );
+        // Exec and unix socket names are inside the root too.
+        let mut unix = vec![1, 0];
+        unix.extend_from_slice(b"/public/pickup\0");
+        let conn = one(
+            &mut r,
+            with_addr(
+                call(10, nr::CONNECT, [5, 0, 17, 0, 0, 0], 0, None, None),
+                unix,
+            ),
+        );
+        assert_eq!(
+            conn.addr,
+            Some(SocketAddress::Unix {
+                raw: "/public/pickup".into(),
+                path: ContainerPath::new("/var/spool/postfix/public/pickup"),
+            })
+        );
+        let mut rel = vec![1, 0];
+        rel.extend_from_slice(b"private/rewrite\0");
+        let conn = one(
+            &mut r,
+            with_addr(
+                call(10, nr::CONNECT, [5, 0, 17, 0, 0, 0], 0, None, None),
+                rel,
+            ),
+        );
+        assert_eq!(
+            conn.addr,
+            Some(SocketAddress::Unix {
+                raw: "private/rewrite".into(),
+                path: ContainerPath::new("/var/spool/postfix/private/rewrite"),
+            })
+        );
+    }
+
+    #[test]
+    fn relative_chroot_and_chroot_without_chdir() {
+        let mut r = seeded();
+        // Relative to the cwd (/srv); the cwd stays outside the new root.
+        one(&mut r, call(10, nr::CHROOT, [0; 6], 0, text("jail"), None));
+        assert_eq!(
+            target(&mut r, 10, nr::OPEN, "/bin/sh").as_deref(),
+            Some("/srv/jail/bin/sh")
+        );
+        assert_eq!(
+            target(&mut r, 10, nr::STAT, "x").as_deref(),
+            Some("/srv/x"),
+            "the cwd did not move"
+        );
+        one(&mut r, call(10, nr::CHDIR, [0; 6], 0, text("/"), None));
+        assert_eq!(
+            target(&mut r, 10, nr::STAT, "x").as_deref(),
+            Some("/srv/jail/x")
+        );
+        // A chroot inside a chroot is relative to the first root.
+        one(
+            &mut r,
+            call(10, nr::CHROOT, [0; 6], 0, text("/inner"), None),
+        );
+        assert_eq!(
+            target(&mut r, 10, nr::OPEN, "/f").as_deref(),
+            Some("/srv/jail/inner/f")
+        );
+    }
+
+    #[test]
+    fn fchdir_then_chroot_dot() {
+        let mut r = seeded();
+        one(
+            &mut r,
+            call(10, nr::OPEN, [0; 6], 3, text("/var/empty/sshd"), None),
+        );
+        one(
+            &mut r,
+            call(10, nr::FCHDIR, [3, 0, 0, 0, 0, 0], 0, None, None),
+        );
+        one(&mut r, call(10, nr::CHROOT, [0; 6], 0, text("."), None));
+        assert_eq!(
+            target(&mut r, 10, nr::OPEN, "/dev/log").as_deref(),
+            Some("/var/empty/sshd/dev/log")
+        );
+    }
+
+    #[test]
+    fn a_failed_chroot_changes_nothing() {
+        let mut r = seeded();
+        let e = one(
+            &mut r,
+            call(10, nr::CHROOT, [0; 6], -1, text("/jail"), None),
+        );
+        assert_eq!(e.errno.as_deref(), Some("EPERM"));
+        assert_eq!(
+            target(&mut r, 10, nr::OPEN, "/etc/hosts").as_deref(),
+            Some("/etc/hosts")
+        );
+    }
+
+    #[test]
+    fn fork_copies_the_root_and_clone_fs_shares_it() {
+        let mut r = seeded();
+        r.handle(RawRecord::Fork {
+            header: header(10),
+            child_tid: 11,
+            clone_flags: 17,
+        });
+        r.handle(RawRecord::Fork {
+            header: header(10),
+            child_tid: 12,
+            clone_flags: CLONE_FS,
+        });
+        // The copy's chroot moves neither the parent nor its sibling.
+        one(&mut r, call(11, nr::CHROOT, [0; 6], 0, text("/a"), None));
+        assert_eq!(target(&mut r, 11, nr::OPEN, "/f").as_deref(), Some("/a/f"));
+        assert_eq!(target(&mut r, 10, nr::OPEN, "/f").as_deref(), Some("/f"));
+        // A child forked after the chroot inherits it.
+        r.handle(RawRecord::Fork {
+            header: header(11),
+            child_tid: 13,
+            clone_flags: 17,
+        });
+        assert_eq!(target(&mut r, 13, nr::OPEN, "/g").as_deref(), Some("/a/g"));
+        // CLONE_FS: a chroot by either moves both.
+        one(&mut r, call(12, nr::CHROOT, [0; 6], 0, text("/b"), None));
+        assert_eq!(target(&mut r, 10, nr::OPEN, "/f").as_deref(), Some("/b/f"));
+    }
+
+    #[test]
+    fn an_unknown_root_leaves_names_unresolved_with_the_reason() {
+        let mut r = Resolver::new();
+        r.seed_process(
+            20,
+            ProcessRoot::Unknown("its root /x is not below the container's root /y".into()),
+            ContainerPath::new("/srv"),
+            vec![],
+        );
+        for name in ["/etc/hosts", "rel"] {
+            let e = one(&mut r, call(20, nr::OPEN, [0; 6], 3, text(name), None));
+            let p = e.path(PathRole::Target).unwrap();
+            assert_eq!(p.path, None);
+            assert!(
+                matches!(&p.resolution, Resolution::Unresolved(why) if why.contains("not below")),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pivot_root_makes_the_new_root_the_containers_slash() {
+        // As runc starts a container: chdir(rootfs); pivot_root(".", ".").
+        let mut r = seeded();
+        one(
+            &mut r,
+            call(10, nr::OPEN, [0; 6], 3, text("/rootfs/etc"), None),
+        );
+        one(&mut r, call(10, nr::OPEN, [0; 6], 4, text("/host"), None));
+        one(
+            &mut r,
+            call(10, nr::CHDIR, [0; 6], 0, text("/rootfs"), None),
+        );
+        let pr = one(
+            &mut r,
+            call(10, nr::PIVOT_ROOT, [0; 6], 0, text("."), text(".")),
+        );
+        assert_eq!(path(&pr, PathRole::Old).as_deref(), Some("/rootfs"));
+        assert_eq!(target(&mut r, 10, nr::STAT, "bin").as_deref(), Some("/bin"));
+        assert_eq!(target(&mut r, 10, nr::OPEN, "/f").as_deref(), Some("/f"));
+        let via_fd = one(
+            &mut r,
+            call(10, nr::OPENAT, [3, 0, 0, 0, 0, 0], 5, text("hosts"), None),
+        );
+        assert_eq!(
+            path(&via_fd, PathRole::Target).as_deref(),
+            Some("/etc/hosts")
+        );
+        let old_tree = one(
+            &mut r,
+            call(10, nr::OPENAT, [4, 0, 0, 0, 0, 0], 6, text("x"), None),
+        );
+        assert!(matches!(
+            old_tree.path(PathRole::Target).unwrap().resolution,
+            Resolution::Unresolved(_)
+        ));
+        // A chroot before it is undone: the new root is `/`.
+        let mut r = seeded();
+        one(&mut r, call(10, nr::CHROOT, [0; 6], 0, text("/jail"), None));
+        one(
+            &mut r,
+            call(
+                10,
+                nr::PIVOT_ROOT,
+                [0; 6],
+                0,
+                text("/new"),
+                text("/new/old"),
+            ),
+        );
+        assert_eq!(target(&mut r, 10, nr::OPEN, "/f").as_deref(), Some("/f"));
+    }
+
+    #[test]
+    fn a_process_gone_before_its_snapshot_takes_its_parents_root() {
+        // /proc showed nothing (root None): the parent's root, when followed.
+        let mut r = Resolver::with_snapshotter(Box::new(|_| ProcessSnapshot::default()));
+        r.seed_process(
+            2,
+            ProcessRoot::Known(ContainerPath::new("/jail").unwrap()),
+            None,
+            vec![],
+        );
+        let mut h = header(30);
+        h.ppid = 2;
+        let RawRecord::Syscall(mut open) = call(30, nr::OPEN, [0; 6], 3, text("/f"), None) else {
+            unreachable!()
+        };
+        open.header = h;
+        let events = r.handle(RawRecord::Syscall(open));
+        let s = events[1].syscall().unwrap();
+        assert_eq!(path(s, PathRole::Target).as_deref(), Some("/jail/f"));
+        // No followed parent: the container's root.
+        let events = r.handle(call(31, nr::OPEN, [0; 6], 3, text("/f"), None));
+        let s = events[1].syscall().unwrap();
+        assert_eq!(path(s, PathRole::Target).as_deref(), Some("/f"));
+    }
+
+    #[test]
+    fn snapshot_root_seeds_a_chrooted_process() {
+        let mut r = Resolver::with_snapshotter(Box::new(|_| ProcessSnapshot {
+            root: Some(ProcessRoot::Known(
+                ContainerPath::new("/var/spool/postfix").unwrap(),
+            )),
+            cwd: ContainerPath::new("/var/spool/postfix"),
+            ..Default::default()
+        }));
+        let mut events = r.handle(call(7, nr::OPEN, [0; 6], 3, text("/pid/master.pid"), None));
+        let e = match events.remove(1).kind {
+            EventKind::Syscall(s) => *s,
+            other => panic!("not a syscall: {other:?}"),
+        };
+        assert_eq!(
+            path(&e, PathRole::Target).as_deref(),
+            Some("/var/spool/postfix/pid/master.pid")
+        );
     }
 
     #[test]
