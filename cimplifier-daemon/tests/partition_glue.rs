@@ -109,9 +109,7 @@ fn dynamic_rpe_binaries_beside_the_daemon_are_not_what_partitions_get() {
     let out = dir.path().join("split");
     let tag = format!("cimplifier-e2e/glue{pid}");
     let report = emit_partitioned(&d, &c.0, &policy, &tag, &out);
-    cleanup
-        .images
-        .extend(report.partitions.iter().map(|p| p.image.clone()));
+    cleanup.images.extend(report.images().map(str::to_owned));
     let role = |n: &str| {
         report
             .partitions

@@ -147,7 +147,7 @@ fn a_one_one_partitioned_system_runs_the_containers_own_command() {
 
     // Removes the system and the images however the test ends.
     let plan_dir = out.to_str().unwrap().to_owned();
-    let images = report.partitions.iter().map(|p| p.image.clone()).collect();
+    let images = report.images().map(str::to_owned).collect();
     let _down = Up(&d, plan_dir.clone(), images);
     let up: Value = serde_json::from_str(&stdout_of(&d.ctl(&["up", &plan_dir, "--json"]))).unwrap();
     let project = up["project"].as_str().unwrap();

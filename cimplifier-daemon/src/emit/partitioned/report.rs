@@ -109,6 +109,14 @@ pub struct PartitionEmitReport {
 }
 
 impl PartitionEmitReport {
+    /// Every image this emit loaded: one per partition, and the seed's.
+    pub fn images(&self) -> impl Iterator<Item = &str> {
+        self.partitions
+            .iter()
+            .map(|p| p.image.as_str())
+            .chain(self.seed.iter().map(|s| s.image.as_str()))
+    }
+
     /// Where `path` is in the partitioned system, and why.
     pub fn explain(&self, path: &ContainerPath) -> String {
         let path = &self.plan.resolve(path);
