@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::slim::under;
 use super::state::state_dirs;
 use crate::model::report::ResourceUse;
-use crate::model::{Access, Exe, ImageTree, Model, Resource, walk};
+use crate::model::{Access, Exe, ImageTree, Model, Resource, shebang_interpreter, walk};
 use crate::partition::{PartitionName, Partitioning, PolicyKind, Separation};
 use crate::trace::ContainerPath;
 
@@ -180,6 +180,16 @@ pub struct NetworkLink {
     pub server: Exe,
     /// The address the server bound (a wildcard accepts any address).
     pub bound: Resource,
+}
+
+/// Whether `callee` is the interpreter that `caller`'s `#!` line names, so
+/// that running `caller` runs `callee` in the same process.
+fn is_shebang_interpreter(tree: &dyn ImageTree, caller: &Exe, callee: &Exe) -> bool {
+    walk(tree, &caller.0, true)
+        .resolved
+        .and_then(|real| tree.head(&real, 256))
+        .and_then(|head| shebang_interpreter(&head))
+        .is_some_and(|interp| interp == callee.0)
 }
 
 /// A call that crosses partitions: `callee` runs in `callee_partition`,
@@ -573,6 +583,14 @@ pub fn plan(model: &Model, partitioning: &Partitioning, tree: &dyn ImageTree) ->
         ) else {
             continue;
         };
+        if is_shebang_interpreter(tree, &call.caller, &call.callee) {
+            // The kernel runs a script's interpreter in the script's own
+            // process, whose every use the model gives the script: the
+            // interpreter, its libraries and the script itself are in the
+            // caller's partition. A stub there would run it where none of
+            // them are, so the real interpreter stays.
+            continue;
+        }
         if let Some(p) = partitions.get_mut(from) {
             p.stubs.insert(call.callee.clone(), to.clone());
         }
