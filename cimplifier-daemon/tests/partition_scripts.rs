@@ -8,9 +8,11 @@
 //! server refused it ("partition X may not execute SCRIPT"), as seen with
 //! Debian's cowsay (a perl script) partitioned one-one.
 //!
-//! Here a shell runs a perl script and a `#!/bin/sh` script that calls
-//! `sort` (perl-base and dash are in every Debian image): one-one, and
-//! with the perl script and perl together but apart from their caller.
+//! Here a shell runs a perl script, a `#!/bin/sh` script that calls
+//! `sort`, and perl itself (perl-base and dash are in every Debian image):
+//! one-one, and with the perl script and perl together but apart from
+//! their caller. A policy that leaves a stub at the perl script's
+//! interpreter (the shell's own perl call goes elsewhere) is refused.
 //! Needs root and dockerd.
 
 mod common;
@@ -141,7 +143,7 @@ fn scripts_run_with_their_interpreters_across_partitions() {
     docker(&[
         "commit",
         "--change",
-        r#"CMD ["/bin/sh", "-c", "/usr/local/bin/greet world; /usr/local/bin/order"]"#,
+        r#"CMD ["/bin/sh", "-c", "/usr/local/bin/greet world; /usr/local/bin/order; /usr/bin/perl -e 1"]"#,
         &base.0,
         &image,
     ]);
@@ -168,4 +170,31 @@ fn scripts_run_with_their_interpreters_across_partitions() {
         }
     }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
+
+    // The shell runs perl in another partition, so perl is a stub in the
+    // shell's partition, where the perl script also is: emit refuses.
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "kind = \"disjoint-subsets\"\n[partitions]\n\
+         shell = [\"/bin/sh\", \"/usr/local/bin/greet\"]\nperl = [\"/usr/bin/perl\"]\n",
+    )
+    .unwrap();
+    let out = d.ctl(&[
+        "emit",
+        &c.0,
+        "--policy",
+        policy.to_str().unwrap(),
+        "--tag",
+        &format!("cimplifier-e2e/scripts-stubbed{pid}"),
+        "--out",
+        dir.path().join("split").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("/usr/local/bin/greet runs /usr/bin/perl as its #! interpreter"),
+        "emit must refuse a script whose interpreter is a stub: {err}"
+    );
 }

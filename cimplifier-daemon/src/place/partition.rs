@@ -182,6 +182,66 @@ pub struct NetworkLink {
     pub bound: Resource,
 }
 
+/// A script whose `#!` interpreter is an RPE stub in the script's own
+/// partition, because another program there runs that interpreter in
+/// another partition: the script would start the stub, which runs it
+/// where neither the script nor what it uses is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StubbedInterpreter {
+    pub partition: PartitionName,
+    pub script: Exe,
+    pub interpreter: Exe,
+    pub interpreter_partition: PartitionName,
+    /// The programs of `partition` that run the interpreter elsewhere.
+    pub callers: BTreeSet<Exe>,
+}
+
+impl std::fmt::Display for StubbedInterpreter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let callers: Vec<String> = self.callers.iter().map(|e| e.to_string()).collect();
+        write!(
+            f,
+            "partition {p}: the script {s} runs {i} as its #! interpreter in its own process, \
+             but {i} is an RPE stub in {p}, since {p} also calls {i} in partition {ip} (from \
+             {c}); the script cannot run. Put {i} in partition {p} too, or {s} in partition {ip}",
+            p = self.partition,
+            s = self.script,
+            i = self.interpreter,
+            c = callers.join(", "),
+            ip = self.interpreter_partition,
+        )
+    }
+}
+
+impl PartitionPlan {
+    /// Every script of the plan whose interpreter is a stub in its
+    /// partition. Such a plan cannot run; emit refuses it.
+    pub fn stubbed_interpreters(&self, tree: &dyn ImageTree) -> Vec<StubbedInterpreter> {
+        let mut out = Vec::new();
+        for (name, part) in &self.partitions {
+            for script in &part.executables {
+                for (stub, at) in &part.stubs {
+                    if is_shebang_interpreter(tree, script, stub) {
+                        out.push(StubbedInterpreter {
+                            partition: name.clone(),
+                            script: script.clone(),
+                            interpreter: stub.clone(),
+                            interpreter_partition: at.clone(),
+                            callers: self
+                                .rpe
+                                .iter()
+                                .filter(|e| &e.caller_partition == name && &e.callee == stub)
+                                .map(|e| e.caller.clone())
+                                .collect(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Whether `callee` is the interpreter that `caller`'s `#!` line names, so
 /// that running `caller` runs `callee` in the same process.
 fn is_shebang_interpreter(tree: &dyn ImageTree, caller: &Exe, callee: &Exe) -> bool {

@@ -378,6 +378,9 @@ pub async fn emit_partitioned(
         );
     }
     let plan = plan(&model, &partitioning, &fs);
+    if let Some(stubbed) = plan.stubbed_interpreters(&fs).first() {
+        bail!("policy: {stubbed}");
+    }
     // The image's configuration with the observed container's settings on
     // top: the entry partition runs the command the container ran.
     let (source, run) = runconfig::carry_for(&SourceConfig::from_inspect(&inspect), &info);

@@ -725,3 +725,34 @@ fn a_script_keeps_its_interpreter_whatever_partition_the_interpreter_has() {
         BTreeSet::from([exe("/usr/bin/perl")])
     );
 }
+
+#[test]
+fn a_scripts_interpreter_that_is_a_stub_in_its_partition_is_named() {
+    let image = scripts_image();
+    let mut s = Script::default();
+    let sh = s.start("/bin/sh");
+    s.spawn(sh, "/usr/games/cowsay");
+    // The shell also runs perl itself, and the policy puts perl apart.
+    s.spawn(sh, "/usr/bin/perl");
+    let policy = "kind = \"disjoint-subsets\"\n[partitions]\nshell = [\"/bin/sh\", \
+                  \"/usr/games/cowsay\"]\nperl = [\"/usr/bin/perl\"]\n";
+    let tree = crate::model::DirTree::new(image.path());
+    let model = s.model_with_tree(Box::new(tree.clone()));
+    let plan = plan(
+        &model,
+        &partition(&model, &Policy::from_toml(policy).unwrap()).unwrap(),
+        &tree,
+    );
+    assert_eq!(
+        plan.stubbed_interpreters(&tree),
+        [StubbedInterpreter {
+            partition: name("shell"),
+            script: exe("/usr/games/cowsay"),
+            interpreter: exe("/usr/bin/perl"),
+            interpreter_partition: name("perl"),
+            callers: BTreeSet::from([exe("/bin/sh")]),
+        }]
+    );
+    let one = plan_in(&s, "kind = \"one-one\"", image.path());
+    assert!(one.stubbed_interpreters(&tree).is_empty());
+}
