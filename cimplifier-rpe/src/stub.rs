@@ -8,7 +8,7 @@
 use crate::config::{STUB_CONFIG_DEFAULT, STUB_CONFIG_NAME, StubConfig};
 use crate::fdpass::{recv_fds, send_fds};
 use crate::proto::{self, EXIT_CANNOT_EXECUTE, EXIT_LOST, Request, Rlimit, ToServer, ToStub};
-use std::ffi::{CStr, c_char, c_int};
+use std::ffi::{CStr, OsStr, c_char, c_int};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -344,7 +344,8 @@ unsafe fn capture(argc: c_int, argv: *const *const c_char, envp: *const *const c
     req.cwd = std::env::current_dir()
         .map(|p| p.into_os_string().into_vec())
         .unwrap_or_default();
-    req.path = invoked_path(&req.cwd);
+    let argv0 = req.argv.split(|&b| b == 0).next().unwrap_or_default();
+    req.path = invoked_path(&req.cwd, argv0);
     req
 }
 
@@ -390,8 +391,13 @@ fn close_sorted(fds: &[RawFd]) {
     }
 }
 
-/// The path the stub was executed as (AT_EXECFN), made absolute.
-fn invoked_path(cwd: &[u8]) -> Vec<u8> {
+/// The program the kernel ran, made absolute: AT_EXECFN, the file given
+/// to execve, unless that file is not this stub. Then the kernel ran the
+/// stub as the interpreter of a script (`#!` or binfmt_misc) that
+/// AT_EXECFN names, argv is [interpreter, (arg), script, args...], and the
+/// call is the interpreter's: asking for the script would ask the server
+/// for a program the caller never ran as such.
+fn invoked_path(cwd: &[u8], argv0: &[u8]) -> Vec<u8> {
     // SAFETY: AT_EXECFN points at a NUL-terminated string on our stack.
     let execfn = unsafe {
         let p = libc::getauxval(libc::AT_EXECFN) as *const c_char;
@@ -401,10 +407,40 @@ fn invoked_path(cwd: &[u8]) -> Vec<u8> {
             CStr::from_ptr(p).to_bytes().to_vec()
         }
     };
-    if execfn.first() == Some(&b'/') || cwd.is_empty() {
-        return execfn;
+    let interpreted = !execfn.is_empty() && !is_own_file(Path::new(OsStr::from_bytes(&execfn)));
+    called_path(&execfn, argv0, interpreted, cwd)
+}
+
+/// Whether `path` is the file this process runs. Without /proc, a file
+/// that starts with `#!` is a script the stub interprets.
+fn is_own_file(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(file) = std::fs::metadata(path) else {
+        return true;
+    };
+    match std::fs::metadata("/proc/self/exe") {
+        Ok(me) => (file.dev(), file.ino()) == (me.dev(), me.ino()),
+        Err(_) => {
+            let mut head = [0u8; 2];
+            !std::fs::File::open(path)
+                .and_then(|mut f| io::Read::read_exact(&mut f, &mut head))
+                .is_ok_and(|()| &head == b"#!")
+        }
     }
-    let rel = execfn.strip_prefix(b"./").unwrap_or(&execfn);
+}
+
+/// `execfn`, or `argv0` when the stub `interpreted` a script, made
+/// absolute against `cwd`.
+fn called_path(execfn: &[u8], argv0: &[u8], interpreted: bool, cwd: &[u8]) -> Vec<u8> {
+    let ran = if interpreted && !argv0.is_empty() {
+        argv0
+    } else {
+        execfn
+    };
+    if ran.first() == Some(&b'/') || cwd.is_empty() {
+        return ran.to_vec();
+    }
+    let rel = ran.strip_prefix(b"./").unwrap_or(ran);
     let mut p = cwd.to_vec();
     if p.last() != Some(&b'/') {
         p.push(b'/');
@@ -694,5 +730,47 @@ fn code_lost(started: bool) -> i32 {
         EXIT_LOST
     } else {
         EXIT_CANNOT_EXECUTE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_stub_run_as_an_interpreter_names_the_interpreter() {
+        // execve("./job") of "#!/usr/bin/perl -w": argv[0] is the interpreter.
+        assert_eq!(
+            called_path(b"./job", b"/usr/bin/perl", true, b"/srv"),
+            b"/usr/bin/perl"
+        );
+        // A relative #! interpreter is looked up from the caller's cwd.
+        assert_eq!(
+            called_path(b"/srv/job", b"bin/interp", true, b"/srv"),
+            b"/srv/bin/interp"
+        );
+        // Run as itself: the path given to execve, whatever argv[0] says.
+        assert_eq!(
+            called_path(b"./sort", b"anything", false, b"/usr/bin"),
+            b"/usr/bin/sort"
+        );
+    }
+
+    #[test]
+    fn a_script_is_not_the_running_file() {
+        let me = std::fs::read_link("/proc/self/exe").unwrap();
+        assert!(is_own_file(&me));
+        let dir = std::env::temp_dir().join(format!("rpe-own-file-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let script = dir.join("job");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(!is_own_file(&script));
+        let link = dir.join("me");
+        std::os::unix::fs::symlink(&me, &link).unwrap();
+        let linked = is_own_file(&link);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(linked, "a symlink to the stub is the stub");
     }
 }

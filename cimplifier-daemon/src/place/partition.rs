@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::slim::under;
 use super::state::state_dirs;
 use crate::model::report::ResourceUse;
-use crate::model::{Access, Exe, ImageTree, Model, Resource, walk};
+use crate::model::{Access, Exe, ImageTree, Model, Resource, shebang_interpreter, walk};
 use crate::partition::{PartitionName, Partitioning, PolicyKind, Separation};
 use crate::trace::ContainerPath;
 
@@ -180,6 +180,76 @@ pub struct NetworkLink {
     pub server: Exe,
     /// The address the server bound (a wildcard accepts any address).
     pub bound: Resource,
+}
+
+/// A script whose `#!` interpreter is an RPE stub in the script's own
+/// partition, because another program there runs that interpreter in
+/// another partition: the script would start the stub, which runs it
+/// where neither the script nor what it uses is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StubbedInterpreter {
+    pub partition: PartitionName,
+    pub script: Exe,
+    pub interpreter: Exe,
+    pub interpreter_partition: PartitionName,
+    /// The programs of `partition` that run the interpreter elsewhere.
+    pub callers: BTreeSet<Exe>,
+}
+
+impl std::fmt::Display for StubbedInterpreter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let callers: Vec<String> = self.callers.iter().map(|e| e.to_string()).collect();
+        write!(
+            f,
+            "partition {p}: the script {s} runs {i} as its #! interpreter in its own process, \
+             but {i} is an RPE stub in {p}, since {p} also calls {i} in partition {ip} (from \
+             {c}); the script cannot run. Put {i} in partition {p} too, or {s} in partition {ip}",
+            p = self.partition,
+            s = self.script,
+            i = self.interpreter,
+            c = callers.join(", "),
+            ip = self.interpreter_partition,
+        )
+    }
+}
+
+impl PartitionPlan {
+    /// Every script of the plan whose interpreter is a stub in its
+    /// partition. Such a plan cannot run; emit refuses it.
+    pub fn stubbed_interpreters(&self, tree: &dyn ImageTree) -> Vec<StubbedInterpreter> {
+        let mut out = Vec::new();
+        for (name, part) in &self.partitions {
+            for script in &part.executables {
+                for (stub, at) in &part.stubs {
+                    if is_shebang_interpreter(tree, script, stub) {
+                        out.push(StubbedInterpreter {
+                            partition: name.clone(),
+                            script: script.clone(),
+                            interpreter: stub.clone(),
+                            interpreter_partition: at.clone(),
+                            callers: self
+                                .rpe
+                                .iter()
+                                .filter(|e| &e.caller_partition == name && &e.callee == stub)
+                                .map(|e| e.caller.clone())
+                                .collect(),
+                        });
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Whether `callee` is the interpreter that `caller`'s `#!` line names, so
+/// that running `caller` runs `callee` in the same process.
+fn is_shebang_interpreter(tree: &dyn ImageTree, caller: &Exe, callee: &Exe) -> bool {
+    walk(tree, &caller.0, true)
+        .resolved
+        .and_then(|real| tree.head(&real, 256))
+        .and_then(|head| shebang_interpreter(&head))
+        .is_some_and(|interp| interp == callee.0)
 }
 
 /// A call that crosses partitions: `callee` runs in `callee_partition`,
@@ -573,6 +643,14 @@ pub fn plan(model: &Model, partitioning: &Partitioning, tree: &dyn ImageTree) ->
         ) else {
             continue;
         };
+        if is_shebang_interpreter(tree, &call.caller, &call.callee) {
+            // The kernel runs a script's interpreter in the script's own
+            // process, whose every use the model gives the script: the
+            // interpreter, its libraries and the script itself are in the
+            // caller's partition. A stub there would run it where none of
+            // them are, so the real interpreter stays.
+            continue;
+        }
         if let Some(p) = partitions.get_mut(from) {
             p.stubs.insert(call.callee.clone(), to.clone());
         }

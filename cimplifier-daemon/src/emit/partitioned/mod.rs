@@ -378,6 +378,9 @@ pub async fn emit_partitioned(
         );
     }
     let plan = plan(&model, &partitioning, &fs);
+    if let Some(stubbed) = plan.stubbed_interpreters(&fs).first() {
+        bail!("policy: {stubbed}");
+    }
     // The image's configuration with the observed container's settings on
     // top: the entry partition runs the command the container ran.
     let (source, run) = runconfig::carry_for(&SourceConfig::from_inspect(&inspect), &info);
@@ -464,7 +467,15 @@ pub async fn emit_partitioned(
         server: opts.rpe.server(),
     };
     let mut partitions = Vec::new();
+    let mut not_run = BTreeMap::new();
     for (name, contents) in &plan.partitions {
+        if name != &entry && !plan.rpe.iter().any(|e| &e.callee_partition == name) {
+            // Its server would serve nobody (and refuse to start): its
+            // executables ran only inside other partitions, as a script's
+            // #! interpreter runs in the script's partition.
+            not_run.insert(name.clone(), contents.executables.clone());
+            continue;
+        }
         progress(&format!("writing partition {name}"));
         let layer = partition_layer(&model, &fs, &slim_opts, name, contents, &plan.rpe, &glue)?;
         let role = match (name == &entry, layer.serves.is_empty()) {
@@ -551,6 +562,7 @@ pub async fn emit_partitioned(
         lost_events: info.loss.lost(),
         from_first_exec: info.started.from_first_exec,
         partitions,
+        not_run,
         total_bytes,
         reduction_percent: if source_image_bytes > 0 {
             100.0 * (1.0 - total_bytes as f64 / source_image_bytes as f64)

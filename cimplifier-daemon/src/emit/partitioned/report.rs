@@ -86,6 +86,12 @@ pub struct PartitionEmitReport {
     pub lost_events: u64,
     pub from_first_exec: bool,
     pub partitions: Vec<EmittedPartition>,
+    /// Partitions of the plan that get no image and no container, with
+    /// their executables: nothing would run in them, as they hold neither
+    /// the entrypoint nor a program another partition calls (a script runs
+    /// its `#!` interpreter in the script's own partition).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub not_run: BTreeMap<PartitionName, BTreeSet<Exe>>,
     /// Sum of the partitions' layers.
     pub total_bytes: u64,
     /// 100 × (1 − total / source).
@@ -232,6 +238,16 @@ impl PartitionEmitReport {
                     d.dir
                 );
             }
+        }
+        for (name, exes) in &self.not_run {
+            let exes: Vec<String> = exes.iter().map(|e| e.to_string()).collect();
+            let _ = writeln!(
+                out,
+                "  {:<12} no image: nothing runs in it ({}: neither the entrypoint nor \
+                 called from another partition, e.g. only a script's #! interpreter)",
+                name.to_string(),
+                exes.join(", ")
+            );
         }
         for v in &self.volumes {
             let because: Vec<String> = self

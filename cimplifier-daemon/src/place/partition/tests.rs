@@ -650,3 +650,109 @@ fn every_lasting_state_directory_gets_a_volume_private_to_its_partition() {
     assert!(db.private.contains(&p("/tmp/ib123")));
     assert!(plan.render_text().contains("state directory of db"));
 }
+
+/// A Debian-like image with a perl script and a `#!/bin/sh` script.
+fn scripts_image() -> tempfile::TempDir {
+    let image = tempfile::tempdir().unwrap();
+    let r = image.path();
+    for d in ["usr/bin", "usr/games", "usr/lib/x86_64-linux-gnu"] {
+        std::fs::create_dir_all(r.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink("usr/bin", r.join("bin")).unwrap();
+    std::os::unix::fs::symlink("dash", r.join("usr/bin/sh")).unwrap();
+    for elf in ["usr/bin/dash", "usr/bin/perl", "usr/bin/sort"] {
+        std::fs::write(r.join(elf), b"\x7fELF").unwrap();
+    }
+    std::fs::write(r.join("usr/games/cowsay"), b"#!/usr/bin/perl\nprint;\n").unwrap();
+    std::fs::write(r.join("usr/bin/order"), b"#!/bin/sh\nsort\n").unwrap();
+    image
+}
+
+#[test]
+fn a_script_keeps_its_interpreter_whatever_partition_the_interpreter_has() {
+    let image = scripts_image();
+    let mut s = Script::default();
+    let sh = s.start("/bin/sh");
+    // The script's process is the interpreter's: it loads libperl and
+    // reads the script, all as the script.
+    let cow = s.spawn(sh, "/usr/games/cowsay");
+    s.read(cow, "/usr/lib/x86_64-linux-gnu/libperl.so.5.36");
+    s.read(cow, "/usr/games/cowsay");
+    let order = s.spawn(sh, "/usr/bin/order");
+    s.spawn(order, "/usr/bin/sort");
+    // sh also runs perl itself: that call crosses partitions.
+    s.spawn(sh, "/usr/bin/perl");
+    let plan = plan_in(&s, "kind = \"one-one\"", image.path());
+    let edges: BTreeSet<(&str, &str)> = plan
+        .rpe
+        .iter()
+        .map(|e| (e.caller.0.as_str(), e.callee.0.as_str()))
+        .collect();
+    assert_eq!(
+        edges,
+        BTreeSet::from([
+            ("/bin/sh", "/usr/games/cowsay"),
+            ("/bin/sh", "/usr/bin/order"),
+            ("/bin/sh", "/usr/bin/perl"),
+            ("/usr/bin/order", "/usr/bin/sort"),
+        ]),
+        "no RPE edge from a script to its #! interpreter"
+    );
+    let part = |e: &str| {
+        plan.partitions
+            .values()
+            .find(|c| c.executables.contains(&exe(e)))
+            .unwrap()
+    };
+    let cowsay = part("/usr/games/cowsay");
+    assert!(!cowsay.stubs.contains_key(&exe("/usr/bin/perl")));
+    assert!(cowsay.copied.contains(&p("/usr/bin/perl")), "{cowsay:#?}");
+    let order = part("/usr/bin/order");
+    assert_eq!(
+        order.stubs.keys().collect::<Vec<_>>(),
+        [&exe("/usr/bin/sort")]
+    );
+    assert!(order.copied.contains(&p("/usr/bin/dash")), "{order:#?}");
+    // The caller holds a stub at the script's path, and perl's partition
+    // still serves sh's own call.
+    assert!(
+        part("/bin/sh")
+            .stubs
+            .contains_key(&exe("/usr/games/cowsay"))
+    );
+    assert_eq!(
+        part("/usr/bin/perl").serves,
+        BTreeSet::from([exe("/usr/bin/perl")])
+    );
+}
+
+#[test]
+fn a_scripts_interpreter_that_is_a_stub_in_its_partition_is_named() {
+    let image = scripts_image();
+    let mut s = Script::default();
+    let sh = s.start("/bin/sh");
+    s.spawn(sh, "/usr/games/cowsay");
+    // The shell also runs perl itself, and the policy puts perl apart.
+    s.spawn(sh, "/usr/bin/perl");
+    let policy = "kind = \"disjoint-subsets\"\n[partitions]\nshell = [\"/bin/sh\", \
+                  \"/usr/games/cowsay\"]\nperl = [\"/usr/bin/perl\"]\n";
+    let tree = crate::model::DirTree::new(image.path());
+    let model = s.model_with_tree(Box::new(tree.clone()));
+    let plan = plan(
+        &model,
+        &partition(&model, &Policy::from_toml(policy).unwrap()).unwrap(),
+        &tree,
+    );
+    assert_eq!(
+        plan.stubbed_interpreters(&tree),
+        [StubbedInterpreter {
+            partition: name("shell"),
+            script: exe("/usr/games/cowsay"),
+            interpreter: exe("/usr/bin/perl"),
+            interpreter_partition: name("perl"),
+            callers: BTreeSet::from([exe("/bin/sh")]),
+        }]
+    );
+    let one = plan_in(&s, "kind = \"one-one\"", image.path());
+    assert!(one.stubbed_interpreters(&tree).is_empty());
+}
