@@ -28,10 +28,28 @@ fn trace_command_writes_a_complete_replayable_log() {
             "--output",
         ])
         .arg(&log_path)
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Give it time to load and attach before the workload runs.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The workload runs once the programs are attached and the cgroup is
+    // watched, which the daemon logs (however long loading takes).
+    let stderr = daemon.stderr.take().unwrap();
+    let (attached_tx, attached) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            eprintln!("{line}");
+            if line.contains("tracing cgroup") {
+                let _ = attached_tx.send(());
+            }
+        }
+    });
+    attached
+        .recv_timeout(Duration::from_secs(60))
+        .expect("cimplifierd trace never said it was tracing");
     run_in(&cgroup.path, &["/bin/cat", marker.to_str().unwrap()]);
     let status = daemon.wait().unwrap();
     assert!(status.success(), "cimplifierd trace failed: {status}");
