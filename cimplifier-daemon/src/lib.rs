@@ -9,6 +9,7 @@
 pub mod api;
 pub mod docker;
 pub mod emit;
+pub mod image;
 pub mod model;
 pub mod partition;
 pub mod place;

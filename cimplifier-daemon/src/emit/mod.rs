@@ -3,7 +3,6 @@
 //! policy, one image per partition and the run plan that starts them.
 
 pub mod compose;
-pub mod image_fs;
 pub mod oci;
 pub mod partitioned;
 pub mod runconfig;
