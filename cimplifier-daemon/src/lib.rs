@@ -2,13 +2,16 @@
 //! uses, and emit least-privilege images.
 //!
 //! One module per pipeline stage: [`trace`] (eBPF events), [`model`]
-//! (resource graph), [`place`] (what each image keeps), [`emit`] (images
-//! and reports); around them [`docker`] (the engine) [`session`]
-//! (observing containers) and [`store`] (keeping what was seen).
+//! (resource graph), [`partition`] (which executables go together),
+//! [`image`] (the source image, read for place and emit), [`place`] (what
+//! each image keeps), [`emit`] (images and reports); around them
+//! [`docker`] (the engine), [`session`] (observing containers) and
+//! [`store`] (keeping what was seen).
 
 pub mod api;
 pub mod docker;
 pub mod emit;
+pub mod image;
 pub mod model;
 pub mod partition;
 pub mod place;

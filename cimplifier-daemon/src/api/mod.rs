@@ -12,6 +12,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::emit::slim::{EmitOptions, emit};
+use crate::image::source::{Admit, Refused, SourceError, TraceDigest, read_session};
 use crate::model::Model;
 use crate::model::report::{Report, Source};
 use crate::place::slim::{SafetySet, SlimOptions};
@@ -327,9 +328,18 @@ fn internal(e: anyhow::Error) -> Status {
 }
 
 fn not_found(name: &str) -> Status {
-    Status::not_found(format!(
-        "no session {name:?}: `cimplifierctl sessions` lists them; `cimplifierctl observe {name}` starts one"
-    ))
+    refused(Refused::NoSession(name.to_owned()))
+}
+
+/// A session refused for plan or emit: missing is NotFound, the rest (still
+/// observing, incomplete) FailedPrecondition.
+fn refused(why: Refused) -> Status {
+    match why {
+        Refused::NoSession(_) => Status::not_found(why.to_string()),
+        Refused::StillObserving(_) | Refused::Incomplete { .. } => {
+            Status::failed_precondition(why.to_string())
+        }
+    }
 }
 
 fn check_name(name: &str, field: &str) -> Result<(), Status> {
@@ -512,21 +522,11 @@ impl Cimplifier for Service {
         if req.tag.is_empty() && req.oci_dir.is_empty() {
             return Err(Status::invalid_argument("give a tag, an oci_dir, or both"));
         }
-        if record.state != SessionState::Closed {
-            return Err(Status::failed_precondition(format!(
-                "session {0} is still observing; `cimplifierctl stop {0}` closes it first",
-                record.name
-            )));
+        Admit::Closed {
+            allow_incomplete: req.allow_incomplete,
         }
-        if let Some(why) = record.incompleteness()
-            && !req.allow_incomplete
-        {
-            return Err(Status::failed_precondition(format!(
-                "the session {} {why}, so the image could miss files it needs; \
-                 observe again, or emit anyway with --allow-incomplete (the report will say so)",
-                record.name
-            )));
-        }
+        .check(&record)
+        .map_err(refused)?;
         let mut slim = SlimOptions::with_safety_sets();
         for name in &req.no_safety_sets {
             let set = SafetySet::from_name(name).ok_or_else(|| {
@@ -592,24 +592,24 @@ impl Cimplifier for Service {
         }
         let policy = crate::partition::Policy::from_toml(&req.policy_toml)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let record = self.record(&req.session)?;
         // With the image's tree, symlinked names and `#!` interpreters are
         // known, as emit will know them.
-        let docker = crate::docker::connect().map_err(internal)?;
-        let tree = crate::emit::slim::source_tree(
-            &docker,
-            &record.started.image_id,
-            &record.started.image_ref,
+        let source = read_session(
+            self.manager.store(),
+            &req.session,
+            Admit::Any,
+            TraceDigest::Skip,
         )
         .await
-        .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
-        let store = self.manager.store().clone();
+        .map_err(|e| match e {
+            SourceError::Refused(why) => refused(why),
+            SourceError::Image(e) => Status::failed_precondition(format!("{e:#}")),
+            SourceError::Store(e) => internal(e),
+        })?;
         let (plan_json, text) = tokio::task::spawn_blocking(move || {
-            let mut model = Model::with_image_tree(Box::new(tree.clone()));
-            store.fold(&record, &mut model, |_| {})?;
-            let partitioning = crate::partition::partition(&model, &policy)
+            let partitioning = crate::partition::partition(&source.model, &policy)
                 .map_err(|e| anyhow::anyhow!(PlanRefused(e.to_string())))?;
-            let plan = crate::place::partition::plan(&model, &partitioning, &tree);
+            let plan = crate::place::partition::plan(&source.model, &partitioning, &source.tree);
             Ok::<_, anyhow::Error>((serde_json::to_string_pretty(&plan)?, plan.render_text()))
         })
         .await

@@ -1,9 +1,9 @@
-//! The emit stage: reading the source image, writing the slim image as an
-//! OCI layout and into Docker, and the audit report; for a partitioning
-//! policy, one image per partition and the run plan that starts them.
+//! The emit stage: from the source image (read by [`crate::image`]) and a
+//! placement, the slim image as an OCI layout and into Docker, and the
+//! audit report; for a partitioning policy, one image per partition and
+//! the run plan that starts them.
 
 pub mod compose;
-pub mod image_fs;
 pub mod oci;
 pub mod partitioned;
 pub mod runconfig;

@@ -7,15 +7,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use futures::StreamExt;
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use super::image_fs::ImageFs;
 use super::oci::{self, SourceConfig};
 use super::runconfig::{self, RunReport};
-use crate::model::Model;
+use crate::image::source::{Admit, SourceSession, TraceDigest, read_session};
 use crate::place::slim::{
     KeepReason, KeptCodeTree, KeptListedDir, KeptStateDir, SlimOptions, plan,
 };
@@ -215,101 +212,43 @@ fn ms(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
-/// The file tree of a session's source image, read from the engine.
-pub async fn source_tree(
-    docker: &bollard::Docker,
-    image_id: &str,
-    image_ref: &str,
-) -> Result<Arc<ImageFs>> {
-    docker.inspect_image(image_id).await.with_context(|| {
-        format!("the observed container's image {image_ref} ({image_id}) is gone from the engine")
-    })?;
-    let saved = save_image(docker, image_id).await?;
-    Ok(Arc::new(ImageFs::from_docker_save(saved, image_ref)?))
-}
-
-/// The image's layers, as `docker image save` gives them.
-async fn save_image(docker: &bollard::Docker, image: &str) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    let mut stream = docker.export_image(image);
-    while let Some(chunk) = stream.next().await {
-        bytes.extend_from_slice(&chunk.with_context(|| format!("reading the layers of {image}"))?);
-    }
-    Ok(bytes)
-}
-
-/// A closed session to emit from, complete unless `allow_incomplete`.
-pub(crate) fn closed_session(
-    store: &Store,
-    session: &str,
-    allow_incomplete: bool,
-) -> Result<crate::store::SessionRecord> {
-    let info = store.session(session)?.with_context(|| {
-        format!(
-            "no session {session:?}: `cimplifierctl sessions` lists them; `cimplifierctl observe` starts one"
-        )
-    })?;
-    if info.state != crate::store::SessionState::Closed {
-        bail!(
-            "session {} is still observing; `cimplifierctl stop {}` closes it first",
-            info.name,
-            info.name
-        );
-    }
-    if let Some(why) = info.incompleteness()
-        && !allow_incomplete
-    {
-        bail!(
-            "the session {} {why}, so the image could miss files it needs; \
-             observe again (a larger --ring-buffer-mib helps with loss), or pass \
-             --allow-incomplete to emit anyway (the report will say so)",
-            info.name
-        );
-    }
-    Ok(info)
-}
-
 /// Emits the slim image of an observed container. `progress` hears each step.
 pub async fn emit(
-    store: &Store,
+    store: &Arc<Store>,
     opts: &EmitOptions,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<EmitReport> {
-    let info = closed_session(store, &opts.session, opts.allow_incomplete)?;
-    let docker = crate::docker::connect()?;
-    let inspect = docker
-        .inspect_image(&info.started.image_id)
-        .await
-        .with_context(|| {
-            format!(
-                "the observed container's image {} ({}) is gone from the engine",
-                info.started.image_ref, info.started.image_id
-            )
-        })?;
-
     progress("reading the source image");
-    let start = Instant::now();
-    let saved = save_image(&docker, &info.started.image_id).await?;
-    let fs = Arc::new(ImageFs::from_docker_save(saved, &info.started.image_ref)?);
-    let read_image_ms = ms(start);
+    let SourceSession {
+        record: info,
+        inspect,
+        tree: fs,
+        model,
+        trace_digest,
+        read_image_ms,
+        fold_ms,
+    } = read_session(
+        store,
+        &opts.session,
+        Admit::Closed {
+            allow_incomplete: opts.allow_incomplete,
+        },
+        TraceDigest::Sha256,
+    )
+    .await?;
 
     progress("planning what to keep");
     let start = Instant::now();
-    let mut model = Model::with_image_tree(Box::new(fs.clone()));
-    let mut trace_hash = Sha256::new();
-    store.fold(&info, &mut model, |e| {
-        trace_hash.update(serde_json::to_vec(e).expect("events serialize to JSON"));
-    })?;
     let (source, run) = runconfig::carry_for(&SourceConfig::from_inspect(&inspect), &info);
     let mut slim = opts.slim.clone();
     slim.env = source.env.clone().unwrap_or_default();
     let slim_plan = plan(&model, &fs, &slim);
-    let plan_ms = ms(start);
+    let plan_ms = fold_ms + ms(start);
 
     progress("writing the slim layer");
     let start = Instant::now();
     let layer = fs.write_tar(&|p| slim_plan.keep.contains_key(p));
-    let trace_sha = format!("sha256:{:x}", trace_hash.finalize());
+    let trace_sha = trace_digest.expect("asked for the trace digest");
     let labels: BTreeMap<String, String> = [
         ("io.cimplifier.source-image", info.started.image_id.clone()),
         ("io.cimplifier.source-ref", info.started.image_ref.clone()),
@@ -332,7 +271,7 @@ pub async fn emit(
     let start = Instant::now();
     if opts.tag.is_some() {
         progress("loading into Docker");
-        oci::load_into_docker(&docker, &image).await?;
+        oci::load_into_docker(&crate::docker::connect()?, &image).await?;
     }
     let load_ms = ms(start);
 

@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::emit::image_fs::{EntryKind, ImageFs};
+use crate::image::fs::{EntryKind, ImageFs};
 use crate::model::{Access, Exe, Model, Resource, shebang_interpreter};
 use crate::trace::ContainerPath;
 

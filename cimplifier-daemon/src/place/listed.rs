@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use crate::emit::image_fs::{EntryKind, ImageFs};
+use crate::image::fs::{EntryKind, ImageFs};
 use crate::model::{Access, Exe, Model, Resource, walk};
 use crate::trace::ContainerPath;
 

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::code_tree::{CodeKind, code_trees};
 use super::listed::{content_bytes, listed_dirs};
 use super::state::state_dirs;
-use crate::emit::image_fs::{EntryKind, ImageFs};
+use crate::image::fs::{EntryKind, ImageFs};
 use crate::model::{Access, Exe, Model, Resource, walk};
 use crate::trace::ContainerPath;
 
@@ -701,7 +701,7 @@ pub fn plan_for(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::emit::image_fs::tests::sample_tar;
+    use crate::image::fs::tests::sample_tar;
     use crate::model::Model;
     use crate::trace::{CgroupId, Event, EventKind, PathArg, PathRole, Resolution, SyscallEvent};
     use cimplifier_common::syscalls::nr;

@@ -129,7 +129,7 @@ pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::emit::image_fs::ImageFs;
+    use crate::image::fs::ImageFs;
     use crate::trace::{CgroupId, Event, EventKind, PathArg, PathRole, Resolution, SyscallEvent};
     use cimplifier_common::syscalls::{self, nr};
 

@@ -10,7 +10,7 @@ use anyhow::{Result, bail};
 use cimplifier_rpe::config::{PartitionConfig, STUB_CONFIG_DEFAULT, ServerConfig, StubConfig};
 
 use super::{SERVER_CONFIG, SERVER_PATH, STUB_CONNECT_TIMEOUT_MS, rpe_socket};
-use crate::emit::image_fs::{EntryKind, ImageFs};
+use crate::image::fs::{EntryKind, ImageFs};
 use crate::model::{Exe, Model};
 use crate::partition::PartitionName;
 use crate::place::partition::{PartitionContents, RpeEdge};
@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn additions_add_missing_parents_and_keep_existing_ones() {
-        let fs = ImageFs::from_tar(crate::emit::image_fs::tests::sample_tar(), "sample").unwrap();
+        let fs = ImageFs::from_tar(crate::image::fs::tests::sample_tar(), "sample").unwrap();
         let mut keep = BTreeSet::new();
         let mut add = Additions::new();
         let stub = ContainerPath::new("/usr/bin/ping").unwrap();
@@ -285,7 +285,7 @@ mod tests {
 
     #[test]
     fn stubs_land_where_symlinked_directories_lead() {
-        let fs = ImageFs::from_tar(crate::emit::image_fs::tests::sample_tar(), "sample").unwrap();
+        let fs = ImageFs::from_tar(crate::image::fs::tests::sample_tar(), "sample").unwrap();
         let mut keep = BTreeSet::new();
         let via_link = ContainerPath::new("/bin/ping").unwrap();
         let landed = through_dir_links(&via_link, &fs, &mut keep).unwrap();

@@ -15,15 +15,17 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use cimplifier_build::glue::{GlueBinary, check_static};
 use serde::{Deserialize, Serialize};
 
 use super::compose::{COMPOSE_FILE, ComposeFile, ComposePort, ComposeService, ComposeVolume};
-use super::image_fs::ImageFs;
 use super::oci::{self, SourceConfig};
 use super::runconfig::{self, RunReport};
+use crate::image::fs::ImageFs;
+use crate::image::source::{Admit, SourceSession, TraceDigest, read_session};
 use crate::model::{Exe, Model};
 use crate::partition::{PartitionName, Policy};
 use crate::place::partition::{PartitionPlan, plan};
@@ -344,27 +346,28 @@ fn user_of(role: &Role, name: &PartitionName, source: &SourceConfig) -> Result<O
 
 /// Emits the partitioned system of an observed container.
 pub async fn emit_partitioned(
-    store: &Store,
+    store: &Arc<Store>,
     opts: &PartitionEmitOptions,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<PartitionEmitReport> {
-    let info = super::slim::closed_session(store, &opts.session, opts.allow_incomplete)?;
-    let docker = crate::docker::connect()?;
-    let inspect = docker
-        .inspect_image(&info.started.image_id)
-        .await
-        .with_context(|| {
-            format!(
-                "the observed container's image {} ({}) is gone from the engine",
-                info.started.image_ref, info.started.image_id
-            )
-        })?;
     progress("reading the source image");
-    let fs =
-        super::slim::source_tree(&docker, &info.started.image_id, &info.started.image_ref).await?;
+    let SourceSession {
+        record: info,
+        inspect,
+        tree: fs,
+        model,
+        ..
+    } = read_session(
+        store,
+        &opts.session,
+        Admit::Closed {
+            allow_incomplete: opts.allow_incomplete,
+        },
+        TraceDigest::Skip,
+    )
+    .await?;
+    let docker = crate::docker::connect()?;
     progress("partitioning and placing");
-    let mut model = Model::with_image_tree(Box::new(fs.clone()));
-    store.fold(&info, &mut model, |_| {})?;
     let partitioning = crate::partition::partition(&model, &opts.policy)
         .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
     if partitioning

@@ -20,7 +20,7 @@ use std::io::Read;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::emit::image_fs::{EntryKind, ImageFs};
+use crate::image::fs::{EntryKind, ImageFs};
 use crate::place::partition::SharedVolume;
 use crate::place::slim::under;
 use crate::trace::ContainerPath;
