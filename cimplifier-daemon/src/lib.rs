@@ -7,6 +7,7 @@
 //! (observing containers) and [`store`] (keeping what was seen).
 
 pub mod api;
+pub mod cli;
 pub mod docker;
 pub mod emit;
 pub mod model;
