@@ -9,6 +9,7 @@
 //! [`store`] (keeping what was seen).
 
 pub mod api;
+pub mod cli;
 pub mod docker;
 pub mod emit;
 pub mod image;

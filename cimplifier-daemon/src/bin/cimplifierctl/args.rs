@@ -1,0 +1,382 @@
+//! The command line: clap types, and the checks on arguments that clap
+//! cannot express.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use cimplifier::trace::ContainerPath;
+use clap::{ArgGroup, Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "cimplifier's admin CLI: observe a container, then emit its least-privilege image",
+    after_help = "Exit codes: 0 success; 1 failure; 2 usage error; 3 the daemon cannot be reached; \
+                  4 no such container or session; 5 refused as asked (e.g. a session that lost events). \
+                  observe --exec exits with the workload's status once it has run."
+)]
+pub struct Cli {
+    /// The daemon's socket (`cimplifierd serve`); `analyze` works without it.
+    #[arg(long, global = true, env = "CIMPLIFIER_SOCKET", default_value = cimplifier::api::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Reach the daemon on TCP instead (`cimplifierd serve --listen-tcp`),
+    /// with mutual TLS: needs --tls-ca, --tls-cert and --tls-key, or
+    /// --insecure for a daemon serving plaintext.
+    #[arg(
+        long,
+        global = true,
+        env = "CIMPLIFIER_ADDR",
+        value_name = "HOST:PORT",
+        conflicts_with = "socket"
+    )]
+    pub addr: Option<String>,
+    /// With --addr: the CA certificate (PEM) that signed the daemon's
+    /// certificate; that certificate must name the host of --addr.
+    #[arg(long, global = true, env = "CIMPLIFIER_TLS_CA", value_name = "FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// With --addr: this client's certificate (PEM), signed by the CA the
+    /// daemon trusts (its --tls-client-ca).
+    #[arg(
+        long,
+        global = true,
+        env = "CIMPLIFIER_TLS_CLIENT_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// With --addr: the private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        global = true,
+        env = "CIMPLIFIER_TLS_CLIENT_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// With --addr: talk plaintext TCP, to a daemon serving --insecure.
+    #[arg(long, global = true, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    pub insecure: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Observe a Docker container with eBPF while it serves its workload.
+    ///
+    /// The daemon does the observing. A container that is created but not
+    /// running is started under observation, so its first exec and all of
+    /// its start-up are seen. A running container needs --restart
+    /// (recommended) or --attach. Run the workload meanwhile; stop with
+    /// Ctrl-C (the session is kept), --duration, or by stopping the
+    /// container. Or give the workload as --exec CMD: the session closes
+    /// when CMD exits, with CMD's exit status, and no terminal is needed.
+    /// The daemon keeps the session (event log and summary) for `emit`,
+    /// `report` and `sessions`.
+    #[command(group(ArgGroup::new("what").required(true).args(["container", "label"])))]
+    Observe(ObserveArgs),
+    /// Emit the slim image of an observed container, or with --policy its
+    /// partitions (one image each) and the run plan `up` starts.
+    ///
+    /// Keeps every file the observed executables used, with every directory
+    /// and symlink on the way to it, the ELF libraries of every binary kept,
+    /// the safety sets (nss, ca-certificates, timezone, locales) and --include paths;
+    /// copies the source image's configuration; the daemon keeps an audit
+    /// report of every kept path and why (emit-reports/SESSION.json in its
+    /// state directory; --json prints it). Refuses a session that lost events,
+    /// has a gap or missed the container's start-up (--attach) unless
+    /// --allow-incomplete. The OCI directory is written by the
+    /// daemon, on its host. With --policy (docs/partitioning.md), a stub of
+    /// the RPE glue stands at each program that runs in another partition,
+    /// the RPE server is the entrypoint of every partition that runs
+    /// programs for others, and --out gets docker-compose.yml and
+    /// partition-report.json.
+    #[command(group(ArgGroup::new("output").required(true).multiple(true).args(["tag", "oci_dir"])))]
+    Emit(EmitArgs),
+    /// The daemon's version and API.
+    Version,
+    /// Print a shell completion script, e.g. `cimplifierctl completions bash > /etc/bash_completion.d/cimplifierctl`.
+    Completions { shell: clap_complete::Shell },
+    /// The daemon's sessions: observing, closed or failed.
+    Sessions {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon's observation of a container; the session is kept.
+    Stop { container: String },
+    /// The model of a session the daemon holds: a table of each
+    /// executable's reads, writes and failed lookups, the call graph and
+    /// the sockets; --json for the whole model (docs/model-json.md), --dot
+    /// for the call graph.
+    Report {
+        /// The session (the container's name, or a merge's).
+        container: String,
+        /// Print the whole model as JSON.
+        #[arg(long, conflicts_with = "dot")]
+        json: bool,
+        /// Print the call graph as Graphviz DOT.
+        #[arg(long)]
+        dot: bool,
+    },
+    /// Dry-run a partitioning policy on a session: which executables go
+    /// where, what each partition copies and shares (with the evidence for
+    /// every shared volume), and which calls cross partitions by RPE.
+    ///
+    /// The policy is a TOML file (docs/policy.md), e.g.
+    /// `kind = "one-one"`. Nothing is built.
+    Plan {
+        /// The session (a container's name, or a merge's).
+        session: String,
+        /// The policy file.
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        /// Print the plan as JSON (format cimplifier-partition-plan).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start a partitioned system that `emit --policy` wrote.
+    ///
+    /// Reads the run plan (the --out directory of `emit --policy`, or its
+    /// docker-compose.yml), creates its volumes and starts one container
+    /// per partition through the Docker API, servers first, all in one
+    /// network namespace. Containers are named PROJECT-PARTITION-1 and
+    /// labelled as Compose labels them, so `docker compose` sees them too.
+    Up {
+        /// The run plan: a directory holding docker-compose.yml, or the file.
+        plan: PathBuf,
+        /// Print what was started as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop and remove a partitioned system that `up` started.
+    Down {
+        /// The run plan `up` was given.
+        plan: PathBuf,
+        /// Also remove its volumes (the data the partitions shared).
+        #[arg(long)]
+        volumes: bool,
+        /// Print what was removed as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tail the events of observing sessions live, until Ctrl-C.
+    ///
+    /// Filters combine: --session, --exe and --kind each may repeat. A
+    /// stream that falls more than --buffer events behind is cut off by the
+    /// daemon (exit code 6) so that it never slows the observation.
+    Events {
+        /// Only this session (repeatable).
+        #[arg(long, value_name = "NAME")]
+        session: Vec<String>,
+        /// Only processes running this executable (repeatable), e.g. /usr/sbin/nginx.
+        #[arg(long, value_name = "PATH")]
+        exe: Vec<String>,
+        /// Only this kind: fork, exit, running, syscall, or a syscall name
+        /// such as openat (repeatable).
+        #[arg(long, value_name = "KIND")]
+        kind: Vec<String>,
+        /// Events the daemon may buffer for this stream [default: 4096].
+        #[arg(long)]
+        buffer: Option<u32>,
+        /// Print each event as one JSON line (docs/event-log.md) with its session and executable.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a closed session (record and events) to a bundle file, to
+    /// import it into another daemon (e.g. to merge sessions of one image
+    /// observed on several nodes).
+    Export {
+        session: String,
+        /// The bundle file to write; `-` for stdout.
+        #[arg(long, short)]
+        output: PathBuf,
+    },
+    /// Store a bundle written by `export` as a session of this daemon.
+    Import {
+        bundle: PathBuf,
+        /// Store it under this name instead of the bundle's own.
+        #[arg(long = "as", value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// Merge closed sessions of one image into a new session, whose model
+    /// is the union of theirs; emit it to get one image that serves every
+    /// workload that was observed.
+    Merge {
+        /// The new session's name.
+        #[arg(long, value_name = "NAME")]
+        into: String,
+        /// The sessions to merge (two or more).
+        #[arg(num_args = 2.., required = true)]
+        sessions: Vec<String>,
+    },
+    /// Build the resource model of a recorded trace and report it.
+    ///
+    /// Prints each executable with the sizes of its read set R (what must
+    /// exist for it to run as observed), its write set W (what it creates,
+    /// changes, removes or connects to) and its failed lookups, then the exec
+    /// call graph and the sockets. --json prints the whole model (format:
+    /// docs/model-json.md); --dot prints the call graph for Graphviz
+    /// (`cimplifierctl analyze --events t.jsonl --dot | dot -Tsvg > calls.svg`).
+    #[command(group(ArgGroup::new("input").required(true).args(["events", "strace"])))]
+    Analyze {
+        /// Event log written by `cimplifierd trace --output FILE`.
+        #[arg(long, value_name = "FILE")]
+        events: Option<PathBuf>,
+        /// strace log(s): one `strace -f -y -yy -s 4096 -o FILE` log, or
+        /// all the FILE.PID files of `strace -ff`.
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        strace: Vec<PathBuf>,
+        /// The container's file system (an unpacked image, or
+        /// /proc/PID/root of a running container), to follow symlinks along
+        /// each name and read `#!` lines. Without it only the names used
+        /// and their directories are known.
+        #[arg(long, value_name = "DIR")]
+        root: Option<PathBuf>,
+        /// Print the whole model as JSON.
+        #[arg(long, conflicts_with = "dot")]
+        json: bool,
+        /// Print the exec call graph as Graphviz DOT.
+        #[arg(long)]
+        dot: bool,
+    },
+}
+
+// The arguments of `observe` (its help is the variant's doc comment).
+#[derive(Args)]
+pub struct ObserveArgs {
+    /// Container name or id.
+    pub container: Option<String>,
+    /// Instead of one container: observe every container created from
+    /// now on with this label (KEY=VALUE), from its first exec. The
+    /// daemon always does so for io.cimplifier.observe=true.
+    #[arg(long, value_name = "KEY=VALUE", conflicts_with_all = ["duration", "restart", "attach"])]
+    pub label: Option<String>,
+    /// Stop after this long, e.g. 30s or 5m.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Restart a running container so its start-up is observed.
+    #[arg(long, conflicts_with = "attach")]
+    pub restart: bool,
+    /// Observe a running container from now on; its start-up is missed,
+    /// so `emit` needs --allow-incomplete for the session.
+    #[arg(long)]
+    pub attach: bool,
+    /// Run this workload once the container runs, through `sh -c` as
+    /// you, with CIMPLIFIER_TARGET set to the container's IP address
+    /// (127.0.0.1 on the host's network) and CIMPLIFIER_CONTAINER to its
+    /// name; first waits (see --ready-timeout) until the TCP ports it
+    /// exposes accept connections. When CMD exits the session is closed and
+    /// cimplifierctl exits with CMD's status. Ctrl-C or SIGTERM stops
+    /// CMD and closes the session. CMD's stdin is empty; with --json its
+    /// stdout goes to stderr.
+    #[arg(long, value_name = "CMD", conflicts_with = "duration")]
+    pub exec: Option<String>,
+    /// With --exec: how long to wait for the exposed TCP ports before
+    /// running CMD anyway (with a warning naming them); 0 runs it at once.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = "30s", requires = "exec")]
+    pub ready_timeout: Duration,
+    /// Print the session summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+// The arguments of `emit` (its help is the variant's doc comment).
+#[derive(Args)]
+pub struct EmitArgs {
+    /// The observed container's name.
+    pub container: String,
+    /// Load the image into Docker under this tag, e.g. myapp:slim.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Write an OCI image layout to this directory.
+    #[arg(long, value_name = "DIR")]
+    pub oci_dir: Option<PathBuf>,
+    /// Keep this path and everything below it (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub include: Vec<String>,
+    /// Drop this path and everything below it (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub exclude: Vec<String>,
+    /// Leave out one safety set: nss, ca-certificates, timezone or locales (repeatable).
+    #[arg(long, value_name = "SET")]
+    pub no_safety_set: Vec<String>,
+    /// Leave out every safety set.
+    #[arg(long)]
+    pub no_safety_sets: bool,
+    /// Emit even if the session lost events; the report says so.
+    #[arg(long)]
+    pub allow_incomplete: bool,
+    /// List every removed path in the report.
+    #[arg(long)]
+    pub list_removed: bool,
+    /// Keep only what the run used (and what that needs): not the whole
+    /// of each state directory, nor interpreters' whole code trees, nor
+    /// every entry of a listed directory (the report names those).
+    #[arg(long)]
+    pub strict: bool,
+    /// Say why PATH is kept or removed (repeatable).
+    #[arg(long, value_name = "PATH")]
+    pub explain: Vec<String>,
+    /// Partition by this policy (TOML, docs/policy.md) instead: one
+    /// image per partition, named REPOSITORY-<partition>:TAG after
+    /// --tag, with RPE stubs and servers, and a run plan in --out.
+    #[arg(long, value_name = "FILE", requires_all = ["tag", "out"], conflicts_with = "oci_dir")]
+    pub policy: Option<PathBuf>,
+    /// With --policy: the directory the daemon writes the run plan
+    /// (docker-compose.yml) and partition-report.json to.
+    #[arg(long, value_name = "DIR", requires = "policy")]
+    pub out: Option<PathBuf>,
+    /// Print the audit report as JSON instead of the summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl Cli {
+    /// Where the daemon is: --socket, or --addr with TLS (or --insecure).
+    /// --addr without either is a usage error (exit 2).
+    pub fn address(&self) -> cimplifier::api::Address {
+        use cimplifier::api::{Address, ClientSecurity, ClientTls};
+        let Some(addr) = &self.addr else {
+            if self.tls_ca.is_some() || self.tls_cert.is_some() || self.insecure {
+                usage_error(
+                    "--tls-ca, --tls-cert, --tls-key and --insecure apply to --addr only; \
+                     the unix socket (--socket) needs none",
+                );
+            }
+            return Address::Unix(self.socket.clone());
+        };
+        let security = match (&self.tls_ca, self.insecure) {
+            (_, true) => ClientSecurity::Insecure,
+            (Some(ca), false) => ClientSecurity::Tls(ClientTls {
+                ca: ca.clone(),
+                identity: self.tls_cert.clone().zip(self.tls_key.clone()),
+            }),
+            (None, false) => usage_error(&format!(
+                "--addr {addr} needs TLS: pass --tls-ca FILE (the CA of the daemon's \
+                 certificate) with --tls-cert FILE and --tls-key FILE (this client's \
+                 certificate, which the daemon requires), or --insecure if the daemon \
+                 serves plaintext TCP (`cimplifierd serve --insecure`)"
+            )),
+        };
+        Address::Tcp {
+            addr: addr.clone(),
+            security,
+        }
+    }
+}
+
+pub fn usage_error(message: &str) -> ! {
+    use clap::CommandFactory;
+    Cli::command()
+        .bin_name("cimplifierctl")
+        .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+        .exit()
+}
+
+pub fn path_arg(s: &str, flag: &str) -> anyhow::Result<ContainerPath> {
+    ContainerPath::new(s)
+        .with_context(|| format!("{flag} {s:?}: give an absolute path inside the container"))
+}

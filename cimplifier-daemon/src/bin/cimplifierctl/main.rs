@@ -1,0 +1,83 @@
+//! cimplifierctl: the admin CLI, a gRPC client of cimplifierd; `analyze`
+//! works offline on recorded traces.
+//!
+//! `args` holds the command line; each group of commands has its own
+//! module, called from [`run`]; `daemon` reaches the daemon and maps
+//! failures to exit codes; `render` holds what several commands print.
+
+mod analyze;
+mod args;
+mod daemon;
+mod emit;
+mod observe;
+mod render;
+mod sessions;
+mod version;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+
+fn main() -> ExitCode {
+    cimplifier::cli::init_logging();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cimplifierctl: error: {e:#}");
+            ExitCode::from(daemon::exit_code(&e))
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let socket = match cli.command {
+        Command::Completions { .. } | Command::Analyze { .. } => {
+            cimplifier::api::Address::Unix(cli.socket.clone())
+        }
+        _ => cli.address(),
+    };
+    let socket = &socket;
+    match cli.command {
+        Command::Completions { shell } => version::completions(shell),
+        Command::Version => version::version(socket),
+        Command::Observe(args) => observe::observe(socket, args),
+        Command::Stop { container } => observe::stop(socket, container),
+        Command::Sessions { json } => sessions::list(socket, json),
+        Command::Report {
+            container,
+            json,
+            dot,
+        } => sessions::report(socket, container, json, dot),
+        Command::Events {
+            session,
+            exe,
+            kind,
+            buffer,
+            json,
+        } => sessions::events(socket, session, exe, kind, buffer, json),
+        Command::Export { session, output } => sessions::export(socket, session, &output),
+        Command::Import { bundle, name } => sessions::import(socket, &bundle, name),
+        Command::Merge { into, sessions } => sessions::merge(socket, into, sessions),
+        Command::Plan {
+            session,
+            policy,
+            json,
+        } => emit::plan(socket, session, &policy, json),
+        Command::Emit(args) => emit::emit(socket, args),
+        Command::Up { plan, json } => emit::up(&plan, json),
+        Command::Down {
+            plan,
+            volumes,
+            json,
+        } => emit::down(&plan, volumes, json),
+        Command::Analyze {
+            events,
+            strace,
+            root,
+            json,
+            dot,
+        } => analyze::analyze(events, strace, root.as_deref(), json, dot),
+    }
+}

@@ -1,0 +1,219 @@
+//! The sessions the daemon keeps: `sessions`, `events`, `report`, and
+//! moving them between daemons with `export`, `import` and `merge`.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use cimplifier::api::{Address, pb};
+use cimplifier::cli::shutdown_signal;
+use tokio_stream::StreamExt;
+
+use crate::args::path_arg;
+use crate::daemon::{connect, daemon, runtime, status};
+use crate::render::{mb, print, session_json, state_name};
+
+pub fn list(socket: &Address, json: bool) -> anyhow::Result<()> {
+    let list = daemon(socket, async |mut c| {
+        c.list_sessions(pb::ListSessionsRequest {}).await
+    })?;
+    if json {
+        let rows: Vec<serde_json::Value> = list.sessions.iter().map(session_json).collect();
+        return print(&(serde_json::to_string_pretty(&rows)? + "\n"));
+    }
+    let mut text = format!(
+        "{:<32} {:<10} {:>9} {:>6} {:>10} {:>9}  {}\n",
+        "CONTAINER", "STATE", "EVENTS", "LOST", "UNREADABLE", "SECONDS", "IMAGE"
+    );
+    for s in &list.sessions {
+        text += &format!(
+            "{:<32} {:<10} {:>9} {:>6} {:>10} {:>9.1}  {}{}\n",
+            s.container,
+            state_name(s.state),
+            s.events,
+            s.lost_events,
+            s.unreadable_names,
+            s.duration_ms as f64 / 1000.0,
+            s.image_ref,
+            if s.error.is_empty() {
+                String::new()
+            } else {
+                format!("  error: {}", s.error)
+            }
+        );
+    }
+    print(&text)
+}
+
+pub fn report(socket: &Address, container: String, json: bool, dot: bool) -> anyhow::Result<()> {
+    let format = if dot {
+        pb::get_report_request::Format::Dot
+    } else {
+        pb::get_report_request::Format::Json
+    };
+    let r = daemon(socket, async |mut c| {
+        c.get_report(pb::GetReportRequest {
+            container,
+            format: format as i32,
+        })
+        .await
+    })?;
+    if dot {
+        return print(&r.body);
+    }
+    if json {
+        return print(&(r.body + "\n"));
+    }
+    let report: cimplifier::model::report::Report = serde_json::from_str(&r.body)
+        .context("the daemon's report is not the model JSON this cimplifierctl reads")?;
+    print(&report.table())
+}
+
+pub fn events(
+    socket: &Address,
+    session: Vec<String>,
+    exe: Vec<String>,
+    kind: Vec<String>,
+    buffer: Option<u32>,
+    json: bool,
+) -> anyhow::Result<()> {
+    for p in &exe {
+        path_arg(p, "--exe")?;
+    }
+    let request = pb::StreamEventsRequest {
+        sessions: session,
+        executables: exe,
+        kinds: kind,
+        buffer: buffer.unwrap_or(0),
+    };
+    runtime()?.block_on(async {
+        let mut api = connect(socket).await?;
+        let mut stream = api
+            .stream_events(request)
+            .await
+            .map_err(status)?
+            .into_inner();
+        let stop = shutdown_signal();
+        tokio::pin!(stop);
+        loop {
+            let item = tokio::select! {
+                _ = &mut stop => return Ok(()),
+                item = stream.next() => item,
+            };
+            let Some(item) = item else { return Ok(()) };
+            let e = item.map_err(status)?;
+            let line = if json {
+                let mut v: serde_json::Value = serde_json::from_str(&e.json)?;
+                v["session"] = e.session.into();
+                v["executable"] = e.executable.into();
+                v.to_string() + "\n"
+            } else {
+                format!(
+                    "{:<16} {:>7} {:<24} {:<10} {}\n",
+                    e.session,
+                    e.pid,
+                    if e.executable.is_empty() {
+                        e.comm
+                    } else {
+                        e.executable
+                    },
+                    if e.syscall.is_empty() {
+                        e.kind
+                    } else {
+                        e.syscall
+                    },
+                    event_detail(&e.json)
+                )
+            };
+            print(&line)?;
+        }
+    })
+}
+
+/// The names or address an event is about, for the table of `events`.
+fn event_detail(json: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return String::new();
+    };
+    let mut parts: Vec<String> = v["paths"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["path"].as_str().map(str::to_owned))
+        .collect();
+    for key in ["socket", "fd_path", "exe"] {
+        if let Some(s) = v.get(key).filter(|s| !s.is_null()) {
+            parts.push(s.as_str().map_or_else(|| s.to_string(), str::to_owned));
+        }
+    }
+    if let Some(errno) = v["errno"].as_str() {
+        parts.push(format!("= {errno}"));
+    }
+    parts.join(" ")
+}
+
+pub fn export(socket: &Address, session: String, output: &Path) -> anyhow::Result<()> {
+    let bundle = runtime()?.block_on(async {
+        let mut api = connect(socket).await?;
+        let mut stream = api
+            .export_session(pb::ExportSessionRequest { session })
+            .await
+            .map_err(status)?
+            .into_inner();
+        let mut bundle = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            bundle.extend_from_slice(&chunk.map_err(status)?.data);
+        }
+        Ok::<_, anyhow::Error>(bundle)
+    })?;
+    if output.as_os_str() == "-" {
+        std::io::stdout().lock().write_all(&bundle)?;
+        return Ok(());
+    }
+    std::fs::write(output, &bundle)
+        .with_context(|| format!("writing the bundle {}", output.display()))?;
+    eprintln!("wrote {} ({})", output.display(), mb(bundle.len() as u64));
+    Ok(())
+}
+
+pub fn import(socket: &Address, bundle: &Path, name: Option<String>) -> anyhow::Result<()> {
+    let bytes = std::fs::read(bundle)
+        .with_context(|| format!("reading the bundle {}", bundle.display()))?;
+    let mut chunks: Vec<pb::ImportChunk> = bytes
+        .chunks(1 << 20)
+        .map(|c| pb::ImportChunk {
+            name: String::new(),
+            data: c.to_vec(),
+        })
+        .collect();
+    match chunks.first_mut() {
+        Some(first) => first.name = name.unwrap_or_default(),
+        None => anyhow::bail!("{} is empty: not a session bundle", bundle.display()),
+    }
+    let s = daemon(socket, async |mut c| {
+        c.import_session(tokio_stream::iter(chunks)).await
+    })?;
+    print(&format!(
+        "imported session {} ({}): {} events\n",
+        s.container, s.image_ref, s.events
+    ))
+}
+
+pub fn merge(socket: &Address, into: String, sessions: Vec<String>) -> anyhow::Result<()> {
+    let s = daemon(socket, async |mut c| {
+        c.merge_sessions(pb::MergeSessionsRequest { into, sessions })
+            .await
+    })?;
+    print(&format!(
+        "merged {} segments into session {} ({}): {} events{}\n",
+        s.segments.len(),
+        s.container,
+        s.image_ref,
+        s.events,
+        if s.complete {
+            ""
+        } else {
+            "; INCOMPLETE: a source lost events, has a gap or missed its start-up"
+        }
+    ))
+}

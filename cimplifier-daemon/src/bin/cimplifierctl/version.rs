@@ -1,0 +1,24 @@
+//! About cimplifierctl itself: `version` and `completions`.
+
+use cimplifier::api::{Address, pb};
+use clap::CommandFactory;
+
+use crate::args::Cli;
+use crate::daemon::daemon;
+use crate::render::print;
+
+pub fn version(socket: &Address) -> anyhow::Result<()> {
+    let v = daemon(socket, async |mut c| c.version(pb::VersionRequest {}).await)?;
+    print(&format!(
+        "cimplifierctl {}\ncimplifierd {} (APIs: {})\n",
+        env!("CARGO_PKG_VERSION"),
+        v.version,
+        v.apis.join(", ")
+    ))
+}
+
+pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "cimplifierctl", &mut out);
+    print(&String::from_utf8_lossy(&out))
+}
