@@ -41,9 +41,13 @@ async fn names_inside_a_chroot_resolve_to_the_full_path() {
     let (_dir, jail) = jail();
 
     // fchdir + chroot("."), as daemons do; then an absolute, a relative and
-    // a `..` name, and a child forked after the chroot.
+    // a `..` name, and a child forked after the chroot. The process waits to
+    // be told to go until the tracer has seen it: a process first seen is
+    // seeded from /proc when its first event is read, and a chroot already
+    // made by then would be in that snapshot as well as in its event.
     let script = r#"
 import os, sys
+sys.stdin.readline()
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
 os.fchdir(fd)
 os.chroot(".")
@@ -55,14 +59,33 @@ if pid == 0:
     os._exit(0)
 os.waitpid(pid, 0)
 "#;
-    tokio::task::spawn_blocking({
-        let path = cgroup.path.clone();
-        let jail = jail.clone();
-        move || run_in(&path, &["/usr/bin/python3", "-c", script, &jail])
-    })
-    .await
-    .unwrap();
-    let events = drain(&mut events, Duration::from_millis(500)).await;
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$@\"",
+            cgroup.path.display()
+        ))
+        .args(["sh", "/usr/bin/python3", "-c", script, &jail])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !seen.iter().any(|e: &cimplifier::trace::Event| e.pid == pid) {
+        match tokio::time::timeout_at(deadline, events.next_event()).await {
+            Ok(Some(e)) => seen.push(e),
+            other => panic!("the tracer never saw the workload (pid {pid}): {other:?}"),
+        }
+    }
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "the workload failed: {status}");
+    seen.extend(drain(&mut events, Duration::from_millis(500)).await);
+    let events = seen;
     tracer.unwatch(&watched).unwrap();
     let ctx = || dump(&events, usize::MAX);
 
