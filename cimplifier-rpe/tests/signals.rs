@@ -2,7 +2,7 @@
 //! mirrored by the stub.
 
 mod common;
-use common::Fixture;
+use common::{Fixture, with_default_signals};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command};
@@ -59,7 +59,7 @@ fn sigterm_reaches_a_trapping_callee() {
     );
     fx.start();
     let (marker, ready) = (fx.path("work/marker"), fx.path("work/ready"));
-    let child = Command::new(&trap)
+    let child = with_default_signals(Command::new(&trap))
         .arg(&marker)
         .arg(&ready)
         .spawn()
@@ -87,7 +87,10 @@ fn sigterm_kills_a_default_callee_and_the_stub_dies_the_same() {
     let sleeper = fx.callee("sleeper", ": > \"$1\"; exec sleep 100");
     fx.start();
     let ready = fx.path("work/ready");
-    let child = Command::new(&sleeper).arg(&ready).spawn().unwrap();
+    let child = with_default_signals(Command::new(&sleeper))
+        .arg(&ready)
+        .spawn()
+        .unwrap();
     wait_for(&ready);
     std::thread::sleep(Duration::from_millis(50)); // let `exec sleep` happen
     kill(&child, libc::SIGTERM);
@@ -100,7 +103,9 @@ fn callee_killed_by_sigkill_makes_the_stub_die_of_sigkill() {
     let mut fx = Fixture::new("sigkill");
     let suicide = fx.callee("suicide", "kill -KILL $$");
     fx.start();
-    let st = Command::new(&suicide).status().unwrap();
+    let st = with_default_signals(Command::new(&suicide))
+        .status()
+        .unwrap();
     assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
     assert!(!st.core_dumped());
 }
@@ -114,7 +119,11 @@ fn stop_and_continue_follow_the_callee() {
     );
     fx.start();
     let (ready, go) = (fx.path("work/ready"), fx.path("work/go"));
-    let child = Command::new(&job).arg(&ready).arg(&go).spawn().unwrap();
+    let child = with_default_signals(Command::new(&job))
+        .arg(&ready)
+        .arg(&go)
+        .spawn()
+        .unwrap();
     wait_for(&ready);
     kill(&child, libc::SIGTSTP);
     let t0 = Instant::now();

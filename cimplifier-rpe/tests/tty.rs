@@ -34,7 +34,7 @@ fn on_terminal(program: &Path, rows: u16, cols: u16) -> (Child, std::fs::File) {
     };
     assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
     let slave = unsafe { OwnedFd::from_raw_fd(slave) };
-    let mut cmd = Command::new(program);
+    let mut cmd = common::with_default_signals(Command::new(program));
     cmd.stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave.try_clone().unwrap()));

@@ -127,7 +127,7 @@ impl Fixture {
         .unwrap();
         let cfg_path = self.root.join("server.toml");
         std::fs::write(&cfg_path, toml::to_string(&self.server_config()).unwrap()).unwrap();
-        let child = Command::new(&static_bins().server)
+        let child = with_default_signals(Command::new(&static_bins().server))
             .arg("--config")
             .arg(&cfg_path)
             .spawn()
@@ -167,6 +167,29 @@ impl Drop for Fixture {
         }
         let _ = std::fs::remove_dir_all(&self.root);
     }
+}
+
+/// `cmd` with every catchable signal at its default disposition and
+/// unblocked: a test run under `nohup`, or as a background job, inherits
+/// SIGHUP or SIGINT ignored, and ignored signals stay ignored across exec
+/// (the stub and server rightly keep them so).
+pub fn with_default_signals(mut cmd: Command) -> Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in 1..libc::SIGRTMIN() {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    cmd
 }
 
 /// `sh -c script` with a clean, small environment.
