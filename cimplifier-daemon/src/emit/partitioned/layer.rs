@@ -17,6 +17,19 @@ use crate::place::partition::{PartitionContents, RpeEdge};
 use crate::place::slim::{KeptListedDir, SlimOptions, plan_for, under};
 use crate::trace::ContainerPath;
 
+/// A header for an entry the emit adds itself (not copied from the
+/// source image): owned by root, mtime 0.
+pub(super) fn root_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(size);
+    h
+}
+
 /// Tar members added to a partition's layer (no end-of-archive marker).
 struct Additions {
     builder: tar::Builder<Vec<u8>>,
@@ -30,17 +43,6 @@ impl Additions {
             builder: tar::Builder::new(Vec::new()),
             dirs: BTreeSet::new(),
         }
-    }
-
-    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(size);
-        h
     }
 
     /// Directories above `path` that neither the kept image entries nor
@@ -66,7 +68,7 @@ impl Additions {
                     bail!("cannot place {path}: {dir} is not a directory in the source image")
                 }
                 None if self.dirs.insert(dir.clone()) => {
-                    let mut h = Self::header(tar::EntryType::Directory, 0o755, 0);
+                    let mut h = root_header(tar::EntryType::Directory, 0o755, 0);
                     self.builder
                         .append_data(&mut h, rel(&dir), std::io::empty())?;
                 }
@@ -77,13 +79,13 @@ impl Additions {
     }
 
     fn file(&mut self, path: &ContainerPath, mode: u32, bytes: &[u8]) -> Result<()> {
-        let mut h = Self::header(tar::EntryType::Regular, mode, bytes.len() as u64);
+        let mut h = root_header(tar::EntryType::Regular, mode, bytes.len() as u64);
         self.builder.append_data(&mut h, rel(path), bytes)?;
         Ok(())
     }
 
     fn hard_link(&mut self, path: &ContainerPath, target: &ContainerPath) -> Result<()> {
-        let mut h = Self::header(tar::EntryType::Link, 0o755, 0);
+        let mut h = root_header(tar::EntryType::Link, 0o755, 0);
         self.builder.append_link(&mut h, rel(path), rel(target))?;
         Ok(())
     }

@@ -20,6 +20,7 @@ use std::io::Read;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::layer::root_header;
 use crate::image::fs::{EntryKind, ImageFs};
 use crate::place::partition::SharedVolume;
 use crate::place::slim::under;
@@ -109,7 +110,7 @@ pub(super) fn seed_layer(
         stats.push(seed);
     }
     let program = exit_zero_elf();
-    let mut h = header(tar::EntryType::Regular, 0o755, program.len() as u64);
+    let mut h = root_header(tar::EntryType::Regular, 0o755, program.len() as u64);
     b.append_data(&mut h, rel(SEED_PROGRAM), &program[..])?;
     Ok((b.into_inner()?, stats))
 }
@@ -118,20 +119,8 @@ fn rel(p: &str) -> &str {
     p.trim_start_matches('/')
 }
 
-/// A header for what the seed adds itself: owned by root.
-fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
-    let mut h = tar::Header::new_gnu();
-    h.set_entry_type(kind);
-    h.set_mode(mode);
-    h.set_uid(0);
-    h.set_gid(0);
-    h.set_mtime(0);
-    h.set_size(size);
-    h
-}
-
 fn append_dir(b: &mut tar::Builder<Vec<u8>>, dir: &str) -> Result<()> {
-    let mut h = header(tar::EntryType::Directory, 0o755, 0);
+    let mut h = root_header(tar::EntryType::Directory, 0o755, 0);
     b.append_data(&mut h, format!("{}/", rel(dir)), std::io::empty())?;
     Ok(())
 }
