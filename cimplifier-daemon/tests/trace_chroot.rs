@@ -22,6 +22,22 @@ fn jail() -> (tempfile::TempDir, String) {
     (dir, path)
 }
 
+/// `python3 -c script arg` inside the cgroup at `cgroup` (a shell moves
+/// itself in, then execs it), its stdin and stdout piped.
+fn python_in(cgroup: &std::path::Path, script: &str, arg: &str) -> std::process::Child {
+    Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec \"$@\"",
+            cgroup.display()
+        ))
+        .args(["sh", "/usr/bin/python3", "-c", script, arg])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// The opens of `path` (resolved), with the raw names they were given.
 fn opens_of(events: &[cimplifier::trace::Event], path: &str) -> Vec<String> {
     find(events, &["openat", "open"], PathRole::Target, path)
@@ -59,16 +75,7 @@ if pid == 0:
     os._exit(0)
 os.waitpid(pid, 0)
 "#;
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec \"$@\"",
-            cgroup.path.display()
-        ))
-        .args(["sh", "/usr/bin/python3", "-c", script, &jail])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = python_in(&cgroup.path, script, &jail);
     let pid = child.id();
     let mut seen = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -128,17 +135,7 @@ sys.stdin.readline()
 open("/f").read()
 open("g").read()
 "#;
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec \"$@\"",
-            cgroup.path.display()
-        ))
-        .args(["sh", "/usr/bin/python3", "-c", script, &jail])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = python_in(&cgroup.path, script, &jail);
     let mut line = String::new();
     BufReader::new(child.stdout.as_mut().unwrap())
         .read_line(&mut line)
