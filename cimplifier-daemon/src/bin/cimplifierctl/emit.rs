@@ -118,7 +118,9 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         return print(&(serde_json::to_string_pretty(&report)? + "\n"));
     }
     let mut text = summary(&report);
-    text += "  audit report: emit-reports/SESSION.json in the daemon's state directory (or emit --json)\n";
+    text += &format!(
+        "  audit report: emit-reports/{container}.json in the daemon's state directory (or emit --json)\n"
+    );
     for p in &explain {
         text += &format!("  {p}: {}\n", report.explain(p));
     }
