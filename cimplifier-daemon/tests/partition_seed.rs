@@ -1,0 +1,124 @@
+//! A shared volume starts with the source image's content whatever the
+//! start order (issue 12, class 2). A Docker named volume is filled from
+//! the image of whichever container mounts it first; here the shell's
+//! partition holds nothing of `/srv/app` but the directory it writes in,
+//! while `cat` in the other partition reads `/srv/app/flag`, which the
+//! source image ships. Started shell first, a volume filled by its first
+//! mounter would lack the flag and `cat` would fail; the run plan's seed
+//! fills it from the source image before any partition starts. Needs root
+//! and dockerd.
+
+mod common;
+
+use std::process::Command;
+
+use cimplifier::emit::compose::{StartOrder, up_in_order};
+use common::{BASE_IMAGE, Container, Daemon, docker, emit_partitioned, require_root, wait_until};
+
+/// Stops the plan and removes the images however the test ends.
+struct Cleanup<'a> {
+    daemon: &'a Daemon,
+    plan: Option<String>,
+    images: Vec<String>,
+}
+
+impl Drop for Cleanup<'_> {
+    fn drop(&mut self) {
+        if let Some(plan) = &self.plan {
+            let _ = self.daemon.ctl(&["down", plan, "--volumes"]);
+        }
+        for image in &self.images {
+            let _ = Command::new("docker").args(["rmi", image]).output();
+        }
+    }
+}
+
+#[test]
+fn a_shared_volume_holds_the_source_content_when_its_writer_starts_first() {
+    require_root();
+    let pid = std::process::id();
+    let d = Daemon::start();
+
+    // The source: /srv/app/flag in the image; its command writes beside it
+    // and has cat (another partition) read both.
+    let image = format!("cimplifier-e2e/seed-src{pid}:latest");
+    let mut cleanup = Cleanup {
+        daemon: &d,
+        plan: None,
+        images: vec![image.clone()],
+    };
+    let base = Container::create(
+        "seed-base",
+        &[
+            BASE_IMAGE,
+            "sh",
+            "-c",
+            "mkdir -p /srv/app && echo hello > /srv/app/flag",
+        ],
+    );
+    docker(&["start", "-a", &base.0]);
+    docker(&[
+        "commit",
+        "--change",
+        r#"CMD ["/bin/sh", "-c", "echo 1 > /srv/app/pid; cat /srv/app/flag /srv/app/pid"]"#,
+        &base.0,
+        &image,
+    ]);
+    let c = Container::create("seed", &[&image]);
+    let observed = d.ctl(&["observe", &c.0]);
+    assert!(observed.status.success(), "{observed:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "kind = \"disjoint-subsets\"\n[partitions]\nshell = [\"/bin/sh\"]\nreader = [\"/usr/bin/cat\"]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("split");
+    let tag = format!("cimplifier-e2e/seed{pid}");
+    let report = emit_partitioned(&d, &c.0, &policy, &tag, &out);
+    cleanup.images.extend(report.images().map(str::to_owned));
+    assert!(
+        report
+            .volumes
+            .iter()
+            .any(|v| v.mount.as_str() == "/srv/app"),
+        "/srv/app is shared: {}",
+        report.render_text()
+    );
+
+    // The entry partition (the shell, which writes in /srv/app) first.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let engine = cimplifier::docker::connect().unwrap();
+    let started = rt
+        .block_on(up_in_order(&engine, &out, StartOrder::Reversed, &|step| {
+            println!("up: {step}")
+        }))
+        .unwrap();
+    cleanup.plan = Some(out.to_str().unwrap().to_owned());
+    println!("started in this order: {:?}", started.containers);
+
+    let compose: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&report.compose_file).unwrap()).unwrap();
+    let shell = format!("{}-shell-1", compose["name"].as_str().unwrap());
+    wait_until(60, "the shell partition to finish", || {
+        docker(&["inspect", "-f", "{{.State.Running}}", &shell]) == "false"
+    });
+    let logs = Command::new("docker")
+        .args(["logs", &shell])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&logs.stdout),
+        String::from_utf8_lossy(&logs.stderr),
+    );
+    assert_eq!(
+        (
+            docker(&["inspect", "-f", "{{.State.ExitCode}}", &shell]).as_str(),
+            stdout.as_ref()
+        ),
+        ("0", "hello\n1\n"),
+        "cat read the source's flag and the shell's file through the shared volume; stderr: {stderr}"
+    );
+}
