@@ -38,6 +38,8 @@ fn a_shared_volume_holds_the_source_content_when_its_writer_starts_first() {
     require_root();
     let pid = std::process::id();
     let d = Daemon::start();
+    // Before the cleanup, so it is still there when `down` reads the plan.
+    let dir = tempfile::tempdir().unwrap();
 
     // The source: /srv/app/flag in the image; its command writes beside it
     // and has cat (another partition) read both.
@@ -68,7 +70,6 @@ fn a_shared_volume_holds_the_source_content_when_its_writer_starts_first() {
     let observed = d.ctl(&["observe", &c.0]);
     assert!(observed.status.success(), "{observed:?}");
 
-    let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
     std::fs::write(
         &policy,
