@@ -18,7 +18,8 @@ use std::process::Command;
 use cimplifier::emit::partitioned::Role;
 use cimplifier_build::glue::GlueBinary;
 use common::{
-    BASE_IMAGE, Container, Daemon, docker, emit_partitioned, require_root, stdout_of, wait_until,
+    BASE_IMAGE, Container, Daemon, PlanCleanup, container_logs, docker, emit_partitioned,
+    require_root, stdout_of, wait_until,
 };
 
 const LIBGCC_S: &str = "/usr/lib/x86_64-linux-gnu/libgcc_s.so.1";
@@ -38,24 +39,6 @@ fn dynamic_rpe_binaries() -> PathBuf {
         .expect("running cargo");
     assert!(status.success(), "cargo build -p cimplifier-rpe failed");
     target_dir.join("release")
-}
-
-/// Removes the images the test made however it ends, and stops the plan.
-struct Cleanup<'a> {
-    daemon: &'a Daemon,
-    plan: Option<String>,
-    images: Vec<String>,
-}
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        if let Some(plan) = &self.plan {
-            let _ = self.daemon.ctl(&["down", plan, "--volumes"]);
-        }
-        for image in &self.images {
-            let _ = Command::new("docker").args(["rmi", image]).output();
-        }
-    }
 }
 
 #[test]
@@ -84,9 +67,9 @@ fn dynamic_rpe_binaries_beside_the_daemon_are_not_what_partitions_get() {
 
     // An image whose own command shells out to sort.
     let image = format!("cimplifier-e2e/glue-src{pid}:latest");
-    let mut cleanup = Cleanup {
+    let mut cleanup = PlanCleanup {
         daemon: &d,
-        plan: None,
+        plans: Vec::new(),
         images: vec![image.clone()],
     };
     let base = Container::create("glue-base", &[BASE_IMAGE, "true"]);
@@ -130,20 +113,10 @@ fn dynamic_rpe_binaries_beside_the_daemon_are_not_what_partitions_get() {
         .to_owned();
     let shell = format!("{project}-shell-1");
     let sorter = format!("{project}-sorter-1");
-    let logs = |container: &str| {
-        let o = Command::new("docker")
-            .args(["logs", container])
-            .output()
-            .unwrap();
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
+    let logs = container_logs;
     let plan = out.to_str().unwrap().to_owned();
     let up = d.ctl(&["up", &plan]);
-    cleanup.plan = Some(plan);
+    cleanup.plans.push(plan);
     assert!(
         up.status.success(),
         "up failed: {}\nthe RPE server's log ({sorter}):\n{}",

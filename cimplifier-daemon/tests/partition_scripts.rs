@@ -17,50 +17,21 @@
 
 mod common;
 
-use std::process::Command;
-
 use cimplifier::emit::partitioned::{PartitionEmitReport, Role};
-use common::{BASE_IMAGE, Container, Daemon, docker, require_root, stdout_of, wait_until};
+use common::{
+    BASE_IMAGE, Container, Daemon, PlanCleanup, container_logs, docker, require_root, stdout_of,
+    wait_until,
+};
 
 const GREET: &str = "#!/usr/bin/perl -w\nuse strict;\nprint \"hello, $ARGV[0]\\n\";\n";
 const ORDER: &str = "#!/bin/sh\nprintf \"b\\na\\n\" | sort\n";
 const EXPECTED: &str = "hello, world\na\nb\n";
 
-/// Removes the images the test made however it ends, and stops the plan.
-struct Cleanup<'a> {
-    daemon: &'a Daemon,
-    plans: Vec<String>,
-    images: Vec<String>,
-}
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        for plan in &self.plans {
-            let _ = self.daemon.ctl(&["down", plan, "--volumes"]);
-        }
-        for image in &self.images {
-            let _ = Command::new("docker").args(["rmi", image]).output();
-        }
-    }
-}
-
-fn logs(container: &str) -> String {
-    let o = Command::new("docker")
-        .args(["logs", container])
-        .output()
-        .unwrap();
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 /// Emits `container` with `policy`, runs the plan, and returns the entry
 /// partition's exit code and output, with every partition's log.
 fn run_partitioned(
     d: &Daemon,
-    cleanup: &mut Cleanup,
+    cleanup: &mut PlanCleanup,
     container: &str,
     name: &str,
     policy: &str,
@@ -106,7 +77,7 @@ fn run_partitioned(
     let all_logs = || {
         names
             .iter()
-            .map(|n| format!("--- {n}\n{}", logs(n)))
+            .map(|n| format!("--- {n}\n{}", container_logs(n)))
             .collect::<String>()
     };
     assert!(
@@ -119,7 +90,7 @@ fn run_partitioned(
         docker(&["inspect", "-f", "{{.State.Running}}", &entry]) == "false"
     });
     let exit = docker(&["inspect", "-f", "{{.State.ExitCode}}", &entry]);
-    (exit, logs(&entry), all_logs())
+    (exit, container_logs(&entry), all_logs())
 }
 
 #[test]
@@ -129,7 +100,7 @@ fn scripts_run_with_their_interpreters_across_partitions() {
     let d = Daemon::start();
 
     let image = format!("cimplifier-e2e/scripts-src{pid}:latest");
-    let mut cleanup = Cleanup {
+    let mut cleanup = PlanCleanup {
         daemon: &d,
         plans: Vec::new(),
         images: vec![image.clone()],
@@ -149,7 +120,11 @@ fn scripts_run_with_their_interpreters_across_partitions() {
     ]);
     let c = Container::create("scripts", &[&image]);
     stdout_of(&d.ctl(&["observe", &c.0]));
-    assert_eq!(logs(&c.0), EXPECTED, "the source container's own run");
+    assert_eq!(
+        container_logs(&c.0),
+        EXPECTED,
+        "the source container's own run"
+    );
 
     // Every script apart from its interpreter, and from its caller; then
     // the script with its interpreter, called from another partition.

@@ -13,25 +13,9 @@ mod common;
 use std::process::Command;
 
 use cimplifier::emit::compose::{StartOrder, up_in_order};
-use common::{BASE_IMAGE, Container, Daemon, docker, emit_partitioned, require_root, wait_until};
-
-/// Stops the plan and removes the images however the test ends.
-struct Cleanup<'a> {
-    daemon: &'a Daemon,
-    plan: Option<String>,
-    images: Vec<String>,
-}
-
-impl Drop for Cleanup<'_> {
-    fn drop(&mut self) {
-        if let Some(plan) = &self.plan {
-            let _ = self.daemon.ctl(&["down", plan, "--volumes"]);
-        }
-        for image in &self.images {
-            let _ = Command::new("docker").args(["rmi", image]).output();
-        }
-    }
-}
+use common::{
+    BASE_IMAGE, Container, Daemon, PlanCleanup, docker, emit_partitioned, require_root, wait_until,
+};
 
 #[test]
 fn a_shared_volume_holds_the_source_content_when_its_writer_starts_first() {
@@ -44,9 +28,9 @@ fn a_shared_volume_holds_the_source_content_when_its_writer_starts_first() {
     // The source: /srv/app/flag in the image; its command writes beside it
     // and has cat (another partition) read both.
     let image = format!("cimplifier-e2e/seed-src{pid}:latest");
-    let mut cleanup = Cleanup {
+    let mut cleanup = PlanCleanup {
         daemon: &d,
-        plan: None,
+        plans: Vec::new(),
         images: vec![image.clone()],
     };
     let base = Container::create(
@@ -97,7 +81,7 @@ fn a_shared_volume_holds_the_source_content_when_its_writer_starts_first() {
             println!("up: {step}")
         }))
         .unwrap();
-    cleanup.plan = Some(out.to_str().unwrap().to_owned());
+    cleanup.plans.push(out.to_str().unwrap().to_owned());
     println!("started in this order: {:?}", started.containers);
 
     let compose: serde_norway::Value =

@@ -368,3 +368,35 @@ pub fn emit_partitioned(
     println!("{}", report.render_text());
     report
 }
+
+/// Stops the run plans (`down --volumes`) and removes the images a
+/// partitioned test made, however the test ends.
+pub struct PlanCleanup<'a> {
+    pub daemon: &'a Daemon,
+    pub plans: Vec<String>,
+    pub images: Vec<String>,
+}
+
+impl Drop for PlanCleanup<'_> {
+    fn drop(&mut self) {
+        for plan in &self.plans {
+            let _ = self.daemon.ctl(&["down", plan, "--volumes"]);
+        }
+        for image in &self.images {
+            let _ = Command::new("docker").args(["rmi", image]).output();
+        }
+    }
+}
+
+/// `docker logs CONTAINER`, stdout then stderr.
+pub fn container_logs(container: &str) -> String {
+    let o = Command::new("docker")
+        .args(["logs", container])
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
