@@ -23,6 +23,7 @@ use crate::trace::ContainerPath;
 mod client;
 mod serve;
 mod transport;
+mod verify;
 pub mod workload;
 
 pub use client::{channel, connect};
@@ -441,6 +442,7 @@ impl Cimplifier for Service {
             Err(e @ ObserveError::AlreadyObserving(_)) => {
                 Err(Status::already_exists(e.to_string()))
             }
+            Err(e @ ObserveError::NotObserving(_)) => Err(Status::failed_precondition(e.to_string())),
             Err(e @ ObserveError::Refused(_)) => Err(Status::failed_precondition(e.to_string())),
             Err(ObserveError::Failed(e)) => Err(internal(e)),
         }
@@ -740,5 +742,23 @@ impl Cimplifier for Service {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
         Ok(Response::new(stored(&record)))
+    }
+
+    async fn lifecycle(
+        &self,
+        request: Request<pb::LifecycleRequest>,
+    ) -> Result<Response<pb::Target>, Status> {
+        verify::lifecycle(&self.manager, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyReport>, Status> {
+        verify::verify(&self.manager, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

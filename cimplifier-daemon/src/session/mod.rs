@@ -11,6 +11,7 @@
 //! `io.cimplifier.observe=true` (or matching a selector given to `observe`)
 //! are caught at `create`, so they too are observed from their first exec.
 
+pub mod lifecycle;
 pub mod observer;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -23,6 +24,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+pub use lifecycle::LifecycleStep;
 pub use observer::{Observer, StreamFilter, StreamedEvent, Subscription};
 
 use crate::store::{Gap, Segment, SessionRecord, SessionState, Store};
@@ -94,6 +96,8 @@ pub enum ObserveError {
     NotFound(String),
     #[error("{0} is already being observed; `cimplifierctl stop {0}` ends it")]
     AlreadyObserving(String),
+    #[error("{0} is not being observed (`cimplifierctl sessions` lists the sessions)")]
+    NotObserving(String),
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
@@ -126,6 +130,8 @@ pub enum SessionView {
 
 struct Running {
     stop: Option<oneshot::Sender<()>>,
+    /// Lifecycle steps for the session to run (see [`lifecycle`]).
+    steps: mpsc::Sender<lifecycle::StepRequest>,
     done: Option<tokio::task::JoinHandle<Result<SessionRecord>>>,
     started: Started,
 }
@@ -283,6 +289,7 @@ impl Manager {
         let name = container_name(&details);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (started_tx, started_rx) = oneshot::channel::<Started>();
+        let (steps_tx, steps_rx) = mpsc::channel(1);
         {
             let mut running = self.running.lock().expect("sessions lock");
             if running.contains_key(&name) {
@@ -293,6 +300,7 @@ impl Manager {
                 name.clone(),
                 Running {
                     stop: Some(stop_tx),
+                    steps: steps_tx,
                     done: None,
                     started: Started {
                         container_id: details.id.clone().unwrap_or_default(),
@@ -315,6 +323,7 @@ impl Manager {
                 duration,
                 resumed,
                 prepared,
+                steps: steps_rx,
             };
             let result = session
                 .run(
@@ -376,6 +385,27 @@ impl Manager {
                 .map(Some),
             None => self.store.session(name),
         }
+    }
+
+    /// Runs one lifecycle step on an observed container, inside its session;
+    /// returns once the step is done (a start has been asked of the engine).
+    pub async fn lifecycle(&self, name: &str, step: LifecycleStep) -> Result<(), ObserveError> {
+        let steps = self
+            .running
+            .lock()
+            .expect("sessions lock")
+            .get(name)
+            .map(|r| r.steps.clone());
+        let Some(steps) = steps else {
+            return Err(ObserveError::NotObserving(name.to_owned()));
+        };
+        let (reply, done) = oneshot::channel();
+        let ended = || ObserveError::Refused(format!("the session of {name} ended during the {step}"));
+        steps
+            .send(lifecycle::StepRequest { step, reply })
+            .await
+            .map_err(|_| ended())?;
+        done.await.map_err(|_| ended())?.map_err(ObserveError::Failed)
     }
 
     pub fn get(&self, name: &str) -> Result<Option<SessionView>> {
@@ -797,6 +827,7 @@ struct SessionTask {
     duration: Option<Duration>,
     resumed: Option<SessionRecord>,
     prepared: Option<Prepared>,
+    steps: mpsc::Receiver<lifecycle::StepRequest>,
 }
 
 /// A session's route and watch, set up ahead of its task.
@@ -805,38 +836,6 @@ struct Prepared {
     events: mpsc::Receiver<Event>,
     watch: Watch,
     dir: PathBuf,
-}
-
-/// Who ran what, per process, for streaming by executable.
-#[derive(Default)]
-struct ExeTracker(HashMap<u32, ContainerPath>);
-
-impl ExeTracker {
-    fn exe_after(&mut self, e: &Event) -> Option<ContainerPath> {
-        match &e.kind {
-            EventKind::Fork {
-                child_pid,
-                thread: false,
-                ..
-            } => {
-                if let Some(exe) = self.0.get(&e.pid).cloned() {
-                    self.0.insert(*child_pid, exe);
-                }
-            }
-            EventKind::Running { exe: Some(exe), .. } => {
-                self.0.insert(e.pid, exe.clone());
-            }
-            EventKind::Exit {
-                process_exited: true,
-            } => return self.0.remove(&e.pid),
-            _ => {
-                if let Some(exe) = crate::model::exec_path(e) {
-                    self.0.insert(e.pid, exe);
-                }
-            }
-        }
-        self.0.get(&e.pid).cloned()
-    }
 }
 
 impl SessionTask {
@@ -1029,7 +1028,7 @@ impl SessionTask {
         let mut checkpoint = tokio::time::interval(CHECKPOINT);
         checkpoint.tick().await;
         let mut batch: Vec<Event> = Vec::new();
-        let mut exes = ExeTracker::default();
+        let mut exes = crate::model::ExeTracker::default();
         let session_name: Arc<str> = name.as_str().into();
         let missed_start = std::sync::atomic::AtomicBool::new(false);
         // Uses already stored in this segment, by executable: what the
@@ -1102,12 +1101,41 @@ impl SessionTask {
             batch.clear();
             Ok(())
         };
+        let step_context = Arc::new(lifecycle::StepContext {
+            observer: observer.clone(),
+            route: route.route.clone(),
+            docker: docker.clone(),
+            id: id.clone(),
+            name: name.clone(),
+            cgroup: container_cgroup.clone(),
+        });
+        let mut step: Option<std::pin::Pin<Box<dyn Future<Output = lifecycle::StepOutcome> + Send>>> = None;
+        // `die`s of the container that a lifecycle step caused.
+        let mut expected_dies = 0u32;
         let end = loop {
             tokio::select! {
                 biased;
                 _ = &mut stop => break EndReason::Stopped,
                 _ = &mut deadline => break EndReason::Duration,
-                Some(_) = die_events.next() => break EndReason::ContainerDied,
+                Some(_) = die_events.next() => {
+                    if expected_dies == 0 {
+                        break EndReason::ContainerDied;
+                    }
+                    expected_dies -= 1;
+                }
+                Some(request) = self.steps.recv(), if step.is_none() => {
+                    if request.step.stops() {
+                        expected_dies += 1;
+                    }
+                    step = Some(Box::pin(lifecycle::perform(step_context.clone(), request)));
+                }
+                outcome = async { step.as_mut().expect("a step in flight").await }, if step.is_some() => {
+                    step = None;
+                    if outcome.result.is_err() && !outcome.stopped {
+                        expected_dies = expected_dies.saturating_sub(1);
+                    }
+                    let _ = outcome.reply.send(outcome.result);
+                }
                 _ = checkpoint.tick() => commit(&mut record, &mut batch)?,
                 event = events.recv() => match event {
                     Some(e) => accept(e, &mut batch),
