@@ -1,6 +1,7 @@
 //! The Docker engine, through bollard: which cgroup a container runs in,
 //! and how it was run ([`run`]).
 
+pub mod output;
 pub mod run;
 pub mod target;
 

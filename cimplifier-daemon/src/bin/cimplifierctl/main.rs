@@ -9,9 +9,11 @@ mod analyze;
 mod args;
 mod daemon;
 mod emit;
+mod exercise;
 mod observe;
 mod render;
 mod sessions;
+mod verify;
 mod version;
 
 use std::process::ExitCode;
@@ -43,6 +45,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { shell } => version::completions(shell),
         Command::Version => version::version(socket),
         Command::Observe(args) => observe::observe(socket, args),
+        Command::Verify(args) => verify::verify(socket, args),
         Command::Stop { container } => observe::stop(socket, container),
         Command::Sessions { json } => sessions::list(socket, json),
         Command::Report {
