@@ -140,7 +140,13 @@ impl ComposeFile {
                 file.display()
             )
         })?;
-        let plan: Self = serde_norway::from_str(&text).with_context(|| {
+        let plan = Self::parse(&text, &file)?;
+        Ok((file, plan))
+    }
+
+    /// Parses and checks a run plan read from `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Self> {
+        let plan: Self = serde_norway::from_str(text).with_context(|| {
             format!(
                 "{}: not a run plan cimplifier can start (it reads only what `emit --policy` writes)",
                 file.display()
@@ -148,7 +154,7 @@ impl ComposeFile {
         })?;
         plan.check()
             .with_context(|| format!("{}: inconsistent run plan", file.display()))?;
-        Ok((file, plan))
+        Ok(plan)
     }
 
     fn check(&self) -> Result<()> {
