@@ -29,7 +29,9 @@ use bollard::query_parameters::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::partitioned::seed::SEED_SERVICE;
+/// The one-shot service that fills the volumes before the others start
+/// (written by emit, see emit/partitioned/seed.rs).
+pub const SEED_SERVICE: &str = "cimplifier-seed";
 
 /// File name of the run plan in emit's output directory.
 pub const COMPOSE_FILE: &str = "docker-compose.yml";
@@ -704,7 +706,7 @@ async fn project_containers(docker: &bollard::Docker, project: &str) -> Result<V
         .filter_map(|c| {
             c.names?
                 .first()
-                .map(|n| n.trim_start_matches('/').to_owned())
+                .map(|n| super::container::bare_name(n).to_owned())
         })
         .collect())
 }

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use observer::{Observer, StreamFilter, StreamedEvent, Subscription};
 
+use crate::docker::{Docker, container};
 use crate::store::{Gap, Segment, SessionRecord, SessionState, Store};
 use crate::trace::cgroup::cgroup2_mount;
 use crate::trace::{ContainerPath, Event, EventKind, LossCounters};
@@ -193,16 +194,6 @@ pub(crate) fn add_loss(a: LossCounters, b: LossCounters) -> LossCounters {
     }
 }
 
-/// A container's name as Docker shows it, without the leading `/`.
-fn container_name(details: &bollard::models::ContainerInspectResponse) -> String {
-    details
-        .name
-        .as_deref()
-        .unwrap_or_default()
-        .trim_start_matches('/')
-        .to_owned()
-}
-
 /// A `key=value` label selector, checked.
 pub fn check_selector(selector: &str) -> Result<(), ObserveError> {
     match selector.split_once('=') {
@@ -241,11 +232,10 @@ impl Manager {
             ));
         }
         let docker = crate::docker::connect()?;
-        let details = docker
-            .inspect_container(&opts.container, None)
+        let details = container::inspect(&docker, &opts.container)
             .await
             .map_err(|_| ObserveError::NotFound(opts.container.clone()))?;
-        let name = container_name(&details);
+        let name = container::name_of(&details);
         if self
             .running
             .lock()
@@ -274,13 +264,13 @@ impl Manager {
     /// Spawns the session task and waits until it has begun.
     async fn begin(
         self: &Arc<Self>,
-        details: bollard::models::ContainerInspectResponse,
+        details: container::Details,
         opening: Opening,
         duration: Option<Duration>,
         resumed: Option<SessionRecord>,
         prepared: Option<Prepared>,
     ) -> Result<Started, ObserveError> {
-        let name = container_name(&details);
+        let name = container::name_of(&details);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (started_tx, started_rx) = oneshot::channel::<Started>();
         {
@@ -519,21 +509,7 @@ impl Manager {
         let docker = crate::docker::connect()?;
         // Creations from here on are heard, including during the listing.
         let since = SystemTime::now().duration_since(UNIX_EPOCH)?;
-        let listed = docker
-            .list_containers(Some(bollard::query_parameters::ListContainersOptions {
-                all: false,
-                ..Default::default()
-            }))
-            .await
-            .context("listing containers")?;
-        for c in listed {
-            let labels = c.labels.clone().unwrap_or_default();
-            let name = c
-                .names
-                .as_ref()
-                .and_then(|n| n.first())
-                .map(|n| n.trim_start_matches('/').to_owned())
-                .unwrap_or_default();
+        for container::Listed { name, labels } in container::running(&docker).await? {
             if !self.wanted(&labels)
                 || self
                     .running
@@ -558,26 +534,13 @@ impl Manager {
                  (`docker run`) may have its start-up missed: {e:#}"
             ),
         }
-        let mut events = docker.events(Some(bollard::query_parameters::EventsOptions {
-            since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
-            filters: Some(
-                [
-                    ("type".to_owned(), vec!["container".to_owned()]),
-                    ("event".to_owned(), vec!["create".to_owned()]),
-                ]
-                .into_iter()
-                .collect(),
-            ),
-            ..Default::default()
-        }));
+        let events = container::created_since(&docker, since);
+        let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
-            let event = event.context("reading Docker's events")?;
-            let Some(actor) = event.actor else { continue };
-            let attributes = actor.attributes.unwrap_or_default();
+            let container::Created { id, attributes } = event?;
             if !self.wanted(&attributes) {
                 continue;
             }
-            let Some(id) = actor.id else { continue };
             // Watched first, inspected after: the creator is starting it now.
             let name = attributes
                 .get("name")
@@ -590,12 +553,12 @@ impl Manager {
                     None
                 }
             };
-            let Ok(details) = docker.inspect_container(&id, None).await else {
+            let Ok(details) = container::inspect(&docker, &id).await else {
                 continue;
             };
             let manager = self.clone();
             tokio::spawn(async move {
-                let name = details.name.clone().unwrap_or_default();
+                let name = container::name_of(&details);
                 match manager
                     .begin(details, Opening::AwaitStart, None, None, prepared)
                     .await
@@ -619,13 +582,17 @@ impl Manager {
     /// its events and restarting its duration from zero.
     async fn attach_labelled(self: &Arc<Self>, name: &str) -> Result<Started, ObserveError> {
         let docker = crate::docker::connect()?;
-        let details = docker
-            .inspect_container(name, None)
+        let details = container::inspect(&docker, name)
             .await
             .map_err(|_| ObserveError::NotFound(name.to_owned()))?;
-        let Some(record) = self.store.session(&container_name(&details))?.filter(|r| {
-            Some(&r.started.container_id) == details.id.as_ref() && r.state == SessionState::Closed
-        }) else {
+        let Some(record) = self
+            .store
+            .session(&container::name_of(&details))?
+            .filter(|r| {
+                Some(&r.started.container_id) == details.id.as_ref()
+                    && r.state == SessionState::Closed
+            })
+        else {
             let opts = ObserveOptions {
                 container: name.to_owned(),
                 attach: true,
@@ -645,7 +612,7 @@ impl Manager {
 
     /// Watches Docker's parent cgroup and answers, for each new cgroup
     /// below it that no session owns, whether its container is wanted.
-    fn hold_new_containers(self: &Arc<Self>, docker: &bollard::Docker) -> Result<()> {
+    fn hold_new_containers(self: &Arc<Self>, docker: &Docker) -> Result<()> {
         let parent = docker_parent_cgroup(None)?;
         let (watch, mut new_cgroups) = self.observer.hold_below(&parent)?;
         let manager = self.clone();
@@ -670,7 +637,7 @@ impl Manager {
     /// directory to exclude.
     async fn classify(
         &self,
-        docker: &bollard::Docker,
+        docker: &Docker,
         parent: &std::path::Path,
         cgroup: crate::trace::CgroupId,
     ) -> (observer::Verdict, Option<PathBuf>) {
@@ -689,11 +656,11 @@ impl Manager {
             // Not a container's (a builder's, say).
             return (Verdict::Foreign, Some(dir));
         }
-        let mut details = docker.inspect_container(&id, None).await;
+        let mut details = container::inspect(docker, &id).await;
         if details.is_err() && dir.exists() {
             // A busy engine, not a removed container: once more.
             tokio::time::sleep(Duration::from_millis(200)).await;
-            details = docker.inspect_container(&id, None).await;
+            details = container::inspect(docker, &id).await;
         }
         let Ok(details) = details else {
             return (Verdict::Foreign, Some(dir));
@@ -703,7 +670,7 @@ impl Manager {
             .as_ref()
             .and_then(|c| c.labels.clone())
             .unwrap_or_default();
-        let name = container_name(&details);
+        let name = container::name_of(&details);
         let observed = self
             .running
             .lock()
@@ -792,7 +759,7 @@ fn child_holding(parent: &std::path::Path, cgroup: crate::trace::CgroupId) -> Op
 /// One session's observation.
 struct SessionTask {
     manager: Arc<Manager>,
-    details: bollard::models::ContainerInspectResponse,
+    details: container::Details,
     opening: Opening,
     duration: Option<Duration>,
     resumed: Option<SessionRecord>,
@@ -850,7 +817,7 @@ impl SessionTask {
         let docker = crate::docker::connect()?;
         let details = &self.details;
         let id = details.id.clone().unwrap_or_default();
-        let name = container_name(details);
+        let name = container::name_of(details);
         let from_first_exec = matches!(
             self.opening,
             Opening::Start | Opening::Restart | Opening::AwaitStart
@@ -885,10 +852,7 @@ impl SessionTask {
         } else if from_first_exec {
             if self.opening == Opening::Restart {
                 tracing::info!(container = %name, "stopping, to restart under observation");
-                docker
-                    .stop_container(&id, None::<bollard::query_parameters::StopContainerOptions>)
-                    .await
-                    .with_context(|| format!("stopping container {name}"))?;
+                container::stop(&docker, &id, &name).await?;
                 stopped = true;
             }
             let dir = docker_parent_cgroup(cgroup_parent.as_deref())?.join(&id);
@@ -923,18 +887,7 @@ impl SessionTask {
         // (now, after any stop of ours) keeps a container that dies at once
         // from ending unnoticed.
         let since = SystemTime::now().duration_since(UNIX_EPOCH)?;
-        let mut die_events = docker.events(Some(bollard::query_parameters::EventsOptions {
-            since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
-            filters: Some(
-                [
-                    ("container".to_owned(), vec![id.clone()]),
-                    ("event".to_owned(), vec!["die".to_owned()]),
-                ]
-                .into_iter()
-                .collect(),
-            ),
-            ..Default::default()
-        }));
+        let mut die_events = std::pin::pin!(container::deaths_since(&docker, &id, since));
         let opened = self.open(&docker, &id, &name, stopped).await;
         let container_cgroup = match opened {
             Ok(()) => crate::docker::resolve_container(&docker, &id)
@@ -1149,37 +1102,21 @@ impl SessionTask {
     }
 
     /// Brings the container to running as the opening asks.
-    async fn open(
-        &self,
-        docker: &bollard::Docker,
-        id: &str,
-        name: &str,
-        stopped: bool,
-    ) -> Result<()> {
+    async fn open(&self, docker: &Docker, id: &str, name: &str, stopped: bool) -> Result<()> {
         match self.opening {
             Opening::Restart if !stopped => {
                 tracing::info!(container = %name, "restarting under observation");
-                docker
-                    .restart_container(
-                        id,
-                        None::<bollard::query_parameters::RestartContainerOptions>,
-                    )
-                    .await
-                    .with_context(|| format!("restarting container {name}"))
+                container::restart(docker, id, name).await
             }
             Opening::Start | Opening::Restart => {
                 tracing::info!(container = %name, "starting under observation");
-                docker
-                    .start_container(id, None::<bollard::query_parameters::StartContainerOptions>)
-                    .await
-                    .with_context(|| format!("starting container {name}"))
+                container::start(docker, id, name).await
             }
             Opening::AwaitStart => {
                 // Whoever created it starts it; give them a minute.
                 let deadline = Instant::now() + Duration::from_secs(60);
                 loop {
-                    let d = docker
-                        .inspect_container(id, None)
+                    let d = container::inspect(docker, id)
                         .await
                         .with_context(|| format!("container {name} went away before it started"))?;
                     if d.state.as_ref().and_then(|s| s.running) == Some(true) {
