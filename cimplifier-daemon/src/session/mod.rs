@@ -20,12 +20,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 pub use observer::{Observer, StreamFilter, StreamedEvent, Subscription};
 
 use crate::docker::{Docker, container};
+pub use crate::store::{EndReason, Started};
 use crate::store::{Gap, Segment, SessionRecord, SessionState, Store};
 use crate::trace::cgroup::cgroup2_mount;
 use crate::trace::{ContainerPath, Event, EventKind, LossCounters};
@@ -47,35 +47,6 @@ const DRAIN_WAIT: Duration = Duration::from_secs(30);
 /// How far past a session's end an event must be to show that the reader
 /// has handed over everything up to the end.
 const PAST_THE_END: Duration = Duration::from_millis(20);
-
-/// How a session ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EndReason {
-    /// Stopped by the user (StopObserving, SIGTERM of the daemon).
-    Stopped,
-    /// `--duration` passed.
-    Duration,
-    /// The container exited.
-    ContainerDied,
-    /// The daemon stopped without closing the session, and the container
-    /// was gone when it came back.
-    Interrupted,
-}
-
-/// An observation that has begun: what a session knows from its start.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Started {
-    pub container_id: String,
-    pub container_name: String,
-    /// The image the container runs, by id (`sha256:…`).
-    pub image_id: String,
-    /// The image as the container was created from it (`nginx:latest`).
-    pub image_ref: String,
-    /// True when the trace starts before the container's first exec.
-    pub from_first_exec: bool,
-    pub started_unix_ms: u64,
-}
 
 #[derive(Clone, Debug, Default)]
 pub struct ObserveOptions {
