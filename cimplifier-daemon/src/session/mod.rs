@@ -28,7 +28,7 @@ use crate::docker::{Docker, container};
 pub use crate::store::{EndReason, Started};
 use crate::store::{Gap, Segment, SessionRecord, SessionState, Store};
 use crate::trace::cgroup::cgroup2_mount;
-use crate::trace::{ContainerPath, Event, EventKind, LossCounters};
+use crate::trace::{ContainerPath, Event, EventKind};
 use observer::{Route, Watch};
 
 /// Where sessions live unless told otherwise.
@@ -140,29 +140,6 @@ fn continued(mut record: SessionRecord, now_ms: u64) -> SessionRecord {
     record.state = SessionState::Observing;
     record.end = None;
     record
-}
-
-/// `a - b`, field by field: what a tracer lost since `b` was read.
-fn loss_since(a: LossCounters, b: LossCounters) -> LossCounters {
-    LossCounters {
-        ringbuf_full: a.ringbuf_full.saturating_sub(b.ringbuf_full),
-        inflight_full: a.inflight_full.saturating_sub(b.inflight_full),
-        user_read_faults: a.user_read_faults.saturating_sub(b.user_read_faults),
-        undecodable: a.undecodable.saturating_sub(b.undecodable),
-        unreadable_names: a.unreadable_names.saturating_sub(b.unreadable_names),
-        held_overflow: a.held_overflow.saturating_sub(b.held_overflow),
-    }
-}
-
-pub(crate) fn add_loss(a: LossCounters, b: LossCounters) -> LossCounters {
-    LossCounters {
-        ringbuf_full: a.ringbuf_full + b.ringbuf_full,
-        inflight_full: a.inflight_full + b.inflight_full,
-        user_read_faults: a.user_read_faults + b.user_read_faults,
-        undecodable: a.undecodable + b.undecodable,
-        unreadable_names: a.unreadable_names + b.unreadable_names,
-        held_overflow: a.held_overflow + b.held_overflow,
-    }
 }
 
 /// A `key=value` label selector, checked.
@@ -1019,7 +996,7 @@ impl SessionTask {
                 prior_aggregated + aggregated.load(std::sync::atomic::Ordering::Relaxed);
             record.checkpoint_unix_ms = now_ms();
             record.duration_ms = prior_duration + started.elapsed().as_millis() as u64;
-            record.loss = add_loss(prior_loss, loss_since(observer.loss(), loss_base));
+            record.loss = prior_loss.plus(observer.loss().since(loss_base));
             record.loss.unreadable_names += unreadable.load(std::sync::atomic::Ordering::Relaxed);
             record.loss.held_overflow += route.route.held_overflow();
             store.append(record, batch)?;
@@ -1165,25 +1142,5 @@ mod tests {
         assert!(is_runc_init("exe", path("/usr/bin/runc").as_ref()));
         assert!(!is_runc_init("exe", path("/srv/app/exe").as_ref()));
         assert!(!is_runc_init("sh", path("/bin/sh").as_ref()));
-    }
-
-    #[test]
-    fn loss_since_a_baseline_is_per_counter() {
-        let a = LossCounters {
-            ringbuf_full: 5,
-            inflight_full: 1,
-            user_read_faults: 0,
-            undecodable: 2,
-            unreadable_names: 4,
-            ..Default::default()
-        };
-        let b = LossCounters {
-            ringbuf_full: 3,
-            ..Default::default()
-        };
-        let d = loss_since(a, b);
-        assert_eq!((d.ringbuf_full, d.inflight_full, d.undecodable), (2, 1, 2));
-        assert_eq!(add_loss(d, b).ringbuf_full, 5);
-        assert_eq!(add_loss(d, b).unreadable_names, 4);
     }
 }

@@ -366,7 +366,7 @@ impl Store {
             merged.events += events.len() as u64;
             merged.duration_ms += r.duration_ms;
             merged.aggregated += r.aggregated;
-            merged.loss = crate::session::add_loss(merged.loss, r.loss);
+            merged.loss = merged.loss.plus(r.loss);
             merged.gaps.extend(r.gaps.iter().cloned());
             merged.checkpoint_unix_ms = merged.checkpoint_unix_ms.max(r.checkpoint_unix_ms);
             self.append(&merged, &events)?;
