@@ -328,7 +328,7 @@ mod depends_on {
 
 /// A started container of the system.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Started {
+pub struct StartedService {
     pub service: String,
     pub container: String,
     pub id: String,
@@ -339,7 +339,7 @@ pub struct Started {
 pub struct UpReport {
     pub project: String,
     pub compose_file: PathBuf,
-    pub containers: Vec<Started>,
+    pub containers: Vec<StartedService>,
     /// The network owner's address on Docker's default bridge, if any.
     pub ip_address: Option<String>,
     /// Volumes created by this `up` and filled by the seed service (the
@@ -454,7 +454,7 @@ pub async fn up_in_order(
             .start_container(&name, None)
             .await
             .with_context(|| format!("starting container {name}"))?;
-        containers.push(Started {
+        containers.push(StartedService {
             service: service.to_owned(),
             container: name,
             id,

@@ -167,7 +167,7 @@ fn ms(start: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::Started;
+    use crate::store::Started;
 
     fn record(state: SessionState, lost: u64) -> SessionRecord {
         let started = Started {

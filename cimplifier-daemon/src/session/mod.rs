@@ -25,8 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use observer::{Observer, StreamFilter, StreamedEvent, Subscription};
 
 use crate::docker::{Docker, container};
-pub use crate::store::{EndReason, Started};
-use crate::store::{Gap, Segment, SessionRecord, SessionState, Store};
+use crate::store::{EndReason, Gap, Segment, SessionRecord, SessionState, Started, Store};
 use crate::trace::cgroup::cgroup2_mount;
 use crate::trace::{ContainerPath, Event, EventKind};
 use observer::{Route, Watch};
