@@ -134,7 +134,7 @@ pub fn policy(data: &[u8]) {
 /// and `verify` read back from a directory the user controls.
 pub fn compose_file(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    match cimplifier::emit::compose::ComposeFile::parse(&text, Path::new("fuzz.yml")) {
+    match cimplifier::docker::compose::ComposeFile::parse(&text, Path::new("fuzz.yml")) {
         Ok(plan) => {
             let _ = plan.start_order();
             let _ = plan.to_yaml();

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use tonic::Status;
 
-use super::{check_name, internal, not_found, pb, target};
+use super::convert::{check_name, internal, not_found};
+use super::pb;
+use super::service::target;
 use crate::session::{LifecycleStep, Manager, ObserveError};
 use crate::verify::{Original, OutputComparer, RegressionKind};
 

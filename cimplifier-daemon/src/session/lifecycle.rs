@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::observer::{Observer, Route};
+use crate::docker::container;
 use crate::trace::cgroup::cgroup_id;
 
 /// One step of a container's life that a workload alone does not exercise.
@@ -103,31 +104,20 @@ pub(super) async fn perform(cx: Arc<StepContext>, request: StepRequest) -> StepO
 }
 
 async fn run(cx: &StepContext, step: LifecycleStep, stopped: &mut bool) -> Result<()> {
-    use bollard::query_parameters::{KillContainerOptions, StopContainerOptions};
     let old_id = cgroup_id(&cx.cgroup).ok();
     match step {
         LifecycleStep::Reload => {
             tracing::info!(container = %cx.name, "lifecycle: SIGHUP");
-            return cx
-                .docker
-                .kill_container(&cx.id, Some(KillContainerOptions { signal: "HUP".into() }))
-                .await
-                .context("sending SIGHUP");
+            return container::kill(&cx.docker, &cx.id, &cx.name, "HUP").await;
         }
         LifecycleStep::Restart => {
             tracing::info!(container = %cx.name, "lifecycle: stopping gracefully");
             // The engine's own grace period: the container's stop timeout.
-            cx.docker
-                .stop_container(&cx.id, None::<StopContainerOptions>)
-                .await
-                .context("stopping")?;
+            container::stop(&cx.docker, &cx.id, &cx.name).await?;
         }
         LifecycleStep::KillStart => {
             tracing::info!(container = %cx.name, "lifecycle: SIGKILL");
-            cx.docker
-                .kill_container(&cx.id, Some(KillContainerOptions { signal: "KILL".into() }))
-                .await
-                .context("sending SIGKILL")?;
+            container::kill(&cx.docker, &cx.id, &cx.name, "KILL").await?;
         }
     }
     *stopped = true;
@@ -148,24 +138,14 @@ async fn run(cx: &StepContext, step: LifecycleStep, stopped: &mut bool) -> Resul
     cx.observer.renew(&cx.cgroup)?;
     cx.observer.claim(&cx.route, &cx.cgroup);
     tracing::info!(container = %cx.name, "lifecycle: starting under observation");
-    cx.docker
-        .start_container(
-            &cx.id,
-            None::<bollard::query_parameters::StartContainerOptions>,
-        )
-        .await
-        .context("starting again")
+    container::start(&cx.docker, &cx.id, &cx.name).await
 }
 
 /// Waits until the engine reports the container not running.
 async fn wait_stopped(cx: &StepContext) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let d = cx
-            .docker
-            .inspect_container(&cx.id, None)
-            .await
-            .context("inspecting the stopped container")?;
+        let d = container::inspect(&cx.docker, &cx.id).await?;
         if d.state.as_ref().and_then(|s| s.running) != Some(true) {
             return Ok(());
         }

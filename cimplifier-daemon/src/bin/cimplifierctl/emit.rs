@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use cimplifier::api::{Address, pb};
-use cimplifier::emit::compose;
+use cimplifier::docker::compose;
 use cimplifier::emit::partitioned::PartitionEmitReport;
 use cimplifier::emit::slim::EmitReport;
 use cimplifier::place::slim::{SafetySet, SlimOptions};

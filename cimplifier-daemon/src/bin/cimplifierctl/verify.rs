@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use cimplifier::api::{Address, pb};
-use cimplifier::emit::compose::{self, ComposeFile, StartOrder};
+use cimplifier::docker::compose::{self, ComposeFile, StartOrder};
 use cimplifier::emit::partitioned::seed::SEED_SERVICE;
 
 use crate::args::VerifyArgs;
