@@ -79,7 +79,10 @@ fn lifecycle_steps_run_inside_one_session_and_each_start_is_observed() {
             .all(|p| p["exit_code"] == 0),
         "{info}"
     );
-    assert_eq!((info["state"].as_str(), info["end"].as_str()), (Some("closed"), Some("stopped")));
+    assert_eq!(
+        (info["state"].as_str(), info["end"].as_str()),
+        (Some("closed"), Some("stopped"))
+    );
     assert_eq!(info["complete"], true, "every start was observed: {info}");
     let (_, events) = d.session_events(&c.0);
     assert_eq!(
@@ -93,7 +96,11 @@ fn lifecycle_steps_run_inside_one_session_and_each_start_is_observed() {
     let out = d.ctl(&["observe", &c.0, "--exec", FETCH, "--no-lifecycle", "--json"]);
     let info = json_of(&out);
     assert_eq!(out.status.code(), Some(0), "{info}");
-    assert_eq!(info["workload"]["passes"].as_array().unwrap().len(), 1, "{info}");
+    assert_eq!(
+        info["workload"]["passes"].as_array().unwrap().len(),
+        1,
+        "{info}"
+    );
     let (_, events) = d.session_events(&c.0);
     assert_eq!(execs_of(&events, "/usr/sbin/nginx"), 1);
 }
@@ -121,7 +128,15 @@ fn verify_passes_a_good_slim_image_and_names_a_file_left_out() {
     ]));
 
     // The positive control: the output does what the original did.
-    let out = d.ctl(&["verify", &c.0, "--image", &good, "--workload", FETCH, "--json"]);
+    let out = d.ctl(&[
+        "verify",
+        &c.0,
+        "--image",
+        &good,
+        "--workload",
+        FETCH,
+        "--json",
+    ]);
     let report = json_of(&out);
     assert_eq!(out.status.code(), Some(0), "{report}");
     assert_eq!(report["verified"], true, "{report}");
@@ -133,7 +148,15 @@ fn verify_passes_a_good_slim_image_and_names_a_file_left_out() {
     );
 
     // The file left out on purpose is named, with its fix.
-    let out = d.ctl(&["verify", &c.0, "--image", &bad, "--workload", FETCH, "--json"]);
+    let out = d.ctl(&[
+        "verify",
+        &c.0,
+        "--image",
+        &bad,
+        "--workload",
+        FETCH,
+        "--json",
+    ]);
     let report = json_of(&out);
     assert_eq!(out.status.code(), Some(7), "{report}");
     assert_eq!(report["verified"], false, "{report}");
@@ -256,5 +279,8 @@ fn verify_catches_a_partition_whose_shared_volume_was_emptied() {
         .unwrap_or_else(|| panic!("the flag is named: {v}"));
     assert_eq!(named["partition"], "reader", "{v}");
     assert_eq!(named["executable"], "/usr/bin/cat", "{v}");
-    assert!(named["fix"].as_str().unwrap().contains("shared volume"), "{v}");
+    assert!(
+        named["fix"].as_str().unwrap().contains("shared volume"),
+        "{v}"
+    );
 }

@@ -150,10 +150,10 @@ pub fn compose_file(data: &[u8]) {
 /// A session bundle (`cimplifierctl import`), imported into a fresh store
 /// and folded into a model as emit would.
 pub fn session_bundle(data: &[u8]) {
-    use cimplifier::store::Store;
+    use cimplifier::store::{OnExisting, Store};
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = Store::open(dir.path()).expect("a fresh store");
-    match store.import(data, Some("fuzz")) {
+    match store.import(data, Some("fuzz"), OnExisting::Refuse) {
         Ok(record) => {
             let mut model = Model::new();
             if let Err(e) = store.fold(&record, &mut model, |_| {})
@@ -174,7 +174,9 @@ pub fn session_bundle(data: &[u8]) {
 
 /// A successful exec of each path, by one process each.
 fn exec_events(paths: &[String]) -> Vec<Event> {
-    use cimplifier::trace::{CgroupId, ContainerPath, EventKind, PathArg, PathRole, Resolution, SyscallEvent};
+    use cimplifier::trace::{
+        CgroupId, ContainerPath, EventKind, PathArg, PathRole, Resolution, SyscallEvent,
+    };
     use cimplifier_common::syscalls::{self, nr};
     paths
         .iter()

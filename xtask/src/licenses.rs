@@ -54,7 +54,10 @@ pub fn run() -> Result<()> {
             list.join("\n")
         );
     }
-    println!("licences: all {checked} packages allowed ({})", ALLOWED.join(", "));
+    println!(
+        "licences: all {checked} packages allowed ({})",
+        ALLOWED.join(", ")
+    );
     Ok(())
 }
 
@@ -119,7 +122,12 @@ mod tests {
         ] {
             assert_eq!(check(ok), Ok(()), "{ok}");
         }
-        for refused in ["LGPL-2.1-or-later", "GPL-2.0-only AND MIT", "", "MIT AND NOPE"] {
+        for refused in [
+            "LGPL-2.1-or-later",
+            "GPL-2.0-only AND MIT",
+            "",
+            "MIT AND NOPE",
+        ] {
             assert!(check(refused).is_err(), "{refused}");
         }
     }

@@ -380,7 +380,8 @@ pub async fn up(
 
 /// Starts a created container of the system by its name: the engine's
 /// start, or an observation that starts it (`verify`).
-pub type Starter<'a> = &'a (dyn Fn(String) -> futures::future::BoxFuture<'static, Result<()>> + Sync);
+pub type Starter<'a> =
+    &'a (dyn Fn(String) -> futures::future::BoxFuture<'static, Result<()>> + Sync);
 
 /// Creates the volumes that do not exist yet, fills them with the seed
 /// service, and starts the other services in `order`.

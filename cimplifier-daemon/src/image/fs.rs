@@ -78,9 +78,10 @@ fn members(bytes: &[u8], what: &str) -> Result<Vec<(String, FsEntry)>> {
             .entry_size()
             .with_context(|| format!("the size of {name} in {what}"))?;
         let size = usize::try_from(stored).unwrap_or(usize::MAX);
-        let end = padded(size)
-            .checked_add(data_start)
-            .filter(|&end| data_start.saturating_add(size) <= bytes.len() && end <= bytes.len().next_multiple_of(BLOCK));
+        let end = padded(size).checked_add(data_start).filter(|&end| {
+            data_start.saturating_add(size) <= bytes.len()
+                && end <= bytes.len().next_multiple_of(BLOCK)
+        });
         let Some(end) = end else {
             bail!(
                 "{what} is cut off: member {name} claims {stored} bytes at offset {data_start}, \

@@ -54,6 +54,9 @@ pub struct ObserveOptions {
     pub restart: bool,
     /// Observe a running container from now on, without its start-up.
     pub attach: bool,
+    /// Delete a closed session of the container's name and begin anew,
+    /// rather than continue it (or be refused for another image).
+    pub replace: bool,
 }
 
 /// Why an observation could not begin, by what the caller can do about it.
@@ -196,8 +199,38 @@ impl Manager {
                 )));
             }
         };
-        self.begin(details, opening, opts.duration, None, None)
+        let earlier = self.earlier_session(&name, &details, opts.replace)?;
+        self.begin(details, opening, opts.duration, earlier, None)
             .await
+    }
+
+    /// The closed session a new observation of `name` continues: one of
+    /// the same image goes on with a new segment; one of another image is
+    /// refused unless `replace`, which deletes it.
+    fn earlier_session(
+        &self,
+        name: &str,
+        details: &container::Details,
+        replace: bool,
+    ) -> Result<Option<SessionRecord>, ObserveError> {
+        let Some(earlier) = self.store.session(name)? else {
+            return Ok(None);
+        };
+        if replace {
+            self.store.delete_session(name)?;
+            tracing::info!(session = %name, events = earlier.events, "replaced: the earlier session is deleted");
+            return Ok(None);
+        }
+        let image = details.image.as_deref().unwrap_or_default();
+        if earlier.started.image_id != image {
+            return Err(ObserveError::Refused(format!(
+                "session {name} holds what image {} ({}) used, and container {name} now runs {}: \
+                 observing it would mix two images in one session; pass --replace to delete \
+                 the earlier session, or `cimplifierctl export {name}` it first",
+                earlier.started.image_ref, earlier.started.image_id, image
+            )));
+        }
+        Ok(Some(earlier))
     }
 
     /// Spawns the session task and waits until it has begun.
@@ -310,6 +343,14 @@ impl Manager {
         }
     }
 
+    /// Whether a session of that name is observing (or starting).
+    pub fn is_running(&self, name: &str) -> bool {
+        self.running
+            .lock()
+            .expect("sessions lock")
+            .contains_key(name)
+    }
+
     /// Runs one lifecycle step on an observed container, inside its session;
     /// returns once the step is done (a start has been asked of the engine).
     pub async fn lifecycle(&self, name: &str, step: LifecycleStep) -> Result<(), ObserveError> {
@@ -323,12 +364,15 @@ impl Manager {
             return Err(ObserveError::NotObserving(name.to_owned()));
         };
         let (reply, done) = oneshot::channel();
-        let ended = || ObserveError::Refused(format!("the session of {name} ended during the {step}"));
+        let ended =
+            || ObserveError::Refused(format!("the session of {name} ended during the {step}"));
         steps
             .send(lifecycle::StepRequest { step, reply })
             .await
             .map_err(|_| ended())?;
-        done.await.map_err(|_| ended())?.map_err(ObserveError::Failed)
+        done.await
+            .map_err(|_| ended())?
+            .map_err(ObserveError::Failed)
     }
 
     pub fn get(&self, name: &str) -> Result<Option<SessionView>> {

@@ -19,6 +19,11 @@ fn is_runc_init(comm: &str, exe: Option<&ContainerPath>) -> bool {
     comm.starts_with("runc") || (comm == "exe" && exe.is_none_or(|x| x.as_str().ends_with("/runc")))
 }
 
+/// The first 12 characters of a container id, as `docker ps` shows it.
+fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
 /// One session's observation.
 pub(super) struct SessionTask {
     pub(super) manager: Arc<Manager>,
@@ -163,13 +168,28 @@ impl SessionTask {
 
         let now = now_ms();
         let mut record = match self.resumed.clone() {
-            Some(mut r) => {
+            Some(mut r) if self.opening == Opening::Resume => {
                 r.segments.push(Segment {
                     first_event: r.events,
                     started_unix_ms: now,
                     from_first_exec: false,
                     origin: "resumed after a daemon restart".into(),
                 });
+                r
+            }
+            // Observed again: what this run uses adds to what the earlier
+            // runs used.
+            Some(mut r) => {
+                r.segments.push(Segment {
+                    first_event: r.events,
+                    started_unix_ms: now,
+                    from_first_exec,
+                    origin: format!("observed again (container {})", short_id(&id)),
+                });
+                r.state = SessionState::Observing;
+                r.end = None;
+                r.started.container_id = id.clone();
+                r.started.from_first_exec = r.segments.iter().all(|s| s.from_first_exec);
                 r
             }
             None => SessionRecord::new(
@@ -296,7 +316,9 @@ impl SessionTask {
             name: name.clone(),
             cgroup: container_cgroup.clone(),
         });
-        let mut step: Option<std::pin::Pin<Box<dyn Future<Output = lifecycle::StepOutcome> + Send>>> = None;
+        let mut step: Option<
+            std::pin::Pin<Box<dyn Future<Output = lifecycle::StepOutcome> + Send>>,
+        > = None;
         // `die`s of the container that a lifecycle step caused.
         let mut expected_dies = 0u32;
         let end = loop {

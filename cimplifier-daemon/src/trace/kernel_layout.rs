@@ -67,7 +67,10 @@ impl btfparse::Readable for Blob {
 impl KernelTypes {
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).with_context(|| {
-            format!("reading kernel BTF from {}: the kernel needs CONFIG_DEBUG_INFO_BTF", path.display())
+            format!(
+                "reading kernel BTF from {}: the kernel needs CONFIG_DEBUG_INFO_BTF",
+                path.display()
+            )
         })?;
         Self::parse(bytes).with_context(|| format!("parsing kernel BTF from {}", path.display()))
     }
@@ -90,7 +93,9 @@ impl KernelTypes {
             Ok((_, btfparse::Offset::BitOffsetAndSize(bits, _))) => {
                 bail!("{name}.{field} is a bitfield (bit offset {bits}); cannot read it")
             }
-            Err(e) => Err(anyhow!("kernel BTF: struct {name} has no member {field} ({e:?})")),
+            Err(e) => Err(anyhow!(
+                "kernel BTF: struct {name} has no member {field} ({e:?})"
+            )),
         }
     }
 }
@@ -164,7 +169,10 @@ format:
         assert!(KernelTypes::parse(vec![0xff; 64]).is_err());
         let whole = std::fs::read(VMLINUX_BTF).expect("kernel BTF (CONFIG_DEBUG_INFO_BTF)");
         for cut in [24, 4096, whole.len() / 2] {
-            assert!(KernelTypes::parse(whole[..cut].to_vec()).is_err(), "cut at {cut}");
+            assert!(
+                KernelTypes::parse(whole[..cut].to_vec()).is_err(),
+                "cut at {cut}"
+            );
         }
     }
 

@@ -190,16 +190,18 @@ impl<'a> OutputComparer<'a> {
         let regressions = self
             .found
             .into_iter()
-            .map(|((kind, executable, syscall, resource, errno), count)| Regression {
-                fix: fix(kind, &resource, &errno, &partition),
-                kind,
-                executable,
-                partition: partition.clone(),
-                syscall,
-                resource,
-                errno,
-                count,
-            })
+            .map(
+                |((kind, executable, syscall, resource, errno), count)| Regression {
+                    fix: fix(kind, &resource, &errno, &partition),
+                    kind,
+                    executable,
+                    partition: partition.clone(),
+                    syscall,
+                    resource,
+                    errno,
+                    count,
+                },
+            )
             .collect();
         (regressions, self.failed_calls)
     }
@@ -210,9 +212,11 @@ fn errno(s: &SyscallEvent) -> Option<String> {
     if s.succeeded() || s.ret.is_none() {
         return None;
     }
-    Some(s.errno.clone().unwrap_or_else(|| {
-        format!("errno {}", s.ret.map_or(0, |r| r.unsigned_abs()))
-    }))
+    Some(
+        s.errno
+            .clone()
+            .unwrap_or_else(|| format!("errno {}", s.ret.map_or(0, |r| r.unsigned_abs()))),
+    )
 }
 
 fn is_exec(s: &SyscallEvent) -> bool {
@@ -220,7 +224,11 @@ fn is_exec(s: &SyscallEvent) -> bool {
 }
 
 fn file_name(path: &ContainerPath) -> String {
-    path.as_str().rsplit('/').next().unwrap_or_default().to_owned()
+    path.as_str()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn exe_name(exe: Option<&ContainerPath>) -> String {
@@ -265,9 +273,9 @@ fn fix(kind: RegressionKind, resource: &str, errno: &str, partition: &str) -> St
         (_, "EROFS") => {
             format!("{resource} is read-only in the output: make its directory a volume")
         }
-        (_, "EADDRINUSE") => format!(
-            "{resource} is taken in the output: another process or partition holds it"
-        ),
+        (_, "EADDRINUSE") => {
+            format!("{resource} is taken in the output: another process or partition holds it")
+        }
         (_, "ECONNREFUSED") => format!(
             "nothing listens on {resource} in the output: the partition that serves it did \
              not start, or cannot be reached"

@@ -88,7 +88,11 @@ fn a_file_the_original_read_and_the_output_lacks_is_named_with_its_fix() {
         (r.executable.as_str(), r.resource.as_str(), r.errno.as_str()),
         ("/usr/sbin/nginx", "/etc/nginx/mime.types", "ENOENT")
     );
-    assert!(r.fix.contains("--include /etc/nginx/mime.types"), "{}", r.fix);
+    assert!(
+        r.fix.contains("--include /etc/nginx/mime.types"),
+        "{}",
+        r.fix
+    );
 
     // The same output with the file in place: nothing to report.
     let fine = compare(

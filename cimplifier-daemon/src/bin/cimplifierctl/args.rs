@@ -104,6 +104,8 @@ pub enum Command {
         /// Print them as JSON.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<SessionsAction>,
     },
     /// Stop the daemon's observation of a container; the session is kept.
     Stop { container: String },
@@ -213,6 +215,10 @@ pub enum Command {
         /// Store it under this name instead of the bundle's own.
         #[arg(long = "as", value_name = "NAME")]
         name: Option<String>,
+        /// Replace a closed session of that name (its events are deleted);
+        /// without it an existing name is refused.
+        #[arg(long)]
+        replace: bool,
     },
     /// Merge closed sessions of one image into a new session, whose model
     /// is the union of theirs; emit it to get one image that serves every
@@ -224,6 +230,10 @@ pub enum Command {
         /// The sessions to merge (two or more).
         #[arg(num_args = 2.., required = true)]
         sessions: Vec<String>,
+        /// Replace a closed session named NAME (its events are deleted);
+        /// without it an existing name is refused.
+        #[arg(long)]
+        replace: bool,
     },
     /// Build the resource model of a recorded trace and report it.
     ///
@@ -254,6 +264,21 @@ pub enum Command {
         /// Print the exec call graph as Graphviz DOT.
         #[arg(long)]
         dot: bool,
+    },
+}
+
+/// What `sessions` does besides listing.
+#[derive(Subcommand)]
+pub enum SessionsAction {
+    /// Delete closed sessions and their events from the daemon's store
+    /// (export them first to keep them). An observing session is refused.
+    Rm {
+        /// The sessions to delete.
+        #[arg(required = true)]
+        sessions: Vec<String>,
+        /// Print what was deleted as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -304,6 +329,11 @@ pub struct ObserveArgs {
     /// Do not run the lifecycle steps, even for a server.
     #[arg(long)]
     pub no_lifecycle: bool,
+    /// A closed session of the container's name is continued (a new
+    /// segment) when the container runs the same image, and refused for
+    /// another image; --replace deletes it and begins a new session.
+    #[arg(long)]
+    pub replace: bool,
     /// Print the session summary as JSON.
     #[arg(long)]
     pub json: bool,

@@ -23,6 +23,7 @@ pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
         ready_timeout,
         lifecycle,
         no_lifecycle,
+        replace,
         json,
     } = args;
     let lifecycle = Lifecycle::from_flags(lifecycle, no_lifecycle);
@@ -35,6 +36,7 @@ pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
             container,
             restart,
             attach,
+            replace,
             ..Default::default()
         };
         return observe_exec(socket, request, &cmd, ready_timeout, lifecycle, json);
@@ -47,6 +49,7 @@ pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
                 restart,
                 attach,
                 duration_seconds: duration.map_or(0, |d| d.as_secs().max(1) as u32),
+                replace,
                 ..Default::default()
             })
             .await

@@ -96,7 +96,10 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
                 container: name.clone(),
             };
             if let Err(e) = api.stop_observing(request).await {
-                eprintln!("cimplifierctl: warning: closing the session of {name}: {}", e.message());
+                eprintln!(
+                    "cimplifierctl: warning: closing the session of {name}: {}",
+                    e.message()
+                );
             }
         }
         let report = api
@@ -159,13 +162,21 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
         why.push(format!("the workload could not run: {e}"));
     }
     if let Some(p) = failed_pass {
-        why.push(format!("the workload {} ({})", outcome(&p.ended).1, p.name()));
+        why.push(format!(
+            "the workload {} ({})",
+            outcome(&p.ended).1,
+            p.name()
+        ));
     }
     if !report.regressions.is_empty() {
         why.push(format!(
             "{} regression{}",
             report.regressions.len(),
-            if report.regressions.len() == 1 { "" } else { "s" }
+            if report.regressions.len() == 1 {
+                ""
+            } else {
+                "s"
+            }
         ));
     }
     Err(WorkloadFailed {
@@ -199,6 +210,8 @@ async fn start_image(
     let observed = api
         .observe(pb::ObserveRequest {
             container: name.clone(),
+            // An earlier verify's session of this name is not this one's.
+            replace: true,
             ..Default::default()
         })
         .await
@@ -245,13 +258,16 @@ async fn start_plan(
             let observed = api
                 .observe(pb::ObserveRequest {
                     container: name.clone(),
+                    replace: true,
                     ..Default::default()
                 })
                 .await
                 .map_err(status)
                 .with_context(|| format!("starting {name} under observation"))?
                 .into_inner();
-            seen.lock().expect("targets lock").insert(name, observed.target);
+            seen.lock()
+                .expect("targets lock")
+                .insert(name, observed.target);
             Ok(())
         })
     };
@@ -262,7 +278,12 @@ async fn start_plan(
     let up = match up {
         Ok(up) => up,
         Err(e) => {
-            let started: Vec<String> = targets.lock().expect("targets lock").keys().cloned().collect();
+            let started: Vec<String> = targets
+                .lock()
+                .expect("targets lock")
+                .keys()
+                .cloned()
+                .collect();
             for name in started {
                 let _ = api
                     .clone()
