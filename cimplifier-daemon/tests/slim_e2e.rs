@@ -2,7 +2,11 @@
 //! images built from Debian packages (`cargo xtask images`) and real
 //! clients: observe the original under its workload with `cimplifierctl
 //! observe`, `emit` the slim image, run it, run the same workload again and
-//! require the same results. Prints each size reduction. Needs root.
+//! require the same results. Then both the original and the slim container
+//! go through a second pass, a restart and a SIGKILL with a start, the
+//! workload after each, and the slim one must answer as the original did
+//! at every step (tests/common/lifecycle.rs). Prints each size reduction.
+//! Needs root.
 
 mod common;
 
@@ -10,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::lifecycle::{Answers, Single, assert_same, run_steps};
 use common::{Container, Daemon, docker, require_root};
 use serde_json::Value;
 
@@ -91,6 +96,30 @@ struct Case {
     workload: fn(u16) -> Vec<String>,
 }
 
+/// The case's workload once it is ready on `container`'s published port
+/// (which a restart may change).
+fn pass(case: &Case, container: &str) -> Vec<String> {
+    let port = published_port(container, case.inner_port);
+    wait_until(case.name, || (case.ready)(port));
+    (case.workload)(port)
+}
+
+/// The answers of `container` at its first pass (`first`) and at every
+/// step of the lifecycle after it.
+fn lifecycle(case: &Case, container: &str, against: &str, first: Vec<String>) -> Vec<Answers> {
+    let mut all = vec![Answers {
+        step: "first pass".into(),
+        lines: first,
+    }];
+    all.extend(run_steps(
+        &mut Single(container.to_owned()),
+        against,
+        None,
+        &mut |_, _| pass(case, container),
+    ));
+    all
+}
+
 struct Emitted {
     report: Value,
     tag: String,
@@ -99,9 +128,10 @@ struct Emitted {
     _work: tempfile::TempDir,
 }
 
-/// Observe the original under the workload, then emit. Returns the
-/// original's results and the emit report.
-fn observe_and_emit(case: &Case) -> (Vec<String>, Emitted) {
+/// Observe the original under the workload, run the lifecycle's steps
+/// against it (no longer observed), then emit. Returns the original's
+/// answers at each step and the emit report.
+fn observe_and_emit(case: &Case) -> (Vec<Answers>, Emitted) {
     require_root();
     let daemon = Daemon::start();
     let work = tempfile::tempdir().unwrap();
@@ -141,6 +171,7 @@ fn observe_and_emit(case: &Case) -> (Vec<String>, Emitted) {
     );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("no events lost"), "{said}");
+    let original = lifecycle(case, &name, "the original", original);
     drop(container);
 
     let tag = format!("cimplifier-e2e/{}:slim", case.name);
@@ -387,17 +418,12 @@ const NGINX: Case = Case {
 #[test]
 fn nginx_static_site() {
     let (original, e) = observe_and_emit(&NGINX);
-    assert!(original[0].starts_with("GET / -> 200"), "{original:?}");
-    assert!(
-        original[3].starts_with("GET /missing -> 404"),
-        "{original:?}"
-    );
-    let (_slim, port) = run_slim(&NGINX, &e);
-    assert_eq!(
-        (NGINX.workload)(port),
-        original,
-        "the slim nginx answers differently"
-    );
+    let first = &original[0].lines;
+    assert!(first[0].starts_with("GET / -> 200"), "{first:?}");
+    assert!(first[3].starts_with("GET /missing -> 404"), "{first:?}");
+    let (slim, port) = run_slim(&NGINX, &e);
+    let output = lifecycle(&NGINX, &slim.0, "the slim nginx", (NGINX.workload)(port));
+    assert_same("nginx", &original, &output);
     let percent = report_sizes(&NGINX, &e.report);
     strict_size(&e);
     // nginx globs its include directories: the model knows it listed them.
@@ -532,13 +558,12 @@ const REDIS: Case = Case {
 #[test]
 fn redis_with_aof() {
     let (original, e) = observe_and_emit(&REDIS);
-    assert_eq!(original[0], "redis-benchmark completed without errors");
+    for step in &original {
+        assert_eq!(step.lines[0], "redis-benchmark completed without errors");
+    }
     let (slim, port) = run_slim(&REDIS, &e);
-    assert_eq!(
-        (REDIS.workload)(port),
-        original,
-        "the slim redis answers differently"
-    );
+    let output = lifecycle(&REDIS, &slim.0, "the slim redis", (REDIS.workload)(port));
+    assert_same("redis", &original, &output);
     // The append-only file brings the data back after a restart.
     docker(&["restart", "-t", "5", &slim.0]);
     let port = published_port(&slim.0, REDIS.inner_port);
@@ -598,13 +623,17 @@ const FLASK: Case = Case {
 #[test]
 fn flask_web_app() {
     let (original, e) = observe_and_emit(&FLASK);
-    assert!(original[3].contains("Thank you, alice"), "{original:?}");
-    let (_slim, port) = run_slim(&FLASK, &e);
-    assert_eq!(
-        (FLASK.workload)(port),
-        original,
-        "the slim Flask app answers differently"
+    assert!(
+        original[0].lines[3].contains("Thank you, alice"),
+        "{original:?}"
     );
+    // The guestbook lives in memory: the second pass sees the first's
+    // entry, a restart empties it (the slim app must do the same).
+    assert_ne!(original[0].lines, original[1].lines);
+    assert_eq!(original[0].lines, original[2].lines);
+    let (slim, port) = run_slim(&FLASK, &e);
+    let output = lifecycle(&FLASK, &slim.0, "the slim Flask app", (FLASK.workload)(port));
+    assert_same("flask", &original, &output);
     let percent = report_sizes(&FLASK, &e.report);
     let strict = strict_size(&e);
     // Python imports lazily: the packages it loaded from are kept whole,

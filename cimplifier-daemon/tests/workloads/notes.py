@@ -59,6 +59,14 @@ def show(method, path, want, body=None, ids=()):
     return text
 
 
+# nginx may answer before the web app behind it listens: wait for the app
+# as a load balancer's health check would (not an answer: not printed).
+deadline = time.monotonic() + 60
+while request("GET", "/api/health")[0] != 200:
+    if time.monotonic() > deadline:
+        fail(f"the web app never became healthy: {request('GET', '/api/health')}")
+    time.sleep(0.5)
+
 page = show("GET", "/", 200)
 if "<h1>notes</h1>" not in page:
     fail("the page is not the notes page")
