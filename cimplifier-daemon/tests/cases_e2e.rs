@@ -354,3 +354,31 @@ fn mail_postfix_and_dovecot_partitioned() {
         },
     );
 }
+
+/// The control of every comparison above: a different answer at any step
+/// fails it, and names the step and the answers.
+#[test]
+fn assert_same_catches_one_different_answer() {
+    let steps = |last: &str| -> Vec<Answers> {
+        ["first pass", STEPS[0], STEPS[1], STEPS[2]]
+            .iter()
+            .map(|s| Answers {
+                step: (*s).to_owned(),
+                lines: vec!["GET / -> 200".to_owned(), last.to_owned()],
+            })
+            .collect()
+    };
+    assert_same("control", &steps("ok"), &steps("ok"));
+    let mut broken = steps("ok");
+    broken[3].lines[1] = "GET /api/health -> 502".to_owned();
+    let why = std::panic::catch_unwind(|| assert_same("control", &steps("ok"), &broken))
+        .expect_err("a different answer after the SIGKILL must fail");
+    let why = why.downcast_ref::<String>().unwrap();
+    assert!(
+        why.contains("after SIGKILL and start") && why.contains("GET /api/health -> 502"),
+        "{why}"
+    );
+    let mut fewer = steps("ok");
+    fewer[1].lines.pop();
+    assert!(std::panic::catch_unwind(|| assert_same("control", &steps("ok"), &fewer)).is_err());
+}
