@@ -262,7 +262,13 @@ fn partitioned_case(
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join(format!("{case}-split"));
     let tag = format!("cimplifier-e2e/{case}{}", std::process::id());
-    let report = emit_partitioned(&d, &original.0, &policy(dir.path(), policy_file), &tag, &out);
+    let report = emit_partitioned(
+        &d,
+        &original.0,
+        &policy(dir.path(), policy_file),
+        &tag,
+        &out,
+    );
     print_sizes(case, &report);
     let _cleanup = PlanCleanup {
         daemon: &d,

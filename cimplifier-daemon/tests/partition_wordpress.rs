@@ -125,7 +125,9 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
         &mut pass,
     ));
     assert!(
-        original[1].lines.contains(&"install: installed already".to_owned()),
+        original[1]
+            .lines
+            .contains(&"install: installed already".to_owned()),
         "{:?}",
         original[1]
     );

@@ -632,7 +632,12 @@ fn flask_web_app() {
     assert_ne!(original[0].lines, original[1].lines);
     assert_eq!(original[0].lines, original[2].lines);
     let (slim, port) = run_slim(&FLASK, &e);
-    let output = lifecycle(&FLASK, &slim.0, "the slim Flask app", (FLASK.workload)(port));
+    let output = lifecycle(
+        &FLASK,
+        &slim.0,
+        "the slim Flask app",
+        (FLASK.workload)(port),
+    );
     assert_same("flask", &original, &output);
     let percent = report_sizes(&FLASK, &e.report);
     let strict = strict_size(&e);

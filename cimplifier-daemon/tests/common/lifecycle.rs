@@ -141,7 +141,8 @@ impl Target for Plan<'_> {
         let owner = containers
             .iter()
             .find(|c| {
-                !docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", c]).starts_with("container:")
+                !docker(&["inspect", "-f", "{{.HostConfig.NetworkMode}}", c])
+                    .starts_with("container:")
             })
             .expect("a partition owns the network namespace");
         self.address = docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", owner]);
