@@ -1,6 +1,7 @@
 //! Case studies nobody tuned for (issue 14), end to end with real Docker,
 //! eBPF, images built from Debian packages (`cargo xtask images`) and
-//! real clients: MariaDB alone, slimmed, with a crash-recovery check; a
+//! real clients: MariaDB alone, slimmed, with a crash-recovery check;
+//! Tomcat serving JSPs compiled at their first request, slimmed; a
 //! Node.js app behind nginx with a worker, partitioned; Postfix and
 //! Dovecot, partitioned. Each workload is a script of tests/workloads
 //! that `observe --exec` runs against the original. The original then
@@ -158,21 +159,27 @@ impl CrashCheck for MariadbCrash {
     }
 }
 
-#[test]
-fn mariadb_alone_slim_survives_restart_and_crash_recovery() {
+/// Observes the original, emits its slim image, runs it, and compares its
+/// answers with the original's at every step. Returns the emit report.
+fn slim_case<C: CrashCheck>(
+    case: &str,
+    image: &str,
+    script: &Script,
+    mut crash: impl FnMut() -> Option<C>,
+) -> serde_json::Value {
     require_root();
     let d = Daemon::start();
-    let script = Script::new("mariadb.sh", &[3306]);
+    let mut original_crash = crash();
     let (original, original_answers) = observe_original(
         &d,
-        "cases-mariadb",
-        MARIADB,
-        &script,
-        Some(&mut MariadbCrash::default()),
+        &format!("cases-{case}"),
+        image,
+        script,
+        original_crash.as_mut().map(|c| c as &mut dyn CrashCheck),
     );
     docker(&["stop", &original.0]);
 
-    let tag = format!("cimplifier-e2e/mariadb{}:slim", std::process::id());
+    let tag = format!("cimplifier-e2e/{case}{}:slim", std::process::id());
     let _image = PlanCleanup {
         daemon: &d,
         plans: vec![],
@@ -187,23 +194,52 @@ fn mariadb_alone_slim_survives_restart_and_crash_recovery() {
     ])))
     .unwrap();
     println!(
-        "mariadb: {} -> {} bytes, {:.1}% smaller; kept {} of {} files",
+        "{case}: {} -> {} bytes, {:.1}% smaller; kept {} of {} files",
         report["source_image_bytes"],
         report["slim_image_bytes"],
         report["reduction_percent"].as_f64().unwrap(),
         report["kept_files"],
         report["source_files"]
     );
-    let slim = Container::create("cases-mariadb-slim", &[&tag]);
+    let slim = Container::create(&format!("cases-{case}-slim"), &[&tag]);
     docker(&["start", &slim.0]);
     let mut target = Single(slim.0.clone());
-    let output = output_answers(&mut target, &script, Some(&mut MariadbCrash::default()));
-    assert_same("mariadb", &original_answers, &output);
+    let mut output_crash = crash();
+    let output = output_answers(
+        &mut target,
+        script,
+        output_crash.as_mut().map(|c| c as &mut dyn CrashCheck),
+    );
+    assert_same(case, &original_answers, &output);
+    report
+}
+
+#[test]
+fn mariadb_alone_slim_survives_restart_and_crash_recovery() {
+    let report = slim_case(
+        "mariadb",
+        MARIADB,
+        &Script::new("mariadb.sh", &[3306]),
+        || Some(MariadbCrash::default()),
+    );
     assert!(
         report["reduction_percent"].as_f64().unwrap() > 50.0,
         "{}",
         report["reduction_percent"]
     );
+}
+
+#[test]
+fn tomcat_jsp_guestbook_slim() {
+    let report = slim_case(
+        "tomcat",
+        "cimplifier-test/tomcat:latest",
+        &Script::new("tomcat.py", &[8080]),
+        || None::<MariadbCrash>,
+    );
+    // The JVM's code came from jars and its module image: kept whole.
+    let trees = report["code_trees"].as_array().unwrap();
+    println!("tomcat code trees: {trees:?}");
 }
 
 // --- Partitioned cases ---------------------------------------------------

@@ -28,6 +28,7 @@ pub const DERIVED: &[&str] = &[
     "mariadb",
     "notes",
     "mail",
+    "tomcat",
 ];
 
 pub fn tag(name: &str) -> String {
