@@ -287,7 +287,7 @@ pub fn assert_same(case: &str, original: &[Answers], output: &[Answers]) {
         }
     }
     println!(
-        "{case}: the output gave the original's {} answers at each of {} steps",
+        "{case}: the output gave the original's answers ({} in all) at each of {} steps",
         original.iter().map(|a| a.lines.len()).sum::<usize>(),
         original.len()
     );
