@@ -127,7 +127,11 @@ impl Target for Plan<'_> {
     fn kill_and_start(&mut self) {
         let containers = self.containers();
         for c in containers.iter().rev() {
-            docker(&["kill", "-s", "KILL", c]);
+            // A partition may end by itself once another is killed (an RPE
+            // server whose caller went away): what counts is that none runs.
+            let _ = Command::new("docker")
+                .args(["kill", "-s", "KILL", c])
+                .output();
         }
         for c in &containers {
             wait_stopped(c);
