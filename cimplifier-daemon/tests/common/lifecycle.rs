@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cimplifier::emit::compose::ComposeFile;
+use cimplifier::docker::compose::ComposeFile;
 use cimplifier::emit::partitioned::seed::SEED_SERVICE;
 
 use super::{Daemon, container_logs, docker, stdout_of};
