@@ -16,7 +16,8 @@ use std::process::{Child, Command, Stdio};
 
 use cimplifier::emit::partitioned::PartitionEmitReport;
 use common::lifecycle::{
-    Answers, CrashCheck, Plan, STEPS, Script, Single, Target, assert_same, run_steps, wait_tcp,
+    Answers, CrashCheck, Plan, STEPS, Script, Single, Target, assert_same, run_steps, verify,
+    wait_tcp,
 };
 use common::{Container, Daemon, PlanCleanup, docker, emit_partitioned, require_root, stdout_of};
 
@@ -34,7 +35,15 @@ fn observe_original(
     let c = Container::create(tag, &[image]);
     let dir = tempfile::tempdir().unwrap();
     let answers = dir.path().join("answers");
-    let out = d.ctl(&["observe", &c.0, "--exec", &script.exec_line(&answers)]);
+    // The test runs the lifecycle itself, after the observed pass, so the
+    // answers of each step compare like with like; verify runs it observed.
+    let out = d.ctl(&[
+        "observe",
+        &c.0,
+        "--exec",
+        &script.exec_line(&answers),
+        "--no-lifecycle",
+    ]);
     let first = std::fs::read_to_string(&answers).unwrap_or_default();
     assert!(
         out.status.success(),
@@ -201,6 +210,7 @@ fn slim_case<C: CrashCheck>(
         report["kept_files"],
         report["source_files"]
     );
+    verify(&d, &original.0, &["--image", &tag], script);
     let slim = Container::create(&format!("cases-{case}-slim"), &[&tag]);
     docker(&["start", &slim.0]);
     let mut target = Single(slim.0.clone());
@@ -316,6 +326,7 @@ fn partitioned_case(
             .chain(report.seed.iter().map(|s| s.image.clone()))
             .collect(),
     };
+    verify(&d, &original.0, &["--plan", out.to_str().unwrap()], script);
     let mut plan = Plan::up(&d, &out);
     let output = output_answers(&mut plan, script, None);
     check(&report, &plan);

@@ -337,7 +337,7 @@ impl Cimplifier for Service {
             .ok_or_else(|| not_found(&name))?;
         let mut session = view(&v);
         if let SessionView::Stored(record) = v {
-            let (model, _) = self.model(record).await?;
+            let (model, _) = self.model(*record).await?;
             session.executables = model
                 .executables()
                 .into_iter()

@@ -17,7 +17,8 @@ use crate::docker::container;
 use crate::trace::cgroup::cgroup_id;
 
 /// One step of a container's life that a workload alone does not exercise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum LifecycleStep {
     /// `docker restart`: the stop signal, the engine's grace period, start.
     Restart,
@@ -69,6 +70,7 @@ pub(super) struct StepRequest {
 
 /// How a step ended, for the session loop.
 pub(super) struct StepOutcome {
+    pub step: LifecycleStep,
     pub reply: oneshot::Sender<Result<()>>,
     /// Whether the container did stop (so one `die` was its).
     pub stopped: bool,
@@ -97,6 +99,7 @@ pub(super) async fn perform(cx: Arc<StepContext>, request: StepRequest) -> StepO
     let mut stopped = false;
     let result = run(&cx, step, &mut stopped).await;
     StepOutcome {
+        step,
         reply,
         stopped,
         result: result.with_context(|| format!("{step} of container {}", cx.name)),

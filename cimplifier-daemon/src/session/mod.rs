@@ -91,7 +91,7 @@ enum Opening {
 #[derive(Clone, Debug)]
 pub enum SessionView {
     /// Observing, or closed: the stored record (updated at each checkpoint).
-    Stored(SessionRecord),
+    Stored(Box<SessionRecord>),
     /// Observing, before its first checkpoint.
     Starting(Started),
     /// The observation failed after it began.
@@ -390,7 +390,7 @@ impl Manager {
             .map(|r| r.started.clone());
         Ok(match self.store.session(name)? {
             Some(r) if r.state == SessionState::Observing || starting.is_none() => {
-                Some(SessionView::Stored(r))
+                Some(SessionView::Stored(Box::new(r)))
             }
             _ => starting.map(SessionView::Starting),
         })
@@ -401,7 +401,7 @@ impl Manager {
             .store
             .sessions()?
             .into_iter()
-            .map(|r| (r.name.clone(), SessionView::Stored(r)))
+            .map(|r| (r.name.clone(), SessionView::Stored(Box::new(r))))
             .collect();
         for (name, r) in self.running.lock().expect("sessions lock").iter() {
             out.entry(name.clone())

@@ -343,6 +343,9 @@ impl SessionTask {
                     if outcome.result.is_err() && !outcome.stopped {
                         expected_dies = expected_dies.saturating_sub(1);
                     }
+                    if outcome.result.is_ok() {
+                        record.lifecycle.push(outcome.step);
+                    }
                     let _ = outcome.reply.send(outcome.result);
                 }
                 _ = checkpoint.tick() => commit(&mut record, &mut batch)?,

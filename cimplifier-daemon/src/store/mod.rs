@@ -382,6 +382,11 @@ impl Store {
             checkpoint_unix_ms: 0,
             run,
             run_not_merged,
+            // Every step any source went through, in the usual order.
+            lifecycle: crate::session::LifecycleStep::ALL
+                .into_iter()
+                .filter(|s| records.iter().any(|r| r.lifecycle.contains(s)))
+                .collect(),
         };
         for r in &records {
             let mut events = Vec::with_capacity(r.events as usize);

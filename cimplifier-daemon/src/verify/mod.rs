@@ -94,6 +94,13 @@ pub struct OutputComparer<'a> {
     exes: ExeTracker,
     /// Keyed so that repeats add to one regression's count.
     found: BTreeMap<(RegressionKind, String, String, String, String), u64>,
+    /// Failed calls the original made successfully, kept until the end
+    /// shows whether the output recovered.
+    calls: BTreeMap<(RegressionKind, String, String, Resource, String), u64>,
+    /// (executable, resource) the output used successfully: a failure of
+    /// one it also succeeded on was a probe it recovered from (a directory
+    /// made after `stat` found none), not a regression.
+    succeeded: HashSet<(String, Resource)>,
     /// Programs each process did run, by file name: a failed exec of one
     /// found later on `PATH` is a search, not a regression.
     ran: HashMap<u32, HashSet<String>>,
@@ -109,7 +116,9 @@ impl<'a> OutputComparer<'a> {
             original,
             partition: partition.to_owned(),
             exes: ExeTracker::default(),
+            succeeded: HashSet::new(),
             found: BTreeMap::new(),
+            calls: BTreeMap::new(),
             ran: HashMap::new(),
             failed_execs: Vec::new(),
             failed_calls: 0,
@@ -122,6 +131,9 @@ impl<'a> OutputComparer<'a> {
         let Some(s) = event.syscall() else { return };
         let exe = exe_name(exe.as_ref());
         let Some(errno) = errno(s) else {
+            for (_, resource) in accesses(s) {
+                self.succeeded.insert((exe.clone(), resource));
+            }
             if is_exec(s)
                 && let Some(path) = crate::model::exec_path(event)
             {
@@ -158,10 +170,10 @@ impl<'a> OutputComparer<'a> {
                         RegressionKind::CallFails,
                         exe.clone(),
                         s.syscall.clone(),
-                        describe(&resource),
+                        resource.clone(),
                         errno.clone(),
                     );
-                    *self.found.entry(key).or_default() += 1;
+                    *self.calls.entry(key).or_default() += 1;
                 }
                 _ => {}
             }
@@ -170,6 +182,12 @@ impl<'a> OutputComparer<'a> {
 
     /// The regressions found, with fixes.
     pub fn finish(mut self) -> (Vec<Regression>, u64) {
+        for ((kind, exe, syscall, resource, errno), count) in std::mem::take(&mut self.calls) {
+            if !self.succeeded.contains(&(exe.clone(), resource.clone())) {
+                let key = (kind, exe, syscall, describe(&resource), errno);
+                *self.found.entry(key).or_default() += count;
+            }
+        }
         for (pid, exe, path, errno) in std::mem::take(&mut self.failed_execs) {
             let found_later = self
                 .ran

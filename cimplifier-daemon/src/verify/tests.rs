@@ -200,3 +200,32 @@ fn what_only_another_executable_used_is_not_held_against_this_one() {
     );
     assert!(out.is_empty(), "{out:?}");
 }
+
+#[test]
+fn a_failure_the_output_recovered_from_is_not_a_regression() {
+    // Postfix's local: stat the maildir, make it if missing, then use it.
+    let o = original(&[
+        exec(7, "/usr/lib/postfix/sbin/local", None),
+        open(7, "/home/a/Maildir/new", None),
+    ]);
+    let recovered = compare(
+        &o,
+        "smtp",
+        &[
+            exec(9, "/usr/lib/postfix/sbin/local", None),
+            open(9, "/home/a/Maildir/new", Some("ENOENT")),
+            open(9, "/home/a/Maildir/new", None),
+        ],
+    );
+    assert!(recovered.is_empty(), "{recovered:?}");
+    // The control: the same failure, never recovered from.
+    let lasting = compare(
+        &o,
+        "smtp",
+        &[
+            exec(9, "/usr/lib/postfix/sbin/local", None),
+            open(9, "/home/a/Maildir/new", Some("ENOENT")),
+        ],
+    );
+    assert_eq!(lasting.len(), 1, "{lasting:?}");
+}

@@ -296,3 +296,29 @@ pub fn assert_same(case: &str, original: &[Answers], output: &[Answers]) {
         original.len()
     );
 }
+
+/// `cimplifierctl verify SESSION OUTPUT --workload SCRIPT --json`, where
+/// `output` is `["--image", TAG]` or `["--plan", DIR]`: the output must run
+/// the workload (after each lifecycle step, for an image) with no call
+/// failing that succeeded in the original. Returns verify's report.
+pub fn verify(d: &Daemon, session: &str, output: &[&str], script: &Script) -> serde_json::Value {
+    let workload = script.path.to_str().unwrap();
+    let mut args = vec!["verify", session];
+    args.extend_from_slice(output);
+    args.extend(["--workload", workload, "--json"]);
+    let out = d.ctl(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("verify of {session} printed no report ({e}): {stderr}"));
+    assert_eq!(
+        (out.status.code(), &report["regressions"]),
+        (Some(0), &serde_json::json!([])),
+        "verify of {session} against {output:?}: {report:#}\n{stderr}"
+    );
+    println!(
+        "verify {session}: {} passes, {} failed calls compared, no regression",
+        report["workload"]["passes"].as_array().map_or(0, Vec::len),
+        report["failed_calls_compared"]
+    );
+    report
+}

@@ -360,7 +360,9 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "30s")]
     pub ready_timeout: Duration,
-    /// Skip the lifecycle steps: run the workload once.
+    /// Skip the lifecycle steps: run the workload once. By default the
+    /// output goes through the steps the original went through while
+    /// observed (`observe --exec` runs them for servers).
     #[arg(long)]
     pub no_lifecycle: bool,
     /// Leave the output running afterwards (its sessions are kept anyway).

@@ -12,7 +12,7 @@ use cimplifier::emit::partitioned::seed::SEED_SERVICE;
 
 use crate::args::VerifyArgs;
 use crate::daemon::{Client, WorkloadFailed, connect, runtime, status};
-use crate::exercise::{Exercise, Pass, STEPS, interruption, outcome};
+use crate::exercise::{Exercise, Pass, STEPS, interruption, outcome, step_name};
 use crate::observe::{passes_json, passes_text};
 use crate::render::print;
 
@@ -74,13 +74,26 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
                 return Err(e);
             }
         };
-        // Partitions share one network namespace: restarting its owner
-        // would cut the others off, so a plan runs the workload once.
-        let steps: &[pb::LifecycleStep] = if no_lifecycle || plan.is_some() {
-            &[]
+        // The output goes through what the original went through while
+        // observed: compared with a different history, a call can fail in
+        // one and not the other for no fault of the output. Partitions
+        // share one network namespace, whose owner cannot be restarted
+        // alone, so a plan runs the workload once.
+        let steps: Vec<pb::LifecycleStep> = if no_lifecycle || plan.is_some() {
+            Vec::new()
         } else {
-            &STEPS
+            original
+                .lifecycle_steps
+                .iter()
+                .filter_map(|name| STEPS.into_iter().find(|s| step_name(*s) == name))
+                .collect()
         };
+        if steps.is_empty() && original.lifecycle_steps.is_empty() && !no_lifecycle {
+            eprintln!(
+                "note: session {session} went through no lifecycle step while observed, so \
+                 neither does the output (`observe --exec` runs them for servers)"
+            );
+        }
         eprintln!("verifying {}: {}", session, started.what);
         let exercise = Exercise {
             api: api.clone(),
@@ -88,7 +101,7 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
             cmd: Some(&workload),
             ready_timeout,
             json,
-            steps,
+            steps: &steps,
         };
         let passes = exercise.run(started.target.as_ref(), stop).await;
         for (name, _) in &started.sessions {
