@@ -145,6 +145,13 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
     let out = dir.path().join("wp-split");
     let tag = format!("cimplifier-e2e/wp{}", std::process::id());
     let report = emit_partitioned(&d, &c.0, &policy, &tag, &out);
+    // The plan, started by verify with every partition observed, passes
+    // the workload with no call failing that succeeded in the original.
+    let script = common::lifecycle::Script {
+        path: workload(),
+        ports: &[80],
+    };
+    common::lifecycle::verify(&d, &c.0, &["--plan", out.to_str().unwrap()], &script);
     // What the state directory and code tree rules cost per partition
     // (docs/benchmarks.md): the same emit with --strict.
     let strict_tag = format!("cimplifier-e2e/wp{}-strict", std::process::id());
