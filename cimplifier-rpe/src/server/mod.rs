@@ -19,6 +19,7 @@ use accept::{accept_loop, reap};
 use spawn::inherited;
 
 use crate::config::{PartitionConfig, ServerConfig};
+use crate::sys::signal_set;
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_int;
 use std::fs::File;
@@ -74,18 +75,6 @@ impl Partition {
             .cloned()
             .or(canon)
             .unwrap_or_else(|| requested.to_path_buf()))
-    }
-}
-
-fn signal_set(sigs: &[c_int]) -> libc::sigset_t {
-    // SAFETY: sigset manipulation on a local.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for &s in sigs {
-            libc::sigaddset(&mut set, s);
-        }
-        set
     }
 }
 
@@ -205,10 +194,6 @@ fn bind(path: &Path) -> Result<UnixListener, String> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
     Ok(l)
-}
-
-unsafe fn close_range(first: u32, last: u32, flags: c_int) -> c_int {
-    unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) as c_int }
 }
 
 /// Entry point of the server binary.

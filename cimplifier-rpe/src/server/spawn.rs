@@ -1,8 +1,9 @@
 //! Starting the callee: clone, then in the child the caller's fds,
 //! identity, limits and signal mask, then exec.
 
-use super::{CHILDREN, close_range, signal_set};
+use super::CHILDREN;
 use crate::proto::{self, EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, Request};
+use crate::sys::{close_range, close_sorted, signal_set};
 use std::collections::HashMap;
 use std::ffi::{CString, c_char, c_int};
 use std::fs::File;
@@ -287,20 +288,8 @@ pub(super) fn close_all(fds: Vec<OwnedFd>) {
         .map(std::os::fd::IntoRawFd::into_raw_fd)
         .collect();
     raw.sort_unstable();
-    let mut k = 0;
-    while k < raw.len() {
-        let mut e = k;
-        while e + 1 < raw.len() && raw[e + 1] == raw[e] + 1 {
-            e += 1;
-        }
-        // SAFETY: we own these fds (taken out of their OwnedFds above).
-        if unsafe { close_range(raw[k] as u32, raw[e] as u32, 0) } != 0 {
-            for &fd in &raw[k..=e] {
-                unsafe { libc::close(fd) };
-            }
-        }
-        k = e + 1;
-    }
+    // SAFETY: we own these fds (taken out of their OwnedFds above).
+    unsafe { close_sorted(&raw) };
 }
 
 fn read_full(f: &mut File, buf: &mut [u8]) -> usize {
