@@ -142,7 +142,13 @@ impl ComposeFile {
                 file.display()
             )
         })?;
-        let plan: Self = serde_norway::from_str(&text).with_context(|| {
+        let plan = Self::parse(&text, &file)?;
+        Ok((file, plan))
+    }
+
+    /// Parses and checks a run plan read from `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Self> {
+        let plan: Self = serde_norway::from_str(text).with_context(|| {
             format!(
                 "{}: not a run plan cimplifier can start (it reads only what `emit --policy` writes)",
                 file.display()
@@ -150,7 +156,7 @@ impl ComposeFile {
         })?;
         plan.check()
             .with_context(|| format!("{}: inconsistent run plan", file.display()))?;
-        Ok((file, plan))
+        Ok(plan)
     }
 
     fn check(&self) -> Result<()> {
@@ -372,12 +378,38 @@ pub async fn up(
     up_in_order(docker, path, StartOrder::Dependencies, progress).await
 }
 
+/// Starts a created container of the system by its name: the engine's
+/// start, or an observation that starts it (`verify`).
+pub type Starter<'a> =
+    &'a (dyn Fn(String) -> futures::future::BoxFuture<'static, Result<()>> + Sync);
+
 /// Creates the volumes that do not exist yet, fills them with the seed
 /// service, and starts the other services in `order`.
 pub async fn up_in_order(
     docker: &bollard::Docker,
     path: &Path,
     order: StartOrder,
+    progress: &dyn Fn(&str),
+) -> Result<UpReport> {
+    let engine = docker.clone();
+    let start = move |name: String| -> futures::future::BoxFuture<'static, Result<()>> {
+        let docker = engine.clone();
+        Box::pin(async move {
+            docker
+                .start_container(&name, None)
+                .await
+                .with_context(|| format!("starting container {name}"))
+        })
+    };
+    up_with(docker, path, order, &start, progress).await
+}
+
+/// [`up_in_order`], each service started by `start`.
+pub async fn up_with(
+    docker: &bollard::Docker,
+    path: &Path,
+    order: StartOrder,
+    start: Starter<'_>,
     progress: &dyn Fn(&str),
 ) -> Result<UpReport> {
     let (file, plan) = ComposeFile::load(path)?;
@@ -450,10 +482,7 @@ pub async fn up_in_order(
         let name = plan.container_name(service);
         progress(&format!("starting {name} ({})", s.image));
         let id = create(docker, &plan, service, None).await?;
-        docker
-            .start_container(&name, None)
-            .await
-            .with_context(|| format!("starting container {name}"))?;
+        start(name.clone()).await?;
         containers.push(StartedService {
             service: service.to_owned(),
             container: name,

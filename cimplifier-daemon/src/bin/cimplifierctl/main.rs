@@ -9,16 +9,18 @@ mod analyze;
 mod args;
 mod daemon;
 mod emit;
+mod exercise;
 mod observe;
 mod render;
 mod sessions;
+mod verify;
 mod version;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, SessionsAction};
 
 fn main() -> ExitCode {
     cimplifier::cli::init_logging();
@@ -43,8 +45,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { shell } => version::completions(shell),
         Command::Version => version::version(socket),
         Command::Observe(args) => observe::observe(socket, args),
+        Command::Verify(args) => verify::verify(socket, args),
         Command::Stop { container } => observe::stop(socket, container),
-        Command::Sessions { json } => sessions::list(socket, json),
+        Command::Sessions { json, action } => match action {
+            None => sessions::list(socket, json),
+            Some(SessionsAction::Rm { sessions, json }) => sessions::remove(socket, sessions, json),
+        },
         Command::Report {
             container,
             json,
@@ -58,8 +64,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => sessions::events(socket, session, exe, kind, buffer, json),
         Command::Export { session, output } => sessions::export(socket, session, &output),
-        Command::Import { bundle, name } => sessions::import(socket, &bundle, name),
-        Command::Merge { into, sessions } => sessions::merge(socket, into, sessions),
+        Command::Import {
+            bundle,
+            name,
+            replace,
+        } => sessions::import(socket, &bundle, name, replace),
+        Command::Merge {
+            into,
+            sessions,
+            replace,
+        } => sessions::merge(socket, into, sessions, replace),
         Command::Plan {
             session,
             policy,

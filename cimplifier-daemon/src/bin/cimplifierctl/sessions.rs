@@ -176,7 +176,12 @@ pub fn export(socket: &Address, session: String, output: &Path) -> anyhow::Resul
     Ok(())
 }
 
-pub fn import(socket: &Address, bundle: &Path, name: Option<String>) -> anyhow::Result<()> {
+pub fn import(
+    socket: &Address,
+    bundle: &Path,
+    name: Option<String>,
+    replace: bool,
+) -> anyhow::Result<()> {
     let bytes = std::fs::read(bundle)
         .with_context(|| format!("reading the bundle {}", bundle.display()))?;
     let mut chunks: Vec<pb::ImportChunk> = bytes
@@ -184,6 +189,7 @@ pub fn import(socket: &Address, bundle: &Path, name: Option<String>) -> anyhow::
         .map(|c| pb::ImportChunk {
             name: String::new(),
             data: c.to_vec(),
+            replace,
         })
         .collect();
     match chunks.first_mut() {
@@ -199,10 +205,19 @@ pub fn import(socket: &Address, bundle: &Path, name: Option<String>) -> anyhow::
     ))
 }
 
-pub fn merge(socket: &Address, into: String, sessions: Vec<String>) -> anyhow::Result<()> {
+pub fn merge(
+    socket: &Address,
+    into: String,
+    sessions: Vec<String>,
+    replace: bool,
+) -> anyhow::Result<()> {
     let s = daemon(socket, async |mut c| {
-        c.merge_sessions(pb::MergeSessionsRequest { into, sessions })
-            .await
+        c.merge_sessions(pb::MergeSessionsRequest {
+            into,
+            sessions,
+            replace,
+        })
+        .await
     })?;
     print(&format!(
         "merged {} segments into session {} ({}): {} events{}\n",
@@ -216,4 +231,30 @@ pub fn merge(socket: &Address, into: String, sessions: Vec<String>) -> anyhow::R
             "; INCOMPLETE: a source lost events, has a gap or missed its start-up"
         }
     ))
+}
+
+/// `sessions rm`: deletes each session, in order; stops at the first the
+/// daemon refuses (an observing one, an unknown name).
+pub fn remove(socket: &Address, sessions: Vec<String>, json: bool) -> anyhow::Result<()> {
+    let mut deleted = Vec::new();
+    for name in sessions {
+        let s = daemon(socket, async |mut c| {
+            c.delete_session(pb::DeleteSessionRequest {
+                session: name.clone(),
+            })
+            .await
+        })
+        .with_context(|| format!("deleting session {name}"))?;
+        if !json {
+            print(&format!(
+                "deleted session {} ({} events)\n",
+                s.container, s.events
+            ))?;
+        }
+        deleted.push(serde_json::json!({ "session": s.container, "events": s.events }));
+    }
+    if json {
+        print(&(serde_json::to_string_pretty(&deleted)? + "\n"))?;
+    }
+    Ok(())
 }
