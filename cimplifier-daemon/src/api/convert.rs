@@ -159,6 +159,13 @@ pub(super) fn event_message(e: &crate::session::StreamedEvent) -> pb::Event {
     }
 }
 
+/// Where a workload reaches the container, asked of the engine now that it
+/// runs. The client may be remote and without Docker access, so the daemon
+/// says it. None (with a warning) when the engine cannot tell.
+pub(super) async fn target(container_id: &str) -> Option<pb::Target> {
+    NetworkTarget::lookup(container_id).await.map(Into::into)
+}
+
 impl From<NetworkTarget> for pb::Target {
     fn from(t: NetworkTarget) -> Self {
         pb::Target {

@@ -224,20 +224,6 @@ impl Service {
     }
 }
 
-/// Where a workload reaches the container, asked of the engine now that it
-/// runs. The client may be remote and without Docker access, so the daemon
-/// says it. None (with a warning) when the engine cannot tell.
-pub(super) async fn target(container_id: &str) -> Option<pb::Target> {
-    let docker = crate::docker::connect().ok()?;
-    match crate::docker::target::NetworkTarget::of(&docker, container_id).await {
-        Ok(t) => Some(t.into()),
-        Err(e) => {
-            tracing::warn!(container = %container_id, "no network target: {e:#}");
-            None
-        }
-    }
-}
-
 type ResultStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
