@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow};
 use tokio::sync::{mpsc, oneshot};
 
-pub use lifecycle::LifecycleStep;
+pub use crate::store::LifecycleStep;
 pub use observer::{Observer, StreamFilter, StreamedEvent, Subscription};
 
 use crate::docker::container;

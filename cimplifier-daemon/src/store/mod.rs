@@ -22,7 +22,7 @@ use crate::trace::{Event, LossCounters};
 
 mod record;
 
-pub use record::{EndReason, Gap, Segment, SessionRecord, SessionState, Started};
+pub use record::{EndReason, Gap, LifecycleStep, Segment, SessionRecord, SessionState, Started};
 
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
@@ -385,7 +385,7 @@ impl Store {
             run,
             run_not_merged,
             // Every step any source went through, in the usual order.
-            lifecycle: crate::session::LifecycleStep::ALL
+            lifecycle: LifecycleStep::ALL
                 .into_iter()
                 .filter(|s| records.iter().any(|r| r.lifecycle.contains(s)))
                 .collect(),
