@@ -7,8 +7,9 @@
 //! (resource graph), [`partition`] (which executables go together),
 //! [`place`] (what each image keeps), [`emit`] (images, run plans and
 //! reports); glue is the `cimplifier-rpe` crate (remote process
-//! execution), whose static binaries emit puts into the images. Beside
-//! the stages: [`image`] (the source image, read once for place and emit),
+//! execution), whose static binaries emit puts into the images; after
+//! them [`verify`] (an output's sessions held against the original's).
+//! Beside the stages: [`image`] (the source image, read once for place and emit),
 //! [`docker`] (every call to the engine), [`store`] (what sessions saw),
 //! [`session`] (observing containers), [`api`] (the daemon's gRPC service)
 //! and [`cli`] (what both binaries set up alike). docs/architecture.md
