@@ -18,7 +18,7 @@ use cimplifier::trace::Event;
 /// strace text (`strace -f -y -yy -s 4096 -o FILE`, or one `-ff` file) ->
 /// events -> model. Parsing may fail; it must never panic.
 pub fn strace_parser(data: &[u8]) {
-    use cimplifier::model::strace::parse_strace_text;
+    use cimplifier::trace::strace::parse_strace_text;
     let text = String::from_utf8_lossy(data);
     // `None`: a `-f` log whose lines start with a pid. `Some`: a `-ff`
     // per-process file, whose pid comes from its name.

@@ -5,13 +5,15 @@ use tonic::Status;
 
 use super::pb;
 use super::pb::session::State;
-use super::service::MAX_NAME;
 use crate::docker::target::NetworkTarget;
 use crate::emit::EmitError;
 use crate::image::source::Refused;
 use crate::session::SessionView;
 use crate::store::{SessionRecord, SessionState, Started};
 use crate::trace::ContainerPath;
+
+/// Longest name or id the API accepts.
+const MAX_NAME: usize = 256;
 
 pub(super) fn starting(s: &Started) -> pb::Session {
     pb::Session {
@@ -155,6 +157,13 @@ pub(super) fn event_message(e: &crate::session::StreamedEvent) -> pb::Event {
         syscall: syscall.unwrap_or_default().to_owned(),
         json: serde_json::to_string(&*e.event).unwrap_or_default(),
     }
+}
+
+/// Where a workload reaches the container, asked of the engine now that it
+/// runs. The client may be remote and without Docker access, so the daemon
+/// says it. None (with a warning) when the engine cannot tell.
+pub(super) async fn target(container_id: &str) -> Option<pb::Target> {
+    NetworkTarget::lookup(container_id).await.map(Into::into)
 }
 
 impl From<NetworkTarget> for pb::Target {

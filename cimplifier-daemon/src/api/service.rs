@@ -28,8 +28,6 @@ use crate::store::{OnExisting, SessionExists, SessionRecord, SessionState};
 pub const DEFAULT_STREAM_BUFFER: usize = 4096;
 /// The most a client may ask to buffer.
 const MAX_STREAM_BUFFER: usize = 1 << 20;
-/// Longest name, id or path the API accepts.
-pub(super) const MAX_NAME: usize = 256;
 /// Largest session bundle ImportSession accepts.
 const MAX_BUNDLE: usize = 1 << 30;
 
@@ -223,20 +221,6 @@ impl Service {
         .await
         .map_err(|e| Status::internal(e.to_string()))?
         .map_err(internal)
-    }
-}
-
-/// Where a workload reaches the container, asked of the engine now that it
-/// runs. The client may be remote and without Docker access, so the daemon
-/// says it. None (with a warning) when the engine cannot tell.
-pub(super) async fn target(container_id: &str) -> Option<pb::Target> {
-    let docker = crate::docker::connect().ok()?;
-    match crate::docker::target::NetworkTarget::of(&docker, container_id).await {
-        Ok(t) => Some(t.into()),
-        Err(e) => {
-            tracing::warn!(container = %container_id, "no network target: {e:#}");
-            None
-        }
     }
 }
 

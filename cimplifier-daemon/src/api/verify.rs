@@ -5,9 +5,8 @@ use std::sync::Arc;
 
 use tonic::Status;
 
-use super::convert::{check_name, internal, not_found};
+use super::convert::{check_name, internal, not_found, target};
 use super::pb;
-use super::service::target;
 use crate::session::{LifecycleStep, Manager, ObserveError};
 use crate::verify::{Original, OutputComparer, RegressionKind};
 

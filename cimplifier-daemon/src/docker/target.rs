@@ -63,6 +63,19 @@ impl NetworkTarget {
         }
     }
 
+    /// Where the container `container_id` is reached, asked of the local
+    /// engine; None (with a warning) when the engine cannot tell.
+    pub async fn lookup(container_id: &str) -> Option<Self> {
+        let docker = super::connect().ok()?;
+        match Self::of(&docker, container_id).await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(container = %container_id, "no network target: {e:#}");
+                None
+            }
+        }
+    }
+
     /// Inspects the container (and the owner of its network namespace).
     pub async fn of(docker: &Docker, container: &str) -> Result<Self> {
         let details = docker

@@ -44,7 +44,6 @@ pub fn exec_path(event: &Event) -> Option<ContainerPath> {
 }
 mod exes;
 mod semantics;
-pub mod strace;
 mod tree;
 
 use std::collections::{BTreeMap, BTreeSet};

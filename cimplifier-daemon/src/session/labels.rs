@@ -7,10 +7,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use futures::StreamExt;
 
-use super::*;
+use super::observer;
+use super::task::{Prepared, RouteGuard};
+use super::{
+    Manager, OBSERVE_LABEL, ObserveError, ObserveOptions, Opening, continued, docker_parent_cgroup,
+    now_ms,
+};
+use crate::docker::{Docker, container};
+use crate::store::{SessionState, Started};
 
 /// A `key=value` label selector, checked.
 pub fn check_selector(selector: &str) -> Result<(), ObserveError> {

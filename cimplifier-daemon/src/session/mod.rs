@@ -10,30 +10,31 @@
 //! the container's own cgroup. Containers labelled
 //! `io.cimplifier.observe=true` (or matching a selector given to `observe`)
 //! are caught at `create`, so they too are observed from their first exec.
+//!
+//! Here: the manager and the types callers see. `task.rs` runs one
+//! session, `labels.rs` watches for labelled containers, [`observer`] is the
+//! tracer shared by all sessions.
 
 mod labels;
 pub mod lifecycle;
 pub mod observer;
 mod task;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
-use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
-pub use lifecycle::LifecycleStep;
+pub use crate::store::LifecycleStep;
 pub use observer::{Observer, StreamFilter, StreamedEvent, Subscription};
 
-use crate::docker::{Docker, container};
-use crate::store::{EndReason, Gap, Segment, SessionRecord, SessionState, Started, Store};
+use crate::docker::container;
+use crate::store::{EndReason, Gap, SessionRecord, SessionState, Started, Store};
 use crate::trace::cgroup::cgroup2_mount;
-use crate::trace::{ContainerPath, Event, EventKind};
-use observer::{Route, Watch};
-use task::{Prepared, RouteGuard, SessionTask};
+use task::{Prepared, SessionTask};
 
 /// Where sessions live unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/cimplifier";

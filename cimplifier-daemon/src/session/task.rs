@@ -2,7 +2,20 @@
 //! its cgroup made ahead and watched, its events checkpointed until it
 //! ends, and what the tracer still held drained.
 
-use super::*;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::observer::{self, Observer, Route, StreamedEvent, Watch};
+use super::{CHECKPOINT, Manager, Opening, docker_parent_cgroup, lifecycle, now_ms};
+use crate::docker::{Docker, container};
+use crate::store::{EndReason, Segment, SessionRecord, SessionState, Started, Store};
+use crate::trace::{CgroupId, ContainerPath, Event, EventKind, LossCounters};
 
 /// How long a closing session waits at most for the dispatcher to hand it
 /// what was recorded before the end.
@@ -45,6 +58,9 @@ pub(super) struct Prepared {
 }
 
 impl SessionTask {
+    /// The session, from bringing its container to running to its end:
+    /// `stop` resolving, its duration passing, or the container dying.
+    /// `started_tx` hears once the first record is stored.
     pub(super) async fn run(
         mut self,
         stop: impl std::future::Future<Output = ()>,
@@ -53,89 +69,46 @@ impl SessionTask {
         let observer = self.manager.observer.clone();
         let store = self.manager.store.clone();
         let docker = crate::docker::connect()?;
-        let details = &self.details;
-        let id = details.id.clone().unwrap_or_default();
-        let name = container::name_of(details);
+        let id = self.details.id.clone().unwrap_or_default();
+        let name = container::name_of(&self.details);
         let from_first_exec = matches!(
             self.opening,
             Opening::Start | Opening::Restart | Opening::AwaitStart
         );
-        let cgroup_parent = details
+        let cgroup_parent = self
+            .details
             .host_config
             .as_ref()
             .and_then(|h| h.cgroup_parent.clone());
 
-        let (route, mut events, prepared) = match self.prepared.take() {
-            Some(p) => (p.route, p.events, Some((p.watch, p.dir))),
-            None => {
-                let (route, events) = observer.route(&name);
-                let route = RouteGuard {
-                    observer: observer.clone(),
-                    route,
-                };
-                (route, events, None)
-            }
-        };
+        let (route, mut events, prepared) = self.take_route(&observer, &name);
         let loss_base = observer.loss();
-
-        // The container's cgroup is made before the engine starts the
-        // container (runc joins a directory that exists), so its id is known
-        // from the first exec on, however short-lived the container. Should
-        // that fail, Docker's parent cgroup is watched until the container's
-        // own is known.
-        let mut stopped = false;
         let (prepared_watch, prepared_dir) = prepared.unzip();
-        let precreated = if let Some(dir) = prepared_dir {
-            Some(dir)
-        } else if from_first_exec {
-            if self.opening == Opening::Restart {
-                tracing::info!(container = %name, "stopping, to restart under observation");
-                container::stop(&docker, &id, &name).await?;
-                stopped = true;
-            }
-            let dir = docker_parent_cgroup(cgroup_parent.as_deref())?.join(&id);
-            match std::fs::create_dir(&dir) {
-                Ok(()) => Some(dir),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(dir),
-                Err(e) => {
-                    tracing::debug!(cgroup = %dir.display(), "cannot make the container's cgroup ahead: {e}");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let mut members = HashSet::new();
-        let early_watch = match &precreated {
-            Some(dir) if prepared_watch.is_some() => {
-                members = observer::cgroup_ids_below(dir);
-                prepared_watch
-            }
-            Some(dir) => {
-                observer.claim(&route.route, dir);
-                members = observer::cgroup_ids_below(dir);
-                Some(observer.watch(dir)?)
-            }
+        let (precreated, stopped) = match prepared_dir {
+            Some(dir) => (Some(dir), false),
             None if from_first_exec => {
-                Some(observer.watch(&docker_parent_cgroup(cgroup_parent.as_deref())?)?)
+                self.precreate_cgroup(&docker, &id, &name, cgroup_parent.as_deref())
+                    .await?
             }
-            None => None,
+            None => (None, false),
         };
+        let (early_watch, mut members) = watch_early(
+            &observer,
+            &route,
+            precreated.as_ref(),
+            prepared_watch,
+            from_first_exec,
+            cgroup_parent.as_deref(),
+        )?;
         // The stream connects when first polled, after the start: `since`
         // (now, after any stop of ours) keeps a container that dies at once
         // from ending unnoticed.
         let since = SystemTime::now().duration_since(UNIX_EPOCH)?;
         let mut die_events = std::pin::pin!(container::deaths_since(&docker, &id, since));
-        let opened = self.open(&docker, &id, &name, stopped).await;
-        let container_cgroup = match opened {
-            Ok(()) => crate::docker::resolve_container(&docker, &id)
-                .await
-                .map(|info| info.cgroup_path)
-                // Already exited: it ran in the cgroup made for it.
-                .or_else(|e| precreated.clone().ok_or(e)),
-            Err(e) => Err(e),
-        };
-        let container_cgroup = match container_cgroup {
+        let container_cgroup = match self
+            .open_and_find_cgroup(&docker, &id, &name, stopped, precreated.as_ref())
+            .await
+        {
             Ok(c) => c,
             Err(e) => {
                 if let Some(w) = early_watch {
@@ -147,84 +120,46 @@ impl SessionTask {
                 return Err(e);
             }
         };
-        let watch = match early_watch {
-            Some(w) if precreated.as_ref() == Some(&container_cgroup) => w,
-            early => {
-                observer.claim(&route.route, &container_cgroup);
-                let w = if from_first_exec {
-                    observer.watch(&container_cgroup)?
-                } else {
-                    // Running for a while: read its processes from /proc,
-                    // even below Docker's watched parent.
-                    observer.watch_running(&container_cgroup)?
-                };
-                if let Some(early) = early {
-                    observer.unwatch(early);
-                }
-                w
-            }
-        };
+        let watch = watch_container(
+            &observer,
+            &route,
+            early_watch,
+            precreated.as_ref(),
+            &container_cgroup,
+            from_first_exec,
+        )?;
         members.extend(observer::cgroup_ids_below(&container_cgroup));
 
-        let now = now_ms();
-        let mut record = match self.resumed.clone() {
-            Some(mut r) if self.opening == Opening::Resume => {
-                r.segments.push(Segment {
-                    first_event: r.events,
-                    started_unix_ms: now,
-                    from_first_exec: false,
-                    origin: "resumed after a daemon restart".into(),
-                });
-                r
-            }
-            // Observed again: what this run uses adds to what the earlier
-            // runs used.
-            Some(mut r) => {
-                r.segments.push(Segment {
-                    first_event: r.events,
-                    started_unix_ms: now,
-                    from_first_exec,
-                    origin: format!("observed again (container {})", short_id(&id)),
-                });
-                r.state = SessionState::Observing;
-                r.end = None;
-                r.started.container_id = id.clone();
-                r.started.from_first_exec = r.segments.iter().all(|s| s.from_first_exec);
-                r
-            }
-            None => SessionRecord::new(
-                name.clone(),
-                store.next_session_id()?,
-                Started {
-                    container_id: id.clone(),
-                    container_name: name.clone(),
-                    image_id: details.image.clone().unwrap_or_default(),
-                    image_ref: details
-                        .config
-                        .as_ref()
-                        .and_then(|c| c.image.clone())
-                        .unwrap_or_default(),
-                    from_first_exec,
-                    started_unix_ms: now,
-                },
-            ),
-        };
-        // How the container was run, from the inspect the session began
-        // with (a resumed session keeps what it recorded first).
-        if record.run.is_none() {
-            record.run = Some(Box::new(crate::docker::run::RunSettings::from_inspect(
-                details,
-            )));
-        }
-        record.checkpoint_unix_ms = now;
-        store.put_session(&record)?;
-        tracing::info!(container = %name, store = %store.path().display(), "observing");
+        let mut record = self.first_record(&store, &id, &name, from_first_exec)?;
         let _ = started_tx.send(record.started.clone());
 
-        let prior_duration = record.duration_ms;
-        let prior_loss = record.loss;
-        let prior_aggregated = record.aggregated;
-        let started = Instant::now();
+        let step_context = Arc::new(lifecycle::StepContext {
+            observer: observer.clone(),
+            route: route.route.clone(),
+            docker: docker.clone(),
+            id: id.clone(),
+            name: name.clone(),
+            cgroup: container_cgroup.clone(),
+        });
+        let mut recorder = Recorder {
+            observer: &observer,
+            store: &store,
+            route: &route,
+            container_cgroup,
+            members,
+            session_name: name.as_str().into(),
+            exes: crate::model::ExeTracker::default(),
+            missed_start: false,
+            seen_uses: HashSet::new(),
+            aggregated: 0,
+            unreadable: 0,
+            batch: Vec::new(),
+            prior_duration: record.duration_ms,
+            prior_loss: record.loss,
+            prior_aggregated: record.aggregated,
+            loss_base,
+            started: Instant::now(),
+        };
         let deadline = async {
             match self.duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -234,88 +169,6 @@ impl SessionTask {
         tokio::pin!(stop, deadline);
         let mut checkpoint = tokio::time::interval(CHECKPOINT);
         checkpoint.tick().await;
-        let mut batch: Vec<Event> = Vec::new();
-        let mut exes = crate::model::ExeTracker::default();
-        let session_name: Arc<str> = name.as_str().into();
-        let missed_start = std::sync::atomic::AtomicBool::new(false);
-        // Uses already stored in this segment, by executable: what the
-        // model holds, so bounded by it.
-        let mut seen_uses: HashSet<u64> = HashSet::new();
-        let aggregated = std::sync::atomic::AtomicU64::new(0);
-        // Names of this segment's events that the tracer could not read:
-        // the tracer's own counters are host-wide.
-        let unreadable = std::sync::atomic::AtomicU64::new(0);
-        let mut accept = |e: Event, batch: &mut Vec<Event>| {
-            if !members.contains(&e.cgroup) {
-                // A cgroup created below the container's since the last look,
-                // or another container's event seen while waiting.
-                members.extend(observer::cgroup_ids_below(&container_cgroup));
-                if !members.contains(&e.cgroup) {
-                    return;
-                }
-            }
-            // A container process already past runc's exec when the watch
-            // began: its start-up was missed, whatever the opening hoped.
-            if let EventKind::Running { exe, .. } = &e.kind
-                && !is_runc_init(&e.comm, exe.as_ref())
-                && !missed_start.swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
-                tracing::debug!(pid = e.pid, comm = %e.comm, "already running when the watch began");
-            }
-            unreadable.fetch_add(e.unreadable_names(), std::sync::atomic::Ordering::Relaxed);
-            let exe = exes.exe_after(&e);
-            let repeated = crate::model::uses_of(&e).is_some_and(|uses| {
-                use std::hash::{Hash, Hasher};
-                let mut h = rustc_hash::FxHasher::default();
-                match &exe {
-                    Some(x) => x.as_str().hash(&mut h),
-                    None => e.comm.hash(&mut h),
-                }
-                uses.hash(&mut h);
-                !seen_uses.insert(h.finish())
-            });
-            let event = Arc::new(e);
-            observer.publish(&StreamedEvent {
-                session: session_name.clone(),
-                exe,
-                event: event.clone(),
-            });
-            if repeated {
-                aggregated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            } else {
-                batch.push(Arc::unwrap_or_clone(event));
-            }
-        };
-        let commit = |record: &mut SessionRecord, batch: &mut Vec<Event>| -> Result<()> {
-            let segment = record.segments.last_mut().expect("a session has a segment");
-            if missed_start.load(std::sync::atomic::Ordering::Relaxed) && segment.from_first_exec {
-                tracing::warn!(
-                    container = %record.name,
-                    "the container started before the watch took hold: its start-up was missed"
-                );
-                segment.from_first_exec = false;
-                record.started.from_first_exec = record.segments.iter().all(|s| s.from_first_exec);
-            }
-            record.events += batch.len() as u64;
-            record.aggregated =
-                prior_aggregated + aggregated.load(std::sync::atomic::Ordering::Relaxed);
-            record.checkpoint_unix_ms = now_ms();
-            record.duration_ms = prior_duration + started.elapsed().as_millis() as u64;
-            record.loss = prior_loss.plus(observer.loss().since(loss_base));
-            record.loss.unreadable_names += unreadable.load(std::sync::atomic::Ordering::Relaxed);
-            record.loss.held_overflow += route.route.held_overflow();
-            store.append(record, batch)?;
-            batch.clear();
-            Ok(())
-        };
-        let step_context = Arc::new(lifecycle::StepContext {
-            observer: observer.clone(),
-            route: route.route.clone(),
-            docker: docker.clone(),
-            id: id.clone(),
-            name: name.clone(),
-            cgroup: container_cgroup.clone(),
-        });
         let mut step: Option<
             std::pin::Pin<Box<dyn Future<Output = lifecycle::StepOutcome> + Send>>,
         > = None;
@@ -348,9 +201,9 @@ impl SessionTask {
                     }
                     let _ = outcome.reply.send(outcome.result);
                 }
-                _ = checkpoint.tick() => commit(&mut record, &mut batch)?,
+                _ = checkpoint.tick() => recorder.commit(&mut record)?,
                 event = events.recv() => match event {
-                    Some(e) => accept(e, &mut batch),
+                    Some(e) => recorder.accept(e),
                     None => break EndReason::Stopped,
                 },
             }
@@ -359,32 +212,146 @@ impl SessionTask {
         // busy host the dispatcher can be seconds behind the engine's `die`.
         let end_ns = crate::trace::loader::monotonic_ns();
         observer.unwatch(watch);
-        // A container that goes on running after the session is stopped
-        // (or one still below a watched parent) keeps sending events: those
-        // after the end are not the session's, and one well after it shows
-        // that the reader, which hands records over in the ring buffer's
-        // order, has passed the end.
-        let drain_deadline = Instant::now() + DRAIN_WAIT;
-        loop {
-            let left = drain_deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                tracing::warn!(container = %name, "the tracer did not catch up with the container's end in time: its last events may be missing");
-                break;
-            }
-            match tokio::time::timeout(left.min(Duration::from_millis(200)), events.recv()).await {
-                Ok(Some(e)) if e.ts_ns <= end_ns => accept(e, &mut batch),
-                Ok(Some(e)) if e.ts_ns > end_ns + PAST_THE_END.as_nanos() as u64 => break,
-                Ok(Some(_)) if observer.dispatched_up_to(end_ns) => break,
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(_) if observer.dispatched_up_to(end_ns) => break,
-                Err(_) => {}
-            }
-        }
+        recorder.drain(&mut events, end_ns, &name).await;
         record.state = SessionState::Closed;
         record.end = Some(end);
-        commit(&mut record, &mut batch)?;
+        recorder.commit(&mut record)?;
+        drop(recorder);
         drop(route);
+        Ok(record)
+    }
+
+    /// The session's route in the dispatcher, and the watch and directory
+    /// when they were set up ahead of the task.
+    fn take_route(
+        &mut self,
+        observer: &Arc<Observer>,
+        name: &str,
+    ) -> (RouteGuard, mpsc::Receiver<Event>, Option<(Watch, PathBuf)>) {
+        match self.prepared.take() {
+            Some(p) => (p.route, p.events, Some((p.watch, p.dir))),
+            None => {
+                let (route, events) = observer.route(name);
+                let route = RouteGuard {
+                    observer: observer.clone(),
+                    route,
+                };
+                (route, events, None)
+            }
+        }
+    }
+
+    /// Makes the container's cgroup before the engine starts the container
+    /// (runc joins a directory that exists), so its id is known from the
+    /// first exec on, however short-lived the container; a running
+    /// container to restart is stopped first (true). None when the
+    /// directory cannot be made: Docker's parent cgroup is then watched
+    /// until the container's own is known.
+    async fn precreate_cgroup(
+        &self,
+        docker: &Docker,
+        id: &str,
+        name: &str,
+        cgroup_parent: Option<&str>,
+    ) -> Result<(Option<PathBuf>, bool)> {
+        let mut stopped = false;
+        if self.opening == Opening::Restart {
+            tracing::info!(container = %name, "stopping, to restart under observation");
+            container::stop(docker, id, name).await?;
+            stopped = true;
+        }
+        let dir = docker_parent_cgroup(cgroup_parent)?.join(id);
+        let made = match std::fs::create_dir(&dir) {
+            Ok(()) => Some(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(dir),
+            Err(e) => {
+                tracing::debug!(cgroup = %dir.display(), "cannot make the container's cgroup ahead: {e}");
+                None
+            }
+        };
+        Ok((made, stopped))
+    }
+
+    /// Brings the container to running and finds its cgroup; one that
+    /// exited already ran in the cgroup made for it (`precreated`).
+    async fn open_and_find_cgroup(
+        &self,
+        docker: &Docker,
+        id: &str,
+        name: &str,
+        stopped: bool,
+        precreated: Option<&PathBuf>,
+    ) -> Result<PathBuf> {
+        self.open(docker, id, name, stopped).await?;
+        crate::docker::resolve_container(docker, id)
+            .await
+            .map(|info| info.cgroup_path)
+            .or_else(|e| precreated.cloned().ok_or(e))
+    }
+
+    /// The session's record as it begins (a resumed one gets a new
+    /// segment), with how the container was run, stored.
+    fn first_record(
+        &self,
+        store: &Store,
+        id: &str,
+        name: &str,
+        from_first_exec: bool,
+    ) -> Result<SessionRecord> {
+        let details = &self.details;
+        let now = now_ms();
+        let mut record = match self.resumed.clone() {
+            Some(mut r) if self.opening == Opening::Resume => {
+                r.segments.push(Segment {
+                    first_event: r.events,
+                    started_unix_ms: now,
+                    from_first_exec: false,
+                    origin: "resumed after a daemon restart".into(),
+                });
+                r
+            }
+            // Observed again: what this run uses adds to what the earlier
+            // runs used.
+            Some(mut r) => {
+                r.segments.push(Segment {
+                    first_event: r.events,
+                    started_unix_ms: now,
+                    from_first_exec,
+                    origin: format!("observed again (container {})", short_id(id)),
+                });
+                r.state = SessionState::Observing;
+                r.end = None;
+                r.started.container_id = id.to_owned();
+                r.started.from_first_exec = r.segments.iter().all(|s| s.from_first_exec);
+                r
+            }
+            None => SessionRecord::new(
+                name.to_owned(),
+                store.next_session_id()?,
+                Started {
+                    container_id: id.to_owned(),
+                    container_name: name.to_owned(),
+                    image_id: details.image.clone().unwrap_or_default(),
+                    image_ref: details
+                        .config
+                        .as_ref()
+                        .and_then(|c| c.image.clone())
+                        .unwrap_or_default(),
+                    from_first_exec,
+                    started_unix_ms: now,
+                },
+            ),
+        };
+        // How the container was run, from the inspect the session began
+        // with (a resumed session keeps what it recorded first).
+        if record.run.is_none() {
+            record.run = Some(Box::new(crate::docker::run::RunSettings::from_inspect(
+                details,
+            )));
+        }
+        record.checkpoint_unix_ms = now;
+        store.put_session(&record)?;
+        tracing::info!(container = %name, store = %store.path().display(), "observing");
         Ok(record)
     }
 
@@ -418,6 +385,190 @@ impl SessionTask {
                 }
             }
             Opening::Attach | Opening::Resume => Ok(()),
+        }
+    }
+}
+
+/// The watch before the container runs: on its cgroup made ahead (claimed
+/// for the session, or already by `prepared`), or on Docker's parent
+/// cgroup until the container's own is known; and the cgroups below it.
+fn watch_early(
+    observer: &Observer,
+    route: &RouteGuard,
+    precreated: Option<&PathBuf>,
+    prepared: Option<Watch>,
+    from_first_exec: bool,
+    cgroup_parent: Option<&str>,
+) -> Result<(Option<Watch>, HashSet<CgroupId>)> {
+    Ok(match precreated {
+        Some(dir) if prepared.is_some() => (prepared, observer::cgroup_ids_below(dir)),
+        Some(dir) => {
+            observer.claim(&route.route, dir);
+            let members = observer::cgroup_ids_below(dir);
+            (Some(observer.watch(dir)?), members)
+        }
+        None if from_first_exec => (
+            Some(observer.watch(&docker_parent_cgroup(cgroup_parent)?)?),
+            HashSet::new(),
+        ),
+        None => (None, HashSet::new()),
+    })
+}
+
+/// The watch for the session's life: the early one when it is on the
+/// container's own cgroup; else one on that cgroup, claimed, and the early
+/// one dropped.
+fn watch_container(
+    observer: &Observer,
+    route: &RouteGuard,
+    early: Option<Watch>,
+    precreated: Option<&PathBuf>,
+    container_cgroup: &PathBuf,
+    from_first_exec: bool,
+) -> Result<Watch> {
+    match early {
+        Some(w) if precreated == Some(container_cgroup) => Ok(w),
+        early => {
+            observer.claim(&route.route, container_cgroup);
+            let w = if from_first_exec {
+                observer.watch(container_cgroup)?
+            } else {
+                // Running for a while: read its processes from /proc, even
+                // below Docker's watched parent.
+                observer.watch_running(container_cgroup)?
+            };
+            if let Some(early) = early {
+                observer.unwatch(early);
+            }
+            Ok(w)
+        }
+    }
+}
+
+/// What a session does with each event it is handed, and how it makes
+/// them durable: which cgroups are the container's, who ran what, the uses
+/// already stored in this segment (what the model holds, so bounded by
+/// it), and the session's share of the tracer's counters.
+struct Recorder<'a> {
+    observer: &'a Arc<Observer>,
+    store: &'a Store,
+    route: &'a RouteGuard,
+    container_cgroup: PathBuf,
+    members: HashSet<CgroupId>,
+    session_name: Arc<str>,
+    exes: crate::model::ExeTracker,
+    /// A container process was met already past runc's exec.
+    missed_start: bool,
+    seen_uses: HashSet<u64>,
+    /// Events of this segment not stored: an identical one was.
+    aggregated: u64,
+    /// Names of this segment's events that the tracer could not read: the
+    /// tracer's own counters are host-wide.
+    unreadable: u64,
+    batch: Vec<Event>,
+    prior_duration: u64,
+    prior_loss: LossCounters,
+    prior_aggregated: u64,
+    loss_base: LossCounters,
+    started: Instant,
+}
+
+impl Recorder<'_> {
+    /// Streams the event and keeps it for the next commit, unless it is
+    /// another container's or repeats a use already stored.
+    fn accept(&mut self, e: Event) {
+        if !self.members.contains(&e.cgroup) {
+            // A cgroup created below the container's since the last look,
+            // or another container's event seen while waiting.
+            self.members
+                .extend(observer::cgroup_ids_below(&self.container_cgroup));
+            if !self.members.contains(&e.cgroup) {
+                return;
+            }
+        }
+        // A container process already past runc's exec when the watch
+        // began: its start-up was missed, whatever the opening hoped.
+        if let EventKind::Running { exe, .. } = &e.kind
+            && !is_runc_init(&e.comm, exe.as_ref())
+        {
+            if !self.missed_start {
+                tracing::debug!(pid = e.pid, comm = %e.comm, "already running when the watch began");
+            }
+            self.missed_start = true;
+        }
+        self.unreadable += e.unreadable_names();
+        let exe = self.exes.exe_after(&e);
+        let repeated = crate::model::uses_of(&e).is_some_and(|uses| {
+            use std::hash::{Hash, Hasher};
+            let mut h = rustc_hash::FxHasher::default();
+            match &exe {
+                Some(x) => x.as_str().hash(&mut h),
+                None => e.comm.hash(&mut h),
+            }
+            uses.hash(&mut h);
+            !self.seen_uses.insert(h.finish())
+        });
+        let event = Arc::new(e);
+        self.observer.publish(&StreamedEvent {
+            session: self.session_name.clone(),
+            exe,
+            event: event.clone(),
+        });
+        if repeated {
+            self.aggregated += 1;
+        } else {
+            self.batch.push(Arc::unwrap_or_clone(event));
+        }
+    }
+
+    /// Makes what was accepted durable, with the record's counters.
+    fn commit(&mut self, record: &mut SessionRecord) -> Result<()> {
+        let segment = record.segments.last_mut().expect("a session has a segment");
+        if self.missed_start && segment.from_first_exec {
+            tracing::warn!(
+                container = %record.name,
+                "the container started before the watch took hold: its start-up was missed"
+            );
+            segment.from_first_exec = false;
+            record.started.from_first_exec = record.segments.iter().all(|s| s.from_first_exec);
+        }
+        record.events += self.batch.len() as u64;
+        record.aggregated = self.prior_aggregated + self.aggregated;
+        record.checkpoint_unix_ms = now_ms();
+        record.duration_ms = self.prior_duration + self.started.elapsed().as_millis() as u64;
+        record.loss = self
+            .prior_loss
+            .plus(self.observer.loss().since(self.loss_base));
+        record.loss.unreadable_names += self.unreadable;
+        record.loss.held_overflow += self.route.route.held_overflow();
+        self.store.append(record, &self.batch)?;
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// Accepts what the tracer still held from before `end_ns`. A
+    /// container that goes on running after the session is stopped (or
+    /// one still below a watched parent) keeps sending events: those after
+    /// the end are not the session's, and one well after it shows that the
+    /// reader, which hands records over in the ring buffer's order, has
+    /// passed the end.
+    async fn drain(&mut self, events: &mut mpsc::Receiver<Event>, end_ns: u64, name: &str) {
+        let drain_deadline = Instant::now() + DRAIN_WAIT;
+        loop {
+            let left = drain_deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(container = %name, "the tracer did not catch up with the container's end in time: its last events may be missing");
+                break;
+            }
+            match tokio::time::timeout(left.min(Duration::from_millis(200)), events.recv()).await {
+                Ok(Some(e)) if e.ts_ns <= end_ns => self.accept(e),
+                Ok(Some(e)) if e.ts_ns > end_ns + PAST_THE_END.as_nanos() as u64 => break,
+                Ok(Some(_)) if self.observer.dispatched_up_to(end_ns) => break,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) if self.observer.dispatched_up_to(end_ns) => break,
+                Err(_) => {}
+            }
         }
     }
 }

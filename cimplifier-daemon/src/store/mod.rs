@@ -1,7 +1,9 @@
 //! The daemon's embedded store (redb, one file in the state directory):
 //! every session's record and the events it observed, so a daemon that is
 //! killed loses at most what it had not yet checkpointed (≤ 500 ms) and a
-//! restarted one carries on. Why redb: docs/store.md.
+//! restarted one carries on. Why redb: docs/store.md. The record types
+//! (what a session is: how it began and ended, its segments and gaps)
+//! are in `record.rs`.
 //!
 //! Tables:
 //! - `sessions`: session name → [`SessionRecord`] as JSON.
@@ -20,7 +22,7 @@ use crate::trace::{Event, LossCounters};
 
 mod record;
 
-pub use record::{EndReason, Gap, Segment, SessionRecord, SessionState, Started};
+pub use record::{EndReason, Gap, LifecycleStep, Segment, SessionRecord, SessionState, Started};
 
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
@@ -383,7 +385,7 @@ impl Store {
             run,
             run_not_merged,
             // Every step any source went through, in the usual order.
-            lifecycle: crate::session::LifecycleStep::ALL
+            lifecycle: LifecycleStep::ALL
                 .into_iter()
                 .filter(|s| records.iter().any(|r| r.lifecycle.contains(s)))
                 .collect(),

@@ -107,7 +107,7 @@ pub struct SessionRecord {
     /// The lifecycle steps the container went through while observed, in
     /// order: `verify` puts the output through the same.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
-    pub lifecycle: Vec<crate::session::LifecycleStep>,
+    pub lifecycle: Vec<LifecycleStep>,
 }
 
 impl SessionRecord {
@@ -181,5 +181,51 @@ impl SessionRecord {
             );
         }
         (!why.is_empty()).then(|| why.join(" and "))
+    }
+}
+
+/// One step of a container's life that a workload alone does not exercise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LifecycleStep {
+    /// `docker restart`: the stop signal, the engine's grace period, start.
+    Restart,
+    /// SIGKILL, then start: what recovery after a crash reads and repairs.
+    KillStart,
+    /// SIGHUP: what a configuration reload reads.
+    Reload,
+}
+
+impl LifecycleStep {
+    /// Every step, in the order `observe --lifecycle` and `verify` run them.
+    pub const ALL: [LifecycleStep; 3] = [Self::Restart, Self::KillStart, Self::Reload];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Restart => "restart",
+            Self::KillStart => "kill-start",
+            Self::Reload => "reload",
+        }
+    }
+
+    /// What the step does, for progress lines.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Restart => "a graceful restart (stop signal, then start)",
+            Self::KillStart => "a crash: SIGKILL, then start",
+            Self::Reload => "a configuration reload: SIGHUP",
+        }
+    }
+
+    /// Whether the container dies during the step (its `die` does not end
+    /// the session).
+    pub fn stops(self) -> bool {
+        !matches!(self, Self::Reload)
+    }
+}
+
+impl std::fmt::Display for LifecycleStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }

@@ -209,7 +209,7 @@ fn verify_name(tag: &str) -> String {
 /// Creates a container from the slim image and has the daemon start it
 /// under observation.
 async fn start_image(
-    docker: &bollard::Docker,
+    docker: &cimplifier::docker::Docker,
     api: &mut Client,
     original: &pb::Session,
     image: &str,
@@ -243,7 +243,7 @@ async fn start_image(
 /// Brings the plan up with each partition started by the daemon, under
 /// observation from its first exec.
 async fn start_plan(
-    docker: &bollard::Docker,
+    docker: &cimplifier::docker::Docker,
     api: &Client,
     plan: &std::path::Path,
 ) -> anyhow::Result<Started> {
@@ -334,7 +334,7 @@ async fn start_plan(
 
 /// Stops the plan's containers and removes `volumes`, which verify made.
 async fn stop_plan(
-    docker: &bollard::Docker,
+    docker: &cimplifier::docker::Docker,
     plan: &std::path::Path,
     volumes: &[String],
 ) -> anyhow::Result<()> {
