@@ -110,7 +110,7 @@ async fn run(name: &str, state: &Path) -> Result<()> {
     let opts = EmitOptions {
         session: name.to_owned(),
         tag: Some("cimplifier-bench/nginx:slim".into()),
-        oci_dir: None,
+        oci_archive: false,
         slim: SlimOptions::with_safety_sets(),
         allow_incomplete: false,
         list_removed: false,
@@ -130,7 +130,7 @@ async fn run(name: &str, state: &Path) -> Result<()> {
         }
         save.push(start.elapsed().as_millis() as u64);
         let start = Instant::now();
-        let report = emit(&store, &opts, &|_| {}).await?;
+        let report = emit(&store, &opts, &|_| {}).await?.report;
         total.push(start.elapsed().as_millis() as u64);
         let Timings {
             read_image_ms,

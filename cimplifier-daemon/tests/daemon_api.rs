@@ -131,25 +131,48 @@ async fn the_daemon_observes_reports_and_emits_over_its_socket() {
     );
     assert!(text(&d.ctl(&["report", &c.0, "--dot"])).starts_with("digraph calls {"));
 
-    // Emit streams its steps, then the audit report.
+    // The daemon writes no path a client names: an oci_dir is refused
+    // before any work, and nothing appears there.
     let oci = d.state.join("oci");
-    let mut stream = api
+    let refused = api
         .emit(pb::EmitRequest {
             container: c.0.clone(),
             oci_dir: oci.to_string_lossy().into_owned(),
             ..Default::default()
         })
         .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
+    assert!(refused.message().contains("oci_archive"), "{refused}");
+    assert!(!oci.exists());
+
+    // Emit streams its steps, the OCI layout as one tar, then the audit
+    // report.
+    let mut stream = api
+        .emit(pb::EmitRequest {
+            container: c.0.clone(),
+            oci_archive: true,
+            ..Default::default()
+        })
+        .await
         .unwrap()
         .into_inner();
-    let (mut steps, mut report) = (Vec::new(), None);
+    let (mut steps, mut report, mut layout) = (Vec::new(), None, Vec::new());
     while let Some(item) = stream.next().await {
         match item.unwrap().update {
             Some(pb::emit_progress::Update::Step(s)) => steps.push(s),
             Some(pb::emit_progress::Update::ReportJson(r)) => report = Some(r),
-            None => {}
+            Some(pb::emit_progress::Update::OciChunk(c)) => layout.extend(c),
+            _ => {}
         }
     }
+    let names: Vec<String> = tar::Archive::new(&layout[..])
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().any(|n| n == "index.json"), "{names:?}");
     assert!(
         steps.iter().any(|s| s.contains("reading the source image")),
         "{steps:?}"
@@ -163,7 +186,6 @@ async fn the_daemon_observes_reports_and_emits_over_its_socket() {
             .iter()
             .any(|k| k["path"] == "/usr/bin/cat")
     );
-    assert!(oci.join("index.json").is_file());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -153,7 +153,9 @@ pub fn run() -> Result<()> {
     wait_for_http(PORT)?;
     let original = requests(PORT, "original")?;
 
-    // 2. Emit the slim image, with the reasons for two paths.
+    // 2. Emit the slim image, with the reasons for two paths. The OCI
+    // layout goes to a new directory (emit refuses to mix it with another).
+    let _ = std::fs::remove_dir_all(root.join(OCI_DIR));
     util::run(ctl(&root).args([
         "emit",
         CONTAINER,

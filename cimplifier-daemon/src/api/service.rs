@@ -24,6 +24,9 @@ use crate::place::slim::{SafetySet, SlimOptions};
 use crate::session::{Manager, ObserveError, ObserveOptions, SessionView, StreamFilter};
 use crate::store::{OnExisting, SessionExists, SessionRecord, SessionState};
 
+/// The size of each piece of an OCI layout sent back by emit.
+const OCI_CHUNK: usize = 1 << 20;
+
 /// Events a stream may fall behind by before it is cut off, by default.
 pub const DEFAULT_STREAM_BUFFER: usize = 4096;
 /// The most a client may ask to buffer.
@@ -134,22 +137,15 @@ impl Service {
         }
         let policy =
             crate::partition::Policy::from_toml(&req.policy_toml).map_err(EmitError::from)?;
-        if req.tag.is_empty() || req.out_dir.is_empty() {
+        if req.tag.is_empty() {
             return Err(Status::invalid_argument(
-                "with a policy, give a tag (REPOSITORY[:TAG] for the partitions' images) and an out_dir for the run plan",
+                "with a policy, give a tag (REPOSITORY[:TAG] for the partitions' images)",
             ));
         }
-        if !req.oci_dir.is_empty() {
+        if req.oci_archive {
             return Err(Status::invalid_argument(
-                "oci_dir is for a single slim image; with a policy the images go into Docker",
+                "oci_archive is for a single slim image; with a policy the images go into Docker",
             ));
-        }
-        let out_dir = PathBuf::from(&req.out_dir);
-        if !out_dir.is_absolute() {
-            return Err(Status::invalid_argument(format!(
-                "out_dir {:?} must be absolute: the daemon writes it on its host",
-                req.out_dir
-            )));
         }
         let images =
             ImageNaming::parse(&req.tag).map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -159,7 +155,6 @@ impl Service {
             session: req.container,
             policy,
             images,
-            out_dir,
             slim,
             allow_incomplete: req.allow_incomplete,
             rpe,
@@ -175,11 +170,25 @@ impl Service {
             };
             let result = emit_partitioned(&store, &opts, &progress)
                 .await
-                .and_then(|r| {
-                    serde_json::to_string_pretty(&r)
+                .and_then(|emitted| {
+                    let json = serde_json::to_string_pretty(&emitted.report)
                         .context("serializing the partition report")
-                        .map_err(EmitError::from)
+                        .map_err(EmitError::from)?;
+                    Ok((json, emitted.files))
                 });
+            let result = match result {
+                Ok((json, files)) => {
+                    for (name, content) in files {
+                        let file = pb::PlanFile { name, content };
+                        let update = pb::emit_progress::Update::PlanFile(file);
+                        if tx.send(Ok(pb::EmitProgress { update: Some(update) })).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(json)
+                }
+                Err(e) => Err(e),
+            };
             let _ = tx
                 .send(match result {
                     Ok(json) => Ok(pb::EmitProgress {
@@ -358,8 +367,15 @@ impl Cimplifier for Service {
         let req = request.into_inner();
         check_name(&req.container, "container")?;
         let record = self.record(&req.container)?;
-        if req.tag.is_empty() && req.oci_dir.is_empty() {
-            return Err(Status::invalid_argument("give a tag, an oci_dir, or both"));
+        if !req.oci_dir.is_empty() || !req.out_dir.is_empty() {
+            return Err(Status::invalid_argument(
+                "oci_dir and out_dir are no longer written by the daemon, which runs as root: \
+                 set oci_archive (the layout comes back in oci_chunk messages) and, with a policy, \
+                 write the plan_file messages; `cimplifierctl emit --oci-dir/--out` does both",
+            ));
+        }
+        if req.tag.is_empty() && !req.oci_archive && req.policy_toml.is_empty() {
+            return Err(Status::invalid_argument("give a tag, oci_archive, or both"));
         }
         Admit::Closed {
             allow_incomplete: req.allow_incomplete,
@@ -384,7 +400,7 @@ impl Cimplifier for Service {
         let opts = EmitOptions {
             session: req.container,
             tag: (!req.tag.is_empty()).then_some(req.tag),
-            oci_dir: (!req.oci_dir.is_empty()).then(|| PathBuf::from(req.oci_dir)),
+            oci_archive: req.oci_archive,
             slim,
             allow_incomplete: req.allow_incomplete,
             list_removed: req.list_removed,
@@ -400,6 +416,18 @@ impl Cimplifier for Service {
                 }));
             };
             let result = emit(&store, &opts, &progress).await;
+            let result = match result {
+                Ok(emitted) => {
+                    for chunk in emitted.oci_archive.iter().flat_map(|a| a.chunks(OCI_CHUNK)) {
+                        let update = pb::emit_progress::Update::OciChunk(chunk.to_vec());
+                        if tx.send(Ok(pb::EmitProgress { update: Some(update) })).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(emitted.report)
+                }
+                Err(e) => Err(e),
+            };
             let last = result.and_then(|report| {
                 let json =
                     serde_json::to_string_pretty(&report).context("serializing the emit report")?;

@@ -29,8 +29,8 @@ pub struct EmitOptions {
     pub session: String,
     /// Load the image into Docker under this tag.
     pub tag: Option<String>,
-    /// Also write an OCI image layout here.
-    pub oci_dir: Option<PathBuf>,
+    /// Also give the OCI image layout back, as one tar.
+    pub oci_archive: bool,
     pub slim: SlimOptions,
     /// Emit even if the session lost events (the report says so).
     pub allow_incomplete: bool,
@@ -67,6 +67,7 @@ pub struct EmitReport {
     pub source_ref: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+    /// Where the client wrote the OCI layout (the daemon writes none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oci_dir: Option<PathBuf>,
     /// The image id Docker gives it: the digest of its config.
@@ -218,7 +219,7 @@ pub async fn emit(
     store: &Arc<Store>,
     opts: &EmitOptions,
     progress: &(dyn Fn(&str) + Send + Sync),
-) -> Result<EmitReport, EmitError> {
+) -> Result<Emitted, EmitError> {
     progress("reading the source image");
     let SourceSession {
         record: info,
@@ -264,9 +265,11 @@ pub async fn emit(
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
     let image = oci::build(layer, &source, &labels, opts.tag.as_deref())?;
-    if let Some(dir) = &opts.oci_dir {
-        image.write_layout(dir)?;
-    }
+    let oci_archive = if opts.oci_archive {
+        Some(image.archive()?)
+    } else {
+        None
+    };
     let write_ms = ms(start);
 
     let start = Instant::now();
@@ -297,14 +300,14 @@ pub async fn emit(
     kept.sort_by(|a, b| a.path.cmp(&b.path));
     let source_image_bytes = inspect.size.unwrap_or(0).max(0) as u64;
     let slim_image_bytes = image.layer.bytes.len() as u64;
-    Ok(EmitReport {
+    let report = EmitReport {
         format: REPORT_FORMAT.into(),
         version: REPORT_VERSION,
         container: info.started.container_name.clone(),
         source_image: info.started.image_id.clone(),
         source_ref: info.started.image_ref.clone(),
         tag: opts.tag.clone(),
-        oci_dir: opts.oci_dir.clone(),
+        oci_dir: None,
         image_id: image.config.digest(),
         manifest_digest: image.manifest.digest(),
         events: info.events,
@@ -340,5 +343,16 @@ pub async fn emit(
             write_ms,
             load_ms,
         },
+    };
+    Ok(Emitted {
+        report,
+        oci_archive,
     })
+}
+
+/// What emit gives back: the report, and the OCI layout as one tar when
+/// asked (the client writes it where it likes).
+pub struct Emitted {
+    pub report: EmitReport,
+    pub oci_archive: Option<Vec<u8>>,
 }

@@ -381,7 +381,8 @@ pub struct EmitArgs {
     /// Load the image into Docker under this tag, e.g. myapp:slim.
     #[arg(long)]
     pub tag: Option<String>,
-    /// Write an OCI image layout to this directory.
+    /// Write the OCI image layout to this new (or empty) directory, as
+    /// you: the daemon sends it back and writes no path a client names.
     #[arg(long, value_name = "DIR")]
     pub oci_dir: Option<PathBuf>,
     /// Keep this path and everything below it (repeatable).
@@ -415,8 +416,9 @@ pub struct EmitArgs {
     /// --tag, with RPE stubs and servers, and a run plan in --out.
     #[arg(long, value_name = "FILE", requires_all = ["tag", "out"], conflicts_with = "oci_dir")]
     pub policy: Option<PathBuf>,
-    /// With --policy: the directory the daemon writes the run plan
-    /// (docker-compose.yml) and partition-report.json to.
+    /// With --policy: the directory cimplifierctl writes the run plan
+    /// (docker-compose.yml) and partition-report.json to, as you (the
+    /// daemon sends them; it writes no path a client names).
     #[arg(long, value_name = "DIR", requires = "policy")]
     pub out: Option<PathBuf>,
     /// Print the audit report as JSON instead of the summary.

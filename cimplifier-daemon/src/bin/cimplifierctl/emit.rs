@@ -14,6 +14,7 @@ use tokio_stream::StreamExt;
 
 use crate::args::{EmitArgs, path_arg};
 use crate::daemon::{connect, daemon, runtime, status};
+use crate::outputs::Outputs;
 use crate::render::{mb, print, spinner};
 
 pub fn plan(socket: &Address, session: String, policy: &Path, json: bool) -> anyhow::Result<()> {
@@ -75,17 +76,16 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| path_arg(s, "--explain"))
         .collect::<Result<_, _>>()?;
+    let policy_toml = match &policy {
+        Some(p) => std::fs::read_to_string(p)
+            .with_context(|| format!("reading the policy file {}", p.display()))?,
+        None => String::new(),
+    };
+    let mut outputs = Outputs::prepare(oci_dir.as_deref(), out.as_deref())?;
     let request = pb::EmitRequest {
         container: container.clone(),
         tag: tag.unwrap_or_default(),
-        oci_dir: oci_dir
-            .map(|d| {
-                std::path::absolute(&d)
-                    .unwrap_or(d)
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .unwrap_or_default(),
+        oci_archive: outputs.wants_oci(),
         include: slim.include.iter().map(|p| p.to_string()).collect(),
         exclude: slim.exclude.iter().map(|p| p.to_string()).collect(),
         no_safety_sets: SafetySet::ALL
@@ -96,24 +96,14 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         allow_incomplete,
         list_removed,
         strict: slim.strict,
-        policy_toml: match &policy {
-            Some(p) => std::fs::read_to_string(p)
-                .with_context(|| format!("reading the policy file {}", p.display()))?,
-            None => String::new(),
-        },
-        out_dir: out
-            .map(|d| {
-                std::path::absolute(&d)
-                    .unwrap_or(d)
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .unwrap_or_default(),
+        policy_toml,
+        ..Default::default()
     };
     if policy.is_some() {
-        return emit_partitioned(socket, request, &explain, json);
+        return emit_partitioned(socket, request, &mut outputs, &explain, json);
     }
-    let report: EmitReport = emit_with_progress(socket, request)?;
+    let mut report: EmitReport = emit_with_progress(socket, request, &mut outputs)?;
+    report.oci_dir = outputs.finish_oci()?;
     if json {
         return print(&(serde_json::to_string_pretty(&report)? + "\n"));
     }
@@ -132,6 +122,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
 fn emit_with_progress<R: serde::de::DeserializeOwned>(
     socket: &Address,
     request: pb::EmitRequest,
+    outputs: &mut Outputs,
 ) -> anyhow::Result<R> {
     let bar = spinner();
     let report = runtime()?.block_on(async {
@@ -144,12 +135,19 @@ fn emit_with_progress<R: serde::de::DeserializeOwned>(
                 Some(pb::emit_progress::Update::ReportJson(json)) => {
                     report = Some(serde_json::from_str::<R>(&json)?)
                 }
+                Some(pb::emit_progress::Update::OciChunk(chunk)) => outputs.oci_chunk(&chunk)?,
+                Some(pb::emit_progress::Update::PlanFile(f)) => {
+                    outputs.plan_file(&f.name, &f.content)?
+                }
                 None => {}
             }
         }
         report.context("the daemon ended the emit without a report")
     });
     bar.finish_and_clear();
+    if report.is_err() {
+        outputs.abandon();
+    }
     report
 }
 
@@ -157,10 +155,15 @@ fn emit_with_progress<R: serde::de::DeserializeOwned>(
 fn emit_partitioned(
     socket: &Address,
     request: pb::EmitRequest,
+    outputs: &mut Outputs,
     explain: &[ContainerPath],
     json: bool,
 ) -> anyhow::Result<()> {
-    let report: PartitionEmitReport = emit_with_progress(socket, request)?;
+    let mut report: PartitionEmitReport = emit_with_progress(socket, request, outputs)?;
+    let dir = outputs
+        .out_dir()
+        .context("emit --policy needs --out DIR for the run plan")?;
+    report.compose_file = dir.join(&report.compose_file);
     if json {
         return print(&(serde_json::to_string_pretty(&report)? + "\n"));
     }

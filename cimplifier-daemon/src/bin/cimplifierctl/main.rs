@@ -11,6 +11,7 @@ mod daemon;
 mod emit;
 mod exercise;
 mod observe;
+mod outputs;
 mod render;
 mod sessions;
 mod verify;

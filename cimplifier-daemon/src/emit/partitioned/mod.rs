@@ -175,8 +175,6 @@ pub struct PartitionEmitOptions {
     pub session: String,
     pub policy: Policy,
     pub images: ImageNaming,
-    /// Where docker-compose.yml and the report go.
-    pub out_dir: PathBuf,
     pub slim: SlimOptions,
     pub allow_incomplete: bool,
     pub rpe: RpeBinaries,
@@ -356,7 +354,7 @@ pub async fn emit_partitioned(
     store: &Arc<Store>,
     opts: &PartitionEmitOptions,
     progress: &(dyn Fn(&str) + Send + Sync),
-) -> Result<PartitionEmitReport, EmitError> {
+) -> Result<EmittedPlan, EmitError> {
     progress("reading the source image");
     let SourceSession {
         record: info,
@@ -552,11 +550,7 @@ pub async fn emit_partitioned(
         &source,
         &run,
     );
-    std::fs::create_dir_all(&opts.out_dir)
-        .with_context(|| format!("creating the output directory {}", opts.out_dir.display()))?;
-    let compose_path = opts.out_dir.join(COMPOSE_FILE);
-    std::fs::write(&compose_path, compose.to_yaml()?)
-        .with_context(|| format!("writing {}", compose_path.display()))?;
+    let compose_yaml = compose.to_yaml()?;
 
     let source_image_bytes = inspect.size.unwrap_or(0).max(0) as u64;
     let total_bytes: u64 = partitions.iter().map(|p| p.bytes).sum();
@@ -582,15 +576,27 @@ pub async fn emit_partitioned(
         seed: seed_image,
         rpe_volumes,
         network_owner,
-        compose_file: compose_path,
+        // The client writes the plan into its directory and says where.
+        compose_file: PathBuf::from(COMPOSE_FILE),
         run,
         plan,
     };
-    let report_path = opts.out_dir.join("partition-report.json");
     let json = serde_json::to_vec_pretty(&report).context("serializing the partition report")?;
-    std::fs::write(&report_path, json)
-        .with_context(|| format!("writing {}", report_path.display()))?;
-    Ok(report)
+    let files = vec![
+        (COMPOSE_FILE.to_owned(), compose_yaml.into_bytes()),
+        (PARTITION_REPORT_FILE.to_owned(), json),
+    ];
+    Ok(EmittedPlan { report, files })
+}
+
+/// The partition report's file name beside the run plan.
+pub const PARTITION_REPORT_FILE: &str = "partition-report.json";
+
+/// What a partitioned emit gives back: the report, and the run plan's
+/// files (name, content) for the client to write into its directory.
+pub struct EmittedPlan {
+    pub report: PartitionEmitReport,
+    pub files: Vec<(String, Vec<u8>)>,
 }
 
 /// The volumes a run plan declares: the plan's shared and state volumes,
