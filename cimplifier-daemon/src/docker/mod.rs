@@ -2,6 +2,7 @@
 //! and how it was run ([`run`]).
 
 pub mod run;
+pub mod tag;
 pub mod target;
 
 use std::path::PathBuf;
