@@ -202,12 +202,12 @@ impl PartitionEmitReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{} ({}): {} -> {} in {} partitions ({:.1}% smaller)",
+            "{} ({}): {} -> {} in {} ({:.1}% smaller)",
             self.container,
             self.source_ref,
             mb(self.source_image_bytes),
             mb(self.total_bytes),
-            self.partitions.len(),
+            crate::place::partition::counted(self.partitions.len(), "partition", "partitions"),
             self.reduction_percent
         );
         for p in &self.partitions {
