@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
+    name = "cimplifierd",
     version,
     about = "cimplifier's host daemon: observes containers with eBPF"
 )]

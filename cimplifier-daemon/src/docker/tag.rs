@@ -26,7 +26,9 @@ pub enum TagError {
         "--tag {0}: a tag names an image, it cannot carry a digest (@sha256:...); give REPOSITORY[:TAG], e.g. myapp:slim"
     )]
     Digest(String),
-    #[error("--tag {0}: Docker repository names are lower case; give REPOSITORY[:TAG], e.g. myapp:slim")]
+    #[error(
+        "--tag {0}: Docker repository names are lower case; give REPOSITORY[:TAG], e.g. myapp:slim"
+    )]
     Uppercase(String),
     #[error(
         "--tag {0}: not a Docker image reference ({1}); give REPOSITORY[:TAG] with a lower-case repository of \

@@ -4,21 +4,27 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use cimplifier::trace::ContainerPath;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
+/// The heading the global flags that reach the daemon are listed under, so
+/// that each command's own options come first in its help.
+const DAEMON: &str = "Reaching the daemon (every command)";
+
 #[derive(Parser)]
 #[command(
+    name = "cimplifierctl",
     version,
     about = "cimplifier's admin CLI: observe a container, then emit its least-privilege image",
     after_help = "Exit codes: 0 success; 1 failure; 2 usage error; 3 the daemon cannot be reached; \
-                  4 no such container or session; 5 refused as asked (e.g. a session that lost events). \
+                  4 no such container or session; 5 refused as asked (e.g. a session that lost events); \
+                  6 an event stream was cut off for falling behind (events). \
                   observe --exec exits with the workload's status once it has run."
 )]
 pub struct Cli {
     /// The daemon's socket (`cimplifierd serve`); `analyze` works without it.
-    #[arg(long, global = true, env = "CIMPLIFIER_SOCKET", default_value = cimplifier::api::DEFAULT_SOCKET)]
+    #[arg(long, global = true, env = "CIMPLIFIER_SOCKET", default_value = cimplifier::api::DEFAULT_SOCKET,
+          help_heading = DAEMON)]
     pub socket: PathBuf,
     /// Reach the daemon on TCP instead (`cimplifierd serve --listen-tcp`),
     /// with mutual TLS: needs --tls-ca, --tls-cert and --tls-key, or
@@ -26,6 +32,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = DAEMON,
         env = "CIMPLIFIER_ADDR",
         value_name = "HOST:PORT",
         conflicts_with = "socket"
@@ -33,13 +40,14 @@ pub struct Cli {
     pub addr: Option<String>,
     /// With --addr: the CA certificate (PEM) that signed the daemon's
     /// certificate; that certificate must name the host of --addr.
-    #[arg(long, global = true, env = "CIMPLIFIER_TLS_CA", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = DAEMON, env = "CIMPLIFIER_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// With --addr: this client's certificate (PEM), signed by the CA the
     /// daemon trusts (its --tls-client-ca).
     #[arg(
         long,
         global = true,
+        help_heading = DAEMON,
         env = "CIMPLIFIER_TLS_CLIENT_CERT",
         value_name = "FILE",
         requires = "tls_key"
@@ -49,13 +57,14 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = DAEMON,
         env = "CIMPLIFIER_TLS_CLIENT_KEY",
         value_name = "FILE",
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
     /// With --addr: talk plaintext TCP, to a daemon serving --insecure.
-    #[arg(long, global = true, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    #[arg(long, global = true, help_heading = DAEMON, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
     pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -95,7 +104,11 @@ pub enum Command {
     #[command(group(ArgGroup::new("output").required(true).multiple(true).args(["tag", "oci_dir"])))]
     Emit(EmitArgs),
     /// The daemon's version and API.
-    Version,
+    Version {
+        /// Print both versions and the APIs as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script, e.g. `cimplifierctl completions bash > /etc/bash_completion.d/cimplifierctl`.
     Completions { shell: clap_complete::Shell },
     /// The daemon's sessions: observing, closed or failed.
@@ -105,7 +118,12 @@ pub enum Command {
         json: bool,
     },
     /// Stop the daemon's observation of a container; the session is kept.
-    Stop { container: String },
+    Stop {
+        container: String,
+        /// Print the closed session as JSON (as `sessions --json`).
+        #[arg(long)]
+        json: bool,
+    },
     /// The model of a session the daemon holds: a table of each
     /// executable's reads, writes and failed lookups, the call graph and
     /// the sockets; --json for the whole model (docs/model-json.md), --dot
@@ -192,13 +210,20 @@ pub enum Command {
         /// The bundle file to write; `-` for stdout.
         #[arg(long, short)]
         output: PathBuf,
+        /// Print what was written as JSON (not with `-o -`).
+        #[arg(long)]
+        json: bool,
     },
     /// Store a bundle written by `export` as a session of this daemon.
     Import {
+        /// The bundle file; `-` for stdin.
         bundle: PathBuf,
         /// Store it under this name instead of the bundle's own.
         #[arg(long = "as", value_name = "NAME")]
         name: Option<String>,
+        /// Print the imported session as JSON (as `sessions --json`).
+        #[arg(long)]
+        json: bool,
     },
     /// Merge closed sessions of one image into a new session, whose model
     /// is the union of theirs; emit it to get one image that serves every
@@ -210,6 +235,9 @@ pub enum Command {
         /// The sessions to merge (two or more).
         #[arg(num_args = 2.., required = true)]
         sessions: Vec<String>,
+        /// Print the new session as JSON (as `sessions --json`).
+        #[arg(long)]
+        json: bool,
     },
     /// Build the resource model of a recorded trace and report it.
     ///
@@ -278,7 +306,7 @@ pub struct ObserveArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "30s", requires = "exec")]
     pub ready_timeout: Duration,
-    /// Print the session summary as JSON.
+    /// Print the session summary (with --label: the selector) as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -376,7 +404,13 @@ pub fn usage_error(message: &str) -> ! {
         .exit()
 }
 
+/// An absolute path inside the container; anything else is a usage error
+/// (exit 2) naming the flag.
 pub fn path_arg(s: &str, flag: &str) -> anyhow::Result<ContainerPath> {
-    ContainerPath::new(s)
-        .with_context(|| format!("{flag} {s:?}: give an absolute path inside the container"))
+    ContainerPath::new(s).ok_or_else(|| {
+        crate::daemon::usage(format!(
+            "{flag} {}: give an absolute path inside the container",
+            cimplifier::cli::quote_capped(s, 200)
+        ))
+    })
 }

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use cimplifier::api::{Address, pb};
+use cimplifier::docker::tag::ImageTag;
 use cimplifier::emit::compose;
 use cimplifier::emit::partitioned::PartitionEmitReport;
 use cimplifier::emit::slim::EmitReport;
@@ -13,12 +14,16 @@ use cimplifier::trace::ContainerPath;
 use tokio_stream::StreamExt;
 
 use crate::args::{EmitArgs, path_arg};
-use crate::daemon::{connect, daemon, runtime, status};
+use crate::daemon::{connect, daemon, runtime, status, usage};
 use crate::render::{mb, print, spinner};
 
+/// The policy file's text; one that cannot be read is a usage error.
+fn read_policy(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| usage(format!("--policy {}: {e}", path.display())))
+}
+
 pub fn plan(socket: &Address, session: String, policy: &Path, json: bool) -> anyhow::Result<()> {
-    let policy_toml = std::fs::read_to_string(policy)
-        .with_context(|| format!("reading the policy file {}", policy.display()))?;
+    let policy_toml = read_policy(policy)?;
     let plan = daemon(socket, async |mut c| {
         c.plan(pb::PlanRequest {
             session,
@@ -50,16 +55,21 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         out,
         json,
     } = args;
+    // Every argument is checked before the daemon reads a byte of the image.
+    if let Some(tag) = &tag {
+        tag.parse::<ImageTag>().map_err(|e| usage(e.to_string()))?;
+    }
     let mut slim = SlimOptions::with_safety_sets();
     slim.strict = strict;
     if no_safety_sets {
         slim.safety_sets.clear();
     }
     for name in &no_safety_set {
-        let set = SafetySet::from_name(name).with_context(|| {
-            format!(
-                "--no-safety-set {name:?}: the sets are nss, ca-certificates, timezone and locales"
-            )
+        let set = SafetySet::from_name(name).ok_or_else(|| {
+            usage(format!(
+                "--no-safety-set {}: the sets are nss, ca-certificates, timezone and locales",
+                cimplifier::cli::quote_capped(name, 80)
+            ))
         })?;
         slim.safety_sets.remove(&set);
     }
@@ -71,6 +81,12 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| path_arg(s, "--exclude"))
         .collect::<Result<_, _>>()?;
+    if let Some(root) = slim.exclude.iter().find(|p| p.as_str() == "/") {
+        return Err(usage(format!(
+            "--exclude {root} drops every file: the image would be empty; exclude the \
+             directories you do not want instead"
+        )));
+    }
     let explain: Vec<ContainerPath> = explain
         .iter()
         .map(|s| path_arg(s, "--explain"))
@@ -97,8 +113,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         list_removed,
         strict: slim.strict,
         policy_toml: match &policy {
-            Some(p) => std::fs::read_to_string(p)
-                .with_context(|| format!("reading the policy file {}", p.display()))?,
+            Some(p) => read_policy(p)?,
             None => String::new(),
         },
         out_dir: out

@@ -41,9 +41,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = &socket;
     match cli.command {
         Command::Completions { shell } => version::completions(shell),
-        Command::Version => version::version(socket),
+        Command::Version { json } => version::version(socket, json),
         Command::Observe(args) => observe::observe(socket, args),
-        Command::Stop { container } => observe::stop(socket, container),
+        Command::Stop { container, json } => observe::stop(socket, container, json),
         Command::Sessions { json } => sessions::list(socket, json),
         Command::Report {
             container,
@@ -57,9 +57,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             buffer,
             json,
         } => sessions::events(socket, session, exe, kind, buffer, json),
-        Command::Export { session, output } => sessions::export(socket, session, &output),
-        Command::Import { bundle, name } => sessions::import(socket, &bundle, name),
-        Command::Merge { into, sessions } => sessions::merge(socket, into, sessions),
+        Command::Export {
+            session,
+            output,
+            json,
+        } => sessions::export(socket, session, &output, json),
+        Command::Import { bundle, name, json } => sessions::import(socket, &bundle, name, json),
+        Command::Merge {
+            into,
+            sessions,
+            json,
+        } => sessions::merge(socket, into, sessions, json),
         Command::Plan {
             session,
             policy,

@@ -15,6 +15,11 @@ pub fn print(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Prints `value` as pretty JSON, one document.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    print(&(serde_json::to_string_pretty(value)? + "\n"))
+}
+
 /// A session as `sessions --json` and `observe --json` print it.
 pub fn session_json(s: &pb::Session) -> serde_json::Value {
     serde_json::json!({

@@ -1,0 +1,355 @@
+//! cimplifierctl as a user meets it, against a real daemon: every argument
+//! is checked before any work (usage errors exit 2, by name, and the daemon
+//! checks again at request entry), every command that prints has --json,
+//! and the help says what the README says. Needs root and dockerd.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use cimplifier::api::pb;
+use common::{BASE_IMAGE, Container, Daemon, docker, require_root, stdout_of};
+use serde_json::Value;
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn json(out: &Output) -> Value {
+    serde_json::from_str(&stdout_of(out))
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// A session bundle of the base image with one exec of /bin/sh: closed,
+/// complete, observed from the first exec.
+fn bundle(name: &str) -> String {
+    let image_id = docker(&["image", "inspect", "-f", "{{.Id}}", BASE_IMAGE]);
+    let header = format!(
+        r#"{{"format":"cimplifier-session-bundle","version":1,"session":{{"name":"{name}","id":1,"container_id":"c0ffee","container_name":"{name}","image_id":"{image_id}","image_ref":"{BASE_IMAGE}","from_first_exec":true,"started_unix_ms":1,"state":"closed","end":"stopped","duration_ms":1000,"events":1,"segments":[{{"first_event":0,"started_unix_ms":1,"from_first_exec":true,"origin":"observed"}}],"checkpoint_unix_ms":2,"loss":{{"ringbuf_full":0,"inflight_full":0,"user_read_faults":0,"undecodable":0,"unreadable_names":0}}}}}}"#
+    );
+    let event = r#"{"ts_ns":1,"pid":5,"tid":5,"ppid":1,"cgroup":7,"comm":"sh","event":"syscall","syscall":"execve","nr":59,"args":[0,0,0,0,0,0],"ret":0,"paths":[{"role":"target","raw":"/bin/sh","path":"/bin/sh","status":"resolved"}],"argv":["/bin/sh"]}"#;
+    format!("{header}\n{event}\n")
+}
+
+/// `cimplifierctl ARGS` with `input` on stdin.
+fn ctl_stdin(d: &Daemon, args: &[&str], input: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `cimplifierctl ARGS`, killed if it has not ended within `secs` (then
+/// None): for commands that used to wait forever.
+fn ctl_within(d: &Daemon, args: &[&str], secs: u64) -> Option<Output> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+#[test]
+fn bad_arguments_are_usage_errors_named_before_any_work() {
+    require_root();
+    let d = Daemon::start();
+    let imported = ctl_stdin(
+        &d,
+        &["import", "-", "--as", "usage"],
+        bundle("usage").as_bytes(),
+    );
+    assert!(imported.status.success(), "{}", stderr(&imported));
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["emit", "usage", "--tag", "My App:slim"], "--tag"),
+        (&["emit", "usage", "--tag", "MyApp:slim"], "lower case"),
+        (&["emit", "usage", "--tag", "myapp:"], "REPOSITORY[:TAG]"),
+        (
+            &["emit", "usage", "--tag", "x:slim", "--exclude", "/"],
+            "--exclude /",
+        ),
+        (
+            &["emit", "usage", "--tag", "x:slim", "--include", "etc/ssl"],
+            "--include \"etc/ssl\"",
+        ),
+        (
+            &["emit", "usage", "--tag", "x:slim", "--no-safety-set", "dns"],
+            "nss, ca-certificates",
+        ),
+        (
+            &["plan", "usage", "--policy", "/nonexistent/policy.toml"],
+            "--policy /nonexistent/policy.toml",
+        ),
+        (&["events", "--kind", "bogus"], "--kind \"bogus\""),
+        (&["events", "--exe", "nginx"], "--exe \"nginx\""),
+        (&["import", "/nonexistent/bundle"], "/nonexistent/bundle"),
+    ];
+    for (args, named) in cases {
+        let out = d.ctl(args);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?} is a usage error: {}",
+            stderr(&out)
+        );
+        assert!(stderr(&out).contains(named), "{args:?}: {}", stderr(&out));
+    }
+    // A huge tag is quoted in part.
+    let huge = "A".repeat(100_000);
+    let out = d.ctl(&["emit", "usage", "--tag", &huge]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stderr.len() < 2000, "{} bytes", out.stderr.len());
+
+    // The tag is checked before the daemon is reached at all.
+    let out = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        .args(["--socket", "/nonexistent/cimplifier.sock"])
+        .args(["emit", "usage", "--tag", "Bad Tag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+}
+
+/// The daemon is root and trusts no client: a bad tag is InvalidArgument
+/// at request entry, before the session's image is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_refuses_a_bad_tag_at_request_entry() {
+    require_root();
+    let d = Daemon::start();
+    let imported = ctl_stdin(&d, &["import", "-"], bundle("entry").as_bytes());
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let mut api = cimplifier::api::connect(d.socket.as_path()).await.unwrap();
+    for (tag, exclude, policy) in [
+        ("Bad Tag", vec![], ""),
+        ("x@sha256:abc", vec![], ""),
+        ("x:slim", vec!["/".to_owned()], ""),
+        ("Bad Tag", vec![], "kind = \"one-one\""),
+    ] {
+        let result = api
+            .emit(pb::EmitRequest {
+                container: "entry".into(),
+                tag: tag.into(),
+                exclude,
+                policy_toml: policy.into(),
+                out_dir: if policy.is_empty() { "" } else { "/tmp/never" }.into(),
+                ..Default::default()
+            })
+            .await;
+        let status = match result {
+            Err(s) => s,
+            // A refusal after the stream began: the image was read first.
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                let mut last = None;
+                while let Some(item) = tokio_stream::StreamExt::next(&mut stream).await {
+                    last = Some(item);
+                }
+                panic!("tag {tag:?}: the emit began; it ended with {last:?}")
+            }
+        };
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{tag:?}: {status:?}"
+        );
+    }
+}
+
+#[test]
+fn every_command_that_prints_has_json() {
+    require_root();
+    let d = Daemon::start();
+    let v = json(&d.ctl(&["version", "--json"]));
+    assert_eq!(v["cimplifierd"], env!("CARGO_PKG_VERSION"), "{v}");
+    assert_eq!(v["apis"][0], "cimplifier.v1", "{v}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a.bundle");
+    std::fs::write(&file, bundle("json-a")).unwrap();
+    let s = json(&d.ctl(&["import", file.to_str().unwrap(), "--json"]));
+    assert_eq!(
+        (s["container"].as_str(), s["events"].as_u64()),
+        (Some("json-a"), Some(1))
+    );
+    let s = json(&ctl_stdin(
+        &d,
+        &["import", "-", "--as", "json-b", "--json"],
+        bundle("x").as_bytes(),
+    ));
+    assert_eq!(s["container"], "json-b", "{s}");
+
+    let out = dir.path().join("out.bundle");
+    let e = json(&d.ctl(&["export", "json-a", "-o", out.to_str().unwrap(), "--json"]));
+    assert_eq!(e["session"], "json-a");
+    assert_eq!(
+        e["bytes"].as_u64(),
+        Some(std::fs::metadata(&out).unwrap().len())
+    );
+    let both = d.ctl(&["export", "json-a", "-o", "-", "--json"]);
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+
+    let m = json(&d.ctl(&["merge", "--into", "json-m", "json-a", "json-b", "--json"]));
+    assert_eq!(m["container"], "json-m", "{m}");
+    assert_eq!(m["segments"].as_array().unwrap().len(), 2, "{m}");
+
+    let l = json(&d.ctl(&["observe", "--label", "ctl-cli-json=1", "--json"]));
+    assert_eq!(l["label_selector"], "ctl-cli-json=1", "{l}");
+
+    let c = Container::create(
+        "ctl-json-stop",
+        &[
+            BASE_IMAGE,
+            "/bin/sh",
+            "-c",
+            "while true; do sleep 0.2; done",
+        ],
+    );
+    let mut observe = Guard(
+        Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(["observe", &c.0, "--duration", "60s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Until the opening is done (image_ref set), a stop finds no session.
+    common::wait_until(30, "the session is observing", || {
+        let all = json(&d.ctl(&["sessions", "--json"]));
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| {
+                s["container"] == c.0.as_str() && s["state"] == "observing" && s["image_ref"] != ""
+            })
+    });
+    let s = json(&d.ctl(&["stop", &c.0, "--json"]));
+    assert_eq!(
+        (s["container"].as_str(), s["state"].as_str()),
+        (Some(c.0.as_str()), Some("closed")),
+        "{s}"
+    );
+    let _ = observe.0.wait();
+}
+
+/// Kills the child on drop.
+struct Guard(std::process::Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn sessions_show_gaps_and_completeness_and_the_same_counts_as_observe() {
+    require_root();
+    let d = Daemon::start();
+    let c = Container::create(
+        "ctl-counts",
+        &[
+            BASE_IMAGE,
+            "/bin/sh",
+            "-c",
+            "cat /etc/os-release > /dev/null; sleep 1",
+        ],
+    );
+    let observed = json(&d.ctl(&["observe", &c.0, "--json"]));
+    let listed = common::session_json(&d, &c.0);
+    assert!(observed["resources"].as_u64().unwrap() > 5, "{observed}");
+    assert_eq!(listed["executables"], observed["executables"], "{listed}");
+    assert_eq!(listed["resources"], observed["resources"], "{listed}");
+
+    let table = stdout_of(&d.ctl(&["sessions"]));
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    let row: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with(&format!("{} ", c.0)))
+        .unwrap_or_else(|| panic!("{table}"))
+        .split_whitespace()
+        .collect();
+    let col = |name: &str| {
+        let i = header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no {name} column: {table}"));
+        row[i]
+    };
+    assert_eq!((col("GAPS"), col("COMPLETE")), ("0", "yes"), "{table}");
+    assert_eq!(col("IMAGE"), BASE_IMAGE, "{table}");
+}
+
+#[test]
+fn events_refuses_a_filter_that_can_match_nothing() {
+    require_root();
+    let d = Daemon::start();
+    let out = ctl_within(&d, &["events", "--session", "never-observed"], 20)
+        .expect("events on a session that does not exist must not wait forever");
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stderr(&out).contains("never-observed"), "{}", stderr(&out));
+
+    let imported = ctl_stdin(
+        &d,
+        &["import", "-", "--as", "closed"],
+        bundle("closed").as_bytes(),
+    );
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let out = ctl_within(&d, &["events", "--session", "closed"], 20)
+        .expect("events on a closed session must not wait forever");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("closed"), "{}", stderr(&out));
+}
+
+#[test]
+fn help_and_version_say_what_the_readme_says() {
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        ctl(&["--version"]).starts_with("cimplifierctl "),
+        "{}",
+        ctl(&["--version"])
+    );
+    let help = ctl(&["--help"]);
+    assert!(help.contains("6 an event stream was cut off"), "{help}");
+    // A command's own options come before the flags that reach the daemon.
+    let emit = ctl(&["emit", "--help"]);
+    let own = emit.find("--tag <TAG>").expect("emit's --tag");
+    let heading = emit
+        .find("Reaching the daemon")
+        .unwrap_or_else(|| panic!("no heading for the global flags:\n{emit}"));
+    let tls = emit.find("--tls-ca").unwrap();
+    assert!(own < heading && heading < tls, "{emit}");
+    let d = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&d.stdout).starts_with("cimplifierd "));
+}
