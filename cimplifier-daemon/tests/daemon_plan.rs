@@ -2,8 +2,8 @@
 //! A shell writes a file that sort then reads; with the shell and sort in
 //! separate partitions the plan shares the file's directory (with the
 //! evidence), puts a stub for sort in the shell's partition, and a policy
-//! naming an executable never observed is refused by name. Needs root and
-//! dockerd.
+//! naming an executable never observed is refused by name, with the same
+//! exit code from plan and emit. Needs root and dockerd.
 
 mod common;
 
@@ -91,6 +91,24 @@ fn a_policy_gives_partitions_shared_volumes_with_evidence_and_rpe_edges() {
     assert!(
         err.contains("/bin/bash") && err.contains("never observed") && err.contains("/bin/sh"),
         "{err}"
+    );
+    // The same refusal from emit is the same status, so the same exit code.
+    let tag = format!("cimplifier-test/plan-refused-{}", std::process::id());
+    let emitted = d.ctl(&[
+        "emit",
+        &c.0,
+        "--policy",
+        dir.path().join("bad.toml").to_str().unwrap(),
+        "--tag",
+        &tag,
+        "--out",
+        dir.path().join("out").to_str().unwrap(),
+    ]);
+    let emit_err = String::from_utf8_lossy(&emitted.stderr);
+    assert_eq!(emitted.status.code(), Some(2), "{emit_err}");
+    assert!(
+        emit_err.contains("/bin/bash") && emit_err.contains("InvalidArgument"),
+        "{emit_err}"
     );
     let missing = d.ctl(&["plan", &c.0, "--policy", "/nonexistent/policy.toml"]);
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/policy.toml"));

@@ -4,7 +4,10 @@
 //! the run plan that starts them.
 
 pub mod compose;
+mod error;
 pub mod oci;
 pub mod partitioned;
 pub mod runconfig;
 pub mod slim;
+
+pub use error::EmitError;

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use super::EmitError;
 use super::oci::{self, SourceConfig};
 use super::runconfig::{self, RunReport};
 use crate::image::source::{Admit, SourceSession, TraceDigest, read_session};
@@ -217,7 +218,7 @@ pub async fn emit(
     store: &Arc<Store>,
     opts: &EmitOptions,
     progress: &(dyn Fn(&str) + Send + Sync),
-) -> Result<EmitReport> {
+) -> Result<EmitReport, EmitError> {
     progress("reading the source image");
     let SourceSession {
         record: info,

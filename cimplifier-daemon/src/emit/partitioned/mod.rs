@@ -21,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use cimplifier_build::glue::{GlueBinary, check_static};
 use serde::{Deserialize, Serialize};
 
+use super::EmitError;
 use super::compose::{COMPOSE_FILE, ComposeFile, ComposePort, ComposeService, ComposeVolume};
 use super::oci::{self, SourceConfig};
 use super::runconfig::{self, RunReport};
@@ -256,7 +257,7 @@ fn entry_partition(
     plan: &PartitionPlan,
     source: &SourceConfig,
     fs: &ImageFs,
-) -> Result<PartitionName> {
+) -> Result<PartitionName, EmitError> {
     let holding = |exe: &Exe| {
         plan.partitions
             .iter()
@@ -274,7 +275,7 @@ fn entry_partition(
         .collect();
     match roots.len() {
         1 => Ok(roots.into_iter().next().expect("one")),
-        0 => bail!(
+        0 => Err(EmitError::Session(format!(
             "no partition holds the entrypoint {:?}: the session never saw it exec'd; observe from the container's start",
             source
                 .entrypoint
@@ -282,8 +283,8 @@ fn entry_partition(
                 .chain(source.cmd.iter())
                 .flatten()
                 .collect::<Vec<_>>()
-        ),
-        _ => bail!(
+        ))),
+        _ => Err(EmitError::Policy(format!(
             "cannot tell which partition runs the entrypoint {:?}: processes the runtime started are in {}",
             source
                 .entrypoint
@@ -296,7 +297,7 @@ fn entry_partition(
                 .map(|r| r.to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        ),
+        ))),
     }
 }
 
@@ -329,17 +330,21 @@ impl Role {
 /// as the container did; an RPE server runs as root, so that it can bind
 /// its sockets in the volumes and start each callee with its caller's
 /// user and groups (docs/rpe.md), which is how the callee ran before.
-fn user_of(role: &Role, name: &PartitionName, source: &SourceConfig) -> Result<Option<String>> {
+fn user_of(
+    role: &Role,
+    name: &PartitionName,
+    source: &SourceConfig,
+) -> Result<Option<String>, EmitError> {
     let root = |u: &str| matches!(u.split(':').next(), Some("" | "0" | "root"));
     match (role, &source.user) {
         (Role::Entrypoint, user) => Ok(user.clone()),
         (Role::Server, _) => Ok(None),
-        (Role::EntrypointAndServer, Some(user)) if !root(user) => bail!(
+        (Role::EntrypointAndServer, Some(user)) if !root(user) => Err(EmitError::Policy(format!(
             "partition {name} runs the original entrypoint, which ran as user {user:?}, and \
              also serves other partitions; its RPE server must run as root and would start the \
              entrypoint as root too. Give the entrypoint's executable a partition that serves \
              no other (a policy `apart` rule), or run the container as root"
-        ),
+        ))),
         (Role::EntrypointAndServer, user) => Ok(user.clone()),
     }
 }
@@ -349,7 +354,7 @@ pub async fn emit_partitioned(
     store: &Arc<Store>,
     opts: &PartitionEmitOptions,
     progress: &(dyn Fn(&str) + Send + Sync),
-) -> Result<PartitionEmitReport> {
+) -> Result<PartitionEmitReport, EmitError> {
     progress("reading the source image");
     let SourceSession {
         record: info,
@@ -366,23 +371,22 @@ pub async fn emit_partitioned(
         TraceDigest::Skip,
     )
     .await?;
-    let docker = crate::docker::connect()?;
+    let docker = crate::docker::connect().map_err(EmitError::Engine)?;
     progress("partitioning and placing");
-    let partitioning = crate::partition::partition(&model, &opts.policy)
-        .map_err(|e| anyhow::anyhow!("policy: {e}"))?;
+    let partitioning = crate::partition::partition(&model, &opts.policy)?;
     if partitioning
         .partitions
         .keys()
         .any(|p| p.as_str() == seed::SEED_SERVICE)
     {
-        bail!(
-            "policy: the partition name {} is the run plan's seed service; rename that partition",
+        return Err(EmitError::Policy(format!(
+            "the partition name {} is the run plan's seed service; rename that partition",
             seed::SEED_SERVICE
-        );
+        )));
     }
     let plan = plan(&model, &partitioning, &fs);
     if let Some(stubbed) = plan.stubbed_interpreters(&fs).first() {
-        bail!("policy: {stubbed}");
+        return Err(EmitError::Policy(stubbed.to_string()));
     }
     // The image's configuration with the observed container's settings on
     // top: the entry partition runs the command the container ran.
@@ -581,7 +585,8 @@ pub async fn emit_partitioned(
         plan,
     };
     let report_path = opts.out_dir.join("partition-report.json");
-    std::fs::write(&report_path, serde_json::to_vec_pretty(&report)?)
+    let json = serde_json::to_vec_pretty(&report).context("serializing the partition report")?;
+    std::fs::write(&report_path, json)
         .with_context(|| format!("writing {}", report_path.display()))?;
     Ok(report)
 }

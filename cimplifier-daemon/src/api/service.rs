@@ -1,50 +1,35 @@
-//! The gRPC service (proto/cimplifier/v1/cimplifier.proto): a thin layer
-//! over the session manager, the store, the model's reports and emit.
-//! Statuses say what to do.
+//! The gRPC service: a thin layer over the session manager, the store, the
+//! model's reports and emit. Statuses say what to do.
 
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use anyhow::Context;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::convert::*;
+use super::pb;
+use super::pb::cimplifier_server::Cimplifier;
+use super::pb::session::State;
+use crate::emit::EmitError;
 use crate::emit::slim::{EmitOptions, emit};
-use crate::image::source::{Admit, Refused, SourceError, TraceDigest, read_session};
+use crate::image::source::{Admit, TraceDigest, read_session};
 use crate::model::Model;
 use crate::model::report::{Report, Source};
 use crate::place::slim::{SafetySet, SlimOptions};
-use crate::session::{Manager, ObserveError, ObserveOptions, SessionView, Started, StreamFilter};
+use crate::session::{Manager, ObserveError, ObserveOptions, SessionView, StreamFilter};
 use crate::store::{SessionRecord, SessionState};
-use crate::trace::ContainerPath;
-
-mod client;
-mod serve;
-mod transport;
-pub mod workload;
-
-pub use client::{channel, connect};
-pub use serve::{DEFAULT_CONFIG, DEFAULT_SOCKET, DaemonConfig, ServeOptions, serve};
-pub use transport::{
-    Address, ClientSecurity, ClientTls, ServerTls, TcpFlags, TcpListen, TcpSecurity,
-};
-
-/// Code generated from proto/cimplifier/v1/cimplifier.proto.
-pub mod pb {
-    tonic::include_proto!("cimplifier.v1");
-}
-
-use pb::cimplifier_server::Cimplifier;
-use pb::session::State;
 
 /// Events a stream may fall behind by before it is cut off, by default.
 pub const DEFAULT_STREAM_BUFFER: usize = 4096;
 /// The most a client may ask to buffer.
 const MAX_STREAM_BUFFER: usize = 1 << 20;
 /// Longest name, id or path the API accepts.
-const MAX_NAME: usize = 256;
+pub(super) const MAX_NAME: usize = 256;
 /// Largest session bundle ImportSession accepts.
 const MAX_BUNDLE: usize = 1 << 30;
 
@@ -149,8 +134,8 @@ impl Service {
         if req.policy_toml.len() > 1 << 20 {
             return Err(Status::invalid_argument("policy_toml: at most 1 MiB"));
         }
-        let policy = crate::partition::Policy::from_toml(&req.policy_toml)
-            .map_err(|e| Status::invalid_argument(format!("policy: {e}")))?;
+        let policy =
+            crate::partition::Policy::from_toml(&req.policy_toml).map_err(EmitError::from)?;
         if req.tag.is_empty() || req.out_dir.is_empty() {
             return Err(Status::invalid_argument(
                 "with a policy, give a tag (REPOSITORY[:TAG] for the partitions' images) and an out_dir for the run plan",
@@ -192,13 +177,17 @@ impl Service {
             };
             let result = emit_partitioned(&store, &opts, &progress)
                 .await
-                .and_then(|r| Ok(serde_json::to_string_pretty(&r)?));
+                .and_then(|r| {
+                    serde_json::to_string_pretty(&r)
+                        .context("serializing the partition report")
+                        .map_err(EmitError::from)
+                });
             let _ = tx
                 .send(match result {
                     Ok(json) => Ok(pb::EmitProgress {
                         update: Some(pb::emit_progress::Update::ReportJson(json)),
                     }),
-                    Err(e) => Err(internal(e)),
+                    Err(e) => Err(e.into()),
                 })
                 .await;
         });
@@ -237,157 +226,19 @@ impl Service {
     }
 }
 
-fn starting(s: &Started) -> pb::Session {
-    pb::Session {
-        container: s.container_name.clone(),
-        container_id: s.container_id.clone(),
-        image_ref: s.image_ref.clone(),
-        image_id: s.image_id.clone(),
-        state: State::Observing as i32,
-        from_first_exec: s.from_first_exec,
-        started_unix_ms: s.started_unix_ms,
-        ..Default::default()
-    }
-}
-
-fn stored(r: &SessionRecord) -> pb::Session {
-    pb::Session {
-        container: r.name.clone(),
-        state: match r.state {
-            SessionState::Observing => State::Observing,
-            SessionState::Closed => State::Closed,
-        } as i32,
-        end: r
-            .end
-            .as_ref()
-            .and_then(|e| serde_json::to_value(e).ok())
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default(),
-        duration_ms: r.duration_ms,
-        events: r.events,
-        aggregated_events: r.aggregated,
-        lost_events: r.loss.lost(),
-        unreadable_names: r.loss.unreadable_names,
-        complete: r.complete(),
-        gaps: r
-            .gaps
-            .iter()
-            .map(|g| pb::Gap {
-                from_unix_ms: g.from_unix_ms,
-                to_unix_ms: g.to_unix_ms,
-                reason: g.reason.clone(),
-            })
-            .collect(),
-        segments: r
-            .segments
-            .iter()
-            .map(|s| pb::Segment {
-                first_event: s.first_event,
-                started_unix_ms: s.started_unix_ms,
-                from_first_exec: s.from_first_exec,
-                origin: s.origin.clone(),
-            })
-            .collect(),
-        ..starting(&r.started)
-    }
-}
-
-fn view(v: &SessionView) -> pb::Session {
-    match v {
-        SessionView::Stored(r) => stored(r),
-        SessionView::Starting(s) => starting(s),
-        SessionView::Failed { name, error } => pb::Session {
-            container: name.clone(),
-            state: State::Failed as i32,
-            error: error.clone(),
-            ..Default::default()
-        },
-    }
-}
-
 /// Where a workload reaches the container, asked of the engine now that it
 /// runs. The client may be remote and without Docker access, so the daemon
 /// says it. None (with a warning) when the engine cannot tell.
 async fn target(container_id: &str) -> Option<pb::Target> {
     let docker = crate::docker::connect().ok()?;
     match crate::docker::target::NetworkTarget::of(&docker, container_id).await {
-        Ok(t) => Some(pb::Target {
-            network_mode: t.network_mode,
-            ip_address: t.address.map(|a| a.to_string()).unwrap_or_default(),
-            tcp_ports: t.tcp_ports.into_iter().map(u32::from).collect(),
-        }),
+        Ok(t) => Some(t.into()),
         Err(e) => {
             tracing::warn!(container = %container_id, "no network target: {e:#}");
             None
         }
     }
 }
-
-fn internal(e: anyhow::Error) -> Status {
-    Status::internal(format!("{e:#}"))
-}
-
-fn not_found(name: &str) -> Status {
-    refused(Refused::NoSession(name.to_owned()))
-}
-
-/// A session refused for plan or emit: missing is NotFound, the rest (still
-/// observing, incomplete) FailedPrecondition.
-fn refused(why: Refused) -> Status {
-    match why {
-        Refused::NoSession(_) => Status::not_found(why.to_string()),
-        Refused::StillObserving(_) | Refused::Incomplete { .. } => {
-            Status::failed_precondition(why.to_string())
-        }
-    }
-}
-
-fn check_name(name: &str, field: &str) -> Result<(), Status> {
-    if name.is_empty() || name.len() > MAX_NAME {
-        return Err(Status::invalid_argument(format!(
-            "{field}: give a name or id of 1 to {MAX_NAME} characters"
-        )));
-    }
-    Ok(())
-}
-
-fn paths(list: &[String], field: &str) -> Result<Vec<ContainerPath>, Status> {
-    list.iter()
-        .map(|s| {
-            ContainerPath::new(s)
-                .filter(|_| s.len() <= 4096)
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!(
-                        "{field} {s:?}: give an absolute path inside the container"
-                    ))
-                })
-        })
-        .collect()
-}
-
-fn event_message(e: &crate::session::StreamedEvent) -> pb::Event {
-    let (kind, syscall) = crate::session::observer::kind_of(&e.event);
-    pb::Event {
-        session: e.session.to_string(),
-        ts_ns: e.event.ts_ns,
-        pid: e.event.pid,
-        tid: e.event.tid,
-        comm: e.event.comm.clone(),
-        executable: e
-            .exe
-            .as_ref()
-            .map(|p| p.as_str().to_owned())
-            .unwrap_or_default(),
-        kind: kind.to_owned(),
-        syscall: syscall.unwrap_or_default().to_owned(),
-        json: serde_json::to_string(&*e.event).unwrap_or_default(),
-    }
-}
-
-/// A policy that does not fit the session's model.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct PlanRefused(String);
 
 type ResultStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -562,9 +413,12 @@ impl Cimplifier for Service {
             };
             let result = emit(&store, &opts, &progress).await;
             let last = result.and_then(|report| {
-                let json = serde_json::to_string_pretty(&report)?;
-                std::fs::create_dir_all(&reports)?;
-                std::fs::write(reports.join(format!("{}.json", opts.session)), &json)?;
+                let json =
+                    serde_json::to_string_pretty(&report).context("serializing the emit report")?;
+                let path = reports.join(format!("{}.json", opts.session));
+                std::fs::create_dir_all(&reports)
+                    .and_then(|()| std::fs::write(&path, &json))
+                    .with_context(|| format!("writing the emit report {}", path.display()))?;
                 Ok(json)
             });
             let _ = tx
@@ -572,7 +426,7 @@ impl Cimplifier for Service {
                     Ok(json) => Ok(pb::EmitProgress {
                         update: Some(pb::emit_progress::Update::ReportJson(json)),
                     }),
-                    Err(e) => Err(internal(e)),
+                    Err(e) => Err(e.into()),
                 })
                 .await;
         });
@@ -590,8 +444,8 @@ impl Cimplifier for Service {
         if req.policy_toml.len() > 1 << 20 {
             return Err(Status::invalid_argument("policy_toml: at most 1 MiB"));
         }
-        let policy = crate::partition::Policy::from_toml(&req.policy_toml)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let policy =
+            crate::partition::Policy::from_toml(&req.policy_toml).map_err(EmitError::from)?;
         // With the image's tree, symlinked names and `#!` interpreters are
         // known, as emit will know them.
         let source = read_session(
@@ -601,23 +455,15 @@ impl Cimplifier for Service {
             TraceDigest::Skip,
         )
         .await
-        .map_err(|e| match e {
-            SourceError::Refused(why) => refused(why),
-            SourceError::Image(e) => Status::failed_precondition(format!("{e:#}")),
-            SourceError::Store(e) => internal(e),
-        })?;
+        .map_err(EmitError::from)?;
         let (plan_json, text) = tokio::task::spawn_blocking(move || {
-            let partitioning = crate::partition::partition(&source.model, &policy)
-                .map_err(|e| anyhow::anyhow!(PlanRefused(e.to_string())))?;
+            let partitioning = crate::partition::partition(&source.model, &policy)?;
             let plan = crate::place::partition::plan(&source.model, &partitioning, &source.tree);
-            Ok::<_, anyhow::Error>((serde_json::to_string_pretty(&plan)?, plan.render_text()))
+            let json = serde_json::to_string_pretty(&plan).context("serializing the plan")?;
+            Ok::<_, EmitError>((json, plan.render_text()))
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| match e.downcast_ref::<PlanRefused>() {
-            Some(PlanRefused(why)) => Status::invalid_argument(format!("policy: {why}")),
-            None => internal(e),
-        })?;
+        .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(pb::PlanResponse { plan_json, text }))
     }
 

@@ -1,0 +1,42 @@
+//! How plan and emit fail, by whose fault. The API gives each kind one
+//! status code (and so cimplifierctl one exit code), whichever call met it.
+
+use crate::image::source::{Refused, SourceError};
+
+/// Why a plan or an emit did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum EmitError {
+    /// The session is missing, still observing, or incomplete.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The policy does not fit the session's model or image: the caller
+    /// changes the policy.
+    #[error("policy: {0}")]
+    Policy(String),
+    /// The session lacks what the image needs (its entrypoint was never
+    /// seen): the caller observes again.
+    #[error("{0}")]
+    Session(String),
+    /// The engine is unreachable, or the source image is gone or unreadable.
+    #[error("{0:#}")]
+    Engine(anyhow::Error),
+    /// Anything else: the store, writing or loading the images.
+    #[error("{0:#}")]
+    Failed(#[from] anyhow::Error),
+}
+
+impl From<SourceError> for EmitError {
+    fn from(e: SourceError) -> Self {
+        match e {
+            SourceError::Refused(why) => Self::Refused(why),
+            SourceError::Image(e) => Self::Engine(e),
+            SourceError::Store(e) => Self::Failed(e),
+        }
+    }
+}
+
+impl From<crate::partition::PolicyError> for EmitError {
+    fn from(e: crate::partition::PolicyError) -> Self {
+        Self::Policy(e.to_string())
+    }
+}
