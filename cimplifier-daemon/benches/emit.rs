@@ -109,11 +109,12 @@ async fn run(name: &str, state: &Path) -> Result<()> {
 
     let opts = EmitOptions {
         session: name.to_owned(),
-        tag: Some("cimplifier-bench/nginx:slim".into()),
+        tag: Some("cimplifier-bench/nginx:slim".parse().expect("a valid tag")),
         oci_dir: None,
         slim: SlimOptions::with_safety_sets(),
         allow_incomplete: false,
         list_removed: false,
+        explain: Vec::new(),
     };
     let (mut read, mut plan, mut write, mut load, mut total, mut save) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);

@@ -238,12 +238,9 @@ fn every_command_that_prints_has_json() {
     // Until the opening is done (image_ref set), a stop finds no session.
     common::wait_until(30, "the session is observing", || {
         let all = json(&d.ctl(&["sessions", "--json"]));
-        all.as_array()
-            .unwrap()
-            .iter()
-            .any(|s| {
-                s["container"] == c.0.as_str() && s["state"] == "observing" && s["image_ref"] != ""
-            })
+        all.as_array().unwrap().iter().any(|s| {
+            s["container"] == c.0.as_str() && s["state"] == "observing" && s["image_ref"] != ""
+        })
     });
     let s = json(&d.ctl(&["stop", &c.0, "--json"]));
     assert_eq!(
@@ -352,4 +349,68 @@ fn help_and_version_say_what_the_readme_says() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&d.stdout).starts_with("cimplifierd "));
+}
+
+/// emit's footguns: a mistyped --include, an --exclude of the entrypoint
+/// (here through merged /usr's /bin -> usr/bin) or of /, are refused by
+/// name; an --exclude that matches nothing is warned about; --explain of a
+/// path the image lacks says so; and the sizes add up.
+#[test]
+fn emit_refuses_or_warns_about_options_that_do_not_fit_the_image() {
+    require_root();
+    let d = Daemon::start();
+    let imported = ctl_stdin(&d, &["import", "-", "--as", "foot"], bundle("foot").as_bytes());
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let dir = tempfile::tempdir().unwrap();
+    let oci = dir.path().join("oci");
+    let oci = oci.to_str().unwrap();
+
+    let out = d.ctl(&["emit", "foot", "--oci-dir", oci, "--include", "/etc/no-such-dir"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--include /etc/no-such-dir"), "{}", stderr(&out));
+
+    let out = d.ctl(&["emit", "foot", "--oci-dir", oci, "--exclude", "/usr/bin/bash"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("drops the entrypoint /bin/bash"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = d.ctl(&[
+        "emit",
+        "foot",
+        "--oci-dir",
+        oci,
+        "--exclude",
+        "/opt/nothing-here",
+        "--explain",
+        "/etc/nothing-here",
+        "--explain",
+        "/etc/os-release",
+    ]);
+    let text = stdout_of(&out);
+    assert!(
+        stderr(&out).contains("warning: --exclude /opt/nothing-here"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        text.contains("/etc/nothing-here: not in the source image"),
+        "{text}"
+    );
+    assert!(text.contains("/etc/os-release: removed"), "{text}");
+
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(d.state.join("emit-reports/foot.json")).unwrap(),
+    )
+    .unwrap();
+    let n = |k: &str| report[k].as_u64().unwrap_or_else(|| panic!("no {k}"));
+    assert!(n("source_content_bytes") > 0);
+    assert_eq!(
+        n("kept_bytes") + n("removed_bytes"),
+        n("source_content_bytes"),
+        "kept and removed make the source"
+    );
+    assert_eq!(n("kept_files") + n("removed_files"), n("source_files"));
 }

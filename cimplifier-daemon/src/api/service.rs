@@ -23,6 +23,7 @@ use crate::model::report::{Report, Source};
 use crate::place::slim::{SafetySet, SlimOptions};
 use crate::session::{Manager, ObserveError, ObserveOptions, SessionView, StreamFilter};
 use crate::store::{SessionRecord, SessionState};
+use crate::trace::ContainerPath;
 
 /// Events a stream may fall behind by before it is cut off, by default.
 pub const DEFAULT_STREAM_BUFFER: usize = 4096;
@@ -369,10 +370,19 @@ impl Cimplifier for Service {
     ) -> Result<Response<Self::EmitStream>, Status> {
         let req = request.into_inner();
         check_name(&req.container, "container")?;
-        let record = self.record(&req.container)?;
+        // Every argument before any work: the client's checks are not trusted.
+        let tag = image_tag(&req.tag)?;
         if req.tag.is_empty() && req.oci_dir.is_empty() {
             return Err(Status::invalid_argument("give a tag, an oci_dir, or both"));
         }
+        let exclude = paths(&req.exclude, "exclude")?;
+        if exclude.iter().any(|x| *x == ContainerPath::root()) {
+            return Err(Status::invalid_argument(
+                "exclude /: every file would be dropped and the image would be empty",
+            ));
+        }
+        let explain = paths(&req.explain, "explain")?;
+        let record = self.record(&req.container)?;
         Admit::Closed {
             allow_incomplete: req.allow_incomplete,
         }
@@ -388,18 +398,19 @@ impl Cimplifier for Service {
             slim.safety_sets.remove(&set);
         }
         slim.include = paths(&req.include, "include")?;
-        slim.exclude = paths(&req.exclude, "exclude")?;
+        slim.exclude = exclude;
         slim.strict = req.strict;
         if !req.policy_toml.is_empty() {
             return self.emit_partitioned(req, slim);
         }
         let opts = EmitOptions {
             session: req.container,
-            tag: (!req.tag.is_empty()).then_some(req.tag),
+            tag,
             oci_dir: (!req.oci_dir.is_empty()).then(|| PathBuf::from(req.oci_dir)),
             slim,
             allow_incomplete: req.allow_incomplete,
             list_removed: req.list_removed,
+            explain,
         };
         let store = self.manager.store().clone();
         let reports = self.state_dir.join("emit-reports");

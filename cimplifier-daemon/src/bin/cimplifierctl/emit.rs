@@ -112,6 +112,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         allow_incomplete,
         list_removed,
         strict: slim.strict,
+        explain: explain.iter().map(|p| p.to_string()).collect(),
         policy_toml: match &policy {
             Some(p) => read_policy(p)?,
             None => String::new(),
@@ -129,6 +130,9 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         return emit_partitioned(socket, request, &explain, json);
     }
     let report: EmitReport = emit_with_progress(socket, request)?;
+    for w in &report.warnings {
+        eprintln!("cimplifierctl: warning: {w}");
+    }
     if json {
         return print(&(serde_json::to_string_pretty(&report)? + "\n"));
     }
@@ -176,6 +180,9 @@ fn emit_partitioned(
     json: bool,
 ) -> anyhow::Result<()> {
     let report: PartitionEmitReport = emit_with_progress(socket, request)?;
+    for w in &report.warnings {
+        eprintln!("cimplifierctl: warning: {w}");
+    }
     if json {
         return print(&(serde_json::to_string_pretty(&report)? + "\n"));
     }
@@ -205,18 +212,22 @@ fn summary(r: &EmitReport) -> String {
         "slim image {target} ({}) from {}\n",
         r.image_id, r.source_ref
     );
+    // Files and their content add up (kept + removed = source); the image
+    // sizes are another measure (a tar layer against the engine's size).
     s += &format!(
-        "  kept {} of {} files: {} of {} ({:.1}% smaller)\n",
+        "  kept {} of {} files, {} of {} of content; removed {} files, {}\n",
         r.kept_files,
         r.source_files,
+        mb(r.kept_bytes),
+        mb(r.source_content_bytes),
+        r.removed_files,
+        mb(r.removed_bytes)
+    );
+    s += &format!(
+        "  image: {} (its layer) from {} (the source image as Docker sizes it), {:.1}% smaller\n",
         mb(r.slim_image_bytes),
         mb(r.source_image_bytes),
         r.reduction_percent
-    );
-    s += &format!(
-        "  removed {} files, {}\n",
-        r.removed_files,
-        mb(r.removed_bytes)
     );
     s += &format!(
         "  session: {} events, {}, {}\n",

@@ -112,6 +112,10 @@ pub struct PartitionEmitReport {
     pub run: RunReport,
     /// The placement plan, with the evidence for every shared volume.
     pub plan: PartitionPlan,
+    /// What the emit did not refuse but the caller should know, each
+    /// naming its cause (e.g. an --exclude that matched nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl PartitionEmitReport {
