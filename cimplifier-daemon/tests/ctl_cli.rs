@@ -359,17 +359,39 @@ fn help_and_version_say_what_the_readme_says() {
 fn emit_refuses_or_warns_about_options_that_do_not_fit_the_image() {
     require_root();
     let d = Daemon::start();
-    let imported = ctl_stdin(&d, &["import", "-", "--as", "foot"], bundle("foot").as_bytes());
+    let imported = ctl_stdin(
+        &d,
+        &["import", "-", "--as", "foot"],
+        bundle("foot").as_bytes(),
+    );
     assert!(imported.status.success(), "{}", stderr(&imported));
     let dir = tempfile::tempdir().unwrap();
     let oci = dir.path().join("oci");
     let oci = oci.to_str().unwrap();
 
-    let out = d.ctl(&["emit", "foot", "--oci-dir", oci, "--include", "/etc/no-such-dir"]);
+    let out = d.ctl(&[
+        "emit",
+        "foot",
+        "--oci-dir",
+        oci,
+        "--include",
+        "/etc/no-such-dir",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("--include /etc/no-such-dir"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--include /etc/no-such-dir"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = d.ctl(&["emit", "foot", "--oci-dir", oci, "--exclude", "/usr/bin/bash"]);
+    let out = d.ctl(&[
+        "emit",
+        "foot",
+        "--oci-dir",
+        oci,
+        "--exclude",
+        "/usr/bin/bash",
+    ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("drops the entrypoint /bin/bash"),
@@ -413,4 +435,51 @@ fn emit_refuses_or_warns_about_options_that_do_not_fit_the_image() {
         "kept and removed make the source"
     );
     assert_eq!(n("kept_files") + n("removed_files"), n("source_files"));
+}
+
+/// A session whose container could not start: `sessions` lists it as
+/// failed with its error on a line of its own (not in IMAGE), and `report`,
+/// `plan` and `emit` of it say it failed, not that there is no session.
+#[test]
+fn a_failed_session_is_named_as_failed() {
+    require_root();
+    let d = Daemon::start();
+    let c = Container::create("ctl-failed", &[BASE_IMAGE, "/nonexistent-entrypoint"]);
+    let out = d.ctl(&["observe", &c.0]);
+    assert!(!out.status.success());
+
+    let table = stdout_of(&d.ctl(&["sessions"]));
+    let lines: Vec<&str> = table.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.starts_with(&format!("{} ", c.0)))
+        .unwrap_or_else(|| panic!("{table}"));
+    let row: Vec<&str> = lines[at].split_whitespace().collect();
+    assert_eq!(row[1], "failed", "{table}");
+    assert_eq!(
+        *row.last().unwrap(),
+        "-",
+        "no error in the IMAGE column: {table}"
+    );
+    assert!(
+        lines[at + 1].trim_start().starts_with("error: ") && lines[at + 1].contains("nonexistent"),
+        "{table}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("p.toml");
+    std::fs::write(&policy, "kind = \"one-one\"\n").unwrap();
+    for args in [
+        vec!["report", &c.0],
+        vec!["emit", &c.0, "--tag", "cimplifier-never/x:y"],
+        vec!["plan", &c.0, "--policy", policy.to_str().unwrap()],
+    ] {
+        let out = d.ctl(&args);
+        assert_eq!(out.status.code(), Some(5), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("failed") && !stderr(&out).contains("no session"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
 }

@@ -197,12 +197,23 @@ impl Service {
         )))
     }
 
+    /// The stored record of session `name`. A session that `sessions`
+    /// lists but the store lacks (it failed, or is still starting, before
+    /// its first checkpoint) is refused saying so, not as unknown.
     fn record(&self, name: &str) -> Result<SessionRecord, Status> {
-        self.manager
-            .store()
-            .session(name)
-            .map_err(internal)?
-            .ok_or_else(|| not_found(name))
+        if let Some(r) = self.manager.store().session(name).map_err(internal)? {
+            return Ok(r);
+        }
+        match self.manager.get(name).map_err(internal)? {
+            Some(SessionView::Failed { error, .. }) => Err(Status::failed_precondition(format!(
+                "observing {name} failed before anything was stored ({error}), so it has \
+                 nothing to report, plan or emit: fix that and observe it again"
+            ))),
+            Some(SessionView::Starting(_)) => Err(Status::failed_precondition(format!(
+                "session {name} is still starting; `cimplifierctl stop {name}` closes it once it observes"
+            ))),
+            _ => Err(not_found(name)),
+        }
     }
 
     /// The session's model and the report's source line.
@@ -457,6 +468,7 @@ impl Cimplifier for Service {
         }
         let policy =
             crate::partition::Policy::from_toml(&req.policy_toml).map_err(EmitError::from)?;
+        self.record(&req.session)?;
         // With the image's tree, symlinked names and `#!` interpreters are
         // known, as emit will know them.
         let source = read_session(
