@@ -350,17 +350,18 @@ pub fn analyze(input: &Input, root: Option<&std::path::Path>) -> anyhow::Result<
         Input::Strace(paths) => {
             anyhow::ensure!(!paths.is_empty(), "no strace log given");
             let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
-            let events = super::strace::read_strace_logs(&refs).context(
+            let logs = super::strace::read_strace(&refs).context(
                 "reading strace logs (expected `strace -f -y -yy -s 4096 -o FILE` output)",
             )?;
-            events.iter().for_each(|e| model.apply(e));
+            logs.events.iter().for_each(|e| model.apply(e));
             Source {
                 kind: "strace".into(),
                 files: paths.iter().map(|p| p.display().to_string()).collect(),
-                events: events.len() as u64,
+                events: logs.events.len() as u64,
                 // strace drops nothing; it slows the program instead.
                 lost_events: 0,
-                complete: true,
+                // ...but a log cut off mid-line lost its end.
+                complete: logs.cut_off.is_empty(),
                 image_tree,
             }
         }
