@@ -98,6 +98,9 @@ pub async fn serve(
     }
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("listening on {}", socket.display()))?;
+    // From here on the socket is ours: removed however serve ends, so a
+    // start that fails below leaves no stale socket.
+    let _remove = RemoveOnDrop(socket.clone());
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting the mode of {}", socket.display()))?;
     if let Some(group) = &opts.socket_group {
@@ -179,6 +182,14 @@ pub async fn serve(
     let result = tokio::try_join!(on_socket, on_tcp);
     tracing::info!("shutting down: closing every session");
     service.manager().shutdown().await;
-    let _ = std::fs::remove_file(socket);
     result.map(|_| ()).context("serving the API")
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }

@@ -120,7 +120,24 @@ async fn main() -> ExitCode {
     }
 }
 
+/// Both commands load eBPF programs host-wide and read every process's
+/// memory: say so first, rather than fail later on what root would have.
+fn require_root(command: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "`cimplifierd {command}` needs root: it loads eBPF programs, reads kernel trace points and the \
+         processes it watches, and drives Docker; run it with sudo, or as the systemd unit in \
+         deploy/ (clients need no root: `cimplifierd serve --socket-group GROUP` lets a group \
+         use cimplifierctl)"
+    );
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    require_root(match cli.command {
+        Command::Serve { .. } => "serve",
+        Command::Trace { .. } => "trace",
+    })?;
     match cli.command {
         Command::Serve {
             config,

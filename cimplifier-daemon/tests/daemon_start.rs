@@ -1,0 +1,76 @@
+//! `cimplifierd serve` failing to start says why and leaves nothing
+//! behind: as non-root it says it needs root; a read-only state directory
+//! is not blamed on another daemon; no stale socket stays. Needs root (to
+//! mount a read-only tmpfs and to drop to another uid).
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::require_root;
+
+fn serve(socket: &Path, state: &Path, uid: Option<u32>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cimplifierd"));
+    cmd.arg("serve")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state)
+        .env_remove("CIMPLIFIER_CONFIG")
+        .arg("--config")
+        .arg("/dev/null");
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.output().unwrap()
+}
+
+/// A tmpfs mounted read-only once `state` is made on it; unmounted on drop.
+struct ReadOnly(std::path::PathBuf);
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_failed_start_says_why_and_leaves_no_socket() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+
+    let out = serve(
+        &dir.path().join("a.sock"),
+        &dir.path().join("a-state"),
+        Some(65534),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs root"), "{err}");
+    assert!(!err.contains("tracefs"), "{err}");
+
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let ok = |args: &[&str]| {
+        let s = Command::new("mount").args(args).arg(&ro).status().unwrap();
+        assert!(s.success(), "mount {args:?}");
+    };
+    ok(&["-t", "tmpfs", "tmpfs"]);
+    let _mounted = ReadOnly(ro.clone());
+    std::fs::create_dir(ro.join("state")).unwrap();
+    ok(&["-o", "remount,ro"]);
+    let socket = dir.path().join("run/b.sock");
+    let out = serve(&socket, &ro.join("state"), None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not writable"), "{err}");
+    assert!(!err.contains("another cimplifierd"), "{err}");
+    assert!(!socket.exists(), "a failed start leaves no socket");
+}
