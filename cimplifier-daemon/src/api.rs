@@ -1,8 +1,8 @@
 //! The daemon's API (proto/cimplifier/v1/cimplifier.proto): the gRPC
-//! service ([`service`]) over the session manager, the store, the model's
+//! service (`service.rs`) over the session manager, the store, the model's
 //! reports and emit; the conversions between its messages and the daemon's
-//! types, and its one mapping of errors to status codes ([`convert`]); the
-//! listeners and their TLS ([`serve`], [`transport`]); the client side
+//! types, and its one mapping of errors to status codes (`convert.rs`); the
+//! listeners and their TLS (`serve.rs`, `transport.rs`); the client side
 //! ([`connect`], [`workload`]).
 
 mod client;

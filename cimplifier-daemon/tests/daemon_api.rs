@@ -243,7 +243,7 @@ async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
     let store = cimplifier::store::Store::open(&d.state).unwrap();
     let record = store.session(&c.0).unwrap().expect("the session is stored");
     assert_eq!(record.state, cimplifier::store::SessionState::Closed);
-    assert_eq!(record.end, Some(cimplifier::session::EndReason::Stopped));
+    assert_eq!(record.end, Some(cimplifier::store::EndReason::Stopped));
     assert!(record.complete(), "{record:?}");
     assert!(record.events > 0, "{record:?}");
 }

@@ -12,7 +12,7 @@ mod common;
 
 use std::process::Command;
 
-use cimplifier::emit::compose::{StartOrder, up_in_order};
+use cimplifier::docker::compose::{StartOrder, up_in_order};
 use common::{
     BASE_IMAGE, Container, Daemon, PlanCleanup, docker, emit_partitioned, require_root, wait_until,
 };

@@ -14,7 +14,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cimplifier::emit::compose::{StartOrder, up_in_order};
+use cimplifier::docker::compose::{StartOrder, up_in_order};
 use cimplifier::emit::partitioned::{PartitionEmitReport, Role};
 use cimplifier::trace::ContainerPath;
 use common::{Container, Daemon, docker, emit_partitioned, require_root, stdout_of, wait_until};

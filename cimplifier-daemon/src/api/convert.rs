@@ -10,8 +10,8 @@ use crate::docker::tag::ImageTag;
 use crate::docker::target::NetworkTarget;
 use crate::emit::EmitError;
 use crate::image::source::Refused;
-use crate::session::{SessionView, Started};
-use crate::store::{SessionRecord, SessionState};
+use crate::session::SessionView;
+use crate::store::{SessionRecord, SessionState, Started};
 use crate::trace::ContainerPath;
 
 pub(super) fn starting(s: &Started) -> pb::Session {

@@ -1,6 +1,13 @@
-//! The Docker engine, through bollard: which cgroup a container runs in,
-//! and how it was run ([`run`]).
+//! The Docker engine, through bollard: every call to the engine goes
+//! through here. Containers ([`container`]: described, started, stopped,
+//! their events, their names as users write them), which cgroup a running
+//! one is in, how it was run ([`run`]) and where it is reached
+//! ([`target`]); images read out and loaded in ([`image`]); the run plan's
+//! Compose file, and `up` and `down` ([`compose`]).
 
+pub mod compose;
+pub mod container;
+pub mod image;
 pub mod run;
 pub mod tag;
 pub mod target;
@@ -8,7 +15,7 @@ pub mod target;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use bollard::Docker;
+pub use bollard::Docker;
 
 use crate::trace::cgroup::cgroup_of_pid;
 
@@ -38,6 +45,7 @@ pub async fn resolve_container(docker: &Docker, name_or_id: &str) -> Result<Cont
         .with_context(|| {
             format!("container {name_or_id:?} not found by the Docker engine (see `docker ps -a`)")
         })?;
+    let name = container::name_of(&details);
     let state = details.state.unwrap_or_default();
     let pid = state.pid.unwrap_or(0);
     if state.running != Some(true) || pid <= 0 {
@@ -49,11 +57,7 @@ pub async fn resolve_container(docker: &Docker, name_or_id: &str) -> Result<Cont
     let pid = pid as u32;
     Ok(ContainerInfo {
         id: details.id.unwrap_or_default(),
-        name: details
-            .name
-            .unwrap_or_default()
-            .trim_start_matches('/')
-            .to_owned(),
+        name,
         image: details.config.and_then(|c| c.image).unwrap_or_default(),
         pid,
         cgroup_path: cgroup_of_pid(pid)?,

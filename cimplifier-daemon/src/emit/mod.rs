@@ -3,7 +3,6 @@
 //! audit report; for a partitioning policy, one image per partition and
 //! the run plan that starts them.
 
-pub mod compose;
 mod error;
 pub mod oci;
 pub mod partitioned;

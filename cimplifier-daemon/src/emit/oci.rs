@@ -15,6 +15,9 @@ use oci_spec::image::{
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use crate::docker::Docker;
+use crate::docker::image::ImageInspect;
+
 /// The run-time configuration carried over from the source image.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct SourceConfig {
@@ -32,7 +35,7 @@ pub struct SourceConfig {
 }
 
 impl SourceConfig {
-    pub fn from_inspect(image: &bollard::models::ImageInspect) -> Self {
+    pub fn from_inspect(image: &ImageInspect) -> Self {
         let c = image.config.clone().unwrap_or_default();
         let non_empty = |s: Option<String>| s.filter(|s| !s.is_empty());
         Self {
@@ -268,21 +271,10 @@ impl OciImage {
 }
 
 /// Loads the image into the engine under its tag.
-pub async fn load_into_docker(docker: &bollard::Docker, image: &OciImage) -> Result<()> {
-    use futures::StreamExt;
-    let archive = image.archive()?;
-    let mut progress = docker.import_image(
-        bollard::query_parameters::ImportImageOptions {
-            quiet: true,
-            ..Default::default()
-        },
-        bollard::body_full(archive.into()),
-        None,
-    );
-    while let Some(item) = progress.next().await {
-        item.context("loading the slim image into the Docker engine")?;
-    }
-    Ok(())
+pub async fn load_into_docker(docker: &Docker, image: &OciImage) -> Result<()> {
+    crate::docker::image::load(docker, image.archive()?)
+        .await
+        .context("loading the emitted image")
 }
 
 #[cfg(test)]

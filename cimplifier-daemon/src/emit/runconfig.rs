@@ -467,7 +467,7 @@ mod tests {
 
     #[test]
     fn a_merge_of_sessions_run_otherwise_says_so() {
-        let started = crate::session::Started {
+        let started = crate::store::Started {
             container_id: String::new(),
             container_name: "m".into(),
             image_id: "sha256:1".into(),

@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use bollard::models::ImageInspect;
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::fs::ImageFs;
+use crate::docker::image::ImageInspect;
 use crate::model::Model;
 use crate::store::{SessionRecord, SessionState, Store};
 
@@ -155,22 +154,10 @@ async fn read_image(
     image_ref: &str,
 ) -> anyhow::Result<(ImageInspect, Arc<ImageFs>)> {
     let docker = crate::docker::connect()?;
-    let inspect = docker.inspect_image(image_id).await.with_context(|| {
-        format!("the observed container's image {image_ref} ({image_id}) is gone from the engine")
-    })?;
-    let saved = save_image(&docker, image_id).await?;
+    let inspect = crate::docker::image::inspect(&docker, image_id, image_ref).await?;
+    let saved = crate::docker::image::save(&docker, image_id).await?;
     let tree = Arc::new(ImageFs::from_docker_save(saved, image_ref)?);
     Ok((inspect, tree))
-}
-
-/// The image's layers, as `docker image save` gives them.
-async fn save_image(docker: &bollard::Docker, image: &str) -> anyhow::Result<Vec<u8>> {
-    let mut bytes = Vec::new();
-    let mut stream = docker.export_image(image);
-    while let Some(chunk) = stream.next().await {
-        bytes.extend_from_slice(&chunk.with_context(|| format!("reading the layers of {image}"))?);
-    }
-    Ok(bytes)
 }
 
 fn ms(start: Instant) -> u64 {
@@ -180,7 +167,7 @@ fn ms(start: Instant) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::Started;
+    use crate::store::Started;
 
     fn record(state: SessionState, lost: u64) -> SessionRecord {
         let started = Started {

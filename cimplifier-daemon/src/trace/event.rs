@@ -362,8 +362,33 @@ fn is_zero(n: &u64) -> bool {
 impl LossCounters {
     /// Events that never reached the consumer. Faults and d_path failures are
     /// not in this sum: those events arrived, marked as incomplete.
+    /// Counters stop at `u64::MAX` rather than wrap.
     pub fn lost(&self) -> u64 {
-        self.ringbuf_full + self.inflight_full + self.undecodable + self.held_overflow
+        [self.inflight_full, self.undecodable, self.held_overflow]
+            .into_iter()
+            .fold(self.ringbuf_full, u64::saturating_add)
+    }
+
+    /// What was lost since `baseline` was read, counter by counter; a
+    /// counter below its baseline gives 0.
+    pub fn since(self, baseline: Self) -> Self {
+        self.each(baseline, u64::saturating_sub)
+    }
+
+    /// Both losses together, counter by counter, stopping at `u64::MAX`.
+    pub fn plus(self, other: Self) -> Self {
+        self.each(other, u64::saturating_add)
+    }
+
+    fn each(self, other: Self, f: fn(u64, u64) -> u64) -> Self {
+        Self {
+            ringbuf_full: f(self.ringbuf_full, other.ringbuf_full),
+            inflight_full: f(self.inflight_full, other.inflight_full),
+            user_read_faults: f(self.user_read_faults, other.user_read_faults),
+            undecodable: f(self.undecodable, other.undecodable),
+            unreadable_names: f(self.unreadable_names, other.unreadable_names),
+            held_overflow: f(self.held_overflow, other.held_overflow),
+        }
     }
 
     /// No event lost (names may still be unreadable: `unreadable_names`).
@@ -375,6 +400,51 @@ impl LossCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_since_a_baseline_is_per_counter() {
+        let a = LossCounters {
+            ringbuf_full: 5,
+            inflight_full: 1,
+            user_read_faults: 0,
+            undecodable: 2,
+            unreadable_names: 4,
+            ..Default::default()
+        };
+        let b = LossCounters {
+            ringbuf_full: 3,
+            ..Default::default()
+        };
+        let d = a.since(b);
+        assert_eq!((d.ringbuf_full, d.inflight_full, d.undecodable), (2, 1, 2));
+        assert_eq!(d.plus(b).ringbuf_full, 5);
+        assert_eq!(d.plus(b).unreadable_names, 4);
+    }
+
+    #[test]
+    fn loss_arithmetic_saturates() {
+        let most = LossCounters {
+            ringbuf_full: u64::MAX,
+            held_overflow: u64::MAX - 1,
+            ..Default::default()
+        };
+        let some = LossCounters {
+            ringbuf_full: 7,
+            held_overflow: 7,
+            undecodable: 1,
+            ..Default::default()
+        };
+        assert_eq!(most.lost(), u64::MAX, "the sum stops at the top");
+        let sum = most.plus(some);
+        assert_eq!((sum.ringbuf_full, sum.held_overflow), (u64::MAX, u64::MAX));
+        assert_eq!(sum.undecodable, 1);
+        let back = some.since(most);
+        assert_eq!(
+            (back.ringbuf_full, back.held_overflow, back.undecodable),
+            (0, 0, 1),
+            "a counter below its baseline (a reloaded tracer) gives 0"
+        );
+    }
 
     #[test]
     fn container_path_normalises() {

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use anyhow::Context;
 use cimplifier::api::{Address, pb};
+use cimplifier::docker::compose;
 use cimplifier::docker::tag::ImageTag;
-use cimplifier::emit::compose;
 use cimplifier::emit::partitioned::PartitionEmitReport;
 use cimplifier::emit::slim::EmitReport;
 use cimplifier::place::slim::{SafetySet, SlimOptions};

@@ -7,7 +7,7 @@
 //! - the RPE server as the entrypoint of every partition that runs calls
 //!   for others, with an allow-list per caller partition; in the partition
 //!   that holds the original entrypoint, the server starts it (`--`);
-//! - a docker-compose.yml run plan (emit/compose.rs): the shared volumes
+//! - a docker-compose.yml run plan (docker/compose.rs): the shared volumes
 //!   of the placement plan, one RPE socket volume per caller/callee pair
 //!   (so a partition can reach only the servers it calls, and only its own
 //!   socket on each), and one network namespace.
@@ -22,9 +22,11 @@ use cimplifier_build::glue::{GlueBinary, check_static};
 use serde::{Deserialize, Serialize};
 
 use super::EmitError;
-use super::compose::{COMPOSE_FILE, ComposeFile, ComposePort, ComposeService, ComposeVolume};
 use super::oci::{self, SourceConfig};
 use super::runconfig::{self, RunReport};
+use crate::docker::compose::{
+    COMPOSE_FILE, ComposeFile, ComposePort, ComposeService, ComposeVolume,
+};
 use crate::image::fs::ImageFs;
 use crate::image::source::{Admit, SourceSession, TraceDigest, read_session};
 use crate::model::{Exe, Model};

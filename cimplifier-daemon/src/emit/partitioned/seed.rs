@@ -27,7 +27,7 @@ use crate::place::slim::under;
 use crate::trace::ContainerPath;
 
 /// The seed service's name in the run plan (no partition may have it).
-pub const SEED_SERVICE: &str = "cimplifier-seed";
+pub use crate::docker::compose::SEED_SERVICE;
 /// Where the seed image holds each volume's content, and the seed service
 /// mounts that volume.
 pub const SEED_DIR: &str = "/.cimplifier/seed";

@@ -29,7 +29,9 @@ use bollard::query_parameters::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::partitioned::seed::SEED_SERVICE;
+/// The one-shot service that fills the volumes before the others start
+/// (written by emit, see emit/partitioned/seed.rs).
+pub const SEED_SERVICE: &str = "cimplifier-seed";
 
 /// File name of the run plan in emit's output directory.
 pub const COMPOSE_FILE: &str = "docker-compose.yml";
@@ -326,7 +328,7 @@ mod depends_on {
 
 /// A started container of the system.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Started {
+pub struct StartedService {
     pub service: String,
     pub container: String,
     pub id: String,
@@ -337,7 +339,7 @@ pub struct Started {
 pub struct UpReport {
     pub project: String,
     pub compose_file: PathBuf,
-    pub containers: Vec<Started>,
+    pub containers: Vec<StartedService>,
     /// The network owner's address on Docker's default bridge, if any.
     pub ip_address: Option<String>,
     /// Volumes created by this `up` and filled by the seed service (the
@@ -452,7 +454,7 @@ pub async fn up_in_order(
             .start_container(&name, None)
             .await
             .with_context(|| format!("starting container {name}"))?;
-        containers.push(Started {
+        containers.push(StartedService {
             service: service.to_owned(),
             container: name,
             id,
@@ -704,7 +706,7 @@ async fn project_containers(docker: &bollard::Docker, project: &str) -> Result<V
         .filter_map(|c| {
             c.names?
                 .first()
-                .map(|n| n.trim_start_matches('/').to_owned())
+                .map(|n| super::container::bare_name(n).to_owned())
         })
         .collect())
 }

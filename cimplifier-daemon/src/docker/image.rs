@@ -1,0 +1,42 @@
+//! Images in the engine: a source image's description and layers read
+//! out (`docker image inspect`, `docker image save`), and emitted images
+//! loaded in.
+
+use anyhow::{Context, Result};
+use bollard::Docker;
+pub use bollard::models::ImageInspect;
+use futures::StreamExt;
+
+/// The engine's description of the image `image_id` (`image_ref` names it
+/// in errors).
+pub async fn inspect(docker: &Docker, image_id: &str, image_ref: &str) -> Result<ImageInspect> {
+    docker.inspect_image(image_id).await.with_context(|| {
+        format!("the observed container's image {image_ref} ({image_id}) is gone from the engine")
+    })
+}
+
+/// The image's layers, as `docker image save` gives them.
+pub async fn save(docker: &Docker, image: &str) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    let mut stream = docker.export_image(image);
+    while let Some(chunk) = stream.next().await {
+        bytes.extend_from_slice(&chunk.with_context(|| format!("reading the layers of {image}"))?);
+    }
+    Ok(bytes)
+}
+
+/// Loads an image archive (`docker image load`'s format) into the engine.
+pub async fn load(docker: &Docker, archive: Vec<u8>) -> Result<()> {
+    let mut progress = docker.import_image(
+        bollard::query_parameters::ImportImageOptions {
+            quiet: true,
+            ..Default::default()
+        },
+        bollard::body_full(archive.into()),
+        None,
+    );
+    while let Some(item) = progress.next().await {
+        item.context("loading the image into the Docker engine")?;
+    }
+    Ok(())
+}

@@ -1,0 +1,537 @@
+//! One session's observation: the container brought to running as asked,
+//! its cgroup made ahead and watched, its events checkpointed until it
+//! ends, and what the tracer still held drained.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+use super::observer::{self, Observer, Route, StreamedEvent, Watch};
+use super::{CHECKPOINT, Manager, Opening, docker_parent_cgroup, now_ms};
+use crate::docker::{Docker, container};
+use crate::store::{EndReason, Segment, SessionRecord, SessionState, Started, Store};
+use crate::trace::{ContainerPath, Event, EventKind, LossCounters};
+
+/// How long a closing session waits at most for the dispatcher to hand it
+/// what was recorded before the end.
+const DRAIN_WAIT: Duration = Duration::from_secs(30);
+/// How far past a session's end an event must be to show that the reader
+/// has handed over everything up to the end.
+const PAST_THE_END: Duration = Duration::from_millis(20);
+
+/// Whether a process met running in a container's new cgroup is runc's
+/// init, which joins the cgroup before it execs the entrypoint. It starts
+/// as `/proc/self/exe init` (comm `exe`, its executable a memfd or runc)
+/// and renames itself `runc:[0:PARENT]`, `runc:[2:INIT]`.
+fn is_runc_init(comm: &str, exe: Option<&ContainerPath>) -> bool {
+    comm.starts_with("runc") || (comm == "exe" && exe.is_none_or(|x| x.as_str().ends_with("/runc")))
+}
+
+/// One session's observation.
+pub(super) struct SessionTask {
+    pub(super) manager: Arc<Manager>,
+    pub(super) details: container::Details,
+    pub(super) opening: Opening,
+    pub(super) duration: Option<Duration>,
+    pub(super) resumed: Option<SessionRecord>,
+    pub(super) prepared: Option<Prepared>,
+}
+
+/// A session's route and watch, set up ahead of its task.
+pub(super) struct Prepared {
+    pub(super) route: RouteGuard,
+    pub(super) events: mpsc::Receiver<Event>,
+    pub(super) watch: Watch,
+    pub(super) dir: PathBuf,
+}
+
+/// Who ran what, per process, for streaming by executable.
+#[derive(Default)]
+struct ExeTracker(HashMap<u32, ContainerPath>);
+
+impl ExeTracker {
+    fn exe_after(&mut self, e: &Event) -> Option<ContainerPath> {
+        match &e.kind {
+            EventKind::Fork {
+                child_pid,
+                thread: false,
+                ..
+            } => {
+                if let Some(exe) = self.0.get(&e.pid).cloned() {
+                    self.0.insert(*child_pid, exe);
+                }
+            }
+            EventKind::Running { exe: Some(exe), .. } => {
+                self.0.insert(e.pid, exe.clone());
+            }
+            EventKind::Exit {
+                process_exited: true,
+            } => return self.0.remove(&e.pid),
+            _ => {
+                if let Some(exe) = crate::model::exec_path(e) {
+                    self.0.insert(e.pid, exe);
+                }
+            }
+        }
+        self.0.get(&e.pid).cloned()
+    }
+}
+
+impl SessionTask {
+    /// The session, from bringing its container to running to its end:
+    /// `stop` resolving, its duration passing, or the container dying.
+    /// `started_tx` hears once the first record is stored.
+    pub(super) async fn run(
+        mut self,
+        stop: impl std::future::Future<Output = ()>,
+        started_tx: oneshot::Sender<Started>,
+    ) -> Result<SessionRecord> {
+        let observer = self.manager.observer.clone();
+        let store = self.manager.store.clone();
+        let docker = crate::docker::connect()?;
+        let id = self.details.id.clone().unwrap_or_default();
+        let name = container::name_of(&self.details);
+        let from_first_exec = matches!(
+            self.opening,
+            Opening::Start | Opening::Restart | Opening::AwaitStart
+        );
+        let cgroup_parent = self
+            .details
+            .host_config
+            .as_ref()
+            .and_then(|h| h.cgroup_parent.clone());
+
+        let (route, mut events, prepared) = self.take_route(&observer, &name);
+        let loss_base = observer.loss();
+        let (prepared_watch, prepared_dir) = prepared.unzip();
+        let (precreated, stopped) = match prepared_dir {
+            Some(dir) => (Some(dir), false),
+            None if from_first_exec => {
+                self.precreate_cgroup(&docker, &id, &name, cgroup_parent.as_deref())
+                    .await?
+            }
+            None => (None, false),
+        };
+        let (early_watch, mut members) = match &precreated {
+            Some(dir) if prepared_watch.is_some() => {
+                (prepared_watch, observer::cgroup_ids_below(dir))
+            }
+            Some(dir) => {
+                observer.claim(&route.route, dir);
+                let members = observer::cgroup_ids_below(dir);
+                (Some(observer.watch(dir)?), members)
+            }
+            None if from_first_exec => (
+                Some(observer.watch(&docker_parent_cgroup(cgroup_parent.as_deref())?)?),
+                HashSet::new(),
+            ),
+            None => (None, HashSet::new()),
+        };
+        // The stream connects when first polled, after the start: `since`
+        // (now, after any stop of ours) keeps a container that dies at once
+        // from ending unnoticed.
+        let since = SystemTime::now().duration_since(UNIX_EPOCH)?;
+        let mut die_events = std::pin::pin!(container::deaths_since(&docker, &id, since));
+        let container_cgroup = match self
+            .open_and_find_cgroup(&docker, &id, &name, stopped, precreated.as_ref())
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                if let Some(w) = early_watch {
+                    observer.unwatch(w);
+                }
+                if let Some(dir) = &precreated {
+                    let _ = std::fs::remove_dir(dir);
+                }
+                return Err(e);
+            }
+        };
+        let watch = match early_watch {
+            Some(w) if precreated.as_ref() == Some(&container_cgroup) => w,
+            early => {
+                observer.claim(&route.route, &container_cgroup);
+                let w = if from_first_exec {
+                    observer.watch(&container_cgroup)?
+                } else {
+                    // Running for a while: read its processes from /proc,
+                    // even below Docker's watched parent.
+                    observer.watch_running(&container_cgroup)?
+                };
+                if let Some(early) = early {
+                    observer.unwatch(early);
+                }
+                w
+            }
+        };
+        members.extend(observer::cgroup_ids_below(&container_cgroup));
+
+        let mut record = self.first_record(&store, &id, &name, from_first_exec)?;
+        let _ = started_tx.send(record.started.clone());
+
+        let mut recorder = Recorder {
+            observer: &observer,
+            store: &store,
+            route: &route,
+            container_cgroup,
+            members,
+            session_name: name.as_str().into(),
+            exes: ExeTracker::default(),
+            missed_start: false,
+            seen_uses: HashSet::new(),
+            aggregated: 0,
+            unreadable: 0,
+            batch: Vec::new(),
+            prior_duration: record.duration_ms,
+            prior_loss: record.loss,
+            prior_aggregated: record.aggregated,
+            loss_base,
+            started: Instant::now(),
+        };
+        let deadline = async {
+            match self.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stop, deadline);
+        let mut checkpoint = tokio::time::interval(CHECKPOINT);
+        checkpoint.tick().await;
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => break EndReason::Stopped,
+                _ = &mut deadline => break EndReason::Duration,
+                Some(_) = die_events.next() => break EndReason::ContainerDied,
+                _ = checkpoint.tick() => recorder.commit(&mut record)?,
+                event = events.recv() => match event {
+                    Some(e) => recorder.accept(e),
+                    None => break EndReason::Stopped,
+                },
+            }
+        };
+        // What the tracer still holds of the container's last moments: on a
+        // busy host the dispatcher can be seconds behind the engine's `die`.
+        let end_ns = crate::trace::loader::monotonic_ns();
+        observer.unwatch(watch);
+        recorder.drain(&mut events, end_ns, &name).await;
+        record.state = SessionState::Closed;
+        record.end = Some(end);
+        recorder.commit(&mut record)?;
+        drop(recorder);
+        drop(route);
+        Ok(record)
+    }
+
+    /// The session's route in the dispatcher, and the watch and directory
+    /// when they were set up ahead of the task.
+    fn take_route(
+        &mut self,
+        observer: &Arc<Observer>,
+        name: &str,
+    ) -> (RouteGuard, mpsc::Receiver<Event>, Option<(Watch, PathBuf)>) {
+        match self.prepared.take() {
+            Some(p) => (p.route, p.events, Some((p.watch, p.dir))),
+            None => {
+                let (route, events) = observer.route(name);
+                let route = RouteGuard {
+                    observer: observer.clone(),
+                    route,
+                };
+                (route, events, None)
+            }
+        }
+    }
+
+    /// Makes the container's cgroup before the engine starts the container
+    /// (runc joins a directory that exists), so its id is known from the
+    /// first exec on, however short-lived the container; a running
+    /// container to restart is stopped first (true). None when the
+    /// directory cannot be made: Docker's parent cgroup is then watched
+    /// until the container's own is known.
+    async fn precreate_cgroup(
+        &self,
+        docker: &Docker,
+        id: &str,
+        name: &str,
+        cgroup_parent: Option<&str>,
+    ) -> Result<(Option<PathBuf>, bool)> {
+        let mut stopped = false;
+        if self.opening == Opening::Restart {
+            tracing::info!(container = %name, "stopping, to restart under observation");
+            container::stop(docker, id, name).await?;
+            stopped = true;
+        }
+        let dir = docker_parent_cgroup(cgroup_parent)?.join(id);
+        let made = match std::fs::create_dir(&dir) {
+            Ok(()) => Some(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(dir),
+            Err(e) => {
+                tracing::debug!(cgroup = %dir.display(), "cannot make the container's cgroup ahead: {e}");
+                None
+            }
+        };
+        Ok((made, stopped))
+    }
+
+    /// Brings the container to running and finds its cgroup; one that
+    /// exited already ran in the cgroup made for it (`precreated`).
+    async fn open_and_find_cgroup(
+        &self,
+        docker: &Docker,
+        id: &str,
+        name: &str,
+        stopped: bool,
+        precreated: Option<&PathBuf>,
+    ) -> Result<PathBuf> {
+        self.open(docker, id, name, stopped).await?;
+        crate::docker::resolve_container(docker, id)
+            .await
+            .map(|info| info.cgroup_path)
+            .or_else(|e| precreated.cloned().ok_or(e))
+    }
+
+    /// The session's record as it begins (a resumed one gets a new
+    /// segment), with how the container was run, stored.
+    fn first_record(
+        &self,
+        store: &Store,
+        id: &str,
+        name: &str,
+        from_first_exec: bool,
+    ) -> Result<SessionRecord> {
+        let details = &self.details;
+        let now = now_ms();
+        let mut record = match self.resumed.clone() {
+            Some(mut r) => {
+                r.segments.push(Segment {
+                    first_event: r.events,
+                    started_unix_ms: now,
+                    from_first_exec: false,
+                    origin: "resumed after a daemon restart".into(),
+                });
+                r
+            }
+            None => SessionRecord::new(
+                name.to_owned(),
+                store.next_session_id()?,
+                Started {
+                    container_id: id.to_owned(),
+                    container_name: name.to_owned(),
+                    image_id: details.image.clone().unwrap_or_default(),
+                    image_ref: details
+                        .config
+                        .as_ref()
+                        .and_then(|c| c.image.clone())
+                        .unwrap_or_default(),
+                    from_first_exec,
+                    started_unix_ms: now,
+                },
+            ),
+        };
+        // How the container was run, from the inspect the session began
+        // with (a resumed session keeps what it recorded first).
+        if record.run.is_none() {
+            record.run = Some(Box::new(crate::docker::run::RunSettings::from_inspect(
+                details,
+            )));
+        }
+        record.checkpoint_unix_ms = now;
+        store.put_session(&record)?;
+        tracing::info!(container = %name, store = %store.path().display(), "observing");
+        Ok(record)
+    }
+
+    /// Brings the container to running as the opening asks.
+    async fn open(&self, docker: &Docker, id: &str, name: &str, stopped: bool) -> Result<()> {
+        match self.opening {
+            Opening::Restart if !stopped => {
+                tracing::info!(container = %name, "restarting under observation");
+                container::restart(docker, id, name).await
+            }
+            Opening::Start | Opening::Restart => {
+                tracing::info!(container = %name, "starting under observation");
+                container::start(docker, id, name).await
+            }
+            Opening::AwaitStart => {
+                // Whoever created it starts it; give them a minute.
+                let deadline = Instant::now() + Duration::from_secs(60);
+                loop {
+                    let d = container::inspect(docker, id)
+                        .await
+                        .with_context(|| format!("container {name} went away before it started"))?;
+                    if d.state.as_ref().and_then(|s| s.running) == Some(true) {
+                        return Ok(());
+                    }
+                    if Instant::now() > deadline {
+                        anyhow::bail!(
+                            "container {name} was created but not started within a minute"
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            Opening::Attach | Opening::Resume => Ok(()),
+        }
+    }
+}
+
+/// What a session does with each event it is handed, and how it makes
+/// them durable: which cgroups are the container's, who ran what, the uses
+/// already stored in this segment (what the model holds, so bounded by
+/// it), and the session's share of the tracer's counters.
+struct Recorder<'a> {
+    observer: &'a Arc<Observer>,
+    store: &'a Store,
+    route: &'a RouteGuard,
+    container_cgroup: PathBuf,
+    members: HashSet<crate::trace::CgroupId>,
+    session_name: Arc<str>,
+    exes: ExeTracker,
+    /// A container process was met already past runc's exec.
+    missed_start: bool,
+    seen_uses: HashSet<u64>,
+    /// Events of this segment not stored: an identical one was.
+    aggregated: u64,
+    /// Names of this segment's events that the tracer could not read: the
+    /// tracer's own counters are host-wide.
+    unreadable: u64,
+    batch: Vec<Event>,
+    prior_duration: u64,
+    prior_loss: LossCounters,
+    prior_aggregated: u64,
+    loss_base: LossCounters,
+    started: Instant,
+}
+
+impl Recorder<'_> {
+    /// Streams the event and keeps it for the next commit, unless it is
+    /// another container's or repeats a use already stored.
+    fn accept(&mut self, e: Event) {
+        if !self.members.contains(&e.cgroup) {
+            // A cgroup created below the container's since the last look,
+            // or another container's event seen while waiting.
+            self.members
+                .extend(observer::cgroup_ids_below(&self.container_cgroup));
+            if !self.members.contains(&e.cgroup) {
+                return;
+            }
+        }
+        // A container process already past runc's exec when the watch
+        // began: its start-up was missed, whatever the opening hoped.
+        if let EventKind::Running { exe, .. } = &e.kind
+            && !is_runc_init(&e.comm, exe.as_ref())
+        {
+            if !self.missed_start {
+                tracing::debug!(pid = e.pid, comm = %e.comm, "already running when the watch began");
+            }
+            self.missed_start = true;
+        }
+        self.unreadable += e.unreadable_names();
+        let exe = self.exes.exe_after(&e);
+        let repeated = crate::model::uses_of(&e).is_some_and(|uses| {
+            use std::hash::{Hash, Hasher};
+            let mut h = rustc_hash::FxHasher::default();
+            match &exe {
+                Some(x) => x.as_str().hash(&mut h),
+                None => e.comm.hash(&mut h),
+            }
+            uses.hash(&mut h);
+            !self.seen_uses.insert(h.finish())
+        });
+        let event = Arc::new(e);
+        self.observer.publish(&StreamedEvent {
+            session: self.session_name.clone(),
+            exe,
+            event: event.clone(),
+        });
+        if repeated {
+            self.aggregated += 1;
+        } else {
+            self.batch.push(Arc::unwrap_or_clone(event));
+        }
+    }
+
+    /// Makes what was accepted durable, with the record's counters.
+    fn commit(&mut self, record: &mut SessionRecord) -> Result<()> {
+        let segment = record.segments.last_mut().expect("a session has a segment");
+        if self.missed_start && segment.from_first_exec {
+            tracing::warn!(
+                container = %record.name,
+                "the container started before the watch took hold: its start-up was missed"
+            );
+            segment.from_first_exec = false;
+            record.started.from_first_exec = record.segments.iter().all(|s| s.from_first_exec);
+        }
+        record.events += self.batch.len() as u64;
+        record.aggregated = self.prior_aggregated + self.aggregated;
+        record.checkpoint_unix_ms = now_ms();
+        record.duration_ms = self.prior_duration + self.started.elapsed().as_millis() as u64;
+        record.loss = self
+            .prior_loss
+            .plus(self.observer.loss().since(self.loss_base));
+        record.loss.unreadable_names += self.unreadable;
+        record.loss.held_overflow += self.route.route.held_overflow();
+        self.store.append(record, &self.batch)?;
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// Accepts what the tracer still held from before `end_ns`. A
+    /// container that goes on running after the session is stopped (or
+    /// one still below a watched parent) keeps sending events: those after
+    /// the end are not the session's, and one well after it shows that the
+    /// reader, which hands records over in the ring buffer's order, has
+    /// passed the end.
+    async fn drain(&mut self, events: &mut mpsc::Receiver<Event>, end_ns: u64, name: &str) {
+        let drain_deadline = Instant::now() + DRAIN_WAIT;
+        loop {
+            let left = drain_deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(container = %name, "the tracer did not catch up with the container's end in time: its last events may be missing");
+                break;
+            }
+            match tokio::time::timeout(left.min(Duration::from_millis(200)), events.recv()).await {
+                Ok(Some(e)) if e.ts_ns <= end_ns => self.accept(e),
+                Ok(Some(e)) if e.ts_ns > end_ns + PAST_THE_END.as_nanos() as u64 => break,
+                Ok(Some(_)) if self.observer.dispatched_up_to(end_ns) => break,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(_) if self.observer.dispatched_up_to(end_ns) => break,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// Takes the session's route out of the dispatcher however the task ends.
+pub(super) struct RouteGuard {
+    pub(super) observer: Arc<Observer>,
+    pub(super) route: Arc<Route>,
+}
+
+impl Drop for RouteGuard {
+    fn drop(&mut self) {
+        self.observer.unroute(&self.route);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runc_init_is_known_by_its_names() {
+        let path = |p| ContainerPath::new(p);
+        assert!(is_runc_init("runc:[2:INIT]", None));
+        assert!(is_runc_init("exe", None));
+        assert!(is_runc_init("exe", path("/usr/bin/runc").as_ref()));
+        assert!(!is_runc_init("exe", path("/srv/app/exe").as_ref()));
+        assert!(!is_runc_init("sh", path("/bin/sh").as_ref()));
+    }
+}

@@ -1,0 +1,180 @@
+//! A session as the store keeps it: its record, how it began and ended,
+//! its segments and its gaps.
+
+use serde::{Deserialize, Serialize};
+
+use crate::docker::run::RunSettings;
+use crate::trace::LossCounters;
+
+/// How a session ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    /// Stopped by the user (StopObserving, SIGTERM of the daemon).
+    Stopped,
+    /// `--duration` passed.
+    Duration,
+    /// The container exited.
+    ContainerDied,
+    /// The daemon stopped without closing the session, and the container
+    /// was gone when it came back.
+    Interrupted,
+}
+
+/// An observation that has begun: what a session knows from its start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Started {
+    pub container_id: String,
+    pub container_name: String,
+    /// The image the container runs, by id (`sha256:…`).
+    pub image_id: String,
+    /// The image as the container was created from it (`nginx:latest`).
+    pub image_ref: String,
+    /// True when the trace starts before the container's first exec.
+    pub from_first_exec: bool,
+    pub started_unix_ms: u64,
+}
+
+/// What a session is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    Observing,
+    Closed,
+}
+
+/// A stretch of events recorded in one go: one observation, or one resumed
+/// after a restart of the daemon, or one source of a merge. Process ids
+/// mean nothing across segments, so the model starts its process table
+/// afresh at each.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    /// Sequence number of the segment's first event.
+    pub first_event: u64,
+    pub started_unix_ms: u64,
+    /// True when the segment starts before the container's first exec.
+    pub from_first_exec: bool,
+    /// Where the events came from: "observed", "resumed after a daemon
+    /// restart", "merged from SESSION".
+    pub origin: String,
+}
+
+/// Time in which nothing was observed although the session was open.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    pub from_unix_ms: u64,
+    pub to_unix_ms: u64,
+    pub reason: String,
+}
+
+/// A session as the store keeps it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    /// The session's name: the container's name, or the name given to a
+    /// merge or an import.
+    pub name: String,
+    /// Key of the session's events.
+    pub id: u64,
+    #[serde(flatten)]
+    pub started: Started,
+    pub state: SessionState,
+    /// How a closed session ended.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub end: Option<EndReason>,
+    /// Time observed, summed over segments.
+    pub duration_ms: u64,
+    /// Events stored.
+    pub events: u64,
+    /// Events not stored because an identical earlier one (same executable,
+    /// same uses) already said all they say (see `model::uses_of`).
+    #[serde(default)]
+    pub aggregated: u64,
+    pub loss: LossCounters,
+    pub segments: Vec<Segment>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub gaps: Vec<Gap>,
+    /// When the last events were made durable.
+    pub checkpoint_unix_ms: u64,
+    /// How the container was run (command, environment, ports...), from
+    /// the engine when the session began. None in sessions recorded before
+    /// the daemon kept it: emit then has only the image's configuration.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub run: Option<Box<RunSettings>>,
+    /// Why a merged session has no `run`: its sources ran the image in
+    /// different ways (emit says so and uses the image's configuration).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub run_not_merged: Option<String>,
+}
+
+impl SessionRecord {
+    /// A session beginning now: observing, one segment, nothing seen yet.
+    pub fn new(name: String, id: u64, started: Started) -> Self {
+        let now = started.started_unix_ms;
+        Self {
+            segments: vec![Segment {
+                first_event: 0,
+                started_unix_ms: now,
+                from_first_exec: started.from_first_exec,
+                origin: "observed".into(),
+            }],
+            name,
+            id,
+            started,
+            state: SessionState::Observing,
+            end: None,
+            duration_ms: 0,
+            events: 0,
+            aggregated: 0,
+            loss: LossCounters::default(),
+            gaps: vec![],
+            checkpoint_unix_ms: now,
+            run: None,
+            run_not_merged: None,
+        }
+    }
+
+    /// Nothing makes the session incomplete (see
+    /// [`SessionRecord::incompleteness`]): the model is the whole truth.
+    pub fn complete(&self) -> bool {
+        self.incompleteness().is_none()
+    }
+
+    /// Why the session is not complete, in words; None when it is.
+    pub fn incompleteness(&self) -> Option<String> {
+        let mut why = Vec::new();
+        if !self.loss.is_complete() {
+            why.push(format!("lost {} events", self.loss.lost()));
+        }
+        if !self.gaps.is_empty() {
+            let secs: u64 = self
+                .gaps
+                .iter()
+                .map(|g| g.to_unix_ms.saturating_sub(g.from_unix_ms))
+                .sum::<u64>()
+                / 1000;
+            why.push(format!(
+                "has {} gap(s) of {secs} s in all when nothing was observed ({})",
+                self.gaps.len(),
+                self.gaps[0].reason
+            ));
+        }
+        if self.loss.unreadable_names > 0 {
+            why.push(format!(
+                "has {} name(s) (paths, argv, socket addresses) the tracer could not read \
+                 from the programs' memory, so what those calls used is unknown \
+                 (`cimplifierctl sessions` counts them)",
+                self.loss.unreadable_names
+            ));
+        }
+        if !self.started.from_first_exec {
+            why.push(
+                "did not observe the container's start-up, when its configuration and \
+                 libraries are read (from_first_exec: false: it was attached to, or it started \
+                 before the watch took hold; observe it with `--restart`, or create it and let \
+                 the label take it before it starts)"
+                    .into(),
+            );
+        }
+        (!why.is_empty()).then(|| why.join(" and "))
+    }
+}
