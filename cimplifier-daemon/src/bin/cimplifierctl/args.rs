@@ -161,9 +161,18 @@ pub enum Command {
     /// per partition through the Docker API, servers first, all in one
     /// network namespace. Containers are named PROJECT-PARTITION-1 and
     /// labelled as Compose labels them, so `docker compose` sees them too.
+    /// All or nothing: if a step fails or a partition exits as it starts,
+    /// what this `up` created is removed and the error names the partition
+    /// that exited, with its last log lines.
     Up {
         /// The run plan: a directory holding docker-compose.yml, or the file.
         plan: PathBuf,
+        /// Publish a port of the system on the host, as `docker run -p`:
+        /// [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL] (repeatable). It
+        /// replaces what the plan publishes for that container port; by
+        /// default the plan publishes what the observed container did.
+        #[arg(long, value_name = "[IP:]HOST:CONTAINER")]
+        publish: Vec<String>,
         /// Print what was started as JSON.
         #[arg(long)]
         json: bool,

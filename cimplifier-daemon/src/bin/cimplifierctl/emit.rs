@@ -326,11 +326,21 @@ fn summary(r: &EmitReport) -> String {
     s
 }
 
-pub fn up(plan: &Path, json: bool) -> anyhow::Result<()> {
+pub fn up(plan: &Path, publish: &[String], json: bool) -> anyhow::Result<()> {
+    let opts = compose::UpOptions {
+        publish: publish
+            .iter()
+            .map(|p| compose::ComposePort::parse_publish(p).map_err(|e| usage(e.to_string())))
+            .collect::<Result<_, _>>()?,
+        ..Default::default()
+    };
     let bar = spinner();
     let report = runtime()?.block_on(async {
         let docker = cimplifier::docker::connect()?;
-        compose::up(&docker, plan, &|step| bar.set_message(step.to_owned())).await
+        compose::up_with(&docker, plan, &opts, &|step| {
+            bar.set_message(step.to_owned())
+        })
+        .await
     });
     bar.finish_and_clear();
     let report = report?;
@@ -359,6 +369,9 @@ pub fn up(plan: &Path, json: bool) -> anyhow::Result<()> {
     }
     if let Some(ip) = &report.ip_address {
         text += &format!("  reachable at {ip} (the shared network namespace)\n");
+    }
+    for p in &report.published {
+        text += &format!("  published on the host: {p}\n");
     }
     print(&text)
 }

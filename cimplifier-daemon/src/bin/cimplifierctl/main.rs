@@ -74,7 +74,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => emit::plan(socket, session, &policy, json),
         Command::Emit(args) => emit::emit(socket, args),
-        Command::Up { plan, json } => emit::up(&plan, json),
+        Command::Up {
+            plan,
+            publish,
+            json,
+        } => emit::up(&plan, &publish, json),
         Command::Down {
             plan,
             volumes,
