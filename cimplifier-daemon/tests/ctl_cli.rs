@@ -303,6 +303,23 @@ fn sessions_show_gaps_and_completeness_and_the_same_counts_as_observe() {
 fn events_refuses_a_filter_that_can_match_nothing() {
     require_root();
     let d = Daemon::start();
+    // The daemon refuses an unknown kind itself, whatever the client.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        let mut api = cimplifier::api::connect(d.socket.as_path()).await.unwrap();
+        api.stream_events(pb::StreamEventsRequest {
+            kinds: vec!["bogus".into()],
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+    });
+    assert_eq!(
+        status.unwrap_err().code(),
+        tonic::Code::InvalidArgument,
+        "a kind that can match nothing"
+    );
+
     let out = ctl_within(&d, &["events", "--session", "never-observed"], 20)
         .expect("events on a session that does not exist must not wait forever");
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));

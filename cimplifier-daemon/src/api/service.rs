@@ -509,8 +509,16 @@ impl Cimplifier for Service {
         for s in &req.sessions {
             check_name(s, "sessions")?;
         }
+        let known = crate::session::observer::event_kinds();
         for k in &req.kinds {
             check_name(k, "kinds")?;
+            if !known.contains(&k.as_str()) {
+                return Err(Status::invalid_argument(format!(
+                    "kinds {}: not an event kind, so nothing would ever match; give one of {}",
+                    crate::cli::quote_capped(k, 80),
+                    known.join(", ")
+                )));
+            }
         }
         let filter = StreamFilter {
             sessions: req.sessions,
