@@ -74,3 +74,30 @@ fn a_failed_start_says_why_and_leaves_no_socket() {
     assert!(!err.contains("another cimplifierd"), "{err}");
     assert!(!socket.exists(), "a failed start leaves no socket");
 }
+
+/// Under systemd (`Type=notify`), the daemon says READY=1 once its socket
+/// is bound, and STOPPING=1 when told to stop.
+#[test]
+fn systemd_hears_ready_once_the_socket_is_bound() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut d = common::Daemon::start_with_env(&[], &[("NOTIFY_SOCKET", notify.as_path())]);
+    let mut buf = [0u8; 256];
+    let n = listener.recv(&mut buf).expect("no READY=1 within 30 s");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.lines().any(|l| l == "READY=1"), "{said:?}");
+    assert!(d.socket.exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = listener.recv(&mut buf).expect("no STOPPING=1 within 30 s");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(d.child.wait().unwrap().success());
+}
