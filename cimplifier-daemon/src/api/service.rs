@@ -40,6 +40,18 @@ pub struct Service {
     state_dir: PathBuf,
 }
 
+/// The system's page size, for RSS from /proc/self/statm (4 KiB on
+/// x86_64, but 16 or 64 KiB on some arm64 and ppc64 kernels).
+fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .map_or(4096, |p| p as u64)
+    })
+}
+
 impl Service {
     pub fn new(manager: Arc<Manager>, state_dir: PathBuf) -> Self {
         Self { manager, state_dir }
@@ -76,7 +88,7 @@ impl Service {
         let rss = std::fs::read_to_string("/proc/self/statm")
             .ok()
             .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .map_or(0, |pages| pages * 4096);
+            .map_or(0, |pages| pages * page_size());
         let store_bytes = std::fs::metadata(self.manager.store().path()).map_or(0, |m| m.len());
         format!(
             "# HELP cimplifier_sessions Observation sessions by state.\n\
