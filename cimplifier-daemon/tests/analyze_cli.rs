@@ -158,6 +158,10 @@ fn damaged_strace_logs_are_named_not_echoed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cut off"), "{err}");
     assert!(err.contains("no --root"), "{err}");
+    assert!(
+        !err.contains('\x1b'),
+        "no colour codes when stderr is no terminal: {err:?}"
+    );
 
     let empty = dir.path().join("empty.strace");
     std::fs::write(&empty, "").unwrap();
