@@ -134,7 +134,7 @@ async fn record_walk(log: &Path) -> Result<()> {
     );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let recorder = tokio::spawn(record(
-        options(TraceTarget::Cgroup(cg.0.clone()), log),
+        options(TraceTarget::cgroup(cg.0.clone()), log),
         async move {
             let _ = stop_rx.await;
         },
@@ -276,7 +276,7 @@ async fn record_container(name: &str, image: &str, log: &Path) -> Result<()> {
         .output();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let recorder = tokio::spawn(record(
-        options(TraceTarget::Cgroup(parent), log),
+        options(TraceTarget::cgroup(parent), log),
         async move {
             let _ = stop_rx.await;
         },

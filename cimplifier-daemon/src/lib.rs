@@ -1,12 +1,18 @@
 //! cimplifier: observe containers with eBPF, model what each executable
 //! uses, and emit least-privilege images.
 //!
-//! One module per pipeline stage: [`trace`] (eBPF events), [`model`]
+//! The flow is trace → model → partition → place → emit → glue, one
+//! module per stage, and each stage imports only the stages before it:
+//! [`trace`] (eBPF and strace input, one event stream), [`model`]
 //! (resource graph), [`partition`] (which executables go together),
-//! [`image`] (the source image, read for place and emit), [`place`] (what
-//! each image keeps), [`emit`] (images and reports); around them
-//! [`docker`] (the engine), [`session`] (observing containers) and
-//! [`store`] (keeping what was seen).
+//! [`place`] (what each image keeps), [`emit`] (images, run plans and
+//! reports); glue is the `cimplifier-rpe` crate (remote process
+//! execution), whose static binaries emit puts into the images. Beside
+//! the stages: [`image`] (the source image, read once for place and emit),
+//! [`docker`] (every call to the engine), [`store`] (what sessions saw),
+//! [`session`] (observing containers), [`api`] (the daemon's gRPC service)
+//! and [`cli`] (what both binaries set up alike). docs/architecture.md
+//! draws the modules and their imports.
 
 pub mod api;
 pub mod cli;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cimplifier::model::Model;
-use cimplifier::model::strace::parse_c_string;
+use cimplifier::trace::strace::parse_c_string;
 use cimplifier::trace::{Tracer, TracerConfig};
 use common::*;
 
@@ -194,7 +194,7 @@ async fn every_path_strace_sees_is_in_our_log() {
         theirs.len()
     );
     // The model built from each input: the same resource sets per executable.
-    let from_strace = cimplifier::model::strace::read_strace_logs(&[strace_log.as_path()]).unwrap();
+    let from_strace = cimplifier::trace::strace::read_strace_logs(&[strace_log.as_path()]).unwrap();
     let traced_pids: BTreeSet<u32> = from_strace.iter().map(|e| e.pid).collect();
     // strace's own process is in our trace and not in its log: leave it out.
     let ours_only: Vec<_> = events

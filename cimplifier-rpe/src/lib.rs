@@ -9,3 +9,4 @@ pub mod fdpass;
 pub mod proto;
 pub mod server;
 pub mod stub;
+mod sys;

@@ -8,6 +8,7 @@
 use crate::config::{STUB_CONFIG_DEFAULT, STUB_CONFIG_NAME, StubConfig};
 use crate::fdpass::{recv_fds, send_fds};
 use crate::proto::{self, EXIT_CANNOT_EXECUTE, EXIT_LOST, Request, Rlimit, ToServer, ToStub};
+use crate::sys::{close_sorted, signal_set};
 use std::ffi::{CStr, OsStr, c_char, c_int};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -371,26 +372,6 @@ fn signal_masks(req: &mut Request) {
     }
 }
 
-/// Closes the sorted `fds`, a run of consecutive numbers per syscall.
-fn close_sorted(fds: &[RawFd]) {
-    let mut k = 0;
-    while k < fds.len() {
-        let mut e = k;
-        while e + 1 < fds.len() && fds[e + 1] == fds[e] + 1 {
-            e += 1;
-        }
-        // SAFETY: closing inherited fds the callee now owns.
-        unsafe {
-            if libc::syscall(libc::SYS_close_range, fds[k] as u32, fds[e] as u32, 0) != 0 {
-                for &fd in &fds[k..=e] {
-                    libc::close(fd);
-                }
-            }
-        }
-        k = e + 1;
-    }
-}
-
 /// The program the kernel ran, made absolute: AT_EXECFN, the file given
 /// to execve, unless that file is not this stub. Then the kernel ran the
 /// stub as the interpreter of a script (`#!` or binfmt_misc) that
@@ -516,10 +497,7 @@ fn die_by_signal(sig: c_int) -> ! {
         };
         libc::setrlimit(libc::RLIMIT_CORE, &rl);
         libc::signal(sig, libc::SIG_DFL);
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, sig);
-        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::sigprocmask(libc::SIG_UNBLOCK, &signal_set(&[sig]), std::ptr::null_mut());
         libc::kill(libc::getpid(), sig);
         // Only reached for signals whose default is not to terminate.
         libc::_exit(128 + sig)
@@ -657,7 +635,8 @@ pub unsafe fn run(argc: c_int, argv: *const *const c_char, envp: *const *const c
                 started = true;
                 // The callee owns the fds now; holding them would keep pipes
                 // open past the callee's own close.
-                close_sorted(&fds);
+                // SAFETY: inherited fds the callee now owns; not used after.
+                unsafe { close_sorted(&fds) };
             }
             Some(ToStub::Pty) => {
                 let master = recv_fds(sock.as_raw_fd(), 1)

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use cimplifier::model::strace::parse_strace_text;
+use cimplifier::trace::strace::parse_strace_text;
 use cimplifier_fuzz::{exercise_model, verbose};
 use libfuzzer_sys::fuzz_target;
 

@@ -5,7 +5,6 @@ use tonic::Status;
 
 use super::pb;
 use super::pb::session::State;
-use super::service::MAX_NAME;
 use crate::docker::tag::ImageTag;
 use crate::docker::target::NetworkTarget;
 use crate::emit::EmitError;
@@ -13,6 +12,9 @@ use crate::image::source::Refused;
 use crate::session::SessionView;
 use crate::store::{SessionRecord, SessionState, Started};
 use crate::trace::ContainerPath;
+
+/// Longest name or id the API accepts.
+const MAX_NAME: usize = 256;
 
 pub(super) fn starting(s: &Started) -> pb::Session {
     pb::Session {

@@ -29,8 +29,6 @@ use crate::trace::ContainerPath;
 pub const DEFAULT_STREAM_BUFFER: usize = 4096;
 /// The most a client may ask to buffer.
 const MAX_STREAM_BUFFER: usize = 1 << 20;
-/// Longest name, id or path the API accepts.
-pub(super) const MAX_NAME: usize = 256;
 /// Largest session bundle ImportSession accepts.
 const MAX_BUNDLE: usize = 1 << 30;
 

@@ -133,6 +133,17 @@ fn require_root(command: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cgroup of the running container `name_or_id`, asked of the engine.
+async fn container_target(name_or_id: &str) -> anyhow::Result<TraceTarget> {
+    let docker = cimplifier::docker::connect()?;
+    let info = cimplifier::docker::resolve_container(&docker, name_or_id).await?;
+    tracing::info!(container = %info.name, id = %info.id, cgroup = %info.cgroup_path.display(), "resolved container");
+    Ok(TraceTarget {
+        cgroup: info.cgroup_path,
+        name: format!("container {} ({})", info.name, info.id),
+    })
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     require_root(match cli.command {
         Command::Serve { .. } => "serve",
@@ -193,8 +204,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("--ring-buffer-mib {ring_buffer_mib} must be a power of two");
             }
             let target = match (cgroup, container) {
-                (Some(c), _) => TraceTarget::Cgroup(c),
-                (None, Some(c)) => TraceTarget::Container(c),
+                (Some(c), _) => TraceTarget::cgroup(c),
+                (None, Some(c)) => container_target(&c).await?,
                 (None, None) => unreachable!("clap requires one"),
             };
             let opts = RecordOptions {

@@ -19,7 +19,7 @@ use crate::image::fs::ImageFs;
 use crate::image::source::{Admit, SourceSession, TraceDigest, read_session};
 use crate::model::walk;
 use crate::place::slim::{
-    KeepReason, KeptCodeTree, KeptListedDir, KeptStateDir, SlimOptions, plan, under,
+    KeepReason, KeptCodeTree, KeptListedDir, KeptStateDir, SlimOptions, plan,
 };
 use crate::store::Store;
 use crate::trace::ContainerPath;
@@ -245,7 +245,7 @@ pub fn check_options(
     source: &SourceConfig,
     image: &str,
 ) -> Result<Vec<String>, EmitError> {
-    let holds = |dir: &ContainerPath| fs.entries().any(|(p, _)| under(p, dir));
+    let holds = |dir: &ContainerPath| fs.entries().any(|(p, _)| p.is_under(dir));
     for include in &slim.include {
         if !holds(include) {
             return Err(EmitError::Options(format!(
@@ -265,7 +265,7 @@ pub fn check_options(
         let w = walk(fs, &entry, true);
         let names = std::iter::once(&entry).chain(&w.links).chain(&w.resolved);
         for name in names {
-            if let Some(x) = slim.exclude.iter().find(|x| under(name, x)) {
+            if let Some(x) = slim.exclude.iter().find(|x| name.is_under(x)) {
                 return Err(EmitError::Options(format!(
                     "--exclude {x} drops the entrypoint {entry}{}: the image could not start; \
                      exclude less",

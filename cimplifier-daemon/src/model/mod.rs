@@ -43,7 +43,6 @@ pub fn exec_path(event: &Event) -> Option<ContainerPath> {
     s.succeeded().then(|| semantics::exec_target(s)).flatten()
 }
 mod semantics;
-pub mod strace;
 mod tree;
 
 use std::collections::{BTreeMap, BTreeSet};

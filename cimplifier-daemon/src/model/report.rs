@@ -350,7 +350,7 @@ pub fn analyze(input: &Input, root: Option<&std::path::Path>) -> anyhow::Result<
         Input::Strace(paths) => {
             anyhow::ensure!(!paths.is_empty(), "no strace log given");
             let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
-            let logs = super::strace::read_strace(&refs).context(
+            let logs = crate::trace::strace::read_strace(&refs).context(
                 "reading strace logs (expected `strace -f -y -yy -s 4096 -o FILE` output)",
             )?;
             logs.events.iter().for_each(|e| model.apply(e));

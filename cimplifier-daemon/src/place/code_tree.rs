@@ -243,7 +243,7 @@ fn application_of(file: &ContainerPath) -> Option<ContainerPath> {
 
 fn common_dir(a: &ContainerPath, b: &ContainerPath) -> ContainerPath {
     let mut d = a.clone();
-    while !crate::place::slim::under(b, &d) {
+    while !b.is_under(&d) {
         d = d.parent();
     }
     d
@@ -331,7 +331,7 @@ pub fn code_trees(model: &Model, exes: &BTreeSet<Exe>, fs: &ImageFs) -> Vec<Code
                     .entries()
                     .map(|(p, _)| p)
                     .filter(|p| {
-                        crate::place::slim::under(p, &root)
+                        p.is_under(&root)
                             && CodeKind::of_file(p).any(|k| k == kind)
                             && is_file(fs, p)
                     })

@@ -30,7 +30,6 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::slim::under;
 use super::state::state_dirs;
 use crate::model::report::ResourceUse;
 use crate::model::{Access, Exe, ImageTree, Model, Resource, shebang_interpreter, walk};
@@ -299,7 +298,7 @@ fn path(s: &str) -> ContainerPath {
 }
 
 fn below_any(p: &ContainerPath, dirs: &[&str]) -> bool {
-    dirs.iter().any(|d| under(p, &path(d)))
+    dirs.iter().any(|d| p.is_under(&path(d)))
 }
 
 fn accesses(users: &Users) -> impl Iterator<Item = Access> + '_ {
@@ -563,7 +562,7 @@ pub fn plan(model: &Model, partitioning: &Partitioning, tree: &dyn ImageTree) ->
         .find(|&(i, j)| {
             let (a, b) = (&volumes[i], &volumes[j]);
             i != j
-                && under(&b.mount, &a.mount)
+                && b.mount.is_under(&a.mount)
                 && (b.mount != a.mount || i < j)
                 && !a.partitions.is_disjoint(&b.partitions)
         })
@@ -582,7 +581,7 @@ pub fn plan(model: &Model, partitioning: &Partitioning, tree: &dyn ImageTree) ->
             .filter_map(|(r, users)| match r {
                 Resource::Path(p)
                     if p != &v.mount
-                        && under(p, &v.mount)
+                        && p.is_under(&v.mount)
                         && users.keys().any(|u| v.partitions.contains(u)) =>
                 {
                     Some(p.clone())
@@ -620,7 +619,7 @@ pub fn plan(model: &Model, partitioning: &Partitioning, tree: &dyn ImageTree) ->
             if let Resource::Path(p) = resource {
                 if below_any(p, &RUNTIME_PROVIDED) {
                     part.runtime.insert(p.clone());
-                } else if part.mounts.iter().any(|m| under(p, m)) {
+                } else if part.mounts.iter().any(|m| p.is_under(m)) {
                     // In the volume.
                 } else if access.iter().any(|a| a.is_write()) {
                     part.private.insert(p.clone());
@@ -807,7 +806,7 @@ impl PartitionPlan {
             let Some((link, to)) = self
                 .dir_links
                 .iter()
-                .filter(|(link, _)| under(&path, link))
+                .filter(|(link, _)| path.is_under(link))
                 .max_by_key(|(link, _)| link.as_str().len())
             else {
                 break;

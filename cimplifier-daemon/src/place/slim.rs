@@ -249,12 +249,6 @@ pub struct KeptCodeTree {
     pub files: usize,
 }
 
-/// Whether `path` is `prefix` or below it.
-pub(crate) fn under(path: &ContainerPath, prefix: &ContainerPath) -> bool {
-    let (p, pre) = (path.as_str(), prefix.as_str());
-    pre == "/" || p == pre || (p.starts_with(pre) && p.as_bytes().get(pre.len()) == Some(&b'/'))
-}
-
 struct Planner<'a> {
     fs: &'a Arc<ImageFs>,
     plan: SlimPlan,
@@ -517,7 +511,7 @@ pub fn plan_for(
         let inside: Vec<ContainerPath> = fs
             .entries()
             .map(|(path, _)| path)
-            .filter(|path| under(path, include))
+            .filter(|path| path.is_under(include))
             .cloned()
             .collect();
         for path in inside {
@@ -535,7 +529,7 @@ pub fn plan_for(
             let inside: Vec<ContainerPath> = fs
                 .entries()
                 .map(|(e, _)| e)
-                .filter(|e| under(e, &path))
+                .filter(|e| e.is_under(&path))
                 .cloned()
                 .collect();
             for e in inside {
@@ -547,7 +541,7 @@ pub fn plan_for(
                 let inside: Vec<ContainerPath> = fs
                     .entries()
                     .map(|(e, _)| e)
-                    .filter(|e| under(e, &dir))
+                    .filter(|e| e.is_under(&dir))
                     .cloned()
                     .collect();
                 for e in inside {
@@ -573,7 +567,7 @@ pub fn plan_for(
             let inside: Vec<ContainerPath> = fs
                 .entries()
                 .map(|(e, _)| e)
-                .filter(|e| under(e, &state.dir))
+                .filter(|e| e.is_under(&state.dir))
                 .cloned()
                 .collect();
             for e in inside {
@@ -666,7 +660,7 @@ pub fn plan_for(
     if !opts.exclude.is_empty() {
         let (dropped, kept): (BTreeMap<_, _>, BTreeMap<_, _>) = std::mem::take(&mut plan.keep)
             .into_iter()
-            .partition(|(path, _)| opts.exclude.iter().any(|x| under(path, x)));
+            .partition(|(path, _)| opts.exclude.iter().any(|x| path.is_under(x)));
         plan.keep = kept;
         plan.excluded = dropped.into_keys().collect();
     }

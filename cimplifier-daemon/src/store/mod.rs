@@ -1,7 +1,9 @@
 //! The daemon's embedded store (redb, one file in the state directory):
 //! every session's record and the events it observed, so a daemon that is
 //! killed loses at most what it had not yet checkpointed (≤ 500 ms) and a
-//! restarted one carries on. Why redb: docs/store.md.
+//! restarted one carries on. Why redb: docs/store.md. The record types
+//! (what a session is: how it began and ended, its segments and gaps)
+//! are in `record.rs`.
 //!
 //! Tables:
 //! - `sessions`: session name → [`SessionRecord`] as JSON.

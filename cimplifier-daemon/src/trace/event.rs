@@ -72,6 +72,13 @@ impl ContainerPath {
         &self.0
     }
 
+    /// Whether this path is `dir` or below it (`/srv/www` is under `/srv`,
+    /// `/srvx` is not).
+    pub fn is_under(&self, dir: &ContainerPath) -> bool {
+        let (p, d) = (self.as_str(), dir.as_str());
+        d == "/" || p == d || (p.starts_with(d) && p.as_bytes().get(d.len()) == Some(&b'/'))
+    }
+
     /// The parent directory; the root is its own parent.
     pub fn parent(&self) -> Self {
         match self.0.rfind('/') {
@@ -448,6 +455,7 @@ mod tests {
 
     #[test]
     fn container_path_normalises() {
+        let p_ = |s: &str| ContainerPath::new(s).unwrap();
         let p = |s| ContainerPath::new(s).unwrap().to_string();
         assert_eq!(p("/"), "/");
         assert_eq!(p("//etc/./nginx//"), "/etc/nginx");
@@ -459,6 +467,9 @@ mod tests {
         assert_eq!(cwd.join("/abs").as_str(), "/abs");
         assert_eq!(cwd.parent().as_str(), "/srv");
         assert_eq!(ContainerPath::root().parent().as_str(), "/");
+        let under = |a: &str, b: &str| p_(a).is_under(&p_(b));
+        assert!(under("/srv/www", "/srv") && under("/srv", "/srv") && under("/x", "/"));
+        assert!(!under("/srvx", "/srv") && !under("/srv", "/srv/www"));
         for s in ["/", "/a", "/a/b.c", "/..a/.b"] {
             assert!(ContainerPath::is_normal(s), "{s}");
             assert_eq!(ContainerPath::new(s).unwrap().as_str(), s);

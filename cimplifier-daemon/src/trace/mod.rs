@@ -5,6 +5,9 @@
 //! - [`loader`]: loads and attaches the kernel programs, owns the watch set,
 //!   reads the ring buffer and the loss counters.
 //! - [`log`]: the replayable event log (JSON lines).
+//! - [`strace`]: strace logs, decoded into the same raw records and
+//!   resolved by the same [`resolve`], so both inputs give one [`Event`] stream.
+//! - [`record`]: recording one cgroup into an event log (`cimplifierd trace`).
 
 pub mod decode;
 pub mod event;
@@ -18,4 +21,5 @@ pub mod log;
 
 pub use loader::{EventStream, Tracer, TracerConfig, TracerCounters, WatchedCgroup};
 pub mod record;
+pub mod strace;
 mod wire;

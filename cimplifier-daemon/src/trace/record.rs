@@ -1,4 +1,5 @@
-//! Recording one target to an event log: what `cimplifierd trace` runs.
+//! Recording one cgroup to an event log: what `cimplifierd trace` runs
+//! (which finds a container's cgroup through the engine first).
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -9,15 +10,24 @@ use anyhow::Result;
 use super::cgroup::cgroup_id;
 use super::log::{EventLogWriter, FORMAT, LogHeader, LogSummary, VERSION};
 use super::{Tracer, TracerConfig};
-use crate::docker;
 
-/// What to trace.
+/// What to trace: a cgroup v2 directory and everything below it.
 #[derive(Clone, Debug)]
-pub enum TraceTarget {
-    /// A cgroup v2 directory and everything below it.
-    Cgroup(PathBuf),
-    /// A running Docker container, by name or id.
-    Container(String),
+pub struct TraceTarget {
+    pub cgroup: PathBuf,
+    /// What the log and the progress messages call it
+    /// (`container web (ID)`).
+    pub name: String,
+}
+
+impl TraceTarget {
+    /// The cgroup directory `path`, named by its path.
+    pub fn cgroup(path: PathBuf) -> Self {
+        Self {
+            name: format!("cgroup {}", path.display()),
+            cgroup: path,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -34,17 +44,10 @@ pub struct RecordOptions {
 /// Traces the target into an event log until `stop` resolves or the duration
 /// passes, then writes the summary with the loss counters.
 pub async fn record(opts: RecordOptions, stop: impl Future<Output = ()>) -> Result<LogSummary> {
-    let (cgroup_path, target) = match &opts.target {
-        TraceTarget::Cgroup(p) => (p.clone(), format!("cgroup {}", p.display())),
-        TraceTarget::Container(name) => {
-            let info = docker::resolve_container(&docker::connect()?, name).await?;
-            tracing::info!(container = %info.name, id = %info.id, cgroup = %info.cgroup_path.display(), "resolved container");
-            (
-                info.cgroup_path,
-                format!("container {} ({})", info.name, info.id),
-            )
-        }
-    };
+    let TraceTarget {
+        cgroup: cgroup_path,
+        name: target,
+    } = opts.target.clone();
     // Name a bad cgroup or output path before loading anything.
     let cgroup = cgroup_id(&cgroup_path)?;
     let header = LogHeader {

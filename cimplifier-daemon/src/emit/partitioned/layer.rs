@@ -14,7 +14,7 @@ use crate::image::fs::{EntryKind, ImageFs};
 use crate::model::{Exe, Model};
 use crate::partition::PartitionName;
 use crate::place::partition::{PartitionContents, RpeEdge};
-use crate::place::slim::{KeptListedDir, SlimOptions, plan_for, under};
+use crate::place::slim::{KeptListedDir, SlimOptions, plan_for};
 use crate::trace::ContainerPath;
 
 /// A header for an entry the emit adds itself (not copied from the
@@ -176,7 +176,7 @@ pub(super) fn partition_layer(
     let mut keep: BTreeSet<ContainerPath> = slim
         .keep
         .into_keys()
-        .filter(|p| !contents.mounts.iter().any(|m| p != m && under(p, m)))
+        .filter(|p| !contents.mounts.iter().any(|m| p != m && p.is_under(m)))
         .collect();
     keep.extend(link_dirs);
     let mut add = Additions::new();

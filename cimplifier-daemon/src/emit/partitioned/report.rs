@@ -140,7 +140,7 @@ impl PartitionEmitReport {
             .plan
             .volumes
             .iter()
-            .filter(|v| crate::place::slim::under(path, &v.mount))
+            .filter(|v| path.is_under(&v.mount))
             .map(|v| {
                 let parts: Vec<String> = v.partitions.iter().map(|p| p.to_string()).collect();
                 let mut why: Vec<String> = v

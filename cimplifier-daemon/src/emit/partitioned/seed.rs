@@ -23,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use super::layer::root_header;
 use crate::image::fs::{EntryKind, ImageFs};
 use crate::place::partition::SharedVolume;
-use crate::place::slim::under;
 use crate::trace::ContainerPath;
 
 /// The seed service's name in the run plan (no partition may have it).
@@ -54,10 +53,10 @@ pub fn staging_dir(name: &str) -> String {
 pub(super) fn seed_paths(fs: &ImageFs, v: &SharedVolume) -> BTreeSet<ContainerPath> {
     let mut keep = BTreeSet::new();
     for (path, _) in fs.entries() {
-        if *path == v.mount || !under(path, &v.mount) {
+        if *path == v.mount || !path.is_under(&v.mount) {
             continue;
         }
-        if v.contents.contains(path) || v.state.iter().any(|s| under(path, &s.dir)) {
+        if v.contents.contains(path) || v.state.iter().any(|s| path.is_under(&s.dir)) {
             let mut p = path.clone();
             while p != v.mount && keep.insert(p.clone()) {
                 p = p.parent();
