@@ -131,7 +131,7 @@ async fn run(name: &str, state: &Path) -> Result<()> {
         }
         save.push(start.elapsed().as_millis() as u64);
         let start = Instant::now();
-        let report = emit(&store, &opts, &|_| {}).await?;
+        let report = emit(&store, &opts, &|_| {}, &|_, _, _| {}).await?;
         total.push(start.elapsed().as_millis() as u64);
         let Timings {
             read_image_ms,

@@ -500,3 +500,49 @@ fn a_failed_session_is_named_as_failed() {
         );
     }
 }
+
+/// Emit says how far its long read of the source image is, in bytes, so
+/// cimplifierctl can draw a bar rather than spin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emit_streams_byte_progress_while_reading_the_image() {
+    require_root();
+    let d = Daemon::start();
+    let imported = ctl_stdin(
+        &d,
+        &["import", "-", "--as", "bytes"],
+        bundle("bytes").as_bytes(),
+    );
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let dir = tempfile::tempdir().unwrap();
+    let mut api = cimplifier::api::connect(d.socket.as_path()).await.unwrap();
+    let mut stream = api
+        .emit(pb::EmitRequest {
+            container: "bytes".into(),
+            oci_dir: dir.path().join("oci").to_str().unwrap().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut counts = Vec::new();
+    let mut report = false;
+    while let Some(item) = tokio_stream::StreamExt::next(&mut stream).await {
+        match item.unwrap().update {
+            Some(pb::emit_progress::Update::Bytes(b)) => {
+                assert_eq!(b.what, "reading the source image");
+                assert!(b.done <= b.total, "{b:?}");
+                counts.push(b.done);
+            }
+            Some(pb::emit_progress::Update::ReportJson(_)) => report = true,
+            _ => {}
+        }
+    }
+    assert!(report, "the emit ends with its report");
+    let size: u64 = docker(&["image", "inspect", "-f", "{{.Size}}", BASE_IMAGE])
+        .parse()
+        .unwrap();
+    assert!(
+        counts.windows(2).all(|w| w[0] < w[1]) && counts.last().is_some_and(|&n| n >= size / 2),
+        "byte counts rise to about the image's {size} bytes: {counts:?}"
+    );
+}

@@ -147,7 +147,7 @@ async fn the_daemon_observes_reports_and_emits_over_its_socket() {
         match item.unwrap().update {
             Some(pb::emit_progress::Update::Step(s)) => steps.push(s),
             Some(pb::emit_progress::Update::ReportJson(r)) => report = Some(r),
-            None => {}
+            Some(pb::emit_progress::Update::Bytes(_)) | None => {}
         }
     }
     assert!(

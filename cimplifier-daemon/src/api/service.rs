@@ -50,6 +50,28 @@ fn page_size() -> u64 {
     })
 }
 
+/// Emit's byte counts as progress messages, one per 4 MiB (and the last),
+/// so a fast read does not flood the stream; dropped when the client lags.
+fn byte_progress(
+    tx: mpsc::Sender<Result<pb::EmitProgress, Status>>,
+) -> impl Fn(&str, u64, u64) + Send + Sync {
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    move |what: &str, done: u64, total: u64| {
+        let last = sent.load(Ordering::Relaxed);
+        if done < last + (4 << 20) && done < total {
+            return;
+        }
+        sent.store(done, Ordering::Relaxed);
+        let _ = tx.try_send(Ok(pb::EmitProgress {
+            update: Some(pb::emit_progress::Update::Bytes(pb::ByteProgress {
+                what: what.to_owned(),
+                done,
+                total,
+            })),
+        }));
+    }
+}
+
 impl Service {
     pub fn new(manager: Arc<Manager>, state_dir: PathBuf) -> Self {
         Self { manager, state_dir }
@@ -186,7 +208,8 @@ impl Service {
                     update: Some(pb::emit_progress::Update::Step(step.to_owned())),
                 }));
             };
-            let result = emit_partitioned(&store, &opts, &progress)
+            let bytes = byte_progress(tx.clone());
+            let result = emit_partitioned(&store, &opts, &progress, &bytes)
                 .await
                 .and_then(|r| {
                     serde_json::to_string_pretty(&r)
@@ -443,7 +466,8 @@ impl Cimplifier for Service {
                     update: Some(pb::emit_progress::Update::Step(step.to_owned())),
                 }));
             };
-            let result = emit(&store, &opts, &progress).await;
+            let bytes = byte_progress(tx.clone());
+            let result = emit(&store, &opts, &progress, &bytes).await;
             let last = result.and_then(|report| {
                 let json =
                     serde_json::to_string_pretty(&report).context("serializing the emit report")?;

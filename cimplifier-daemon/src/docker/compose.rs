@@ -487,13 +487,15 @@ pub async fn up_with(
     }
     let mut made = Made::default();
     let result = match start(docker, &plan, opts.order, progress, &mut made).await {
-        Ok(report) => match exited(docker, &made).await {
+        // A partition may run a command and end (exit 0); one that failed
+        // as it started fails the `up`.
+        Ok(report) => match exited(docker, &made, true).await {
             None => Ok(report),
             Some(cause) => Err(anyhow::anyhow!("{cause}")),
         },
         // The real cause first: a partition that exited makes the next
         // fail to join its network, which alone says little.
-        Err(e) => Err(match exited(docker, &made).await {
+        Err(e) => Err(match exited(docker, &made, false).await {
             Some(cause) => e.context(cause),
             None => e,
         }),
@@ -618,15 +620,19 @@ async fn start(
     Ok((containers, seeded, kept))
 }
 
-/// The first container `up` made that is no longer running, with its exit
-/// code and last log lines; None when all run (or none was started).
-async fn exited(docker: &bollard::Docker, made: &Made) -> Option<String> {
+/// The first container `up` made that is no longer running (with
+/// `failed_only`, that exited non-zero), with its exit code and last log
+/// lines; None when there is none.
+async fn exited(docker: &bollard::Docker, made: &Made, failed_only: bool) -> Option<String> {
     for (service, name) in &made.containers {
         let Ok(details) = docker.inspect_container(name, None).await else {
             continue;
         };
         let state = details.state.unwrap_or_default();
-        if state.running == Some(true) || state.status == Some(ContainerStateStatusEnum::CREATED) {
+        if state.running == Some(true)
+            || state.status == Some(ContainerStateStatusEnum::CREATED)
+            || (failed_only && state.exit_code == Some(0))
+        {
             continue;
         }
         let logs = last_log_lines(docker, name, 20).await;

@@ -16,7 +16,7 @@ use super::partitioned;
 use super::runconfig::{self, RunReport};
 use crate::docker::tag::ImageTag;
 use crate::image::fs::ImageFs;
-use crate::image::source::{Admit, SourceSession, TraceDigest, read_session};
+use crate::image::source::{Admit, SourceSession, TraceDigest, read_session_counting};
 use crate::model::walk;
 use crate::place::slim::{
     KeepReason, KeptCodeTree, KeptListedDir, KeptStateDir, SlimOptions, plan,
@@ -292,11 +292,13 @@ fn ms(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
-/// Emits the slim image of an observed container. `progress` hears each step.
+/// Emits the slim image of an observed container. `progress` hears each
+/// step, `bytes` how far the long read of the source image is.
 pub async fn emit(
     store: &Arc<Store>,
     opts: &EmitOptions,
     progress: &(dyn Fn(&str) + Send + Sync),
+    bytes: &(dyn Fn(&str, u64, u64) + Send + Sync),
 ) -> Result<EmitReport, EmitError> {
     progress("reading the source image");
     let SourceSession {
@@ -307,13 +309,14 @@ pub async fn emit(
         trace_digest,
         read_image_ms,
         fold_ms,
-    } = read_session(
+    } = read_session_counting(
         store,
         &opts.session,
         Admit::Closed {
             allow_incomplete: opts.allow_incomplete,
         },
         TraceDigest::Sha256,
+        &|done, total| bytes("reading the source image", done, total),
     )
     .await?;
 

@@ -15,7 +15,7 @@ use tokio_stream::StreamExt;
 
 use crate::args::{EmitArgs, path_arg};
 use crate::daemon::{connect, daemon, runtime, status, usage};
-use crate::render::{mb, print, spinner};
+use crate::render::{bytes_style, mb, print, spinner, spinner_style};
 
 /// The policy file's text; one that cannot be read is a usage error.
 fn read_policy(path: &Path) -> anyhow::Result<String> {
@@ -159,7 +159,18 @@ fn emit_with_progress<R: serde::de::DeserializeOwned>(
         let mut report = None;
         while let Some(item) = stream.next().await {
             match item.map_err(status)?.update {
-                Some(pb::emit_progress::Update::Step(step)) => bar.set_message(step),
+                Some(pb::emit_progress::Update::Step(step)) => {
+                    // Back to a spinner until the step says its bytes.
+                    bar.set_style(spinner_style());
+                    bar.set_length(0);
+                    bar.set_message(step)
+                }
+                Some(pb::emit_progress::Update::Bytes(b)) => {
+                    bar.set_style(bytes_style());
+                    bar.set_length(b.total.max(b.done));
+                    bar.set_position(b.done);
+                    bar.set_message(b.what)
+                }
                 Some(pb::emit_progress::Update::ReportJson(json)) => {
                     report = Some(serde_json::from_str::<R>(&json)?)
                 }

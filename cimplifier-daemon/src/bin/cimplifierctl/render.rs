@@ -64,3 +64,17 @@ pub fn spinner() -> indicatif::ProgressBar {
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }
+
+/// The spinner's look: a step without a size.
+pub fn spinner_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::default_spinner()
+}
+
+/// A bar of bytes, for a step that says how far it is.
+pub fn bytes_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ")
+}

@@ -28,7 +28,7 @@ use crate::docker::compose::{
     COMPOSE_FILE, ComposeFile, ComposePort, ComposeService, ComposeVolume,
 };
 use crate::image::fs::ImageFs;
-use crate::image::source::{Admit, SourceSession, TraceDigest, read_session};
+use crate::image::source::{Admit, SourceSession, TraceDigest, read_session_counting};
 use crate::model::{Exe, Model};
 use crate::partition::{PartitionName, Policy};
 use crate::place::partition::{PartitionPlan, plan};
@@ -346,6 +346,7 @@ pub async fn emit_partitioned(
     store: &Arc<Store>,
     opts: &PartitionEmitOptions,
     progress: &(dyn Fn(&str) + Send + Sync),
+    bytes: &(dyn Fn(&str, u64, u64) + Send + Sync),
 ) -> Result<PartitionEmitReport, EmitError> {
     progress("reading the source image");
     let SourceSession {
@@ -354,13 +355,14 @@ pub async fn emit_partitioned(
         tree: fs,
         model,
         ..
-    } = read_session(
+    } = read_session_counting(
         store,
         &opts.session,
         Admit::Closed {
             allow_incomplete: opts.allow_incomplete,
         },
         TraceDigest::Skip,
+        &|done, total| bytes("reading the source image", done, total),
     )
     .await?;
     let docker = crate::docker::connect().map_err(EmitError::Engine)?;
