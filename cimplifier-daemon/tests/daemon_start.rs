@@ -101,3 +101,56 @@ fn systemd_hears_ready_once_the_socket_is_bound() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
     assert!(d.child.wait().unwrap().success());
 }
+
+/// `--log-format json`: every line the daemon logs is one JSON object with
+/// its time, level, target and message.
+#[test]
+fn the_daemon_logs_json_lines_when_asked() {
+    use std::io::Read;
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/j.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            "/dev/null",
+            "--socket",
+        ])
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until(30, "the daemon serves", || socket.exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|l| l["message"] == "serving")
+        .unwrap_or_else(|| panic!("no `serving` line: {err}"));
+    assert_eq!(serving["level"], "INFO", "{serving}");
+    assert_eq!(serving["socket"], socket.to_str().unwrap(), "{serving}");
+    assert!(
+        serving["timestamp"].as_str().unwrap().ends_with('Z'),
+        "{serving}"
+    );
+}

@@ -18,6 +18,16 @@ use clap::{Parser, Subcommand};
     about = "cimplifier's host daemon: observes containers with eBPF"
 )]
 struct Cli {
+    /// How log lines are written to stderr: text for people, or json (one
+    /// object a line) for a log collector.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CIMPLIFIER_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: cimplifier::cli::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,8 +120,9 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    cimplifier::cli::init_logging();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    cimplifier::cli::init_logging_as(cli.log_format);
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -145,6 +156,8 @@ async fn container_target(name_or_id: &str) -> anyhow::Result<TraceTarget> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // First, so that a SIGTERM during start-up ends it cleanly.
+    let stop = shutdown_signal();
     require_root(match cli.command {
         Command::Serve { .. } => "serve",
         Command::Trace { .. } => "trace",
@@ -191,7 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ..Default::default()
                 },
             };
-            cimplifier::api::serve(opts, shutdown_signal()).await
+            cimplifier::api::serve(opts, stop).await
         }
         Command::Trace {
             cgroup,
@@ -218,7 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 progress_every: Duration::from_secs(5),
             };
-            let summary = record(opts, shutdown_signal()).await?;
+            let summary = record(opts, stop).await?;
             println!(
                 "{} events recorded in {:.1} s; {}",
                 summary.events,
