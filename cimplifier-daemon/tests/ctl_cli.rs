@@ -235,12 +235,12 @@ fn every_command_that_prints_has_json() {
             .spawn()
             .unwrap(),
     );
-    // Until the opening is done (image_ref set), a stop finds no session.
     common::wait_until(30, "the session is observing", || {
         let all = json(&d.ctl(&["sessions", "--json"]));
-        all.as_array().unwrap().iter().any(|s| {
-            s["container"] == c.0.as_str() && s["state"] == "observing" && s["image_ref"] != ""
-        })
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["container"] == c.0.as_str() && s["state"] == "observing")
     });
     let s = json(&d.ctl(&["stop", &c.0, "--json"]));
     assert_eq!(
@@ -545,4 +545,59 @@ async fn emit_streams_byte_progress_while_reading_the_image() {
         counts.windows(2).all(|w| w[0] < w[1]) && counts.last().is_some_and(|&n| n >= size / 2),
         "byte counts rise to about the image's {size} bytes: {counts:?}"
     );
+}
+
+/// A session stopped while it is still opening (listed, its container not
+/// started yet) is closed and returned, not answered "no session".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stopped_while_it_opens_is_closed_not_lost() {
+    require_root();
+    let d = Daemon::start();
+    let c = Container::create(
+        "ctl-stop-opening",
+        &[
+            BASE_IMAGE,
+            "/bin/sh",
+            "-c",
+            "while true; do sleep 0.2; done",
+        ],
+    );
+    let mut api = cimplifier::api::connect(d.socket.as_path()).await.unwrap();
+    let observe = {
+        let mut api = api.clone();
+        let name = c.0.clone();
+        tokio::spawn(async move {
+            api.observe(pb::ObserveRequest {
+                container: name,
+                ..Default::default()
+            })
+            .await
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let list = api
+            .list_sessions(pb::ListSessionsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if list.sessions.iter().any(|s| s.container == c.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never listed");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let stopped = api
+        .stop_observing(pb::StopObservingRequest {
+            container: c.0.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("stop while opening: {e:?}"))
+        .into_inner();
+    assert_eq!(
+        stopped.state,
+        pb::session::State::Closed as i32,
+        "{stopped:?}"
+    );
+    let _ = observe.await;
 }
