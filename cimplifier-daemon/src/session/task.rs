@@ -15,7 +15,7 @@ use super::observer::{self, Observer, Route, StreamedEvent, Watch};
 use super::{CHECKPOINT, Manager, Opening, docker_parent_cgroup, now_ms};
 use crate::docker::{Docker, container};
 use crate::store::{EndReason, Segment, SessionRecord, SessionState, Started, Store};
-use crate::trace::{ContainerPath, Event, EventKind, LossCounters};
+use crate::trace::{CgroupId, ContainerPath, Event, EventKind, LossCounters};
 
 /// How long a closing session waits at most for the dispatcher to hand it
 /// what was recorded before the end.
@@ -117,21 +117,14 @@ impl SessionTask {
             }
             None => (None, false),
         };
-        let (early_watch, mut members) = match &precreated {
-            Some(dir) if prepared_watch.is_some() => {
-                (prepared_watch, observer::cgroup_ids_below(dir))
-            }
-            Some(dir) => {
-                observer.claim(&route.route, dir);
-                let members = observer::cgroup_ids_below(dir);
-                (Some(observer.watch(dir)?), members)
-            }
-            None if from_first_exec => (
-                Some(observer.watch(&docker_parent_cgroup(cgroup_parent.as_deref())?)?),
-                HashSet::new(),
-            ),
-            None => (None, HashSet::new()),
-        };
+        let (early_watch, mut members) = watch_early(
+            &observer,
+            &route,
+            precreated.as_ref(),
+            prepared_watch,
+            from_first_exec,
+            cgroup_parent.as_deref(),
+        )?;
         // The stream connects when first polled, after the start: `since`
         // (now, after any stop of ours) keeps a container that dies at once
         // from ending unnoticed.
@@ -152,23 +145,14 @@ impl SessionTask {
                 return Err(e);
             }
         };
-        let watch = match early_watch {
-            Some(w) if precreated.as_ref() == Some(&container_cgroup) => w,
-            early => {
-                observer.claim(&route.route, &container_cgroup);
-                let w = if from_first_exec {
-                    observer.watch(&container_cgroup)?
-                } else {
-                    // Running for a while: read its processes from /proc,
-                    // even below Docker's watched parent.
-                    observer.watch_running(&container_cgroup)?
-                };
-                if let Some(early) = early {
-                    observer.unwatch(early);
-                }
-                w
-            }
-        };
+        let watch = watch_container(
+            &observer,
+            &route,
+            early_watch,
+            precreated.as_ref(),
+            &container_cgroup,
+            from_first_exec,
+        )?;
         members.extend(observer::cgroup_ids_below(&container_cgroup));
 
         let mut record = self.first_record(&store, &id, &name, from_first_exec)?;
@@ -381,6 +365,62 @@ impl SessionTask {
     }
 }
 
+/// The watch before the container runs: on its cgroup made ahead (claimed
+/// for the session, or already by `prepared`), or on Docker's parent
+/// cgroup until the container's own is known; and the cgroups below it.
+fn watch_early(
+    observer: &Observer,
+    route: &RouteGuard,
+    precreated: Option<&PathBuf>,
+    prepared: Option<Watch>,
+    from_first_exec: bool,
+    cgroup_parent: Option<&str>,
+) -> Result<(Option<Watch>, HashSet<CgroupId>)> {
+    Ok(match precreated {
+        Some(dir) if prepared.is_some() => (prepared, observer::cgroup_ids_below(dir)),
+        Some(dir) => {
+            observer.claim(&route.route, dir);
+            let members = observer::cgroup_ids_below(dir);
+            (Some(observer.watch(dir)?), members)
+        }
+        None if from_first_exec => (
+            Some(observer.watch(&docker_parent_cgroup(cgroup_parent)?)?),
+            HashSet::new(),
+        ),
+        None => (None, HashSet::new()),
+    })
+}
+
+/// The watch for the session's life: the early one when it is on the
+/// container's own cgroup; else one on that cgroup, claimed, and the early
+/// one dropped.
+fn watch_container(
+    observer: &Observer,
+    route: &RouteGuard,
+    early: Option<Watch>,
+    precreated: Option<&PathBuf>,
+    container_cgroup: &PathBuf,
+    from_first_exec: bool,
+) -> Result<Watch> {
+    match early {
+        Some(w) if precreated == Some(container_cgroup) => Ok(w),
+        early => {
+            observer.claim(&route.route, container_cgroup);
+            let w = if from_first_exec {
+                observer.watch(container_cgroup)?
+            } else {
+                // Running for a while: read its processes from /proc, even
+                // below Docker's watched parent.
+                observer.watch_running(container_cgroup)?
+            };
+            if let Some(early) = early {
+                observer.unwatch(early);
+            }
+            Ok(w)
+        }
+    }
+}
+
 /// What a session does with each event it is handed, and how it makes
 /// them durable: which cgroups are the container's, who ran what, the uses
 /// already stored in this segment (what the model holds, so bounded by
@@ -390,7 +430,7 @@ struct Recorder<'a> {
     store: &'a Store,
     route: &'a RouteGuard,
     container_cgroup: PathBuf,
-    members: HashSet<crate::trace::CgroupId>,
+    members: HashSet<CgroupId>,
     session_name: Arc<str>,
     exes: ExeTracker,
     /// A container process was met already past runc's exec.
