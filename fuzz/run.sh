@@ -16,7 +16,7 @@ set -euo pipefail
 
 SECONDS_PER_TARGET="${1:-600}"
 SANITIZER="${SANITIZER:-address}"
-TARGETS=(strace_parser event_log ring_record)
+TARGETS=(strace_parser event_log ring_record image_tree policy compose_file session_bundle rpe_frame rpe_config)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(dirname "$here")"

@@ -10,6 +10,7 @@ mod convert;
 mod serve;
 mod service;
 mod transport;
+mod verify;
 pub mod workload;
 
 pub use client::{channel, connect};

@@ -25,3 +25,4 @@ pub mod place;
 pub mod session;
 pub mod store;
 pub mod trace;
+pub mod verify;

@@ -2,8 +2,12 @@
 //! nodes) observe two containers of one image under different workloads;
 //! one session is exported from the second daemon and imported into the
 //! first, the two are merged, and the merged session's slim image serves
-//! both workloads, while either session alone would not. Also the live
-//! `cimplifierctl events` tail. Needs root and dockerd.
+//! both workloads, answering as the original image does (output and
+//! status, on a container's first run and on its second, which starts
+//! from what the first left), while either session alone would not. The
+//! workloads are commands that exit at once: there is nothing running to
+//! restart or kill. Also the live `cimplifierctl events` tail. Needs root
+//! and dockerd.
 
 mod common;
 
@@ -26,6 +30,30 @@ impl Drop for Image {
     fn drop(&mut self) {
         let _ = Command::new("docker").args(["rmi", "-f", &self.0]).output();
     }
+}
+
+/// Runs `argv` in a new container of `image`, then starts the same
+/// container again: each run's status and output.
+fn answers(image: &str, argv: &[&str]) -> Vec<String> {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut args = vec![image];
+    args.extend_from_slice(argv);
+    let c = Container::create(&format!("merge-answers-{n}"), &args);
+    (0..2)
+        .map(|run| {
+            let out = Command::new("docker")
+                .args(["start", "-a", &c.0])
+                .output()
+                .unwrap();
+            format!(
+                "run {run}: {}\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .collect()
 }
 
 fn runs(image: &str, argv: &[&str]) -> bool {
@@ -87,14 +115,21 @@ fn sessions_from_two_daemons_merge_into_one_image_for_both_workloads() {
         std::process::id()
     ));
     stdout_of(&node_a.ctl(&["emit", &merged_name, "--tag", &image.0]));
-    assert!(
-        runs(&image.0, &["cat", "/etc/os-release"]),
-        "workload of node A"
-    );
-    assert!(
-        runs(&image.0, &["sort", "/etc/passwd"]),
-        "workload of node B"
-    );
+    for (node, argv) in [
+        ("A", ["cat", "/etc/os-release"]),
+        ("B", ["sort", "/etc/passwd"]),
+    ] {
+        let original = answers(BASE_IMAGE, &argv);
+        assert!(
+            original.iter().all(|a| a.contains(": exit status: 0\n")) && original[0].len() > 100,
+            "{original:?}"
+        );
+        assert_eq!(
+            answers(&image.0, &argv),
+            original,
+            "the merged image answers node {node}'s workload as the original does"
+        );
+    }
 
     let only_a = Image(format!(
         "cimplifier-test/merge-only-a-{}:slim",
@@ -105,6 +140,10 @@ fn sessions_from_two_daemons_merge_into_one_image_for_both_workloads() {
         !runs(&only_a.0, &["sort", "/etc/passwd"]),
         "one node's session alone does not serve the other's workload"
     );
+    // The controls: the same command runs in the original image, and the
+    // same image runs its own node's workload.
+    assert!(runs(BASE_IMAGE, &["sort", "/etc/passwd"]));
+    assert!(runs(&only_a.0, &["cat", "/etc/os-release"]));
 
     // Refusals name the problem.
     let same = node_a.ctl(&["merge", "--into", &reads.0, &reads.0, "from-node-b"]);

@@ -7,7 +7,11 @@
 //! starts the other three through RPE. The system is first started in
 //! the reverse of its dependency order (the volumes start with the source
 //! image's content all the same), then taken down and up again: the
-//! database keeps its data. Needs root and dockerd.
+//! database keeps its data. The original, and then the partitioned system,
+//! go through a second pass, a restart (`down` and `up` for the system)
+//! and a SIGKILL with a start, the workload after each; the system's
+//! answers (status codes and the pages' text) must be the original's at
+//! every step. Needs root and dockerd.
 
 mod common;
 
@@ -17,6 +21,7 @@ use std::process::Command;
 use cimplifier::docker::compose::{StartOrder, up_in_order};
 use cimplifier::emit::partitioned::{PartitionEmitReport, Role};
 use cimplifier::trace::ContainerPath;
+use common::lifecycle::{Answers, Plan, Single, Target, assert_same, run_steps};
 use common::{Container, Daemon, docker, emit_partitioned, require_root, stdout_of, wait_until};
 
 const IMAGE: &str = "cimplifier-test/wordpress:latest";
@@ -27,7 +32,8 @@ fn workload() -> PathBuf {
 }
 
 /// Runs the workload against `ip`; panics with its output if it fails.
-fn run_workload(ip: &str, against: &str) {
+/// Its answers, the lines it marks as such.
+fn run_workload(ip: &str, against: &str) -> Vec<String> {
     let out = Command::new("bash")
         .arg(workload())
         .arg(format!("http://{ip}"))
@@ -44,6 +50,17 @@ fn run_workload(ip: &str, against: &str) {
         "the workload failed against {against}:\n{text}"
     );
     assert!(text.contains("workload: passed"), "{text}");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("answer: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The workload once the site at the target's address answers.
+fn pass(target: &dyn Target, against: &str) -> Vec<String> {
+    let ip = target.address();
+    wait_http(&ip);
+    run_workload(&ip, against)
 }
 
 /// Waits until WordPress answers at `ip` (its installer redirects).
@@ -91,11 +108,34 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
     });
     let ip = docker(&["inspect", "-f", "{{.NetworkSettings.IPAddress}}", &c.0]);
     wait_http(&ip);
-    run_workload(&ip, "the original container");
+    let mut original = vec![Answers {
+        step: "first pass".into(),
+        lines: run_workload(&ip, "the original container"),
+    }];
     stdout_of(&d.ctl(&["stop", &c.0]));
     assert!(
         observe.wait().unwrap().success(),
         "observe ends with the session"
+    );
+    // The same steps as the partitioned system's below, unobserved.
+    original.extend(run_steps(
+        &mut Single(c.0.clone()),
+        "the original",
+        None,
+        &mut pass,
+    ));
+    // The first pass installs the site, the passes after it find it.
+    assert!(
+        original[0].lines.contains(&"install: done".to_owned()),
+        "{:?}",
+        original[0]
+    );
+    assert!(
+        original[1]
+            .lines
+            .contains(&"install: installed already".to_owned()),
+        "{:?}",
+        original[1]
     );
     docker(&["rm", "-f", &c.0]);
 
@@ -105,6 +145,13 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
     let out = dir.path().join("wp-split");
     let tag = format!("cimplifier-e2e/wp{}", std::process::id());
     let report = emit_partitioned(&d, &c.0, &policy, &tag, &out);
+    // The plan, started by verify with every partition observed, passes
+    // the workload with no call failing that succeeded in the original.
+    let script = common::lifecycle::Script {
+        path: workload(),
+        ports: &[80],
+    };
+    common::lifecycle::verify(&d, &c.0, &["--plan", out.to_str().unwrap()], &script);
     // What the state directory and code tree rules cost per partition
     // (docs/benchmarks.md): the same emit with --strict.
     let strict_tag = format!("cimplifier-e2e/wp{}-strict", std::process::id());
@@ -247,7 +294,10 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
         .expect("the system's address")
         .to_owned();
     wait_http(&ip);
-    run_workload(&ip, "the partitioned system");
+    let mut output = vec![Answers {
+        step: "first pass".into(),
+        lines: run_workload(&ip, "the partitioned system"),
+    }];
 
     // Each partition holds only its own programs.
     let has = |container: &str, path: &str| {
@@ -286,6 +336,18 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
             v.mount
         );
     }
+
+    output.extend(run_steps(
+        &mut Plan {
+            daemon: &d,
+            dir: out.clone(),
+            address: ip,
+        },
+        "the partitioned system",
+        None,
+        &mut pass,
+    ));
+    assert_same("wordpress", &original, &output);
 
     // down keeps the volumes: up again, and the site is still installed,
     // with the workload's posts.

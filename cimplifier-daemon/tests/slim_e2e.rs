@@ -1,15 +1,21 @@
 //! The paper's slimming case studies, end to end with real Docker, real
 //! images built from Debian packages (`cargo xtask images`) and real
-//! clients: observe the original under its workload with `cimplifierctl
-//! observe`, `emit` the slim image, run it, run the same workload again and
-//! require the same results. Prints each size reduction. Needs root.
+//! clients: observe the original under its workload (a script of
+//! tests/workloads) with `cimplifierctl observe --exec`, `emit` the slim
+//! image, run it, run the same workload again and require the same
+//! results. Then both the original and the slim container
+//! go through a second pass, a restart and a SIGKILL with a start, the
+//! workload after each, and the slim one must answer as the original did
+//! at every step (tests/common/lifecycle.rs). Prints each size reduction.
+//! Needs root.
 
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use common::lifecycle::{Answers, Script, Single, assert_same, run_steps};
 use common::{Container, Daemon, docker, require_root};
 use serde_json::Value;
 
@@ -87,8 +93,41 @@ struct Case {
     /// The paper's size reduction, the floor for ours.
     paper_percent: f64,
     ready: fn(u16) -> bool,
-    /// The workload's observable results; equal results mean it passed.
-    workload: fn(u16) -> Vec<String>,
+    /// The workload, a script of tests/workloads that reaches the
+    /// container at `CIMPLIFIER_TARGET` on its own port; what it prints
+    /// are its answers, equal answers mean it passed.
+    script: &'static str,
+    ports: &'static [u16],
+}
+
+impl Case {
+    fn script(&self) -> Script {
+        Script::new(self.script, self.ports)
+    }
+}
+
+/// The case's workload once it is ready on `container`'s published port
+/// (which a restart may change).
+fn pass(case: &Case, container: &str, against: &str) -> Vec<String> {
+    let port = published_port(container, case.inner_port);
+    wait_until(case.name, || (case.ready)(port));
+    case.script().run(&Single(container.to_owned()), against)
+}
+
+/// The answers of `container` at its first pass (`first`) and at every
+/// step of the lifecycle after it.
+fn lifecycle(case: &Case, container: &str, against: &str, first: Vec<String>) -> Vec<Answers> {
+    let mut all = vec![Answers {
+        step: "first pass".into(),
+        lines: first,
+    }];
+    all.extend(run_steps(
+        &mut Single(container.to_owned()),
+        against,
+        None,
+        &mut |_, against| pass(case, container, against),
+    ));
+    all
 }
 
 struct Emitted {
@@ -99,9 +138,10 @@ struct Emitted {
     _work: tempfile::TempDir,
 }
 
-/// Observe the original under the workload, then emit. Returns the
-/// original's results and the emit report.
-fn observe_and_emit(case: &Case) -> (Vec<String>, Emitted) {
+/// Observe the original under the workload, run the lifecycle's steps
+/// against it (no longer observed), then emit. Returns the original's
+/// answers at each step and the emit report.
+fn observe_and_emit(case: &Case) -> (Vec<Answers>, Emitted) {
     require_root();
     let daemon = Daemon::start();
     let work = tempfile::tempdir().unwrap();
@@ -118,29 +158,24 @@ fn observe_and_emit(case: &Case) -> (Vec<String>, Emitted) {
         &format!("127.0.0.1::{}", case.inner_port),
         case.image,
     ]);
-    let observer: Child = ctl(&daemon)
-        .args(["observe", &name])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+    let answers = work.path().join("answers");
+    // The test runs the lifecycle itself, after the observed pass, so the
+    // answers of each step compare like with like; verify runs it observed.
+    let out = ctl(&daemon)
+        .args(["observe", &name, "--no-lifecycle", "--exec"])
+        .arg(case.script().exec_line(&answers))
+        .output()
         .unwrap();
-    let port = published_port(&name, case.inner_port);
-    wait_until(case.name, || (case.ready)(port));
-    let original = (case.workload)(port);
-    std::thread::sleep(Duration::from_millis(500));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(observer.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let out = observer.wait_with_output().unwrap();
+    let original = std::fs::read_to_string(&answers).unwrap_or_default();
     assert!(
         out.status.success(),
-        "observe failed: {}",
+        "observe --exec failed: {}\n{original}",
         String::from_utf8_lossy(&out.stderr)
     );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("no events lost"), "{said}");
+    let original = original.lines().map(str::to_owned).collect();
+    let original = lifecycle(case, &name, "the original", original);
     drop(container);
 
     let tag = format!("cimplifier-e2e/{}:slim", case.name);
@@ -158,6 +193,7 @@ fn observe_and_emit(case: &Case) -> (Vec<String>, Emitted) {
         String::from_utf8_lossy(&emit.stderr)
     );
     let report: Value = serde_json::from_slice(&emit.stdout).unwrap();
+    common::lifecycle::verify(&daemon, &name, &["--image", &tag], &case.script());
     (
         original,
         Emitted {
@@ -367,37 +403,23 @@ const NGINX: Case = Case {
     inner_port: "80/tcp",
     paper_percent: 95.0,
     ready: http_ready,
-    workload: |port| {
-        [
-            "/",
-            "/index.html",
-            "/about.html",
-            "/missing",
-            "/nested/missing.css",
-        ]
-        .iter()
-        .map(|p| {
-            let (code, body) = http(port, "GET", p, None);
-            format!("GET {p} -> {code}\n{body}")
-        })
-        .collect()
-    },
+    script: "nginx.sh",
+    ports: &[80],
 };
 
 #[test]
 fn nginx_static_site() {
     let (original, e) = observe_and_emit(&NGINX);
-    assert!(original[0].starts_with("GET / -> 200"), "{original:?}");
+    let first = &original[0].lines;
+    assert!(first.contains(&"GET / -> 200".to_owned()), "{first:?}");
     assert!(
-        original[3].starts_with("GET /missing -> 404"),
-        "{original:?}"
+        first.contains(&"GET /missing -> 404".to_owned()),
+        "{first:?}"
     );
-    let (_slim, port) = run_slim(&NGINX, &e);
-    assert_eq!(
-        (NGINX.workload)(port),
-        original,
-        "the slim nginx answers differently"
-    );
+    let (slim, _) = run_slim(&NGINX, &e);
+    let first = pass(&NGINX, &slim.0, "the slim nginx, first pass");
+    let output = lifecycle(&NGINX, &slim.0, "the slim nginx", first);
+    assert_same("nginx", &original, &output);
     let percent = report_sizes(&NGINX, &e.report);
     strict_size(&e);
     // nginx globs its include directories: the model knows it listed them.
@@ -500,45 +522,20 @@ const REDIS: Case = Case {
     inner_port: "6379/tcp",
     paper_percent: 92.0,
     ready: redis_ready,
-    workload: |port| {
-        let out = Command::new("redis-benchmark")
-            .args([
-                "-p",
-                &port.to_string(),
-                "-n",
-                "5000",
-                "-t",
-                "set,get,incr,lpush,lpop,sadd,hset",
-                "-q",
-            ])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_lowercase()
-            + &String::from_utf8_lossy(&out.stderr).to_lowercase();
-        let benchmark = if out.status.success() && !text.contains("err") {
-            "redis-benchmark completed without errors".to_owned()
-        } else {
-            format!("redis-benchmark failed: {text}")
-        };
-        vec![
-            benchmark,
-            redis_cli(port, &["SET", "cimplifier:aof", "survives"]),
-            redis_cli(port, &["GET", "cimplifier:aof"]),
-            redis_cli(port, &["BGREWRITEAOF"]).replace("already in progress", "started"),
-        ]
-    },
+    script: "redis.sh",
+    ports: &[6379],
 };
 
 #[test]
 fn redis_with_aof() {
     let (original, e) = observe_and_emit(&REDIS);
-    assert_eq!(original[0], "redis-benchmark completed without errors");
-    let (slim, port) = run_slim(&REDIS, &e);
-    assert_eq!(
-        (REDIS.workload)(port),
-        original,
-        "the slim redis answers differently"
-    );
+    for step in &original {
+        assert_eq!(step.lines[0], "redis-benchmark completed without errors");
+    }
+    let (slim, _) = run_slim(&REDIS, &e);
+    let first = pass(&REDIS, &slim.0, "the slim redis, first pass");
+    let output = lifecycle(&REDIS, &slim.0, "the slim redis", first);
+    assert_same("redis", &original, &output);
     // The append-only file brings the data back after a restart.
     docker(&["restart", "-t", "5", &slim.0]);
     let port = published_port(&slim.0, REDIS.inner_port);
@@ -576,35 +573,28 @@ const FLASK: Case = Case {
     inner_port: "5000/tcp",
     paper_percent: 75.0,
     ready: http_ready,
-    workload: |port| {
-        [
-            ("GET", "/", None),
-            ("GET", "/about", None),
-            ("GET", "/sign", None),
-            ("POST", "/sign", Some("name=alice")),
-            ("POST", "/sign", Some("name=")),
-            ("GET", "/", None),
-            ("GET", "/missing", None),
-        ]
-        .iter()
-        .map(|(m, p, f)| {
-            let (code, body) = http(port, m, p, *f);
-            format!("{m} {p} -> {code}\n{body}")
-        })
-        .collect()
-    },
+    script: "flask.sh",
+    ports: &[5000],
 };
 
 #[test]
 fn flask_web_app() {
     let (original, e) = observe_and_emit(&FLASK);
-    assert!(original[3].contains("Thank you, alice"), "{original:?}");
-    let (_slim, port) = run_slim(&FLASK, &e);
-    assert_eq!(
-        (FLASK.workload)(port),
-        original,
-        "the slim Flask app answers differently"
+    assert!(
+        original[0]
+            .lines
+            .iter()
+            .any(|l| l.contains("Thank you, alice")),
+        "{original:?}"
     );
+    // The guestbook lives in memory: the second pass sees the first's
+    // entry, a restart empties it (the slim app must do the same).
+    assert_ne!(original[0].lines, original[1].lines);
+    assert_eq!(original[0].lines, original[2].lines);
+    let (slim, _) = run_slim(&FLASK, &e);
+    let first = pass(&FLASK, &slim.0, "the slim Flask app, first pass");
+    let output = lifecycle(&FLASK, &slim.0, "the slim Flask app", first);
+    assert_same("flask", &original, &output);
     let percent = report_sizes(&FLASK, &e.report);
     let strict = strict_size(&e);
     // Python imports lazily: the packages it loaded from are kept whole,

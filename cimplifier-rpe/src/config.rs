@@ -57,7 +57,12 @@ fn read(path: &Path) -> Result<String, String> {
 
 impl ServerConfig {
     pub fn load(path: &Path) -> Result<Self, String> {
-        let cfg: Self = toml::from_str(&read(path)?)
+        Self::parse(&read(path)?, path)
+    }
+
+    /// Parses and checks the configuration read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, String> {
+        let cfg: Self = toml::from_str(text)
             .map_err(|e| format!("{}: not a valid server configuration: {e}", path.display()))?;
         cfg.check()
             .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -100,7 +105,12 @@ impl StubConfig {
     }
 
     pub fn load(path: &Path) -> Result<Self, String> {
-        let cfg: Self = toml::from_str(&read(path)?)
+        Self::parse(&read(path)?, path)
+    }
+
+    /// Parses and checks the configuration read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, String> {
+        let cfg: Self = toml::from_str(text)
             .map_err(|e| format!("{}: not a valid stub configuration: {e}", path.display()))?;
         if cfg.socket.is_none() && cfg.routes.is_empty() {
             return Err(format!(

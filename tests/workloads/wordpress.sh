@@ -2,9 +2,15 @@
 # The WordPress case study's workload, over HTTP with curl: install the
 # site, log in, create posts, comment, edit the profile, log out. Every
 # step checks what the site answered and the script fails on the first
-# that is wrong. Usage: wordpress.sh http://HOST
+# that is wrong. It runs any number of times: a site installed already is
+# not installed again. Lines starting with `answer:` are what two runs of
+# the same steps must answer alike (status codes, and the text of the
+# pages with the site's address, dates, times and nonces replaced); the
+# tests compare them between the original and the partitioned system.
+# Usage: wordpress.sh http://HOST, or wordpress.sh with the host in
+# $CIMPLIFIER_TARGET.
 set -euo pipefail
-site=${1:?usage: wordpress.sh http://HOST}
+site=${1:-http://${CIMPLIFIER_TARGET:?usage: wordpress.sh http://HOST, or set CIMPLIFIER_TARGET}}
 jar=$(mktemp)
 trap 'rm -f "$jar"' EXIT
 c() { curl -sS --max-time 60 -b "$jar" -c "$jar" "$@"; }
@@ -12,9 +18,37 @@ step() { echo "workload: $*"; }
 fail() { echo "workload: FAILED: $*" >&2; exit 1; }
 # Whether the page at $1 contains $2 (read whole: grep -q would cut curl off).
 shows() { local page; page=$(c -L "$1"); grep -qF -- "$2" <<<"$page"; }
+answer() { echo "answer: $*"; }
+# The visible text of the page at $1 (scripts, styles and tags left out),
+# with what differs between two sites serving the same content replaced.
+text_of() {
+  c -L "$1" | python3 -c '
+import html.parser, re, sys
+class Text(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.skip, self.out = 0, []
+    def handle_starttag(self, tag, attrs):
+        self.skip += tag in ("script", "style")
+    def handle_endtag(self, tag):
+        self.skip -= tag in ("script", "style") and self.skip > 0
+    def handle_data(self, data):
+        if not self.skip and data.strip():
+            self.out.append(" ".join(data.split()))
+t = Text()
+t.feed(sys.stdin.read())
+text = "\n".join(t.out).replace(sys.argv[1], "<site>")
+text = re.sub(r"\b[A-Z][a-z]+ \d{1,2}, \d{4}\b", "<date>", text)
+text = re.sub(r"\b\d{1,2}:\d\d ?(am|pm|AM|PM)?", "<time>", text)
+print(text)
+' "${site#http://}"
+}
 
 step "install"
-c -o /dev/null "$site/wp-admin/install.php"
+page=$(c "$site/wp-admin/install.php")
+if grep -q "Already Installed" <<<"$page"; then
+  answer "install: installed already"
+else
 out=$(c "$site/wp-admin/install.php?step=2" \
   --data-urlencode weblog_title="cimplifier case study" \
   --data-urlencode user_name=admin \
@@ -24,6 +58,8 @@ out=$(c "$site/wp-admin/install.php?step=2" \
   --data-urlencode admin_email=admin@example.com \
   --data-urlencode blog_public=0)
 grep -q "Success!" <<<"$out" || fail "install did not succeed: $(head -c 300 <<<"$out")"
+answer "install: done"
+fi
 
 step "log in"
 c -o /dev/null "$site/wp-login.php"
@@ -32,6 +68,7 @@ code=$(c -o /dev/null -w '%{http_code}' "$site/wp-login.php" \
   --data-urlencode wp-submit="Log In" --data-urlencode testcookie=1 \
   --data-urlencode redirect_to="$site/wp-admin/")
 [ "$code" = 302 ] || fail "login answered $code, not a redirect"
+answer "login: $code"
 shows "$site/wp-admin/" "Dashboard" || fail "the dashboard is not shown after login"
 nonce=$(c "$site/wp-admin/admin-ajax.php?action=rest-nonce")
 [ -n "$nonce" ] && [ "$nonce" != 0 ] || fail "no REST nonce for the logged-in user"
@@ -45,6 +82,7 @@ for i in 1 2 3; do
   id=$(grep -o '"id":[0-9]*' <<<"$out" | sed -n '1s/.*://p' || true)
   [ -n "$id" ] || fail "post $i was not created: $(head -c 300 <<<"$out")"
   ids+=("$id")
+  answer "post $i: id $id"
 done
 shows "$site/?p=${ids[0]}" "Body of post 1" || fail "post ${ids[0]} does not show its body"
 
@@ -53,6 +91,7 @@ code=$(c -o /dev/null -w '%{http_code}' "$site/wp-comments-post.php" \
   --data-urlencode comment_post_ID="${ids[0]}" \
   --data-urlencode comment="A comment from the workload")
 [ "$code" = 302 ] || fail "commenting answered $code, not a redirect"
+answer "comment: $code"
 shows "$site/?p=${ids[0]}" "A comment from the workload" || fail "the comment is not shown"
 
 step "edit the profile"
@@ -70,5 +109,12 @@ logout="wp-login.php?action=logout&_wpnonce=$logout_nonce"
 c -o /dev/null "$site/$logout"
 code=$(c -o /dev/null -w '%{http_code}' "$site/wp-admin/")
 [ "$code" = 302 ] || fail "after logout wp-admin answered $code, not a redirect to the login"
+answer "wp-admin after logout: $code"
+
+step "read the site as a visitor"
+text_of "$site/" | sed 's/^/answer: home: /'
+text_of "$site/?p=${ids[0]}" | sed 's/^/answer: post: /'
+code=$(c -o /dev/null -w '%{http_code}' "$site/?p=999999")
+answer "a missing post: $code"
 
 step "passed"

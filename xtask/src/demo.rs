@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: the main user flow on an nginx test container.
-//! Start the daemon, observe the container from its first exec while
-//! curling it, emit its slim image, run the slim image and make the same
-//! requests, then show the sizes.
+//! Start the daemon, observe the container from its first exec while a
+//! workload curls it (and again after a restart, a crash and a reload),
+//! emit its slim image, verify it with the same workload, run it and make
+//! the same requests, then show the sizes.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -20,20 +21,18 @@ const STATE_DIR: &str = "target/demo-state";
 const SOCKET: &str = "target/demo-state/cimplifier.sock";
 const OCI_DIR: &str = "target/demo-oci";
 const PATHS: [&str; 4] = ["/", "/about.html", "/missing", "/index.html"];
+/// The workload `observe --exec` and `verify` run: the pages must answer,
+/// the missing one with 404.
+const WORKLOAD: &str = r#"for p in / /about.html /index.html; do curl -fsS -o /dev/null "http://$CIMPLIFIER_TARGET$p" || exit 1; done; test "$(curl -s -o /dev/null -w '%{http_code}' "http://$CIMPLIFIER_TARGET/missing")" = 404"#;
 
-/// Removes the demo containers and stops the daemon (and a still-running
-/// observer) however the demo ends.
+/// Removes the demo containers and stops the daemon however the demo ends.
 struct Cleanup {
-    observer: Option<Child>,
     daemon: Option<Child>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for mut child in [self.observer.take(), self.daemon.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(mut child) = self.daemon.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -130,10 +129,7 @@ pub fn run() -> Result<()> {
     let _demo = Step::new("demo");
     util::build_daemon_release(&root)?;
 
-    let mut cleanup = Cleanup {
-        observer: None,
-        daemon: None,
-    };
+    let mut cleanup = Cleanup { daemon: None };
     // 0. The daemon, on a socket of its own.
     cleanup.daemon = Some(start_daemon(&root, SOCKET, STATE_DIR)?);
     for c in [CONTAINER, SLIM_CONTAINER] {
@@ -151,29 +147,11 @@ pub fn run() -> Result<()> {
         ],
     ))?;
 
-    // 1. Observe: the container is started under observation.
-    let mut observe = ctl(&root);
-    observe.args(["observe", CONTAINER]);
-    let line = util::display(&observe);
-    println!("+ {line} &");
-    cleanup.observer = Some(
-        observe
-            .spawn()
-            .with_context(|| format!("could not start `{line}`"))?,
-    );
+    // 1. Observe: the container is started under observation, the workload
+    // runs against it, then again after each lifecycle step.
+    util::run(ctl(&root).args(["observe", CONTAINER, "--exec", WORKLOAD]))?;
     wait_for_http(PORT)?;
     let original = requests(PORT, "original")?;
-    std::thread::sleep(Duration::from_millis(500));
-    let pid = cleanup.observer.as_ref().expect("observer started").id();
-    util::run(&mut cmd("kill", ["-INT", &pid.to_string()]))?;
-    let observer = cleanup.observer.take().expect("observer started");
-    let status = observer
-        .wait_with_output()
-        .context("waiting for observe")?
-        .status;
-    if !status.success() {
-        bail!("`{line}` failed ({status})");
-    }
 
     // 2. Emit the slim image, with the reasons for two paths.
     util::run(ctl(&root).args([
@@ -189,7 +167,18 @@ pub fn run() -> Result<()> {
         "/usr/bin/apt",
     ]))?;
 
-    // 3. Run it and make the same requests.
+    // 3. Verify it: the same workload and lifecycle against the slim image,
+    // observed and compared with the original session.
+    util::run(ctl(&root).args([
+        "verify",
+        CONTAINER,
+        "--image",
+        SLIM_TAG,
+        "--workload",
+        WORKLOAD,
+    ]))?;
+
+    // 4. Run it and make the same requests.
     util::run(&mut cmd(
         "docker",
         [

@@ -20,7 +20,16 @@ const VARIANT: &str = "minbase";
 const BASE_RECIPE_VERSION: u32 = 1;
 
 /// Test images built from tests/images/<name>/Dockerfile, in build order.
-pub const DERIVED: &[&str] = &["nginx", "redis", "flask", "wordpress"];
+pub const DERIVED: &[&str] = &[
+    "nginx",
+    "redis",
+    "flask",
+    "wordpress",
+    "mariadb",
+    "notes",
+    "mail",
+    "tomcat",
+];
 
 pub fn tag(name: &str) -> String {
     format!("cimplifier-test/{name}:latest")

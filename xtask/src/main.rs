@@ -9,6 +9,7 @@ mod demo;
 mod demo_partition;
 mod ebpf;
 mod images;
+mod licenses;
 mod setup;
 mod soak;
 mod test;
@@ -56,6 +57,13 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         target_dir: Option<std::path::PathBuf>,
     },
+    /// Check that every crate both workspaces build has a licence usable in
+    /// an MIT OR Apache-2.0 project (run by `test` before clippy).
+    ///
+    /// Evaluates each package's SPDX expression from `cargo metadata
+    /// --locked` against the allow-list in xtask/src/licenses.rs; names
+    /// every package that fails.
+    Licenses,
     /// Build the local Docker test images (cached by recipe hash).
     ///
     /// cimplifier-test/base:bookworm is made with `debootstrap --variant=minbase`
@@ -149,6 +157,7 @@ fn main() -> Result<()> {
         } => ebpf::build(release, target_dir.as_deref()).map(|_| ()),
         Command::Images { force } => images::run(force),
         Command::Test { args } => test::run(&args),
+        Command::Licenses => licenses::run(),
         Command::Demo => demo::run(),
         Command::DemoPartition => demo_partition::run(),
         Command::BenchTrace => bench::trace(),

@@ -13,7 +13,8 @@ use crate::util::{self, Step, cmd};
 /// (eBPF build, bpf-linker), the Docker engine and debootstrap (test images),
 /// and tools used by tests and the demo (openssl makes the TLS tests'
 /// certificates; systemd brings `systemd-analyze`, which checks
-/// deploy/systemd/ without systemd running).
+/// deploy/systemd/ without systemd running; mariadb-client is the MariaDB
+/// case study's client).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -27,6 +28,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "iptables",
     "strace",
     "redis-tools",
+    "mariadb-client",
     "curl",
     "openssl",
     "python3",

@@ -16,6 +16,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let target_dir = util::repo_root().join("target").join("ebpf");
     crate::ebpf::build(true, Some(&target_dir))?;
     let root = util::repo_root();
+    crate::licenses::run()?;
     {
         let _step = Step::new("clippy");
         util::run(Command::new(util::cargo()).current_dir(&root).args([

@@ -67,6 +67,7 @@ pub(super) fn stored(r: &SessionRecord) -> pb::Session {
                 origin: s.origin.clone(),
             })
             .collect(),
+        lifecycle_steps: r.lifecycle.iter().map(|s| s.name().to_owned()).collect(),
         ..starting(&r.started)
     }
 }

@@ -28,6 +28,19 @@ pub struct DaemonConfig {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
+    /// Delete closed sessions not written for this long, e.g. "30d".
+    #[serde(default, deserialize_with = "human_duration")]
+    pub retain_sessions: Option<std::time::Duration>,
+}
+
+/// A duration written as a person would ("30d", "12h").
+fn human_duration<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(d)?;
+    humantime::parse_duration(&text)
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("{text:?}: {e} (write e.g. 30d or 12h)")))
 }
 
 impl DaemonConfig {
@@ -64,6 +77,8 @@ pub struct ServeOptions {
     /// Also serve the API on TCP, with mutual TLS or (`--insecure`) without.
     pub tcp: Option<super::TcpListen>,
     pub tracer: TracerConfig,
+    /// Delete closed sessions not written for this long; None keeps them.
+    pub retain_sessions: Option<std::time::Duration>,
 }
 
 /// Serves the API and the standard gRPC health service on a unix socket,
@@ -115,6 +130,9 @@ pub async fn serve(
     let observer = crate::session::Observer::start(opts.tracer.clone())?;
     let manager = crate::session::Manager::new(observer, store);
     manager.recover().await?;
+    if let Some(retain) = opts.retain_sessions {
+        tokio::spawn(prune_every(manager.store().clone(), retain));
+    }
     {
         let manager = manager.clone();
         tokio::spawn(async move {
@@ -217,5 +235,29 @@ struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Deletes closed sessions older than `retain` now, then every
+/// `retain` (at most hourly), so the store does not grow forever.
+async fn prune_every(store: Arc<crate::store::Store>, retain: std::time::Duration) {
+    let every = retain.min(std::time::Duration::from_secs(3600));
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let before = now.saturating_sub(retain).as_millis() as u64;
+        let pruning = store.clone();
+        match tokio::task::spawn_blocking(move || pruning.prune(before)).await {
+            Ok(Ok(pruned)) if !pruned.is_empty() => tracing::info!(
+                sessions = %pruned.join(", "),
+                retain = %humantime::format_duration(retain),
+                "deleted closed sessions older than the retention"
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("pruning old sessions: {e:#}"),
+            Err(e) => tracing::warn!("pruning old sessions: {e}"),
+        }
+        tokio::time::sleep(every).await;
     }
 }

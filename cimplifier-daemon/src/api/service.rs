@@ -22,7 +22,7 @@ use crate::model::Model;
 use crate::model::report::{Report, Source};
 use crate::place::slim::{SafetySet, SlimOptions};
 use crate::session::{Manager, ObserveError, ObserveOptions, SessionView, StreamFilter};
-use crate::store::{SessionRecord, SessionState};
+use crate::store::{OnExisting, SessionExists, SessionRecord, SessionState};
 use crate::trace::ContainerPath;
 
 /// Events a stream may fall behind by before it is cut off, by default.
@@ -274,7 +274,7 @@ impl Service {
 /// Where a workload reaches the container, asked of the engine now that it
 /// runs. The client may be remote and without Docker access, so the daemon
 /// says it. None (with a warning) when the engine cannot tell.
-async fn target(container_id: &str) -> Option<pb::Target> {
+pub(super) async fn target(container_id: &str) -> Option<pb::Target> {
     let docker = crate::docker::connect().ok()?;
     match crate::docker::target::NetworkTarget::of(&docker, container_id).await {
         Ok(t) => Some(t.into()),
@@ -326,6 +326,7 @@ impl Cimplifier for Service {
                 .then(|| std::time::Duration::from_secs(req.duration_seconds.into())),
             restart: req.restart,
             attach: req.attach,
+            replace: req.replace,
         };
         match self.manager.observe(opts).await {
             Ok(started) => {
@@ -336,6 +337,9 @@ impl Cimplifier for Service {
             Err(e @ ObserveError::NotFound(_)) => Err(Status::not_found(e.to_string())),
             Err(e @ ObserveError::AlreadyObserving(_)) => {
                 Err(Status::already_exists(e.to_string()))
+            }
+            Err(e @ ObserveError::NotObserving(_)) => {
+                Err(Status::failed_precondition(e.to_string()))
             }
             Err(e @ ObserveError::Refused(_)) => Err(Status::failed_precondition(e.to_string())),
             Err(ObserveError::Failed(e)) => Err(internal(e)),
@@ -378,7 +382,7 @@ impl Cimplifier for Service {
             .ok_or_else(|| not_found(&name))?;
         let mut session = view(&v);
         if let SessionView::Stored(record) = v {
-            let (model, _) = self.model(record).await?;
+            let (model, _) = self.model(*record).await?;
             session.executables = model
                 .executables()
                 .into_iter()
@@ -614,9 +618,13 @@ impl Cimplifier for Service {
         let mut stream = request.into_inner();
         let mut bundle = Vec::new();
         let mut name = None;
+        let mut existing = OnExisting::Refuse;
         while let Some(chunk) = stream.message().await? {
             if name.is_none() {
                 name = Some(chunk.name);
+                if chunk.replace {
+                    existing = OnExisting::Replace;
+                }
             }
             if bundle.len() + chunk.data.len() > MAX_BUNDLE {
                 return Err(Status::invalid_argument(format!(
@@ -628,10 +636,11 @@ impl Cimplifier for Service {
         }
         let name = name.filter(|n| !n.is_empty());
         let store = self.manager.store().clone();
-        let record = tokio::task::spawn_blocking(move || store.import(&bundle, name.as_deref()))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        let record =
+            tokio::task::spawn_blocking(move || store.import(&bundle, name.as_deref(), existing))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| exists_or(e, Status::invalid_argument))?;
         Ok(Response::new(stored(&record)))
     }
 
@@ -646,10 +655,71 @@ impl Cimplifier for Service {
             self.record(s)?;
         }
         let store = self.manager.store().clone();
-        let record = tokio::task::spawn_blocking(move || store.merge(&req.into, &req.sessions))
+        let existing = if req.replace {
+            OnExisting::Replace
+        } else {
+            OnExisting::Refuse
+        };
+        let record =
+            tokio::task::spawn_blocking(move || store.merge(&req.into, &req.sessions, existing))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| exists_or(e, Status::failed_precondition))?;
+        Ok(Response::new(stored(&record)))
+    }
+
+    async fn delete_session(
+        &self,
+        request: Request<pb::DeleteSessionRequest>,
+    ) -> Result<Response<pb::Session>, Status> {
+        let name = request.into_inner().session;
+        check_name(&name, "session")?;
+        let observing = || {
+            Status::failed_precondition(format!(
+                "session {name} is observing; `cimplifierctl stop {name}` first"
+            ))
+        };
+        if self.manager.is_running(&name) {
+            return Err(observing());
+        }
+        let record = self.record(&name)?;
+        if record.state == SessionState::Observing {
+            return Err(observing());
+        }
+        let store = self.manager.store().clone();
+        let deleted = record.clone();
+        tokio::task::spawn_blocking(move || store.delete_session(&name))
             .await
             .map_err(|e| Status::internal(e.to_string()))?
-            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
-        Ok(Response::new(stored(&record)))
+            .map_err(internal)?;
+        tracing::info!(session = %deleted.name, events = deleted.events, "session deleted");
+        Ok(Response::new(stored(&deleted)))
+    }
+
+    async fn lifecycle(
+        &self,
+        request: Request<pb::LifecycleRequest>,
+    ) -> Result<Response<pb::Target>, Status> {
+        super::verify::lifecycle(&self.manager, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyReport>, Status> {
+        super::verify::verify(&self.manager, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+}
+
+/// ALREADY_EXISTS for a name taken by another session, `otherwise` for any
+/// other error.
+fn exists_or(e: anyhow::Error, otherwise: fn(String) -> Status) -> Status {
+    match e.downcast_ref::<SessionExists>() {
+        Some(exists) => Status::already_exists(exists.to_string()),
+        None => otherwise(format!("{e:#}")),
     }
 }

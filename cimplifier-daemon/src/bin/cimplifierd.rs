@@ -76,7 +76,7 @@ enum Command {
     Serve {
         /// TOML config file (keys: socket, socket_group, state_dir,
         /// ring_buffer_mib, metrics_addr, listen_tcp, tls_cert, tls_key,
-        /// tls_client_ca). Read if it exists; a file named
+        /// tls_client_ca, retain_sessions). Read if it exists; a file named
         /// explicitly must exist.
         #[arg(long, env = "CIMPLIFIER_CONFIG")]
         config: Option<PathBuf>,
@@ -115,6 +115,12 @@ enum Command {
         /// For a trusted network or a test only; warned about at start-up.
         #[arg(long, conflicts_with_all = ["tls_cert", "tls_key", "tls_client_ca"])]
         insecure: bool,
+        /// Delete closed sessions (and their events) not written for this
+        /// long, e.g. 30d, checked at start and hourly; kept forever when
+        /// unset. Export a session to keep it elsewhere.
+        #[arg(long, env = "CIMPLIFIER_RETAIN_SESSIONS", value_name = "DURATION",
+              value_parser = humantime::parse_duration)]
+        retain_sessions: Option<Duration>,
     },
 }
 
@@ -175,6 +181,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_key,
             tls_client_ca,
             insecure,
+            retain_sessions,
         } => {
             let file = cimplifier::api::DaemonConfig::load(config.as_deref())?;
             let tcp = cimplifier::api::TcpFlags {
@@ -203,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ring_buffer_bytes: ring_buffer_mib << 20,
                     ..Default::default()
                 },
+                retain_sessions: retain_sessions.or(file.retain_sessions),
             };
             cimplifier::api::serve(opts, stop).await
         }

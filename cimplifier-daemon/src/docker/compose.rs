@@ -186,7 +186,13 @@ impl ComposeFile {
                 file.display()
             )
         })?;
-        let plan: Self = serde_norway::from_str(&text).with_context(|| {
+        let plan = Self::parse(&text, &file)?;
+        Ok((file, plan))
+    }
+
+    /// Parses and checks a run plan read from `file`.
+    pub fn parse(text: &str, file: &Path) -> Result<Self> {
+        let plan: Self = serde_norway::from_str(text).with_context(|| {
             format!(
                 "{}: not a run plan cimplifier can start (it reads only what `emit --policy` writes)",
                 file.display()
@@ -194,7 +200,7 @@ impl ComposeFile {
         })?;
         plan.check()
             .with_context(|| format!("{}: inconsistent run plan", file.display()))?;
-        Ok((file, plan))
+        Ok(plan)
     }
 
     fn check(&self) -> Result<()> {
@@ -426,7 +432,35 @@ pub async fn up(
     path: &Path,
     progress: &dyn Fn(&str),
 ) -> Result<UpReport> {
-    up_with(docker, path, &UpOptions::default(), progress).await
+    up_with(
+        docker,
+        path,
+        &UpOptions::default(),
+        &engine_start(docker),
+        progress,
+    )
+    .await
+}
+
+/// Starts a created container of the system by its name: the engine's
+/// start, or an observation that starts it (`verify`).
+pub type Starter<'a> =
+    &'a (dyn Fn(String) -> futures::future::BoxFuture<'static, Result<()>> + Sync);
+
+/// The engine's start, as a [`Starter`].
+pub fn engine_start(
+    docker: &bollard::Docker,
+) -> impl Fn(String) -> futures::future::BoxFuture<'static, Result<()>> + Sync + use<> {
+    let engine = docker.clone();
+    move |name: String| -> futures::future::BoxFuture<'static, Result<()>> {
+        let docker = engine.clone();
+        Box::pin(async move {
+            docker
+                .start_container(&name, None)
+                .await
+                .with_context(|| format!("starting container {name}"))
+        })
+    }
 }
 
 /// [`up`], starting the services in `order`.
@@ -440,7 +474,7 @@ pub async fn up_in_order(
         order,
         ..Default::default()
     };
-    up_with(docker, path, &opts, progress).await
+    up_with(docker, path, &opts, &engine_start(docker), progress).await
 }
 
 /// What an `up` made, to be removed if it fails.
@@ -452,14 +486,15 @@ struct Made {
 }
 
 /// Creates the volumes that do not exist yet, fills them with the seed
-/// service, and starts the other services in `opts.order`. All or nothing:
-/// if anything fails, or a partition has exited by the end, what this `up`
-/// created is removed again and the error names the partition that exited,
-/// with its last log lines.
+/// service, and starts the other services in `opts.order`, each by
+/// `start`. All or nothing: if anything fails, or a partition has exited
+/// with a failure by the end, what this `up` created is removed again and
+/// the error names the partition that exited, with its last log lines.
 pub async fn up_with(
     docker: &bollard::Docker,
     path: &Path,
     opts: &UpOptions,
+    start: Starter<'_>,
     progress: &dyn Fn(&str),
 ) -> Result<UpReport> {
     let (file, mut plan) = ComposeFile::load(path)?;
@@ -486,7 +521,7 @@ pub async fn up_with(
         }
     }
     let mut made = Made::default();
-    let result = match start(docker, &plan, opts.order, progress, &mut made).await {
+    let result = match start_all(docker, &plan, opts.order, start, progress, &mut made).await {
         // A partition may run a command and end (exit 0); one that failed
         // as it started fails the `up`.
         Ok(report) => match exited(docker, &made, true).await {
@@ -535,10 +570,11 @@ pub async fn up_with(
 type Started = (Vec<StartedService>, Vec<String>, Vec<String>);
 
 /// The steps of `up`, each recorded in `made` as it is done.
-async fn start(
+async fn start_all(
     docker: &bollard::Docker,
     plan: &ComposeFile,
     order: StartOrder,
+    start: Starter<'_>,
     progress: &dyn Fn(&str),
     made: &mut Made,
 ) -> Result<Started> {
@@ -607,10 +643,7 @@ async fn start(
         progress(&format!("starting {name} ({})", s.image));
         let id = create(docker, plan, service, None).await?;
         made.containers.push((service.to_owned(), name.clone()));
-        docker
-            .start_container(&name, None)
-            .await
-            .with_context(|| format!("starting container {name}"))?;
+        start(name.clone()).await?;
         containers.push(StartedService {
             service: service.to_owned(),
             container: name,

@@ -137,6 +137,20 @@ pub async fn restart(docker: &Docker, id: &str, name: &str) -> Result<()> {
         .with_context(|| format!("restarting container {name}"))
 }
 
+/// Sends `signal` (`HUP`, `KILL`, ...) to the container `id`'s main
+/// process (`name` in errors).
+pub async fn kill(docker: &Docker, id: &str, name: &str, signal: &str) -> Result<()> {
+    docker
+        .kill_container(
+            id,
+            Some(bollard::query_parameters::KillContainerOptions {
+                signal: signal.to_owned(),
+            }),
+        )
+        .await
+        .with_context(|| format!("sending SIG{signal} to container {name}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

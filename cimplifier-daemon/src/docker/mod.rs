@@ -8,6 +8,7 @@
 pub mod compose;
 pub mod container;
 pub mod image;
+pub mod output;
 pub mod run;
 pub mod tag;
 pub mod target;

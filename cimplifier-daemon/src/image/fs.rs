@@ -72,9 +72,27 @@ fn members(bytes: &[u8], what: &str) -> Result<Vec<(String, FsEntry)>> {
             .into_owned();
         let header = entry.header();
         let data_start = entry.raw_file_position() as usize;
-        let size = entry.size() as usize;
+        // What the archive holds of the member: for a GNU sparse file, its
+        // data chunks, not the size it expands to.
+        let stored = header
+            .entry_size()
+            .with_context(|| format!("the size of {name} in {what}"))?;
+        let size = usize::try_from(stored).unwrap_or(usize::MAX);
+        let end = padded(size).checked_add(data_start).filter(|&end| {
+            data_start.saturating_add(size) <= bytes.len()
+                && end <= bytes.len().next_multiple_of(BLOCK)
+        });
+        let Some(end) = end else {
+            bail!(
+                "{what} is cut off: member {name} claims {stored} bytes at offset {data_start}, \
+                 past the end of the archive ({} bytes)",
+                bytes.len()
+            );
+        };
         let kind = match header.entry_type() {
-            EntryType::Regular | EntryType::Continuous => EntryKind::File,
+            // A sparse file is copied as it is stored; its stored bytes
+            // stand for its content when it is read.
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => EntryKind::File,
             EntryType::Directory => EntryKind::Dir,
             EntryType::Symlink => EntryKind::Symlink(
                 entry
@@ -91,7 +109,6 @@ fn members(bytes: &[u8], what: &str) -> Result<Vec<(String, FsEntry)>> {
             }
             _ => EntryKind::Special,
         };
-        let end = data_start + padded(size);
         out.push((
             name,
             FsEntry {

@@ -42,6 +42,7 @@ pub fn exec_path(event: &Event) -> Option<ContainerPath> {
     let s = event.syscall()?;
     s.succeeded().then(|| semantics::exec_target(s)).flatten()
 }
+mod exes;
 mod semantics;
 mod tree;
 
@@ -57,6 +58,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::trace::{ContainerPath, Event, EventKind, Resolution};
 
+pub use exes::ExeTracker;
 pub use semantics::accesses;
 pub use tree::{DirTree, ImageTree, Walk, shebang_interpreter, walk};
 

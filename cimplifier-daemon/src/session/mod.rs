@@ -16,6 +16,7 @@
 //! tracer shared by all sessions.
 
 mod labels;
+pub mod lifecycle;
 pub mod observer;
 mod task;
 
@@ -25,8 +26,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, anyhow};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
+pub use lifecycle::LifecycleStep;
 pub use observer::{Observer, StreamFilter, StreamedEvent, Subscription};
 
 use crate::docker::container;
@@ -53,6 +55,9 @@ pub struct ObserveOptions {
     pub restart: bool,
     /// Observe a running container from now on, without its start-up.
     pub attach: bool,
+    /// Delete a closed session of the container's name and begin anew,
+    /// rather than continue it (or be refused for another image).
+    pub replace: bool,
 }
 
 /// Why an observation could not begin, by what the caller can do about it.
@@ -62,6 +67,8 @@ pub enum ObserveError {
     NotFound(String),
     #[error("{0} is already being observed; `cimplifierctl stop {0}` ends it")]
     AlreadyObserving(String),
+    #[error("{0} is not being observed (`cimplifierctl sessions` lists the sessions)")]
+    NotObserving(String),
     #[error("{0}")]
     Refused(String),
     #[error(transparent)]
@@ -85,7 +92,7 @@ enum Opening {
 #[derive(Clone, Debug)]
 pub enum SessionView {
     /// Observing, or closed: the stored record (updated at each checkpoint).
-    Stored(SessionRecord),
+    Stored(Box<SessionRecord>),
     /// Observing, before its first checkpoint.
     Starting(Started),
     /// The observation failed after it began.
@@ -94,6 +101,8 @@ pub enum SessionView {
 
 struct Running {
     stop: Option<oneshot::Sender<()>>,
+    /// Lifecycle steps for the session to run (see [`lifecycle`]).
+    steps: mpsc::Sender<lifecycle::StepRequest>,
     done: Option<tokio::task::JoinHandle<Result<SessionRecord>>>,
     started: Started,
 }
@@ -191,8 +200,38 @@ impl Manager {
                 )));
             }
         };
-        self.begin(details, opening, opts.duration, None, None)
+        let earlier = self.earlier_session(&name, &details, opts.replace)?;
+        self.begin(details, opening, opts.duration, earlier, None)
             .await
+    }
+
+    /// The closed session a new observation of `name` continues: one of
+    /// the same image goes on with a new segment; one of another image is
+    /// refused unless `replace`, which deletes it.
+    fn earlier_session(
+        &self,
+        name: &str,
+        details: &container::Details,
+        replace: bool,
+    ) -> Result<Option<SessionRecord>, ObserveError> {
+        let Some(earlier) = self.store.session(name)? else {
+            return Ok(None);
+        };
+        if replace {
+            self.store.delete_session(name)?;
+            tracing::info!(session = %name, events = earlier.events, "replaced: the earlier session is deleted");
+            return Ok(None);
+        }
+        let image = details.image.as_deref().unwrap_or_default();
+        if earlier.started.image_id != image {
+            return Err(ObserveError::Refused(format!(
+                "session {name} holds what image {} ({}) used, and container {name} now runs {}: \
+                 observing it would mix two images in one session; pass --replace to delete \
+                 the earlier session, or `cimplifierctl export {name}` it first",
+                earlier.started.image_ref, earlier.started.image_id, image
+            )));
+        }
+        Ok(Some(earlier))
     }
 
     /// Spawns the session task and waits until it has begun.
@@ -207,6 +246,7 @@ impl Manager {
         let name = container::name_of(&details);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (started_tx, started_rx) = oneshot::channel::<Started>();
+        let (steps_tx, steps_rx) = mpsc::channel(1);
         {
             let mut running = self.running.lock().expect("sessions lock");
             if running.contains_key(&name) {
@@ -217,6 +257,7 @@ impl Manager {
                 name.clone(),
                 Running {
                     stop: Some(stop_tx),
+                    steps: steps_tx,
                     done: None,
                     started: Started {
                         container_id: details.id.clone().unwrap_or_default(),
@@ -239,6 +280,7 @@ impl Manager {
                 duration,
                 resumed,
                 prepared,
+                steps: steps_rx,
             };
             let result = session
                 .run(
@@ -325,6 +367,38 @@ impl Manager {
         )
     }
 
+    /// Whether a session of that name is observing (or starting).
+    pub fn is_running(&self, name: &str) -> bool {
+        self.running
+            .lock()
+            .expect("sessions lock")
+            .contains_key(name)
+    }
+
+    /// Runs one lifecycle step on an observed container, inside its session;
+    /// returns once the step is done (a start has been asked of the engine).
+    pub async fn lifecycle(&self, name: &str, step: LifecycleStep) -> Result<(), ObserveError> {
+        let steps = self
+            .running
+            .lock()
+            .expect("sessions lock")
+            .get(name)
+            .map(|r| r.steps.clone());
+        let Some(steps) = steps else {
+            return Err(ObserveError::NotObserving(name.to_owned()));
+        };
+        let (reply, done) = oneshot::channel();
+        let ended =
+            || ObserveError::Refused(format!("the session of {name} ended during the {step}"));
+        steps
+            .send(lifecycle::StepRequest { step, reply })
+            .await
+            .map_err(|_| ended())?;
+        done.await
+            .map_err(|_| ended())?
+            .map_err(ObserveError::Failed)
+    }
+
     pub fn get(&self, name: &str) -> Result<Option<SessionView>> {
         if let Some(error) = self.failed.lock().expect("failed lock").get(name) {
             return Ok(Some(SessionView::Failed {
@@ -340,7 +414,7 @@ impl Manager {
             .map(|r| r.started.clone());
         Ok(match self.store.session(name)? {
             Some(r) if r.state == SessionState::Observing || starting.is_none() => {
-                Some(SessionView::Stored(r))
+                Some(SessionView::Stored(Box::new(r)))
             }
             _ => starting.map(SessionView::Starting),
         })
@@ -351,7 +425,7 @@ impl Manager {
             .store
             .sessions()?
             .into_iter()
-            .map(|r| (r.name.clone(), SessionView::Stored(r)))
+            .map(|r| (r.name.clone(), SessionView::Stored(Box::new(r))))
             .collect();
         for (name, r) in self.running.lock().expect("sessions lock").iter() {
             out.entry(name.clone())

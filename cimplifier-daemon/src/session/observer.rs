@@ -409,6 +409,25 @@ impl Observer {
         }
     }
 
+    /// Watches anew the cgroup at `dir` (watched already) after it was
+    /// removed and made again (its container stopped and is about to start): the kernel
+    /// filters by cgroup id, and the new cgroup has a new one. Nothing runs
+    /// there yet, so nothing is read from /proc.
+    pub fn renew(&self, dir: &Path) -> Result<()> {
+        let mut watches = self.watches.lock().expect("watches lock");
+        let Some((w, _)) = watches.get_mut(dir) else {
+            anyhow::bail!("cgroup {} is not watched", dir.display());
+        };
+        if cgroup_id(dir)? == w.id {
+            return Ok(());
+        }
+        // The old id is gone with its cgroup.
+        let _ = self.tracer.unwatch(w);
+        *w = self.tracer.watch_cgroup_followed(dir)?;
+        self.routes_version.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     pub fn unwatch(&self, watch: Watch) {
         let mut watches = self.watches.lock().expect("watches lock");
         if let Some((w, n)) = watches.get_mut(&watch.0) {

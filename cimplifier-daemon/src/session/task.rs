@@ -2,7 +2,7 @@
 //! its cgroup made ahead and watched, its events checkpointed until it
 //! ends, and what the tracer still held drained.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,7 +12,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::observer::{self, Observer, Route, StreamedEvent, Watch};
-use super::{CHECKPOINT, Manager, Opening, docker_parent_cgroup, now_ms};
+use super::{CHECKPOINT, Manager, Opening, docker_parent_cgroup, lifecycle, now_ms};
 use crate::docker::{Docker, container};
 use crate::store::{EndReason, Segment, SessionRecord, SessionState, Started, Store};
 use crate::trace::{CgroupId, ContainerPath, Event, EventKind, LossCounters};
@@ -32,6 +32,11 @@ fn is_runc_init(comm: &str, exe: Option<&ContainerPath>) -> bool {
     comm.starts_with("runc") || (comm == "exe" && exe.is_none_or(|x| x.as_str().ends_with("/runc")))
 }
 
+/// The first 12 characters of a container id, as `docker ps` shows it.
+fn short_id(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
 /// One session's observation.
 pub(super) struct SessionTask {
     pub(super) manager: Arc<Manager>,
@@ -40,6 +45,8 @@ pub(super) struct SessionTask {
     pub(super) duration: Option<Duration>,
     pub(super) resumed: Option<SessionRecord>,
     pub(super) prepared: Option<Prepared>,
+    /// Lifecycle steps asked of the session ([`super::lifecycle`]).
+    pub(super) steps: mpsc::Receiver<lifecycle::StepRequest>,
 }
 
 /// A session's route and watch, set up ahead of its task.
@@ -48,38 +55,6 @@ pub(super) struct Prepared {
     pub(super) events: mpsc::Receiver<Event>,
     pub(super) watch: Watch,
     pub(super) dir: PathBuf,
-}
-
-/// Who ran what, per process, for streaming by executable.
-#[derive(Default)]
-struct ExeTracker(HashMap<u32, ContainerPath>);
-
-impl ExeTracker {
-    fn exe_after(&mut self, e: &Event) -> Option<ContainerPath> {
-        match &e.kind {
-            EventKind::Fork {
-                child_pid,
-                thread: false,
-                ..
-            } => {
-                if let Some(exe) = self.0.get(&e.pid).cloned() {
-                    self.0.insert(*child_pid, exe);
-                }
-            }
-            EventKind::Running { exe: Some(exe), .. } => {
-                self.0.insert(e.pid, exe.clone());
-            }
-            EventKind::Exit {
-                process_exited: true,
-            } => return self.0.remove(&e.pid),
-            _ => {
-                if let Some(exe) = crate::model::exec_path(e) {
-                    self.0.insert(e.pid, exe);
-                }
-            }
-        }
-        self.0.get(&e.pid).cloned()
-    }
 }
 
 impl SessionTask {
@@ -158,6 +133,14 @@ impl SessionTask {
         let mut record = self.first_record(&store, &id, &name, from_first_exec)?;
         let _ = started_tx.send(record.started.clone());
 
+        let step_context = Arc::new(lifecycle::StepContext {
+            observer: observer.clone(),
+            route: route.route.clone(),
+            docker: docker.clone(),
+            id: id.clone(),
+            name: name.clone(),
+            cgroup: container_cgroup.clone(),
+        });
         let mut recorder = Recorder {
             observer: &observer,
             store: &store,
@@ -165,7 +148,7 @@ impl SessionTask {
             container_cgroup,
             members,
             session_name: name.as_str().into(),
-            exes: ExeTracker::default(),
+            exes: crate::model::ExeTracker::default(),
             missed_start: false,
             seen_uses: HashSet::new(),
             aggregated: 0,
@@ -186,12 +169,38 @@ impl SessionTask {
         tokio::pin!(stop, deadline);
         let mut checkpoint = tokio::time::interval(CHECKPOINT);
         checkpoint.tick().await;
+        let mut step: Option<
+            std::pin::Pin<Box<dyn Future<Output = lifecycle::StepOutcome> + Send>>,
+        > = None;
+        // `die`s of the container that a lifecycle step caused.
+        let mut expected_dies = 0u32;
         let end = loop {
             tokio::select! {
                 biased;
                 _ = &mut stop => break EndReason::Stopped,
                 _ = &mut deadline => break EndReason::Duration,
-                Some(_) = die_events.next() => break EndReason::ContainerDied,
+                Some(_) = die_events.next() => {
+                    if expected_dies == 0 {
+                        break EndReason::ContainerDied;
+                    }
+                    expected_dies -= 1;
+                }
+                Some(request) = self.steps.recv(), if step.is_none() => {
+                    if request.step.stops() {
+                        expected_dies += 1;
+                    }
+                    step = Some(Box::pin(lifecycle::perform(step_context.clone(), request)));
+                }
+                outcome = async { step.as_mut().expect("a step in flight").await }, if step.is_some() => {
+                    step = None;
+                    if outcome.result.is_err() && !outcome.stopped {
+                        expected_dies = expected_dies.saturating_sub(1);
+                    }
+                    if outcome.result.is_ok() {
+                        record.lifecycle.push(outcome.step);
+                    }
+                    let _ = outcome.reply.send(outcome.result);
+                }
                 _ = checkpoint.tick() => recorder.commit(&mut record)?,
                 event = events.recv() => match event {
                     Some(e) => recorder.accept(e),
@@ -292,13 +301,28 @@ impl SessionTask {
         let details = &self.details;
         let now = now_ms();
         let mut record = match self.resumed.clone() {
-            Some(mut r) => {
+            Some(mut r) if self.opening == Opening::Resume => {
                 r.segments.push(Segment {
                     first_event: r.events,
                     started_unix_ms: now,
                     from_first_exec: false,
                     origin: "resumed after a daemon restart".into(),
                 });
+                r
+            }
+            // Observed again: what this run uses adds to what the earlier
+            // runs used.
+            Some(mut r) => {
+                r.segments.push(Segment {
+                    first_event: r.events,
+                    started_unix_ms: now,
+                    from_first_exec,
+                    origin: format!("observed again (container {})", short_id(id)),
+                });
+                r.state = SessionState::Observing;
+                r.end = None;
+                r.started.container_id = id.to_owned();
+                r.started.from_first_exec = r.segments.iter().all(|s| s.from_first_exec);
                 r
             }
             None => SessionRecord::new(
@@ -432,7 +456,7 @@ struct Recorder<'a> {
     container_cgroup: PathBuf,
     members: HashSet<CgroupId>,
     session_name: Arc<str>,
-    exes: ExeTracker,
+    exes: crate::model::ExeTracker,
     /// A container process was met already past runc's exec.
     missed_start: bool,
     seen_uses: HashSet<u64>,

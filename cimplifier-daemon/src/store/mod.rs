@@ -39,6 +39,25 @@ pub struct Store {
     path: PathBuf,
 }
 
+/// A closed session already has the name an import or a merge would give.
+/// Nothing replaces a session silently: its events would be lost.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "a session named {0} exists already; pass --replace to replace it (its events are deleted), \
+     or give another name"
+)]
+pub struct SessionExists(pub String);
+
+/// Whether a new session may take the name of a closed one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnExisting {
+    /// Refuse with [`SessionExists`].
+    #[default]
+    Refuse,
+    /// Delete the old session (record and events) once the new one is in.
+    Replace,
+}
+
 fn json_err(what: &str) -> impl FnOnce(serde_json::Error) -> anyhow::Error + '_ {
     move |e| anyhow::anyhow!("{what}: {e}")
 }
@@ -251,9 +270,15 @@ impl Store {
         })
     }
 
-    /// Stores a bundle under `name` (its own when None), replacing any
-    /// session of that name that is not observing.
-    pub fn import(&self, bundle: &[u8], name: Option<&str>) -> Result<SessionRecord> {
+    /// Stores a bundle under `name` (its own when None). A closed session
+    /// of that name is replaced only with [`OnExisting::Replace`]; an
+    /// observing one never is.
+    pub fn import(
+        &self,
+        bundle: &[u8],
+        name: Option<&str>,
+        existing: OnExisting,
+    ) -> Result<SessionRecord> {
         let mut lines = bundle.split(|&b| b == b'\n').filter(|l| !l.is_empty());
         let header: BundleHeader = serde_json::from_slice(lines.next().unwrap_or_default())
             .map_err(|e| {
@@ -280,6 +305,8 @@ impl Store {
         }
         check_session_name(&record.name)?;
         self.refuse_observing(&record.name)?;
+        let old = self.taken(&record.name, existing)?;
+        check_bundle_record(&record)?;
         let events: Vec<Event> = lines
             .enumerate()
             .map(|(i, l)| {
@@ -295,14 +322,19 @@ impl Store {
             );
         }
         record.id = self.next_session_id()?;
-        self.append(&record, &events)?;
+        self.append_replacing(&record, &events, old)?;
         Ok(record)
     }
 
     /// A new closed session `into` holding every event of `sources`, each
     /// source's segments kept apart. The sources must be closed and of one
     /// image.
-    pub fn merge(&self, into: &str, sources: &[String]) -> Result<SessionRecord> {
+    pub fn merge(
+        &self,
+        into: &str,
+        sources: &[String],
+        existing: OnExisting,
+    ) -> Result<SessionRecord> {
         check_session_name(into)?;
         if sources.len() < 2 {
             bail!("give at least two sessions to merge");
@@ -311,6 +343,7 @@ impl Store {
             bail!("merge into a new name, not into one of the sessions merged ({into})");
         }
         self.refuse_observing(into)?;
+        let old = self.taken(into, existing)?;
         let mut records = Vec::new();
         for name in sources {
             let r = self.session(name)?.with_context(|| {
@@ -367,6 +400,11 @@ impl Store {
             checkpoint_unix_ms: 0,
             run,
             run_not_merged,
+            // Every step any source went through, in the usual order.
+            lifecycle: crate::session::LifecycleStep::ALL
+                .into_iter()
+                .filter(|s| records.iter().any(|r| r.lifecycle.contains(s)))
+                .collect(),
         };
         for r in &records {
             let mut events = Vec::with_capacity(r.events as usize);
@@ -389,7 +427,58 @@ impl Store {
             merged.checkpoint_unix_ms = merged.checkpoint_unix_ms.max(r.checkpoint_unix_ms);
             self.append(&merged, &events)?;
         }
+        if let Some(old) = old {
+            self.delete_events(old)?;
+        }
         Ok(merged)
+    }
+
+    /// The id of the closed session `name` that a new one may replace; an
+    /// error when it may not.
+    fn taken(&self, name: &str, existing: OnExisting) -> Result<Option<u64>> {
+        match (self.session(name)?, existing) {
+            (None, _) => Ok(None),
+            (Some(_), OnExisting::Refuse) => Err(SessionExists(name.to_owned()).into()),
+            (Some(old), OnExisting::Replace) => Ok(Some(old.id)),
+        }
+    }
+
+    /// [`Store::append`] of a new session, then the events of the one it
+    /// replaced (by id) go.
+    fn append_replacing(
+        &self,
+        record: &SessionRecord,
+        events: &[Event],
+        replaced: Option<u64>,
+    ) -> Result<()> {
+        self.append(record, events)?;
+        if let Some(old) = replaced {
+            self.delete_events(old)?;
+        }
+        Ok(())
+    }
+
+    fn delete_events(&self, id: u64) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(EVENTS)?
+            .retain_in((id, 0)..=(id, u64::MAX), |_, _| false)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Deletes the closed sessions last written before `before_unix_ms`;
+    /// returns their names.
+    pub fn prune(&self, before_unix_ms: u64) -> Result<Vec<String>> {
+        let mut pruned = Vec::new();
+        for r in self.sessions()? {
+            if r.state == SessionState::Closed
+                && r.checkpoint_unix_ms < before_unix_ms
+                && self.delete_session(&r.name)?
+            {
+                pruned.push(r.name);
+            }
+        }
+        Ok(pruned)
     }
 
     fn refuse_observing(&self, name: &str) -> Result<()> {
@@ -400,6 +489,53 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// What an imported record must hold for its events to be read as they
+/// were recorded: segments that start at event 0, in order, within the
+/// events; gaps that end after they begin; an image id as the engine
+/// writes it.
+fn check_bundle_record(r: &SessionRecord) -> Result<()> {
+    let Some(first) = r.segments.first() else {
+        bail!("the bundle's session has no segment: its events could not be read");
+    };
+    if first.first_event != 0 {
+        bail!(
+            "the bundle's first segment starts at event {}, not 0",
+            first.first_event
+        );
+    }
+    if let Some(w) = r
+        .segments
+        .windows(2)
+        .find(|w| w[1].first_event < w[0].first_event)
+    {
+        bail!(
+            "the bundle's segments are out of order (event {} after {})",
+            w[1].first_event,
+            w[0].first_event
+        );
+    }
+    if let Some(s) = r.segments.iter().find(|s| s.first_event > r.events) {
+        bail!(
+            "a segment of the bundle starts at event {}, past its {} events",
+            s.first_event,
+            r.events
+        );
+    }
+    if let Some(g) = r.gaps.iter().find(|g| g.to_unix_ms < g.from_unix_ms) {
+        bail!(
+            "a gap of the bundle ends ({}) before it begins ({})",
+            g.to_unix_ms,
+            g.from_unix_ms
+        );
+    }
+    let id = &r.started.image_id;
+    let hex = id.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("the bundle's image id {id:?} is not sha256:<64 hex digits>");
+    }
+    Ok(())
 }
 
 /// A valid session name for a merge or an import: what Docker allows in a
@@ -431,7 +567,7 @@ mod tests {
         Started {
             container_id: "c0ffee".into(),
             container_name: "web".into(),
-            image_id: "sha256:1".into(),
+            image_id: format!("sha256:{}", "1".repeat(64)),
             image_ref: "web:latest".into(),
             from_first_exec: true,
             started_unix_ms: 1,
@@ -552,11 +688,15 @@ mod tests {
         closed_with_run(&store, "b", "serve", "8081");
         let mut bundle = Vec::new();
         store.export(&a, &mut bundle).unwrap();
-        let imported = store.import(&bundle, Some("a2")).unwrap();
+        let imported = store
+            .import(&bundle, Some("a2"), OnExisting::Refuse)
+            .unwrap();
         assert_eq!(imported.run, a.run);
 
         // Same command, other host ports: one way of running, both ports.
-        let merged = store.merge("ab", &["a".into(), "b".into()]).unwrap();
+        let merged = store
+            .merge("ab", &["a".into(), "b".into()], OnExisting::Refuse)
+            .unwrap();
         let run = merged.run.unwrap();
         assert_eq!(run.cmd, a.run.as_ref().unwrap().cmd);
         assert_eq!(run.runtime.published_ports.len(), 2);
@@ -564,13 +704,118 @@ mod tests {
         // Run otherwise: merged for the files, without run settings, and
         // the record says why.
         closed_with_run(&store, "c", "other", "8080");
-        let ac = store.merge("ac", &["a".into(), "c".into()]).unwrap();
+        let ac = store
+            .merge("ac", &["a".into(), "c".into()], OnExisting::Refuse)
+            .unwrap();
         assert_eq!(ac.run, None);
         let why = ac.run_not_merged.unwrap();
         assert!(
             why.contains("sessions a and c") && why.contains("command"),
             "{why}"
         );
+    }
+
+    #[test]
+    fn import_and_merge_refuse_an_existing_name_unless_told_to_replace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = closed_with_run(&store, "a", "serve", "8080");
+        closed_with_run(&store, "b", "serve", "8081");
+        let mut bundle = Vec::new();
+        store.export(&a, &mut bundle).unwrap();
+
+        let refused = store
+            .import(&bundle, Some("b"), OnExisting::Refuse)
+            .unwrap_err();
+        assert!(
+            refused.downcast_ref::<SessionExists>().is_some(),
+            "{refused:#}"
+        );
+        let refused = store
+            .merge("b", &["a".into(), "a2".into()], OnExisting::Refuse)
+            .unwrap_err();
+        assert!(refused.to_string().contains("b"), "{refused:#}");
+
+        // Replaced: the old session's events go with it.
+        let old_b = store.session("b").unwrap().unwrap();
+        let new_b = store
+            .import(&bundle, Some("b"), OnExisting::Replace)
+            .unwrap();
+        assert_ne!(new_b.id, old_b.id);
+        let txn = store.db.begin_read().unwrap();
+        let events = txn.open_table(EVENTS).unwrap();
+        assert_eq!(
+            events
+                .range((old_b.id, 0)..=(old_b.id, u64::MAX))
+                .unwrap()
+                .count(),
+            0
+        );
+        assert_eq!(
+            events
+                .range((new_b.id, 0)..=(new_b.id, u64::MAX))
+                .unwrap()
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn bundles_whose_record_would_hide_or_misplace_events_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = closed_with_run(&store, "a", "serve", "8080");
+        let damage = |f: &dyn Fn(&mut SessionRecord)| {
+            let mut r = a.clone();
+            f(&mut r);
+            let mut bundle = serde_json::to_vec(&BundleHeader {
+                format: BUNDLE_FORMAT.into(),
+                version: BUNDLE_VERSION,
+                session: r,
+            })
+            .unwrap();
+            bundle.push(b'\n');
+            bundle.extend(serde_json::to_vec(&event(1)).unwrap());
+            store
+                .import(&bundle, Some("damaged"), OnExisting::Replace)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(damage(&|r| r.segments.clear()).contains("no segment"));
+        assert!(damage(&|r| r.segments[0].first_event = 5).contains("not 0"));
+        assert!(damage(&|r| r.started.image_id = "latest".into()).contains("image id"));
+        assert!(
+            damage(&|r| r.gaps.push(Gap {
+                from_unix_ms: 9,
+                to_unix_ms: 1,
+                reason: String::new()
+            }))
+            .contains("before it begins")
+        );
+    }
+
+    #[test]
+    fn prune_deletes_closed_sessions_older_than_the_limit_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut old = closed_with_run(&store, "old", "serve", "1");
+        old.checkpoint_unix_ms = 1_000;
+        store.put_session(&old).unwrap();
+        let mut recent = closed_with_run(&store, "recent", "serve", "2");
+        recent.checkpoint_unix_ms = 5_000;
+        store.put_session(&recent).unwrap();
+        let mut observing = record(&store, "observing");
+        observing.checkpoint_unix_ms = 1_000;
+        store.put_session(&observing).unwrap();
+        assert_eq!(store.prune(2_000).unwrap(), ["old"]);
+        let left: Vec<String> = store
+            .sessions()
+            .unwrap()
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(left, ["observing", "recent"]);
     }
 
     #[test]

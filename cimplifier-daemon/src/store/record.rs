@@ -104,6 +104,10 @@ pub struct SessionRecord {
     /// different ways (emit says so and uses the image's configuration).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub run_not_merged: Option<String>,
+    /// The lifecycle steps the container went through while observed, in
+    /// order: `verify` puts the output through the same.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub lifecycle: Vec<crate::session::LifecycleStep>,
 }
 
 impl SessionRecord {
@@ -128,6 +132,7 @@ impl SessionRecord {
             loss: LossCounters::default(),
             gaps: vec![],
             checkpoint_unix_ms: now,
+            lifecycle: vec![],
             run: None,
             run_not_merged: None,
         }

@@ -8,7 +8,6 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use btf_rs::{Btf, Type};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub const TRACEFS: &str = "/sys/kernel/tracing";
@@ -30,58 +29,75 @@ pub struct KernelLayout {
 
 impl KernelLayout {
     pub fn read() -> Result<Self> {
-        let btf = Btf::from_file(VMLINUX_BTF).with_context(|| {
-            format!("reading kernel BTF from {VMLINUX_BTF}: the kernel needs CONFIG_DEBUG_INFO_BTF")
-        })?;
+        let btf = KernelTypes::read(Path::new(VMLINUX_BTF))?;
         Ok(Self {
-            task_real_parent: member_offset(&btf, "task_struct", "real_parent")?,
-            task_tgid: member_offset(&btf, "task_struct", "tgid")?,
+            task_real_parent: btf.member_offset("task_struct", "real_parent")?,
+            task_tgid: btf.member_offset("task_struct", "tgid")?,
             fork_child_pid: tracepoint_field_offset("sched", "sched_process_fork", "child_pid")?,
             exit_group_dead: tracepoint_field_offset("sched", "sched_process_exit", "group_dead")?,
             exec_filename: tracepoint_field_offset("sched", "sched_process_exec", "filename")?,
             exec_old_pid: tracepoint_field_offset("sched", "sched_process_exec", "old_pid")?,
-            task_mm: member_offset(&btf, "task_struct", "mm")?,
-            mm_arg_start: member_offset(&btf, "mm_struct", "arg_start")?,
-            mm_arg_end: member_offset(&btf, "mm_struct", "arg_end")?,
+            task_mm: btf.member_offset("task_struct", "mm")?,
+            mm_arg_start: btf.member_offset("mm_struct", "arg_start")?,
+            mm_arg_end: btf.member_offset("mm_struct", "arg_end")?,
         })
     }
 }
 
-/// Byte offset of `field` in `struct name`, looking through anonymous
-/// structs and unions (6.x wraps some members in them).
-pub fn member_offset(btf: &Btf, name: &str, field: &str) -> Result<u64> {
-    let types = btf
-        .resolve_types_by_name(name)
-        .with_context(|| format!("kernel BTF has no type named {name}"))?;
-    for ty in types {
-        if let Type::Struct(s) = ty
-            && let Some(bits) = find_member(btf, &s.members, field)?
-        {
-            if bits % 8 != 0 {
-                bail!("{name}.{field} is a bitfield (bit offset {bits}); cannot read it");
-            }
-            return Ok(u64::from(bits / 8));
-        }
+/// The kernel's BTF type information.
+pub struct KernelTypes(btfparse::TypeInformation);
+
+/// A BTF blob in memory, as btfparse reads it.
+struct Blob(Vec<u8>);
+
+impl btfparse::Readable for Blob {
+    fn read(&self, offset: u64, buffer: &mut [u8]) -> btfparse::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let bytes = start
+            .checked_add(buffer.len())
+            .and_then(|end| self.0.get(start..end))
+            .ok_or_else(|| {
+                btfparse::Error::new(btfparse::ErrorKind::EOF, "read past the end of the BTF")
+            })?;
+        buffer.copy_from_slice(bytes);
+        Ok(())
     }
-    Err(anyhow!("kernel BTF: struct {name} has no member {field}"))
 }
 
-fn find_member(btf: &Btf, members: &[btf_rs::Member], field: &str) -> Result<Option<u32>> {
-    for m in members {
-        let member_name = btf.resolve_name(m).unwrap_or_default();
-        if member_name == field {
-            return Ok(Some(m.bit_offset()));
-        }
-        if member_name.is_empty() {
-            let inner = btf.resolve_chained_type(m)?;
-            if let Type::Struct(s) | Type::Union(s) = inner
-                && let Some(bits) = find_member(btf, &s.members, field)?
-            {
-                return Ok(Some(m.bit_offset() + bits));
+impl KernelTypes {
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| {
+            format!(
+                "reading kernel BTF from {}: the kernel needs CONFIG_DEBUG_INFO_BTF",
+                path.display()
+            )
+        })?;
+        Self::parse(bytes).with_context(|| format!("parsing kernel BTF from {}", path.display()))
+    }
+
+    pub fn parse(bytes: Vec<u8>) -> Result<Self> {
+        btfparse::TypeInformation::new(&Blob(bytes))
+            .map(Self)
+            .map_err(|e| anyhow!("{e:?}"))
+    }
+
+    /// Byte offset of `field` in `struct name`, looking through anonymous
+    /// structs and unions (6.x wraps some members in them).
+    pub fn member_offset(&self, name: &str, field: &str) -> Result<u64> {
+        let id = self
+            .0
+            .id_of(name)
+            .with_context(|| format!("kernel BTF has no type named {name}"))?;
+        match self.0.offset_of(id, field) {
+            Ok((_, btfparse::Offset::ByteOffset(bytes))) => Ok(u64::from(bytes)),
+            Ok((_, btfparse::Offset::BitOffsetAndSize(bits, _))) => {
+                bail!("{name}.{field} is a bitfield (bit offset {bits}); cannot read it")
             }
+            Err(e) => Err(anyhow!(
+                "kernel BTF: struct {name} has no member {field} ({e:?})"
+            )),
         }
     }
-    Ok(None)
 }
 
 /// Offset of `field` in a tracepoint's record, from its tracefs format file.
@@ -148,14 +164,27 @@ format:
     }
 
     #[test]
+    fn a_truncated_or_foreign_btf_is_an_error_not_a_panic() {
+        assert!(KernelTypes::parse(Vec::new()).is_err());
+        assert!(KernelTypes::parse(vec![0xff; 64]).is_err());
+        let whole = std::fs::read(VMLINUX_BTF).expect("kernel BTF (CONFIG_DEBUG_INFO_BTF)");
+        for cut in [24, 4096, whole.len() / 2] {
+            assert!(
+                KernelTypes::parse(whole[..cut].to_vec()).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
     fn reads_this_kernels_layout() {
         let layout =
             KernelLayout::read().expect("kernel BTF and tracefs (run `cargo xtask setup`)");
-        let btf = Btf::from_file(VMLINUX_BTF).unwrap();
+        let btf = KernelTypes::read(Path::new(VMLINUX_BTF)).unwrap();
         // 6.x keeps f_path inside an anonymous union: found through it.
-        let f_path = member_offset(&btf, "file", "f_path").unwrap();
+        let f_path = btf.member_offset("file", "f_path").unwrap();
         assert!(f_path > 0 && f_path < 512, "file.f_path at {f_path}");
-        assert!(member_offset(&btf, "file", "no_such_member").is_err());
+        assert!(btf.member_offset("file", "no_such_member").is_err());
         assert!(
             layout.task_tgid > 0 && layout.task_real_parent > layout.task_tgid,
             "{layout:?}"

@@ -2,6 +2,8 @@
 //! (some) Docker; they fail with a message saying so rather than skip.
 #![allow(dead_code)]
 
+pub mod lifecycle;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output};

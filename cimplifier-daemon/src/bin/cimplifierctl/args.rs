@@ -18,7 +18,8 @@ const DAEMON: &str = "Reaching the daemon (every command)";
     about = "cimplifier's admin CLI: observe a container, then emit its least-privilege image",
     after_help = "Exit codes: 0 success; 1 failure; 2 usage error; 3 the daemon cannot be reached; \
                   4 no such container or session; 5 refused as asked (e.g. a session that lost events); \
-                  6 an event stream was cut off for falling behind (events). \
+                  6 an event stream was cut off for falling behind (events); \
+                  7 verify found the output worse than the original. \
                   observe --exec exits with the workload's status once it has run."
 )]
 pub struct Cli {
@@ -116,6 +117,8 @@ pub enum Command {
         /// Print them as JSON.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<SessionsAction>,
     },
     /// Stop the daemon's observation of a container; the session is kept.
     Stop {
@@ -177,6 +180,19 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prove an emitted output against the session it was made from.
+    ///
+    /// Starts the output (a slim image, or a run plan's partitions) under
+    /// observation, runs the workload against it as `observe --exec` does
+    /// (CIMPLIFIER_TARGET is the output's IP address), puts it through the
+    /// lifecycle steps (restart, kill and start, SIGHUP) with the workload
+    /// after each, then compares what it did with the original session.
+    /// Every call that succeeded in the original and fails in the output
+    /// (ENOENT, EACCES, EADDRINUSE, ...) is reported with the executable,
+    /// the path or address, the partition and a fix; so is every program
+    /// the output could not run. Exits 7 when anything regressed or the
+    /// workload failed on the output, 0 when the output did as well.
+    Verify(VerifyArgs),
     /// Stop and remove a partitioned system that `up` started.
     Down {
         /// The run plan `up` was given.
@@ -230,6 +246,10 @@ pub enum Command {
         /// Store it under this name instead of the bundle's own.
         #[arg(long = "as", value_name = "NAME")]
         name: Option<String>,
+        /// Replace a closed session of that name (its events are deleted);
+        /// without it an existing name is refused.
+        #[arg(long)]
+        replace: bool,
         /// Print the imported session as JSON (as `sessions --json`).
         #[arg(long)]
         json: bool,
@@ -244,6 +264,10 @@ pub enum Command {
         /// The sessions to merge (two or more).
         #[arg(num_args = 2.., required = true)]
         sessions: Vec<String>,
+        /// Replace a closed session named NAME (its events are deleted);
+        /// without it an existing name is refused.
+        #[arg(long)]
+        replace: bool,
         /// Print the new session as JSON (as `sessions --json`).
         #[arg(long)]
         json: bool,
@@ -277,6 +301,21 @@ pub enum Command {
         /// Print the exec call graph as Graphviz DOT.
         #[arg(long)]
         dot: bool,
+    },
+}
+
+/// What `sessions` does besides listing.
+#[derive(Subcommand)]
+pub enum SessionsAction {
+    /// Delete closed sessions and their events from the daemon's store
+    /// (export them first to keep them). An observing session is refused.
+    Rm {
+        /// The sessions to delete.
+        #[arg(required = true)]
+        sessions: Vec<String>,
+        /// Print what was deleted as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -315,7 +354,58 @@ pub struct ObserveArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
           default_value = "30s", requires = "exec")]
     pub ready_timeout: Duration,
+    /// After the workload, put the container through its lifecycle inside
+    /// the same session: a graceful restart, a crash (SIGKILL) and start,
+    /// and a reload (SIGHUP), with CMD run again after each. These run code
+    /// that requests alone never reach (shutdown, crash recovery, reload),
+    /// and a second pass takes paths the first cannot. The default with
+    /// --exec for a server (a container that exposes TCP ports). Without
+    /// --exec the steps run after Ctrl-C, before the session closes.
+    #[arg(long, conflicts_with_all = ["no_lifecycle", "duration", "label"])]
+    pub lifecycle: bool,
+    /// Do not run the lifecycle steps, even for a server.
+    #[arg(long)]
+    pub no_lifecycle: bool,
+    /// A closed session of the container's name is continued (a new
+    /// segment) when the container runs the same image, and refused for
+    /// another image; --replace deletes it and begins a new session.
+    #[arg(long)]
+    pub replace: bool,
     /// Print the session summary (with --label: the selector) as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+// The arguments of `verify` (its help is the variant's doc comment).
+#[derive(Args)]
+#[command(group(ArgGroup::new("output").required(true).args(["image", "plan"])))]
+pub struct VerifyArgs {
+    /// The original session (the observed container's name).
+    pub session: String,
+    /// The workload, run through `sh -c` with CIMPLIFIER_TARGET set to the
+    /// output's IP address: the same command that drove the observation.
+    #[arg(long, value_name = "CMD")]
+    pub workload: String,
+    /// The slim image to verify, e.g. myapp:slim (`emit --tag`).
+    #[arg(long, value_name = "TAG")]
+    pub image: Option<String>,
+    /// The run plan to verify: the --out directory of `emit --policy`, or
+    /// its docker-compose.yml. Its project must not be up.
+    #[arg(long, value_name = "DIR")]
+    pub plan: Option<PathBuf>,
+    /// How long to wait for the output's TCP ports before each pass.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration,
+          default_value = "30s")]
+    pub ready_timeout: Duration,
+    /// Skip the lifecycle steps: run the workload once. By default the
+    /// output goes through the steps the original went through while
+    /// observed (`observe --exec` runs them for servers).
+    #[arg(long)]
+    pub no_lifecycle: bool,
+    /// Leave the output running afterwards (its sessions are kept anyway).
+    #[arg(long)]
+    pub keep: bool,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -348,7 +348,8 @@ pub fn up(plan: &Path, publish: &[String], json: bool) -> anyhow::Result<()> {
     let bar = spinner();
     let report = runtime()?.block_on(async {
         let docker = cimplifier::docker::connect()?;
-        compose::up_with(&docker, plan, &opts, &|step| {
+        let start = compose::engine_start(&docker);
+        compose::up_with(&docker, plan, &opts, &start, &|step| {
             bar.set_message(step.to_owned())
         })
         .await

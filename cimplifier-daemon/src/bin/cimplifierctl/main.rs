@@ -9,16 +9,18 @@ mod analyze;
 mod args;
 mod daemon;
 mod emit;
+mod exercise;
 mod observe;
 mod render;
 mod sessions;
+mod verify;
 mod version;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, SessionsAction};
 
 fn main() -> ExitCode {
     cimplifier::cli::init_logging();
@@ -43,8 +45,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { shell } => version::completions(shell),
         Command::Version { json } => version::version(socket, json),
         Command::Observe(args) => observe::observe(socket, args),
+        Command::Verify(args) => verify::verify(socket, args),
         Command::Stop { container, json } => observe::stop(socket, container, json),
-        Command::Sessions { json } => sessions::list(socket, json),
+        Command::Sessions { json, action } => match action {
+            None => sessions::list(socket, json),
+            Some(SessionsAction::Rm { sessions, json }) => sessions::remove(socket, sessions, json),
+        },
         Command::Report {
             container,
             json,
@@ -62,12 +68,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             json,
         } => sessions::export(socket, session, &output, json),
-        Command::Import { bundle, name, json } => sessions::import(socket, &bundle, name, json),
+        Command::Import {
+            bundle,
+            name,
+            replace,
+            json,
+        } => sessions::import(socket, &bundle, name, replace, json),
         Command::Merge {
             into,
             sessions,
+            replace,
             json,
-        } => sessions::merge(socket, into, sessions, json),
+        } => sessions::merge(socket, into, sessions, replace, json),
         Command::Plan {
             session,
             policy,

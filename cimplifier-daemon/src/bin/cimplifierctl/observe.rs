@@ -8,7 +8,8 @@ use cimplifier::api::{Address, pb};
 use cimplifier::cli::shutdown_signal;
 
 use crate::args::{ObserveArgs, usage_error};
-use crate::daemon::{Client, WorkloadFailed, connect, daemon, runtime, status};
+use crate::daemon::{WorkloadFailed, connect, daemon, runtime, status};
+use crate::exercise::{Exercise, Pass, STEPS, interruption, outcome, step_name};
 use crate::render::{print, print_json, session_json};
 
 pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
@@ -20,8 +21,12 @@ pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
         attach,
         exec,
         ready_timeout,
+        lifecycle,
+        no_lifecycle,
+        replace,
         json,
     } = args;
+    let lifecycle = Lifecycle::from_flags(lifecycle, no_lifecycle);
     if let (None, Some(label)) = (&container, label) {
         return observe_label(socket, label, exec.is_some(), json);
     }
@@ -31,9 +36,10 @@ pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
             container,
             restart,
             attach,
+            replace,
             ..Default::default()
         };
-        return observe_exec(socket, request, &cmd, ready_timeout, json);
+        return observe_exec(socket, request, &cmd, ready_timeout, lifecycle, json);
     }
     let session = runtime()?.block_on(async {
         let mut api = connect(socket).await?;
@@ -43,6 +49,7 @@ pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
                 restart,
                 attach,
                 duration_seconds: duration.map_or(0, |d| d.as_secs().max(1) as u32),
+                replace,
                 ..Default::default()
             })
             .await
@@ -64,6 +71,19 @@ pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 _ = &mut stop => {
+                    if lifecycle == Lifecycle::On {
+                        let exercise = Exercise {
+                            api: api.clone(),
+                            container: &started.container,
+                            cmd: None,
+                            ready_timeout: LIFECYCLE_READY,
+                            json,
+                            steps: &STEPS,
+                        };
+                        eprintln!("running the lifecycle steps before the session closes");
+                        let passes = exercise.run(started.target.as_ref(), interruption()?).await?;
+                        eprintln!("lifecycle: {}", passes_text(&passes));
+                    }
                     let req = pb::StopObservingRequest { container: started.container.clone() };
                     break api.stop_observing(req).await.map_err(status).map(|_| ());
                 }
@@ -163,70 +183,41 @@ fn print_observed(session: &pb::Session) -> anyhow::Result<()> {
     ))
 }
 
-/// How long a stopped workload has between SIGTERM and SIGKILL.
-const WORKLOAD_GRACE: Duration = Duration::from_secs(5);
-
-/// How the workload of `observe --exec` ended.
-enum Ended {
-    Exited(std::process::ExitStatus),
-    /// By a signal to cimplifierctl; the status is the workload's, if it
-    /// had started.
-    Interrupted(nix::sys::signal::Signal, Option<std::process::ExitStatus>),
-}
-
-/// Ctrl-C or SIGTERM, listened for from now on (so one that comes while
-/// the daemon is still starting the container is not lost).
-fn interruption() -> anyhow::Result<impl Future<Output = nix::sys::signal::Signal>> {
-    use nix::sys::signal::Signal;
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => Signal::SIGINT,
-            _ = term.recv() => Signal::SIGTERM,
-        }
-    })
-}
-
-/// Resolves when the session is no longer observing (its container died,
-/// say), with how it ended.
-async fn session_ended(mut api: Client, name: &str) -> String {
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let Ok(list) = api.list_sessions(pb::ListSessionsRequest {}).await else {
-            continue;
-        };
-        match list
-            .into_inner()
-            .sessions
-            .into_iter()
-            .find(|s| s.container == name)
-        {
-            Some(s) if s.state == pb::session::State::Observing as i32 => {}
-            Some(s) if !s.end.is_empty() => return s.end,
-            Some(s) if !s.error.is_empty() => return s.error,
-            _ => return "closed".into(),
-        }
-    }
-}
-
 /// `observe CONTAINER --exec CMD`: observes, runs CMD against the
-/// container, closes the session when CMD exits and exits with its status.
+/// container (and again after each lifecycle step), closes the session
+/// when done and exits with CMD's status.
 fn observe_exec(
     socket: &Address,
     request: pb::ObserveRequest,
     cmd: &str,
     ready_timeout: Duration,
+    lifecycle: Lifecycle,
     json: bool,
 ) -> anyhow::Result<()> {
-    use cimplifier::api::workload;
-    let (session, ended) = runtime()?.block_on(async {
+    let (session, passes) = runtime()?.block_on(async {
         let stop = interruption()?;
         let mut api = connect(socket).await?;
         let started = api.observe(request).await.map_err(status)?.into_inner();
         let name = started.container.clone();
-        let ended = drive(api.clone(), &started, cmd, ready_timeout, json, stop).await;
+        eprintln!(
+            "observing {name} ({}){}",
+            started.image_ref,
+            if started.from_first_exec {
+                " from its first exec"
+            } else {
+                ""
+            }
+        );
+        let steps = lifecycle.steps(started.target.as_ref());
+        let exercise = Exercise {
+            api: api.clone(),
+            container: &name,
+            cmd: Some(cmd),
+            ready_timeout,
+            json,
+            steps,
+        };
+        let passes = exercise.run(started.target.as_ref(), stop).await;
         // Whatever happened, the session is closed, as `stop` closes it.
         let closed = api
             .stop_observing(pb::StopObservingRequest {
@@ -242,29 +233,25 @@ fn observe_exec(
                 .map_err(status),
             Err(e) => Err(e),
         };
-        Ok::<_, anyhow::Error>((session, ended))
+        Ok::<_, anyhow::Error>((session, passes))
     })?;
     // A workload that could not run says why before anything else.
-    let ended = ended?;
+    let passes = passes?;
     let session = session.context("closing the session after the workload")?;
-    let (code, what) = match &ended {
-        Ended::Exited(s) => (workload::exit_code(*s), workload::describe(*s)),
-        Ended::Interrupted(sig, s) => (
-            128 + *sig as u8,
-            match s {
-                Some(s) => format!("was stopped on {sig} ({})", workload::describe(*s)),
-                None => format!("did not start: {sig} came first"),
-            },
-        ),
-    };
+    let last = passes.last().context("the workload did not run")?;
+    let (code, what) = outcome(&last.ended);
     if json {
         let mut v = session_json(&session);
         v["workload"] = serde_json::json!({
             "command": cmd, "exit_code": code, "status": what,
+            "passes": passes_json(&passes),
         });
         print(&(serde_json::to_string_pretty(&v)? + "\n"))?;
     } else {
         print_observed(&session)?;
+        if passes.len() > 1 {
+            print(&format!("workload passes: {}\n", passes_text(&passes)))?;
+        }
     }
     if session.end != "stopped" && !session.end.is_empty() {
         eprintln!(
@@ -279,98 +266,75 @@ fn observe_exec(
     Err(WorkloadFailed {
         code,
         message: format!(
-            "the workload `{cmd}` {what}; the session {} is closed and kept",
+            "the workload `{cmd}` {what} ({}); the session {} is closed and kept",
+            last.name(),
             session.container
         ),
     }
     .into())
 }
 
-/// Waits until the container can be reached, then runs CMD until it exits
-/// or cimplifierctl is told to stop.
-async fn drive(
-    api: Client,
-    started: &pb::Session,
-    cmd: &str,
-    ready_timeout: Duration,
-    json: bool,
-    stop: impl Future<Output = nix::sys::signal::Signal>,
-) -> anyhow::Result<Ended> {
-    use cimplifier::api::workload::{self, Workload};
-    let name = &started.container;
-    let target = started.target.as_ref().with_context(|| {
-        format!(
-            "the daemon did not say where container {name} is (a cimplifierd older than this \
-             cimplifierctl?): update cimplifierd, or observe without --exec"
-        )
-    })?;
-    let address: std::net::IpAddr = match target.ip_address.parse() {
-        Ok(a) => a,
-        Err(_) if target.network_mode == "none" => anyhow::bail!(
-            "container {name} has no network (--network none), so a workload cannot reach it: \
-             run it with a network, or observe without --exec and drive it yourself"
-        ),
-        Err(_) => anyhow::bail!(
-            "container {name} (network {}) has no IP address: it is not running any more; \
-             `cimplifierctl sessions` shows how its session ended",
-            target.network_mode
-        ),
-    };
-    eprintln!(
-        "observing {name} ({}){} at {address}",
-        started.image_ref,
-        if started.from_first_exec {
-            " from its first exec"
-        } else {
-            ""
+/// How long `observe --lifecycle` without a workload waits for a
+/// restarted container's ports.
+const LIFECYCLE_READY: Duration = Duration::from_secs(30);
+
+/// Whether observe puts the container through the lifecycle steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// For a server (a container that exposes TCP ports).
+    Auto,
+    On,
+    Off,
+}
+
+impl Lifecycle {
+    pub fn from_flags(on: bool, off: bool) -> Self {
+        match (on, off) {
+            (true, _) => Self::On,
+            (_, true) => Self::Off,
+            _ => Self::Auto,
         }
-    );
-    tokio::pin!(stop);
-    let ports: Vec<u16> = target
-        .tcp_ports
+    }
+
+    /// The steps to run for a container reached at `target`.
+    pub fn steps(self, target: Option<&pb::Target>) -> &'static [pb::LifecycleStep] {
+        let server = target.is_some_and(|t| !t.tcp_ports.is_empty());
+        match self {
+            Self::On => &STEPS,
+            Self::Auto if server => &STEPS,
+            _ => &[],
+        }
+    }
+}
+
+/// Each pass of the workload, as JSON.
+pub fn passes_json(passes: &[Pass]) -> serde_json::Value {
+    passes
         .iter()
-        .filter_map(|&p| u16::try_from(p).ok())
-        .collect();
-    if !ports.is_empty() && !ready_timeout.is_zero() {
-        let list = ports
-            .iter()
-            .map(u16::to_string)
-            .collect::<Vec<_>>()
-            .join(", ");
-        eprintln!("waiting until {name} accepts connections on TCP port(s) {list}");
-        let never = tokio::select! {
-            never = workload::wait_for_ports(address, &ports, ready_timeout) => never,
-            sig = &mut stop => return Ok(Ended::Interrupted(sig, None)),
-            end = session_ended(api.clone(), name) => anyhow::bail!(
-                "the session of {name} ended ({end}) before its ports accepted connections, \
-                 so the workload was not run"
-            ),
-        };
-        if !never.is_empty() {
-            eprintln!(
-                "cimplifierctl: warning: {name} did not accept connections on port(s) {never:?} \
-                 within {}; running the workload anyway",
-                humantime::format_duration(ready_timeout)
-            );
-        }
-    }
-    // A signal that came while the daemon was starting the container.
-    tokio::select! {
-        biased;
-        sig = &mut stop => return Ok(Ended::Interrupted(sig, None)),
-        _ = std::future::ready(()) => {}
-    }
-    eprintln!(
-        "running the workload: sh -c {cmd:?} with {}={address}",
-        workload::TARGET_VAR
-    );
-    let mut w = Workload::spawn(cmd, address, name, json)?;
-    tokio::select! {
-        status = w.wait() => Ok(Ended::Exited(status?)),
-        sig = &mut stop => {
-            eprintln!("{sig}: stopping the workload and closing the session");
-            let status = w.stop(WORKLOAD_GRACE).await?;
-            Ok(Ended::Interrupted(sig, Some(status)))
-        }
-    }
+        .map(|p| {
+            let (code, status) = outcome(&p.ended);
+            serde_json::json!({
+                "pass": p.name(),
+                "after": p.after.map(step_name),
+                "exit_code": code,
+                "status": status,
+            })
+        })
+        .collect()
+}
+
+/// "first pass: ok, after restart: ok, after kill-start: exited with status 1".
+pub fn passes_text(passes: &[Pass]) -> String {
+    passes
+        .iter()
+        .map(|p| {
+            let status = if p.succeeded() {
+                "ok".to_owned()
+            } else {
+                outcome(&p.ended).1
+            };
+            format!("{}: {status}", p.name())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -283,6 +283,7 @@ pub fn import(
     socket: &Address,
     bundle: &Path,
     name: Option<String>,
+    replace: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     let bytes = if bundle.as_os_str() == "-" {
@@ -305,6 +306,7 @@ pub fn import(
         .map(|c| pb::ImportChunk {
             name: String::new(),
             data: c.to_vec(),
+            replace,
         })
         .collect();
     match chunks.first_mut() {
@@ -327,11 +329,16 @@ pub fn merge(
     socket: &Address,
     into: String,
     sessions: Vec<String>,
+    replace: bool,
     json: bool,
 ) -> anyhow::Result<()> {
     let s = daemon(socket, async |mut c| {
-        c.merge_sessions(pb::MergeSessionsRequest { into, sessions })
-            .await
+        c.merge_sessions(pb::MergeSessionsRequest {
+            into,
+            sessions,
+            replace,
+        })
+        .await
     })?;
     if json {
         return print_json(&session_json(&s));
@@ -348,4 +355,30 @@ pub fn merge(
             "; INCOMPLETE: a source lost events, has a gap or missed its start-up"
         }
     ))
+}
+
+/// `sessions rm`: deletes each session, in order; stops at the first the
+/// daemon refuses (an observing one, an unknown name).
+pub fn remove(socket: &Address, sessions: Vec<String>, json: bool) -> anyhow::Result<()> {
+    let mut deleted = Vec::new();
+    for name in sessions {
+        let s = daemon(socket, async |mut c| {
+            c.delete_session(pb::DeleteSessionRequest {
+                session: name.clone(),
+            })
+            .await
+        })
+        .with_context(|| format!("deleting session {name}"))?;
+        if !json {
+            print(&format!(
+                "deleted session {} ({} events)\n",
+                s.container, s.events
+            ))?;
+        }
+        deleted.push(serde_json::json!({ "session": s.container, "events": s.events }));
+    }
+    if json {
+        print(&(serde_json::to_string_pretty(&deleted)? + "\n"))?;
+    }
+    Ok(())
 }

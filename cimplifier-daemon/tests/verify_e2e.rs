@@ -1,0 +1,286 @@
+//! `observe --lifecycle` and `verify`, with real Docker and eBPF: the
+//! lifecycle steps run inside one session, each start seen from its first
+//! exec; `verify` passes a good output and names what a broken one lacks,
+//! for a slim image and for a partitioned plan. Needs root and dockerd.
+
+mod common;
+
+use std::process::Command;
+
+use cimplifier::trace::Event;
+use common::{
+    BASE_IMAGE, Container, Daemon, PlanCleanup, docker, emit_partitioned, require_root, stdout_of,
+};
+use serde_json::Value;
+
+const NGINX: &str = "cimplifier-test/nginx:latest";
+const FETCH: &str = r#"curl -fsS -o /dev/null "http://$CIMPLIFIER_TARGET/""#;
+
+/// How many times the session saw `path` exec'd successfully.
+fn execs_of(events: &[Event], path: &str) -> usize {
+    events
+        .iter()
+        .filter(|e| cimplifier::model::exec_path(e).is_some_and(|p| p.as_str() == path))
+        .count()
+}
+
+/// Images removed however the test ends.
+struct Images(Vec<String>);
+
+impl Drop for Images {
+    fn drop(&mut self) {
+        for i in &self.0 {
+            let _ = Command::new("docker").args(["rmi", "-f", i]).output();
+        }
+    }
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn lifecycle_steps_run_inside_one_session_and_each_start_is_observed() {
+    require_root();
+    let d = Daemon::start();
+
+    // A server with --exec: the lifecycle is the default.
+    let c = Container::create("lc-nginx", &[NGINX]);
+    let out = d.ctl(&["observe", &c.0, "--exec", FETCH, "--json"]);
+    let info = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{info}");
+    let passes: Vec<&str> = info["workload"]["passes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pass"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        passes,
+        [
+            "first pass",
+            "after restart",
+            "after kill-start",
+            "after reload"
+        ],
+        "{info}"
+    );
+    assert!(
+        info["workload"]["passes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["exit_code"] == 0),
+        "{info}"
+    );
+    assert_eq!(
+        (info["state"].as_str(), info["end"].as_str()),
+        (Some("closed"), Some("stopped"))
+    );
+    assert_eq!(info["complete"], true, "every start was observed: {info}");
+    let (_, events) = d.session_events(&c.0);
+    assert_eq!(
+        execs_of(&events, "/usr/sbin/nginx"),
+        3,
+        "the first start, the restart and the start after SIGKILL"
+    );
+
+    // The control: without the steps, one pass and one start.
+    let c = Container::create("lc-nginx-once", &[NGINX]);
+    let out = d.ctl(&["observe", &c.0, "--exec", FETCH, "--no-lifecycle", "--json"]);
+    let info = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{info}");
+    assert_eq!(
+        info["workload"]["passes"].as_array().unwrap().len(),
+        1,
+        "{info}"
+    );
+    let (_, events) = d.session_events(&c.0);
+    assert_eq!(execs_of(&events, "/usr/sbin/nginx"), 1);
+}
+
+#[test]
+fn verify_passes_a_good_slim_image_and_names_a_file_left_out() {
+    require_root();
+    let d = Daemon::start();
+    let pid = std::process::id();
+    let c = Container::create("verify-nginx", &[NGINX]);
+    let observed = d.ctl(&["observe", &c.0, "--exec", FETCH]);
+    assert!(observed.status.success(), "{observed:?}");
+
+    let good = format!("cimplifier-e2e/verify-good{pid}:slim");
+    let bad = format!("cimplifier-e2e/verify-bad{pid}:slim");
+    let _images = Images(vec![good.clone(), bad.clone()]);
+    stdout_of(&d.ctl(&["emit", &c.0, "--tag", &good]));
+    stdout_of(&d.ctl(&[
+        "emit",
+        &c.0,
+        "--tag",
+        &bad,
+        "--exclude",
+        "/etc/nginx/mime.types",
+    ]));
+
+    // The positive control: the output does what the original did.
+    let out = d.ctl(&[
+        "verify",
+        &c.0,
+        "--image",
+        &good,
+        "--workload",
+        FETCH,
+        "--json",
+    ]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(report["regressions"], serde_json::json!([]), "{report}");
+    assert_eq!(
+        report["workload"]["passes"].as_array().unwrap().len(),
+        4,
+        "the workload ran after each lifecycle step: {report}"
+    );
+
+    // The file left out on purpose is named, with its fix.
+    let out = d.ctl(&[
+        "verify",
+        &c.0,
+        "--image",
+        &bad,
+        "--workload",
+        FETCH,
+        "--json",
+    ]);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(7), "{report}");
+    assert_eq!(report["verified"], false, "{report}");
+    let named = report["regressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "/etc/nginx/mime.types")
+        .unwrap_or_else(|| panic!("mime.types is named: {report}"));
+    assert_eq!(named["executable"], "/usr/sbin/nginx", "{report}");
+    assert_eq!(named["errno"], "ENOENT", "{report}");
+    assert!(
+        named["fix"]
+            .as_str()
+            .unwrap()
+            .contains("--include /etc/nginx/mime.types"),
+        "{report}"
+    );
+
+    // Verify removed the containers it ran.
+    let left = docker(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("name=cimplifier-verify-{}", c.0),
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert_eq!(left, "", "verify's containers are removed");
+}
+
+#[test]
+fn verify_catches_a_partition_whose_shared_volume_was_emptied() {
+    require_root();
+    let pid = std::process::id();
+    let d = Daemon::start();
+    let dir = tempfile::tempdir().unwrap();
+
+    // The source: /srv/app/flag in the image; the shell writes beside it
+    // and has cat, in another partition, read both.
+    let image = format!("cimplifier-e2e/verify-src{pid}:latest");
+    let mut cleanup = PlanCleanup {
+        daemon: &d,
+        plans: Vec::new(),
+        images: vec![image.clone()],
+    };
+    let base = Container::create(
+        "verify-base",
+        &[
+            BASE_IMAGE,
+            "sh",
+            "-c",
+            "mkdir -p /srv/app && echo hello > /srv/app/flag",
+        ],
+    );
+    docker(&["start", "-a", &base.0]);
+    docker(&[
+        "commit",
+        "--change",
+        r#"CMD ["/bin/sh", "-c", "echo 1 > /srv/app/pid; cat /srv/app/flag /srv/app/pid"]"#,
+        &base.0,
+        &image,
+    ]);
+    let c = Container::create("verify-split", &[&image]);
+    let observed = d.ctl(&["observe", &c.0]);
+    assert!(observed.status.success(), "{observed:?}");
+
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "kind = \"disjoint-subsets\"\n[partitions]\nshell = [\"/bin/sh\"]\nreader = [\"/usr/bin/cat\"]\n",
+    )
+    .unwrap();
+    let out = dir.path().join("split");
+    let tag = format!("cimplifier-e2e/verify-split{pid}");
+    let report = emit_partitioned(&d, &c.0, &policy, &tag, &out);
+    cleanup.images.extend(report.images().map(str::to_owned));
+    cleanup.plans.push(out.to_str().unwrap().to_owned());
+    // The program runs once and exits: the workload waits for the shell's
+    // partition to finish.
+    let workload = "sleep 3";
+
+    // The positive control: seeded, the plan does what the original did.
+    let verified = d.ctl(&[
+        "verify",
+        &c.0,
+        "--plan",
+        out.to_str().unwrap(),
+        "--workload",
+        workload,
+        "--json",
+    ]);
+    let v = json_of(&verified);
+    assert_eq!(verified.status.code(), Some(0), "{v}");
+    assert_eq!(v["regressions"], serde_json::json!([]), "{v}");
+
+    // The shared volume emptied: the seed service no longer fills it.
+    let compose_path = report.compose_file.clone();
+    let mut compose: serde_norway::Value =
+        serde_norway::from_str(&std::fs::read_to_string(&compose_path).unwrap()).unwrap();
+    compose["services"]["cimplifier-seed"]["volumes"] = serde_norway::Value::Sequence(vec![]);
+    std::fs::write(&compose_path, serde_norway::to_string(&compose).unwrap()).unwrap();
+
+    let verified = d.ctl(&[
+        "verify",
+        &c.0,
+        "--plan",
+        out.to_str().unwrap(),
+        "--workload",
+        workload,
+        "--json",
+    ]);
+    let v = json_of(&verified);
+    assert_eq!(verified.status.code(), Some(7), "{v}");
+    let named = v["regressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "/srv/app/flag")
+        .unwrap_or_else(|| panic!("the flag is named: {v}"));
+    assert_eq!(named["partition"], "reader", "{v}");
+    assert_eq!(named["executable"], "/usr/bin/cat", "{v}");
+    assert!(
+        named["fix"].as_str().unwrap().contains("shared volume"),
+        "{v}"
+    );
+}
