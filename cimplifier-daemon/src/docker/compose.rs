@@ -412,6 +412,10 @@ pub struct UpOptions {
     /// Published by the network owner (the others share its network), in
     /// place of what the plan publishes for the same container port.
     pub publish: Vec<ComposePort>,
+    /// Fail (and roll back) when a partition has exited with a failure by
+    /// the time all are started: `cimplifierctl up`. Not for `verify`,
+    /// whose point is to see such a system run its workload.
+    pub require_running: bool,
 }
 
 /// In which order `up` starts the services.
@@ -432,14 +436,11 @@ pub async fn up(
     path: &Path,
     progress: &dyn Fn(&str),
 ) -> Result<UpReport> {
-    up_with(
-        docker,
-        path,
-        &UpOptions::default(),
-        &engine_start(docker),
-        progress,
-    )
-    .await
+    let opts = UpOptions {
+        require_running: true,
+        ..Default::default()
+    };
+    up_with(docker, path, &opts, &engine_start(docker), progress).await
 }
 
 /// Starts a created container of the system by its name: the engine's
@@ -472,6 +473,7 @@ pub async fn up_in_order(
 ) -> Result<UpReport> {
     let opts = UpOptions {
         order,
+        require_running: true,
         ..Default::default()
     };
     up_with(docker, path, &opts, &engine_start(docker), progress).await
@@ -524,6 +526,7 @@ pub async fn up_with(
     let result = match start_all(docker, &plan, opts.order, start, progress, &mut made).await {
         // A partition may run a command and end (exit 0); one that failed
         // as it started fails the `up`.
+        Ok(report) if !opts.require_running => Ok(report),
         Ok(report) => match exited(docker, &made, true).await {
             None => Ok(report),
             Some(cause) => Err(anyhow::anyhow!("{cause}")),

@@ -343,6 +343,7 @@ pub fn up(plan: &Path, publish: &[String], json: bool) -> anyhow::Result<()> {
             .iter()
             .map(|p| compose::ComposePort::parse_publish(p).map_err(|e| usage(e.to_string())))
             .collect::<Result<_, _>>()?,
+        require_running: true,
         ..Default::default()
     };
     let bar = spinner();
