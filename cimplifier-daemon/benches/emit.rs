@@ -109,11 +109,12 @@ async fn run(name: &str, state: &Path) -> Result<()> {
 
     let opts = EmitOptions {
         session: name.to_owned(),
-        tag: Some("cimplifier-bench/nginx:slim".into()),
+        tag: Some("cimplifier-bench/nginx:slim".parse().expect("a valid tag")),
         oci_archive: false,
         slim: SlimOptions::with_safety_sets(),
         allow_incomplete: false,
         list_removed: false,
+        explain: Vec::new(),
     };
     let (mut read, mut plan, mut write, mut load, mut total, mut save) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -130,7 +131,7 @@ async fn run(name: &str, state: &Path) -> Result<()> {
         }
         save.push(start.elapsed().as_millis() as u64);
         let start = Instant::now();
-        let report = emit(&store, &opts, &|_| {}).await?.report;
+        let report = emit(&store, &opts, &|_| {}, &|_, _, _| {}).await?.report;
         total.push(start.elapsed().as_millis() as u64);
         let Timings {
             read_image_ms,

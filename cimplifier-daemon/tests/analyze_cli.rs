@@ -141,3 +141,41 @@ fn bad_input_names_the_file_and_line() {
     assert!(!not_dir.status.success());
     assert!(String::from_utf8_lossy(&not_dir.stderr).contains("/etc/hostname"));
 }
+
+/// A strace log cut off mid-line (strace killed) is read up to that line,
+/// with a warning and an incomplete model; an empty one is refused; a huge
+/// bad line is quoted in part; and without --root the user is told loudly
+/// what is not resolved.
+#[test]
+fn damaged_strace_logs_are_named_not_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = std::fs::read_to_string(golden("workload.strace")).unwrap();
+    let cut = dir.path().join("cut.strace");
+    std::fs::write(&cut, &whole[..whole.trim_end().len() - 5]).unwrap();
+    let out = ctl(&["analyze", "--strace", cut.to_str().unwrap(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["source"]["complete"], false, "{}", v["source"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cut off"), "{err}");
+    assert!(err.contains("no --root"), "{err}");
+    assert!(
+        !err.contains('\x1b'),
+        "no colour codes when stderr is no terminal: {err:?}"
+    );
+
+    let empty = dir.path().join("empty.strace");
+    std::fs::write(&empty, "").unwrap();
+    let out = ctl(&["analyze", "--strace", empty.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+
+    let huge = dir.path().join("huge.strace");
+    std::fs::write(
+        &huge,
+        format!("1 open(\"{}\" = -1 EBOGUS (x)\n", "y".repeat(50 << 20)),
+    )
+    .unwrap();
+    let out = ctl(&["analyze", "--strace", huge.to_str().unwrap(), "--root", "/"]);
+    assert!(!out.status.success());
+    assert!(out.stderr.len() < 4000, "a {}-byte error", out.stderr.len());
+}

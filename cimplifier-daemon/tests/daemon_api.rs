@@ -299,6 +299,12 @@ fn uids_outside_the_socket_group_are_refused() {
     assert_eq!(outsider.status.code(), Some(3), "refused at the socket");
     let err = String::from_utf8_lossy(&outsider.stderr);
     assert!(err.contains("connecting to cimplifierd"), "{err}");
+    assert!(
+        err.contains("permission denied")
+            && err.contains("--socket-group")
+            && !err.contains("is it running"),
+        "says what to check: {err}"
+    );
 }
 
 /// Settings come from the config file, then the environment, then flags;

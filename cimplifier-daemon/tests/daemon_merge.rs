@@ -153,7 +153,7 @@ fn sessions_from_two_daemons_merge_into_one_image_for_both_workloads() {
     let text = String::from_utf8(std::fs::read(&bundle).unwrap()).unwrap();
     let (first, rest) = text.split_once('\n').unwrap();
     let mut header: serde_json::Value = serde_json::from_str(first).unwrap();
-    header["session"]["image_id"] = "sha256:another-image".into();
+    header["session"]["image_id"] = format!("sha256:{}", "e".repeat(64)).into();
     let other = dir.path().join("other.cimsession");
     std::fs::write(&other, format!("{header}\n{rest}")).unwrap();
     stdout_of(&node_a.ctl(&["import", other.to_str().unwrap(), "--as", "other-image"]));

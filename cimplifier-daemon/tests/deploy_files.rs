@@ -186,6 +186,11 @@ fn systemd_unit_runs_serve_with_managed_dirs_bpf_capabilities_and_a_graceful_sto
     let unit = parse_unit(&read(UNIT));
     let svc = |key: &str| unit_value(&unit, "Service", key);
 
+    assert_eq!(
+        svc("Type"),
+        Some("notify"),
+        "systemd starts what needs the daemon once it says READY=1"
+    );
     let exec = svc("ExecStart").expect("ExecStart");
     let words: Vec<&str> = exec.split_whitespace().collect();
     assert_eq!(

@@ -5,6 +5,7 @@ use tonic::Status;
 
 use super::pb;
 use super::pb::session::State;
+use crate::docker::tag::ImageTag;
 use crate::docker::target::NetworkTarget;
 use crate::emit::EmitError;
 use crate::image::source::Refused;
@@ -111,10 +112,21 @@ impl From<EmitError> for Status {
             EmitError::Refused(Refused::StillObserving(_) | Refused::Incomplete { .. })
             | EmitError::Session(_)
             | EmitError::Engine(_) => Status::failed_precondition(message),
-            EmitError::Policy(_) => Status::invalid_argument(message),
+            EmitError::Policy(_) | EmitError::Options(_) => Status::invalid_argument(message),
             EmitError::Failed(_) => Status::internal(message),
         }
     }
+}
+
+/// The request's tag, checked against Docker's reference grammar; none
+/// when empty.
+pub(super) fn image_tag(tag: &str) -> Result<Option<ImageTag>, Status> {
+    if tag.is_empty() {
+        return Ok(None);
+    }
+    tag.parse()
+        .map(Some)
+        .map_err(|e: crate::docker::tag::TagError| Status::invalid_argument(e.to_string()))
 }
 
 pub(super) fn check_name(name: &str, field: &str) -> Result<(), Status> {

@@ -113,6 +113,9 @@ pub async fn serve(
     }
     let listener = tokio::net::UnixListener::bind(socket)
         .with_context(|| format!("listening on {}", socket.display()))?;
+    // From here on the socket is ours: removed however serve ends, so a
+    // start that fails below leaves no stale socket.
+    let _remove = RemoveOnDrop(socket.clone());
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
         .with_context(|| format!("setting the mode of {}", socket.display()))?;
     if let Some(group) = &opts.socket_group {
@@ -163,6 +166,9 @@ pub async fn serve(
         tracing::info!(%addr, "serving Prometheus metrics at /metrics");
     }
     tracing::info!(socket = %socket.display(), state_dir = %opts.state_dir.display(), "serving");
+    // The socket is bound and the sessions recovered: calls are answered
+    // from here on (they queue until the server below polls them).
+    notify_systemd("READY=1\nSTATUS=serving");
     let shutdown = futures::FutureExt::shared(shutdown);
     let api = pb::cimplifier_server::CimplifierServer::from_arc(service.clone());
     let on_socket = tonic::transport::Server::builder()
@@ -195,10 +201,41 @@ pub async fn serve(
             .await
     };
     let result = tokio::try_join!(on_socket, on_tcp);
+    notify_systemd("STOPPING=1\nSTATUS=closing every session");
     tracing::info!("shutting down: closing every session");
     service.manager().shutdown().await;
-    let _ = std::fs::remove_file(socket);
     result.map(|_| ()).context("serving the API")
+}
+
+/// Tells systemd the daemon's state (`Type=notify`, sd_notify(3)): one
+/// datagram to $NOTIFY_SOCKET, a path or, with a leading `@`, an abstract
+/// socket. Not under systemd (no variable), nothing; a failure is logged.
+fn notify_systemd(state: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = (|| {
+        let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str());
+        let addr = match bytes.strip_prefix(b"@") {
+            Some(name) => SocketAddr::from_abstract_name(name)?,
+            None => SocketAddr::from_pathname(&path)?,
+        };
+        UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr)
+    })();
+    if let Err(e) = sent {
+        tracing::warn!("telling systemd {state:?} on NOTIFY_SOCKET {path:?}: {e}");
+    }
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// Deletes closed sessions older than `retain` now, then every

@@ -23,6 +23,7 @@ use crate::model::report::{Report, Source};
 use crate::place::slim::{SafetySet, SlimOptions};
 use crate::session::{Manager, ObserveError, ObserveOptions, SessionView, StreamFilter};
 use crate::store::{OnExisting, SessionExists, SessionRecord, SessionState};
+use crate::trace::ContainerPath;
 
 /// The size of each piece of an OCI layout sent back by emit.
 const OCI_CHUNK: usize = 1 << 20;
@@ -38,6 +39,40 @@ const MAX_BUNDLE: usize = 1 << 30;
 pub struct Service {
     manager: Arc<Manager>,
     state_dir: PathBuf,
+}
+
+/// The system's page size, for RSS from /proc/self/statm (4 KiB on
+/// x86_64, but 16 or 64 KiB on some arm64 and ppc64 kernels).
+fn page_size() -> u64 {
+    static PAGE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PAGE.get_or_init(|| {
+        nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .map_or(4096, |p| p as u64)
+    })
+}
+
+/// Emit's byte counts as progress messages, one per 4 MiB (and the last),
+/// so a fast read does not flood the stream; dropped when the client lags.
+fn byte_progress(
+    tx: mpsc::Sender<Result<pb::EmitProgress, Status>>,
+) -> impl Fn(&str, u64, u64) + Send + Sync {
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    move |what: &str, done: u64, total: u64| {
+        let last = sent.load(Ordering::Relaxed);
+        if done < last + (4 << 20) && done < total {
+            return;
+        }
+        sent.store(done, Ordering::Relaxed);
+        let _ = tx.try_send(Ok(pb::EmitProgress {
+            update: Some(pb::emit_progress::Update::Bytes(pb::ByteProgress {
+                what: what.to_owned(),
+                done,
+                total,
+            })),
+        }));
+    }
 }
 
 impl Service {
@@ -76,7 +111,7 @@ impl Service {
         let rss = std::fs::read_to_string("/proc/self/statm")
             .ok()
             .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .map_or(0, |pages| pages * 4096);
+            .map_or(0, |pages| pages * page_size());
         let store_bytes = std::fs::metadata(self.manager.store().path()).map_or(0, |m| m.len());
         format!(
             "# HELP cimplifier_sessions Observation sessions by state.\n\
@@ -168,7 +203,8 @@ impl Service {
                     update: Some(pb::emit_progress::Update::Step(step.to_owned())),
                 }));
             };
-            let result = emit_partitioned(&store, &opts, &progress)
+            let bytes = byte_progress(tx.clone());
+            let result = emit_partitioned(&store, &opts, &progress, &bytes)
                 .await
                 .and_then(|emitted| {
                     let json = serde_json::to_string_pretty(&emitted.report)
@@ -203,12 +239,23 @@ impl Service {
         )))
     }
 
+    /// The stored record of session `name`. A session that `sessions`
+    /// lists but the store lacks (it failed, or is still starting, before
+    /// its first checkpoint) is refused saying so, not as unknown.
     fn record(&self, name: &str) -> Result<SessionRecord, Status> {
-        self.manager
-            .store()
-            .session(name)
-            .map_err(internal)?
-            .ok_or_else(|| not_found(name))
+        if let Some(r) = self.manager.store().session(name).map_err(internal)? {
+            return Ok(r);
+        }
+        match self.manager.get(name).map_err(internal)? {
+            Some(SessionView::Failed { error, .. }) => Err(Status::failed_precondition(format!(
+                "observing {name} failed before anything was stored ({error}), so it has \
+                 nothing to report, plan or emit: fix that and observe it again"
+            ))),
+            Some(SessionView::Starting(_)) => Err(Status::failed_precondition(format!(
+                "session {name} is still starting; `cimplifierctl stop {name}` closes it once it observes"
+            ))),
+            _ => Err(not_found(name)),
+        }
     }
 
     /// The session's model and the report's source line.
@@ -366,7 +413,8 @@ impl Cimplifier for Service {
     ) -> Result<Response<Self::EmitStream>, Status> {
         let req = request.into_inner();
         check_name(&req.container, "container")?;
-        let record = self.record(&req.container)?;
+        // Every argument before any work: the client's checks are not trusted.
+        let tag = image_tag(&req.tag)?;
         if !req.oci_dir.is_empty() || !req.out_dir.is_empty() {
             return Err(Status::invalid_argument(
                 "oci_dir and out_dir are no longer written by the daemon, which runs as root: \
@@ -377,6 +425,14 @@ impl Cimplifier for Service {
         if req.tag.is_empty() && !req.oci_archive && req.policy_toml.is_empty() {
             return Err(Status::invalid_argument("give a tag, oci_archive, or both"));
         }
+        let exclude = paths(&req.exclude, "exclude")?;
+        if exclude.iter().any(|x| *x == ContainerPath::root()) {
+            return Err(Status::invalid_argument(
+                "exclude /: every file would be dropped and the image would be empty",
+            ));
+        }
+        let explain = paths(&req.explain, "explain")?;
+        let record = self.record(&req.container)?;
         Admit::Closed {
             allow_incomplete: req.allow_incomplete,
         }
@@ -392,18 +448,19 @@ impl Cimplifier for Service {
             slim.safety_sets.remove(&set);
         }
         slim.include = paths(&req.include, "include")?;
-        slim.exclude = paths(&req.exclude, "exclude")?;
+        slim.exclude = exclude;
         slim.strict = req.strict;
         if !req.policy_toml.is_empty() {
             return self.emit_partitioned(req, slim);
         }
         let opts = EmitOptions {
             session: req.container,
-            tag: (!req.tag.is_empty()).then_some(req.tag),
+            tag,
             oci_archive: req.oci_archive,
             slim,
             allow_incomplete: req.allow_incomplete,
             list_removed: req.list_removed,
+            explain,
         };
         let store = self.manager.store().clone();
         let reports = self.state_dir.join("emit-reports");
@@ -415,7 +472,8 @@ impl Cimplifier for Service {
                     update: Some(pb::emit_progress::Update::Step(step.to_owned())),
                 }));
             };
-            let result = emit(&store, &opts, &progress).await;
+            let bytes = byte_progress(tx.clone());
+            let result = emit(&store, &opts, &progress, &bytes).await;
             let result = match result {
                 Ok(emitted) => {
                     for chunk in emitted.oci_archive.iter().flat_map(|a| a.chunks(OCI_CHUNK)) {
@@ -462,6 +520,7 @@ impl Cimplifier for Service {
         }
         let policy =
             crate::partition::Policy::from_toml(&req.policy_toml).map_err(EmitError::from)?;
+        self.record(&req.session)?;
         // With the image's tree, symlinked names and `#!` interpreters are
         // known, as emit will know them.
         let source = read_session(
@@ -502,8 +561,16 @@ impl Cimplifier for Service {
         for s in &req.sessions {
             check_name(s, "sessions")?;
         }
+        let known = crate::session::observer::event_kinds();
         for k in &req.kinds {
             check_name(k, "kinds")?;
+            if !known.contains(&k.as_str()) {
+                return Err(Status::invalid_argument(format!(
+                    "kinds {}: not an event kind, so nothing would ever match; give one of {}",
+                    crate::cli::quote_capped(k, 80),
+                    known.join(", ")
+                )));
+            }
         }
         let filter = StreamFilter {
             sessions: req.sessions,

@@ -367,6 +367,18 @@ fn client_tls_config(tls: &ClientTls) -> anyhow::Result<ClientTlsConfig> {
     Ok(config.timeout(HANDSHAKE_TIMEOUT))
 }
 
+/// The kind of the I/O error somewhere in `e`'s chain of sources.
+fn io_kind(e: &(dyn std::error::Error + 'static)) -> Option<std::io::ErrorKind> {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        next = e.source();
+    }
+    None
+}
+
 async fn unix_channel(socket: &Path) -> anyhow::Result<Channel> {
     let path = socket.to_owned();
     let channel = Endpoint::try_from("http://cimplifierd.invalid")?
@@ -379,12 +391,21 @@ async fn unix_channel(socket: &Path) -> anyhow::Result<Channel> {
             }
         }))
         .await
-        .with_context(|| {
-            format!(
-                "connecting to cimplifierd on {} (is it running? `cimplifierd serve` starts it; \
-                 --socket picks another, --addr a TCP listener)",
+        .map_err(|e| {
+            let hint = match io_kind(&e) {
+                Some(std::io::ErrorKind::PermissionDenied) => {
+                    "permission denied: the socket is for root and the daemon's --socket-group; \
+                     run as root (sudo) or as a member of that group"
+                }
+                _ => {
+                    "is it running? `cimplifierd serve` starts it; --socket picks another, \
+                     --addr a TCP listener"
+                }
+            };
+            anyhow::Error::new(e).context(format!(
+                "connecting to cimplifierd on {} ({hint})",
                 socket.display()
-            )
+            ))
         })?;
     Ok(channel)
 }

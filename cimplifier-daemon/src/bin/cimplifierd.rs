@@ -13,10 +13,21 @@ use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
+    name = "cimplifierd",
     version,
     about = "cimplifier's host daemon: observes containers with eBPF"
 )]
 struct Cli {
+    /// How log lines are written to stderr: text for people, or json (one
+    /// object a line) for a log collector.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "CIMPLIFIER_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: cimplifier::cli::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,14 +126,28 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    cimplifier::cli::init_logging();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    cimplifier::cli::init_logging_as(cli.log_format);
+    match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Both commands load eBPF programs host-wide and read every process's
+/// memory: say so first, rather than fail later on what root would have.
+fn require_root(command: &str) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        nix::unistd::Uid::effective().is_root(),
+        "`cimplifierd {command}` needs root: it loads eBPF programs, reads kernel trace points and the \
+         processes it watches, and drives Docker; run it with sudo, or as the systemd unit in \
+         deploy/ (clients need no root: `cimplifierd serve --socket-group GROUP` lets a group \
+         use cimplifierctl)"
+    );
+    Ok(())
 }
 
 /// The cgroup of the running container `name_or_id`, asked of the engine.
@@ -137,6 +162,12 @@ async fn container_target(name_or_id: &str) -> anyhow::Result<TraceTarget> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // First, so that a SIGTERM during start-up ends it cleanly.
+    let stop = shutdown_signal();
+    require_root(match cli.command {
+        Command::Serve { .. } => "serve",
+        Command::Trace { .. } => "trace",
+    })?;
     match cli.command {
         Command::Serve {
             config,
@@ -181,7 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 retain_sessions: retain_sessions.or(file.retain_sessions),
             };
-            cimplifier::api::serve(opts, shutdown_signal()).await
+            cimplifier::api::serve(opts, stop).await
         }
         Command::Trace {
             cgroup,
@@ -208,7 +239,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 progress_every: Duration::from_secs(5),
             };
-            let summary = record(opts, shutdown_signal()).await?;
+            let summary = record(opts, stop).await?;
             println!(
                 "{} events recorded in {:.1} s; {}",
                 summary.events,

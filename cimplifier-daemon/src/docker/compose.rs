@@ -20,8 +20,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use bollard::models::{
-    ContainerCreateBody, HostConfig, Mount, MountType, MountVolumeOptions, PortBinding,
-    VolumeCreateRequest,
+    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, Mount, MountType,
+    MountVolumeOptions, PortBinding, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, ListContainersOptions, RemoveContainerOptions, RemoveVolumeOptions,
@@ -114,6 +114,50 @@ impl ComposePort {
     /// Docker's name of the container side: `80/tcp`.
     pub fn container_port(&self) -> String {
         format!("{}/{}", self.target, self.protocol)
+    }
+
+    /// `up --publish`: `[HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL]`, as
+    /// `docker run -p` takes it (an IPv6 host address in brackets); an
+    /// empty HOST_PORT lets the engine pick one.
+    pub fn parse_publish(spec: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            anyhow::anyhow!(
+                "--publish {}: {why}; give [HOST_IP:]HOST_PORT:CONTAINER_PORT[/tcp|udp|sctp], \
+                 e.g. 8080:80 or 127.0.0.1:8080:80",
+                crate::cli::quote_capped(spec, 80)
+            )
+        };
+        let (rest, protocol) = match spec.rsplit_once('/') {
+            Some((r, p)) if ["tcp", "udp", "sctp"].contains(&p) => (r, p),
+            Some(_) => return Err(bad("the protocol is tcp, udp or sctp")),
+            None => (spec, "tcp"),
+        };
+        let (host, target) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| bad("no HOST_PORT:CONTAINER_PORT"))?;
+        let target: u16 = target
+            .parse()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| bad("the container port is a number from 1 to 65535"))?;
+        let (host_ip, host_port) = match host.rsplit_once(':') {
+            Some((ip, port)) => {
+                let ip = ip.trim_start_matches('[').trim_end_matches(']');
+                ip.parse::<std::net::IpAddr>()
+                    .map_err(|_| bad("the host address is not an IP address"))?;
+                (Some(ip.to_owned()), port)
+            }
+            None => (None, host),
+        };
+        if !host_port.is_empty() && host_port.parse::<u16>().ok().filter(|p| *p > 0).is_none() {
+            return Err(bad("the host port is a number from 1 to 65535"));
+        }
+        Ok(Self {
+            target,
+            published: Some(host_port.to_owned()).filter(|p| !p.is_empty()),
+            host_ip,
+            protocol: protocol.to_owned(),
+        })
     }
 }
 
@@ -355,6 +399,23 @@ pub struct UpReport {
     /// Volumes that existed already and kept their data.
     #[serde(default)]
     pub kept: Vec<String>,
+    /// Where the network owner is published on the host, as the engine
+    /// bound it: `HOST_IP:HOST_PORT -> PORT/PROTOCOL`.
+    #[serde(default)]
+    pub published: Vec<String>,
+}
+
+/// How `up` starts a run plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UpOptions {
+    pub order: StartOrder,
+    /// Published by the network owner (the others share its network), in
+    /// place of what the plan publishes for the same container port.
+    pub publish: Vec<ComposePort>,
+    /// Fail (and roll back) when a partition has exited with a failure by
+    /// the time all are started: `cimplifierctl up`. Not for `verify`,
+    /// whose point is to see such a system run its workload.
+    pub require_running: bool,
 }
 
 /// In which order `up` starts the services.
@@ -375,7 +436,11 @@ pub async fn up(
     path: &Path,
     progress: &dyn Fn(&str),
 ) -> Result<UpReport> {
-    up_in_order(docker, path, StartOrder::Dependencies, progress).await
+    let opts = UpOptions {
+        require_running: true,
+        ..Default::default()
+    };
+    up_with(docker, path, &opts, &engine_start(docker), progress).await
 }
 
 /// Starts a created container of the system by its name: the engine's
@@ -383,16 +448,12 @@ pub async fn up(
 pub type Starter<'a> =
     &'a (dyn Fn(String) -> futures::future::BoxFuture<'static, Result<()>> + Sync);
 
-/// Creates the volumes that do not exist yet, fills them with the seed
-/// service, and starts the other services in `order`.
-pub async fn up_in_order(
+/// The engine's start, as a [`Starter`].
+pub fn engine_start(
     docker: &bollard::Docker,
-    path: &Path,
-    order: StartOrder,
-    progress: &dyn Fn(&str),
-) -> Result<UpReport> {
+) -> impl Fn(String) -> futures::future::BoxFuture<'static, Result<()>> + Sync + use<> {
     let engine = docker.clone();
-    let start = move |name: String| -> futures::future::BoxFuture<'static, Result<()>> {
+    move |name: String| -> futures::future::BoxFuture<'static, Result<()>> {
         let docker = engine.clone();
         Box::pin(async move {
             docker
@@ -400,19 +461,45 @@ pub async fn up_in_order(
                 .await
                 .with_context(|| format!("starting container {name}"))
         })
-    };
-    up_with(docker, path, order, &start, progress).await
+    }
 }
 
-/// [`up_in_order`], each service started by `start`.
-pub async fn up_with(
+/// [`up`], starting the services in `order`.
+pub async fn up_in_order(
     docker: &bollard::Docker,
     path: &Path,
     order: StartOrder,
+    progress: &dyn Fn(&str),
+) -> Result<UpReport> {
+    let opts = UpOptions {
+        order,
+        require_running: true,
+        ..Default::default()
+    };
+    up_with(docker, path, &opts, &engine_start(docker), progress).await
+}
+
+/// What an `up` made, to be removed if it fails.
+#[derive(Default)]
+struct Made {
+    volumes: Vec<String>,
+    /// (service, container), in the order created.
+    containers: Vec<(String, String)>,
+}
+
+/// Creates the volumes that do not exist yet, fills them with the seed
+/// service, and starts the other services in `opts.order`, each by
+/// `start`. All or nothing: if anything fails, or a partition has exited
+/// with a failure by the end, what this `up` created is removed again and
+/// the error names the partition that exited, with its last log lines.
+pub async fn up_with(
+    docker: &bollard::Docker,
+    path: &Path,
+    opts: &UpOptions,
     start: Starter<'_>,
     progress: &dyn Fn(&str),
 ) -> Result<UpReport> {
-    let (file, plan) = ComposeFile::load(path)?;
+    let (file, mut plan) = ComposeFile::load(path)?;
     let existing = project_containers(docker, &plan.name).await?;
     if !existing.is_empty() {
         bail!(
@@ -422,6 +509,78 @@ pub async fn up_with(
             path.display()
         );
     }
+    if !opts.publish.is_empty() {
+        let owner = plan
+            .services
+            .iter()
+            .find(|(n, s)| s.network_mode.is_none() && n.as_str() != SEED_SERVICE)
+            .map(|(n, _)| n.clone())
+            .context("the run plan has no network owner to publish ports on")?;
+        let ports = &mut plan.services.get_mut(&owner).expect("found").ports;
+        for p in &opts.publish {
+            ports.retain(|x| x.container_port() != p.container_port());
+            ports.push(p.clone());
+        }
+    }
+    let mut made = Made::default();
+    let result = match start_all(docker, &plan, opts.order, start, progress, &mut made).await {
+        // A partition may run a command and end (exit 0); one that failed
+        // as it started fails the `up`.
+        Ok(report) if !opts.require_running => Ok(report),
+        Ok(report) => match exited(docker, &made, true).await {
+            None => Ok(report),
+            Some(cause) => Err(anyhow::anyhow!("{cause}")),
+        },
+        // The real cause first: a partition that exited makes the next
+        // fail to join its network, which alone says little.
+        Err(e) => Err(match exited(docker, &made, false).await {
+            Some(cause) => e.context(cause),
+            None => e,
+        }),
+    };
+    match result {
+        Ok((containers, seeded, kept)) => {
+            let (ip_address, published) = reachable(docker, &plan).await?;
+            Ok(UpReport {
+                project: plan.name.clone(),
+                compose_file: file,
+                containers,
+                ip_address,
+                seeded,
+                kept,
+                published,
+            })
+        }
+        Err(e) => {
+            progress("rolling back");
+            let undone = undo(docker, &made).await;
+            Err(e.context(match undone {
+                Ok(()) => format!(
+                    "up {} failed, and what it had created was removed",
+                    plan.name
+                ),
+                Err(u) => format!(
+                    "up {} failed, and removing what it had created failed too ({u:#}): \
+                     `cimplifierctl down {} --volumes` cleans up",
+                    plan.name,
+                    path.display()
+                ),
+            }))
+        }
+    }
+}
+
+type Started = (Vec<StartedService>, Vec<String>, Vec<String>);
+
+/// The steps of `up`, each recorded in `made` as it is done.
+async fn start_all(
+    docker: &bollard::Docker,
+    plan: &ComposeFile,
+    order: StartOrder,
+    start: Starter<'_>,
+    progress: &dyn Fn(&str),
+    made: &mut Made,
+) -> Result<Started> {
     let (mut seeded, mut kept) = (Vec::new(), Vec::new());
     for (name, v) in &plan.volumes {
         let full = plan.volume_name(name);
@@ -444,6 +603,7 @@ pub async fn up_with(
             })
             .await
             .with_context(|| format!("creating volume {full}"))?;
+        made.volumes.push(full);
         seeded.push(name.clone());
     }
     // Only what the seed service mounts is seeded.
@@ -459,7 +619,10 @@ pub async fn up_with(
         .unwrap_or_default();
     seeded.retain(|v| seed_mounts.contains(v.as_str()));
     if !seeded.is_empty() {
-        seed(docker, &plan, &seeded, progress).await?;
+        made.containers
+            .push((SEED_SERVICE.to_owned(), plan.container_name(SEED_SERVICE)));
+        seed(docker, plan, &seeded, progress).await?;
+        made.containers.pop();
     }
     let mut services: Vec<&str> = plan
         .start_order()?
@@ -481,7 +644,8 @@ pub async fn up_with(
         let s = &plan.services[service];
         let name = plan.container_name(service);
         progress(&format!("starting {name} ({})", s.image));
-        let id = create(docker, &plan, service, None).await?;
+        let id = create(docker, plan, service, None).await?;
+        made.containers.push((service.to_owned(), name.clone()));
         start(name.clone()).await?;
         containers.push(StartedService {
             service: service.to_owned(),
@@ -489,31 +653,133 @@ pub async fn up_with(
             id,
         });
     }
-    let owner = plan
+    Ok((containers, seeded, kept))
+}
+
+/// The first container `up` made that is no longer running (with
+/// `failed_only`, that exited non-zero), with its exit code and last log
+/// lines; None when there is none.
+async fn exited(docker: &bollard::Docker, made: &Made, failed_only: bool) -> Option<String> {
+    for (service, name) in &made.containers {
+        let Ok(details) = docker.inspect_container(name, None).await else {
+            continue;
+        };
+        let state = details.state.unwrap_or_default();
+        if state.running == Some(true)
+            || state.status == Some(ContainerStateStatusEnum::CREATED)
+            || (failed_only && state.exit_code == Some(0))
+        {
+            continue;
+        }
+        let logs = last_log_lines(docker, name, 20).await;
+        return Some(format!(
+            "partition {service} (container {name}) exited with code {} as it started{}",
+            state.exit_code.unwrap_or(-1),
+            if logs.is_empty() {
+                ", printing nothing".to_owned()
+            } else {
+                format!("; its last log lines:\n{logs}")
+            }
+        ));
+    }
+    None
+}
+
+/// The last `n` lines a container printed (stdout and stderr), indented,
+/// each cut to 300 bytes.
+async fn last_log_lines(docker: &bollard::Docker, name: &str, n: usize) -> String {
+    use futures::StreamExt as _;
+    let mut logs = docker.logs(
+        name,
+        Some(bollard::query_parameters::LogsOptions {
+            stdout: true,
+            stderr: true,
+            tail: n.to_string(),
+            ..Default::default()
+        }),
+    );
+    let mut text = String::new();
+    while let Some(Ok(chunk)) = logs.next().await {
+        text.push_str(&String::from_utf8_lossy(&chunk.into_bytes()));
+    }
+    text.lines()
+        .map(|l| {
+            let mut end = l.len().min(300);
+            while !l.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("    {}", &l[..end])
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Removes what a failed `up` made: its containers (last made first),
+/// then the volumes it created. Keeps going past failures; says the first.
+async fn undo(docker: &bollard::Docker, made: &Made) -> Result<()> {
+    let mut first = None;
+    for (_, name) in made.containers.iter().rev() {
+        let r = docker
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .or_else(not_found)
+            .with_context(|| format!("removing container {name}"));
+        first = first.or(r.err());
+    }
+    for name in &made.volumes {
+        let r = docker
+            .remove_volume(name, None::<RemoveVolumeOptions>)
+            .await
+            .or_else(not_found)
+            .with_context(|| format!("removing volume {name}"));
+        first = first.or(r.err());
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// The network owner's address on Docker's default bridge, and the host
+/// ports the engine bound for it.
+async fn reachable(
+    docker: &bollard::Docker,
+    plan: &ComposeFile,
+) -> Result<(Option<String>, Vec<String>)> {
+    let Some(owner) = plan
         .services
         .iter()
         .find(|(n, s)| s.network_mode.is_none() && n.as_str() != SEED_SERVICE)
-        .map(|(n, _)| plan.container_name(n));
-    let mut ip_address = None;
-    if let Some(owner) = owner {
-        let details = docker
-            .inspect_container(&owner, None)
-            .await
-            .with_context(|| format!("inspecting {owner}"))?;
-        ip_address = details
-            .network_settings
-            .and_then(|n| n.networks)
-            .and_then(|n| n.get("bridge").and_then(|b| b.ip_address.clone()))
-            .filter(|ip| !ip.is_empty());
+        .map(|(n, _)| plan.container_name(n))
+    else {
+        return Ok((None, Vec::new()));
+    };
+    let details = docker
+        .inspect_container(&owner, None)
+        .await
+        .with_context(|| format!("inspecting {owner}"))?;
+    let network = details.network_settings.unwrap_or_default();
+    let ip_address = network
+        .networks
+        .as_ref()
+        .and_then(|n| n.get("bridge").and_then(|b| b.ip_address.clone()))
+        .filter(|ip| !ip.is_empty());
+    let mut published = Vec::new();
+    for (port, bindings) in network.ports.unwrap_or_default() {
+        for b in bindings.into_iter().flatten() {
+            published.push(format!(
+                "{}:{} -> {port}",
+                b.host_ip.unwrap_or_default(),
+                b.host_port.unwrap_or_default()
+            ));
+        }
     }
-    Ok(UpReport {
-        project: plan.name.clone(),
-        compose_file: file,
-        containers,
-        ip_address,
-        seeded,
-        kept,
-    })
+    published.sort();
+    Ok((ip_address, published))
 }
 
 /// Runs the seed service with only the `new` volumes mounted: the engine
@@ -547,9 +813,7 @@ async fn seed(
         }
     }
     if code != Some(0) {
-        bail!(
-            "the seed container {name} exited with {code:?}; its volumes may be half filled: see `docker logs {name}`, then `cimplifierctl down --volumes` and `up` again"
-        );
+        bail!("the seed container {name} exited with {code:?} before the volumes were filled");
     }
     docker
         .remove_container(&name, None::<RemoveContainerOptions>)
@@ -775,6 +1039,39 @@ mod tests {
             volumes: [("run-mysqld".to_owned(), ComposeVolume::default())]
                 .into_iter()
                 .collect(),
+        }
+    }
+
+    #[test]
+    fn publish_is_read_as_docker_run_p_takes_it() {
+        let p = |s: &str| ComposePort::parse_publish(s).unwrap();
+        assert_eq!(
+            p("8080:80"),
+            ComposePort {
+                target: 80,
+                published: Some("8080".into()),
+                host_ip: None,
+                protocol: "tcp".into()
+            }
+        );
+        let full = p("127.0.0.1:5353:53/udp");
+        assert_eq!(full.host_ip.as_deref(), Some("127.0.0.1"));
+        assert_eq!(full.container_port(), "53/udp");
+        assert_eq!(p("[::1]:8443:443").host_ip.as_deref(), Some("::1"));
+        assert_eq!(p(":80").published, None, "the engine picks the host port");
+        for bad in [
+            "80",
+            "x:80",
+            "8080:0",
+            "8080:80/icmp",
+            "localhost:8080:80",
+            "99999:80",
+        ] {
+            let e = ComposePort::parse_publish(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("--publish") && e.contains("HOST_PORT:CONTAINER_PORT"),
+                "{e}"
+            );
         }
     }
 

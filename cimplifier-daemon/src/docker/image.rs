@@ -17,10 +17,20 @@ pub async fn inspect(docker: &Docker, image_id: &str, image_ref: &str) -> Result
 
 /// The image's layers, as `docker image save` gives them.
 pub async fn save(docker: &Docker, image: &str) -> Result<Vec<u8>> {
+    save_counting(docker, image, &|_| {}).await
+}
+
+/// [`save`], telling `read` the bytes read so far after each chunk.
+pub async fn save_counting(
+    docker: &Docker,
+    image: &str,
+    read: &(dyn Fn(u64) + Send + Sync),
+) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
     let mut stream = docker.export_image(image);
     while let Some(chunk) = stream.next().await {
         bytes.extend_from_slice(&chunk.with_context(|| format!("reading the layers of {image}"))?);
+        read(bytes.len() as u64);
     }
     Ok(bytes)
 }

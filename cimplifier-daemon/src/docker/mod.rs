@@ -10,6 +10,7 @@ pub mod container;
 pub mod image;
 pub mod output;
 pub mod run;
+pub mod tag;
 pub mod target;
 
 use std::path::PathBuf;

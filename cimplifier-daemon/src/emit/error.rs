@@ -13,6 +13,10 @@ pub enum EmitError {
     /// changes the policy.
     #[error("policy: {0}")]
     Policy(String),
+    /// The emit's own options (--include, --exclude) do not fit the source
+    /// image: the caller changes them.
+    #[error("{0}")]
+    Options(String),
     /// The session lacks what the image needs (its entrypoint was never
     /// seen): the caller observes again.
     #[error("{0}")]

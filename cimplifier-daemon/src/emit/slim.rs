@@ -12,8 +12,12 @@ use serde::{Deserialize, Serialize};
 
 use super::EmitError;
 use super::oci::{self, SourceConfig};
+use super::partitioned;
 use super::runconfig::{self, RunReport};
-use crate::image::source::{Admit, SourceSession, TraceDigest, read_session};
+use crate::docker::tag::ImageTag;
+use crate::image::fs::ImageFs;
+use crate::image::source::{Admit, SourceSession, TraceDigest, read_session_counting};
+use crate::model::walk;
 use crate::place::slim::{
     KeepReason, KeptCodeTree, KeptListedDir, KeptStateDir, SlimOptions, plan,
 };
@@ -28,7 +32,7 @@ pub struct EmitOptions {
     /// The session to emit, by name (the container's, or a merge's).
     pub session: String,
     /// Load the image into Docker under this tag.
-    pub tag: Option<String>,
+    pub tag: Option<ImageTag>,
     /// Also give the OCI image layout back, as one tar.
     pub oci_archive: bool,
     pub slim: SlimOptions,
@@ -36,6 +40,9 @@ pub struct EmitOptions {
     pub allow_incomplete: bool,
     /// List every removed path in the report.
     pub list_removed: bool,
+    /// Paths the caller will ask about (`--explain`): the report names
+    /// those the source image does not hold, so none is answered "removed".
+    pub explain: Vec<ContainerPath>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +96,14 @@ pub struct EmitReport {
     pub slim_image_bytes: u64,
     pub removed_files: u64,
     pub removed_bytes: u64,
+    /// Content bytes of the files kept: with `removed_bytes`, the source
+    /// image's content bytes (`source_content_bytes`).
+    #[serde(default)]
+    pub kept_bytes: u64,
+    /// Content bytes of every file of the source image (the engine's size
+    /// adds the tar headers of every layer and what upper layers hid).
+    #[serde(default)]
+    pub source_content_bytes: u64,
     /// 100 × (1 − slim / source).
     pub reduction_percent: f64,
     pub kept: Vec<KeptPath>,
@@ -116,6 +131,14 @@ pub struct EmitReport {
     /// Every removed path, with `--list-removed`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed: Option<Vec<ContainerPath>>,
+    /// Paths asked about (`--explain`) that the source image does not hold
+    /// and the run did not create.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_in_source: Vec<ContainerPath>,
+    /// What the emit did not refuse but the caller should know, each
+    /// naming its cause (e.g. an --exclude that matched nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// The image's run configuration (command, environment, user, ports...)
     /// and where each setting came from: the source image's config or the
     /// observed container.
@@ -135,6 +158,9 @@ impl EmitReport {
             None if self.excluded.contains(path) => "removed: excluded by --exclude".into(),
             None if self.created_at_run_time.contains(path) => {
                 "not in the source image: created at run time".into()
+            }
+            None if self.not_in_source.contains(path) => {
+                "not in the source image, and the run did not create it: check the path".into()
             }
             None if let Some(d) = self
                 .listed_directories
@@ -210,15 +236,70 @@ fn exes(set: &std::collections::BTreeSet<crate::model::Exe>) -> String {
         .join(", ")
 }
 
+/// Refuses --include and --exclude that do not fit the source image, by
+/// name: an include of a path the image lacks (a typo would keep nothing
+/// silently), an exclude of the root or of the entrypoint (the image could
+/// not start). An exclude that matches nothing is a warning.
+pub fn check_options(
+    slim: &SlimOptions,
+    fs: &Arc<ImageFs>,
+    source: &SourceConfig,
+    image: &str,
+) -> Result<Vec<String>, EmitError> {
+    let holds = |dir: &ContainerPath| fs.entries().any(|(p, _)| p.is_under(dir));
+    for include in &slim.include {
+        if !holds(include) {
+            return Err(EmitError::Options(format!(
+                "--include {include}: the source image {image} has no such path, so nothing \
+                 would be kept for it; check the path (`docker run --rm {image} ls -d {include}`)"
+            )));
+        }
+    }
+    if slim.exclude.iter().any(|x| *x == ContainerPath::root()) {
+        return Err(EmitError::Options(
+            "--exclude / drops every file: the image would be empty; exclude the directories \
+             you do not want instead"
+                .into(),
+        ));
+    }
+    if let Some(entry) = partitioned::entrypoint_path(source, fs.as_ref()) {
+        let w = walk(fs, &entry, true);
+        let names = std::iter::once(&entry).chain(&w.links).chain(&w.resolved);
+        for name in names {
+            if let Some(x) = slim.exclude.iter().find(|x| name.is_under(x)) {
+                return Err(EmitError::Options(format!(
+                    "--exclude {x} drops the entrypoint {entry}{}: the image could not start; \
+                     exclude less",
+                    if *name == entry {
+                        String::new()
+                    } else {
+                        format!(" (through {name})")
+                    }
+                )));
+            }
+        }
+    }
+    Ok(slim
+        .exclude
+        .iter()
+        .filter(|x| !holds(x))
+        .map(|x| {
+            format!("--exclude {x}: the source image {image} has no such path; nothing was dropped for it")
+        })
+        .collect())
+}
+
 fn ms(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
 }
 
-/// Emits the slim image of an observed container. `progress` hears each step.
+/// Emits the slim image of an observed container. `progress` hears each
+/// step, `bytes` how far the long read of the source image is.
 pub async fn emit(
     store: &Arc<Store>,
     opts: &EmitOptions,
     progress: &(dyn Fn(&str) + Send + Sync),
+    bytes: &(dyn Fn(&str, u64, u64) + Send + Sync),
 ) -> Result<Emitted, EmitError> {
     progress("reading the source image");
     let SourceSession {
@@ -229,13 +310,14 @@ pub async fn emit(
         trace_digest,
         read_image_ms,
         fold_ms,
-    } = read_session(
+    } = read_session_counting(
         store,
         &opts.session,
         Admit::Closed {
             allow_incomplete: opts.allow_incomplete,
         },
         TraceDigest::Sha256,
+        &|done, total| bytes("reading the source image", done, total),
     )
     .await?;
 
@@ -244,6 +326,7 @@ pub async fn emit(
     let (source, run) = runconfig::carry_for(&SourceConfig::from_inspect(&inspect), &info);
     let mut slim = opts.slim.clone();
     slim.env = source.env.clone().unwrap_or_default();
+    let warnings = check_options(&slim, &fs, &source, &info.started.image_ref)?;
     let slim_plan = plan(&model, &fs, &slim);
     let plan_ms = fold_ms + ms(start);
 
@@ -264,7 +347,8 @@ pub async fn emit(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let image = oci::build(layer, &source, &labels, opts.tag.as_deref())?;
+    let tag = opts.tag.as_ref().map(ImageTag::as_str);
+    let image = oci::build(layer, &source, &labels, tag)?;
     let oci_archive = if opts.oci_archive {
         Some(image.archive()?)
     } else {
@@ -281,13 +365,17 @@ pub async fn emit(
 
     let mut kept = Vec::new();
     let (mut removed_files, mut removed_bytes, mut removed) = (0u64, 0u64, Vec::new());
+    let mut kept_bytes = 0u64;
     for (path, entry) in fs.entries() {
         match slim_plan.keep.get(path) {
-            Some(reason) => kept.push(KeptPath {
-                path: path.clone(),
-                bytes: entry.size,
-                reason: reason.clone(),
-            }),
+            Some(reason) => {
+                kept_bytes += entry.size;
+                kept.push(KeptPath {
+                    path: path.clone(),
+                    bytes: entry.size,
+                    reason: reason.clone(),
+                })
+            }
             None => {
                 removed_files += 1;
                 removed_bytes += entry.size;
@@ -298,6 +386,12 @@ pub async fn emit(
         }
     }
     kept.sort_by(|a, b| a.path.cmp(&b.path));
+    let not_in_source = opts
+        .explain
+        .iter()
+        .filter(|p| fs.get(p).is_none() && !slim_plan.not_in_image.contains(*p))
+        .cloned()
+        .collect();
     let source_image_bytes = inspect.size.unwrap_or(0).max(0) as u64;
     let slim_image_bytes = image.layer.bytes.len() as u64;
     let report = EmitReport {
@@ -306,7 +400,7 @@ pub async fn emit(
         container: info.started.container_name.clone(),
         source_image: info.started.image_id.clone(),
         source_ref: info.started.image_ref.clone(),
-        tag: opts.tag.clone(),
+        tag: tag.map(str::to_owned),
         oci_dir: None,
         image_id: image.config.digest(),
         manifest_digest: image.manifest.digest(),
@@ -321,6 +415,8 @@ pub async fn emit(
         slim_image_bytes,
         removed_files,
         removed_bytes,
+        kept_bytes,
+        source_content_bytes: fs.content_bytes(),
         reduction_percent: if source_image_bytes > 0 {
             100.0 * (1.0 - slim_image_bytes as f64 / source_image_bytes as f64)
         } else {
@@ -335,7 +431,9 @@ pub async fn emit(
         listed_directories: slim_plan.listed_dirs,
         unnamed_listings: model.unnamed_listings(),
         removed: opts.list_removed.then_some(removed),
-        docker_run: run.docker_run(opts.tag.as_deref().unwrap_or("IMAGE")),
+        not_in_source,
+        warnings,
+        docker_run: run.docker_run(tag.unwrap_or("IMAGE")),
         run,
         timings: Timings {
             read_image_ms,

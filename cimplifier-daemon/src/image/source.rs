@@ -107,6 +107,19 @@ pub async fn read_session(
     admit: Admit,
     digest: TraceDigest,
 ) -> Result<SourceSession, SourceError> {
+    read_session_counting(store, name, admit, digest, &|_, _| {}).await
+}
+
+/// [`read_session`], telling `read` the image bytes read so far, of about
+/// how many (the engine's size of the image; the archive has tar headers
+/// on top).
+pub async fn read_session_counting(
+    store: &Arc<Store>,
+    name: &str,
+    admit: Admit,
+    digest: TraceDigest,
+    read: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<SourceSession, SourceError> {
     let record = store
         .session(name)
         .map_err(SourceError::Store)?
@@ -114,7 +127,7 @@ pub async fn read_session(
     admit.check(&record)?;
 
     let start = Instant::now();
-    let (inspect, tree) = read_image(&record.started.image_id, &record.started.image_ref)
+    let (inspect, tree) = read_image(&record.started.image_id, &record.started.image_ref, read)
         .await
         .map_err(SourceError::Image)?;
     let read_image_ms = ms(start);
@@ -152,10 +165,13 @@ pub async fn read_session(
 async fn read_image(
     image_id: &str,
     image_ref: &str,
+    read: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> anyhow::Result<(ImageInspect, Arc<ImageFs>)> {
     let docker = crate::docker::connect()?;
     let inspect = crate::docker::image::inspect(&docker, image_id, image_ref).await?;
-    let saved = crate::docker::image::save(&docker, image_id).await?;
+    let about = inspect.size.unwrap_or(0).max(0) as u64;
+    let saved =
+        crate::docker::image::save_counting(&docker, image_id, &|n| read(n, about.max(n))).await?;
     let tree = Arc::new(ImageFs::from_docker_save(saved, image_ref)?);
     Ok((inspect, tree))
 }

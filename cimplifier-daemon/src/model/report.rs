@@ -175,10 +175,36 @@ impl Report {
                 )
             }
         );
-        if src.image_tree.is_none() {
+        match (&src.image_tree, src.kind.as_str()) {
+            (Some(_), _) => {}
+            // `report` has no --root: the daemon's plan and emit read the image.
+            (None, "session") => {
+                let _ = writeln!(
+                    out,
+                    "Modelled without the image: symlink chains and #! interpreters are followed \
+                     by plan and emit, which read it."
+                );
+            }
+            (None, _) => {
+                let _ = writeln!(
+                    out,
+                    "No image tree given (--root): symlink chains and #! interpreters are not included."
+                );
+            }
+        }
+        let unobserved: Vec<&str> = self
+            .executables
+            .iter()
+            .filter(|e| e.path.is_unobserved())
+            .map(|e| e.path.0.as_str())
+            .collect();
+        if !unobserved.is_empty() {
             let _ = writeln!(
                 out,
-                "No image tree given (--root): symlink chains and #! interpreters are not included."
+                "{}: processes whose exec was not seen (running before the watch began, or the \
+                 container runtime's set-up such as runc:[2:INIT] before the entrypoint); named \
+                 after their command, with no file behind them, so nothing is kept for them.",
+                unobserved.join(", ")
             );
         }
         out
@@ -324,20 +350,80 @@ pub fn analyze(input: &Input, root: Option<&std::path::Path>) -> anyhow::Result<
         Input::Strace(paths) => {
             anyhow::ensure!(!paths.is_empty(), "no strace log given");
             let refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
-            let events = crate::trace::strace::read_strace_logs(&refs).context(
+            let logs = crate::trace::strace::read_strace(&refs).context(
                 "reading strace logs (expected `strace -f -y -yy -s 4096 -o FILE` output)",
             )?;
-            events.iter().for_each(|e| model.apply(e));
+            logs.events.iter().for_each(|e| model.apply(e));
             Source {
                 kind: "strace".into(),
                 files: paths.iter().map(|p| p.display().to_string()).collect(),
-                events: events.len() as u64,
+                events: logs.events.len() as u64,
                 // strace drops nothing; it slows the program instead.
                 lost_events: 0,
-                complete: true,
+                // ...but a log cut off mid-line lost its end.
+                complete: logs.cut_off.is_empty(),
                 image_tree,
             }
         }
     };
     Ok(Report::new(&model, source))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trace::ContainerPath;
+
+    fn report(kind: &str, exes: &[&str]) -> Report {
+        let executables = exes
+            .iter()
+            .map(|e| ExecutableReport {
+                path: Exe(ContainerPath::new(e).unwrap()),
+                callers: BTreeSet::new(),
+                callees: BTreeSet::new(),
+                reads: BTreeSet::new(),
+                writes: BTreeSet::new(),
+                failed_lookups: BTreeSet::new(),
+                uses: Vec::new(),
+            })
+            .collect();
+        Report {
+            format: FORMAT.into(),
+            version: VERSION,
+            source: Source {
+                kind: kind.into(),
+                files: vec!["web".into()],
+                events: 1,
+                lost_events: 0,
+                complete: true,
+                image_tree: None,
+            },
+            unresolved_names: 0,
+            executables,
+            calls: Vec::new(),
+            sockets: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_session_report_hints_at_no_flag_it_lacks() {
+        let table = report("session", &["/bin/sh"]).table();
+        assert!(!table.contains("--root"), "{table}");
+        assert!(report("strace", &["/bin/sh"]).table().contains("--root"));
+    }
+
+    #[test]
+    fn unobserved_pseudo_executables_are_explained() {
+        let table = report("session", &["/bin/sh", "/?unobserved-exec/runc:[2:INIT]"]).table();
+        let note = table
+            .lines()
+            .find(|l| l.starts_with("/?unobserved-exec/runc:[2:INIT]:"))
+            .unwrap_or_else(|| panic!("no note on the pseudo-executable:\n{table}"));
+        assert!(note.contains("exec was not seen"), "{note}");
+        assert!(
+            !report("session", &["/bin/sh"])
+                .table()
+                .contains("exec was not seen")
+        );
+    }
 }

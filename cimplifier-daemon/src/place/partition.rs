@@ -821,21 +821,33 @@ impl PartitionPlan {
     }
 }
 
+/// `1 partition`, `2 partitions`.
+pub fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// The plan for people: partitions, volumes with their evidence, RPE
 /// stubs, network links and warnings.
 pub fn render_text(plan: &PartitionPlan) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "policy {}: {} partitions, {} shared volumes{}, {} RPE calls, one network namespace\n",
+        "policy {}: {}, {}{}, {}, one network namespace\n",
         plan.policy,
-        plan.partitions.len(),
-        plan.volumes.iter().filter(|v| !v.is_private()).count(),
+        counted(plan.partitions.len(), "partition", "partitions"),
+        counted(
+            plan.volumes.iter().filter(|v| !v.is_private()).count(),
+            "shared volume",
+            "shared volumes"
+        ),
         match plan.volumes.iter().filter(|v| v.is_private()).count() {
             0 => String::new(),
-            n => format!(", {n} private state volumes"),
+            n => format!(
+                ", {}",
+                counted(n, "private state volume", "private state volumes")
+            ),
         },
-        plan.rpe.len()
+        counted(plan.rpe.len(), "RPE call", "RPE calls")
     );
     let rows: Vec<Vec<String>> = plan
         .partitions

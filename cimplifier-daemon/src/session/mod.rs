@@ -340,8 +340,31 @@ impl Manager {
                 .await
                 .map_err(|e| anyhow!("observation task failed: {e}"))?
                 .map(Some),
-            None => self.store.session(name),
+            // Still opening (listed, but its task not handed over yet): it
+            // stops as soon as it has begun; wait for the record it writes.
+            None => self.closed_after(name, r.started.started_unix_ms).await,
         }
+    }
+
+    /// The record of session `name` once a run begun at `since` or later
+    /// has closed it; an error if that run failed or takes over 30 s.
+    async fn closed_after(&self, name: &str, since: u64) -> Result<Option<SessionRecord>> {
+        for _ in 0..300 {
+            if let Some(r) = self.store.session(name)?
+                && r.state == SessionState::Closed
+                && r.started.started_unix_ms >= since
+            {
+                return Ok(Some(r));
+            }
+            if let Some(e) = self.failed.lock().expect("failed lock").get(name) {
+                anyhow::bail!("observing {name} failed as it began: {e}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!(
+            "session {name} was still starting 30 s after it was told to stop; it stops once it \
+             has begun (`cimplifierctl sessions` shows it)"
+        )
     }
 
     /// Whether a session of that name is observing (or starting).

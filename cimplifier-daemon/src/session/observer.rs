@@ -159,6 +159,19 @@ pub fn kind_of(e: &Event) -> (&'static str, Option<&str>) {
     }
 }
 
+/// Every kind a stream filter can name: the event kinds, then the names
+/// of the traced syscalls.
+pub fn event_kinds() -> Vec<&'static str> {
+    let mut kinds = vec!["fork", "exit", "running", "syscall"];
+    for &nr in cimplifier_common::syscalls::TRACED {
+        let name = cimplifier_common::syscalls::name(nr);
+        if !kinds.contains(&name) {
+            kinds.push(name);
+        }
+    }
+    kinds
+}
+
 struct Subscriber {
     filter: StreamFilter,
     tx: mpsc::Sender<StreamedEvent>,

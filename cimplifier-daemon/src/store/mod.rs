@@ -74,11 +74,27 @@ impl Store {
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
-            .with_context(|| {
-                format!(
-                    "opening the store {} (is another cimplifierd using this --state-dir?)",
-                    path.display()
-                )
+            .map_err(|e| {
+                // Blame another daemon only when the lock says so.
+                let hint = match &e {
+                    redb::DatabaseError::DatabaseAlreadyOpen
+                    | redb::DatabaseError::LockProtocolMismatch => {
+                        "another cimplifierd is using this --state-dir: stop it, or pass another"
+                    }
+                    redb::DatabaseError::Storage(redb::StorageError::Io(io))
+                        if matches!(
+                            io.kind(),
+                            std::io::ErrorKind::PermissionDenied
+                                | std::io::ErrorKind::ReadOnlyFilesystem
+                        ) =>
+                    {
+                        "the state directory is not writable (read-only file system, or \
+                         permissions): give a writable --state-dir"
+                    }
+                    _ => "check the state directory (--state-dir)",
+                };
+                anyhow::Error::new(e)
+                    .context(format!("opening the store {} ({hint})", path.display()))
             })?;
         let txn = db.begin_write()?;
         txn.open_table(SESSIONS)?;

@@ -139,22 +139,49 @@ impl EventLog {
         Self::from_reader(BufReader::new(file), path)
     }
 
-    pub fn from_reader(reader: impl BufRead, name: &Path) -> Result<Self> {
+    /// Reads a log. A last line without its newline that does not parse
+    /// was cut off (the tracer was killed mid-write): the log is read up to
+    /// it, with a warning, and is incomplete (it has no summary).
+    pub fn from_reader(mut reader: impl BufRead, name: &Path) -> Result<Self> {
         let mut header = None;
         let mut events = Vec::new();
         let mut summary = None;
-        for (i, line) in reader.lines().enumerate() {
-            let n = i + 1;
-            let line = line.with_context(|| format!("{}:{n}: reading", name.display()))?;
-            if line.trim().is_empty() {
-                continue;
+        let mut bytes = Vec::new();
+        for n in 1.. {
+            bytes.clear();
+            reader
+                .read_until(b'\n', &mut bytes)
+                .with_context(|| format!("{}:{n}: reading", name.display()))?;
+            if bytes.is_empty() {
+                break;
             }
-            let parsed: LogLine = serde_json::from_str(&line).with_context(|| {
-                format!(
-                    "{}:{n}: expected a JSON log record (header, event or summary)",
-                    name.display()
-                )
-            })?;
+            let whole = bytes.last() == Some(&b'\n');
+            let parsed = std::str::from_utf8(&bytes)
+                .map_err(anyhow::Error::from)
+                .and_then(|line| {
+                    if line.trim().is_empty() {
+                        return Ok(None);
+                    }
+                    Ok(Some(serde_json::from_str::<LogLine>(line)?))
+                });
+            let parsed = match parsed {
+                Ok(Some(p)) => p,
+                Ok(None) => continue,
+                Err(_) if !whole && header.is_some() => {
+                    tracing::warn!(
+                        "{}:{n}: the last line is cut off (the tracer was stopped while \
+                         writing it); read up to it",
+                        name.display()
+                    );
+                    break;
+                }
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "{}:{n}: expected a JSON log record (header, event or summary)",
+                        name.display()
+                    )));
+                }
+            };
             match (parsed, &header) {
                 (LogLine::Header(h), None) if n == 1 => {
                     if h.format != FORMAT || h.version != VERSION {
@@ -246,6 +273,30 @@ mod tests {
         assert_eq!(summary.loss.unreadable_names, 1);
         assert_eq!(summary.loss.lost(), 0);
         assert!(!EventLog::read(&path).unwrap().is_complete());
+    }
+
+    #[test]
+    fn a_cut_off_last_line_is_read_up_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let mut w = EventLogWriter::create(&path, header()).unwrap();
+        let line = r#"{"ts_ns":1,"pid":1,"tid":1,"ppid":0,"cgroup":7,"comm":"x","event":"syscall",
+            "syscall":"execve","nr":59,"args":[0,0,0,0,0,0],"ret":0,"paths":[]}"#;
+        w.write(&serde_json::from_str(line).unwrap()).unwrap();
+        w.finish(10, LossCounters::default()).unwrap();
+        let written = std::fs::read_to_string(&path).unwrap();
+        let mut lines: Vec<&str> = written.lines().collect();
+        // The summary cut off half-way, as by a kill.
+        let summary = lines.pop().unwrap();
+        let (header, event) = (lines[0], lines[1]);
+        let text = format!("{header}\n{event}\n{}", &summary[..summary.len() / 2]);
+        let log = EventLog::from_reader(text.as_bytes(), Path::new("cut.jsonl")).unwrap();
+        assert_eq!(log.events.len(), 1);
+        assert!(!log.is_complete(), "no summary: cut off");
+        // A whole line that does not parse is an error, named by its line.
+        let text = format!("{header}\nnot json\n{event}\n");
+        let err = EventLog::from_reader(text.as_bytes(), Path::new("bad.jsonl")).unwrap_err();
+        assert!(format!("{err:#}").contains("bad.jsonl:2"), "{err:#}");
     }
 
     #[test]

@@ -17,6 +17,20 @@ use crate::trace::{ContainerPath, Event};
 /// Reads strace logs: one `-f -o FILE` log, or the `FILE.PID` files of `-ff`
 /// (the pid is taken from the name, and files are read in pid order).
 pub fn read_strace_logs(paths: &[&Path]) -> Result<Vec<Event>> {
+    Ok(read_strace(paths)?.events)
+}
+
+/// What strace logs held.
+pub struct StraceLogs {
+    pub events: Vec<Event>,
+    /// Logs whose last line was cut off (strace was killed while writing):
+    /// read up to that line.
+    pub cut_off: Vec<std::path::PathBuf>,
+}
+
+/// [`read_strace_logs`], also telling which logs end in a cut-off line.
+/// An empty log is an error: it recorded nothing.
+pub fn read_strace(paths: &[&Path]) -> Result<StraceLogs> {
     let mut parser = Parser::default();
     let mut files: Vec<(Option<u32>, &Path)> = paths
         .iter()
@@ -33,9 +47,17 @@ pub fn read_strace_logs(paths: &[&Path]) -> Result<Vec<Event>> {
     for (pid, path) in files {
         let bytes = std::fs::read(path)
             .with_context(|| format!("reading strace log {}", path.display()))?;
+        anyhow::ensure!(
+            !bytes.is_empty(),
+            "strace log {} is empty: strace recorded nothing there (was it the file of -o?)",
+            path.display()
+        );
         parser.text(&String::from_utf8_lossy(&bytes), pid, path)?;
     }
-    Ok(parser.events)
+    Ok(StraceLogs {
+        events: parser.events,
+        cut_off: parser.cut_off,
+    })
 }
 
 /// Parses the text of one strace log; `name` is used in errors. For a `-ff`
@@ -57,6 +79,8 @@ struct Parser {
     /// Process id -> name of its last exec, as the comm.
     comm: HashMap<u32, String>,
     seq: u64,
+    /// Logs whose last line was cut off.
+    cut_off: Vec<std::path::PathBuf>,
 }
 
 const CLONE_VM: u64 = 0x100;
@@ -66,9 +90,33 @@ const SIGCHLD: u64 = 17;
 
 impl Parser {
     fn text(&mut self, text: &str, pid: Option<u32>, name: &Path) -> Result<()> {
-        for (i, line) in text.lines().enumerate() {
-            self.line(line, pid)
-                .with_context(|| format!("{}:{}: {line:?}", name.display(), i + 1))?;
+        // strace ends every line with a newline: a last line without one
+        // was cut off (strace was stopped mid-write) and is not read, even
+        // if what is left of it parses.
+        let (whole, cut) = match text.rfind('\n') {
+            _ if text.ends_with('\n') => (text, ""),
+            Some(i) => text.split_at(i + 1),
+            None => ("", text),
+        };
+        let mut n = 0;
+        for (i, line) in whole.lines().enumerate() {
+            n = i + 1;
+            // The line is quoted in part: one can be megabytes long.
+            self.line(line, pid).with_context(|| {
+                format!(
+                    "{}:{n}: {}",
+                    name.display(),
+                    crate::cli::quote_capped(line, 200)
+                )
+            })?;
+        }
+        if !cut.is_empty() {
+            tracing::warn!(
+                "{}:{}: the last line is cut off (strace was stopped while writing it); read up to it",
+                name.display(),
+                n + 1
+            );
+            self.cut_off.push(name.to_path_buf());
         }
         Ok(())
     }
@@ -319,7 +367,8 @@ fn parse_ret(ret: &str) -> Result<(i64, bool)> {
         && let Some(name) = words.next()
     {
         return Ok((
-            -errno(name).with_context(|| format!("unknown errno {name}"))?,
+            -errno(name)
+                .with_context(|| format!("unknown errno {}", crate::cli::quote_capped(name, 40)))?,
             false,
         ));
     }
@@ -700,5 +749,38 @@ mod tests {
         assert_eq!(events[0].pid, 42);
         let err = read_strace_logs(&[dir.path().join("nope").as_path()]).unwrap_err();
         assert!(format!("{err:#}").contains("nope"));
+    }
+
+    #[test]
+    fn a_huge_bad_line_is_quoted_in_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("huge.strace");
+        let huge = format!("1 open(\"{}\" = -1 EBOGUS (nope)\n", "x".repeat(5 << 20));
+        std::fs::write(&f, huge).unwrap();
+        let err = format!("{:#}", read_strace_logs(&[f.as_path()]).unwrap_err());
+        assert!(err.len() < 2000, "{} bytes: {}", err.len(), &err[..200]);
+        assert!(err.contains("huge.strace:1"), "{err}");
+    }
+
+    #[test]
+    fn a_cut_off_last_line_is_read_up_to_and_an_empty_log_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("cut.strace");
+        std::fs::write(
+            &f,
+            "7 execve(\"/bin/true\", [\"true\"], 0x1 /* 1 var */) = 0\n7 openat(AT_FDCWD, \"/etc/pa",
+        )
+        .unwrap();
+        let logs = read_strace(&[f.as_path()]).unwrap();
+        assert_eq!(logs.events.len(), 1);
+        assert_eq!(logs.cut_off, vec![f.clone()]);
+        // The same line, whole (with its newline), is an error.
+        std::fs::write(&f, "7 openat(AT_FDCWD, \"/etc/pa\n").unwrap();
+        assert!(read_strace(&[f.as_path()]).is_err());
+
+        let empty = dir.path().join("empty.strace");
+        std::fs::write(&empty, "").unwrap();
+        let err = format!("{:#}", read_strace(&[empty.as_path()]).err().unwrap());
+        assert!(err.contains("empty"), "{err}");
     }
 }

@@ -13,6 +13,14 @@ pub fn analyze(
     json: bool,
     dot: bool,
 ) -> anyhow::Result<()> {
+    if root.is_none() && !strace.is_empty() {
+        eprintln!(
+            "cimplifierctl: warning: no --root: symlink chains (e.g. /bin -> usr/bin) and the \
+             interpreters of #! scripts are NOT resolved, so the model misses them; give --root / \
+             if the log was recorded on this host, or the container's file system \
+             (/proc/PID/root or an unpacked image)"
+        );
+    }
     let input = match events {
         Some(path) => Input::Events(path),
         None => Input::Strace(strace),

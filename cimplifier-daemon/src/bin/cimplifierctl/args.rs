@@ -4,22 +4,28 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context;
 use cimplifier::trace::ContainerPath;
 use clap::{ArgGroup, Args, Parser, Subcommand};
 
+/// The heading the global flags that reach the daemon are listed under, so
+/// that each command's own options come first in its help.
+const DAEMON: &str = "Reaching the daemon (every command)";
+
 #[derive(Parser)]
 #[command(
+    name = "cimplifierctl",
     version,
     about = "cimplifier's admin CLI: observe a container, then emit its least-privilege image",
     after_help = "Exit codes: 0 success; 1 failure; 2 usage error; 3 the daemon cannot be reached; \
                   4 no such container or session; 5 refused as asked (e.g. a session that lost events); \
+                  6 an event stream was cut off for falling behind (events); \
                   7 verify found the output worse than the original. \
                   observe --exec exits with the workload's status once it has run."
 )]
 pub struct Cli {
     /// The daemon's socket (`cimplifierd serve`); `analyze` works without it.
-    #[arg(long, global = true, env = "CIMPLIFIER_SOCKET", default_value = cimplifier::api::DEFAULT_SOCKET)]
+    #[arg(long, global = true, env = "CIMPLIFIER_SOCKET", default_value = cimplifier::api::DEFAULT_SOCKET,
+          help_heading = DAEMON)]
     pub socket: PathBuf,
     /// Reach the daemon on TCP instead (`cimplifierd serve --listen-tcp`),
     /// with mutual TLS: needs --tls-ca, --tls-cert and --tls-key, or
@@ -27,6 +33,7 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = DAEMON,
         env = "CIMPLIFIER_ADDR",
         value_name = "HOST:PORT",
         conflicts_with = "socket"
@@ -34,13 +41,14 @@ pub struct Cli {
     pub addr: Option<String>,
     /// With --addr: the CA certificate (PEM) that signed the daemon's
     /// certificate; that certificate must name the host of --addr.
-    #[arg(long, global = true, env = "CIMPLIFIER_TLS_CA", value_name = "FILE")]
+    #[arg(long, global = true, help_heading = DAEMON, env = "CIMPLIFIER_TLS_CA", value_name = "FILE")]
     pub tls_ca: Option<PathBuf>,
     /// With --addr: this client's certificate (PEM), signed by the CA the
     /// daemon trusts (its --tls-client-ca).
     #[arg(
         long,
         global = true,
+        help_heading = DAEMON,
         env = "CIMPLIFIER_TLS_CLIENT_CERT",
         value_name = "FILE",
         requires = "tls_key"
@@ -50,13 +58,14 @@ pub struct Cli {
     #[arg(
         long,
         global = true,
+        help_heading = DAEMON,
         env = "CIMPLIFIER_TLS_CLIENT_KEY",
         value_name = "FILE",
         requires = "tls_cert"
     )]
     pub tls_key: Option<PathBuf>,
     /// With --addr: talk plaintext TCP, to a daemon serving --insecure.
-    #[arg(long, global = true, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
+    #[arg(long, global = true, help_heading = DAEMON, conflicts_with_all = ["tls_ca", "tls_cert", "tls_key"])]
     pub insecure: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -96,7 +105,11 @@ pub enum Command {
     #[command(group(ArgGroup::new("output").required(true).multiple(true).args(["tag", "oci_dir"])))]
     Emit(EmitArgs),
     /// The daemon's version and API.
-    Version,
+    Version {
+        /// Print both versions and the APIs as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script, e.g. `cimplifierctl completions bash > /etc/bash_completion.d/cimplifierctl`.
     Completions { shell: clap_complete::Shell },
     /// The daemon's sessions: observing, closed or failed.
@@ -108,7 +121,12 @@ pub enum Command {
         action: Option<SessionsAction>,
     },
     /// Stop the daemon's observation of a container; the session is kept.
-    Stop { container: String },
+    Stop {
+        container: String,
+        /// Print the closed session as JSON (as `sessions --json`).
+        #[arg(long)]
+        json: bool,
+    },
     /// The model of a session the daemon holds: a table of each
     /// executable's reads, writes and failed lookups, the call graph and
     /// the sockets; --json for the whole model (docs/model-json.md), --dot
@@ -146,9 +164,18 @@ pub enum Command {
     /// per partition through the Docker API, servers first, all in one
     /// network namespace. Containers are named PROJECT-PARTITION-1 and
     /// labelled as Compose labels them, so `docker compose` sees them too.
+    /// All or nothing: if a step fails or a partition exits as it starts,
+    /// what this `up` created is removed and the error names the partition
+    /// that exited, with its last log lines.
     Up {
         /// The run plan: a directory holding docker-compose.yml, or the file.
         plan: PathBuf,
+        /// Publish a port of the system on the host, as `docker run -p`:
+        /// [HOST_IP:]HOST_PORT:CONTAINER_PORT[/PROTOCOL] (repeatable). It
+        /// replaces what the plan publishes for that container port; by
+        /// default the plan publishes what the observed container did.
+        #[arg(long, value_name = "[IP:]HOST:CONTAINER")]
+        publish: Vec<String>,
         /// Print what was started as JSON.
         #[arg(long)]
         json: bool,
@@ -208,9 +235,13 @@ pub enum Command {
         /// The bundle file to write; `-` for stdout.
         #[arg(long, short)]
         output: PathBuf,
+        /// Print what was written as JSON (not with `-o -`).
+        #[arg(long)]
+        json: bool,
     },
     /// Store a bundle written by `export` as a session of this daemon.
     Import {
+        /// The bundle file; `-` for stdin.
         bundle: PathBuf,
         /// Store it under this name instead of the bundle's own.
         #[arg(long = "as", value_name = "NAME")]
@@ -219,6 +250,9 @@ pub enum Command {
         /// without it an existing name is refused.
         #[arg(long)]
         replace: bool,
+        /// Print the imported session as JSON (as `sessions --json`).
+        #[arg(long)]
+        json: bool,
     },
     /// Merge closed sessions of one image into a new session, whose model
     /// is the union of theirs; emit it to get one image that serves every
@@ -234,6 +268,9 @@ pub enum Command {
         /// without it an existing name is refused.
         #[arg(long)]
         replace: bool,
+        /// Print the new session as JSON (as `sessions --json`).
+        #[arg(long)]
+        json: bool,
     },
     /// Build the resource model of a recorded trace and report it.
     ///
@@ -334,7 +371,7 @@ pub struct ObserveArgs {
     /// another image; --replace deletes it and begins a new session.
     #[arg(long)]
     pub replace: bool,
-    /// Print the session summary as JSON.
+    /// Print the session summary (with --label: the selector) as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -468,7 +505,13 @@ pub fn usage_error(message: &str) -> ! {
         .exit()
 }
 
+/// An absolute path inside the container; anything else is a usage error
+/// (exit 2) naming the flag.
 pub fn path_arg(s: &str, flag: &str) -> anyhow::Result<ContainerPath> {
-    ContainerPath::new(s)
-        .with_context(|| format!("{flag} {s:?}: give an absolute path inside the container"))
+    ContainerPath::new(s).ok_or_else(|| {
+        crate::daemon::usage(format!(
+            "{flag} {}: give an absolute path inside the container",
+            cimplifier::cli::quote_capped(s, 200)
+        ))
+    })
 }

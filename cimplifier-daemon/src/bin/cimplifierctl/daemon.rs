@@ -19,6 +19,22 @@ pub struct DaemonStatus {
 #[error("{0:#}")]
 pub struct Unreachable(pub anyhow::Error);
 
+/// A bad argument, found before anything was asked of the daemon: exit 2,
+/// as clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+/// A usage error (exit 2) saying `message`.
+pub fn usage(message: impl Into<String>) -> anyhow::Error {
+    Usage(message.into()).into()
+}
+
+/// No such session or container, found by cimplifierctl itself: exit 4.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NoSuch(pub String);
+
 /// A gRPC status from the daemon, as an error (its code picks the exit code).
 pub fn status(s: tonic::Status) -> anyhow::Error {
     anyhow::Error::new(DaemonStatus {
@@ -40,6 +56,12 @@ pub struct WorkloadFailed {
 pub fn exit_code(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<Unreachable>().is_some() {
         return 3;
+    }
+    if e.downcast_ref::<Usage>().is_some() {
+        return 2;
+    }
+    if e.downcast_ref::<NoSuch>().is_some() {
+        return 4;
     }
     if let Some(w) = e.downcast_ref::<WorkloadFailed>() {
         return w.code;

@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use cimplifier::api::{Address, pb};
 use cimplifier::docker::compose;
+use cimplifier::docker::tag::ImageTag;
 use cimplifier::emit::partitioned::PartitionEmitReport;
 use cimplifier::emit::slim::EmitReport;
 use cimplifier::place::slim::{SafetySet, SlimOptions};
@@ -13,13 +14,17 @@ use cimplifier::trace::ContainerPath;
 use tokio_stream::StreamExt;
 
 use crate::args::{EmitArgs, path_arg};
-use crate::daemon::{connect, daemon, runtime, status};
+use crate::daemon::{connect, daemon, runtime, status, usage};
 use crate::outputs::Outputs;
-use crate::render::{mb, print, spinner};
+use crate::render::{bytes_style, mb, print, spinner, spinner_style};
+
+/// The policy file's text; one that cannot be read is a usage error.
+fn read_policy(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).map_err(|e| usage(format!("--policy {}: {e}", path.display())))
+}
 
 pub fn plan(socket: &Address, session: String, policy: &Path, json: bool) -> anyhow::Result<()> {
-    let policy_toml = std::fs::read_to_string(policy)
-        .with_context(|| format!("reading the policy file {}", policy.display()))?;
+    let policy_toml = read_policy(policy)?;
     let plan = daemon(socket, async |mut c| {
         c.plan(pb::PlanRequest {
             session,
@@ -51,16 +56,21 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         out,
         json,
     } = args;
+    // Every argument is checked before the daemon reads a byte of the image.
+    if let Some(tag) = &tag {
+        tag.parse::<ImageTag>().map_err(|e| usage(e.to_string()))?;
+    }
     let mut slim = SlimOptions::with_safety_sets();
     slim.strict = strict;
     if no_safety_sets {
         slim.safety_sets.clear();
     }
     for name in &no_safety_set {
-        let set = SafetySet::from_name(name).with_context(|| {
-            format!(
-                "--no-safety-set {name:?}: the sets are nss, ca-certificates, timezone and locales"
-            )
+        let set = SafetySet::from_name(name).ok_or_else(|| {
+            usage(format!(
+                "--no-safety-set {}: the sets are nss, ca-certificates, timezone and locales",
+                cimplifier::cli::quote_capped(name, 80)
+            ))
         })?;
         slim.safety_sets.remove(&set);
     }
@@ -72,13 +82,18 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| path_arg(s, "--exclude"))
         .collect::<Result<_, _>>()?;
+    if let Some(root) = slim.exclude.iter().find(|p| p.as_str() == "/") {
+        return Err(usage(format!(
+            "--exclude {root} drops every file: the image would be empty; exclude the \
+             directories you do not want instead"
+        )));
+    }
     let explain: Vec<ContainerPath> = explain
         .iter()
         .map(|s| path_arg(s, "--explain"))
         .collect::<Result<_, _>>()?;
     let policy_toml = match &policy {
-        Some(p) => std::fs::read_to_string(p)
-            .with_context(|| format!("reading the policy file {}", p.display()))?,
+        Some(p) => read_policy(p)?,
         None => String::new(),
     };
     let mut outputs = Outputs::prepare(oci_dir.as_deref(), out.as_deref())?;
@@ -96,6 +111,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         allow_incomplete,
         list_removed,
         strict: slim.strict,
+        explain: explain.iter().map(|p| p.to_string()).collect(),
         policy_toml,
         ..Default::default()
     };
@@ -104,6 +120,9 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
     }
     let mut report: EmitReport = emit_with_progress(socket, request, &mut outputs)?;
     report.oci_dir = outputs.finish_oci()?;
+    for w in &report.warnings {
+        eprintln!("cimplifierctl: warning: {w}");
+    }
     if json {
         return print(&(serde_json::to_string_pretty(&report)? + "\n"));
     }
@@ -131,7 +150,18 @@ fn emit_with_progress<R: serde::de::DeserializeOwned>(
         let mut report = None;
         while let Some(item) = stream.next().await {
             match item.map_err(status)?.update {
-                Some(pb::emit_progress::Update::Step(step)) => bar.set_message(step),
+                Some(pb::emit_progress::Update::Step(step)) => {
+                    // Back to a spinner until the step says its bytes.
+                    bar.set_style(spinner_style());
+                    bar.set_length(0);
+                    bar.set_message(step)
+                }
+                Some(pb::emit_progress::Update::Bytes(b)) => {
+                    bar.set_style(bytes_style());
+                    bar.set_length(b.total.max(b.done));
+                    bar.set_position(b.done);
+                    bar.set_message(b.what)
+                }
                 Some(pb::emit_progress::Update::ReportJson(json)) => {
                     report = Some(serde_json::from_str::<R>(&json)?)
                 }
@@ -164,6 +194,9 @@ fn emit_partitioned(
         .out_dir()
         .context("emit --policy needs --out DIR for the run plan")?;
     report.compose_file = dir.join(&report.compose_file);
+    for w in &report.warnings {
+        eprintln!("cimplifierctl: warning: {w}");
+    }
     if json {
         return print(&(serde_json::to_string_pretty(&report)? + "\n"));
     }
@@ -193,18 +226,22 @@ fn summary(r: &EmitReport) -> String {
         "slim image {target} ({}) from {}\n",
         r.image_id, r.source_ref
     );
+    // Files and their content add up (kept + removed = source); the image
+    // sizes are another measure (a tar layer against the engine's size).
     s += &format!(
-        "  kept {} of {} files: {} of {} ({:.1}% smaller)\n",
+        "  kept {} of {} files, {} of {} of content; removed {} files, {}\n",
         r.kept_files,
         r.source_files,
+        mb(r.kept_bytes),
+        mb(r.source_content_bytes),
+        r.removed_files,
+        mb(r.removed_bytes)
+    );
+    s += &format!(
+        "  image: {} (its layer) from {} (the source image as Docker sizes it), {:.1}% smaller\n",
         mb(r.slim_image_bytes),
         mb(r.source_image_bytes),
         r.reduction_percent
-    );
-    s += &format!(
-        "  removed {} files, {}\n",
-        r.removed_files,
-        mb(r.removed_bytes)
     );
     s += &format!(
         "  session: {} events, {}, {}\n",
@@ -303,11 +340,23 @@ fn summary(r: &EmitReport) -> String {
     s
 }
 
-pub fn up(plan: &Path, json: bool) -> anyhow::Result<()> {
+pub fn up(plan: &Path, publish: &[String], json: bool) -> anyhow::Result<()> {
+    let opts = compose::UpOptions {
+        publish: publish
+            .iter()
+            .map(|p| compose::ComposePort::parse_publish(p).map_err(|e| usage(e.to_string())))
+            .collect::<Result<_, _>>()?,
+        require_running: true,
+        ..Default::default()
+    };
     let bar = spinner();
     let report = runtime()?.block_on(async {
         let docker = cimplifier::docker::connect()?;
-        compose::up(&docker, plan, &|step| bar.set_message(step.to_owned())).await
+        let start = compose::engine_start(&docker);
+        compose::up_with(&docker, plan, &opts, &start, &|step| {
+            bar.set_message(step.to_owned())
+        })
+        .await
     });
     bar.finish_and_clear();
     let report = report?;
@@ -336,6 +385,9 @@ pub fn up(plan: &Path, json: bool) -> anyhow::Result<()> {
     }
     if let Some(ip) = &report.ip_address {
         text += &format!("  reachable at {ip} (the shared network namespace)\n");
+    }
+    for p in &report.published {
+        text += &format!("  published on the host: {p}\n");
     }
     print(&text)
 }

@@ -44,10 +44,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = &socket;
     match cli.command {
         Command::Completions { shell } => version::completions(shell),
-        Command::Version => version::version(socket),
+        Command::Version { json } => version::version(socket, json),
         Command::Observe(args) => observe::observe(socket, args),
         Command::Verify(args) => verify::verify(socket, args),
-        Command::Stop { container } => observe::stop(socket, container),
+        Command::Stop { container, json } => observe::stop(socket, container, json),
         Command::Sessions { json, action } => match action {
             None => sessions::list(socket, json),
             Some(SessionsAction::Rm { sessions, json }) => sessions::remove(socket, sessions, json),
@@ -64,24 +64,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             buffer,
             json,
         } => sessions::events(socket, session, exe, kind, buffer, json),
-        Command::Export { session, output } => sessions::export(socket, session, &output),
+        Command::Export {
+            session,
+            output,
+            json,
+        } => sessions::export(socket, session, &output, json),
         Command::Import {
             bundle,
             name,
             replace,
-        } => sessions::import(socket, &bundle, name, replace),
+            json,
+        } => sessions::import(socket, &bundle, name, replace, json),
         Command::Merge {
             into,
             sessions,
             replace,
-        } => sessions::merge(socket, into, sessions, replace),
+            json,
+        } => sessions::merge(socket, into, sessions, replace, json),
         Command::Plan {
             session,
             policy,
             json,
         } => emit::plan(socket, session, &policy, json),
         Command::Emit(args) => emit::emit(socket, args),
-        Command::Up { plan, json } => emit::up(&plan, json),
+        Command::Up {
+            plan,
+            publish,
+            json,
+        } => emit::up(&plan, &publish, json),
         Command::Down {
             plan,
             volumes,

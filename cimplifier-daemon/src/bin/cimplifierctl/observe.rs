@@ -10,7 +10,7 @@ use cimplifier::cli::shutdown_signal;
 use crate::args::{ObserveArgs, usage_error};
 use crate::daemon::{WorkloadFailed, connect, daemon, runtime, status};
 use crate::exercise::{Exercise, Pass, STEPS, interruption, outcome, step_name};
-use crate::render::{print, session_json};
+use crate::render::{print, print_json, session_json};
 
 pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
     let ObserveArgs {
@@ -28,7 +28,7 @@ pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
     } = args;
     let lifecycle = Lifecycle::from_flags(lifecycle, no_lifecycle);
     if let (None, Some(label)) = (&container, label) {
-        return observe_label(socket, label, exec.is_some());
+        return observe_label(socket, label, exec.is_some(), json);
     }
     let container = container.context("give a container or --label")?;
     if let Some(cmd) = exec {
@@ -56,10 +56,15 @@ pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
             .map_err(status)?
             .into_inner();
         eprintln!(
-            "observing {} ({}){}; stop with Ctrl-C",
+            "observing {} ({}){}; run its workload now from another shell (or next time give \
+             it as --exec CMD), then stop with Ctrl-C{}",
             started.container,
             started.image_ref,
-            if started.from_first_exec { " from its first exec" } else { "" }
+            if started.from_first_exec { " from its first exec" } else { "" },
+            match duration {
+                Some(d) => format!(" or wait {}", humantime::format_duration(d)),
+                None => String::new(),
+            }
         );
         let stop = shutdown_signal();
         tokio::pin!(stop);
@@ -102,7 +107,7 @@ pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
 }
 
 /// `observe --label`: containers created from now on with the label.
-fn observe_label(socket: &Address, label: String, exec: bool) -> anyhow::Result<()> {
+fn observe_label(socket: &Address, label: String, exec: bool, json: bool) -> anyhow::Result<()> {
     if exec {
         usage_error(
             "--exec runs one workload against one container, and --label names \
@@ -117,17 +122,23 @@ fn observe_label(socket: &Address, label: String, exec: bool) -> anyhow::Result<
         })
         .await
     })?;
+    if json {
+        return print_json(&serde_json::json!({ "label_selector": s.label_selector }));
+    }
     print(&format!(
         "containers created with label {} will be observed from their first exec\n",
         s.label_selector
     ))
 }
 
-pub fn stop(socket: &Address, container: String) -> anyhow::Result<()> {
+pub fn stop(socket: &Address, container: String, json: bool) -> anyhow::Result<()> {
     let s = daemon(socket, async |mut c| {
         c.stop_observing(pb::StopObservingRequest { container })
             .await
     })?;
+    if json {
+        return print_json(&session_json(&s));
+    }
     print(&format!(
         "{}: {} events, {} lost; ended: {}\n",
         s.container, s.events, s.lost_events, s.end

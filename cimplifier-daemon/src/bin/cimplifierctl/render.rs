@@ -15,6 +15,11 @@ pub fn print(text: &str) -> anyhow::Result<()> {
     }
 }
 
+/// Prints `value` as pretty JSON, one document.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    print(&(serde_json::to_string_pretty(value)? + "\n"))
+}
+
 /// A session as `sessions --json` and `observe --json` print it.
 pub fn session_json(s: &pb::Session) -> serde_json::Value {
     serde_json::json!({
@@ -58,4 +63,18 @@ pub fn spinner() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(Duration::from_millis(120));
     bar
+}
+
+/// The spinner's look: a step without a size.
+pub fn spinner_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::default_spinner()
+}
+
+/// A bar of bytes, for a step that says how far it is.
+pub fn bytes_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template(
+        "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+    )
+    .expect("a valid template")
+    .progress_chars("=> ")
 }

@@ -1,48 +1,94 @@
 //! The sessions the daemon keeps: `sessions`, `events`, `report`, and
 //! moving them between daemons with `export`, `import` and `merge`.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use anyhow::Context;
 use cimplifier::api::{Address, pb};
-use cimplifier::cli::shutdown_signal;
+use cimplifier::cli::{quote_capped, shutdown_signal};
 use tokio_stream::StreamExt;
 
 use crate::args::path_arg;
-use crate::daemon::{connect, daemon, runtime, status};
-use crate::render::{mb, print, session_json, state_name};
+use crate::daemon::{connect, daemon, runtime, status, usage};
+use crate::render::{mb, print, print_json, session_json, state_name};
 
 pub fn list(socket: &Address, json: bool) -> anyhow::Result<()> {
-    let list = daemon(socket, async |mut c| {
-        c.list_sessions(pb::ListSessionsRequest {}).await
+    let sessions = runtime()?.block_on(async {
+        let mut api = connect(socket).await?;
+        let list = api
+            .list_sessions(pb::ListSessionsRequest {})
+            .await
+            .map_err(status)?
+            .into_inner();
+        if !json {
+            return Ok::<_, anyhow::Error>(list.sessions);
+        }
+        // The list leaves out what needs the model (executables and
+        // resources); ask for each session, as `observe --json` does.
+        let mut full = Vec::with_capacity(list.sessions.len());
+        for s in list.sessions {
+            if s.state == pb::session::State::Failed as i32 {
+                full.push(s);
+                continue;
+            }
+            let req = pb::GetSessionRequest {
+                container: s.container.clone(),
+            };
+            match api.get_session(req).await {
+                Ok(r) => full.push(r.into_inner()),
+                // Gone since the list was taken (a session can be replaced).
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => return Err(status(e)),
+            }
+        }
+        Ok(full)
     })?;
     if json {
-        let rows: Vec<serde_json::Value> = list.sessions.iter().map(session_json).collect();
+        let rows: Vec<serde_json::Value> = sessions.iter().map(session_json).collect();
         return print(&(serde_json::to_string_pretty(&rows)? + "\n"));
     }
+    print(&sessions_table(&sessions))
+}
+
+/// The table of `sessions`: one row per session; a failed session's error
+/// on the line below it.
+fn sessions_table(sessions: &[pb::Session]) -> String {
     let mut text = format!(
-        "{:<32} {:<10} {:>9} {:>6} {:>10} {:>9}  {}\n",
-        "CONTAINER", "STATE", "EVENTS", "LOST", "UNREADABLE", "SECONDS", "IMAGE"
+        "{:<32} {:<10} {:>9} {:>6} {:>10} {:>4} {:<8} {:>9}  {}\n",
+        "CONTAINER",
+        "STATE",
+        "EVENTS",
+        "LOST",
+        "UNREADABLE",
+        "GAPS",
+        "COMPLETE",
+        "SECONDS",
+        "IMAGE"
     );
-    for s in &list.sessions {
+    for s in sessions {
+        let failed = s.state == pb::session::State::Failed as i32;
         text += &format!(
-            "{:<32} {:<10} {:>9} {:>6} {:>10} {:>9.1}  {}{}\n",
+            "{:<32} {:<10} {:>9} {:>6} {:>10} {:>4} {:<8} {:>9.1}  {}\n",
             s.container,
             state_name(s.state),
             s.events,
             s.lost_events,
             s.unreadable_names,
+            s.gaps.len(),
+            if s.complete && !failed { "yes" } else { "no" },
             s.duration_ms as f64 / 1000.0,
-            s.image_ref,
-            if s.error.is_empty() {
-                String::new()
+            if s.image_ref.is_empty() {
+                "-"
             } else {
-                format!("  error: {}", s.error)
-            }
+                &s.image_ref
+            },
         );
+        if !s.error.is_empty() {
+            text += &format!("    error: {}\n", s.error);
+        }
     }
-    print(&text)
+    text
 }
 
 pub fn report(socket: &Address, container: String, json: bool, dot: bool) -> anyhow::Result<()> {
@@ -80,6 +126,14 @@ pub fn events(
     for p in &exe {
         path_arg(p, "--exe")?;
     }
+    let kinds = cimplifier::session::observer::event_kinds();
+    if let Some(bad) = kind.iter().find(|k| !kinds.contains(&k.as_str())) {
+        return Err(usage(format!(
+            "--kind {}: not an event kind; give one of {}",
+            quote_capped(bad, 80),
+            kinds.join(", ")
+        )));
+    }
     let request = pb::StreamEventsRequest {
         sessions: session,
         executables: exe,
@@ -88,6 +142,14 @@ pub fn events(
     };
     runtime()?.block_on(async {
         let mut api = connect(socket).await?;
+        if !request.sessions.is_empty() {
+            let list = api
+                .list_sessions(pb::ListSessionsRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            check_streamable(&request.sessions, &list)?;
+        }
         let mut stream = api
             .stream_events(request)
             .await
@@ -130,6 +192,34 @@ pub fn events(
     })
 }
 
+/// Refuses a --session filter that can match nothing: a session that is
+/// closed or failed records no more events, and one that does not exist
+/// yet may never come (a mistyped name would wait forever).
+fn check_streamable(names: &[String], list: &pb::ListSessionsResponse) -> anyhow::Result<()> {
+    let observing = pb::session::State::Observing as i32;
+    for name in names {
+        match list.sessions.iter().find(|s| &s.container == name) {
+            Some(s) if s.state == observing => {}
+            Some(s) => {
+                return Err(usage(format!(
+                    "--session {name}: the session is {}, so it records no more events; \
+                     `cimplifierctl report {name}` shows what it saw",
+                    state_name(s.state)
+                )));
+            }
+            None => {
+                return Err(anyhow::Error::new(crate::daemon::NoSuch(format!(
+                    "--session {}: no such session (`cimplifierctl sessions` lists them); \
+                     a container observed by label can be tailed once its session exists, \
+                     or leave out --session to tail every session",
+                    quote_capped(name, 80)
+                ))));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The names or address an event is about, for the table of `events`.
 fn event_detail(json: &str) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
@@ -152,11 +242,19 @@ fn event_detail(json: &str) -> String {
     parts.join(" ")
 }
 
-pub fn export(socket: &Address, session: String, output: &Path) -> anyhow::Result<()> {
+pub fn export(socket: &Address, session: String, output: &Path, json: bool) -> anyhow::Result<()> {
+    let to_stdout = output.as_os_str() == "-";
+    if to_stdout && json {
+        return Err(usage(
+            "--json with -o -: stdout holds the bundle; write it to a file to get JSON",
+        ));
+    }
     let bundle = runtime()?.block_on(async {
         let mut api = connect(socket).await?;
         let mut stream = api
-            .export_session(pb::ExportSessionRequest { session })
+            .export_session(pb::ExportSessionRequest {
+                session: session.clone(),
+            })
             .await
             .map_err(status)?
             .into_inner();
@@ -166,12 +264,17 @@ pub fn export(socket: &Address, session: String, output: &Path) -> anyhow::Resul
         }
         Ok::<_, anyhow::Error>(bundle)
     })?;
-    if output.as_os_str() == "-" {
+    if to_stdout {
         std::io::stdout().lock().write_all(&bundle)?;
         return Ok(());
     }
     std::fs::write(output, &bundle)
         .with_context(|| format!("writing the bundle {}", output.display()))?;
+    if json {
+        return print_json(&serde_json::json!({
+            "session": session, "output": output, "bytes": bundle.len(),
+        }));
+    }
     eprintln!("wrote {} ({})", output.display(), mb(bundle.len() as u64));
     Ok(())
 }
@@ -181,9 +284,23 @@ pub fn import(
     bundle: &Path,
     name: Option<String>,
     replace: bool,
+    json: bool,
 ) -> anyhow::Result<()> {
-    let bytes = std::fs::read(bundle)
-        .with_context(|| format!("reading the bundle {}", bundle.display()))?;
+    let bytes = if bundle.as_os_str() == "-" {
+        let mut b = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut b)
+            .context("reading the bundle from stdin")?;
+        b
+    } else {
+        std::fs::read(bundle).map_err(|e| usage(format!("the bundle {}: {e}", bundle.display())))?
+    };
+    let what = if bundle.as_os_str() == "-" {
+        "stdin".to_owned()
+    } else {
+        bundle.display().to_string()
+    };
     let mut chunks: Vec<pb::ImportChunk> = bytes
         .chunks(1 << 20)
         .map(|c| pb::ImportChunk {
@@ -194,11 +311,14 @@ pub fn import(
         .collect();
     match chunks.first_mut() {
         Some(first) => first.name = name.unwrap_or_default(),
-        None => anyhow::bail!("{} is empty: not a session bundle", bundle.display()),
+        None => return Err(usage(format!("{what} is empty: not a session bundle"))),
     }
     let s = daemon(socket, async |mut c| {
         c.import_session(tokio_stream::iter(chunks)).await
     })?;
+    if json {
+        return print_json(&session_json(&s));
+    }
     print(&format!(
         "imported session {} ({}): {} events\n",
         s.container, s.image_ref, s.events
@@ -210,6 +330,7 @@ pub fn merge(
     into: String,
     sessions: Vec<String>,
     replace: bool,
+    json: bool,
 ) -> anyhow::Result<()> {
     let s = daemon(socket, async |mut c| {
         c.merge_sessions(pb::MergeSessionsRequest {
@@ -219,6 +340,9 @@ pub fn merge(
         })
         .await
     })?;
+    if json {
+        return print_json(&session_json(&s));
+    }
     print(&format!(
         "merged {} segments into session {} ({}): {} events{}\n",
         s.segments.len(),

@@ -284,10 +284,11 @@ async fn start_plan(
             Ok(())
         })
     };
-    let up = compose::up_with(docker, plan, StartOrder::Dependencies, &start, &|step| {
-        eprintln!("{step}")
-    })
-    .await;
+    let order = compose::UpOptions {
+        order: StartOrder::Dependencies,
+        ..Default::default()
+    };
+    let up = compose::up_with(docker, plan, &order, &start, &|step| eprintln!("{step}")).await;
     let up = match up {
         Ok(up) => up,
         Err(e) => {

@@ -5,10 +5,17 @@ use clap::CommandFactory;
 
 use crate::args::Cli;
 use crate::daemon::daemon;
-use crate::render::print;
+use crate::render::{print, print_json};
 
-pub fn version(socket: &Address) -> anyhow::Result<()> {
+pub fn version(socket: &Address, json: bool) -> anyhow::Result<()> {
     let v = daemon(socket, async |mut c| c.version(pb::VersionRequest {}).await)?;
+    if json {
+        return print_json(&serde_json::json!({
+            "cimplifierctl": env!("CARGO_PKG_VERSION"),
+            "cimplifierd": v.version,
+            "apis": v.apis,
+        }));
+    }
     print(&format!(
         "cimplifierctl {}\ncimplifierd {} (APIs: {})\n",
         env!("CARGO_PKG_VERSION"),

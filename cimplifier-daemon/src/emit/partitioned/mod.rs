@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use cimplifier_build::glue::{GlueBinary, check_static};
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +28,7 @@ use crate::docker::compose::{
     COMPOSE_FILE, ComposeFile, ComposePort, ComposeService, ComposeVolume,
 };
 use crate::image::fs::ImageFs;
-use crate::image::source::{Admit, SourceSession, TraceDigest, read_session};
+use crate::image::source::{Admit, SourceSession, TraceDigest, read_session_counting};
 use crate::model::{Exe, Model};
 use crate::partition::{PartitionName, Policy};
 use crate::place::partition::{PartitionPlan, plan};
@@ -144,24 +144,14 @@ pub struct ImageNaming {
 }
 
 impl ImageNaming {
-    /// `repo[:tag]`, tag `latest` if none.
+    /// `repo[:tag]`, tag `latest` if none, by Docker's reference grammar.
     pub fn parse(s: &str) -> Result<Self> {
-        let (repository, tag) = match s.rsplit_once(':') {
-            Some((r, t)) if !t.contains('/') => (r, t),
-            _ => (s, "latest"),
-        };
-        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c);
-        // A registry host may carry a port: host:5000/name.
-        let (host, path) = repository.split_once('/').unwrap_or(("", repository));
-        let host_ok = host.chars().all(|c| ok(c) || c == ':');
-        if path.is_empty() || !path.chars().all(ok) || !host_ok || tag.is_empty() {
-            bail!(
-                "tag {s:?}: give REPOSITORY[:TAG] in lower case, e.g. myapp/split; each partition's image is then REPOSITORY-<partition>:TAG"
-            );
-        }
+        let tag: crate::docker::tag::ImageTag = s.parse().map_err(|e| {
+            anyhow::anyhow!("{e}; each partition's image is then REPOSITORY-<partition>:TAG")
+        })?;
         Ok(Self {
-            repository: repository.to_owned(),
-            tag: tag.to_owned(),
+            repository: tag.repository().to_owned(),
+            tag: tag.tag().to_owned(),
         })
     }
 
@@ -228,7 +218,7 @@ fn rpe_socket(side: &str, other: &PartitionName) -> PathBuf {
 
 /// The path the image's entrypoint execs: argv[0], looked up on the
 /// image's PATH the way the runtime does.
-fn entrypoint_path(source: &SourceConfig, fs: &ImageFs) -> Option<ContainerPath> {
+pub(crate) fn entrypoint_path(source: &SourceConfig, fs: &ImageFs) -> Option<ContainerPath> {
     let argv0 = source
         .entrypoint
         .iter()
@@ -354,6 +344,7 @@ pub async fn emit_partitioned(
     store: &Arc<Store>,
     opts: &PartitionEmitOptions,
     progress: &(dyn Fn(&str) + Send + Sync),
+    bytes: &(dyn Fn(&str, u64, u64) + Send + Sync),
 ) -> Result<EmittedPlan, EmitError> {
     progress("reading the source image");
     let SourceSession {
@@ -362,13 +353,14 @@ pub async fn emit_partitioned(
         tree: fs,
         model,
         ..
-    } = read_session(
+    } = read_session_counting(
         store,
         &opts.session,
         Admit::Closed {
             allow_incomplete: opts.allow_incomplete,
         },
         TraceDigest::Skip,
+        &|done, total| bytes("reading the source image", done, total),
     )
     .await?;
     let docker = crate::docker::connect().map_err(EmitError::Engine)?;
@@ -391,6 +383,7 @@ pub async fn emit_partitioned(
     // The image's configuration with the observed container's settings on
     // top: the entry partition runs the command the container ran.
     let (source, run) = runconfig::carry_for(&SourceConfig::from_inspect(&inspect), &info);
+    let warnings = super::slim::check_options(&opts.slim, &fs, &source, &info.started.image_ref)?;
     let entry = entry_partition(&model, &plan, &source, &fs)?;
 
     // Volumes: the plan's shared and state ones, seeded from the source
@@ -580,6 +573,7 @@ pub async fn emit_partitioned(
         compose_file: PathBuf::from(COMPOSE_FILE),
         run,
         plan,
+        warnings,
     };
     let json = serde_json::to_vec_pretty(&report).context("serializing the partition report")?;
     let files = vec![

@@ -112,6 +112,10 @@ pub struct PartitionEmitReport {
     pub run: RunReport,
     /// The placement plan, with the evidence for every shared volume.
     pub plan: PartitionPlan,
+    /// What the emit did not refuse but the caller should know, each
+    /// naming its cause (e.g. an --exclude that matched nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl PartitionEmitReport {
@@ -202,12 +206,12 @@ impl PartitionEmitReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{} ({}): {} -> {} in {} partitions ({:.1}% smaller)",
+            "{} ({}): {} -> {} in {} ({:.1}% smaller)",
             self.container,
             self.source_ref,
             mb(self.source_image_bytes),
             mb(self.total_bytes),
-            self.partitions.len(),
+            crate::place::partition::counted(self.partitions.len(), "partition", "partitions"),
             self.reduction_percent
         );
         for p in &self.partitions {

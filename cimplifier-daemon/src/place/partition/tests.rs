@@ -299,6 +299,12 @@ fn all_one_shares_nothing() {
     assert!(all.private.contains(&p("/run/mysqld/mysqld.sock")));
     assert!(all.copied.contains(&p("/etc/motd")));
     assert!(all.stubs.is_empty());
+    let first = plan.render_text().lines().next().unwrap().to_owned();
+    assert!(
+        first.starts_with("policy all-one: 1 partition, 0 shared volumes, ")
+            && first.contains(", 0 RPE calls,"),
+        "one of a thing is said in the singular: {first}"
+    );
 }
 
 #[test]

@@ -1,0 +1,156 @@
+//! `cimplifierd serve` failing to start says why and leaves nothing
+//! behind: as non-root it says it needs root; a read-only state directory
+//! is not blamed on another daemon; no stale socket stays. Needs root (to
+//! mount a read-only tmpfs and to drop to another uid).
+
+mod common;
+
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::require_root;
+
+fn serve(socket: &Path, state: &Path, uid: Option<u32>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cimplifierd"));
+    cmd.arg("serve")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state)
+        .env_remove("CIMPLIFIER_CONFIG")
+        .arg("--config")
+        .arg("/dev/null");
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    cmd.output().unwrap()
+}
+
+/// A tmpfs mounted read-only once `state` is made on it; unmounted on drop.
+struct ReadOnly(std::path::PathBuf);
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_failed_start_says_why_and_leaves_no_socket() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+
+    let out = serve(
+        &dir.path().join("a.sock"),
+        &dir.path().join("a-state"),
+        Some(65534),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs root"), "{err}");
+    assert!(!err.contains("tracefs"), "{err}");
+
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    let ok = |args: &[&str]| {
+        let s = Command::new("mount").args(args).arg(&ro).status().unwrap();
+        assert!(s.success(), "mount {args:?}");
+    };
+    ok(&["-t", "tmpfs", "tmpfs"]);
+    let _mounted = ReadOnly(ro.clone());
+    std::fs::create_dir(ro.join("state")).unwrap();
+    ok(&["-o", "remount,ro"]);
+    let socket = dir.path().join("run/b.sock");
+    let out = serve(&socket, &ro.join("state"), None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not writable"), "{err}");
+    assert!(!err.contains("another cimplifierd"), "{err}");
+    assert!(!socket.exists(), "a failed start leaves no socket");
+}
+
+/// Under systemd (`Type=notify`), the daemon says READY=1 once its socket
+/// is bound, and STOPPING=1 when told to stop.
+#[test]
+fn systemd_hears_ready_once_the_socket_is_bound() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let notify = dir.path().join("notify.sock");
+    let listener = std::os::unix::net::UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut d = common::Daemon::start_with_env(&[], &[("NOTIFY_SOCKET", notify.as_path())]);
+    let mut buf = [0u8; 256];
+    let n = listener.recv(&mut buf).expect("no READY=1 within 30 s");
+    let said = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(said.lines().any(|l| l == "READY=1"), "{said:?}");
+    assert!(d.socket.exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let n = listener.recv(&mut buf).expect("no STOPPING=1 within 30 s");
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1"));
+    assert!(d.child.wait().unwrap().success());
+}
+
+/// `--log-format json`: every line the daemon logs is one JSON object with
+/// its time, level, target and message.
+#[test]
+fn the_daemon_logs_json_lines_when_asked() {
+    use std::io::Read;
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("run/j.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+        .args([
+            "--log-format",
+            "json",
+            "serve",
+            "--config",
+            "/dev/null",
+            "--socket",
+        ])
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_until(30, "the daemon serves", || socket.exists());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{err}");
+    let lines: Vec<serde_json::Value> = err
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let serving = lines
+        .iter()
+        .find(|l| l["message"] == "serving")
+        .unwrap_or_else(|| panic!("no `serving` line: {err}"));
+    assert_eq!(serving["level"], "INFO", "{serving}");
+    assert_eq!(serving["socket"], socket.to_str().unwrap(), "{serving}");
+    assert!(
+        serving["timestamp"].as_str().unwrap().ends_with('Z'),
+        "{serving}"
+    );
+}
