@@ -513,12 +513,11 @@ async fn emit_streams_byte_progress_while_reading_the_image() {
         bundle("bytes").as_bytes(),
     );
     assert!(imported.status.success(), "{}", stderr(&imported));
-    let dir = tempfile::tempdir().unwrap();
     let mut api = cimplifier::api::connect(d.socket.as_path()).await.unwrap();
     let mut stream = api
         .emit(pb::EmitRequest {
             container: "bytes".into(),
-            oci_dir: dir.path().join("oci").to_str().unwrap().into(),
+            oci_archive: true,
             ..Default::default()
         })
         .await
