@@ -469,3 +469,90 @@ fn the_socket_is_created_reachable_whatever_the_servers_umask() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "1001\n");
 }
+
+/// A callee that stops itself `n` times; a child continues it each time.
+fn stopper(fx: &Fixture) -> PathBuf {
+    cc(
+        fx,
+        "stopper",
+        r#"#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static char state(pid_t pid) {
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    return p && p[1] ? p[2] : 0;
+}
+int main(int argc, char **argv) {
+    int n = atoi(argv[1]);
+    pid_t me = getpid();
+    if (fork() == 0) {
+        for (;;) {
+            char s = state(me);
+            if (s == 0 || s == 'Z') _exit(0);
+            /* Stopped: leave the server time to see it, then go on. */
+            if (s == 'T') { usleep(200); kill(me, SIGCONT); }
+        }
+    }
+    for (int i = 0; i < n; i++) raise(SIGSTOP);
+    return 0;
+}
+"#,
+        &["-include", "string.h"],
+    )
+}
+
+#[test]
+fn a_caller_that_stops_reading_does_not_wedge_the_reaper() {
+    let mut fx = Fixture::new("stalled");
+    let stop = stopper(&fx);
+    let stops = fx.path("real/stops");
+    fx.allow_map(&stops, &stop);
+    let echo = fx.callee("echo", "echo \"real $1\"");
+    fx.start();
+    // A caller that never reads its socket: the server's writes to it
+    // block, its call thread stops reading the status pipe, and each of
+    // 30,000 stops is a status for that pipe.
+    let mut s = UnixStream::connect(fx.socket()).unwrap();
+    let devnull = std::fs::File::open("/dev/null").unwrap();
+    let mut req = request(&stops, &["stops", "30000"]);
+    req.fds = vec![0];
+    proto::write_frame(&mut s, &ToServer::Request(Box::new(req))).unwrap();
+    send_fds(s.as_raw_fd(), &[devnull.as_raw_fd()]).unwrap();
+    // Wait until the stopper is done (its pid in Started is the first frame).
+    let started = proto::read_frame::<_, ToStub>(&mut s).unwrap();
+    let Some(ToStub::Started { pid }) = started else {
+        panic!("{started:?}")
+    };
+    while Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| st.contains(") Z"))
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A real call still gets its callee reaped.
+    let mut child = Command::new(&echo)
+        .arg("call")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    // Not a timing assertion: a wedged reaper never reaps the call.
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > Duration::from_secs(120) {
+            let _ = child.kill();
+            panic!("the real call never ended: the reaper is wedged");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "real call\n");
+    drop(s);
+}
