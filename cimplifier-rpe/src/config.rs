@@ -27,6 +27,59 @@ pub struct PartitionConfig {
     /// Optional: requested path -> path actually executed here.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub map: BTreeMap<PathBuf, PathBuf>,
+    /// Optional: what this caller may pass beyond the defaults, which
+    /// treat every caller as hostile (docs/rpe.md, "Hostile callers").
+    #[serde(default, skip_serializing_if = "Permit::is_default")]
+    pub permit: Permit,
+}
+
+/// Exceptions to the server's defences, per caller partition. Absent, a
+/// caller gets none: old configurations keep the strict defaults.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Permit {
+    /// Environment variables passed although the server drops them by
+    /// default (glibc's unsecure list, interpreter hooks). A name ending
+    /// in `*` permits every name with that prefix (`LD_*`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    /// Allowed path -> further argv[0] values it may be run with, besides
+    /// its own file name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub argv0: BTreeMap<PathBuf, Vec<String>>,
+    /// Kinds of file descriptor the caller may pass besides plain ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fds: Vec<FdKind>,
+}
+
+impl Permit {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// File descriptors the server refuses unless permitted: each lets a
+/// caller reach further into the callee than its open files do.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum FdKind {
+    /// Anonymous memory (`memfd_create`): code that exists in no file
+    /// of either partition (`LD_PRELOAD=/proc/self/fd/N`).
+    Memfd,
+    /// `O_PATH`: a handle on a file of the caller, not an open file.
+    OPath,
+    /// A directory: `openat` relative to it walks the caller's tree.
+    Directory,
+}
+
+impl std::fmt::Display for FdKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FdKind::Memfd => "memfd",
+            FdKind::OPath => "o-path",
+            FdKind::Directory => "directory",
+        })
+    }
 }
 
 /// Where a stub sends its call: the server socket of the callee's
@@ -81,7 +134,13 @@ impl ServerConfig {
                     p.socket.display()
                 ));
             }
-            for a in p.allow.iter().chain(p.map.keys()).chain(p.map.values()) {
+            for a in p
+                .allow
+                .iter()
+                .chain(p.map.keys())
+                .chain(p.map.values())
+                .chain(p.permit.argv0.keys())
+            {
                 if !a.is_absolute() {
                     return Err(format!(
                         "partition {}: {} is not an absolute path",
@@ -145,10 +204,16 @@ mod tests {
             allow = ["/usr/bin/convert"]
             [partition.map]
             "/usr/bin/convert" = "/opt/im/convert"
+            [partition.permit]
+            env = ["PYTHONPATH", "LD_*"]
+            fds = ["memfd", "o-path", "directory"]
+            [partition.permit.argv0]
+            "/usr/bin/convert" = ["magick"]
             "#,
         )
         .unwrap();
         assert_eq!(cfg.partitions[0].name, "web");
+        assert_eq!(cfg.partitions[0].permit.fds.len(), 3);
         assert!(cfg.check().is_ok());
         let bad = ServerConfig {
             partitions: vec![PartitionConfig {
@@ -157,6 +222,21 @@ mod tests {
             }],
         };
         assert!(bad.check().unwrap_err().contains("not an absolute path"));
+    }
+
+    #[test]
+    fn a_configuration_without_permit_is_valid_and_permits_nothing() {
+        let cfg = ServerConfig::parse(
+            "[[partition]]\nname = \"web\"\nsocket = \"/run/web.sock\"\nallow = [\"/bin/ls\"]\n",
+            Path::new("server.toml"),
+        )
+        .unwrap();
+        assert_eq!(cfg.partitions[0].permit, Permit::default());
+        let text = toml::to_string(&cfg).unwrap();
+        assert!(!text.contains("permit"), "{text}");
+        let bad = "[[partition]]\nname = \"web\"\nsocket = \"/s\"\nallow = []\n\
+                   [partition.permit]\nfds = [\"socket\"]\n";
+        assert!(ServerConfig::parse(bad, Path::new("server.toml")).is_err());
     }
 
     #[test]

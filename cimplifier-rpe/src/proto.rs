@@ -12,8 +12,10 @@ pub const MAGIC: [u8; 4] = *b"CRPE";
 /// Bumped whenever a payload type below changes shape.
 pub const VERSION: u16 = 2;
 pub const HEADER_LEN: usize = 12;
-/// Linux caps argv+env far below this; anything bigger is a broken peer.
-pub const MAX_PAYLOAD: u32 = 64 << 20;
+/// Linux caps argv+env at 6 MiB (3/4 of _STK_LIM, MAX_ARG_STRLEN per
+/// string), so a bigger frame is a broken or hostile peer: it is refused
+/// from its header, before anything is allocated.
+pub const MAX_PAYLOAD: u32 = 8 << 20;
 
 /// Exit code of the stub when the call could not be made (as a shell's
 /// "cannot execute").

@@ -12,6 +12,7 @@
 
 mod accept;
 mod peer;
+pub mod policy;
 mod relay;
 mod spawn;
 
@@ -19,14 +20,16 @@ use accept::{accept_loop, reap};
 use spawn::inherited;
 
 use crate::config::{PartitionConfig, ServerConfig};
+use crate::proto::{self, Request};
 use crate::sys::signal_set;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::c_int;
 use std::fs::File;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Live callees: pid -> write end of the pipe their call thread reads.
@@ -40,41 +43,113 @@ static ENTRY_STATUS: Mutex<Option<c_int>> = Mutex::new(None);
 /// A caller partition as the server serves it.
 pub struct Partition {
     pub cfg: PartitionConfig,
-    /// Allow-list entries with symlinks resolved in this partition.
-    allow_canon: HashSet<PathBuf>,
+    /// Allow-list entries, lexically normalised -> the path to execute.
+    allow: HashMap<PathBuf, PathBuf>,
+    /// Environment variables already reported as dropped (once each).
+    warned: Mutex<HashSet<String>>,
+    /// Calls on this socket: waiting for their request, and in all.
+    pending: Mutex<VecDeque<(u64, Arc<UnixStream>)>>,
+    calls: AtomicUsize,
 }
 
 impl Partition {
     pub fn new(cfg: PartitionConfig) -> Self {
-        let allow_canon = cfg
+        let map: HashMap<PathBuf, &PathBuf> = cfg
+            .map
+            .iter()
+            .filter_map(|(k, v)| Some((policy::normalise(k.as_os_str().as_bytes())?, v)))
+            .collect();
+        let allow = cfg
             .allow
             .iter()
-            .filter_map(|p| std::fs::canonicalize(p).ok())
+            .filter_map(|a| policy::normalise(a.as_os_str().as_bytes()))
+            .map(|a| {
+                let exe = map.get(&a).map_or_else(|| a.clone(), |m| (*m).clone());
+                (a, exe)
+            })
             .collect();
-        Partition { cfg, allow_canon }
+        Partition {
+            cfg,
+            allow,
+            warned: Mutex::new(HashSet::new()),
+            pending: Mutex::new(VecDeque::new()),
+            calls: AtomicUsize::new(0),
+        }
     }
 
-    /// The path to execute for `requested`, or why it may not run.
-    fn resolve(&self, requested: &Path) -> Result<PathBuf, String> {
-        let canon = std::fs::canonicalize(requested).ok();
-        let allowed = self.cfg.allow.iter().any(|a| a == requested)
-            || canon.as_ref().is_some_and(|c| self.allow_canon.contains(c));
-        if !allowed {
+    /// The path to execute for `req`, or why it may not run. Only the
+    /// exact (lexically normalised) path that is listed is allowed, never
+    /// a symlink alias of it, and argv[0] must name it (multi-call
+    /// binaries go by argv[0]). What runs is the configured path.
+    fn resolve(&self, req: &Request) -> Result<PathBuf, String> {
+        let shown = String::from_utf8_lossy(&req.path);
+        let name = &self.cfg.name;
+        let Some(path) = policy::normalise(&req.path) else {
             return Err(format!(
-                "partition {} may not execute {}: it is not in the partition's allow-list \
-                 on the RPE server; add it to `allow` of [[partition]] {} if it should",
-                self.cfg.name,
-                requested.display(),
-                self.cfg.name
+                "partition {name} asked to execute {shown}, which is not an absolute path; refused"
             ));
+        };
+        let Some(exe) = self.allow.get(&path) else {
+            return Err(format!(
+                "partition {name} may not execute {shown}: it is not in the partition's allow-list \
+                 on the RPE server (paths are compared exactly, symlinks are not followed); \
+                 add it to `allow` of [[partition]] {name} if it should"
+            ));
+        };
+        let argv0 = proto::split_nul(&req.argv).next();
+        match argv0 {
+            None => Err(format!(
+                "partition {name} asked to execute {shown} with an empty argv; refused"
+            )),
+            Some(a) if !policy::argv0_allowed(&path, a, &self.cfg.permit) => Err(format!(
+                "partition {name} may execute {shown} only under its own name, not as argv[0] \
+                 \"{}\" (a multi-call binary would run another program); add it to \
+                 [partition.permit.argv0] of [[partition]] {name} if it should",
+                String::from_utf8_lossy(a)
+            )),
+            Some(_) => Ok(exe.clone()),
         }
-        Ok(self
-            .cfg
-            .map
-            .get(requested)
-            .cloned()
-            .or(canon)
-            .unwrap_or_else(|| requested.to_path_buf()))
+    }
+
+    /// The caller's environment without what it may not set here; the
+    /// server's log names each variable dropped, once per partition.
+    fn environment(&self, req: &Request) -> Vec<u8> {
+        static OWN: std::sync::OnceLock<HashSet<Vec<u8>>> = std::sync::OnceLock::new();
+        let own = OWN.get_or_init(|| {
+            std::env::vars_os()
+                .map(|(k, v)| [k.as_bytes(), b"=", v.as_bytes()].concat())
+                .collect()
+        });
+        let (env, dropped) = policy::filter_env(&req.env, &self.cfg.permit, own);
+        let mut warned = self.warned.lock().unwrap();
+        for d in dropped {
+            if warned.insert(d.clone()) {
+                eprintln!(
+                    "cimplifier-rpe-server: partition {}: dropped {d} from a caller's environment \
+                     (it makes the callee load or run code the caller names); list it in \
+                     [partition.permit] env if it should pass",
+                    self.cfg.name
+                );
+            }
+        }
+        env
+    }
+
+    /// Refuses fds the caller may not pass (memfd, O_PATH, directory).
+    fn check_fds(&self, req: &Request, fds: &[std::os::fd::OwnedFd]) -> Result<(), String> {
+        use std::os::fd::AsRawFd;
+        for (fd, target) in fds.iter().zip(&req.fds) {
+            if let Some(kind) = policy::fd_kind(fd.as_raw_fd())?
+                && !self.cfg.permit.fds.contains(&kind)
+            {
+                return Err(format!(
+                    "partition {} may not pass fd {target}: it is an fd of kind {kind}; \
+                     list \"{kind}\" in [partition.permit] fds of [[partition]] {} if it should",
+                    self.cfg.name, self.cfg.name
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -95,9 +170,14 @@ pub fn serve(cfg: ServerConfig, entry: Option<&[std::ffi::OsString]>) -> Result<
     *CHILDREN.lock().unwrap() = Some(HashMap::new());
     inherited();
     let root = unsafe { libc::geteuid() } == 0;
+    // Every socket is bound before any thread exists: bind sets the
+    // process-wide umask for a moment.
+    let mut listeners = Vec::new();
     for p in cfg.partitions {
         let listener = bind(&p.socket).map_err(|e| format!("partition {}: {e}", p.name))?;
-        let part = Arc::new(Partition::new(p));
+        listeners.push((listener, Arc::new(Partition::new(p))));
+    }
+    for (listener, part) in listeners {
         std::thread::Builder::new()
             .name(format!("accept-{}", part.cfg.name))
             .spawn(move || accept_loop(listener, part, root))
@@ -173,10 +253,26 @@ fn raise_nofile() {
     }
 }
 
+/// Runs `f` with the umask `mask`. Only before threads exist.
+fn with_umask<T>(mask: libc::mode_t, f: impl FnOnce() -> T) -> T {
+    // SAFETY: umask cannot fail; single-threaded here.
+    let old = unsafe { libc::umask(mask) };
+    let r = f();
+    unsafe { libc::umask(old) };
+    r
+}
+
 fn bind(path: &Path) -> Result<UnixListener, String> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create socket directory {}: {e}", dir.display()))?;
+        // Stubs run as any user and must reach the socket: 0755 whatever
+        // umask the server was started with.
+        with_umask(0o022, || {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir)
+        })
+        .map_err(|e| format!("cannot create socket directory {}: {e}", dir.display()))?;
     }
     if let Ok(md) = std::fs::symlink_metadata(path) {
         if !md.file_type().is_socket() {
@@ -188,12 +284,11 @@ fn bind(path: &Path) -> Result<UnixListener, String> {
         // A stale socket of an earlier run.
         let _ = std::fs::remove_file(path);
     }
-    let l = UnixListener::bind(path)
-        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-    // Stubs run as any user; the volume, not the mode, keeps others out.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
-        .map_err(|e| format!("cannot chmod {}: {e}", path.display()))?;
-    Ok(l)
+    // Created 0666 (stubs run as any user; the volume, not the mode,
+    // keeps other partitions out), not chmod-ed after: no window with
+    // another mode.
+    with_umask(0o111, || UnixListener::bind(path))
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))
 }
 
 /// Entry point of the server binary.

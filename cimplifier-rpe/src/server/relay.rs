@@ -78,7 +78,8 @@ pub(super) fn pty_for(req: &Request, fds: &mut [OwnedFd]) -> Result<Option<Owned
 }
 
 /// Relays signals from the stub and statuses to it until the callee ends.
-pub(super) fn relay(mut conn: UnixStream, pid: libc::pid_t, mut status_r: File) {
+pub(super) fn relay(conn: &UnixStream, pid: libc::pid_t, mut status_r: File) {
+    let mut conn = conn;
     // SAFETY: a pidfd never names a recycled pid, unlike kill(pid).
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as RawFd;
     let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd) });

@@ -117,9 +117,17 @@ impl ChildPlan {
         let mut order: Vec<usize> = (0..src.len()).collect();
         order.sort_unstable_by_key(|&i| req.fds[i]);
         let above = dst_sorted.last().map_or(0, |&m| m as usize + 1);
-        let mut owner = vec![-1i32; above];
+        // Only received fds below the highest target can be in the way:
+        // sized by those, not by a target number the caller chose.
+        let size = src
+            .iter()
+            .map(|&s| s as usize + 1)
+            .max()
+            .unwrap_or(0)
+            .min(above);
+        let mut owner = vec![-1i32; size];
         for (i, &s) in src.iter().enumerate() {
-            if (s as usize) < above {
+            if (s as usize) < size {
                 owner[s as usize] = i as i32;
             }
         }
@@ -212,6 +220,9 @@ pub(super) fn spawn(
     };
     let (mut err_r, err_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
+    // The reaper (PID 1) writes here and must never block.
+    // SAFETY: setting a flag on our own fd.
+    unsafe { libc::fcntl(status_w.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     let pid = {
         let mut g = CHILDREN.lock().unwrap();
         // vfork-style: the child borrows our memory until it execs, so
@@ -353,7 +364,7 @@ unsafe fn child(p: &mut ChildPlan, err_w: RawFd) -> ! {
         for k in 0..p.order.len() {
             let i = p.order[k];
             let d = p.dst[i];
-            let o = p.owner[d as usize];
+            let o = p.owner.get(d as usize).copied().unwrap_or(-1);
             if o >= 0 && o as usize != i {
                 let j = o as usize;
                 let n = libc::fcntl(p.src[j], libc::F_DUPFD_CLOEXEC, above);
@@ -394,10 +405,6 @@ unsafe fn child(p: &mut ChildPlan, err_w: RawFd) -> ! {
             // The pty's slave by now (pty_for), which no session holds.
             libc::ioctl(tty, libc::TIOCSCTTY, 0);
         }
-        for (res, rl) in &p.rlimits {
-            libc::setrlimit(*res as _, rl);
-        }
-        libc::setpriority(libc::PRIO_PROCESS, 0, p.nice);
         libc::umask(p.umask);
         if libc::chdir(p.cwd.as_ptr()) != 0 {
             // The caller's cwd may not exist in this partition.
@@ -410,6 +417,13 @@ unsafe fn child(p: &mut ChildPlan, err_w: RawFd) -> ! {
         {
             fail(err_w, STAGE_IDS);
         }
+        // As the caller, not as root: a limit or priority the caller
+        // could not set itself fails here (EPERM) and the callee keeps
+        // the server's.
+        for (res, rl) in &p.rlimits {
+            libc::setrlimit(*res as _, rl);
+        }
+        libc::setpriority(libc::PRIO_PROCESS, 0, p.nice);
         for &(sig, h) in &p.signals {
             libc::signal(sig, h);
         }

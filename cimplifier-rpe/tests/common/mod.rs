@@ -43,6 +43,13 @@ pub struct Fixture {
     allow: Vec<PathBuf>,
     map: BTreeMap<PathBuf, PathBuf>,
     server: Option<Child>,
+    /// TOML appended to the server's `[[partition]]` table, e.g. a
+    /// `[partition.permit]` table.
+    pub extra_toml: String,
+    /// The socket, relative to the root.
+    pub socket_rel: &'static str,
+    /// The umask the server starts with (the test's own if None).
+    pub server_umask: Option<libc::mode_t>,
 }
 
 impl Fixture {
@@ -61,11 +68,14 @@ impl Fixture {
             allow: Vec::new(),
             map: BTreeMap::new(),
             server: None,
+            extra_toml: String::new(),
+            socket_rel: "run/rpe.sock",
+            server_umask: None,
         }
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.root.join("run/rpe.sock")
+        self.root.join(self.socket_rel)
     }
 
     /// Installs a stub at `bin/<name>` without allowing it.
@@ -113,6 +123,9 @@ impl Fixture {
                 socket: self.socket(),
                 allow: self.allow.clone(),
                 map: self.map.clone(),
+                // Every other key at its default (the file's own default,
+                // as the server reads it).
+                ..toml::from_str("name = \"\"\nsocket = \"/\"\nallow = []").unwrap()
             }],
         }
     }
@@ -126,8 +139,20 @@ impl Fixture {
         )
         .unwrap();
         let cfg_path = self.root.join("server.toml");
-        std::fs::write(&cfg_path, toml::to_string(&self.server_config()).unwrap()).unwrap();
-        let child = with_default_signals(Command::new(&static_bins().server))
+        let text = toml::to_string(&self.server_config()).unwrap() + "\n" + &self.extra_toml;
+        std::fs::write(&cfg_path, text).unwrap();
+        let mut cmd = with_default_signals(Command::new(&static_bins().server));
+        if let Some(mask) = self.server_umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    libc::umask(mask);
+                    Ok(())
+                });
+            }
+        }
+        let child = cmd
             .arg("--config")
             .arg(&cfg_path)
             .spawn()
@@ -142,6 +167,12 @@ impl Fixture {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// The server's pid, while it runs.
+    pub fn server_pid(&mut self) -> Option<u32> {
+        let c = self.server.as_mut()?;
+        c.try_wait().ok().flatten().is_none().then(|| c.id())
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

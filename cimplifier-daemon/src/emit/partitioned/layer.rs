@@ -224,6 +224,7 @@ pub(super) fn partition_layer(
                     socket: rpe_socket("from", caller),
                     allow: exes.iter().map(|e| PathBuf::from(e.0.as_str())).collect(),
                     map: BTreeMap::new(),
+                    permit: Default::default(),
                 })
                 .collect(),
         };
