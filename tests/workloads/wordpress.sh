@@ -44,6 +44,16 @@ print(text)
 ' "${site#http://}"
 }
 
+# As a load balancer's health check would: the site is ready when PHP
+# answers (nginx alone answers 502 while php-fpm or the database start).
+step "wait until the site answers"
+for _ in $(seq 1 90); do
+  code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$site/wp-admin/install.php" || true)
+  case $code in 2*|3*) break ;; esac
+  sleep 1
+done
+case $code in 2*|3*) ;; *) fail "the site never answered (last status $code)" ;; esac
+
 step "install"
 page=$(c "$site/wp-admin/install.php")
 if grep -q "Already Installed" <<<"$page"; then
