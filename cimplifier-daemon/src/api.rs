@@ -15,7 +15,7 @@ pub mod workload;
 
 pub use client::{channel, connect};
 pub use serve::{DEFAULT_CONFIG, DEFAULT_SOCKET, DaemonConfig, ServeOptions, serve};
-pub use service::{DEFAULT_STREAM_BUFFER, Service};
+pub use service::{DEFAULT_STREAM_BUFFER, HEAVY_CALLS, Service};
 pub use transport::{
     Address, ClientSecurity, ClientTls, ServerTls, TcpFlags, TcpListen, TcpSecurity,
 };

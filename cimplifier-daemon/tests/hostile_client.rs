@@ -66,6 +66,10 @@ fn planted_links_in_output_directories_never_reach_their_targets() {
     assert_eq!(std::fs::read_to_string(&sentinel).unwrap(), "untouched");
     let compose = out.join("docker-compose.yml");
     assert!(!compose.is_symlink(), "the planted link is replaced");
-    assert!(std::fs::read_to_string(&compose).unwrap().contains("services:"));
+    assert!(
+        std::fs::read_to_string(&compose)
+            .unwrap()
+            .contains("services:")
+    );
     assert_eq!(report.compose_file, compose);
 }

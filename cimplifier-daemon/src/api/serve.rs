@@ -31,6 +31,8 @@ pub struct DaemonConfig {
     /// Delete closed sessions not written for this long, e.g. "30d".
     #[serde(default, deserialize_with = "human_duration")]
     pub retain_sessions: Option<std::time::Duration>,
+    /// Heavy calls (emit, plan, import, export, merge, verify) at once.
+    pub max_heavy_calls: Option<usize>,
 }
 
 /// A duration written as a person would ("30d", "12h").
@@ -79,6 +81,27 @@ pub struct ServeOptions {
     pub tracer: TracerConfig,
     /// Delete closed sessions not written for this long; None keeps them.
     pub retain_sessions: Option<std::time::Duration>,
+    /// Heavy calls (emit, plan, import, export, merge, verify) at once.
+    pub max_heavy_calls: usize,
+}
+
+/// Calls one connection may have in flight at once.
+const CALLS_PER_CONNECTION: usize = 32;
+/// How long a call may take to answer (a streamed answer's stream may run
+/// on: emit's progress, a live event tail).
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// HTTP/2 pings find peers that went away without closing.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The limits every listener serves with, so no client can hold the
+/// daemon's workers or connections without bound.
+fn with_limits(builder: tonic::transport::Server) -> tonic::transport::Server {
+    builder
+        .concurrency_limit_per_connection(CALLS_PER_CONNECTION)
+        .timeout(CALL_TIMEOUT)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
 }
 
 /// Serves the API and the standard gRPC health service on a unix socket,
@@ -141,7 +164,11 @@ pub async fn serve(
             }
         });
     }
-    let service = Arc::new(Service::new(manager, opts.state_dir.clone()));
+    let service = Arc::new(Service::new(
+        manager,
+        opts.state_dir.clone(),
+        opts.max_heavy_calls,
+    ));
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::cimplifier_server::CimplifierServer<Service>>()
@@ -171,7 +198,7 @@ pub async fn serve(
     notify_systemd("READY=1\nSTATUS=serving");
     let shutdown = futures::FutureExt::shared(shutdown);
     let api = pb::cimplifier_server::CimplifierServer::from_arc(service.clone());
-    let on_socket = tonic::transport::Server::builder()
+    let on_socket = with_limits(tonic::transport::Server::builder())
         .add_service(health_service.clone())
         .add_service(api.clone())
         .serve_with_incoming_shutdown(
@@ -179,9 +206,10 @@ pub async fn serve(
             shutdown.clone(),
         );
     let on_tcp = async {
-        let Some((tcp, (mut builder, incoming))) = tcp else {
+        let Some((tcp, (builder, incoming))) = tcp else {
             return Ok(());
         };
+        let mut builder = with_limits(builder);
         match &tcp.security {
             super::TcpSecurity::MutualTls(_) => {
                 tracing::info!(addr = %tcp.addr, "serving on TCP with mutual TLS")

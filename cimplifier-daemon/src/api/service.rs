@@ -39,6 +39,33 @@ const MAX_BUNDLE: usize = 1 << 30;
 pub struct Service {
     manager: Arc<Manager>,
     state_dir: PathBuf,
+    /// Permits for the heavy calls (emit, plan, import, export, merge,
+    /// verify): each reads whole images or sessions, so a client cannot
+    /// start more at once than the host can take.
+    heavy: Arc<tokio::sync::Semaphore>,
+}
+
+/// Heavy calls that run at once, by default.
+pub const HEAVY_CALLS: usize = 2;
+/// How long a heavy call waits for a permit before it is refused.
+const HEAVY_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A permit for one heavy call of `what`, waiting at most `wait`;
+/// RESOURCE_EXHAUSTED when none came.
+async fn heavy_permit(
+    heavy: &Arc<tokio::sync::Semaphore>,
+    what: &str,
+    wait: std::time::Duration,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+    match tokio::time::timeout(wait, heavy.clone().acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(Status::resource_exhausted(format!(
+            "{what}: the daemon is busy with its limit of heavy calls (emit, plan, import, \
+             export, merge, verify), waited {} for one to end; retry later, or raise \
+             --max-heavy-calls",
+            humantime::format_duration(wait)
+        ))),
+    }
 }
 
 /// The system's page size, for RSS from /proc/self/statm (4 KiB on
@@ -76,8 +103,16 @@ fn byte_progress(
 }
 
 impl Service {
-    pub fn new(manager: Arc<Manager>, state_dir: PathBuf) -> Self {
-        Self { manager, state_dir }
+    pub fn new(manager: Arc<Manager>, state_dir: PathBuf, heavy_calls: usize) -> Self {
+        Self {
+            manager,
+            state_dir,
+            heavy: Arc::new(tokio::sync::Semaphore::new(heavy_calls.max(1))),
+        }
+    }
+
+    async fn heavy(&self, what: &str) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        heavy_permit(&self.heavy, what, HEAVY_WAIT).await
     }
 
     pub fn manager(&self) -> &Arc<Manager> {
@@ -163,6 +198,7 @@ impl Service {
         &self,
         req: pb::EmitRequest,
         slim: SlimOptions,
+        permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Response<ResultStream<pb::EmitProgress>>, Status> {
         use crate::emit::partitioned::{
             ImageNaming, PartitionEmitOptions, RpeBinaries, emit_partitioned,
@@ -197,6 +233,7 @@ impl Service {
         let store = self.manager.store().clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
+            let _permit = permit;
             let steps = tx.clone();
             let progress = move |step: &str| {
                 let _ = steps.try_send(Ok(pb::EmitProgress {
@@ -217,7 +254,13 @@ impl Service {
                     for (name, content) in files {
                         let file = pb::PlanFile { name, content };
                         let update = pb::emit_progress::Update::PlanFile(file);
-                        if tx.send(Ok(pb::EmitProgress { update: Some(update) })).await.is_err() {
+                        if tx
+                            .send(Ok(pb::EmitProgress {
+                                update: Some(update),
+                            }))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -450,8 +493,9 @@ impl Cimplifier for Service {
         slim.include = paths(&req.include, "include")?;
         slim.exclude = exclude;
         slim.strict = req.strict;
+        let permit = self.heavy("emit").await?;
         if !req.policy_toml.is_empty() {
-            return self.emit_partitioned(req, slim);
+            return self.emit_partitioned(req, slim, permit);
         }
         let opts = EmitOptions {
             session: req.container,
@@ -466,6 +510,7 @@ impl Cimplifier for Service {
         let reports = self.state_dir.join("emit-reports");
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
+            let _permit = permit;
             let steps = tx.clone();
             let progress = move |step: &str| {
                 let _ = steps.try_send(Ok(pb::EmitProgress {
@@ -478,7 +523,13 @@ impl Cimplifier for Service {
                 Ok(emitted) => {
                     for chunk in emitted.oci_archive.iter().flat_map(|a| a.chunks(OCI_CHUNK)) {
                         let update = pb::emit_progress::Update::OciChunk(chunk.to_vec());
-                        if tx.send(Ok(pb::EmitProgress { update: Some(update) })).await.is_err() {
+                        if tx
+                            .send(Ok(pb::EmitProgress {
+                                update: Some(update),
+                            }))
+                            .await
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -515,6 +566,7 @@ impl Cimplifier for Service {
     ) -> Result<Response<pb::PlanResponse>, Status> {
         let req = request.into_inner();
         check_name(&req.session, "session")?;
+        let _permit = self.heavy("plan").await?;
         if req.policy_toml.len() > 1 << 20 {
             return Err(Status::invalid_argument("policy_toml: at most 1 MiB"));
         }
@@ -605,6 +657,7 @@ impl Cimplifier for Service {
         let name = request.into_inner().session;
         check_name(&name, "session")?;
         let record = self.record(&name)?;
+        let _permit = self.heavy("export").await?;
         if record.state != SessionState::Closed {
             return Err(Status::failed_precondition(format!(
                 "session {name} is still observing; `cimplifierctl stop {name}` closes it first"
@@ -629,6 +682,7 @@ impl Cimplifier for Service {
         &self,
         request: Request<Streaming<pb::ImportChunk>>,
     ) -> Result<Response<pb::Session>, Status> {
+        let _permit = self.heavy("import").await?;
         let mut stream = request.into_inner();
         let mut bundle = Vec::new();
         let mut name = None;
@@ -664,6 +718,7 @@ impl Cimplifier for Service {
     ) -> Result<Response<pb::Session>, Status> {
         let req = request.into_inner();
         check_name(&req.into, "into")?;
+        let _permit = self.heavy("merge").await?;
         for s in &req.sessions {
             check_name(s, "sessions")?;
             self.record(s)?;
@@ -723,6 +778,7 @@ impl Cimplifier for Service {
         &self,
         request: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyReport>, Status> {
+        let _permit = self.heavy("verify").await?;
         super::verify::verify(&self.manager, request.into_inner())
             .await
             .map(Response::new)
@@ -735,5 +791,24 @@ fn exists_or(e: anyhow::Error, otherwise: fn(String) -> Status) -> Status {
     match e.downcast_ref::<SessionExists>() {
         Some(exists) => Status::already_exists(exists.to_string()),
         None => otherwise(format!("{e:#}")),
+    }
+}
+
+#[cfg(test)]
+mod heavy_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_heavy_call_past_the_limit_waits_then_is_refused_by_name() {
+        let heavy = Arc::new(tokio::sync::Semaphore::new(1));
+        let wait = std::time::Duration::from_millis(50);
+        let first = heavy_permit(&heavy, "emit", wait).await.unwrap();
+        let refused = heavy_permit(&heavy, "plan", wait).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().starts_with("plan:"), "{refused}");
+        assert!(refused.message().contains("--max-heavy-calls"), "{refused}");
+        // Once the first ends, the next gets its turn.
+        drop(first);
+        assert!(heavy_permit(&heavy, "plan", wait).await.is_ok());
     }
 }

@@ -76,7 +76,8 @@ enum Command {
     Serve {
         /// TOML config file (keys: socket, socket_group, state_dir,
         /// ring_buffer_mib, metrics_addr, listen_tcp, tls_cert, tls_key,
-        /// tls_client_ca, retain_sessions). Read if it exists; a file named
+        /// tls_client_ca, retain_sessions, max_heavy_calls). Read if it
+        /// exists; a file named
         /// explicitly must exist.
         #[arg(long, env = "CIMPLIFIER_CONFIG")]
         config: Option<PathBuf>,
@@ -121,6 +122,11 @@ enum Command {
         #[arg(long, env = "CIMPLIFIER_RETAIN_SESSIONS", value_name = "DURATION",
               value_parser = humantime::parse_duration)]
         retain_sessions: Option<Duration>,
+        /// Heavy calls (emit, plan, import, export, merge, verify) run at
+        /// once; more wait (up to 5 minutes, then RESOURCE_EXHAUSTED)
+        /// [default: 2].
+        #[arg(long, env = "CIMPLIFIER_MAX_HEAVY_CALLS", value_name = "N")]
+        max_heavy_calls: Option<usize>,
     },
 }
 
@@ -182,6 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls_client_ca,
             insecure,
             retain_sessions,
+            max_heavy_calls,
         } => {
             let file = cimplifier::api::DaemonConfig::load(config.as_deref())?;
             let tcp = cimplifier::api::TcpFlags {
@@ -211,6 +218,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ..Default::default()
                 },
                 retain_sessions: retain_sessions.or(file.retain_sessions),
+                max_heavy_calls: max_heavy_calls
+                    .or(file.max_heavy_calls)
+                    .unwrap_or(cimplifier::api::HEAVY_CALLS),
             };
             cimplifier::api::serve(opts, stop).await
         }

@@ -40,12 +40,23 @@ pub const COMPOSE_FILE: &str = "docker-compose.yml";
 const PROJECT_LABEL: &str = "com.docker.compose.project";
 const SERVICE_LABEL: &str = "com.docker.compose.service";
 const VOLUME_LABEL: &str = "com.docker.compose.volume";
+/// The label holding [`ComposeFile::plan_id`].
+const PLAN_LABEL: &str = "io.cimplifier.plan";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComposeFile {
     /// The project name: prefix of container and volume names.
     pub name: String,
+    /// This plan's id, a digest of what it runs: every container and volume
+    /// `up` makes carries it, and `down` removes only what carries it, never
+    /// a same-named project's. Empty in plans written before it existed.
+    #[serde(
+        rename = "x-cimplifier-plan",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub plan_id: String,
     pub services: BTreeMap<String, ComposeService>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, ComposeVolume>,
@@ -169,6 +180,34 @@ pub struct ComposeVolume {
 }
 
 impl ComposeFile {
+    /// The plan with its id set: the first 16 hex digits of the SHA-256 of
+    /// the plan without one, so the same plan always has the same id.
+    pub fn with_plan_id(mut self) -> Result<Self> {
+        use sha2::Digest;
+        self.plan_id.clear();
+        let digest = sha2::Sha256::digest(self.to_yaml()?.as_bytes());
+        self.plan_id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(self)
+    }
+
+    /// The label filter that finds what `up` made of this plan: its id, or
+    /// for a plan written before ids, its project name.
+    fn label_filter(&self) -> String {
+        if self.plan_id.is_empty() {
+            format!("{PROJECT_LABEL}={}", self.name)
+        } else {
+            format!("{PLAN_LABEL}={}", self.plan_id)
+        }
+    }
+
+    /// The labels every container and volume of the plan carries.
+    fn own_labels(&self, labels: &mut HashMap<String, String>) {
+        labels.insert(PROJECT_LABEL.into(), self.name.clone());
+        if !self.plan_id.is_empty() {
+            labels.insert(PLAN_LABEL.into(), self.plan_id.clone());
+        }
+    }
+
     pub fn to_yaml(&self) -> Result<String> {
         Ok(serde_norway::to_string(self)?)
     }
@@ -593,7 +632,7 @@ async fn start_all(
             Err(e) => not_found(e).with_context(|| format!("inspecting volume {full}"))?,
         }
         let mut labels: HashMap<String, String> = v.labels.clone().into_iter().collect();
-        labels.insert(PROJECT_LABEL.into(), plan.name.clone());
+        plan.own_labels(&mut labels);
         labels.insert(VOLUME_LABEL.into(), name.clone());
         docker
             .create_volume(VolumeCreateRequest {
@@ -849,7 +888,7 @@ async fn create(
         });
     }
     let mut labels: HashMap<String, String> = s.labels.clone().into_iter().collect();
-    labels.insert(PROJECT_LABEL.into(), plan.name.clone());
+    plan.own_labels(&mut labels);
     labels.insert(SERVICE_LABEL.into(), service.to_owned());
     let mut exposed = s.expose.clone();
     let mut port_bindings: HashMap<String, Option<Vec<PortBinding>>> = HashMap::new();
@@ -912,7 +951,7 @@ pub async fn down(
 ) -> Result<Vec<String>> {
     let (_, plan) = ComposeFile::load(path)?;
     let mut removed = Vec::new();
-    let running = project_containers(docker, &plan.name).await?;
+    let running = labelled_containers(docker, &plan.label_filter()).await?;
     let mut order: Vec<String> = plan
         .start_order()?
         .into_iter()
@@ -955,6 +994,15 @@ pub async fn down(
     if volumes {
         for v in plan.volumes.keys() {
             let name = plan.volume_name(v);
+            // A volume of that name that this plan did not make (another
+            // project's) keeps its data.
+            if !plan.plan_id.is_empty()
+                && let Ok(found) = docker.inspect_volume(&name).await
+                && found.labels.get(PLAN_LABEL) != Some(&plan.plan_id)
+            {
+                progress(&format!("volume {name} is not this plan's: left alone"));
+                continue;
+            }
             progress(&format!("removing volume {name}"));
             docker
                 .remove_volume(&name, None::<RemoveVolumeOptions>)
@@ -979,16 +1027,18 @@ fn not_found(e: bollard::errors::Error) -> std::result::Result<(), bollard::erro
 
 /// Names of the project's containers, running or not.
 async fn project_containers(docker: &bollard::Docker, project: &str) -> Result<Vec<String>> {
+    labelled_containers(docker, &format!("{PROJECT_LABEL}={project}")).await
+}
+
+/// Names of the containers with the label `key=value`, running or not.
+async fn labelled_containers(docker: &bollard::Docker, label: &str) -> Result<Vec<String>> {
     let list = docker
         .list_containers(Some(ListContainersOptions {
             all: true,
             filters: Some(
-                [(
-                    "label".to_owned(),
-                    vec![format!("{PROJECT_LABEL}={project}")],
-                )]
-                .into_iter()
-                .collect(),
+                [("label".to_owned(), vec![label.to_owned()])]
+                    .into_iter()
+                    .collect(),
             ),
             ..Default::default()
         }))
@@ -1023,6 +1073,7 @@ mod tests {
         };
         ComposeFile {
             name: "wp".into(),
+            plan_id: String::new(),
             services: [
                 (
                     "db".to_owned(),

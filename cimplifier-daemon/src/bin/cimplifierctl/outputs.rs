@@ -42,8 +42,9 @@ impl Outputs {
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    std::fs::create_dir_all(&dir)
-                        .with_context(|| format!("--oci-dir {}: cannot create it", dir.display()))?;
+                    std::fs::create_dir_all(&dir).with_context(|| {
+                        format!("--oci-dir {}: cannot create it", dir.display())
+                    })?;
                 }
                 Err(e) => {
                     return Err(e).with_context(|| format!("--oci-dir {}", dir.display()));

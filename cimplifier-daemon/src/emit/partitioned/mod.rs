@@ -542,7 +542,8 @@ pub async fn emit_partitioned(
         &network_owner,
         &source,
         &run,
-    );
+    )
+    .with_plan_id()?;
     let compose_yaml = compose.to_yaml()?;
 
     let source_image_bytes = inspect.size.unwrap_or(0).max(0) as u64;
@@ -725,6 +726,7 @@ fn compose_file(
         .to_owned();
     ComposeFile {
         name,
+        plan_id: String::new(),
         services,
         volumes: volumes
             .iter()
