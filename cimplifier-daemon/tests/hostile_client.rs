@@ -72,4 +72,25 @@ fn planted_links_in_output_directories_never_reach_their_targets() {
             .contains("services:")
     );
     assert_eq!(report.compose_file, compose);
+
+    // A tag that names someone else's image is not taken from it.
+    let foreign = format!("cimplifier-e2e/foreign{}:latest", std::process::id());
+    let _foreign = PlanCleanup {
+        daemon: &d,
+        plans: vec![],
+        images: vec![foreign.clone()],
+    };
+    common::docker(&["tag", BASE_IMAGE, &foreign]);
+    let before = common::docker(&["image", "inspect", "-f", "{{.Id}}", &foreign]);
+    let refused = d.ctl(&["emit", &c.0, "--tag", &foreign]);
+    assert_eq!(refused.status.code(), Some(5), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--force"), "{stderr}");
+    assert_eq!(common::docker(&["image", "inspect", "-f", "{{.Id}}", &foreign]), before);
+    // With --force it moves; and a tag cimplifier made moves without it.
+    let forced = d.ctl(&["emit", &c.0, "--tag", &foreign, "--force"]);
+    assert!(forced.status.success(), "{forced:?}");
+    assert_ne!(common::docker(&["image", "inspect", "-f", "{{.Id}}", &foreign]), before);
+    let again = d.ctl(&["emit", &c.0, "--tag", &foreign]);
+    assert!(again.status.success(), "{again:?}");
 }

@@ -113,6 +113,7 @@ impl From<EmitError> for Status {
             | EmitError::Session(_)
             | EmitError::Engine(_) => Status::failed_precondition(message),
             EmitError::Policy(_) | EmitError::Options(_) => Status::invalid_argument(message),
+            EmitError::ForeignTag(_) => Status::already_exists(message),
             EmitError::Failed(_) => Status::internal(message),
         }
     }

@@ -229,6 +229,7 @@ impl Service {
             slim,
             allow_incomplete: req.allow_incomplete,
             rpe,
+            retag: retag(req.force),
         };
         let store = self.manager.store().clone();
         let (tx, rx) = mpsc::channel(16);
@@ -493,6 +494,11 @@ impl Cimplifier for Service {
         slim.include = paths(&req.include, "include")?;
         slim.exclude = exclude;
         slim.strict = req.strict;
+        // A tag taken from another image is refused before any work.
+        if let Some(tag) = &tag {
+            let docker = crate::docker::connect().map_err(internal)?;
+            crate::emit::oci::check_tag(&docker, tag.as_str(), retag(req.force)).await?;
+        }
         let permit = self.heavy("emit").await?;
         if !req.policy_toml.is_empty() {
             return self.emit_partitioned(req, slim, permit);
@@ -501,6 +507,7 @@ impl Cimplifier for Service {
             session: req.container,
             tag,
             oci_archive: req.oci_archive,
+            retag: retag(req.force),
             slim,
             allow_incomplete: req.allow_incomplete,
             list_removed: req.list_removed,
@@ -791,6 +798,15 @@ fn exists_or(e: anyhow::Error, otherwise: fn(String) -> Status) -> Status {
     match e.downcast_ref::<SessionExists>() {
         Some(exists) => Status::already_exists(exists.to_string()),
         None => otherwise(format!("{e:#}")),
+    }
+}
+
+/// The retag rule a request asks for.
+fn retag(force: bool) -> crate::emit::oci::Retag {
+    if force {
+        crate::emit::oci::Retag::Any
+    } else {
+        crate::emit::oci::Retag::OwnOnly
     }
 }
 

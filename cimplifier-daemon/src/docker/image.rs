@@ -15,6 +15,22 @@ pub async fn inspect(docker: &Docker, image_id: &str, image_ref: &str) -> Result
     })
 }
 
+/// The labels of the image `name` names, or None when it names none.
+pub async fn labels_of(
+    docker: &Docker,
+    name: &str,
+) -> Result<Option<std::collections::HashMap<String, String>>> {
+    match docker.inspect_image(name).await {
+        Ok(image) => Ok(Some(
+            image.config.and_then(|c| c.labels).unwrap_or_default(),
+        )),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("inspecting image {name}")),
+    }
+}
+
 /// The image's layers, as `docker image save` gives them.
 pub async fn save(docker: &Docker, image: &str) -> Result<Vec<u8>> {
     save_counting(docker, image, &|_| {}).await

@@ -21,6 +21,10 @@ pub enum EmitError {
     /// seen): the caller observes again.
     #[error("{0}")]
     Session(String),
+    /// The tag names an image cimplifier did not make: the caller picks
+    /// another tag, or forces.
+    #[error("{0}")]
+    ForeignTag(String),
     /// The engine is unreachable, or the source image is gone or unreadable.
     #[error("{0:#}")]
     Engine(anyhow::Error),

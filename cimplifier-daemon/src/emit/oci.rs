@@ -15,6 +15,7 @@ use oci_spec::image::{
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use super::EmitError;
 use crate::docker::Docker;
 use crate::docker::image::ImageInspect;
 
@@ -270,11 +271,54 @@ impl OciImage {
     }
 }
 
-/// Loads the image into the engine under its tag.
-pub async fn load_into_docker(docker: &Docker, image: &OciImage) -> Result<()> {
+/// Whether a tag that names an image already may be moved to a new one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Retag {
+    /// Only an image cimplifier made (it carries [`MADE_BY_LABEL`]).
+    #[default]
+    OwnOnly,
+    /// Any (`--force`).
+    Any,
+}
+
+/// The label every image cimplifier emits carries.
+pub const MADE_BY_LABEL: &str = "io.cimplifier.source-image";
+
+/// Refuses a tag that names an image cimplifier did not make, unless
+/// `retag` allows any: loading would silently take the tag from someone
+/// else's image.
+pub async fn check_tag(docker: &Docker, tag: &str, retag: Retag) -> Result<(), EmitError> {
+    if retag == Retag::Any {
+        return Ok(());
+    }
+    let Some(labels) = crate::docker::image::labels_of(docker, tag)
+        .await
+        .map_err(EmitError::Engine)?
+    else {
+        return Ok(());
+    };
+    if labels.contains_key(MADE_BY_LABEL) {
+        return Ok(());
+    }
+    Err(EmitError::ForeignTag(format!(
+        "tag {tag} names an image that cimplifier did not make (it has no {MADE_BY_LABEL} \
+         label): pass --force to move the tag to the new image, or choose another tag"
+    )))
+}
+
+/// Loads the image into the engine under its tag (see [`check_tag`]).
+pub async fn load_into_docker(
+    docker: &Docker,
+    image: &OciImage,
+    retag: Retag,
+) -> Result<(), EmitError> {
+    if let Some(tag) = &image.tag {
+        check_tag(docker, tag, retag).await?;
+    }
     crate::docker::image::load(docker, image.archive()?)
         .await
         .context("loading the emitted image")
+        .map_err(EmitError::Failed)
 }
 
 #[cfg(test)]

@@ -35,6 +35,8 @@ pub struct EmitOptions {
     pub tag: Option<ImageTag>,
     /// Also give the OCI image layout back, as one tar.
     pub oci_archive: bool,
+    /// Whether a tag naming an image cimplifier did not make may be moved.
+    pub retag: oci::Retag,
     pub slim: SlimOptions,
     /// Emit even if the session lost events (the report says so).
     pub allow_incomplete: bool,
@@ -359,7 +361,7 @@ pub async fn emit(
     let start = Instant::now();
     if opts.tag.is_some() {
         progress("loading into Docker");
-        oci::load_into_docker(&crate::docker::connect()?, &image).await?;
+        oci::load_into_docker(&crate::docker::connect()?, &image, opts.retag).await?;
     }
     let load_ms = ms(start);
 

@@ -418,6 +418,10 @@ pub struct EmitArgs {
     /// Load the image into Docker under this tag, e.g. myapp:slim.
     #[arg(long)]
     pub tag: Option<String>,
+    /// Move --tag (or the partitions' tags) even when it names an image
+    /// cimplifier did not make; without it such a tag is refused (exit 5).
+    #[arg(long)]
+    pub force: bool,
     /// Write the OCI image layout to this new (or empty) directory, as
     /// you: the daemon sends it back and writes no path a client names.
     #[arg(long, value_name = "DIR")]

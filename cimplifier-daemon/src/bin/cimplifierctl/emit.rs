@@ -44,6 +44,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         container,
         tag,
         oci_dir,
+        force,
         include,
         exclude,
         no_safety_set,
@@ -101,6 +102,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         container: container.clone(),
         tag: tag.unwrap_or_default(),
         oci_archive: outputs.wants_oci(),
+        force,
         include: slim.include.iter().map(|p| p.to_string()).collect(),
         exclude: slim.exclude.iter().map(|p| p.to_string()).collect(),
         no_safety_sets: SafetySet::ALL

@@ -168,6 +168,8 @@ pub struct PartitionEmitOptions {
     pub slim: SlimOptions,
     pub allow_incomplete: bool,
     pub rpe: RpeBinaries,
+    /// Whether tags naming images cimplifier did not make may be moved.
+    pub retag: oci::Retag,
 }
 
 /// What a partition's container runs.
@@ -438,7 +440,7 @@ pub async fn emit_partitioned(
         let tag = opts.images.of(&seed_name);
         let image = oci::build(layer, &config, &labels, Some(&tag))?;
         progress(&format!("loading {tag} into Docker"));
-        oci::load_into_docker(&docker, &image).await?;
+        oci::load_into_docker(&docker, &image, opts.retag).await?;
         Some(EmittedSeed {
             service: seed::SEED_SERVICE.to_owned(),
             image: tag,
@@ -506,7 +508,7 @@ pub async fn emit_partitioned(
         let tag = opts.images.of(name);
         let image = oci::build(layer.tar, &config, &labels, Some(&tag))?;
         progress(&format!("loading {tag} into Docker"));
-        oci::load_into_docker(&docker, &image).await?;
+        oci::load_into_docker(&docker, &image, opts.retag).await?;
         partitions.push(EmittedPartition {
             name: name.clone(),
             image: tag,
