@@ -111,6 +111,7 @@ async fn run(name: &str, state: &Path) -> Result<()> {
         session: name.to_owned(),
         tag: Some("cimplifier-bench/nginx:slim".parse().expect("a valid tag")),
         oci_archive: false,
+        retag: Default::default(),
         slim: SlimOptions::with_safety_sets(),
         allow_incomplete: false,
         list_removed: false,
