@@ -226,7 +226,7 @@ async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
         "not found has its exit code"
     );
     assert!(String::from_utf8_lossy(&ctl_err.stderr).contains("NotFound"));
-    let nobody = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let nobody = common::cimplifierctl()
         .args(["--socket", "/nonexistent/cimplifier.sock", "version"])
         .output()
         .unwrap();
@@ -236,7 +236,7 @@ async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
         "an unreachable daemon has its exit code"
     );
     assert!(String::from_utf8_lossy(&nobody.stderr).contains("cimplifierd serve"));
-    let bash = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let bash = common::cimplifierctl()
         .args(["completions", "bash"])
         .output()
         .unwrap();
@@ -280,7 +280,7 @@ fn uids_outside_the_socket_group_are_refused() {
         .expect("Debian's nogroup");
     let d = Daemon::start_with(&["--socket-group", "nogroup"]);
     let as_user = |gid: u32| {
-        Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        common::cimplifierctl()
             .arg("--socket")
             .arg(&d.socket)
             .arg("version")
@@ -343,7 +343,7 @@ fn config_file_flags_and_metrics() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+    let mut child = common::cimplifierd()
         .arg("serve")
         .arg("--config")
         .arg(&config)
@@ -352,7 +352,7 @@ fn config_file_flags_and_metrics() {
         .spawn()
         .unwrap();
     let ctl = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        common::cimplifierctl()
             .arg("--socket")
             .arg(&socket)
             .args(args)
@@ -401,7 +401,7 @@ fn config_file_flags_and_metrics() {
         "socket = \"/tmp/x.sock\"\nsockett_group = \"docker\"\n",
     )
     .unwrap();
-    let bad = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+    let bad = common::cimplifierd()
         .arg("serve")
         .arg("--config")
         .arg(&config)

@@ -178,7 +178,7 @@ fn events_tails_a_session_live() {
             "while true; do cat /etc/hostname > /dev/null; sleep 0.1; done",
         ],
     );
-    let mut api_observe = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let mut api_observe = common::cimplifierctl()
         .args(["--socket", d.socket.to_str().unwrap(), "observe", &c.0])
         .stderr(Stdio::null())
         .spawn()
@@ -186,7 +186,7 @@ fn events_tails_a_session_live() {
     common::wait_until(20, "observing", || {
         stdout_of(&d.ctl(&["sessions"])).contains("observing")
     });
-    let tail = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let tail = common::cimplifierctl()
         .args([
             "--socket",
             d.socket.to_str().unwrap(),

@@ -18,7 +18,7 @@ fn trace_command_writes_a_complete_replayable_log() {
     let marker = dir.path().join("marker.txt");
     std::fs::write(&marker, "x").unwrap();
 
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+    let mut daemon = common::cimplifierd()
         .args([
             "trace",
             "--cgroup",
@@ -72,7 +72,7 @@ fn trace_command_writes_a_complete_replayable_log() {
 #[test]
 fn trace_command_names_a_bad_cgroup() {
     require_root();
-    let out = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+    let out = common::cimplifierd()
         .args([
             "trace",
             "--cgroup",
