@@ -215,3 +215,53 @@ fn the_environment_overrides_the_config_file() {
     .unwrap();
     assert!(child.wait().unwrap().success());
 }
+
+/// The ids of the eBPF programs process `pid` holds open.
+fn bpf_programs_held_by(pid: u32) -> std::collections::BTreeSet<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Default::default();
+    };
+    fds.filter_map(|fd| std::fs::read_to_string(fd.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// SIGTERM detaches the programs: the daemon exits 0 and none of the eBPF
+/// programs it held stays loaded in the kernel.
+#[test]
+fn sigterm_detaches_the_programs() {
+    require_root();
+    let mut d = common::Daemon::start();
+    let pid = d.child.id();
+    let mut held = Default::default();
+    common::wait_until(30, "the daemon holds its eBPF programs", || {
+        held = bpf_programs_held_by(pid);
+        !held.is_empty()
+    });
+    let loaded = || -> std::collections::BTreeSet<u32> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .collect()
+    };
+    assert!(
+        held.is_subset(&loaded()),
+        "the kernel lists them while it runs"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(d.child.wait().unwrap().success());
+    let loaded = loaded();
+    let left: Vec<&u32> = held.intersection(&loaded).collect();
+    assert!(
+        left.is_empty(),
+        "programs {left:?} of {held:?} are still loaded"
+    );
+}
