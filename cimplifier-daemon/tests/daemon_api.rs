@@ -100,7 +100,10 @@ async fn the_daemon_observes_reports_and_emits_over_its_socket() {
         .await
         .unwrap_err();
     assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::wait_until(20, "the loop's reads are seen and aggregated", || {
+        let s = common::session_json(&d, &c.0);
+        s["events"].as_u64() > Some(10) && s["aggregated_events"].as_u64() > Some(10)
+    });
     let stopped = text(&d.ctl(&["stop", &c.0]));
     assert!(stopped.contains("ended: stopped"), "{stopped}");
     let sessions: serde_json::Value =
@@ -253,7 +256,9 @@ async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    common::wait_until(20, "the session has events", || {
+        common::session_json(&d, &c.0)["events"].as_u64() > Some(0)
+    });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(d.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
