@@ -209,9 +209,7 @@ fn unknown_process_has_unknown_cwd() {
     let mut r = Resolver::new();
     let e = one(&mut r, call(99, nr::STAT, [0; 6], 0, text("rel"), None));
     let p = e.path(PathRole::Target).unwrap();
-    assert!(
-        matches!(&p.resolution, Resolution::Unresolved(why) if why.contains("cwd unknown"))
-    );
+    assert!(matches!(&p.resolution, Resolution::Unresolved(why) if why.contains("cwd unknown")));
     let abs = one(
         &mut r,
         call(99, nr::STAT, [0; 6], 0, text("/abs/./x"), None),
@@ -1169,8 +1167,7 @@ fn exec_without_exit_is_reported_not_dropped() {
 #[test]
 fn no_return_calls_have_no_ret() {
     let mut r = seeded();
-    let RawRecord::Syscall(mut exit) =
-        call(10, nr::EXIT_GROUP, [1, 0, 0, 0, 0, 0], 0, None, None)
+    let RawRecord::Syscall(mut exit) = call(10, nr::EXIT_GROUP, [1, 0, 0, 0, 0, 0], 0, None, None)
     else {
         unreachable!()
     };
