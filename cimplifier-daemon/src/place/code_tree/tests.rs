@@ -1,5 +1,5 @@
 use super::*;
-use crate::place::state::tests::{exec, image, open, p};
+use crate::testing::{exec, image, open, p};
 
 #[test]
 fn interpreters_are_known_by_name_line_and_what_they_read() {

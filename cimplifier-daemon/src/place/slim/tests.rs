@@ -1,5 +1,5 @@
 use super::*;
-use crate::image::fs::tests::sample_tar;
+use crate::testing::sample_tar;
 use crate::model::Model;
 use crate::trace::{CgroupId, Event, EventKind, PathArg, PathRole, Resolution, SyscallEvent};
 use cimplifier_common::syscalls::nr;
@@ -101,7 +101,7 @@ fn includes_safety_sets_and_excludes() {
 
 mod rules {
     use super::super::*;
-    use crate::place::state::tests::{call, exec, image, open, p};
+    use crate::testing::{call, exec, image, open, p};
     use crate::trace::PathRole;
     use cimplifier_common::syscalls::nr;
 
