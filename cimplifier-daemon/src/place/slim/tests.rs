@@ -1,6 +1,6 @@
 use super::*;
-use crate::testing::sample_tar;
 use crate::model::Model;
+use crate::testing::sample_tar;
 use crate::trace::{CgroupId, Event, EventKind, PathArg, PathRole, Resolution, SyscallEvent};
 use cimplifier_common::syscalls::nr;
 
