@@ -27,3 +27,6 @@ pub mod session;
 pub mod store;
 pub mod trace;
 pub mod verify;
+
+#[cfg(test)]
+mod testing;

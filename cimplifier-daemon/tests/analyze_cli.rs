@@ -1,7 +1,9 @@
 //! `cimplifierctl analyze`, run as a user would, on the golden recordings.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -10,7 +12,7 @@ fn golden(name: &str) -> PathBuf {
 }
 
 fn ctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    common::cimplifierctl()
         .args(args)
         .output()
         .expect("running cimplifierctl")

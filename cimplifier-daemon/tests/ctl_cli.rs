@@ -6,7 +6,7 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cimplifier::api::pb;
@@ -35,7 +35,7 @@ fn bundle(name: &str) -> String {
 
 /// `cimplifierctl ARGS` with `input` on stdin.
 fn ctl_stdin(d: &Daemon, args: &[&str], input: &[u8]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let mut child = common::cimplifierctl()
         .arg("--socket")
         .arg(&d.socket)
         .args(args)
@@ -51,7 +51,7 @@ fn ctl_stdin(d: &Daemon, args: &[&str], input: &[u8]) -> Output {
 /// `cimplifierctl ARGS`, killed if it has not ended within `secs` (then
 /// None): for commands that used to wait forever.
 fn ctl_within(d: &Daemon, args: &[&str], secs: u64) -> Option<Output> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let mut child = common::cimplifierctl()
         .arg("--socket")
         .arg(&d.socket)
         .args(args)
@@ -123,7 +123,7 @@ fn bad_arguments_are_usage_errors_named_before_any_work() {
     assert!(out.stderr.len() < 2000, "{} bytes", out.stderr.len());
 
     // The tag is checked before the daemon is reached at all.
-    let out = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let out = common::cimplifierctl()
         .args(["--socket", "/nonexistent/cimplifier.sock"])
         .args(["emit", "usage", "--tag", "Bad Tag"])
         .output()
@@ -226,7 +226,7 @@ fn every_command_that_prints_has_json() {
         ],
     );
     let mut observe = Guard(
-        Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        common::cimplifierctl()
             .arg("--socket")
             .arg(&d.socket)
             .args(["observe", &c.0, "--duration", "60s"])
@@ -340,10 +340,7 @@ fn events_refuses_a_filter_that_can_match_nothing() {
 #[test]
 fn help_and_version_say_what_the_readme_says() {
     let ctl = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
-            .args(args)
-            .output()
-            .unwrap();
+        let out = common::cimplifierctl().args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(
@@ -361,10 +358,7 @@ fn help_and_version_say_what_the_readme_says() {
         .unwrap_or_else(|| panic!("no heading for the global flags:\n{emit}"));
     let tls = emit.find("--tls-ca").unwrap();
     assert!(own < heading && heading < tls, "{emit}");
-    let d = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
-        .arg("--version")
-        .output()
-        .unwrap();
+    let d = common::cimplifierd().arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&d.stdout).starts_with("cimplifierd "));
 }
 
@@ -599,4 +593,69 @@ async fn a_session_stopped_while_it_opens_is_closed_not_lost() {
         "{stopped:?}"
     );
     let _ = observe.await;
+}
+
+/// The documented emit options do what they say, each against a run
+/// without it: `--exclude` drops a path that would be kept,
+/// `--no-safety-set timezone` drops /etc/timezone, and `--list-removed`
+/// lists every removed path in the report.
+#[test]
+fn exclude_no_safety_set_and_list_removed_do_what_they_say() {
+    require_root();
+    let d = Daemon::start();
+    let imported = ctl_stdin(
+        &d,
+        &["import", "-", "--as", "opts"],
+        bundle("opts").as_bytes(),
+    );
+    assert!(imported.status.success(), "{}", stderr(&imported));
+    let dir = tempfile::tempdir().unwrap();
+    let emit = |name: &str, extra: &[&str]| -> Value {
+        let oci = dir.path().join(name);
+        let mut args = vec!["emit", "opts", "--oci-dir", oci.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        json(&d.ctl(&args))
+    };
+    let kept = |report: &Value, path: &str| {
+        report["kept"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["path"] == path)
+    };
+
+    let plain = emit("plain", &[]);
+    assert!(kept(&plain, "/etc/timezone"), "safety set timezone");
+    assert!(kept(&plain, "/etc/passwd"), "safety set nss");
+    assert!(
+        plain["removed"].is_null(),
+        "listed only when asked: {}",
+        plain["removed"]
+    );
+
+    let excluded = emit("excluded", &["--exclude", "/etc/passwd"]);
+    assert!(!kept(&excluded, "/etc/passwd"), "--exclude drops it");
+    assert!(kept(&excluded, "/etc/timezone"));
+
+    let no_tz = emit("no-tz", &["--no-safety-set", "timezone"]);
+    assert!(
+        !kept(&no_tz, "/etc/timezone"),
+        "--no-safety-set drops the set"
+    );
+    assert!(kept(&no_tz, "/etc/passwd"), "the other sets stay");
+
+    let listed = emit("listed", &["--list-removed"]);
+    let removed: Vec<&str> = listed["removed"]
+        .as_array()
+        .unwrap_or_else(|| panic!("--list-removed lists: {listed}"))
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(removed.contains(&"/etc/os-release"), "{removed:?}");
+    assert!(!removed.contains(&"/etc/timezone"), "kept is not removed");
+    assert_eq!(
+        removed.len() as u64,
+        listed["removed_files"].as_u64().unwrap(),
+        "every removed file is listed"
+    );
 }

@@ -100,7 +100,10 @@ async fn the_daemon_observes_reports_and_emits_over_its_socket() {
         .await
         .unwrap_err();
     assert_eq!(again.code(), tonic::Code::AlreadyExists, "{again}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    common::wait_until(20, "the loop's reads are seen and aggregated", || {
+        let s = common::session_json(&d, &c.0);
+        s["events"].as_u64() > Some(10) && s["aggregated_events"].as_u64() > Some(10)
+    });
     let stopped = text(&d.ctl(&["stop", &c.0]));
     assert!(stopped.contains("ended: stopped"), "{stopped}");
     let sessions: serde_json::Value =
@@ -226,7 +229,7 @@ async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
         "not found has its exit code"
     );
     assert!(String::from_utf8_lossy(&ctl_err.stderr).contains("NotFound"));
-    let nobody = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let nobody = common::cimplifierctl()
         .args(["--socket", "/nonexistent/cimplifier.sock", "version"])
         .output()
         .unwrap();
@@ -236,7 +239,7 @@ async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
         "an unreachable daemon has its exit code"
     );
     assert!(String::from_utf8_lossy(&nobody.stderr).contains("cimplifierd serve"));
-    let bash = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let bash = common::cimplifierctl()
         .args(["completions", "bash"])
         .output()
         .unwrap();
@@ -253,7 +256,9 @@ async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    common::wait_until(20, "the session has events", || {
+        common::session_json(&d, &c.0)["events"].as_u64() > Some(0)
+    });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(d.child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -280,7 +285,7 @@ fn uids_outside_the_socket_group_are_refused() {
         .expect("Debian's nogroup");
     let d = Daemon::start_with(&["--socket-group", "nogroup"]);
     let as_user = |gid: u32| {
-        Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        common::cimplifierctl()
             .arg("--socket")
             .arg(&d.socket)
             .arg("version")
@@ -343,7 +348,7 @@ fn config_file_flags_and_metrics() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+    let mut child = common::cimplifierd()
         .arg("serve")
         .arg("--config")
         .arg(&config)
@@ -352,7 +357,7 @@ fn config_file_flags_and_metrics() {
         .spawn()
         .unwrap();
     let ctl = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        common::cimplifierctl()
             .arg("--socket")
             .arg(&socket)
             .args(args)
@@ -401,7 +406,7 @@ fn config_file_flags_and_metrics() {
         "socket = \"/tmp/x.sock\"\nsockett_group = \"docker\"\n",
     )
     .unwrap();
-    let bad = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+    let bad = common::cimplifierd()
         .arg("serve")
         .arg("--config")
         .arg(&config)

@@ -178,7 +178,7 @@ fn events_tails_a_session_live() {
             "while true; do cat /etc/hostname > /dev/null; sleep 0.1; done",
         ],
     );
-    let mut api_observe = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let mut api_observe = common::cimplifierctl()
         .args(["--socket", d.socket.to_str().unwrap(), "observe", &c.0])
         .stderr(Stdio::null())
         .spawn()
@@ -186,7 +186,7 @@ fn events_tails_a_session_live() {
     common::wait_until(20, "observing", || {
         stdout_of(&d.ctl(&["sessions"])).contains("observing")
     });
-    let tail = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let mut tail = common::cimplifierctl()
         .args([
             "--socket",
             d.socket.to_str().unwrap(),
@@ -202,17 +202,39 @@ fn events_tails_a_session_live() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // Ctrl-C once it has printed six events.
+    let stdout = tail.stdout.take().unwrap();
+    let (seen, printed) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            lines.push(line);
+            let _ = seen.send(());
+        }
+        lines
+    });
+    for _ in 0..6 {
+        printed
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the tail prints the container's events");
+    }
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(tail.id() as i32),
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let out = tail.wait_with_output().unwrap();
-    assert!(out.status.success(), "Ctrl-C ends the tail cleanly");
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+    assert!(
+        tail.wait().unwrap().success(),
+        "Ctrl-C ends the tail cleanly"
+    );
+    let lines: Vec<serde_json::Value> = reader
+        .join()
         .unwrap()
-        .lines()
+        .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(lines.len() > 5, "{lines:?}");

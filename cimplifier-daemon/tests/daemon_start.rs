@@ -12,13 +12,12 @@ use std::process::{Command, Output};
 use common::require_root;
 
 fn serve(socket: &Path, state: &Path, uid: Option<u32>) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cimplifierd"));
+    let mut cmd = common::cimplifierd();
     cmd.arg("serve")
         .arg("--socket")
         .arg(socket)
         .arg("--state-dir")
         .arg(state)
-        .env_remove("CIMPLIFIER_CONFIG")
         .arg("--config")
         .arg("/dev/null");
     if let Some(uid) = uid {
@@ -110,7 +109,7 @@ fn the_daemon_logs_json_lines_when_asked() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run/j.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+    let mut child = common::cimplifierd()
         .args([
             "--log-format",
             "json",
@@ -152,5 +151,117 @@ fn the_daemon_logs_json_lines_when_asked() {
     assert!(
         serving["timestamp"].as_str().unwrap().ends_with('Z'),
         "{serving}"
+    );
+}
+
+/// A test daemon reads neither the host's config nor the caller's
+/// `CIMPLIFIER_*` variables: both are planted here, pointing at a config
+/// and a value the daemon refuses, and the test daemon starts anyway.
+#[test]
+fn a_planted_config_and_environment_do_not_reach_a_test_daemon() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let planted = dir.path().join("cimplifierd.toml");
+    std::fs::write(&planted, "ring_buffer_mib = 3\n").unwrap();
+    // SAFETY: the other threads of this binary only read the environment
+    // through std (spawning a command), which takes the same lock.
+    unsafe {
+        std::env::set_var("CIMPLIFIER_CONFIG", &planted);
+        std::env::set_var("CIMPLIFIER_RING_BUFFER_MIB", "3");
+    }
+    let d = common::Daemon::start();
+    assert!(d.ctl(&["version"]).status.success());
+}
+
+/// Settings come from the config file, then the environment, then flags:
+/// the environment's ring-buffer size overrides the config's bad one.
+#[test]
+fn the_environment_overrides_the_config_file() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cimplifierd.toml");
+    std::fs::write(&config, "ring_buffer_mib = 3\n").unwrap();
+    let serve = |env: Option<&str>| {
+        let mut cmd = common::cimplifierd();
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--socket")
+            .arg(dir.path().join("run/e.sock"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"));
+        if let Some(mib) = env {
+            cmd.env("CIMPLIFIER_RING_BUFFER_MIB", mib);
+        }
+        cmd
+    };
+    let refused = serve(None).output().unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("ring_buffer_mib 3 must be a power of two"),
+        "{err}"
+    );
+
+    let mut child = serve(Some("4")).spawn().unwrap();
+    let socket = dir.path().join("run/e.sock");
+    common::wait_until(30, "the daemon serves with the environment's size", || {
+        socket.exists()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+/// The ids of the eBPF programs process `pid` holds open.
+fn bpf_programs_held_by(pid: u32) -> std::collections::BTreeSet<u32> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Default::default();
+    };
+    fds.filter_map(|fd| std::fs::read_to_string(fd.ok()?.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// SIGTERM detaches the programs: the daemon exits 0 and none of the eBPF
+/// programs it held stays loaded in the kernel.
+#[test]
+fn sigterm_detaches_the_programs() {
+    require_root();
+    let mut d = common::Daemon::start();
+    let pid = d.child.id();
+    let mut held = Default::default();
+    common::wait_until(30, "the daemon holds its eBPF programs", || {
+        held = bpf_programs_held_by(pid);
+        !held.is_empty()
+    });
+    let loaded = || -> std::collections::BTreeSet<u32> {
+        aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .map(|p| p.id())
+            .collect()
+    };
+    assert!(
+        held.is_subset(&loaded()),
+        "the kernel lists them while it runs"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(d.child.wait().unwrap().success());
+    let loaded = loaded();
+    let left: Vec<&u32> = held.intersection(&loaded).collect();
+    assert!(
+        left.is_empty(),
+        "programs {left:?} of {held:?} are still loaded"
     );
 }

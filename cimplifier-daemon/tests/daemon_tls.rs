@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use cimplifier::api::{Address, ClientSecurity, ClientTls};
@@ -162,7 +162,7 @@ fn free_port() -> u16 {
 
 /// cimplifierctl with only these arguments (no --socket).
 fn ctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    common::cimplifierctl()
         .args(args)
         .env_remove("CIMPLIFIER_SOCKET")
         .env_remove("CIMPLIFIER_ADDR")
@@ -204,8 +204,8 @@ fn refused(out: &Output, why: &str) {
 fn tcp_without_tls_files_or_insecure_does_not_start() {
     let dir = tempfile::tempdir().unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
-    let out = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
-        .arg("serve")
+    let out = common::cimplifierd()
+        .args(["serve", "--config", "/dev/null"])
         .arg("--socket")
         .arg(dir.path().join("cimplifier.sock"))
         .arg("--state-dir")
@@ -233,8 +233,8 @@ fn tcp_without_tls_files_or_insecure_does_not_start() {
 
     // One file missing: that one is named.
     let pki = Pki::new();
-    let out = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
-        .arg("serve")
+    let out = common::cimplifierd()
+        .args(["serve", "--config", "/dev/null"])
         .arg("--socket")
         .arg(dir.path().join("cimplifier.sock"))
         .args(["--listen-tcp", &addr])
@@ -444,4 +444,57 @@ fn insecure_serves_plaintext_tcp_when_asked() {
         "TLS to a plaintext listener",
     );
     drop(d);
+}
+
+/// `--insecure` is taken only from the command line: neither a config key
+/// nor a `CIMPLIFIER_INSECURE` variable can turn off TLS, so plaintext TCP
+/// is refused and nothing listens.
+#[test]
+fn insecure_from_the_config_or_the_environment_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = dir.path().join("cimplifierd.toml");
+    let serve = |config: &Path| {
+        let mut cmd = common::cimplifierd();
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--socket")
+            .arg(dir.path().join("cimplifier.sock"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"));
+        cmd
+    };
+
+    std::fs::write(
+        &config,
+        format!("listen_tcp = \"{addr}\"\ninsecure = true\n"),
+    )
+    .unwrap();
+    let out = serve(&config).output().unwrap();
+    assert!(!out.status.success(), "a config's insecure key is refused");
+    let err = stderr(&out);
+    assert!(err.contains("unknown field `insecure`"), "{err}");
+
+    std::fs::write(&config, format!("listen_tcp = \"{addr}\"\n")).unwrap();
+    for value in ["true", "1"] {
+        let out = serve(&config)
+            .env("CIMPLIFIER_INSECURE", value)
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "CIMPLIFIER_INSECURE={value} does not allow plaintext TCP"
+        );
+        let err = stderr(&out);
+        assert!(err.contains("without mutual TLS"), "{err}");
+    }
+    assert!(
+        !dir.path().join("cimplifier.sock").exists(),
+        "nothing is served"
+    );
+    assert!(
+        std::net::TcpListener::bind(&addr).is_ok(),
+        "nothing listens on {addr}"
+    );
 }

@@ -4,6 +4,8 @@
 //! settings, the DaemonSet parsed as YAML, and the Dockerfile's stages
 //! against each other and against the workspace.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -52,7 +54,7 @@ fn flag_value(words: &[&str], flag: &str) -> Option<String> {
 
 /// Asserts `binary ARGS --help` succeeds and lists every flag.
 fn assert_flags_exist(binary: &str, args: &[&str], flags: &[String], whose: &str) {
-    let out = Command::new(binary)
+    let out = common::isolated(Path::new(binary))
         .args(args)
         .arg("--help")
         .output()

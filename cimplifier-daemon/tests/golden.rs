@@ -69,8 +69,18 @@ fn check_golden(report: &Report, name: &str) {
     let path = golden().join(name);
     let actual = stable_json(report);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        let before = std::fs::read_to_string(&path).ok();
         std::fs::write(&path, &actual).unwrap();
-        return;
+        // Fails so that a run with UPDATE_GOLDEN set never passes by accident.
+        panic!(
+            "UPDATE_GOLDEN is set: wrote {} ({}); review the diff, then run again without it",
+            path.display(),
+            if before.as_deref() == Some(actual.as_str()) {
+                "unchanged"
+            } else {
+                "changed"
+            }
+        );
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(

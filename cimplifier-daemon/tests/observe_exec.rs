@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cimplifier::trace::Event;
@@ -89,7 +89,7 @@ fn a_running_container_is_restarted_and_sigterm_stops_the_workload() {
         "curl -fsS -o /dev/null \"http://$CIMPLIFIER_TARGET/\" && {{ sleep 300 & echo $! > {}; wait; }}",
         pidfile.path().display()
     );
-    let mut child = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let mut child = common::cimplifierctl()
         .arg("--socket")
         .arg(&d.socket)
         .args(["observe", &c.0, "--restart", "--exec", &cmd])

@@ -97,7 +97,7 @@ fn wordpress_split_into_four_partitions_still_serves_the_workload() {
     let d = Daemon::start();
     let c = Container::create("wordpress", &[IMAGE]);
     // `observe` starts the container and returns when the session ends.
-    let mut observe = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let mut observe = common::cimplifierctl()
         .arg("--socket")
         .arg(&d.socket)
         .args(["observe", &c.0])

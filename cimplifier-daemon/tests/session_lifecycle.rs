@@ -127,7 +127,7 @@ fn an_observing_session_cannot_be_removed() {
     let d = Daemon::start();
     let c = Container::create("rm-busy", &[BASE_IMAGE, "sleep", "60"]);
     // `observe` returns when the session closes: it runs aside.
-    let mut observing = std::process::Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+    let mut observing = common::cimplifierctl()
         .args(["--socket", d.socket.to_str().unwrap(), "observe", &c.0])
         .spawn()
         .unwrap();

@@ -20,7 +20,7 @@ use common::{Container, Daemon, docker, require_root};
 use serde_json::Value;
 
 fn ctl(daemon: &Daemon) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"));
+    let mut c = common::cimplifierctl();
     c.arg("--socket").arg(&daemon.socket);
     c
 }

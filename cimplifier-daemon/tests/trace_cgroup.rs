@@ -304,7 +304,12 @@ async fn processes_running_before_the_watch_resolve_relative_names() {
             run_in(&cg, &["/bin/sh", "-c", &script])
         }
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // The watch begins once the shell has changed directory and runs
+    // `sleep` (two processes in the cgroup), before `cat` starts.
+    let procs = cgroup.path.join("cgroup.procs");
+    wait_until(10, "the workload's sleep runs in the cgroup", || {
+        std::fs::read_to_string(&procs).is_ok_and(|p| p.lines().count() >= 2)
+    });
     tracer.watch_cgroup(&cgroup.path).unwrap();
     workload.await.unwrap();
     let events = drain(&mut events, Duration::from_millis(300)).await;

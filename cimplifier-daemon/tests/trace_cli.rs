@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use cimplifier::trace::log::EventLog;
@@ -18,7 +17,7 @@ fn trace_command_writes_a_complete_replayable_log() {
     let marker = dir.path().join("marker.txt");
     std::fs::write(&marker, "x").unwrap();
 
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+    let mut daemon = common::cimplifierd()
         .args([
             "trace",
             "--cgroup",
@@ -72,7 +71,7 @@ fn trace_command_writes_a_complete_replayable_log() {
 #[test]
 fn trace_command_names_a_bad_cgroup() {
     require_root();
-    let out = Command::new(env!("CARGO_BIN_EXE_cimplifierd"))
+    let out = common::cimplifierd()
         .args([
             "trace",
             "--cgroup",
@@ -122,5 +121,47 @@ async fn a_full_ring_buffer_is_counted_as_loss() {
     assert!(
         counters.emitted > 0,
         "some records fit before the buffer filled: {counters:?}"
+    );
+}
+
+/// `cimplifierd trace --container NAME` asks the engine for the container's
+/// cgroup and records what the container does.
+#[test]
+fn trace_command_follows_a_container_by_name() {
+    require_root();
+    let c = Container::create(
+        "trace-cli",
+        &[
+            BASE_IMAGE,
+            "/bin/sh",
+            "-c",
+            "while true; do cat /etc/hostname > /dev/null; sleep 0.2; done",
+        ],
+    );
+    docker(&["start", &c.0]);
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("trace.jsonl");
+    let out = common::cimplifierd()
+        .args(["trace", "--container", &c.0, "--duration", "3s", "--output"])
+        .arg(&log_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cimplifierd trace --container failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = EventLog::read(&log_path).unwrap();
+    assert!(log.is_complete(), "summary: {:?}", log.summary);
+    let id = docker(&["inspect", "-f", "{{.Id}}", &c.0]);
+    assert!(
+        log.header.cgroup_path.to_string_lossy().contains(&id),
+        "{} is not the cgroup of {id}",
+        log.header.cgroup_path.display()
+    );
+    assert!(
+        touches(&log.events, "/etc/hostname"),
+        "the container's reads are in the log:\n{}",
+        dump(&log.events, 40)
     );
 }

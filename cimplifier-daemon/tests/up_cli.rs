@@ -41,10 +41,7 @@ impl Drop for Image {
 }
 
 fn ctl(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
-        .args(args)
-        .output()
-        .unwrap()
+    common::cimplifierctl().args(args).output().unwrap()
 }
 
 fn plan(dir: &std::path::Path, project: &str, owner: &str, other: &str) -> String {

@@ -1,4 +1,4 @@
-//! `cargo xtask bench-trace`, `bench-model` and `bench-emit`: figures
+//! `cargo xtask bench-trace`, `bench-model`, `bench-emit` and `bench-daemon`: figures
 //! measured in one run.
 
 use std::process::Command;
@@ -37,5 +37,16 @@ pub fn emit() -> Result<()> {
         Command::new(util::cargo())
             .current_dir(util::repo_root())
             .args(["bench", "-p", "cimplifier-daemon", "--bench", "emit"]),
+    )
+}
+
+pub fn daemon() -> Result<()> {
+    util::ensure_root("bench-daemon")?;
+    crate::setup::run()?;
+    let _step = Step::new("bench-daemon");
+    util::run(
+        Command::new(util::cargo())
+            .current_dir(util::repo_root())
+            .args(["bench", "-p", "cimplifier-daemon", "--bench", "daemon"]),
     )
 }

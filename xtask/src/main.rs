@@ -133,6 +133,15 @@ enum Command {
     /// the same run. Runs `setup` first. Needs root. Record the figures in
     /// docs/benchmarks.md.
     BenchEmit,
+    /// Measure the daemon's checkpoint lag and event-stream rates; prints
+    /// figures, asserts nothing.
+    ///
+    /// Kills a daemon observing a busy container with SIGKILL ten times and
+    /// prints how long before each kill its last checkpoint was; then streams
+    /// 5 observed containers' events to 19 clients for 6 s and prints the
+    /// events/s each got. Runs `setup` first. Needs root. Record the figures
+    /// in docs/benchmarks.md.
+    BenchDaemon,
     /// Watch the daemon's memory over a long observation; prints figures.
     ///
     /// A release daemon observes a redis test container from its first
@@ -163,6 +172,7 @@ fn main() -> Result<()> {
         Command::BenchTrace => bench::trace(),
         Command::BenchModel => bench::model(),
         Command::BenchEmit => bench::emit(),
+        Command::BenchDaemon => bench::daemon(),
         Command::Soak { minutes } => soak::run(minutes),
     }
 }

@@ -295,45 +295,7 @@ impl ImageTree for Arc<ImageFs> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-
-    /// A small image tar: merged-/usr links, a file with an xattr, a hard link.
-    pub(crate) fn sample_tar() -> Vec<u8> {
-        let mut b = tar::Builder::new(Vec::new());
-        let dir = |path: &str| {
-            let mut h = tar::Header::new_gnu();
-            h.set_entry_type(EntryType::Directory);
-            h.set_mode(0o755);
-            h.set_size(0);
-            (h, path.to_owned())
-        };
-        for d in ["usr/", "usr/bin/", "etc/"] {
-            let (mut h, p) = dir(d);
-            b.append_data(&mut h, p, &[][..]).unwrap();
-        }
-        let mut link = tar::Header::new_gnu();
-        link.set_entry_type(EntryType::Symlink);
-        link.set_size(0);
-        b.append_link(&mut link, "bin", "usr/bin").unwrap();
-        b.append_pax_extensions([("SCHILY.xattr.security.capability", &b"\x01\x00\x00\x02"[..])])
-            .unwrap();
-        let mut f = tar::Header::new_gnu();
-        f.set_mode(0o4755);
-        f.set_uid(0);
-        f.set_mtime(1_700_000_000);
-        f.set_size(8);
-        b.append_data(&mut f, "usr/bin/ping", &b"\x7fELFping"[..])
-            .unwrap();
-        let mut hl = tar::Header::new_gnu();
-        hl.set_entry_type(EntryType::Link);
-        hl.set_size(0);
-        b.append_link(&mut hl, "usr/bin/ping6", "usr/bin/ping")
-            .unwrap();
-        let mut c = tar::Header::new_gnu();
-        c.set_mode(0o644);
-        c.set_size(5);
-        b.append_data(&mut c, "etc/motd", &b"hello"[..]).unwrap();
-        b.into_inner().unwrap()
-    }
+    use crate::testing::sample_tar;
 
     fn p(s: &str) -> ContainerPath {
         ContainerPath::new(s).unwrap()

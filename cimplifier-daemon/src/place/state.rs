@@ -126,92 +126,10 @@ pub fn state_dirs(model: &Model, exes: &BTreeSet<Exe>, tree: &dyn ImageTree) -> 
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::sync::Arc;
-
     use super::*;
-    use crate::image::fs::ImageFs;
-    use crate::trace::{CgroupId, Event, EventKind, PathArg, PathRole, Resolution, SyscallEvent};
-    use cimplifier_common::syscalls::{self, nr};
-
-    pub(crate) fn p(s: &str) -> ContainerPath {
-        ContainerPath::new(s).unwrap()
-    }
-
-    /// An image from a list: `dir/` a directory, `name -> target` a
-    /// symlink, `name = text` a file holding `text`, anything else a file
-    /// holding its own name.
-    pub(crate) fn image(entries: &[&str]) -> Arc<ImageFs> {
-        let mut b = tar::Builder::new(Vec::new());
-        for e in entries {
-            let mut h = tar::Header::new_gnu();
-            h.set_mode(0o755);
-            if let Some(dir) = e.strip_suffix('/') {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_size(0);
-                b.append_data(&mut h, format!("{}/", dir.trim_start_matches('/')), &[][..])
-                    .unwrap();
-            } else if let Some((name, target)) = e.split_once(" -> ") {
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_size(0);
-                b.append_link(&mut h, name.trim_start_matches('/'), target)
-                    .unwrap();
-            } else {
-                let (name, text) = e.split_once(" = ").unwrap_or((e, e));
-                h.set_size(text.len() as u64);
-                b.append_data(&mut h, name.trim_start_matches('/'), text.as_bytes())
-                    .unwrap();
-            }
-        }
-        Arc::new(ImageFs::from_tar(b.into_inner().unwrap(), "test image").unwrap())
-    }
-
-    /// A successful call of `pid` on `paths` (role, path).
-    pub(crate) fn call(pid: u32, n: u32, args: [u64; 6], paths: &[(PathRole, &str)]) -> Event {
-        Event {
-            ts_ns: 0,
-            pid,
-            tid: pid,
-            ppid: 1,
-            cgroup: CgroupId(1),
-            comm: "t".into(),
-            kind: EventKind::Syscall(Box::new(SyscallEvent {
-                syscall: syscalls::name(n).to_owned(),
-                nr: n,
-                args,
-                ret: Some(0),
-                errno: None,
-                paths: paths
-                    .iter()
-                    .map(|(role, path)| PathArg {
-                        role: *role,
-                        raw: (*path).to_owned(),
-                        path: ContainerPath::new(path),
-                        resolution: Resolution::Resolved,
-                        truncated: false,
-                    })
-                    .collect(),
-                fd_path: None,
-                fd_addr: None,
-                addr: None,
-                argv: None,
-                incomplete: vec![],
-            })),
-        }
-    }
-
-    pub(crate) fn exec(pid: u32, path: &str) -> Event {
-        call(pid, nr::EXECVE, [0; 6], &[(PathRole::Target, path)])
-    }
-
-    /// open(path, flags)
-    pub(crate) fn open(pid: u32, path: &str, flags: u64) -> Event {
-        call(
-            pid,
-            nr::OPEN,
-            [0, flags, 0, 0, 0, 0],
-            &[(PathRole::Target, path)],
-        )
-    }
+    use crate::testing::{call, exec, image, open, p};
+    use crate::trace::PathRole;
+    use cimplifier_common::syscalls::nr;
 
     const O_WRONLY_CREAT: u64 = 0o101;
 

@@ -128,6 +128,39 @@ pub fn dump(events: &[Event], n: usize) -> String {
         .join("\n")
 }
 
+/// A command running `exe` (one of this crate's binaries) as a test must:
+/// without the caller's `CIMPLIFIER_*` variables, which would otherwise
+/// override what the test chose, and killed (SIGTERM) when the test's
+/// thread ends, so that a test killed before its Drop runs leaves no daemon
+/// or host-wide eBPF programs behind.
+pub fn isolated(exe: &Path) -> Command {
+    let mut cmd = Command::new(exe);
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|n| n.starts_with("CIMPLIFIER_")) {
+            cmd.env_remove(name);
+        }
+    }
+    // SAFETY: prctl only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd
+}
+
+/// `cimplifierd`, isolated. A `serve` should also be given `--config`
+/// (`/dev/null` for none) so that the host's config is not read.
+pub fn cimplifierd() -> Command {
+    isolated(Path::new(env!("CARGO_BIN_EXE_cimplifierd")))
+}
+
+/// `cimplifierctl`, isolated.
+pub fn cimplifierctl() -> Command {
+    isolated(Path::new(env!("CARGO_BIN_EXE_cimplifierctl")))
+}
+
 /// A `cimplifierd serve` process on its own socket and state directory,
 /// killed on drop.
 pub struct Daemon {
@@ -187,19 +220,13 @@ impl Daemon {
         extra: &[String],
         env: &[(String, PathBuf)],
     ) -> Child {
-        let mut cmd = Command::new(exe);
-        // A test killed before its Drop runs must not leave the daemon (and
-        // its host-wide eBPF programs) behind.
-        // SAFETY: prctl only, between fork and exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
-                    .map_err(std::io::Error::from)
-            });
+        let mut cmd = isolated(exe);
+        cmd.envs(env.iter().map(|(k, v)| (k, v))).arg("serve");
+        // The host's /etc/cimplifier/cimplifierd.toml is not the test's.
+        if !extra.iter().any(|a| a == "--config") {
+            cmd.args(["--config", "/dev/null"]);
         }
-        cmd.envs(env.iter().map(|(k, v)| (k, v)))
-            .arg("serve")
-            .arg("--socket")
+        cmd.arg("--socket")
             .arg(socket)
             .arg("--state-dir")
             .arg(state)
@@ -244,7 +271,7 @@ impl Daemon {
 
     /// Runs cimplifierctl against this daemon.
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        cimplifierctl()
             .arg("--socket")
             .arg(&self.socket)
             .args(args)

@@ -251,7 +251,7 @@ mod tests {
 
     #[test]
     fn additions_add_missing_parents_and_keep_existing_ones() {
-        let fs = ImageFs::from_tar(crate::image::fs::tests::sample_tar(), "sample").unwrap();
+        let fs = ImageFs::from_tar(crate::testing::sample_tar(), "sample").unwrap();
         let mut keep = BTreeSet::new();
         let mut add = Additions::new();
         let stub = ContainerPath::new("/usr/bin/ping").unwrap();
@@ -288,7 +288,7 @@ mod tests {
 
     #[test]
     fn stubs_land_where_symlinked_directories_lead() {
-        let fs = ImageFs::from_tar(crate::image::fs::tests::sample_tar(), "sample").unwrap();
+        let fs = ImageFs::from_tar(crate::testing::sample_tar(), "sample").unwrap();
         let mut keep = BTreeSet::new();
         let via_link = ContainerPath::new("/bin/ping").unwrap();
         let landed = through_dir_links(&via_link, &fs, &mut keep).unwrap();
