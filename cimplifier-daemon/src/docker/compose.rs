@@ -682,7 +682,11 @@ async fn start_all(
     for service in services {
         let s = &plan.services[service];
         let name = plan.container_name(service);
-        progress(&format!("starting {name} ({})", s.image));
+        let shown = s
+            .labels
+            .get("io.cimplifier.image")
+            .unwrap_or(&s.image);
+        progress(&format!("starting {name} ({shown})"));
         let id = create(docker, plan, service, None).await?;
         made.containers.push((service.to_owned(), name.clone()));
         start(name.clone()).await?;

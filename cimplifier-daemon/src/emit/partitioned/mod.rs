@@ -586,6 +586,9 @@ pub async fn emit_partitioned(
     Ok(EmittedPlan { report, files })
 }
 
+/// The label naming, by tag, the image a plan's service runs by id.
+pub const IMAGE_TAG_LABEL: &str = "io.cimplifier.image";
+
 /// The partition report's file name beside the run plan.
 pub const PARTITION_REPORT_FILE: &str = "partition-report.json";
 
@@ -678,8 +681,10 @@ fn compose_file(
                     );
                 }
             }
+            // By id, not tag: a later emit to the same tag cannot mix its
+            // partitions with this plan's.
             let service = ComposeService {
-                image: p.image.clone(),
+                image: p.image_id.clone(),
                 network_mode: (!owner).then(|| format!("service:{network_owner}")),
                 depends_on,
                 volumes: mounts,
@@ -693,15 +698,18 @@ fn compose_file(
                 tty: p.role != Role::Server && run.runtime.tty,
                 stdin_open: p.role != Role::Server && run.runtime.stdin_open,
                 init: p.role != Role::Server && run.runtime.init,
-                labels: [("io.cimplifier.partition".to_owned(), p.name.to_string())]
-                    .into_iter()
-                    .collect(),
+                labels: [
+                    ("io.cimplifier.partition".to_owned(), p.name.to_string()),
+                    (IMAGE_TAG_LABEL.to_owned(), p.image.clone()),
+                ]
+                .into_iter()
+                .collect(),
             };
             (p.name.to_string(), service)
         })
         .chain(seed.map(|s| {
             let service = ComposeService {
-                image: s.image.clone(),
+                image: s.image_id.clone(),
                 network_mode: None,
                 depends_on: Vec::new(),
                 volumes: volumes
@@ -713,9 +721,12 @@ fn compose_file(
                 tty: false,
                 stdin_open: false,
                 init: false,
-                labels: [("io.cimplifier.role".to_owned(), "seed".to_owned())]
-                    .into_iter()
-                    .collect(),
+                labels: [
+                    ("io.cimplifier.role".to_owned(), "seed".to_owned()),
+                    (IMAGE_TAG_LABEL.to_owned(), s.image.clone()),
+                ]
+                .into_iter()
+                .collect(),
             };
             (s.service.clone(), service)
         }))
@@ -748,7 +759,7 @@ mod tests {
         EmittedPartition {
             name: name.parse().unwrap(),
             image: format!("t-{name}:latest"),
-            image_id: String::new(),
+            image_id: format!("sha256:{name}"),
             role,
             entrypoint: vec![],
             cmd: vec![],
@@ -799,6 +810,9 @@ mod tests {
         assert!(!cat.stdin_open);
         let sh = &plan.services["sh"];
         assert!(sh.ports.is_empty() && sh.stdin_open);
+        // By id, so a later emit to the same tags cannot mix into it.
+        assert_eq!(sh.image, "sha256:sh");
+        assert_eq!(sh.labels[IMAGE_TAG_LABEL], "t-sh:latest");
         let yaml = plan.to_yaml().unwrap();
         let back: ComposeFile = serde_norway::from_str(&yaml).unwrap();
         assert_eq!(back, plan);
