@@ -307,7 +307,11 @@ impl Rules<'_> {
                 };
                 // Setting root's own ids again needs nothing; setgroups
                 // always does.
-                if call == "setgroups" || args.iter().any(|&a| a != -1 && a != 0) {
+                if call == "setgroups" {
+                    // Its second argument is a pointer: only the count says anything.
+                    let n = args.first().copied().unwrap_or(0);
+                    self.grant(cap, by, format!("called setgroups with {n} groups"));
+                } else if args.iter().any(|&a| a != -1 && a != 0) {
                     let args: Vec<String> = args.iter().map(i64::to_string).collect();
                     self.grant(cap, by, format!("called {call}({})", args.join(", ")));
                 }
@@ -476,6 +480,14 @@ impl Rules<'_> {
 
 /// What the image holding `exes` may do.
 pub fn privileges(model: &Model, exes: &BTreeSet<Exe>, ctx: &Context<'_>) -> Privileges {
+    // A process whose exec was not seen (the runtime's `runc:[2:INIT]`,
+    // which sets up the container before its program runs) is not a
+    // program of the image: the capabilities it uses are the runtime's.
+    let exes: &BTreeSet<Exe> = &exes
+        .iter()
+        .filter(|e| !e.is_unobserved())
+        .cloned()
+        .collect();
     let mut rules = Rules {
         ctx,
         out: Privileges {

@@ -7,9 +7,8 @@ use anyhow::Context;
 use cimplifier::api::{Address, pb};
 use cimplifier::docker::compose;
 use cimplifier::emit::partitioned::PartitionEmitReport;
-use cimplifier::emit::slim::EmitReport;
+use cimplifier::emit::slim::{EmitReport, Explained};
 use cimplifier::place::slim::{SafetySet, SlimOptions};
-use cimplifier::trace::ContainerPath;
 use tokio_stream::StreamExt;
 
 use crate::args::{EmitArgs, path_arg};
@@ -71,9 +70,9 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         .iter()
         .map(|s| path_arg(s, "--exclude"))
         .collect::<Result<_, _>>()?;
-    let explain: Vec<ContainerPath> = explain
+    let explain: Vec<Explained> = explain
         .iter()
-        .map(|s| path_arg(s, "--explain"))
+        .map(|s| Explained::parse(s).map_err(anyhow::Error::msg))
         .collect::<Result<_, _>>()?;
     let request = pb::EmitRequest {
         container: container.clone(),
@@ -122,7 +121,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         "  audit report: emit-reports/{container}.json in the daemon's state directory (or emit --json)\n"
     );
     for p in &explain {
-        text += &format!("  {p}: {}\n", report.explain(p));
+        text += &format!("  {p}: {}\n", report.explain_item(p));
     }
     print(&text)
 }
@@ -157,7 +156,7 @@ fn emit_with_progress<R: serde::de::DeserializeOwned>(
 fn emit_partitioned(
     socket: &Address,
     request: pb::EmitRequest,
-    explain: &[ContainerPath],
+    explain: &[Explained],
     json: bool,
 ) -> anyhow::Result<()> {
     let report: PartitionEmitReport = emit_with_progress(socket, request)?;
@@ -166,7 +165,7 @@ fn emit_partitioned(
     }
     let mut text = report.render_text();
     for p in explain {
-        text += &format!("  {p}: {}\n", report.explain(p));
+        text += &format!("  {p}: {}\n", report.explain_item(p));
     }
     print(&format!(
         "{text}  start it: cimplifierctl up {}\n",
@@ -224,6 +223,7 @@ fn summary(r: &EmitReport) -> String {
     );
     s += "  run settings (the image's config):\n";
     s += &r.run.render_text("    ");
+    s += &format!("  privileges: {}\n", r.privileges.summary());
     if !r.docker_run.is_empty() {
         s += &format!("  run it as the container ran: {}\n", r.docker_run);
     }

@@ -395,3 +395,18 @@ fn capability_names_parse_with_or_without_cap_prefix() {
     );
     assert_eq!(Capability::from_name("SYS_ADMIN"), None);
 }
+
+#[test]
+fn the_runtimes_own_set_up_is_no_evidence() {
+    let mut c = Case::new(image(&base(), &[]));
+    // Pid 9 never exec'd while watched: runc's init setting up the
+    // container, writing mount points and dropping groups.
+    c.apply(&[
+        exec(1, "/usr/sbin/web"),
+        call(9, nr::SETGROUPS, [1, 0x7fff_0000, 0, 0, 0, 0], &[]),
+        open(9, "/var/lib/docker/overlay2/x/merged/dev", 0o101),
+    ]);
+    let got = c.run();
+    assert!(got.capabilities.is_empty(), "{got:?}");
+    assert!(got.root.read_only, "{got:?}");
+}
