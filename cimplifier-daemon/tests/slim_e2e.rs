@@ -253,6 +253,15 @@ fn run_slim_as(
     args.push(&e.tag);
     docker(&args);
     let c = Container(name.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    if docker(&["inspect", "-f", "{{.State.Running}}", &name]) != "true" {
+        panic!(
+            "the slim {} ({label}) stopped: docker run {}\nits log:\n{}",
+            case.name,
+            args.join(" "),
+            docker(&["logs", &name])
+        );
+    }
     let port = published_port(&name, case.inner_port);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(case.ready)(port) {

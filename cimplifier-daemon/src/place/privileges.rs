@@ -412,10 +412,17 @@ impl Rules<'_> {
     fn root(&mut self, model: &Model, exes: &BTreeSet<Exe>) {
         let dirs: Vec<StateDir> = state_dirs(model, exes, self.ctx.fs);
         let mut root = ReadOnlyRoot::default();
+        // One mount for a directory and the state directories below it: a
+        // rename between two mounts fails (EXDEV), as redis's rename of its
+        // append-only manifest from /var/lib/redis into appendonlydir did.
+        let mut mounted: Vec<&ContainerPath> = Vec::new();
         for d in &dirs {
-            if self.ctx.plan_volumes.iter().any(|v| d.dir.is_under(v)) {
+            if self.ctx.plan_volumes.iter().any(|v| d.dir.is_under(v))
+                || mounted.iter().any(|m| d.dir.is_under(m))
+            {
                 continue;
             }
+            mounted.push(&d.dir);
             let holds_files = self
                 .ctx
                 .fs
@@ -576,3 +583,34 @@ impl Privileges {
 
 #[cfg(test)]
 mod tests;
+
+/// Each partition's privileges under `plan`, as emit will grant them: a
+/// partition that serves callers runs its RPE server as root, the others
+/// as `user` (the image's).
+pub fn of_plan(
+    model: &Model,
+    plan: &super::partition::PartitionPlan,
+    fs: &Arc<ImageFs>,
+    user: &str,
+) -> BTreeMap<crate::partition::PartitionName, Privileges> {
+    plan.partitions
+        .iter()
+        .map(|(name, contents)| {
+            let serves = plan.rpe.iter().any(|e| &e.callee_partition == name);
+            let volumes: BTreeSet<ContainerPath> = plan
+                .volumes
+                .iter()
+                .filter(|v| v.partitions.contains(name))
+                .map(|v| v.mount.clone())
+                .collect();
+            let ctx = Context {
+                fs,
+                user: if serves { "" } else { user },
+                plan_volumes: &volumes,
+                anonymous_volumes: false,
+                rpe_server: serves,
+            };
+            (name.clone(), privileges(model, &contents.executables, &ctx))
+        })
+        .collect()
+}

@@ -410,3 +410,28 @@ fn the_runtimes_own_set_up_is_no_evidence() {
     assert!(got.capabilities.is_empty(), "{got:?}");
     assert!(got.root.read_only, "{got:?}");
 }
+
+#[test]
+fn nested_state_directories_share_one_mount() {
+    let mut fs = base();
+    fs.push(("/var/lib/web/aof/", 0o755, 0, 0));
+    let mut c = Case::new(image(&fs, &[]));
+    // A rename from the outer directory into the inner one: two mounts
+    // would make it fail with EXDEV.
+    c.apply(&[
+        exec(1, "/usr/sbin/web"),
+        open(1, "/var/lib/web/tmp-manifest", 0o101),
+        open(1, "/var/lib/web/aof/log", 0o101),
+        call(
+            1,
+            nr::RENAME,
+            [0; 6],
+            &[
+                (PathRole::Old, "/var/lib/web/tmp-manifest"),
+                (PathRole::New, "/var/lib/web/aof/manifest"),
+            ],
+        ),
+    ]);
+    let got = c.run();
+    assert_eq!(got.root.volumes, [p("/var/lib/web")], "{:?}", got.root);
+}
