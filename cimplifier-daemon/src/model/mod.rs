@@ -330,7 +330,11 @@ impl Model {
             return;
         };
         let exe = exe.clone();
-        let files = s.succeeded().then(|| accesses(s)).unwrap_or_default();
+        let files = if s.succeeded() {
+            accesses(s)
+        } else {
+            Vec::new()
+        };
         let files = files.into_iter().filter_map(|(access, r)| match r {
             Resource::Path(path) => Some(privileged::Operation::File { path, access }),
             _ => None,
