@@ -251,6 +251,7 @@ fn run_slim_as(
     args.extend(flags.iter().map(String::as_str));
     args.extend(extra);
     args.push(&e.tag);
+    println!("{} ({label}): docker {}", case.name, args.join(" "));
     docker(&args);
     let c = Container(name.clone());
     std::thread::sleep(Duration::from_millis(500));
