@@ -164,6 +164,11 @@ pub struct Privileges {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub new_privileges_by: Vec<Evidence>,
     pub root: ReadOnlyRoot,
+    /// Processes whose exec was not seen (running before the watch began;
+    /// not the runtime's own set-up) that made operations needing a
+    /// privilege: what they need is not granted, as it is not known.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_seen: Vec<Exe>,
 }
 
 /// At most this many pieces of evidence are kept per capability.
@@ -490,6 +495,17 @@ pub fn privileges(model: &Model, exes: &BTreeSet<Exe>, ctx: &Context<'_>) -> Pri
     // A process whose exec was not seen (the runtime's `runc:[2:INIT]`,
     // which sets up the container before its program runs) is not a
     // program of the image: the capabilities it uses are the runtime's.
+    let not_seen: Vec<Exe> = exes
+        .iter()
+        .filter(|e| e.is_unobserved() && !e.0.as_str().ends_with("/runc:[2:INIT]"))
+        .filter(|e| {
+            model
+                .privileged(&BTreeSet::from([(*e).clone()]))
+                .iter()
+                .any(|o| !matches!(o.op, Operation::File { .. }))
+        })
+        .cloned()
+        .collect();
     let exes: &BTreeSet<Exe> = &exes
         .iter()
         .filter(|e| !e.is_unobserved())
@@ -513,6 +529,7 @@ pub fn privileges(model: &Model, exes: &BTreeSet<Exe>, ctx: &Context<'_>) -> Pri
     out.new_privileges_by.sort();
     out.new_privileges_by.dedup();
     out.no_new_privileges = out.new_privileges_by.is_empty();
+    out.not_seen = not_seen;
     for list in out.capabilities.values_mut() {
         list.sort();
     }
@@ -558,8 +575,19 @@ impl Privileges {
     /// One line: capabilities, no-new-privileges, read-only root.
     pub fn summary(&self) -> String {
         let caps: Vec<&str> = self.capabilities.keys().map(|c| c.name()).collect();
+        let warning = match self.not_seen.as_slice() {
+            [] => String::new(),
+            exes => format!(
+                "; WARNING: processes whose exec was not seen ({}) made privileged calls whose \
+                 needs are unknown and not granted: observe from the first exec",
+                exes.iter()
+                    .map(Exe::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         format!(
-            "capabilities {} of Docker's {}: [{}]; no-new-privileges {}; read-only root {}",
+            "capabilities {} of Docker's {}: [{}]; no-new-privileges {}; read-only root {}{warning}",
             caps.len(),
             DOCKER_DEFAULT_CAPABILITIES,
             caps.join(", "),

@@ -435,3 +435,22 @@ fn nested_state_directories_share_one_mount() {
     let got = c.run();
     assert_eq!(got.root.volumes, [p("/var/lib/web")], "{:?}", got.root);
 }
+
+#[test]
+fn privileged_calls_of_a_process_whose_exec_was_not_seen_are_named() {
+    let mut c = Case::new(image(&base(), &[]));
+    // Pid 7 ran before the watch began (an --attach session): its bind is
+    // evidence of a need that cannot be attributed, so it is named.
+    let mut e = bind(7, "0.0.0.0:80");
+    e.comm = "web".into();
+    c.apply(&[e]);
+    let got = c.run();
+    assert!(got.capabilities.is_empty());
+    assert_eq!(got.not_seen, [Exe(p("/?unobserved-exec/web"))]);
+    assert!(
+        got.summary()
+            .contains("WARNING: processes whose exec was not seen (/?unobserved-exec/web)"),
+        "{}",
+        got.summary()
+    );
+}
