@@ -288,12 +288,36 @@ impl Rules<'_> {
             Uid::AsStarted => self.out.start_uid.unwrap_or(0),
             Uid::Set(u) => u,
         };
+        let by = Actor::Exe(o.exe.clone());
+        // Checked whatever the uid: a process that set PR_SET_KEEPCAPS
+        // (setpriv does) changes its uid first and its groups after, still
+        // needing SETGID. Its own uid again needs nothing; the gid is not
+        // followed, so any other gid call counts.
+        if let Operation::SetIds { call, args } = &o.op {
+            let is_gid = call.contains("gid") || call == "setgroups";
+            let cap = if is_gid {
+                Capability::Setgid
+            } else {
+                Capability::Setuid
+            };
+            let own = |a: i64| {
+                a == -1 || (!is_gid && a == i64::from(uid)) || (is_gid && uid == 0 && a == 0)
+            };
+            if call == "setgroups" {
+                // Its second argument is a pointer: only the count says anything.
+                let n = args.first().copied().unwrap_or(0);
+                self.grant(cap, by, format!("called setgroups with {n} groups"));
+            } else if !args.iter().all(|&a| own(a)) {
+                let args: Vec<String> = args.iter().map(i64::to_string).collect();
+                self.grant(cap, by, format!("called {call}({})", args.join(", ")));
+            }
+            return;
+        }
         // A process of another uid lost its effective capabilities when it
         // changed uid (or never had them): it can use none.
         if uid != 0 {
             return;
         }
-        let by = Actor::Exe(o.exe.clone());
         match &o.op {
             Operation::Bind { addr } if addr.port() != 0 && addr.port() < 1024 => {
                 self.grant(Capability::NetBindService, by, format!("bound {addr}"))
@@ -304,23 +328,7 @@ impl Rules<'_> {
                 by,
                 format!("opened a raw socket (domain {domain}, type {kind})"),
             ),
-            Operation::SetIds { call, args } => {
-                let cap = if call.contains("gid") || call == "setgroups" {
-                    Capability::Setgid
-                } else {
-                    Capability::Setuid
-                };
-                // Setting root's own ids again needs nothing; setgroups
-                // always does.
-                if call == "setgroups" {
-                    // Its second argument is a pointer: only the count says anything.
-                    let n = args.first().copied().unwrap_or(0);
-                    self.grant(cap, by, format!("called setgroups with {n} groups"));
-                } else if args.iter().any(|&a| a != -1 && a != 0) {
-                    let args: Vec<String> = args.iter().map(i64::to_string).collect();
-                    self.grant(cap, by, format!("called {call}({})", args.join(", ")));
-                }
-            }
+            Operation::SetIds { .. } => {}
             Operation::Chown { path, uid, gid } => {
                 let (ou, og, ..) = self.meta(path).unwrap_or((0, 0, 0, false));
                 if uid.is_some_and(|u| u != ou) || gid.is_some_and(|g| g != og) {

@@ -454,3 +454,29 @@ fn privileged_calls_of_a_process_whose_exec_was_not_seen_are_named() {
         got.summary()
     );
 }
+
+#[test]
+fn a_process_that_kept_its_capabilities_across_setuid_still_needs_setgid() {
+    // setpriv --reuid=33 --regid=33 --init-groups: PR_SET_KEEPCAPS, then
+    // setresuid first, setresgid and setgroups after, as uid 33.
+    let mut c = Case::new(image(&base(), &[]));
+    c.apply(&[
+        exec(1, "/usr/bin/setpriv"),
+        call(1, nr::SETRESUID, [33, 33, 33, 0, 0, 0], &[]),
+        call(1, nr::SETRESGID, [33, 33, 33, 0, 0, 0], &[]),
+        call(1, nr::SETGROUPS, [1, 0x7fff_0000, 0, 0, 0, 0], &[]),
+        // Setting its own uid again needs nothing.
+        call(1, nr::SETUID, [33, 0, 0, 0, 0, 0], &[]),
+    ]);
+    let got = c.run();
+    assert_eq!(caps(&got), ["SETGID", "SETUID"]);
+    assert_eq!(
+        got.explain(Capability::Setgid),
+        "granted: /usr/bin/setpriv called setgroups with 1 groups; \
+         /usr/bin/setpriv called setresgid(33, 33, 33)"
+    );
+    assert_eq!(
+        got.explain(Capability::Setuid),
+        "granted: /usr/bin/setpriv called setresuid(33, 33, 33)"
+    );
+}
