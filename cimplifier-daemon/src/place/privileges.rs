@@ -220,6 +220,11 @@ fn under_any(path: &ContainerPath, dirs: &[&str]) -> bool {
 struct Rules<'a> {
     ctx: &'a Context<'a>,
     out: Privileges,
+    /// Owners given at run time by an observed chown: `postfix` makes
+    /// `/var/spool/postfix/hold`, chowns it to postfix, then chmods it, which
+    /// root may only do with FOWNER. The operations are a set, not a
+    /// sequence, so a chown anywhere in the run counts.
+    chowned: BTreeMap<ContainerPath, u32>,
 }
 
 impl Rules<'_> {
@@ -345,7 +350,12 @@ impl Rules<'_> {
                 }
             }
             Operation::Chmod { path } | Operation::Utime { path } => {
-                if let Some((ou, ..)) = self.meta(path)
+                let owner = self
+                    .chowned
+                    .get(path)
+                    .copied()
+                    .or_else(|| self.meta(path).map(|m| m.0));
+                if let Some(ou) = owner
                     && ou != 0
                 {
                     let what = if matches!(o.op, Operation::Chmod { .. }) {
@@ -519,15 +529,25 @@ pub fn privileges(model: &Model, exes: &BTreeSet<Exe>, ctx: &Context<'_>) -> Pri
         .filter(|e| !e.is_unobserved())
         .cloned()
         .collect();
+    let observed = model.privileged(exes);
     let mut rules = Rules {
         ctx,
         out: Privileges {
             start_uid: user_uid(ctx.user, ctx.fs),
             ..Privileges::default()
         },
+        chowned: observed
+            .iter()
+            .filter_map(|o| match &o.op {
+                Operation::Chown {
+                    path, uid: Some(u), ..
+                } => Some((path.clone(), *u)),
+                _ => None,
+            })
+            .collect(),
     };
-    for o in model.privileged(exes) {
-        rules.observed(&o);
+    for o in &observed {
+        rules.observed(o);
     }
     if ctx.rpe_server {
         rules.rpe_server();

@@ -242,6 +242,7 @@ impl PartitionEmitReport {
                 p.files,
                 p.image
             );
+            let _ = writeln!(out, "    privileges: {}", p.privileges.summary());
             for d in p.listed_directories.iter().filter(|d| !d.kept_whole()) {
                 let by: Vec<String> = d.listed_by.iter().map(|e| e.to_string()).collect();
                 let _ = writeln!(

@@ -480,3 +480,20 @@ fn a_process_that_kept_its_capabilities_across_setuid_still_needs_setgid() {
         "granted: /usr/bin/setpriv called setresuid(33, 33, 33)"
     );
 }
+
+#[test]
+fn chmod_of_a_directory_made_at_run_time_and_chowned_away_needs_fowner() {
+    let mut c = Case::new(image(&base(), &[]));
+    c.apply(&[
+        exec(1, "/usr/sbin/web"),
+        call(1, nr::MKDIR, [0; 6], &[(PathRole::Target, "/var/lib/hold")]),
+        call(
+            1,
+            nr::CHOWN,
+            [0, 33, 0, 0, 0, 0],
+            &[(PathRole::Target, "/var/lib/hold")],
+        ),
+        call(1, nr::CHMOD, [0; 6], &[(PathRole::Target, "/var/lib/hold")]),
+    ]);
+    assert_eq!(caps(&c.run()), ["CHOWN", "FOWNER"]);
+}
