@@ -336,6 +336,24 @@ impl Rules<'_> {
             Operation::SetIds { .. } => {}
             Operation::Chown { path, uid, gid } => {
                 let (ou, og, ..) = self.meta(path).unwrap_or((0, 0, 0, false));
+                // What root hands to another uid where it survives a restart
+                // (not a tmpfs), root meets again after a crash, with that
+                // uid's mode bits: dovecot's master, restarted after a
+                // SIGKILL, probes its stale 0600 sockets in /run/dovecot.
+                if let Some(to) = uid
+                    && *to != 0
+                    && *to != ou
+                    && !self.out.root.tmpfs.iter().any(|t| path.is_under(&t.dir))
+                {
+                    self.grant(
+                        Capability::DacOverride,
+                        by.clone(),
+                        format!(
+                            "gave {path} to uid {to} where it outlives a restart, so root meets \
+                             it again after a crash"
+                        ),
+                    );
+                }
                 if uid.is_some_and(|u| u != ou) || gid.is_some_and(|g| g != og) {
                     let show = |v: &Option<u32>| v.map_or("-1".to_owned(), |v| v.to_string());
                     self.grant(
@@ -546,13 +564,14 @@ pub fn privileges(model: &Model, exes: &BTreeSet<Exe>, ctx: &Context<'_>) -> Pri
             })
             .collect(),
     };
+    // The root first: where tmpfs lies decides what survives a restart.
+    rules.root(model, exes);
     for o in &observed {
         rules.observed(o);
     }
     if ctx.rpe_server {
         rules.rpe_server();
     }
-    rules.root(model, exes);
     let out = &mut rules.out;
     out.new_privileges_by.sort();
     out.new_privileges_by.dedup();
