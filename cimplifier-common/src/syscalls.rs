@@ -67,6 +67,15 @@ pub mod nr {
     pub const OPENAT2: u32 = 437;
     pub const FACCESSAT2: u32 = 439;
     pub const FCHMODAT2: u32 = 452;
+    pub const FCHMOD: u32 = 91;
+    pub const FCHOWN: u32 = 93;
+    pub const SETUID: u32 = 105;
+    pub const SETGID: u32 = 106;
+    pub const SETREUID: u32 = 113;
+    pub const SETREGID: u32 = 114;
+    pub const SETGROUPS: u32 = 116;
+    pub const SETRESUID: u32 = 117;
+    pub const SETRESGID: u32 = 119;
 }
 
 /// Where an argument's name comes from.
@@ -149,7 +158,9 @@ pub const fn spec(n: u32) -> Option<Spec> {
         SENDMSG => a(AddrSource::MsgHdr(1)),
         ACCEPT | ACCEPT4 => a(AddrSource::Out { ptr: 1, len_ptr: 2 }),
         FCHDIR | GETDENTS64 | DUP | DUP2 | DUP3 | FCNTL | CLOSE | CLOSE_RANGE | SOCKET | LISTEN
-        | CLONE | CLONE3 | FORK | VFORK | EXIT | EXIT_GROUP => s(No, No),
+        | CLONE | CLONE3 | FORK | VFORK | EXIT | EXIT_GROUP | FCHMOD | FCHOWN => s(No, No),
+        // Credentials: which capabilities a process needs depends on its uid.
+        SETUID | SETGID | SETREUID | SETREGID | SETGROUPS | SETRESUID | SETRESGID => s(No, No),
         _ => None,
     }
 }
@@ -220,6 +231,15 @@ pub const TRACED: &[u32] = {
         FCHMODAT2,
         CHROOT,
         PIVOT_ROOT,
+        FCHMOD,
+        FCHOWN,
+        SETUID,
+        SETGID,
+        SETREUID,
+        SETREGID,
+        SETGROUPS,
+        SETRESUID,
+        SETRESGID,
     ]
 };
 
@@ -228,12 +248,13 @@ pub const fn arity(n: u32) -> usize {
     use nr::*;
     match n {
         FORK | VFORK => 0,
-        CLOSE | DUP | EXIT | CHDIR | FCHDIR | RMDIR | UNLINK | EXIT_GROUP | CHROOT => 1,
+        CLOSE | DUP | EXIT | CHDIR | FCHDIR | RMDIR | UNLINK | EXIT_GROUP | CHROOT | SETUID
+        | SETGID => 1,
         STAT | LSTAT | ACCESS | DUP2 | LISTEN | TRUNCATE | RENAME | MKDIR | CREAT | LINK
-        | SYMLINK | CHMOD | CLONE3 | PIVOT_ROOT => 2,
+        | SYMLINK | CHMOD | FCHMOD | CLONE3 | PIVOT_ROOT | SETREUID | SETREGID | SETGROUPS => 2,
         OPEN | SOCKET | CONNECT | ACCEPT | SENDMSG | BIND | EXECVE | FCNTL | READLINK | CHOWN
         | LCHOWN | MKNOD | GETDENTS64 | MKDIRAT | UNLINKAT | SYMLINKAT | FCHMODAT | FACCESSAT
-        | DUP3 | CLOSE_RANGE => 3,
+        | DUP3 | CLOSE_RANGE | FCHOWN | SETRESUID | SETRESGID => 3,
         OPENAT | MKNODAT | NEWFSTATAT | RENAMEAT | READLINKAT | UTIMENSAT | ACCEPT4 | OPENAT2
         | FACCESSAT2 | FCHMODAT2 => 4,
         CLONE | FCHOWNAT | LINKAT | RENAMEAT2 | EXECVEAT | STATX => 5,
@@ -308,6 +329,15 @@ pub const fn name(n: u32) -> &'static str {
         FCHMODAT2 => "fchmodat2",
         CHROOT => "chroot",
         PIVOT_ROOT => "pivot_root",
+        FCHMOD => "fchmod",
+        FCHOWN => "fchown",
+        SETUID => "setuid",
+        SETGID => "setgid",
+        SETREUID => "setreuid",
+        SETREGID => "setregid",
+        SETGROUPS => "setgroups",
+        SETRESUID => "setresuid",
+        SETRESGID => "setresgid",
         _ => "unknown",
     }
 }

@@ -74,6 +74,19 @@ fn a_policy_gives_partitions_shared_volumes_with_evidence_and_rpe_edges() {
         text.contains("VOLUME") && text.contains("/tmp/out"),
         "{text}"
     );
+    // Each partition's privileges: sort's partition runs the RPE server,
+    // which starts sort as the shell's user.
+    assert!(
+        text.contains(
+            "privileges of sorter: capabilities 3 of Docker's 14: [KILL, SETGID, SETUID]; \
+             no-new-privileges yes"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("privileges of shell: capabilities 0 of Docker's 14: []"),
+        "{text}"
+    );
 
     std::fs::write(
         dir.path().join("bad.toml"),

@@ -106,4 +106,38 @@ fn a_shared_volume_holds_the_source_content_when_its_writer_starts_first() {
         ("0", "hello\n1\n"),
         "cat read the source's flag and the shell's file through the shared volume; stderr: {stderr}"
     );
+
+    // Both partitions ran with the plan's least privileges (docs/privileges.md):
+    // every capability dropped but what evidence grants, no new privileges,
+    // and a read-only root (the shell writes only in the shared volume).
+    // The reader's RPE server starts cat as the caller's user, so it keeps
+    // SETUID, SETGID and KILL, named as the RPE server in the report.
+    for p in &report.partitions {
+        let container = format!("{}-{}-1", compose["name"].as_str().unwrap(), p.name);
+        let host = docker(&[
+            "inspect",
+            "-f",
+            "{{json .HostConfig.CapDrop}} {{json .HostConfig.CapAdd}} {{json .HostConfig.SecurityOpt}} {{.HostConfig.ReadonlyRootfs}}",
+            &container,
+        ]);
+        println!("{}: {host}; {}", p.name, p.privileges.summary());
+        assert!(host.starts_with("[\"ALL\"] "), "{host}");
+        assert!(host.contains("no-new-privileges:true"), "{host}");
+        assert!(
+            host.ends_with(" true"),
+            "{} is not read-only: {host}",
+            p.name
+        );
+        let caps: Vec<&str> = p.privileges.capabilities.keys().map(|c| c.name()).collect();
+        if p.serves.is_empty() {
+            assert!(caps.is_empty(), "{}: {caps:?}", p.name);
+        } else {
+            assert_eq!(caps, ["KILL", "SETGID", "SETUID"], "{}", p.name);
+            assert!(
+                report
+                    .explain_item(&cimplifier::emit::slim::Explained::parse("cap:SETUID").unwrap())
+                    .contains("granted: the RPE server starts each callee as its caller's uid"),
+            );
+        }
+    }
 }

@@ -206,22 +206,63 @@ fn observe_and_emit(case: &Case) -> (Vec<Answers>, Emitted) {
     )
 }
 
-/// Runs the slim image; returns the container and its published port.
+/// The flags of the report's `docker run` line: the observed container's
+/// run settings and the slim image's least privileges (capabilities,
+/// no-new-privileges, read-only root with its tmpfs and volumes).
+fn report_run_flags(e: &Emitted) -> Vec<String> {
+    let line = e.report["docker_run"].as_str().unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[..3], ["docker", "run", "-d"], "{line}");
+    assert_eq!(words.last(), Some(&e.tag.as_str()), "{line}");
+    words[3..words.len() - 1]
+        .iter()
+        .map(|w| (*w).to_owned())
+        .collect()
+}
+
+/// Runs the slim image as its report says, hardened; returns the
+/// container and its published port.
 fn run_slim(case: &Case, e: &Emitted) -> (Container, u16) {
-    let name = format!("cimplifier-e2e-{}-slim-{}", case.name, std::process::id());
+    run_slim_as(case, e, "slim", &report_run_flags(e), &[])
+}
+
+/// Runs the slim image with `flags` (and `extra`, e.g. a probe's mount)
+/// as container `cimplifier-e2e-<case>-<label>-<pid>`.
+fn run_slim_as(
+    case: &Case,
+    e: &Emitted,
+    label: &str,
+    flags: &[String],
+    extra: &[&str],
+) -> (Container, u16) {
+    let name = format!(
+        "cimplifier-e2e-{}-{label}-{}",
+        case.name,
+        std::process::id()
+    );
     let _ = Command::new("docker")
         .args(["rm", "-f", "-v", &name])
         .output();
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "-p",
-        &format!("127.0.0.1::{}", case.inner_port),
-        &e.tag,
-    ]);
+    let publish = format!("127.0.0.1::{}", case.inner_port);
+    let mut args: Vec<&str> = vec!["run", "-d", "--name", &name];
+    if !flags.iter().any(|f| f == "-p") {
+        args.extend(["-p", &publish]);
+    }
+    args.extend(flags.iter().map(String::as_str));
+    args.extend(extra);
+    args.push(&e.tag);
+    println!("{} ({label}): docker {}", case.name, args.join(" "));
+    docker(&args);
     let c = Container(name.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    if docker(&["inspect", "-f", "{{.State.Running}}", &name]) != "true" {
+        panic!(
+            "the slim {} ({label}) stopped: docker run {}\nits log:\n{}",
+            case.name,
+            args.join(" "),
+            docker(&["logs", &name])
+        );
+    }
     let port = published_port(&name, case.inner_port);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !(case.ready)(port) {
@@ -235,6 +276,57 @@ fn run_slim(case: &Case, e: &Emitted) -> (Container, u16) {
         std::thread::sleep(Duration::from_millis(100));
     }
     (c, port)
+}
+
+/// Programs of the source image (linked to libc only, which every slim
+/// image here keeps) copied to a host directory, to mount into a slim
+/// container and probe what it may do from inside.
+fn probe_dir(image: &str, work: &Path) -> PathBuf {
+    let dir = work.join("probe");
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = format!("cimplifier-e2e-probe-{}", std::process::id());
+    let _c = Container(name.clone());
+    docker(&["create", "--name", &name, image]);
+    for prog in ["/usr/bin/touch", "/usr/sbin/chroot", "/usr/bin/true"] {
+        docker(&["cp", &format!("{name}:{prog}"), dir.to_str().unwrap()]);
+    }
+    dir
+}
+
+/// Runs `args` inside `container`; its exit status and what it printed.
+fn exec_in(container: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("docker")
+        .arg("exec")
+        .arg(container)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// In the hardened slim container a dropped capability is refused and the
+/// root is read-only; the same commands succeed in the same image run
+/// without the privilege flags (the positive control).
+fn hardening_holds(case: &Case, e: &Emitted, work: &Path) {
+    let probe = probe_dir(case.image, work);
+    let mount = format!("{}:/cimplifier-probe:ro", probe.display());
+    let extra = ["-v", mount.as_str()];
+    let (hard, _) = run_slim_as(case, e, "hardened", &report_run_flags(e), &extra);
+    let (soft, _) = run_slim_as(case, e, "unhardened", &[], &extra);
+    // SYS_CHROOT is in Docker's default set, and nothing observed chroots.
+    let chroot = ["/cimplifier-probe/chroot", "/", "/cimplifier-probe/true"];
+    let (ok, said) = exec_in(&soft.0, &chroot);
+    assert!(ok, "chroot failed without the privilege flags: {said}");
+    let (ok, said) = exec_in(&hard.0, &chroot);
+    assert!(!ok && said.contains("Operation not permitted"), "{said}");
+    let touch = ["/cimplifier-probe/touch", "/cimplifier-written"];
+    let (ok, said) = exec_in(&soft.0, &touch);
+    assert!(ok, "touch failed without the privilege flags: {said}");
+    let (ok, said) = exec_in(&hard.0, &touch);
+    assert!(!ok && said.contains("Read-only file system"), "{said}");
 }
 
 fn report_sizes(case: &Case, report: &Value) -> f64 {
@@ -496,6 +588,50 @@ fn nginx_static_site() {
         text.contains(e.report["image_id"].as_str().unwrap()),
         "a second emit gave another image id:\n{text}"
     );
+
+    // Least privilege: the master binds port 80 as root and hands the
+    // workers to www-data; the root is read-only, every write landing in
+    // a tmpfs or a volume.
+    let privileges = &e.report["privileges"];
+    println!("nginx privileges: {privileges}");
+    let caps = privileges["capabilities"].as_object().unwrap();
+    for cap in ["NET_BIND_SERVICE", "SETUID", "SETGID"] {
+        assert!(caps.contains_key(cap), "{cap} not granted: {privileges}");
+    }
+    assert!(!caps.contains_key("SYS_CHROOT"), "{privileges}");
+    assert_eq!(privileges["root"]["read_only"], true, "{privileges}");
+    assert_eq!(privileges["no_new_privileges"], true, "{privileges}");
+    let run = e.report["docker_run"].as_str().unwrap();
+    assert!(
+        run.contains("--cap-drop ALL")
+            && run.contains("--cap-add NET_BIND_SERVICE")
+            && run.contains("--security-opt no-new-privileges")
+            && run.contains("--read-only"),
+        "{run}"
+    );
+    let explain = ctl(&e.daemon)
+        .args(["emit"])
+        .arg(e.report["container"].as_str().unwrap())
+        .args([
+            "--tag",
+            &e.tag,
+            "--explain",
+            "cap:NET_BIND_SERVICE",
+            "--explain",
+            "cap:SYS_CHROOT",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        text.contains("cap:NET_BIND_SERVICE: granted: /usr/sbin/nginx bound 0.0.0.0:80"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cap:SYS_CHROOT: dropped: no observed operation needs it"),
+        "{text}"
+    );
+    hardening_holds(&NGINX, &e, e._work.path());
 }
 
 fn redis_ready(port: u16) -> bool {

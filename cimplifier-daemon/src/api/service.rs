@@ -594,7 +594,19 @@ impl Cimplifier for Service {
             let partitioning = crate::partition::partition(&source.model, &policy)?;
             let plan = crate::place::partition::plan(&source.model, &partitioning, &source.tree);
             let json = serde_json::to_string_pretty(&plan).context("serializing the plan")?;
-            Ok::<_, EmitError>((json, plan.render_text()))
+            let mut text = plan.render_text();
+            let user = source.inspect.config.as_ref().and_then(|c| c.user.clone());
+            let privileges = crate::place::privileges::of_plan(
+                &source.model,
+                &plan,
+                &source.tree,
+                user.as_deref().unwrap_or(""),
+            );
+            text.push('\n');
+            for (name, p) in privileges {
+                text += &format!("privileges of {name}: {}\n", p.summary());
+            }
+            Ok::<_, EmitError>((json, text))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;

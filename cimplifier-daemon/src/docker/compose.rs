@@ -62,7 +62,7 @@ pub struct ComposeFile {
     pub volumes: BTreeMap<String, ComposeVolume>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ComposeService {
     pub image: String,
@@ -91,6 +91,20 @@ pub struct ComposeService {
     pub init: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Least privilege (docs/privileges.md): `[ALL]`, then what evidence
+    /// grants back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// `no-new-privileges:true`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_opt: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
+    /// `<dir>[:<options>]`, mounted fresh at every start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
 }
 
 /// A published port, in Compose's long syntax.
@@ -923,6 +937,19 @@ async fn create(
                 .map(|owner| format!("container:{}", plan.container_name(owner))),
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
             init: s.init.then_some(true),
+            cap_drop: (!s.cap_drop.is_empty()).then(|| s.cap_drop.clone()),
+            cap_add: (!s.cap_add.is_empty()).then(|| s.cap_add.clone()),
+            security_opt: (!s.security_opt.is_empty()).then(|| s.security_opt.clone()),
+            readonly_rootfs: s.read_only.then_some(true),
+            tmpfs: (!s.tmpfs.is_empty()).then(|| {
+                s.tmpfs
+                    .iter()
+                    .map(|t| match t.split_once(':') {
+                        Some((dir, opts)) => (dir.to_owned(), opts.to_owned()),
+                        None => (t.clone(), String::new()),
+                    })
+                    .collect()
+            }),
             ..Default::default()
         }),
         ..Default::default()
@@ -1074,6 +1101,7 @@ mod tests {
             stdin_open: false,
             init: false,
             labels: BTreeMap::new(),
+            ..Default::default()
         };
         ComposeFile {
             name: "wp".into(),
@@ -1174,6 +1202,12 @@ mod tests {
         let e = plan.check().unwrap_err().to_string();
         assert!(e.contains("publishes ports"), "{e}");
 
+        let hardened = "name: x\nservices:\n  a:\n    image: i\n    cap_drop:\n    - ALL\n    cap_add:\n    - NET_BIND_SERVICE\n    security_opt:\n    - no-new-privileges:true\n    read_only: true\n    tmpfs:\n    - /run:mode=755,uid=0,gid=0\n";
+        let back = serde_norway::from_str::<ComposeFile>(hardened).unwrap();
+        assert_eq!(back.services["a"].cap_add, ["NET_BIND_SERVICE"]);
+        assert!(back.services["a"].read_only);
+        assert_eq!(back.to_yaml().unwrap(), hardened);
+
         let unknown_key = "name: x\nservices:\n  a:\n    image: i\n    privileged: true\n";
         let e = serde_norway::from_str::<ComposeFile>(unknown_key)
             .unwrap_err()
@@ -1210,6 +1244,7 @@ mod tests {
                 stdin_open: false,
                 init: false,
                 labels: BTreeMap::new(),
+                ..Default::default()
             },
         );
         let yaml = plan.to_yaml().unwrap();

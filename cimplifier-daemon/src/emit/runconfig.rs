@@ -121,8 +121,14 @@ pub struct RunReport {
 impl RunReport {
     /// The `docker run` line that starts `image` as the container ran.
     pub fn docker_run(&self, image: &str) -> String {
+        self.docker_run_with(image, &[])
+    }
+
+    /// The same, with `extra` flags (the image's privileges) before `image`.
+    pub fn docker_run_with(&self, image: &str, extra: &[String]) -> String {
         let mut argv = vec!["docker".to_owned(), "run".to_owned(), "-d".to_owned()];
         argv.extend(self.runtime.docker_run_flags());
+        argv.extend(extra.iter().cloned());
         argv.push(image.to_owned());
         argv.join(" ")
     }

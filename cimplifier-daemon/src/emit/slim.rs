@@ -2,7 +2,7 @@
 //! cut down to what the session saw used, with an audit report of every
 //! kept path and why.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,6 +18,7 @@ use crate::docker::tag::ImageTag;
 use crate::image::fs::ImageFs;
 use crate::image::source::{Admit, SourceSession, TraceDigest, read_session_counting};
 use crate::model::walk;
+use crate::place::privileges::{self, Capability, Privileges};
 use crate::place::slim::{
     KeepReason, KeptCodeTree, KeptListedDir, KeptStateDir, SlimOptions, plan,
 };
@@ -146,13 +147,26 @@ pub struct EmitReport {
     /// observed container.
     #[serde(default)]
     pub run: RunReport,
-    /// How to start the slim image as the observed container was started.
+    /// What the slim image may do (capabilities, no-new-privileges,
+    /// read-only root), each grant with its evidence (docs/privileges.md).
+    #[serde(default)]
+    pub privileges: Privileges,
+    /// How to start the slim image as the observed container was started,
+    /// with the least privileges that `privileges` grants.
     #[serde(default)]
     pub docker_run: String,
     pub timings: Timings,
 }
 
 impl EmitReport {
+    /// Why `what` (a path or `cap:NAME`) is in the image, or why not.
+    pub fn explain_item(&self, what: &Explained) -> String {
+        match what {
+            Explained::Path(p) => self.explain(p),
+            Explained::Capability(c) => self.privileges.explain(*c),
+        }
+    }
+
     /// Why `path` is in the image, or why not.
     pub fn explain(&self, path: &ContainerPath) -> String {
         match self.kept.iter().find(|k| &k.path == path) {
@@ -180,6 +194,42 @@ impl EmitReport {
                 )
             }
             None => "removed: no observed executable used it, and nothing kept needs it".into(),
+        }
+    }
+}
+
+/// What `emit --explain` asks about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Explained {
+    Path(ContainerPath),
+    /// `cap:NAME`: why the capability is granted, or that it is dropped.
+    Capability(Capability),
+}
+
+impl Explained {
+    /// `cap:NET_BIND_SERVICE` or an absolute path.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(name) = s.strip_prefix("cap:") {
+            return Capability::from_name(name)
+                .map(Self::Capability)
+                .ok_or_else(|| {
+                    format!(
+                        "--explain {s}: no such capability; the rules grant {}",
+                        Capability::ALL.map(Capability::name).join(", ")
+                    )
+                });
+        }
+        ContainerPath::new(s)
+            .map(Self::Path)
+            .ok_or_else(|| format!("--explain {s}: not an absolute path nor cap:NAME"))
+    }
+}
+
+impl std::fmt::Display for Explained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Explained::Path(p) => p.fmt(f),
+            Explained::Capability(c) => write!(f, "cap:{c}"),
         }
     }
 }
@@ -330,6 +380,17 @@ pub async fn emit(
     slim.env = source.env.clone().unwrap_or_default();
     let warnings = check_options(&slim, &fs, &source, &info.started.image_ref)?;
     let slim_plan = plan(&model, &fs, &slim);
+    let privileges = privileges::privileges(
+        &model,
+        &model.executables(),
+        &privileges::Context {
+            fs: &fs,
+            user: source.user.as_deref().unwrap_or(""),
+            plan_volumes: &BTreeSet::new(),
+            anonymous_volumes: true,
+            rpe_server: false,
+        },
+    );
     let plan_ms = fold_ms + ms(start);
 
     progress("writing the slim layer");
@@ -435,7 +496,8 @@ pub async fn emit(
         removed: opts.list_removed.then_some(removed),
         not_in_source,
         warnings,
-        docker_run: run.docker_run(tag.unwrap_or("IMAGE")),
+        docker_run: run.docker_run_with(tag.unwrap_or("IMAGE"), &privileges.docker_run_flags()),
+        privileges,
         run,
         timings: Timings {
             read_image_ms,

@@ -34,6 +34,11 @@ pub struct FsEntry {
     /// Bytes of content (0 for all but regular files).
     pub size: u64,
     pub mode: u32,
+    /// Owner and group, numeric as the layer records them.
+    pub uid: u32,
+    pub gid: u32,
+    /// Holds a `security.capability` extended attribute: file capabilities.
+    pub file_caps: bool,
     /// Which layer it comes from (0 is the bottom).
     layer: usize,
     /// The entry's bytes in the archive: extension headers, header, padded data.
@@ -64,7 +69,14 @@ fn members(bytes: &[u8], what: &str) -> Result<Vec<(String, FsEntry)>> {
         .entries()
         .with_context(|| format!("reading the tar of {what}"))?
     {
-        let entry = entry.with_context(|| format!("reading an entry of {what}"))?;
+        let mut entry = entry.with_context(|| format!("reading an entry of {what}"))?;
+        let file_caps = entry
+            .pax_extensions()
+            .ok()
+            .flatten()
+            .is_some_and(|mut exts| {
+                exts.any(|x| x.is_ok_and(|x| x.key() == Ok("SCHILY.xattr.security.capability")))
+            });
         let name = entry
             .path()
             .with_context(|| format!("an entry name in {what}"))?
@@ -118,6 +130,9 @@ fn members(bytes: &[u8], what: &str) -> Result<Vec<(String, FsEntry)>> {
                     0
                 },
                 mode: header.mode().unwrap_or(0),
+                uid: header.uid().unwrap_or(0) as u32,
+                gid: header.gid().unwrap_or(0) as u32,
+                file_caps,
                 kind,
                 layer: 0,
                 raw: previous_end..end,

@@ -25,6 +25,7 @@ pub mod report;
 pub fn uses_of(event: &Event) -> Option<Vec<(Access, Resource)>> {
     let s = event.syscall()?;
     if semantics::exec_target(s).is_some()
+        || privileged::changes_credentials(s)
         || s.paths.iter().any(|p| {
             matches!(
                 p.resolution,
@@ -43,6 +44,7 @@ pub fn exec_path(event: &Event) -> Option<ContainerPath> {
     s.succeeded().then(|| semantics::exec_target(s)).flatten()
 }
 mod exes;
+pub mod privileged;
 mod semantics;
 mod tree;
 
@@ -56,7 +58,7 @@ use petgraph::visit::EdgeRef;
 use rustc_hash::{FxHashMap, FxHashSet};
 use serde::{Deserialize, Serialize};
 
-use crate::trace::{ContainerPath, Event, EventKind, Resolution};
+use crate::trace::{ContainerPath, Event, EventKind, Resolution, SyscallEvent};
 
 pub use exes::ExeTracker;
 pub use semantics::accesses;
@@ -180,6 +182,7 @@ enum Edge {
 struct ProcessState {
     /// The executable's node.
     exe: Option<NodeIndex>,
+    uid: privileged::Uid,
 }
 
 /// The resource model of one observed container.
@@ -194,6 +197,8 @@ pub struct Model {
     seen: FxHashSet<(NodeIndex, NodeIndex, Access)>,
     unresolved_names: u64,
     unnamed_listings: u64,
+    /// Operations that may need a privilege, with who made them as whom.
+    privileged: FxHashSet<privileged::Observed>,
 }
 
 impl Model {
@@ -261,7 +266,12 @@ impl Model {
                     self.use_resource(node, Resource::Path(path.clone()), Access::Exec);
                     node
                 });
-                self.processes.insert(event.pid, ProcessState { exe });
+                let uid = self
+                    .processes
+                    .get(&event.pid)
+                    .map(|p| p.uid)
+                    .unwrap_or_default();
+                self.processes.insert(event.pid, ProcessState { exe, uid });
             }
             EventKind::Syscall(s) => {
                 self.unresolved_names += s
@@ -297,11 +307,54 @@ impl Model {
                         None => self.exe_node(&unknown_exe(&event.comm)),
                     },
                 };
+                let uid = self
+                    .processes
+                    .get(&event.pid)
+                    .map(|p| p.uid)
+                    .unwrap_or_default();
+                self.note_privileged(exe, uid, s);
+                if privileged::changes_credentials(s) {
+                    self.processes.entry(event.pid).or_default().uid = uid.after(s);
+                }
                 for (access, resource) in accesses(s) {
                     self.use_resource(exe, resource, access);
                 }
             }
         }
+    }
+
+    /// Keeps the operations of `s` that may need a privilege, and the
+    /// files it used (whose permission bits may deny `uid`).
+    fn note_privileged(&mut self, exe: NodeIndex, uid: privileged::Uid, s: &SyscallEvent) {
+        let Node::Exe(exe) = &self.graph[exe] else {
+            return;
+        };
+        let exe = exe.clone();
+        let files = if s.succeeded() {
+            accesses(s)
+        } else {
+            Vec::new()
+        };
+        let files = files.into_iter().filter_map(|(access, r)| match r {
+            Resource::Path(path) => Some(privileged::Operation::File { path, access }),
+            _ => None,
+        });
+        for op in privileged::operations(s).into_iter().chain(files) {
+            self.privileged.insert(privileged::Observed {
+                exe: exe.clone(),
+                uid,
+                op,
+            });
+        }
+    }
+
+    /// The operations of `exes` that may need a privilege, in order.
+    pub fn privileged(&self, exes: &BTreeSet<Exe>) -> BTreeSet<privileged::Observed> {
+        self.privileged
+            .iter()
+            .filter(|o| exes.contains(&o.exe))
+            .cloned()
+            .collect()
     }
 
     fn exe_node(&mut self, exe: &Exe) -> NodeIndex {

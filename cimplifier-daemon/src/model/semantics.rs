@@ -137,6 +137,7 @@ pub fn accesses(s: &SyscallEvent) -> Vec<(Access, Resource)> {
         | nr::LCHOWN
         | nr::FCHOWNAT
         | nr::UTIMENSAT => add(Metadata, target()),
+        nr::FCHMOD | nr::FCHOWN => add(Metadata, s.fd_path.clone().map(Resource::Path)),
         nr::TRUNCATE => add(Write, target()),
         // The descriptor's directory, named when it was opened: listing it
         // reads its entries. A descriptor of unknown origin names nothing.

@@ -7,5 +7,6 @@
 pub mod code_tree;
 pub mod listed;
 pub mod partition;
+pub mod privileges;
 pub mod slim;
 pub mod state;

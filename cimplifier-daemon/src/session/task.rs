@@ -506,6 +506,8 @@ impl Recorder<'_> {
                 None => e.comm.hash(&mut h),
             }
             uses.hash(&mut h);
+            // The same use as another uid is other evidence of privilege.
+            self.exes.uid(e.pid).hash(&mut h);
             !self.seen_uses.insert(h.finish())
         });
         let event = Arc::new(e);

@@ -725,7 +725,15 @@ impl Resolver {
         let fd = raw.args[0] as i32;
         let on_fd = matches!(
             raw.nr,
-            nr::FCHDIR | nr::GETDENTS64 | nr::CLOSE | nr::DUP | nr::DUP2 | nr::DUP3 | nr::FCNTL
+            nr::FCHDIR
+                | nr::GETDENTS64
+                | nr::CLOSE
+                | nr::DUP
+                | nr::DUP2
+                | nr::DUP3
+                | nr::FCNTL
+                | nr::FCHMOD
+                | nr::FCHOWN
         );
         let on_socket = matches!(
             raw.nr,

@@ -449,8 +449,9 @@ pub struct EmitArgs {
     /// every entry of a listed directory (the report names those).
     #[arg(long)]
     pub strict: bool,
-    /// Say why PATH is kept or removed (repeatable).
-    #[arg(long, value_name = "PATH")]
+    /// Say why PATH is kept or removed, or with cap:NAME why a
+    /// capability is granted or dropped (repeatable).
+    #[arg(long, value_name = "PATH|cap:NAME")]
     pub explain: Vec<String>,
     /// Partition by this policy (TOML, docs/policy.md) instead: one
     /// image per partition, named REPOSITORY-<partition>:TAG after

@@ -8,9 +8,8 @@ use cimplifier::api::{Address, pb};
 use cimplifier::docker::compose;
 use cimplifier::docker::tag::ImageTag;
 use cimplifier::emit::partitioned::PartitionEmitReport;
-use cimplifier::emit::slim::EmitReport;
+use cimplifier::emit::slim::{EmitReport, Explained};
 use cimplifier::place::slim::{SafetySet, SlimOptions};
-use cimplifier::trace::ContainerPath;
 use tokio_stream::StreamExt;
 
 use crate::args::{EmitArgs, path_arg};
@@ -89,9 +88,9 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
              directories you do not want instead"
         )));
     }
-    let explain: Vec<ContainerPath> = explain
+    let explain: Vec<Explained> = explain
         .iter()
-        .map(|s| path_arg(s, "--explain"))
+        .map(|s| Explained::parse(s).map_err(anyhow::Error::msg))
         .collect::<Result<_, _>>()?;
     let policy_toml = match &policy {
         Some(p) => read_policy(p)?,
@@ -133,7 +132,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         "  audit report: emit-reports/{container}.json in the daemon's state directory (or emit --json)\n"
     );
     for p in &explain {
-        text += &format!("  {p}: {}\n", report.explain(p));
+        text += &format!("  {p}: {}\n", report.explain_item(p));
     }
     print(&text)
 }
@@ -188,7 +187,7 @@ fn emit_partitioned(
     socket: &Address,
     request: pb::EmitRequest,
     outputs: &mut Outputs,
-    explain: &[ContainerPath],
+    explain: &[Explained],
     json: bool,
 ) -> anyhow::Result<()> {
     let mut report: PartitionEmitReport = emit_with_progress(socket, request, outputs)?;
@@ -204,7 +203,7 @@ fn emit_partitioned(
     }
     let mut text = report.render_text();
     for p in explain {
-        text += &format!("  {p}: {}\n", report.explain(p));
+        text += &format!("  {p}: {}\n", report.explain_item(p));
     }
     print(&format!(
         "{text}  start it: cimplifierctl up {}\n",
@@ -266,6 +265,7 @@ fn summary(r: &EmitReport) -> String {
     );
     s += "  run settings (the image's config):\n";
     s += &r.run.render_text("    ");
+    s += &format!("  privileges: {}\n", r.privileges.summary());
     if !r.docker_run.is_empty() {
         s += &format!("  run it as the container ran: {}\n", r.docker_run);
     }

@@ -32,6 +32,7 @@ use crate::image::source::{Admit, SourceSession, TraceDigest, read_session_count
 use crate::model::{Exe, Model};
 use crate::partition::{PartitionName, Policy};
 use crate::place::partition::{PartitionPlan, plan};
+use crate::place::privileges::{self, Privileges};
 use crate::place::slim::SlimOptions;
 use crate::store::Store;
 use crate::trace::ContainerPath;
@@ -505,6 +506,23 @@ pub async fn emit_partitioned(
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
         .collect();
+        let plan_volumes: BTreeSet<ContainerPath> = plan
+            .volumes
+            .iter()
+            .filter(|v| v.partitions.contains(name))
+            .map(|v| v.mount.clone())
+            .collect();
+        let privileges = privileges::privileges(
+            &model,
+            &contents.executables,
+            &privileges::Context {
+                fs: &fs,
+                user: config.user.as_deref().unwrap_or(""),
+                plan_volumes: &plan_volumes,
+                anonymous_volumes: false,
+                rpe_server: !layer.serves.is_empty(),
+            },
+        );
         let tag = opts.images.of(name);
         let image = oci::build(layer.tar, &config, &labels, Some(&tag))?;
         progress(&format!("loading {tag} into Docker"));
@@ -522,6 +540,7 @@ pub async fn emit_partitioned(
             stubs: contents.stubs.clone(),
             serves: layer.serves,
             listed_directories: layer.listed_dirs,
+            privileges,
         });
     }
 
@@ -605,6 +624,27 @@ struct RunPlanVolumes<'a> {
     volumes: &'a [EmittedVolume],
     rpe_volumes: &'a [RpeVolume],
     seed: Option<&'a EmittedSeed>,
+}
+
+/// A service with the privilege settings of `p` (docs/privileges.md); the
+/// rest default.
+fn hardened(p: &Privileges) -> ComposeService {
+    ComposeService {
+        cap_drop: vec!["ALL".to_owned()],
+        cap_add: p.capabilities.keys().map(|c| c.name().to_owned()).collect(),
+        security_opt: p
+            .no_new_privileges
+            .then(|| "no-new-privileges:true".to_owned())
+            .into_iter()
+            .collect(),
+        read_only: p.root.read_only,
+        tmpfs: if p.root.read_only {
+            p.root.tmpfs.iter().map(|t| t.spec()).collect()
+        } else {
+            Vec::new()
+        },
+        ..ComposeService::default()
+    }
 }
 
 fn compose_file(
@@ -704,6 +744,7 @@ fn compose_file(
                 ]
                 .into_iter()
                 .collect(),
+                ..hardened(&p.privileges)
             };
             (p.name.to_string(), service)
         })
@@ -727,6 +768,7 @@ fn compose_file(
                 ]
                 .into_iter()
                 .collect(),
+                ..Default::default()
             };
             (s.service.clone(), service)
         }))
@@ -769,6 +811,7 @@ mod tests {
             stubs: BTreeMap::new(),
             serves: BTreeMap::new(),
             listed_directories: vec![],
+            privileges: Default::default(),
         }
     }
 

@@ -34,6 +34,10 @@ pub struct EmittedPartition {
     /// image lacks (docs/slim.md).
     #[serde(default)]
     pub listed_directories: Vec<crate::place::slim::KeptListedDir>,
+    /// What it may do, each grant with its evidence (docs/privileges.md);
+    /// the run plan applies it.
+    #[serde(default)]
+    pub privileges: crate::place::privileges::Privileges,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,6 +129,20 @@ impl PartitionEmitReport {
             .iter()
             .map(|p| p.image.as_str())
             .chain(self.seed.iter().map(|s| s.image.as_str()))
+    }
+
+    /// Why `what` (a path, or `cap:NAME` per partition) is as it is.
+    pub fn explain_item(&self, what: &crate::emit::slim::Explained) -> String {
+        use crate::emit::slim::Explained;
+        match what {
+            Explained::Path(p) => self.explain(p),
+            Explained::Capability(c) => self
+                .partitions
+                .iter()
+                .map(|p| format!("{}: {}", p.name, p.privileges.explain(*c)))
+                .collect::<Vec<_>>()
+                .join("; "),
+        }
     }
 
     /// Where `path` is in the partitioned system, and why.
@@ -228,6 +246,7 @@ impl PartitionEmitReport {
                 p.files,
                 p.image
             );
+            let _ = writeln!(out, "    privileges: {}", p.privileges.summary());
             for d in p.listed_directories.iter().filter(|d| !d.kept_whole()) {
                 let by: Vec<String> = d.listed_by.iter().map(|e| e.to_string()).collect();
                 let _ = writeln!(
