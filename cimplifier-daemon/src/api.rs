@@ -7,6 +7,7 @@
 
 mod client;
 mod convert;
+mod metrics;
 mod serve;
 mod service;
 mod transport;

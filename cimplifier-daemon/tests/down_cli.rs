@@ -74,7 +74,11 @@ fn down_leaves_a_same_named_foreign_project_alone() {
     let _ = std::process::Command::new("docker")
         .args(["volume", "rm", &volume])
         .output();
-    assert_eq!(removed, std::slice::from_ref(&ours), "only the plan's container");
+    assert_eq!(
+        removed,
+        std::slice::from_ref(&ours),
+        "only the plan's container"
+    );
     assert!(
         !exists("container", &ours),
         "the plan's container is removed"

@@ -86,11 +86,17 @@ fn planted_links_in_output_directories_never_reach_their_targets() {
     assert_eq!(refused.status.code(), Some(5), "{refused:?}");
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("--force"), "{stderr}");
-    assert_eq!(common::docker(&["image", "inspect", "-f", "{{.Id}}", &foreign]), before);
+    assert_eq!(
+        common::docker(&["image", "inspect", "-f", "{{.Id}}", &foreign]),
+        before
+    );
     // With --force it moves; and a tag cimplifier made moves without it.
     let forced = d.ctl(&["emit", &c.0, "--tag", &foreign, "--force"]);
     assert!(forced.status.success(), "{forced:?}");
-    assert_ne!(common::docker(&["image", "inspect", "-f", "{{.Id}}", &foreign]), before);
+    assert_ne!(
+        common::docker(&["image", "inspect", "-f", "{{.Id}}", &foreign]),
+        before
+    );
     let again = d.ctl(&["emit", &c.0, "--tag", &foreign]);
     assert!(again.status.success(), "{again:?}");
 }

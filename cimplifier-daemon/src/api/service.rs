@@ -43,6 +43,8 @@ pub struct Service {
     /// verify): each reads whole images or sessions, so a client cannot
     /// start more at once than the host can take.
     heavy: Arc<tokio::sync::Semaphore>,
+    /// How long emits and plans took, for /metrics.
+    timings: super::metrics::Timings,
 }
 
 /// Heavy calls that run at once, by default.
@@ -108,6 +110,7 @@ impl Service {
             manager,
             state_dir,
             heavy: Arc::new(tokio::sync::Semaphore::new(heavy_calls.max(1))),
+            timings: Default::default(),
         }
     }
 
@@ -122,75 +125,39 @@ impl Service {
     /// Prometheus text exposition of the daemon's state.
     pub fn metrics(&self) -> String {
         let sessions = self.manager.list().unwrap_or_default();
-        let count = |f: &dyn Fn(&SessionView) -> bool| sessions.iter().filter(|s| f(s)).count();
-        let observing = self.manager.observing();
-        let closed =
-            count(&|s| matches!(s, SessionView::Stored(r) if r.state == SessionState::Closed));
-        let failed = count(&|s| matches!(s, SessionView::Failed { .. }));
-        let (mut events, mut lost) = (0u64, 0u64);
+        let count =
+            |f: &dyn Fn(&SessionView) -> bool| sessions.iter().filter(|s| f(s)).count() as u64;
+        let (mut session_events, mut session_lost) = (0u64, 0u64);
         for s in &sessions {
             if let SessionView::Stored(r) = s {
-                events += r.events;
-                lost += r.loss.lost();
+                session_events += r.events;
+                session_lost += r.loss.lost();
             }
         }
         let observer = self.manager.observer();
-        let tracer_events = observer.stats.events.load(Ordering::Relaxed);
-        let tracer_lost = observer.loss().lost();
-        let cut_off = observer.stats.streams_cut_off.load(Ordering::Relaxed);
-        let streams = observer.subscribers();
-        let held_cgroups = observer.stats.held_cgroups.load(Ordering::Relaxed);
-        let held_dropped = observer.stats.held_dropped.load(Ordering::Relaxed);
-        let held_overflow = observer.stats.held_overflow.load(Ordering::Relaxed);
-        let excluded = observer.stats.cgroups_excluded.load(Ordering::Relaxed);
-        let rss = std::fs::read_to_string("/proc/self/statm")
-            .ok()
-            .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
-            .map_or(0, |pages| pages * page_size());
-        let store_bytes = std::fs::metadata(self.manager.store().path()).map_or(0, |m| m.len());
-        format!(
-            "# HELP cimplifier_sessions Observation sessions by state.\n\
-             # TYPE cimplifier_sessions gauge\n\
-             cimplifier_sessions{{state=\"observing\"}} {observing}\n\
-             cimplifier_sessions{{state=\"closed\"}} {closed}\n\
-             cimplifier_sessions{{state=\"failed\"}} {failed}\n\
-             # HELP cimplifier_events_total Events the tracer delivered (rate() gives events/s).\n\
-             # TYPE cimplifier_events_total counter\n\
-             cimplifier_events_total {tracer_events}\n\
-             # HELP cimplifier_lost_events_total Events the tracer lost since the daemon started.\n\
-             # TYPE cimplifier_lost_events_total counter\n\
-             cimplifier_lost_events_total {tracer_lost}\n\
-             # HELP cimplifier_session_events Events recorded by the stored sessions.\n\
-             # TYPE cimplifier_session_events gauge\n\
-             cimplifier_session_events {events}\n\
-             # HELP cimplifier_session_lost_events Events the stored sessions lost.\n\
-             # TYPE cimplifier_session_lost_events gauge\n\
-             cimplifier_session_lost_events {lost}\n\
-             # HELP cimplifier_event_streams Clients streaming events now.\n\
-             # TYPE cimplifier_event_streams gauge\n\
-             cimplifier_event_streams {streams}\n\
-             # HELP cimplifier_event_streams_cut_off_total Streams cut off for falling behind.\n\
-             # TYPE cimplifier_event_streams_cut_off_total counter\n\
-             cimplifier_event_streams_cut_off_total {cut_off}\n\
-             # HELP cimplifier_held_cgroups_total New containers' cgroups held until their labels were known.\n\
-             # TYPE cimplifier_held_cgroups_total counter\n\
-             cimplifier_held_cgroups_total {held_cgroups}\n\
-             # HELP cimplifier_held_dropped_events_total Held events dropped: another container's, or not claimed in time.\n\
-             # TYPE cimplifier_held_dropped_events_total counter\n\
-             cimplifier_held_dropped_events_total {held_dropped}\n\
-             # HELP cimplifier_held_overflow_events_total Events that did not fit in what is held (lost).\n\
-             # TYPE cimplifier_held_overflow_events_total counter\n\
-             cimplifier_held_overflow_events_total {held_overflow}\n\
-             # HELP cimplifier_excluded_cgroups_total Unwanted containers' cgroups excluded in the kernel.\n\
-             # TYPE cimplifier_excluded_cgroups_total counter\n\
-             cimplifier_excluded_cgroups_total {excluded}\n\
-             # HELP cimplifier_store_bytes Size of the store file.\n\
-             # TYPE cimplifier_store_bytes gauge\n\
-             cimplifier_store_bytes {store_bytes}\n\
-             # HELP cimplifier_resident_memory_bytes The daemon's resident memory (models and buffers).\n\
-             # TYPE cimplifier_resident_memory_bytes gauge\n\
-             cimplifier_resident_memory_bytes {rss}\n"
-        )
+        let snapshot = super::metrics::Snapshot {
+            sessions_observing: self.manager.observing() as u64,
+            sessions_closed: count(
+                &|s| matches!(s, SessionView::Stored(r) if r.state == SessionState::Closed),
+            ),
+            sessions_failed: count(&|s| matches!(s, SessionView::Failed { .. })),
+            tracer_events: observer.stats.events.load(Ordering::Relaxed),
+            tracer_lost: observer.loss().lost(),
+            session_events,
+            session_lost,
+            streams: observer.subscribers() as u64,
+            streams_cut_off: observer.stats.streams_cut_off.load(Ordering::Relaxed),
+            held_cgroups: observer.stats.held_cgroups.load(Ordering::Relaxed),
+            held_dropped: observer.stats.held_dropped.load(Ordering::Relaxed),
+            held_overflow: observer.stats.held_overflow.load(Ordering::Relaxed),
+            excluded_cgroups: observer.stats.cgroups_excluded.load(Ordering::Relaxed),
+            store_bytes: std::fs::metadata(self.manager.store().path()).map_or(0, |m| m.len()),
+            resident_bytes: std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .map_or(0, |pages| pages * page_size()),
+        };
+        super::metrics::render(snapshot, &self.timings)
     }
 
     /// Emit with a policy: one image per partition and the run plan.
@@ -233,8 +200,10 @@ impl Service {
         };
         let store = self.manager.store().clone();
         let (tx, rx) = mpsc::channel(16);
+        let emit_seconds = self.timings.emit.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let started = std::time::Instant::now();
             let steps = tx.clone();
             let progress = move |step: &str| {
                 let _ = steps.try_send(Ok(pb::EmitProgress {
@@ -252,6 +221,7 @@ impl Service {
                 });
             let result = match result {
                 Ok((json, files)) => {
+                    emit_seconds.observe(started.elapsed().as_secs_f64());
                     for (name, content) in files {
                         let file = pb::PlanFile { name, content };
                         let update = pb::emit_progress::Update::PlanFile(file);
@@ -516,8 +486,10 @@ impl Cimplifier for Service {
         let store = self.manager.store().clone();
         let reports = self.state_dir.join("emit-reports");
         let (tx, rx) = mpsc::channel(16);
+        let emit_seconds = self.timings.emit.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let started = std::time::Instant::now();
             let steps = tx.clone();
             let progress = move |step: &str| {
                 let _ = steps.try_send(Ok(pb::EmitProgress {
@@ -528,6 +500,7 @@ impl Cimplifier for Service {
             let result = emit(&store, &opts, &progress, &bytes).await;
             let result = match result {
                 Ok(emitted) => {
+                    emit_seconds.observe(started.elapsed().as_secs_f64());
                     for chunk in emitted.oci_archive.iter().flat_map(|a| a.chunks(OCI_CHUNK)) {
                         let update = pb::emit_progress::Update::OciChunk(chunk.to_vec());
                         if tx
@@ -574,6 +547,7 @@ impl Cimplifier for Service {
         let req = request.into_inner();
         check_name(&req.session, "session")?;
         let _permit = self.heavy("plan").await?;
+        let started = std::time::Instant::now();
         if req.policy_toml.len() > 1 << 20 {
             return Err(Status::invalid_argument("policy_toml: at most 1 MiB"));
         }
@@ -610,6 +584,7 @@ impl Cimplifier for Service {
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
+        self.timings.plan.observe(started.elapsed().as_secs_f64());
         Ok(Response::new(pb::PlanResponse { plan_json, text }))
     }
 

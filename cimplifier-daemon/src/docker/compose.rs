@@ -696,10 +696,7 @@ async fn start_all(
     for service in services {
         let s = &plan.services[service];
         let name = plan.container_name(service);
-        let shown = s
-            .labels
-            .get("io.cimplifier.image")
-            .unwrap_or(&s.image);
+        let shown = s.labels.get("io.cimplifier.image").unwrap_or(&s.image);
         progress(&format!("starting {name} ({shown})"));
         let id = create(docker, plan, service, None).await?;
         made.containers.push((service.to_owned(), name.clone()));

@@ -112,6 +112,12 @@ pub enum Command {
     },
     /// Print a shell completion script, e.g. `cimplifierctl completions bash > /etc/bash_completion.d/cimplifierctl`.
     Completions { shell: clap_complete::Shell },
+    /// Write the man pages: cimplifierctl(1) and one per command
+    /// (cimplifierctl-emit(1), ...), e.g. `cimplifierctl man /usr/local/share/man/man1`.
+    Man {
+        /// The directory to write them to (made if missing).
+        dir: PathBuf,
+    },
     /// The daemon's sessions: observing, closed or failed.
     Sessions {
         /// Print them as JSON.

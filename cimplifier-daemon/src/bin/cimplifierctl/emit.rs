@@ -112,7 +112,15 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         allow_incomplete,
         list_removed,
         strict: slim.strict,
-        explain: explain.iter().map(|p| p.to_string()).collect(),
+        // The daemon checks the paths against the image; capabilities are
+        // answered from the report here.
+        explain: explain
+            .iter()
+            .filter_map(|e| match e {
+                Explained::Path(p) => Some(p.to_string()),
+                Explained::Capability(_) => None,
+            })
+            .collect(),
         policy_toml,
         ..Default::default()
     };

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = match cli.command {
-        Command::Completions { .. } | Command::Analyze { .. } => {
+        Command::Completions { .. } | Command::Man { .. } | Command::Analyze { .. } => {
             cimplifier::api::Address::Unix(cli.socket.clone())
         }
         _ => cli.address(),
@@ -44,6 +44,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let socket = &socket;
     match cli.command {
         Command::Completions { shell } => version::completions(shell),
+        Command::Man { dir } => version::man_pages(&dir),
         Command::Version { json } => version::version(socket, json),
         Command::Observe(args) => observe::observe(socket, args),
         Command::Verify(args) => verify::verify(socket, args),
