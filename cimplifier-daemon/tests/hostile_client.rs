@@ -51,11 +51,7 @@ fn planted_links_in_output_directories_never_reach_their_targets() {
     std::fs::create_dir(&out).unwrap();
     symlink(&sentinel, out.join("docker-compose.yml")).unwrap();
     let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "kind = \"disjoint-subsets\"\n[partitions]\nshell = [\"/bin/sh\"]\nreader = [\"/usr/bin/cat\"]\n",
-    )
-    .unwrap();
+    std::fs::write(&policy, common::SHELL_AND_READER_POLICY).unwrap();
     let tag = format!("cimplifier-e2e/hostile{}", std::process::id());
     let report = common::emit_partitioned(&d, &c.0, &policy, &tag, &out);
     let _cleanup = PlanCleanup {

@@ -13,9 +13,7 @@ mod common;
 use std::process::Command;
 
 use cimplifier::docker::compose::{StartOrder, up_in_order};
-use common::{
-    BASE_IMAGE, Container, Daemon, PlanCleanup, docker, emit_partitioned, require_root, wait_until,
-};
+use common::{Container, Daemon, PlanCleanup, docker, emit_partitioned, require_root, wait_until};
 
 #[test]
 fn a_shared_volume_holds_the_source_content_when_its_writer_starts_first() {
@@ -33,33 +31,13 @@ fn a_shared_volume_holds_the_source_content_when_its_writer_starts_first() {
         plans: Vec::new(),
         images: vec![image.clone()],
     };
-    let base = Container::create(
-        "seed-base",
-        &[
-            BASE_IMAGE,
-            "sh",
-            "-c",
-            "mkdir -p /srv/app && echo hello > /srv/app/flag",
-        ],
-    );
-    docker(&["start", "-a", &base.0]);
-    docker(&[
-        "commit",
-        "--change",
-        r#"CMD ["/bin/sh", "-c", "echo 1 > /srv/app/pid; cat /srv/app/flag /srv/app/pid"]"#,
-        &base.0,
-        &image,
-    ]);
+    common::flag_image("seed-base", &image);
     let c = Container::create("seed", &[&image]);
     let observed = d.ctl(&["observe", &c.0]);
     assert!(observed.status.success(), "{observed:?}");
 
     let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "kind = \"disjoint-subsets\"\n[partitions]\nshell = [\"/bin/sh\"]\nreader = [\"/usr/bin/cat\"]\n",
-    )
-    .unwrap();
+    std::fs::write(&policy, common::SHELL_AND_READER_POLICY).unwrap();
     let out = dir.path().join("split");
     let tag = format!("cimplifier-e2e/seed{pid}");
     let report = emit_partitioned(&d, &c.0, &policy, &tag, &out);

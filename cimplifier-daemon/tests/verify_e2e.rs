@@ -8,9 +8,7 @@ mod common;
 use std::process::Command;
 
 use cimplifier::trace::Event;
-use common::{
-    BASE_IMAGE, Container, Daemon, PlanCleanup, docker, emit_partitioned, require_root, stdout_of,
-};
+use common::{Container, Daemon, PlanCleanup, docker, emit_partitioned, require_root, stdout_of};
 use serde_json::Value;
 
 const NGINX: &str = "cimplifier-test/nginx:latest";
@@ -203,33 +201,13 @@ fn verify_catches_a_partition_whose_shared_volume_was_emptied() {
         plans: Vec::new(),
         images: vec![image.clone()],
     };
-    let base = Container::create(
-        "verify-base",
-        &[
-            BASE_IMAGE,
-            "sh",
-            "-c",
-            "mkdir -p /srv/app && echo hello > /srv/app/flag",
-        ],
-    );
-    docker(&["start", "-a", &base.0]);
-    docker(&[
-        "commit",
-        "--change",
-        r#"CMD ["/bin/sh", "-c", "echo 1 > /srv/app/pid; cat /srv/app/flag /srv/app/pid"]"#,
-        &base.0,
-        &image,
-    ]);
+    common::flag_image("verify-base", &image);
     let c = Container::create("verify-split", &[&image]);
     let observed = d.ctl(&["observe", &c.0]);
     assert!(observed.status.success(), "{observed:?}");
 
     let policy = dir.path().join("policy.toml");
-    std::fs::write(
-        &policy,
-        "kind = \"disjoint-subsets\"\n[partitions]\nshell = [\"/bin/sh\"]\nreader = [\"/usr/bin/cat\"]\n",
-    )
-    .unwrap();
+    std::fs::write(&policy, common::SHELL_AND_READER_POLICY).unwrap();
     let out = dir.path().join("split");
     let tag = format!("cimplifier-e2e/verify-split{pid}");
     let report = emit_partitioned(&d, &c.0, &policy, &tag, &out);

@@ -82,6 +82,17 @@ fn page_size() -> u64 {
     })
 }
 
+/// Emit's steps as progress messages (a slow reader misses some).
+fn step_progress(
+    tx: mpsc::Sender<Result<pb::EmitProgress, Status>>,
+) -> impl Fn(&str) + Send + Sync {
+    move |step: &str| {
+        let _ = tx.try_send(Ok(pb::EmitProgress {
+            update: Some(pb::emit_progress::Update::Step(step.to_owned())),
+        }));
+    }
+}
+
 /// Emit's byte counts as progress messages, one per 4 MiB (and the last),
 /// so a fast read does not flood the stream; dropped when the client lags.
 fn byte_progress(
@@ -204,12 +215,7 @@ impl Service {
         tokio::spawn(async move {
             let _permit = permit;
             let started = std::time::Instant::now();
-            let steps = tx.clone();
-            let progress = move |step: &str| {
-                let _ = steps.try_send(Ok(pb::EmitProgress {
-                    update: Some(pb::emit_progress::Update::Step(step.to_owned())),
-                }));
-            };
+            let progress = step_progress(tx.clone());
             let bytes = byte_progress(tx.clone());
             let result = emit_partitioned(&store, &opts, &progress, &bytes)
                 .await
@@ -490,12 +496,7 @@ impl Cimplifier for Service {
         tokio::spawn(async move {
             let _permit = permit;
             let started = std::time::Instant::now();
-            let steps = tx.clone();
-            let progress = move |step: &str| {
-                let _ = steps.try_send(Ok(pb::EmitProgress {
-                    update: Some(pb::emit_progress::Update::Step(step.to_owned())),
-                }));
-            };
+            let progress = step_progress(tx.clone());
             let bytes = byte_progress(tx.clone());
             let result = emit(&store, &opts, &progress, &bytes).await;
             let result = match result {

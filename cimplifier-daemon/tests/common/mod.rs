@@ -429,3 +429,30 @@ pub fn container_logs(container: &str) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+/// The policy that puts the shell and `cat` in partitions of their own.
+pub const SHELL_AND_READER_POLICY: &str = "kind = \"disjoint-subsets\"\n[partitions]\nshell = [\"/bin/sh\"]\nreader = [\"/usr/bin/cat\"]\n";
+
+/// Builds `image` from the base image: it ships /srv/app/flag, and its
+/// command writes beside it and has `cat` read both, so by
+/// [`SHELL_AND_READER_POLICY`] two partitions share /srv/app. `tag` names
+/// the scratch container. The caller removes the image.
+pub fn flag_image(tag: &str, image: &str) {
+    let base = Container::create(
+        tag,
+        &[
+            BASE_IMAGE,
+            "sh",
+            "-c",
+            "mkdir -p /srv/app && echo hello > /srv/app/flag",
+        ],
+    );
+    docker(&["start", "-a", &base.0]);
+    docker(&[
+        "commit",
+        "--change",
+        r#"CMD ["/bin/sh", "-c", "echo 1 > /srv/app/pid; cat /srv/app/flag /srv/app/pid"]"#,
+        &base.0,
+        image,
+    ]);
+}
