@@ -16,6 +16,7 @@
 //! tracer shared by all sessions.
 
 mod labels;
+mod loss;
 pub mod lifecycle;
 pub mod observer;
 mod task;
