@@ -118,8 +118,7 @@ fn a_big_import_and_three_emits_of_the_largest_image_keep_memory_bounded_and_los
         .spawn()
         .unwrap();
     common::wait_until(30, "the busy session observing", || {
-        let all: Value =
-            serde_json::from_str(&stdout_of(&d.ctl(&["sessions", "--json"]))).unwrap();
+        let all: Value = serde_json::from_str(&stdout_of(&d.ctl(&["sessions", "--json"]))).unwrap();
         all.as_array()
             .unwrap()
             .iter()
@@ -194,7 +193,10 @@ fn a_big_import_and_three_emits_of_the_largest_image_keep_memory_bounded_and_los
     docker(&["stop", "-t", "1", &busy.0]);
     let observed = observing.wait_with_output().unwrap();
     let info: Value = serde_json::from_slice(&observed.stdout).unwrap();
-    assert_eq!(info["complete"], true, "the busy session lost nothing: {info}");
+    assert_eq!(
+        info["complete"], true,
+        "the busy session lost nothing: {info}"
+    );
     assert!(info["events"].as_u64().unwrap_or(0) > 1000, "{info}");
 
     assert!(

@@ -74,7 +74,9 @@ fn a_noisy_containers_losses_are_its_own() {
         serde_json::from_slice(&quiet_observe.wait_with_output().unwrap().stdout).unwrap();
     println!(
         "noisy session: {} events, {} lost; quiet session: {} events, {} lost",
-        noisy_info["events"], noisy_info["lost_events"], quiet_info["events"],
+        noisy_info["events"],
+        noisy_info["lost_events"],
+        quiet_info["events"],
         quiet_info["lost_events"]
     );
     assert_eq!(noisy_info["complete"], false, "{noisy_info}");

@@ -85,6 +85,52 @@ impl Backing {
         }
     }
 
+    /// Decompresses the layer at `range` to the end of the archive (the
+    /// spool is the daemon's own file) and gives where it now lies. More
+    /// than `limit` bytes out is refused: a decompression bomb.
+    fn decompress(
+        &mut self,
+        range: Range<usize>,
+        compression: Compression,
+        limit: u64,
+    ) -> Result<Range<usize>> {
+        let start = self.len()?;
+        let spool = match &*self {
+            Backing::Spool(f) => Some(f),
+            Backing::Memory(_) => None,
+        };
+        let mut decoder: Box<dyn Read + '_> = {
+            let window = self.reader(range);
+            match compression {
+                Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(window)),
+                Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(window)?),
+                Compression::None => Box::new(window),
+            }
+        };
+        let mut out = Vec::new();
+        let mut chunk = vec![0u8; 1 << 20];
+        let mut written = 0u64;
+        loop {
+            let n = decoder.read(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            written += n as u64;
+            if written > limit {
+                bail!("it expands past {limit} bytes, refused as a decompression bomb");
+            }
+            match spool {
+                None => out.extend_from_slice(&chunk[..n]),
+                Some(f) => f.write_all_at(&chunk[..n], start as u64 + written - n as u64)?,
+            }
+        }
+        drop(decoder);
+        if let Backing::Memory(b) = self {
+            b.extend_from_slice(&out);
+        }
+        Ok(start..start + written as usize)
+    }
+
     /// A reader of `range`, buffered, for the tar parser.
     fn reader(&self, range: Range<usize>) -> BufReader<Window<'_>> {
         BufReader::with_capacity(
@@ -250,61 +296,70 @@ impl ImageFs {
         Ok(fs)
     }
 
-    /// An image as `docker image save` writes it, held in memory.
-    pub fn from_docker_save(bytes: Vec<u8>, what: &str) -> Result<Self> {
+    /// An image archive held in memory: `docker image save`'s format or an
+    /// OCI image layout in a tar (see [`ImageFs::from_archive_file`]).
+    pub fn from_archive(bytes: Vec<u8>, what: &str) -> Result<Self> {
         Self::from_saved(Backing::Memory(bytes), what)
     }
 
-    /// An image as `docker image save` writes it, spooled to `file`, which
-    /// is read in place from then on.
-    pub fn from_docker_save_file(file: File, what: &str) -> Result<Self> {
+    /// An image archive spooled to `file` (opened for reading and writing:
+    /// compressed layers are decompressed to its end), read in place from
+    /// then on. Either `docker image save`'s format (`manifest.json` names
+    /// the layer tars; Docker 25+ also writes an OCI layout beside it), or
+    /// an OCI image layout (`index.json`, possibly nested indexes, blobs by
+    /// digest) as skopeo, podman, buildah or containerd write it. Layers may
+    /// be plain tars or compressed with gzip or zstd.
+    pub fn from_archive_file(file: File, what: &str) -> Result<Self> {
         Self::from_saved(Backing::Spool(file), what)
     }
 
-    /// `manifest.json` names the layer tars, bottom first.
-    fn from_saved(bytes: Backing, what: &str) -> Result<Self> {
+    fn from_saved(mut bytes: Backing, what: &str) -> Result<Self> {
         let len = bytes
             .len()
             .with_context(|| format!("{what}: reading the saved image"))?;
         let files: BTreeMap<String, Range<usize>> = members(&bytes, 0..len, what)?
             .into_iter()
-            .map(|(name, e)| (name, e.data))
+            .map(|(name, e)| (name.trim_start_matches("./").to_owned(), e.data))
             .collect();
-        let manifest = files
-            .get("manifest.json")
-            .with_context(|| format!("{what}: no manifest.json in the saved image"))?;
-        if manifest.len() > MAX_MANIFEST {
+        let layers = if files.contains_key("manifest.json") {
+            docker_archive_layers(&bytes, &files, what)?
+        } else if files.contains_key("index.json") {
+            oci_layers(&bytes, &files, what)?
+        } else {
             bail!(
-                "{what}: manifest.json is {} bytes, more than any image's ({MAX_MANIFEST})",
-                manifest.len()
+                "{what}: neither manifest.json (docker-archive) nor index.json (OCI image layout) \
+                 in the archive: is it an image?"
             );
-        }
-        let manifest = bytes
-            .read(manifest.clone())
-            .with_context(|| format!("{what}: reading manifest.json"))?;
-        let manifest: serde_json::Value = serde_json::from_slice(&manifest)
-            .with_context(|| format!("{what}: manifest.json is not JSON"))?;
-        let layers: Vec<String> = manifest[0]["Layers"]
-            .as_array()
-            .with_context(|| format!("{what}: manifest.json lists no Layers"))?
-            .iter()
-            .filter_map(|l| l.as_str().map(str::to_owned))
-            .collect();
+        };
         let mut parsed = Vec::new();
-        for (i, name) in layers.iter().enumerate() {
-            let Some(range) = files.get(name) else {
-                bail!("{what}: layer {name} is named in manifest.json but missing");
-            };
+        for (i, layer) in layers.into_iter().enumerate() {
             let magic = bytes
-                .read(range.start..range.start + range.len().min(2))
-                .with_context(|| format!("{what}: reading layer {name}"))?;
-            if magic.starts_with(&[0x1f, 0x8b]) {
-                bail!("{what}: layer {name} is compressed; expected `docker image save` output");
+                .read(layer.range.start..layer.range.start + layer.range.len().min(4))
+                .with_context(|| format!("{what}: reading layer {}", layer.name))?;
+            let compression = Compression::of(&magic);
+            if let Some(declared) = layer.declared
+                && declared != compression
+            {
+                bail!(
+                    "{what}: layer {} is declared {declared:?} but its bytes are {compression:?}",
+                    layer.name
+                );
             }
+            let range = match compression {
+                Compression::None => layer.range,
+                c => {
+                    let limit = (layer.range.len() as u64)
+                        .saturating_mul(MAX_EXPANSION)
+                        .max(MIN_EXPANSION_LIMIT);
+                    bytes.decompress(layer.range, c, limit).with_context(|| {
+                        format!("{what}: decompressing layer {} ({c:?})", layer.name)
+                    })?
+                }
+            };
             parsed.push((
                 i,
                 range.start,
-                members(&bytes, range.clone(), &format!("{what} layer {name}"))?,
+                members(&bytes, range, &format!("{what} layer {}", layer.name))?,
             ));
         }
         let mut fs = Self {
@@ -431,8 +486,182 @@ impl ImageFs {
     }
 }
 
-/// No image's manifest.json comes near this; a larger one is hostile.
+/// No image's manifest.json, index.json or OCI manifest comes near this;
+/// a larger one is hostile.
 const MAX_MANIFEST: usize = 16 << 20;
+/// A compressed layer may expand this many times its size (text and
+/// zero-filled files compress far better than the usual 3×)...
+const MAX_EXPANSION: u64 = 100;
+/// ...and a small one to at least this.
+const MIN_EXPANSION_LIMIT: u64 = 256 << 20;
+/// Nested OCI indexes deeper than this are refused.
+const MAX_INDEX_DEPTH: usize = 8;
+
+/// How a layer's bytes are compressed, from their first bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    fn of(magic: &[u8]) -> Self {
+        if magic.starts_with(&[0x1f, 0x8b]) {
+            Self::Gzip
+        } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+            Self::Zstd
+        } else {
+            Self::None
+        }
+    }
+
+    /// What an OCI or Docker layer media type says; None for a type that
+    /// is not a layer's.
+    fn of_media_type(media_type: &str) -> Option<Self> {
+        let base = media_type
+            .strip_prefix("application/vnd.oci.image.layer.")
+            .or_else(|| media_type.strip_prefix("application/vnd.docker.image.rootfs."))?;
+        Some(if base.ends_with("+gzip") || base.ends_with(".gzip") {
+            Self::Gzip
+        } else if base.ends_with("+zstd") || base.ends_with(".zstd") {
+            Self::Zstd
+        } else {
+            Self::None
+        })
+    }
+}
+
+/// One layer of an image archive, bottom first.
+struct LayerRef {
+    name: String,
+    range: Range<usize>,
+    /// What the manifest says (OCI); the bytes must agree.
+    declared: Option<Compression>,
+}
+
+/// A small JSON member of the archive.
+fn read_json<T: serde::de::DeserializeOwned>(
+    bytes: &Backing,
+    files: &BTreeMap<String, Range<usize>>,
+    name: &str,
+    what: &str,
+) -> Result<T> {
+    let range = files
+        .get(name)
+        .with_context(|| format!("{what}: {name} is named but missing from the archive"))?;
+    if range.len() > MAX_MANIFEST {
+        bail!(
+            "{what}: {name} is {} bytes, more than any image's ({MAX_MANIFEST})",
+            range.len()
+        );
+    }
+    let data = bytes
+        .read(range.clone())
+        .with_context(|| format!("{what}: reading {name}"))?;
+    serde_json::from_slice(&data)
+        .with_context(|| format!("{what}: {name} is not what it should be"))
+}
+
+/// `docker image save`'s format: `manifest.json` names the layer tars.
+fn docker_archive_layers(
+    bytes: &Backing,
+    files: &BTreeMap<String, Range<usize>>,
+    what: &str,
+) -> Result<Vec<LayerRef>> {
+    let manifest: serde_json::Value = read_json(bytes, files, "manifest.json", what)?;
+    let layers = manifest[0]["Layers"]
+        .as_array()
+        .with_context(|| format!("{what}: manifest.json lists no Layers"))?;
+    layers
+        .iter()
+        .filter_map(|l| l.as_str())
+        .map(|name| {
+            let range = files.get(name).with_context(|| {
+                format!("{what}: layer {name} is named in manifest.json but missing")
+            })?;
+            Ok(LayerRef {
+                name: name.to_owned(),
+                range: range.clone(),
+                declared: None,
+            })
+        })
+        .collect()
+}
+
+/// The blob a descriptor names, `blobs/<algorithm>/<hex>`.
+fn blob_name(digest: &oci_spec::image::Digest) -> String {
+    format!("blobs/{}/{}", digest.algorithm(), digest.digest())
+}
+
+/// An OCI image layout: `index.json`, then (possibly nested) indexes down
+/// to the one image manifest for linux/amd64, whose layers are read.
+fn oci_layers(
+    bytes: &Backing,
+    files: &BTreeMap<String, Range<usize>>,
+    what: &str,
+) -> Result<Vec<LayerRef>> {
+    use oci_spec::image::{ImageIndex, ImageManifest, MediaType};
+    let mut index: ImageIndex = read_json(bytes, files, "index.json", what)?;
+    let mut depth = 0;
+    let manifest = loop {
+        let candidates: Vec<_> = index
+            .manifests()
+            .iter()
+            .filter(|d| {
+                d.platform()
+                    .as_ref()
+                    .is_none_or(|p| p.os().to_string() == "linux" && p.architecture().to_string() == "amd64")
+            })
+            .filter(|d| {
+                matches!(
+                    d.media_type(),
+                    MediaType::ImageManifest | MediaType::ImageIndex
+                ) || matches!(d.media_type(), MediaType::Other(t) if t.starts_with("application/vnd.docker.distribution.manifest"))
+            })
+            .collect();
+        let [chosen] = candidates.as_slice() else {
+            bail!(
+                "{what}: the OCI index holds {} linux/amd64 images, not one; save or copy one image",
+                candidates.len()
+            );
+        };
+        let name = blob_name(chosen.digest());
+        let is_index = matches!(chosen.media_type(), MediaType::ImageIndex)
+            || matches!(chosen.media_type(), MediaType::Other(t) if t.ends_with("manifest.list.v2+json"));
+        if is_index {
+            depth += 1;
+            if depth > MAX_INDEX_DEPTH {
+                bail!("{what}: OCI indexes nested deeper than {MAX_INDEX_DEPTH}");
+            }
+            index = read_json(bytes, files, &name, what)?;
+            continue;
+        }
+        break read_json::<ImageManifest>(bytes, files, &name, what)?;
+    };
+    manifest
+        .layers()
+        .iter()
+        .map(|d| {
+            let media_type = d.media_type().to_string();
+            let declared = Compression::of_media_type(&media_type).with_context(|| {
+                format!(
+                    "{what}: layer {} has media type {media_type}, not a layer's",
+                    d.digest()
+                )
+            })?;
+            let name = blob_name(d.digest());
+            let range = files
+                .get(&name)
+                .with_context(|| format!("{what}: layer blob {name} is missing"))?;
+            Ok(LayerRef {
+                name,
+                range: range.clone(),
+                declared: Some(declared),
+            })
+        })
+        .collect()
+}
 
 fn is_below(path: &ContainerPath, dir: &ContainerPath) -> bool {
     let (p, d) = (path.as_str(), dir.as_str());
@@ -542,7 +771,7 @@ pub(crate) mod tests {
             ("l0/layer.tar", &lower),
             ("l1/layer.tar", &upper),
         ]);
-        let fs = ImageFs::from_docker_save(saved, "test image").unwrap();
+        let fs = ImageFs::from_archive(saved, "test image").unwrap();
         let paths: Vec<&str> = fs.entries().map(|(p, _)| p.as_str()).collect();
         assert_eq!(paths, ["/a/w", "/c"]);
         assert_eq!(fs.data(&p("/c")).unwrap(), b"new");
@@ -566,7 +795,10 @@ pub(crate) mod tests {
             b.into_inner().unwrap()
         };
         let big = vec![7u8; 200_000];
-        let lower = layer(&[("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"), ("big", &big)]);
+        let lower = layer(&[
+            ("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"),
+            ("big", &big),
+        ]);
         let upper = layer(&[("etc/.wh.passwd", b""), ("etc/group", b"root:x:0:\n")]);
         let manifest = br#"[{"Layers":["l0/layer.tar","l1/layer.tar"]}]"#;
         let saved = layer(&[
@@ -576,8 +808,8 @@ pub(crate) mod tests {
         ]);
         let mut file = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut file, &saved).unwrap();
-        let spooled = ImageFs::from_docker_save_file(file, "spooled").unwrap();
-        let memory = ImageFs::from_docker_save(saved, "memory").unwrap();
+        let spooled = ImageFs::from_archive_file(file, "spooled").unwrap();
+        let memory = ImageFs::from_archive(saved, "memory").unwrap();
         let names = |fs: &ImageFs| fs.entries().map(|(p, _)| p.clone()).collect::<Vec<_>>();
         assert_eq!(names(&spooled), names(&memory));
         assert_eq!(names(&spooled), [p("/big"), p("/etc/group")]);
@@ -594,12 +826,159 @@ pub(crate) mod tests {
         let mut b = tar::Builder::new(Vec::new());
         let mut h = tar::Header::new_gnu();
         h.set_size(4096);
-        b.append_data(&mut h, "manifest.json", &[b' '; 4096][..]).unwrap();
+        b.append_data(&mut h, "manifest.json", &[b' '; 4096][..])
+            .unwrap();
         let mut saved = b.into_inner().unwrap();
         saved.truncate(1024);
         let mut file = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut file, &saved).unwrap();
-        let e = ImageFs::from_docker_save_file(file, "img").err().unwrap();
+        let e = ImageFs::from_archive_file(file, "img").err().unwrap();
         assert!(format!("{e:#}").contains("cut off"), "{e:#}");
+    }
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_mode(0o644);
+            h.set_size(data.len() as u64);
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn sha(data: &[u8]) -> String {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(data))
+    }
+
+    /// The same two layers as a docker-archive (plain tars) and as an OCI
+    /// layout (an index naming an index naming an amd64 and an arm64
+    /// manifest; one layer gzip, one zstd) give the same tree and bytes.
+    #[test]
+    fn an_oci_layout_with_nested_indexes_and_compressed_layers_reads_as_docker_save_does() {
+        let lower = tar_of(&[
+            ("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"),
+            ("usr/bin/x", b"x"),
+        ]);
+        let upper = tar_of(&[("etc/.wh.passwd", b""), ("etc/group", b"root:x:0:\n")]);
+        let docker = tar_of(&[
+            ("manifest.json", br#"[{"Layers":["a.tar","b.tar"]}]"#),
+            ("a.tar", &lower),
+            ("b.tar", &upper),
+        ]);
+
+        let gz = {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut e, &lower).unwrap();
+            e.finish().unwrap()
+        };
+        let zst = zstd::encode_all(&upper[..], 3).unwrap();
+        let desc = |media: &str, data: &[u8], platform: &str| {
+            format!(
+                r#"{{"mediaType":"{media}","digest":"sha256:{}","size":{}{platform}}}"#,
+                sha(data),
+                data.len()
+            )
+        };
+        let config =
+            br#"{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}"#;
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{},"layers":[{},{}]}}"#,
+            desc("application/vnd.oci.image.config.v1+json", config, ""),
+            desc("application/vnd.oci.image.layer.v1.tar+gzip", &gz, ""),
+            desc("application/vnd.oci.image.layer.v1.tar+zstd", &zst, ""),
+        );
+        // Another platform's manifest, whose blob is absent: never read.
+        let arm = format!(
+            r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{}","size":1,"platform":{{"architecture":"arm64","os":"linux"}}}}"#,
+            "0".repeat(64)
+        );
+        let inner = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{},{arm}]}}"#,
+            desc(
+                "application/vnd.oci.image.manifest.v1+json",
+                manifest.as_bytes(),
+                r#","platform":{"architecture":"amd64","os":"linux"}"#
+            ),
+        );
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
+            desc(
+                "application/vnd.oci.image.index.v1+json",
+                inner.as_bytes(),
+                ""
+            )
+        );
+        let blob = |d: &[u8]| format!("blobs/sha256/{}", sha(d));
+        let (b_config, b_manifest, b_inner, b_gz, b_zst) = (
+            blob(config),
+            blob(manifest.as_bytes()),
+            blob(inner.as_bytes()),
+            blob(&gz),
+            blob(&zst),
+        );
+        let oci = tar_of(&[
+            ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+            ("index.json", index.as_bytes()),
+            (&b_inner, inner.as_bytes()),
+            (&b_manifest, manifest.as_bytes()),
+            (&b_config, config),
+            (&b_gz, &gz),
+            (&b_zst, &zst),
+        ]);
+
+        let from_docker = ImageFs::from_archive(docker, "docker-archive").unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &oci).unwrap();
+        let from_oci = ImageFs::from_archive_file(file, "oci").unwrap();
+        let names = |fs: &ImageFs| fs.entries().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&from_oci), [p("/etc/group"), p("/usr/bin/x")]);
+        assert_eq!(names(&from_oci), names(&from_docker));
+        assert_eq!(
+            from_oci.write_tar(&|_| true).unwrap(),
+            from_docker.write_tar(&|_| true).unwrap()
+        );
+        // And held in memory.
+        let from_memory = ImageFs::from_archive(oci, "oci in memory").unwrap();
+        assert_eq!(names(&from_memory), names(&from_docker));
+
+        // A layer whose bytes are not what its media type says is refused.
+        let lying = manifest.replace("tar+zstd", "tar+gzip");
+        let index = format!(
+            r#"{{"schemaVersion":2,"manifests":[{}]}}"#,
+            desc(
+                "application/vnd.oci.image.manifest.v1+json",
+                lying.as_bytes(),
+                ""
+            )
+        );
+        let b_lying = blob(lying.as_bytes());
+        let bad = tar_of(&[
+            ("index.json", index.as_bytes()),
+            (&b_lying, lying.as_bytes()),
+            (&b_gz, &gz),
+            (&b_zst, &zst),
+        ]);
+        let e = ImageFs::from_archive(bad, "lying").err().unwrap();
+        assert!(
+            format!("{e:#}").contains("declared Gzip but its bytes are Zstd"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused() {
+        let zeros = tar_of(&[(
+            "zeros",
+            &vec![0u8; (MIN_EXPANSION_LIMIT + (1 << 20)) as usize],
+        )]);
+        let zst = zstd::encode_all(&zeros[..], 19).unwrap();
+        let saved = tar_of(&[
+            ("manifest.json", br#"[{"Layers":["l.tar"]}]"#),
+            ("l.tar", &zst),
+        ]);
+        let e = ImageFs::from_archive(saved, "bomb").err().unwrap();
+        assert!(format!("{e:#}").contains("decompression bomb"), "{e:#}");
     }
 }

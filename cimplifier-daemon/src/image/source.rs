@@ -135,7 +135,7 @@ pub async fn read_session_counting(
         read,
     )
     .await
-        .map_err(SourceError::Image)?;
+    .map_err(SourceError::Image)?;
     let read_image_ms = ms(start);
 
     // Folding is CPU work over every stored event: off the async workers.
@@ -185,7 +185,7 @@ async fn read_image(
     let image_ref = image_ref.to_owned();
     // Indexing reads every header of the spool: blocking I/O.
     let tree = tokio::task::spawn_blocking(move || {
-        ImageFs::from_docker_save_file(spool, &image_ref).map(Arc::new)
+        ImageFs::from_archive_file(spool, &image_ref).map(Arc::new)
     })
     .await
     .context("indexing the source image")??;

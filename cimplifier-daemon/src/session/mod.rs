@@ -16,8 +16,8 @@
 //! tracer shared by all sessions.
 
 mod labels;
-mod loss;
 pub mod lifecycle;
+mod loss;
 pub mod observer;
 mod task;
 

@@ -11,11 +11,11 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
+use super::loss::LossBase;
 use super::observer::{self, Observer, Route, StreamedEvent, Watch};
 use super::{CHECKPOINT, Manager, Opening, docker_parent_cgroup, lifecycle, now_ms};
 use crate::docker::{Docker, container};
 use crate::store::{EndReason, Segment, SessionRecord, SessionState, Started, Store};
-use super::loss::LossBase;
 use crate::trace::{CgroupId, ContainerPath, Event, EventKind, LossCounters};
 
 /// How long a closing session waits at most for the dispatcher to hand it

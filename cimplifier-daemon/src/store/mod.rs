@@ -501,7 +501,9 @@ impl Store {
                 .collect::<Result<_, _>>()?
         };
         for id in pending {
-            tracing::warn!("deleting the events of an import that did not finish (session id {id})");
+            tracing::warn!(
+                "deleting the events of an import that did not finish (session id {id})"
+            );
             self.delete_events(id)?;
             self.mark_pending(id, false)?;
         }

@@ -283,12 +283,14 @@ impl Tracer {
             Err(aya::maps::MapError::KeyNotFound) => return Ok(CgroupLoss::default()),
             Err(e) => return Err(e).context("reading the CGROUP_LOSS map"),
         };
-        Ok(per_cpu.iter().fold(CgroupLoss::default(), |sum, v| CgroupLoss {
-            ringbuf_full: sum
-                .ringbuf_full
-                .saturating_add(v[cgroup_loss::RINGBUF_FULL]),
-            inflight: sum.inflight.saturating_add(v[cgroup_loss::INFLIGHT]),
-        }))
+        Ok(per_cpu
+            .iter()
+            .fold(CgroupLoss::default(), |sum, v| CgroupLoss {
+                ringbuf_full: sum
+                    .ringbuf_full
+                    .saturating_add(v[cgroup_loss::RINGBUF_FULL]),
+                inflight: sum.inflight.saturating_add(v[cgroup_loss::INFLIGHT]),
+            }))
     }
 
     /// The decoded event stream. Can be taken once; spawns the reader task
