@@ -33,6 +33,10 @@ const OCI_CHUNK: usize = 1 << 20;
 pub const DEFAULT_STREAM_BUFFER: usize = 4096;
 /// The most a client may ask to buffer.
 const MAX_STREAM_BUFFER: usize = 1 << 20;
+/// Event streams open at once, and the events their queues may hold in all
+/// (about 1 KiB each): clients cannot make the daemon hold more.
+const MAX_SUBSCRIBERS: usize = 256;
+const MAX_BUFFERED_EVENTS: usize = 4 << 20;
 /// Largest session bundle ImportSession accepts.
 const MAX_BUNDLE: usize = 1 << 30;
 
@@ -646,6 +650,14 @@ impl Cimplifier for Service {
             executables: paths(&req.executables, "executables")?,
             kinds: req.kinds,
         };
+        let (subscribers, buffered) = self.manager.observer().subscribed();
+        if subscribers >= MAX_SUBSCRIBERS || buffered + buffer > MAX_BUFFERED_EVENTS {
+            return Err(Status::resource_exhausted(format!(
+                "{subscribers} event streams are open, buffering up to {buffered} events; the \
+                 daemon takes at most {MAX_SUBSCRIBERS} streams and {MAX_BUFFERED_EVENTS} \
+                 buffered events: close a stream, or ask for a smaller buffer"
+            )));
+        }
         let sub = self.manager.observer().subscribe(filter, buffer);
         let stream = futures::stream::unfold(Some(sub), move |sub| async move {
             let mut sub = sub?;

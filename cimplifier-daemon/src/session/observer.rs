@@ -476,6 +476,13 @@ impl Observer {
         })
     }
 
+    /// Live subscriptions, and the events their queues may hold in all.
+    pub fn subscribed(&self) -> (usize, usize) {
+        let subscribers = self.subscribers.lock().expect("subscribers lock");
+        let live = subscribers.iter().filter(|s| !s.tx.is_closed());
+        live.fold((0, 0), |(n, total), s| (n + 1, total + s.tx.max_capacity()))
+    }
+
     /// Subscribes to the events sessions keep, with a queue of `capacity`.
     pub fn subscribe(&self, filter: StreamFilter, capacity: usize) -> Subscription {
         let (tx, rx) = mpsc::channel(capacity.max(1));
