@@ -501,6 +501,105 @@ fn systemd_unit_system_call_filter_allows_every_call_of_a_real_observe_and_emit(
     );
 }
 
+/// The unit's view of the file system, approximated without systemd as
+/// PID 1: the daemon runs in a mount namespace where every mount is
+/// read-only (ProtectSystem=strict) but the unit's ReadWritePaths= (the
+/// test's own state and socket directories stand for /var/lib/cimplifier
+/// and /run/cimplifier), with the cgroup tree read-only again under
+/// ProtectControlGroups=yes. Under it, a container that exits at once is
+/// observed from its first exec: the daemon can make its cgroup ahead.
+/// Needs root, eBPF and Docker.
+#[test]
+fn systemd_unit_file_system_view_still_observes_from_the_first_exec() {
+    common::require_root();
+    let unit = parse_unit(&read(UNIT));
+    let svc = |key: &str| unit_value(&unit, "Service", key);
+    assert_eq!(svc("ProtectSystem"), Some("strict"));
+    let dir = tempfile::tempdir().unwrap();
+    let (state, run) = (dir.path().join("state"), dir.path().join("run"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&run).unwrap();
+    let writable: Vec<String> = unit["Service"]
+        .get("ReadWritePaths")
+        .into_iter()
+        .flatten()
+        .flat_map(|v| v.split_whitespace())
+        .map(|p| match p.trim_start_matches(['-', '+']) {
+            "/var/lib/cimplifier" => state.display().to_string(),
+            "/run/cimplifier" => run.display().to_string(),
+            other => other.to_owned(),
+        })
+        .collect();
+    // Each path's mounts, and the path itself made a mount, read-write.
+    let rw = |path: &str| {
+        format!(
+            "[ -e {path} ] && {{ awk -v p={path} '$5 == p || index($5, p \"/\") == 1 {{print $5}}' \
+             /proc/self/mountinfo | while read -r m; do mount -o remount,bind,rw \"$m\"; done; \
+             mountpoint -q {path} || {{ mount --bind {path} {path} && mount -o remount,bind,rw {path}; }}; }}\n"
+        )
+    };
+    let mut script = String::from(
+        "set -e\nmount --make-rprivate /\n\
+         awk '{print $5}' /proc/self/mountinfo | while read -r m; do \
+         mount -o remount,bind,ro \"$m\" 2>/dev/null || true; done\n",
+    );
+    for path in &writable {
+        script += &rw(path);
+    }
+    if svc("ProtectControlGroups") == Some("yes") {
+        script += "awk '$5 == \"/sys/fs/cgroup\" || index($5, \"/sys/fs/cgroup/\") == 1 {print $5}' \
+                   /proc/self/mountinfo | while read -r m; do mount -o remount,bind,ro \"$m\"; done\n";
+    }
+    script += "exec \"$@\"\n";
+    let socket = run.join("cimplifier.sock");
+    let mut daemon = common::isolated(Path::new("unshare"))
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .args([CIMPLIFIERD, "serve", "--config", "/dev/null", "--socket"])
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(&state)
+        .spawn()
+        .unwrap();
+    let ctl = |args: &[&str]| {
+        common::cimplifierctl()
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ctl(&["version"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline && daemon.try_wait().unwrap().is_none(),
+            "the daemon never answered under the unit's file system view"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let c = common::Container::create(
+        "unitview",
+        &[common::BASE_IMAGE, "/bin/sh", "-c", "cat /etc/os-release"],
+    );
+    let observed = ctl(&["observe", &c.0]);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        observed.status.success(),
+        "under the unit's file system view, a container that exits at once is not observed: {}",
+        String::from_utf8_lossy(&observed.stderr)
+    );
+    let said = String::from_utf8_lossy(&observed.stdout);
+    assert!(said.contains("no events lost"), "{said}");
+}
+
 #[test]
 fn sample_config_is_one_the_daemon_accepts() {
     let config = cimplifier::api::DaemonConfig::load(Some(&repo().join(SAMPLE_CONFIG)))
