@@ -17,6 +17,7 @@
 
 mod labels;
 pub mod lifecycle;
+mod loss;
 pub mod observer;
 mod task;
 

@@ -9,10 +9,10 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use cimplifier_common::{counter, globals, maps};
+use cimplifier_common::{cgroup_loss, counter, globals, maps};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
@@ -55,6 +55,14 @@ struct Maps {
     watched: HashMap<MapData, u64, u8>,
     generation: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
+    cgroup_loss: PerCpuHashMap<MapData, u64, [u64; cgroup_loss::COUNT]>,
+}
+
+/// Records the kernel lost for one cgroup, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupLoss {
+    pub ringbuf_full: u64,
+    pub inflight: u64,
 }
 
 /// The loaded, attached tracer. Dropping it detaches every program.
@@ -136,6 +144,7 @@ impl Tracer {
             watched: HashMap::try_from(take(&mut ebpf, maps::WATCHED_CGROUPS)?)?,
             generation: Array::try_from(take(&mut ebpf, maps::WATCH_GENERATION)?)?,
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
+            cgroup_loss: PerCpuHashMap::try_from(take(&mut ebpf, maps::CGROUP_LOSS)?)?,
         };
         let ring = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         Ok(Self {
@@ -261,7 +270,27 @@ impl Tracer {
             },
             ringbuf_full_per_cpu,
             emitted: sum(counter::EMITTED)?.0,
+            unattributed: sum(counter::LOSS_UNATTRIBUTED)?.0,
         })
+    }
+
+    /// What the kernel lost of the records of cgroup `id` (nothing when it
+    /// has no entry).
+    pub fn cgroup_loss(&self, id: CgroupId) -> Result<CgroupLoss> {
+        let maps = self.maps.lock().expect("maps lock");
+        let per_cpu = match maps.cgroup_loss.get(&id.0, 0) {
+            Ok(v) => v,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(CgroupLoss::default()),
+            Err(e) => return Err(e).context("reading the CGROUP_LOSS map"),
+        };
+        Ok(per_cpu
+            .iter()
+            .fold(CgroupLoss::default(), |sum, v| CgroupLoss {
+                ringbuf_full: sum
+                    .ringbuf_full
+                    .saturating_add(v[cgroup_loss::RINGBUF_FULL]),
+                inflight: sum.inflight.saturating_add(v[cgroup_loss::INFLIGHT]),
+            }))
     }
 
     /// The decoded event stream. Can be taken once; spawns the reader task
@@ -314,6 +343,9 @@ pub struct TracerCounters {
     pub ringbuf_full_per_cpu: Vec<u64>,
     /// Records the kernel wrote.
     pub emitted: u64,
+    /// Losses the kernel could not charge to a cgroup: every session
+    /// counts them.
+    pub unattributed: u64,
 }
 
 /// How long records may wait in the ring buffer: the kernel wakes the reader
