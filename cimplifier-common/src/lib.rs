@@ -205,4 +205,5 @@ pub mod maps {
     pub const WATCH_GENERATION: &str = "WATCH_GENERATION";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CGROUP_LOSS: &str = "CGROUP_LOSS";
+    pub const INFLIGHT: &str = "INFLIGHT";
 }

@@ -354,6 +354,7 @@ impl Cimplifier for Service {
             self.manager
                 .add_selector(&req.label_selector)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            self.manager.start_watching_labels();
             return Ok(Response::new(pb::Session {
                 state: State::Observing as i32,
                 label_selector: req.label_selector,

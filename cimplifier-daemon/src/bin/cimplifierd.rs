@@ -81,7 +81,8 @@ enum Command {
         /// TOML config file (keys: socket, socket_group, read_only_group,
         /// state_dir, ring_buffer_mib, metrics_addr, listen_tcp, tls_cert,
         /// tls_key, tls_client_ca, tls_admin_identities,
-        /// tls_read_only_identities, retain_sessions, max_heavy_calls). Read if it
+        /// tls_read_only_identities, retain_sessions, max_heavy_calls,
+        /// watch_labels). Read if it
         /// exists; a file named
         /// explicitly must exist.
         #[arg(long, env = "CIMPLIFIER_CONFIG")]
@@ -158,6 +159,14 @@ enum Command {
         /// [default: 2].
         #[arg(long, env = "CIMPLIFIER_MAX_HEAVY_CALLS", value_name = "N")]
         max_heavy_calls: Option<usize>,
+        /// Observe containers labelled io.cimplifier.observe=true from their
+        /// first exec, from the daemon's start. It watches Docker's parent
+        /// cgroup, so every container's syscalls pass through the tracer's
+        /// hooks while the daemon runs; without it the hooks are attached
+        /// only while a session observes (`observe --label` turns label
+        /// watching on at run time).
+        #[arg(long, env = "CIMPLIFIER_WATCH_LABELS")]
+        watch_labels: bool,
     },
 }
 
@@ -228,6 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             insecure,
             retain_sessions,
             max_heavy_calls,
+            watch_labels,
         } => {
             let file = cimplifier::api::DaemonConfig::load(config.as_deref())?;
             let tcp = cimplifier::api::TcpFlags {
@@ -260,6 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_heavy_calls: max_heavy_calls
                     .or(file.max_heavy_calls)
                     .unwrap_or(cimplifier::api::HEAVY_CALLS),
+                watch_labels: watch_labels || file.watch_labels.unwrap_or(false),
                 grants: cimplifier::api::authz::GrantConfig {
                     admin_group: None,
                     read_only_group: read_only_group.or(file.read_only_group),
