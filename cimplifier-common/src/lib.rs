@@ -162,7 +162,10 @@ pub mod counter {
     /// A loss that could not be counted against its cgroup (the
     /// `CGROUP_LOSS` map was full): every session counts it as its own.
     pub const LOSS_UNATTRIBUTED: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// A syscall's exit met another call's in-flight entry of the same
+    /// thread: a diagnostic, not counted as any session's loss.
+    pub const EXIT_MISMATCH: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Indices of a `CGROUP_LOSS` value: records lost, by cause, for one cgroup
@@ -170,8 +173,7 @@ pub mod counter {
 pub mod cgroup_loss {
     /// The ring buffer was full.
     pub const RINGBUF_FULL: usize = 0;
-    /// A syscall's entry was not stored (map full, registers unreadable)
-    /// or its exit found another call's entry.
+    /// A syscall's entry was not stored (map full, registers unreadable).
     pub const INFLIGHT: usize = 1;
     pub const COUNT: usize = 2;
 }

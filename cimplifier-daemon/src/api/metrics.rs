@@ -18,6 +18,7 @@ pub struct Snapshot {
     pub sessions_failed: u64,
     pub tracer_events: u64,
     pub tracer_lost: u64,
+    pub exit_mismatch: u64,
     pub session_events: u64,
     pub session_lost: u64,
     pub streams: u64,
@@ -57,6 +58,12 @@ impl Collector for Snapshot {
                 "cimplifier_lost_events",
                 "Events the tracer lost since the daemon started.",
                 self.tracer_lost,
+            ),
+            (
+                "cimplifier_syscall_exit_mismatch",
+                "Syscall exits that met another call's in-flight entry of the same thread (a \
+                 diagnostic; not counted as lost).",
+                self.exit_mismatch,
             ),
             (
                 "cimplifier_event_streams_cut_off",

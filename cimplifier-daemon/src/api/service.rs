@@ -180,6 +180,7 @@ impl Service {
             sessions_failed: count(&|s| matches!(s, SessionView::Failed { .. })),
             tracer_events: observer.stats.events.load(Ordering::Relaxed),
             tracer_lost: observer.loss().lost(),
+            exit_mismatch: observer.counters().exit_mismatch,
             session_events,
             session_lost,
             streams: observer.subscribers() as u64,

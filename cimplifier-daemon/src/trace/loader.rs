@@ -346,6 +346,7 @@ impl Tracer {
             ringbuf_full_per_cpu,
             emitted: sum(counter::EMITTED)?.0,
             unattributed: sum(counter::LOSS_UNATTRIBUTED)?.0,
+            exit_mismatch: sum(counter::EXIT_MISMATCH)?.0,
         })
     }
 
@@ -421,6 +422,8 @@ pub struct TracerCounters {
     /// Losses the kernel could not charge to a cgroup: every session
     /// counts them.
     pub unattributed: u64,
+    /// Syscall exits that met another call's entry (a diagnostic).
+    pub exit_mismatch: u64,
 }
 
 /// How long records may wait in the ring buffer: the kernel wakes the reader
