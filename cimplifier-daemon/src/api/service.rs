@@ -230,6 +230,7 @@ impl Service {
             allow_incomplete: req.allow_incomplete,
             rpe,
             retag: retag(req.force),
+            kubernetes: req.kubernetes,
         };
         let store = self.manager.store().clone();
         let (tx, rx) = mpsc::channel(16);
@@ -466,6 +467,11 @@ impl Cimplifier for Service {
         }
         if req.tag.is_empty() && !req.oci_archive && req.policy_toml.is_empty() {
             return Err(Status::invalid_argument("give a tag, oci_archive, or both"));
+        }
+        if req.kubernetes && req.policy_toml.is_empty() {
+            return Err(Status::invalid_argument(
+                "kubernetes is the run plan of a partitioned system: give a policy too",
+            ));
         }
         let exclude = paths(&req.exclude, "exclude")?;
         if exclude.iter().any(|x| *x == ContainerPath::root()) {

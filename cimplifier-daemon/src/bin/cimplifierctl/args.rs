@@ -469,6 +469,11 @@ pub struct EmitArgs {
     /// daemon sends them; it writes no path a client names).
     #[arg(long, value_name = "DIR", requires = "policy")]
     pub out: Option<PathBuf>,
+    /// With --policy: also write the run plan for Kubernetes (a
+    /// Deployment: one container per partition, emptyDir volumes, the
+    /// seed as an init container) to FILE, as you.
+    #[arg(long, value_name = "FILE", requires = "policy")]
+    pub k8s: Option<PathBuf>,
     /// Print the audit report as JSON instead of the summary.
     #[arg(long)]
     pub json: bool,

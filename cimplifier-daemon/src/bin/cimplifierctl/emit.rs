@@ -54,6 +54,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         explain,
         policy,
         out,
+        k8s,
         json,
     } = args;
     // Every argument is checked before the daemon reads a byte of the image.
@@ -97,6 +98,9 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         None => String::new(),
     };
     let mut outputs = Outputs::prepare(oci_dir.as_deref(), out.as_deref())?;
+    if let Some(file) = &k8s {
+        outputs.set_k8s_file(file);
+    }
     let request = pb::EmitRequest {
         container: container.clone(),
         tag: tag.unwrap_or_default(),
@@ -122,6 +126,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
             })
             .collect(),
         policy_toml,
+        kubernetes: k8s.is_some(),
         ..Default::default()
     };
     if policy.is_some() {

@@ -37,6 +37,7 @@ use crate::place::slim::SlimOptions;
 use crate::store::Store;
 use crate::trace::ContainerPath;
 
+pub mod kubernetes;
 mod layer;
 mod report;
 pub mod seed;
@@ -171,6 +172,8 @@ pub struct PartitionEmitOptions {
     pub rpe: RpeBinaries,
     /// Whether tags naming images cimplifier did not make may be moved.
     pub retag: oci::Retag,
+    /// Also write the Kubernetes run plan (kubernetes.rs).
+    pub kubernetes: bool,
 }
 
 /// What a partition's container runs.
@@ -566,6 +569,16 @@ pub async fn emit_partitioned(
     )
     .with_plan_id()?;
     let compose_yaml = compose.to_yaml()?;
+    let mut warnings = warnings;
+    let kubernetes_yaml = if opts.kubernetes {
+        // From the Compose plan itself, so the two cannot disagree.
+        let (deployment, k8s_warnings) = kubernetes::deployment(&compose, &BTreeMap::new())
+            .map_err(|e| EmitError::Policy(format!("the Kubernetes run plan: {e:#}")))?;
+        warnings.extend(k8s_warnings);
+        Some(deployment.to_yaml()?)
+    } else {
+        None
+    };
 
     let source_image_bytes = inspect.size.unwrap_or(0).max(0) as u64;
     let total_bytes: u64 = partitions.iter().map(|p| p.bytes).sum();
@@ -598,10 +611,13 @@ pub async fn emit_partitioned(
         warnings,
     };
     let json = serde_json::to_vec_pretty(&report).context("serializing the partition report")?;
-    let files = vec![
+    let mut files = vec![
         (COMPOSE_FILE.to_owned(), compose_yaml.into_bytes()),
         (PARTITION_REPORT_FILE.to_owned(), json),
     ];
+    if let Some(yaml) = kubernetes_yaml {
+        files.push((kubernetes::KUBERNETES_FILE.to_owned(), yaml.into_bytes()));
+    }
     Ok(EmittedPlan { report, files })
 }
 
