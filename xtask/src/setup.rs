@@ -14,7 +14,9 @@ use crate::util::{self, Step, cmd};
 /// and tools used by tests and the demo (openssl makes the TLS tests'
 /// certificates; systemd brings `systemd-analyze`, which checks
 /// deploy/systemd/ without systemd running; mariadb-client is the MariaDB
-/// case study's client).
+/// case study's client; docker-registry is the local registry `emit
+/// --push` is tested against, with apache2-utils' htpasswd for its users;
+/// kubectl decodes the Kubernetes run plan).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -34,6 +36,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3",
     "ca-certificates",
     "systemd",
+    "docker-registry",
+    "apache2-utils",
+    "kubectl",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

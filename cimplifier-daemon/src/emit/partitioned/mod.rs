@@ -174,6 +174,9 @@ pub struct PartitionEmitOptions {
     pub retag: oci::Retag,
     /// Also write the Kubernetes run plan (kubernetes.rs).
     pub kubernetes: bool,
+    /// Also push every image, named after this reference as the tags are
+    /// after the tag (`emit --push`).
+    pub push: Option<super::push::PushTarget>,
 }
 
 /// What a partition's container runs.
@@ -413,6 +416,29 @@ pub async fn emit_partitioned(
             seed: Default::default(),
         });
     }
+    // `--push REF`: each image to REF's repository with `-<partition>`,
+    // as the tags are named after the tag.
+    let push_naming = match &opts.push {
+        Some(target) => Some(
+            ImageNaming::parse(&target.reference.whole())
+                .map_err(|e| EmitError::Options(format!("push: {e:#}")))?,
+        ),
+        None => None,
+    };
+    let mut pushed: BTreeMap<String, super::push::Pushed> = BTreeMap::new();
+    let push_as = async |pushed: &mut BTreeMap<String, super::push::Pushed>,
+                         service: &str,
+                         name: &PartitionName,
+                         image: &oci::OciImage|
+           -> Result<(), EmitError> {
+        let (Some(target), Some(naming)) = (&opts.push, &push_naming) else {
+            return Ok(());
+        };
+        let target = target.renamed(&naming.of(name))?;
+        progress(&format!("pushing {}", target.reference));
+        pushed.insert(service.to_owned(), super::push::push(image, &target).await?);
+        Ok(())
+    };
     let seed_image = if volumes.is_empty() {
         None
     } else {
@@ -445,6 +471,7 @@ pub async fn emit_partitioned(
         let image = oci::build(layer, &config, &labels, Some(&tag))?;
         progress(&format!("loading {tag} into Docker"));
         oci::load_into_docker(&docker, &image, opts.retag).await?;
+        push_as(&mut pushed, seed::SEED_SERVICE, &seed_name, &image).await?;
         Some(EmittedSeed {
             service: seed::SEED_SERVICE.to_owned(),
             image: tag,
@@ -530,6 +557,7 @@ pub async fn emit_partitioned(
         let image = oci::build(layer.tar, &config, &labels, Some(&tag))?;
         progress(&format!("loading {tag} into Docker"));
         oci::load_into_docker(&docker, &image, opts.retag).await?;
+        push_as(&mut pushed, name.as_str(), name, &image).await?;
         partitions.push(EmittedPartition {
             name: name.clone(),
             image: tag,
@@ -572,7 +600,12 @@ pub async fn emit_partitioned(
     let mut warnings = warnings;
     let kubernetes_yaml = if opts.kubernetes {
         // From the Compose plan itself, so the two cannot disagree.
-        let (deployment, k8s_warnings) = kubernetes::deployment(&compose, &BTreeMap::new())
+        // A pushed image by its digest: a later push to the tag cannot mix in.
+        let pinned: BTreeMap<String, String> = pushed
+            .iter()
+            .map(|(service, p)| (service.clone(), p.pinned.clone()))
+            .collect();
+        let (deployment, k8s_warnings) = kubernetes::deployment(&compose, &pinned)
             .map_err(|e| EmitError::Policy(format!("the Kubernetes run plan: {e:#}")))?;
         warnings.extend(k8s_warnings);
         Some(deployment.to_yaml()?)
@@ -609,6 +642,7 @@ pub async fn emit_partitioned(
         run,
         plan,
         warnings,
+        pushed,
     };
     let json = serde_json::to_vec_pretty(&report).context("serializing the partition report")?;
     let mut files = vec![
