@@ -144,7 +144,14 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         ..Default::default()
     };
     if policy.is_some() {
-        return emit_partitioned(socket, request, &mut outputs, &explain, json);
+        return emit_partitioned(
+            socket,
+            request,
+            &mut outputs,
+            &explain,
+            k8s.as_deref(),
+            json,
+        );
     }
     let mut report: EmitReport = emit_with_progress(socket, request, &mut outputs)?;
     report.oci_dir = outputs.finish_oci()?;
@@ -259,6 +266,7 @@ fn emit_partitioned(
     request: pb::EmitRequest,
     outputs: &mut Outputs,
     explain: &[Explained],
+    k8s: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
     let mut report: PartitionEmitReport = emit_with_progress(socket, request, outputs)?;
@@ -275,6 +283,12 @@ fn emit_partitioned(
     let mut text = report.render_text();
     for p in report.pushed.values() {
         text += &format!("  pushed: {}\n", p.pinned);
+    }
+    if let Some(file) = k8s {
+        text += &format!(
+            "  kubernetes plan: {} (a Deployment; docs/partitioning.md, \"Kubernetes\")\n",
+            file.display()
+        );
     }
     for p in explain {
         text += &format!("  {p}: {}\n", report.explain_item(p));
