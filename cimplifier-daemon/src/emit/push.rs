@@ -224,6 +224,11 @@ pub async fn push(image: &OciImage, target: &PushTarget) -> Result<Pushed, EmitE
         } else {
             ClientProtocol::Https
         },
+        // A registry that stops answering must not hold an emit (and its
+        // heavy-call permit) for ever.
+        connect_timeout: Some(std::time::Duration::from_secs(30)),
+        read_timeout: Some(std::time::Duration::from_secs(120)),
+        user_agent: concat!("cimplifier/", env!("CARGO_PKG_VERSION")),
         ..Default::default()
     });
     let auth = match &target.credentials {

@@ -341,6 +341,26 @@ pub fn deployment(
     let mut init_containers = Vec::new();
     for service_name in plan.start_order()? {
         let s = &plan.services[service_name];
+        // Every field of the Compose service, named: one added there does
+        // not compile here until it is translated (or refused), so the two
+        // plans cannot drift apart unseen.
+        let ComposeService {
+            image: _,        // by tag or pinned digest: image_of
+            network_mode: _, // the pod's one network namespace
+            depends_on: _,   // the containers' order (start_order)
+            volumes: _,      // mounts
+            expose: _,       // ports
+            ports: _,        // ports, and a warning: a Service publishes
+            tty: _,          // tty
+            stdin_open: _,   // stdin
+            init: _,         // a warning: no equivalent
+            labels: _,       // the image's tag (IMAGE_TAG_LABEL)
+            cap_drop: _,     // securityContext
+            cap_add: _,      // securityContext
+            security_opt: _, // securityContext, or refused
+            read_only: _,    // securityContext
+            tmpfs: _,        // emptyDir, medium Memory
+        } = s;
         let name = label_name(service_name, &mut container_names);
         let image = image_of(service_name, s, pinned)?;
         if service_name == SEED_SERVICE {
