@@ -189,5 +189,4 @@ fn the_kubernetes_plan_of_a_shared_volume_emit_decodes_in_kubectl_and_its_seed_f
         std::fs::read_to_string(volume.join("flag")).unwrap(),
         "data of a running pod\n"
     );
-    drop(cleanup);
 }

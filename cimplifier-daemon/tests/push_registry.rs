@@ -222,6 +222,7 @@ fn the_slim_nginx_pushed_to_a_local_registry_is_pulled_run_and_passes_its_worklo
     // Into Docker from the registry (Docker pulls from 127.0.0.0/8 over
     // plain HTTP), then run as the report says, hardened.
     docker(&["pull", &reference]);
+    let _pulled = PulledImage(reference.clone());
     let pulled_id = docker(&["image", "inspect", "-f", "{{.Id}}", &reference]);
     assert_eq!(
         pulled_id,
@@ -248,7 +249,15 @@ fn the_slim_nginx_pushed_to_a_local_registry_is_pulled_run_and_passes_its_worklo
         "the pulled image answers as the original did"
     );
     drop(slim_container);
-    let _ = Command::new("docker").args(["rmi", &reference]).output();
+}
+
+/// Removes the image pulled from the registry, however the test ends.
+struct PulledImage(String);
+
+impl Drop for PulledImage {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rmi", &self.0]).output();
+    }
 }
 
 #[test]
