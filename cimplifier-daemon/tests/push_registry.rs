@@ -182,6 +182,10 @@ fn the_slim_nginx_pushed_to_a_local_registry_is_pulled_run_and_passes_its_worklo
     let pushed = &report["pushed"];
     assert_eq!(pushed["reference"], reference.as_str());
     let digest = pushed["manifest_digest"].as_str().unwrap().to_owned();
+    println!(
+        "pushed {}: layer {} bytes, {} gzip-compressed",
+        pushed["pinned"], report["slim_image_bytes"], pushed["compressed_bytes"]
+    );
     assert!(
         (pushed["compressed_bytes"].as_u64().unwrap())
             < report["slim_image_bytes"].as_u64().unwrap(),
@@ -273,7 +277,11 @@ fn push_errors_name_the_registry_and_what_to_do() {
         args.extend(extra);
         ctl(&d, &args, config)
     };
-    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let stderr = |o: &Output| {
+        let e = String::from_utf8_lossy(&o.stderr).into_owned();
+        println!("{e}");
+        e
+    };
 
     // A bad reference is a usage error before any work.
     let o = push("Not A Ref", &[], None);

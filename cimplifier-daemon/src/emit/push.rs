@@ -86,9 +86,19 @@ impl PushTarget {
         };
         // Docker's grammar first (docker/tag.rs): lower-case repository,
         // tag characters, lengths.
+        use crate::docker::tag::TagError;
         reference
             .parse::<crate::docker::tag::ImageTag>()
-            .map_err(|e| bad(e.to_string()))?;
+            .map_err(|e| {
+                bad(match e {
+                    TagError::Empty => "it is empty".into(),
+                    TagError::Digest(_) => {
+                        "a digest cannot be pushed to, it is the pushed manifest's".into()
+                    }
+                    TagError::Uppercase(_) => "repository names are lower case".into(),
+                    TagError::Invalid(_, why) => format!("not an image reference ({why})"),
+                })
+            })?;
         let parsed: Reference = reference.parse().map_err(|e| bad(format!("{e}")))?;
         if parsed.digest().is_some() {
             return Err(bad(
@@ -150,7 +160,25 @@ pub fn compressed(image: &OciImage) -> anyhow::Result<(Blob, Blob)> {
 fn explain(e: OciDistributionError, target: &PushTarget) -> EmitError {
     let registry = target.registry();
     let scheme = if target.plain_http() { "http" } else { "https" };
-    let text = format!("{e:#}");
+    // A registry's answer in short: its status and the first error of the
+    // distribution spec's error envelope, not the whole JSON.
+    let text = match &e {
+        OciDistributionError::ServerError { code, message, .. } => {
+            let first = serde_json::from_str::<serde_json::Value>(message)
+                .ok()
+                .and_then(|v| {
+                    let err = v.get("errors")?.get(0)?;
+                    Some(format!(
+                        "{} {}",
+                        err.get("code")?.as_str()?,
+                        err.get("message")?.as_str()?
+                    ))
+                })
+                .unwrap_or_else(|| crate::cli::quote_capped(message.trim(), 200));
+            format!("HTTP {code}: {first}")
+        }
+        _ => format!("{e:#}"),
+    };
     let chain = {
         let mut all = text.clone();
         let mut source = std::error::Error::source(&e);
