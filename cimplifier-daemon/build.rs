@@ -1,8 +1,8 @@
 //! Builds the kernel programs (`cimplifier-ebpf`) and embeds the object
 //! (set CIMPLIFIER_EBPF_OBJECT to use a prebuilt object instead); builds
-//! the static RPE stub and server (`cimplifier-rpe`) and embeds them (set
-//! CIMPLIFIER_RPE_STUB and CIMPLIFIER_RPE_SERVER to use prebuilt ones,
-//! which must be static too); and generates the gRPC code from proto/
+//! the static RPE stub and server and the volume seeder (`cimplifier-rpe`)
+//! and embeds them (set CIMPLIFIER_RPE_STUB, CIMPLIFIER_RPE_SERVER and
+//! CIMPLIFIER_RPE_SEED to use prebuilt ones, which must be static too); and generates the gRPC code from proto/
 //! (protox, so no protoc is needed).
 
 use std::env;
@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use cimplifier_build::glue::GlueBinary;
 use cimplifier_build::rpe::{self, StaticGlue};
 
-/// Prebuilt glue for packagers: both or neither.
+/// Prebuilt glue for packagers: all or none.
 const RPE_STUB_ENV: &str = "CIMPLIFIER_RPE_STUB";
 const RPE_SERVER_ENV: &str = "CIMPLIFIER_RPE_SERVER";
+const RPE_SEED_ENV: &str = "CIMPLIFIER_RPE_SEED";
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -87,15 +88,22 @@ fn main() {
 fn static_glue(root: &Path) -> StaticGlue {
     println!("cargo:rerun-if-env-changed={RPE_STUB_ENV}");
     println!("cargo:rerun-if-env-changed={RPE_SERVER_ENV}");
-    match (env::var_os(RPE_STUB_ENV), env::var_os(RPE_SERVER_ENV)) {
-        (Some(stub), Some(server)) => {
+    println!("cargo:rerun-if-env-changed={RPE_SEED_ENV}");
+    match (
+        env::var_os(RPE_STUB_ENV),
+        env::var_os(RPE_SERVER_ENV),
+        env::var_os(RPE_SEED_ENV),
+    ) {
+        (Some(stub), Some(server), Some(seed)) => {
             let glue = StaticGlue {
                 stub: stub.into(),
                 server: server.into(),
+                seed: seed.into(),
             };
             for (bin, var) in [
                 (GlueBinary::Stub, RPE_STUB_ENV),
                 (GlueBinary::Server, RPE_SERVER_ENV),
+                (GlueBinary::Seed, RPE_SEED_ENV),
             ] {
                 println!("cargo:rerun-if-changed={}", glue.path(bin).display());
                 rpe::check_file(glue.path(bin))
@@ -103,7 +111,7 @@ fn static_glue(root: &Path) -> StaticGlue {
             }
             glue
         }
-        (None, None) => {
+        (None, None, None) => {
             for path in rpe::sources(root) {
                 println!("cargo:rerun-if-changed={}", path.display());
             }
@@ -111,8 +119,8 @@ fn static_glue(root: &Path) -> StaticGlue {
                 .unwrap_or_else(|e| panic!("{e}"))
         }
         _ => panic!(
-            "set both {RPE_STUB_ENV} and {RPE_SERVER_ENV} (prebuilt static RPE binaries), \
-             or neither to build them here"
+            "set all of {RPE_STUB_ENV}, {RPE_SERVER_ENV} and {RPE_SEED_ENV} (prebuilt static \
+             RPE binaries), or none to build them here"
         ),
     }
 }

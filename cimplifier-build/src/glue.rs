@@ -8,21 +8,24 @@ use std::fmt;
 
 use goblin::elf::Elf;
 
-/// The two glue binaries, by the name cargo gives them.
+/// The glue binaries, by the name cargo gives them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum GlueBinary {
     Stub,
     Server,
+    /// Fills a Kubernetes pod's empty volumes from the seed image.
+    Seed,
 }
 
 impl GlueBinary {
-    pub const ALL: [GlueBinary; 2] = [GlueBinary::Stub, GlueBinary::Server];
+    pub const ALL: [GlueBinary; 3] = [GlueBinary::Stub, GlueBinary::Server, GlueBinary::Seed];
 
     /// The binary target's name in `cimplifier-rpe`.
     pub fn file_name(self) -> &'static str {
         match self {
             GlueBinary::Stub => "cimplifier-rpe-stub",
             GlueBinary::Server => "cimplifier-rpe-server",
+            GlueBinary::Seed => "cimplifier-seed",
         }
     }
 }

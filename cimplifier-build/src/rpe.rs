@@ -18,6 +18,7 @@ pub const STATIC_RUSTFLAGS: &str = "-C target-feature=+crt-static";
 pub struct StaticGlue {
     pub stub: PathBuf,
     pub server: PathBuf,
+    pub seed: PathBuf,
 }
 
 impl StaticGlue {
@@ -25,6 +26,7 @@ impl StaticGlue {
         match bin {
             GlueBinary::Stub => &self.stub,
             GlueBinary::Server => &self.server,
+            GlueBinary::Seed => &self.seed,
         }
     }
 }
@@ -84,6 +86,7 @@ pub fn build_static(workspace: &Path, target_dir: &Path) -> Result<StaticGlue, S
     let glue = StaticGlue {
         stub: dir.join(GlueBinary::Stub.file_name()),
         server: dir.join(GlueBinary::Server.file_name()),
+        seed: dir.join(GlueBinary::Seed.file_name()),
     };
     for bin in GlueBinary::ALL {
         check_file(glue.path(bin))?;

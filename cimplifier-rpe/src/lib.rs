@@ -7,6 +7,7 @@
 pub mod config;
 pub mod fdpass;
 pub mod proto;
+pub mod seed;
 pub mod server;
 pub mod stub;
 mod sys;

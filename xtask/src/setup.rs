@@ -15,7 +15,9 @@ use crate::util::{self, Step, cmd};
 /// certificates; systemd brings `systemd-analyze`, which checks
 /// deploy/systemd/ without systemd running; mariadb-client is the MariaDB
 /// case study's client; skopeo writes the OCI image formats the image
-/// reader is tested on).
+/// reader is tested on; docker-registry is the local registry `emit
+/// --push` is tested against, with apache2-utils' htpasswd for its users;
+/// kubectl decodes the Kubernetes run plan).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -36,6 +38,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "ca-certificates",
     "systemd",
     "skopeo",
+    "docker-registry",
+    "apache2-utils",
+    "kubectl",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

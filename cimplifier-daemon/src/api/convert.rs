@@ -111,7 +111,8 @@ impl From<EmitError> for Status {
             EmitError::Refused(Refused::NoSession(_)) => Status::not_found(message),
             EmitError::Refused(Refused::StillObserving(_) | Refused::Incomplete { .. })
             | EmitError::Session(_)
-            | EmitError::Engine(_) => Status::failed_precondition(message),
+            | EmitError::Engine(_)
+            | EmitError::Registry(_) => Status::failed_precondition(message),
             EmitError::Policy(_) | EmitError::Options(_) => Status::invalid_argument(message),
             EmitError::ForeignTag(_) => Status::already_exists(message),
             EmitError::Failed(_) => Status::internal(message),

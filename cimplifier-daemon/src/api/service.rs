@@ -17,6 +17,7 @@ use super::pb;
 use super::pb::cimplifier_server::Cimplifier;
 use super::pb::session::State;
 use crate::emit::EmitError;
+use crate::emit::push::{Credentials, PushTarget};
 use crate::emit::slim::{EmitOptions, emit};
 use crate::image::source::{Admit, TraceDigest, read_session};
 use crate::model::Model;
@@ -203,6 +204,7 @@ impl Service {
         &self,
         req: pb::EmitRequest,
         slim: SlimOptions,
+        push: Option<PushTarget>,
         permit: tokio::sync::OwnedSemaphorePermit,
     ) -> Result<Response<ResultStream<pb::EmitProgress>>, Status> {
         use crate::emit::partitioned::{
@@ -235,6 +237,8 @@ impl Service {
             allow_incomplete: req.allow_incomplete,
             rpe,
             retag: retag(req.force),
+            kubernetes: req.kubernetes,
+            push,
         };
         let store = self.manager.store().clone();
         let (tx, rx) = mpsc::channel(16);
@@ -470,8 +474,40 @@ impl Cimplifier for Service {
                  write the plan_file messages; `cimplifierctl emit --oci-dir/--out` does both",
             ));
         }
-        if req.tag.is_empty() && !req.oci_archive && req.policy_toml.is_empty() {
-            return Err(Status::invalid_argument("give a tag, oci_archive, or both"));
+        if req.tag.is_empty()
+            && !req.oci_archive
+            && req.policy_toml.is_empty()
+            && req.push.is_empty()
+        {
+            return Err(Status::invalid_argument(
+                "give a tag, oci_archive, push, or several",
+            ));
+        }
+        let push = if req.push.is_empty() {
+            if req.insecure_registry || req.registry_auth.is_some() {
+                return Err(Status::invalid_argument(
+                    "insecure_registry and registry_auth are for push: give push too",
+                ));
+            }
+            None
+        } else {
+            let credentials = match &req.registry_auth {
+                Some(a) if !a.username.is_empty() => Credentials::Basic {
+                    username: a.username.clone(),
+                    password: a.password.clone(),
+                },
+                _ => Credentials::Anonymous,
+            };
+            Some(PushTarget::parse(
+                &req.push,
+                req.insecure_registry,
+                credentials,
+            )?)
+        };
+        if req.kubernetes && req.policy_toml.is_empty() {
+            return Err(Status::invalid_argument(
+                "kubernetes is the run plan of a partitioned system: give a policy too",
+            ));
         }
         let exclude = paths(&req.exclude, "exclude")?;
         if exclude.iter().any(|x| *x == ContainerPath::root()) {
@@ -505,7 +541,7 @@ impl Cimplifier for Service {
         }
         let permit = self.heavy("emit").await?;
         if !req.policy_toml.is_empty() {
-            return self.emit_partitioned(req, slim, permit);
+            return self.emit_partitioned(req, slim, push, permit);
         }
         let opts = EmitOptions {
             session: req.container,
@@ -516,6 +552,7 @@ impl Cimplifier for Service {
             allow_incomplete: req.allow_incomplete,
             list_removed: req.list_removed,
             explain,
+            push,
         };
         let store = self.manager.store().clone();
         let reports = self.state_dir.join("emit-reports");

@@ -28,6 +28,10 @@ pub enum EmitError {
     /// The engine is unreachable, or the source image is gone or unreadable.
     #[error("{0:#}")]
     Engine(anyhow::Error),
+    /// The registry of `emit --push` is unreachable, refused the
+    /// credentials, or speaks no HTTPS; the message names it.
+    #[error("{0}")]
+    Registry(String),
     /// Anything else: the store, writing or loading the images.
     #[error("{0:#}")]
     Failed(#[from] anyhow::Error),

@@ -9,6 +9,7 @@
 mod error;
 pub mod oci;
 pub mod partitioned;
+pub mod push;
 pub mod runconfig;
 pub mod slim;
 

@@ -68,7 +68,7 @@ pub struct Blob {
 }
 
 impl Blob {
-    fn new(bytes: Vec<u8>) -> Self {
+    pub(crate) fn new(bytes: Vec<u8>) -> Self {
         let sha256 = format!("{:x}", Sha256::digest(&bytes));
         Self { bytes, sha256 }
     }
@@ -81,7 +81,7 @@ impl Blob {
         format!("blobs/sha256/{}", self.sha256)
     }
 
-    fn descriptor(&self, media_type: MediaType) -> Result<Descriptor> {
+    pub(crate) fn descriptor(&self, media_type: MediaType) -> Result<Descriptor> {
         let digest: Sha256Digest = self.sha256.parse().context("a sha256 digest")?;
         Ok(DescriptorBuilder::default()
             .media_type(media_type)
@@ -104,7 +104,7 @@ pub struct OciImage {
 /// JSON with every object's keys sorted, whatever order oci-spec's
 /// HashMaps (and serde_json's `preserve_order`, if a dependency turns it
 /// on) would give: the digests must not depend on hashing.
-fn canonical_json(value: &impl Serialize) -> Result<Vec<u8>> {
+pub(crate) fn canonical_json(value: &impl Serialize) -> Result<Vec<u8>> {
     fn sorted(v: serde_json::Value) -> serde_json::Value {
         match v {
             serde_json::Value::Object(map) => {

@@ -46,6 +46,8 @@ pub struct EmitOptions {
     /// Paths the caller will ask about (`--explain`): the report names
     /// those the source image does not hold, so none is answered "removed".
     pub explain: Vec<ContainerPath>,
+    /// Also push the image to a registry (`emit --push`).
+    pub push: Option<super::push::PushTarget>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +79,9 @@ pub struct EmitReport {
     pub source_ref: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tag: Option<String>,
+    /// Where `--push` put it, with the manifest's digest there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<super::push::Pushed>,
     /// Where the client wrote the OCI layout (the daemon writes none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oci_dir: Option<PathBuf>,
@@ -429,6 +434,13 @@ pub async fn emit(
         progress("loading into Docker");
         oci::load_into_docker(&crate::docker::connect()?, &image, opts.retag).await?;
     }
+    let pushed = match &opts.push {
+        Some(target) => {
+            progress(&format!("pushing to {}", target.reference));
+            Some(super::push::push(&image, target).await?)
+        }
+        None => None,
+    };
     let load_ms = ms(start);
 
     let mut kept = Vec::new();
@@ -469,6 +481,7 @@ pub async fn emit(
         source_image: info.started.image_id.clone(),
         source_ref: info.started.image_ref.clone(),
         tag: tag.map(str::to_owned),
+        pushed,
         oci_dir: None,
         image_id: image.config.digest(),
         manifest_digest: image.manifest.digest(),

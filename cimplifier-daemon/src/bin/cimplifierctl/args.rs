@@ -104,7 +104,7 @@ pub enum Command {
     /// the RPE server is the entrypoint of every partition that runs
     /// programs for others, and --out gets docker-compose.yml and
     /// partition-report.json.
-    #[command(group(ArgGroup::new("output").required(true).multiple(true).args(["tag", "oci_dir"])))]
+    #[command(group(ArgGroup::new("output").required(true).multiple(true).args(["tag", "oci_dir", "push"])))]
     Emit(EmitArgs),
     /// The daemon's version and API.
     Version {
@@ -471,6 +471,21 @@ pub struct EmitArgs {
     /// daemon sends them; it writes no path a client names).
     #[arg(long, value_name = "DIR", requires = "policy")]
     pub out: Option<PathBuf>,
+    /// With --policy: also write the run plan for Kubernetes (a
+    /// Deployment: one container per partition, emptyDir volumes, the
+    /// seed as an init container) to FILE, as you.
+    #[arg(long, value_name = "FILE", requires = "policy")]
+    pub k8s: Option<PathBuf>,
+    /// Push the image to a registry, REGISTRY/REPOSITORY[:TAG], with
+    /// gzip-compressed layers (with --policy, each partition's image and
+    /// the seed's, named REPOSITORY-<partition>:TAG). Credentials come from
+    /// your docker config (`docker login`), else none; plain HTTP only
+    /// for localhost and 127.0.0.1.
+    #[arg(long, value_name = "REF")]
+    pub push: Option<String>,
+    /// With --push: plain HTTP to a registry that is not on this host.
+    #[arg(long, requires = "push")]
+    pub insecure_registry: bool,
     /// Print the audit report as JSON instead of the summary.
     #[arg(long)]
     pub json: bool,

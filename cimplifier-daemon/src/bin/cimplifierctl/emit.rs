@@ -8,6 +8,7 @@ use cimplifier::api::{Address, pb};
 use cimplifier::docker::compose;
 use cimplifier::docker::tag::ImageTag;
 use cimplifier::emit::partitioned::PartitionEmitReport;
+use cimplifier::emit::push::PushTarget;
 use cimplifier::emit::slim::{EmitReport, Explained};
 use cimplifier::place::slim::{SafetySet, SlimOptions};
 use tokio_stream::StreamExt;
@@ -54,12 +55,23 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         explain,
         policy,
         out,
+        k8s,
+        push,
+        insecure_registry,
         json,
     } = args;
     // Every argument is checked before the daemon reads a byte of the image.
     if let Some(tag) = &tag {
         tag.parse::<ImageTag>().map_err(|e| usage(e.to_string()))?;
     }
+    let registry_auth = match &push {
+        Some(reference) => {
+            let target = PushTarget::parse(reference, insecure_registry, Default::default())
+                .map_err(|e| usage(e.to_string()))?;
+            registry_auth(&target)?
+        }
+        None => None,
+    };
     let mut slim = SlimOptions::with_safety_sets();
     slim.strict = strict;
     if no_safety_sets {
@@ -97,6 +109,9 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         None => String::new(),
     };
     let mut outputs = Outputs::prepare(oci_dir.as_deref(), out.as_deref())?;
+    if let Some(file) = &k8s {
+        outputs.set_k8s_file(file);
+    }
     let request = pb::EmitRequest {
         container: container.clone(),
         tag: tag.unwrap_or_default(),
@@ -122,10 +137,21 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
             })
             .collect(),
         policy_toml,
+        kubernetes: k8s.is_some(),
+        push: push.unwrap_or_default(),
+        insecure_registry,
+        registry_auth,
         ..Default::default()
     };
     if policy.is_some() {
-        return emit_partitioned(socket, request, &mut outputs, &explain, json);
+        return emit_partitioned(
+            socket,
+            request,
+            &mut outputs,
+            &explain,
+            k8s.as_deref(),
+            json,
+        );
     }
     let mut report: EmitReport = emit_with_progress(socket, request, &mut outputs)?;
     report.oci_dir = outputs.finish_oci()?;
@@ -136,6 +162,13 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         return print(&(serde_json::to_string_pretty(&report)? + "\n"));
     }
     let mut text = summary(&report);
+    if let Some(p) = &report.pushed {
+        text += &format!(
+            "  pushed: {} ({} gzip-compressed layer)\n",
+            p.pinned,
+            mb(p.compressed_bytes)
+        );
+    }
     text += &format!(
         "  audit report: emit-reports/{container}.json in the daemon's state directory (or emit --json)\n"
     );
@@ -143,6 +176,43 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         text += &format!("  {p}: {}\n", report.explain_item(p));
     }
     print(&text)
+}
+
+/// The caller's credentials for the push registry, from its own docker
+/// config ($DOCKER_CONFIG/config.json or ~/.docker/config.json, with its
+/// credential helpers), as `docker push` would use them; none there is
+/// anonymous. Read here, as the caller: the daemon reads no such file.
+fn registry_auth(target: &PushTarget) -> anyhow::Result<Option<pb::RegistryAuth>> {
+    use docker_credential::{CredentialRetrievalError as E, DockerCredential};
+    let config = std::env::var_os("DOCKER_CONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::home_dir().map(|h| h.join(".docker")))
+        .map(|d| d.join("config.json"));
+    if !config.as_ref().is_some_and(|c| c.exists()) {
+        return Ok(None);
+    }
+    let config = config.expect("checked");
+    // Docker Hub's credentials are kept under its v1 index address.
+    let key = match target.reference.registry() {
+        "docker.io" | "index.docker.io" => "https://index.docker.io/v1/",
+        other => other,
+    };
+    match docker_credential::get_credential(key) {
+        Ok(DockerCredential::UsernamePassword(username, password)) => {
+            Ok(Some(pb::RegistryAuth { username, password }))
+        }
+        Ok(DockerCredential::IdentityToken(_)) => Err(usage(format!(
+            "--push: {} holds an identity token for {key}, which cimplifier cannot use; \
+             `docker login {key}` with a password or access token",
+            config.display()
+        ))),
+        Err(E::NoCredentialConfigured) => Ok(None),
+        Err(e) => Err(anyhow::anyhow!(
+            "--push: cannot read the credentials for {key} from {}: {e:?}; fix it or \
+             `docker login {key}` again",
+            config.display()
+        )),
+    }
 }
 
 /// Asks the daemon to emit, shows its steps on a spinner, and returns the
@@ -196,6 +266,7 @@ fn emit_partitioned(
     request: pb::EmitRequest,
     outputs: &mut Outputs,
     explain: &[Explained],
+    k8s: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<()> {
     let mut report: PartitionEmitReport = emit_with_progress(socket, request, outputs)?;
@@ -210,6 +281,15 @@ fn emit_partitioned(
         return print(&(serde_json::to_string_pretty(&report)? + "\n"));
     }
     let mut text = report.render_text();
+    for p in report.pushed.values() {
+        text += &format!("  pushed: {}\n", p.pinned);
+    }
+    if let Some(file) = k8s {
+        text += &format!(
+            "  kubernetes plan: {} (a Deployment; docs/partitioning.md, \"Kubernetes\")\n",
+            file.display()
+        );
+    }
     for p in explain {
         text += &format!("  {p}: {}\n", report.explain_item(p));
     }

@@ -16,6 +16,8 @@ pub struct Outputs {
     oci_spool: Option<std::fs::File>,
     /// The run plan's directory.
     out_dir: Option<PathBuf>,
+    /// Where the Kubernetes run plan goes (`--k8s`), instead of `out_dir`.
+    k8s_file: Option<PathBuf>,
 }
 
 /// The spooled tar's name inside the layout directory while it arrives.
@@ -29,6 +31,7 @@ impl Outputs {
             oci_dir: None,
             oci_spool: None,
             out_dir: out_dir.map(absolute),
+            k8s_file: None,
         };
         if let Some(dir) = oci_dir {
             let dir = absolute(dir);
@@ -74,9 +77,23 @@ impl Outputs {
         spool.write_all(chunk).context("spooling the OCI layout")
     }
 
+    /// Writes the Kubernetes run plan to `file` (`--k8s FILE`).
+    pub fn set_k8s_file(&mut self, file: &Path) {
+        self.k8s_file = Some(absolute(file));
+    }
+
     /// One file of the run plan: written under a temporary name, then
     /// renamed over any earlier one (a link there is replaced, not followed).
     pub fn plan_file(&mut self, name: &str, content: &[u8]) -> anyhow::Result<()> {
+        if name == cimplifier::emit::partitioned::kubernetes::KUBERNETES_FILE
+            && let Some(file) = &self.k8s_file
+        {
+            let (dir, name) = match (file.parent(), file.file_name()) {
+                (Some(dir), Some(name)) => (dir, name.to_string_lossy().into_owned()),
+                _ => bail!("--k8s {}: not a file name", file.display()),
+            };
+            return write_atomic(dir, &name, content);
+        }
         let dir = self
             .out_dir
             .as_ref()
@@ -86,18 +103,7 @@ impl Outputs {
         }
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--out {}: cannot create it", dir.display()))?;
-        let partial = dir.join(format!(".{name}.partial"));
-        let _ = std::fs::remove_file(&partial);
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&partial)
-            .with_context(|| format!("writing {}", partial.display()))?;
-        f.write_all(content)
-            .and_then(|()| f.sync_all())
-            .with_context(|| format!("writing {}", partial.display()))?;
-        let path = dir.join(name);
-        std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))
+        write_atomic(dir, name, content)
     }
 
     /// Unpacks the spooled layout once the emit has ended; returns where
@@ -130,6 +136,23 @@ impl Outputs {
             let _ = std::fs::remove_file(dir.join(SPOOL));
         }
     }
+}
+
+/// Writes `dir/name` under a temporary name, then renames it over any
+/// earlier one (a link there is replaced, not followed).
+fn write_atomic(dir: &Path, name: &str, content: &[u8]) -> anyhow::Result<()> {
+    let partial = dir.join(format!(".{name}.partial"));
+    let _ = std::fs::remove_file(&partial);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    f.write_all(content)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", partial.display()))?;
+    let path = dir.join(name);
+    std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))
 }
 
 fn absolute(p: &Path) -> PathBuf {

@@ -37,6 +37,7 @@ use crate::place::slim::SlimOptions;
 use crate::store::Store;
 use crate::trace::ContainerPath;
 
+pub mod kubernetes;
 mod layer;
 mod report;
 pub mod seed;
@@ -171,6 +172,11 @@ pub struct PartitionEmitOptions {
     pub rpe: RpeBinaries,
     /// Whether tags naming images cimplifier did not make may be moved.
     pub retag: oci::Retag,
+    /// Also write the Kubernetes run plan (kubernetes.rs).
+    pub kubernetes: bool,
+    /// Also push every image, named after this reference as the tags are
+    /// after the tag (`emit --push`).
+    pub push: Option<super::push::PushTarget>,
 }
 
 /// What a partition's container runs.
@@ -410,6 +416,29 @@ pub async fn emit_partitioned(
             seed: Default::default(),
         });
     }
+    // `--push REF`: each image to REF's repository with `-<partition>`,
+    // as the tags are named after the tag.
+    let push_naming = match &opts.push {
+        Some(target) => Some(
+            ImageNaming::parse(&target.reference.whole())
+                .map_err(|e| EmitError::Options(format!("push: {e:#}")))?,
+        ),
+        None => None,
+    };
+    let mut pushed: BTreeMap<String, super::push::Pushed> = BTreeMap::new();
+    let push_as = async |pushed: &mut BTreeMap<String, super::push::Pushed>,
+                         service: &str,
+                         name: &PartitionName,
+                         image: &oci::OciImage|
+           -> Result<(), EmitError> {
+        let (Some(target), Some(naming)) = (&opts.push, &push_naming) else {
+            return Ok(());
+        };
+        let target = target.renamed(&naming.of(name))?;
+        progress(&format!("pushing {}", target.reference));
+        pushed.insert(service.to_owned(), super::push::push(image, &target).await?);
+        Ok(())
+    };
     let seed_image = if volumes.is_empty() {
         None
     } else {
@@ -442,6 +471,7 @@ pub async fn emit_partitioned(
         let image = oci::build(layer, &config, &labels, Some(&tag))?;
         progress(&format!("loading {tag} into Docker"));
         oci::load_into_docker(&docker, &image, opts.retag).await?;
+        push_as(&mut pushed, seed::SEED_SERVICE, &seed_name, &image).await?;
         Some(EmittedSeed {
             service: seed::SEED_SERVICE.to_owned(),
             image: tag,
@@ -527,6 +557,7 @@ pub async fn emit_partitioned(
         let image = oci::build(layer.tar, &config, &labels, Some(&tag))?;
         progress(&format!("loading {tag} into Docker"));
         oci::load_into_docker(&docker, &image, opts.retag).await?;
+        push_as(&mut pushed, name.as_str(), name, &image).await?;
         partitions.push(EmittedPartition {
             name: name.clone(),
             image: tag,
@@ -566,6 +597,21 @@ pub async fn emit_partitioned(
     )
     .with_plan_id()?;
     let compose_yaml = compose.to_yaml()?;
+    let mut warnings = warnings;
+    let kubernetes_yaml = if opts.kubernetes {
+        // From the Compose plan itself, so the two cannot disagree.
+        // A pushed image by its digest: a later push to the tag cannot mix in.
+        let pinned: BTreeMap<String, String> = pushed
+            .iter()
+            .map(|(service, p)| (service.clone(), p.pinned.clone()))
+            .collect();
+        let (deployment, k8s_warnings) = kubernetes::deployment(&compose, &pinned)
+            .map_err(|e| EmitError::Policy(format!("the Kubernetes run plan: {e:#}")))?;
+        warnings.extend(k8s_warnings);
+        Some(deployment.to_yaml()?)
+    } else {
+        None
+    };
 
     let source_image_bytes = inspect.size.unwrap_or(0).max(0) as u64;
     let total_bytes: u64 = partitions.iter().map(|p| p.bytes).sum();
@@ -596,12 +642,16 @@ pub async fn emit_partitioned(
         run,
         plan,
         warnings,
+        pushed,
     };
     let json = serde_json::to_vec_pretty(&report).context("serializing the partition report")?;
-    let files = vec![
+    let mut files = vec![
         (COMPOSE_FILE.to_owned(), compose_yaml.into_bytes()),
         (PARTITION_REPORT_FILE.to_owned(), json),
     ];
+    if let Some(yaml) = kubernetes_yaml {
+        files.push((kubernetes::KUBERNETES_FILE.to_owned(), yaml.into_bytes()));
+    }
     Ok(EmittedPlan { report, files })
 }
 

@@ -120,6 +120,10 @@ pub struct PartitionEmitReport {
     /// naming its cause (e.g. an --exclude that matched nothing).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// With `--push`: each pushed image by service (partition, or the seed
+    /// service), where it went and its manifest's digest.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pushed: BTreeMap<String, crate::emit::push::Pushed>,
 }
 
 impl PartitionEmitReport {

@@ -13,6 +13,12 @@
 //! `depends_on` the seed service completing. `cimplifierctl up` mounts
 //! only the volumes it has just created, so data of an earlier `up` is
 //! never overwritten.
+//!
+//! Kubernetes has no such copy into an empty volume: there the seed is an
+//! init container that runs [`SEED_COPY_PROGRAM`] (the static
+//! `cimplifier-seed`, built and embedded like the RPE glue) to copy each
+//! staging directory into the `emptyDir` mounted below
+//! `kubernetes::FILL_DIR`, and only into an empty one.
 
 use std::collections::BTreeSet;
 use std::io::Read;
@@ -32,6 +38,20 @@ pub use crate::docker::compose::SEED_SERVICE;
 pub const SEED_DIR: &str = "/.cimplifier/seed";
 /// The seed service's command: a static program that exits 0.
 pub const SEED_PROGRAM: &str = "/.cimplifier/seed-done";
+/// The Kubernetes init container's command: copies the staged content
+/// into empty volumes.
+pub const SEED_COPY_PROGRAM: &str = "/.cimplifier/seed-copy";
+
+static EMBEDDED_SEED_COPY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cimplifier-seed"));
+
+/// The embedded `cimplifier-seed`, checked static: the seed image holds
+/// no loader or library.
+fn seed_copy_program() -> Result<&'static [u8]> {
+    cimplifier_build::glue::check_static(EMBEDDED_SEED_COPY).map_err(|e| {
+        anyhow::anyhow!("refusing the embedded cimplifier-seed for the seed image: {e}")
+    })?;
+    Ok(EMBEDDED_SEED_COPY)
+}
 
 /// What a volume starts with.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +131,9 @@ pub(super) fn seed_layer(
     let program = exit_zero_elf();
     let mut h = root_header(tar::EntryType::Regular, 0o755, program.len() as u64);
     b.append_data(&mut h, rel(SEED_PROGRAM), &program[..])?;
+    let copy = seed_copy_program()?;
+    let mut h = root_header(tar::EntryType::Regular, 0o755, copy.len() as u64);
+    b.append_data(&mut h, rel(SEED_COPY_PROGRAM), copy)?;
     Ok((b.into_inner()?, stats))
 }
 
@@ -335,6 +358,7 @@ mod tests {
             names,
             [
                 ".cimplifier/",
+                ".cimplifier/seed-copy",
                 ".cimplifier/seed-done",
                 ".cimplifier/seed/",
                 ".cimplifier/seed/db/",
