@@ -543,6 +543,7 @@ impl Recorder<'_> {
             .plus(self.observer.loss().since(self.loss_base));
         record.loss.unreadable_names += self.unreadable;
         record.loss.held_overflow += self.route.route.held_overflow();
+        record.loss.interrupted += self.route.route.interrupted();
         self.store.append(record, &self.batch)?;
         self.batch.clear();
         Ok(())
