@@ -3,11 +3,14 @@
 //! (the test hook, SIGUSR2 with CIMPLIFIER_TEST_HOOKS=1): health turns
 //! NOT_SERVING, the reader is restarted, health turns SERVING again, and
 //! the session goes on and counts what the reader had in hand as lost.
-//! Needs root and dockerd.
+//! The state directory full (a small tmpfs): the session ends as failed,
+//! its watch is released, and the daemon keeps serving. Needs root and
+//! dockerd.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use cimplifier::api::pb;
@@ -118,4 +121,116 @@ async fn a_killed_ring_reader_is_restarted_and_its_loss_counted() {
     assert!(interrupted > 0, "the loss is counted: {record}");
     let s = session_json(&d, &c.0);
     assert_eq!(s["complete"], false, "{s}");
+}
+
+/// A tmpfs of `mib` MiB on a fresh directory, unmounted on drop.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn new(mib: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// Writes zeros until the file system is full.
+    fn fill(&self) {
+        let _ = Command::new("dd")
+            .args(["if=/dev/zero", "bs=1M"])
+            .arg(format!("of={}", self.dir.path().join("filler").display()))
+            .output()
+            .unwrap();
+        let free = nix::sys::statvfs::statvfs(self.dir.path()).unwrap();
+        assert!(free.blocks_available() < 8, "the tmpfs is full");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).output();
+    }
+}
+
+/// One value of the daemon's Prometheus metrics.
+fn metric(addr: &str, name: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://{addr}/metrics")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_state_directory_fails_the_session_and_the_daemon_serves_on() {
+    require_root();
+    let tmpfs = Tmpfs::new(16);
+    let state = tmpfs.path().join("state");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let mut d = Daemon::start_on_state(&state, &["--metrics-addr", &metrics_addr], &[]);
+    let watched = || metric(&metrics_addr, "cimplifier_watched_cgroups");
+    let before = watched();
+    // A new file each time: every event is a new use, so the store grows.
+    let c = Container::create(
+        "supervise-full",
+        &[
+            BASE_IMAGE,
+            "/bin/sh",
+            "-c",
+            "i=0; while true; do i=$((i+1)); : > /tmp/f$i; done",
+        ],
+    );
+    observe(&d, &c.0).await;
+    common::wait_until(20, "the loop is seen", || {
+        session_json(&d, &c.0)["events"].as_u64() > Some(0)
+    });
+    assert!(watched() > before, "the container is watched");
+    tmpfs.fill();
+    common::wait_until(60, "the session fails", || {
+        session_json(&d, &c.0)["state"] == "failed"
+    });
+    let s = session_json(&d, &c.0);
+    let error = s["error"].as_str().unwrap();
+    assert!(
+        error.contains(&state.display().to_string()) && error.contains("No space left"),
+        "the reason names the state directory and the error: {error}"
+    );
+    common::wait_until(10, "the watch is released", || watched() == before);
+
+    // The daemon serves on: alive, healthy, answering.
+    assert!(d.child.try_wait().unwrap().is_none(), "the daemon runs");
+    let channel = cimplifier::api::channel(&d.socket).await.unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "cimplifier.v1.Cimplifier".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(health.status, ServingStatus::Serving as i32);
+    let listed = d.ctl(&["sessions"]);
+    assert!(listed.status.success(), "{listed:?}");
+    d.kill_hard();
 }

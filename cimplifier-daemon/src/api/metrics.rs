@@ -31,6 +31,7 @@ pub struct Snapshot {
     pub interrupted: u64,
     /// 1 while the reader and the dispatcher run, 0 while restarting.
     pub tracing: u64,
+    pub watched_cgroups: u64,
     pub store_bytes: u64,
     pub resident_bytes: u64,
 }
@@ -133,6 +134,11 @@ impl Collector for Snapshot {
                 "cimplifier_tracing",
                 "1 while the ring reader and the dispatcher run; 0 while they are restarted.",
                 self.tracing,
+            ),
+            (
+                "cimplifier_watched_cgroups",
+                "Cgroups the tracer watches now for the sessions (and for labels).",
+                self.watched_cgroups,
             ),
             (
                 "cimplifier_store_bytes",

@@ -498,6 +498,11 @@ impl Observer {
         }
     }
 
+    /// Cgroups watched now (each once, however many sessions share it).
+    pub fn watched(&self) -> usize {
+        self.watches.lock().expect("watches lock").len()
+    }
+
     /// Whether every event recorded before `ns` (CLOCK_MONOTONIC) has been
     /// handed to its session.
     pub fn dispatched_up_to(&self, ns: u64) -> bool {
