@@ -234,3 +234,31 @@ async fn a_full_state_directory_fails_the_session_and_the_daemon_serves_on() {
     assert!(listed.status.success(), "{listed:?}");
     d.kill_hard();
 }
+
+#[test]
+fn an_unreadable_record_is_quarantined_and_the_daemon_starts() {
+    require_root();
+    let mut d = Daemon::start();
+    d.kill_hard();
+    // A record cut off mid-write by a bug, or written by a newer version.
+    let db = redb::Database::open(d.state.join("cimplifier.redb")).unwrap();
+    let txn = db.begin_write().unwrap();
+    txn.open_table(redb::TableDefinition::<&str, &[u8]>::new("sessions"))
+        .unwrap()
+        .insert("damaged", &b"{\"name\": \"damaged\", \"id\": "[..])
+        .unwrap();
+    txn.commit().unwrap();
+    drop(db);
+
+    d.restart();
+    let s = session_json(&d, "damaged");
+    assert_eq!(s["state"], "failed", "{s}");
+    let error = s["error"].as_str().unwrap();
+    assert!(
+        error.contains("quarantined") && error.contains("cimplifier.redb"),
+        "it says why, and where the record is kept: {error}"
+    );
+    // The daemon answers.
+    let v = d.ctl(&["version"]);
+    assert!(v.status.success());
+}

@@ -416,8 +416,31 @@ impl Manager {
             Some(r) if r.state == SessionState::Observing || starting.is_none() => {
                 Some(SessionView::Stored(Box::new(r)))
             }
+            None if starting.is_none() => self
+                .quarantined()?
+                .into_iter()
+                .find(|v| matches!(v, SessionView::Failed { name: n, .. } if n == name)),
             _ => starting.map(SessionView::Starting),
         })
+    }
+
+    /// The records quarantined at start-up (unreadable), as failed sessions
+    /// saying so.
+    fn quarantined(&self) -> Result<Vec<SessionView>> {
+        let store = self.store.path().display();
+        Ok(self
+            .store
+            .quarantined()?
+            .into_iter()
+            .map(|(name, why)| SessionView::Failed {
+                error: format!(
+                    "quarantined: its record in the store {store} could not be read ({why}); \
+                     it is kept as it was in the store's `quarantine` table, and the daemon \
+                     ignores it"
+                ),
+                name,
+            })
+            .collect())
     }
 
     pub fn list(&self) -> Result<Vec<SessionView>> {
@@ -430,6 +453,11 @@ impl Manager {
         for (name, r) in self.running.lock().expect("sessions lock").iter() {
             out.entry(name.clone())
                 .or_insert_with(|| SessionView::Starting(r.started.clone()));
+        }
+        for view in self.quarantined()? {
+            if let SessionView::Failed { name, .. } = &view {
+                out.entry(name.clone()).or_insert(view);
+            }
         }
         for (name, error) in self.failed.lock().expect("failed lock").iter() {
             out.insert(
