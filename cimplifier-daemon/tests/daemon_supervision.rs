@@ -3,6 +3,12 @@
 //! (the test hook, SIGUSR2 with CIMPLIFIER_TEST_HOOKS=1): health turns
 //! NOT_SERVING, the reader is restarted, health turns SERVING again, and
 //! the session goes on and counts what the reader had in hand as lost.
+//! A Docker engine of its own (not the shared one), restarted with
+//! `--live-restore` while a session observes one of its containers: the
+//! session goes on; and a daemon started while that engine is down keeps
+//! the session and resumes it once the engine answers, rather than taking
+//! an unreachable engine for a container gone. An unreadable record in
+//! the store is quarantined and the daemon starts.
 //! The state directory full (a small tmpfs): the session ends as failed,
 //! its watch is released, and the daemon keeps serving. Needs root and
 //! dockerd.
@@ -261,4 +267,229 @@ fn an_unreadable_record_is_quarantined_and_the_daemon_starts() {
     // The daemon answers.
     let v = d.ctl(&["version"]);
     assert!(v.status.success());
+}
+
+/// A second Docker engine, all its own (data, exec root, socket, no
+/// networking), with `--live-restore` so its containers outlive its
+/// restarts; the base test image loaded. Stopped, with its containers
+/// removed, on drop.
+struct SecondEngine {
+    dir: tempfile::TempDir,
+    dockerd: Option<std::process::Child>,
+}
+
+impl SecondEngine {
+    fn start() -> Self {
+        // Short: containerd's socket path below the exec root has a limit.
+        let dir = tempfile::Builder::new()
+            .prefix("cimpl-d2-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mut engine = Self { dir, dockerd: None };
+        engine.run();
+        let mut save = Command::new("docker")
+            .args(["save", BASE_IMAGE])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let load = Command::new("docker")
+            .args(["-H", &engine.host(), "load"])
+            .stdin(save.stdout.take().unwrap())
+            .output()
+            .unwrap();
+        assert!(save.wait().unwrap().success(), "docker save {BASE_IMAGE}");
+        assert!(
+            load.status.success(),
+            "loading {BASE_IMAGE} into the second engine: {}",
+            String::from_utf8_lossy(&load.stderr)
+        );
+        engine
+    }
+
+    fn host(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.path().display())
+    }
+
+    /// Starts dockerd and waits until it answers.
+    fn run(&mut self) {
+        let dir = self.dir.path();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("dockerd.log"))
+            .unwrap();
+        let child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .args(["-H", &self.host()])
+            .args(["--bridge=none", "--iptables=false", "--live-restore"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.dockerd = Some(child);
+        common::wait_until(60, "the second dockerd answers", || {
+            Command::new("docker")
+                .args(["-H", &self.host(), "version"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+    }
+
+    /// Stops dockerd (SIGTERM); its containers run on.
+    fn stop(&mut self) {
+        if let Some(mut child) = self.dockerd.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let _ = child.wait();
+        }
+    }
+
+    fn docker(&self, args: &[&str]) -> String {
+        let host = self.host();
+        let mut all = vec!["-H", host.as_str()];
+        all.extend_from_slice(args);
+        docker(&all)
+    }
+}
+
+impl Drop for SecondEngine {
+    fn drop(&mut self) {
+        if self.dockerd.is_none() {
+            self.run();
+        }
+        let host = self.host();
+        let ids = Command::new("docker")
+            .args(["-H", &host, "ps", "-aq"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for id in ids.split_whitespace() {
+            let _ = Command::new("docker")
+                .args(["-H", &host, "rm", "-f", "-v", id])
+                .output();
+        }
+        self.stop();
+        // Whatever the engine left mounted below its directories.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let dir = self.dir.path().display().to_string();
+        for target in mounts.lines().filter_map(|l| l.split(' ').nth(1)).rev() {
+            if target.starts_with(&dir) {
+                let _ = Command::new("umount").args(["-l", target]).output();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_goes_on_across_restarts_of_the_docker_engine() {
+    require_root();
+    let mut engine = SecondEngine::start();
+    let host = engine.host();
+    let mut d = Daemon::start_with_env(&[], &[("DOCKER_HOST", Path::new(&host))]);
+    let name = format!("cimplifier-supervise-engine-{}", std::process::id());
+    engine.docker(&[
+        "create",
+        "--name",
+        &name,
+        "--network",
+        "none",
+        BASE_IMAGE,
+        "/bin/sh",
+        "-c",
+        "while true; do cat /etc/hostname > /dev/null; sleep 0.2; done",
+    ]);
+    observe(&d, &name).await;
+    let events = |d: &Daemon| session_json(d, &name)["events"].as_u64().unwrap_or(0);
+    common::wait_until(20, "the loop is seen", || events(&d) > 0);
+
+    // The engine restarts; the container runs on, and so does the session.
+    engine.stop();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    engine.run();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = session_json(&d, &name);
+    assert_eq!(
+        s["state"], "observing",
+        "not ended by the engine's restart: {s}"
+    );
+    engine.docker(&["exec", &name, "cat", "/etc/os-release"]);
+
+    // The daemon dies and starts again while the engine is down: the
+    // engine not answering is not the container being gone.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    d.kill_hard();
+    engine.stop();
+    d.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let s = session_json(&d, &name);
+    assert_eq!(
+        s["state"], "observing",
+        "kept while the engine is down: {s}"
+    );
+    engine.run();
+    common::wait_until(60, "the session is resumed once the engine answers", || {
+        session_json(&d, &name)["segments"]
+            .as_array()
+            .is_some_and(|s| s.len() == 2)
+    });
+    engine.docker(&["exec", &name, "cat", "/etc/passwd"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let stopped = d.ctl(&["stop", &name]);
+    assert!(
+        stopped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    let (record, recorded) = d.session_events(&name);
+    assert_eq!(record["end"], "stopped", "{record}");
+    assert!(
+        touches(&recorded, "/etc/os-release"),
+        "recorded after the engine's restart"
+    );
+    assert!(
+        touches(&recorded, "/etc/passwd"),
+        "recorded after the resumption"
+    );
+    assert_eq!(
+        record["gaps"].as_array().map(Vec::len),
+        Some(1),
+        "the daemon's own outage is a gap, the engine's is not: {record}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn label_selectors_outlive_a_restart_of_the_daemon() {
+    require_root();
+    let mut d = Daemon::start();
+    let selector = format!("io.cimplifier.test-team=supervise-{}", std::process::id());
+    cimplifier::api::connect(&d.socket)
+        .await
+        .unwrap()
+        .observe(pb::ObserveRequest {
+            label_selector: selector.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    d.kill_hard();
+    d.restart();
+    let listed = cimplifier::api::connect(&d.socket)
+        .await
+        .unwrap()
+        .list_sessions(pb::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        listed.label_selectors.contains(&selector),
+        "{:?}",
+        listed.label_selectors
+    );
 }

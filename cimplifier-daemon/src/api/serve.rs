@@ -155,7 +155,7 @@ pub async fn serve(
         test_hooks(&observer)?;
     }
     let mut tracing_state = observer.tracing();
-    let manager = crate::session::Manager::new(observer, store);
+    let manager = crate::session::Manager::new(observer, store)?;
     manager.recover().await?;
     if let Some(retain) = opts.retain_sessions {
         tokio::spawn(prune_every(manager.store().clone(), retain));

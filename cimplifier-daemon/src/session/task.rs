@@ -104,7 +104,13 @@ impl SessionTask {
         // (now, after any stop of ours) keeps a container that dies at once
         // from ending unnoticed.
         let since = SystemTime::now().duration_since(UNIX_EPOCH)?;
-        let mut die_events = std::pin::pin!(container::deaths_since(&docker, &id, since));
+        // Followed across the engine's restarts (with `--live-restore`
+        // containers outlive them): a broken stream is no death.
+        let mut die_events = std::pin::pin!(container::follow(
+            &docker,
+            since,
+            &[("container", &id), ("event", "die")]
+        ));
         let container_cgroup = match self
             .open_and_find_cgroup(&docker, &id, &name, stopped, precreated.as_ref())
             .await
@@ -187,12 +193,28 @@ impl SessionTask {
                 biased;
                 _ = &mut stop => break EndReason::Stopped,
                 _ = &mut deadline => break EndReason::Duration,
-                Some(_) = die_events.next() => {
-                    if expected_dies == 0 {
-                        break EndReason::ContainerDied;
+                Some(followed) = die_events.next() => match followed {
+                    container::Followed::Event(_) => {
+                        if expected_dies == 0 {
+                            break EndReason::ContainerDied;
+                        }
+                        expected_dies -= 1;
                     }
-                    expected_dies -= 1;
-                }
+                    // A death while the engine was away is not replayed:
+                    // ask. (A lifecycle step in flight stops it itself.)
+                    container::Followed::Reconnected if step.is_none() => {
+                        match container::look_up(&docker, &id).await {
+                            container::Lookup::Unreachable(e) => {
+                                tracing::warn!(container = %name, "the engine is back but does not answer for the container: {e:#}");
+                            }
+                            l if l.running() => {
+                                tracing::info!(container = %name, "the Docker engine came back; the container runs on and the session goes on");
+                            }
+                            _ => break EndReason::ContainerDied,
+                        }
+                    }
+                    container::Followed::Reconnected => {}
+                },
                 Some(request) = self.steps.recv(), if step.is_none() => {
                     if request.step.stops() {
                         expected_dies += 1;

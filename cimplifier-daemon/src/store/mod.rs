@@ -9,6 +9,8 @@
 //! - `sessions`: session name → [`SessionRecord`] as JSON.
 //! - `events`: (session id, sequence number) → one [`Event`] as JSON.
 //! - `meta`: `next_session_id`.
+//! - `selectors`: label selectors (`key=value`) given to `observe`, so
+//!   they outlive a restart of the daemon.
 //! - `quarantine`: records found unreadable at start-up (by session name,
 //!   `~N` added when taken), as they were, moved aside so the daemon starts.
 
@@ -30,6 +32,7 @@ const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
+const SELECTORS: TableDefinition<&str, u8> = TableDefinition::new("selectors");
 
 /// The store's page cache.
 const CACHE_BYTES: usize = 16 << 20;
@@ -104,6 +107,7 @@ impl Store {
         txn.open_table(EVENTS)?;
         txn.open_table(META)?;
         txn.open_table(QUARANTINE)?;
+        txn.open_table(SELECTORS)?;
         txn.commit()?;
         let store = Self { db, path };
         store.quarantine_unreadable()?;
@@ -158,6 +162,25 @@ impl Store {
             );
         }
         Ok(())
+    }
+
+    /// Keeps a label selector for later starts of the daemon.
+    pub fn add_selector(&self, selector: &str) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SELECTORS)?.insert(selector, 1)?;
+        txn.commit()
+            .with_context(|| format!("storing a label selector in {}", self.path.display()))?;
+        Ok(())
+    }
+
+    /// The label selectors kept with [`Store::add_selector`].
+    pub fn selectors(&self) -> Result<Vec<String>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SELECTORS)?;
+        table
+            .iter()?
+            .map(|entry| Ok(entry?.0.value().to_owned()))
+            .collect()
     }
 
     /// The quarantined records: the name each is kept under, and why it

@@ -366,3 +366,16 @@ fn an_unreadable_record_is_quarantined_at_open_and_the_others_stay() {
         .collect();
     assert_eq!(names, ["bad", "bad~2", "worse"]);
 }
+
+#[test]
+fn label_selectors_outlive_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.selectors().unwrap().is_empty());
+    store.add_selector("team=web").unwrap();
+    store.add_selector("team=web").unwrap();
+    store.add_selector("app=db").unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.selectors().unwrap(), ["app=db", "team=web"]);
+}
