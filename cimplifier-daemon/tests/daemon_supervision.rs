@@ -1,8 +1,9 @@
 //! Supervision instead of silent failure: the daemon's own parts failing
-//! under a real daemon observing a real container. The ring reader killed
-//! (the test hook, SIGUSR2 with CIMPLIFIER_TEST_HOOKS=1): health turns
-//! NOT_SERVING, the reader is restarted, health turns SERVING again, and
-//! the session goes on and counts what the reader had in hand as lost.
+//! under a real daemon observing a real container. The ring reader and
+//! the dispatcher killed (the test hooks, SIGUSR2 and SIGUSR1 with
+//! CIMPLIFIER_TEST_HOOKS=1): health turns NOT_SERVING, each is restarted,
+//! health turns SERVING again, and the session goes on and counts what
+//! they had in hand as lost.
 //! A Docker engine of its own (not the shared one), restarted with
 //! `--live-restore` while a session observes one of its containers: the
 //! session goes on; and a daemon started while that engine is down keeps
@@ -78,7 +79,7 @@ async fn next_status(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_ring_reader_is_restarted_and_its_loss_counted() {
+async fn a_killed_ring_reader_or_dispatcher_is_restarted_and_its_loss_counted() {
     require_root();
     let d = Daemon::start_with_env(&[], &[("CIMPLIFIER_TEST_HOOKS", Path::new("1"))]);
     let c = looping("supervise-reader");
@@ -103,6 +104,22 @@ async fn a_killed_ring_reader_is_restarted_and_its_loss_counted() {
         ServingStatus::Serving,
         "the reader was restarted"
     );
+    // The dispatcher too (SIGUSR1): it panics routing an event.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGUSR1,
+    )
+    .unwrap();
+    assert_eq!(
+        next_status(&mut health).await,
+        ServingStatus::NotServing,
+        "the dispatcher was killed: health says so"
+    );
+    assert_eq!(
+        next_status(&mut health).await,
+        ServingStatus::Serving,
+        "the dispatcher was restarted"
+    );
 
     // The session goes on: what the container does now is recorded.
     let s = session_json(&d, &c.0);
@@ -123,8 +140,9 @@ async fn a_killed_ring_reader_is_restarted_and_its_loss_counted() {
     assert_eq!(record["end"], "stopped", "{record}");
     // What the reader held when it died is the session's loss, not a
     // silent hole: the session is incomplete, and says why.
+    // At least one event of the reader's batch, and the dispatcher's one.
     let interrupted = record["loss"]["interrupted"].as_u64().unwrap_or(0);
-    assert!(interrupted > 0, "the loss is counted: {record}");
+    assert!(interrupted >= 2, "the loss is counted: {record}");
     let s = session_json(&d, &c.0);
     assert_eq!(s["complete"], false, "{s}");
 }

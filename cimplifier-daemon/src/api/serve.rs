@@ -244,24 +244,37 @@ pub async fn serve(
 pub const TEST_HOOKS: &str = "CIMPLIFIER_TEST_HOOKS";
 
 /// Test hooks, for daemons started with [`TEST_HOOKS`]=1 only: SIGUSR2
-/// makes the ring reader panic at its next batch of events, as a bug
-/// would, so that the tests see the supervisor restart it. A signal, not
-/// an RPC: no API client, whatever its role, can reach it; only root (or
-/// the daemon's own user) can signal the daemon.
+/// makes the ring reader panic at its next batch of events, SIGUSR1 the
+/// dispatcher at the next event it routes, as a bug would, so that the
+/// tests see the supervisor restart them. Signals, not an RPC: no API
+/// client, whatever its role, can reach them; only root (or the daemon's
+/// own user) can signal the daemon.
 fn test_hooks(observer: &Arc<crate::session::Observer>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let mut usr2 = signal(SignalKind::user_defined2())?;
     let observer = Arc::downgrade(observer);
     tracing::warn!(
-        "{TEST_HOOKS}=1: test hooks are on (SIGUSR2 kills the ring reader); never in production"
+        "{TEST_HOOKS}=1: test hooks are on (SIGUSR2 kills the ring reader, SIGUSR1 the \
+         dispatcher); never in production"
     );
     tokio::spawn(async move {
-        while usr2.recv().await.is_some() {
+        loop {
+            let reader = tokio::select! {
+                Some(()) = usr2.recv() => true,
+                Some(()) = usr1.recv() => false,
+                else => return,
+            };
             let Some(observer) = observer.upgrade() else {
                 return;
             };
-            tracing::warn!("test hook: killing the ring reader at its next batch of events");
-            observer.kill_reader();
+            if reader {
+                tracing::warn!("test hook: killing the ring reader at its next batch of events");
+                observer.kill_reader();
+            } else {
+                tracing::warn!("test hook: killing the dispatcher at the next event it routes");
+                observer.kill_dispatcher();
+            }
         }
     });
     Ok(())

@@ -242,6 +242,8 @@ pub struct Observer {
     /// Whether the reader and the dispatcher run (false while they are
     /// being restarted), for the health service.
     tracing: tokio::sync::watch::Sender<bool>,
+    /// Test hook: the dispatcher panics at the next event it routes.
+    kill_dispatcher: AtomicBool,
     pub stats: ObserverStats,
 }
 
@@ -281,6 +283,7 @@ impl Observer {
             exclusions: Mutex::default(),
             dispatched_ns: AtomicU64::new(0),
             tracing: tokio::sync::watch::Sender::new(true),
+            kill_dispatcher: AtomicBool::new(false),
             stats: ObserverStats::default(),
         });
         tokio::spawn(supervise(
@@ -302,6 +305,12 @@ impl Observer {
     /// batch of events.
     pub fn kill_reader(&self) {
         self.tracer.kill_reader();
+    }
+
+    /// Test hook (see docs/security.md): the dispatcher panics at the next
+    /// event it routes, holding it.
+    pub fn kill_dispatcher(&self) {
+        self.kill_dispatcher.store(true, Ordering::Relaxed);
     }
 
     /// Gives the events counted as interrupted (by cgroup) to the sessions
@@ -810,6 +819,9 @@ impl Dispatcher {
                     };
                     observer.stats.events.fetch_add(1, Ordering::Relaxed);
                     *in_hand = Some(event.cgroup);
+                    if observer.kill_dispatcher.swap(false, Ordering::Relaxed) {
+                        panic!("test hook: the dispatcher was killed routing an event");
+                    }
                     refresh(&observer, seen_version, routes, foreign);
                     route_event(&observer, event, routes, foreign, pen).await;
                     *in_hand = None;
