@@ -289,7 +289,12 @@ impl Tracer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
-            .ok_or_else(|| anyhow!("the event stream is taken (its reader runs)"))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "the ring buffer is not there: a reader holds it, or one could not register \
+                     it with tokio and it was lost (see the error logged then; restart the daemon)"
+                )
+            })?;
         let (tx, rx) = mpsc::channel(self.config.channel_capacity);
         let reader = Reader {
             ring: Some(ring),
