@@ -419,6 +419,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn interrupted_events_are_lost_events() {
+        let interrupted = LossCounters {
+            interrupted: 3,
+            ..Default::default()
+        };
+        assert_eq!(interrupted.lost(), 3);
+        assert!(!interrupted.is_complete());
+        assert_eq!(interrupted.plus(interrupted).interrupted, 6);
+        assert_eq!(interrupted.since(interrupted).interrupted, 0);
+        // Not written when zero, so older readers see records as before.
+        let json = serde_json::to_string(&LossCounters::default()).unwrap();
+        assert!(!json.contains("interrupted"), "{json}");
+        let back: LossCounters = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, LossCounters::default());
+    }
+
+    #[test]
     fn loss_since_a_baseline_is_per_counter() {
         let a = LossCounters {
             ringbuf_full: 5,
