@@ -159,7 +159,21 @@ pub mod counter {
     pub const USER_READ_FAULT: u32 = 2;
     /// Records written to the ring buffer.
     pub const EMITTED: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// A loss that could not be counted against its cgroup (the
+    /// `CGROUP_LOSS` map was full): every session counts it as its own.
+    pub const LOSS_UNATTRIBUTED: u32 = 4;
+    pub const COUNT: u32 = 5;
+}
+
+/// Indices of a `CGROUP_LOSS` value: records lost, by cause, for one cgroup
+/// (the task's own, possibly below the watched one).
+pub mod cgroup_loss {
+    /// The ring buffer was full.
+    pub const RINGBUF_FULL: usize = 0;
+    /// A syscall's entry was not stored (map full, registers unreadable)
+    /// or its exit found another call's entry.
+    pub const INFLIGHT: usize = 1;
+    pub const COUNT: usize = 2;
 }
 
 /// Values the loader fills into the programs' read-only globals.
@@ -190,4 +204,6 @@ pub mod maps {
     pub const WATCHED_CGROUPS: &str = "WATCHED_CGROUPS";
     pub const WATCH_GENERATION: &str = "WATCH_GENERATION";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const CGROUP_LOSS: &str = "CGROUP_LOSS";
+    pub const INFLIGHT: &str = "INFLIGHT";
 }

@@ -167,6 +167,14 @@ async fn run() -> Result<()> {
     let cg = Cgroup::new("loop")?;
     timed_in(&cg.0, &loop_argv)?; // warm the page cache and the binary
     let untraced = timed_in(&cg.0, &loop_argv)?.as_secs_f64();
+    // The tracer loaded with nothing watched, as an idle daemon holds it:
+    // the syscall hooks are not attached.
+    let idle = {
+        let tracer = Tracer::load(TracerConfig::default())?;
+        let seconds = timed_in(&cg.0, &loop_argv)?.as_secs_f64();
+        drop(tracer);
+        seconds
+    };
     // Another cgroup is watched: the cost every unwatched task on the host pays.
     let other = Cgroup::new("other")?;
     let bystander = traced(&other.0, || timed_in(&cg.0, &loop_argv))
@@ -179,6 +187,10 @@ async fn run() -> Result<()> {
     let straced = timed_in(&cg.0, &strace_argv)?.as_secs_f64();
     let traced_secs = run.result.as_secs_f64();
     println!("untraced (no programs)     {untraced:>8.3} s  1.00x");
+    println!(
+        "idle daemon (none watched) {idle:>8.3} s  {:.2}x",
+        idle / untraced
+    );
     println!(
         "unwatched bystander        {bystander:>8.3} s  {:.2}x",
         bystander / untraced

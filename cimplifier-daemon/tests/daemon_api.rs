@@ -191,6 +191,39 @@ async fn the_daemon_observes_reports_and_emits_over_its_socket() {
     );
 }
 
+/// Event streams are bounded in number and in the events they may buffer
+/// in all; closing one makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_are_bounded_in_all() {
+    require_root();
+    let d = Daemon::start();
+    let mut api = client(&d.socket).await;
+    let open = |buffer: u32| pb::StreamEventsRequest {
+        buffer,
+        ..Default::default()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..4 {
+        streams.push(api.stream_events(open(1 << 20)).await.unwrap().into_inner());
+    }
+    let refused = api.stream_events(open(1 << 20)).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+    assert!(refused.message().contains("close a stream"), "{refused}");
+    drop(streams.pop());
+    // The daemon notices the closed stream when its queue is dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match api.stream_events(open(1 << 20)).await {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("a closed stream never made room: {e}"),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
     require_root();

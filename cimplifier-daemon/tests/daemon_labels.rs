@@ -65,7 +65,7 @@ fn closed(d: &Daemon, name: &str) -> serde_json::Value {
 #[test]
 fn labelled_containers_are_observed_from_their_first_exec() {
     require_root();
-    let d = Daemon::start();
+    let d = Daemon::start_with(&["--watch-labels"]);
     let run = Run::start(
         &d,
         "label-default",
@@ -105,7 +105,7 @@ fn containers_started_by_docker_run_are_observed_from_their_first_exec() {
         .unwrap()
         .port();
     let metrics_addr = format!("127.0.0.1:{port}");
-    let d = Daemon::start_with(&["--metrics-addr", &metrics_addr]);
+    let d = Daemon::start_with(&["--watch-labels", "--metrics-addr", &metrics_addr]);
     let names: Vec<Removed> = (0..6)
         .map(|i| Removed(format!("cimplifier-label-run{i}-{}", std::process::id())))
         .collect();

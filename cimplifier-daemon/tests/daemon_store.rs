@@ -139,7 +139,7 @@ async fn a_container_gone_while_the_daemon_was_down_is_closed_as_interrupted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_daemon_continues_a_labelled_containers_session() {
     require_root();
-    let mut d = Daemon::start();
+    let mut d = Daemon::start_with(&["--watch-labels"]);
     let c = Container::create(
         "store-label",
         &[

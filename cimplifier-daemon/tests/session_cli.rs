@@ -275,3 +275,45 @@ fn unreadable_names_are_shown_and_stop_emit() {
         "{err}"
     );
 }
+
+/// A container in another cgroup layout (`--cgroup-parent`): its cgroup is
+/// made ahead below that parent, and found from the engine's answer, so it
+/// is observed from its first exec as in Docker's default layout.
+#[test]
+fn a_container_under_its_own_cgroup_parent_is_observed_from_its_first_exec() {
+    require_root();
+    let d = Daemon::start();
+    let parent = format!("cimplifier-parent-{}", std::process::id());
+    let c = Container::create(
+        "session-cgroup-parent",
+        &[
+            "--cgroup-parent",
+            &parent,
+            BASE,
+            "/bin/sh",
+            "-c",
+            "cat /etc/os-release > /dev/null",
+        ],
+    );
+    let out = ctl(&d, &["observe", &c.0, "--no-lifecycle", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["from_first_exec"], true, "{info}");
+    assert_eq!(info["complete"], true, "{info}");
+    let (_, events) = d.session_events(&c.0);
+    assert_eq!(
+        execs(&events).first().map(String::as_str),
+        Some("/bin/sh"),
+        "{:?}",
+        execs(&events)
+    );
+    let dir = cimplifier::trace::cgroup::cgroup2_mount()
+        .unwrap()
+        .join(&parent);
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -16,7 +16,9 @@
 //!   mapping the process never touched).
 //! - `sched_process_fork`/`sched_process_exit` follow the process tree.
 //!
-//! Every dropped record is counted in `COUNTERS`.
+//! Every dropped record is counted in `COUNTERS`, and, for the cgroup it
+//! belonged to, in `CGROUP_LOSS`, so that one noisy container's losses do
+//! not mark other sessions incomplete.
 #![no_std]
 #![no_main]
 
@@ -33,12 +35,12 @@ use aya_ebpf::{
         },
     },
     macros::{btf_tracepoint, map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
 use cimplifier_common::{
     COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
-    SOCKADDR_MAX, STR_SLOT, SyscallRecord, counter, flags,
+    SOCKADDR_MAX, STR_SLOT, SyscallRecord, cgroup_loss, counter, flags,
     syscalls::{AddrSource, StrSource, nr, spec},
 };
 
@@ -82,6 +84,12 @@ static SYSCALL_SCRATCH: PerCpuArray<SyscallRecord> = PerCpuArray::with_max_entri
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 
+/// Records lost per cgroup id, by cause (`cgroup_loss`). Only watched
+/// cgroups' records are ever made, so only they get entries.
+#[map]
+static CGROUP_LOSS: PerCpuHashMap<u64, [u64; cgroup_loss::COUNT]> =
+    PerCpuHashMap::with_max_entries(16384, 0);
+
 // Filled by the loader from this kernel's BTF and tracepoint formats. Read
 // through `read_volatile` so the compiler cannot fold the zero; the verifier
 // sees the frozen .rodata value as a constant.
@@ -113,6 +121,22 @@ fn global(v: &'static u64) -> u64 {
 fn count(index: u32) {
     if let Some(p) = COUNTERS.get_ptr_mut(index) {
         unsafe { *p += 1 };
+    }
+}
+
+/// Counts a lost record of `cgroup`: host-wide as `global`, and for the
+/// cgroup as `CAUSE` (or as unattributed when the map is full).
+#[inline(always)]
+fn count_loss<const CAUSE: usize>(cgroup: u64, global: u32) {
+    count(global);
+    if let Some(p) = CGROUP_LOSS.get_ptr_mut(&cgroup) {
+        unsafe { (*p)[CAUSE] += 1 };
+        return;
+    }
+    let mut first = [0u64; cgroup_loss::COUNT];
+    first[CAUSE] = 1;
+    if CGROUP_LOSS.insert(&cgroup, &first, 0).is_err() {
+        count(counter::LOSS_UNATTRIBUTED);
     }
 }
 
@@ -176,7 +200,8 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// more than the record. The reader also polls, so nothing waits long.
 const WAKEUP_BYTES: u64 = 256 << 10;
 
-/// Sends the first `len` bytes of `base`, counting a full ring buffer as loss.
+/// Sends the first `len` bytes of `base` (a record, which starts with its
+/// header), counting a full ring buffer as loss of the record's cgroup.
 #[inline(always)]
 fn emit(base: *const u8, len: usize, max: usize) {
     let len = if len > max { max } else { len };
@@ -189,7 +214,8 @@ fn emit(base: *const u8, len: usize, max: usize) {
     if EVENTS.output::<[u8]>(data, wakeup).is_ok() {
         count(counter::EMITTED);
     } else {
-        count(counter::RINGBUF_FULL);
+        let cgroup = unsafe { (*base.cast::<RecordHeader>()).cgroup_id };
+        count_loss::<{ cgroup_loss::RINGBUF_FULL }>(cgroup, counter::RINGBUF_FULL);
     }
 }
 
@@ -365,7 +391,10 @@ fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
     let spec = spec(nr)?;
     let cgroup = watched_cgroup()?;
     let regs: *const [u64; REG_WORDS] = ctx.arg(0);
-    let regs = unsafe { bpf_probe_read_kernel(regs) }.ok()?;
+    let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
+        count_loss::<{ cgroup_loss::INFLIGHT }>(cgroup, counter::INFLIGHT_FULL);
+        return None;
+    };
     let mut args = [0u64; 6];
     for (a, r) in args.iter_mut().zip(ARG_REGS) {
         *a = regs[r];
@@ -397,7 +426,7 @@ fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
         enter_ts_ns: unsafe { bpf_ktime_get_ns() },
     };
     if INFLIGHT.insert(&tid, &entry, 0).is_err() {
-        count(counter::INFLIGHT_FULL);
+        count_loss::<{ cgroup_loss::INFLIGHT }>(cgroup, counter::INFLIGHT_FULL);
     }
     Some(())
 }
@@ -418,11 +447,13 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
     // Only watched threads have an entry, so no cgroup walk here.
     let entry = *unsafe { INFLIGHT.get(&tid) }?;
     let _ = INFLIGHT.remove(&tid);
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
     if entry.nr != nr {
+        // Another call's entry: that call's exit was never seen.
+        count_loss::<{ cgroup_loss::INFLIGHT }>(cgroup, counter::INFLIGHT_FULL);
         return None;
     }
     let ret: i64 = ctx.arg(1);
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
     let rec = scratch_syscall(RecordKind::Syscall, cgroup, nr, &entry.args)?;
     rec.ret = ret;
     rec.enter_ts_ns = entry.enter_ts_ns;
@@ -565,7 +596,7 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
             if old_tid != tid {
                 let _ = INFLIGHT.remove(&old_tid);
                 if INFLIGHT.insert(&tid, &e, 0).is_err() {
-                    count(counter::INFLIGHT_FULL);
+                    count_loss::<{ cgroup_loss::INFLIGHT }>(cgroup, counter::INFLIGHT_FULL);
                 }
             }
             (e.nr, e.args, e.enter_ts_ns)

@@ -96,7 +96,7 @@ pub fn image_tree(data: &[u8]) {
     use cimplifier::place::slim::{SlimOptions, plan};
     for fs in [
         ImageFs::from_tar(data.to_vec(), "fuzz layer"),
-        ImageFs::from_docker_save(data.to_vec(), "fuzz archive"),
+        ImageFs::from_archive(data.to_vec(), "fuzz archive"),
     ] {
         let fs = match fs {
             Ok(fs) => Arc::new(fs),

@@ -14,7 +14,8 @@ use crate::util::{self, Step, cmd};
 /// and tools used by tests and the demo (openssl makes the TLS tests'
 /// certificates; systemd brings `systemd-analyze`, which checks
 /// deploy/systemd/ without systemd running; mariadb-client is the MariaDB
-/// case study's client).
+/// case study's client; skopeo writes the OCI image formats the image
+/// reader is tested on).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -34,6 +35,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3",
     "ca-certificates",
     "systemd",
+    "skopeo",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -33,6 +33,9 @@ pub struct DaemonConfig {
     pub retain_sessions: Option<std::time::Duration>,
     /// Heavy calls (emit, plan, import, export, merge, verify) at once.
     pub max_heavy_calls: Option<usize>,
+    /// Observe labelled containers from the daemon's start (see
+    /// [`ServeOptions::watch_labels`]).
+    pub watch_labels: Option<bool>,
 }
 
 /// A duration written as a person would ("30d", "12h").
@@ -83,6 +86,12 @@ pub struct ServeOptions {
     pub retain_sessions: Option<std::time::Duration>,
     /// Heavy calls (emit, plan, import, export, merge, verify) at once.
     pub max_heavy_calls: usize,
+    /// Observe containers labelled `io.cimplifier.observe=true` from the
+    /// start. This watches Docker's parent cgroup, so the syscall hooks stay
+    /// attached and every container's syscalls pass through them; without
+    /// it they are attached only while a session observes (or once
+    /// `observe --label` asks for label watching).
+    pub watch_labels: bool,
 }
 
 /// Calls one connection may have in flight at once.
@@ -160,13 +169,9 @@ pub async fn serve(
     if let Some(retain) = opts.retain_sessions {
         tokio::spawn(prune_every(manager.store().clone(), retain));
     }
-    {
-        let manager = manager.clone();
-        tokio::spawn(async move {
-            if let Err(e) = manager.watch_labels().await {
-                tracing::error!("following Docker's events for labelled containers stopped: {e:#}");
-            }
-        });
+    // Selectors given to `observe --label` before a restart still ask for it.
+    if opts.watch_labels || !manager.store().selectors()?.is_empty() {
+        manager.start_watching_labels();
     }
     let service = Arc::new(Service::new(
         manager,

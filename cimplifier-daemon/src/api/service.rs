@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -32,6 +33,10 @@ const OCI_CHUNK: usize = 1 << 20;
 pub const DEFAULT_STREAM_BUFFER: usize = 4096;
 /// The most a client may ask to buffer.
 const MAX_STREAM_BUFFER: usize = 1 << 20;
+/// Event streams open at once, and the events their queues may hold in all
+/// (about 1 KiB each): clients cannot make the daemon hold more.
+const MAX_SUBSCRIBERS: usize = 256;
+const MAX_BUFFERED_EVENTS: usize = 4 << 20;
 /// Largest session bundle ImportSession accepts.
 const MAX_BUNDLE: usize = 1 << 30;
 
@@ -67,6 +72,27 @@ async fn heavy_permit(
              --max-heavy-calls",
             humantime::format_duration(wait)
         ))),
+    }
+}
+
+/// Runs a heavy call on a thread of its own, with its own runtime, so its
+/// CPU work and blocking reads of spooled images never hold the workers that
+/// serve the API and route the tracer's events. The heavy-call permit the
+/// future holds bounds how many such threads exist.
+fn spawn_apart(what: &'static str, call: impl Future<Output = ()> + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("cimplifier-{what}"))
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(call),
+                Err(e) => tracing::error!("{what}: could not start a runtime for the call: {e}"),
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("{what}: could not start a thread for the call: {e}");
     }
 }
 
@@ -217,7 +243,7 @@ impl Service {
         let store = self.manager.store().clone();
         let (tx, rx) = mpsc::channel(16);
         let emit_seconds = self.timings.emit.clone();
-        tokio::spawn(async move {
+        spawn_apart("emit", async move {
             let _permit = permit;
             let started = std::time::Instant::now();
             let progress = step_progress(tx.clone());
@@ -333,6 +359,7 @@ impl Cimplifier for Service {
             self.manager
                 .add_selector(&req.label_selector)
                 .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            self.manager.start_watching_labels();
             return Ok(Response::new(pb::Session {
                 state: State::Observing as i32,
                 label_selector: req.label_selector,
@@ -498,7 +525,7 @@ impl Cimplifier for Service {
         let reports = self.state_dir.join("emit-reports");
         let (tx, rx) = mpsc::channel(16);
         let emit_seconds = self.timings.emit.clone();
-        tokio::spawn(async move {
+        spawn_apart("emit", async move {
             let _permit = permit;
             let started = std::time::Instant::now();
             let progress = step_progress(tx.clone());
@@ -629,6 +656,14 @@ impl Cimplifier for Service {
             executables: paths(&req.executables, "executables")?,
             kinds: req.kinds,
         };
+        let (subscribers, buffered) = self.manager.observer().subscribed();
+        if subscribers >= MAX_SUBSCRIBERS || buffered + buffer > MAX_BUFFERED_EVENTS {
+            return Err(Status::resource_exhausted(format!(
+                "{subscribers} event streams are open, buffering up to {buffered} events; the \
+                 daemon takes at most {MAX_SUBSCRIBERS} streams and {MAX_BUFFERED_EVENTS} \
+                 buffered events: close a stream, or ask for a smaller buffer"
+            )));
+        }
         let sub = self.manager.observer().subscribe(filter, buffer);
         let stream = futures::stream::unfold(Some(sub), move |sub| async move {
             let mut sub = sub?;
@@ -684,7 +719,17 @@ impl Cimplifier for Service {
     ) -> Result<Response<pb::Session>, Status> {
         let _permit = self.heavy("import").await?;
         let mut stream = request.into_inner();
-        let mut bundle = Vec::new();
+        let store = self.manager.store().clone();
+        // The bundle is spooled to an unnamed file in the state directory,
+        // not held in memory, then stored in bounded transactions.
+        let spool = tempfile::tempfile_in(store.state_dir()).map_err(|e| {
+            Status::unavailable(format!(
+                "import: cannot make a spool file in the state directory {}: {e}",
+                store.state_dir().display()
+            ))
+        })?;
+        let mut spool = tokio::fs::File::from_std(spool);
+        let mut received = 0usize;
         let mut name = None;
         let mut existing = OnExisting::Refuse;
         while let Some(chunk) = stream.message().await? {
@@ -694,21 +739,36 @@ impl Cimplifier for Service {
                     existing = OnExisting::Replace;
                 }
             }
-            if bundle.len() + chunk.data.len() > MAX_BUNDLE {
+            received += chunk.data.len();
+            if received > MAX_BUNDLE {
                 return Err(Status::invalid_argument(format!(
                     "the bundle is larger than {} MiB",
                     MAX_BUNDLE >> 20
                 )));
             }
-            bundle.extend_from_slice(&chunk.data);
+            spool.write_all(&chunk.data).await.map_err(|e| {
+                Status::resource_exhausted(format!(
+                    "import: spooling the bundle into the state directory {}: {e}",
+                    store.state_dir().display()
+                ))
+            })?;
         }
+        spool
+            .seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(|e| Status::internal(format!("import: rewinding the spooled bundle: {e}")))?;
+        let spool = spool.into_std().await;
         let name = name.filter(|n| !n.is_empty());
-        let store = self.manager.store().clone();
-        let record =
-            tokio::task::spawn_blocking(move || store.import(&bundle, name.as_deref(), existing))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| exists_or(e, Status::invalid_argument))?;
+        let record = tokio::task::spawn_blocking(move || {
+            store.import_from(
+                std::io::BufReader::with_capacity(1 << 20, spool),
+                name.as_deref(),
+                existing,
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| exists_or(e, Status::invalid_argument))?;
         Ok(Response::new(stored(&record)))
     }
 

@@ -76,7 +76,8 @@ enum Command {
     Serve {
         /// TOML config file (keys: socket, socket_group, state_dir,
         /// ring_buffer_mib, metrics_addr, listen_tcp, tls_cert, tls_key,
-        /// tls_client_ca, retain_sessions, max_heavy_calls). Read if it
+        /// tls_client_ca, retain_sessions, max_heavy_calls, watch_labels).
+        /// Read if it
         /// exists; a file named
         /// explicitly must exist.
         #[arg(long, env = "CIMPLIFIER_CONFIG")]
@@ -127,6 +128,14 @@ enum Command {
         /// [default: 2].
         #[arg(long, env = "CIMPLIFIER_MAX_HEAVY_CALLS", value_name = "N")]
         max_heavy_calls: Option<usize>,
+        /// Observe containers labelled io.cimplifier.observe=true from their
+        /// first exec, from the daemon's start. It watches Docker's parent
+        /// cgroup, so every container's syscalls pass through the tracer's
+        /// hooks while the daemon runs; without it the hooks are attached
+        /// only while a session observes (`observe --label` turns label
+        /// watching on at run time).
+        #[arg(long, env = "CIMPLIFIER_WATCH_LABELS")]
+        watch_labels: bool,
     },
 }
 
@@ -189,6 +198,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             insecure,
             retain_sessions,
             max_heavy_calls,
+            watch_labels,
         } => {
             let file = cimplifier::api::DaemonConfig::load(config.as_deref())?;
             let tcp = cimplifier::api::TcpFlags {
@@ -221,6 +231,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_heavy_calls: max_heavy_calls
                     .or(file.max_heavy_calls)
                     .unwrap_or(cimplifier::api::HEAVY_CALLS),
+                watch_labels: watch_labels || file.watch_labels.unwrap_or(false),
             };
             cimplifier::api::serve(opts, stop).await
         }

@@ -31,24 +31,40 @@ pub async fn labels_of(
     }
 }
 
-/// The image's layers, as `docker image save` gives them.
-pub async fn save(docker: &Docker, image: &str) -> Result<Vec<u8>> {
-    save_counting(docker, image, &|_| {}).await
-}
-
-/// [`save`], telling `read` the bytes read so far after each chunk.
-pub async fn save_counting(
+/// The image's layers, as `docker image save` gives them, in an unnamed
+/// file in `dir` (gone when closed, even if the daemon dies), so no image is
+/// held in memory whatever its size. `read` is told the bytes read so far
+/// after each chunk.
+pub async fn save_to_spool(
     docker: &Docker,
     image: &str,
+    dir: &std::path::Path,
     read: &(dyn Fn(u64) + Send + Sync),
-) -> Result<Vec<u8>> {
-    let mut bytes = Vec::new();
+) -> Result<std::fs::File> {
+    use tokio::io::AsyncWriteExt;
+    let spool = tempfile::tempfile_in(dir).with_context(|| {
+        format!(
+            "making a spool file for image {image} in the state directory {}: is it writable, \
+             with room for the image?",
+            dir.display()
+        )
+    })?;
+    let mut out = tokio::fs::File::from_std(spool);
     let mut stream = docker.export_image(image);
+    let mut done = 0u64;
     while let Some(chunk) = stream.next().await {
-        bytes.extend_from_slice(&chunk.with_context(|| format!("reading the layers of {image}"))?);
-        read(bytes.len() as u64);
+        let chunk = chunk.with_context(|| format!("reading the layers of {image}"))?;
+        out.write_all(&chunk).await.with_context(|| {
+            format!(
+                "spooling image {image} into {} (is the disk full?)",
+                dir.display()
+            )
+        })?;
+        done += chunk.len() as u64;
+        read(done);
     }
-    Ok(bytes)
+    out.flush().await?;
+    Ok(out.into_std().await)
 }
 
 /// Loads an image archive (`docker image load`'s format) into the engine.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::EmitError;
@@ -395,7 +395,12 @@ pub async fn emit(
 
     progress("writing the slim layer");
     let start = Instant::now();
-    let layer = fs.write_tar(&|p| slim_plan.keep.contains_key(p));
+    // Reading the spooled image is blocking I/O: off the async workers.
+    let keep: BTreeSet<ContainerPath> = slim_plan.keep.keys().cloned().collect();
+    let layer_fs = fs.clone();
+    let layer = tokio::task::spawn_blocking(move || layer_fs.write_tar(&|p| keep.contains(p)))
+        .await
+        .context("writing the slim layer")??;
     let trace_sha = trace_digest.expect("asked for the trace digest");
     let labels: BTreeMap<String, String> = [
         ("io.cimplifier.source-image", info.started.image_id.clone()),

@@ -127,9 +127,15 @@ pub async fn read_session_counting(
     admit.check(&record)?;
 
     let start = Instant::now();
-    let (inspect, tree) = read_image(&record.started.image_id, &record.started.image_ref, read)
-        .await
-        .map_err(SourceError::Image)?;
+    let spool_dir = store.state_dir().to_path_buf();
+    let (inspect, tree) = read_image(
+        &record.started.image_id,
+        &record.started.image_ref,
+        &spool_dir,
+        read,
+    )
+    .await
+    .map_err(SourceError::Image)?;
     let read_image_ms = ms(start);
 
     // Folding is CPU work over every stored event: off the async workers.
@@ -161,18 +167,28 @@ pub async fn read_session_counting(
     })
 }
 
-/// The source image's configuration and file tree, read from the engine.
+/// The source image's configuration and file tree, read from the engine
+/// and spooled into `spool_dir` (the state directory).
 async fn read_image(
     image_id: &str,
     image_ref: &str,
+    spool_dir: &std::path::Path,
     read: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> anyhow::Result<(ImageInspect, Arc<ImageFs>)> {
     let docker = crate::docker::connect()?;
     let inspect = crate::docker::image::inspect(&docker, image_id, image_ref).await?;
     let about = inspect.size.unwrap_or(0).max(0) as u64;
-    let saved =
-        crate::docker::image::save_counting(&docker, image_id, &|n| read(n, about.max(n))).await?;
-    let tree = Arc::new(ImageFs::from_docker_save(saved, image_ref)?);
+    let spool = crate::docker::image::save_to_spool(&docker, image_id, spool_dir, &|n| {
+        read(n, about.max(n))
+    })
+    .await?;
+    let image_ref = image_ref.to_owned();
+    // Indexing reads every header of the spool: blocking I/O.
+    let tree = tokio::task::spawn_blocking(move || {
+        ImageFs::from_archive_file(spool, &image_ref).map(Arc::new)
+    })
+    .await
+    .context("indexing the source image")??;
     Ok((inspect, tree))
 }
 

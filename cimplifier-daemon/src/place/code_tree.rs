@@ -254,7 +254,7 @@ fn common_dir(a: &ContainerPath, b: &ContainerPath) -> ContainerPath {
 fn kinds_of(exe: &Exe, read: &BTreeSet<ContainerPath>, fs: &ImageFs) -> BTreeSet<CodeKind> {
     let mut kinds = BTreeSet::new();
     kinds.extend(CodeKind::of_program(file_name(&exe.0)));
-    if let Some(head) = fs.data(&exe.0)
+    if let Some(head) = fs.head(&exe.0, 4096)
         && let Some(interp) = shebang_interpreter(&head[..head.len().min(256)])
     {
         kinds.extend(CodeKind::of_program(file_name(&interp)));

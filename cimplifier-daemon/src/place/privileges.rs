@@ -202,7 +202,7 @@ pub fn user_uid(user: &str, fs: &ImageFs) -> Option<u32> {
         return Some(uid);
     }
     let passwd = fs.data(&ContainerPath::new("/etc/passwd")?)?;
-    String::from_utf8_lossy(passwd).lines().find_map(|line| {
+    String::from_utf8_lossy(&passwd).lines().find_map(|line| {
         let mut f = line.split(':');
         (f.next()? == user).then(|| f.nth(1)?.parse().ok())?
     })

@@ -325,13 +325,17 @@ impl Planner<'_> {
     /// ld.so would: RPATH/RUNPATH (with $ORIGIN), then the image's
     /// ld.so.conf directories, then the default directories.
     fn elf_dependencies(&self, path: &ContainerPath) -> Vec<ContainerPath> {
+        if !self
+            .fs
+            .head(path, 4)
+            .is_some_and(|magic| magic.starts_with(b"\x7fELF"))
+        {
+            return Vec::new();
+        }
         let Some(data) = self.fs.data(path) else {
             return Vec::new();
         };
-        if !data.starts_with(b"\x7fELF") {
-            return Vec::new();
-        }
-        let Ok(elf) = goblin::elf::Elf::parse(data) else {
+        let Ok(elf) = goblin::elf::Elf::parse(&data) else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -393,7 +397,7 @@ fn library_search_dirs(fs: &ImageFs) -> Vec<ContainerPath> {
     while i < files.len() && i < 64 {
         let text = fs
             .data(&files[i])
-            .map(|d| String::from_utf8_lossy(d).into_owned())
+            .map(|d| String::from_utf8_lossy(&d).into_owned())
             .unwrap_or_default();
         i += 1;
         for line in text

@@ -17,6 +17,7 @@
 
 mod labels;
 pub mod lifecycle;
+mod loss;
 pub mod observer;
 mod task;
 
@@ -115,6 +116,8 @@ pub struct Manager {
     failed: Mutex<HashMap<String, String>>,
     /// Label selectors (`key=value`) of containers to observe on creation.
     selectors: Mutex<BTreeSet<String>>,
+    /// Docker's events are followed for labelled containers (started once).
+    watching_labels: std::sync::atomic::AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -159,7 +162,26 @@ impl Manager {
             running: Mutex::default(),
             failed: Mutex::default(),
             selectors: Mutex::new(selectors),
+            watching_labels: Default::default(),
         }))
+    }
+
+    /// Starts following Docker's events for labelled containers, unless
+    /// already following them. Until then nothing is watched for labels,
+    /// so an idle daemon leaves the syscall hooks detached.
+    pub fn start_watching_labels(self: &Arc<Self>) {
+        if self
+            .watching_labels
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let manager = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = manager.watch_labels().await {
+                tracing::error!("following Docker's events for labelled containers stopped: {e:#}");
+            }
+        });
     }
 
     pub fn observer(&self) -> &Arc<Observer> {

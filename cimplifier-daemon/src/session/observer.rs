@@ -523,6 +523,37 @@ impl Observer {
         self.tracer.counters().map(|c| c.loss).unwrap_or_default()
     }
 
+    /// The tracer's counters, host-wide; unreadable counters count as a
+    /// loss that cannot be attributed, so no session passes as complete.
+    pub fn counters(&self) -> crate::trace::TracerCounters {
+        self.tracer.counters().unwrap_or_else(|e| {
+            tracing::error!("reading the tracer's counters: {e:#}");
+            crate::trace::TracerCounters {
+                unattributed: u64::MAX,
+                ..Default::default()
+            }
+        })
+    }
+
+    /// What the kernel lost of cgroup `id`'s records; an unreadable entry
+    /// counts as everything lost.
+    pub fn cgroup_loss(&self, id: CgroupId) -> crate::trace::CgroupLoss {
+        self.tracer.cgroup_loss(id).unwrap_or_else(|e| {
+            tracing::error!("reading the loss of cgroup {}: {e:#}", id.0);
+            crate::trace::CgroupLoss {
+                ringbuf_full: u64::MAX,
+                inflight: 0,
+            }
+        })
+    }
+
+    /// Live subscriptions, and the events their queues may hold in all.
+    pub fn subscribed(&self) -> (usize, usize) {
+        let subscribers = self.subscribers.lock().expect("subscribers lock");
+        let live = subscribers.iter().filter(|s| !s.tx.is_closed());
+        live.fold((0, 0), |(n, total), s| (n + 1, total + s.tx.max_capacity()))
+    }
+
     /// Subscribes to the events sessions keep, with a queue of `capacity`.
     pub fn subscribe(&self, filter: StreamFilter, capacity: usize) -> Subscription {
         let (tx, rx) = mpsc::channel(capacity.max(1));

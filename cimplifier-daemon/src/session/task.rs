@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
+use super::loss::LossBase;
 use super::observer::{self, Observer, Route, StreamedEvent, Watch};
 use super::{CHECKPOINT, Manager, Opening, docker_parent_cgroup, lifecycle, now_ms};
 use crate::docker::{Docker, container};
@@ -82,7 +83,7 @@ impl SessionTask {
             .and_then(|h| h.cgroup_parent.clone());
 
         let (route, mut events, prepared) = self.take_route(&observer, &name);
-        let loss_base = observer.loss();
+        let mut loss_base = LossBase::new(&observer);
         let (prepared_watch, prepared_dir) = prepared.unzip();
         let (precreated, stopped) = match prepared_dir {
             Some(dir) => (Some(dir), false),
@@ -126,6 +127,11 @@ impl SessionTask {
                 return Err(e);
             }
         };
+        if !from_first_exec {
+            // Attaching: the container's cgroups may have lost records of
+            // an earlier session's; those are not this one's.
+            loss_base.existing(&observer, &observer::cgroup_ids_below(&container_cgroup));
+        }
         let watch = watch_container(
             &observer,
             &route,
@@ -507,7 +513,7 @@ struct Recorder<'a> {
     prior_duration: u64,
     prior_loss: LossCounters,
     prior_aggregated: u64,
-    loss_base: LossCounters,
+    loss_base: LossBase,
     started: Instant,
 }
 
@@ -575,9 +581,13 @@ impl Recorder<'_> {
         next.aggregated = self.prior_aggregated + self.aggregated;
         next.checkpoint_unix_ms = now_ms();
         next.duration_ms = self.prior_duration + self.started.elapsed().as_millis() as u64;
+        // A cgroup below the container whose every record was lost never
+        // showed up in an event: look again.
+        self.members
+            .extend(observer::cgroup_ids_below(&self.container_cgroup));
         next.loss = self
             .prior_loss
-            .plus(self.observer.loss().since(self.loss_base));
+            .plus(self.loss_base.since(self.observer, &self.members));
         next.loss.unreadable_names += self.unreadable;
         next.loss.held_overflow += self.route.route.held_overflow();
         next.loss.interrupted += self.route.route.interrupted();

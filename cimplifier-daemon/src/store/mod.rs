@@ -14,6 +14,7 @@
 //! - `quarantine`: records found unreadable at start-up (by session name,
 //!   `~N` added when taken), as they were, moved aside so the daemon starts.
 
+use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -33,6 +34,14 @@ const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events"
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
 const SELECTORS: TableDefinition<&str, u8> = TableDefinition::new("selectors");
+/// Session ids of imports in progress; their events go if the daemon dies.
+const PENDING_IMPORTS: TableDefinition<u64, ()> = TableDefinition::new("pending_imports");
+
+/// Events an import writes per transaction: bounds the memory and the time
+/// the write lock is held, whatever the bundle's size.
+const IMPORT_BATCH: usize = 4096;
+/// No event's line comes near this; a longer one is refused, not buffered.
+const MAX_BUNDLE_LINE: u64 = 1 << 20;
 
 /// The store's page cache.
 const CACHE_BYTES: usize = 16 << 20;
@@ -108,10 +117,18 @@ impl Store {
         txn.open_table(META)?;
         txn.open_table(QUARANTINE)?;
         txn.open_table(SELECTORS)?;
+        txn.open_table(PENDING_IMPORTS)?;
         txn.commit()?;
         let store = Self { db, path };
+        store.drop_pending_imports()?;
         store.quarantine_unreadable()?;
         Ok(store)
+    }
+
+    /// The state directory the store lives in; also where images are
+    /// spooled while they are read.
+    pub fn state_dir(&self) -> &Path {
+        self.path.parent().unwrap_or(Path::new("."))
     }
 
     /// Moves every session record that does not parse (damaged, or written
@@ -346,6 +363,45 @@ struct BundleHeader {
     session: SessionRecord,
 }
 
+/// Reads a bundle's non-empty lines one at a time, each at most
+/// [`MAX_BUNDLE_LINE`] bytes.
+#[derive(Default)]
+struct BundleLines {
+    buf: Vec<u8>,
+    /// The 1-based number of the line last returned.
+    number: u64,
+}
+
+impl BundleLines {
+    fn next(&mut self, from: &mut impl BufRead) -> Result<Option<&[u8]>> {
+        loop {
+            self.buf.clear();
+            self.number += 1;
+            let n = from
+                .take(MAX_BUNDLE_LINE + 1)
+                .read_until(b'\n', &mut self.buf)
+                .with_context(|| format!("reading bundle line {}", self.number))?;
+            if n == 0 {
+                return Ok(None);
+            }
+            if self.buf.len() as u64 > MAX_BUNDLE_LINE {
+                bail!(
+                    "bundle line {} is longer than {} KiB: not a bundle `cimplifierctl export` \
+                     writes",
+                    self.number,
+                    MAX_BUNDLE_LINE >> 10
+                );
+            }
+            if self.buf.last() == Some(&b'\n') {
+                self.buf.pop();
+            }
+            if !self.buf.is_empty() {
+                return Ok(Some(&self.buf));
+            }
+        }
+    }
+}
+
 pub const BUNDLE_FORMAT: &str = "cimplifier-session-bundle";
 pub const BUNDLE_VERSION: u32 = 1;
 
@@ -375,13 +431,27 @@ impl Store {
         name: Option<&str>,
         existing: OnExisting,
     ) -> Result<SessionRecord> {
-        let mut lines = bundle.split(|&b| b == b'\n').filter(|l| !l.is_empty());
-        let header: BundleHeader = serde_json::from_slice(lines.next().unwrap_or_default())
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "not a session bundle (line 1: {e}); bundles are written by `cimplifierctl export`"
-                )
-            })?;
+        self.import_from(bundle, name, existing)
+    }
+
+    /// [`Store::import`] read as a stream: the events go in batches of
+    /// [`IMPORT_BATCH`], each its own transaction, under an id no record
+    /// names yet (marked pending, so a daemon killed half-way deletes them
+    /// at its next start). The record comes last, in one transaction with
+    /// the removal of the mark, so the session appears whole or not at all.
+    pub fn import_from(
+        &self,
+        mut bundle: impl BufRead,
+        name: Option<&str>,
+        existing: OnExisting,
+    ) -> Result<SessionRecord> {
+        let mut lines = BundleLines::default();
+        let header = lines.next(&mut bundle)?.unwrap_or_default();
+        let header: BundleHeader = serde_json::from_slice(header).map_err(|e| {
+            anyhow::anyhow!(
+                "not a session bundle (line 1: {e}); bundles are written by `cimplifierctl export`"
+            )
+        })?;
         if header.format != BUNDLE_FORMAT || header.version != BUNDLE_VERSION {
             bail!(
                 "bundle format {} version {} is not {BUNDLE_FORMAT} version {BUNDLE_VERSION}",
@@ -401,25 +471,138 @@ impl Store {
         }
         check_session_name(&record.name)?;
         self.refuse_observing(&record.name)?;
-        let old = self.taken(&record.name, existing)?;
+        self.taken(&record.name, existing)?;
         check_bundle_record(&record)?;
-        let events: Vec<Event> = lines
-            .enumerate()
-            .map(|(i, l)| {
-                serde_json::from_slice(l)
-                    .with_context(|| format!("bundle line {}: not an event", i + 2))
-            })
-            .collect::<Result<_>>()?;
-        if events.len() as u64 != record.events {
+        record.id = self.next_session_id()?;
+        self.mark_pending(record.id, true)?;
+        let stored = self.import_events(&mut bundle, &mut lines, &record);
+        let finished = stored.and_then(|()| self.finish_import(&record, existing));
+        if finished.is_err() {
+            // What was written under the new id goes; the mark goes last,
+            // so a failure here is cleaned up at the next start.
+            let _ = self
+                .delete_events(record.id)
+                .and_then(|()| self.mark_pending(record.id, false));
+        }
+        finished.map(|()| record)
+    }
+
+    fn import_events(
+        &self,
+        bundle: &mut impl BufRead,
+        lines: &mut BundleLines,
+        record: &SessionRecord,
+    ) -> Result<()> {
+        let mut batch: Vec<Event> = Vec::with_capacity(IMPORT_BATCH);
+        let mut count = 0u64;
+        while let Some(line) = lines.next(bundle)? {
+            let event = serde_json::from_slice(line)
+                .with_context(|| format!("bundle line {}: not an event", lines.number))?;
+            if count == record.events {
+                bail!(
+                    "the bundle says {} events but holds more: it is not one export; export it \
+                     again",
+                    record.events
+                );
+            }
+            batch.push(event);
+            count += 1;
+            if batch.len() == IMPORT_BATCH {
+                self.put_events(record.id, count - batch.len() as u64, &batch)?;
+                batch.clear();
+            }
+        }
+        self.put_events(record.id, count - batch.len() as u64, &batch)?;
+        if count != record.events {
             bail!(
-                "the bundle says {} events but holds {}: it was cut off; export it again",
-                record.events,
-                events.len()
+                "the bundle says {} events but holds {count}: it was cut off; export it again",
+                record.events
             );
         }
-        record.id = self.next_session_id()?;
-        self.append_replacing(&record, &events, old)?;
-        Ok(record)
+        Ok(())
+    }
+
+    /// Writes `events` of session `id`, numbered from `first`.
+    fn put_events(&self, id: u64, first: u64, events: &[Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(EVENTS)?;
+            for (i, e) in events.iter().enumerate() {
+                let bytes = serde_json::to_vec(e)?;
+                table.insert((id, first + i as u64), bytes.as_slice())?;
+            }
+        }
+        txn.commit()
+            .with_context(|| format!("committing to the store {}", self.path.display()))?;
+        Ok(())
+    }
+
+    /// Marks (or unmarks) `id` as an import in progress.
+    fn mark_pending(&self, id: u64, pending: bool) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(PENDING_IMPORTS)?;
+            if pending {
+                table.insert(id, ())?;
+            } else {
+                table.remove(id)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The imported session's record, in place of any it replaces (whose
+    /// events go), and the pending mark removed: one transaction.
+    fn finish_import(&self, record: &SessionRecord, existing: OnExisting) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let old = match sessions.get(record.name.as_str())? {
+                Some(old) => Some(
+                    serde_json::from_slice::<SessionRecord>(old.value())
+                        .map_err(json_err("a stored session record"))?,
+                ),
+                None => None,
+            };
+            // Checked again: another call may have taken the name meanwhile.
+            if let Some(old) = old {
+                if existing == OnExisting::Refuse || old.state == SessionState::Observing {
+                    return Err(SessionExists(record.name.clone()).into());
+                }
+                txn.open_table(EVENTS)?
+                    .retain_in((old.id, 0)..=(old.id, u64::MAX), |_, _| false)?;
+            }
+            let bytes = serde_json::to_vec(record)?;
+            sessions.insert(record.name.as_str(), bytes.as_slice())?;
+            txn.open_table(PENDING_IMPORTS)?.remove(record.id)?;
+        }
+        txn.commit()
+            .with_context(|| format!("committing to the store {}", self.path.display()))?;
+        Ok(())
+    }
+
+    /// Deletes the events of imports a killed daemon left half-done.
+    fn drop_pending_imports(&self) -> Result<()> {
+        let pending: Vec<u64> = {
+            let txn = self.db.begin_read()?;
+            let table = txn.open_table(PENDING_IMPORTS)?;
+            table
+                .iter()?
+                .map(|e| e.map(|(id, _)| id.value()))
+                .collect::<Result<_, _>>()?
+        };
+        for id in pending {
+            tracing::warn!(
+                "deleting the events of an import that did not finish (session id {id})"
+            );
+            self.delete_events(id)?;
+            self.mark_pending(id, false)?;
+        }
+        Ok(())
     }
 
     /// A new closed session `into` holding every event of `sources`, each
@@ -537,21 +720,6 @@ impl Store {
             (Some(_), OnExisting::Refuse) => Err(SessionExists(name.to_owned()).into()),
             (Some(old), OnExisting::Replace) => Ok(Some(old.id)),
         }
-    }
-
-    /// [`Store::append`] of a new session, then the events of the one it
-    /// replaced (by id) go.
-    fn append_replacing(
-        &self,
-        record: &SessionRecord,
-        events: &[Event],
-        replaced: Option<u64>,
-    ) -> Result<()> {
-        self.append(record, events)?;
-        if let Some(old) = replaced {
-            self.delete_events(old)?;
-        }
-        Ok(())
     }
 
     fn delete_events(&self, id: u64) -> Result<()> {

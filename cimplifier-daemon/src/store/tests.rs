@@ -379,3 +379,84 @@ fn label_selectors_outlive_the_store() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.selectors().unwrap(), ["app=db", "team=web"]);
 }
+
+fn events_of(store: &Store, id: u64) -> usize {
+    let txn = store.db.begin_read().unwrap();
+    let events = txn.open_table(EVENTS).unwrap();
+    events.range((id, 0)..=(id, u64::MAX)).unwrap().count()
+}
+
+/// A bundle larger than one import batch is stored whole and in order,
+/// and a bundle cut off part-way leaves no events behind.
+#[test]
+fn imports_stream_in_batches_and_a_cut_off_bundle_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let n = IMPORT_BATCH * 2 + 17;
+    let mut r = record(&store, "big");
+    r.state = SessionState::Closed;
+    r.events = n as u64;
+    let events: Vec<Event> = (0..n as u32).map(event).collect();
+    store.append(&r, &events).unwrap();
+    let mut bundle = Vec::new();
+    store.export(&r, &mut bundle).unwrap();
+
+    let imported = store
+        .import_from(&bundle[..], Some("big2"), OnExisting::Refuse)
+        .unwrap();
+    let mut pids = Vec::new();
+    store
+        .for_each_event(&imported, |_, e| {
+            pids.push(e.pid);
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(pids, (0..n as u32).collect::<Vec<_>>());
+
+    // Cut after two batches: refused, and the batches written are gone.
+    let cut: usize = bundle
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| **b == b'\n')
+        .nth(IMPORT_BATCH * 2 + 1)
+        .unwrap()
+        .0;
+    let before = store.next_session_id().unwrap();
+    let e = store
+        .import_from(&bundle[..=cut], Some("cut"), OnExisting::Refuse)
+        .unwrap_err();
+    assert!(e.to_string().contains("cut off"), "{e:#}");
+    assert!(store.session("cut").unwrap().is_none());
+    for id in before..store.next_session_id().unwrap() {
+        assert_eq!(events_of(&store, id), 0, "events of the failed import {id}");
+    }
+}
+
+/// A daemon killed during an import leaves a pending mark: the next start
+/// deletes what it had written.
+#[test]
+fn an_import_a_killed_daemon_left_is_deleted_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let id = store.next_session_id().unwrap();
+    store.mark_pending(id, true).unwrap();
+    store.put_events(id, 0, &[event(1), event(2)]).unwrap();
+    assert_eq!(events_of(&store, id), 2);
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(events_of(&store, id), 0);
+    let txn = store.db.begin_read().unwrap();
+    let pending = txn.open_table(PENDING_IMPORTS).unwrap();
+    assert_eq!(redb::ReadableTableMetadata::len(&pending).unwrap(), 0);
+}
+
+#[test]
+fn an_overlong_bundle_line_is_refused_without_buffering_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let line = vec![b'x'; MAX_BUNDLE_LINE as usize + 10];
+    let e = store
+        .import_from(&line[..], None, OnExisting::Refuse)
+        .unwrap_err();
+    assert!(e.to_string().contains("line 1 is longer"), "{e:#}");
+}

@@ -9,10 +9,11 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use cimplifier_common::{counter, globals, maps};
+use cimplifier_common::{cgroup_loss, counter, globals, maps};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
@@ -55,12 +56,75 @@ struct Maps {
     watched: HashMap<MapData, u64, u8>,
     generation: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
+    cgroup_loss: PerCpuHashMap<MapData, u64, [u64; cgroup_loss::COUNT]>,
+}
+
+/// Records the kernel lost for one cgroup, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupLoss {
+    pub ringbuf_full: u64,
+    pub inflight: u64,
+}
+
+/// The syscall programs and what they share with user space.
+const SYSCALL_HOOKS: [(&str, &str); 2] = [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")];
+
+/// `sys_enter` and `sys_exit` run on every syscall of the host, watched or
+/// not; they are attached only while some cgroup is watched.
+struct SyscallHooks {
+    ebpf: Ebpf,
+    links: Option<[BtfTracePointLinkId; 2]>,
+    /// The kernel's in-flight map (value: the programs' 64-byte entry),
+    /// emptied at detach: an entry left from before would meet another
+    /// call's exit once attached again.
+    inflight: HashMap<MapData, u32, [u64; 8]>,
+}
+
+impl SyscallHooks {
+    fn attach(&mut self) -> Result<()> {
+        if self.links.is_some() {
+            return Ok(());
+        }
+        let start = std::time::Instant::now();
+        let mut links = Vec::with_capacity(2);
+        for (prog, hook) in SYSCALL_HOOKS {
+            let p: &mut BtfTracePoint = program(&mut self.ebpf, prog)?;
+            links.push(
+                p.attach()
+                    .with_context(|| format!("attaching to raw tracepoint {hook}"))?,
+            );
+        }
+        let [enter, exit] = <[_; 2]>::try_from(links).expect("two hooks");
+        self.links = Some([enter, exit]);
+        tracing::info!(
+            micros = start.elapsed().as_micros() as u64,
+            "attached the syscall hooks: a cgroup is watched"
+        );
+        Ok(())
+    }
+
+    fn detach(&mut self) -> Result<()> {
+        let Some(links) = self.links.take() else {
+            return Ok(());
+        };
+        for ((prog, _), link) in SYSCALL_HOOKS.into_iter().zip(links) {
+            let p: &mut BtfTracePoint = program(&mut self.ebpf, prog)?;
+            p.detach(link)
+                .with_context(|| format!("detaching {prog}"))?;
+        }
+        let stale: Vec<u32> = self.inflight.keys().filter_map(|k| k.ok()).collect();
+        for tid in stale {
+            let _ = self.inflight.remove(&tid);
+        }
+        tracing::info!("detached the syscall hooks: no cgroup is watched");
+        Ok(())
+    }
 }
 
 /// The loaded, attached tracer. Dropping it detaches every program.
 pub struct Tracer {
-    // Owns the programs and their links.
-    _ebpf: Ebpf,
+    /// Owns the programs and their links.
+    hooks: Mutex<SyscallHooks>,
     maps: Mutex<Maps>,
     /// The ring buffer while no reader holds it: a reader that ends, even
     /// by panicking, gives it back, so a new one can go on where it left.
@@ -115,14 +179,13 @@ impl Tracer {
         // syscall on the host, and unlike `raw_syscalls/*` tracepoints they
         // build no trace record first. (The per-syscall `syscalls/*`
         // tracepoints would skip untraced calls, but linking to them fails
-        // on these kernels.)
+        // on these kernels.) Loaded now, attached only while a cgroup is
+        // watched ([`SyscallHooks`]): an idle daemon costs the host nothing.
         let btf = Btf::from_sys_fs().context("reading kernel BTF from /sys/kernel/btf/vmlinux")?;
-        for (prog, hook) in [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")] {
+        for (prog, hook) in SYSCALL_HOOKS {
             let p: &mut BtfTracePoint = program(&mut ebpf, prog)?;
             p.load(hook, &btf)
                 .with_context(|| format!("loading tp_btf program {prog}"))?;
-            p.attach()
-                .with_context(|| format!("attaching to raw tracepoint {hook}"))?;
         }
         for name in [
             "sched_process_fork",
@@ -144,10 +207,16 @@ impl Tracer {
             watched: HashMap::try_from(take(&mut ebpf, maps::WATCHED_CGROUPS)?)?,
             generation: Array::try_from(take(&mut ebpf, maps::WATCH_GENERATION)?)?,
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
+            cgroup_loss: PerCpuHashMap::try_from(take(&mut ebpf, maps::CGROUP_LOSS)?)?,
         };
         let ring = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
+        let inflight = HashMap::try_from(take(&mut ebpf, maps::INFLIGHT)?)?;
         Ok(Self {
-            _ebpf: ebpf,
+            hooks: Mutex::new(SyscallHooks {
+                ebpf,
+                links: None,
+                inflight,
+            }),
             maps: Mutex::new(maps),
             ring: Arc::new(Mutex::new(Some(ring))),
             resolver: Arc::new(Mutex::new(Resolver::with_snapshotter(Box::new(
@@ -225,6 +294,10 @@ impl Tracer {
                 resolver.seed_running(&header, snap);
             }
         }
+        // Hooks first, so the watch sees the cgroup's next syscall; held
+        // until the entry is in, so a last unwatch cannot detach them.
+        let mut hooks = self.hooks.lock().expect("hooks lock");
+        hooks.attach()?;
         let mut maps = self.maps.lock().expect("maps lock");
         maps.watched
             .insert(id.0, 1, 0)
@@ -236,13 +309,24 @@ impl Tracer {
         })
     }
 
-    /// Stops recording a cgroup.
+    /// Stops recording a cgroup; the syscall hooks go with the last watch.
     pub fn unwatch(&self, cgroup: &WatchedCgroup) -> Result<()> {
+        let mut hooks = self.hooks.lock().expect("hooks lock");
         let mut maps = self.maps.lock().expect("maps lock");
         maps.watched
             .remove(&cgroup.id.0)
             .with_context(|| format!("cgroup {} was not watched", cgroup.path.display()))?;
-        bump_generation(&mut maps)
+        bump_generation(&mut maps)?;
+        let watching = maps.watched.iter().any(|e| e.is_ok_and(|(_, v)| v == 1));
+        if !watching {
+            hooks.detach()?;
+        }
+        Ok(())
+    }
+
+    /// Whether the syscall hooks are attached (some cgroup is watched).
+    pub fn hooks_attached(&self) -> bool {
+        self.hooks.lock().expect("hooks lock").links.is_some()
     }
 
     /// The time (CLOCK_MONOTONIC ns) before which every record has been read
@@ -271,7 +355,27 @@ impl Tracer {
             },
             ringbuf_full_per_cpu,
             emitted: sum(counter::EMITTED)?.0,
+            unattributed: sum(counter::LOSS_UNATTRIBUTED)?.0,
         })
+    }
+
+    /// What the kernel lost of the records of cgroup `id` (nothing when it
+    /// has no entry).
+    pub fn cgroup_loss(&self, id: CgroupId) -> Result<CgroupLoss> {
+        let maps = self.maps.lock().expect("maps lock");
+        let per_cpu = match maps.cgroup_loss.get(&id.0, 0) {
+            Ok(v) => v,
+            Err(aya::maps::MapError::KeyNotFound) => return Ok(CgroupLoss::default()),
+            Err(e) => return Err(e).context("reading the CGROUP_LOSS map"),
+        };
+        Ok(per_cpu
+            .iter()
+            .fold(CgroupLoss::default(), |sum, v| CgroupLoss {
+                ringbuf_full: sum
+                    .ringbuf_full
+                    .saturating_add(v[cgroup_loss::RINGBUF_FULL]),
+                inflight: sum.inflight.saturating_add(v[cgroup_loss::INFLIGHT]),
+            }))
     }
 
     /// The decoded event stream. Can be taken once; spawns the reader task
@@ -374,6 +478,9 @@ pub struct TracerCounters {
     pub ringbuf_full_per_cpu: Vec<u64>,
     /// Records the kernel wrote.
     pub emitted: u64,
+    /// Losses the kernel could not charge to a cgroup: every session
+    /// counts them.
+    pub unattributed: u64,
 }
 
 /// How long records may wait in the ring buffer: the kernel wakes the reader

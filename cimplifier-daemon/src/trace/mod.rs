@@ -19,7 +19,7 @@ pub mod kernel_layout;
 pub mod loader;
 pub mod log;
 
-pub use loader::{EventStream, Tracer, TracerConfig, TracerCounters, WatchedCgroup};
+pub use loader::{CgroupLoss, EventStream, Tracer, TracerConfig, TracerCounters, WatchedCgroup};
 pub mod record;
 pub mod strace;
 mod wire;

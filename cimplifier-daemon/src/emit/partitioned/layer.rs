@@ -237,7 +237,7 @@ pub(super) fn partition_layer(
 
     let extra = add.finish()?;
     Ok(PartitionLayer {
-        tar: fs.write_tar_with(&|p| keep.contains(p) && !replaced.contains(p), &extra),
+        tar: fs.write_tar_with(&|p| keep.contains(p) && !replaced.contains(p), &extra)?,
         files: keep.iter().filter(|p| !replaced.contains(*p)).count() as u64
             + stub_files.len() as u64,
         serves,
@@ -262,7 +262,7 @@ mod tests {
         add.hard_link(&other, &stub).unwrap();
         assert!(keep.contains(&ContainerPath::new("/usr/bin").unwrap()));
         let extra = add.finish().unwrap();
-        let layer = fs.write_tar_with(&|p| keep.contains(p), &extra);
+        let layer = fs.write_tar_with(&|p| keep.contains(p), &extra).unwrap();
         let mut names = Vec::new();
         for e in tar::Archive::new(&layer[..]).entries().unwrap() {
             let e = e.unwrap();

@@ -103,7 +103,7 @@ pub(super) fn seed_layer(
                 let link_to = link.filter(|t| paths.contains(*t)).map(&moved);
                 relocate(&mut b, fs, path, &moved(path), link_to.as_deref())?;
                 seed.entries += 1;
-                seed.bytes += fs.data(path).map_or(0, |d| d.len() as u64);
+                seed.bytes += fs.get(path).map_or(0, |e| e.size);
             }
         }
         stats.push(seed);
@@ -138,7 +138,7 @@ fn relocate(
     let raw = fs
         .raw_entry(from)
         .with_context(|| format!("{from} is not in the source image"))?;
-    let mut archive = tar::Archive::new(raw);
+    let mut archive = tar::Archive::new(&raw[..]);
     let mut entries = archive.entries()?;
     let mut entry = entries
         .next()
@@ -167,7 +167,7 @@ fn relocate(
             let content = fs.data(from).unwrap_or_default();
             header.set_entry_type(tar::EntryType::Regular);
             header.set_size(content.len() as u64);
-            b.append_data(&mut header, to, content)?;
+            b.append_data(&mut header, to, &content[..])?;
         }
         (tar::EntryType::Symlink, _) => {
             b.append_link(&mut header, to, symlink.unwrap_or_default())?;

@@ -1,0 +1,99 @@
+//! One noisy container must not spoil other sessions: a container that
+//! floods a 1 MiB ring buffer loses records and its session says so, while
+//! a quiet container observed at the same time keeps a complete session.
+//! Losses are counted per cgroup in the kernel (`CGROUP_LOSS`). Real
+//! daemon, real containers. Needs root and dockerd.
+
+mod common;
+
+use common::{BASE_IMAGE, Container, Daemon, docker, require_root, stdout_of};
+use serde_json::Value;
+
+fn sessions(d: &Daemon) -> Vec<Value> {
+    let all: Value = serde_json::from_str(&stdout_of(&d.ctl(&["sessions", "--json"]))).unwrap();
+    all.as_array().unwrap().clone()
+}
+
+fn session(d: &Daemon, name: &str) -> Option<Value> {
+    sessions(d).into_iter().find(|s| s["container"] == name)
+}
+
+fn observe(d: &Daemon, c: &Container) -> std::process::Child {
+    common::cimplifierctl()
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["observe", &c.0, "--no-lifecycle", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_noisy_containers_losses_are_its_own() {
+    require_root();
+    let d = Daemon::start_with(&["--ring-buffer-mib", "1"]);
+
+    // Quiet: reads one file, then sleeps through the flood.
+    let quiet = Container::create(
+        "noisy-quiet",
+        &[
+            BASE_IMAGE,
+            "/bin/sh",
+            "-c",
+            "cat /etc/os-release > /dev/null; exec sleep 600",
+        ],
+    );
+    let quiet_observe = observe(&d, &quiet);
+    common::wait_until(30, "the quiet session observing", || {
+        session(&d, &quiet.0).is_some_and(|s| s["state"] == "observing" && s["events"] != 0)
+    });
+
+    // Noisy: four loops of execs and opens, far more than 1 MiB of records
+    // between two reads of the ring.
+    let noisy = Container::create(
+        "noisy-loud",
+        &[
+            BASE_IMAGE,
+            "/bin/sh",
+            "-c",
+            "for i in 1 2 3 4; do (while true; do cat /etc/os-release /etc/passwd /etc/group \
+             > /dev/null; done) & done; wait",
+        ],
+    );
+    let noisy_observe = observe(&d, &noisy);
+    common::wait_until(120, "the noisy session losing records", || {
+        session(&d, &noisy.0).is_some_and(|s| s["lost_events"].as_u64().unwrap_or(0) > 0)
+    });
+
+    docker(&["stop", "-t", "1", &noisy.0]);
+    docker(&["stop", "-t", "1", &quiet.0]);
+    let noisy_info: Value =
+        serde_json::from_slice(&noisy_observe.wait_with_output().unwrap().stdout).unwrap();
+    let quiet_info: Value =
+        serde_json::from_slice(&quiet_observe.wait_with_output().unwrap().stdout).unwrap();
+    println!(
+        "noisy session: {} events, {} lost; quiet session: {} events, {} lost",
+        noisy_info["events"],
+        noisy_info["lost_events"],
+        quiet_info["events"],
+        quiet_info["lost_events"]
+    );
+    assert_eq!(noisy_info["complete"], false, "{noisy_info}");
+    assert!(
+        noisy_info["lost_events"].as_u64().unwrap() > 0,
+        "{noisy_info}"
+    );
+    assert_eq!(
+        quiet_info["complete"], true,
+        "the quiet session lost nothing of its own: {quiet_info}"
+    );
+    assert_eq!(quiet_info["lost_events"], 0, "{quiet_info}");
+
+    // Emit refuses the noisy session and takes the quiet one.
+    let tag = format!("cimplifier-test/noisy-{}:latest", std::process::id());
+    let refused = d.ctl(&["emit", &noisy.0, "--tag", &tag]);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("--allow-incomplete"), "{err}");
+}
