@@ -27,6 +27,23 @@ fn main() {
     println!("cargo:rerun-if-changed={}", proto.display());
     let fds = protox::compile([&proto], [&proto_dir])
         .unwrap_or_else(|e| panic!("compiling {}: {e}", proto.display()));
+    // Every RPC by path, for the test that each has a role (api/authz.rs).
+    let mut rpcs = String::from("pub const PROTO_RPCS: &[&str] = &[\n");
+    for file in &fds.file {
+        for service in &file.service {
+            for method in &service.method {
+                rpcs += &format!(
+                    "    \"/{}.{}/{}\",\n",
+                    file.package(),
+                    service.name(),
+                    method.name()
+                );
+            }
+        }
+    }
+    rpcs += "];\n";
+    std::fs::write(out_dir.join("proto_rpcs.rs"), rpcs)
+        .unwrap_or_else(|e| panic!("writing proto_rpcs.rs: {e}"));
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -5,6 +5,8 @@
 //! listeners and their TLS (`serve.rs`, `transport.rs`); the client side
 //! ([`connect`], [`workload`]).
 
+mod audit;
+pub mod authz;
 mod client;
 mod convert;
 mod metrics;

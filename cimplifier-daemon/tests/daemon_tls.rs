@@ -49,6 +49,15 @@ impl Pki {
         pki.leaf("server", "ca", "server.ext");
         pki.leaf("client", "ca", "client.ext");
         pki.leaf("stranger", "other-ca", "client.ext");
+        // For roles: one named by its common name, one by a DNS name.
+        std::fs::write(
+            pki.path("reader.ext"),
+            "basicConstraints = critical,CA:FALSE\nkeyUsage = critical,digitalSignature\n\
+             extendedKeyUsage = clientAuth\nsubjectAltName = DNS:reader.example\n",
+        )
+        .unwrap();
+        pki.leaf("admin", "ca", "client.ext");
+        pki.leaf("reader", "ca", "reader.ext");
         pki
     }
 
@@ -262,6 +271,8 @@ async fn mutual_tls_admits_only_clients_of_its_ca() {
         &pki.arg("server.key"),
         "--tls-client-ca",
         &pki.arg("ca.pem"),
+        "--tls-read-only-identity",
+        "CN=cimplifier test client",
     ]);
     // The unix socket is still served (start_with waited on it).
     answered(&d.ctl(&["version"]));
@@ -400,7 +411,8 @@ fn the_config_file_configures_tcp() {
     std::fs::write(
         &config,
         format!(
-            "listen_tcp = \"{addr}\"\ntls_cert = {:?}\ntls_key = {:?}\ntls_client_ca = {:?}\n",
+            "listen_tcp = \"{addr}\"\ntls_cert = {:?}\ntls_key = {:?}\ntls_client_ca = {:?}\n\
+             tls_read_only_identities = [\"CN=cimplifier test client\"]\n",
             pki.arg("server.pem"),
             pki.arg("server.key"),
             pki.arg("ca.pem")
@@ -497,4 +509,95 @@ fn insecure_from_the_config_or_the_environment_is_refused() {
         std::net::TcpListener::bind(&addr).is_ok(),
         "nothing listens on {addr}"
     );
+}
+
+/// A client certificate's role comes from its names: the config lists
+/// them per role. One named nowhere is refused every call, a read-only one
+/// may look but not act, an admin one may act. Each refusal is
+/// PERMISSION_DENIED naming the certificate, the call, the role it needs
+/// and the setting that grants it.
+#[test]
+fn mutual_tls_clients_get_the_role_their_names_are_listed_for() {
+    require_root();
+    let pki = Pki::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let _d = Daemon::start_with(&[
+        "--listen-tcp",
+        &addr,
+        "--tls-cert",
+        &pki.arg("server.pem"),
+        "--tls-key",
+        &pki.arg("server.key"),
+        "--tls-client-ca",
+        &pki.arg("ca.pem"),
+        "--tls-admin-identity",
+        "CN=cimplifier test admin",
+        "--tls-read-only-identity",
+        "DNS:reader.example",
+    ]);
+    let as_client = |name: &str, args: &[&str]| {
+        let (ca, cert, key) = (
+            pki.arg("ca.pem"),
+            pki.arg(&format!("{name}.pem")),
+            pki.arg(&format!("{name}.key")),
+        );
+        let mut all = vec![
+            "--addr",
+            &addr,
+            "--tls-ca",
+            &ca,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ];
+        all.extend(args);
+        ctl(&all)
+    };
+    let denied = |out: &Output, says: &[&str]| {
+        let err = stderr(out);
+        assert_eq!(out.status.code(), Some(8), "refused as denied: {err}");
+        for s in says {
+            assert!(err.contains(s), "the refusal says {s:?}: {err}");
+        }
+    };
+
+    // Named nowhere: refused even looking, and told what would grant it.
+    denied(
+        &as_client("client", &["sessions"]),
+        &[
+            "CN=cimplifier test client",
+            "has no role",
+            "ListSessions needs the read-only role",
+            "tls_read_only_identities",
+        ],
+    );
+
+    // Read-only by its DNS name: may look, may not act.
+    let listed = as_client("reader", &["sessions"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    answered(&as_client("reader", &["version"]));
+    denied(
+        &as_client(
+            "reader",
+            &["emit", "any", "--tag", "cimplifier-e2e/never:latest"],
+        ),
+        &[
+            "DNS:reader.example",
+            "has the read-only role",
+            "Emit needs the admin role",
+            "tls_admin_identities (--tls-admin-identity, CIMPLIFIER_TLS_ADMIN_IDENTITIES)",
+        ],
+    );
+    denied(
+        &as_client("reader", &["observe", "any"]),
+        &["Observe needs the admin role"],
+    );
+
+    // Admin by its common name: its calls get through to the daemon, which
+    // answers for the session (none here).
+    let stop = as_client("admin", &["stop", "no-such-session"]);
+    assert_eq!(stop.status.code(), Some(4), "{}", stderr(&stop));
+    let rm = as_client("admin", &["sessions", "rm", "no-such-session"]);
+    assert_eq!(rm.status.code(), Some(4), "{}", stderr(&rm));
 }

@@ -173,12 +173,12 @@ fn systemd_unit_passes_systemd_analyze_verify() {
         &broken,
         std::fs::read_to_string(&path)
             .unwrap()
-            .replace("ProtectSystem=full", "ProtectSystem=fulll"),
+            .replace("ProtectSystem=strict", "ProtectSystem=stricct"),
     )
     .unwrap();
     let (_, said) = systemd_analyze_verify(&broken);
     assert!(
-        said.contains("fulll"),
+        said.contains("stricct"),
         "systemd-analyze verify did not report a bad value, so it checks nothing here: {said:?}"
     );
 }
@@ -254,7 +254,9 @@ fn systemd_unit_runs_serve_with_managed_dirs_bpf_capabilities_and_a_graceful_sto
     }
     // Hardening that would break it.
     for (key, bad) in [
-        ("PrivateTmp", "yes"), // emit --oci-dir /tmp/... must land in the host's /tmp
+        // The daemon makes containers' cgroups (observing from the first
+        // exec); ReadWritePaths= opens the tree instead.
+        ("ProtectControlGroups", "yes"),
         ("PrivateNetwork", "yes"),
         ("ProtectProc", "invisible"),
         ("ProcSubset", "pid"),
@@ -270,15 +272,332 @@ fn systemd_unit_runs_serve_with_managed_dirs_bpf_capabilities_and_a_graceful_sto
         matches!(svc("User"), None | Some("root")),
         "the daemon needs root (capabilities are bounded by CapabilityBoundingSet=)"
     );
-    if let Some(filter) = svc("SystemCallFilter") {
-        for call in ["bpf", "perf_event_open"] {
-            assert!(filter.contains(call), "SystemCallFilter= must allow {call}");
-        }
+    // Read-only but for what it writes: its state, its socket, the cgroup
+    // tree.
+    assert_eq!(svc("ProtectSystem"), Some("strict"));
+    let writable: Vec<&str> = unit["Service"]
+        .get("ReadWritePaths")
+        .into_iter()
+        .flatten()
+        .flat_map(|v| v.split_whitespace())
+        .map(|p| p.trim_start_matches(['-', '+']))
+        .collect();
+    let socket_dir = Path::new(&socket).parent().unwrap();
+    let state = Path::new("/var/lib").join(state_dir);
+    let cgroup_root = Path::new("/sys/fs/cgroup");
+    for (needed, what) in [
+        (state.as_path(), "the state dir"),
+        (socket_dir, "the socket's directory"),
+        (
+            cgroup_root,
+            "the cgroup tree (containers' cgroups are made ahead)",
+        ),
+    ] {
+        assert!(
+            writable.iter().any(|w| needed.starts_with(w)),
+            "ReadWritePaths= {writable:?} must include {} ({what})",
+            needed.display()
+        );
+    }
+    if let Ok(mount) = cimplifier::trace::cgroup::cgroup2_mount() {
+        assert!(
+            writable.iter().any(|w| mount.starts_with(w)),
+            "this host's cgroup v2 mount {} is not writable under the unit",
+            mount.display()
+        );
+    }
+    for key in ["MemoryMax", "TasksMax"] {
+        assert!(svc(key).is_some(), "{key}= bounds the daemon");
+    }
+    let filter = svc("SystemCallFilter").expect("SystemCallFilter=");
+    for call in ["bpf", "perf_event_open"] {
+        assert!(filter.contains(call), "SystemCallFilter= must allow {call}");
     }
     assert_eq!(
         unit_value(&unit, "Install", "WantedBy"),
         Some("multi-user.target")
     );
+}
+
+/// The system calls a `SystemCallFilter=` value allows: groups (`@name`)
+/// expanded with `systemd-analyze syscall-filter`, which knows them
+/// without systemd running. Deny lists (`~...`) are not used by the unit.
+fn allowed_syscalls(filter: &str) -> BTreeSet<String> {
+    fn expand(group: &str, seen: &mut BTreeSet<String>, into: &mut BTreeSet<String>) {
+        let out = Command::new("systemd-analyze")
+            .args(["syscall-filter", "--no-pager", group])
+            .output()
+            .expect("running systemd-analyze (Debian's systemd package)");
+        assert!(
+            out.status.success(),
+            "systemd-analyze syscall-filter {group}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        // The first line names the group; then its calls and its groups.
+        for line in text.lines().skip(1).map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line.starts_with('@') {
+                if seen.insert(line.to_owned()) {
+                    expand(line, seen, into);
+                }
+            } else {
+                into.insert(line.to_owned());
+            }
+        }
+    }
+    assert!(
+        !filter.trim_start().starts_with('~'),
+        "a deny list: {filter}"
+    );
+    let (mut seen, mut allowed) = (BTreeSet::new(), BTreeSet::new());
+    for word in filter.split_whitespace() {
+        if word.starts_with('@') {
+            expand(word, &mut seen, &mut allowed);
+        } else {
+            allowed.insert(word.to_owned());
+        }
+    }
+    assert!(
+        allowed.contains("read") && allowed.contains("bpf"),
+        "{filter} expands to {allowed:?}"
+    );
+    allowed
+}
+
+/// Every call the daemon was measured making (deploy/systemd/
+/// measured-syscalls.txt, from `strace -f -c` of a daemon through every
+/// kind of call) is allowed by the unit's filter.
+#[test]
+fn systemd_unit_system_call_filter_allows_every_call_the_daemon_was_measured_making() {
+    let unit = parse_unit(&read(UNIT));
+    let filter = unit["Service"]
+        .get("SystemCallFilter")
+        .expect("the unit has no SystemCallFilter=")
+        .join(" ");
+    let allowed = allowed_syscalls(&filter);
+    let measured: Vec<String> = read("deploy/systemd/measured-syscalls.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    assert!(measured.len() > 40, "{measured:?}");
+    let refused: Vec<&String> = measured.iter().filter(|c| !allowed.contains(*c)).collect();
+    assert!(
+        refused.is_empty(),
+        "SystemCallFilter={filter} refuses calls the daemon makes: {refused:?}"
+    );
+    // The filter is a filter: calls the daemon has no use for are out.
+    for call in ["mount", "kexec_load", "init_module", "ptrace", "reboot"] {
+        assert!(!allowed.contains(call), "{call} is allowed");
+    }
+}
+
+/// The system calls in `strace -c` output (its last column).
+fn strace_summary_calls(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.split_whitespace().last())
+        .filter(|w| {
+            *w != "total"
+                && *w != "syscall"
+                && w.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Measured again on every run: a real daemon under `strace -f -c`
+/// observes a container from its first exec, emits its slim image as an
+/// OCI layout, exports the session, and stops on SIGTERM; the unit's
+/// filter allows every call it made. Needs root, eBPF and Docker.
+#[test]
+fn systemd_unit_system_call_filter_allows_every_call_of_a_real_observe_and_emit() {
+    common::require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("cimplifier.sock");
+    let counts = dir.path().join("strace.txt");
+    let mut strace = common::isolated(Path::new("strace"))
+        .args(["-f", "-c", "-o"])
+        .arg(&counts)
+        .args([CIMPLIFIERD, "serve", "--config", "/dev/null", "--socket"])
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("running strace (Debian's strace package)");
+    let ctl = |args: &[&str]| {
+        common::cimplifierctl()
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ctl(&["version"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let c = common::Container::create(
+        "syscalls",
+        &[common::BASE_IMAGE, "/bin/sh", "-c", "cat /etc/os-release"],
+    );
+    for args in [
+        vec!["observe", &c.0],
+        vec!["report", &c.0, "--json"],
+        vec![
+            "emit",
+            &c.0,
+            "--oci-dir",
+            dir.path().join("oci").to_str().unwrap(),
+        ],
+        vec![
+            "export",
+            &c.0,
+            "-o",
+            dir.path().join("bundle").to_str().unwrap(),
+        ],
+    ] {
+        let out = ctl(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // SIGTERM to the daemon itself (strace's child), so its shutdown is
+    // measured too.
+    let children =
+        std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", strace.id())).unwrap();
+    let daemon: i32 = children.split_whitespace().next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(strace.wait().unwrap().success(), "the daemon stops cleanly");
+    let made = strace_summary_calls(&std::fs::read_to_string(&counts).unwrap());
+    for call in ["bpf", "perf_event_open", "accept4", "openat"] {
+        assert!(made.contains(call), "strace saw no {call}: {made:?}");
+    }
+    let unit = parse_unit(&read(UNIT));
+    let filter = unit["Service"]
+        .get("SystemCallFilter")
+        .expect("the unit has no SystemCallFilter=")
+        .join(" ");
+    let allowed = allowed_syscalls(&filter);
+    let refused: Vec<&String> = made.iter().filter(|c| !allowed.contains(*c)).collect();
+    assert!(
+        refused.is_empty(),
+        "SystemCallFilter={filter} refuses calls the daemon made: {refused:?}"
+    );
+}
+
+/// The unit's view of the file system, approximated without systemd as
+/// PID 1: the daemon runs in a mount namespace where every mount is
+/// read-only (ProtectSystem=strict) but the unit's ReadWritePaths= (the
+/// test's own state and socket directories stand for /var/lib/cimplifier
+/// and /run/cimplifier), with the cgroup tree read-only again under
+/// ProtectControlGroups=yes. Under it, a container that exits at once is
+/// observed from its first exec: the daemon can make its cgroup ahead.
+/// Needs root, eBPF and Docker.
+#[test]
+fn systemd_unit_file_system_view_still_observes_from_the_first_exec() {
+    common::require_root();
+    let unit = parse_unit(&read(UNIT));
+    let svc = |key: &str| unit_value(&unit, "Service", key);
+    assert_eq!(svc("ProtectSystem"), Some("strict"));
+    let dir = tempfile::tempdir().unwrap();
+    let (state, run) = (dir.path().join("state"), dir.path().join("run"));
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&run).unwrap();
+    let writable: Vec<String> = unit["Service"]
+        .get("ReadWritePaths")
+        .into_iter()
+        .flatten()
+        .flat_map(|v| v.split_whitespace())
+        .map(|p| match p.trim_start_matches(['-', '+']) {
+            "/var/lib/cimplifier" => state.display().to_string(),
+            "/run/cimplifier" => run.display().to_string(),
+            other => other.to_owned(),
+        })
+        .collect();
+    // Each path's mounts, and the path itself made a mount, read-write.
+    let rw = |path: &str| {
+        format!(
+            "[ -e {path} ] && {{ awk -v p={path} '$5 == p || index($5, p \"/\") == 1 {{print $5}}' \
+             /proc/self/mountinfo | while read -r m; do mount -o remount,bind,rw \"$m\"; done; \
+             mountpoint -q {path} || {{ mount --bind {path} {path} && mount -o remount,bind,rw {path}; }}; }}\n"
+        )
+    };
+    let mut script = String::from(
+        "set -e\nmount --make-rprivate /\n\
+         awk '{print $5}' /proc/self/mountinfo | while read -r m; do \
+         mount -o remount,bind,ro \"$m\" 2>/dev/null || true; done\n",
+    );
+    for path in &writable {
+        script += &rw(path);
+    }
+    if svc("ProtectControlGroups") == Some("yes") {
+        script += "awk '$5 == \"/sys/fs/cgroup\" || index($5, \"/sys/fs/cgroup/\") == 1 {print $5}' \
+                   /proc/self/mountinfo | while read -r m; do mount -o remount,bind,ro \"$m\"; done\n";
+    }
+    script += "exec \"$@\"\n";
+    let socket = run.join("cimplifier.sock");
+    let mut daemon = common::isolated(Path::new("unshare"))
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .args([CIMPLIFIERD, "serve", "--config", "/dev/null", "--socket"])
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(&state)
+        .spawn()
+        .unwrap();
+    let ctl = |args: &[&str]| {
+        common::cimplifierctl()
+            .arg("--socket")
+            .arg(&socket)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ctl(&["version"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline && daemon.try_wait().unwrap().is_none(),
+            "the daemon never answered under the unit's file system view"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let c = common::Container::create(
+        "unitview",
+        &[common::BASE_IMAGE, "/bin/sh", "-c", "cat /etc/os-release"],
+    );
+    let observed = ctl(&["observe", &c.0]);
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(
+        observed.status.success(),
+        "under the unit's file system view, a container that exits at once is not observed: {}",
+        String::from_utf8_lossy(&observed.stderr)
+    );
+    let said = String::from_utf8_lossy(&observed.stdout);
+    assert!(said.contains("no events lost"), "{said}");
 }
 
 #[test]
@@ -341,14 +660,18 @@ fn daemonset_is_privileged_sees_host_pids_and_mounts_what_the_daemon_reads() {
         pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30) >= 60,
         "terminationGracePeriodSeconds leaves sessions little time to be written"
     );
-    assert!(
-        pod["tolerations"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-            .any(|t| t["operator"].as_str() == Some("Exists") && t["key"].is_null()),
-        "a toleration of every taint (operator: Exists, no key), to run on all nodes"
-    );
+    // Not on the control plane unless the operator says so.
+    for t in pod["tolerations"].as_sequence().into_iter().flatten() {
+        let key = str_of(&t["key"]);
+        assert!(
+            !(t["operator"].as_str() == Some("Exists") && t["key"].is_null()),
+            "a toleration of every taint runs the daemon on control-plane nodes too: {t:?}"
+        );
+        assert!(
+            !key.starts_with("node-role.kubernetes.io/"),
+            "tolerating {key} runs the daemon on control-plane nodes: leave it to the operator"
+        );
+    }
     let containers = pod["containers"].as_sequence().expect("containers");
     let daemon = containers
         .iter()
@@ -400,14 +723,13 @@ fn daemonset_is_privileged_sees_host_pids_and_mounts_what_the_daemon_reads() {
         })
         .collect();
     let socket_dir = Path::new(&socket).parent().unwrap().display().to_string();
-    let required: [(&[&str], &str); 7] = [
+    let required: [(&[&str], &str); 6] = [
         (&["/sys/fs/cgroup"], "cgroups of the containers"),
         (&["/sys/kernel/btf"], "kernel BTF"),
         (
             &["/sys/kernel/tracing", "/sys/kernel/debug/tracing"],
             "tracefs",
         ),
-        (&["/sys/fs/bpf"], "bpffs"),
         (
             &["/var/run/docker.sock", "/run/docker.sock"],
             "the Docker engine",
@@ -432,6 +754,11 @@ fn daemonset_is_privileged_sees_host_pids_and_mounts_what_the_daemon_reads() {
     assert!(
         mounts["/sys/kernel/btf"].1,
         "/sys/kernel/btf should be read-only"
+    );
+    // The daemon pins nothing: bpffs is not its to write.
+    assert!(
+        !mounts.contains_key("/sys/fs/bpf"),
+        "bpffs is mounted, but the daemon pins no program or map"
     );
     let state = flag_value(&serve_words, "state-dir")
         .unwrap_or_else(|| cimplifier::session::DEFAULT_STATE_DIR.to_owned());
@@ -498,6 +825,44 @@ fn daemonset_is_privileged_sees_host_pids_and_mounts_what_the_daemon_reads() {
             .any(|p| p["containerPort"].as_u64() == Some(port.into())),
         "containerPort {port}"
     );
+
+    // Metrics listen on the pod's address, so a NetworkPolicy lets in only
+    // a scraper, and only to that port.
+    let pod_labels = &ds["spec"]["template"]["metadata"]["labels"];
+    let policy = docs
+        .iter()
+        .filter(|d| d["kind"].as_str() == Some("NetworkPolicy"))
+        .find(|p| {
+            str_of(&p["metadata"]["namespace"]) == namespace
+                && p["spec"]["podSelector"]["matchLabels"]
+                    .as_mapping()
+                    .is_some_and(|m| m.iter().all(|(k, v)| pod_labels[k.clone()] == *v))
+        })
+        .unwrap_or_else(|| panic!("{DAEMONSET}: no NetworkPolicy selects the daemon's pods"));
+    assert!(
+        policy["spec"]["policyTypes"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|t| t.as_str() == Some("Ingress")),
+        "the NetworkPolicy must restrict Ingress"
+    );
+    let rules = policy["spec"]["ingress"]
+        .as_sequence()
+        .expect("ingress rules");
+    for rule in rules {
+        let ports: Vec<u64> = rule["ports"]
+            .as_sequence()
+            .expect("each ingress rule names its ports")
+            .iter()
+            .filter_map(|p| p["port"].as_u64())
+            .collect();
+        assert_eq!(ports, [u64::from(port)], "only the metrics port is open");
+        assert!(
+            rule["from"].as_sequence().is_some_and(|f| !f.is_empty()),
+            "an ingress rule without `from` lets in everyone: {rule:?}"
+        );
+    }
 }
 
 // ------------------------------------------------------------- Dockerfile

@@ -36,6 +36,16 @@ pub struct DaemonConfig {
     /// Observe labelled containers from the daemon's start (see
     /// [`ServeOptions::watch_labels`]).
     pub watch_labels: Option<bool>,
+    /// Members of this group may call the read-only RPCs on the socket
+    /// (docs/security.md); the socket is then open to every local user
+    /// and each call is let in by the caller's credentials.
+    pub read_only_group: Option<String>,
+    /// Client certificates with one of these names are admin on TCP.
+    #[serde(default)]
+    pub tls_admin_identities: Vec<super::authz::TlsIdentity>,
+    /// Client certificates with one of these names are read-only on TCP.
+    #[serde(default)]
+    pub tls_read_only_identities: Vec<super::authz::TlsIdentity>,
 }
 
 /// A duration written as a person would ("30d", "12h").
@@ -92,6 +102,9 @@ pub struct ServeOptions {
     /// it they are attached only while a session observes (or once
     /// `observe --label` asks for label watching).
     pub watch_labels: bool,
+    /// Who has which role besides root and socket_group (whose
+    /// `admin_group` is ignored here: `socket_group` is used).
+    pub grants: super::authz::GrantConfig,
 }
 
 /// Calls one connection may have in flight at once.
@@ -129,6 +142,10 @@ pub async fn serve(
         .as_ref()
         .map(|tcp| super::transport::bind_tcp(tcp).map(|bound| (tcp, bound)))
         .transpose()?;
+    let grants = Arc::new(super::authz::Grants::resolve(&super::authz::GrantConfig {
+        admin_group: opts.socket_group.clone(),
+        ..opts.grants.clone()
+    })?);
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the socket directory {}", dir.display()))?;
@@ -148,7 +165,14 @@ pub async fn serve(
     // From here on the socket is ours: removed however serve ends, so a
     // start that fails below leaves no stale socket.
     let _remove = RemoveOnDrop(socket.clone());
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+    // Without a read-only group only root and socket_group may connect at
+    // all; with one, anyone may, and the role of each call decides.
+    let mode = if grants.socket_open_to_all() {
+        0o666
+    } else {
+        0o660
+    };
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", socket.display()))?;
     if let Some(group) = &opts.socket_group {
         let gid = nix::unistd::Group::from_name(group)
@@ -206,8 +230,10 @@ pub async fn serve(
     // from here on (they queue until the server below polls them).
     notify_systemd("READY=1\nSTATUS=serving");
     let shutdown = futures::FutureExt::shared(shutdown);
-    let api = pb::cimplifier_server::CimplifierServer::from_arc(service.clone());
+    let api = pb::cimplifier_server::CimplifierServer::new(super::audit::Audited(service.clone()));
+    use super::authz::{AuthzLayer, Transport};
     let on_socket = with_limits(tonic::transport::Server::builder())
+        .layer(AuthzLayer::new(grants.clone(), Transport::Unix))
         .add_service(health_service.clone())
         .add_service(api.clone())
         .serve_with_incoming_shutdown(
@@ -218,8 +244,18 @@ pub async fn serve(
         let Some((tcp, (builder, incoming))) = tcp else {
             return Ok(());
         };
-        let mut builder = with_limits(builder);
+        let transport = match &tcp.security {
+            super::TcpSecurity::MutualTls(_) => Transport::MutualTls,
+            super::TcpSecurity::Insecure => Transport::Insecure,
+        };
+        let mut builder = with_limits(builder).layer(AuthzLayer::new(grants.clone(), transport));
         match &tcp.security {
+            super::TcpSecurity::MutualTls(_) if !grants.any_tls_identity() => tracing::warn!(
+                addr = %tcp.addr,
+                "serving on TCP with mutual TLS, but no client certificate has a role: every \
+                 TCP call will be refused. List client names in tls_admin_identities or \
+                 tls_read_only_identities (--tls-admin-identity, --tls-read-only-identity)"
+            ),
             super::TcpSecurity::MutualTls(_) => {
                 tracing::info!(addr = %tcp.addr, "serving on TCP with mutual TLS")
             }

@@ -32,6 +32,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per run: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Record what a container or cgroup does into a replayable event log.
@@ -64,8 +66,10 @@ enum Command {
     /// Serve the gRPC API (proto/cimplifier/v1) on a unix socket (and TCP).
     ///
     /// The socket is created with mode 0660, owned by root and by
-    /// --socket-group when given: members of that group may drive the
-    /// daemon. The standard gRPC health service is served beside it.
+    /// --socket-group when given: members of that group are admin and may
+    /// drive the daemon. Members of --read-only-group may look (sessions,
+    /// reports, events); the socket is then mode 0666, and a call is let
+    /// in by the caller's role, from its uid and gid. The standard gRPC health service is served beside it.
     /// --listen-tcp also serves both on TCP, with mutual TLS: --tls-cert,
     /// --tls-key and --tls-client-ca are required (clients must present a
     /// certificate signed by that CA), unless --insecure explicitly asks for
@@ -74,10 +78,11 @@ enum Command {
     /// environment, then these flags, each overriding the one before.
     /// Needs root.
     Serve {
-        /// TOML config file (keys: socket, socket_group, state_dir,
-        /// ring_buffer_mib, metrics_addr, listen_tcp, tls_cert, tls_key,
-        /// tls_client_ca, retain_sessions, max_heavy_calls, watch_labels).
-        /// Read if it
+        /// TOML config file (keys: socket, socket_group, read_only_group,
+        /// state_dir, ring_buffer_mib, metrics_addr, listen_tcp, tls_cert,
+        /// tls_key, tls_client_ca, tls_admin_identities,
+        /// tls_read_only_identities, retain_sessions, max_heavy_calls,
+        /// watch_labels). Read if it
         /// exists; a file named
         /// explicitly must exist.
         #[arg(long, env = "CIMPLIFIER_CONFIG")]
@@ -85,9 +90,35 @@ enum Command {
         /// Unix socket to listen on [default: /run/cimplifier/cimplifier.sock].
         #[arg(long, env = "CIMPLIFIER_SOCKET")]
         socket: Option<PathBuf>,
-        /// Group allowed to use the socket.
+        /// Members of this group are admin on the socket: they may call
+        /// every RPC, as root may.
         #[arg(long, env = "CIMPLIFIER_SOCKET_GROUP")]
         socket_group: Option<String>,
+        /// Members of this group are read-only on the socket: sessions,
+        /// reports, events, version, health. The socket is then mode 0666
+        /// and every call is let in by the caller's uid and gid.
+        #[arg(long, env = "CIMPLIFIER_READ_ONLY_GROUP", value_name = "GROUP")]
+        read_only_group: Option<String>,
+        /// A TCP client certificate with this name is admin: CN=NAME,
+        /// DNS:NAME, URI:URI, email:ADDRESS or IP:ADDRESS. Repeat, or
+        /// comma-separate in the variable. Certificates named nowhere are
+        /// refused every call.
+        #[arg(
+            long = "tls-admin-identity",
+            env = "CIMPLIFIER_TLS_ADMIN_IDENTITIES",
+            value_name = "NAME",
+            value_delimiter = ','
+        )]
+        tls_admin_identities: Vec<cimplifier::api::authz::TlsIdentity>,
+        /// A TCP client certificate with this name is read-only (forms as
+        /// --tls-admin-identity).
+        #[arg(
+            long = "tls-read-only-identity",
+            env = "CIMPLIFIER_TLS_READ_ONLY_IDENTITIES",
+            value_name = "NAME",
+            value_delimiter = ','
+        )]
+        tls_read_only_identities: Vec<cimplifier::api::authz::TlsIdentity>,
         /// Where observation sessions are kept [default: /var/lib/cimplifier].
         #[arg(long, env = "CIMPLIFIER_STATE_DIR")]
         state_dir: Option<PathBuf>,
@@ -165,6 +196,11 @@ fn require_root(command: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A list from flags or the environment, else the config file's.
+fn or_file<T>(given: Vec<T>, file: Vec<T>) -> Vec<T> {
+    if given.is_empty() { file } else { given }
+}
+
 /// The cgroup of the running container `name_or_id`, asked of the engine.
 async fn container_target(name_or_id: &str) -> anyhow::Result<TraceTarget> {
     let docker = cimplifier::docker::connect()?;
@@ -188,6 +224,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             socket,
             socket_group,
+            read_only_group,
+            tls_admin_identities,
+            tls_read_only_identities,
             state_dir,
             ring_buffer_mib,
             metrics_addr,
@@ -232,6 +271,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     .or(file.max_heavy_calls)
                     .unwrap_or(cimplifier::api::HEAVY_CALLS),
                 watch_labels: watch_labels || file.watch_labels.unwrap_or(false),
+                grants: cimplifier::api::authz::GrantConfig {
+                    admin_group: None,
+                    read_only_group: read_only_group.or(file.read_only_group),
+                    tls_admin: or_file(tls_admin_identities, file.tls_admin_identities),
+                    tls_read_only: or_file(tls_read_only_identities, file.tls_read_only_identities),
+                },
             };
             cimplifier::api::serve(opts, stop).await
         }

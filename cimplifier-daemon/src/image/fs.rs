@@ -436,6 +436,11 @@ impl ImageFs {
         self.read(self.file(path)?.data.clone(), path)
     }
 
+    /// The size of a regular file's content (a hard link's target's).
+    pub fn data_len(&self, path: &ContainerPath) -> Option<u64> {
+        self.file(path).map(|e| e.size)
+    }
+
     /// Up to `len` bytes from the start of a regular file.
     pub fn head(&self, path: &ContainerPath, len: usize) -> Option<Vec<u8>> {
         let data = self.file(path)?.data.clone();

@@ -19,7 +19,9 @@ const DAEMON: &str = "Reaching the daemon (every command)";
     after_help = "Exit codes: 0 success; 1 failure; 2 usage error; 3 the daemon cannot be reached; \
                   4 no such container or session; 5 refused as asked (e.g. a session that lost events); \
                   6 an event stream was cut off for falling behind (events); \
-                  7 verify found the output worse than the original. \
+                  7 verify found the output worse than the original; \
+                  8 permission denied: your role does not allow the call (the message names \
+                  the setting that grants it). \
                   observe --exec exits with the workload's status once it has run."
 )]
 pub struct Cli {

@@ -71,6 +71,8 @@ pub fn exit_code(e: &anyhow::Error) -> u8 {
         Some(tonic::Code::FailedPrecondition | tonic::Code::AlreadyExists) => 5,
         Some(tonic::Code::InvalidArgument) => 2,
         Some(tonic::Code::ResourceExhausted) => 6,
+        // The caller's role does not cover the call (docs/security.md).
+        Some(tonic::Code::PermissionDenied) => 8,
         _ => 1,
     }
 }

@@ -103,7 +103,7 @@ pub(super) fn seed_layer(
                 let link_to = link.filter(|t| paths.contains(*t)).map(&moved);
                 relocate(&mut b, fs, path, &moved(path), link_to.as_deref())?;
                 seed.entries += 1;
-                seed.bytes += fs.get(path).map_or(0, |e| e.size);
+                seed.bytes += fs.data_len(path).unwrap_or(0);
             }
         }
         stats.push(seed);
