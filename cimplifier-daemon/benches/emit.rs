@@ -61,7 +61,7 @@ fn median(mut v: Vec<u64>) -> u64 {
 
 async fn run(name: &str, state: &Path) -> Result<()> {
     let store = std::sync::Arc::new(Store::open(state)?);
-    let manager = Manager::new(Observer::start(TracerConfig::default())?, store.clone());
+    let manager = Manager::new(Observer::start(TracerConfig::default())?, store.clone())?;
     manager
         .observe(ObserveOptions {
             container: name.to_owned(),

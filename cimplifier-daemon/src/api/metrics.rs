@@ -27,6 +27,12 @@ pub struct Snapshot {
     pub held_dropped: u64,
     pub held_overflow: u64,
     pub excluded_cgroups: u64,
+    pub reader_restarts: u64,
+    pub dispatcher_restarts: u64,
+    pub interrupted: u64,
+    /// 1 while the reader and the dispatcher run, 0 while restarting.
+    pub tracing: u64,
+    pub watched_cgroups: u64,
     pub store_bytes: u64,
     pub resident_bytes: u64,
 }
@@ -90,6 +96,21 @@ impl Collector for Snapshot {
                 "Unwanted containers' cgroups excluded in the kernel.",
                 self.excluded_cgroups,
             ),
+            (
+                "cimplifier_reader_restarts",
+                "Times the ring reader ended (an error, a panic) and was restarted.",
+                self.reader_restarts,
+            ),
+            (
+                "cimplifier_dispatcher_restarts",
+                "Times the dispatcher panicked and was restarted.",
+                self.dispatcher_restarts,
+            ),
+            (
+                "cimplifier_interrupted_events",
+                "Events the reader or dispatcher had in hand when it ended (lost).",
+                self.interrupted,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
@@ -115,6 +136,16 @@ impl Collector for Snapshot {
                 "cimplifier_event_streams",
                 "Clients streaming events now.",
                 self.streams,
+            ),
+            (
+                "cimplifier_tracing",
+                "1 while the ring reader and the dispatcher run; 0 while they are restarted.",
+                self.tracing,
+            ),
+            (
+                "cimplifier_watched_cgroups",
+                "Cgroups the tracer watches now for the sessions (and for labels).",
+                self.watched_cgroups,
             ),
             (
                 "cimplifier_store_bytes",
@@ -199,6 +230,7 @@ mod tests {
             "# TYPE cimplifier_events_total counter",
             "cimplifier_events_total 7",
             "cimplifier_event_streams_cut_off_total 0",
+            "cimplifier_reader_restarts_total 0",
             "# TYPE cimplifier_resident_memory_bytes gauge",
             "cimplifier_resident_memory_bytes 4096",
             "# TYPE cimplifier_emit_seconds histogram",

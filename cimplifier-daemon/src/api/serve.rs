@@ -184,12 +184,17 @@ pub async fn serve(
     }
     let store = Arc::new(crate::store::Store::open(&opts.state_dir)?);
     let observer = crate::session::Observer::start(opts.tracer.clone())?;
-    let manager = crate::session::Manager::new(observer, store);
+    if std::env::var_os(TEST_HOOKS).is_some_and(|v| v == "1") {
+        test_hooks(&observer)?;
+    }
+    let mut tracing_state = observer.tracing();
+    let manager = crate::session::Manager::new(observer, store)?;
     manager.recover().await?;
     if let Some(retain) = opts.retain_sessions {
         tokio::spawn(prune_every(manager.store().clone(), retain));
     }
-    if opts.watch_labels {
+    // Selectors given to `observe --label` before a restart still ask for it.
+    if opts.watch_labels || !manager.store().selectors()?.is_empty() {
         manager.start_watching_labels();
     }
     let service = Arc::new(Service::new(
@@ -198,9 +203,9 @@ pub async fn serve(
         opts.max_heavy_calls,
     ));
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::cimplifier_server::CimplifierServer<Service>>()
-        .await;
+    // Set before the first call is answered; kept true after.
+    set_health(&health, *tracing_state.borrow_and_update()).await;
+    tokio::spawn(follow_tracing(health, tracing_state));
     if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -273,6 +278,73 @@ pub async fn serve(
     tracing::info!("shutting down: closing every session");
     service.manager().shutdown().await;
     result.map(|_| ()).context("serving the API")
+}
+
+/// The environment variable that enables the test hooks (value `1`):
+/// only the daemons the integration tests start set it.
+pub const TEST_HOOKS: &str = "CIMPLIFIER_TEST_HOOKS";
+
+/// Test hooks, for daemons started with [`TEST_HOOKS`]=1 only: SIGUSR2
+/// makes the ring reader panic at its next batch of events, SIGUSR1 the
+/// dispatcher at the next event it routes, as a bug would, so that the
+/// tests see the supervisor restart them. Signals, not an RPC: no API
+/// client, whatever its role, can reach them; only root (or the daemon's
+/// own user) can signal the daemon.
+fn test_hooks(observer: &Arc<crate::session::Observer>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let observer = Arc::downgrade(observer);
+    tracing::warn!(
+        "{TEST_HOOKS}=1: test hooks are on (SIGUSR2 kills the ring reader, SIGUSR1 the \
+         dispatcher); never in production"
+    );
+    tokio::spawn(async move {
+        loop {
+            let reader = tokio::select! {
+                Some(()) = usr2.recv() => true,
+                Some(()) = usr1.recv() => false,
+                else => return,
+            };
+            let Some(observer) = observer.upgrade() else {
+                return;
+            };
+            if reader {
+                tracing::warn!("test hook: killing the ring reader at its next batch of events");
+                observer.kill_reader();
+            } else {
+                tracing::warn!("test hook: killing the dispatcher at the next event it routes");
+                observer.kill_dispatcher();
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Keeps the health service true to the tracer: SERVING while the ring
+/// reader and the dispatcher run, NOT_SERVING while the supervisor
+/// restarts them (for the API's service and the server as a whole, "").
+async fn follow_tracing(
+    health: tonic_health::server::HealthReporter,
+    mut tracing_state: tokio::sync::watch::Receiver<bool>,
+) {
+    while tracing_state.changed().await.is_ok() {
+        let running = *tracing_state.borrow_and_update();
+        set_health(&health, running).await;
+    }
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, tracing: bool) {
+    use tonic_health::ServingStatus;
+    let status = if tracing {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    let api =
+        <pb::cimplifier_server::CimplifierServer<Service> as tonic::server::NamedService>::NAME;
+    health.set_service_status(api, status).await;
+    health.set_service_status("", status).await;
 }
 
 /// Tells systemd the daemon's state (`Type=notify`, sd_notify(3)): one

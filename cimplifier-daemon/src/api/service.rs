@@ -190,6 +190,11 @@ impl Service {
             held_dropped: observer.stats.held_dropped.load(Ordering::Relaxed),
             held_overflow: observer.stats.held_overflow.load(Ordering::Relaxed),
             excluded_cgroups: observer.stats.cgroups_excluded.load(Ordering::Relaxed),
+            reader_restarts: observer.stats.reader_restarts.load(Ordering::Relaxed),
+            dispatcher_restarts: observer.stats.dispatcher_restarts.load(Ordering::Relaxed),
+            interrupted: observer.stats.interrupted.load(Ordering::Relaxed),
+            tracing: u64::from(*observer.tracing().borrow()),
+            watched_cgroups: observer.watched() as u64,
             store_bytes: std::fs::metadata(self.manager.store().path()).map_or(0, |m| m.len()),
             resident_bytes: std::fs::read_to_string("/proc/self/statm")
                 .ok()

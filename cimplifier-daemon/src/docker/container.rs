@@ -61,56 +61,139 @@ pub async fn running(docker: &Docker) -> Result<Vec<Listed>> {
         .collect())
 }
 
-/// A container the engine created: its id, and the event's attributes
-/// (its labels, and `name`).
-pub struct Created {
-    pub id: String,
-    pub attributes: HashMap<String, String>,
+/// What the engine says of a container.
+pub enum Lookup {
+    Found(Box<Details>),
+    /// No such container (404): removed.
+    Gone,
+    /// The engine did not answer as it should (down, restarting): nothing
+    /// is known of the container.
+    Unreachable(anyhow::Error),
 }
 
-/// Every container created from `since` (after the Unix epoch) on. The
-/// stream ends with the engine's event stream.
-pub fn created_since(docker: &Docker, since: Duration) -> impl Stream<Item = Result<Created>> {
-    events(docker, since, [("type", "container"), ("event", "create")]).filter_map(|event| {
-        futures::future::ready(match event {
-            Err(e) => Some(Err(e)),
-            Ok(event) => event.actor.and_then(|actor| {
-                Some(Ok(Created {
-                    id: actor.id?,
-                    attributes: actor.attributes.unwrap_or_default(),
-                }))
-            }),
-        })
+/// Asks the engine about container `name_or_id`, telling a container that
+/// is gone from an engine that does not answer.
+pub async fn look_up(docker: &Docker, name_or_id: &str) -> Lookup {
+    match docker.inspect_container(name_or_id, None).await {
+        Ok(details) => Lookup::Found(Box::new(details)),
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Lookup::Gone,
+        Err(e) => Lookup::Unreachable(
+            anyhow::Error::new(e).context(format!("inspecting container {name_or_id}")),
+        ),
+    }
+}
+
+impl Lookup {
+    /// Whether the container was found running.
+    pub fn running(&self) -> bool {
+        matches!(self, Lookup::Found(d) if d.state.as_ref().and_then(|s| s.running) == Some(true))
+    }
+}
+
+/// What a followed event stream gives.
+pub enum Followed {
+    Event(Box<bollard::models::EventMessage>),
+    /// The stream broke (the engine restarted, say) and is connected again,
+    /// from the last event seen. The engine keeps its events in memory
+    /// only, so what happened while it was away may be missing: look again
+    /// at what matters.
+    Reconnected,
+}
+
+/// Waits between reconnections, doubling from the first to the last.
+const RECONNECT_FIRST: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+
+/// The engine's events matching `filters` from `since` (after the Unix
+/// epoch) on, for ever: when the stream fails or ends, it is connected
+/// again, with backoff, from the last event seen, and
+/// [`Followed::Reconnected`] says so.
+pub fn follow(
+    docker: &Docker,
+    since: Duration,
+    filters: &[(&str, &str)],
+) -> impl Stream<Item = Followed> + Send + use<> {
+    struct Following {
+        docker: Docker,
+        since: Duration,
+        filters: HashMap<String, Vec<String>>,
+        stream: Option<
+            futures::stream::BoxStream<
+                'static,
+                Result<bollard::models::EventMessage, bollard::errors::Error>,
+            >,
+        >,
+        backoff: Duration,
+    }
+    let mut filters_map: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in filters {
+        filters_map
+            .entry((*k).to_owned())
+            .or_default()
+            .push((*v).to_owned());
+    }
+    let open = |f: &Following| {
+        f.docker
+            .events(Some(EventsOptions {
+                since: Some(format!(
+                    "{}.{:09}",
+                    f.since.as_secs(),
+                    f.since.subsec_nanos()
+                )),
+                filters: Some(f.filters.clone()),
+                ..Default::default()
+            }))
+            .boxed()
+    };
+    let first = Following {
+        docker: docker.clone(),
+        since,
+        filters: filters_map,
+        stream: None,
+        backoff: RECONNECT_FIRST,
+    };
+    let first = Following {
+        stream: Some(open(&first)),
+        ..first
+    };
+    futures::stream::unfold(first, move |mut f| async move {
+        loop {
+            let Some(stream) = f.stream.as_mut() else {
+                // Connected again once the engine answers.
+                if let Err(e) = f.docker.ping().await {
+                    tracing::debug!("the Docker engine does not answer yet: {e}");
+                    tokio::time::sleep(f.backoff).await;
+                    f.backoff = (f.backoff * 2).min(RECONNECT_MAX);
+                    continue;
+                }
+                f.stream = Some(open(&f));
+                tracing::info!("following Docker's events again");
+                return Some((Followed::Reconnected, f));
+            };
+            match stream.next().await {
+                Some(Ok(event)) => {
+                    f.backoff = RECONNECT_FIRST;
+                    if let Some(ns) = event.time_nano.and_then(|t| u64::try_from(t).ok()) {
+                        // Past this one: `since` includes its own instant.
+                        f.since = f.since.max(Duration::from_nanos(ns + 1));
+                    }
+                    return Some((Followed::Event(Box::new(event)), f));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!("Docker's event stream broke ({e}): connecting again");
+                    f.stream = None;
+                }
+                None => {
+                    tracing::warn!(
+                        "Docker's event stream ended (the engine stopped?): connecting again"
+                    );
+                    f.stream = None;
+                }
+            }
+        }
     })
-}
-
-/// An item each time the container `id` dies from `since` (after the Unix
-/// epoch) on. The stream connects when first polled.
-pub fn deaths_since(
-    docker: &Docker,
-    id: &str,
-    since: Duration,
-) -> impl Stream<Item = Result<()>> + use<> {
-    events(docker, since, [("container", id), ("event", "die")]).map(|e| e.map(|_| ()))
-}
-
-fn events<const N: usize>(
-    docker: &Docker,
-    since: Duration,
-    filters: [(&str, &str); N],
-) -> impl Stream<Item = Result<bollard::models::EventMessage>> + use<N> {
-    docker
-        .events(Some(EventsOptions {
-            since: Some(format!("{}.{:09}", since.as_secs(), since.subsec_nanos())),
-            filters: Some(
-                filters
-                    .into_iter()
-                    .map(|(k, v)| (k.to_owned(), vec![v.to_owned()]))
-                    .collect(),
-            ),
-            ..Default::default()
-        }))
-        .map(|e| e.context("reading Docker's events"))
 }
 
 /// Starts the container `id` (`name` in errors).

@@ -19,6 +19,11 @@ use super::{
 use crate::docker::{Docker, container};
 use crate::store::{SessionState, Started};
 
+/// How long to wait before asking an engine that did not answer again,
+/// doubling up to the last.
+const LABELS_RETRY_FIRST: Duration = Duration::from_millis(500);
+const LABELS_RETRY_MAX: Duration = Duration::from_secs(30);
+
 /// A `key=value` label selector, checked.
 pub fn check_selector(selector: &str) -> Result<(), ObserveError> {
     match selector.split_once('=') {
@@ -43,6 +48,8 @@ impl Manager {
     /// `selector` (`key=value`), from their first exec.
     pub fn add_selector(&self, selector: &str) -> Result<(), ObserveError> {
         check_selector(selector)?;
+        // Kept first: a selector the next start would forget is refused.
+        self.store.add_selector(selector)?;
         self.selectors
             .lock()
             .expect("selectors lock")
@@ -52,26 +59,37 @@ impl Manager {
 
     /// Follows Docker's `create` events and observes the containers whose
     /// labels match a selector; attaches to matching containers already
-    /// running without a session. Runs until the engine's event stream ends.
+    /// running without a session. Runs for the daemon's life: an engine
+    /// that does not answer is asked again with backoff, and after its
+    /// event stream broke (the engine restarted) the running containers
+    /// are looked at again, for those created meanwhile.
     pub async fn watch_labels(self: Arc<Self>) -> Result<()> {
-        let docker = crate::docker::connect()?;
+        let mut backoff = LABELS_RETRY_FIRST;
+        let docker = loop {
+            match crate::docker::connect() {
+                Ok(docker) => break docker,
+                Err(e) => {
+                    tracing::warn!("labelled containers: {e:#}; trying again in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(LABELS_RETRY_MAX);
+                }
+            }
+        };
         // Creations from here on are heard, including during the listing.
-        let since = SystemTime::now().duration_since(UNIX_EPOCH)?;
-        for container::Listed { name, labels } in container::running(&docker).await? {
-            if !self.wanted(&labels)
-                || self
-                    .running
-                    .lock()
-                    .expect("sessions lock")
-                    .contains_key(&name)
-            {
-                continue;
+        let since = loop {
+            let since = SystemTime::now().duration_since(UNIX_EPOCH)?;
+            match self.attach_running_labelled(&docker).await {
+                Ok(()) => break since,
+                Err(e) => {
+                    tracing::warn!(
+                        "labelled containers: cannot list the running containers ({e:#}); \
+                         trying again in {backoff:?}"
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(LABELS_RETRY_MAX);
+                }
             }
-            tracing::info!(container = %name, "labelled container already running: observing it from now on");
-            if let Err(e) = self.attach_labelled(&name).await {
-                tracing::warn!(container = %name, "not observed: {e}");
-            }
-        }
+        };
         // `docker run` starts a container right after creating it, often
         // before its `create` event reaches us: Docker's parent cgroup is
         // watched, and what starts there is held until its labels are known.
@@ -82,10 +100,28 @@ impl Manager {
                  (`docker run`) may have its start-up missed: {e:#}"
             ),
         }
-        let events = container::created_since(&docker, since);
+        let events = container::follow(
+            &docker,
+            since,
+            &[("type", "container"), ("event", "create")],
+        );
         let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            let container::Created { id, attributes } = event?;
+        while let Some(followed) = events.next().await {
+            let event = match followed {
+                container::Followed::Event(event) => event,
+                container::Followed::Reconnected => {
+                    // Creations while the engine was away are not replayed.
+                    if let Err(e) = self.attach_running_labelled(&docker).await {
+                        tracing::warn!(
+                            "labelled containers: cannot list the running containers: {e:#}"
+                        );
+                    }
+                    continue;
+                }
+            };
+            let Some(actor) = event.actor else { continue };
+            let Some(id) = actor.id else { continue };
+            let attributes = actor.attributes.unwrap_or_default();
             if !self.wanted(&attributes) {
                 continue;
             }
@@ -119,6 +155,27 @@ impl Manager {
                     }
                 }
             });
+        }
+        Ok(())
+    }
+
+    /// Observes, from now on, the running labelled containers that have
+    /// no session; an error when the engine does not list them.
+    async fn attach_running_labelled(self: &Arc<Self>, docker: &Docker) -> Result<()> {
+        for container::Listed { name, labels } in container::running(docker).await? {
+            if !self.wanted(&labels)
+                || self
+                    .running
+                    .lock()
+                    .expect("sessions lock")
+                    .contains_key(&name)
+            {
+                continue;
+            }
+            tracing::info!(container = %name, "labelled container already running: observing it from now on");
+            if let Err(e) = self.attach_labelled(&name).await {
+                tracing::warn!(container = %name, "not observed: {e}");
+            }
         }
         Ok(())
     }

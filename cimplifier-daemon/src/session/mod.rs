@@ -151,15 +151,19 @@ fn continued(mut record: SessionRecord, now_ms: u64) -> SessionRecord {
 }
 
 impl Manager {
-    pub fn new(observer: Arc<Observer>, store: Arc<Store>) -> Arc<Self> {
-        Arc::new(Self {
+    /// The manager of the sessions in `store`, with the label selectors
+    /// given to earlier runs of the daemon.
+    pub fn new(observer: Arc<Observer>, store: Arc<Store>) -> Result<Arc<Self>> {
+        let mut selectors: BTreeSet<String> = store.selectors()?.into_iter().collect();
+        selectors.insert(OBSERVE_LABEL.to_owned());
+        Ok(Arc::new(Self {
             observer,
             store,
             running: Mutex::default(),
             failed: Mutex::default(),
-            selectors: Mutex::new([OBSERVE_LABEL.to_owned()].into()),
+            selectors: Mutex::new(selectors),
             watching_labels: Default::default(),
-        })
+        }))
     }
 
     /// Starts following Docker's events for labelled containers, unless
@@ -197,9 +201,12 @@ impl Manager {
             ));
         }
         let docker = crate::docker::connect()?;
-        let details = container::inspect(&docker, &opts.container)
-            .await
-            .map_err(|_| ObserveError::NotFound(opts.container.clone()))?;
+        let details = match container::look_up(&docker, &opts.container).await {
+            container::Lookup::Found(details) => *details,
+            container::Lookup::Gone => return Err(ObserveError::NotFound(opts.container)),
+            // Not "not found": the engine could not say.
+            container::Lookup::Unreachable(e) => return Err(ObserveError::Failed(e)),
+        };
         let name = container::name_of(&details);
         if self
             .running
@@ -438,8 +445,31 @@ impl Manager {
             Some(r) if r.state == SessionState::Observing || starting.is_none() => {
                 Some(SessionView::Stored(Box::new(r)))
             }
+            None if starting.is_none() => self
+                .quarantined()?
+                .into_iter()
+                .find(|v| matches!(v, SessionView::Failed { name: n, .. } if n == name)),
             _ => starting.map(SessionView::Starting),
         })
+    }
+
+    /// The records quarantined at start-up (unreadable), as failed sessions
+    /// saying so.
+    fn quarantined(&self) -> Result<Vec<SessionView>> {
+        let store = self.store.path().display();
+        Ok(self
+            .store
+            .quarantined()?
+            .into_iter()
+            .map(|(name, why)| SessionView::Failed {
+                error: format!(
+                    "quarantined: its record in the store {store} could not be read ({why}); \
+                     it is kept as it was in the store's `quarantine` table, and the daemon \
+                     ignores it"
+                ),
+                name,
+            })
+            .collect())
     }
 
     pub fn list(&self) -> Result<Vec<SessionView>> {
@@ -452,6 +482,11 @@ impl Manager {
         for (name, r) in self.running.lock().expect("sessions lock").iter() {
             out.entry(name.clone())
                 .or_insert_with(|| SessionView::Starting(r.started.clone()));
+        }
+        for view in self.quarantined()? {
+            if let SessionView::Failed { name, .. } = &view {
+                out.entry(name.clone()).or_insert(view);
+            }
         }
         for (name, error) in self.failed.lock().expect("failed lock").iter() {
             out.insert(
@@ -490,49 +525,97 @@ impl Manager {
 
     /// After a start: sessions the store says were observing were cut off
     /// (the daemon was killed). Each gets a gap from its last checkpoint to
-    /// now; those whose container still runs are resumed, the others closed.
+    /// when it is resumed; those whose container still runs are resumed,
+    /// those whose container is gone or stopped are closed. When the engine
+    /// does not answer, nothing is known of the container: the session is
+    /// kept, and resumed or closed once the engine answers.
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
-        let docker = crate::docker::connect()?;
-        for mut record in self.store.sessions()? {
+        // No socket yet is an engine that does not answer, too.
+        let docker = crate::docker::connect();
+        for record in self.store.sessions()? {
             if record.state != SessionState::Observing {
                 continue;
             }
-            let gap = Gap {
-                from_unix_ms: record.checkpoint_unix_ms,
-                to_unix_ms: now_ms(),
-                reason: "the daemon stopped without closing the session (killed or crashed)".into(),
+            let lookup = match &docker {
+                Ok(docker) => container::look_up(docker, &record.started.container_id).await,
+                Err(e) => container::Lookup::Unreachable(anyhow!("{e:#}")),
             };
-            let details = docker
-                .inspect_container(&record.started.container_id, None)
-                .await
-                .ok()
-                .filter(|d| d.state.as_ref().and_then(|s| s.running) == Some(true));
-            match details {
-                Some(details) => {
+            match lookup {
+                container::Lookup::Unreachable(e) => {
                     tracing::warn!(
                         session = %record.name,
-                        gap_ms = gap.to_unix_ms - gap.from_unix_ms,
-                        "resuming an observation the daemon lost; the gap is marked"
+                        "the Docker engine does not answer ({e:#}): the session is kept, and \
+                         resumed or closed once the engine answers"
                     );
-                    record.gaps.push(gap);
-                    self.store.put_session(&record)?;
-                    if let Err(e) = self
-                        .begin(details, Opening::Resume, None, Some(record.clone()), None)
-                        .await
-                    {
-                        tracing::error!(session = %record.name, "could not resume: {e}");
-                    }
+                    let manager = self.clone();
+                    tokio::spawn(async move { manager.recover_later(record).await });
                 }
-                None => {
-                    tracing::warn!(session = %record.name, "closing an observation the daemon lost; its container is gone");
-                    record.gaps.push(gap);
-                    record.state = SessionState::Closed;
-                    record.end = Some(EndReason::Interrupted);
-                    self.store.put_session(&record)?;
-                }
+                lookup => self.recover_one(record, lookup).await?,
             }
         }
         Ok(())
+    }
+
+    /// [`Manager::recover`] of one session, once the engine has answered.
+    async fn recover_one(
+        self: &Arc<Self>,
+        mut record: SessionRecord,
+        lookup: container::Lookup,
+    ) -> Result<()> {
+        let gap = Gap {
+            from_unix_ms: record.checkpoint_unix_ms,
+            to_unix_ms: now_ms(),
+            reason: "the daemon stopped without closing the session (killed or crashed)".into(),
+        };
+        let running = lookup.running();
+        match lookup {
+            container::Lookup::Found(details) if running => {
+                tracing::warn!(
+                    session = %record.name,
+                    gap_ms = gap.to_unix_ms - gap.from_unix_ms,
+                    "resuming an observation the daemon lost; the gap is marked"
+                );
+                record.gaps.push(gap);
+                self.store.put_session(&record)?;
+                if let Err(e) = self
+                    .begin(*details, Opening::Resume, None, Some(record.clone()), None)
+                    .await
+                {
+                    tracing::error!(session = %record.name, "could not resume: {e}");
+                }
+            }
+            _ => {
+                tracing::warn!(session = %record.name, "closing an observation the daemon lost; its container is gone");
+                record.gaps.push(gap);
+                record.state = SessionState::Closed;
+                record.end = Some(EndReason::Interrupted);
+                self.store.put_session(&record)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Asks the engine again, with backoff, until it answers; then resumes
+    /// or closes the session.
+    async fn recover_later(self: Arc<Self>, record: SessionRecord) {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            let Ok(docker) = crate::docker::connect() else {
+                continue;
+            };
+            match container::look_up(&docker, &record.started.container_id).await {
+                container::Lookup::Unreachable(_) => continue,
+                lookup => {
+                    let name = record.name.clone();
+                    if let Err(e) = self.recover_one(record, lookup).await {
+                        tracing::error!(session = %name, "recovering the session: {e:#}");
+                    }
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -71,6 +71,9 @@ pub struct Route {
     tx: mpsc::Sender<Event>,
     /// Events of the session's cgroups that did not fit while they were held.
     held_overflow: AtomicU64,
+    /// Events of the session's (or of no known session's) that the reader
+    /// or the dispatcher had in hand when it ended and was restarted.
+    interrupted: AtomicU64,
 }
 
 impl Route {
@@ -102,6 +105,12 @@ impl Route {
     /// it, because they did not fit in what is held: lost to it.
     pub fn held_overflow(&self) -> u64 {
         self.held_overflow.load(Ordering::Relaxed)
+    }
+
+    /// Events lost to the session when the reader or the dispatcher ended
+    /// and was restarted (see [`Observer::start`]).
+    pub fn interrupted(&self) -> u64 {
+        self.interrupted.load(Ordering::Relaxed)
     }
 }
 
@@ -202,6 +211,12 @@ pub struct ObserverStats {
     pub held_overflow: AtomicU64,
     /// Cgroups excluded in the kernel because they were no session's.
     pub cgroups_excluded: AtomicU64,
+    /// Times the ring reader ended (an error or a panic) and was restarted.
+    pub reader_restarts: AtomicU64,
+    /// Times the dispatcher panicked and was restarted.
+    pub dispatcher_restarts: AtomicU64,
+    /// Events the reader or the dispatcher had in hand when it ended: lost.
+    pub interrupted: AtomicU64,
 }
 
 pub struct Observer {
@@ -224,6 +239,11 @@ pub struct Observer {
     /// The dispatcher has routed every event recorded before this time
     /// (CLOCK_MONOTONIC ns).
     dispatched_ns: AtomicU64,
+    /// Whether the reader and the dispatcher run (false while they are
+    /// being restarted), for the health service.
+    tracing: tokio::sync::watch::Sender<bool>,
+    /// Test hook: the dispatcher panics at the next event it routes.
+    kill_dispatcher: AtomicBool,
     pub stats: ObserverStats,
 }
 
@@ -240,10 +260,14 @@ enum Seed {
 
 impl Observer {
     /// Loads the kernel programs and starts the dispatcher on the current
-    /// runtime. Dropping the last `Arc` detaches them.
+    /// runtime, under a supervisor: when the ring reader ends (an error, a
+    /// panic) or the dispatcher panics, it is counted, [`Observer::tracing`]
+    /// turns false, what they had in hand is counted as lost to the
+    /// sessions it was for, and they are started again. Dropping the last
+    /// `Arc` detaches the programs.
     pub fn start(config: TracerConfig) -> Result<Arc<Self>> {
-        let mut tracer = Tracer::load(config)?;
-        let events = tracer.events()?;
+        let tracer = Tracer::load(config)?;
+        let events = tracer.open_events()?;
         let (verdicts, verdicts_rx) = mpsc::unbounded_channel();
         let claimed = Arc::new(Notify::new());
         let observer = Arc::new(Self {
@@ -258,15 +282,56 @@ impl Observer {
             verdicts,
             exclusions: Mutex::default(),
             dispatched_ns: AtomicU64::new(0),
+            tracing: tokio::sync::watch::Sender::new(true),
+            kill_dispatcher: AtomicBool::new(false),
             stats: ObserverStats::default(),
         });
-        tokio::spawn(dispatch(
+        tokio::spawn(supervise(
             Arc::downgrade(&observer),
             events,
-            verdicts_rx,
+            Dispatcher::new(verdicts_rx),
             claimed,
         ));
         Ok(observer)
+    }
+
+    /// Whether the reader and the dispatcher run; false while the
+    /// supervisor restarts them.
+    pub fn tracing(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.tracing.subscribe()
+    }
+
+    /// Test hook (see docs/security.md): the ring reader panics at its next
+    /// batch of events.
+    pub fn kill_reader(&self) {
+        self.tracer.kill_reader();
+    }
+
+    /// Test hook (see docs/security.md): the dispatcher panics at the next
+    /// event it routes, holding it.
+    pub fn kill_dispatcher(&self) {
+        self.kill_dispatcher.store(true, Ordering::Relaxed);
+    }
+
+    /// Gives the events counted as interrupted (by cgroup) to the sessions
+    /// they were for: the route owning the cgroup; every route when the
+    /// cgroup is unknown or no session's yet (it may become one's).
+    fn attribute_interrupted(&self, lost: &[(Option<CgroupId>, u64)]) {
+        let routes = self.routes.lock().expect("routes lock").clone();
+        for &(cgroup, n) in lost {
+            self.stats.interrupted.fetch_add(n, Ordering::Relaxed);
+            let owner = cgroup.and_then(|c| routes.iter().find(|r| r.owns(c)));
+            match owner {
+                Some(route) => {
+                    route.interrupted.fetch_add(n, Ordering::Relaxed);
+                }
+                None => {
+                    for route in &routes {
+                        route.interrupted.fetch_add(n, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
     }
 
     /// Adds a session. Until [`Observer::claim`] names its cgroup it
@@ -278,6 +343,7 @@ impl Observer {
             claim: Mutex::default(),
             tx,
             held_overflow: AtomicU64::new(0),
+            interrupted: AtomicU64::new(0),
         });
         self.routes.lock().expect("routes lock").push(route.clone());
         self.routes_version.fetch_add(1, Ordering::Relaxed);
@@ -439,6 +505,11 @@ impl Observer {
                 watches.remove(&watch.0);
             }
         }
+    }
+
+    /// Cgroups watched now (each once, however many sessions share it).
+    pub fn watched(&self) -> usize {
+        self.watches.lock().expect("watches lock").len()
     }
 
     /// Whether every event recorded before `ns` (CLOCK_MONOTONIC) has been
@@ -626,78 +697,216 @@ fn approx_bytes(e: &Event) -> usize {
         }
 }
 
-async fn dispatch(
+/// How long the supervisor waits before it restarts the reader or the
+/// dispatcher; doubled while restarts follow one another, up to
+/// [`RESTART_MAX`]. Meanwhile the ring buffer holds what is recorded, and
+/// the health service says NOT_SERVING.
+const RESTART_FIRST: Duration = Duration::from_millis(500);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A run this long starts the backoff again from [`RESTART_FIRST`].
+const RESTART_RESET: Duration = Duration::from_secs(60);
+
+/// Runs the dispatcher, and the reader behind its event stream, for the
+/// observer's life: restarts either when it ends, counting what it had in
+/// hand as lost to the sessions it was for.
+async fn supervise(
     observer: std::sync::Weak<Observer>,
-    mut events: crate::trace::EventStream,
-    mut verdicts: mpsc::UnboundedReceiver<(CgroupId, Verdict)>,
+    events: crate::trace::EventStream,
+    mut dispatcher: Dispatcher,
     claimed: Arc<Notify>,
 ) {
-    let mut routes: Vec<Arc<Route>> = Vec::new();
-    let mut seen_version = u64::MAX;
-    // Cgroups found to be no narrowed session's, until routes change.
-    let mut foreign: HashSet<CgroupId> = HashSet::new();
-    let mut pen = Pen::default();
-    let mut tick = tokio::time::interval(TICK);
+    let mut events = Some(events);
+    let mut backoff = RESTART_FIRST;
     loop {
-        tokio::select! {
-            event = events.next_event() => {
-                let Some(event) = event else { return };
-                let Some(observer) = observer.upgrade() else {
-                    return;
-                };
-                observer.stats.events.fetch_add(1, Ordering::Relaxed);
-                refresh(&observer, &mut seen_version, &mut routes, &mut foreign);
-                route_event(&observer, event, &routes, &mut foreign, &mut pen).await;
-                mark_dispatched(&observer, &events);
+        let Some(stream) = events.as_mut() else {
+            let Some(o) = observer.upgrade() else { return };
+            match o.tracer.open_events() {
+                Ok(stream) => events = Some(stream),
+                Err(e) => {
+                    tracing::error!(
+                        "restarting the ring reader: {e:#}; trying again in {backoff:?}"
+                    );
+                    drop(o);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RESTART_MAX);
+                }
             }
-            Some((cgroup, verdict)) = verdicts.recv() => {
-                let Some(observer) = observer.upgrade() else {
-                    return;
+            continue;
+        };
+        if let Some(o) = observer.upgrade()
+            && !*o.tracing.borrow()
+        {
+            o.tracing.send_replace(true);
+            tracing::warn!("the ring reader and the dispatcher run again");
+        }
+        let began = Instant::now();
+        let run = std::panic::AssertUnwindSafe(dispatcher.run(&observer, stream, &claimed));
+        let ended = futures::FutureExt::catch_unwind(run).await;
+        let Some(o) = observer.upgrade() else { return };
+        let mut lost = Vec::new();
+        match ended {
+            Ok(Ended::ObserverGone) => return,
+            Ok(Ended::StreamEnded) => {
+                o.tracing.send_replace(false);
+                let why = match events.take().expect("the stream ran").reader_end().await {
+                    Ok(()) => "it stopped".to_owned(),
+                    Err(e) => format!("{e:#}"),
                 };
-                match verdict {
-                    Verdict::Wanted => {
-                        if let Some(held) = pen.held.get_mut(&cgroup) {
-                            held.wanted = true;
+                o.stats.reader_restarts.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "the ring reader ended ({why}): health is NOT_SERVING until it runs again; restarting it in {backoff:?}"
+                );
+            }
+            Err(panic) => {
+                o.tracing.send_replace(false);
+                o.stats.dispatcher_restarts.fetch_add(1, Ordering::Relaxed);
+                lost.extend(dispatcher.in_hand.take().map(|c| (Some(c), 1)));
+                tracing::error!(
+                    "the dispatcher panicked ({}): health is NOT_SERVING until it runs again; restarting it in {backoff:?}",
+                    panic_message(&*panic)
+                );
+            }
+        }
+        lost.extend(o.tracer.take_interrupted());
+        if !lost.is_empty() {
+            let n: u64 = lost.iter().map(|(_, n)| n).sum();
+            tracing::warn!(
+                events = n,
+                "events in hand were lost: counted in the sessions' loss (`interrupted`)"
+            );
+            o.attribute_interrupted(&lost);
+        }
+        drop(o);
+        if began.elapsed() > RESTART_RESET {
+            backoff = RESTART_FIRST;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(RESTART_MAX);
+    }
+}
+
+/// A panic's message, as far as it has one.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("no message")
+}
+
+/// How a dispatcher run ended, when it did not panic.
+enum Ended {
+    /// The reader ended: its stream has nothing more.
+    StreamEnded,
+    /// The observer was dropped: the daemon is stopping.
+    ObserverGone,
+}
+
+/// What the dispatcher keeps across its restarts.
+struct Dispatcher {
+    verdicts: mpsc::UnboundedReceiver<(CgroupId, Verdict)>,
+    routes: Vec<Arc<Route>>,
+    seen_version: u64,
+    /// Cgroups found to be no narrowed session's, until routes change.
+    foreign: HashSet<CgroupId>,
+    pen: Pen,
+    /// The cgroup of the event being routed: lost if a panic ends the run.
+    in_hand: Option<CgroupId>,
+}
+
+impl Dispatcher {
+    fn new(verdicts: mpsc::UnboundedReceiver<(CgroupId, Verdict)>) -> Self {
+        Self {
+            verdicts,
+            routes: Vec::new(),
+            seen_version: u64::MAX,
+            foreign: HashSet::new(),
+            pen: Pen::default(),
+            in_hand: None,
+        }
+    }
+
+    async fn run(
+        &mut self,
+        observer: &std::sync::Weak<Observer>,
+        events: &mut crate::trace::EventStream,
+        claimed: &Notify,
+    ) -> Ended {
+        let Self {
+            verdicts,
+            routes,
+            seen_version,
+            foreign,
+            pen,
+            in_hand,
+        } = self;
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                event = events.next_event() => {
+                    let Some(event) = event else { return Ended::StreamEnded };
+                    let Some(observer) = observer.upgrade() else {
+                        return Ended::ObserverGone;
+                    };
+                    observer.stats.events.fetch_add(1, Ordering::Relaxed);
+                    *in_hand = Some(event.cgroup);
+                    if observer.kill_dispatcher.swap(false, Ordering::Relaxed) {
+                        panic!("test hook: the dispatcher was killed routing an event");
+                    }
+                    refresh(&observer, seen_version, routes, foreign);
+                    route_event(&observer, event, routes, foreign, pen).await;
+                    *in_hand = None;
+                    mark_dispatched(&observer, events);
+                }
+                Some((cgroup, verdict)) = verdicts.recv() => {
+                    let Some(observer) = observer.upgrade() else {
+                        return Ended::ObserverGone;
+                    };
+                    match verdict {
+                        Verdict::Wanted => {
+                            if let Some(held) = pen.held.get_mut(&cgroup) {
+                                held.wanted = true;
+                            }
+                            // Its session may have claimed it already.
+                            refresh(&observer, seen_version, routes, foreign);
+                            hand_over(routes, pen).await;
                         }
-                        // Its session may have claimed it already.
-                        refresh(&observer, &mut seen_version, &mut routes, &mut foreign);
-                        hand_over(&routes, &mut pen).await;
+                        Verdict::Foreign => {
+                            pen.drop_held(cgroup, &observer);
+                            pen.foreign.insert(cgroup, Instant::now());
+                        }
                     }
-                    Verdict::Foreign => {
+                }
+                _ = claimed.notified() => {
+                    let Some(observer) = observer.upgrade() else {
+                        return Ended::ObserverGone;
+                    };
+                    refresh(&observer, seen_version, routes, foreign);
+                    hand_over(routes, pen).await;
+                }
+                _ = tick.tick() => {
+                    let Some(observer) = observer.upgrade() else {
+                        return Ended::ObserverGone;
+                    };
+                    mark_dispatched(&observer, events);
+                    refresh(&observer, seen_version, routes, foreign);
+                    hand_over(routes, pen).await;
+                    let expired: Vec<(CgroupId, bool)> = pen
+                        .held
+                        .iter()
+                        .filter(|(_, h)| h.since.elapsed() > HOLD_WAIT)
+                        .map(|(c, h)| (*c, h.wanted))
+                        .collect();
+                    for (cgroup, wanted) in expired {
+                        if wanted {
+                            tracing::warn!(cgroup = cgroup.0, "a labelled container's cgroup was not claimed by a session in time: its events are dropped");
+                        } else {
+                            tracing::warn!(cgroup = cgroup.0, "whose a new cgroup is was not found in time: its events are dropped");
+                        }
                         pen.drop_held(cgroup, &observer);
-                        pen.foreign.insert(cgroup, Instant::now());
                     }
+                    pen.foreign.retain(|_, at| at.elapsed() < FOREIGN_MEMORY);
                 }
-            }
-            _ = claimed.notified() => {
-                let Some(observer) = observer.upgrade() else {
-                    return;
-                };
-                refresh(&observer, &mut seen_version, &mut routes, &mut foreign);
-                hand_over(&routes, &mut pen).await;
-            }
-            _ = tick.tick() => {
-                let Some(observer) = observer.upgrade() else {
-                    return;
-                };
-                mark_dispatched(&observer, &events);
-                refresh(&observer, &mut seen_version, &mut routes, &mut foreign);
-                hand_over(&routes, &mut pen).await;
-                let expired: Vec<(CgroupId, bool)> = pen
-                    .held
-                    .iter()
-                    .filter(|(_, h)| h.since.elapsed() > HOLD_WAIT)
-                    .map(|(c, h)| (*c, h.wanted))
-                    .collect();
-                for (cgroup, wanted) in expired {
-                    if wanted {
-                        tracing::warn!(cgroup = cgroup.0, "a labelled container's cgroup was not claimed by a session in time: its events are dropped");
-                    } else {
-                        tracing::warn!(cgroup = cgroup.0, "whose a new cgroup is was not found in time: its events are dropped");
-                    }
-                    pen.drop_held(cgroup, &observer);
-                }
-                pen.foreign.retain(|_, at| at.elapsed() < FOREIGN_MEMORY);
             }
         }
     }

@@ -105,7 +105,13 @@ impl SessionTask {
         // (now, after any stop of ours) keeps a container that dies at once
         // from ending unnoticed.
         let since = SystemTime::now().duration_since(UNIX_EPOCH)?;
-        let mut die_events = std::pin::pin!(container::deaths_since(&docker, &id, since));
+        // Followed across the engine's restarts (with `--live-restore`
+        // containers outlive them): a broken stream is no death.
+        let mut die_events = std::pin::pin!(container::follow(
+            &docker,
+            since,
+            &[("container", &id), ("event", "die")]
+        ));
         let container_cgroup = match self
             .open_and_find_cgroup(&docker, &id, &name, stopped, precreated.as_ref())
             .await
@@ -136,7 +142,13 @@ impl SessionTask {
         )?;
         members.extend(observer::cgroup_ids_below(&container_cgroup));
 
-        let mut record = self.first_record(&store, &id, &name, from_first_exec)?;
+        let mut record = match self.first_record(&store, &id, &name, from_first_exec) {
+            Ok(r) => r,
+            Err(e) => {
+                observer.unwatch(watch);
+                return Err(e);
+            }
+        };
         let _ = started_tx.send(record.started.clone());
 
         let step_context = Arc::new(lifecycle::StepContext {
@@ -180,17 +192,35 @@ impl SessionTask {
         > = None;
         // `die`s of the container that a lifecycle step caused.
         let mut expected_dies = 0u32;
+        // A checkpoint that failed (a full disk): the session ends with it.
+        let mut failure = None;
         let end = loop {
             tokio::select! {
                 biased;
                 _ = &mut stop => break EndReason::Stopped,
                 _ = &mut deadline => break EndReason::Duration,
-                Some(_) = die_events.next() => {
-                    if expected_dies == 0 {
-                        break EndReason::ContainerDied;
+                Some(followed) = die_events.next() => match followed {
+                    container::Followed::Event(_) => {
+                        if expected_dies == 0 {
+                            break EndReason::ContainerDied;
+                        }
+                        expected_dies -= 1;
                     }
-                    expected_dies -= 1;
-                }
+                    // A death while the engine was away is not replayed:
+                    // ask. (A lifecycle step in flight stops it itself.)
+                    container::Followed::Reconnected if step.is_none() => {
+                        match container::look_up(&docker, &id).await {
+                            container::Lookup::Unreachable(e) => {
+                                tracing::warn!(container = %name, "the engine is back but does not answer for the container: {e:#}");
+                            }
+                            l if l.running() => {
+                                tracing::info!(container = %name, "the Docker engine came back; the container runs on and the session goes on");
+                            }
+                            _ => break EndReason::ContainerDied,
+                        }
+                    }
+                    container::Followed::Reconnected => {}
+                },
                 Some(request) = self.steps.recv(), if step.is_none() => {
                     if request.step.stops() {
                         expected_dies += 1;
@@ -207,7 +237,10 @@ impl SessionTask {
                     }
                     let _ = outcome.reply.send(outcome.result);
                 }
-                _ = checkpoint.tick() => recorder.commit(&mut record)?,
+                _ = checkpoint.tick() => if let Err(e) = recorder.commit(&mut record) {
+                    failure = Some(e);
+                    break EndReason::Failed;
+                },
                 event = events.recv() => match event {
                     Some(e) => recorder.accept(e),
                     None => break EndReason::Stopped,
@@ -218,10 +251,15 @@ impl SessionTask {
         // busy host the dispatcher can be seconds behind the engine's `die`.
         let end_ns = crate::trace::loader::monotonic_ns();
         observer.unwatch(watch);
+        if let Some(e) = failure {
+            return Err(recorder.failed(&mut record, e));
+        }
         recorder.drain(&mut events, end_ns, &name).await;
         record.state = SessionState::Closed;
         record.end = Some(end);
-        recorder.commit(&mut record)?;
+        if let Err(e) = recorder.commit(&mut record) {
+            return Err(recorder.failed(&mut record, e));
+        }
         drop(recorder);
         drop(route);
         Ok(record)
@@ -529,33 +567,70 @@ impl Recorder<'_> {
         }
     }
 
-    /// Makes what was accepted durable, with the record's counters.
+    /// Makes what was accepted durable, with the record's counters. On
+    /// failure `record` and the batch are as they were.
     fn commit(&mut self, record: &mut SessionRecord) -> Result<()> {
-        let segment = record.segments.last_mut().expect("a session has a segment");
-        if self.missed_start && segment.from_first_exec {
-            tracing::warn!(
-                container = %record.name,
-                "the container started before the watch took hold: its start-up was missed"
-            );
+        let mut next = record.clone();
+        let segment = next.segments.last_mut().expect("a session has a segment");
+        let missed = self.missed_start && segment.from_first_exec;
+        if missed {
             segment.from_first_exec = false;
-            record.started.from_first_exec = record.segments.iter().all(|s| s.from_first_exec);
+            next.started.from_first_exec = next.segments.iter().all(|s| s.from_first_exec);
         }
-        record.events += self.batch.len() as u64;
-        record.aggregated = self.prior_aggregated + self.aggregated;
-        record.checkpoint_unix_ms = now_ms();
-        record.duration_ms = self.prior_duration + self.started.elapsed().as_millis() as u64;
+        next.events += self.batch.len() as u64;
+        next.aggregated = self.prior_aggregated + self.aggregated;
+        next.checkpoint_unix_ms = now_ms();
+        next.duration_ms = self.prior_duration + self.started.elapsed().as_millis() as u64;
         // A cgroup below the container whose every record was lost never
         // showed up in an event: look again.
         self.members
             .extend(observer::cgroup_ids_below(&self.container_cgroup));
-        record.loss = self
+        next.loss = self
             .prior_loss
             .plus(self.loss_base.since(self.observer, &self.members));
-        record.loss.unreadable_names += self.unreadable;
-        record.loss.held_overflow += self.route.route.held_overflow();
-        self.store.append(record, &self.batch)?;
+        next.loss.unreadable_names += self.unreadable;
+        next.loss.held_overflow += self.route.route.held_overflow();
+        next.loss.interrupted += self.route.route.interrupted();
+        self.store.append(&next, &self.batch)?;
+        if missed {
+            tracing::warn!(
+                container = %next.name,
+                "the container started before the watch took hold: its start-up was missed"
+            );
+        }
+        *record = next;
         self.batch.clear();
         Ok(())
+    }
+
+    /// The session's end when a checkpoint failed (a full or read-only
+    /// state directory): the error to report, naming the store and what
+    /// was lost. The record is marked failed in the store if it still
+    /// takes a write; the watch is already released.
+    fn failed(&mut self, record: &mut SessionRecord, e: anyhow::Error) -> anyhow::Error {
+        let unsaved = self.batch.len();
+        let store = self.store.path();
+        let dir = store.parent().unwrap_or(store);
+        tracing::error!(
+            session = %record.name,
+            store = %store.display(),
+            "a checkpoint failed: the session is closed as failed and its container no longer watched: {e:#}"
+        );
+        let mut last = record.clone();
+        last.state = SessionState::Closed;
+        last.end = Some(EndReason::Failed);
+        if self.store.put_session(&last).is_ok() {
+            *record = last;
+        }
+        e.context(format!(
+            "session {}: a checkpoint to the store {} failed, so the session is closed as \
+             failed and its container is no longer watched ({unsaved} events seen since the \
+             last checkpoint were not stored); free space in the state directory {} (or make \
+             it writable), then observe the container again",
+            record.name,
+            store.display(),
+            dir.display()
+        ))
     }
 
     /// Accepts what the tracer still held from before `end_ns`. A

@@ -9,6 +9,10 @@
 //! - `sessions`: session name → [`SessionRecord`] as JSON.
 //! - `events`: (session id, sequence number) → one [`Event`] as JSON.
 //! - `meta`: `next_session_id`.
+//! - `selectors`: label selectors (`key=value`) given to `observe`, so
+//!   they outlive a restart of the daemon.
+//! - `quarantine`: records found unreadable at start-up (by session name,
+//!   `~N` added when taken), as they were, moved aside so the daemon starts.
 
 use std::io::{BufRead, Read};
 use std::path::{Path, PathBuf};
@@ -28,6 +32,8 @@ pub use record::{EndReason, Gap, LifecycleStep, Segment, SessionRecord, SessionS
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const QUARANTINE: TableDefinition<&str, &[u8]> = TableDefinition::new("quarantine");
+const SELECTORS: TableDefinition<&str, u8> = TableDefinition::new("selectors");
 /// Session ids of imports in progress; their events go if the daemon dies.
 const PENDING_IMPORTS: TableDefinition<u64, ()> = TableDefinition::new("pending_imports");
 
@@ -109,10 +115,13 @@ impl Store {
         txn.open_table(SESSIONS)?;
         txn.open_table(EVENTS)?;
         txn.open_table(META)?;
+        txn.open_table(QUARANTINE)?;
+        txn.open_table(SELECTORS)?;
         txn.open_table(PENDING_IMPORTS)?;
         txn.commit()?;
         let store = Self { db, path };
         store.drop_pending_imports()?;
+        store.quarantine_unreadable()?;
         Ok(store)
     }
 
@@ -120,6 +129,92 @@ impl Store {
     /// spooled while they are read.
     pub fn state_dir(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Moves every session record that does not parse (damaged, or written
+    /// by a newer cimplifier) to the `quarantine` table, as it is, so one
+    /// bad record does not keep the daemon from starting. Each is named in
+    /// the log; [`Store::quarantined`] lists them. Their events stay.
+    fn quarantine_unreadable(&self) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        let mut moved = Vec::new();
+        {
+            let mut sessions = txn.open_table(SESSIONS)?;
+            let mut quarantine = txn.open_table(QUARANTINE)?;
+            let mut bad = Vec::new();
+            for entry in sessions.iter()? {
+                let (name, value) = entry?;
+                if let Err(e) = serde_json::from_slice::<SessionRecord>(value.value()) {
+                    bad.push((name.value().to_owned(), value.value().to_vec(), e));
+                }
+            }
+            for (name, bytes, e) in bad {
+                let mut key = name.clone();
+                let mut n = 1;
+                while quarantine.get(key.as_str())?.is_some() {
+                    n += 1;
+                    key = format!("{name}~{n}");
+                }
+                quarantine.insert(key.as_str(), bytes.as_slice())?;
+                sessions.remove(name.as_str())?;
+                moved.push((name, key, e));
+            }
+        }
+        if moved.is_empty() {
+            return Ok(());
+        }
+        txn.commit().with_context(|| {
+            format!(
+                "moving unreadable session records aside in {}",
+                self.path.display()
+            )
+        })?;
+        for (name, key, e) in moved {
+            tracing::error!(
+                session = %name,
+                quarantined_as = %key,
+                store = %self.path.display(),
+                "an unreadable session record was quarantined (kept as it was in the store's \
+                 `quarantine` table; its events are kept): {e}"
+            );
+        }
+        Ok(())
+    }
+
+    /// Keeps a label selector for later starts of the daemon.
+    pub fn add_selector(&self, selector: &str) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SELECTORS)?.insert(selector, 1)?;
+        txn.commit()
+            .with_context(|| format!("storing a label selector in {}", self.path.display()))?;
+        Ok(())
+    }
+
+    /// The label selectors kept with [`Store::add_selector`].
+    pub fn selectors(&self) -> Result<Vec<String>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SELECTORS)?;
+        table
+            .iter()?
+            .map(|entry| Ok(entry?.0.value().to_owned()))
+            .collect()
+    }
+
+    /// The quarantined records: the name each is kept under, and why it
+    /// could not be read.
+    pub fn quarantined(&self) -> Result<Vec<(String, String)>> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(QUARANTINE)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (name, value) = entry?;
+            let why = match serde_json::from_slice::<SessionRecord>(value.value()) {
+                Err(e) => e.to_string(),
+                Ok(_) => "readable now (a newer cimplifier wrote it?)".to_owned(),
+            };
+            out.push((name.value().to_owned(), why));
+        }
+        Ok(out)
     }
 
     pub fn path(&self) -> &Path {

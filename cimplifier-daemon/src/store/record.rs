@@ -19,6 +19,10 @@ pub enum EndReason {
     /// The daemon stopped without closing the session, and the container
     /// was gone when it came back.
     Interrupted,
+    /// A checkpoint could not be written (a full or read-only state
+    /// directory): the session stopped observing; what it saw after its
+    /// last checkpoint is not stored.
+    Failed,
 }
 
 /// An observation that has begun: what a session knows from its start.

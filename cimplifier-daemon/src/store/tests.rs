@@ -306,6 +306,80 @@ fn session_names_are_checked() {
     }
 }
 
+#[test]
+fn an_unreadable_record_is_quarantined_at_open_and_the_others_stay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store.put_session(&record(&store, "good")).unwrap();
+    let txn = store.db.begin_write().unwrap();
+    for name in ["bad", "worse"] {
+        txn.open_table(SESSIONS)
+            .unwrap()
+            .insert(name, &b"{\"name\": \"bad\", truncated"[..])
+            .unwrap();
+    }
+    txn.commit().unwrap();
+    assert!(store.sessions().is_err(), "the bad record does not parse");
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    let names: Vec<String> = store
+        .sessions()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(names, ["good"]);
+    let quarantined = store.quarantined().unwrap();
+    assert_eq!(
+        quarantined
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        ["bad", "worse"]
+    );
+    assert!(quarantined[0].1.contains("line 1"), "{quarantined:?}");
+    // Kept as it was.
+    let txn = store.db.begin_read().unwrap();
+    let kept = txn.open_table(QUARANTINE).unwrap();
+    assert_eq!(
+        kept.get("bad").unwrap().unwrap().value(),
+        b"{\"name\": \"bad\", truncated"
+    );
+    drop(kept);
+    drop(txn);
+
+    // A second bad record of a name already quarantined is kept beside it.
+    let txn = store.db.begin_write().unwrap();
+    txn.open_table(SESSIONS)
+        .unwrap()
+        .insert("bad", &b"[]"[..])
+        .unwrap();
+    txn.commit().unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let names: Vec<String> = store
+        .quarantined()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(names, ["bad", "bad~2", "worse"]);
+}
+
+#[test]
+fn label_selectors_outlive_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.selectors().unwrap().is_empty());
+    store.add_selector("team=web").unwrap();
+    store.add_selector("team=web").unwrap();
+    store.add_selector("app=db").unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.selectors().unwrap(), ["app=db", "team=web"]);
+}
+
 fn events_of(store: &Store, id: u64) -> usize {
     let txn = store.db.begin_read().unwrap();
     let events = txn.open_table(EVENTS).unwrap();

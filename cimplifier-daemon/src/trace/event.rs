@@ -360,6 +360,10 @@ pub struct LossCounters {
     /// daemon holds while it looks up the container's labels.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held_overflow: u64,
+    /// Events the ring reader or the dispatcher had in hand when it ended
+    /// (a panic, a bug) and was restarted by the daemon's supervisor.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub interrupted: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -371,9 +375,14 @@ impl LossCounters {
     /// not in this sum: those events arrived, marked as incomplete.
     /// Counters stop at `u64::MAX` rather than wrap.
     pub fn lost(&self) -> u64 {
-        [self.inflight_full, self.undecodable, self.held_overflow]
-            .into_iter()
-            .fold(self.ringbuf_full, u64::saturating_add)
+        [
+            self.inflight_full,
+            self.undecodable,
+            self.held_overflow,
+            self.interrupted,
+        ]
+        .into_iter()
+        .fold(self.ringbuf_full, u64::saturating_add)
     }
 
     /// What was lost since `baseline` was read, counter by counter; a
@@ -395,6 +404,7 @@ impl LossCounters {
             undecodable: f(self.undecodable, other.undecodable),
             unreadable_names: f(self.unreadable_names, other.unreadable_names),
             held_overflow: f(self.held_overflow, other.held_overflow),
+            interrupted: f(self.interrupted, other.interrupted),
         }
     }
 
@@ -407,6 +417,23 @@ impl LossCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn interrupted_events_are_lost_events() {
+        let interrupted = LossCounters {
+            interrupted: 3,
+            ..Default::default()
+        };
+        assert_eq!(interrupted.lost(), 3);
+        assert!(!interrupted.is_complete());
+        assert_eq!(interrupted.plus(interrupted).interrupted, 6);
+        assert_eq!(interrupted.since(interrupted).interrupted, 0);
+        // Not written when zero, so older readers see records as before.
+        let json = serde_json::to_string(&LossCounters::default()).unwrap();
+        assert!(!json.contains("interrupted"), "{json}");
+        let back: LossCounters = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, LossCounters::default());
+    }
 
     #[test]
     fn loss_since_a_baseline_is_per_counter() {

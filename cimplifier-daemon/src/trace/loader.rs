@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -126,9 +126,17 @@ pub struct Tracer {
     /// Owns the programs and their links.
     hooks: Mutex<SyscallHooks>,
     maps: Mutex<Maps>,
-    ring: Option<RingBuf<MapData>>,
+    /// The ring buffer while no reader holds it: a reader that ends, even
+    /// by panicking, gives it back, so a new one can go on where it left.
+    ring: Arc<Mutex<Option<RingBuf<MapData>>>>,
     resolver: Arc<Mutex<Resolver>>,
     undecodable: Arc<AtomicU64>,
+    /// Decoded events a reader held when it ended abnormally, by cgroup
+    /// (None: a record it was decoding), until taken with
+    /// [`Tracer::take_interrupted`].
+    interrupted: Arc<Mutex<std::collections::HashMap<Option<CgroupId>, u64>>>,
+    /// Test hook: the reader panics at its next batch of events.
+    kill_reader: Arc<AtomicBool>,
     /// Every record written before this time (CLOCK_MONOTONIC ns) has been
     /// read and handed to the event stream.
     drained_ns: Arc<AtomicU64>,
@@ -210,11 +218,13 @@ impl Tracer {
                 inflight,
             }),
             maps: Mutex::new(maps),
-            ring: Some(ring),
+            ring: Arc::new(Mutex::new(Some(ring))),
             resolver: Arc::new(Mutex::new(Resolver::with_snapshotter(Box::new(
                 snapshot_process,
             )))),
             undecodable: Arc::new(AtomicU64::new(0)),
+            interrupted: Arc::default(),
+            kill_reader: Arc::default(),
             drained_ns: Arc::new(AtomicU64::new(0)),
             config,
         })
@@ -252,7 +262,7 @@ impl Tracer {
     /// Drops what the resolver holds for processes no longer recorded (their
     /// cgroup was excluded, so their exits will not be seen).
     pub fn forget_processes(&self, pids: impl IntoIterator<Item = u32>) {
-        let mut resolver = self.resolver.lock().expect("resolver lock");
+        let mut resolver = lock_resolver(&self.resolver);
         for pid in pids {
             resolver.forget(pid);
         }
@@ -263,7 +273,7 @@ impl Tracer {
         // Processes already running: learn their cwd and open files first,
         // so their relative names resolve, and report each as running.
         if seed {
-            let mut resolver = self.resolver.lock().expect("resolver lock");
+            let mut resolver = lock_resolver(&self.resolver);
             for pid in pids_below(dir) {
                 // Already followed through a watched parent: its state is
                 // known better from its events than from /proc.
@@ -372,20 +382,70 @@ impl Tracer {
     /// The decoded event stream. Can be taken once; spawns the reader task
     /// on the current tokio runtime.
     pub fn events(&mut self) -> Result<EventStream> {
+        self.open_events()
+    }
+
+    /// The decoded event stream, again after the last one's reader ended:
+    /// the new reader goes on where that one stopped in the ring buffer.
+    /// Fails while another stream's reader holds the ring buffer.
+    pub fn open_events(&self) -> Result<EventStream> {
         let ring = self
             .ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .take()
-            .ok_or_else(|| anyhow!("the event stream was already taken"))?;
+            .ok_or_else(|| {
+                anyhow!(
+                    "the ring buffer is not there: a reader holds it, or one could not register \
+                     it with tokio and it was lost (see the error logged then; restart the daemon)"
+                )
+            })?;
         let (tx, rx) = mpsc::channel(self.config.channel_capacity);
-        let resolver = Arc::clone(&self.resolver);
-        let undecodable = Arc::clone(&self.undecodable);
-        let drained = Arc::clone(&self.drained_ns);
-        let task = tokio::spawn(read_ring(ring, resolver, undecodable, drained, tx));
+        let reader = Reader {
+            ring: Some(ring),
+            slot: Arc::clone(&self.ring),
+            resolver: Arc::clone(&self.resolver),
+            undecodable: Arc::clone(&self.undecodable),
+            drained: Arc::clone(&self.drained_ns),
+            interrupted: Arc::clone(&self.interrupted),
+            kill: Arc::clone(&self.kill_reader),
+            batch: std::collections::VecDeque::with_capacity(BATCH),
+            decoding: false,
+            finished: false,
+        };
+        let task = tokio::spawn(read_ring(reader, tx));
         Ok(EventStream {
             rx,
-            _reader: AbortOnDrop(task),
+            reader: AbortOnDrop(Some(task)),
         })
     }
+
+    /// Test hook: makes the reader panic at its next batch of events, as a
+    /// bug would; what it held is counted (see [`Tracer::take_interrupted`]).
+    pub fn kill_reader(&self) {
+        self.kill_reader.store(true, Ordering::Relaxed);
+    }
+
+    /// Events that readers held when they ended abnormally (panicked, or
+    /// were aborted), by cgroup, since the last call: lost. None counts
+    /// records met while being decoded, whose cgroup is unknown.
+    pub fn take_interrupted(&self) -> Vec<(Option<CgroupId>, u64)> {
+        std::mem::take(
+            &mut *self
+                .interrupted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+        .into_iter()
+        .collect()
+    }
+}
+
+/// The resolver, even after a reader panicked holding it: what a panic
+/// left half-done is for a few processes, and stopping every session for
+/// it would lose far more.
+fn lock_resolver(resolver: &Mutex<Resolver>) -> MutexGuard<'_, Resolver> {
+    resolver.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The program `name` of the object, as the program type `T`.
@@ -431,75 +491,152 @@ pub struct TracerCounters {
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
 const BATCH: usize = 1024;
 
-async fn read_ring(
-    ring: RingBuf<MapData>,
+/// What one reader task holds. Dropped however the task ends: the ring
+/// buffer goes back to the tracer, and unless the reader finished, the
+/// events it had decoded but not handed over are counted as interrupted.
+struct Reader {
+    ring: Option<RingBuf<MapData>>,
+    slot: Arc<Mutex<Option<RingBuf<MapData>>>>,
     resolver: Arc<Mutex<Resolver>>,
     undecodable: Arc<AtomicU64>,
     drained: Arc<AtomicU64>,
-    tx: mpsc::Sender<Event>,
-) -> Result<()> {
-    // SAFETY: the ring buffer's fd stays open and unchanged while the AsyncFd owns it.
-    let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-        .map_err(|e| anyhow!("registering the ring buffer with tokio: {e}"))?;
-    let mut batch = Vec::with_capacity(BATCH);
-    // Records read, and whether the ring was found empty.
-    let drain = |ring: &mut RingBuf<MapData>, batch: &mut Vec<Event>| -> (usize, bool) {
-        let mut resolver = resolver.lock().expect("resolver lock");
-        batch.extend(resolver.take_queued());
+    interrupted: Arc<Mutex<std::collections::HashMap<Option<CgroupId>, u64>>>,
+    kill: Arc<AtomicBool>,
+    /// Decoded, not yet handed over, in order (sent from the front).
+    batch: std::collections::VecDeque<Event>,
+    /// A record taken from the ring is being decoded.
+    decoding: bool,
+    finished: bool,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if !self.finished {
+            let mut lost = self
+                .interrupted
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for e in &self.batch {
+                *lost.entry(Some(e.cgroup)).or_default() += 1;
+            }
+            if self.decoding {
+                *lost.entry(None).or_default() += 1;
+            }
+        }
+        if let Some(ring) = self.ring.take() {
+            *self.slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(ring);
+        }
+    }
+}
+
+impl Reader {
+    /// Reads records into the batch: how many, and whether the ring was
+    /// found empty.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> (usize, bool) {
+        let mut resolver = lock_resolver(&self.resolver);
+        self.batch.extend(resolver.take_queued());
         let mut records = 0;
-        while batch.len() < BATCH {
+        while self.batch.len() < BATCH {
             let Some(item) = ring.next() else {
                 return (records, true);
             };
             records += 1;
+            self.decoding = true;
             match decode(&item) {
-                Ok(rec) => batch.extend(resolver.handle(rec)),
+                Ok(rec) => self.batch.extend(resolver.handle(rec)),
                 Err(e) => {
-                    undecodable.fetch_add(1, Ordering::Relaxed);
+                    self.undecodable.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!("undecodable ring-buffer record: {e}");
                 }
             }
+            self.decoding = false;
         }
         (records, false)
+    }
+}
+
+async fn read_ring(mut reader: Reader, tx: mpsc::Sender<Event>) -> Result<()> {
+    let ring = reader.ring.take().expect("a new reader holds the ring");
+    // SAFETY: the ring buffer's fd stays open and unchanged while the AsyncFd owns it.
+    let fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+    let mut fd = match fd {
+        Ok(fd) => GiveBack(Some(fd), Arc::clone(&reader.slot)),
+        Err(e) => {
+            // The ring is lost with the error: a restart cannot go on.
+            reader.finished = true;
+            bail!("registering the ring buffer with tokio: {e}");
+        }
     };
     loop {
         let started = monotonic_ns();
-        let emptied = match tokio::time::timeout(POLL_INTERVAL, fd.readable_mut()).await {
+        let emptied = match tokio::time::timeout(POLL_INTERVAL, fd.get().readable_mut()).await {
             Ok(guard) => {
                 let mut guard = guard?;
-                let (records, emptied) = drain(guard.get_inner_mut(), &mut batch);
+                let (records, emptied) = reader.drain(guard.get_inner_mut());
                 if records == 0 {
                     guard.clear_ready();
                 }
                 emptied
             }
-            Err(_) => drain(fd.get_mut(), &mut batch).1,
+            Err(_) => reader.drain(fd.get().get_mut()).1,
         };
-        for event in batch.drain(..) {
+        if !reader.batch.is_empty() && reader.kill.swap(false, Ordering::Relaxed) {
+            panic!(
+                "test hook: the ring reader was killed holding {} events",
+                reader.batch.len()
+            );
+        }
+        // Taken one at a time, so what is not yet sent stays counted if
+        // this task ends (a send fails only when the consumer is gone).
+        while let Some(event) = reader.batch.pop_front() {
             if tx.send(event).await.is_err() {
+                reader.finished = true;
                 return Ok(()); // the consumer is gone
             }
         }
         // The ring was empty at some point after `started`: all written
         // before then is now in the stream.
         if emptied {
-            drained.fetch_max(started, Ordering::Release);
+            reader.drained.fetch_max(started, Ordering::Release);
         }
     }
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<Result<()>>);
+/// The ring buffer registered with tokio; given back to the tracer's slot
+/// when dropped.
+struct GiveBack(
+    Option<AsyncFd<RingBuf<MapData>>>,
+    Arc<Mutex<Option<RingBuf<MapData>>>>,
+);
+
+impl GiveBack {
+    fn get(&mut self) -> &mut AsyncFd<RingBuf<MapData>> {
+        self.0.as_mut().expect("held until dropped")
+    }
+}
+
+impl Drop for GiveBack {
+    fn drop(&mut self) {
+        if let Some(fd) = self.0.take() {
+            *self.1.lock().unwrap_or_else(PoisonError::into_inner) = Some(fd.into_inner());
+        }
+    }
+}
+
+struct AbortOnDrop(Option<tokio::task::JoinHandle<Result<()>>>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
     }
 }
 
 /// Decoded events of every watched cgroup, in ring-buffer order.
 pub struct EventStream {
     rx: mpsc::Receiver<Event>,
-    _reader: AbortOnDrop,
+    reader: AbortOnDrop,
 }
 
 impl EventStream {
@@ -510,6 +647,27 @@ impl EventStream {
     /// Whether no decoded event is waiting.
     pub fn is_empty(&self) -> bool {
         self.rx.is_empty()
+    }
+
+    /// Once the stream has ended: why its reader ended (an error, or a
+    /// panic's message). The ring buffer is back in the tracer then.
+    pub async fn reader_end(mut self) -> Result<()> {
+        let Some(task) = self.reader.0.take() else {
+            return Ok(());
+        };
+        match task.await {
+            Ok(ended) => ended,
+            Err(e) if e.is_panic() => {
+                let panic = e.into_panic();
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                bail!("the ring reader panicked: {message}")
+            }
+            Err(e) => bail!("the ring reader was stopped: {e}"),
+        }
     }
 }
 

@@ -189,11 +189,26 @@ impl Daemon {
 
     /// Runs the cimplifierd at `exe` (e.g. a copy placed elsewhere).
     pub fn start_exe(exe: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Self {
+        Self::start_exe_on(exe, None, extra, env)
+    }
+
+    /// A daemon whose state directory is `state` (a small file system, say).
+    pub fn start_on_state(state: &Path, extra: &[&str], env: &[(&str, &Path)]) -> Self {
+        let exe = Path::new(env!("CARGO_BIN_EXE_cimplifierd"));
+        Self::start_exe_on(exe, Some(state), extra, env)
+    }
+
+    fn start_exe_on(
+        exe: &Path,
+        state: Option<&Path>,
+        extra: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // Reachable by any uid, so the socket's own mode decides who gets in.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let socket = dir.path().join("run/cimplifier.sock");
-        let state = dir.path().join("state");
+        let state = state.map_or_else(|| dir.path().join("state"), Path::to_path_buf);
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let env: Vec<(String, PathBuf)> = env
             .iter()
