@@ -287,8 +287,8 @@ fn an_unreadable_record_is_quarantined_and_the_daemon_starts() {
     assert!(v.status.success());
 }
 
-/// A second Docker engine, all its own (data, exec root, socket, no
-/// networking), with `--live-restore` so its containers outlive its
+/// A second Docker engine, all its own (data, exec root, socket, network
+/// namespace, no networking), with `--live-restore` so its containers outlive its
 /// restarts; the base test image loaded. Stopped, with its containers
 /// removed, on drop.
 struct SecondEngine {
@@ -336,7 +336,11 @@ impl SecondEngine {
             .append(true)
             .open(dir.join("dockerd.log"))
             .unwrap();
-        let child = Command::new("dockerd")
+        // In a network namespace of its own: with --bridge=none dockerd
+        // deletes the host's docker0, which the shared engine's containers
+        // need.
+        let child = Command::new("unshare")
+            .args(["--net", "dockerd"])
             .arg("--data-root")
             .arg(dir.join("data"))
             .arg("--exec-root")
