@@ -20,6 +20,7 @@ use crate::emit::slim::{EmitOptions, emit};
 use crate::image::source::{Admit, TraceDigest, read_session};
 use crate::model::Model;
 use crate::model::report::{Report, Source};
+use crate::place::seccomp::SeccompMode;
 use crate::place::slim::{SafetySet, SlimOptions};
 use crate::session::{Manager, ObserveError, ObserveOptions, SessionView, StreamFilter};
 use crate::store::{OnExisting, SessionExists, SessionRecord, SessionState};
@@ -184,6 +185,7 @@ impl Service {
         if req.policy_toml.len() > 1 << 20 {
             return Err(Status::invalid_argument("policy_toml: at most 1 MiB"));
         }
+        let seccomp = SeccompMode::parse(&req.seccomp).map_err(Status::invalid_argument)?;
         let policy =
             crate::partition::Policy::from_toml(&req.policy_toml).map_err(EmitError::from)?;
         if req.tag.is_empty() {
@@ -208,6 +210,7 @@ impl Service {
             allow_incomplete: req.allow_incomplete,
             rpe,
             retag: retag(req.force),
+            seccomp,
         };
         let store = self.manager.store().clone();
         let (tx, rx) = mpsc::channel(16);
@@ -488,6 +491,7 @@ impl Cimplifier for Service {
             allow_incomplete: req.allow_incomplete,
             list_removed: req.list_removed,
             explain,
+            seccomp: SeccompMode::parse(&req.seccomp).map_err(Status::invalid_argument)?,
         };
         let store = self.manager.store().clone();
         let reports = self.state_dir.join("emit-reports");

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::seccomp::{Seccomp, SeccompInputs, SeccompMode};
 use super::state::{StateDir, state_dirs};
 use crate::image::fs::{EntryKind, ImageFs};
 use crate::model::privileged::{Observed, Operation, Uid};
@@ -169,7 +170,14 @@ pub struct Privileges {
     /// privilege: what they need is not granted, as it is not known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_seen: Vec<Exe>,
+    /// The seccomp profile: the syscalls allowed, each with its evidence.
+    #[serde(default)]
+    pub seccomp: Seccomp,
 }
+
+/// The file name the slim image's `docker run` line gives its profile;
+/// `cimplifierctl emit --out DIR` writes it there.
+pub const SECCOMP_FILE: &str = "seccomp.json";
 
 /// At most this many pieces of evidence are kept per capability.
 const EVIDENCE_KEPT: usize = 8;
@@ -189,6 +197,9 @@ pub struct Context<'a> {
     pub anonymous_volumes: bool,
     /// Runs the RPE server (callees started for callers in other partitions).
     pub rpe_server: bool,
+    /// Runs RPE stubs (calls into other partitions).
+    pub rpe_stub: bool,
+    pub seccomp: SeccompMode,
 }
 
 /// The uid `user` names in the image (`name`, `uid`, `name:group`,
@@ -528,6 +539,7 @@ impl Rules<'_> {
 
 /// What the image holding `exes` may do.
 pub fn privileges(model: &Model, exes: &BTreeSet<Exe>, ctx: &Context<'_>) -> Privileges {
+    let all_exes = exes;
     // A process whose exec was not seen (the runtime's `runc:[2:INIT]`,
     // which sets up the container before its program runs) is not a
     // program of the image: the capabilities it uses are the runtime's.
@@ -580,6 +592,16 @@ pub fn privileges(model: &Model, exes: &BTreeSet<Exe>, ctx: &Context<'_>) -> Pri
     for list in out.capabilities.values_mut() {
         list.sort();
     }
+    out.seccomp = super::seccomp::seccomp(
+        model,
+        all_exes,
+        SeccompInputs {
+            mode: ctx.seccomp,
+            no_new_privileges: out.no_new_privileges,
+            rpe_server: ctx.rpe_server,
+            rpe_stub: ctx.rpe_stub,
+        },
+    );
     rules.out
 }
 
@@ -592,6 +614,12 @@ impl Privileges {
         }
         if self.no_new_privileges {
             f.extend(["--security-opt".to_owned(), "no-new-privileges".to_owned()]);
+        }
+        if self.seccomp.applies() {
+            f.extend([
+                "--security-opt".to_owned(),
+                format!("seccomp={SECCOMP_FILE}"),
+            ]);
         }
         if self.root.read_only {
             f.push("--read-only".to_owned());
@@ -634,7 +662,7 @@ impl Privileges {
             ),
         };
         format!(
-            "capabilities {} of Docker's {}: [{}]; no-new-privileges {}; read-only root {}{warning}",
+            "capabilities {} of Docker's {}: [{}]; no-new-privileges {}; read-only root {}{warning}; {}",
             caps.len(),
             DOCKER_DEFAULT_CAPABILITIES,
             caps.join(", "),
@@ -651,7 +679,8 @@ impl Privileges {
                         .collect::<Vec<_>>()
                         .join("; ")
                 )
-            }
+            },
+            self.seccomp.summary()
         )
     }
 }
@@ -684,6 +713,8 @@ pub fn of_plan(
                 plan_volumes: &volumes,
                 anonymous_volumes: false,
                 rpe_server: serves,
+                rpe_stub: plan.rpe.iter().any(|e| &e.caller_partition == name),
+                seccomp: SeccompMode::Enforce,
             };
             (name.clone(), privileges(model, &contents.executables, &ctx))
         })

@@ -115,6 +115,8 @@ impl Case {
             plan_volumes: &self.volumes,
             anonymous_volumes: self.anonymous,
             rpe_server: self.rpe,
+            rpe_stub: false,
+            seccomp: crate::place::seccomp::SeccompMode::Enforce,
         };
         privileges(&self.model, &self.model.executables(), &ctx)
     }
