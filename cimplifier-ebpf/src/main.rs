@@ -377,15 +377,19 @@ const ORIG_AX: usize = 15;
 #[inline(always)]
 fn note_syscall(cgroup: u64, nr: u32) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let (word, bit) = ((nr / 64) as usize, 1u64 << (nr % 64));
     if nr < SYSCALL_BITMAP_BITS {
+        // The compiler knows nr's bound from the test above and would drop
+        // the mask, recomputing the index from an unbounded copy the
+        // verifier refuses: read it back opaquely so the mask stays.
+        let word = unsafe { ptr::read_volatile(&(nr >> 6)) } as usize & (SYSCALL_BITMAP_WORDS - 1);
+        let bit = 1u64 << (nr & 63);
         let mut seen = unsafe { SYSCALLS_SEEN.get_ptr_mut(&tgid) };
         if seen.is_none() {
             let _ = SYSCALLS_SEEN.insert(&tgid, &[0; SYSCALL_BITMAP_WORDS], 0);
             seen = unsafe { SYSCALLS_SEEN.get_ptr_mut(&tgid) };
         }
         if let Some(words) = seen {
-            let w = unsafe { &mut (*words)[word & (SYSCALL_BITMAP_WORDS - 1)] };
+            let w = unsafe { &mut (*words)[word] };
             if *w & bit != 0 {
                 return;
             }

@@ -417,6 +417,10 @@ pub async fn emit(
         ("io.cimplifier.trace", trace_sha),
         ("io.cimplifier.policy", "all-one-context".to_owned()),
         (
+            privileges::HARDENING_LABEL,
+            serde_json::to_string(&privileges.hardening()).expect("the hardening serialises"),
+        ),
+        (
             "io.cimplifier.version",
             env!("CARGO_PKG_VERSION").to_owned(),
         ),

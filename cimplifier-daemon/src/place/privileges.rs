@@ -175,6 +175,24 @@ pub struct Privileges {
     pub seccomp: Seccomp,
 }
 
+/// The label of a slim image holding its [`Hardening`] as JSON, which
+/// `verify --image` starts it with.
+pub const HARDENING_LABEL: &str = "io.cimplifier.hardening";
+
+/// What a container of the image is created with to apply the
+/// privileges, as the engine's API takes it (the seccomp profile inline).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hardening {
+    /// Added after dropping every capability.
+    pub cap_add: Vec<String>,
+    pub security_opt: Vec<String>,
+    pub read_only: bool,
+    /// `DIR` -> `mode=...,uid=...,gid=...`.
+    pub tmpfs: BTreeMap<String, String>,
+    /// Anonymous volumes.
+    pub volumes: Vec<ContainerPath>,
+}
+
 /// The file name the slim image's `docker run` line gives its profile;
 /// `cimplifierctl emit --out DIR` writes it there.
 pub const SECCOMP_FILE: &str = "seccomp.json";
@@ -631,6 +649,47 @@ impl Privileges {
             }
         }
         f
+    }
+
+    /// The settings a container is created with to apply them.
+    pub fn hardening(&self) -> Hardening {
+        let mut security_opt = Vec::new();
+        if self.no_new_privileges {
+            security_opt.push("no-new-privileges:true".to_owned());
+        }
+        if let Some(profile) = self.seccomp.profile() {
+            security_opt.push(format!(
+                "seccomp={}",
+                serde_json::to_string(&profile).expect("a profile serialises")
+            ));
+        }
+        Hardening {
+            cap_add: self
+                .capabilities
+                .keys()
+                .map(|c| c.name().to_owned())
+                .collect(),
+            security_opt,
+            read_only: self.root.read_only,
+            tmpfs: if self.root.read_only {
+                self.root
+                    .tmpfs
+                    .iter()
+                    .filter_map(|t| {
+                        let spec = t.spec();
+                        let (dir, opts) = spec.split_once(':')?;
+                        Some((dir.to_owned(), opts.to_owned()))
+                    })
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
+            volumes: if self.root.read_only {
+                self.root.volumes.clone()
+            } else {
+                Vec::new()
+            },
+        }
     }
 
     /// Why `cap` is granted, or that it is not.
