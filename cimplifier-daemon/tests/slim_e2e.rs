@@ -691,6 +691,13 @@ fn nginx_static_site() {
         assert!(!allowed.contains(&refused), "{refused} allowed");
     }
     assert!(allowed.len() < 150, "{} allowed", allowed.len());
+    // runc's stages in the cgroup are the runtime, not unknown programs.
+    assert_eq!(
+        e.report["privileges"]["seccomp"].get("not_seen"),
+        None,
+        "{}",
+        e.report["privileges"]["seccomp"]
+    );
     let explain = ctl(&e.daemon)
         .args(["emit"])
         .arg(e.report["container"].as_str().unwrap())

@@ -32,6 +32,8 @@ const ENFORCE: SeccompInputs = SeccompInputs {
 /// not seen, made its own calls before.
 fn nginx_model() -> Model {
     Model::from_events(&[
+        seen(8, "runc", 165),
+        seen(9, "runc:[1:CHILD]", 165),
         seen(10, "runc:[2:INIT]", 165), // mount: the runtime's, before the filter
         exec(10, "/usr/sbin/nginx"),
         seen(10, "nginx", 49),  // bind
