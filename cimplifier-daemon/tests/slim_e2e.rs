@@ -685,7 +685,10 @@ fn nginx_static_site() {
         .map(|n| n.as_str().unwrap())
         .collect();
     for needed in ["bind", "accept4", "epoll_wait", "execve", "setuid"] {
-        assert!(allowed.contains(&needed), "{needed} not allowed: {allowed:?}");
+        assert!(
+            allowed.contains(&needed),
+            "{needed} not allowed: {allowed:?}"
+        );
     }
     for refused in ["ptrace", "mount", "kexec_load", "bpf"] {
         assert!(!allowed.contains(&refused), "{refused} allowed");

@@ -29,12 +29,9 @@ pub async fn create(
         image: Some(image.to_owned()),
         tty: runtime.tty.then_some(true),
         open_stdin: runtime.stdin_open.then_some(true),
-        volumes: hardening.as_ref().map(|h| {
-            h.volumes
-                .iter()
-                .map(|v| v.to_string())
-                .collect()
-        }),
+        volumes: hardening
+            .as_ref()
+            .map(|h| h.volumes.iter().map(|v| v.to_string()).collect()),
         host_config: Some(HostConfig {
             init: runtime.init.then_some(true),
             cap_drop: hardening.as_ref().map(|_| vec!["ALL".to_owned()]),

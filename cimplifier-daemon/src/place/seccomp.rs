@@ -9,7 +9,19 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Exe, Model};
+use crate::model::{Access, Exe, Model, Resource};
+use crate::trace::ContainerPath;
+
+/// The calls that remove a name, granted to an executable that created
+/// one (see [`Grant::MayRemove`]).
+const REMOVE: &[&str] = &["unlink", "unlinkat"];
+
+/// Names under the kernel's file systems, which programs do not make.
+fn kernel_fs(p: &ContainerPath) -> bool {
+    ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|d| p.is_under(&ContainerPath::new(d).expect("absolute")))
+}
 
 /// A syscall ABI a profile is written for. Only x86_64 is traced today;
 /// arm64 needs its own tables here and the tracer's numbers for it.
@@ -249,27 +261,36 @@ impl SeccompMode {
 
 /// Why a syscall is allowed.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "by", content = "exe")]
+#[serde(rename_all = "snake_case", tag = "by")]
 pub enum Grant {
     /// An executable of the image was seen making it.
-    Made(Exe),
+    Made { exe: Exe },
     /// The OCI runtime makes it after installing the filter.
     Runtime,
     /// The RPE server needs it.
     RpeServer,
     /// The RPE stub needs it.
     RpeStub,
+    /// The executable created files (`created` is the first): what a
+    /// program makes it later removes, at a restart, a shutdown or on a
+    /// pass the observed run did not reach (redis removes its old
+    /// append-only files after its second rewrite, nginx its pid file at
+    /// exit), as its state directories are kept whole for files.
+    MayRemove { exe: Exe, created: ContainerPath },
 }
 
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Grant::Made(exe) => write!(f, "{exe} made it"),
+            Grant::Made { exe } => write!(f, "{exe} made it"),
             Grant::Runtime => {
                 f.write_str("the OCI runtime (runc) makes it after installing the filter")
             }
             Grant::RpeServer => f.write_str("the RPE server needs it"),
             Grant::RpeStub => f.write_str("the RPE stub needs it"),
+            Grant::MayRemove { exe, created } => {
+                write!(f, "{exe} created {created}, and may remove what it made")
+            }
         }
     }
 }
@@ -336,13 +357,35 @@ pub fn seccomp(model: &Model, exes: &BTreeSet<Exe>, inputs: SeccompInputs) -> Se
         .collect();
     for (nr, by) in model.syscalls(&observed) {
         match arch.name(nr) {
-            Some(name) => out
-                .allowed
-                .entry(name.to_owned())
-                .or_default()
-                .extend(by.into_iter().take(MADE_BY_KEPT).map(Grant::Made)),
+            Some(name) => out.allowed.entry(name.to_owned()).or_default().extend(
+                by.into_iter()
+                    .take(MADE_BY_KEPT)
+                    .map(|exe| Grant::Made { exe }),
+            ),
             None => {
                 out.unnamed.insert(nr, by.into_iter().collect());
+            }
+        }
+    }
+    for exe in &observed {
+        let created =
+            model
+                .uses(std::slice::from_ref(exe))
+                .into_iter()
+                .find_map(|(r, a)| match r {
+                    Resource::Path(p) if a.contains(&Access::Create) && !kernel_fs(&p) => Some(p),
+                    _ => None,
+                });
+        if let Some(created) = created {
+            for name in REMOVE {
+                let grant = Grant::MayRemove {
+                    exe: exe.clone(),
+                    created: created.clone(),
+                };
+                let grants = out.allowed.entry((*name).to_owned()).or_default();
+                if grants.len() < MADE_BY_KEPT {
+                    grants.push(grant);
+                }
             }
         }
     }
@@ -422,7 +465,9 @@ impl Seccomp {
             .filter(|n| !self.allowed.contains_key(**n))
             .map(|n| (*n).to_owned())
             .collect();
-        if self.mode == SeccompMode::Enforce && !enosys.is_empty() {
+        // In a trial too: it shows what enforcing would refuse, and clone3
+        // would not be refused with EPERM.
+        if !enosys.is_empty() {
             syscalls.push(Rule {
                 names: enosys,
                 action: "SCMP_ACT_ERRNO".to_owned(),

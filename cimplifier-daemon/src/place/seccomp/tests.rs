@@ -47,7 +47,12 @@ fn the_profile_allows_what_was_seen_and_what_the_runtime_makes_and_no_more() {
     let m = nginx_model();
     let s = seccomp(&m, &m.executables(), ENFORCE);
     assert!(s.allowed.contains_key("bind") && s.allowed.contains_key("accept4"));
-    assert_eq!(s.allowed["bind"], [Grant::Made(exe("/usr/sbin/nginx"))]);
+    assert_eq!(
+        s.allowed["bind"],
+        [Grant::Made {
+            exe: exe("/usr/sbin/nginx")
+        }]
+    );
     assert!(
         !s.allowed.contains_key("mount"),
         "the runtime's own set-up before the filter is no evidence"
@@ -116,9 +121,10 @@ fn log_mode_logs_off_mode_and_no_evidence_write_nothing() {
     assert_eq!(profile.default_action, "SCMP_ACT_LOG");
     assert_eq!(
         profile.syscalls.len(),
-        1,
-        "nothing refused, not even clone3"
+        2,
+        "the trial refuses clone3 as enforcing would"
     );
+    assert_eq!(profile.syscalls[1].errno_ret, Some(38));
     let off = seccomp(
         &m,
         &m.executables(),
@@ -178,7 +184,40 @@ fn a_partition_gets_only_its_executables_syscalls() {
         seen(12, "nginx", 62),
     ]);
     let s = seccomp(&m, &m.executables(), ENFORCE);
-    assert_eq!(s.allowed["kill"], [Grant::Made(exe("/usr/sbin/nginx"))]);
+    assert_eq!(
+        s.allowed["kill"],
+        [Grant::Made {
+            exe: exe("/usr/sbin/nginx")
+        }]
+    );
+}
+
+#[test]
+fn a_program_that_created_files_may_remove_them() {
+    let m = Model::from_events(&[
+        exec(10, "/usr/bin/redis-server"),
+        crate::testing::open(10, "/var/lib/redis/appendonly.aof.1.incr.aof", 0o101),
+        seen(10, "redis-server", 2),
+        exec(11, "/usr/bin/reader"),
+        crate::testing::open(11, "/etc/passwd", 0),
+    ]);
+    let s = seccomp(&m, &m.executables(), ENFORCE);
+    for name in ["unlink", "unlinkat"] {
+        assert_eq!(
+            s.allowed[name],
+            [Grant::MayRemove {
+                exe: exe("/usr/bin/redis-server"),
+                created: p("/var/lib/redis/appendonly.aof.1.incr.aof"),
+            }],
+            "{name}"
+        );
+    }
+    assert!(
+        s.explain("unlink")
+            .contains("/usr/bin/redis-server created /var/lib/redis/appendonly.aof.1.incr.aof")
+    );
+    let reader = seccomp(&m, &BTreeSet::from([exe("/usr/bin/reader")]), ENFORCE);
+    assert!(!reader.allowed.contains_key("unlink"), "it created nothing");
 }
 
 #[test]
