@@ -116,6 +116,7 @@ async fn run(name: &str, state: &Path) -> Result<()> {
         allow_incomplete: false,
         list_removed: false,
         explain: Vec::new(),
+        seccomp: cimplifier::place::seccomp::SeccompMode::Enforce,
     };
     let (mut read, mut plan, mut write, mut load, mut total, mut save) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);
