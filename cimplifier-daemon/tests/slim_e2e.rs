@@ -386,6 +386,13 @@ fn report_sizes(case: &Case, report: &Value) -> f64 {
         report["kept_files"],
         report["source_files"],
     );
+    println!(
+        "{}: syscalls allowed: {}",
+        case.name,
+        report["privileges"]["seccomp"]["allowed"]
+            .as_object()
+            .map_or(0, |a| a.len())
+    );
     // What each keep reason costs in the layer: a 512-byte header per
     // entry and its content padded to 512 (PAX records left out).
     let mut by_reason: std::collections::BTreeMap<String, (u64, u64, u64)> = Default::default();

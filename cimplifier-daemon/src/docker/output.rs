@@ -74,9 +74,14 @@ async fn hardening_of(docker: &Docker, image: &str) -> Result<Option<Hardening>>
     else {
         return Ok(None);
     };
-    serde_json::from_str(&json)
-        .map(Some)
-        .with_context(|| format!("{image}: its label {HARDENING_LABEL} is not what emit writes"))
+    let hardening: Hardening = serde_json::from_str(&json)
+        .with_context(|| format!("{image}: its label {HARDENING_LABEL} is not what emit writes"))?;
+    hardening.check().map_err(|why| {
+        anyhow::anyhow!(
+            "{image}: its label {HARDENING_LABEL} asks for more than emit grants: {why}"
+        )
+    })?;
+    Ok(Some(hardening))
 }
 
 /// Removes container `name`, running or not; one already gone is fine.

@@ -193,6 +193,30 @@ pub struct Hardening {
     pub volumes: Vec<ContainerPath>,
 }
 
+impl Hardening {
+    /// Refuses what emit never writes: an image's label is input, and
+    /// must not widen a container beyond what the rules can grant (a
+    /// capability no rule grants, `seccomp=unconfined`, another option).
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(cap) = self
+            .cap_add
+            .iter()
+            .find(|c| Capability::from_name(c).is_none())
+        {
+            return Err(format!("capability {cap:?} is none the rules grant"));
+        }
+        if let Some(opt) = self.security_opt.iter().find(|o| {
+            *o != "no-new-privileges:true"
+                && !o
+                    .strip_prefix("seccomp=")
+                    .is_some_and(|p| p.starts_with('{'))
+        }) {
+            return Err(format!("security option {opt:?} is none emit writes"));
+        }
+        Ok(())
+    }
+}
+
 /// The file name the slim image's `docker run` line gives its profile;
 /// `cimplifierctl emit --out DIR` writes it there.
 pub const SECCOMP_FILE: &str = "seccomp.json";
