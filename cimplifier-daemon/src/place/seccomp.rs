@@ -12,6 +12,23 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Access, Exe, Model, Resource};
 use crate::trace::ContainerPath;
 
+/// Calls an executable makes at a moment a run may not reach, implied by
+/// what it was seen making (an empty trigger: by any call): see
+/// [`Grant::Implied`].
+const IMPLIED: &[(&[&str], &[&str], &str)] = &[
+    (&[], &["exit", "exit_group"], "runs, so it ends"),
+    (
+        &["rt_sigaction"],
+        &["rt_sigreturn"],
+        "installed a signal handler, and returns from it",
+    ),
+    (
+        &["clone", "clone3", "fork", "vfork"],
+        &["wait4", "waitid"],
+        "starts processes, and reaps them",
+    ),
+];
+
 /// The calls that remove a name, granted to an executable that created
 /// one (see [`Grant::MayRemove`]).
 const REMOVE: &[&str] = &["unlink", "unlinkat"];
@@ -277,6 +294,13 @@ pub enum Grant {
     /// append-only files after its second rewrite, nginx its pid file at
     /// exit), as its state directories are kept whole for files.
     MayRemove { exe: Exe, created: ContainerPath },
+    /// What an observed call implies the executable makes at a moment the
+    /// run may not have reached: it ends (exit_group), it returns from the
+    /// signal handler it installed, it reaps the child it started. A redis
+    /// observed while its rewrite child still ran never showed its
+    /// exit_group nor redis's wait4; refused, the child cannot end and the
+    /// rewrite never finishes.
+    Implied { exe: Exe, because: String },
 }
 
 impl fmt::Display for Grant {
@@ -288,6 +312,7 @@ impl fmt::Display for Grant {
             }
             Grant::RpeServer => f.write_str("the RPE server needs it"),
             Grant::RpeStub => f.write_str("the RPE stub needs it"),
+            Grant::Implied { exe, because } => write!(f, "{exe} {because}"),
             Grant::MayRemove { exe, created } => {
                 write!(f, "{exe} created {created}, and may remove what it made")
             }
@@ -364,6 +389,32 @@ pub fn seccomp(model: &Model, exes: &BTreeSet<Exe>, inputs: SeccompInputs) -> Se
             ),
             None => {
                 out.unnamed.insert(nr, by.into_iter().collect());
+            }
+        }
+    }
+    let made = model.syscalls(&observed);
+    for exe in &observed {
+        let made_any = |names: &[&str]| {
+            names.iter().any(|n| {
+                arch.number(n)
+                    .and_then(|nr| made.get(&nr))
+                    .is_some_and(|by| by.contains(exe))
+            })
+        };
+        if !made.values().any(|by| by.contains(exe)) {
+            continue;
+        }
+        for (trigger, implied, because) in IMPLIED {
+            if trigger.is_empty() || made_any(trigger) {
+                for name in *implied {
+                    let grants = out.allowed.entry((*name).to_owned()).or_default();
+                    if grants.len() < MADE_BY_KEPT {
+                        grants.push(Grant::Implied {
+                            exe: exe.clone(),
+                            because: (*because).to_owned(),
+                        });
+                    }
+                }
             }
         }
     }

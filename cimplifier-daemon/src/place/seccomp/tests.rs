@@ -193,6 +193,49 @@ fn a_partition_gets_only_its_executables_syscalls() {
 }
 
 #[test]
+fn what_an_observed_call_implies_is_allowed() {
+    // redis was seen forking its rewrite child and installing handlers,
+    // but the run ended before the child exited and before any signal.
+    let m = Model::from_events(&[
+        exec(10, "/usr/bin/redis-server"),
+        seen(10, "redis-server", 13), // rt_sigaction
+        seen(10, "redis-server", 56), // clone
+        exec(11, "/usr/bin/quiet"),
+        seen(11, "quiet", 0),
+    ]);
+    let s = seccomp(&m, &m.executables(), ENFORCE);
+    let by = |name: &str| -> Vec<String> {
+        s.allowed
+            .get(name)
+            .map(|g| g.iter().map(Grant::to_string).collect())
+            .unwrap_or_default()
+    };
+    for name in ["exit_group", "exit"] {
+        assert!(
+            by(name).contains(&"/usr/bin/redis-server runs, so it ends".to_owned()),
+            "{name}"
+        );
+        assert!(
+            by(name).contains(&"/usr/bin/quiet runs, so it ends".to_owned()),
+            "{name}"
+        );
+    }
+    assert!(
+        by("wait4").contains(&"/usr/bin/redis-server starts processes, and reaps them".to_owned())
+    );
+    assert!(
+        by("rt_sigreturn")
+            .iter()
+            .any(|g| g.contains("/usr/bin/redis-server installed a signal handler"))
+    );
+    assert!(
+        !by("wait4").iter().any(|g| g.contains("quiet")),
+        "quiet starts nothing: {:?}",
+        by("wait4")
+    );
+}
+
+#[test]
 fn a_program_that_created_files_may_remove_them() {
     let m = Model::from_events(&[
         exec(10, "/usr/bin/redis-server"),
