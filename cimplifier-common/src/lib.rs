@@ -44,6 +44,10 @@ pub enum RecordKind {
     /// exec'd). Stands in for [`RecordKind::ExecArgs`] names that could not
     /// be read at entry.
     ExecImage = 6,
+    /// A [`SyscallSeenRecord`]: the first time since its exec (or since
+    /// the watch began) that a process made a syscall number, traced or
+    /// not. Evidence for its seccomp profile; repeats send nothing.
+    SyscallSeen = 7,
 }
 
 impl RecordKind {
@@ -54,6 +58,7 @@ impl RecordKind {
             4 => Self::Exit,
             5 => Self::ExecArgs,
             6 => Self::ExecImage,
+            7 => Self::SyscallSeen,
             _ => return None,
         })
     }
@@ -143,6 +148,24 @@ pub struct ForkRecord {
 pub struct ExitRecord {
     pub header: RecordHeader,
     pub group_dead: u32,
+    pub _pad: u32,
+}
+
+/// Syscall numbers a process's seen-bitmap holds, one bit each: every
+/// x86_64 number (the table ends below 512). A higher number (an x32 call,
+/// or a bad number) is sent every time it is made, never folded away.
+pub const SYSCALL_BITMAP_BITS: u32 = 512;
+/// Words of that bitmap.
+pub const SYSCALL_BITMAP_WORDS: usize = SYSCALL_BITMAP_BITS as usize / 64;
+
+/// A process made syscall `nr` for the first time since its exec; sent at
+/// sys_enter, so before that call's own [`SyscallRecord`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SyscallSeenRecord {
+    pub header: RecordHeader,
+    /// The syscall number as the kernel received it (x86_64 ABI).
+    pub nr: u32,
     pub _pad: u32,
 }
 

@@ -117,6 +117,7 @@ async fn run(name: &str, state: &Path) -> Result<()> {
         list_removed: false,
         explain: Vec::new(),
         push: None,
+        seccomp: cimplifier::place::seccomp::SeccompMode::Enforce,
     };
     let (mut read, mut plan, mut write, mut load, mut total, mut save) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);

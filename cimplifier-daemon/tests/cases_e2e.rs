@@ -194,11 +194,15 @@ fn slim_case<C: CrashCheck>(
         plans: vec![],
         images: vec![tag.clone()],
     };
+    // --out gets the seccomp profile the report's docker run line names.
+    let out = tempfile::tempdir().unwrap();
     let report: serde_json::Value = serde_json::from_str(&stdout_of(&d.ctl(&[
         "emit",
         &original.0,
         "--tag",
         &tag,
+        "--out",
+        out.path().to_str().unwrap(),
         "--json",
     ])))
     .unwrap();
@@ -211,7 +215,21 @@ fn slim_case<C: CrashCheck>(
         report["source_files"]
     );
     verify(&d, &original.0, &["--image", &tag], script);
-    let slim = Container::create(&format!("cases-{case}-slim"), &[&tag]);
+    // Hardened as the report's docker run line says: capabilities,
+    // no-new-privileges, read-only root, seccomp profile.
+    let line = report["docker_run"].as_str().unwrap();
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[..3], ["docker", "run", "-d"], "{line}");
+    assert!(line.contains(" --security-opt seccomp="), "{line}");
+    println!(
+        "{case}: {line}; {}",
+        report["privileges"]["seccomp"]["allowed"]
+            .as_object()
+            .map_or(0, |a| a.len())
+    );
+    let mut args: Vec<&str> = words[3..words.len() - 1].to_vec();
+    args.push(&tag);
+    let slim = Container::create(&format!("cases-{case}-slim"), &args);
     docker(&["start", &slim.0]);
     let mut target = Single(slim.0.clone());
     let mut output_crash = crash();

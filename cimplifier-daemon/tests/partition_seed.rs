@@ -101,6 +101,32 @@ fn a_shared_volume_holds_the_source_content_when_its_writer_starts_first() {
         println!("{}: {host}; {}", p.name, p.privileges.summary());
         assert!(host.starts_with("[\"ALL\"] "), "{host}");
         assert!(host.contains("no-new-privileges:true"), "{host}");
+        // Each ran (and the shell read through the reader) under its own
+        // seccomp profile: its executables' syscalls, runc's after the
+        // filter, and the RPE stub's or server's.
+        assert!(
+            host.contains("seccomp=") && host.contains("SCMP_ACT_ERRNO"),
+            "{} has no seccomp profile of ours: {host}",
+            p.name
+        );
+        let seccomp = &p.privileges.seccomp;
+        assert!(
+            p.privileges.summary().contains("syscalls allowed: "),
+            "{}",
+            p.privileges.summary()
+        );
+        let rpe = if p.serves.is_empty() {
+            "the RPE stub needs it"
+        } else {
+            "the RPE server needs it"
+        };
+        assert!(
+            seccomp.explain("connect").contains(rpe) || seccomp.explain("accept4").contains(rpe),
+            "{}: {:?}",
+            p.name,
+            seccomp.allowed.keys().collect::<Vec<_>>()
+        );
+        assert!(!seccomp.allowed.contains_key("ptrace"), "{}", p.name);
         assert!(
             host.ends_with(" true"),
             "{} is not read-only: {host}",

@@ -180,10 +180,13 @@ fn observe_and_emit(case: &Case) -> (Vec<Answers>, Emitted) {
 
     let tag = format!("cimplifier-e2e/{}:slim", case.name);
     let oci_dir = work.path().join("oci");
+    // --out gets the seccomp profile the report's docker run line names.
     let emit = ctl(&daemon)
         .args(["emit", &name, "--tag", &tag])
         .arg("--oci-dir")
         .arg(&oci_dir)
+        .arg("--out")
+        .arg(work.path().join("out"))
         .arg("--json")
         .output()
         .unwrap();
@@ -287,7 +290,12 @@ fn probe_dir(image: &str, work: &Path) -> PathBuf {
     let name = format!("cimplifier-e2e-probe-{}", std::process::id());
     let _c = Container(name.clone());
     docker(&["create", "--name", &name, image]);
-    for prog in ["/usr/bin/touch", "/usr/sbin/chroot", "/usr/bin/true"] {
+    for prog in [
+        "/usr/bin/touch",
+        "/usr/sbin/chroot",
+        "/usr/bin/true",
+        "/usr/bin/sync",
+    ] {
         docker(&["cp", &format!("{name}:{prog}"), dir.to_str().unwrap()]);
     }
     dir
@@ -307,8 +315,9 @@ fn exec_in(container: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
-/// In the hardened slim container a dropped capability is refused and the
-/// root is read-only; the same commands succeed in the same image run
+/// In the hardened slim container a dropped capability is refused, the
+/// root is read-only and a syscall no executable made is refused by the
+/// seccomp profile; the same commands succeed in the same image run
 /// without the privilege flags (the positive control).
 fn hardening_holds(case: &Case, e: &Emitted, work: &Path) {
     let probe = probe_dir(case.image, work);
@@ -327,6 +336,42 @@ fn hardening_holds(case: &Case, e: &Emitted, work: &Path) {
     assert!(ok, "touch failed without the privilege flags: {said}");
     let (ok, said) = exec_in(&hard.0, &touch);
     assert!(!ok && said.contains("Read-only file system"), "{said}");
+    // syncfs: no observed executable made it, and no capability guards it.
+    let syncfs = ["/cimplifier-probe/sync", "--file-system", "/"];
+    let (ok, said) = exec_in(&soft.0, &syncfs);
+    assert!(ok, "syncfs failed without the privilege flags: {said}");
+    let (ok, said) = exec_in(&hard.0, &syncfs);
+    assert!(!ok && said.contains("Operation not permitted"), "{said}");
+    assert!(
+        e.report["privileges"]["seccomp"]["allowed"]
+            .get("syncfs")
+            .is_none(),
+        "the probe's syscall was observed after all"
+    );
+}
+
+/// The report's seccomp profile: what it allows, written where the
+/// `docker run` line says, and the same bytes as the report describes.
+fn seccomp_profile(e: &Emitted) -> Value {
+    let run = e.report["docker_run"].as_str().unwrap();
+    let file = run
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("seccomp="))
+        .unwrap_or_else(|| panic!("no seccomp profile in {run}"));
+    assert!(Path::new(file).is_absolute(), "{run}");
+    let profile: Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO", "{profile}");
+    let allowed = profile["syscalls"][0]["names"].as_array().unwrap();
+    let in_report = e.report["privileges"]["seccomp"]["allowed"]
+        .as_object()
+        .unwrap();
+    assert_eq!(allowed.len(), in_report.len());
+    println!(
+        "{}: syscalls allowed: {} (Docker's default allows 292)",
+        e.tag,
+        allowed.len()
+    );
+    profile
 }
 
 fn report_sizes(case: &Case, report: &Value) -> f64 {
@@ -340,6 +385,13 @@ fn report_sizes(case: &Case, report: &Value) -> f64 {
         case.paper_percent,
         report["kept_files"],
         report["source_files"],
+    );
+    println!(
+        "{}: syscalls allowed: {}",
+        case.name,
+        report["privileges"]["seccomp"]["allowed"]
+            .as_object()
+            .map_or(0, |a| a.len())
     );
     // What each keep reason costs in the layer: a 512-byte header per
     // entry and its content padded to 512 (PAX records left out).
@@ -631,6 +683,54 @@ fn nginx_static_site() {
         text.contains("cap:SYS_CHROOT: dropped: no observed operation needs it"),
         "{text}"
     );
+    // Seccomp: what nginx made, what runc makes after the filter, no more.
+    let profile = seccomp_profile(&e);
+    let allowed: Vec<&str> = profile["syscalls"][0]["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    for needed in ["bind", "accept4", "epoll_wait", "execve", "setuid"] {
+        assert!(
+            allowed.contains(&needed),
+            "{needed} not allowed: {allowed:?}"
+        );
+    }
+    for refused in ["ptrace", "mount", "kexec_load", "bpf"] {
+        assert!(!allowed.contains(&refused), "{refused} allowed");
+    }
+    assert!(allowed.len() < 150, "{} allowed", allowed.len());
+    // runc's stages in the cgroup are the runtime, not unknown programs.
+    assert_eq!(
+        e.report["privileges"]["seccomp"].get("not_seen"),
+        None,
+        "{}",
+        e.report["privileges"]["seccomp"]
+    );
+    let explain = ctl(&e.daemon)
+        .args(["emit"])
+        .arg(e.report["container"].as_str().unwrap())
+        .args([
+            "--tag",
+            &e.tag,
+            "--explain",
+            "syscall:bind",
+            "--explain",
+            "syscall:ptrace",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(
+        text.contains("syscall:bind: allowed: /usr/sbin/nginx made it"),
+        "{text}"
+    );
+    assert!(
+        text.contains("syscall:ptrace: refused: no observed executable made it"),
+        "{text}"
+    );
+    assert!(text.contains("syscalls allowed: "), "{text}");
     hardening_holds(&NGINX, &e, e._work.path());
 }
 

@@ -15,6 +15,9 @@
 //!   (a vfork/posix_spawn child of a large process, a string in a file
 //!   mapping the process never touched).
 //! - `sched_process_fork`/`sched_process_exit` follow the process tree.
+//! - `sys_enter` also sends a `SyscallSeenRecord` the first time a watched
+//!   process makes a syscall number since its exec, traced or not: the
+//!   evidence for seccomp profiles (`SYSCALLS_SEEN`).
 //!
 //! Every dropped record is counted in `COUNTERS`, and, for the cgroup it
 //! belonged to, in `CGROUP_LOSS`, so that one noisy container's losses do
@@ -40,7 +43,8 @@ use aya_ebpf::{
 };
 use cimplifier_common::{
     COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
-    SOCKADDR_MAX, STR_SLOT, SyscallRecord, cgroup_loss, counter, flags,
+    SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SyscallRecord,
+    SyscallSeenRecord, cgroup_loss, counter, flags,
     syscalls::{AddrSource, StrSource, nr, spec},
 };
 
@@ -76,6 +80,14 @@ struct InFlight {
 
 #[map]
 static INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(65536, 0);
+
+/// Per process (tgid): the syscall numbers it made since its exec, one bit
+/// each, so that only the first of each is sent. Cleared at exec, copied
+/// to a forked child (which runs the same program), dropped at exit. An
+/// evicted entry only makes its numbers be sent again.
+#[map]
+static SYSCALLS_SEEN: LruHashMap<u32, [u64; SYSCALL_BITMAP_WORDS]> =
+    LruHashMap::with_max_entries(16384, 0);
 
 /// Scratch records: too large for the 512-byte stack.
 #[map]
@@ -385,11 +397,49 @@ const REG_WORDS: usize = 16;
 const ARG_REGS: [usize; 6] = [14, 13, 12, 7, 9, 8]; // di, si, dx, r10, r8, r9
 const ORIG_AX: usize = 15;
 
+/// Sends a `SyscallSeenRecord` unless the process made `nr` before. A
+/// record the ring buffer refuses is counted as lost by `emit`, and the
+/// bit set anyway: the loss marks the session incomplete.
+#[inline(always)]
+fn note_syscall(cgroup: u64, nr: u32) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if nr < SYSCALL_BITMAP_BITS {
+        // The compiler knows nr's bound from the test above and would drop
+        // the mask, recomputing the index from an unbounded copy the
+        // verifier refuses: read it back opaquely so the mask stays.
+        let word = unsafe { ptr::read_volatile(&(nr >> 6)) } as usize & (SYSCALL_BITMAP_WORDS - 1);
+        let bit = 1u64 << (nr & 63);
+        let mut seen = unsafe { SYSCALLS_SEEN.get_ptr_mut(&tgid) };
+        if seen.is_none() {
+            let _ = SYSCALLS_SEEN.insert(&tgid, &[0; SYSCALL_BITMAP_WORDS], 0);
+            seen = unsafe { SYSCALLS_SEEN.get_ptr_mut(&tgid) };
+        }
+        if let Some(words) = seen {
+            let w = unsafe { &mut (*words)[word] };
+            if *w & bit != 0 {
+                return;
+            }
+            *w |= bit;
+        }
+    }
+    let rec = SyscallSeenRecord {
+        header: header(RecordKind::SyscallSeen, cgroup),
+        nr,
+        _pad: 0,
+    };
+    emit(
+        (&rec as *const SyscallSeenRecord).cast(),
+        core::mem::size_of::<SyscallSeenRecord>(),
+        core::mem::size_of::<SyscallSeenRecord>(),
+    );
+}
+
 fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
     let id: i64 = ctx.arg(1);
     let nr = id as u32;
-    let spec = spec(nr)?;
     let cgroup = watched_cgroup()?;
+    note_syscall(cgroup, nr);
+    let spec = spec(nr)?;
     let regs: *const [u64; REG_WORDS] = ctx.arg(0);
     let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
         count_loss::<{ cgroup_loss::INFLIGHT }>(cgroup, counter::INFLIGHT_FULL);
@@ -562,6 +612,16 @@ fn try_fork(ctx: &TracePointContext) -> Option<()> {
         Some(e) if e.nr == nr::VFORK => CLONE_VM | CLONE_VFORK | SIGCHLD,
         _ => 0,
     };
+    // A new process runs its parent's program: what the parent was seen
+    // making needs no new record.
+    const CLONE_THREAD: u64 = 0x10000;
+    if clone_flags & CLONE_THREAD == 0 {
+        let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if let Some(seen) = unsafe { SYSCALLS_SEEN.get(&parent) } {
+            let seen = *seen;
+            let _ = SYSCALLS_SEEN.insert(&(child_tid as u32), &seen, 0);
+        }
+    }
     let rec = ForkRecord {
         header: header(RecordKind::Fork, cgroup),
         child_tid: child_tid as u32,
@@ -587,6 +647,8 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 /// lies in pages of the new mm that the kernel has just written.
 fn try_exec(ctx: &TracePointContext) -> Option<()> {
     let cgroup = watched_cgroup()?;
+    // A new program: its syscalls are its own evidence.
+    let _ = SYSCALLS_SEEN.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
     let old_tid: i32 = unsafe { ctx.read_at(global(&EXEC_OLD_PID_OFFSET) as usize) }.ok()?;
     let old_tid = old_tid as u32;
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -683,6 +745,9 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let cgroup = watched_cgroup()?;
     let group_dead: u8 =
         unsafe { ctx.read_at(global(&EXIT_GROUP_DEAD_OFFSET) as usize) }.unwrap_or(0);
+    if group_dead != 0 {
+        let _ = SYSCALLS_SEEN.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
+    }
     let rec = ExitRecord {
         header: header(RecordKind::Exit, cgroup),
         group_dead: group_dead as u32,

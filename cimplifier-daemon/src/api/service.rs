@@ -22,6 +22,7 @@ use crate::emit::slim::{EmitOptions, emit};
 use crate::image::source::{Admit, TraceDigest, read_session};
 use crate::model::Model;
 use crate::model::report::{Report, Source};
+use crate::place::seccomp::SeccompMode;
 use crate::place::slim::{SafetySet, SlimOptions};
 use crate::session::{Manager, ObserveError, ObserveOptions, SessionView, StreamFilter};
 use crate::store::{OnExisting, SessionExists, SessionRecord, SessionState};
@@ -218,6 +219,7 @@ impl Service {
         if req.policy_toml.len() > 1 << 20 {
             return Err(Status::invalid_argument("policy_toml: at most 1 MiB"));
         }
+        let seccomp = SeccompMode::parse(&req.seccomp).map_err(Status::invalid_argument)?;
         let policy =
             crate::partition::Policy::from_toml(&req.policy_toml).map_err(EmitError::from)?;
         if req.tag.is_empty() {
@@ -244,6 +246,7 @@ impl Service {
             retag: retag(req.force),
             kubernetes: req.kubernetes,
             push,
+            seccomp,
         };
         let store = self.manager.store().clone();
         let (tx, rx) = mpsc::channel(16);
@@ -558,6 +561,7 @@ impl Cimplifier for Service {
             list_removed: req.list_removed,
             explain,
             push,
+            seccomp: SeccompMode::parse(&req.seccomp).map_err(Status::invalid_argument)?,
         };
         let store = self.manager.store().clone();
         let reports = self.state_dir.join("emit-reports");

@@ -243,6 +243,32 @@ impl ComposeFile {
         Ok((file, plan))
     }
 
+    /// Replaces each `seccomp=FILE` security option (a path, relative to
+    /// `dir`, as Compose takes it) with the profile's content, which is
+    /// what the engine's API takes.
+    pub fn inline_seccomp_profiles(&mut self, dir: &Path) -> Result<()> {
+        for (name, s) in &mut self.services {
+            for opt in &mut s.security_opt {
+                let Some(file) = opt.strip_prefix("seccomp=") else {
+                    continue;
+                };
+                if file == "unconfined" || file.trim_start().starts_with('{') {
+                    continue;
+                }
+                let at = dir.join(file);
+                let profile = std::fs::read_to_string(&at).with_context(|| {
+                    format!(
+                        "service {name}: cannot read its seccomp profile {}; emit --policy \
+                         writes it beside the run plan",
+                        at.display()
+                    )
+                })?;
+                *opt = format!("seccomp={profile}");
+            }
+        }
+        Ok(())
+    }
+
     /// Parses and checks a run plan read from `file`.
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
         let plan: Self = serde_norway::from_str(text).with_context(|| {
@@ -553,6 +579,7 @@ pub async fn up_with(
     progress: &dyn Fn(&str),
 ) -> Result<UpReport> {
     let (file, mut plan) = ComposeFile::load(path)?;
+    plan.inline_seccomp_profiles(file.parent().unwrap_or(Path::new(".")))?;
     let existing = project_containers(docker, &plan.name).await?;
     if !existing.is_empty() {
         bail!(
@@ -1217,6 +1244,31 @@ mod tests {
             .to_string();
         assert!(e.contains("service_healthy"), "{e}");
         assert!(split_volume("v:/x:ro").is_err());
+    }
+
+    #[test]
+    fn up_hands_the_engine_the_seccomp_profile_a_plan_names_by_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "name: x\nservices:\n  a:\n    image: i\n    security_opt:\n    - no-new-privileges:true\n    - seccomp=seccomp-a.json\n";
+        let mut plan = serde_norway::from_str::<ComposeFile>(text).unwrap();
+        let e = plan.inline_seccomp_profiles(dir.path()).unwrap_err();
+        assert!(format!("{e:#}").contains("seccomp-a.json"), "{e:#}");
+        std::fs::write(
+            dir.path().join("seccomp-a.json"),
+            "{\"defaultAction\":\"SCMP_ACT_ERRNO\"}",
+        )
+        .unwrap();
+        plan.inline_seccomp_profiles(dir.path()).unwrap();
+        assert_eq!(
+            plan.services["a"].security_opt,
+            [
+                "no-new-privileges:true",
+                "seccomp={\"defaultAction\":\"SCMP_ACT_ERRNO\"}"
+            ]
+        );
+        // Inlined already (or unconfined): left alone.
+        plan.inline_seccomp_profiles(Path::new("/nonexistent"))
+            .unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@ use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 
 use super::run::{RunSettings, RuntimeSettings};
+use crate::place::privileges::{HARDENING_LABEL, Hardening};
 
 /// How the original container was run, when the engine still has it.
 pub async fn original_runtime(docker: &Docker, container_id: &str) -> Option<RuntimeSettings> {
@@ -23,12 +24,23 @@ pub async fn create(
     image: &str,
     runtime: &RuntimeSettings,
 ) -> Result<String> {
+    let hardening = hardening_of(docker, image).await?;
     let body = ContainerCreateBody {
         image: Some(image.to_owned()),
         tty: runtime.tty.then_some(true),
         open_stdin: runtime.stdin_open.then_some(true),
+        volumes: hardening
+            .as_ref()
+            .map(|h| h.volumes.iter().map(|v| v.to_string()).collect()),
         host_config: Some(HostConfig {
             init: runtime.init.then_some(true),
+            cap_drop: hardening.as_ref().map(|_| vec!["ALL".to_owned()]),
+            cap_add: hardening.as_ref().map(|h| h.cap_add.clone()),
+            security_opt: hardening.as_ref().map(|h| h.security_opt.clone()),
+            readonly_rootfs: hardening.as_ref().map(|h| h.read_only),
+            tmpfs: hardening
+                .as_ref()
+                .map(|h| h.tmpfs.clone().into_iter().collect()),
             ..Default::default()
         }),
         ..Default::default()
@@ -46,6 +58,30 @@ pub async fn create(
             format!("creating container {name} from {image} (was it emitted with --tag {image}?)")
         })?;
     Ok(created.id)
+}
+
+/// The privileges a slim image carries in its label (emit put them
+/// there); None for an image without it (made by an older emit).
+async fn hardening_of(docker: &Docker, image: &str) -> Result<Option<Hardening>> {
+    let inspect = docker
+        .inspect_image(image)
+        .await
+        .with_context(|| format!("inspecting {image} (was it emitted with --tag {image}?)"))?;
+    let Some(json) = inspect
+        .config
+        .and_then(|c| c.labels)
+        .and_then(|mut l| l.remove(HARDENING_LABEL))
+    else {
+        return Ok(None);
+    };
+    let hardening: Hardening = serde_json::from_str(&json)
+        .with_context(|| format!("{image}: its label {HARDENING_LABEL} is not what emit writes"))?;
+    hardening.check().map_err(|why| {
+        anyhow::anyhow!(
+            "{image}: its label {HARDENING_LABEL} asks for more than emit grants: {why}"
+        )
+    })?;
+    Ok(Some(hardening))
 }
 
 /// Removes container `name`, running or not; one already gone is fine.

@@ -19,6 +19,7 @@ use crate::image::fs::ImageFs;
 use crate::image::source::{Admit, SourceSession, TraceDigest, read_session_counting};
 use crate::model::walk;
 use crate::place::privileges::{self, Capability, Privileges};
+use crate::place::seccomp::SeccompMode;
 use crate::place::slim::{
     KeepReason, KeptCodeTree, KeptListedDir, KeptStateDir, SlimOptions, plan,
 };
@@ -48,6 +49,7 @@ pub struct EmitOptions {
     pub explain: Vec<ContainerPath>,
     /// Also push the image to a registry (`emit --push`).
     pub push: Option<super::push::PushTarget>,
+    pub seccomp: SeccompMode,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +171,7 @@ impl EmitReport {
         match what {
             Explained::Path(p) => self.explain(p),
             Explained::Capability(c) => self.privileges.explain(*c),
+            Explained::Syscall(name) => self.privileges.seccomp.explain(name),
         }
     }
 
@@ -209,11 +212,19 @@ pub enum Explained {
     Path(ContainerPath),
     /// `cap:NAME`: why the capability is granted, or that it is dropped.
     Capability(Capability),
+    /// `syscall:NAME`: which executable made it, or that it is refused.
+    Syscall(String),
 }
 
 impl Explained {
-    /// `cap:NET_BIND_SERVICE` or an absolute path.
+    /// `cap:NET_BIND_SERVICE`, `syscall:bind` or an absolute path.
     pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(name) = s.strip_prefix("syscall:") {
+            return crate::place::seccomp::Arch::X86_64
+                .number(name)
+                .map(|_| Self::Syscall(name.to_owned()))
+                .ok_or_else(|| format!("--explain {s}: no such x86_64 syscall"));
+        }
         if let Some(name) = s.strip_prefix("cap:") {
             return Capability::from_name(name)
                 .map(Self::Capability)
@@ -224,9 +235,9 @@ impl Explained {
                     )
                 });
         }
-        ContainerPath::new(s)
-            .map(Self::Path)
-            .ok_or_else(|| format!("--explain {s}: not an absolute path nor cap:NAME"))
+        ContainerPath::new(s).map(Self::Path).ok_or_else(|| {
+            format!("--explain {s}: not an absolute path, cap:NAME nor syscall:NAME")
+        })
     }
 }
 
@@ -235,6 +246,7 @@ impl std::fmt::Display for Explained {
         match self {
             Explained::Path(p) => p.fmt(f),
             Explained::Capability(c) => write!(f, "cap:{c}"),
+            Explained::Syscall(name) => write!(f, "syscall:{name}"),
         }
     }
 }
@@ -394,6 +406,8 @@ pub async fn emit(
             plan_volumes: &BTreeSet::new(),
             anonymous_volumes: true,
             rpe_server: false,
+            rpe_stub: false,
+            seccomp: opts.seccomp,
         },
     );
     let plan_ms = fold_ms + ms(start);
@@ -412,6 +426,10 @@ pub async fn emit(
         ("io.cimplifier.source-ref", info.started.image_ref.clone()),
         ("io.cimplifier.trace", trace_sha),
         ("io.cimplifier.policy", "all-one-context".to_owned()),
+        (
+            privileges::HARDENING_LABEL,
+            serde_json::to_string(&privileges.hardening()).expect("the hardening serialises"),
+        ),
         (
             "io.cimplifier.version",
             env!("CARGO_PKG_VERSION").to_owned(),

@@ -199,6 +199,11 @@ pub struct Model {
     unnamed_listings: u64,
     /// Operations that may need a privilege, with who made them as whom.
     privileged: FxHashSet<privileged::Observed>,
+    /// The syscall numbers each executable was seen making.
+    syscalls: BTreeMap<Exe, BTreeSet<u32>>,
+    /// Whether any `SyscallSeen` event was folded: sessions recorded
+    /// before the tracer sent them have no syscall evidence at all.
+    syscall_evidence: bool,
 }
 
 impl Model {
@@ -260,6 +265,21 @@ impl Model {
                 self.processes.remove(&event.pid);
             }
             EventKind::Exit { .. } => {}
+            EventKind::SyscallSeen { nr, .. } => {
+                self.syscall_evidence = true;
+                let exe = match self.processes.get(&event.pid).and_then(|p| p.exe) {
+                    Some(n) => match &self.graph[n] {
+                        Node::Exe(x) => x.clone(),
+                        Node::Resource(_) => unreachable!("a process runs an executable"),
+                    },
+                    None => {
+                        let exe = unknown_exe(&event.comm);
+                        self.exe_node(&exe);
+                        exe
+                    }
+                };
+                self.syscalls.entry(exe).or_default().insert(*nr);
+            }
             EventKind::Running { exe, .. } => {
                 let exe = exe.as_ref().map(|path| {
                     let node = self.exe_node(&Exe(path.clone()));
@@ -346,6 +366,29 @@ impl Model {
                 op,
             });
         }
+    }
+
+    /// The syscall numbers `exes` made, each with who made it.
+    pub fn syscalls(&self, exes: &BTreeSet<Exe>) -> BTreeMap<u32, BTreeSet<Exe>> {
+        let mut out: BTreeMap<u32, BTreeSet<Exe>> = BTreeMap::new();
+        for (exe, nrs) in self.syscalls.iter().filter(|(e, _)| exes.contains(*e)) {
+            for nr in nrs {
+                out.entry(*nr).or_default().insert(exe.clone());
+            }
+        }
+        out
+    }
+
+    /// Executables (including stand-ins for processes whose exec was not
+    /// seen) that made any syscall.
+    pub fn syscall_makers(&self) -> BTreeSet<Exe> {
+        self.syscalls.keys().cloned().collect()
+    }
+
+    /// Whether the events carried syscall evidence (`SyscallSeen`); logs
+    /// and sessions recorded before the tracer sent it have none.
+    pub fn has_syscall_evidence(&self) -> bool {
+        self.syscall_evidence
     }
 
     /// The operations of `exes` that may need a privilege, in order.

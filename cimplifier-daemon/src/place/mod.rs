@@ -8,5 +8,6 @@ pub mod code_tree;
 pub mod listed;
 pub mod partition;
 pub mod privileges;
+pub mod seccomp;
 pub mod slim;
 pub mod state;

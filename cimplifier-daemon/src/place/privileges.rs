@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::seccomp::{Seccomp, SeccompInputs, SeccompMode};
 use super::state::{StateDir, state_dirs};
 use crate::image::fs::{EntryKind, ImageFs};
 use crate::model::privileged::{Observed, Operation, Uid};
@@ -169,7 +170,56 @@ pub struct Privileges {
     /// privilege: what they need is not granted, as it is not known.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub not_seen: Vec<Exe>,
+    /// The seccomp profile: the syscalls allowed, each with its evidence.
+    #[serde(default)]
+    pub seccomp: Seccomp,
 }
+
+/// The label of a slim image holding its [`Hardening`] as JSON, which
+/// `verify --image` starts it with.
+pub const HARDENING_LABEL: &str = "io.cimplifier.hardening";
+
+/// What a container of the image is created with to apply the
+/// privileges, as the engine's API takes it (the seccomp profile inline).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hardening {
+    /// Added after dropping every capability.
+    pub cap_add: Vec<String>,
+    pub security_opt: Vec<String>,
+    pub read_only: bool,
+    /// `DIR` -> `mode=...,uid=...,gid=...`.
+    pub tmpfs: BTreeMap<String, String>,
+    /// Anonymous volumes.
+    pub volumes: Vec<ContainerPath>,
+}
+
+impl Hardening {
+    /// Refuses what emit never writes: an image's label is input, and
+    /// must not widen a container beyond what the rules can grant (a
+    /// capability no rule grants, `seccomp=unconfined`, another option).
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(cap) = self
+            .cap_add
+            .iter()
+            .find(|c| Capability::from_name(c).is_none())
+        {
+            return Err(format!("capability {cap:?} is none the rules grant"));
+        }
+        if let Some(opt) = self.security_opt.iter().find(|o| {
+            *o != "no-new-privileges:true"
+                && !o
+                    .strip_prefix("seccomp=")
+                    .is_some_and(|p| p.starts_with('{'))
+        }) {
+            return Err(format!("security option {opt:?} is none emit writes"));
+        }
+        Ok(())
+    }
+}
+
+/// The file name the slim image's `docker run` line gives its profile;
+/// `cimplifierctl emit --out DIR` writes it there.
+pub const SECCOMP_FILE: &str = "seccomp.json";
 
 /// At most this many pieces of evidence are kept per capability.
 const EVIDENCE_KEPT: usize = 8;
@@ -189,6 +239,9 @@ pub struct Context<'a> {
     pub anonymous_volumes: bool,
     /// Runs the RPE server (callees started for callers in other partitions).
     pub rpe_server: bool,
+    /// Runs RPE stubs (calls into other partitions).
+    pub rpe_stub: bool,
+    pub seccomp: SeccompMode,
 }
 
 /// The uid `user` names in the image (`name`, `uid`, `name:group`,
@@ -528,6 +581,7 @@ impl Rules<'_> {
 
 /// What the image holding `exes` may do.
 pub fn privileges(model: &Model, exes: &BTreeSet<Exe>, ctx: &Context<'_>) -> Privileges {
+    let all_exes = exes;
     // A process whose exec was not seen (the runtime's `runc:[2:INIT]`,
     // which sets up the container before its program runs) is not a
     // program of the image: the capabilities it uses are the runtime's.
@@ -580,6 +634,16 @@ pub fn privileges(model: &Model, exes: &BTreeSet<Exe>, ctx: &Context<'_>) -> Pri
     for list in out.capabilities.values_mut() {
         list.sort();
     }
+    out.seccomp = super::seccomp::seccomp(
+        model,
+        all_exes,
+        SeccompInputs {
+            mode: ctx.seccomp,
+            no_new_privileges: out.no_new_privileges,
+            rpe_server: ctx.rpe_server,
+            rpe_stub: ctx.rpe_stub,
+        },
+    );
     rules.out
 }
 
@@ -593,6 +657,12 @@ impl Privileges {
         if self.no_new_privileges {
             f.extend(["--security-opt".to_owned(), "no-new-privileges".to_owned()]);
         }
+        if self.seccomp.applies() {
+            f.extend([
+                "--security-opt".to_owned(),
+                format!("seccomp={SECCOMP_FILE}"),
+            ]);
+        }
         if self.root.read_only {
             f.push("--read-only".to_owned());
             for t in &self.root.tmpfs {
@@ -603,6 +673,47 @@ impl Privileges {
             }
         }
         f
+    }
+
+    /// The settings a container is created with to apply them.
+    pub fn hardening(&self) -> Hardening {
+        let mut security_opt = Vec::new();
+        if self.no_new_privileges {
+            security_opt.push("no-new-privileges:true".to_owned());
+        }
+        if let Some(profile) = self.seccomp.profile() {
+            security_opt.push(format!(
+                "seccomp={}",
+                serde_json::to_string(&profile).expect("a profile serialises")
+            ));
+        }
+        Hardening {
+            cap_add: self
+                .capabilities
+                .keys()
+                .map(|c| c.name().to_owned())
+                .collect(),
+            security_opt,
+            read_only: self.root.read_only,
+            tmpfs: if self.root.read_only {
+                self.root
+                    .tmpfs
+                    .iter()
+                    .filter_map(|t| {
+                        let spec = t.spec();
+                        let (dir, opts) = spec.split_once(':')?;
+                        Some((dir.to_owned(), opts.to_owned()))
+                    })
+                    .collect()
+            } else {
+                BTreeMap::new()
+            },
+            volumes: if self.root.read_only {
+                self.root.volumes.clone()
+            } else {
+                Vec::new()
+            },
+        }
     }
 
     /// Why `cap` is granted, or that it is not.
@@ -634,7 +745,7 @@ impl Privileges {
             ),
         };
         format!(
-            "capabilities {} of Docker's {}: [{}]; no-new-privileges {}; read-only root {}{warning}",
+            "capabilities {} of Docker's {}: [{}]; no-new-privileges {}; read-only root {}{warning}; {}",
             caps.len(),
             DOCKER_DEFAULT_CAPABILITIES,
             caps.join(", "),
@@ -651,7 +762,8 @@ impl Privileges {
                         .collect::<Vec<_>>()
                         .join("; ")
                 )
-            }
+            },
+            self.seccomp.summary()
         )
     }
 }
@@ -684,6 +796,8 @@ pub fn of_plan(
                 plan_volumes: &volumes,
                 anonymous_volumes: false,
                 rpe_server: serves,
+                rpe_stub: plan.rpe.iter().any(|e| &e.caller_partition == name),
+                seccomp: SeccompMode::Enforce,
             };
             (name.clone(), privileges(model, &contents.executables, &ctx))
         })

@@ -99,7 +99,13 @@ pub fn state_dirs(model: &Model, exes: &BTreeSet<Exe>, tree: &dyn ImageTree) -> 
             if !writes.iter().any(|&a| a != Access::Write) && tree.read_link(&path).is_some() {
                 continue;
             }
-            let parent = path.parent();
+            // A directory written (opened with O_TMPFILE: an unnamed file
+            // made in it, as mariadbd does in /tmp) is written in.
+            let parent = if writes.contains(&Access::Write) && tree.is_dir(&path) == Some(true) {
+                path.clone()
+            } else {
+                path.parent()
+            };
             let dir = walk(tree, &parent, true).resolved.unwrap_or(parent);
             if dir == ContainerPath::root() || KERNEL_FILE_SYSTEMS.iter().any(|k| is_under(&dir, k))
             {
@@ -196,6 +202,18 @@ pub(crate) mod tests {
         assert_eq!(db[&p("/var/lib/db/base/data")], [Access::Create].into());
         assert!(dirs[0].volatile && dirs[1].volatile);
         assert!(dirs[0].writers[&Exe(p("/usr/bin/db"))].contains_key(&p("/run/db.pid")));
+    }
+
+    #[test]
+    fn an_unnamed_file_made_in_a_directory_writes_in_it() {
+        let fs = image(&["/usr/", "/usr/sbin/", "/usr/sbin/db", "/tmp/"]);
+        let mut model = Model::with_image_tree(Box::new(fs.clone()));
+        model.apply(&exec(1, "/usr/sbin/db"));
+        // open("/tmp", O_TMPFILE | O_RDWR)
+        model.apply(&open(1, "/tmp", 0o20200002));
+        let dirs = state_dirs(&model, &model.executables(), &fs);
+        let names: Vec<&str> = dirs.iter().map(|d| d.dir.as_str()).collect();
+        assert_eq!(names, ["/tmp"]);
     }
 
     #[test]

@@ -165,13 +165,14 @@ pub fn kind_of(e: &Event) -> (&'static str, Option<&str>) {
         EventKind::Exit { .. } => ("exit", None),
         EventKind::Running { .. } => ("running", None),
         EventKind::Syscall(s) => ("syscall", Some(s.syscall.as_str())),
+        EventKind::SyscallSeen { .. } => ("syscall_seen", None),
     }
 }
 
 /// Every kind a stream filter can name: the event kinds, then the names
 /// of the traced syscalls.
 pub fn event_kinds() -> Vec<&'static str> {
-    let mut kinds = vec!["fork", "exit", "running", "syscall"];
+    let mut kinds = vec!["fork", "exit", "running", "syscall", "syscall_seen"];
     for &nr in cimplifier_common::syscalls::TRACED {
         let name = cimplifier_common::syscalls::name(nr);
         if !kinds.contains(&name) {

@@ -4,7 +4,8 @@
 //! socket addresses. [`super::resolve`] turns them into [`super::Event`]s.
 
 use cimplifier_common::{
-    ExitRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT, SyscallRecord, flags,
+    ExitRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT, SyscallRecord, SyscallSeenRecord,
+    flags,
     syscalls::{StrSource, arity, nr, spec},
 };
 
@@ -87,13 +88,20 @@ pub enum RawRecord {
         header: RawHeader,
         group_dead: bool,
     },
+    /// The process made syscall `nr` for the first time since its exec.
+    SyscallSeen {
+        header: RawHeader,
+        nr: u32,
+    },
 }
 
 impl RawRecord {
     pub fn header(&self) -> &RawHeader {
         match self {
             RawRecord::Syscall(s) | RawRecord::ExecArgs(s) | RawRecord::ExecImage(s) => &s.header,
-            RawRecord::Fork { header, .. } | RawRecord::Exit { header, .. } => header,
+            RawRecord::Fork { header, .. }
+            | RawRecord::Exit { header, .. }
+            | RawRecord::SyscallSeen { header, .. } => header,
         }
     }
 }
@@ -268,6 +276,13 @@ pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
                 group_dead: rec.group_dead != 0,
             })
         }
+        Some(RecordKind::SyscallSeen) => {
+            let rec: SyscallSeenRecord = read(bytes, "syscall seen")?;
+            Ok(RawRecord::SyscallSeen {
+                header: header(&rec.header),
+                nr: rec.nr,
+            })
+        }
         None => Err(DecodeError::UnknownKind(h.kind)),
     }
 }
@@ -350,6 +365,23 @@ pub(crate) mod tests {
         };
         assert_eq!(s.argv, Some(vec!["ls".to_owned(), "-l".to_owned()]));
         assert_eq!(s.str1, None);
+    }
+
+    #[test]
+    fn decodes_a_first_syscall() {
+        let rec = SyscallSeenRecord {
+            header: header_bytes(RecordKind::SyscallSeen, 7),
+            nr: 302,
+            _pad: 0,
+        };
+        let RawRecord::SyscallSeen { header, nr } = decode(as_bytes(&rec)).unwrap() else {
+            panic!()
+        };
+        assert_eq!((header.pid, nr), (7, 302));
+        assert!(matches!(
+            decode(&as_bytes(&rec)[..size_of::<SyscallSeenRecord>() - 1]),
+            Err(DecodeError::Short { .. })
+        ));
     }
 
     #[test]

@@ -306,6 +306,15 @@ pub enum EventKind {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         cwd: Option<ContainerPath>,
     },
+    /// The process made this syscall for the first time since its exec
+    /// (or since the watch began), traced or not: the evidence for
+    /// seccomp profiles. Repeats are not recorded. Absent in older logs.
+    SyscallSeen {
+        nr: u32,
+        /// Its x86_64 name; absent for a number the table does not know.
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        syscall: Option<String>,
+    },
 }
 
 /// One decoded event.

@@ -442,6 +442,15 @@ impl Resolver {
             }
             RawRecord::ExecImage(raw) => self.exec_image(raw),
             RawRecord::Syscall(raw) => vec![self.syscall(raw)],
+            RawRecord::SyscallSeen { header, nr } => vec![event(
+                &header,
+                EventKind::SyscallSeen {
+                    nr,
+                    syscall: crate::place::seccomp::Arch::X86_64
+                        .name(nr)
+                        .map(str::to_owned),
+                },
+            )],
         }
     }
 

@@ -29,6 +29,7 @@ enum EventTag {
     Syscall,
     Exit,
     Running,
+    SyscallSeen,
 }
 
 /// Every field of every record kind; which are present depends on the kind.
@@ -98,6 +99,10 @@ impl TryFrom<FlatRecord> for Event {
                 exe: r.exe,
                 argv: r.argv.unwrap_or_default(),
                 cwd: r.cwd,
+            },
+            EventTag::SyscallSeen => EventKind::SyscallSeen {
+                nr: need(r.nr, "nr", "a syscall_seen event")?,
+                syscall: r.syscall,
             },
             EventTag::Syscall => EventKind::Syscall(Box::new(SyscallEvent {
                 syscall: need(r.syscall, "syscall", "a syscall event")?,

@@ -457,19 +457,22 @@ pub struct EmitArgs {
     /// every entry of a listed directory (the report names those).
     #[arg(long)]
     pub strict: bool,
-    /// Say why PATH is kept or removed, or with cap:NAME why a
-    /// capability is granted or dropped (repeatable).
-    #[arg(long, value_name = "PATH|cap:NAME")]
+    /// Say why PATH is kept or removed, with cap:NAME why a capability
+    /// is granted or dropped, with syscall:NAME which executable made the
+    /// syscall or that it is refused (repeatable).
+    #[arg(long, value_name = "PATH|cap:NAME|syscall:NAME")]
     pub explain: Vec<String>,
     /// Partition by this policy (TOML, docs/policy.md) instead: one
     /// image per partition, named REPOSITORY-<partition>:TAG after
     /// --tag, with RPE stubs and servers, and a run plan in --out.
     #[arg(long, value_name = "FILE", requires_all = ["tag", "out"], conflicts_with = "oci_dir")]
     pub policy: Option<PathBuf>,
-    /// With --policy: the directory cimplifierctl writes the run plan
-    /// (docker-compose.yml) and partition-report.json to, as you (the
-    /// daemon sends them; it writes no path a client names).
-    #[arg(long, value_name = "DIR", requires = "policy")]
+    /// The directory cimplifierctl writes, as you (the daemon sends them;
+    /// it writes no path a client names): with --policy the run plan
+    /// (docker-compose.yml, partition-report.json, a seccomp-PARTITION.json
+    /// each); for a slim image its seccomp.json, which its `docker run`
+    /// line names.
+    #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// With --policy: also write the run plan for Kubernetes (a
     /// Deployment: one container per partition, emptyDir volumes, the
@@ -486,6 +489,14 @@ pub struct EmitArgs {
     /// With --push: plain HTTP to a registry that is not on this host.
     #[arg(long, requires = "push")]
     pub insecure_registry: bool,
+    /// The seccomp profile: enforce (refuse every syscall no executable
+    /// was seen making, with EPERM) or log (a trial run: allow them, and
+    /// the kernel logs each).
+    #[arg(long, value_name = "MODE", value_parser = ["enforce", "log"], default_value = "enforce")]
+    pub seccomp: String,
+    /// No seccomp profile of ours: Docker's default applies.
+    #[arg(long, conflicts_with = "seccomp")]
+    pub no_seccomp: bool,
     /// Print the audit report as JSON instead of the summary.
     #[arg(long)]
     pub json: bool,

@@ -58,6 +58,8 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         k8s,
         push,
         insecure_registry,
+        seccomp,
+        no_seccomp,
         json,
     } = args;
     // Every argument is checked before the daemon reads a byte of the image.
@@ -133,7 +135,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
             .iter()
             .filter_map(|e| match e {
                 Explained::Path(p) => Some(p.to_string()),
-                Explained::Capability(_) => None,
+                Explained::Capability(_) | Explained::Syscall(_) => None,
             })
             .collect(),
         policy_toml,
@@ -141,6 +143,11 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         push: push.unwrap_or_default(),
         insecure_registry,
         registry_auth,
+        seccomp: if no_seccomp {
+            "off".to_owned()
+        } else {
+            seccomp
+        },
         ..Default::default()
     };
     if policy.is_some() {
@@ -155,6 +162,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
     }
     let mut report: EmitReport = emit_with_progress(socket, request, &mut outputs)?;
     report.oci_dir = outputs.finish_oci()?;
+    write_seccomp_profile(&mut report, &mut outputs)?;
     for w in &report.warnings {
         eprintln!("cimplifierctl: warning: {w}");
     }
@@ -213,6 +221,30 @@ fn registry_auth(target: &PushTarget) -> anyhow::Result<Option<pb::RegistryAuth>
             config.display()
         )),
     }
+}
+
+/// Writes the slim image's seccomp profile into --out and makes its
+/// `docker run` line name it there; without --out the line names
+/// seccomp.json, and a warning says how to get it.
+fn write_seccomp_profile(report: &mut EmitReport, outputs: &mut Outputs) -> anyhow::Result<()> {
+    use cimplifier::place::privileges::SECCOMP_FILE;
+    let Some(profile) = report.privileges.seccomp.profile_json() else {
+        return Ok(());
+    };
+    let Some(dir) = outputs.out_dir().map(Path::to_path_buf) else {
+        report.warnings.push(format!(
+            "the docker run line names {SECCOMP_FILE}, its seccomp profile: emit --out DIR \
+             writes it there (it is also the report's privileges.seccomp)"
+        ));
+        return Ok(());
+    };
+    outputs.plan_file(SECCOMP_FILE, profile.as_bytes())?;
+    let at = dir.join(SECCOMP_FILE);
+    report.docker_run = report.docker_run.replace(
+        &format!("seccomp={SECCOMP_FILE}"),
+        &format!("seccomp={}", at.display()),
+    );
+    Ok(())
 }
 
 /// Asks the daemon to emit, shows its steps on a spinner, and returns the

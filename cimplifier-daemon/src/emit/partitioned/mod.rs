@@ -33,6 +33,7 @@ use crate::model::{Exe, Model};
 use crate::partition::{PartitionName, Policy};
 use crate::place::partition::{PartitionPlan, plan};
 use crate::place::privileges::{self, Privileges};
+use crate::place::seccomp::SeccompMode;
 use crate::place::slim::SlimOptions;
 use crate::store::Store;
 use crate::trace::ContainerPath;
@@ -177,6 +178,7 @@ pub struct PartitionEmitOptions {
     /// Also push every image, named after this reference as the tags are
     /// after the tag (`emit --push`).
     pub push: Option<super::push::PushTarget>,
+    pub seccomp: SeccompMode,
 }
 
 /// What a partition's container runs.
@@ -551,6 +553,8 @@ pub async fn emit_partitioned(
                 plan_volumes: &plan_volumes,
                 anonymous_volumes: false,
                 rpe_server: !layer.serves.is_empty(),
+                rpe_stub: !contents.stubs.is_empty(),
+                seccomp: opts.seccomp,
             },
         );
         let tag = opts.images.of(name);
@@ -652,6 +656,11 @@ pub async fn emit_partitioned(
     if let Some(yaml) = kubernetes_yaml {
         files.push((kubernetes::KUBERNETES_FILE.to_owned(), yaml.into_bytes()));
     }
+    for p in &report.partitions {
+        if let Some(profile) = p.privileges.seccomp.profile_json() {
+            files.push((seccomp_file(&p.name), profile.into_bytes()));
+        }
+    }
     Ok(EmittedPlan { report, files })
 }
 
@@ -676,9 +685,14 @@ struct RunPlanVolumes<'a> {
     seed: Option<&'a EmittedSeed>,
 }
 
+/// The seccomp profile's file beside the run plan, for `partition`.
+pub fn seccomp_file(partition: &PartitionName) -> String {
+    format!("seccomp-{partition}.json")
+}
+
 /// A service with the privilege settings of `p` (docs/privileges.md); the
-/// rest default.
-fn hardened(p: &Privileges) -> ComposeService {
+/// rest default. Its seccomp profile is a file beside the run plan.
+fn hardened(p: &Privileges, partition: &PartitionName) -> ComposeService {
     ComposeService {
         cap_drop: vec!["ALL".to_owned()],
         cap_add: p.capabilities.keys().map(|c| c.name().to_owned()).collect(),
@@ -686,6 +700,11 @@ fn hardened(p: &Privileges) -> ComposeService {
             .no_new_privileges
             .then(|| "no-new-privileges:true".to_owned())
             .into_iter()
+            .chain(
+                p.seccomp
+                    .applies()
+                    .then(|| format!("seccomp={}", seccomp_file(partition))),
+            )
             .collect(),
         read_only: p.root.read_only,
         tmpfs: if p.root.read_only {
@@ -794,7 +813,7 @@ fn compose_file(
                 ]
                 .into_iter()
                 .collect(),
-                ..hardened(&p.privileges)
+                ..hardened(&p.privileges, &p.name)
             };
             (p.name.to_string(), service)
         })

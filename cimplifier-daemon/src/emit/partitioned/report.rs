@@ -146,6 +146,12 @@ impl PartitionEmitReport {
                 .map(|p| format!("{}: {}", p.name, p.privileges.explain(*c)))
                 .collect::<Vec<_>>()
                 .join("; "),
+            Explained::Syscall(name) => self
+                .partitions
+                .iter()
+                .map(|p| format!("{}: {}", p.name, p.privileges.seccomp.explain(name)))
+                .collect::<Vec<_>>()
+                .join("; "),
         }
     }
 

@@ -115,6 +115,8 @@ impl Case {
             plan_volumes: &self.volumes,
             anonymous_volumes: self.anonymous,
             rpe_server: self.rpe,
+            rpe_stub: false,
+            seccomp: crate::place::seccomp::SeccompMode::Enforce,
         };
         privileges(&self.model, &self.model.executables(), &ctx)
     }
@@ -535,5 +537,49 @@ fn what_root_gives_away_where_it_outlives_a_restart_needs_dac_override() {
         ),
         "{}",
         got.explain(Capability::DacOverride)
+    );
+}
+
+#[test]
+fn a_hardening_label_asks_for_no_more_than_emit_grants() {
+    let ok = Hardening {
+        cap_add: vec!["NET_BIND_SERVICE".into()],
+        security_opt: vec![
+            "no-new-privileges:true".into(),
+            "seccomp={\"defaultAction\":\"SCMP_ACT_ERRNO\"}".into(),
+        ],
+        ..Hardening::default()
+    };
+    assert_eq!(ok.check(), Ok(()));
+    let sys_admin = Hardening {
+        cap_add: vec!["SYS_ADMIN".into()],
+        ..Hardening::default()
+    };
+    assert!(sys_admin.check().unwrap_err().contains("SYS_ADMIN"));
+    for opt in ["seccomp=unconfined", "apparmor=unconfined", "label=disable"] {
+        let wide = Hardening {
+            security_opt: vec![opt.into()],
+            ..Hardening::default()
+        };
+        assert!(wide.check().unwrap_err().contains(opt), "{opt}");
+    }
+}
+
+#[test]
+fn the_hardening_carries_the_profile_inline() {
+    let mut p = Privileges {
+        no_new_privileges: true,
+        ..Privileges::default()
+    };
+    p.seccomp.evidence = true;
+    p.seccomp.allowed.insert("read".into(), vec![]);
+    let h = p.hardening();
+    assert_eq!(h.security_opt[0], "no-new-privileges:true");
+    assert!(h.security_opt[1].starts_with("seccomp={\"defaultAction\":\"SCMP_ACT_ERRNO\""));
+    assert_eq!(h.check(), Ok(()));
+    assert!(
+        p.docker_run_flags()
+            .join(" ")
+            .contains("--security-opt seccomp=seccomp.json")
     );
 }
