@@ -104,13 +104,17 @@ for user, password in USERS.items():
     if len(found) != len(wanted):
         fail(f"{user} got {len(found)} of the {len(wanted)} mails sent to them")
     seen = []
+    fetched = []
     for num in found:
         typ, data = imap.fetch(num, "(BODY[HEADER.FIELDS (SUBJECT FROM TO)] BODY[TEXT])")
         if typ != "OK":
             fail(f"FETCH {num} for {user}: {typ} {data}")
         parts = [decoded(d[1]).replace("\r\n", "\n").strip() for d in data if isinstance(d, tuple)]
-        say("\n".join(sorted(parts[0].splitlines())) + "\n" + parts[1])
+        fetched.append("\n".join(sorted(parts[0].splitlines())) + "\n" + parts[1])
         seen.append(parts[1])
+    # Postfix delivers two mails to one user in either order.
+    for text in sorted(fetched):
+        say(text)
     for _, subject, body in wanted:
         if not any(body == text for text in seen):
             fail(f"{user} did not get the body of {subject!r}: {seen}")
