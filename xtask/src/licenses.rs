@@ -26,6 +26,9 @@ pub const ALLOWED: &[&str] = &[
     "Unlicense",
     "BSL-1.0",
     "CC0-1.0",
+    // A permissive licence for data, no copyleft: Mozilla's CA certificates
+    // in webpki-root-certs, which the registry client (emit --push) trusts.
+    "CDLA-Permissive-2.0",
 ];
 
 pub fn run() -> Result<()> {
