@@ -591,7 +591,7 @@ impl Recorder<'_> {
         next.loss.unreadable_names += self.unreadable;
         next.loss.held_overflow += self.route.route.held_overflow();
         next.loss.interrupted += self.route.route.interrupted();
-        self.store.append(&next, &self.batch)?;
+        off_the_workers(|| self.store.append(&next, &self.batch))?;
         if missed {
             tracing::warn!(
                 container = %next.name,
@@ -672,6 +672,18 @@ impl Drop for RouteGuard {
     }
 }
 
+/// Runs a blocking store write so that the runtime moves its other tasks
+/// (the ring reader, the dispatcher) to other workers meanwhile; called
+/// from a session's task on the daemon's multi-threaded runtime.
+fn off_the_workers<T>(write: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(write)
+        }
+        _ => write(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,3 +698,4 @@ mod tests {
         assert!(!is_runc_init("sh", path("/bin/sh").as_ref()));
     }
 }
+
