@@ -172,7 +172,22 @@ fn the_slim_nginx_pushed_to_a_local_registry_is_pulled_run_and_passes_its_worklo
     drop(original);
 
     let reference = format!("{}/cimplifier-push{pid}/nginx:slim", registry.addr);
-    let emitted = ctl(&d, &["emit", &name, "--push", &reference, "--json"], None);
+    // --out gets the seccomp profile the report's docker run line names.
+    let out = tempfile::tempdir().unwrap();
+    let out_dir = out.path().join("slim");
+    let emitted = ctl(
+        &d,
+        &[
+            "emit",
+            &name,
+            "--push",
+            &reference,
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--json",
+        ],
+        None,
+    );
     assert!(
         emitted.status.success(),
         "{}",

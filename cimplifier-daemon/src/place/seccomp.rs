@@ -29,9 +29,9 @@ const IMPLIED: &[(&[&str], &[&str], &str)] = &[
     ),
 ];
 
-/// The calls that remove a name, granted to an executable that created
-/// one (see [`Grant::MayRemove`]).
-const REMOVE: &[&str] = &["unlink", "unlinkat"];
+/// The calls that remove a name or empty a file, granted to an executable
+/// that created one (see [`Grant::MayRemove`]).
+const REMOVE: &[&str] = &["unlink", "unlinkat", "ftruncate"];
 
 /// Names under the kernel's file systems, which programs do not make.
 fn kernel_fs(p: &ContainerPath) -> bool {
@@ -289,10 +289,12 @@ pub enum Grant {
     /// The RPE stub needs it.
     RpeStub,
     /// The executable created files (`created` is the first): what a
-    /// program makes it later removes, at a restart, a shutdown or on a
-    /// pass the observed run did not reach (redis removes its old
+    /// program makes it later removes or empties, at a restart, a shutdown
+    /// or on a pass the observed run did not reach (redis removes its old
     /// append-only files after its second rewrite, nginx its pid file at
-    /// exit), as its state directories are kept whole for files.
+    /// exit; postfix's tlsmgr creates its session cache on a first start
+    /// and truncates the one it finds after a restart), as its state
+    /// directories are kept whole for files.
     MayRemove { exe: Exe, created: ContainerPath },
     /// What an observed call implies the executable makes at a moment the
     /// run may not have reached: it ends (exit_group), it returns from the
@@ -314,7 +316,10 @@ impl fmt::Display for Grant {
             Grant::RpeStub => f.write_str("the RPE stub needs it"),
             Grant::Implied { exe, because } => write!(f, "{exe} {because}"),
             Grant::MayRemove { exe, created } => {
-                write!(f, "{exe} created {created}, and may remove what it made")
+                write!(
+                    f,
+                    "{exe} created {created}, and may remove or empty what it made"
+                )
             }
         }
     }
