@@ -698,4 +698,3 @@ mod tests {
         assert!(!is_runc_init("sh", path("/bin/sh").as_ref()));
     }
 }
-
