@@ -18,9 +18,10 @@ use serde_json::Value;
 /// The largest test image (`cargo xtask images`), about 1.1 GB.
 const LARGEST_IMAGE: &str = "cimplifier-test/wordpress:latest";
 /// The bound on the daemon's resident memory, documented in
-/// docs/security.md. Before images were spooled, one emit of the largest
-/// image alone held the whole image (1.1 GB) in memory.
-const RSS_BOUND_MIB: u64 = 400;
+/// docs/security.md: below the largest image's size, so holding it in
+/// memory fails the test. Before images were spooled, the run reached
+/// 2,420 MiB; since, 369 to 426 MiB (128 MiB of it the ring buffer).
+const RSS_BOUND_MIB: u64 = 512;
 const BUNDLE_BYTES: usize = 500 << 20;
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
