@@ -309,7 +309,13 @@ impl SessionTask {
             Ok(()) => Some(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(dir),
             Err(e) => {
-                tracing::debug!(cgroup = %dir.display(), "cannot make the container's cgroup ahead: {e}");
+                // Not fatal (Docker's parent is watched instead), but a
+                // container that exits at once may then go unseen.
+                tracing::warn!(
+                    cgroup = %dir.display(),
+                    "cannot make the container's cgroup ahead ({e}): watching Docker's parent \
+                     cgroup until it is known; is the cgroup tree writable for the daemon?"
+                );
                 None
             }
         };
