@@ -11,23 +11,8 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use cimplifier::api::pb;
-use common::{Container, Daemon, require_root};
+use common::{Daemon, require_root};
 use tokio_stream::StreamExt;
-
-const BASE: &str = "cimplifier-test/base:bookworm";
-
-/// A created container that reads a file in a loop once started.
-fn looping_container(tag: &str) -> Container {
-    Container::create(
-        &format!("api-{tag}"),
-        &[
-            BASE,
-            "/bin/sh",
-            "-c",
-            "while true; do cat /etc/hostname > /dev/null; sleep 0.2; done",
-        ],
-    )
-}
 
 fn text(out: &Output) -> String {
     assert!(
@@ -70,7 +55,7 @@ async fn the_daemon_observes_reports_and_emits_over_its_socket() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 
-    let c = looping_container("observed");
+    let c = common::looping("api-observed", "0.2");
     let mut api = client(&d.socket).await;
     let s = api
         .observe(pb::ObserveRequest {
@@ -282,7 +267,7 @@ async fn bad_requests_get_clear_statuses_and_sigterm_closes_sessions() {
     );
 
     // SIGTERM while observing: the session is closed and written.
-    let c = looping_container("sigterm");
+    let c = common::looping("api-sigterm", "0.2");
     api.observe(pb::ObserveRequest {
         container: c.0.clone(),
         ..Default::default()

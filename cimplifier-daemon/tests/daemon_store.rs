@@ -7,10 +7,9 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cimplifier::api::pb;
 use common::{
-    BASE_IMAGE, Container, Daemon, docker, require_root, session_json, stdout_of, touches,
-    wait_until,
+    BASE_IMAGE, Container, Daemon, docker, looping, observe, require_root, session_json, stdout_of,
+    touches, wait_until,
 };
 
 fn now_ms() -> u64 {
@@ -20,35 +19,11 @@ fn now_ms() -> u64 {
         .as_millis() as u64
 }
 
-fn looping(tag: &str) -> Container {
-    Container::create(
-        tag,
-        &[
-            BASE_IMAGE,
-            "/bin/sh",
-            "-c",
-            "while true; do cat /etc/hostname > /dev/null; sleep 0.2; done",
-        ],
-    )
-}
-
-async fn observe(d: &Daemon, container: &str) {
-    cimplifier::api::connect(&d.socket)
-        .await
-        .unwrap()
-        .observe(pb::ObserveRequest {
-            container: container.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_daemon_keeps_what_it_saw_marks_the_gap_and_resumes() {
     require_root();
     let mut d = Daemon::start();
-    let c = looping("store-resume");
+    let c = looping("store-resume", "0.2");
     observe(&d, &c.0).await;
     let events = |d: &Daemon| session_json(d, &c.0)["events"].as_u64().unwrap_or(0);
     wait_until(20, "the loop is seen", || events(&d) > 0);
@@ -116,7 +91,7 @@ async fn a_killed_daemon_keeps_what_it_saw_marks_the_gap_and_resumes() {
 async fn a_container_gone_while_the_daemon_was_down_is_closed_as_interrupted() {
     require_root();
     let mut d = Daemon::start();
-    let c = looping("store-gone");
+    let c = looping("store-gone", "0.2");
     observe(&d, &c.0).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
     d.kill_hard();

@@ -21,33 +21,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use cimplifier::api::pb;
-use common::{BASE_IMAGE, Container, Daemon, docker, require_root, session_json, touches};
+use common::{
+    BASE_IMAGE, Container, Daemon, docker, looping, observe, require_root, session_json, touches,
+};
 use tokio_stream::StreamExt;
 use tonic_health::pb::health_check_response::ServingStatus;
-
-fn looping(tag: &str) -> Container {
-    Container::create(
-        tag,
-        &[
-            BASE_IMAGE,
-            "/bin/sh",
-            "-c",
-            "while true; do cat /etc/hostname > /dev/null; sleep 0.1; done",
-        ],
-    )
-}
-
-async fn observe(d: &Daemon, container: &str) {
-    cimplifier::api::connect(&d.socket)
-        .await
-        .unwrap()
-        .observe(pb::ObserveRequest {
-            container: container.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
 
 /// The health statuses the daemon reports for its API, as they change,
 /// on a channel.
@@ -82,7 +60,7 @@ async fn next_status(
 async fn a_killed_ring_reader_or_dispatcher_is_restarted_and_its_loss_counted() {
     require_root();
     let d = Daemon::start_with_env(&[], &[("CIMPLIFIER_TEST_HOOKS", Path::new("1"))]);
-    let c = looping("supervise-reader");
+    let c = looping("supervise-reader", "0.1");
     observe(&d, &c.0).await;
     let events = |d: &Daemon| session_json(d, &c.0)["events"].as_u64().unwrap_or(0);
     common::wait_until(20, "the loop is seen", || events(&d) > 0);

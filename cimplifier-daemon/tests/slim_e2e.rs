@@ -352,6 +352,19 @@ fn hardening_holds(case: &Case, e: &Emitted, work: &Path) {
 
 /// The report's seccomp profile: what it allows, written where the
 /// `docker run` line says, and the same bytes as the report describes.
+/// `emit --explain` of each item, for the emitted session and tag: its
+/// text output.
+fn explained(e: &Emitted, items: &[&str]) -> String {
+    let mut cmd = ctl(&e.daemon);
+    cmd.args(["emit"])
+        .arg(e.report["container"].as_str().unwrap())
+        .args(["--tag", &e.tag]);
+    for item in items {
+        cmd.args(["--explain", item]);
+    }
+    String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+}
+
 fn seccomp_profile(e: &Emitted) -> Value {
     let run = e.report["docker_run"].as_str().unwrap();
     let file = run
@@ -613,20 +626,7 @@ fn nginx_static_site() {
     assert_eq!(reason("/usr/bin/apt"), None);
     assert_eq!(reason("/usr/sbin/nginx").unwrap(), "observed");
     assert_eq!(reason("/lib64").unwrap(), "elf_dependency");
-    let explain = ctl(&e.daemon)
-        .args(["emit"])
-        .arg(e.report["container"].as_str().unwrap())
-        .args([
-            "--tag",
-            &e.tag,
-            "--explain",
-            "/usr/bin/apt",
-            "--explain",
-            "/etc/nginx/nginx.conf",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&explain.stdout);
+    let text = explained(&e, &["/usr/bin/apt", "/etc/nginx/nginx.conf"]);
     assert!(
         text.contains("/usr/bin/apt: removed: no observed executable used it"),
         "{text}"
@@ -661,20 +661,7 @@ fn nginx_static_site() {
             && run.contains("--read-only"),
         "{run}"
     );
-    let explain = ctl(&e.daemon)
-        .args(["emit"])
-        .arg(e.report["container"].as_str().unwrap())
-        .args([
-            "--tag",
-            &e.tag,
-            "--explain",
-            "cap:NET_BIND_SERVICE",
-            "--explain",
-            "cap:SYS_CHROOT",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&explain.stdout);
+    let text = explained(&e, &["cap:NET_BIND_SERVICE", "cap:SYS_CHROOT"]);
     assert!(
         text.contains("cap:NET_BIND_SERVICE: granted: /usr/sbin/nginx bound 0.0.0.0:80"),
         "{text}"
@@ -708,20 +695,7 @@ fn nginx_static_site() {
         "{}",
         e.report["privileges"]["seccomp"]
     );
-    let explain = ctl(&e.daemon)
-        .args(["emit"])
-        .arg(e.report["container"].as_str().unwrap())
-        .args([
-            "--tag",
-            &e.tag,
-            "--explain",
-            "syscall:bind",
-            "--explain",
-            "syscall:ptrace",
-        ])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&explain.stdout);
+    let text = explained(&e, &["syscall:bind", "syscall:ptrace"]);
     assert!(
         text.contains("syscall:bind: allowed: /usr/sbin/nginx made it"),
         "{text}"

@@ -752,16 +752,7 @@ pub(crate) mod tests {
     /// contents and replaces a file.
     #[test]
     fn layers_apply_whiteouts() {
-        let layer = |files: &[(&str, &[u8])]| {
-            let mut b = tar::Builder::new(Vec::new());
-            for (name, data) in files {
-                let mut h = tar::Header::new_gnu();
-                h.set_mode(0o644);
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, name, *data).unwrap();
-            }
-            b.into_inner().unwrap()
-        };
+        let layer = tar_of;
         let lower = layer(&[("a/x", b"1"), ("a/y", b"2"), ("b/z", b"3"), ("c", b"old")]);
         let upper = layer(&[
             ("a/.wh..wh..opq", b""),
@@ -789,16 +780,7 @@ pub(crate) mod tests {
     /// the same bytes as read from memory.
     #[test]
     fn a_spooled_image_reads_as_the_same_tree() {
-        let layer = |files: &[(&str, &[u8])]| {
-            let mut b = tar::Builder::new(Vec::new());
-            for (name, data) in files {
-                let mut h = tar::Header::new_gnu();
-                h.set_mode(0o644);
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, name, *data).unwrap();
-            }
-            b.into_inner().unwrap()
-        };
+        let layer = tar_of;
         let big = vec![7u8; 200_000];
         let lower = layer(&[
             ("etc/passwd", b"root:x:0:0::/root:/bin/sh\n"),

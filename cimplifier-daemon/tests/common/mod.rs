@@ -471,3 +471,30 @@ pub fn flag_image(tag: &str, image: &str) {
         image,
     ]);
 }
+
+/// A created container that reads a file every `period` seconds once
+/// started.
+pub fn looping(tag: &str, period: &str) -> Container {
+    Container::create(
+        tag,
+        &[
+            BASE_IMAGE,
+            "/bin/sh",
+            "-c",
+            &format!("while true; do cat /etc/hostname > /dev/null; sleep {period}; done"),
+        ],
+    )
+}
+
+/// Observes `container` through the daemon's gRPC API.
+pub async fn observe(d: &Daemon, container: &str) {
+    cimplifier::api::connect(&d.socket)
+        .await
+        .unwrap()
+        .observe(cimplifier::api::pb::ObserveRequest {
+            container: container.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
