@@ -76,6 +76,23 @@ pub mod nr {
     pub const SETGROUPS: u32 = 116;
     pub const SETRESUID: u32 = 117;
     pub const SETRESGID: u32 = 119;
+    pub const KILL: u32 = 62;
+    pub const RT_SIGQUEUEINFO: u32 = 129;
+    pub const TKILL: u32 = 200;
+    pub const TGKILL: u32 = 234;
+    pub const RT_TGSIGQUEUEINFO: u32 = 297;
+    pub const PIDFD_SEND_SIGNAL: u32 = 424;
+}
+
+/// Whether syscall `n` sends a signal: a success is reported by the
+/// `signal_generate` program with both sides' credentials; a failure
+/// (EPERM: no CAP_KILL) only by the call's own record.
+pub const fn sends_signal(n: u32) -> bool {
+    use nr::*;
+    matches!(
+        n,
+        KILL | TKILL | TGKILL | RT_SIGQUEUEINFO | RT_TGSIGQUEUEINFO | PIDFD_SEND_SIGNAL
+    )
 }
 
 /// Where an argument's name comes from.
@@ -161,6 +178,10 @@ pub const fn spec(n: u32) -> Option<Spec> {
         | CLONE | CLONE3 | FORK | VFORK | EXIT | EXIT_GROUP | FCHMOD | FCHOWN => s(No, No),
         // Credentials: which capabilities a process needs depends on its uid.
         SETUID | SETGID | SETREUID | SETREGID | SETGROUPS | SETRESUID | SETRESGID => s(No, No),
+        // Signals: a refused one (EPERM) shows `verify` a missing CAP_KILL.
+        KILL | TKILL | TGKILL | RT_SIGQUEUEINFO | RT_TGSIGQUEUEINFO | PIDFD_SEND_SIGNAL => {
+            s(No, No)
+        }
         _ => None,
     }
 }
@@ -240,6 +261,12 @@ pub const TRACED: &[u32] = {
         SETGROUPS,
         SETRESUID,
         SETRESGID,
+        KILL,
+        TKILL,
+        TGKILL,
+        RT_SIGQUEUEINFO,
+        RT_TGSIGQUEUEINFO,
+        PIDFD_SEND_SIGNAL,
     ]
 };
 
@@ -251,12 +278,13 @@ pub const fn arity(n: u32) -> usize {
         CLOSE | DUP | EXIT | CHDIR | FCHDIR | RMDIR | UNLINK | EXIT_GROUP | CHROOT | SETUID
         | SETGID => 1,
         STAT | LSTAT | ACCESS | DUP2 | LISTEN | TRUNCATE | RENAME | MKDIR | CREAT | LINK
-        | SYMLINK | CHMOD | FCHMOD | CLONE3 | PIVOT_ROOT | SETREUID | SETREGID | SETGROUPS => 2,
+        | SYMLINK | CHMOD | FCHMOD | CLONE3 | PIVOT_ROOT | SETREUID | SETREGID | SETGROUPS
+        | KILL | TKILL => 2,
         OPEN | SOCKET | CONNECT | ACCEPT | SENDMSG | BIND | EXECVE | FCNTL | READLINK | CHOWN
         | LCHOWN | MKNOD | GETDENTS64 | MKDIRAT | UNLINKAT | SYMLINKAT | FCHMODAT | FACCESSAT
-        | DUP3 | CLOSE_RANGE | FCHOWN | SETRESUID | SETRESGID => 3,
+        | DUP3 | CLOSE_RANGE | FCHOWN | SETRESUID | SETRESGID | TGKILL | RT_SIGQUEUEINFO => 3,
         OPENAT | MKNODAT | NEWFSTATAT | RENAMEAT | READLINKAT | UTIMENSAT | ACCEPT4 | OPENAT2
-        | FACCESSAT2 | FCHMODAT2 => 4,
+        | FACCESSAT2 | FCHMODAT2 | RT_TGSIGQUEUEINFO | PIDFD_SEND_SIGNAL => 4,
         CLONE | FCHOWNAT | LINKAT | RENAMEAT2 | EXECVEAT | STATX => 5,
         SENDTO => 6,
         _ => 6,
@@ -338,6 +366,12 @@ pub const fn name(n: u32) -> &'static str {
         SETGROUPS => "setgroups",
         SETRESUID => "setresuid",
         SETRESGID => "setresgid",
+        KILL => "kill",
+        TKILL => "tkill",
+        TGKILL => "tgkill",
+        RT_SIGQUEUEINFO => "rt_sigqueueinfo",
+        RT_TGSIGQUEUEINFO => "rt_tgsigqueueinfo",
+        PIDFD_SEND_SIGNAL => "pidfd_send_signal",
         _ => "unknown",
     }
 }

@@ -262,3 +262,96 @@ fn verify_catches_a_partition_whose_shared_volume_was_emptied() {
         "{v}"
     );
 }
+
+/// The notes case's start script (root) stops its node workers, which run
+/// as www-data, with `kill` at a graceful stop: only CAP_KILL lets it. The
+/// lifecycle's restart shows it to the observation; the emitted image is
+/// granted KILL with that evidence, and verify passes it. The same image
+/// whose label drops KILL is named by verify: the refused `kill` of the
+/// start script, with CAP_KILL as the fix.
+#[test]
+fn a_script_that_stops_its_workers_across_uids_is_granted_kill_and_verify_names_its_lack() {
+    require_root();
+    let d = Daemon::start();
+    let pid = std::process::id();
+    let workload = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workloads/notes.py");
+    let c = Container::create("kill-notes", &["cimplifier-test/notes:latest"]);
+    let observed = d.ctl(&["observe", &c.0, "--exec", workload]);
+    assert!(observed.status.success(), "{observed:?}");
+
+    let good = format!("cimplifier-e2e/kill-notes{pid}:slim");
+    let without = format!("cimplifier-e2e/kill-notes-without{pid}:slim");
+    let _images = Images(vec![good.clone(), without.clone()]);
+    let report = json_of(&d.ctl(&["emit", &c.0, "--tag", &good, "--json"]));
+    let evidence = report["privileges"]["capabilities"]["KILL"].to_string();
+    assert!(
+        evidence.contains("sent SIGTERM to a process of uid 33"),
+        "KILL granted for the start script's kill: {}",
+        report["privileges"]
+    );
+    let explained = stdout_of(&d.ctl(&["emit", &c.0, "--tag", &good, "--explain", "cap:KILL"]));
+    assert!(
+        explained.contains("cap:KILL: granted:")
+            && explained.contains("sent SIGTERM to a process of uid 33"),
+        "{explained}"
+    );
+
+    let out = d.ctl(&[
+        "verify",
+        &c.0,
+        "--image",
+        &good,
+        "--workload",
+        workload,
+        "--json",
+    ]);
+    let verified = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{verified}");
+    assert_eq!(verified["regressions"], serde_json::json!([]), "{verified}");
+
+    // The negative control: the same image, its label narrowed to drop KILL.
+    let label = docker(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"io.cimplifier.hardening\"}}",
+        &good,
+    ]);
+    let mut hardening: Value = serde_json::from_str(&label).unwrap();
+    let caps = hardening["cap_add"].as_array_mut().unwrap();
+    let before = caps.len();
+    caps.retain(|c| c != "KILL");
+    assert_eq!(caps.len() + 1, before, "{label}");
+    let scratch = Container::create("kill-notes-scratch", &[&good]);
+    // A Dockerfile's quoted string takes a JSON string's escapes.
+    let quoted = Value::String(hardening.to_string()).to_string();
+    docker(&[
+        "commit",
+        "--change",
+        &format!("LABEL io.cimplifier.hardening={quoted}"),
+        &scratch.0,
+        &without,
+    ]);
+    let out = d.ctl(&[
+        "verify",
+        &c.0,
+        "--image",
+        &without,
+        "--workload",
+        workload,
+        "--json",
+    ]);
+    let refused = json_of(&out);
+    assert_eq!(out.status.code(), Some(7), "{refused}");
+    let named = refused["regressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == "a signal to a process of another uid")
+        .unwrap_or_else(|| panic!("the refused kill is named: {refused}"));
+    assert_eq!(named["syscall"], "kill", "{refused}");
+    assert_eq!(named["errno"], "EPERM", "{refused}");
+    assert!(
+        named["fix"].as_str().unwrap().contains("CAP_KILL"),
+        "{refused}"
+    );
+}

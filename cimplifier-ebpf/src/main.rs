@@ -18,6 +18,11 @@
 //! - `sys_enter` also sends a `SyscallSeenRecord` the first time a watched
 //!   process makes a syscall number since its exec, traced or not: the
 //!   evidence for seccomp profiles (`SYSCALLS_SEEN`).
+//! - `signal_generate` (a BTF tracepoint: it has the receiving task) sends a
+//!   `SignalRecord` when a watched process signals another process, with
+//!   the credentials the kernel's permission check compared: the evidence
+//!   for CAP_KILL. It runs only when a signal is generated, so it stays
+//!   attached.
 //!
 //! Every dropped record is counted in `COUNTERS`, and, for the cgroup it
 //! belonged to, in `CGROUP_LOSS`, so that one noisy container's losses do
@@ -43,8 +48,8 @@ use aya_ebpf::{
 };
 use cimplifier_common::{
     COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
-    SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SyscallRecord,
-    SyscallSeenRecord, cgroup_loss, counter, flags,
+    SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SignalRecord,
+    SyscallRecord, SyscallSeenRecord, cgroup_loss, counter, flags,
     syscalls::{AddrSource, StrSource, nr, spec},
 };
 
@@ -123,6 +128,18 @@ static TASK_MM_OFFSET: u64 = 0;
 static MM_ARG_START_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static MM_ARG_END_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_CRED_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_REAL_CRED_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static CRED_UID_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static CRED_SUID_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static CRED_EUID_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static SIGINFO_CODE_OFFSET: u64 = 0;
 
 #[inline(always)]
 fn global(v: &'static u64) -> u64 {
@@ -757,6 +774,97 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
         (&rec as *const ExitRecord).cast(),
         core::mem::size_of::<ExitRecord>(),
         core::mem::size_of::<ExitRecord>(),
+    );
+    Some(())
+}
+
+/// `si_code` values of signals a process sent (`include/uapi/asm-generic/siginfo.h`).
+const SI_USER: i32 = 0;
+const SI_QUEUE: i32 = -1;
+const SI_TKILL: i32 = -6;
+/// `SEND_SIG_NOINFO` and `SEND_SIG_PRIV`: the kernel's stand-ins for a
+/// siginfo, from a process (kill) and from the kernel itself.
+const SEND_SIG_NOINFO: u64 = 0;
+const SEND_SIG_PRIV: u64 = 1;
+
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_signal(&ctx);
+    0
+}
+
+/// Reads `uid_t` at `offset` in the `struct cred` that `task` points to
+/// at `cred_offset`.
+#[inline(always)]
+fn cred_ids(task: *const u8, cred_offset: u64, first: u64, second: u64) -> Option<(u32, u32)> {
+    let cred: *const u8 =
+        unsafe { bpf_probe_read_kernel(task.add(cred_offset as usize).cast()) }.ok()?;
+    if cred.is_null() {
+        return None;
+    }
+    unsafe {
+        Some((
+            bpf_probe_read_kernel(cred.add(first as usize).cast()).ok()?,
+            bpf_probe_read_kernel(cred.add(second as usize).cast()).ok()?,
+        ))
+    }
+}
+
+/// signal_generate(sig, info, task, group, result): runs in the sender,
+/// after the permission check passed. Only signals a process sent to
+/// another process are kept; the kernel's own (SIGCHLD, SIGPIPE, a tty's)
+/// carry another code or SEND_SIG_PRIV.
+fn try_signal(ctx: &BtfTracePointContext) -> Option<()> {
+    let cgroup = watched_cgroup()?;
+    let sig: i32 = ctx.arg(0);
+    let info: u64 = ctx.arg(1);
+    let task: *const u8 = ctx.arg(2);
+    let code = match info {
+        SEND_SIG_NOINFO => SI_USER,
+        SEND_SIG_PRIV => return None,
+        p => unsafe {
+            bpf_probe_read_kernel((p as *const u8).add(global(&SIGINFO_CODE_OFFSET) as usize).cast())
+        }
+        .ok()?,
+    };
+    if code != SI_USER && code != SI_TKILL && code != SI_QUEUE {
+        return None;
+    }
+    let target_pid: u32 =
+        unsafe { bpf_probe_read_kernel(task.add(global(&TASK_TGID_OFFSET) as usize).cast()) }
+            .ok()?;
+    if target_pid == (bpf_get_current_pid_tgid() >> 32) as u32 {
+        // Its own process: never checked.
+        return None;
+    }
+    let current = unsafe { bpf_get_current_task() } as *const u8;
+    let (uid, euid) = cred_ids(
+        current,
+        global(&TASK_CRED_OFFSET),
+        global(&CRED_UID_OFFSET),
+        global(&CRED_EUID_OFFSET),
+    )?;
+    let (target_uid, target_suid) = cred_ids(
+        task,
+        global(&TASK_REAL_CRED_OFFSET),
+        global(&CRED_UID_OFFSET),
+        global(&CRED_SUID_OFFSET),
+    )?;
+    let rec = SignalRecord {
+        header: header(RecordKind::Signal, cgroup),
+        sig: sig as u32,
+        code,
+        target_pid,
+        sender_uid: uid,
+        sender_euid: euid,
+        target_uid,
+        target_suid,
+        _pad: 0,
+    };
+    emit(
+        (&rec as *const SignalRecord).cast(),
+        core::mem::size_of::<SignalRecord>(),
+        core::mem::size_of::<SignalRecord>(),
     );
     Some(())
 }

@@ -166,13 +166,21 @@ pub fn kind_of(e: &Event) -> (&'static str, Option<&str>) {
         EventKind::Running { .. } => ("running", None),
         EventKind::Syscall(s) => ("syscall", Some(s.syscall.as_str())),
         EventKind::SyscallSeen { .. } => ("syscall_seen", None),
+        EventKind::Signal(_) => ("signal", None),
     }
 }
 
 /// Every kind a stream filter can name: the event kinds, then the names
 /// of the traced syscalls.
 pub fn event_kinds() -> Vec<&'static str> {
-    let mut kinds = vec!["fork", "exit", "running", "syscall", "syscall_seen"];
+    let mut kinds = vec![
+        "fork",
+        "exit",
+        "running",
+        "syscall",
+        "syscall_seen",
+        "signal",
+    ];
     for &nr in cimplifier_common::syscalls::TRACED {
         let name = cimplifier_common::syscalls::name(nr);
         if !kinds.contains(&name) {

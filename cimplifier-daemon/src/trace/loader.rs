@@ -171,6 +171,12 @@ impl Tracer {
             .override_global(globals::TASK_MM_OFFSET, &layout.task_mm, true)
             .override_global(globals::MM_ARG_START_OFFSET, &layout.mm_arg_start, true)
             .override_global(globals::MM_ARG_END_OFFSET, &layout.mm_arg_end, true)
+            .override_global(globals::TASK_CRED_OFFSET, &layout.task_cred, true)
+            .override_global(globals::TASK_REAL_CRED_OFFSET, &layout.task_real_cred, true)
+            .override_global(globals::CRED_UID_OFFSET, &layout.cred_uid, true)
+            .override_global(globals::CRED_SUID_OFFSET, &layout.cred_suid, true)
+            .override_global(globals::CRED_EUID_OFFSET, &layout.cred_euid, true)
+            .override_global(globals::SIGINFO_CODE_OFFSET, &layout.siginfo_code, true)
             .map_max_entries(maps::EVENTS, config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs (are you root, with BPF enabled?)")?;
@@ -187,6 +193,12 @@ impl Tracer {
             p.load(hook, &btf)
                 .with_context(|| format!("loading tp_btf program {prog}"))?;
         }
+        // Runs only when a signal is generated: attached for good.
+        let p: &mut BtfTracePoint = program(&mut ebpf, "signal_generate")?;
+        p.load("signal_generate", &btf)
+            .context("loading tp_btf program signal_generate")?;
+        p.attach()
+            .context("attaching to BTF tracepoint signal_generate")?;
         for name in [
             "sched_process_fork",
             "sched_process_exec",

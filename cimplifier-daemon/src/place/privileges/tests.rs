@@ -278,6 +278,51 @@ fn raw_sockets_and_chroot() {
     assert_eq!(caps(&c.run()), ["NET_RAW", "SYS_CHROOT"]);
 }
 
+fn signal(pid: u32, ids: (u32, u32), to: (u32, u32)) -> Event {
+    Event {
+        kind: EventKind::Signal(crate::trace::SignalEvent {
+            sig: 15,
+            target_pid: pid + 1,
+            sender_uid: ids.0,
+            sender_euid: ids.1,
+            target_uid: to.0,
+            target_suid: to.1,
+        }),
+        ..exec(pid, "/x")
+    }
+}
+
+#[test]
+fn a_signal_to_a_process_sharing_no_uid_needs_kill() {
+    let mut c = Case::new(image(&base(), &[]));
+    c.apply(&[
+        exec(1, "/usr/sbin/web"),
+        // To itself, to root's other processes, and to a process that set
+        // its real uid but kept root as its saved uid: no capability.
+        signal(1, (0, 0), (0, 0)),
+        signal(1, (0, 0), (33, 0)),
+        // A sender whose real uid is the receiver's: none either.
+        signal(1, (33, 0), (33, 33)),
+    ]);
+    assert!(c.run().capabilities.is_empty(), "{:?}", caps(&c.run()));
+    c.apply(&[signal(1, (0, 0), (33, 33))]);
+    let got = c.run();
+    assert_eq!(caps(&got), ["KILL"]);
+    assert_eq!(
+        got.explain(Capability::Kill),
+        "granted: /usr/sbin/web sent SIGTERM to a process of uid 33, which shares no uid with it"
+    );
+    // The kernel's ids decide, not the uid the model followed: a process
+    // the model thinks left root still signalled with CAP_KILL.
+    let mut c = Case::new(image(&base(), &[]));
+    c.apply(&[
+        exec(1, "/usr/sbin/web"),
+        setuid(1, 33),
+        signal(1, (0, 0), (101, 101)),
+    ]);
+    assert!(caps(&c.run()).contains(&"KILL"));
+}
+
 #[test]
 fn a_setuid_or_file_capability_exec_allows_new_privileges() {
     let mut c = Case::new(image(&base(), &["/usr/bin/ping"]));
