@@ -215,7 +215,10 @@ pub mod counter {
     /// A syscall's exit met another call's in-flight entry of the same
     /// thread: a diagnostic, not counted as any session's loss.
     pub const EXIT_MISMATCH: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Repeats folded in the kernel (`syscalls::foldable`): not sent, as
+    /// they add nothing to the model. Not a loss.
+    pub const FOLDED: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Indices of a `CGROUP_LOSS` value: records lost, by cause, for one cgroup
@@ -259,6 +262,8 @@ pub mod globals {
     pub const CRED_EUID_OFFSET: &str = "CRED_EUID_OFFSET";
     /// Byte offset of `si_code` in `struct kernel_siginfo`.
     pub const SIGINFO_CODE_OFFSET: &str = "SIGINFO_CODE_OFFSET";
+    /// 1: fold repeats in the kernel (`syscalls::foldable`); 0: send all.
+    pub const FOLD_REPEATS: &str = "FOLD_REPEATS";
 }
 
 /// Map names, shared so the loader cannot drift from the programs.
@@ -268,5 +273,6 @@ pub mod maps {
     pub const WATCH_GENERATION: &str = "WATCH_GENERATION";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CGROUP_LOSS: &str = "CGROUP_LOSS";
+    pub const CGROUP_FOLDED: &str = "CGROUP_FOLDED";
     pub const INFLIGHT: &str = "INFLIGHT";
 }

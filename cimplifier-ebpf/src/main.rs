@@ -24,6 +24,12 @@
 //!   for CAP_KILL. It runs only when a signal is generated, so it stays
 //!   attached.
 //!
+//! - `sys_exit` folds a repeat of a call that only asks about an absolute
+//!   path (stat, access) or an open of one that failed: the same process,
+//!   since its last fork, exec or change of root, mounts or credentials,
+//!   made the same call with the same result (`syscalls::foldable`). It is
+//!   counted per cgroup (`CGROUP_FOLDED`), not sent.
+//!
 //! Every dropped record is counted in `COUNTERS`, and, for the cgroup it
 //! belonged to, in `CGROUP_LOSS`, so that one noisy container's losses do
 //! not mark other sessions incomplete.
@@ -50,7 +56,7 @@ use cimplifier_common::{
     COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
     SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SignalRecord,
     SyscallRecord, SyscallSeenRecord, cgroup_loss, counter, flags,
-    syscalls::{AddrSource, StrSource, nr, spec},
+    syscalls::{AddrSource, StrSource, foldable, forgets_folded, nr, spec},
 };
 
 #[map]
@@ -93,6 +99,24 @@ static INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(65536, 0);
 #[map]
 static SYSCALLS_SEEN: LruHashMap<u32, [u64; SYSCALL_BITMAP_WORDS]> =
     LruHashMap::with_max_entries(16384, 0);
+
+/// Per process (tgid): when it last forked off, exec'd or changed its root,
+/// mounts or credentials. Part of every folded call's key, so a repeat
+/// only counts within one such span. A process without an entry (running
+/// before the watch began, or evicted) has nothing folded.
+#[map]
+static FOLD_EPOCH: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Keys of the calls sent, for folding their repeats
+/// (`syscalls::foldable`): two independent 64-bit hashes of the process,
+/// its epoch, the call, its flags, its result and the path. An evicted key
+/// only makes its next repeat be sent.
+#[map]
+static FOLD_SEEN: LruHashMap<[u64; 2], u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Repeats folded per cgroup id: the sessions' count of them.
+#[map]
+static CGROUP_FOLDED: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(16384, 0);
 
 /// Scratch records: too large for the 512-byte stack.
 #[map]
@@ -140,6 +164,8 @@ static CRED_SUID_OFFSET: u64 = 0;
 static CRED_EUID_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static SIGINFO_CODE_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static FOLD_REPEATS: u64 = 0;
 
 #[inline(always)]
 fn global(v: &'static u64) -> u64 {
@@ -451,11 +477,84 @@ fn note_syscall(cgroup: u64, nr: u32) {
     );
 }
 
+/// Starts a new span of folded repeats for the current process.
+#[inline(always)]
+fn new_fold_epoch(tgid: u32) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = FOLD_EPOCH.insert(&tgid, &now, 0);
+}
+
+const FOLD_MUL: [u64; 2] = [0x9e37_79b9_7f4a_7c15, 0xc2b2_ae3d_27d4_eb4f];
+
+#[inline(always)]
+fn mix(h: &mut [u64; 2], v: u64) {
+    for (h, m) in h.iter_mut().zip(FOLD_MUL) {
+        *h = (*h ^ v).wrapping_mul(m);
+        *h ^= *h >> 29;
+    }
+}
+
+/// Whether `rec` (a `foldable` call on an absolute path, whose name was read
+/// whole) repeats one the process sent since its epoch began: then it is
+/// counted, not sent.
+#[inline(always)]
+fn folded(rec: &SyscallRecord, cgroup: u64, keep: [u64; 2]) -> bool {
+    const WHOLE: u32 = flags::STR0_PRESENT | flags::STR0_TRUNCATED | flags::STR0_FAULT;
+    let len = rec.str_len[0];
+    if rec.flags & WHOLE != flags::STR0_PRESENT || len == 0 || rec.strings[0] != b'/' {
+        return false;
+    }
+    let tgid = rec.header.pid;
+    let Some(epoch) = (unsafe { FOLD_EPOCH.get(&tgid) }).copied() else {
+        return false;
+    };
+    let mut h = [0x243f_6a88_85a3_08d3u64, 0x1319_8a2e_0370_7344];
+    for v in [
+        tgid as u64,
+        epoch,
+        rec.nr as u64,
+        rec.ret as u64,
+        keep[0],
+        keep[1],
+        len as u64,
+    ] {
+        mix(&mut h, v);
+    }
+    // The name, eight bytes at a time; the last word masked to its length.
+    let base = rec.strings.as_ptr();
+    for i in 0..(STR_SLOT / 8) {
+        let at = (i * 8) as u32;
+        if at >= len {
+            break;
+        }
+        let mut w = unsafe { ptr::read_unaligned(base.add(i * 8).cast::<u64>()) };
+        let left = len - at;
+        if left < 8 {
+            w &= (1u64 << (left * 8)) - 1;
+        }
+        mix(&mut h, w);
+    }
+    if unsafe { FOLD_SEEN.get(&h) }.is_some() {
+        count(counter::FOLDED);
+        if let Some(p) = CGROUP_FOLDED.get_ptr_mut(&cgroup) {
+            unsafe { *p += 1 };
+        } else {
+            let _ = CGROUP_FOLDED.insert(&cgroup, &1, 0);
+        }
+        return true;
+    }
+    let _ = FOLD_SEEN.insert(&h, &1, 0);
+    false
+}
+
 fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
     let id: i64 = ctx.arg(1);
     let nr = id as u32;
     let cgroup = watched_cgroup()?;
     note_syscall(cgroup, nr);
+    if forgets_folded(nr) {
+        new_fold_epoch((bpf_get_current_pid_tgid() >> 32) as u32);
+    }
     let spec = spec(nr)?;
     let regs: *const [u64; REG_WORDS] = ctx.arg(0);
     let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
@@ -602,6 +701,12 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         }
         _ => {}
     }
+    if global(&FOLD_REPEATS) != 0
+        && let Some(keep) = foldable(nr, ret, &args)
+        && folded(rec, cgroup, keep)
+    {
+        return Some(());
+    }
     emit_syscall(rec);
     Some(())
 }
@@ -633,6 +738,7 @@ fn try_fork(ctx: &TracePointContext) -> Option<()> {
     // making needs no new record.
     const CLONE_THREAD: u64 = 0x10000;
     if clone_flags & CLONE_THREAD == 0 {
+        new_fold_epoch(child_tid as u32);
         let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
         if let Some(seen) = unsafe { SYSCALLS_SEEN.get(&parent) } {
             let seen = *seen;
@@ -664,8 +770,10 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 /// lies in pages of the new mm that the kernel has just written.
 fn try_exec(ctx: &TracePointContext) -> Option<()> {
     let cgroup = watched_cgroup()?;
-    // A new program: its syscalls are its own evidence.
+    // A new program: its syscalls are its own evidence, and its repeats
+    // its own.
     let _ = SYSCALLS_SEEN.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
+    new_fold_epoch((bpf_get_current_pid_tgid() >> 32) as u32);
     let old_tid: i32 = unsafe { ctx.read_at(global(&EXEC_OLD_PID_OFFSET) as usize) }.ok()?;
     let old_tid = old_tid as u32;
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -763,7 +871,9 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let group_dead: u8 =
         unsafe { ctx.read_at(global(&EXIT_GROUP_DEAD_OFFSET) as usize) }.unwrap_or(0);
     if group_dead != 0 {
-        let _ = SYSCALLS_SEEN.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let _ = SYSCALLS_SEEN.remove(&tgid);
+        let _ = FOLD_EPOCH.remove(&tgid);
     }
     let rec = ExitRecord {
         header: header(RecordKind::Exit, cgroup),

@@ -556,6 +556,15 @@ impl Observer {
         })
     }
 
+    /// Repeats the kernel folded of cgroup `id`'s processes; an unreadable
+    /// entry counts none (a count, not a loss).
+    pub fn cgroup_folded(&self, id: CgroupId) -> u64 {
+        self.tracer.cgroup_folded(id).unwrap_or_else(|e| {
+            tracing::warn!("reading the folded repeats of cgroup {}: {e:#}", id.0);
+            0
+        })
+    }
+
     /// Live subscriptions, and the events their queues may hold in all.
     pub fn subscribed(&self) -> (usize, usize) {
         let subscribers = self.subscribers.lock().expect("subscribers lock");

@@ -175,6 +175,7 @@ impl SessionTask {
             prior_duration: record.duration_ms,
             prior_loss: record.loss,
             prior_aggregated: record.aggregated,
+            prior_kernel_folded: record.kernel_folded,
             loss_base,
             started: Instant::now(),
         };
@@ -519,6 +520,8 @@ struct Recorder<'a> {
     prior_duration: u64,
     prior_loss: LossCounters,
     prior_aggregated: u64,
+    /// Repeats the kernel folded in earlier segments.
+    prior_kernel_folded: u64,
     loss_base: LossBase,
     started: Instant,
 }
@@ -585,6 +588,8 @@ impl Recorder<'_> {
         }
         next.events += self.batch.len() as u64;
         next.aggregated = self.prior_aggregated + self.aggregated;
+        next.kernel_folded =
+            self.prior_kernel_folded + self.loss_base.folded_since(self.observer, &self.members);
         next.checkpoint_unix_ms = now_ms();
         next.duration_ms = self.prior_duration + self.started.elapsed().as_millis() as u64;
         // A cgroup below the container whose every record was lost never
