@@ -23,7 +23,6 @@
 //!   the credentials the kernel's permission check compared: the evidence
 //!   for CAP_KILL. It runs only when a signal is generated, so it stays
 //!   attached.
-//!
 //! - `sys_exit` folds a repeat of a call that only asks about an absolute
 //!   path (stat, access) or an open of one that failed: the same process,
 //!   since its last fork, exec or change of root, mounts or credentials,
@@ -103,7 +102,7 @@ static SYSCALLS_SEEN: LruHashMap<u32, [u64; SYSCALL_BITMAP_WORDS]> =
 /// Per process (tgid): when it last forked off, exec'd or changed its root,
 /// mounts or credentials. Part of every folded call's key, so a repeat
 /// only counts within one such span. A process without an entry (running
-/// before the watch began, or evicted) has nothing folded.
+/// before the watch began, or evicted) starts one at its next candidate.
 #[map]
 static FOLD_EPOCH: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
 
@@ -506,6 +505,8 @@ fn folded(rec: &SyscallRecord, cgroup: u64, keep: [u64; 2]) -> bool {
     }
     let tgid = rec.header.pid;
     let Some(epoch) = (unsafe { FOLD_EPOCH.get(&tgid) }).copied() else {
+        // Running before the watch began, or evicted: a span starts now.
+        new_fold_epoch(tgid);
         return false;
     };
     let mut h = [0x243f_6a88_85a3_08d3u64, 0x1319_8a2e_0370_7344];
