@@ -500,8 +500,9 @@ fn model_view(events: &[cimplifier::trace::Event]) -> ModelView {
 
 /// Two tracers watch one cgroup, one folding repeats in the kernel and one
 /// not, while real programs repeat stats and failed opens (python's
-/// imports, a shell loop), change directory, and repeat a stat after
-/// dropping root: the models built from the two streams are equal, per
+/// imports, a shell loop, a process started before the watch), change
+/// directory, and repeat a stat after dropping root: the models built from
+/// the two streams are equal, per
 /// executable, with as many unresolved names, and the folding one sent
 /// fewer events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -516,11 +517,31 @@ async fn folding_repeats_in_the_kernel_leaves_the_model_unchanged() {
     let mut folded_events = folding.events().unwrap();
     let mut full_events = full.events().unwrap();
     let cgroup = TestCgroup::new("fold");
-    let watched = folding.watch_cgroup(&cgroup.path).unwrap();
-    let watched_full = full.watch_cgroup(&cgroup.path).unwrap();
-
     let base_dir = tempfile::tempdir().unwrap();
     let base = base_dir.path().to_str().unwrap().to_owned();
+    // A process running before the watch began, which repeats once told.
+    let go = format!("{base}/go");
+    let early = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec python3 -c '
+import os, time
+while not os.path.exists(\"{go}\"): time.sleep(0.05)
+for _ in range(50): os.stat(\"/etc/passwd\"); os.path.exists(\"/no/such/early\")
+'",
+            cgroup.path.display()
+        ))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let watched = folding.watch_cgroup(&cgroup.path).unwrap();
+    let watched_full = full.watch_cgroup(&cgroup.path).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let early = tokio::task::spawn_blocking(move || {
+        let mut early = early;
+        early.wait().unwrap()
+    });
+
     let script = workload_script();
     let shell = format!(
         "python3 {script} {base} > /dev/null
@@ -543,6 +564,7 @@ for _ in range(3): os.path.exists(\"/etc/shadow\"); os.path.exists(\"/no/such\")
     })
     .await
     .unwrap();
+    assert!(early.await.unwrap().success());
 
     let a = drain(&mut folded_events, Duration::from_millis(500)).await;
     let b = drain(&mut full_events, Duration::from_millis(500)).await;
@@ -573,6 +595,15 @@ for _ in range(3): os.path.exists(\"/etc/shadow\"); os.path.exists(\"/no/such\")
         assert_eq!(va.0.get(exe), Some(uses), "the uses of {exe}");
     }
     assert_eq!(va.0.len(), vb.0.len());
+    // The process that ran before the watch folded its repeats too.
+    let early_probes = |events: &[cimplifier::trace::Event]| {
+        events
+            .iter()
+            .filter_map(|e| e.syscall())
+            .filter(|s| s.paths.iter().any(|p| p.raw == "/no/such/early"))
+            .count()
+    };
+    assert_eq!((early_probes(&a), early_probes(&b)), (1, 50));
     // The stat after dropping root was sent: other evidence of privilege.
     assert!(
         va.1.iter().any(|o| matches!(o.uid, cimplifier::model::privileged::Uid::Set(65534))
