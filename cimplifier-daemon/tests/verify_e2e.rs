@@ -43,6 +43,33 @@ fn json_of(out: &std::process::Output) -> Value {
     })
 }
 
+/// `verify SESSION OUTPUT... --workload WORKLOAD --json`, which must fail
+/// the output (exit 7) and name `resource`: that regression, and the
+/// report for messages.
+fn named_regression(
+    d: &Daemon,
+    session: &str,
+    output: &[&str],
+    workload: &str,
+    resource: &str,
+) -> (Value, String) {
+    let mut args = vec!["verify", session];
+    args.extend_from_slice(output);
+    args.extend(["--workload", workload, "--json"]);
+    let out = d.ctl(&args);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(7), "{report}");
+    assert_eq!(report["verified"], false, "{report}");
+    let named = report["regressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == resource)
+        .unwrap_or_else(|| panic!("{resource} is named: {report}"))
+        .clone();
+    (named, report.to_string())
+}
+
 #[test]
 fn lifecycle_steps_run_inside_one_session_and_each_start_is_observed() {
     require_root();
@@ -146,24 +173,8 @@ fn verify_passes_a_good_slim_image_and_names_a_file_left_out() {
     );
 
     // The file left out on purpose is named, with its fix.
-    let out = d.ctl(&[
-        "verify",
-        &c.0,
-        "--image",
-        &bad,
-        "--workload",
-        FETCH,
-        "--json",
-    ]);
-    let report = json_of(&out);
-    assert_eq!(out.status.code(), Some(7), "{report}");
-    assert_eq!(report["verified"], false, "{report}");
-    let named = report["regressions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["resource"] == "/etc/nginx/mime.types")
-        .unwrap_or_else(|| panic!("mime.types is named: {report}"));
+    let (named, report) =
+        named_regression(&d, &c.0, &["--image", &bad], FETCH, "/etc/nginx/mime.types");
     assert_eq!(named["executable"], "/usr/sbin/nginx", "{report}");
     assert_eq!(named["errno"], "ENOENT", "{report}");
     assert!(
@@ -238,23 +249,13 @@ fn verify_catches_a_partition_whose_shared_volume_was_emptied() {
     compose["services"]["cimplifier-seed"]["volumes"] = serde_norway::Value::Sequence(vec![]);
     std::fs::write(&compose_path, serde_norway::to_string(&compose).unwrap()).unwrap();
 
-    let verified = d.ctl(&[
-        "verify",
+    let (named, v) = named_regression(
+        &d,
         &c.0,
-        "--plan",
-        out.to_str().unwrap(),
-        "--workload",
+        &["--plan", out.to_str().unwrap()],
         workload,
-        "--json",
-    ]);
-    let v = json_of(&verified);
-    assert_eq!(verified.status.code(), Some(7), "{v}");
-    let named = v["regressions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["resource"] == "/srv/app/flag")
-        .unwrap_or_else(|| panic!("the flag is named: {v}"));
+        "/srv/app/flag",
+    );
     assert_eq!(named["partition"], "reader", "{v}");
     assert_eq!(named["executable"], "/usr/bin/cat", "{v}");
     assert!(
@@ -331,23 +332,13 @@ fn a_script_that_stops_its_workers_across_uids_is_granted_kill_and_verify_names_
         &scratch.0,
         &without,
     ]);
-    let out = d.ctl(&[
-        "verify",
+    let (named, refused) = named_regression(
+        &d,
         &c.0,
-        "--image",
-        &without,
-        "--workload",
+        &["--image", &without],
         workload,
-        "--json",
-    ]);
-    let refused = json_of(&out);
-    assert_eq!(out.status.code(), Some(7), "{refused}");
-    let named = refused["regressions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["resource"] == "a signal to a process of another uid")
-        .unwrap_or_else(|| panic!("the refused kill is named: {refused}"));
+        "a signal to a process of another uid",
+    );
     assert_eq!(named["syscall"], "kill", "{refused}");
     assert_eq!(named["errno"], "EPERM", "{refused}");
     assert!(

@@ -1,6 +1,7 @@
 use cimplifier_common::syscalls::{self, nr};
 
 use super::*;
+use crate::testing::signal;
 use crate::trace::{CgroupId, EventKind, PathArg, PathRole, Resolution};
 
 fn arg(path: &str) -> PathArg {
@@ -230,25 +231,6 @@ fn a_failure_the_output_recovered_from_is_not_a_regression() {
     assert_eq!(lasting.len(), 1, "{lasting:?}");
 }
 
-fn signal(pid: u32, target_uid: u32) -> Event {
-    Event {
-        ts_ns: 0,
-        pid,
-        tid: pid,
-        ppid: 1,
-        cgroup: CgroupId(1),
-        comm: "t".into(),
-        kind: EventKind::Signal(crate::trace::SignalEvent {
-            sig: 15,
-            target_pid: pid + 1,
-            sender_uid: 0,
-            sender_euid: 0,
-            target_uid,
-            target_suid: target_uid,
-        }),
-    }
-}
-
 fn kill(pid: u32, errno: Option<&str>) -> Event {
     let mut e = call(pid, nr::KILL, "/", errno);
     if let EventKind::Syscall(s) = &mut e.kind {
@@ -262,7 +244,7 @@ fn kill(pid: u32, errno: Option<&str>) -> Event {
 fn a_signal_the_original_sent_across_uids_and_the_output_may_not_is_named() {
     let before = [
         exec(1, "/usr/sbin/php-fpm8.2", None),
-        signal(1, 33),
+        signal(1, (0, 0), (33, 33)),
         kill(1, None),
     ];
     let sent = original(&before);
@@ -286,7 +268,7 @@ fn a_signal_the_original_sent_across_uids_and_the_output_may_not_is_named() {
     assert!(r.fix.contains("CAP_KILL"), "{}", r.fix);
     // A signal within one uid needed nothing: its refusal in the output
     // is not this regression (a kill of a gone process is ESRCH anyway).
-    let same_uid = original(&[exec(1, "/bin/sh", None), signal(1, 0)]);
+    let same_uid = original(&[exec(1, "/bin/sh", None), signal(1, (0, 0), (0, 0))]);
     assert!(
         compare(
             &same_uid,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use cimplifier_common::syscalls::nr;
 
 use super::*;
-use crate::testing::{call, exec, open, p};
+use crate::testing::{call, exec, open, p, signal};
 use crate::trace::{Event, EventKind, PathRole, SocketAddress, SyscallEvent};
 
 /// An image from `(path, mode, uid, gid)`; a path ending in `/` is a
@@ -276,20 +276,6 @@ fn raw_sockets_and_chroot() {
         call(1, nr::CHROOT, [0; 6], &[(PathRole::Target, "/var/www")]),
     ]);
     assert_eq!(caps(&c.run()), ["NET_RAW", "SYS_CHROOT"]);
-}
-
-fn signal(pid: u32, ids: (u32, u32), to: (u32, u32)) -> Event {
-    Event {
-        kind: EventKind::Signal(crate::trace::SignalEvent {
-            sig: 15,
-            target_pid: pid + 1,
-            sender_uid: ids.0,
-            sender_euid: ids.1,
-            target_uid: to.0,
-            target_suid: to.1,
-        }),
-        ..exec(pid, "/x")
-    }
 }
 
 #[test]
