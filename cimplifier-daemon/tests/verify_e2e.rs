@@ -43,6 +43,20 @@ fn json_of(out: &std::process::Output) -> Value {
     })
 }
 
+/// `verify SESSION OUTPUT... --workload WORKLOAD --json`, which must pass
+/// the output (exit 0, no regression): its report.
+fn verified(d: &Daemon, session: &str, output: &[&str], workload: &str) -> Value {
+    let mut args = vec!["verify", session];
+    args.extend_from_slice(output);
+    args.extend(["--workload", workload, "--json"]);
+    let out = d.ctl(&args);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(report["regressions"], serde_json::json!([]), "{report}");
+    report
+}
+
 /// `verify SESSION OUTPUT... --workload WORKLOAD --json`, which must fail
 /// the output (exit 7) and name `resource`: that regression, and the
 /// report for messages.
@@ -153,19 +167,7 @@ fn verify_passes_a_good_slim_image_and_names_a_file_left_out() {
     ]));
 
     // The positive control: the output does what the original did.
-    let out = d.ctl(&[
-        "verify",
-        &c.0,
-        "--image",
-        &good,
-        "--workload",
-        FETCH,
-        "--json",
-    ]);
-    let report = json_of(&out);
-    assert_eq!(out.status.code(), Some(0), "{report}");
-    assert_eq!(report["verified"], true, "{report}");
-    assert_eq!(report["regressions"], serde_json::json!([]), "{report}");
+    let report = verified(&d, &c.0, &["--image", &good], FETCH);
     assert_eq!(
         report["workload"]["passes"].as_array().unwrap().len(),
         4,
@@ -229,18 +231,7 @@ fn verify_catches_a_partition_whose_shared_volume_was_emptied() {
     let workload = "sleep 3";
 
     // The positive control: seeded, the plan does what the original did.
-    let verified = d.ctl(&[
-        "verify",
-        &c.0,
-        "--plan",
-        out.to_str().unwrap(),
-        "--workload",
-        workload,
-        "--json",
-    ]);
-    let v = json_of(&verified);
-    assert_eq!(verified.status.code(), Some(0), "{v}");
-    assert_eq!(v["regressions"], serde_json::json!([]), "{v}");
+    verified(&d, &c.0, &["--plan", out.to_str().unwrap()], workload);
 
     // The shared volume emptied: the seed service no longer fills it.
     let compose_path = report.compose_file.clone();
@@ -297,18 +288,7 @@ fn a_script_that_stops_its_workers_across_uids_is_granted_kill_and_verify_names_
         "{explained}"
     );
 
-    let out = d.ctl(&[
-        "verify",
-        &c.0,
-        "--image",
-        &good,
-        "--workload",
-        workload,
-        "--json",
-    ]);
-    let verified = json_of(&out);
-    assert_eq!(out.status.code(), Some(0), "{verified}");
-    assert_eq!(verified["regressions"], serde_json::json!([]), "{verified}");
+    verified(&d, &c.0, &["--image", &good], workload);
 
     // The negative control: the same image, its label narrowed to drop KILL.
     let label = docker(&[
