@@ -57,6 +57,26 @@ impl Manager {
         Ok(())
     }
 
+    /// Forgets `selector`: containers created with its label from now on
+    /// are not observed (sessions it started go on). False when no such
+    /// selector was given; the built-in one cannot be removed.
+    pub fn remove_selector(&self, selector: &str) -> Result<bool, ObserveError> {
+        check_selector(selector)?;
+        if selector == OBSERVE_LABEL {
+            return Err(ObserveError::Refused(format!(
+                "{OBSERVE_LABEL} is built in: a container created with it asks to be observed; \
+                 remove the label from the container instead"
+            )));
+        }
+        let kept = self.store.remove_selector(selector)?;
+        let held = self
+            .selectors
+            .lock()
+            .expect("selectors lock")
+            .remove(selector);
+        Ok(kept || held)
+    }
+
     /// Follows Docker's `create` events and observes the containers whose
     /// labels match a selector; attaches to matching containers already
     /// running without a session. Runs for the daemon's life: an engine

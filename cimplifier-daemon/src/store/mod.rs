@@ -190,6 +190,15 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a label selector; whether it was kept.
+    pub fn remove_selector(&self, selector: &str) -> Result<bool> {
+        let txn = self.db.begin_write()?;
+        let removed = txn.open_table(SELECTORS)?.remove(selector)?.is_some();
+        txn.commit()
+            .with_context(|| format!("forgetting a label selector in {}", self.path.display()))?;
+        Ok(removed)
+    }
+
     /// The label selectors kept with [`Store::add_selector`].
     pub fn selectors(&self) -> Result<Vec<String>> {
         let txn = self.db.begin_read()?;

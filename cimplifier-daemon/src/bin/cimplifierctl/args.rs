@@ -129,8 +129,15 @@ pub enum Command {
         action: Option<SessionsAction>,
     },
     /// Stop the daemon's observation of a container; the session is kept.
+    /// With --label: forget a label selector `observe --label` gave, so
+    /// containers created with the label are no longer observed (sessions
+    /// it started go on).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["container", "label"])))]
     Stop {
-        container: String,
+        container: Option<String>,
+        /// The label selector (`key=value`) to forget.
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: Option<String>,
         /// Print the closed session as JSON (as `sessions --json`).
         #[arg(long)]
         json: bool,
