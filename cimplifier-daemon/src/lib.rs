@@ -17,8 +17,8 @@
 
 pub mod api;
 pub mod cli;
-pub mod docker;
 pub mod emit;
+pub mod engine;
 pub mod image;
 pub mod model;
 pub mod partition;
@@ -27,6 +27,9 @@ pub mod session;
 pub mod store;
 pub mod trace;
 pub mod verify;
+
+/// The Docker engine, at its old path: [`engine::docker`].
+pub use engine::docker;
 
 #[cfg(test)]
 mod testing;
