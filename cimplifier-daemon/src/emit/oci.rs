@@ -321,6 +321,49 @@ pub async fn load_into_docker(
         .map_err(EmitError::Failed)
 }
 
+/// Writes the image into containerd's content store in `namespace` and
+/// names it by its tag (see [`check_tag`]), so that `ctr run` runs it.
+pub async fn load_into_containerd(
+    namespace: &str,
+    image: &OciImage,
+    retag: Retag,
+) -> Result<(), EmitError> {
+    let Some(tag) = &image.tag else {
+        return Ok(());
+    };
+    let containerd = crate::engine::containerd::Containerd::connect()
+        .await
+        .map_err(EmitError::Engine)?;
+    if retag == Retag::OwnOnly
+        && let Some(labels) = containerd
+            .image_labels(namespace, tag)
+            .await
+            .map_err(EmitError::Engine)?
+        && !labels.contains_key(MADE_BY_LABEL)
+    {
+        return Err(EmitError::ForeignTag(format!(
+            "image {tag} in containerd namespace {namespace} is not one cimplifier made (it has \
+             no {MADE_BY_LABEL} label): pass --force to move the name to the new image, or \
+             choose another tag"
+        )));
+    }
+    let (config, layer, manifest) = (
+        image.config.digest(),
+        image.layer.digest(),
+        image.manifest.digest(),
+    );
+    containerd
+        .load(
+            namespace,
+            tag,
+            (&manifest, &image.manifest.bytes),
+            &[(&config, &image.config.bytes), (&layer, &image.layer.bytes)],
+        )
+        .await
+        .context("loading the emitted image into containerd")
+        .map_err(EmitError::Failed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -89,6 +89,8 @@ pub struct Container {
     pub at: ContainerRef,
     /// The image's name in the namespace's image store.
     pub image: String,
+    /// What that name points to (an index or a manifest): the image's id.
+    pub image_digest: String,
     pub labels: HashMap<String, String>,
     pub snapshotter: String,
     pub snapshot_key: String,
@@ -198,9 +200,19 @@ impl Containerd {
             Err(s) => return Err(s).with_context(|| format!("looking up {at} in {}", self.what())),
         };
         let running_pid = self.task_pid(at).await?;
+        let image_digest = self
+            .image_target(&at.namespace, &c.image)
+            .await?
+            .with_context(|| {
+                format!(
+                    "container {at} runs image {}, which is not in namespace {}'s image store                      (see `ctr -n {} images ls`)",
+                    c.image, at.namespace, at.namespace
+                )
+            })?;
         Ok(Some(Container {
             at: at.clone(),
             image: c.image,
+            image_digest,
             labels: c.labels,
             snapshotter: c.snapshotter,
             snapshot_key: c.snapshot_key,
@@ -343,7 +355,9 @@ impl Containerd {
             async move {
                 let envelope = match envelope {
                     Ok(e) => e,
-                    Err(s) => return Some(Err(anyhow::Error::from(s).context("containerd's events"))),
+                    Err(s) => {
+                        return Some(Err(anyhow::Error::from(s).context("containerd's events")));
+                    }
                 };
                 if envelope.namespace != at.namespace {
                     return None;
@@ -429,8 +443,8 @@ impl Containerd {
         let mut digest = digest.to_owned();
         for _ in 0..8 {
             let bytes = self.read_blob(namespace, &digest).await?;
-            let json: serde_json::Value = serde_json::from_slice(&bytes)
-                .with_context(|| format!("{digest} is not JSON"))?;
+            let json: serde_json::Value =
+                serde_json::from_slice(&bytes).with_context(|| format!("{digest} is not JSON"))?;
             if json.get("manifests").is_none() {
                 let m = ImageManifest::from_reader(&bytes[..])
                     .with_context(|| format!("reading the image manifest {digest}"))?;
@@ -581,21 +595,29 @@ impl Containerd {
             let exists = self.image_target(namespace, name).await?.is_some();
             if exists {
                 images
-                    .update(leased(namespace, &lease.id, api::UpdateImageRequest {
-                        image: Some(image),
-                        update_mask: Some(prost_types::FieldMask {
-                            paths: vec!["target".into()],
-                        }),
-                        source_date_epoch: None,
-                    })?)
+                    .update(leased(
+                        namespace,
+                        &lease.id,
+                        api::UpdateImageRequest {
+                            image: Some(image),
+                            update_mask: Some(prost_types::FieldMask {
+                                paths: vec!["target".into()],
+                            }),
+                            source_date_epoch: None,
+                        },
+                    )?)
                     .await
                     .map(drop)
             } else {
                 images
-                    .create(leased(namespace, &lease.id, api::CreateImageRequest {
-                        image: Some(image),
-                        source_date_epoch: None,
-                    })?)
+                    .create(leased(
+                        namespace,
+                        &lease.id,
+                        api::CreateImageRequest {
+                            image: Some(image),
+                            source_date_epoch: None,
+                        },
+                    )?)
                     .await
                     .map(drop)
             }
@@ -663,7 +685,8 @@ impl Containerd {
                 Ok(None) => return Ok(()),
                 Err(s) if s.code() == Code::AlreadyExists => return Ok(()),
                 Err(s) => {
-                    return Err(s).with_context(|| format!("writing {digest} into {}", self.what()));
+                    return Err(s)
+                        .with_context(|| format!("writing {digest} into {}", self.what()));
                 }
             }
         }

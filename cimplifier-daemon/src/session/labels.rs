@@ -13,8 +13,8 @@ use futures::StreamExt;
 use super::observer;
 use super::task::{Prepared, RouteGuard};
 use super::{
-    Manager, OBSERVE_LABEL, ObserveError, ObserveOptions, Opening, continued, docker_parent_cgroup,
-    now_ms,
+    Manager, OBSERVE_LABEL, ObserveError, ObserveOptions, Opening, Subject, continued,
+    docker_parent_cgroup, now_ms,
 };
 use crate::docker::{Docker, container};
 use crate::store::{SessionState, Started};
@@ -144,7 +144,13 @@ impl Manager {
             tokio::spawn(async move {
                 let name = container::name_of(&details);
                 match manager
-                    .begin(details, Opening::AwaitStart, None, None, prepared)
+                    .begin(
+                        Subject::Docker(Box::new(details)),
+                        Opening::AwaitStart,
+                        None,
+                        None,
+                        prepared,
+                    )
                     .await
                 {
                     Ok(_) => {
@@ -211,8 +217,14 @@ impl Manager {
             session = %record.name,
             "continuing the session of a labelled container that ran while the daemon was down; the gap is marked"
         );
-        self.begin(details, Opening::Resume, None, Some(record), None)
-            .await
+        self.begin(
+            Subject::Docker(Box::new(details)),
+            Opening::Resume,
+            None,
+            Some(record),
+            None,
+        )
+        .await
     }
 
     /// Watches Docker's parent cgroup and answers, for each new cgroup

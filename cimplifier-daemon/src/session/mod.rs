@@ -15,6 +15,7 @@
 //! session, `labels.rs` watches for labelled containers, [`observer`] is the
 //! tracer shared by all sessions.
 
+mod containerd;
 mod labels;
 pub mod lifecycle;
 mod loss;
@@ -87,6 +88,37 @@ enum Opening {
     AwaitStart,
     /// The daemon came back; the container still runs.
     Resume,
+}
+
+/// The container a session observes, in its engine's terms.
+#[derive(Clone)]
+pub(super) enum Subject {
+    Docker(Box<container::Details>),
+    Containerd(crate::engine::containerd::Container),
+}
+
+impl Subject {
+    /// The session's name.
+    fn name(&self) -> String {
+        match self {
+            Subject::Docker(d) => container::name_of(d),
+            Subject::Containerd(c) => c.session_name(),
+        }
+    }
+
+    fn id(&self) -> String {
+        match self {
+            Subject::Docker(d) => d.id.clone().unwrap_or_default(),
+            Subject::Containerd(c) => c.at.to_string(),
+        }
+    }
+
+    fn image_id(&self) -> String {
+        match self {
+            Subject::Docker(d) => d.image.clone().unwrap_or_default(),
+            Subject::Containerd(c) => c.image_digest.clone(),
+        }
+    }
 }
 
 /// What a session looks like from outside.
@@ -200,6 +232,9 @@ impl Manager {
                 "restart and attach exclude each other".into(),
             ));
         }
+        if crate::engine::containerd::ContainerRef::is_one(&opts.container) {
+            return containerd::observe(self, opts).await;
+        }
         let docker = crate::docker::connect()?;
         let details = match container::look_up(&docker, &opts.container).await {
             container::Lookup::Found(details) => *details,
@@ -230,8 +265,14 @@ impl Manager {
             }
         };
         let earlier = self.earlier_session(&name, &details, opts.replace)?;
-        self.begin(details, opening, opts.duration, earlier, None)
-            .await
+        self.begin(
+            Subject::Docker(Box::new(details)),
+            opening,
+            opts.duration,
+            earlier,
+            None,
+        )
+        .await
     }
 
     /// The closed session a new observation of `name` continues: one of
@@ -266,13 +307,13 @@ impl Manager {
     /// Spawns the session task and waits until it has begun.
     async fn begin(
         self: &Arc<Self>,
-        details: container::Details,
+        subject: Subject,
         opening: Opening,
         duration: Option<Duration>,
         resumed: Option<SessionRecord>,
         prepared: Option<Prepared>,
     ) -> Result<Started, ObserveError> {
-        let name = container::name_of(&details);
+        let name = subject.name();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (started_tx, started_rx) = oneshot::channel::<Started>();
         let (steps_tx, steps_rx) = mpsc::channel(1);
@@ -289,9 +330,9 @@ impl Manager {
                     steps: steps_tx,
                     done: None,
                     started: Started {
-                        container_id: details.id.clone().unwrap_or_default(),
+                        container_id: subject.id(),
                         container_name: name.clone(),
-                        image_id: details.image.clone().unwrap_or_default(),
+                        image_id: subject.image_id(),
                         image_ref: String::new(),
                         from_first_exec: false,
                         started_unix_ms: now_ms(),
@@ -304,7 +345,7 @@ impl Manager {
         let done = tokio::spawn(async move {
             let session = SessionTask {
                 manager: manager.clone(),
-                details,
+                subject,
                 opening,
                 duration,
                 resumed,
@@ -536,6 +577,11 @@ impl Manager {
             if record.state != SessionState::Observing {
                 continue;
             }
+            // Not resumed yet: a containerd session the daemon lost is closed.
+            if record.containerd.is_some() {
+                self.recover_one(record, container::Lookup::Gone).await?;
+                continue;
+            }
             let lookup = match &docker {
                 Ok(docker) => container::look_up(docker, &record.started.container_id).await,
                 Err(e) => container::Lookup::Unreachable(anyhow!("{e:#}")),
@@ -578,7 +624,13 @@ impl Manager {
                 record.gaps.push(gap);
                 self.store.put_session(&record)?;
                 if let Err(e) = self
-                    .begin(*details, Opening::Resume, None, Some(record.clone()), None)
+                    .begin(
+                        Subject::Docker(details),
+                        Opening::Resume,
+                        None,
+                        Some(record.clone()),
+                        None,
+                    )
                     .await
                 {
                     tracing::error!(session = %record.name, "could not resume: {e}");

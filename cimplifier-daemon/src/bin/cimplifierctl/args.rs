@@ -330,7 +330,13 @@ pub enum SessionsAction {
 // The arguments of `observe` (its help is the variant's doc comment).
 #[derive(Args)]
 pub struct ObserveArgs {
-    /// Container name or id.
+    /// Docker container name or id; or a containerd container as
+    /// containerd://NAMESPACE/ID (any namespace, k8s.io included; the
+    /// daemon reaches containerd at $CONTAINERD_ADDRESS, else
+    /// /run/containerd/containerd.sock). A containerd container must be
+    /// created without a running task: the daemon creates and starts its
+    /// task under observation, and names the session from the CRI labels
+    /// (POD-NAMESPACE_POD_CONTAINER) when it has them, else by its id.
     pub container: Option<String>,
     /// Instead of one container: observe every container created from
     /// now on with this label (KEY=VALUE), from its first exec. The

@@ -1,0 +1,212 @@
+//! Sessions of containerd containers (`containerd://NS/ID`). The daemon
+//! creates the container's task itself: at TaskCreate runc's init waits in
+//! the task's cgroup and nothing of the image has run, so the cgroup is
+//! read from the init's `/proc/PID/cgroup` (whatever cgroup driver or
+//! layout the node has) and watched before the task is started. The
+//! session ends with containerd's `/tasks/exit` of the init process.
+
+use std::sync::Arc;
+
+use anyhow::{Result, anyhow};
+use futures::StreamExt;
+use tokio::sync::oneshot;
+
+use super::loss::LossBase;
+use super::observer;
+use super::task::{Recorder, RouteGuard, SessionTask};
+use super::{CHECKPOINT, Manager, ObserveError, ObserveOptions, Opening, Subject, now_ms};
+use crate::engine::containerd::{Container, ContainerRef, Containerd};
+use crate::store::{EndReason, SessionRecord, SessionState, Started};
+use crate::trace::cgroup::cgroup_of_pid;
+
+/// Begins observing the containerd container `opts.container` from its
+/// first exec: it must be created (`ctr container create`, or by the CRI)
+/// and have no running task.
+pub(super) async fn observe(
+    manager: &Arc<Manager>,
+    opts: ObserveOptions,
+) -> Result<Started, ObserveError> {
+    let at: ContainerRef = opts
+        .container
+        .parse()
+        .map_err(|e: crate::engine::containerd::BadRef| ObserveError::Refused(e.to_string()))?;
+    if opts.restart || opts.attach {
+        return Err(ObserveError::Refused(format!(
+            "--restart and --attach are not supported for containerd containers yet: create {at} \
+             without starting it (`ctr container create`), and the daemon starts its task under \
+             observation"
+        )));
+    }
+    let containerd = Containerd::connect().await?;
+    let Some(c) = containerd.container(&at).await? else {
+        return Err(ObserveError::Refused(format!(
+            "container {at} not found by containerd (see `ctr -n {} containers ls`)",
+            at.namespace
+        )));
+    };
+    if c.running_pid.is_some() {
+        return Err(ObserveError::Refused(format!(
+            "the task of {at} runs already, so its start-up cannot be observed: stop and delete \
+             it (`ctr -n {ns} task kill {id}`, `ctr -n {ns} task rm {id}`) and observe again: \
+             the daemon then starts it under observation",
+            ns = at.namespace,
+            id = at.id
+        )));
+    }
+    let name = c.session_name();
+    if manager.store.session(&name)?.is_some() {
+        if !opts.replace {
+            return Err(ObserveError::Refused(format!(
+                "a session named {name} exists already; pass --replace to delete it and begin \
+                 anew (continuing a containerd session is not supported yet)"
+            )));
+        }
+        manager.store.delete_session(&name)?;
+    }
+    manager
+        .begin(
+            Subject::Containerd(c),
+            Opening::Start,
+            opts.duration,
+            None,
+            None,
+        )
+        .await
+}
+
+impl SessionTask {
+    /// The session of a containerd container, from its task's creation to
+    /// its end: `stop`, the duration passing, or the task's exit.
+    pub(super) async fn run_containerd(
+        mut self,
+        c: Container,
+        stop: impl std::future::Future<Output = ()>,
+        started_tx: oneshot::Sender<Started>,
+    ) -> Result<SessionRecord> {
+        let observer = self.manager.observer.clone();
+        let store = self.manager.store.clone();
+        let containerd = Containerd::connect().await?;
+        let name = c.session_name();
+        let (route, mut events) = observer.route(&name);
+        let route = RouteGuard {
+            observer: observer.clone(),
+            route,
+        };
+        let loss_base = LossBase::new(&observer);
+        // Subscribed before the task exists: an entrypoint that exits at
+        // once is not missed.
+        let mut exits = Box::pin(containerd.exits(&c.at).await?);
+        let pid = containerd.create_task(&c).await?;
+        let cgroup = match cgroup_of_pid(pid) {
+            Ok(dir) => dir,
+            Err(e) => {
+                let _ = containerd
+                    .kill(&c.at, nix::sys::signal::Signal::SIGKILL)
+                    .await;
+                return Err(e.context(format!("the cgroup of {}'s task", c.at)));
+            }
+        };
+        observer.claim(&route.route, &cgroup);
+        let members = observer::cgroup_ids_below(&cgroup);
+        let watch = observer.watch(&cgroup)?;
+        let now = now_ms();
+        let mut record = SessionRecord::new(
+            name.clone(),
+            store.next_session_id()?,
+            Started {
+                container_id: c.at.to_string(),
+                container_name: name.clone(),
+                image_id: c.image_digest.clone(),
+                image_ref: c.image.clone(),
+                from_first_exec: true,
+                started_unix_ms: now,
+            },
+        );
+        record.containerd = Some(c.at.clone());
+        if let Err(e) = store.put_session(&record) {
+            observer.unwatch(watch);
+            return Err(e);
+        }
+        tracing::info!(container = %c.at, cgroup = %cgroup.display(), "starting under observation");
+        if let Err(e) = containerd.start(&c.at).await {
+            observer.unwatch(watch);
+            return Err(e);
+        }
+        let _ = started_tx.send(record.started.clone());
+
+        let mut recorder = Recorder::new(
+            (&observer, &store, &route),
+            cgroup,
+            members,
+            &name,
+            &record,
+            loss_base,
+        );
+        let deadline = async {
+            match self.duration {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(stop, deadline);
+        let mut checkpoint = tokio::time::interval(CHECKPOINT);
+        checkpoint.tick().await;
+        let mut failure = None;
+        let end = loop {
+            tokio::select! {
+                biased;
+                _ = &mut stop => break EndReason::Stopped,
+                _ = &mut deadline => break EndReason::Duration,
+                exit = exits.next() => match exit {
+                    Some(Ok(_)) => break EndReason::ContainerDied,
+                    // containerd went away (or restarted): ask whether the
+                    // task runs on, and follow its events again.
+                    broken => {
+                        if let Some(Err(e)) = broken {
+                            tracing::warn!(container = %c.at, "containerd's events broke: {e:#}");
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        match Containerd::connect().await {
+                            Ok(again) => match again.exits(&c.at).await {
+                                Ok(s) => exits = Box::pin(s),
+                                Err(e) => tracing::warn!(container = %c.at, "{e:#}"),
+                            },
+                            Err(e) => tracing::warn!(container = %c.at, "{e:#}"),
+                        }
+                        if let Ok(None) = containerd.task_pid(&c.at).await {
+                            break EndReason::ContainerDied;
+                        }
+                    }
+                },
+                Some(request) = self.steps.recv() => {
+                    let _ = request.reply.send(Err(anyhow!(
+                        "{} of {}: lifecycle steps are not supported for containerd containers yet",
+                        request.step, c.at
+                    )));
+                }
+                _ = checkpoint.tick() => if let Err(e) = recorder.commit(&mut record) {
+                    failure = Some(e);
+                    break EndReason::Failed;
+                },
+                event = events.recv() => match event {
+                    Some(e) => recorder.accept(e),
+                    None => break EndReason::Stopped,
+                },
+            }
+        };
+        let end_ns = crate::trace::loader::monotonic_ns();
+        observer.unwatch(watch);
+        if let Some(e) = failure {
+            return Err(recorder.failed(&mut record, e));
+        }
+        recorder.drain(&mut events, end_ns, &name).await;
+        record.state = SessionState::Closed;
+        record.end = Some(end);
+        if let Err(e) = recorder.commit(&mut record) {
+            return Err(recorder.failed(&mut record, e));
+        }
+        drop(recorder);
+        drop(route);
+        Ok(record)
+    }
+}
