@@ -331,7 +331,9 @@ impl Containerd {
 
     /// The exits of the container's init process, from now on. The stream
     /// ends (or fails) when containerd goes away: the caller then asks
-    /// [`Self::task_pid`] whether it still runs.
+    /// [`Self::task_pid`] whether it still runs. containerd sends the
+    /// subscription's headers only with its first event, so the call is
+    /// made in a task of its own and its events forwarded.
     pub async fn exits(
         &self,
         at: &ContainerRef,
@@ -342,36 +344,56 @@ impl Containerd {
             "topic==\"/tasks/exit\",namespace=={},event.container_id=={}",
             at.namespace, at.id
         );
-        let stream = events
-            .subscribe(api::SubscribeRequest {
-                filters: vec![filter],
-            })
-            .await
-            .with_context(|| format!("subscribing to the events of {}", self.what()))?
-            .into_inner();
+        let what = self.what();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
         let at = at.clone();
-        Ok(stream.filter_map(move |envelope| {
-            let at = at.clone();
-            async move {
-                let envelope = match envelope {
-                    Ok(e) => e,
+        tokio::spawn(async move {
+            let subscribed = events
+                .subscribe(api::SubscribeRequest {
+                    filters: vec![filter],
+                })
+                .await;
+            let mut stream = match subscribed {
+                Ok(s) => s.into_inner(),
+                Err(s) => {
+                    let e = anyhow::Error::from(s)
+                        .context(format!("subscribing to the events of {what}"));
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            loop {
+                let envelope = match stream.message().await {
+                    Ok(Some(e)) => e,
+                    Ok(None) => return,
                     Err(s) => {
-                        return Some(Err(anyhow::Error::from(s).context("containerd's events")));
+                        let _ = tx
+                            .send(Err(anyhow::Error::from(s).context("containerd's events")))
+                            .await;
+                        return;
                     }
                 };
                 if envelope.namespace != at.namespace {
-                    return None;
+                    continue;
                 }
-                let exit =
-                    containerd_client::events::TaskExit::decode(envelope.event?.value.as_slice())
-                        .ok()?;
+                let Some(exit) = envelope.event.and_then(|any| {
+                    containerd_client::events::TaskExit::decode(any.value.as_slice()).ok()
+                }) else {
+                    continue;
+                };
                 // The init process's exit (an exec's has the exec's id).
-                (exit.container_id == at.id && exit.id == at.id).then_some(Ok(Exit {
-                    pid: exit.pid,
-                    status: exit.exit_status,
-                }))
+                if exit.container_id == at.id && exit.id == at.id {
+                    let exit = Exit {
+                        pid: exit.pid,
+                        status: exit.exit_status,
+                    };
+                    if tx.send(Ok(exit)).await.is_err() {
+                        return;
+                    }
+                }
             }
-        }))
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
     }
 
     /// A blob of the content store, whole (manifests, indexes, configs).
