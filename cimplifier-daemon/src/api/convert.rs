@@ -177,6 +177,14 @@ pub(super) fn event_message(e: &crate::session::StreamedEvent) -> pb::Event {
 /// runs. The client may be remote and without Docker access, so the daemon
 /// says it. None (with a warning) when the engine cannot tell.
 pub(super) async fn target(container_id: &str) -> Option<pb::Target> {
+    if crate::engine::containerd::ContainerRef::is_one(container_id) {
+        // Its network is the CNI's or none: containerd does not know it.
+        tracing::warn!(
+            container = container_id,
+            "no network target: containerd does not say where a container is reached; the workload finds it itself (e.g. `nsenter --net=/proc/PID/ns/net`)"
+        );
+        return None;
+    }
     NetworkTarget::lookup(container_id).await.map(Into::into)
 }
 

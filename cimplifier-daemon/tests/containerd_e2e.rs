@@ -1,0 +1,216 @@
+//! The nginx slim case on containerd, end to end, with no Docker between
+//! the daemon and the container: the test image imported into a
+//! containerd namespace of its own (`docker save | ctr images import`), a
+//! container created with `ctr` carrying the CRI's labels, observed by the
+//! daemon through containerd's gRPC API from its first exec (the daemon
+//! creates and starts its task), the nginx workload run against it, the
+//! slim image emitted into the same namespace's content store, run with
+//! `ctr run`, and the workload passed again.
+//!
+//! containerd is `$CONTAINERD_ADDRESS`, else the one dockerd runs
+//! (Debian's containerd, started by the dockerd `cargo xtask setup`
+//! starts). Needs root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{Daemon, require_root, session_json, stdout_of, wait_until};
+
+/// dockerd's own containerd.
+const DOCKERD_CONTAINERD: &str = "/run/docker/containerd/containerd.sock";
+const IMAGE: &str = "cimplifier-test/nginx:latest";
+
+fn address() -> PathBuf {
+    let a = std::env::var_os("CONTAINERD_ADDRESS")
+        .map_or_else(|| PathBuf::from(DOCKERD_CONTAINERD), PathBuf::from);
+    assert!(
+        a.exists(),
+        "no containerd socket at {}: start dockerd (`cargo xtask setup`) or set \
+         CONTAINERD_ADDRESS",
+        a.display()
+    );
+    a
+}
+
+/// A containerd namespace of the test's own, its containers, tasks and
+/// images removed however the test ends.
+struct Namespace {
+    address: PathBuf,
+    name: String,
+    containers: Vec<String>,
+    images: Vec<String>,
+}
+
+impl Namespace {
+    fn new(address: &Path) -> Self {
+        Self {
+            address: address.to_owned(),
+            name: format!("cimplifier-test-{}", std::process::id()),
+            containers: vec![],
+            images: vec![],
+        }
+    }
+
+    fn ctr_output(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.address)
+            .args(["-n", &self.name])
+            .args(args)
+            .output()
+            .expect("running ctr (Debian's containerd package)")
+    }
+
+    fn ctr(&self, args: &[&str]) -> String {
+        let out = self.ctr_output(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pid of `id`'s running task.
+    fn task_pid(&self, id: &str) -> Option<u32> {
+        self.ctr(&["tasks", "ls"]).lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id) && f.get(2) == Some(&"RUNNING")).then(|| f[1].parse().unwrap())
+        })
+    }
+
+    fn import(&mut self, image: &str) -> String {
+        let script = format!(
+            "docker save {image} | ctr --address {} -n {} images import -",
+            self.address.display(),
+            self.name
+        );
+        let out = Command::new("sh").args(["-c", &script]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "importing {image}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let name = format!("docker.io/{image}");
+        self.images.push(name.clone());
+        name
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = self.ctr_output(&["tasks", "kill", "-a", "-s", "SIGKILL", c]);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        for c in &self.containers {
+            let _ = self.ctr_output(&["tasks", "rm", "-f", c]);
+            let _ = self.ctr_output(&["containers", "rm", c]);
+        }
+        for i in &self.images {
+            let _ = self.ctr_output(&["images", "rm", "--sync", i]);
+        }
+        let _ = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.address)
+            .args(["namespaces", "rm", &self.name])
+            .output();
+    }
+}
+
+/// The nginx workload against the container whose init is `pid`, from
+/// inside its network namespace (containerd gives it no address outside).
+fn workload(pid: u32) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/nginx.sh");
+    let net = format!("--net=/proc/{pid}/ns/net");
+    let mut out = None;
+    // nginx may still be binding its port.
+    wait_until(30, "nginx to answer", || {
+        let o = Command::new("nsenter")
+            .args([net.as_str(), "bash"])
+            .arg(&script)
+            .env("CIMPLIFIER_TARGET", "127.0.0.1")
+            .output()
+            .unwrap();
+        let ok = o.status.success();
+        out = Some(o);
+        ok
+    });
+    stdout_of(&out.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nginx_on_containerd_from_cri_labels_to_ctr_run() {
+    require_root();
+    let address = address();
+    let mut ns = Namespace::new(&address);
+    let image = ns.import(IMAGE);
+    let pod = format!("web-{}", std::process::id());
+    ns.ctr(&[
+        "containers",
+        "create",
+        "--label",
+        "io.kubernetes.pod.namespace=shop",
+        "--label",
+        &format!("io.kubernetes.pod.name={pod}"),
+        "--label",
+        "io.kubernetes.container.name=nginx",
+        &image,
+        "web",
+    ]);
+    ns.containers.push("web".into());
+
+    let d = Daemon::start_with_env(&[], &[("CONTAINERD_ADDRESS", &address)]);
+    let target = format!("containerd://{}/web", ns.name);
+    common::observe(&d, &target).await;
+    let session = format!("shop_{pod}_nginx");
+    let pid = ns.task_pid("web").expect("the daemon started the task");
+    let answers = workload(pid);
+    assert!(answers.contains("nginx workload: passed"), "{answers}");
+    stdout_of(&d.ctl(&["stop", &session]));
+
+    let (record, events) = d.session_events(&session);
+    assert_eq!(record["from_first_exec"], true, "{record:#}");
+    assert_eq!(
+        record["containerd"]["namespace"],
+        ns.name.as_str(),
+        "{record:#}"
+    );
+    assert_eq!(session_json(&d, &session)["complete"], true);
+    assert!(
+        common::touches(&events, "/usr/sbin/nginx"),
+        "the entrypoint's exec is in the session"
+    );
+    assert!(
+        common::touches(&events, "/etc/nginx/nginx.conf"),
+        "nginx's start-up is in the session"
+    );
+
+    let slim = format!("cimplifier-test-{}/nginx:slim", std::process::id());
+    ns.images.push(slim.clone());
+    let emitted = stdout_of(&d.ctl(&["emit", &session, "--tag", &slim]));
+    println!("{emitted}");
+    assert!(
+        ns.ctr(&["images", "ls", "-q"]).lines().any(|l| l == slim),
+        "emit named {slim} in containerd"
+    );
+
+    ns.ctr(&["run", "-d", &slim, "slim"]);
+    ns.containers.push("slim".into());
+    let pid = ns.task_pid("slim").expect("ctr run started the slim image");
+    let answers = workload(pid);
+    assert!(answers.contains("nginx workload: passed"), "{answers}");
+    // Slim: the package manager the workload never used is gone.
+    let probe = ns.ctr_output(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "probe",
+        "slim",
+        "/usr/bin/apt",
+    ]);
+    assert!(!probe.status.success(), "apt is still in the slim image");
+}
