@@ -492,14 +492,14 @@ impl Containerd {
     /// The image `digest` (its target in the image store) as an OCI image
     /// layout tar in an unnamed file in `dir`, for
     /// [`crate::image::fs::ImageFs::from_archive_file`], with its
-    /// configuration.
+    /// configuration and the size of its layers as stored.
     pub async fn save_to_spool(
         &self,
         namespace: &str,
         digest: &str,
         dir: &Path,
         read: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<(std::fs::File, ImageConfiguration)> {
+    ) -> Result<(std::fs::File, ImageConfiguration, u64)> {
         let (manifest_digest, manifest) = self.manifest(namespace, digest).await?;
         let manifest_bytes = self.read_blob(namespace, &manifest_digest).await?;
         let config_digest = manifest.config().digest().to_string();
@@ -557,7 +557,7 @@ impl Containerd {
                 .with_context(|| format!("spooling layer {d} (is the disk full?)"))?;
         }
         let spool = tar.into_inner().context("finishing the spooled image")?;
-        Ok((spool, config))
+        Ok((spool, config, done))
     }
 
     /// Writes `blobs` (config and layers first, the manifest last) into the
@@ -751,7 +751,11 @@ fn manifest_media_type(bytes: &[u8]) -> &'static str {
 
 /// The image configuration as Docker's inspect gives it, so that emit
 /// carries the run-time settings over the same way for both engines.
-pub fn inspect_of(id: &str, config: &ImageConfiguration) -> bollard::models::ImageInspect {
+pub fn inspect_of(
+    id: &str,
+    config: &ImageConfiguration,
+    size: u64,
+) -> bollard::models::ImageInspect {
     let c = config.config().clone().unwrap_or_default();
     let keys = |m: Option<Vec<String>>| m.filter(|v| !v.is_empty());
     bollard::models::ImageInspect {
@@ -759,6 +763,7 @@ pub fn inspect_of(id: &str, config: &ImageConfiguration) -> bollard::models::Ima
         created: config.created().clone(),
         architecture: Some(config.architecture().to_string()),
         os: Some(config.os().to_string()),
+        size: i64::try_from(size).ok(),
         config: Some(bollard::models::ImageConfig {
             user: c.user().clone(),
             exposed_ports: keys(c.exposed_ports().clone()),

@@ -208,10 +208,10 @@ async fn read_containerd_image(
     read: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> anyhow::Result<(ImageInspect, Arc<ImageFs>)> {
     let containerd = crate::engine::containerd::Containerd::connect().await?;
-    let (spool, config) = containerd
+    let (spool, config, size) = containerd
         .save_to_spool(namespace, digest, spool_dir, &|n| read(n, n))
         .await?;
-    let inspect = crate::engine::containerd::inspect_of(digest, &config);
+    let inspect = crate::engine::containerd::inspect_of(digest, &config, size);
     let what = format!("image {digest} of containerd namespace {namespace}");
     let tree =
         tokio::task::spawn_blocking(move || ImageFs::from_archive_file(spool, &what).map(Arc::new))
