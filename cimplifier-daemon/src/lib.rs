@@ -10,7 +10,7 @@
 //! execution), whose static binaries emit puts into the images; after
 //! them [`verify`] (an output's sessions held against the original's).
 //! Beside the stages: [`image`] (the source image, read once for place and emit),
-//! [`docker`] (every call to the engine), [`store`] (what sessions saw),
+//! [`engine`] (every call to an engine: [`docker`], containerd), [`store`] (what sessions saw),
 //! [`session`] (observing containers), [`api`] (the daemon's gRPC service)
 //! and [`cli`] (what both binaries set up alike). docs/architecture.md
 //! draws the modules and their imports.
