@@ -45,10 +45,10 @@ struct Namespace {
 }
 
 impl Namespace {
-    fn new(address: &Path) -> Self {
+    fn new(address: &Path, tag: &str) -> Self {
         Self {
             address: address.to_owned(),
-            name: format!("cimplifier-test-{}", std::process::id()),
+            name: format!("cimplifier-test-{tag}-{}", std::process::id()),
             containers: vec![],
             images: vec![],
         }
@@ -142,11 +142,27 @@ fn workload(pid: u32) -> String {
     stdout_of(&out.unwrap())
 }
 
+/// Observes through the daemon's gRPC API; returns once it has begun.
+async fn observe(d: &Daemon, container: &str, restart: bool, attach: bool) {
+    cimplifier::api::connect(&d.socket)
+        .await
+        .unwrap()
+        .observe(cimplifier::api::pb::ObserveRequest {
+            container: container.to_owned(),
+            restart,
+            attach,
+            replace: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("observing {container}: {e}"));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn nginx_on_containerd_from_cri_labels_to_ctr_run() {
     require_root();
     let address = address();
-    let mut ns = Namespace::new(&address);
+    let mut ns = Namespace::new(&address, "cri");
     let image = ns.import(IMAGE);
     let pod = format!("web-{}", std::process::id());
     ns.ctr(&[
@@ -213,4 +229,52 @@ async fn nginx_on_containerd_from_cri_labels_to_ctr_run() {
         "/usr/bin/apt",
     ]);
     assert!(!probe.status.success(), "apt is still in the slim image");
+}
+
+/// A container someone else started (`ctr run`): attached to from now on
+/// (the session says its start-up was missed), then restarted under
+/// observation (the session sees nginx start again).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_containerd_container_is_attached_to_or_restarted_under_observation() {
+    require_root();
+    let address = address();
+    let mut ns = Namespace::new(&address, "running");
+    let image = ns.import(IMAGE);
+    ns.ctr(&["run", "-d", &image, "web"]);
+    ns.containers.push("web".into());
+    let pid = ns.task_pid("web").expect("ctr run started it");
+    let d = Daemon::start_with_env(&[], &[("CONTAINERD_ADDRESS", &address)]);
+    let target = format!("containerd://{}/web", ns.name);
+
+    // Neither: refused, saying what to pass.
+    let refused = d.ctl(&["observe", &target, "--duration", "1s"]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("--restart") && why.contains("--attach"),
+        "{why}"
+    );
+
+    observe(&d, &target, false, true).await;
+    let answers = workload(pid);
+    assert!(answers.contains("nginx workload: passed"), "{answers}");
+    stdout_of(&d.ctl(&["stop", "web"]));
+    let (record, events) = d.session_events("web");
+    assert_eq!(record["from_first_exec"], false, "{record:#}");
+    assert!(
+        !common::touches(&events, "/usr/sbin/nginx"),
+        "nginx was running before: its exec is not in an attached session"
+    );
+
+    observe(&d, &target, true, false).await;
+    let pid = ns.task_pid("web").expect("the daemon started it again");
+    let answers = workload(pid);
+    assert!(answers.contains("nginx workload: passed"), "{answers}");
+    stdout_of(&d.ctl(&["stop", "web"]));
+    let (record, events) = d.session_events("web");
+    assert_eq!(record["from_first_exec"], true, "{record:#}");
+    assert!(
+        common::touches(&events, "/etc/nginx/nginx.conf"),
+        "nginx started again under observation"
+    );
 }

@@ -2,7 +2,8 @@
 //! creates the container's task itself: at TaskCreate runc's init waits in
 //! the task's cgroup and nothing of the image has run, so the cgroup is
 //! read from the init's `/proc/PID/cgroup` (whatever cgroup driver or
-//! layout the node has) and watched before the task is started. The
+//! layout the node has) and watched before the task is started. A running
+//! task is attached to (its cgroup watched from now on) or restarted. The
 //! session ends with containerd's `/tasks/exit` of the init process.
 
 use std::sync::Arc;
@@ -19,9 +20,9 @@ use crate::engine::containerd::{Container, ContainerRef, Containerd};
 use crate::store::{EndReason, SessionRecord, SessionState, Started};
 use crate::trace::cgroup::cgroup_of_pid;
 
-/// Begins observing the containerd container `opts.container` from its
-/// first exec: it must be created (`ctr container create`, or by the CRI)
-/// and have no running task.
+/// Begins observing the containerd container `opts.container`: from its
+/// first exec when it has no running task (or with `restart`), from now on
+/// with `attach`.
 pub(super) async fn observe(
     manager: &Arc<Manager>,
     opts: ObserveOptions,
@@ -30,12 +31,10 @@ pub(super) async fn observe(
         .container
         .parse()
         .map_err(|e: crate::engine::containerd::BadRef| ObserveError::Refused(e.to_string()))?;
-    if opts.restart || opts.attach {
-        return Err(ObserveError::Refused(format!(
-            "--restart and --attach are not supported for containerd containers yet: create {at} \
-             without starting it (`ctr container create`), and the daemon starts its task under \
-             observation"
-        )));
+    if opts.restart && opts.attach {
+        return Err(ObserveError::Refused(
+            "restart and attach exclude each other".into(),
+        ));
     }
     let containerd = Containerd::connect().await?;
     let Some(c) = containerd.container(&at).await? else {
@@ -44,15 +43,18 @@ pub(super) async fn observe(
             at.namespace
         )));
     };
-    if c.running_pid.is_some() {
-        return Err(ObserveError::Refused(format!(
-            "the task of {at} runs already, so its start-up cannot be observed: stop and delete \
-             it (`ctr -n {ns} task kill {id}`, `ctr -n {ns} task rm {id}`) and observe again: \
-             the daemon then starts it under observation",
-            ns = at.namespace,
-            id = at.id
-        )));
-    }
+    let opening = match (c.running_pid.is_some(), opts.restart, opts.attach) {
+        (false, _, _) => Opening::Start,
+        (true, true, _) => Opening::Restart,
+        (true, _, true) => Opening::Attach,
+        (true, false, false) => {
+            return Err(ObserveError::Refused(format!(
+                "the task of {at} runs already, so its start-up (which reads its configuration \
+                 and loads its libraries) cannot be observed: pass --restart to restart it under \
+                 observation, or --attach to observe it from now on"
+            )));
+        }
+    };
     let name = c.session_name();
     if manager.store.session(&name)?.is_some() {
         if !opts.replace {
@@ -64,13 +66,7 @@ pub(super) async fn observe(
         manager.store.delete_session(&name)?;
     }
     manager
-        .begin(
-            Subject::Containerd(c),
-            Opening::Start,
-            opts.duration,
-            None,
-            None,
-        )
+        .begin(Subject::Containerd(c), opening, opts.duration, None, None)
         .await
 }
 
@@ -92,23 +88,39 @@ impl SessionTask {
             observer: observer.clone(),
             route,
         };
-        let loss_base = LossBase::new(&observer);
+        let mut loss_base = LossBase::new(&observer);
+        let from_first_exec = self.opening != Opening::Attach;
+        if self.opening == Opening::Restart {
+            tracing::info!(container = %c.at, "stopping, to restart under observation");
+            stop_task(&containerd, &c.at).await?;
+        }
         // Subscribed before the task exists: an entrypoint that exits at
         // once is not missed.
         let mut exits = Box::pin(containerd.exits(&c.at).await?);
-        let pid = containerd.create_task(&c).await?;
+        let pid = match c.running_pid {
+            Some(pid) if !from_first_exec => pid,
+            _ => containerd.create_task(&c).await?,
+        };
         let cgroup = match cgroup_of_pid(pid) {
             Ok(dir) => dir,
-            Err(e) => {
+            Err(e) if from_first_exec => {
                 let _ = containerd
                     .kill(&c.at, nix::sys::signal::Signal::SIGKILL)
                     .await;
                 return Err(e.context(format!("the cgroup of {}'s task", c.at)));
             }
+            Err(e) => return Err(e.context(format!("the cgroup of {}'s task", c.at))),
         };
         observer.claim(&route.route, &cgroup);
         let members = observer::cgroup_ids_below(&cgroup);
-        let watch = observer.watch(&cgroup)?;
+        let watch = if from_first_exec {
+            observer.watch(&cgroup)?
+        } else {
+            // Running for a while: its cgroups may have lost records of an
+            // earlier session's, which are not this one's.
+            loss_base.existing(&observer, &members);
+            observer.watch_running(&cgroup)?
+        };
         let now = now_ms();
         let mut record = SessionRecord::new(
             name.clone(),
@@ -118,7 +130,7 @@ impl SessionTask {
                 container_name: name.clone(),
                 image_id: c.image_digest.clone(),
                 image_ref: c.image.clone(),
-                from_first_exec: true,
+                from_first_exec,
                 started_unix_ms: now,
             },
         );
@@ -127,10 +139,12 @@ impl SessionTask {
             observer.unwatch(watch);
             return Err(e);
         }
-        tracing::info!(container = %c.at, cgroup = %cgroup.display(), "starting under observation");
-        if let Err(e) = containerd.start(&c.at).await {
-            observer.unwatch(watch);
-            return Err(e);
+        if from_first_exec {
+            tracing::info!(container = %c.at, cgroup = %cgroup.display(), "starting under observation");
+            if let Err(e) = containerd.start(&c.at).await {
+                observer.unwatch(watch);
+                return Err(e);
+            }
         }
         let _ = started_tx.send(record.started.clone());
 
@@ -152,6 +166,9 @@ impl SessionTask {
         let mut checkpoint = tokio::time::interval(CHECKPOINT);
         checkpoint.tick().await;
         let mut failure = None;
+        // A look at the task now and then, should an exit event be missed
+        // (containerd's subscription has no acknowledgement).
+        let mut ticks = 0u32;
         let end = loop {
             tokio::select! {
                 biased;
@@ -184,9 +201,15 @@ impl SessionTask {
                         request.step, c.at
                     )));
                 }
-                _ = checkpoint.tick() => if let Err(e) = recorder.commit(&mut record) {
-                    failure = Some(e);
-                    break EndReason::Failed;
+                _ = checkpoint.tick() => {
+                    if let Err(e) = recorder.commit(&mut record) {
+                        failure = Some(e);
+                        break EndReason::Failed;
+                    }
+                    ticks += 1;
+                    if ticks % 4 == 0 && let Ok(None) = containerd.task_pid(&c.at).await {
+                        break EndReason::ContainerDied;
+                    }
                 },
                 event = events.recv() => match event {
                     Some(e) => recorder.accept(e),
@@ -209,4 +232,32 @@ impl SessionTask {
         drop(route);
         Ok(record)
     }
+}
+
+/// How long a task has to stop on SIGTERM before it is killed.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Stops the running task of `at` as `docker stop` does: SIGTERM, then
+/// SIGKILL after [`STOP_GRACE`]; returns once it is stopped.
+async fn stop_task(containerd: &Containerd, at: &ContainerRef) -> Result<()> {
+    use nix::sys::signal::Signal;
+    let stopped = async || -> Result<bool> { Ok(containerd.task_pid(at).await?.is_none()) };
+    containerd.kill(at, Signal::SIGTERM).await?;
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    while !stopped().await? {
+        if tokio::time::Instant::now() > deadline {
+            tracing::info!(container = %at, "still running {STOP_GRACE:?} after SIGTERM: SIGKILL");
+            containerd.kill(at, Signal::SIGKILL).await?;
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            while !stopped().await? {
+                if tokio::time::Instant::now() > deadline {
+                    anyhow::bail!("the task of {at} still runs after SIGKILL");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
 }

@@ -333,9 +333,10 @@ pub struct ObserveArgs {
     /// Docker container name or id; or a containerd container as
     /// containerd://NAMESPACE/ID (any namespace, k8s.io included; the
     /// daemon reaches containerd at $CONTAINERD_ADDRESS, else
-    /// /run/containerd/containerd.sock). A containerd container must be
-    /// created without a running task: the daemon creates and starts its
-    /// task under observation, and names the session from the CRI labels
+    /// /run/containerd/containerd.sock). A containerd container without a
+    /// running task has its task created and started by the daemon, under
+    /// observation (one with a running task needs --restart or --attach).
+    /// Its session is named from the CRI labels
     /// (POD-NAMESPACE_POD_CONTAINER) when it has them, else by its id.
     pub container: Option<String>,
     /// Instead of one container: observe every container created from
