@@ -321,6 +321,46 @@ pub async fn load_into_docker(
         .map_err(EmitError::Failed)
 }
 
+/// Where emitted images are loaded: the engine the session's container ran
+/// on.
+pub enum Destination {
+    Docker(Docker),
+    Containerd { namespace: String },
+}
+
+impl Destination {
+    /// The engine of the session `record`'s container.
+    pub fn of(record: &crate::store::SessionRecord) -> Result<Self, EmitError> {
+        Ok(match &record.containerd {
+            Some(at) => Destination::Containerd {
+                namespace: at.namespace.clone(),
+            },
+            None => Destination::Docker(crate::docker::connect().map_err(EmitError::Engine)?),
+        })
+    }
+
+    /// Loads `image` under its tag (see [`check_tag`]).
+    pub async fn load(&self, image: &OciImage, retag: Retag) -> Result<(), EmitError> {
+        match self {
+            Destination::Docker(docker) => load_into_docker(docker, image, retag).await,
+            Destination::Containerd { namespace } => {
+                load_into_containerd(namespace, image, retag).await
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Docker(_) => write!(f, "Docker"),
+            Destination::Containerd { namespace } => {
+                write!(f, "containerd (namespace {namespace})")
+            }
+        }
+    }
+}
+
 /// Writes the image into containerd's content store in `namespace` and
 /// names it by its tag (see [`check_tag`]), so that `ctr run` runs it.
 pub async fn load_into_containerd(

@@ -448,19 +448,10 @@ pub async fn emit(
     let write_ms = ms(start);
 
     let start = Instant::now();
-    match (&opts.tag, &info.containerd) {
-        (Some(_), Some(at)) => {
-            progress(&format!(
-                "loading into containerd (namespace {})",
-                at.namespace
-            ));
-            oci::load_into_containerd(&at.namespace, &image, opts.retag).await?;
-        }
-        (Some(_), None) => {
-            progress("loading into Docker");
-            oci::load_into_docker(&crate::docker::connect()?, &image, opts.retag).await?;
-        }
-        (None, _) => {}
+    if opts.tag.is_some() {
+        let destination = oci::Destination::of(&info)?;
+        progress(&format!("loading into {destination}"));
+        destination.load(&image, opts.retag).await?;
     }
     let pushed = match &opts.push {
         Some(target) => {
