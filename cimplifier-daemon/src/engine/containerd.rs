@@ -804,6 +804,60 @@ mod tests {
     }
 
     #[test]
+    fn an_image_configuration_carries_over_as_dockers_inspect_does() {
+        let config: ImageConfiguration = serde_json::from_value(serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "created": "2026-01-01T00:00:00Z",
+            "config": {
+                "Entrypoint": ["/docker-entrypoint.sh"],
+                "Cmd": ["nginx", "-g", "daemon off;"],
+                "Env": ["PATH=/usr/bin"],
+                "WorkingDir": "/srv",
+                "User": "www-data",
+                "ExposedPorts": {"80/tcp": {}, "443/tcp": {}},
+                "Volumes": {"/var/log/nginx": {}},
+                "Labels": {"a": "1"},
+                "StopSignal": "SIGQUIT"
+            },
+            "rootfs": {"type": "layers", "diff_ids": []}
+        }))
+        .unwrap();
+        let inspect = inspect_of("sha256:abc", &config, 42);
+        assert_eq!(inspect.size, Some(42));
+        let carried = crate::emit::oci::SourceConfig::from_inspect(&inspect);
+        assert_eq!(
+            carried.entrypoint,
+            Some(vec!["/docker-entrypoint.sh".into()])
+        );
+        assert_eq!(carried.cmd.as_deref().map(<[String]>::len), Some(3));
+        assert_eq!(carried.env, Some(vec!["PATH=/usr/bin".into()]));
+        assert_eq!(carried.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(carried.user.as_deref(), Some("www-data"));
+        assert_eq!(
+            carried.exposed_ports,
+            Some(vec!["443/tcp".into(), "80/tcp".into()])
+        );
+        assert_eq!(carried.volumes, Some(vec!["/var/log/nginx".into()]));
+        assert_eq!(carried.labels.get("a").map(String::as_str), Some("1"));
+        assert_eq!(carried.stop_signal.as_deref(), Some("SIGQUIT"));
+        assert_eq!(carried.created.as_deref(), Some("2026-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn a_manifest_says_its_media_type() {
+        let docker = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json"}"#;
+        assert_eq!(
+            manifest_media_type(docker),
+            "application/vnd.docker.distribution.manifest.v2+json"
+        );
+        assert_eq!(
+            manifest_media_type(br#"{"schemaVersion":2,"config":{}}"#),
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+    }
+
+    #[test]
     fn sessions_of_pods_are_named_from_the_cri_labels() {
         let at: ContainerRef = "containerd://k8s.io/3f2a".parse().unwrap();
         let mut labels = HashMap::new();
