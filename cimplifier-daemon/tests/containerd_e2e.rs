@@ -278,3 +278,49 @@ async fn a_running_containerd_container_is_attached_to_or_restarted_under_observ
         "nginx started again under observation"
     );
 }
+
+/// A container that `ctr run` creates and starts at once, labelled for
+/// observation: the daemon hears containerd's `/containers/create`, makes
+/// and watches the cgroup its spec names before the task exists, and the
+/// session sees nginx from its first exec, named from the CRI labels.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_labelled_container_ctr_runs_is_observed_from_its_first_exec() {
+    require_root();
+    let address = address();
+    let mut ns = Namespace::new(&address, "labels");
+    let image = ns.import(IMAGE);
+    let d = Daemon::start_with_env(&["--watch-labels"], &[("CONTAINERD_ADDRESS", &address)]);
+    let pod = format!("labelled-{}", std::process::id());
+    // The watch is up once the daemon says so in its sessions (it has no
+    // call for it): give it a moment to subscribe.
+    std::thread::sleep(Duration::from_secs(2));
+    ns.ctr(&[
+        "run",
+        "-d",
+        "--label",
+        "io.cimplifier.observe=true",
+        "--label",
+        "io.kubernetes.pod.namespace=shop",
+        "--label",
+        &format!("io.kubernetes.pod.name={pod}"),
+        "--label",
+        "io.kubernetes.container.name=nginx",
+        &image,
+        "web",
+    ]);
+    ns.containers.push("web".into());
+    let session = format!("shop_{pod}_nginx");
+    wait_until(30, "the labelled container's session", || {
+        String::from_utf8_lossy(&d.ctl(&["sessions", "--json"]).stdout).contains(&session)
+    });
+    let pid = ns.task_pid("web").expect("ctr run started it");
+    let answers = workload(pid);
+    assert!(answers.contains("nginx workload: passed"), "{answers}");
+    stdout_of(&d.ctl(&["stop", &session]));
+    let (record, events) = d.session_events(&session);
+    assert_eq!(record["from_first_exec"], true, "{record:#}");
+    assert!(
+        common::touches(&events, "/etc/nginx/nginx.conf"),
+        "nginx's start-up is in the session"
+    );
+}

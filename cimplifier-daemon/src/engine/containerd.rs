@@ -96,6 +96,9 @@ pub struct Container {
     pub snapshot_key: String,
     /// The task's init process, when a task exists and runs.
     pub running_pid: Option<u32>,
+    /// Where its OCI spec asks runc to put it (`linux.cgroupsPath`): a
+    /// path for the cgroupfs driver, `slice:prefix:name` for systemd's.
+    pub cgroups_path: Option<String>,
 }
 
 impl Container {
@@ -209,10 +212,15 @@ impl Containerd {
                     c.image, at.namespace, at.namespace
                 )
             })?;
+        let cgroups_path = c.spec.as_ref().and_then(|spec| {
+            let spec: serde_json::Value = serde_json::from_slice(&spec.value).ok()?;
+            spec["linux"]["cgroupsPath"].as_str().map(str::to_owned)
+        });
         Ok(Some(Container {
             at: at.clone(),
             image: c.image,
             image_digest,
+            cgroups_path,
             labels: c.labels,
             snapshotter: c.snapshotter,
             snapshot_key: c.snapshot_key,
@@ -390,6 +398,56 @@ impl Containerd {
                     if tx.send(Ok(exit)).await.is_err() {
                         return;
                     }
+                }
+            }
+        });
+        Ok(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    /// The containers created from now on, in every namespace (from
+    /// containerd's `/containers/create` events; see [`Self::exits`] for
+    /// why through a task).
+    pub async fn created(&self) -> Result<impl Stream<Item = Result<ContainerRef>> + Send + use<>> {
+        use prost::Message;
+        let mut events = api::events_client::EventsClient::new(self.channel.clone());
+        let what = self.what();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let subscribed = events
+                .subscribe(api::SubscribeRequest {
+                    filters: vec!["topic==\"/containers/create\"".to_owned()],
+                })
+                .await;
+            let mut stream = match subscribed {
+                Ok(s) => s.into_inner(),
+                Err(s) => {
+                    let e = anyhow::Error::from(s)
+                        .context(format!("subscribing to the events of {what}"));
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            };
+            loop {
+                let envelope = match stream.message().await {
+                    Ok(Some(e)) => e,
+                    Ok(None) => return,
+                    Err(s) => {
+                        let e = anyhow::Error::from(s).context("containerd's events");
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let Some(created) = envelope.event.and_then(|any| {
+                    containerd_client::events::ContainerCreate::decode(any.value.as_slice()).ok()
+                }) else {
+                    continue;
+                };
+                let at = ContainerRef {
+                    namespace: envelope.namespace,
+                    id: created.id,
+                };
+                if tx.send(Ok(at)).await.is_err() {
+                    return;
                 }
             }
         });
@@ -740,6 +798,18 @@ impl Containerd {
     }
 }
 
+/// The cgroup v2 directory (below `mount`) of a `linux.cgroupsPath` as
+/// runc's cgroupfs driver uses it (`/a/b`); None for the systemd driver's
+/// `slice:prefix:name`, whose scope systemd makes.
+pub fn cgroupfs_dir(cgroups_path: &str, mount: &Path) -> Option<PathBuf> {
+    let rel = cgroups_path.strip_prefix('/')?;
+    let safe = !rel.is_empty()
+        && Path::new(rel)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+    safe.then(|| mount.join(rel))
+}
+
 /// A manifest's media type, as its JSON says (Docker's schema 2 or OCI's).
 fn manifest_media_type(bytes: &[u8]) -> &'static str {
     let docker = "application/vnd.docker.distribution.manifest.v2+json";
@@ -842,6 +912,23 @@ mod tests {
         assert_eq!(carried.labels.get("a").map(String::as_str), Some("1"));
         assert_eq!(carried.stop_signal.as_deref(), Some("SIGQUIT"));
         assert_eq!(carried.created.as_deref(), Some("2026-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn cgroupfs_paths_are_below_the_mount_and_systemds_are_not_guessed() {
+        let mount = Path::new("/sys/fs/cgroup/unified");
+        assert_eq!(
+            cgroupfs_dir("/k8s.io/3f2a", mount),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/k8s.io/3f2a"))
+        );
+        for other in [
+            "kubepods-besteffort-pod1.slice:cri-containerd:3f2a",
+            "/",
+            "/a/../b",
+            "relative/x",
+        ] {
+            assert_eq!(cgroupfs_dir(other, mount), None, "{other}");
+        }
     }
 
     #[test]

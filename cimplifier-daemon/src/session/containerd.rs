@@ -16,9 +16,9 @@ use super::loss::LossBase;
 use super::observer;
 use super::task::{Recorder, RouteGuard, SessionTask};
 use super::{CHECKPOINT, Manager, ObserveError, ObserveOptions, Opening, Subject, now_ms};
-use crate::engine::containerd::{Container, ContainerRef, Containerd};
+use crate::engine::containerd::{Container, ContainerRef, Containerd, cgroupfs_dir};
 use crate::store::{EndReason, SessionRecord, SessionState, Started};
-use crate::trace::cgroup::cgroup_of_pid;
+use crate::trace::cgroup::{cgroup_of_pid, cgroup2_mount};
 
 /// Begins observing the containerd container `opts.container`: from its
 /// first exec when it has no running task (or with `restart`), from now on
@@ -83,10 +83,16 @@ impl SessionTask {
         let store = self.manager.store.clone();
         let containerd = Containerd::connect().await?;
         let name = c.session_name();
-        let (route, mut events) = observer.route(&name);
-        let route = RouteGuard {
-            observer: observer.clone(),
-            route,
+        let (route, mut events, early) = match self.prepared.take() {
+            Some(p) => (p.route, p.events, Some((p.watch, p.dir))),
+            None => {
+                let (route, events) = observer.route(&name);
+                let route = RouteGuard {
+                    observer: observer.clone(),
+                    route,
+                };
+                (route, events, None)
+            }
         };
         let mut loss_base = LossBase::new(&observer);
         let from_first_exec = self.opening != Opening::Attach;
@@ -97,8 +103,18 @@ impl SessionTask {
         // Subscribed before the task exists: an entrypoint that exits at
         // once is not missed.
         let mut exits = Box::pin(containerd.exits(&c.at).await?);
-        let pid = match c.running_pid {
-            Some(pid) if !from_first_exec => pid,
+        let pid = match (self.opening, c.running_pid) {
+            (Opening::Attach, Some(pid)) => pid,
+            (Opening::AwaitStart, _) => match wait_running(&containerd, &c.at).await {
+                Ok(pid) => pid,
+                Err(e) => {
+                    if let Some((w, dir)) = early {
+                        observer.unwatch(w);
+                        let _ = std::fs::remove_dir(dir);
+                    }
+                    return Err(e);
+                }
+            },
             _ => containerd.create_task(&c).await?,
         };
         let cgroup = match cgroup_of_pid(pid) {
@@ -111,15 +127,25 @@ impl SessionTask {
             }
             Err(e) => return Err(e.context(format!("the cgroup of {}'s task", c.at))),
         };
-        observer.claim(&route.route, &cgroup);
         let members = observer::cgroup_ids_below(&cgroup);
-        let watch = if from_first_exec {
-            observer.watch(&cgroup)?
-        } else {
-            // Running for a while: its cgroups may have lost records of an
-            // earlier session's, which are not this one's.
-            loss_base.existing(&observer, &members);
-            observer.watch_running(&cgroup)?
+        let watch = match early {
+            // Made and watched when containerd announced the container.
+            Some((w, dir)) if dir == cgroup => w,
+            early => {
+                observer.claim(&route.route, &cgroup);
+                let w = if from_first_exec {
+                    observer.watch(&cgroup)?
+                } else {
+                    // Running for a while: its cgroups may have lost records
+                    // of an earlier session's, which are not this one's.
+                    loss_base.existing(&observer, &members);
+                    observer.watch_running(&cgroup)?
+                };
+                if let Some((early, _)) = early {
+                    observer.unwatch(early);
+                }
+                w
+            }
         };
         let now = now_ms();
         let mut record = SessionRecord::new(
@@ -139,7 +165,8 @@ impl SessionTask {
             observer.unwatch(watch);
             return Err(e);
         }
-        if from_first_exec {
+        // (Awaited: whoever created it starts it.)
+        if from_first_exec && self.opening != Opening::AwaitStart {
             tracing::info!(container = %c.at, cgroup = %cgroup.display(), "starting under observation");
             if let Err(e) = containerd.start(&c.at).await {
                 observer.unwatch(watch);
@@ -260,4 +287,109 @@ async fn stop_task(containerd: &Containerd, at: &ContainerRef) -> Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     Ok(())
+}
+
+/// How long a container announced by containerd has to get a running task.
+const AWAIT_START: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The pid of `at`'s task once whoever created the container starts it.
+async fn wait_running(containerd: &Containerd, at: &ContainerRef) -> Result<u32> {
+    let deadline = tokio::time::Instant::now() + AWAIT_START;
+    loop {
+        if let Some(pid) = containerd.task_pid(at).await? {
+            return Ok(pid);
+        }
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("container {at} was created but not started within {AWAIT_START:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+impl Manager {
+    /// Follows containerd's container creations in every namespace and
+    /// observes those whose labels match a selector (the CRI's labels
+    /// included), from their first exec: a container's cgroup (from its
+    /// spec's `linux.cgroupsPath`, the cgroupfs driver's) is made and
+    /// watched when containerd announces it, before its task is created;
+    /// with the systemd driver it is watched once the task runs, and a
+    /// start-up missed so is said so by the session. Runs for the daemon's
+    /// life, connecting again with backoff.
+    pub(super) async fn watch_containerd_labels(self: Arc<Self>) {
+        let mut backoff = std::time::Duration::from_millis(500);
+        loop {
+            if let Err(e) = self.follow_containerd_creations().await {
+                tracing::warn!(
+                    "containerd's labelled containers: {e:#}; trying again in {backoff:?}"
+                );
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+        }
+    }
+
+    async fn follow_containerd_creations(self: &Arc<Self>) -> Result<()> {
+        let containerd = Containerd::connect().await?;
+        let mut created = Box::pin(containerd.created().await?);
+        tracing::info!("following containerd's events for labelled containers");
+        while let Some(at) = created.next().await {
+            let at = at?;
+            let c = match containerd.container(&at).await {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(container = %at, "labelled container? {e:#}");
+                    continue;
+                }
+            };
+            if !self.wanted(&c.labels) {
+                continue;
+            }
+            let name = c.session_name();
+            if self.is_running(&name) {
+                continue;
+            }
+            if self.store.session(&name)?.is_some() {
+                tracing::warn!(
+                    container = %at, session = %name,
+                    "labelled container not observed: a session of that name exists (export and \
+                     delete it, or observe the container with --replace)"
+                );
+                continue;
+            }
+            let prepared = c
+                .cgroups_path
+                .as_deref()
+                .zip(cgroup2_mount().ok())
+                .and_then(|(p, mount)| cgroupfs_dir(p, &mount))
+                .and_then(|dir| match self.prepare_dir(dir, &name) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::warn!(container = %at, "cannot watch ahead of the start: {e:#}");
+                        None
+                    }
+                });
+            let manager = self.clone();
+            tokio::spawn(async move {
+                match manager
+                    .begin(
+                        Subject::Containerd(c),
+                        Opening::AwaitStart,
+                        None,
+                        None,
+                        prepared,
+                    )
+                    .await
+                {
+                    Ok(_) => {
+                        tracing::info!(container = %at, session = %name, "labelled container: observing")
+                    }
+                    Err(e) => {
+                        tracing::warn!(container = %at, "labelled container not observed: {e}")
+                    }
+                }
+            });
+        }
+        anyhow::bail!("containerd's event stream ended")
+    }
 }

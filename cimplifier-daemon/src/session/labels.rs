@@ -320,8 +320,12 @@ impl Manager {
     /// Makes the cgroup Docker will start container `id` in (its default
     /// place) and watches it, so a session can begin there.
     fn prepare(&self, id: &str, name: &str) -> Result<Prepared> {
-        let dir = docker_parent_cgroup(None)?.join(id);
-        match std::fs::create_dir(&dir) {
+        self.prepare_dir(docker_parent_cgroup(None)?.join(id), name)
+    }
+
+    /// [`Manager::prepare`] of the cgroup at `dir`, whatever the engine.
+    pub(super) fn prepare_dir(&self, dir: PathBuf, name: &str) -> Result<Prepared> {
+        match std::fs::create_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("making {}", dir.display())),
@@ -343,7 +347,7 @@ impl Manager {
 
     /// Whether labels (or Docker event attributes, which include them)
     /// match a selector.
-    fn wanted(&self, labels: &HashMap<String, String>) -> bool {
+    pub(super) fn wanted(&self, labels: &HashMap<String, String>) -> bool {
         self.selectors
             .lock()
             .expect("selectors lock")

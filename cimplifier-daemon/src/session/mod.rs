@@ -214,6 +214,10 @@ impl Manager {
                 tracing::error!("following Docker's events for labelled containers stopped: {e:#}");
             }
         });
+        // containerd's too, where the daemon is told where it is.
+        if std::env::var_os(crate::engine::containerd::ADDRESS_ENV).is_some() {
+            tokio::spawn(self.clone().watch_containerd_labels());
+        }
     }
 
     pub fn observer(&self) -> &Arc<Observer> {
