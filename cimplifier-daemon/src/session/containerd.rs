@@ -66,7 +66,13 @@ pub(super) async fn observe(
         manager.store.delete_session(&name)?;
     }
     manager
-        .begin(Subject::Containerd(c), opening, opts.duration, None, None)
+        .begin(
+            Subject::Containerd(Box::new(c)),
+            opening,
+            opts.duration,
+            None,
+            None,
+        )
         .await
 }
 
@@ -234,7 +240,7 @@ impl SessionTask {
                         break EndReason::Failed;
                     }
                     ticks += 1;
-                    if ticks % 4 == 0 && let Ok(None) = containerd.task_pid(&c.at).await {
+                    if ticks.is_multiple_of(4) && let Ok(None) = containerd.task_pid(&c.at).await {
                         break EndReason::ContainerDied;
                     }
                 },
@@ -373,7 +379,7 @@ impl Manager {
             tokio::spawn(async move {
                 match manager
                     .begin(
-                        Subject::Containerd(c),
+                        Subject::Containerd(Box::new(c)),
                         Opening::AwaitStart,
                         None,
                         None,

@@ -94,7 +94,7 @@ enum Opening {
 #[derive(Clone)]
 pub(super) enum Subject {
     Docker(Box<container::Details>),
-    Containerd(crate::engine::containerd::Container),
+    Containerd(Box<crate::engine::containerd::Container>),
 }
 
 impl Subject {

@@ -70,7 +70,7 @@ impl SessionTask {
         let details = match &self.subject {
             Subject::Docker(d) => (**d).clone(),
             Subject::Containerd(c) => {
-                let c = c.clone();
+                let c = (**c).clone();
                 return self.run_containerd(c, stop, started_tx).await;
             }
         };
