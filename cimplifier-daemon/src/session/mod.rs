@@ -50,7 +50,7 @@ pub const CHECKPOINT: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug, Default)]
 pub struct ObserveOptions {
-    /// Container name or id.
+    /// Docker container name or id, or `containerd://NAMESPACE/ID`.
     pub container: String,
     pub duration: Option<Duration>,
     /// Restart a running container so its start-up is observed.
