@@ -324,3 +324,42 @@ async fn a_labelled_container_ctr_runs_is_observed_from_its_first_exec() {
         "nginx's start-up is in the session"
     );
 }
+
+/// A containerd session survives the daemon's crash: killed with SIGKILL
+/// and started again, the daemon finds the task still running, resumes
+/// the session with the gap marked, and what the container does after
+/// the restart is in it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_containerd_session_is_resumed_after_the_daemon_is_killed() {
+    require_root();
+    let address = address();
+    let mut ns = Namespace::new(&address, "resume");
+    let image = ns.import(IMAGE);
+    ns.ctr(&["containers", "create", &image, "web"]);
+    ns.containers.push("web".into());
+    let mut d = Daemon::start_with_env(&[], &[("CONTAINERD_ADDRESS", &address)]);
+    observe(&d, &format!("containerd://{}/web", ns.name), false, false).await;
+    let pid = ns.task_pid("web").expect("the daemon started the task");
+    wait_until(20, "the start-up is stored", || {
+        session_json(&d, "web")["events"].as_u64().unwrap_or(0) > 0
+    });
+    d.kill_hard();
+    d.restart();
+    let resumed = session_json(&d, "web");
+    assert_eq!(resumed["state"], "observing", "resumed: {resumed}");
+    let segments = resumed["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 2, "{resumed}");
+    assert_eq!(segments[1]["origin"], "resumed after a daemon restart");
+    assert_eq!(resumed["gaps"].as_array().unwrap().len(), 1, "{resumed}");
+
+    let before = resumed["events"].as_u64().unwrap();
+    let answers = workload(pid);
+    assert!(answers.contains("nginx workload: passed"), "{answers}");
+    stdout_of(&d.ctl(&["stop", "web"]));
+    let (record, events) = d.session_events("web");
+    assert!(record["events"].as_u64().unwrap() > before, "{record:#}");
+    assert!(
+        common::touches(&events, "/var/www/html/about.html"),
+        "the workload after the restart is in the session"
+    );
+}

@@ -17,7 +17,7 @@ use super::observer;
 use super::task::{Recorder, RouteGuard, SessionTask};
 use super::{CHECKPOINT, Manager, ObserveError, ObserveOptions, Opening, Subject, now_ms};
 use crate::engine::containerd::{Container, ContainerRef, Containerd, cgroupfs_dir};
-use crate::store::{EndReason, SessionRecord, SessionState, Started};
+use crate::store::{EndReason, Gap, Segment, SessionRecord, SessionState, Started};
 use crate::trace::cgroup::{cgroup_of_pid, cgroup2_mount};
 
 /// Begins observing the containerd container `opts.container`: from its
@@ -89,6 +89,11 @@ impl SessionTask {
         let store = self.manager.store.clone();
         let containerd = Containerd::connect().await?;
         let name = c.session_name();
+        // Resumed after a daemon restart: its task runs on, watched from now.
+        let resumed = self
+            .resumed
+            .take()
+            .filter(|_| self.opening == Opening::Resume);
         let (route, mut events, early) = match self.prepared.take() {
             Some(p) => (p.route, p.events, Some((p.watch, p.dir))),
             None => {
@@ -101,7 +106,7 @@ impl SessionTask {
             }
         };
         let mut loss_base = LossBase::new(&observer);
-        let from_first_exec = self.opening != Opening::Attach;
+        let from_first_exec = !matches!(self.opening, Opening::Attach | Opening::Resume);
         if self.opening == Opening::Restart {
             tracing::info!(container = %c.at, "stopping, to restart under observation");
             stop_task(&containerd, &c.at).await?;
@@ -110,7 +115,7 @@ impl SessionTask {
         // once is not missed.
         let mut exits = Box::pin(containerd.exits(&c.at).await?);
         let pid = match (self.opening, c.running_pid) {
-            (Opening::Attach, Some(pid)) => pid,
+            (Opening::Attach | Opening::Resume, Some(pid)) => pid,
             (Opening::AwaitStart, _) => match wait_running(&containerd, &c.at).await {
                 Ok(pid) => pid,
                 Err(e) => {
@@ -154,18 +159,30 @@ impl SessionTask {
             }
         };
         let now = now_ms();
-        let mut record = SessionRecord::new(
-            name.clone(),
-            store.next_session_id()?,
-            Started {
-                container_id: c.at.to_string(),
-                container_name: name.clone(),
-                image_id: c.image_digest.clone(),
-                image_ref: c.image.clone(),
-                from_first_exec,
-                started_unix_ms: now,
-            },
-        );
+        let mut record = match resumed {
+            Some(mut r) => {
+                r.segments.push(Segment {
+                    first_event: r.events,
+                    started_unix_ms: now,
+                    from_first_exec: false,
+                    origin: "resumed after a daemon restart".into(),
+                });
+                r
+            }
+            None => SessionRecord::new(
+                name.clone(),
+                store.next_session_id()?,
+                Started {
+                    container_id: c.at.to_string(),
+                    container_name: name.clone(),
+                    image_id: c.image_digest.clone(),
+                    image_ref: c.image.clone(),
+                    from_first_exec,
+                    started_unix_ms: now,
+                },
+            ),
+        };
+        record.checkpoint_unix_ms = now;
         record.containerd = Some(c.at.clone());
         if let Err(e) = store.put_session(&record) {
             observer.unwatch(watch);
@@ -397,5 +414,56 @@ impl Manager {
             });
         }
         anyhow::bail!("containerd's event stream ended")
+    }
+}
+
+impl Manager {
+    /// [`Manager::recover`] of a containerd session the daemon lost: the
+    /// time since its last checkpoint is a gap; it is resumed when its task
+    /// still runs, else closed as interrupted (also when containerd does
+    /// not answer: the session then says why it ended).
+    pub(super) async fn recover_containerd(
+        self: &Arc<Self>,
+        mut record: SessionRecord,
+        at: &ContainerRef,
+    ) -> Result<()> {
+        let gap = Gap {
+            from_unix_ms: record.checkpoint_unix_ms,
+            to_unix_ms: now_ms(),
+            reason: "the daemon stopped without closing the session (killed or crashed)".into(),
+        };
+        record.gaps.push(gap);
+        let found = match Containerd::connect().await {
+            Ok(containerd) => containerd.container(at).await,
+            Err(e) => Err(e),
+        };
+        match found {
+            Ok(Some(c)) if c.running_pid.is_some() => {
+                tracing::warn!(session = %record.name, "resuming an observation the daemon lost; the gap is marked");
+                self.store.put_session(&record)?;
+                if let Err(e) = self
+                    .begin(
+                        Subject::Containerd(Box::new(c)),
+                        Opening::Resume,
+                        None,
+                        Some(record.clone()),
+                        None,
+                    )
+                    .await
+                {
+                    tracing::error!(session = %record.name, "could not resume: {e}");
+                }
+            }
+            found => {
+                if let Err(e) = found {
+                    tracing::warn!(session = %record.name, "containerd does not answer for {at}: {e:#}");
+                }
+                tracing::warn!(session = %record.name, "closing an observation the daemon lost; its task is gone");
+                record.state = SessionState::Closed;
+                record.end = Some(EndReason::Interrupted);
+                self.store.put_session(&record)?;
+            }
+        }
+        Ok(())
     }
 }

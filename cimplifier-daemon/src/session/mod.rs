@@ -581,9 +581,8 @@ impl Manager {
             if record.state != SessionState::Observing {
                 continue;
             }
-            // Not resumed yet: a containerd session the daemon lost is closed.
-            if record.containerd.is_some() {
-                self.recover_one(record, container::Lookup::Gone).await?;
+            if let Some(at) = record.containerd.clone() {
+                self.recover_containerd(record, &at).await?;
                 continue;
             }
             let lookup = match &docker {
