@@ -323,6 +323,23 @@ async fn a_labelled_container_ctr_runs_is_observed_from_its_first_exec() {
         common::touches(&events, "/etc/nginx/nginx.conf"),
         "nginx's start-up is in the session"
     );
+
+    // By an OCI annotation (where the CRI passes a pod's), no label.
+    ns.ctr(&[
+        "run",
+        "-d",
+        "--annotation",
+        "io.cimplifier.observe=true",
+        &image,
+        "annotated",
+    ]);
+    ns.containers.push("annotated".into());
+    wait_until(30, "the annotated container's session", || {
+        String::from_utf8_lossy(&d.ctl(&["sessions", "--json"]).stdout).contains("annotated")
+    });
+    stdout_of(&d.ctl(&["stop", "annotated"]));
+    let (record, _) = d.session_events("annotated");
+    assert_eq!(record["from_first_exec"], true, "{record:#}");
 }
 
 /// A containerd session survives the daemon's crash: killed with SIGKILL

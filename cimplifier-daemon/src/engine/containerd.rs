@@ -99,6 +99,9 @@ pub struct Container {
     /// Where its OCI spec asks runc to put it (`linux.cgroupsPath`): a
     /// path for the cgroupfs driver, `slice:prefix:name` for systemd's.
     pub cgroups_path: Option<String>,
+    /// Its OCI spec's annotations: where the CRI passes a pod's
+    /// annotations (those its runtime handler's `pod_annotations` allow).
+    pub annotations: HashMap<String, String>,
 }
 
 impl Container {
@@ -212,15 +215,22 @@ impl Containerd {
                     c.image, at.namespace, at.namespace
                 )
             })?;
-        let cgroups_path = c.spec.as_ref().and_then(|spec| {
-            let spec: serde_json::Value = serde_json::from_slice(&spec.value).ok()?;
-            spec["linux"]["cgroupsPath"].as_str().map(str::to_owned)
-        });
+        let spec: Option<serde_json::Value> = c
+            .spec
+            .as_ref()
+            .and_then(|spec| serde_json::from_slice(&spec.value).ok());
+        let cgroups_path = spec
+            .as_ref()
+            .and_then(|s| s["linux"]["cgroupsPath"].as_str().map(str::to_owned));
+        let annotations = spec
+            .and_then(|s| serde_json::from_value(s["annotations"].clone()).ok())
+            .unwrap_or_default();
         Ok(Some(Container {
             at: at.clone(),
             image: c.image,
             image_digest,
             cgroups_path,
+            annotations,
             labels: c.labels,
             snapshotter: c.snapshotter,
             snapshot_key: c.snapshot_key,

@@ -331,8 +331,8 @@ async fn wait_running(containerd: &Containerd, at: &ContainerRef) -> Result<u32>
 
 impl Manager {
     /// Follows containerd's container creations in every namespace and
-    /// observes those whose labels match a selector (the CRI's labels
-    /// included), from their first exec: a container's cgroup (from its
+    /// observes those whose labels or spec annotations match a selector
+    /// (the CRI's labels, a pod's annotations), from their first exec: a container's cgroup (from its
     /// spec's `linux.cgroupsPath`, the cgroupfs driver's) is made and
     /// watched when containerd announces it, before its task is created;
     /// with the systemd driver it is watched once the task runs, and a
@@ -365,7 +365,9 @@ impl Manager {
                     continue;
                 }
             };
-            if !self.wanted(&c.labels) {
+            // By its labels (the CRI's included), or an annotation of its
+            // spec (a pod's, where the CRI passes it).
+            if !self.wanted(&c.labels) && !self.wanted(&c.annotations) {
                 continue;
             }
             let name = c.session_name();
