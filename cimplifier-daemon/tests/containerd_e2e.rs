@@ -186,6 +186,28 @@ async fn nginx_on_containerd_from_cri_labels_to_ctr_run() {
     let pid = ns.task_pid("web").expect("the daemon started the task");
     let answers = workload(pid);
     assert!(answers.contains("nginx workload: passed"), "{answers}");
+    // The lifecycle inside the session: a reload, a graceful restart and a
+    // crash with a start, the workload after each.
+    use cimplifier::api::pb::{LifecycleRequest, LifecycleStep};
+    let mut api = cimplifier::api::connect(&d.socket).await.unwrap();
+    for step in [
+        LifecycleStep::Reload,
+        LifecycleStep::Restart,
+        LifecycleStep::KillStart,
+    ] {
+        api.lifecycle(LifecycleRequest {
+            container: session.clone(),
+            step: step as i32,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{step:?}: {e}"));
+        let pid = ns.task_pid("web").expect("running after the step");
+        let answers = workload(pid);
+        assert!(
+            answers.contains("nginx workload: passed"),
+            "{step:?}: {answers}"
+        );
+    }
     stdout_of(&d.ctl(&["stop", &session]));
 
     let (record, events) = d.session_events(&session);
@@ -195,6 +217,12 @@ async fn nginx_on_containerd_from_cri_labels_to_ctr_run() {
         ns.name.as_str(),
         "{record:#}"
     );
+    assert_eq!(
+        record["lifecycle"],
+        serde_json::json!(["reload", "restart", "kill-start"]),
+        "{record:#}"
+    );
+    assert_eq!(record["end"], "stopped", "the steps' exits did not end it");
     assert_eq!(session_json(&d, &session)["complete"], true);
     assert!(
         common::touches(&events, "/usr/sbin/nginx"),

@@ -331,6 +331,16 @@ impl Containerd {
 
     /// Sends `signal` to the task's processes.
     pub async fn kill(&self, at: &ContainerRef, signal: nix::sys::signal::Signal) -> Result<()> {
+        self.signal(at, signal, true).await
+    }
+
+    /// Sends `signal` to the task's init process (`all`: to every process).
+    pub async fn signal(
+        &self,
+        at: &ContainerRef,
+        signal: nix::sys::signal::Signal,
+        all: bool,
+    ) -> Result<()> {
         let mut tasks = api::tasks_client::TasksClient::new(self.channel.clone());
         tasks
             .kill(in_namespace(
@@ -339,7 +349,7 @@ impl Containerd {
                     container_id: at.id.clone(),
                     exec_id: String::new(),
                     signal: signal as u32,
-                    all: true,
+                    all,
                 },
             )?)
             .await

@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result};
 use futures::StreamExt;
 use tokio::sync::oneshot;
 
+use super::lifecycle::{StepOutcome, StepRequest};
 use super::loss::LossBase;
-use super::observer;
+use super::observer::{self, Observer, Route};
 use super::task::{Recorder, RouteGuard, SessionTask};
 use super::{CHECKPOINT, Manager, ObserveError, ObserveOptions, Opening, Subject, now_ms};
 use crate::engine::containerd::{Container, ContainerRef, Containerd, cgroupfs_dir};
@@ -198,6 +199,13 @@ impl SessionTask {
         }
         let _ = started_tx.send(record.started.clone());
 
+        let step_context = Arc::new(StepContext {
+            observer: observer.clone(),
+            route: route.route.clone(),
+            containerd: containerd.clone(),
+            container: c.clone(),
+            cgroup: cgroup.clone(),
+        });
         let mut recorder = Recorder::new(
             (&observer, &store, &route),
             cgroup,
@@ -216,6 +224,9 @@ impl SessionTask {
         let mut checkpoint = tokio::time::interval(CHECKPOINT);
         checkpoint.tick().await;
         let mut failure = None;
+        let mut step: Option<std::pin::Pin<Box<dyn Future<Output = StepOutcome> + Send>>> = None;
+        // Exits of the task that a lifecycle step caused.
+        let mut expected_exits = 0u32;
         // A look at the task now and then, should an exit event be missed
         // (containerd's subscription has no acknowledgement).
         let mut ticks = 0u32;
@@ -225,6 +236,7 @@ impl SessionTask {
                 _ = &mut stop => break EndReason::Stopped,
                 _ = &mut deadline => break EndReason::Duration,
                 exit = exits.next() => match exit {
+                    Some(Ok(_)) if expected_exits > 0 => expected_exits -= 1,
                     Some(Ok(_)) => break EndReason::ContainerDied,
                     // containerd went away (or restarted): ask whether the
                     // task runs on, and follow its events again.
@@ -240,16 +252,26 @@ impl SessionTask {
                             },
                             Err(e) => tracing::warn!(container = %c.at, "{e:#}"),
                         }
-                        if let Ok(None) = containerd.task_pid(&c.at).await {
+                        if step.is_none() && let Ok(None) = containerd.task_pid(&c.at).await {
                             break EndReason::ContainerDied;
                         }
                     }
                 },
-                Some(request) = self.steps.recv() => {
-                    let _ = request.reply.send(Err(anyhow!(
-                        "{} of {}: lifecycle steps are not supported for containerd containers yet",
-                        request.step, c.at
-                    )));
+                Some(request) = self.steps.recv(), if step.is_none() => {
+                    if request.step.stops() {
+                        expected_exits += 1;
+                    }
+                    step = Some(Box::pin(perform(step_context.clone(), request)));
+                }
+                outcome = async { step.as_mut().expect("a step in flight").await }, if step.is_some() => {
+                    step = None;
+                    if outcome.result.is_err() && !outcome.stopped {
+                        expected_exits = expected_exits.saturating_sub(1);
+                    }
+                    if outcome.result.is_ok() {
+                        record.lifecycle.push(outcome.step);
+                    }
+                    let _ = outcome.reply.send(outcome.result);
                 }
                 _ = checkpoint.tick() => {
                     if let Err(e) = recorder.commit(&mut record) {
@@ -257,7 +279,10 @@ impl SessionTask {
                         break EndReason::Failed;
                     }
                     ticks += 1;
-                    if ticks.is_multiple_of(4) && let Ok(None) = containerd.task_pid(&c.at).await {
+                    if ticks.is_multiple_of(4)
+                        && step.is_none()
+                        && let Ok(None) = containerd.task_pid(&c.at).await
+                    {
                         break EndReason::ContainerDied;
                     }
                 },
@@ -468,4 +493,76 @@ impl Manager {
         }
         Ok(())
     }
+}
+
+/// What a lifecycle step of a containerd session needs.
+struct StepContext {
+    observer: Arc<Observer>,
+    route: Arc<Route>,
+    containerd: Containerd,
+    container: Container,
+    /// The task's cgroup, which a new task makes anew at the same path.
+    cgroup: std::path::PathBuf,
+}
+
+/// Runs a lifecycle step on the session's task, as Docker's are run
+/// ([`super::lifecycle`]): a reload is SIGHUP to the init process; a
+/// restart stops the task (SIGTERM, then SIGKILL), a kill-start kills it;
+/// both then create a new task, watch its cgroup made anew, and start it,
+/// so the start is seen from its first exec.
+async fn perform(cx: Arc<StepContext>, request: StepRequest) -> StepOutcome {
+    use crate::store::LifecycleStep;
+    use nix::sys::signal::Signal;
+    let StepRequest { step, reply } = request;
+    let at = &cx.container.at;
+    let mut stopped = false;
+    let result = async {
+        match step {
+            LifecycleStep::Reload => {
+                tracing::info!(container = %at, "lifecycle: SIGHUP");
+                return cx.containerd.signal(at, Signal::SIGHUP, false).await;
+            }
+            LifecycleStep::Restart => {
+                tracing::info!(container = %at, "lifecycle: stopping gracefully");
+                stop_task(&cx.containerd, at).await?;
+            }
+            LifecycleStep::KillStart => {
+                tracing::info!(container = %at, "lifecycle: SIGKILL");
+                cx.containerd.kill(at, Signal::SIGKILL).await?;
+                wait_stopped(&cx.containerd, at).await?;
+            }
+        }
+        stopped = true;
+        let pid = cx.containerd.create_task(&cx.container).await?;
+        let cgroup = cgroup_of_pid(pid)?;
+        anyhow::ensure!(
+            cgroup == cx.cgroup,
+            "the new task is in cgroup {}, not {} as before",
+            cgroup.display(),
+            cx.cgroup.display()
+        );
+        cx.observer.renew(&cgroup)?;
+        cx.observer.claim(&cx.route, &cgroup);
+        tracing::info!(container = %at, "lifecycle: starting under observation");
+        cx.containerd.start(at).await
+    }
+    .await;
+    StepOutcome {
+        step,
+        reply,
+        stopped,
+        result: result.with_context(|| format!("{step} of container {at}")),
+    }
+}
+
+/// Waits until the task of `at` no longer runs.
+async fn wait_stopped(containerd: &Containerd, at: &ContainerRef) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    while containerd.task_pid(at).await?.is_some() {
+        if tokio::time::Instant::now() > deadline {
+            anyhow::bail!("the task of {at} still runs {STOP_GRACE:?} after SIGKILL");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    Ok(())
 }
