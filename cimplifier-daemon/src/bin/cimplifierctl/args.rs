@@ -75,7 +75,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Observe a Docker container with eBPF while it serves its workload.
+    /// Observe a Docker or containerd container with eBPF while it serves its workload.
     ///
     /// The daemon does the observing. A container that is created but not
     /// running is started under observation, so its first exec and all of
