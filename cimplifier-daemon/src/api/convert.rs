@@ -45,6 +45,7 @@ pub(super) fn stored(r: &SessionRecord) -> pb::Session {
         duration_ms: r.duration_ms,
         events: r.events,
         aggregated_events: r.aggregated,
+        kernel_folded_events: r.kernel_folded,
         lost_events: r.loss.lost(),
         unreadable_names: r.loss.unreadable_names,
         complete: r.complete(),

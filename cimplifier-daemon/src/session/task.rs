@@ -514,6 +514,8 @@ pub(super) struct Recorder<'a> {
     prior_duration: u64,
     prior_loss: LossCounters,
     prior_aggregated: u64,
+    /// Repeats the kernel folded in earlier segments.
+    prior_kernel_folded: u64,
     loss_base: LossBase,
     started: Instant,
 }
@@ -545,6 +547,7 @@ impl<'a> Recorder<'a> {
             prior_duration: record.duration_ms,
             prior_loss: record.loss,
             prior_aggregated: record.aggregated,
+            prior_kernel_folded: record.kernel_folded,
             loss_base,
             started: Instant::now(),
         }
@@ -611,6 +614,8 @@ impl<'a> Recorder<'a> {
         }
         next.events += self.batch.len() as u64;
         next.aggregated = self.prior_aggregated + self.aggregated;
+        next.kernel_folded =
+            self.prior_kernel_folded + self.loss_base.folded_since(self.observer, &self.members);
         next.checkpoint_unix_ms = now_ms();
         next.duration_ms = self.prior_duration + self.started.elapsed().as_millis() as u64;
         // A cgroup below the container whose every record was lost never

@@ -673,6 +673,7 @@ impl Store {
             duration_ms: 0,
             events: 0,
             aggregated: 0,
+            kernel_folded: 0,
             loss: LossCounters::default(),
             segments: vec![],
             gaps: vec![],
@@ -702,6 +703,7 @@ impl Store {
             merged.events += events.len() as u64;
             merged.duration_ms += r.duration_ms;
             merged.aggregated += r.aggregated;
+            merged.kernel_folded += r.kernel_folded;
             merged.loss = merged.loss.plus(r.loss);
             merged.gaps.extend(r.gaps.iter().cloned());
             merged.checkpoint_unix_ms = merged.checkpoint_unix_ms.max(r.checkpoint_unix_ms);

@@ -93,6 +93,10 @@ pub struct SessionRecord {
     /// same uses) already said all they say (see `model::uses_of`).
     #[serde(default)]
     pub aggregated: u64,
+    /// Repeats the kernel folded before sending (`syscalls::foldable`):
+    /// what they add, an earlier call of the same process added.
+    #[serde(default)]
+    pub kernel_folded: u64,
     pub loss: LossCounters,
     pub segments: Vec<Segment>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
@@ -138,6 +142,7 @@ impl SessionRecord {
             duration_ms: 0,
             events: 0,
             aggregated: 0,
+            kernel_folded: 0,
             loss: LossCounters::default(),
             gaps: vec![],
             checkpoint_unix_ms: now,

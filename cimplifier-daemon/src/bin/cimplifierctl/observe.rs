@@ -151,13 +151,14 @@ fn print_observed(session: &pb::Session) -> anyhow::Result<()> {
         anyhow::bail!("observing {} failed: {}", session.container, session.error);
     }
     print(&format!(
-        "observed {} for {:.1} s: {} executables used {} resources; {} events stored, {} repeats counted; {}; ended: {}\n",
+        "observed {} for {:.1} s: {} executables used {} resources; {} events stored, {} repeats counted ({} folded in the kernel); {}; ended: {}\n",
         session.container,
         session.duration_ms as f64 / 1000.0,
         session.executables.len(),
         session.resources,
         session.events,
-        session.aggregated_events,
+        session.aggregated_events + session.kernel_folded_events,
+        session.kernel_folded_events,
         if session.complete {
             "no events lost".to_owned()
         } else {
