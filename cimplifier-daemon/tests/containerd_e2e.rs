@@ -408,3 +408,37 @@ async fn a_containerd_session_is_resumed_after_the_daemon_is_killed() {
         "the workload after the restart is in the session"
     );
 }
+
+/// `observe --exec` on containerd: the daemon names where the container
+/// is reached (loopback for a task in the host's network namespace,
+/// `ctr --net-host`), cimplifierctl runs the workload against it, then
+/// again after a restart, a kill-start and a reload inside the session.
+#[tokio::test(flavor = "multi_thread")]
+async fn observe_exec_runs_the_workload_and_the_lifecycle_on_containerd() {
+    require_root();
+    let address = address();
+    let mut ns = Namespace::new(&address, "exec");
+    let image = ns.import(IMAGE);
+    ns.ctr(&["containers", "create", "--net-host", &image, "web"]);
+    ns.containers.push("web".into());
+    let d = Daemon::start_with_env(&[], &[("CONTAINERD_ADDRESS", &address)]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/nginx.sh");
+    let out = d.ctl(&[
+        "observe",
+        &format!("containerd://{}/web", ns.name),
+        "--exec",
+        &format!("bash {}", script.display()),
+    ]);
+    let said = stdout_of(&out);
+    assert!(
+        said.contains("first pass: ok, after restart: ok, after kill-start: ok, after reload: ok"),
+        "{said}"
+    );
+    let (record, _) = d.session_events("web");
+    assert_eq!(record["from_first_exec"], true, "{record:#}");
+    assert_eq!(
+        record["lifecycle"],
+        serde_json::json!(["restart", "kill-start", "reload"]),
+        "{record:#}"
+    );
+}

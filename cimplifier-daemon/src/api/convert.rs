@@ -178,13 +178,25 @@ pub(super) fn event_message(e: &crate::session::StreamedEvent) -> pb::Event {
 /// runs. The client may be remote and without Docker access, so the daemon
 /// says it. None (with a warning) when the engine cannot tell.
 pub(super) async fn target(container_id: &str) -> Option<pb::Target> {
-    if crate::engine::containerd::ContainerRef::is_one(container_id) {
-        // Its network is the CNI's or none: containerd does not know it.
-        tracing::warn!(
-            container = container_id,
-            "no network target: containerd does not say where a container is reached; the workload finds it itself (e.g. `nsenter --net=/proc/PID/ns/net`)"
-        );
-        return None;
+    if let Ok(at) = container_id.parse::<crate::engine::containerd::ContainerRef>() {
+        let found = match crate::engine::containerd::Containerd::connect().await {
+            Ok(c) => c.network_target(&at).await,
+            Err(e) => Err(e),
+        };
+        return match found {
+            Ok(Some(t)) => Some(t.into()),
+            Ok(None) => {
+                tracing::warn!(
+                    container = container_id,
+                    "no network target: the container has only loopback in its network namespace (no CNI); the workload must reach it there (e.g. `nsenter --net=/proc/PID/ns/net`)"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(container = container_id, "no network target: {e:#}");
+                None
+            }
+        };
     }
     NetworkTarget::lookup(container_id).await.map(Into::into)
 }

@@ -515,6 +515,59 @@ impl Containerd {
         Ok(n)
     }
 
+    /// Where a workload reaches the running container `at`: loopback when
+    /// its task shares the daemon's network namespace (`--net-host`), else
+    /// the first IPv4 address of its own interfaces (a CNI's), with the TCP
+    /// ports its image exposes; None when it has only loopback.
+    pub async fn network_target(
+        &self,
+        at: &ContainerRef,
+    ) -> Result<Option<super::docker::target::NetworkTarget>> {
+        let c = self
+            .container(at)
+            .await?
+            .with_context(|| format!("container {at} is gone"))?;
+        let pid = c
+            .running_pid
+            .with_context(|| format!("container {at} has no running task"))?;
+        let netns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/net"));
+        let shared = netns(&pid.to_string()).ok() == netns("self").ok();
+        let (network_mode, address) = if shared {
+            (
+                "host",
+                Some(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+            )
+        } else {
+            let trie = std::fs::read_to_string(format!("/proc/{pid}/net/fib_trie"))
+                .with_context(|| format!("reading the addresses of {at}'s network namespace"))?;
+            ("netns", local_ipv4(&trie).map(std::net::IpAddr::V4))
+        };
+        let Some(address) = address else {
+            return Ok(None);
+        };
+        let (_, manifest) = self.manifest(&at.namespace, &c.image_digest).await?;
+        let config = self
+            .read_blob(&at.namespace, manifest.config().digest().as_ref())
+            .await?;
+        let config = ImageConfiguration::from_reader(&config[..])
+            .with_context(|| format!("the configuration of image {}", c.image))?;
+        let mut tcp_ports: Vec<u16> = config
+            .config()
+            .as_ref()
+            .and_then(|c| c.exposed_ports().clone())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| p.strip_suffix("/tcp").unwrap_or(p).parse().ok())
+            .collect();
+        tcp_ports.sort_unstable();
+        tcp_ports.dedup();
+        Ok(Some(super::docker::target::NetworkTarget {
+            network_mode: network_mode.to_owned(),
+            address: Some(address),
+            tcp_ports,
+        }))
+    }
+
     /// The target digest of the image `name` in `namespace`.
     pub async fn image_target(&self, namespace: &str, name: &str) -> Result<Option<String>> {
         let mut images = api::images_client::ImagesClient::new(self.channel.clone());
@@ -830,6 +883,25 @@ pub fn cgroupfs_dir(cgroups_path: &str, mount: &Path) -> Option<PathBuf> {
     safe.then(|| mount.join(rel))
 }
 
+/// The first local IPv4 address other than loopback in a network
+/// namespace's `/proc/net/fib_trie` (an address line, then `/32 host
+/// LOCAL`).
+fn local_ipv4(fib_trie: &str) -> Option<std::net::Ipv4Addr> {
+    let mut last: Option<std::net::Ipv4Addr> = None;
+    for line in fib_trie.lines() {
+        let line = line.trim();
+        if let Some(addr) = line.strip_prefix("|-- ") {
+            last = addr.parse().ok();
+        } else if line.starts_with("/32 host LOCAL")
+            && let Some(a) = last.take()
+            && !a.is_loopback()
+        {
+            return Some(a);
+        }
+    }
+    None
+}
+
 /// A manifest's media type, as its JSON says (Docker's schema 2 or OCI's).
 fn manifest_media_type(bytes: &[u8]) -> &'static str {
     let docker = "application/vnd.docker.distribution.manifest.v2+json";
@@ -949,6 +1021,15 @@ mod tests {
         ] {
             assert_eq!(cgroupfs_dir(other, mount), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_network_namespaces_own_address_is_its_first_local_one_past_loopback() {
+        let only_loopback =
+            "Local:\n  +-- 127.0.0.0/8 2 0 2\n     |-- 127.0.0.1\n        /32 host LOCAL\n";
+        assert_eq!(local_ipv4(only_loopback), None);
+        let cni = "Main:\n  +-- 0.0.0.0/0 3 0 4\n     |-- 10.88.0.0\n        /16 link UNICAST\n     |-- 10.88.0.7\n        /32 host LOCAL\n     |-- 127.0.0.1\n        /32 host LOCAL\n";
+        assert_eq!(local_ipv4(cni), Some(std::net::Ipv4Addr::new(10, 88, 0, 7)));
     }
 
     #[test]
