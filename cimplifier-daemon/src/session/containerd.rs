@@ -117,6 +117,9 @@ impl SessionTask {
         let mut exits = Box::pin(containerd.exits(&c.at).await?);
         let pid = match (self.opening, c.running_pid) {
             (Opening::Attach | Opening::Resume, Some(pid)) => pid,
+            (Opening::Attach | Opening::Resume, None) => {
+                anyhow::bail!("the task of {} is no longer running", c.at)
+            }
             (Opening::AwaitStart, _) => match wait_running(&containerd, &c.at).await {
                 Ok(pid) => pid,
                 Err(e) => {
