@@ -223,6 +223,11 @@ async fn nginx_on_containerd_from_cri_labels_to_ctr_run() {
         "{record:#}"
     );
     assert_eq!(record["end"], "stopped", "the steps' exits did not end it");
+    assert_eq!(
+        record["run"]["cmd"],
+        serde_json::json!(["nginx", "-g", "daemon off;"]),
+        "how it ran, from its spec: {record:#}"
+    );
     assert_eq!(session_json(&d, &session)["complete"], true);
     assert!(
         common::touches(&events, "/usr/sbin/nginx"),

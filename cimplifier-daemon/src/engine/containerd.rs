@@ -102,6 +102,8 @@ pub struct Container {
     /// Its OCI spec's annotations: where the CRI passes a pod's
     /// annotations (those its runtime handler's `pod_annotations` allow).
     pub annotations: HashMap<String, String>,
+    /// Its OCI runtime spec (null when containerd holds none).
+    pub spec: serde_json::Value,
 }
 
 impl Container {
@@ -223,6 +225,7 @@ impl Containerd {
             .as_ref()
             .and_then(|s| s["linux"]["cgroupsPath"].as_str().map(str::to_owned));
         let annotations = spec
+            .as_ref()
             .and_then(|s| serde_json::from_value(s["annotations"].clone()).ok())
             .unwrap_or_default();
         Ok(Some(Container {
@@ -231,6 +234,7 @@ impl Containerd {
             image_digest,
             cgroups_path,
             annotations,
+            spec: spec.unwrap_or_default(),
             labels: c.labels,
             snapshotter: c.snapshotter,
             snapshot_key: c.snapshot_key,
@@ -545,12 +549,7 @@ impl Containerd {
         let Some(address) = address else {
             return Ok(None);
         };
-        let (_, manifest) = self.manifest(&at.namespace, &c.image_digest).await?;
-        let config = self
-            .read_blob(&at.namespace, manifest.config().digest().as_ref())
-            .await?;
-        let config = ImageConfiguration::from_reader(&config[..])
-            .with_context(|| format!("the configuration of image {}", c.image))?;
+        let config = self.image_config(&at.namespace, &c.image_digest).await?;
         let mut tcp_ports: Vec<u16> = config
             .config()
             .as_ref()
@@ -566,6 +565,16 @@ impl Containerd {
             address: Some(address),
             tcp_ports,
         }))
+    }
+
+    /// The configuration of the image `digest` (an index or a manifest).
+    pub async fn image_config(&self, namespace: &str, digest: &str) -> Result<ImageConfiguration> {
+        let (_, manifest) = self.manifest(namespace, digest).await?;
+        let bytes = self
+            .read_blob(namespace, manifest.config().digest().as_ref())
+            .await?;
+        ImageConfiguration::from_reader(&bytes[..])
+            .with_context(|| format!("the configuration of image {digest}"))
     }
 
     /// The target digest of the image `name` in `namespace`.
@@ -883,6 +892,86 @@ pub fn cgroupfs_dir(cgroups_path: &str, mount: &Path) -> Option<PathBuf> {
     safe.then(|| mount.join(rel))
 }
 
+/// How the container ran, from its OCI spec (`process`, namespaces,
+/// mounts) over its image's configuration, in the terms emit carries for
+/// Docker's: what the spec says where it differs from the image.
+pub fn run_settings(
+    spec: &serde_json::Value,
+    image: &ImageConfiguration,
+) -> super::docker::run::RunSettings {
+    let c = image.config().clone().unwrap_or_default();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        serde_json::from_value(v.clone()).unwrap_or_default()
+    };
+    let p = &spec["process"];
+    let args = strings(&p["args"]);
+    let ep = c.entrypoint().clone().unwrap_or_default();
+    let cmd = c.cmd().clone().unwrap_or_default();
+    let some = |v: Vec<String>| (!v.is_empty()).then_some(v);
+    let (entrypoint, cmd) = if args.iter().eq(ep.iter().chain(&cmd)) {
+        (some(ep), some(cmd))
+    } else if !ep.is_empty() && args.starts_with(&ep) {
+        let rest = args[ep.len()..].to_vec();
+        (some(ep), some(rest))
+    } else {
+        (some(args), None)
+    };
+    let image_user = c.user().clone().filter(|u| !u.is_empty());
+    let (uid, gid) = (p["user"]["uid"].as_u64(), p["user"]["gid"].as_u64());
+    let user = match (image_user, uid, gid) {
+        (Some(u), _, _) => Some(u),
+        (None, Some(0) | None, _) => None,
+        (None, Some(uid), gid) => Some(format!("{uid}:{}", gid.unwrap_or(0))),
+    };
+    let cwd = p["cwd"].as_str().filter(|d| !d.is_empty());
+    let working_dir = match (c.working_dir().clone().filter(|d| !d.is_empty()), cwd) {
+        (image, None) => image,
+        (None, Some("/")) => None,
+        (_, Some(d)) => Some(d.to_owned()),
+    };
+    let mut exposed_ports = c.exposed_ports().clone().unwrap_or_default();
+    exposed_ports.sort();
+    // What the spec gives that emit does not carry, as `docker run` flags.
+    let mut left_out = Vec::new();
+    // No network namespace of its own: the host's.
+    if let Some(namespaces) = spec["linux"]["namespaces"].as_array()
+        && !namespaces.iter().any(|n| n["type"] == "network")
+    {
+        left_out.push("--network host".to_owned());
+    }
+    for m in spec["mounts"].as_array().into_iter().flatten() {
+        let (Some(src), Some(dst)) = (m["source"].as_str(), m["destination"].as_str()) else {
+            continue;
+        };
+        let bind = m["type"] == "bind"
+            || m["options"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|x| x == "bind" || x == "rbind"));
+        // The runtime's own (/etc/hosts, resolv.conf with --net-host).
+        let own = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"].contains(&dst);
+        if bind && !own {
+            let ro = m["options"]
+                .as_array()
+                .is_some_and(|o| o.iter().any(|x| x == "ro"));
+            left_out.push(format!("-v {src}:{dst}{}", if ro { ":ro" } else { "" }));
+        }
+    }
+    super::docker::run::RunSettings {
+        entrypoint,
+        cmd,
+        env: strings(&p["env"]),
+        user,
+        working_dir,
+        exposed_ports,
+        stop_signal: c.stop_signal().clone().filter(|s| !s.is_empty()),
+        runtime: super::docker::run::RuntimeSettings {
+            tty: p["terminal"].as_bool() == Some(true),
+            ..Default::default()
+        },
+        left_out,
+    }
+}
+
 /// The first local IPv4 address other than loopback in a network
 /// namespace's `/proc/net/fib_trie` (an address line, then `/32 host
 /// LOCAL`).
@@ -1030,6 +1119,58 @@ mod tests {
         assert_eq!(local_ipv4(only_loopback), None);
         let cni = "Main:\n  +-- 0.0.0.0/0 3 0 4\n     |-- 10.88.0.0\n        /16 link UNICAST\n     |-- 10.88.0.7\n        /32 host LOCAL\n     |-- 127.0.0.1\n        /32 host LOCAL\n";
         assert_eq!(local_ipv4(cni), Some(std::net::Ipv4Addr::new(10, 88, 0, 7)));
+    }
+
+    #[test]
+    fn run_settings_are_the_specs_where_it_differs_from_the_image() {
+        let image: ImageConfiguration = serde_json::from_value(serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Cmd": ["nginx", "-g", "daemon off;"], "User": "", "ExposedPorts": {"80/tcp": {}}},
+            "rootfs": {"type": "layers", "diff_ids": []}
+        }))
+        .unwrap();
+        let spec = |args: serde_json::Value, uid: u32, network: bool| {
+            let mut namespaces = vec![serde_json::json!({"type": "pid"})];
+            if network {
+                namespaces.push(serde_json::json!({"type": "network"}));
+            }
+            serde_json::json!({
+                "process": {"args": args, "env": ["PATH=/usr/bin"], "cwd": "/", "user": {"uid": uid, "gid": uid}},
+                "linux": {"namespaces": namespaces},
+                "mounts": [
+                    {"destination": "/proc", "type": "proc", "source": "proc"},
+                    {"destination": "/data", "type": "bind", "source": "/srv/data", "options": ["rbind", "ro"]}
+                ]
+            })
+        };
+        let same = run_settings(
+            &spec(serde_json::json!(["nginx", "-g", "daemon off;"]), 0, true),
+            &image,
+        );
+        assert_eq!(same.entrypoint, None);
+        assert_eq!(same.cmd.as_deref().map(<[String]>::len), Some(3));
+        assert_eq!(
+            (same.user.as_deref(), same.working_dir.as_deref()),
+            (None, None)
+        );
+        assert_eq!(same.env, ["PATH=/usr/bin"]);
+        assert_eq!(same.exposed_ports, ["80/tcp"]);
+        assert_eq!(same.left_out, ["-v /srv/data:/data:ro"]);
+        let other = run_settings(
+            &spec(serde_json::json!(["sh", "-c", "nginx"]), 33, false),
+            &image,
+        );
+        assert_eq!(
+            other.entrypoint,
+            Some(vec!["sh".into(), "-c".into(), "nginx".into()])
+        );
+        assert_eq!(other.cmd, None);
+        assert_eq!(other.user.as_deref(), Some("33:33"));
+        assert!(
+            other.left_out.contains(&"--network host".to_owned()),
+            "{:?}",
+            other.left_out
+        );
     }
 
     #[test]

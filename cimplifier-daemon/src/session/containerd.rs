@@ -188,6 +188,22 @@ impl SessionTask {
         };
         record.checkpoint_unix_ms = now;
         record.containerd = Some(c.at.clone());
+        // How it ran (a resumed session keeps what it recorded first).
+        if record.run.is_none() {
+            match containerd
+                .image_config(&c.at.namespace, &c.image_digest)
+                .await
+            {
+                Ok(image) => {
+                    record.run = Some(Box::new(crate::engine::containerd::run_settings(
+                        &c.spec, &image,
+                    )));
+                }
+                Err(e) => {
+                    tracing::warn!(container = %c.at, "its run settings are not recorded: {e:#}")
+                }
+            }
+        }
         if let Err(e) = store.put_session(&record) {
             observer.unwatch(watch);
             return Err(e);
