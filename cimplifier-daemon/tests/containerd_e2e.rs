@@ -151,7 +151,6 @@ async fn observe(d: &Daemon, container: &str, restart: bool, attach: bool) {
             container: container.to_owned(),
             restart,
             attach,
-            replace: true,
             ..Default::default()
         })
         .await
@@ -299,13 +298,20 @@ async fn a_running_containerd_container_is_attached_to_or_restarted_under_observ
         "nginx was running before: its exec is not in an attached session"
     );
 
+    // The same container again: the session goes on in a new segment.
     observe(&d, &target, true, false).await;
     let pid = ns.task_pid("web").expect("the daemon started it again");
     let answers = workload(pid);
     assert!(answers.contains("nginx workload: passed"), "{answers}");
     stdout_of(&d.ctl(&["stop", "web"]));
     let (record, events) = d.session_events("web");
-    assert_eq!(record["from_first_exec"], true, "{record:#}");
+    let segments = record["segments"].as_array().unwrap();
+    assert_eq!(segments.len(), 2, "{record:#}");
+    assert_eq!(segments[1]["from_first_exec"], true, "{record:#}");
+    assert_eq!(
+        record["from_first_exec"], false,
+        "the first segment attached: {record:#}"
+    );
     assert!(
         common::touches(&events, "/etc/nginx/nginx.conf"),
         "nginx started again under observation"

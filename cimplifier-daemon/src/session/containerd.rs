@@ -57,21 +57,30 @@ pub(super) async fn observe(
         }
     };
     let name = c.session_name();
-    if manager.store.session(&name)?.is_some() {
-        if !opts.replace {
+    // A closed session of the same image goes on in a new segment; one of
+    // another image is refused unless replaced.
+    let earlier = match manager.store.session(&name)? {
+        Some(_) if opts.replace => {
+            manager.store.delete_session(&name)?;
+            None
+        }
+        Some(earlier) if earlier.started.image_id == c.image_digest => Some(earlier),
+        Some(earlier) => {
             return Err(ObserveError::Refused(format!(
-                "a session named {name} exists already; pass --replace to delete it and begin \
-                 anew (continuing a containerd session is not supported yet)"
+                "session {name} holds what image {} ({}) used, and container {at} now runs {} \
+                 ({}): observing it would mix two images in one session; pass --replace to \
+                 delete the earlier session, or `cimplifierctl export {name}` it first",
+                earlier.started.image_ref, earlier.started.image_id, c.image, c.image_digest
             )));
         }
-        manager.store.delete_session(&name)?;
-    }
+        None => None,
+    };
     manager
         .begin(
             Subject::Containerd(Box::new(c)),
             opening,
             opts.duration,
-            None,
+            earlier,
             None,
         )
         .await
@@ -90,11 +99,9 @@ impl SessionTask {
         let store = self.manager.store.clone();
         let containerd = Containerd::connect().await?;
         let name = c.session_name();
-        // Resumed after a daemon restart: its task runs on, watched from now.
-        let resumed = self
-            .resumed
-            .take()
-            .filter(|_| self.opening == Opening::Resume);
+        // Resumed after a daemon restart (its task runs on, watched from
+        // now), or a closed session observed again.
+        let resumed = self.resumed.take();
         let (route, mut events, early) = match self.prepared.take() {
             Some(p) => (p.route, p.events, Some((p.watch, p.dir))),
             None => {
@@ -164,13 +171,28 @@ impl SessionTask {
         };
         let now = now_ms();
         let mut record = match resumed {
-            Some(mut r) => {
+            Some(mut r) if self.opening == Opening::Resume => {
                 r.segments.push(Segment {
                     first_event: r.events,
                     started_unix_ms: now,
                     from_first_exec: false,
                     origin: "resumed after a daemon restart".into(),
                 });
+                r
+            }
+            // Observed again: what this run uses adds to what the earlier
+            // runs used.
+            Some(mut r) => {
+                r.segments.push(Segment {
+                    first_event: r.events,
+                    started_unix_ms: now,
+                    from_first_exec,
+                    origin: format!("observed again ({})", c.at),
+                });
+                r.state = SessionState::Observing;
+                r.end = None;
+                r.started.container_id = c.at.to_string();
+                r.started.from_first_exec = r.segments.iter().all(|s| s.from_first_exec);
                 r
             }
             None => SessionRecord::new(
