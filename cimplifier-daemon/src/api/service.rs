@@ -564,7 +564,17 @@ impl Cimplifier for Service {
         slim.exclude = exclude;
         slim.strict = req.strict;
         // A tag taken from another image is refused before any work.
-        if let Some(tag) = &tag {
+        // (A containerd session's output goes to containerd: checked there.)
+        let to_containerd = self
+            .manager
+            .store()
+            .session(&req.container)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.containerd.is_some());
+        if let Some(tag) = &tag
+            && !to_containerd
+        {
             let docker = crate::docker::connect().map_err(internal)?;
             crate::emit::oci::check_tag(&docker, tag.as_str(), retag(req.force)).await?;
         }

@@ -13,8 +13,8 @@ use futures::StreamExt;
 use super::observer;
 use super::task::{Prepared, RouteGuard};
 use super::{
-    Manager, OBSERVE_LABEL, ObserveError, ObserveOptions, Opening, continued, docker_parent_cgroup,
-    now_ms,
+    Manager, OBSERVE_LABEL, ObserveError, ObserveOptions, Opening, Subject, continued,
+    docker_parent_cgroup, now_ms,
 };
 use crate::docker::{Docker, container};
 use crate::store::{SessionState, Started};
@@ -164,7 +164,13 @@ impl Manager {
             tokio::spawn(async move {
                 let name = container::name_of(&details);
                 match manager
-                    .begin(details, Opening::AwaitStart, None, None, prepared)
+                    .begin(
+                        Subject::Docker(Box::new(details)),
+                        Opening::AwaitStart,
+                        None,
+                        None,
+                        prepared,
+                    )
                     .await
                 {
                     Ok(_) => {
@@ -231,8 +237,14 @@ impl Manager {
             session = %record.name,
             "continuing the session of a labelled container that ran while the daemon was down; the gap is marked"
         );
-        self.begin(details, Opening::Resume, None, Some(record), None)
-            .await
+        self.begin(
+            Subject::Docker(Box::new(details)),
+            Opening::Resume,
+            None,
+            Some(record),
+            None,
+        )
+        .await
     }
 
     /// Watches Docker's parent cgroup and answers, for each new cgroup
@@ -328,8 +340,12 @@ impl Manager {
     /// Makes the cgroup Docker will start container `id` in (its default
     /// place) and watches it, so a session can begin there.
     fn prepare(&self, id: &str, name: &str) -> Result<Prepared> {
-        let dir = docker_parent_cgroup(None)?.join(id);
-        match std::fs::create_dir(&dir) {
+        self.prepare_dir(docker_parent_cgroup(None)?.join(id), name)
+    }
+
+    /// [`Manager::prepare`] of the cgroup at `dir`, whatever the engine.
+    pub(super) fn prepare_dir(&self, dir: PathBuf, name: &str) -> Result<Prepared> {
+        match std::fs::create_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("making {}", dir.display())),
@@ -351,7 +367,7 @@ impl Manager {
 
     /// Whether labels (or Docker event attributes, which include them)
     /// match a selector.
-    fn wanted(&self, labels: &HashMap<String, String>) -> bool {
+    pub(super) fn wanted(&self, labels: &HashMap<String, String>) -> bool {
         self.selectors
             .lock()
             .expect("selectors lock")

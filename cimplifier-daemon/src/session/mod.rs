@@ -15,6 +15,7 @@
 //! session, `labels.rs` watches for labelled containers, [`observer`] is the
 //! tracer shared by all sessions.
 
+mod containerd;
 mod labels;
 pub mod lifecycle;
 mod loss;
@@ -49,7 +50,7 @@ pub const CHECKPOINT: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug, Default)]
 pub struct ObserveOptions {
-    /// Container name or id.
+    /// Docker container name or id, or `containerd://NAMESPACE/ID`.
     pub container: String,
     pub duration: Option<Duration>,
     /// Restart a running container so its start-up is observed.
@@ -87,6 +88,37 @@ enum Opening {
     AwaitStart,
     /// The daemon came back; the container still runs.
     Resume,
+}
+
+/// The container a session observes, in its engine's terms.
+#[derive(Clone)]
+pub(super) enum Subject {
+    Docker(Box<container::Details>),
+    Containerd(Box<crate::engine::containerd::Container>),
+}
+
+impl Subject {
+    /// The session's name.
+    fn name(&self) -> String {
+        match self {
+            Subject::Docker(d) => container::name_of(d),
+            Subject::Containerd(c) => c.session_name(),
+        }
+    }
+
+    fn id(&self) -> String {
+        match self {
+            Subject::Docker(d) => d.id.clone().unwrap_or_default(),
+            Subject::Containerd(c) => c.at.to_string(),
+        }
+    }
+
+    fn image_id(&self) -> String {
+        match self {
+            Subject::Docker(d) => d.image.clone().unwrap_or_default(),
+            Subject::Containerd(c) => c.image_digest.clone(),
+        }
+    }
 }
 
 /// What a session looks like from outside.
@@ -182,6 +214,10 @@ impl Manager {
                 tracing::error!("following Docker's events for labelled containers stopped: {e:#}");
             }
         });
+        // containerd's too, where the daemon is told where it is.
+        if std::env::var_os(crate::engine::containerd::ADDRESS_ENV).is_some() {
+            tokio::spawn(self.clone().watch_containerd_labels());
+        }
     }
 
     pub fn observer(&self) -> &Arc<Observer> {
@@ -199,6 +235,9 @@ impl Manager {
             return Err(ObserveError::Refused(
                 "restart and attach exclude each other".into(),
             ));
+        }
+        if crate::engine::containerd::ContainerRef::is_one(&opts.container) {
+            return containerd::observe(self, opts).await;
         }
         let docker = crate::docker::connect()?;
         let details = match container::look_up(&docker, &opts.container).await {
@@ -230,8 +269,14 @@ impl Manager {
             }
         };
         let earlier = self.earlier_session(&name, &details, opts.replace)?;
-        self.begin(details, opening, opts.duration, earlier, None)
-            .await
+        self.begin(
+            Subject::Docker(Box::new(details)),
+            opening,
+            opts.duration,
+            earlier,
+            None,
+        )
+        .await
     }
 
     /// The closed session a new observation of `name` continues: one of
@@ -266,13 +311,13 @@ impl Manager {
     /// Spawns the session task and waits until it has begun.
     async fn begin(
         self: &Arc<Self>,
-        details: container::Details,
+        subject: Subject,
         opening: Opening,
         duration: Option<Duration>,
         resumed: Option<SessionRecord>,
         prepared: Option<Prepared>,
     ) -> Result<Started, ObserveError> {
-        let name = container::name_of(&details);
+        let name = subject.name();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (started_tx, started_rx) = oneshot::channel::<Started>();
         let (steps_tx, steps_rx) = mpsc::channel(1);
@@ -289,9 +334,9 @@ impl Manager {
                     steps: steps_tx,
                     done: None,
                     started: Started {
-                        container_id: details.id.clone().unwrap_or_default(),
+                        container_id: subject.id(),
                         container_name: name.clone(),
-                        image_id: details.image.clone().unwrap_or_default(),
+                        image_id: subject.image_id(),
                         image_ref: String::new(),
                         from_first_exec: false,
                         started_unix_ms: now_ms(),
@@ -304,7 +349,7 @@ impl Manager {
         let done = tokio::spawn(async move {
             let session = SessionTask {
                 manager: manager.clone(),
-                details,
+                subject,
                 opening,
                 duration,
                 resumed,
@@ -536,6 +581,10 @@ impl Manager {
             if record.state != SessionState::Observing {
                 continue;
             }
+            if let Some(at) = record.containerd.clone() {
+                self.recover_containerd(record, &at).await?;
+                continue;
+            }
             let lookup = match &docker {
                 Ok(docker) => container::look_up(docker, &record.started.container_id).await,
                 Err(e) => container::Lookup::Unreachable(anyhow!("{e:#}")),
@@ -578,7 +627,13 @@ impl Manager {
                 record.gaps.push(gap);
                 self.store.put_session(&record)?;
                 if let Err(e) = self
-                    .begin(*details, Opening::Resume, None, Some(record.clone()), None)
+                    .begin(
+                        Subject::Docker(details),
+                        Opening::Resume,
+                        None,
+                        Some(record.clone()),
+                        None,
+                    )
                     .await
                 {
                     tracing::error!(session = %record.name, "could not resume: {e}");

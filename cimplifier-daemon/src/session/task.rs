@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::loss::LossBase;
 use super::observer::{self, Observer, Route, StreamedEvent, Watch};
-use super::{CHECKPOINT, Manager, Opening, docker_parent_cgroup, lifecycle, now_ms};
+use super::{CHECKPOINT, Manager, Opening, Subject, docker_parent_cgroup, lifecycle, now_ms};
 use crate::docker::{Docker, container};
 use crate::store::{EndReason, Segment, SessionRecord, SessionState, Started, Store};
 use crate::trace::{CgroupId, ContainerPath, Event, EventKind, LossCounters};
@@ -41,7 +41,7 @@ fn short_id(id: &str) -> &str {
 /// One session's observation.
 pub(super) struct SessionTask {
     pub(super) manager: Arc<Manager>,
-    pub(super) details: container::Details,
+    pub(super) subject: Subject,
     pub(super) opening: Opening,
     pub(super) duration: Option<Duration>,
     pub(super) resumed: Option<SessionRecord>,
@@ -67,17 +67,23 @@ impl SessionTask {
         stop: impl std::future::Future<Output = ()>,
         started_tx: oneshot::Sender<Started>,
     ) -> Result<SessionRecord> {
+        let details = match &self.subject {
+            Subject::Docker(d) => (**d).clone(),
+            Subject::Containerd(c) => {
+                let c = (**c).clone();
+                return self.run_containerd(c, stop, started_tx).await;
+            }
+        };
         let observer = self.manager.observer.clone();
         let store = self.manager.store.clone();
         let docker = crate::docker::connect()?;
-        let id = self.details.id.clone().unwrap_or_default();
-        let name = container::name_of(&self.details);
+        let id = details.id.clone().unwrap_or_default();
+        let name = container::name_of(&details);
         let from_first_exec = matches!(
             self.opening,
             Opening::Start | Opening::Restart | Opening::AwaitStart
         );
-        let cgroup_parent = self
-            .details
+        let cgroup_parent = details
             .host_config
             .as_ref()
             .and_then(|h| h.cgroup_parent.clone());
@@ -142,7 +148,7 @@ impl SessionTask {
         )?;
         members.extend(observer::cgroup_ids_below(&container_cgroup));
 
-        let mut record = match self.first_record(&store, &id, &name, from_first_exec) {
+        let mut record = match self.first_record(&store, &details, &id, &name, from_first_exec) {
             Ok(r) => r,
             Err(e) => {
                 observer.unwatch(watch);
@@ -159,26 +165,14 @@ impl SessionTask {
             name: name.clone(),
             cgroup: container_cgroup.clone(),
         });
-        let mut recorder = Recorder {
-            observer: &observer,
-            store: &store,
-            route: &route,
+        let mut recorder = Recorder::new(
+            (&observer, &store, &route),
             container_cgroup,
             members,
-            session_name: name.as_str().into(),
-            exes: crate::model::ExeTracker::default(),
-            missed_start: false,
-            seen_uses: HashSet::new(),
-            aggregated: 0,
-            unreadable: 0,
-            batch: Vec::new(),
-            prior_duration: record.duration_ms,
-            prior_loss: record.loss,
-            prior_aggregated: record.aggregated,
-            prior_kernel_folded: record.kernel_folded,
+            &name,
+            &record,
             loss_base,
-            started: Instant::now(),
-        };
+        );
         let deadline = async {
             match self.duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -345,11 +339,11 @@ impl SessionTask {
     fn first_record(
         &self,
         store: &Store,
+        details: &container::Details,
         id: &str,
         name: &str,
         from_first_exec: bool,
     ) -> Result<SessionRecord> {
-        let details = &self.details;
         let now = now_ms();
         let mut record = match self.resumed.clone() {
             Some(mut r) if self.opening == Opening::Resume => {
@@ -500,7 +494,7 @@ fn watch_container(
 /// them durable: which cgroups are the container's, who ran what, the uses
 /// already stored in this segment (what the model holds, so bounded by
 /// it), and the session's share of the tracer's counters.
-struct Recorder<'a> {
+pub(super) struct Recorder<'a> {
     observer: &'a Arc<Observer>,
     store: &'a Store,
     route: &'a RouteGuard,
@@ -526,10 +520,42 @@ struct Recorder<'a> {
     started: Instant,
 }
 
-impl Recorder<'_> {
+impl<'a> Recorder<'a> {
+    /// The recorder of a session whose record begins as `record`, watching
+    /// `container_cgroup` (whose cgroups known so far are `members`).
+    pub(super) fn new(
+        (observer, store, route): (&'a Arc<Observer>, &'a Store, &'a RouteGuard),
+        container_cgroup: PathBuf,
+        members: HashSet<CgroupId>,
+        name: &str,
+        record: &SessionRecord,
+        loss_base: LossBase,
+    ) -> Self {
+        Self {
+            observer,
+            store,
+            route,
+            container_cgroup,
+            members,
+            session_name: name.into(),
+            exes: crate::model::ExeTracker::default(),
+            missed_start: false,
+            seen_uses: HashSet::new(),
+            aggregated: 0,
+            unreadable: 0,
+            batch: Vec::new(),
+            prior_duration: record.duration_ms,
+            prior_loss: record.loss,
+            prior_aggregated: record.aggregated,
+            prior_kernel_folded: record.kernel_folded,
+            loss_base,
+            started: Instant::now(),
+        }
+    }
+
     /// Streams the event and keeps it for the next commit, unless it is
     /// another container's or repeats a use already stored.
-    fn accept(&mut self, e: Event) {
+    pub(super) fn accept(&mut self, e: Event) {
         if !self.members.contains(&e.cgroup) {
             // A cgroup created below the container's since the last look,
             // or another container's event seen while waiting.
@@ -578,7 +604,7 @@ impl Recorder<'_> {
 
     /// Makes what was accepted durable, with the record's counters. On
     /// failure `record` and the batch are as they were.
-    fn commit(&mut self, record: &mut SessionRecord) -> Result<()> {
+    pub(super) fn commit(&mut self, record: &mut SessionRecord) -> Result<()> {
         let mut next = record.clone();
         let segment = next.segments.last_mut().expect("a session has a segment");
         let missed = self.missed_start && segment.from_first_exec;
@@ -618,7 +644,7 @@ impl Recorder<'_> {
     /// state directory): the error to report, naming the store and what
     /// was lost. The record is marked failed in the store if it still
     /// takes a write; the watch is already released.
-    fn failed(&mut self, record: &mut SessionRecord, e: anyhow::Error) -> anyhow::Error {
+    pub(super) fn failed(&mut self, record: &mut SessionRecord, e: anyhow::Error) -> anyhow::Error {
         let unsaved = self.batch.len();
         let store = self.store.path();
         let dir = store.parent().unwrap_or(store);
@@ -650,7 +676,12 @@ impl Recorder<'_> {
     /// the end are not the session's, and one well after it shows that the
     /// reader, which hands records over in the ring buffer's order, has
     /// passed the end.
-    async fn drain(&mut self, events: &mut mpsc::Receiver<Event>, end_ns: u64, name: &str) {
+    pub(super) async fn drain(
+        &mut self,
+        events: &mut mpsc::Receiver<Event>,
+        end_ns: u64,
+        name: &str,
+    ) {
         let drain_deadline = Instant::now() + DRAIN_WAIT;
         loop {
             let left = drain_deadline.saturating_duration_since(Instant::now());

@@ -689,6 +689,7 @@ impl Store {
             checkpoint_unix_ms: 0,
             run,
             run_not_merged,
+            containerd: first.containerd.clone(),
             // Every step any source went through, in the usual order.
             lifecycle: LifecycleStep::ALL
                 .into_iter()

@@ -116,6 +116,11 @@ pub struct SessionRecord {
     /// order: `verify` puts the output through the same.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub lifecycle: Vec<LifecycleStep>,
+    /// The containerd container observed, when the engine was containerd
+    /// (else Docker's): emit reads the image from, and loads the output
+    /// into, its namespace.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub containerd: Option<crate::engine::containerd::ContainerRef>,
 }
 
 impl SessionRecord {
@@ -142,6 +147,7 @@ impl SessionRecord {
             gaps: vec![],
             checkpoint_unix_ms: now,
             lifecycle: vec![],
+            containerd: None,
             run: None,
             run_not_merged: None,
         }
