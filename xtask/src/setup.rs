@@ -19,7 +19,8 @@ use crate::util::{self, Step, cmd};
 /// --push` is tested against, with apache2-utils' htpasswd for its users;
 /// kubectl decodes the Kubernetes run plan; protobuf-compiler is the protoc
 /// the containerd-client crate's build runs, and containerd (with `ctr`) is
-/// the engine the containerd backend is tested on, dockerd's own).
+/// the engine the containerd backend is tested on, dockerd's own; podman is
+/// tested through its Docker-compatible API).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -45,6 +46,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "kubectl",
     "protobuf-compiler",
     "containerd",
+    "podman",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

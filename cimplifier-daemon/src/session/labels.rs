@@ -113,7 +113,8 @@ impl Manager {
         // `docker run` starts a container right after creating it, often
         // before its `create` event reaches us: Docker's parent cgroup is
         // watched, and what starts there is held until its labels are known.
-        match self.hold_new_containers(&docker) {
+        let layout = crate::engine::docker::CgroupLayout::of(&docker).await;
+        match self.hold_new_containers(&docker, layout) {
             Ok(()) => {}
             Err(e) => tracing::warn!(
                 "cannot watch Docker's parent cgroup: a labelled container started at once \
@@ -150,7 +151,7 @@ impl Manager {
                 .get("name")
                 .cloned()
                 .unwrap_or_else(|| id.clone());
-            let prepared = match self.prepare(&id, &name) {
+            let prepared = match self.prepare(layout, &id, &name) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     tracing::debug!(container = %name, "cannot watch ahead of the start: {e:#}");
@@ -249,8 +250,12 @@ impl Manager {
 
     /// Watches Docker's parent cgroup and answers, for each new cgroup
     /// below it that no session owns, whether its container is wanted.
-    fn hold_new_containers(self: &Arc<Self>, docker: &Docker) -> Result<()> {
-        let parent = docker_parent_cgroup(None)?;
+    fn hold_new_containers(
+        self: &Arc<Self>,
+        docker: &Docker,
+        layout: crate::engine::docker::CgroupLayout,
+    ) -> Result<()> {
+        let parent = docker_parent_cgroup(layout, None)?;
         let (watch, mut new_cgroups) = self.observer.hold_below(&parent)?;
         let manager = self.clone();
         let docker = docker.clone();
@@ -339,8 +344,16 @@ impl Manager {
 
     /// Makes the cgroup Docker will start container `id` in (its default
     /// place) and watches it, so a session can begin there.
-    fn prepare(&self, id: &str, name: &str) -> Result<Prepared> {
-        self.prepare_dir(docker_parent_cgroup(None)?.join(id), name)
+    fn prepare(
+        &self,
+        layout: crate::engine::docker::CgroupLayout,
+        id: &str,
+        name: &str,
+    ) -> Result<Prepared> {
+        self.prepare_dir(
+            docker_parent_cgroup(layout, None)?.join(layout.dir_name(id)),
+            name,
+        )
     }
 
     /// [`Manager::prepare`] of the cgroup at `dir`, whatever the engine.

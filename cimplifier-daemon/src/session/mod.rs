@@ -34,6 +34,7 @@ pub use crate::store::LifecycleStep;
 pub use observer::{Observer, StreamFilter, StreamedEvent, Subscription};
 
 use crate::docker::container;
+use crate::engine::docker::CgroupLayout;
 use crate::store::{EndReason, Gap, SessionRecord, SessionState, Started, Store};
 use crate::trace::cgroup::cgroup2_mount;
 use task::{Prepared, SessionTask};
@@ -158,9 +159,11 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Docker's parent cgroup for containers (the cgroupfs driver's default).
-fn docker_parent_cgroup(cgroup_parent: Option<&str>) -> Result<PathBuf> {
-    let parent = cgroup_parent.filter(|p| !p.is_empty()).unwrap_or("docker");
+/// The engine's parent cgroup for containers (the cgroupfs driver's).
+fn docker_parent_cgroup(layout: CgroupLayout, cgroup_parent: Option<&str>) -> Result<PathBuf> {
+    let parent = cgroup_parent
+        .filter(|p| !p.is_empty())
+        .unwrap_or(layout.default_parent());
     let dir = cgroup2_mount()?.join(parent.trim_start_matches('/'));
     if !dir.is_dir() {
         std::fs::create_dir_all(&dir)

@@ -87,6 +87,7 @@ impl SessionTask {
             .host_config
             .as_ref()
             .and_then(|h| h.cgroup_parent.clone());
+        let layout = crate::engine::docker::CgroupLayout::of(&docker).await;
 
         let (route, mut events, prepared) = self.take_route(&observer, &name);
         let mut loss_base = LossBase::new(&observer);
@@ -94,7 +95,7 @@ impl SessionTask {
         let (precreated, stopped) = match prepared_dir {
             Some(dir) => (Some(dir), false),
             None if from_first_exec => {
-                self.precreate_cgroup(&docker, &id, &name, cgroup_parent.as_deref())
+                self.precreate_cgroup(&docker, &id, &name, layout, cgroup_parent.as_deref())
                     .await?
             }
             None => (None, false),
@@ -105,6 +106,7 @@ impl SessionTask {
             precreated.as_ref(),
             prepared_watch,
             from_first_exec,
+            layout,
             cgroup_parent.as_deref(),
         )?;
         // The stream connects when first polled, after the start: `since`
@@ -291,6 +293,7 @@ impl SessionTask {
         docker: &Docker,
         id: &str,
         name: &str,
+        layout: crate::engine::docker::CgroupLayout,
         cgroup_parent: Option<&str>,
     ) -> Result<(Option<PathBuf>, bool)> {
         let mut stopped = false;
@@ -299,7 +302,7 @@ impl SessionTask {
             container::stop(docker, id, name).await?;
             stopped = true;
         }
-        let dir = docker_parent_cgroup(cgroup_parent)?.join(id);
+        let dir = docker_parent_cgroup(layout, cgroup_parent)?.join(layout.dir_name(id));
         let made = match std::fs::create_dir(&dir) {
             Ok(()) => Some(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(dir),
@@ -443,6 +446,7 @@ fn watch_early(
     precreated: Option<&PathBuf>,
     prepared: Option<Watch>,
     from_first_exec: bool,
+    layout: crate::engine::docker::CgroupLayout,
     cgroup_parent: Option<&str>,
 ) -> Result<(Option<Watch>, HashSet<CgroupId>)> {
     Ok(match precreated {
@@ -453,7 +457,7 @@ fn watch_early(
             (Some(observer.watch(dir)?), members)
         }
         None if from_first_exec => (
-            Some(observer.watch(&docker_parent_cgroup(cgroup_parent)?)?),
+            Some(observer.watch(&docker_parent_cgroup(layout, cgroup_parent)?)?),
             HashSet::new(),
         ),
         None => (None, HashSet::new()),
