@@ -116,7 +116,7 @@ impl Drop for Podman {
 
 /// Loads a test image from Docker into podman.
 fn load(podman: &Podman, image: &str) {
-    let save = Command::new("docker")
+    let mut save = Command::new("docker")
         .args(["save", image])
         .stdout(Stdio::piped())
         .spawn()
@@ -124,9 +124,10 @@ fn load(podman: &Podman, image: &str) {
     let out = Command::new("podman")
         .env("CONTAINERS_CONF", &podman.conf)
         .arg("load")
-        .stdin(save.stdout.unwrap())
+        .stdin(save.stdout.take().unwrap())
         .output()
         .unwrap();
+    assert!(save.wait().unwrap().success(), "docker save {image}");
     assert!(
         out.status.success(),
         "{}",
