@@ -200,3 +200,72 @@ fn nginx_on_podman_is_observed_from_its_first_exec_emitted_and_verified_hardened
         "{verified}"
     );
 }
+
+/// The shell and `cat` of the flag image in two partitions on Podman: the
+/// plan `emit --policy` loads into Podman is started by `up` and passes
+/// `verify` (the shell's `cat` runs in the reader's partition by RPE, over
+/// a socket in a shared volume); `down --volumes` removes it.
+#[test]
+fn a_partitioned_plan_runs_on_podman_and_passes_verify() {
+    require_root();
+    let mut podman = Podman::start();
+    let pid = std::process::id();
+    let source = format!("cimplifier-e2e/podman-flag{pid}:latest");
+    common::flag_image("podman-flag-base", &source);
+    load(&podman, &source);
+    let _ = Command::new("docker").args(["rmi", &source]).output();
+    podman.made.push(("image", format!("localhost/{source}")));
+    let host = podman.host();
+    let d = Daemon::start_with_env(&[], &[("DOCKER_HOST", Path::new(&host))]);
+    let name = format!("cimplifier-podman-split-{pid}");
+    podman.made.push(("container", name.clone()));
+    podman.podman(&["create", "--name", &name, &format!("localhost/{source}")]);
+    let (code, info, said) = podman.ctl(&d, &["observe", &name, "--json"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(info["complete"], true, "{info}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, common::SHELL_AND_READER_POLICY).unwrap();
+    let out = dir.path().join("split");
+    let tag = format!("cimplifier-e2e/podman-split{pid}");
+    let (code, report, said) = podman.ctl(
+        &d,
+        &[
+            "emit",
+            &name,
+            "--policy",
+            policy.to_str().unwrap(),
+            "--tag",
+            &tag,
+            "--out",
+            out.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(0), "{said}");
+    for image in report["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["image"].as_str())
+    {
+        podman.made.push(("image", format!("localhost/{image}")));
+    }
+    let (code, verified, said) = podman.ctl(
+        &d,
+        &[
+            "verify",
+            &name,
+            "--plan",
+            out.to_str().unwrap(),
+            "--workload",
+            "sleep 3",
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(verified["verified"], true, "{verified}");
+    let (code, _, said) = podman.ctl(&d, &["down", out.to_str().unwrap(), "--volumes"]);
+    assert_eq!(code, Some(0), "{said}");
+}

@@ -48,6 +48,9 @@ pub const OBSERVE_LABEL: &str = "io.cimplifier.observe=true";
 /// How often a session makes what it saw durable: a daemon killed outright
 /// loses at most this much.
 pub const CHECKPOINT: Duration = Duration::from_millis(500);
+/// How often a session asks the engine whether its container still runs,
+/// beside following its `die` events (which Podman's API does not stream).
+pub const LIVENESS_CHECK: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, Default)]
 pub struct ObserveOptions {

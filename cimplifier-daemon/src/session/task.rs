@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::loss::LossBase;
 use super::observer::{self, Observer, Route, StreamedEvent, Watch};
-use super::{CHECKPOINT, Manager, Opening, Subject, docker_parent_cgroup, lifecycle, now_ms};
+use super::{
+    CHECKPOINT, LIVENESS_CHECK, Manager, Opening, Subject, docker_parent_cgroup, lifecycle, now_ms,
+};
 use crate::docker::{Docker, container};
 use crate::store::{EndReason, Segment, SessionRecord, SessionState, Started, Store};
 use crate::trace::{CgroupId, ContainerPath, Event, EventKind, LossCounters};
@@ -189,6 +191,12 @@ impl SessionTask {
         > = None;
         // `die`s of the container that a lifecycle step caused.
         let mut expected_dies = 0u32;
+        // Podman's API streams no `die` of a container that ended by
+        // itself (its file event log is not followed): the engine is asked
+        // now and then too, between lifecycle steps.
+        let mut liveness = tokio::time::interval(LIVENESS_CHECK);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        liveness.tick().await;
         // A checkpoint that failed (a full disk): the session ends with it.
         let mut failure = None;
         let end = loop {
@@ -217,6 +225,17 @@ impl SessionTask {
                         }
                     }
                     container::Followed::Reconnected => {}
+                },
+                _ = liveness.tick(), if step.is_none() => match container::look_up(&docker, &id).await {
+                    container::Lookup::Gone => break EndReason::ContainerDied,
+                    container::Lookup::Found(d)
+                        if !d.state.as_ref().is_some_and(|s| {
+                            s.running == Some(true) || s.restarting == Some(true)
+                        }) =>
+                    {
+                        break EndReason::ContainerDied;
+                    }
+                    _ => {}
                 },
                 Some(request) = self.steps.recv(), if step.is_none() => {
                     if request.step.stops() {

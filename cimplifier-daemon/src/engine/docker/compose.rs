@@ -269,6 +269,56 @@ impl ComposeFile {
         Ok(())
     }
 
+    /// Makes the plan what the engine's API takes: Docker's takes each
+    /// seccomp profile inline ([`ComposeFile::inline_seccomp_profiles`]);
+    /// Podman's takes a path (made absolute), and tmpfs options without
+    /// root's ids (`output::tmpfs_options`).
+    pub fn for_engine(&mut self, layout: super::CgroupLayout, dir: &Path) -> Result<()> {
+        if layout == super::CgroupLayout::Docker {
+            return self.inline_seccomp_profiles(dir);
+        }
+        for (name, s) in &mut self.services {
+            for opt in &mut s.security_opt {
+                let Some(file) = opt.strip_prefix("seccomp=") else {
+                    continue;
+                };
+                if file == "unconfined" || file.trim_start().starts_with('{') {
+                    continue;
+                }
+                let at = dir.join(file);
+                if !at.is_file() {
+                    bail!(
+                        "service {name}: its seccomp profile {} is missing; emit --policy \
+                         writes it beside the run plan",
+                        at.display()
+                    );
+                }
+                *opt = format!("seccomp={}", at.display());
+            }
+            let tmpfs: std::collections::BTreeMap<String, String> = s
+                .tmpfs
+                .iter()
+                .map(|t| match t.split_once(':') {
+                    Some((dir, opts)) => (dir.to_owned(), opts.to_owned()),
+                    None => (t.clone(), String::new()),
+                })
+                .collect();
+            s.tmpfs = super::output::tmpfs_options(&tmpfs, true)
+                .with_context(|| format!("service {name}"))?
+                .into_iter()
+                .map(|(dir, opts)| {
+                    if opts.is_empty() {
+                        dir
+                    } else {
+                        format!("{dir}:{opts}")
+                    }
+                })
+                .collect();
+            s.tmpfs.sort();
+        }
+        Ok(())
+    }
+
     /// Parses and checks a run plan read from `file`.
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
         let plan: Self = serde_norway::from_str(text).with_context(|| {
@@ -579,7 +629,8 @@ pub async fn up_with(
     progress: &dyn Fn(&str),
 ) -> Result<UpReport> {
     let (file, mut plan) = ComposeFile::load(path)?;
-    plan.inline_seccomp_profiles(file.parent().unwrap_or(Path::new(".")))?;
+    let layout = super::CgroupLayout::of(docker).await;
+    plan.for_engine(layout, file.parent().unwrap_or(Path::new(".")))?;
     let existing = project_containers(docker, &plan.name).await?;
     if !existing.is_empty() {
         bail!(

@@ -93,7 +93,7 @@ pub async fn create(
 /// The tmpfs mounts as the engine takes them. Podman 4 knows no `uid=`
 /// or `gid=` option: root's are left out (its tmpfs is root's anyway);
 /// another owner is refused, naming the directory.
-fn tmpfs_options(
+pub(crate) fn tmpfs_options(
     tmpfs: &std::collections::BTreeMap<String, String>,
     podman: bool,
 ) -> Result<std::collections::HashMap<String, String>> {
