@@ -601,7 +601,11 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 
 fn try_fork(ctx: &TracePointContext) -> Option<()> {
     let cgroup = watched_cgroup()?;
-    let child_tid: i32 = unsafe { ctx.read_at(global(&FORK_CHILD_PID_OFFSET) as usize) }.ok()?;
+    let Ok(child_tid) = (unsafe { ctx.read_at::<i32>(global(&FORK_CHILD_PID_OFFSET) as usize) })
+    else {
+        count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
+        return None;
+    };
     let tid = bpf_get_current_pid_tgid() as u32;
     let clone_flags = match unsafe { INFLIGHT.get(&tid) } {
         Some(e) if e.nr == nr::CLONE => e.args[0],
@@ -649,7 +653,10 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
     let cgroup = watched_cgroup()?;
     // A new program: its syscalls are its own evidence.
     let _ = SYSCALLS_SEEN.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
-    let old_tid: i32 = unsafe { ctx.read_at(global(&EXEC_OLD_PID_OFFSET) as usize) }.ok()?;
+    let Ok(old_tid) = (unsafe { ctx.read_at::<i32>(global(&EXEC_OLD_PID_OFFSET) as usize) }) else {
+        count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
+        return None;
+    };
     let old_tid = old_tid as u32;
     let tid = bpf_get_current_pid_tgid() as u32;
     let entry = unsafe { INFLIGHT.get(&old_tid) }.copied();
@@ -673,7 +680,10 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
     let base = rec.strings.as_mut_ptr();
 
     // __data_loc: the low 16 bits are the string's offset in the record.
-    let loc: u32 = unsafe { ctx.read_at(global(&EXEC_FILENAME_OFFSET) as usize) }.ok()?;
+    let Ok(loc) = (unsafe { ctx.read_at::<u32>(global(&EXEC_FILENAME_OFFSET) as usize) }) else {
+        count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
+        return None;
+    };
     let name = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
     let n = unsafe { read_kernel_str_raw(base.cast(), STR_SLOT as u32, name.cast()) };
     if n > 0 {

@@ -84,6 +84,91 @@ pub fn pids_below(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// How deep the cgroup at `dir` lies: 0 for the cgroup2 root, 1 for its
+/// children, and so on (the kernel's `cgroup->level`).
+pub fn cgroup_level(dir: &Path) -> Result<usize> {
+    let mount = cgroup2_mount()?;
+    let real = std::fs::canonicalize(dir)
+        .with_context(|| format!("cgroup {} does not exist or is not readable", dir.display()))?;
+    let rel = real.strip_prefix(&mount).map_err(|_| {
+        anyhow!(
+            "{} is not under the cgroup v2 mount {}",
+            dir.display(),
+            mount.display()
+        )
+    })?;
+    Ok(rel.components().count())
+}
+
+/// A cgroup v2 frozen (`cgroup.freeze`) until this is dropped: none of its
+/// processes runs, forks or execs meanwhile. One found frozen already (a
+/// paused container) is left frozen.
+#[derive(Debug)]
+pub struct Frozen {
+    dir: PathBuf,
+    thaw: bool,
+}
+
+impl Frozen {
+    /// Freezes the cgroup at `dir` and waits until the kernel reports every
+    /// process in it (and below) stopped, at most `timeout`.
+    pub fn new(dir: &Path, timeout: std::time::Duration) -> Result<Self> {
+        if cgroup_of_pid(std::process::id()).is_ok_and(|own| own.starts_with(dir)) {
+            return Err(anyhow!(
+                "this process runs in cgroup {} itself and would freeze with it",
+                dir.display()
+            ));
+        }
+        let file = dir.join("cgroup.freeze");
+        let state = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        if state.trim() == "1" {
+            return Ok(Self {
+                dir: dir.to_path_buf(),
+                thaw: false,
+            });
+        }
+        std::fs::write(&file, "1").with_context(|| format!("writing 1 to {}", file.display()))?;
+        // From here on, dropping it (on an error too) thaws the cgroup.
+        let frozen = Self {
+            dir: dir.to_path_buf(),
+            thaw: true,
+        };
+        let events = dir.join("cgroup.events");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&events)
+                .with_context(|| format!("reading {}", events.display()))?;
+            if text.lines().any(|l| l.trim() == "frozen 1") {
+                return Ok(frozen);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(anyhow!(
+                    "cgroup {} did not freeze within {timeout:?} (a process in uninterruptible sleep?)",
+                    dir.display()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.thaw {
+            return;
+        }
+        let file = self.dir.join("cgroup.freeze");
+        if let Err(e) = std::fs::write(&file, "0") {
+            tracing::error!(
+                "could not thaw cgroup {}: {e}; its processes stay stopped until `echo 0 > {}`",
+                self.dir.display(),
+                file.display()
+            );
+        }
+    }
+}
+
 /// A process's root directory (`chroot`), as the container sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProcessRoot {

@@ -1,6 +1,7 @@
 //! Loads the kernel programs, owns the watch set, and turns the ring buffer
 //! into a stream of [`Event`]s.
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,11 +14,11 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use cimplifier_common::{cgroup_loss, counter, globals, maps};
+use cimplifier_common::{MAX_CGROUP_LEVEL, cgroup_loss, counter, globals, maps};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use super::cgroup::{cgroup_id, cgroup_of_pid, pids_below, snapshot_process};
+use super::cgroup::{Frozen, cgroup_id, cgroup_level, cgroup_of_pid, pids_below, snapshot_process};
 use super::decode::{RawHeader, decode};
 use super::kernel_layout::{KernelLayout, TRACEFS};
 use super::resolve::Resolver;
@@ -64,6 +65,19 @@ struct Maps {
 pub struct CgroupLoss {
     pub ringbuf_full: u64,
     pub inflight: u64,
+    /// Fork and exec records not made: a tracepoint field was unreadable.
+    pub unread: u64,
+}
+
+impl CgroupLoss {
+    /// Both together, cause by cause, stopping at `u64::MAX`.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            ringbuf_full: self.ringbuf_full.saturating_add(other.ringbuf_full),
+            inflight: self.inflight.saturating_add(other.inflight),
+            unread: self.unread.saturating_add(other.unread),
+        }
+    }
 }
 
 /// The syscall programs and what they share with user space.
@@ -248,6 +262,7 @@ impl Tracer {
     /// with [`Tracer::unwatch`], or replaced by a later watch of `dir`.
     pub fn exclude_cgroup(&self, dir: &Path) -> Result<WatchedCgroup> {
         let id = cgroup_id(dir)?;
+        within_walk(dir)?;
         let mut maps = self.maps.lock().expect("maps lock");
         maps.watched
             .insert(id.0, 0, 0)
@@ -270,6 +285,22 @@ impl Tracer {
 
     fn watch(&self, dir: &Path, seed: bool) -> Result<WatchedCgroup> {
         let id = cgroup_id(dir)?;
+        within_walk(dir)?;
+        // Processes already running are read from /proc, then the cgroup
+        // goes into the kernel's map: a process that forked or exec'd in
+        // between would be known by a stale state (an old executable) or not
+        // at all. Frozen, the cgroup cannot change meanwhile.
+        let _frozen = match seed.then(|| Frozen::new(dir, FREEZE_TIMEOUT)) {
+            Some(Err(e)) => {
+                tracing::warn!(
+                    cgroup = %dir.display(),
+                    "watching without freezing it first ({e:#}): a process that forks or execs \
+                     while /proc is read may be recorded with its old executable"
+                );
+                None
+            }
+            frozen => frozen.and_then(Result::ok),
+        };
         // Processes already running: learn their cwd and open files first,
         // so their relative names resolve, and report each as running.
         if seed {
@@ -337,6 +368,10 @@ impl Tracer {
 
     /// Loss and health counters, summed over CPUs, plus user-space ones.
     pub fn counters(&self) -> Result<TracerCounters> {
+        let missed_runs = {
+            let hooks = self.hooks.lock().expect("hooks lock");
+            recursion_misses(&hooks.ebpf)?
+        };
         let maps = self.maps.lock().expect("maps lock");
         let sum = |index: u32| -> Result<(u64, Vec<u64>)> {
             let per_cpu = maps.counters.get(&index, 0)?;
@@ -351,6 +386,8 @@ impl Tracer {
                 undecodable: self.undecodable.load(Ordering::Relaxed),
                 // Counted from the events, by whoever receives them.
                 unreadable_names: 0,
+                tracepoint_unread: sum(counter::TRACEPOINT_UNREAD)?.0,
+                missed_runs,
                 ..Default::default()
             },
             ringbuf_full_per_cpu,
@@ -376,6 +413,7 @@ impl Tracer {
                     .ringbuf_full
                     .saturating_add(v[cgroup_loss::RINGBUF_FULL]),
                 inflight: sum.inflight.saturating_add(v[cgroup_loss::INFLIGHT]),
+                unread: sum.unread.saturating_add(v[cgroup_loss::UNREAD]),
             }))
     }
 
@@ -457,6 +495,55 @@ where
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
         .try_into()?)
+}
+
+/// Runs of our programs the kernel skipped, summed over them: a program
+/// does not run while another BPF program runs on its CPU (a tracepoint hit
+/// from inside one), and the kernel counts each such miss. aya does not
+/// expose the count, the program's fdinfo does.
+fn recursion_misses(ebpf: &Ebpf) -> Result<u64> {
+    let mut total = 0u64;
+    for (name, program) in ebpf.programs() {
+        let Ok(fd) = program.fd() else {
+            continue; // not loaded: it never ran
+        };
+        let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {path}, the fdinfo of program {name}"))?;
+        total = total.saturating_add(fdinfo_recursion_misses(&text).with_context(|| {
+            format!("{path} (program {name}) has no recursion_misses line: is the kernel older than 5.12?")
+        })?);
+    }
+    Ok(total)
+}
+
+fn fdinfo_recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The longest a watch keeps a running cgroup frozen waiting for it to
+/// stop: past it, the watch goes on unfrozen and says so.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The kernel's filter walks a task's cgroup ancestors from the root down
+/// to level `MAX_CGROUP_LEVEL - 1` (it has to be bounded); an entry deeper
+/// than that would never be met, and its cgroup's events would silently
+/// go unrecorded (or, for an exclusion, recorded). Tasks may lie deeper
+/// than that: only the entries must not.
+fn within_walk(dir: &Path) -> Result<()> {
+    let level = cgroup_level(dir)?;
+    if level >= MAX_CGROUP_LEVEL as usize {
+        bail!(
+            "cgroup {} lies {level} levels below the cgroup v2 root; the kernel filter sees \
+             watches and exclusions down to level {} only: watch an ancestor instead",
+            dir.display(),
+            MAX_CGROUP_LEVEL - 1
+        );
+    }
+    Ok(())
 }
 
 fn bump_generation(maps: &mut Maps) -> Result<()> {
@@ -675,5 +762,18 @@ impl futures::Stream for EventStream {
     type Item = Event;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Event>> {
         self.rx.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recursion_misses_are_read_from_a_programs_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_cnt:\t0\n\
+                      recursion_misses:\t7\nverified_insns:\t512\n";
+        assert_eq!(fdinfo_recursion_misses(fdinfo), Some(7));
+        assert_eq!(fdinfo_recursion_misses("pos:\t0\n"), None);
     }
 }
