@@ -22,6 +22,10 @@
 //! Every dropped record is counted in `COUNTERS`, and, for the cgroup it
 //! belonged to, in `CGROUP_LOSS`, so that one noisy container's losses do
 //! not mark other sessions incomplete.
+//!
+//! Anomalies are also logged through aya-log, off unless the loader sets
+//! `AYA_LOG_LEVEL` (`cimplifierd serve --kernel-log`): a read-only global,
+//! so with logging off the verifier drops every log call as dead code.
 #![no_std]
 #![no_main]
 
@@ -41,6 +45,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
+use aya_log_ebpf::{debug, warn};
 use cimplifier_common::{
     COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
     SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SyscallRecord,
@@ -228,6 +233,8 @@ fn emit(base: *const u8, len: usize, max: usize) {
     } else {
         let cgroup = unsafe { (*base.cast::<RecordHeader>()).cgroup_id };
         count_loss::<{ cgroup_loss::RINGBUF_FULL }>(cgroup, counter::RINGBUF_FULL);
+        // aya-log's macros take a context they do not use.
+        debug!(&(), "ring buffer full: a record of cgroup {} lost", cgroup);
     }
 }
 
@@ -443,6 +450,10 @@ fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
     let regs: *const [u64; REG_WORDS] = ctx.arg(0);
     let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
         count_loss::<{ cgroup_loss::INFLIGHT }>(cgroup, counter::INFLIGHT_FULL);
+        warn!(
+            ctx,
+            "sys_enter: registers of syscall {} unreadable: record lost", nr
+        );
         return None;
     };
     let mut args = [0u64; 6];
@@ -477,6 +488,10 @@ fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
     };
     if INFLIGHT.insert(&tid, &entry, 0).is_err() {
         count_loss::<{ cgroup_loss::INFLIGHT }>(cgroup, counter::INFLIGHT_FULL);
+        warn!(
+            ctx,
+            "sys_enter: in-flight map full: syscall {} of tid {} lost", nr, tid
+        );
     }
     Some(())
 }
@@ -503,6 +518,10 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         // apart (docs/architecture.md): it happens in runc's own threads as
         // a container starts, and cannot be told from a real loss here.
         count(counter::EXIT_MISMATCH);
+        debug!(
+            ctx,
+            "sys_exit: syscall {} of tid {} met the entry of syscall {}", nr, tid, entry.nr
+        );
         return None;
     }
     let ret: i64 = ctx.arg(1);
@@ -604,6 +623,10 @@ fn try_fork(ctx: &TracePointContext) -> Option<()> {
     let Ok(child_tid) = (unsafe { ctx.read_at::<i32>(global(&FORK_CHILD_PID_OFFSET) as usize) })
     else {
         count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
+        warn!(
+            ctx,
+            "sched_process_fork: child pid unreadable: fork record lost"
+        );
         return None;
     };
     let tid = bpf_get_current_pid_tgid() as u32;
@@ -655,6 +678,10 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
     let _ = SYSCALLS_SEEN.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
     let Ok(old_tid) = (unsafe { ctx.read_at::<i32>(global(&EXEC_OLD_PID_OFFSET) as usize) }) else {
         count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
+        warn!(
+            ctx,
+            "sched_process_exec: old pid unreadable: exec record lost"
+        );
         return None;
     };
     let old_tid = old_tid as u32;
@@ -682,6 +709,10 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
     // __data_loc: the low 16 bits are the string's offset in the record.
     let Ok(loc) = (unsafe { ctx.read_at::<u32>(global(&EXEC_FILENAME_OFFSET) as usize) }) else {
         count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
+        warn!(
+            ctx,
+            "sched_process_exec: file name unreadable: exec record lost"
+        );
         return None;
     };
     let name = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };

@@ -82,7 +82,7 @@ enum Command {
         /// state_dir, ring_buffer_mib, metrics_addr, listen_tcp, tls_cert,
         /// tls_key, tls_client_ca, tls_admin_identities,
         /// tls_read_only_identities, retain_sessions, max_heavy_calls,
-        /// watch_labels). Read if it
+        /// watch_labels, kernel_log). Read if it
         /// exists; a file named
         /// explicitly must exist.
         #[arg(long, env = "CIMPLIFIER_CONFIG")]
@@ -167,6 +167,11 @@ enum Command {
         /// watching on at run time).
         #[arg(long, env = "CIMPLIFIER_WATCH_LABELS")]
         watch_labels: bool,
+        /// Log the kernel programs' anomalies (a lost record, an exit that
+        /// met another call's entry...) through aya-log, target
+        /// cimplifier::kernel. Off by default; off, it costs nothing.
+        #[arg(long, env = "CIMPLIFIER_KERNEL_LOG")]
+        kernel_log: bool,
     },
 }
 
@@ -238,6 +243,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             retain_sessions,
             max_heavy_calls,
             watch_labels,
+            kernel_log,
         } => {
             let file = cimplifier::api::DaemonConfig::load(config.as_deref())?;
             let tcp = cimplifier::api::TcpFlags {
@@ -264,6 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tcp,
                 tracer: TracerConfig {
                     ring_buffer_bytes: ring_buffer_mib << 20,
+                    kernel_log: kernel_log || file.kernel_log.unwrap_or(false),
                     ..Default::default()
                 },
                 retain_sessions: retain_sessions.or(file.retain_sessions),

@@ -35,6 +35,10 @@ pub struct TracerConfig {
     /// Decoded events buffered between the reader and the consumer. When the
     /// consumer lags the reader waits, and the ring buffer absorbs the burst.
     pub channel_capacity: usize,
+    /// The kernel programs log their anomalies (aya-log) to the daemon's
+    /// log, target `cimplifier::kernel`. Off, the log calls are dead code
+    /// to the verifier and cost nothing.
+    pub kernel_log: bool,
 }
 
 impl Default for TracerConfig {
@@ -42,6 +46,7 @@ impl Default for TracerConfig {
         Self {
             ring_buffer_bytes: 64 << 20,
             channel_capacity: 65536,
+            kernel_log: false,
         }
     }
 }
@@ -155,6 +160,8 @@ pub struct Tracer {
     /// read and handed to the event stream.
     drained_ns: Arc<AtomicU64>,
     config: TracerConfig,
+    /// Forwards the kernel programs' log while `kernel_log` is on.
+    _kernel_log: Option<KernelLogReader>,
 }
 
 impl Tracer {
@@ -185,6 +192,7 @@ impl Tracer {
             .override_global(globals::TASK_MM_OFFSET, &layout.task_mm, true)
             .override_global(globals::MM_ARG_START_OFFSET, &layout.mm_arg_start, true)
             .override_global(globals::MM_ARG_END_OFFSET, &layout.mm_arg_end, true)
+            .override_global(aya_log::LEVEL, &kernel_log_level(config.kernel_log), true)
             .map_max_entries(maps::EVENTS, config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs (are you root, with BPF enabled?)")?;
@@ -224,6 +232,13 @@ impl Tracer {
             cgroup_loss: PerCpuHashMap::try_from(take(&mut ebpf, maps::CGROUP_LOSS)?)?,
         };
         let ring = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
+        let kernel_log = if config.kernel_log {
+            let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLogger)
+                .context("reading the kernel programs' log (aya-log)")?;
+            Some(KernelLogReader::start(logger)?)
+        } else {
+            None
+        };
         let inflight = HashMap::try_from(take(&mut ebpf, maps::INFLIGHT)?)?;
         Ok(Self {
             hooks: Mutex::new(SyscallHooks {
@@ -241,6 +256,7 @@ impl Tracer {
             kill_reader: Arc::default(),
             drained_ns: Arc::new(AtomicU64::new(0)),
             config,
+            _kernel_log: kernel_log,
         })
     }
 
@@ -522,6 +538,78 @@ fn fdinfo_recursion_misses(fdinfo: &str) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("recursion_misses:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// `AYA_LOG_LEVEL` for the kernel programs: 0 logs nothing.
+fn kernel_log_level(on: bool) -> u8 {
+    if on { aya_log::Level::Debug as u8 } else { 0 }
+}
+
+/// Hands the kernel programs' log records to `tracing`.
+struct KernelLogger;
+
+impl log::Log for KernelLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let message = record.args();
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "cimplifier::kernel", "{message}"),
+            log::Level::Warn => tracing::warn!(target: "cimplifier::kernel", "{message}"),
+            log::Level::Info => tracing::info!(target: "cimplifier::kernel", "{message}"),
+            log::Level::Debug | log::Level::Trace => {
+                tracing::debug!(target: "cimplifier::kernel", "{message}")
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// A thread that drains the kernel programs' log ring every 100 ms, until
+/// dropped.
+struct KernelLogReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KernelLogReader {
+    fn start(mut logger: aya_log::EbpfLogger<KernelLogger>) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        // The subscriber of whoever loaded the tracer, also where that is
+        // not the global one (a test's).
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let thread = std::thread::Builder::new()
+            .name("kernel-log".into())
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        while !stop.load(Ordering::Relaxed) {
+                            logger.flush();
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        logger.flush();
+                    })
+                }
+            })
+            .context("starting the kernel log reader thread")?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for KernelLogReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The longest a watch keeps a running cgroup frozen waiting for it to
