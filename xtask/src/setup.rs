@@ -17,7 +17,8 @@ use crate::util::{self, Step, cmd};
 /// case study's client; skopeo writes the OCI image formats the image
 /// reader is tested on; docker-registry is the local registry `emit
 /// --push` is tested against, with apache2-utils' htpasswd for its users;
-/// kubectl decodes the Kubernetes run plan).
+/// kubectl decodes the Kubernetes run plan; bpftrace gives bench-trace its
+/// floors: what the cheapest eBPF tool costs on the same workloads).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -30,6 +31,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "debootstrap",
     "iptables",
     "strace",
+    "bpftrace",
     "redis-tools",
     "mariadb-client",
     "curl",

@@ -371,6 +371,21 @@ impl Tracer {
         Ok(())
     }
 
+    /// Each loaded program's size as the kernel runs it (jited bytes),
+    /// by name: what the verifier left, dead code removed.
+    pub fn program_sizes(&self) -> Result<Vec<(String, u32)>> {
+        let hooks = self.hooks.lock().expect("hooks lock");
+        let mut sizes = Vec::new();
+        for (name, program) in hooks.ebpf.programs() {
+            let info = program
+                .info()
+                .with_context(|| format!("reading the info of program {name}"))?;
+            sizes.push((name.to_owned(), info.size_jitted()));
+        }
+        sizes.sort();
+        Ok(sizes)
+    }
+
     /// Whether the syscall hooks are attached (some cgroup is watched).
     pub fn hooks_attached(&self) -> bool {
         self.hooks.lock().expect("hooks lock").links.is_some()
