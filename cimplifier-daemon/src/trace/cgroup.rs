@@ -122,7 +122,9 @@ impl Frozen {
         let file = dir.join("cgroup.freeze");
         let state = std::fs::read_to_string(&file)
             .with_context(|| format!("reading {}", file.display()))?;
-        if state.trim() == "1" {
+        // On a hybrid host `docker pause` freezes through the v1 freezer,
+        // which the v2 files do not show; v2 would then wait in vain.
+        if state.trim() == "1" || frozen_by_v1_freezer(dir) {
             return Ok(Self {
                 dir: dir.to_path_buf(),
                 thaw: false,
@@ -144,13 +146,53 @@ impl Frozen {
             }
             if std::time::Instant::now() >= deadline {
                 return Err(anyhow!(
-                    "cgroup {} did not freeze within {timeout:?} (a process in uninterruptible sleep?)",
+                    "cgroup {} did not freeze within {timeout:?} (a process in uninterruptible \
+                     sleep, or stopped by another freezer?)",
                     dir.display()
                 ));
             }
             std::thread::sleep(std::time::Duration::from_micros(200));
         }
     }
+}
+
+/// Whether the processes of the v2 cgroup at `dir` are held by a frozen v1
+/// freezer cgroup (hybrid hosts), judged by its first process.
+fn frozen_by_v1_freezer(dir: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Some(mount) = mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut fs = right.split_whitespace();
+        let v1_freezer = fs.next()? == "cgroup" && fs.nth(1)?.split(',').any(|o| o == "freezer");
+        let mount_point = left.split_whitespace().nth(4)?;
+        v1_freezer.then(|| PathBuf::from(mount_point))
+    }) else {
+        return false;
+    };
+    let Ok(membership) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    membership
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers.split(',').any(|c| c == "freezer").then(|| {
+                mount
+                    .join(path.trim_start_matches('/'))
+                    .join("freezer.state")
+            })
+        })
+        .and_then(|state| std::fs::read_to_string(state).ok())
+        .is_some_and(|s| s.trim() == "FROZEN")
 }
 
 impl Drop for Frozen {
