@@ -466,6 +466,23 @@ async fn an_exec_from_a_non_leader_thread_is_recorded_whole() {
         exec.argv.as_deref(),
         Some(&["true".to_owned(), "from-a-thread".to_owned()][..])
     );
+    // What the new program does is its own: its loader's reads are
+    // charged to /bin/true, not to python.
+    let model = cimplifier::model::Model::from_events(&events);
+    let exe = model
+        .executables()
+        .into_iter()
+        .find(|x| x.to_string() == "/bin/true")
+        .unwrap_or_else(|| panic!("no /bin/true in {:?}", model.executables()));
+    let reads: Vec<String> = model
+        .reads(&[exe])
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect();
+    assert!(
+        reads.iter().any(|r| r.contains("libc.so")),
+        "/bin/true's reads: {reads:?}"
+    );
 }
 
 /// A cgroup `levels` levels below `top`, made one directory at a time.
