@@ -48,6 +48,11 @@ pub enum RecordKind {
     /// the watch began) that a process made a syscall number, traced or
     /// not. Evidence for its seccomp profile; repeats send nothing.
     SyscallSeen = 7,
+    /// A [`SignalRecord`]: a watched process sent a signal to another
+    /// process (kill, tkill, tgkill, rt_sigqueueinfo, pidfd_send_signal),
+    /// with both sides' credentials as the kernel's permission check saw
+    /// them. Evidence for CAP_KILL.
+    Signal = 8,
 }
 
 impl RecordKind {
@@ -59,6 +64,7 @@ impl RecordKind {
             5 => Self::ExecArgs,
             6 => Self::ExecImage,
             7 => Self::SyscallSeen,
+            8 => Self::Signal,
             _ => return None,
         })
     }
@@ -169,6 +175,27 @@ pub struct SyscallSeenRecord {
     pub _pad: u32,
 }
 
+/// A watched process's signal to another process, sent from the
+/// `signal_generate` tracepoint: the kernel has already allowed it, and
+/// the uids are those its check (`kill_ok_by_cred`) compared.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SignalRecord {
+    pub header: RecordHeader,
+    pub sig: u32,
+    /// `si_code`: SI_USER (kill), SI_TKILL (tkill, tgkill) or SI_QUEUE.
+    pub code: i32,
+    /// Process id (tgid) of the receiver, in the host's pid namespace.
+    pub target_pid: u32,
+    /// The sender's real and effective uid.
+    pub sender_uid: u32,
+    pub sender_euid: u32,
+    /// The receiver's real and saved uid.
+    pub target_uid: u32,
+    pub target_suid: u32,
+    pub _pad: u32,
+}
+
 /// Indices of the per-CPU `COUNTERS` array.
 pub mod counter {
     /// Records dropped because the ring buffer was full: lost events.
@@ -188,11 +215,14 @@ pub mod counter {
     /// A syscall's exit met another call's in-flight entry of the same
     /// thread: a diagnostic, not counted as any session's loss.
     pub const EXIT_MISMATCH: u32 = 5;
+    /// Repeats folded in the kernel (`syscalls::foldable`): not sent, as
+    /// they add nothing to the model. Not a loss.
+    pub const FOLDED: u32 = 6;
     /// A field of a scheduler tracepoint's record (a fork's child pid, an
     /// exec's old pid or file name) could not be read, so its record was
     /// not made: a loss, also charged to the cgroup (`cgroup_loss::UNREAD`).
-    pub const TRACEPOINT_UNREAD: u32 = 6;
-    pub const COUNT: u32 = 7;
+    pub const TRACEPOINT_UNREAD: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Indices of a `CGROUP_LOSS` value: records lost, by cause, for one cgroup
@@ -227,6 +257,19 @@ pub mod globals {
     /// Byte offsets of `arg_start` and `arg_end` in `struct mm_struct`.
     pub const MM_ARG_START_OFFSET: &str = "MM_ARG_START_OFFSET";
     pub const MM_ARG_END_OFFSET: &str = "MM_ARG_END_OFFSET";
+    /// Byte offsets of `cred` (the subjective credentials, a sender's)
+    /// and `real_cred` (the objective ones, a receiver's) in `struct
+    /// task_struct`.
+    pub const TASK_CRED_OFFSET: &str = "TASK_CRED_OFFSET";
+    pub const TASK_REAL_CRED_OFFSET: &str = "TASK_REAL_CRED_OFFSET";
+    /// Byte offsets of `uid`, `suid` and `euid` in `struct cred`.
+    pub const CRED_UID_OFFSET: &str = "CRED_UID_OFFSET";
+    pub const CRED_SUID_OFFSET: &str = "CRED_SUID_OFFSET";
+    pub const CRED_EUID_OFFSET: &str = "CRED_EUID_OFFSET";
+    /// Byte offset of `si_code` in `struct kernel_siginfo`.
+    pub const SIGINFO_CODE_OFFSET: &str = "SIGINFO_CODE_OFFSET";
+    /// 1: fold repeats in the kernel (`syscalls::foldable`); 0: send all.
+    pub const FOLD_REPEATS: &str = "FOLD_REPEATS";
 }
 
 /// Map names, shared so the loader cannot drift from the programs.
@@ -236,5 +279,6 @@ pub mod maps {
     pub const WATCH_GENERATION: &str = "WATCH_GENERATION";
     pub const COUNTERS: &str = "COUNTERS";
     pub const CGROUP_LOSS: &str = "CGROUP_LOSS";
+    pub const CGROUP_FOLDED: &str = "CGROUP_FOLDED";
     pub const INFLIGHT: &str = "INFLIGHT";
 }

@@ -76,6 +76,85 @@ pub mod nr {
     pub const SETGROUPS: u32 = 116;
     pub const SETRESUID: u32 = 117;
     pub const SETRESGID: u32 = 119;
+    pub const KILL: u32 = 62;
+    pub const RT_SIGQUEUEINFO: u32 = 129;
+    pub const TKILL: u32 = 200;
+    pub const TGKILL: u32 = 234;
+    pub const RT_TGSIGQUEUEINFO: u32 = 297;
+    pub const PIDFD_SEND_SIGNAL: u32 = 424;
+    // Not traced: they change what an absolute path names, or whose
+    // credentials a process has, so the kernel forgets its folded repeats.
+    pub const MOUNT: u32 = 165;
+    pub const UMOUNT2: u32 = 166;
+    pub const UNSHARE: u32 = 272;
+    pub const SETNS: u32 = 308;
+    pub const MOVE_MOUNT: u32 = 429;
+    pub const SETFSUID: u32 = 122;
+    pub const SETFSGID: u32 = 123;
+    pub const CAPSET: u32 = 126;
+}
+
+/// The arguments that tell two calls of syscall `n` on one name apart
+/// (flags, modes), when a repeat of it may be folded in the kernel: a call
+/// that only asks about a name (stat, access) or an open that failed
+/// (no descriptor made, nothing changed). Every other call is always sent:
+/// one that makes a descriptor (a later call may use it as a directory),
+/// one that changes state. The kernel folds a call only when it names an
+/// absolute path, made by the same process since its last fork, exec or
+/// change of root, mounts or credentials ([`forgets_folded`]), with the
+/// same result: what it adds to the model, the first one added.
+pub const fn foldable(n: u32, ret: i64, args: &[u64; 6]) -> Option<[u64; 2]> {
+    use nr::*;
+    match n {
+        STAT | LSTAT => Some([0, 0]),
+        ACCESS => Some([args[1], 0]),
+        NEWFSTATAT => Some([args[3], 0]),
+        STATX => Some([args[2], args[3]]),
+        FACCESSAT => Some([args[2], 0]),
+        FACCESSAT2 => Some([args[2], args[3]]),
+        OPEN if ret < 0 => Some([args[1], args[2]]),
+        OPENAT if ret < 0 => Some([args[2], args[3]]),
+        CREAT if ret < 0 => Some([args[1], 0]),
+        _ => None,
+    }
+}
+
+/// Whether syscall `n`, whatever its result, changes what a process's
+/// absolute paths name (root, mounts, namespaces) or its credentials: its
+/// folded repeats are forgotten at entry.
+pub const fn forgets_folded(n: u32) -> bool {
+    use nr::*;
+    matches!(
+        n,
+        CHROOT
+            | PIVOT_ROOT
+            | MOUNT
+            | UMOUNT2
+            | UNSHARE
+            | SETNS
+            | MOVE_MOUNT
+            | SETUID
+            | SETGID
+            | SETREUID
+            | SETREGID
+            | SETGROUPS
+            | SETRESUID
+            | SETRESGID
+            | SETFSUID
+            | SETFSGID
+            | CAPSET
+    )
+}
+
+/// Whether syscall `n` sends a signal: a success is reported by the
+/// `signal_generate` program with both sides' credentials; a failure
+/// (EPERM: no CAP_KILL) only by the call's own record.
+pub const fn sends_signal(n: u32) -> bool {
+    use nr::*;
+    matches!(
+        n,
+        KILL | TKILL | TGKILL | RT_SIGQUEUEINFO | RT_TGSIGQUEUEINFO | PIDFD_SEND_SIGNAL
+    )
 }
 
 /// Where an argument's name comes from.
@@ -161,6 +240,10 @@ pub const fn spec(n: u32) -> Option<Spec> {
         | CLONE | CLONE3 | FORK | VFORK | EXIT | EXIT_GROUP | FCHMOD | FCHOWN => s(No, No),
         // Credentials: which capabilities a process needs depends on its uid.
         SETUID | SETGID | SETREUID | SETREGID | SETGROUPS | SETRESUID | SETRESGID => s(No, No),
+        // Signals: a refused one (EPERM) shows `verify` a missing CAP_KILL.
+        KILL | TKILL | TGKILL | RT_SIGQUEUEINFO | RT_TGSIGQUEUEINFO | PIDFD_SEND_SIGNAL => {
+            s(No, No)
+        }
         _ => None,
     }
 }
@@ -240,6 +323,12 @@ pub const TRACED: &[u32] = {
         SETGROUPS,
         SETRESUID,
         SETRESGID,
+        KILL,
+        TKILL,
+        TGKILL,
+        RT_SIGQUEUEINFO,
+        RT_TGSIGQUEUEINFO,
+        PIDFD_SEND_SIGNAL,
     ]
 };
 
@@ -251,12 +340,13 @@ pub const fn arity(n: u32) -> usize {
         CLOSE | DUP | EXIT | CHDIR | FCHDIR | RMDIR | UNLINK | EXIT_GROUP | CHROOT | SETUID
         | SETGID => 1,
         STAT | LSTAT | ACCESS | DUP2 | LISTEN | TRUNCATE | RENAME | MKDIR | CREAT | LINK
-        | SYMLINK | CHMOD | FCHMOD | CLONE3 | PIVOT_ROOT | SETREUID | SETREGID | SETGROUPS => 2,
+        | SYMLINK | CHMOD | FCHMOD | CLONE3 | PIVOT_ROOT | SETREUID | SETREGID | SETGROUPS
+        | KILL | TKILL => 2,
         OPEN | SOCKET | CONNECT | ACCEPT | SENDMSG | BIND | EXECVE | FCNTL | READLINK | CHOWN
         | LCHOWN | MKNOD | GETDENTS64 | MKDIRAT | UNLINKAT | SYMLINKAT | FCHMODAT | FACCESSAT
-        | DUP3 | CLOSE_RANGE | FCHOWN | SETRESUID | SETRESGID => 3,
+        | DUP3 | CLOSE_RANGE | FCHOWN | SETRESUID | SETRESGID | TGKILL | RT_SIGQUEUEINFO => 3,
         OPENAT | MKNODAT | NEWFSTATAT | RENAMEAT | READLINKAT | UTIMENSAT | ACCEPT4 | OPENAT2
-        | FACCESSAT2 | FCHMODAT2 => 4,
+        | FACCESSAT2 | FCHMODAT2 | RT_TGSIGQUEUEINFO | PIDFD_SEND_SIGNAL => 4,
         CLONE | FCHOWNAT | LINKAT | RENAMEAT2 | EXECVEAT | STATX => 5,
         SENDTO => 6,
         _ => 6,
@@ -338,6 +428,12 @@ pub const fn name(n: u32) -> &'static str {
         SETGROUPS => "setgroups",
         SETRESUID => "setresuid",
         SETRESGID => "setresgid",
+        KILL => "kill",
+        TKILL => "tkill",
+        TGKILL => "tgkill",
+        RT_SIGQUEUEINFO => "rt_sigqueueinfo",
+        RT_TGSIGQUEUEINFO => "rt_tgsigqueueinfo",
+        PIDFD_SEND_SIGNAL => "pidfd_send_signal",
         _ => "unknown",
     }
 }
@@ -355,5 +451,47 @@ mod tests {
         }
         let specified = (0..512).filter(|&n| spec(n).is_some()).count();
         assert_eq!(specified, TRACED.len(), "TRACED and spec() disagree");
+    }
+
+    #[test]
+    fn only_queries_and_failed_opens_fold_and_every_credential_call_forgets() {
+        let args = [0, 1, 2, 3, 4, 5];
+        for n in [
+            nr::STAT,
+            nr::NEWFSTATAT,
+            nr::STATX,
+            nr::ACCESS,
+            nr::FACCESSAT2,
+        ] {
+            assert!(foldable(n, 0, &args).is_some(), "{}", name(n));
+            assert!(foldable(n, -2, &args).is_some(), "{}", name(n));
+        }
+        for n in [nr::OPEN, nr::OPENAT, nr::CREAT] {
+            assert!(foldable(n, -2, &args).is_some(), "{}", name(n));
+            assert!(
+                foldable(n, 3, &args).is_none(),
+                "{} made a descriptor",
+                name(n)
+            );
+        }
+        // Flags tell calls apart: lstat-like and stat-like newfstatat.
+        assert_ne!(
+            foldable(nr::NEWFSTATAT, 0, &[0, 0, 0, 0x100, 0, 0]),
+            foldable(nr::NEWFSTATAT, 0, &[0, 0, 0, 0, 0, 0])
+        );
+        for &n in TRACED {
+            let state = matches!(
+                n,
+                nr::MKDIR | nr::UNLINK | nr::RENAME | nr::CHMOD | nr::EXECVE | nr::BIND | nr::CLOSE
+            );
+            if state {
+                assert!(foldable(n, 0, &args).is_none(), "{} changes state", name(n));
+            }
+            if name(n).starts_with("set") {
+                assert!(forgets_folded(n), "{}", name(n));
+            }
+        }
+        assert!(forgets_folded(nr::CHROOT) && forgets_folded(nr::UNSHARE));
+        assert!(!forgets_folded(nr::OPENAT));
     }
 }

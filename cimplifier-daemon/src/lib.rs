@@ -10,15 +10,15 @@
 //! execution), whose static binaries emit puts into the images; after
 //! them [`verify`] (an output's sessions held against the original's).
 //! Beside the stages: [`image`] (the source image, read once for place and emit),
-//! [`docker`] (every call to the engine), [`store`] (what sessions saw),
+//! [`engine`] (every call to an engine: [`docker`], containerd), [`store`] (what sessions saw),
 //! [`session`] (observing containers), [`api`] (the daemon's gRPC service)
 //! and [`cli`] (what both binaries set up alike). docs/architecture.md
 //! draws the modules and their imports.
 
 pub mod api;
 pub mod cli;
-pub mod docker;
 pub mod emit;
+pub mod engine;
 pub mod image;
 pub mod model;
 pub mod partition;
@@ -27,6 +27,9 @@ pub mod session;
 pub mod store;
 pub mod trace;
 pub mod verify;
+
+/// The Docker engine, at its old path: [`engine::docker`].
+pub use engine::docker;
 
 #[cfg(test)]
 mod testing;

@@ -120,6 +120,22 @@ pub(crate) fn exec(pid: u32, path: &str) -> Event {
     call(pid, nr::EXECVE, [0; 6], &[(PathRole::Target, path)])
 }
 
+/// `pid` sent SIGTERM to another process; `ids` are the sender's (real,
+/// effective) uid, `to` the receiver's (real, saved).
+pub(crate) fn signal(pid: u32, ids: (u32, u32), to: (u32, u32)) -> Event {
+    Event {
+        kind: EventKind::Signal(crate::trace::SignalEvent {
+            sig: 15,
+            target_pid: pid + 1,
+            sender_uid: ids.0,
+            sender_euid: ids.1,
+            target_uid: to.0,
+            target_suid: to.1,
+        }),
+        ..exec(pid, "/x")
+    }
+}
+
 /// open(path, flags)
 pub(crate) fn open(pid: u32, path: &str, flags: u64) -> Event {
     call(

@@ -583,6 +583,7 @@ async fn a_session_stopped_while_it_opens_is_closed_not_lost() {
     let stopped = api
         .stop_observing(pb::StopObservingRequest {
             container: c.0.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_or_else(|e| panic!("stop while opening: {e:?}"))

@@ -199,6 +199,11 @@ fn a_selector_given_to_observe_catches_containers_yet_to_start() {
     let label = format!("cimplifier-test-app=web-{}", std::process::id());
     let out = stdout_of(&d.ctl(&["observe", "--label", &label]));
     assert!(out.contains(&label), "{out}");
+    let all = stdout_of(&d.ctl(&["sessions"]));
+    assert!(
+        all.contains(&format!("observing containers created with label {label}")),
+        "{all}"
+    );
     let listed: serde_json::Value =
         serde_json::from_str(&stdout_of(&d.ctl(&["sessions", "--json"]))).unwrap();
     assert!(listed.is_array());
@@ -213,6 +218,23 @@ fn a_selector_given_to_observe_catches_containers_yet_to_start() {
     assert_eq!(s["from_first_exec"], true, "{s}");
     let (_, events) = d.session_events(&run.0);
     assert!(touches(&events, "/etc/hostname"));
+
+    // Forgotten: a container created with the label later is left alone,
+    // and the daemon says so for a selector it does not have.
+    let out = stdout_of(&d.ctl(&["stop", "--label", &label]));
+    assert!(out.contains("no longer be observed"), "{out}");
+    let all = stdout_of(&d.ctl(&["sessions"]));
+    assert!(!all.contains(&label), "{all}");
+    let later = Run::start(&d, "label-forgotten", &label, "sleep 1", false);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let all = stdout_of(&d.ctl(&["sessions"]));
+    assert!(!all.contains(&later.0), "{all}");
+    let again = d.ctl(&["stop", "--label", &label]);
+    assert_eq!(again.status.code(), Some(4), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("no label selector"));
+    let built_in = d.ctl(&["stop", "--label", "io.cimplifier.observe=true"]);
+    assert!(!built_in.status.success());
+    assert!(String::from_utf8_lossy(&built_in.stderr).contains("built in"));
 
     let bad = d.ctl(&["observe", "--label", "no-equals-sign"]);
     assert_eq!(

@@ -635,6 +635,69 @@ fn command_words(container: &Value) -> Vec<String> {
     words
 }
 
+/// The DaemonSet of containerd nodes, as `kubectl kustomize` renders it.
+const CONTAINERD_DAEMONSET: &str = "deploy/kubernetes-containerd";
+
+#[test]
+fn containerd_daemonset_dials_containerd_and_mounts_its_socket_not_dockers() {
+    use serde::Deserialize;
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo().join(CONTAINERD_DAEMONSET))
+        .output()
+        .expect("running kubectl (`cargo xtask setup` installs it)");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {CONTAINERD_DAEMONSET}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<Value> = serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).unwrap())
+        .collect();
+    let ds = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("DaemonSet"))
+        .expect("a DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["hostPID"].as_bool(),
+        Some(true),
+        "the base's settings stay"
+    );
+    let daemon = &pod["containers"][0];
+    let address = daemon["env"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"].as_str() == Some(cimplifier::engine::containerd::ADDRESS_ENV))
+        .map(|e| str_of(&e["value"]).to_owned())
+        .expect("CONTAINERD_ADDRESS is set");
+    let volumes = pod["volumes"].as_sequence().expect("volumes");
+    let socket_volume = volumes
+        .iter()
+        .find(|v| {
+            v["hostPath"]["path"].as_str() == Some(cimplifier::engine::containerd::DEFAULT_ADDRESS)
+        })
+        .expect("containerd's socket from the host");
+    assert_eq!(socket_volume["hostPath"]["type"].as_str(), Some("Socket"));
+    let mounted = daemon["volumeMounts"]
+        .as_sequence()
+        .expect("volumeMounts")
+        .iter()
+        .find(|m| m["name"] == socket_volume["name"])
+        .expect("the socket is mounted");
+    assert_eq!(
+        str_of(&mounted["mountPath"]),
+        address,
+        "the daemon dials what is mounted"
+    );
+    assert!(
+        !text.contains("docker.sock"),
+        "no Docker socket on a containerd node:\n{text}"
+    );
+}
+
 #[test]
 fn daemonset_is_privileged_sees_host_pids_and_mounts_what_the_daemon_reads() {
     let docs = documents();

@@ -7,6 +7,8 @@
 //!   Docker from the registry, run it hardened as the report says, and
 //!   the workload answers as it did on the original. The registry's
 //!   manifest has a gzip layer under its compressed digest.
+//! - A session whose image is gone from Docker is emitted from the registry
+//!   (the engine pulls it), and refused when the tag has moved.
 //! - Errors name the registry and what to do: nothing listening, a
 //!   registry off this host that speaks no HTTPS (then --insecure-registry
 //!   pushes), credentials refused; and the caller's docker config gives
@@ -375,4 +377,84 @@ fn push_errors_name_the_registry_and_what_to_do() {
     write_config("s3cret");
     let o = push(&reference, &[], Some(config.path()));
     assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// An image of its own (the base image with a label), so that removing
+/// it from Docker removes it for good; removed however the test ends.
+fn own_image(tag: &str, label: &str) -> PulledImage {
+    let scratch = Container::create(&format!("own-{label}"), &[BASE_IMAGE, "true"]);
+    docker(&[
+        "commit",
+        "--change",
+        &format!("LABEL cimplifier.test={label}"),
+        "--change",
+        r#"CMD ["/bin/sh", "-c", "cat /etc/os-release > /dev/null"]"#,
+        &scratch.0,
+        tag,
+    ]);
+    PulledImage(tag.to_owned())
+}
+
+/// A session whose image is no longer in Docker is emitted from the
+/// registry its reference names, pulled by the engine; when the tag has
+/// moved to another image since, emit refuses, saying so.
+#[test]
+fn emit_pulls_a_source_image_gone_from_the_engine_and_refuses_a_moved_tag() {
+    require_root();
+    let pid = std::process::id();
+    let registry = Registry::start("127.0.0.1", &[]);
+    let source = format!("{}/cimplifier-src{pid}:1", registry.addr);
+    let image = own_image(&source, "observed");
+    docker(&["push", &source]);
+    let d = Daemon::start();
+    let c = Container::create("pull-src", &[&source]);
+    let out = ctl(&d, &["observe", &c.0], None);
+    assert!(out.status.success(), "{out:?}");
+    drop(c);
+    drop(image);
+    let gone = Command::new("docker")
+        .args(["image", "inspect", &source])
+        .output()
+        .unwrap();
+    assert!(
+        !gone.status.success(),
+        "the source image is still in Docker"
+    );
+
+    let slim = format!("cimplifier-e2e/pulled{pid}:slim");
+    let _slim = PulledImage(slim.clone());
+    let out = ctl(
+        &d,
+        &[
+            "emit",
+            &format!("cimplifier-pull-src-{pid}"),
+            "--tag",
+            &slim,
+        ],
+        None,
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "emit from the registry: {said}");
+    docker(&["image", "inspect", &slim]);
+    // Pulled back: the observed image is in Docker again.
+    docker(&["rmi", &source]);
+
+    // The tag moved: another image under the same name.
+    let moved = own_image(&source, "moved");
+    docker(&["push", &source]);
+    drop(moved);
+    let _ = Command::new("docker").args(["rmi", &source]).output();
+    let out = ctl(
+        &d,
+        &[
+            "emit",
+            &format!("cimplifier-pull-src-{pid}"),
+            "--tag",
+            &slim,
+        ],
+        None,
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a moved tag was taken");
+    assert!(said.contains("the tag moved"), "{said}");
 }

@@ -659,3 +659,148 @@ async fn a_watch_freezes_a_running_cgroup_only_while_it_reads_proc() {
     let mut sleeper = sleeper;
     let _ = sleeper.wait();
 }
+
+/// What a model says per executable: its uses, its privileged operations
+/// and its syscalls; and its unresolved names.
+type ModelView = (
+    std::collections::BTreeMap<
+        cimplifier::model::Exe,
+        std::collections::BTreeMap<
+            cimplifier::model::Resource,
+            BTreeSet<cimplifier::model::Access>,
+        >,
+    >,
+    BTreeSet<cimplifier::model::privileged::Observed>,
+    std::collections::BTreeMap<u32, BTreeSet<cimplifier::model::Exe>>,
+    u64,
+);
+
+fn model_view(events: &[cimplifier::trace::Event]) -> ModelView {
+    let m = cimplifier::model::Model::from_events(events);
+    let exes = m.executables();
+    let uses = exes
+        .iter()
+        .map(|e| (e.clone(), m.uses(std::slice::from_ref(e))))
+        .collect();
+    (
+        uses,
+        m.privileged(&exes),
+        m.syscalls(&exes),
+        m.unresolved_names(),
+    )
+}
+
+/// Two tracers watch one cgroup, one folding repeats in the kernel and one
+/// not, while real programs repeat stats and failed opens (python's
+/// imports, a shell loop, a process started before the watch), change
+/// directory, and repeat a stat after dropping root: the models built from
+/// the two streams are equal, per
+/// executable, with as many unresolved names, and the folding one sent
+/// fewer events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn folding_repeats_in_the_kernel_leaves_the_model_unchanged() {
+    require_root();
+    let mut folding = Tracer::load(TracerConfig::default()).expect("loading the tracer");
+    let mut full = Tracer::load(TracerConfig {
+        fold_repeats: false,
+        ..Default::default()
+    })
+    .expect("loading the second tracer");
+    let mut folded_events = folding.events().unwrap();
+    let mut full_events = full.events().unwrap();
+    let cgroup = TestCgroup::new("fold");
+    let base_dir = tempfile::tempdir().unwrap();
+    let base = base_dir.path().to_str().unwrap().to_owned();
+    // A process running before the watch began, which repeats once told.
+    let go = format!("{base}/go");
+    let early = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec python3 -c '
+import os, time
+while not os.path.exists(\"{go}\"): time.sleep(0.05)
+for _ in range(50): os.stat(\"/etc/passwd\"); os.path.exists(\"/no/such/early\")
+'",
+            cgroup.path.display()
+        ))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let watched = folding.watch_cgroup(&cgroup.path).unwrap();
+    let watched_full = full.watch_cgroup(&cgroup.path).unwrap();
+    std::fs::write(&go, "").unwrap();
+    let early = tokio::task::spawn_blocking(move || {
+        let mut early = early;
+        early.wait().unwrap()
+    });
+
+    let script = workload_script();
+    let shell = format!(
+        "python3 {script} {base} > /dev/null
+         python3 -c 'import json, email.parser, http.client, xml.dom.minidom, sqlite3, decimal'
+         python3 -c '
+import os
+for _ in range(3): os.path.exists(\"/etc/shadow\"); os.path.exists(\"/no/such\")
+os.setgid(65534); os.setuid(65534)
+for _ in range(3): os.path.exists(\"/etc/shadow\"); os.path.exists(\"/no/such\")
+'
+         for i in 1 2 3 4 5; do
+           test -e /etc/passwd; test -e /no/such; cat /no/such 2>/dev/null
+           ls /etc > /dev/null; cd /etc; test -e passwd; cd /
+         done",
+        script = script.display()
+    );
+    tokio::task::spawn_blocking({
+        let path = cgroup.path.clone();
+        move || run_in(&path, &["/bin/sh", "-c", &shell])
+    })
+    .await
+    .unwrap();
+    assert!(early.await.unwrap().success());
+
+    let a = drain(&mut folded_events, Duration::from_millis(500)).await;
+    let b = drain(&mut full_events, Duration::from_millis(500)).await;
+    let folded = folding.cgroup_folded(watched.id).unwrap();
+    folding.unwatch(&watched).unwrap();
+    full.unwatch(&watched_full).unwrap();
+    for t in [&folding, &full] {
+        let c = t.counters().unwrap();
+        assert_eq!(c.loss.lost(), 0, "events were lost: {:?}", c.loss);
+    }
+    assert_eq!(full.cgroup_folded(watched_full.id).unwrap(), 0);
+    println!(
+        "folding: {} events sent, {folded} folded; full: {} events",
+        a.len(),
+        b.len()
+    );
+    assert!(
+        folded > 100 && a.len() + (folded as usize) == b.len(),
+        "the folding tracer sent {} events and folded {folded}; the other sent {}",
+        a.len(),
+        b.len()
+    );
+    let (va, vb) = (model_view(&a), model_view(&b));
+    assert_eq!(va.3, vb.3, "unresolved names");
+    assert_eq!(va.1, vb.1, "privileged operations");
+    assert_eq!(va.2, vb.2, "syscalls");
+    for (exe, uses) in &vb.0 {
+        assert_eq!(va.0.get(exe), Some(uses), "the uses of {exe}");
+    }
+    assert_eq!(va.0.len(), vb.0.len());
+    // The process that ran before the watch folded its repeats too.
+    let early_probes = |events: &[cimplifier::trace::Event]| {
+        events
+            .iter()
+            .filter_map(|e| e.syscall())
+            .filter(|s| s.paths.iter().any(|p| p.raw == "/no/such/early"))
+            .count()
+    };
+    assert_eq!((early_probes(&a), early_probes(&b)), (1, 50));
+    // The stat after dropping root was sent: other evidence of privilege.
+    assert!(
+        va.1.iter().any(|o| matches!(o.uid, cimplifier::model::privileged::Uid::Set(65534))
+            && matches!(&o.op, cimplifier::model::privileged::Operation::File { path, .. } if path.as_str() == "/etc/shadow")),
+        "{:?}",
+        va.1
+    );
+}

@@ -43,6 +43,47 @@ fn json_of(out: &std::process::Output) -> Value {
     })
 }
 
+/// `verify SESSION OUTPUT... --workload WORKLOAD --json`, which must pass
+/// the output (exit 0, no regression): its report.
+fn verified(d: &Daemon, session: &str, output: &[&str], workload: &str) -> Value {
+    let mut args = vec!["verify", session];
+    args.extend_from_slice(output);
+    args.extend(["--workload", workload, "--json"]);
+    let out = d.ctl(&args);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    assert_eq!(report["verified"], true, "{report}");
+    assert_eq!(report["regressions"], serde_json::json!([]), "{report}");
+    report
+}
+
+/// `verify SESSION OUTPUT... --workload WORKLOAD --json`, which must fail
+/// the output (exit 7) and name `resource`: that regression, and the
+/// report for messages.
+fn named_regression(
+    d: &Daemon,
+    session: &str,
+    output: &[&str],
+    workload: &str,
+    resource: &str,
+) -> (Value, String) {
+    let mut args = vec!["verify", session];
+    args.extend_from_slice(output);
+    args.extend(["--workload", workload, "--json"]);
+    let out = d.ctl(&args);
+    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(7), "{report}");
+    assert_eq!(report["verified"], false, "{report}");
+    let named = report["regressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["resource"] == resource)
+        .unwrap_or_else(|| panic!("{resource} is named: {report}"))
+        .clone();
+    (named, report.to_string())
+}
+
 #[test]
 fn lifecycle_steps_run_inside_one_session_and_each_start_is_observed() {
     require_root();
@@ -126,19 +167,7 @@ fn verify_passes_a_good_slim_image_and_names_a_file_left_out() {
     ]));
 
     // The positive control: the output does what the original did.
-    let out = d.ctl(&[
-        "verify",
-        &c.0,
-        "--image",
-        &good,
-        "--workload",
-        FETCH,
-        "--json",
-    ]);
-    let report = json_of(&out);
-    assert_eq!(out.status.code(), Some(0), "{report}");
-    assert_eq!(report["verified"], true, "{report}");
-    assert_eq!(report["regressions"], serde_json::json!([]), "{report}");
+    let report = verified(&d, &c.0, &["--image", &good], FETCH);
     assert_eq!(
         report["workload"]["passes"].as_array().unwrap().len(),
         4,
@@ -146,24 +175,8 @@ fn verify_passes_a_good_slim_image_and_names_a_file_left_out() {
     );
 
     // The file left out on purpose is named, with its fix.
-    let out = d.ctl(&[
-        "verify",
-        &c.0,
-        "--image",
-        &bad,
-        "--workload",
-        FETCH,
-        "--json",
-    ]);
-    let report = json_of(&out);
-    assert_eq!(out.status.code(), Some(7), "{report}");
-    assert_eq!(report["verified"], false, "{report}");
-    let named = report["regressions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["resource"] == "/etc/nginx/mime.types")
-        .unwrap_or_else(|| panic!("mime.types is named: {report}"));
+    let (named, report) =
+        named_regression(&d, &c.0, &["--image", &bad], FETCH, "/etc/nginx/mime.types");
     assert_eq!(named["executable"], "/usr/sbin/nginx", "{report}");
     assert_eq!(named["errno"], "ENOENT", "{report}");
     assert!(
@@ -218,18 +231,7 @@ fn verify_catches_a_partition_whose_shared_volume_was_emptied() {
     let workload = "sleep 3";
 
     // The positive control: seeded, the plan does what the original did.
-    let verified = d.ctl(&[
-        "verify",
-        &c.0,
-        "--plan",
-        out.to_str().unwrap(),
-        "--workload",
-        workload,
-        "--json",
-    ]);
-    let v = json_of(&verified);
-    assert_eq!(verified.status.code(), Some(0), "{v}");
-    assert_eq!(v["regressions"], serde_json::json!([]), "{v}");
+    verified(&d, &c.0, &["--plan", out.to_str().unwrap()], workload);
 
     // The shared volume emptied: the seed service no longer fills it.
     let compose_path = report.compose_file.clone();
@@ -238,27 +240,89 @@ fn verify_catches_a_partition_whose_shared_volume_was_emptied() {
     compose["services"]["cimplifier-seed"]["volumes"] = serde_norway::Value::Sequence(vec![]);
     std::fs::write(&compose_path, serde_norway::to_string(&compose).unwrap()).unwrap();
 
-    let verified = d.ctl(&[
-        "verify",
+    let (named, v) = named_regression(
+        &d,
         &c.0,
-        "--plan",
-        out.to_str().unwrap(),
-        "--workload",
+        &["--plan", out.to_str().unwrap()],
         workload,
-        "--json",
-    ]);
-    let v = json_of(&verified);
-    assert_eq!(verified.status.code(), Some(7), "{v}");
-    let named = v["regressions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["resource"] == "/srv/app/flag")
-        .unwrap_or_else(|| panic!("the flag is named: {v}"));
+        "/srv/app/flag",
+    );
     assert_eq!(named["partition"], "reader", "{v}");
     assert_eq!(named["executable"], "/usr/bin/cat", "{v}");
     assert!(
         named["fix"].as_str().unwrap().contains("shared volume"),
         "{v}"
+    );
+}
+
+/// The notes case's start script (root) stops its node workers, which run
+/// as www-data, with `kill` at a graceful stop: only CAP_KILL lets it. The
+/// lifecycle's restart shows it to the observation; the emitted image is
+/// granted KILL with that evidence, and verify passes it. The same image
+/// whose label drops KILL is named by verify: the refused `kill` of the
+/// start script, with CAP_KILL as the fix.
+#[test]
+fn a_script_that_stops_its_workers_across_uids_is_granted_kill_and_verify_names_its_lack() {
+    require_root();
+    let d = Daemon::start();
+    let pid = std::process::id();
+    let workload = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/workloads/notes.py");
+    let c = Container::create("kill-notes", &["cimplifier-test/notes:latest"]);
+    let observed = d.ctl(&["observe", &c.0, "--exec", workload]);
+    assert!(observed.status.success(), "{observed:?}");
+
+    let good = format!("cimplifier-e2e/kill-notes{pid}:slim");
+    let without = format!("cimplifier-e2e/kill-notes-without{pid}:slim");
+    let _images = Images(vec![good.clone(), without.clone()]);
+    let report = json_of(&d.ctl(&["emit", &c.0, "--tag", &good, "--json"]));
+    let evidence = report["privileges"]["capabilities"]["KILL"].to_string();
+    assert!(
+        evidence.contains("sent SIGTERM to a process of uid 33"),
+        "KILL granted for the start script's kill: {}",
+        report["privileges"]
+    );
+    let explained = stdout_of(&d.ctl(&["emit", &c.0, "--tag", &good, "--explain", "cap:KILL"]));
+    assert!(
+        explained.contains("cap:KILL: granted:")
+            && explained.contains("sent SIGTERM to a process of uid 33"),
+        "{explained}"
+    );
+
+    verified(&d, &c.0, &["--image", &good], workload);
+
+    // The negative control: the same image, its label narrowed to drop KILL.
+    let label = docker(&[
+        "inspect",
+        "-f",
+        "{{index .Config.Labels \"io.cimplifier.hardening\"}}",
+        &good,
+    ]);
+    let mut hardening: Value = serde_json::from_str(&label).unwrap();
+    let caps = hardening["cap_add"].as_array_mut().unwrap();
+    let before = caps.len();
+    caps.retain(|c| c != "KILL");
+    assert_eq!(caps.len() + 1, before, "{label}");
+    let scratch = Container::create("kill-notes-scratch", &[&good]);
+    // A Dockerfile's quoted string takes a JSON string's escapes.
+    let quoted = Value::String(hardening.to_string()).to_string();
+    docker(&[
+        "commit",
+        "--change",
+        &format!("LABEL io.cimplifier.hardening={quoted}"),
+        &scratch.0,
+        &without,
+    ]);
+    let (named, refused) = named_regression(
+        &d,
+        &c.0,
+        &["--image", &without],
+        workload,
+        "a signal to a process of another uid",
+    );
+    assert_eq!(named["syscall"], "kill", "{refused}");
+    assert_eq!(named["errno"], "EPERM", "{refused}");
+    assert!(
+        named["fix"].as_str().unwrap().contains("CAP_KILL"),
+        "{refused}"
     );
 }

@@ -18,6 +18,16 @@
 //! - `sys_enter` also sends a `SyscallSeenRecord` the first time a watched
 //!   process makes a syscall number since its exec, traced or not: the
 //!   evidence for seccomp profiles (`SYSCALLS_SEEN`).
+//! - `signal_generate` (a BTF tracepoint: it has the receiving task) sends a
+//!   `SignalRecord` when a watched process signals another process, with
+//!   the credentials the kernel's permission check compared: the evidence
+//!   for CAP_KILL. It runs only when a signal is generated, so it stays
+//!   attached.
+//! - `sys_exit` folds a repeat of a call that only asks about an absolute
+//!   path (stat, access) or an open of one that failed: the same process,
+//!   since its last fork, exec or change of root, mounts or credentials,
+//!   made the same call with the same result (`syscalls::foldable`). It is
+//!   counted per cgroup (`CGROUP_FOLDED`), not sent.
 //!
 //! Every dropped record is counted in `COUNTERS`, and, for the cgroup it
 //! belonged to, in `CGROUP_LOSS`, so that one noisy container's losses do
@@ -48,9 +58,9 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use cimplifier_common::{
     COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
-    SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SyscallRecord,
-    SyscallSeenRecord, cgroup_loss, counter, flags,
-    syscalls::{AddrSource, StrSource, nr, spec},
+    SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SignalRecord,
+    SyscallRecord, SyscallSeenRecord, cgroup_loss, counter, flags,
+    syscalls::{AddrSource, StrSource, foldable, forgets_folded, nr, spec},
 };
 
 #[map]
@@ -94,6 +104,24 @@ static INFLIGHT: HashMap<u32, InFlight> = HashMap::with_max_entries(65536, 0);
 static SYSCALLS_SEEN: LruHashMap<u32, [u64; SYSCALL_BITMAP_WORDS]> =
     LruHashMap::with_max_entries(16384, 0);
 
+/// Per process (tgid): when it last forked off, exec'd or changed its root,
+/// mounts or credentials. Part of every folded call's key, so a repeat
+/// only counts within one such span. A process without an entry (running
+/// before the watch began, or evicted) starts one at its next candidate.
+#[map]
+static FOLD_EPOCH: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0);
+
+/// Keys of the calls sent, for folding their repeats
+/// (`syscalls::foldable`): two independent 64-bit hashes of the process,
+/// its epoch, the call, its flags, its result and the path. An evicted key
+/// only makes its next repeat be sent.
+#[map]
+static FOLD_SEEN: LruHashMap<[u64; 2], u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Repeats folded per cgroup id: the sessions' count of them.
+#[map]
+static CGROUP_FOLDED: PerCpuHashMap<u64, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
 /// Scratch records: too large for the 512-byte stack.
 #[map]
 static SYSCALL_SCRATCH: PerCpuArray<SyscallRecord> = PerCpuArray::with_max_entries(1, 0);
@@ -128,6 +156,20 @@ static TASK_MM_OFFSET: u64 = 0;
 static MM_ARG_START_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static MM_ARG_END_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_CRED_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static TASK_REAL_CRED_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static CRED_UID_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static CRED_SUID_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static CRED_EUID_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static SIGINFO_CODE_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
+static FOLD_REPEATS: u64 = 0;
 
 #[inline(always)]
 fn global(v: &'static u64) -> u64 {
@@ -441,11 +483,86 @@ fn note_syscall(cgroup: u64, nr: u32) {
     );
 }
 
+/// Starts a new span of folded repeats for the current process.
+#[inline(always)]
+fn new_fold_epoch(tgid: u32) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let _ = FOLD_EPOCH.insert(&tgid, &now, 0);
+}
+
+const FOLD_MUL: [u64; 2] = [0x9e37_79b9_7f4a_7c15, 0xc2b2_ae3d_27d4_eb4f];
+
+#[inline(always)]
+fn mix(h: &mut [u64; 2], v: u64) {
+    for (h, m) in h.iter_mut().zip(FOLD_MUL) {
+        *h = (*h ^ v).wrapping_mul(m);
+        *h ^= *h >> 29;
+    }
+}
+
+/// Whether `rec` (a `foldable` call on an absolute path, whose name was read
+/// whole) repeats one the process sent since its epoch began: then it is
+/// counted, not sent.
+#[inline(always)]
+fn folded(rec: &SyscallRecord, cgroup: u64, keep: [u64; 2]) -> bool {
+    const WHOLE: u32 = flags::STR0_PRESENT | flags::STR0_TRUNCATED | flags::STR0_FAULT;
+    let len = rec.str_len[0];
+    if rec.flags & WHOLE != flags::STR0_PRESENT || len == 0 || rec.strings[0] != b'/' {
+        return false;
+    }
+    let tgid = rec.header.pid;
+    let Some(epoch) = (unsafe { FOLD_EPOCH.get(&tgid) }).copied() else {
+        // Running before the watch began, or evicted: a span starts now.
+        new_fold_epoch(tgid);
+        return false;
+    };
+    let mut h = [0x243f_6a88_85a3_08d3u64, 0x1319_8a2e_0370_7344];
+    for v in [
+        tgid as u64,
+        epoch,
+        rec.nr as u64,
+        rec.ret as u64,
+        keep[0],
+        keep[1],
+        len as u64,
+    ] {
+        mix(&mut h, v);
+    }
+    // The name, eight bytes at a time; the last word masked to its length.
+    let base = rec.strings.as_ptr();
+    for i in 0..(STR_SLOT / 8) {
+        let at = (i * 8) as u32;
+        if at >= len {
+            break;
+        }
+        let mut w = unsafe { ptr::read_unaligned(base.add(i * 8).cast::<u64>()) };
+        let left = len - at;
+        if left < 8 {
+            w &= (1u64 << (left * 8)) - 1;
+        }
+        mix(&mut h, w);
+    }
+    if unsafe { FOLD_SEEN.get(&h) }.is_some() {
+        count(counter::FOLDED);
+        if let Some(p) = CGROUP_FOLDED.get_ptr_mut(&cgroup) {
+            unsafe { *p += 1 };
+        } else {
+            let _ = CGROUP_FOLDED.insert(&cgroup, &1, 0);
+        }
+        return true;
+    }
+    let _ = FOLD_SEEN.insert(&h, &1, 0);
+    false
+}
+
 fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
     let id: i64 = ctx.arg(1);
     let nr = id as u32;
     let cgroup = watched_cgroup()?;
     note_syscall(cgroup, nr);
+    if forgets_folded(nr) {
+        new_fold_epoch((bpf_get_current_pid_tgid() >> 32) as u32);
+    }
     let spec = spec(nr)?;
     let regs: *const [u64; REG_WORDS] = ctx.arg(0);
     let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
@@ -604,6 +721,12 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         }
         _ => {}
     }
+    if global(&FOLD_REPEATS) != 0
+        && let Some(keep) = foldable(nr, ret, &args)
+        && folded(rec, cgroup, keep)
+    {
+        return Some(());
+    }
     emit_syscall(rec);
     Some(())
 }
@@ -643,6 +766,7 @@ fn try_fork(ctx: &TracePointContext) -> Option<()> {
     // making needs no new record.
     const CLONE_THREAD: u64 = 0x10000;
     if clone_flags & CLONE_THREAD == 0 {
+        new_fold_epoch(child_tid as u32);
         let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
         if let Some(seen) = unsafe { SYSCALLS_SEEN.get(&parent) } {
             let seen = *seen;
@@ -674,8 +798,10 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 /// lies in pages of the new mm that the kernel has just written.
 fn try_exec(ctx: &TracePointContext) -> Option<()> {
     let cgroup = watched_cgroup()?;
-    // A new program: its syscalls are its own evidence.
+    // A new program: its syscalls are its own evidence, and its repeats
+    // its own.
     let _ = SYSCALLS_SEEN.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
+    new_fold_epoch((bpf_get_current_pid_tgid() >> 32) as u32);
     let Ok(old_tid) = (unsafe { ctx.read_at::<i32>(global(&EXEC_OLD_PID_OFFSET) as usize) }) else {
         count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
         warn!(
@@ -787,7 +913,9 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let group_dead: u8 =
         unsafe { ctx.read_at(global(&EXIT_GROUP_DEAD_OFFSET) as usize) }.unwrap_or(0);
     if group_dead != 0 {
-        let _ = SYSCALLS_SEEN.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        let _ = SYSCALLS_SEEN.remove(&tgid);
+        let _ = FOLD_EPOCH.remove(&tgid);
     }
     let rec = ExitRecord {
         header: header(RecordKind::Exit, cgroup),
@@ -798,6 +926,97 @@ fn try_exit(ctx: &TracePointContext) -> Option<()> {
         (&rec as *const ExitRecord).cast(),
         core::mem::size_of::<ExitRecord>(),
         core::mem::size_of::<ExitRecord>(),
+    );
+    Some(())
+}
+
+/// `si_code` values of signals a process sent (`include/uapi/asm-generic/siginfo.h`).
+const SI_USER: i32 = 0;
+const SI_QUEUE: i32 = -1;
+const SI_TKILL: i32 = -6;
+/// `SEND_SIG_NOINFO` and `SEND_SIG_PRIV`: the kernel's stand-ins for a
+/// siginfo, from a process (kill) and from the kernel itself.
+const SEND_SIG_NOINFO: u64 = 0;
+const SEND_SIG_PRIV: u64 = 1;
+
+#[btf_tracepoint(function = "signal_generate")]
+pub fn signal_generate(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_signal(&ctx);
+    0
+}
+
+/// Reads `uid_t` at `offset` in the `struct cred` that `task` points to
+/// at `cred_offset`.
+#[inline(always)]
+fn cred_ids(task: *const u8, cred_offset: u64, first: u64, second: u64) -> Option<(u32, u32)> {
+    let cred: *const u8 =
+        unsafe { bpf_probe_read_kernel(task.add(cred_offset as usize).cast()) }.ok()?;
+    if cred.is_null() {
+        return None;
+    }
+    unsafe {
+        Some((
+            bpf_probe_read_kernel(cred.add(first as usize).cast()).ok()?,
+            bpf_probe_read_kernel(cred.add(second as usize).cast()).ok()?,
+        ))
+    }
+}
+
+/// signal_generate(sig, info, task, group, result): runs in the sender,
+/// after the permission check passed. Only signals a process sent to
+/// another process are kept; the kernel's own (SIGCHLD, SIGPIPE, a tty's)
+/// carry another code or SEND_SIG_PRIV.
+fn try_signal(ctx: &BtfTracePointContext) -> Option<()> {
+    let cgroup = watched_cgroup()?;
+    let sig: i32 = ctx.arg(0);
+    let info: u64 = ctx.arg(1);
+    let task: *const u8 = ctx.arg(2);
+    let code = match info {
+        SEND_SIG_NOINFO => SI_USER,
+        SEND_SIG_PRIV => return None,
+        p => unsafe {
+            bpf_probe_read_kernel((p as *const u8).add(global(&SIGINFO_CODE_OFFSET) as usize).cast())
+        }
+        .ok()?,
+    };
+    if code != SI_USER && code != SI_TKILL && code != SI_QUEUE {
+        return None;
+    }
+    let target_pid: u32 =
+        unsafe { bpf_probe_read_kernel(task.add(global(&TASK_TGID_OFFSET) as usize).cast()) }
+            .ok()?;
+    if target_pid == (bpf_get_current_pid_tgid() >> 32) as u32 {
+        // Its own process: never checked.
+        return None;
+    }
+    let current = unsafe { bpf_get_current_task() } as *const u8;
+    let (uid, euid) = cred_ids(
+        current,
+        global(&TASK_CRED_OFFSET),
+        global(&CRED_UID_OFFSET),
+        global(&CRED_EUID_OFFSET),
+    )?;
+    let (target_uid, target_suid) = cred_ids(
+        task,
+        global(&TASK_REAL_CRED_OFFSET),
+        global(&CRED_UID_OFFSET),
+        global(&CRED_SUID_OFFSET),
+    )?;
+    let rec = SignalRecord {
+        header: header(RecordKind::Signal, cgroup),
+        sig: sig as u32,
+        code,
+        target_pid,
+        sender_uid: uid,
+        sender_euid: euid,
+        target_uid,
+        target_suid,
+        _pad: 0,
+    };
+    emit(
+        (&rec as *const SignalRecord).cast(),
+        core::mem::size_of::<SignalRecord>(),
+        core::mem::size_of::<SignalRecord>(),
     );
     Some(())
 }

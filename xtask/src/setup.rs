@@ -17,7 +17,10 @@ use crate::util::{self, Step, cmd};
 /// case study's client; skopeo writes the OCI image formats the image
 /// reader is tested on; docker-registry is the local registry `emit
 /// --push` is tested against, with apache2-utils' htpasswd for its users;
-/// kubectl decodes the Kubernetes run plan; bpftrace gives bench-trace its
+/// kubectl decodes the Kubernetes run plan; protobuf-compiler is the protoc
+/// the containerd-client crate's build runs, and containerd (with `ctr`) is
+/// the engine the containerd backend is tested on, dockerd's own; podman is
+/// tested through its Docker-compatible API; bpftrace gives bench-trace its
 /// floors: what the cheapest eBPF tool costs on the same workloads).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -43,6 +46,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "docker-registry",
     "apache2-utils",
     "kubectl",
+    "protobuf-compiler",
+    "containerd",
+    "podman",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

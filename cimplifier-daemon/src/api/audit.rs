@@ -179,7 +179,12 @@ impl Cimplifier for Audited {
         request: Request<pb::StopObservingRequest>,
     ) -> Result<Response<pb::Session>, Status> {
         let caller = caller(&request);
-        let arg = format!("container {}", q(&request.get_ref().container));
+        let req = request.get_ref();
+        let arg = if req.label_selector.is_empty() {
+            format!("container {}", q(&req.container))
+        } else {
+            format!("label selector {}", q(&req.label_selector))
+        };
         logged(
             &caller,
             "StopObserving",

@@ -45,6 +45,7 @@ pub(super) fn stored(r: &SessionRecord) -> pb::Session {
         duration_ms: r.duration_ms,
         events: r.events,
         aggregated_events: r.aggregated,
+        kernel_folded_events: r.kernel_folded,
         lost_events: r.loss.lost(),
         unreadable_names: r.loss.unreadable_names,
         complete: r.complete(),
@@ -177,6 +178,26 @@ pub(super) fn event_message(e: &crate::session::StreamedEvent) -> pb::Event {
 /// runs. The client may be remote and without Docker access, so the daemon
 /// says it. None (with a warning) when the engine cannot tell.
 pub(super) async fn target(container_id: &str) -> Option<pb::Target> {
+    if let Ok(at) = container_id.parse::<crate::engine::containerd::ContainerRef>() {
+        let found = match crate::engine::containerd::Containerd::connect().await {
+            Ok(c) => c.network_target(&at).await,
+            Err(e) => Err(e),
+        };
+        return match found {
+            Ok(Some(t)) => Some(t.into()),
+            Ok(None) => {
+                tracing::warn!(
+                    container = container_id,
+                    "no network target: the container has only loopback in its network namespace (no CNI); the workload must reach it there (e.g. `nsenter --net=/proc/PID/ns/net`)"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::warn!(container = container_id, "no network target: {e:#}");
+                None
+            }
+        };
+    }
     NetworkTarget::lookup(container_id).await.map(Into::into)
 }
 

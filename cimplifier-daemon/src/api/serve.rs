@@ -36,6 +36,8 @@ pub struct DaemonConfig {
     /// Observe labelled containers from the daemon's start (see
     /// [`ServeOptions::watch_labels`]).
     pub watch_labels: Option<bool>,
+    /// False sends every repeat to user space (`--no-kernel-fold`).
+    pub kernel_fold: Option<bool>,
     /// Log the kernel programs' anomalies through aya-log (`--kernel-log`).
     pub kernel_log: Option<bool>,
     /// Members of this group may call the read-only RPCs on the socket

@@ -413,7 +413,28 @@ impl Cimplifier for Service {
         &self,
         request: Request<pb::StopObservingRequest>,
     ) -> Result<Response<pb::Session>, Status> {
-        let name = request.into_inner().container;
+        let req = request.into_inner();
+        if !req.label_selector.is_empty() {
+            if !req.container.is_empty() {
+                return Err(Status::invalid_argument(
+                    "give a container or a label_selector, not both",
+                ));
+            }
+            return match self.manager.remove_selector(&req.label_selector) {
+                Ok(true) => Ok(Response::new(pb::Session {
+                    state: State::Closed as i32,
+                    label_selector: req.label_selector,
+                    ..Default::default()
+                })),
+                Ok(false) => Err(Status::not_found(format!(
+                    "no label selector {:?}: `cimplifierctl sessions` lists them",
+                    req.label_selector
+                ))),
+                Err(ObserveError::Refused(why)) => Err(Status::failed_precondition(why)),
+                Err(e) => Err(Status::internal(e.to_string())),
+            };
+        }
+        let name = req.container;
         check_name(&name, "container")?;
         match self.manager.stop(&name).await.map_err(internal)? {
             Some(record) => Ok(Response::new(stored(&record))),
@@ -551,7 +572,17 @@ impl Cimplifier for Service {
         slim.exclude = exclude;
         slim.strict = req.strict;
         // A tag taken from another image is refused before any work.
-        if let Some(tag) = &tag {
+        // (A containerd session's output goes to containerd: checked there.)
+        let to_containerd = self
+            .manager
+            .store()
+            .session(&req.container)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.containerd.is_some());
+        if let Some(tag) = &tag
+            && !to_containerd
+        {
             let docker = crate::docker::connect().map_err(internal)?;
             crate::emit::oci::check_tag(&docker, tag.as_str(), retag(req.force)).await?;
         }

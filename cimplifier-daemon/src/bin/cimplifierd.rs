@@ -62,6 +62,11 @@ enum Command {
         /// Kernel ring-buffer size in MiB (a power of two).
         #[arg(long, default_value_t = 64)]
         ring_buffer_mib: u32,
+        /// Record every repeat: by default the kernel folds a stat or
+        /// access of an absolute path, or a failed open of one, that the
+        /// same process made before with the same result.
+        #[arg(long)]
+        no_kernel_fold: bool,
     },
     /// Serve the gRPC API (proto/cimplifier/v1) on a unix socket (and TCP).
     ///
@@ -82,7 +87,7 @@ enum Command {
         /// state_dir, ring_buffer_mib, metrics_addr, listen_tcp, tls_cert,
         /// tls_key, tls_client_ca, tls_admin_identities,
         /// tls_read_only_identities, retain_sessions, max_heavy_calls,
-        /// watch_labels, kernel_log). Read if it
+        /// watch_labels, kernel_fold, kernel_log). Read if it
         /// exists; a file named
         /// explicitly must exist.
         #[arg(long, env = "CIMPLIFIER_CONFIG")]
@@ -167,6 +172,13 @@ enum Command {
         /// watching on at run time).
         #[arg(long, env = "CIMPLIFIER_WATCH_LABELS")]
         watch_labels: bool,
+        /// Send every repeat of a call to user space. By default the kernel
+        /// folds a stat or access of an absolute path, or a failed open of
+        /// one, that the same process made before with the same result: it
+        /// adds nothing to the model, and is counted (`kernel_folded_events`)
+        /// instead. For comparing the two, or a full event stream.
+        #[arg(long, env = "CIMPLIFIER_NO_KERNEL_FOLD")]
+        no_kernel_fold: bool,
         /// Log the kernel programs' anomalies (a lost record, an exit that
         /// met another call's entry...) through aya-log, target
         /// cimplifier::kernel. Off by default; off, it costs nothing.
@@ -243,6 +255,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             retain_sessions,
             max_heavy_calls,
             watch_labels,
+            no_kernel_fold,
             kernel_log,
         } => {
             let file = cimplifier::api::DaemonConfig::load(config.as_deref())?;
@@ -270,6 +283,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tcp,
                 tracer: TracerConfig {
                     ring_buffer_bytes: ring_buffer_mib << 20,
+                    fold_repeats: !no_kernel_fold && file.kernel_fold.unwrap_or(true),
                     kernel_log: kernel_log || file.kernel_log.unwrap_or(false),
                     ..Default::default()
                 },
@@ -293,6 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output,
             duration,
             ring_buffer_mib,
+            no_kernel_fold,
         } => {
             if !ring_buffer_mib.is_power_of_two() {
                 anyhow::bail!("--ring-buffer-mib {ring_buffer_mib} must be a power of two");
@@ -308,6 +323,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 duration,
                 tracer: TracerConfig {
                     ring_buffer_bytes: ring_buffer_mib << 20,
+                    fold_repeats: !no_kernel_fold,
                     ..Default::default()
                 },
                 progress_every: Duration::from_secs(5),

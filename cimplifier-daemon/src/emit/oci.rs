@@ -321,6 +321,89 @@ pub async fn load_into_docker(
         .map_err(EmitError::Failed)
 }
 
+/// Where emitted images are loaded: the engine the session's container ran
+/// on.
+pub enum Destination {
+    Docker(Docker),
+    Containerd { namespace: String },
+}
+
+impl Destination {
+    /// The engine of the session `record`'s container.
+    pub fn of(record: &crate::store::SessionRecord) -> Result<Self, EmitError> {
+        Ok(match &record.containerd {
+            Some(at) => Destination::Containerd {
+                namespace: at.namespace.clone(),
+            },
+            None => Destination::Docker(crate::docker::connect().map_err(EmitError::Engine)?),
+        })
+    }
+
+    /// Loads `image` under its tag (see [`check_tag`]).
+    pub async fn load(&self, image: &OciImage, retag: Retag) -> Result<(), EmitError> {
+        match self {
+            Destination::Docker(docker) => load_into_docker(docker, image, retag).await,
+            Destination::Containerd { namespace } => {
+                load_into_containerd(namespace, image, retag).await
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Docker(_) => write!(f, "Docker"),
+            Destination::Containerd { namespace } => {
+                write!(f, "containerd (namespace {namespace})")
+            }
+        }
+    }
+}
+
+/// Writes the image into containerd's content store in `namespace` and
+/// names it by its tag (see [`check_tag`]), so that `ctr run` runs it.
+pub async fn load_into_containerd(
+    namespace: &str,
+    image: &OciImage,
+    retag: Retag,
+) -> Result<(), EmitError> {
+    let Some(tag) = &image.tag else {
+        return Ok(());
+    };
+    let containerd = crate::engine::containerd::Containerd::connect()
+        .await
+        .map_err(EmitError::Engine)?;
+    if retag == Retag::OwnOnly
+        && let Some(labels) = containerd
+            .image_labels(namespace, tag)
+            .await
+            .map_err(EmitError::Engine)?
+        && !labels.contains_key(MADE_BY_LABEL)
+    {
+        return Err(EmitError::ForeignTag(format!(
+            "image {tag} in containerd namespace {namespace} is not one cimplifier made (it has \
+             no {MADE_BY_LABEL} label): pass --force to move the name to the new image, or \
+             choose another tag"
+        )));
+    }
+    let (config, layer, manifest) = (
+        image.config.digest(),
+        image.layer.digest(),
+        image.manifest.digest(),
+    );
+    containerd
+        .load(
+            namespace,
+            tag,
+            (&manifest, &image.manifest.bytes),
+            &[(&config, &image.config.bytes), (&layer, &image.layer.bytes)],
+        )
+        .await
+        .context("loading the emitted image into containerd")
+        .map_err(EmitError::Failed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

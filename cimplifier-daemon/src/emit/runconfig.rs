@@ -198,6 +198,11 @@ pub fn carry_for(image: &SourceConfig, session: &SessionRecord) -> (SourceConfig
     if !report.recorded {
         report.not_carried = Some(match &session.run_not_merged {
             Some(why) => format!("{why}, and were merged"),
+            None if session.containerd.is_some() => {
+                "the daemon could not read the containerd container's image configuration to \
+                 record how it ran (its log says why)"
+                    .to_owned()
+            }
             None => "the session was recorded by a daemon that did not keep it".to_owned(),
         });
     }

@@ -449,8 +449,9 @@ pub async fn emit(
 
     let start = Instant::now();
     if opts.tag.is_some() {
-        progress("loading into Docker");
-        oci::load_into_docker(&crate::docker::connect()?, &image, opts.retag).await?;
+        let destination = oci::Destination::of(&info)?;
+        progress(&format!("loading into {destination}"));
+        destination.load(&image, opts.retag).await?;
     }
     let pushed = match &opts.push {
         Some(target) => {

@@ -128,13 +128,20 @@ pub async fn read_session_counting(
 
     let start = Instant::now();
     let spool_dir = store.state_dir().to_path_buf();
-    let (inspect, tree) = read_image(
-        &record.started.image_id,
-        &record.started.image_ref,
-        &spool_dir,
-        read,
-    )
-    .await
+    let (inspect, tree) = match &record.containerd {
+        Some(at) => {
+            read_containerd_image(&at.namespace, &record.started.image_id, &spool_dir, read).await
+        }
+        None => {
+            read_image(
+                &record.started.image_id,
+                &record.started.image_ref,
+                &spool_dir,
+                read,
+            )
+            .await
+        }
+    }
     .map_err(SourceError::Image)?;
     let read_image_ms = ms(start);
 
@@ -189,6 +196,27 @@ async fn read_image(
     })
     .await
     .context("indexing the source image")??;
+    Ok((inspect, tree))
+}
+
+/// [`read_image`] from containerd's content store: the image `digest`
+/// (what its name pointed to when the session began) in `namespace`.
+async fn read_containerd_image(
+    namespace: &str,
+    digest: &str,
+    spool_dir: &std::path::Path,
+    read: &(dyn Fn(u64, u64) + Send + Sync),
+) -> anyhow::Result<(ImageInspect, Arc<ImageFs>)> {
+    let containerd = crate::engine::containerd::Containerd::connect().await?;
+    let (spool, config, size) = containerd
+        .save_to_spool(namespace, digest, spool_dir, &|n| read(n, n))
+        .await?;
+    let inspect = crate::engine::containerd::inspect_of(digest, &config, size);
+    let what = format!("image {digest} of containerd namespace {namespace}");
+    let tree =
+        tokio::task::spawn_blocking(move || ImageFs::from_archive_file(spool, &what).map(Arc::new))
+            .await
+            .context("indexing the source image")??;
     Ok((inspect, tree))
 }
 

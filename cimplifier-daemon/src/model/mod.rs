@@ -35,7 +35,16 @@ pub fn uses_of(event: &Event) -> Option<Vec<(Access, Resource)>> {
     {
         return None;
     }
-    Some(semantics::accesses(s))
+    let uses = semantics::accesses(s);
+    // A refusal that names no resource (a kill, a raw socket without its
+    // capability) would fold into the executable's first call of the same
+    // kind: kept, so that `verify` sees every privilege the output lacks.
+    const EPERM: i64 = -1;
+    const EACCES: i64 = -13;
+    if uses.is_empty() && matches!(s.ret, Some(EPERM | EACCES)) {
+        return None;
+    }
+    Some(uses)
 }
 
 /// The file a successful exec event ran, if `event` is one.
@@ -267,18 +276,26 @@ impl Model {
             EventKind::Exit { .. } => {}
             EventKind::SyscallSeen { nr, .. } => {
                 self.syscall_evidence = true;
-                let exe = match self.processes.get(&event.pid).and_then(|p| p.exe) {
-                    Some(n) => match &self.graph[n] {
-                        Node::Exe(x) => x.clone(),
-                        Node::Resource(_) => unreachable!("a process runs an executable"),
-                    },
-                    None => {
-                        let exe = unknown_exe(&event.comm);
-                        self.exe_node(&exe);
-                        exe
-                    }
-                };
+                let exe = self.running(event);
                 self.syscalls.entry(exe).or_default().insert(*nr);
+            }
+            EventKind::Signal(signal) => {
+                if signal.needs_kill() {
+                    let exe = self.running(event);
+                    let uid = self
+                        .processes
+                        .get(&event.pid)
+                        .map(|p| p.uid)
+                        .unwrap_or_default();
+                    self.privileged.insert(privileged::Observed {
+                        exe,
+                        uid,
+                        op: privileged::Operation::Signal {
+                            sig: signal.name(),
+                            target_uid: signal.target_uid,
+                        },
+                    });
+                }
             }
             EventKind::Running { exe, .. } => {
                 let exe = exe.as_ref().map(|path| {
@@ -339,6 +356,22 @@ impl Model {
                 for (access, resource) in accesses(s) {
                     self.use_resource(exe, resource, access);
                 }
+            }
+        }
+    }
+
+    /// The executable `event`'s process runs: a stand-in named after its
+    /// comm when its exec was not seen.
+    fn running(&mut self, event: &Event) -> Exe {
+        match self.processes.get(&event.pid).and_then(|p| p.exe) {
+            Some(n) => match &self.graph[n] {
+                Node::Exe(x) => x.clone(),
+                Node::Resource(_) => unreachable!("a process runs an executable"),
+            },
+            None => {
+                let exe = unknown_exe(&event.comm);
+                self.exe_node(&exe);
+                exe
             }
         }
     }

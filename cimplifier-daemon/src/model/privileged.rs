@@ -86,6 +86,10 @@ pub enum Operation {
     Utime { path: ContainerPath },
     /// chroot.
     Chroot { path: ContainerPath },
+    /// A signal to a process none of whose uids (real, saved) is one of
+    /// the sender's (real, effective): allowed by CAP_KILL alone. The
+    /// kernel reported the ids, so the model's uid guess plays no part.
+    Signal { sig: String, target_uid: u32 },
     /// A file used: its permission bits decide whether the uid may.
     File { path: ContainerPath, access: Access },
 }

@@ -302,6 +302,20 @@ fn descriptor_calls_add_nothing() {
     );
 }
 
+#[test]
+fn a_refusal_naming_no_resource_is_never_folded_into_an_earlier_call() {
+    let kill = |ret| call(1, nr::KILL, [9, 15, 0, 0, 0, 0], ret, vec![], None);
+    let close = call(1, nr::CLOSE, [3, 0, 0, 0, 0, 0], 0, vec![], None);
+    // Both name nothing: the daemon would fold a refused kill into the
+    // executable's first close, and verify would never see it.
+    assert_eq!(uses_of(&close), Some(vec![]));
+    assert_eq!(uses_of(&kill(0)), Some(vec![]));
+    assert_eq!(uses_of(&kill(-1)), None, "EPERM");
+    assert_eq!(uses_of(&kill(-3)), Some(vec![]), "ESRCH: no privilege");
+    let raw = call(1, nr::SOCKET, [2, 3, 1, 0, 0, 0], -13, vec![], None);
+    assert_eq!(uses_of(&raw), None, "EACCES");
+}
+
 /// getdents64 on a descriptor opened on `dir`, returning `ret` bytes.
 fn getdents(pid: u32, dir: Option<&str>, ret: i64) -> Event {
     let mut e = call(

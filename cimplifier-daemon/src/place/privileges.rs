@@ -371,6 +371,16 @@ impl Rules<'_> {
             }
             return;
         }
+        // The kernel compared the ids itself and let the signal pass: the
+        // sender held CAP_KILL, whatever uid the model followed.
+        if let Operation::Signal { sig, target_uid } = &o.op {
+            self.grant(
+                Capability::Kill,
+                by,
+                format!("sent {sig} to a process of uid {target_uid}, which shares no uid with it"),
+            );
+            return;
+        }
         // A process of another uid lost its effective capabilities when it
         // changed uid (or never had them): it can use none.
         if uid != 0 {
@@ -444,6 +454,7 @@ impl Rules<'_> {
             Operation::Chroot { path } => {
                 self.grant(Capability::SysChroot, by, format!("chroot to {path}"))
             }
+            Operation::Signal { .. } => {}
             Operation::File { path, access } => self.file(&o.exe, path, *access),
         }
     }

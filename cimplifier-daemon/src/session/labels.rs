@@ -13,8 +13,8 @@ use futures::StreamExt;
 use super::observer;
 use super::task::{Prepared, RouteGuard};
 use super::{
-    Manager, OBSERVE_LABEL, ObserveError, ObserveOptions, Opening, continued, docker_parent_cgroup,
-    now_ms,
+    Manager, OBSERVE_LABEL, ObserveError, ObserveOptions, Opening, Subject, continued,
+    docker_parent_cgroup, now_ms,
 };
 use crate::docker::{Docker, container};
 use crate::store::{SessionState, Started};
@@ -57,6 +57,26 @@ impl Manager {
         Ok(())
     }
 
+    /// Forgets `selector`: containers created with its label from now on
+    /// are not observed (sessions it started go on). False when no such
+    /// selector was given; the built-in one cannot be removed.
+    pub fn remove_selector(&self, selector: &str) -> Result<bool, ObserveError> {
+        check_selector(selector)?;
+        if selector == OBSERVE_LABEL {
+            return Err(ObserveError::Refused(format!(
+                "{OBSERVE_LABEL} is built in: a container created with it asks to be observed; \
+                 remove the label from the container instead"
+            )));
+        }
+        let kept = self.store.remove_selector(selector)?;
+        let held = self
+            .selectors
+            .lock()
+            .expect("selectors lock")
+            .remove(selector);
+        Ok(kept || held)
+    }
+
     /// Follows Docker's `create` events and observes the containers whose
     /// labels match a selector; attaches to matching containers already
     /// running without a session. Runs for the daemon's life: an engine
@@ -93,7 +113,8 @@ impl Manager {
         // `docker run` starts a container right after creating it, often
         // before its `create` event reaches us: Docker's parent cgroup is
         // watched, and what starts there is held until its labels are known.
-        match self.hold_new_containers(&docker) {
+        let layout = crate::engine::docker::CgroupLayout::of(&docker).await;
+        match self.hold_new_containers(&docker, layout) {
             Ok(()) => {}
             Err(e) => tracing::warn!(
                 "cannot watch Docker's parent cgroup: a labelled container started at once \
@@ -130,7 +151,7 @@ impl Manager {
                 .get("name")
                 .cloned()
                 .unwrap_or_else(|| id.clone());
-            let prepared = match self.prepare(&id, &name) {
+            let prepared = match self.prepare(layout, &id, &name) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     tracing::debug!(container = %name, "cannot watch ahead of the start: {e:#}");
@@ -144,7 +165,13 @@ impl Manager {
             tokio::spawn(async move {
                 let name = container::name_of(&details);
                 match manager
-                    .begin(details, Opening::AwaitStart, None, None, prepared)
+                    .begin(
+                        Subject::Docker(Box::new(details)),
+                        Opening::AwaitStart,
+                        None,
+                        None,
+                        prepared,
+                    )
                     .await
                 {
                     Ok(_) => {
@@ -211,14 +238,24 @@ impl Manager {
             session = %record.name,
             "continuing the session of a labelled container that ran while the daemon was down; the gap is marked"
         );
-        self.begin(details, Opening::Resume, None, Some(record), None)
-            .await
+        self.begin(
+            Subject::Docker(Box::new(details)),
+            Opening::Resume,
+            None,
+            Some(record),
+            None,
+        )
+        .await
     }
 
     /// Watches Docker's parent cgroup and answers, for each new cgroup
     /// below it that no session owns, whether its container is wanted.
-    fn hold_new_containers(self: &Arc<Self>, docker: &Docker) -> Result<()> {
-        let parent = docker_parent_cgroup(None)?;
+    fn hold_new_containers(
+        self: &Arc<Self>,
+        docker: &Docker,
+        layout: crate::engine::docker::CgroupLayout,
+    ) -> Result<()> {
+        let parent = docker_parent_cgroup(layout, None)?;
         let (watch, mut new_cgroups) = self.observer.hold_below(&parent)?;
         let manager = self.clone();
         let docker = docker.clone();
@@ -307,9 +344,21 @@ impl Manager {
 
     /// Makes the cgroup Docker will start container `id` in (its default
     /// place) and watches it, so a session can begin there.
-    fn prepare(&self, id: &str, name: &str) -> Result<Prepared> {
-        let dir = docker_parent_cgroup(None)?.join(id);
-        match std::fs::create_dir(&dir) {
+    fn prepare(
+        &self,
+        layout: crate::engine::docker::CgroupLayout,
+        id: &str,
+        name: &str,
+    ) -> Result<Prepared> {
+        self.prepare_dir(
+            docker_parent_cgroup(layout, None)?.join(layout.dir_name(id)),
+            name,
+        )
+    }
+
+    /// [`Manager::prepare`] of the cgroup at `dir`, whatever the engine.
+    pub(super) fn prepare_dir(&self, dir: PathBuf, name: &str) -> Result<Prepared> {
+        match std::fs::create_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).with_context(|| format!("making {}", dir.display())),
@@ -331,7 +380,7 @@ impl Manager {
 
     /// Whether labels (or Docker event attributes, which include them)
     /// match a selector.
-    fn wanted(&self, labels: &HashMap<String, String>) -> bool {
+    pub(super) fn wanted(&self, labels: &HashMap<String, String>) -> bool {
         self.selectors
             .lock()
             .expect("selectors lock")

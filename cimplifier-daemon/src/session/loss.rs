@@ -16,6 +16,8 @@ pub(super) struct LossBase {
     /// running container): what they had lost before. A cgroup made after
     /// the watch began starts from nothing.
     cgroups: HashMap<CgroupId, CgroupLoss>,
+    /// The same cgroups' repeats folded in the kernel before.
+    folded: HashMap<CgroupId, u64>,
 }
 
 impl LossBase {
@@ -24,6 +26,7 @@ impl LossBase {
         Self {
             host: observer.counters(),
             cgroups: HashMap::new(),
+            folded: HashMap::new(),
         }
     }
 
@@ -31,7 +34,16 @@ impl LossBase {
     pub(super) fn existing(&mut self, observer: &Observer, existing: &HashSet<CgroupId>) {
         for &id in existing {
             self.cgroups.insert(id, observer.cgroup_loss(id));
+            self.folded.insert(id, observer.cgroup_folded(id));
         }
+    }
+
+    /// The repeats the kernel folded of the session's cgroups since.
+    pub(super) fn folded_since(&self, observer: &Observer, members: &HashSet<CgroupId>) -> u64 {
+        members.iter().fold(0u64, |sum, id| {
+            let base = self.folded.get(id).copied().unwrap_or_default();
+            sum.saturating_add(observer.cgroup_folded(*id).saturating_sub(base))
+        })
     }
 
     /// What the session whose cgroups are `members` has lost since.

@@ -15,6 +15,7 @@
 //! session, `labels.rs` watches for labelled containers, [`observer`] is the
 //! tracer shared by all sessions.
 
+mod containerd;
 mod labels;
 pub mod lifecycle;
 mod loss;
@@ -33,6 +34,7 @@ pub use crate::store::LifecycleStep;
 pub use observer::{Observer, StreamFilter, StreamedEvent, Subscription};
 
 use crate::docker::container;
+use crate::engine::docker::CgroupLayout;
 use crate::store::{EndReason, Gap, SessionRecord, SessionState, Started, Store};
 use crate::trace::cgroup::cgroup2_mount;
 use task::{Prepared, SessionTask};
@@ -49,7 +51,7 @@ pub const CHECKPOINT: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug, Default)]
 pub struct ObserveOptions {
-    /// Container name or id.
+    /// Docker container name or id, or `containerd://NAMESPACE/ID`.
     pub container: String,
     pub duration: Option<Duration>,
     /// Restart a running container so its start-up is observed.
@@ -89,6 +91,37 @@ enum Opening {
     Resume,
 }
 
+/// The container a session observes, in its engine's terms.
+#[derive(Clone)]
+pub(super) enum Subject {
+    Docker(Box<container::Details>),
+    Containerd(Box<crate::engine::containerd::Container>),
+}
+
+impl Subject {
+    /// The session's name.
+    fn name(&self) -> String {
+        match self {
+            Subject::Docker(d) => container::name_of(d),
+            Subject::Containerd(c) => c.session_name(),
+        }
+    }
+
+    fn id(&self) -> String {
+        match self {
+            Subject::Docker(d) => d.id.clone().unwrap_or_default(),
+            Subject::Containerd(c) => c.at.to_string(),
+        }
+    }
+
+    fn image_id(&self) -> String {
+        match self {
+            Subject::Docker(d) => d.image.clone().unwrap_or_default(),
+            Subject::Containerd(c) => c.image_digest.clone(),
+        }
+    }
+}
+
 /// What a session looks like from outside.
 #[derive(Clone, Debug)]
 pub enum SessionView {
@@ -126,9 +159,11 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Docker's parent cgroup for containers (the cgroupfs driver's default).
-fn docker_parent_cgroup(cgroup_parent: Option<&str>) -> Result<PathBuf> {
-    let parent = cgroup_parent.filter(|p| !p.is_empty()).unwrap_or("docker");
+/// The engine's parent cgroup for containers (the cgroupfs driver's).
+fn docker_parent_cgroup(layout: CgroupLayout, cgroup_parent: Option<&str>) -> Result<PathBuf> {
+    let parent = cgroup_parent
+        .filter(|p| !p.is_empty())
+        .unwrap_or(layout.default_parent());
     let dir = cgroup2_mount()?.join(parent.trim_start_matches('/'));
     if !dir.is_dir() {
         std::fs::create_dir_all(&dir)
@@ -182,6 +217,10 @@ impl Manager {
                 tracing::error!("following Docker's events for labelled containers stopped: {e:#}");
             }
         });
+        // containerd's too, where the daemon is told where it is.
+        if std::env::var_os(crate::engine::containerd::ADDRESS_ENV).is_some() {
+            tokio::spawn(self.clone().watch_containerd_labels());
+        }
     }
 
     pub fn observer(&self) -> &Arc<Observer> {
@@ -199,6 +238,9 @@ impl Manager {
             return Err(ObserveError::Refused(
                 "restart and attach exclude each other".into(),
             ));
+        }
+        if crate::engine::containerd::ContainerRef::is_one(&opts.container) {
+            return containerd::observe(self, opts).await;
         }
         let docker = crate::docker::connect()?;
         let details = match container::look_up(&docker, &opts.container).await {
@@ -230,8 +272,14 @@ impl Manager {
             }
         };
         let earlier = self.earlier_session(&name, &details, opts.replace)?;
-        self.begin(details, opening, opts.duration, earlier, None)
-            .await
+        self.begin(
+            Subject::Docker(Box::new(details)),
+            opening,
+            opts.duration,
+            earlier,
+            None,
+        )
+        .await
     }
 
     /// The closed session a new observation of `name` continues: one of
@@ -266,13 +314,13 @@ impl Manager {
     /// Spawns the session task and waits until it has begun.
     async fn begin(
         self: &Arc<Self>,
-        details: container::Details,
+        subject: Subject,
         opening: Opening,
         duration: Option<Duration>,
         resumed: Option<SessionRecord>,
         prepared: Option<Prepared>,
     ) -> Result<Started, ObserveError> {
-        let name = container::name_of(&details);
+        let name = subject.name();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (started_tx, started_rx) = oneshot::channel::<Started>();
         let (steps_tx, steps_rx) = mpsc::channel(1);
@@ -289,9 +337,9 @@ impl Manager {
                     steps: steps_tx,
                     done: None,
                     started: Started {
-                        container_id: details.id.clone().unwrap_or_default(),
+                        container_id: subject.id(),
                         container_name: name.clone(),
-                        image_id: details.image.clone().unwrap_or_default(),
+                        image_id: subject.image_id(),
                         image_ref: String::new(),
                         from_first_exec: false,
                         started_unix_ms: now_ms(),
@@ -304,7 +352,7 @@ impl Manager {
         let done = tokio::spawn(async move {
             let session = SessionTask {
                 manager: manager.clone(),
-                details,
+                subject,
                 opening,
                 duration,
                 resumed,
@@ -536,6 +584,10 @@ impl Manager {
             if record.state != SessionState::Observing {
                 continue;
             }
+            if let Some(at) = record.containerd.clone() {
+                self.recover_containerd(record, &at).await?;
+                continue;
+            }
             let lookup = match &docker {
                 Ok(docker) => container::look_up(docker, &record.started.container_id).await,
                 Err(e) => container::Lookup::Unreachable(anyhow!("{e:#}")),
@@ -578,7 +630,13 @@ impl Manager {
                 record.gaps.push(gap);
                 self.store.put_session(&record)?;
                 if let Err(e) = self
-                    .begin(*details, Opening::Resume, None, Some(record.clone()), None)
+                    .begin(
+                        Subject::Docker(details),
+                        Opening::Resume,
+                        None,
+                        Some(record.clone()),
+                        None,
+                    )
                     .await
                 {
                     tracing::error!(session = %record.name, "could not resume: {e}");

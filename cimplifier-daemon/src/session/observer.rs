@@ -166,13 +166,21 @@ pub fn kind_of(e: &Event) -> (&'static str, Option<&str>) {
         EventKind::Running { .. } => ("running", None),
         EventKind::Syscall(s) => ("syscall", Some(s.syscall.as_str())),
         EventKind::SyscallSeen { .. } => ("syscall_seen", None),
+        EventKind::Signal(_) => ("signal", None),
     }
 }
 
 /// Every kind a stream filter can name: the event kinds, then the names
 /// of the traced syscalls.
 pub fn event_kinds() -> Vec<&'static str> {
-    let mut kinds = vec!["fork", "exit", "running", "syscall", "syscall_seen"];
+    let mut kinds = vec![
+        "fork",
+        "exit",
+        "running",
+        "syscall",
+        "syscall_seen",
+        "signal",
+    ];
     for &nr in cimplifier_common::syscalls::TRACED {
         let name = cimplifier_common::syscalls::name(nr);
         if !kinds.contains(&name) {
@@ -567,6 +575,15 @@ impl Observer {
                 ringbuf_full: u64::MAX,
                 ..Default::default()
             }
+        })
+    }
+
+    /// Repeats the kernel folded of cgroup `id`'s processes; an unreadable
+    /// entry counts none (a count, not a loss).
+    pub fn cgroup_folded(&self, id: CgroupId) -> u64 {
+        self.tracer.cgroup_folded(id).unwrap_or_else(|e| {
+            tracing::warn!("reading the folded repeats of cgroup {}: {e:#}", id.0);
+            0
         })
     }
 

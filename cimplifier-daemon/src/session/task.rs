@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::loss::LossBase;
 use super::observer::{self, Observer, Route, StreamedEvent, Watch};
-use super::{CHECKPOINT, Manager, Opening, docker_parent_cgroup, lifecycle, now_ms};
+use super::{CHECKPOINT, Manager, Opening, Subject, docker_parent_cgroup, lifecycle, now_ms};
 use crate::docker::{Docker, container};
 use crate::store::{EndReason, Segment, SessionRecord, SessionState, Started, Store};
 use crate::trace::{CgroupId, ContainerPath, Event, EventKind, LossCounters};
@@ -41,7 +41,7 @@ fn short_id(id: &str) -> &str {
 /// One session's observation.
 pub(super) struct SessionTask {
     pub(super) manager: Arc<Manager>,
-    pub(super) details: container::Details,
+    pub(super) subject: Subject,
     pub(super) opening: Opening,
     pub(super) duration: Option<Duration>,
     pub(super) resumed: Option<SessionRecord>,
@@ -67,20 +67,27 @@ impl SessionTask {
         stop: impl std::future::Future<Output = ()>,
         started_tx: oneshot::Sender<Started>,
     ) -> Result<SessionRecord> {
+        let details = match &self.subject {
+            Subject::Docker(d) => (**d).clone(),
+            Subject::Containerd(c) => {
+                let c = (**c).clone();
+                return self.run_containerd(c, stop, started_tx).await;
+            }
+        };
         let observer = self.manager.observer.clone();
         let store = self.manager.store.clone();
         let docker = crate::docker::connect()?;
-        let id = self.details.id.clone().unwrap_or_default();
-        let name = container::name_of(&self.details);
+        let id = details.id.clone().unwrap_or_default();
+        let name = container::name_of(&details);
         let from_first_exec = matches!(
             self.opening,
             Opening::Start | Opening::Restart | Opening::AwaitStart
         );
-        let cgroup_parent = self
-            .details
+        let cgroup_parent = details
             .host_config
             .as_ref()
             .and_then(|h| h.cgroup_parent.clone());
+        let layout = crate::engine::docker::CgroupLayout::of(&docker).await;
 
         let (route, mut events, prepared) = self.take_route(&observer, &name);
         let mut loss_base = LossBase::new(&observer);
@@ -88,7 +95,7 @@ impl SessionTask {
         let (precreated, stopped) = match prepared_dir {
             Some(dir) => (Some(dir), false),
             None if from_first_exec => {
-                self.precreate_cgroup(&docker, &id, &name, cgroup_parent.as_deref())
+                self.precreate_cgroup(&docker, &id, &name, layout, cgroup_parent.as_deref())
                     .await?
             }
             None => (None, false),
@@ -99,6 +106,7 @@ impl SessionTask {
             precreated.as_ref(),
             prepared_watch,
             from_first_exec,
+            layout,
             cgroup_parent.as_deref(),
         )?;
         // The stream connects when first polled, after the start: `since`
@@ -142,7 +150,7 @@ impl SessionTask {
         )?;
         members.extend(observer::cgroup_ids_below(&container_cgroup));
 
-        let mut record = match self.first_record(&store, &id, &name, from_first_exec) {
+        let mut record = match self.first_record(&store, &details, &id, &name, from_first_exec) {
             Ok(r) => r,
             Err(e) => {
                 observer.unwatch(watch);
@@ -159,25 +167,14 @@ impl SessionTask {
             name: name.clone(),
             cgroup: container_cgroup.clone(),
         });
-        let mut recorder = Recorder {
-            observer: &observer,
-            store: &store,
-            route: &route,
+        let mut recorder = Recorder::new(
+            (&observer, &store, &route),
             container_cgroup,
             members,
-            session_name: name.as_str().into(),
-            exes: crate::model::ExeTracker::default(),
-            missed_start: false,
-            seen_uses: HashSet::new(),
-            aggregated: 0,
-            unreadable: 0,
-            batch: Vec::new(),
-            prior_duration: record.duration_ms,
-            prior_loss: record.loss,
-            prior_aggregated: record.aggregated,
+            &name,
+            &record,
             loss_base,
-            started: Instant::now(),
-        };
+        );
         let deadline = async {
             match self.duration {
                 Some(d) => tokio::time::sleep(d).await,
@@ -296,6 +293,7 @@ impl SessionTask {
         docker: &Docker,
         id: &str,
         name: &str,
+        layout: crate::engine::docker::CgroupLayout,
         cgroup_parent: Option<&str>,
     ) -> Result<(Option<PathBuf>, bool)> {
         let mut stopped = false;
@@ -304,7 +302,7 @@ impl SessionTask {
             container::stop(docker, id, name).await?;
             stopped = true;
         }
-        let dir = docker_parent_cgroup(cgroup_parent)?.join(id);
+        let dir = docker_parent_cgroup(layout, cgroup_parent)?.join(layout.dir_name(id));
         let made = match std::fs::create_dir(&dir) {
             Ok(()) => Some(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Some(dir),
@@ -344,11 +342,11 @@ impl SessionTask {
     fn first_record(
         &self,
         store: &Store,
+        details: &container::Details,
         id: &str,
         name: &str,
         from_first_exec: bool,
     ) -> Result<SessionRecord> {
-        let details = &self.details;
         let now = now_ms();
         let mut record = match self.resumed.clone() {
             Some(mut r) if self.opening == Opening::Resume => {
@@ -448,6 +446,7 @@ fn watch_early(
     precreated: Option<&PathBuf>,
     prepared: Option<Watch>,
     from_first_exec: bool,
+    layout: crate::engine::docker::CgroupLayout,
     cgroup_parent: Option<&str>,
 ) -> Result<(Option<Watch>, HashSet<CgroupId>)> {
     Ok(match precreated {
@@ -458,7 +457,7 @@ fn watch_early(
             (Some(observer.watch(dir)?), members)
         }
         None if from_first_exec => (
-            Some(observer.watch(&docker_parent_cgroup(cgroup_parent)?)?),
+            Some(observer.watch(&docker_parent_cgroup(layout, cgroup_parent)?)?),
             HashSet::new(),
         ),
         None => (None, HashSet::new()),
@@ -499,7 +498,7 @@ fn watch_container(
 /// them durable: which cgroups are the container's, who ran what, the uses
 /// already stored in this segment (what the model holds, so bounded by
 /// it), and the session's share of the tracer's counters.
-struct Recorder<'a> {
+pub(super) struct Recorder<'a> {
     observer: &'a Arc<Observer>,
     store: &'a Store,
     route: &'a RouteGuard,
@@ -519,14 +518,48 @@ struct Recorder<'a> {
     prior_duration: u64,
     prior_loss: LossCounters,
     prior_aggregated: u64,
+    /// Repeats the kernel folded in earlier segments.
+    prior_kernel_folded: u64,
     loss_base: LossBase,
     started: Instant,
 }
 
-impl Recorder<'_> {
+impl<'a> Recorder<'a> {
+    /// The recorder of a session whose record begins as `record`, watching
+    /// `container_cgroup` (whose cgroups known so far are `members`).
+    pub(super) fn new(
+        (observer, store, route): (&'a Arc<Observer>, &'a Store, &'a RouteGuard),
+        container_cgroup: PathBuf,
+        members: HashSet<CgroupId>,
+        name: &str,
+        record: &SessionRecord,
+        loss_base: LossBase,
+    ) -> Self {
+        Self {
+            observer,
+            store,
+            route,
+            container_cgroup,
+            members,
+            session_name: name.into(),
+            exes: crate::model::ExeTracker::default(),
+            missed_start: false,
+            seen_uses: HashSet::new(),
+            aggregated: 0,
+            unreadable: 0,
+            batch: Vec::new(),
+            prior_duration: record.duration_ms,
+            prior_loss: record.loss,
+            prior_aggregated: record.aggregated,
+            prior_kernel_folded: record.kernel_folded,
+            loss_base,
+            started: Instant::now(),
+        }
+    }
+
     /// Streams the event and keeps it for the next commit, unless it is
     /// another container's or repeats a use already stored.
-    fn accept(&mut self, e: Event) {
+    pub(super) fn accept(&mut self, e: Event) {
         if !self.members.contains(&e.cgroup) {
             // A cgroup created below the container's since the last look,
             // or another container's event seen while waiting.
@@ -575,7 +608,7 @@ impl Recorder<'_> {
 
     /// Makes what was accepted durable, with the record's counters. On
     /// failure `record` and the batch are as they were.
-    fn commit(&mut self, record: &mut SessionRecord) -> Result<()> {
+    pub(super) fn commit(&mut self, record: &mut SessionRecord) -> Result<()> {
         let mut next = record.clone();
         let segment = next.segments.last_mut().expect("a session has a segment");
         let missed = self.missed_start && segment.from_first_exec;
@@ -585,6 +618,8 @@ impl Recorder<'_> {
         }
         next.events += self.batch.len() as u64;
         next.aggregated = self.prior_aggregated + self.aggregated;
+        next.kernel_folded =
+            self.prior_kernel_folded + self.loss_base.folded_since(self.observer, &self.members);
         next.checkpoint_unix_ms = now_ms();
         next.duration_ms = self.prior_duration + self.started.elapsed().as_millis() as u64;
         // A cgroup below the container whose every record was lost never
@@ -613,7 +648,7 @@ impl Recorder<'_> {
     /// state directory): the error to report, naming the store and what
     /// was lost. The record is marked failed in the store if it still
     /// takes a write; the watch is already released.
-    fn failed(&mut self, record: &mut SessionRecord, e: anyhow::Error) -> anyhow::Error {
+    pub(super) fn failed(&mut self, record: &mut SessionRecord, e: anyhow::Error) -> anyhow::Error {
         let unsaved = self.batch.len();
         let store = self.store.path();
         let dir = store.parent().unwrap_or(store);
@@ -645,7 +680,12 @@ impl Recorder<'_> {
     /// the end are not the session's, and one well after it shows that the
     /// reader, which hands records over in the ring buffer's order, has
     /// passed the end.
-    async fn drain(&mut self, events: &mut mpsc::Receiver<Event>, end_ns: u64, name: &str) {
+    pub(super) async fn drain(
+        &mut self,
+        events: &mut mpsc::Receiver<Event>,
+        end_ns: u64,
+        name: &str,
+    ) {
         let drain_deadline = Instant::now() + DRAIN_WAIT;
         loop {
             let left = drain_deadline.saturating_duration_since(Instant::now());

@@ -190,6 +190,15 @@ impl Store {
         Ok(())
     }
 
+    /// Forgets a label selector; whether it was kept.
+    pub fn remove_selector(&self, selector: &str) -> Result<bool> {
+        let txn = self.db.begin_write()?;
+        let removed = txn.open_table(SELECTORS)?.remove(selector)?.is_some();
+        txn.commit()
+            .with_context(|| format!("forgetting a label selector in {}", self.path.display()))?;
+        Ok(removed)
+    }
+
     /// The label selectors kept with [`Store::add_selector`].
     pub fn selectors(&self) -> Result<Vec<String>> {
         let txn = self.db.begin_read()?;
@@ -673,12 +682,14 @@ impl Store {
             duration_ms: 0,
             events: 0,
             aggregated: 0,
+            kernel_folded: 0,
             loss: LossCounters::default(),
             segments: vec![],
             gaps: vec![],
             checkpoint_unix_ms: 0,
             run,
             run_not_merged,
+            containerd: first.containerd.clone(),
             // Every step any source went through, in the usual order.
             lifecycle: LifecycleStep::ALL
                 .into_iter()
@@ -701,6 +712,7 @@ impl Store {
             merged.events += events.len() as u64;
             merged.duration_ms += r.duration_ms;
             merged.aggregated += r.aggregated;
+            merged.kernel_folded += r.kernel_folded;
             merged.loss = merged.loss.plus(r.loss);
             merged.gaps.extend(r.gaps.iter().cloned());
             merged.checkpoint_unix_ms = merged.checkpoint_unix_ms.max(r.checkpoint_unix_ms);

@@ -93,6 +93,10 @@ pub struct SessionRecord {
     /// same uses) already said all they say (see `model::uses_of`).
     #[serde(default)]
     pub aggregated: u64,
+    /// Repeats the kernel folded before sending (`syscalls::foldable`):
+    /// what they add, an earlier call of the same process added.
+    #[serde(default)]
+    pub kernel_folded: u64,
     pub loss: LossCounters,
     pub segments: Vec<Segment>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
@@ -112,6 +116,11 @@ pub struct SessionRecord {
     /// order: `verify` puts the output through the same.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub lifecycle: Vec<LifecycleStep>,
+    /// The containerd container observed, when the engine was containerd
+    /// (else Docker's): emit reads the image from, and loads the output
+    /// into, its namespace.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub containerd: Option<crate::engine::containerd::ContainerRef>,
 }
 
 impl SessionRecord {
@@ -133,10 +142,12 @@ impl SessionRecord {
             duration_ms: 0,
             events: 0,
             aggregated: 0,
+            kernel_folded: 0,
             loss: LossCounters::default(),
             gaps: vec![],
             checkpoint_unix_ms: now,
             lifecycle: vec![],
+            containerd: None,
             run: None,
             run_not_merged: None,
         }

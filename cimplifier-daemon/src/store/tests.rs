@@ -378,6 +378,8 @@ fn label_selectors_outlive_the_store() {
     drop(store);
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.selectors().unwrap(), ["app=db", "team=web"]);
+    assert!(store.remove_selector("app=db").unwrap());
+    assert!(!store.remove_selector("app=db").unwrap(), "already gone");
 }
 
 fn events_of(store: &Store, id: u64) -> usize {

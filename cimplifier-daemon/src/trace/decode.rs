@@ -4,10 +4,12 @@
 //! socket addresses. [`super::resolve`] turns them into [`super::Event`]s.
 
 use cimplifier_common::{
-    ExitRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT, SyscallRecord, SyscallSeenRecord,
-    flags,
+    ExitRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT, SignalRecord, SyscallRecord,
+    SyscallSeenRecord, flags,
     syscalls::{StrSource, arity, nr, spec},
 };
+
+use super::SignalEvent;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
@@ -93,6 +95,11 @@ pub enum RawRecord {
         header: RawHeader,
         nr: u32,
     },
+    /// The process sent a signal to another process.
+    Signal {
+        header: RawHeader,
+        signal: SignalEvent,
+    },
 }
 
 impl RawRecord {
@@ -101,7 +108,8 @@ impl RawRecord {
             RawRecord::Syscall(s) | RawRecord::ExecArgs(s) | RawRecord::ExecImage(s) => &s.header,
             RawRecord::Fork { header, .. }
             | RawRecord::Exit { header, .. }
-            | RawRecord::SyscallSeen { header, .. } => header,
+            | RawRecord::SyscallSeen { header, .. }
+            | RawRecord::Signal { header, .. } => header,
         }
     }
 }
@@ -283,6 +291,20 @@ pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
                 nr: rec.nr,
             })
         }
+        Some(RecordKind::Signal) => {
+            let rec: SignalRecord = read(bytes, "signal")?;
+            Ok(RawRecord::Signal {
+                header: header(&rec.header),
+                signal: SignalEvent {
+                    sig: rec.sig,
+                    target_pid: rec.target_pid,
+                    sender_uid: rec.sender_uid,
+                    sender_euid: rec.sender_euid,
+                    target_uid: rec.target_uid,
+                    target_suid: rec.target_suid,
+                },
+            })
+        }
         None => Err(DecodeError::UnknownKind(h.kind)),
     }
 }
@@ -365,6 +387,41 @@ pub(crate) mod tests {
         };
         assert_eq!(s.argv, Some(vec!["ls".to_owned(), "-l".to_owned()]));
         assert_eq!(s.str1, None);
+    }
+
+    #[test]
+    fn decodes_a_signal_with_both_sides_ids() {
+        let rec = SignalRecord {
+            header: header_bytes(RecordKind::Signal, 7),
+            sig: 15,
+            code: 0,
+            target_pid: 9,
+            sender_uid: 0,
+            sender_euid: 1,
+            target_uid: 33,
+            target_suid: 34,
+            _pad: 0,
+        };
+        let RawRecord::Signal { header, signal } = decode(as_bytes(&rec)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(header.pid, 7);
+        assert_eq!(
+            signal,
+            SignalEvent {
+                sig: 15,
+                target_pid: 9,
+                sender_uid: 0,
+                sender_euid: 1,
+                target_uid: 33,
+                target_suid: 34,
+            }
+        );
+        assert_eq!(signal.name(), "SIGTERM");
+        assert!(matches!(
+            decode(&as_bytes(&rec)[..size_of::<SignalRecord>() - 1]),
+            Err(DecodeError::Short { .. })
+        ));
     }
 
     #[test]

@@ -201,6 +201,38 @@ pub enum SocketAddress {
     },
 }
 
+/// A signal a watched process sent to another process, with the ids the
+/// kernel's permission check compared (`kill_ok_by_cred`): the sender's
+/// real and effective uid, the receiver's real and saved uid.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalEvent {
+    pub sig: u32,
+    /// Process id of the receiver, in the host's pid namespace.
+    pub target_pid: u32,
+    pub sender_uid: u32,
+    pub sender_euid: u32,
+    pub target_uid: u32,
+    pub target_suid: u32,
+}
+
+impl SignalEvent {
+    /// Whether the kernel allowed it only for CAP_KILL: no id of the
+    /// sender matches one of the receiver (kernel/signal.c).
+    pub fn needs_kill(&self) -> bool {
+        let sender = [self.sender_euid, self.sender_uid];
+        let target = [self.target_suid, self.target_uid];
+        !sender.iter().any(|s| target.contains(s))
+    }
+
+    /// `SIGTERM`, or the number for one without a name.
+    pub fn name(&self) -> String {
+        i32::try_from(self.sig)
+            .ok()
+            .and_then(|n| nix::sys::signal::Signal::try_from(n).ok())
+            .map_or_else(|| format!("signal {}", self.sig), |s| s.as_str().to_owned())
+    }
+}
+
 /// One traced system call with its arguments and result.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyscallEvent {
@@ -315,6 +347,8 @@ pub enum EventKind {
         #[serde(skip_serializing_if = "Option::is_none", default)]
         syscall: Option<String>,
     },
+    /// A signal sent to another process. Absent in older logs.
+    Signal(SignalEvent),
 }
 
 /// One decoded event.
@@ -571,6 +605,43 @@ mod tests {
             0,
             "EFAULT: the kernel read nothing either"
         );
+    }
+
+    #[test]
+    fn a_signal_round_trips_and_needs_kill_only_across_uids() {
+        let signal = SignalEvent {
+            sig: 3,
+            target_pid: 9,
+            sender_uid: 0,
+            sender_euid: 0,
+            target_uid: 33,
+            target_suid: 33,
+        };
+        assert!(signal.needs_kill());
+        assert_eq!(signal.name(), "SIGQUIT");
+        let e = Event {
+            ts_ns: 1,
+            pid: 2,
+            tid: 2,
+            ppid: 1,
+            cgroup: CgroupId(42),
+            comm: "php-fpm".into(),
+            kind: EventKind::Signal(signal.clone()),
+        };
+        let json = serde_json::to_string(&e).unwrap();
+        assert!(json.contains(r#""event":"signal""#), "{json}");
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), e);
+        for (ids, to) in [((0, 0), (0, 5)), ((5, 0), (33, 5)), ((7, 33), (33, 33))] {
+            let s = SignalEvent {
+                sender_uid: ids.0,
+                sender_euid: ids.1,
+                target_uid: to.0,
+                target_suid: to.1,
+                ..signal.clone()
+            };
+            assert!(!s.needs_kill(), "{s:?}");
+        }
+        assert_eq!(SignalEvent { sig: 99, ..signal }.name(), "signal 99");
     }
 
     #[test]

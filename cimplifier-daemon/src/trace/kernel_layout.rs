@@ -25,6 +25,15 @@ pub struct KernelLayout {
     pub task_mm: u64,
     pub mm_arg_start: u64,
     pub mm_arg_end: u64,
+    /// `task_struct.cred` and `.real_cred`, and `cred.uid`, `.suid` and
+    /// `.euid` (each a `kuid_t`, one `uid_t`): a signal's two sides.
+    pub task_cred: u64,
+    pub task_real_cred: u64,
+    pub cred_uid: u64,
+    pub cred_suid: u64,
+    pub cred_euid: u64,
+    /// `kernel_siginfo.si_code`, inside an anonymous struct.
+    pub siginfo_code: u64,
 }
 
 impl KernelLayout {
@@ -40,6 +49,12 @@ impl KernelLayout {
             task_mm: btf.member_offset("task_struct", "mm")?,
             mm_arg_start: btf.member_offset("mm_struct", "arg_start")?,
             mm_arg_end: btf.member_offset("mm_struct", "arg_end")?,
+            task_cred: btf.member_offset("task_struct", "cred")?,
+            task_real_cred: btf.member_offset("task_struct", "real_cred")?,
+            cred_uid: btf.member_offset("cred", "uid")?,
+            cred_suid: btf.member_offset("cred", "suid")?,
+            cred_euid: btf.member_offset("cred", "euid")?,
+            siginfo_code: btf.member_offset("kernel_siginfo", "si_code")?,
         })
     }
 }
@@ -195,5 +210,11 @@ format:
             layout.task_mm > 0 && layout.mm_arg_end == layout.mm_arg_start + 8,
             "{layout:?}"
         );
+        // struct cred: usage, then uid, gid, suid, sgid, euid (4 bytes each).
+        assert_eq!(layout.cred_suid, layout.cred_uid + 8, "{layout:?}");
+        assert_eq!(layout.cred_euid, layout.cred_uid + 16, "{layout:?}");
+        assert_eq!(layout.task_cred, layout.task_real_cred + 8, "{layout:?}");
+        // si_signo, si_errno, si_code.
+        assert_eq!(layout.siginfo_code, 8, "{layout:?}");
     }
 }

@@ -35,6 +35,9 @@ pub struct TracerConfig {
     /// Decoded events buffered between the reader and the consumer. When the
     /// consumer lags the reader waits, and the ring buffer absorbs the burst.
     pub channel_capacity: usize,
+    /// Fold repeats in the kernel (`syscalls::foldable`): a call that adds
+    /// nothing to the model is counted, not sent.
+    pub fold_repeats: bool,
     /// The kernel programs log their anomalies (aya-log) to the daemon's
     /// log, target `cimplifier::kernel`. Off, the log calls are dead code
     /// to the verifier and cost nothing.
@@ -46,6 +49,7 @@ impl Default for TracerConfig {
         Self {
             ring_buffer_bytes: 64 << 20,
             channel_capacity: 65536,
+            fold_repeats: true,
             kernel_log: false,
         }
     }
@@ -63,6 +67,7 @@ struct Maps {
     generation: Array<MapData, u64>,
     counters: PerCpuArray<MapData, u64>,
     cgroup_loss: PerCpuHashMap<MapData, u64, [u64; cgroup_loss::COUNT]>,
+    cgroup_folded: PerCpuHashMap<MapData, u64, u64>,
 }
 
 /// Records the kernel lost for one cgroup, summed over CPUs.
@@ -192,6 +197,13 @@ impl Tracer {
             .override_global(globals::TASK_MM_OFFSET, &layout.task_mm, true)
             .override_global(globals::MM_ARG_START_OFFSET, &layout.mm_arg_start, true)
             .override_global(globals::MM_ARG_END_OFFSET, &layout.mm_arg_end, true)
+            .override_global(globals::TASK_CRED_OFFSET, &layout.task_cred, true)
+            .override_global(globals::TASK_REAL_CRED_OFFSET, &layout.task_real_cred, true)
+            .override_global(globals::CRED_UID_OFFSET, &layout.cred_uid, true)
+            .override_global(globals::CRED_SUID_OFFSET, &layout.cred_suid, true)
+            .override_global(globals::CRED_EUID_OFFSET, &layout.cred_euid, true)
+            .override_global(globals::SIGINFO_CODE_OFFSET, &layout.siginfo_code, true)
+            .override_global(globals::FOLD_REPEATS, &u64::from(config.fold_repeats), true)
             .override_global(aya_log::LEVEL, &kernel_log_level(config.kernel_log), true)
             .map_max_entries(maps::EVENTS, config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
@@ -209,6 +221,12 @@ impl Tracer {
             p.load(hook, &btf)
                 .with_context(|| format!("loading tp_btf program {prog}"))?;
         }
+        // Runs only when a signal is generated: attached for good.
+        let p: &mut BtfTracePoint = program(&mut ebpf, "signal_generate")?;
+        p.load("signal_generate", &btf)
+            .context("loading tp_btf program signal_generate")?;
+        p.attach()
+            .context("attaching to BTF tracepoint signal_generate")?;
         for name in [
             "sched_process_fork",
             "sched_process_exec",
@@ -230,6 +248,7 @@ impl Tracer {
             generation: Array::try_from(take(&mut ebpf, maps::WATCH_GENERATION)?)?,
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             cgroup_loss: PerCpuHashMap::try_from(take(&mut ebpf, maps::CGROUP_LOSS)?)?,
+            cgroup_folded: PerCpuHashMap::try_from(take(&mut ebpf, maps::CGROUP_FOLDED)?)?,
         };
         let ring = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         let kernel_log = if config.kernel_log {
@@ -425,6 +444,7 @@ impl Tracer {
             emitted: sum(counter::EMITTED)?.0,
             unattributed: sum(counter::LOSS_UNATTRIBUTED)?.0,
             exit_mismatch: sum(counter::EXIT_MISMATCH)?.0,
+            folded: sum(counter::FOLDED)?.0,
         })
     }
 
@@ -446,6 +466,17 @@ impl Tracer {
                 inflight: sum.inflight.saturating_add(v[cgroup_loss::INFLIGHT]),
                 unread: sum.unread.saturating_add(v[cgroup_loss::UNREAD]),
             }))
+    }
+
+    /// Repeats the kernel folded of cgroup `id`'s processes
+    /// (`syscalls::foldable`): counted, not sent.
+    pub fn cgroup_folded(&self, id: CgroupId) -> Result<u64> {
+        let maps = self.maps.lock().expect("maps lock");
+        match maps.cgroup_folded.get(&id.0, 0) {
+            Ok(v) => Ok(v.iter().fold(0u64, |sum, n| sum.saturating_add(*n))),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(0),
+            Err(e) => Err(e).context("reading the CGROUP_FOLDED map"),
+        }
     }
 
     /// The decoded event stream. Can be taken once; spawns the reader task
@@ -674,6 +705,8 @@ pub struct TracerCounters {
     pub unattributed: u64,
     /// Syscall exits that met another call's entry (a diagnostic).
     pub exit_mismatch: u64,
+    /// Repeats folded in the kernel, host-wide (not a loss).
+    pub folded: u64,
 }
 
 /// How long records may wait in the ring buffer: the kernel wakes the reader

@@ -442,6 +442,9 @@ impl Resolver {
             }
             RawRecord::ExecImage(raw) => self.exec_image(raw),
             RawRecord::Syscall(raw) => vec![self.syscall(raw)],
+            RawRecord::Signal { header, signal } => {
+                vec![event(&header, EventKind::Signal(signal))]
+            }
             RawRecord::SyscallSeen { header, nr } => vec![event(
                 &header,
                 EventKind::SyscallSeen {

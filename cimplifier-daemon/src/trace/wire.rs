@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::log::{LogHeader, LogLine, LogSummary};
 use super::{
     CgroupId, ContainerPath, Event, EventKind, LossCounters, PathArg, PathRole, Resolution,
-    SocketAddress, SyscallEvent,
+    SignalEvent, SocketAddress, SyscallEvent,
 };
 
 #[derive(Deserialize)]
@@ -30,6 +30,7 @@ enum EventTag {
     Exit,
     Running,
     SyscallSeen,
+    Signal,
 }
 
 /// Every field of every record kind; which are present depends on the kind.
@@ -75,6 +76,13 @@ pub(super) struct FlatRecord {
     incomplete: Vec<String>,
     exe: Option<ContainerPath>,
     cwd: Option<ContainerPath>,
+    // signal
+    sig: Option<u32>,
+    target_pid: Option<u32>,
+    sender_uid: Option<u32>,
+    sender_euid: Option<u32>,
+    target_uid: Option<u32>,
+    target_suid: Option<u32>,
 }
 
 fn need<T>(v: Option<T>, field: &str, what: &str) -> Result<T, String> {
@@ -104,6 +112,17 @@ impl TryFrom<FlatRecord> for Event {
                 nr: need(r.nr, "nr", "a syscall_seen event")?,
                 syscall: r.syscall,
             },
+            EventTag::Signal => {
+                let w = "a signal event";
+                EventKind::Signal(SignalEvent {
+                    sig: need(r.sig, "sig", w)?,
+                    target_pid: need(r.target_pid, "target_pid", w)?,
+                    sender_uid: need(r.sender_uid, "sender_uid", w)?,
+                    sender_euid: need(r.sender_euid, "sender_euid", w)?,
+                    target_uid: need(r.target_uid, "target_uid", w)?,
+                    target_suid: need(r.target_suid, "target_suid", w)?,
+                })
+            }
             EventTag::Syscall => EventKind::Syscall(Box::new(SyscallEvent {
                 syscall: need(r.syscall, "syscall", "a syscall event")?,
                 nr: need(r.nr, "nr", "a syscall event")?,

@@ -9,11 +9,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use cimplifier_common::syscalls::nr;
+use cimplifier_common::syscalls::{nr, sends_signal};
 use serde::Serialize;
 
 use crate::model::{Access, ExeTracker, Resource, accesses};
-use crate::trace::{ContainerPath, Event, SyscallEvent};
+use crate::trace::{ContainerPath, Event, EventKind, SyscallEvent};
 
 /// What went wrong in the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -58,8 +58,13 @@ pub struct Original {
     succeeded: HashSet<(String, Resource)>,
     /// (executable, resource, errno) that failed in the original too.
     failed: HashSet<(String, Resource, String)>,
+    /// Executables that signalled a process of another uid (CAP_KILL).
+    signalled: HashSet<String>,
     exes: ExeTracker,
 }
+
+/// What a refused signal names in a regression.
+const SIGNAL_RESOURCE: &str = "a signal to a process of another uid";
 
 impl Original {
     pub fn new() -> Self {
@@ -69,6 +74,11 @@ impl Original {
     /// Takes in one event of the original session, in order.
     pub fn apply(&mut self, event: &Event) {
         let exe = self.exes.exe_after(event);
+        if let EventKind::Signal(signal) = &event.kind
+            && signal.needs_kill()
+        {
+            self.signalled.insert(exe_name(exe.as_ref()));
+        }
         let Some(s) = event.syscall() else { return };
         let exe = exe_name(exe.as_ref());
         let errno = errno(s);
@@ -145,6 +155,17 @@ impl<'a> OutputComparer<'a> {
             return;
         };
         self.failed_calls += 1;
+        if sends_signal(s.nr) && errno == "EPERM" && self.original.signalled.contains(&exe) {
+            let key = (
+                RegressionKind::CallFails,
+                exe,
+                s.syscall.clone(),
+                SIGNAL_RESOURCE.to_owned(),
+                errno,
+            );
+            *self.found.entry(key).or_default() += 1;
+            return;
+        }
         for (access, resource) in accesses(s) {
             if access != Access::ProbeFailed {
                 continue;
@@ -284,6 +305,18 @@ fn fix(kind: RegressionKind, resource: &str, errno: &str, partition: &str) -> St
              that volume lacks it (was it seeded? `cimplifierctl down --volumes` then `up` \
              seeds it anew); otherwise {include}"
         ),
+        (_, "EPERM") if resource == SIGNAL_RESOURCE => {
+            let grant = if partition.is_empty() {
+                "the slim image's run line"
+            } else {
+                "the partition's run settings"
+            };
+            "the signal needs CAP_KILL, which the original used and the output lacks: observe \
+             a workload in which the executable sends it (the lifecycle's graceful restart \
+             usually does), then emit again; or add KILL to "
+                .to_owned()
+                + grant
+        }
         (_, "EACCES" | "EPERM") => format!(
             "the output may not use {resource}: compare its owner and mode with the source \
              image's, and the user the output runs as with the original's"

@@ -1,6 +1,7 @@
 use cimplifier_common::syscalls::{self, nr};
 
 use super::*;
+use crate::testing::signal;
 use crate::trace::{CgroupId, EventKind, PathArg, PathRole, Resolution};
 
 fn arg(path: &str) -> PathArg {
@@ -228,4 +229,52 @@ fn a_failure_the_output_recovered_from_is_not_a_regression() {
         ],
     );
     assert_eq!(lasting.len(), 1, "{lasting:?}");
+}
+
+fn kill(pid: u32, errno: Option<&str>) -> Event {
+    let mut e = call(pid, nr::KILL, "/", errno);
+    if let EventKind::Syscall(s) = &mut e.kind {
+        s.paths.clear();
+        s.ret = Some(if errno.is_some() { -1 } else { 0 });
+    }
+    e
+}
+
+#[test]
+fn a_signal_the_original_sent_across_uids_and_the_output_may_not_is_named() {
+    let before = [
+        exec(1, "/usr/sbin/php-fpm8.2", None),
+        signal(1, (0, 0), (33, 33)),
+        kill(1, None),
+    ];
+    let sent = original(&before);
+    let after = [
+        exec(1, "/usr/sbin/php-fpm8.2", None),
+        kill(1, Some("EPERM")),
+        kill(1, Some("EPERM")),
+    ];
+    let found = compare(&sent, "", &after);
+    assert_eq!(found.len(), 1, "{found:?}");
+    let r = &found[0];
+    assert_eq!(
+        (
+            r.executable.as_str(),
+            r.syscall.as_str(),
+            r.errno.as_str(),
+            r.count
+        ),
+        ("/usr/sbin/php-fpm8.2", "kill", "EPERM", 2)
+    );
+    assert!(r.fix.contains("CAP_KILL"), "{}", r.fix);
+    // A signal within one uid needed nothing: its refusal in the output
+    // is not this regression (a kill of a gone process is ESRCH anyway).
+    let same_uid = original(&[exec(1, "/bin/sh", None), signal(1, (0, 0), (0, 0))]);
+    assert!(
+        compare(
+            &same_uid,
+            "",
+            &[exec(1, "/bin/sh", None), kill(1, Some("EPERM"))]
+        )
+        .is_empty()
+    );
 }

@@ -75,7 +75,7 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
-    /// Observe a Docker container with eBPF while it serves its workload.
+    /// Observe a Docker or containerd container with eBPF while it serves its workload.
     ///
     /// The daemon does the observing. A container that is created but not
     /// running is started under observation, so its first exec and all of
@@ -129,8 +129,15 @@ pub enum Command {
         action: Option<SessionsAction>,
     },
     /// Stop the daemon's observation of a container; the session is kept.
+    /// With --label: forget a label selector `observe --label` gave, so
+    /// containers created with the label are no longer observed (sessions
+    /// it started go on).
+    #[command(group(clap::ArgGroup::new("what").required(true).args(["container", "label"])))]
     Stop {
-        container: String,
+        container: Option<String>,
+        /// The label selector (`key=value`) to forget.
+        #[arg(long, value_name = "KEY=VALUE")]
+        label: Option<String>,
         /// Print the closed session as JSON (as `sessions --json`).
         #[arg(long)]
         json: bool,
@@ -330,7 +337,14 @@ pub enum SessionsAction {
 // The arguments of `observe` (its help is the variant's doc comment).
 #[derive(Args)]
 pub struct ObserveArgs {
-    /// Container name or id.
+    /// Docker container name or id; or a containerd container as
+    /// containerd://NAMESPACE/ID (any namespace, k8s.io included; the
+    /// daemon reaches containerd at $CONTAINERD_ADDRESS, else
+    /// /run/containerd/containerd.sock). A containerd container without a
+    /// running task has its task created and started by the daemon, under
+    /// observation (one with a running task needs --restart or --attach).
+    /// Its session is named from the CRI labels
+    /// (POD-NAMESPACE_POD_CONTAINER) when it has them, else by its id.
     pub container: Option<String>,
     /// Instead of one container: observe every container created from
     /// now on with this label (KEY=VALUE), from its first exec. The

@@ -48,7 +48,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Version { json } => version::version(socket, json),
         Command::Observe(args) => observe::observe(socket, args),
         Command::Verify(args) => verify::verify(socket, args),
-        Command::Stop { container, json } => observe::stop(socket, container, json),
+        Command::Stop {
+            container,
+            label,
+            json,
+        } => observe::stop(socket, container, label, json),
         Command::Sessions { json, action } => match action {
             None => sessions::list(socket, json),
             Some(SessionsAction::Rm { sessions, json }) => sessions::remove(socket, sessions, json),

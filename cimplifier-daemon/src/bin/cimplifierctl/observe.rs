@@ -84,7 +84,7 @@ pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
                         let passes = exercise.run(started.target.as_ref(), interruption()?).await?;
                         eprintln!("lifecycle: {}", passes_text(&passes));
                     }
-                    let req = pb::StopObservingRequest { container: started.container.clone() };
+                    let req = pb::StopObservingRequest { container: started.container.clone(), ..Default::default() };
                     break api.stop_observing(req).await.map_err(status).map(|_| ());
                 }
                 // The list is cheap; GetSession builds the model.
@@ -131,10 +131,36 @@ fn observe_label(socket: &Address, label: String, exec: bool, json: bool) -> any
     ))
 }
 
-pub fn stop(socket: &Address, container: String, json: bool) -> anyhow::Result<()> {
-    let s = daemon(socket, async |mut c| {
-        c.stop_observing(pb::StopObservingRequest { container })
+pub fn stop(
+    socket: &Address,
+    container: Option<String>,
+    label: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    if let Some(label_selector) = label {
+        let s = daemon(socket, async |mut c| {
+            c.stop_observing(pb::StopObservingRequest {
+                label_selector,
+                ..Default::default()
+            })
             .await
+        })?;
+        if json {
+            return print_json(&serde_json::json!({ "label_selector": s.label_selector }));
+        }
+        return print(&format!(
+            "containers created with label {} will no longer be observed; sessions it \
+             started go on\n",
+            s.label_selector
+        ));
+    }
+    let container = container.context("give a container or --label")?;
+    let s = daemon(socket, async |mut c| {
+        c.stop_observing(pb::StopObservingRequest {
+            container,
+            ..Default::default()
+        })
+        .await
     })?;
     if json {
         return print_json(&session_json(&s));
@@ -151,13 +177,14 @@ fn print_observed(session: &pb::Session) -> anyhow::Result<()> {
         anyhow::bail!("observing {} failed: {}", session.container, session.error);
     }
     print(&format!(
-        "observed {} for {:.1} s: {} executables used {} resources; {} events stored, {} repeats counted; {}; ended: {}\n",
+        "observed {} for {:.1} s: {} executables used {} resources; {} events stored, {} repeats counted ({} folded in the kernel); {}; ended: {}\n",
         session.container,
         session.duration_ms as f64 / 1000.0,
         session.executables.len(),
         session.resources,
         session.events,
-        session.aggregated_events,
+        session.aggregated_events + session.kernel_folded_events,
+        session.kernel_folded_events,
         if session.complete {
             "no events lost".to_owned()
         } else {
@@ -222,6 +249,7 @@ fn observe_exec(
         let closed = api
             .stop_observing(pb::StopObservingRequest {
                 container: name.clone(),
+                ..Default::default()
             })
             .await
             .map_err(status);

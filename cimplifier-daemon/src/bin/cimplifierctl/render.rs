@@ -29,6 +29,7 @@ pub fn session_json(s: &pb::Session) -> serde_json::Value {
         "from_first_exec": s.from_first_exec,
         "started_unix_ms": s.started_unix_ms, "duration_ms": s.duration_ms,
         "events": s.events, "aggregated_events": s.aggregated_events,
+        "kernel_folded_events": s.kernel_folded_events,
         "lost_events": s.lost_events, "unreadable_names": s.unreadable_names,
         "complete": s.complete,
         "executables": s.executables, "resources": s.resources,

@@ -14,7 +14,7 @@ use crate::daemon::{connect, daemon, runtime, status, usage};
 use crate::render::{mb, print, print_json, session_json, state_name};
 
 pub fn list(socket: &Address, json: bool) -> anyhow::Result<()> {
-    let sessions = runtime()?.block_on(async {
+    let (sessions, selectors) = runtime()?.block_on(async {
         let mut api = connect(socket).await?;
         let list = api
             .list_sessions(pb::ListSessionsRequest {})
@@ -22,7 +22,7 @@ pub fn list(socket: &Address, json: bool) -> anyhow::Result<()> {
             .map_err(status)?
             .into_inner();
         if !json {
-            return Ok::<_, anyhow::Error>(list.sessions);
+            return Ok::<_, anyhow::Error>((list.sessions, list.label_selectors));
         }
         // The list leaves out what needs the model (executables and
         // resources); ask for each session, as `observe --json` does.
@@ -42,13 +42,26 @@ pub fn list(socket: &Address, json: bool) -> anyhow::Result<()> {
                 Err(e) => return Err(status(e)),
             }
         }
-        Ok(full)
+        Ok((full, list.label_selectors))
     })?;
     if json {
         let rows: Vec<serde_json::Value> = sessions.iter().map(session_json).collect();
         return print(&(serde_json::to_string_pretty(&rows)? + "\n"));
     }
-    print(&sessions_table(&sessions))
+    // The built-in selector is always there; given ones are worth a line.
+    let given: Vec<&str> = selectors
+        .iter()
+        .map(String::as_str)
+        .filter(|s| *s != cimplifier::session::OBSERVE_LABEL)
+        .collect();
+    let mut text = sessions_table(&sessions);
+    if !given.is_empty() {
+        text += &format!(
+            "observing containers created with label {} (`stop --label` forgets one)\n",
+            given.join(", ")
+        );
+    }
+    print(&text)
 }
 
 /// The table of `sessions`: one row per session; a failed session's error

@@ -107,6 +107,7 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
         for (name, _) in &started.sessions {
             let request = pb::StopObservingRequest {
                 container: name.clone(),
+                ..Default::default()
             };
             if let Err(e) = api.stop_observing(request).await {
                 eprintln!(
@@ -301,7 +302,10 @@ async fn start_plan(
             for name in started {
                 let _ = api
                     .clone()
-                    .stop_observing(pb::StopObservingRequest { container: name })
+                    .stop_observing(pb::StopObservingRequest {
+                        container: name,
+                        ..Default::default()
+                    })
                     .await;
             }
             let _ = stop_plan(docker, plan, &volumes).await;

@@ -374,7 +374,7 @@ pub async fn emit_partitioned(
         &|done, total| bytes("reading the source image", done, total),
     )
     .await?;
-    let docker = crate::docker::connect().map_err(EmitError::Engine)?;
+    let destination = oci::Destination::of(&info)?;
     progress("partitioning and placing");
     let partitioning = crate::partition::partition(&model, &opts.policy)?;
     if partitioning
@@ -471,8 +471,8 @@ pub async fn emit_partitioned(
         let seed_name: PartitionName = seed::SEED_SERVICE.parse().expect("a valid name");
         let tag = opts.images.of(&seed_name);
         let image = oci::build(layer, &config, &labels, Some(&tag))?;
-        progress(&format!("loading {tag} into Docker"));
-        oci::load_into_docker(&docker, &image, opts.retag).await?;
+        progress(&format!("loading {tag} into {destination}"));
+        destination.load(&image, opts.retag).await?;
         push_as(&mut pushed, seed::SEED_SERVICE, &seed_name, &image).await?;
         Some(EmittedSeed {
             service: seed::SEED_SERVICE.to_owned(),
@@ -559,8 +559,8 @@ pub async fn emit_partitioned(
         );
         let tag = opts.images.of(name);
         let image = oci::build(layer.tar, &config, &labels, Some(&tag))?;
-        progress(&format!("loading {tag} into Docker"));
-        oci::load_into_docker(&docker, &image, opts.retag).await?;
+        progress(&format!("loading {tag} into {destination}"));
+        destination.load(&image, opts.retag).await?;
         push_as(&mut pushed, name.as_str(), name, &image).await?;
         partitions.push(EmittedPartition {
             name: name.clone(),

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use cimplifier_common::syscalls::nr;
 
 use super::*;
-use crate::testing::{call, exec, open, p};
+use crate::testing::{call, exec, open, p, signal};
 use crate::trace::{Event, EventKind, PathRole, SocketAddress, SyscallEvent};
 
 /// An image from `(path, mode, uid, gid)`; a path ending in `/` is a
@@ -276,6 +276,37 @@ fn raw_sockets_and_chroot() {
         call(1, nr::CHROOT, [0; 6], &[(PathRole::Target, "/var/www")]),
     ]);
     assert_eq!(caps(&c.run()), ["NET_RAW", "SYS_CHROOT"]);
+}
+
+#[test]
+fn a_signal_to_a_process_sharing_no_uid_needs_kill() {
+    let mut c = Case::new(image(&base(), &[]));
+    c.apply(&[
+        exec(1, "/usr/sbin/web"),
+        // To itself, to root's other processes, and to a process that set
+        // its real uid but kept root as its saved uid: no capability.
+        signal(1, (0, 0), (0, 0)),
+        signal(1, (0, 0), (33, 0)),
+        // A sender whose real uid is the receiver's: none either.
+        signal(1, (33, 0), (33, 33)),
+    ]);
+    assert!(c.run().capabilities.is_empty(), "{:?}", caps(&c.run()));
+    c.apply(&[signal(1, (0, 0), (33, 33))]);
+    let got = c.run();
+    assert_eq!(caps(&got), ["KILL"]);
+    assert_eq!(
+        got.explain(Capability::Kill),
+        "granted: /usr/sbin/web sent SIGTERM to a process of uid 33, which shares no uid with it"
+    );
+    // The kernel's ids decide, not the uid the model followed: a process
+    // the model thinks left root still signalled with CAP_KILL.
+    let mut c = Case::new(image(&base(), &[]));
+    c.apply(&[
+        exec(1, "/usr/sbin/web"),
+        setuid(1, 33),
+        signal(1, (0, 0), (101, 101)),
+    ]);
+    assert!(caps(&c.run()).contains(&"KILL"));
 }
 
 #[test]

@@ -38,6 +38,51 @@ pub fn connect() -> Result<Docker> {
     )
 }
 
+/// Where an engine that speaks Docker's API makes a container's cgroup with
+/// its cgroupfs driver: dockerd below `docker/` as the container's id,
+/// Podman (`podman system service`) below `libpod_parent/` as
+/// `libpod-<id>`. The daemon makes it ahead, to watch a container from its
+/// first exec; a container found elsewhere is still observed, its
+/// start-up marked as missed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CgroupLayout {
+    Docker,
+    Podman,
+}
+
+impl CgroupLayout {
+    /// The engine's, from the components its version lists.
+    pub async fn of(docker: &Docker) -> Self {
+        let podman = docker.version().await.is_ok_and(|v| {
+            v.components
+                .iter()
+                .flatten()
+                .any(|c| c.name == "Podman Engine")
+        });
+        if podman {
+            CgroupLayout::Podman
+        } else {
+            CgroupLayout::Docker
+        }
+    }
+
+    /// The parent cgroup when the container names none (`--cgroup-parent`).
+    pub fn default_parent(self) -> &'static str {
+        match self {
+            CgroupLayout::Docker => "docker",
+            CgroupLayout::Podman => "libpod_parent",
+        }
+    }
+
+    /// The container's cgroup's name below its parent.
+    pub fn dir_name(self, id: &str) -> String {
+        match self {
+            CgroupLayout::Docker => id.to_owned(),
+            CgroupLayout::Podman => format!("libpod-{id}"),
+        }
+    }
+}
+
 /// Resolves a container name or id to its process and cgroup.
 pub async fn resolve_container(docker: &Docker, name_or_id: &str) -> Result<ContainerInfo> {
     let details = docker

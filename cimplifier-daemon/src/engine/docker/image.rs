@@ -8,11 +8,52 @@ pub use bollard::models::ImageInspect;
 use futures::StreamExt;
 
 /// The engine's description of the image `image_id` (`image_ref` names it
-/// in errors).
+/// in errors). An image gone from the engine is pulled by the engine from
+/// the registry `image_ref` names, and taken only when the pull gave the
+/// observed image (`image_id`) back: a tag that moved since names another.
 pub async fn inspect(docker: &Docker, image_id: &str, image_ref: &str) -> Result<ImageInspect> {
+    match docker.inspect_image(image_id).await {
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) if pullable(image_ref) => {}
+        found => {
+            return found.with_context(|| {
+                format!(
+                    "the observed container's image {image_ref} ({image_id}) is gone from the \
+                     engine"
+                )
+            });
+        }
+    }
+    tracing::info!(image = %image_ref, "the observed image is not local: pulling it");
+    let options = bollard::query_parameters::CreateImageOptions {
+        from_image: Some(image_ref.to_owned()),
+        ..Default::default()
+    };
+    let mut pull = docker.create_image(Some(options), None, None);
+    while let Some(step) = pull.next().await {
+        step.with_context(|| {
+            format!(
+                "the observed image {image_ref} ({image_id}) is gone from the engine, and \
+                 pulling {image_ref} failed: load it (`docker pull`, with the registry's \
+                 credentials) and emit again"
+            )
+        })?;
+    }
     docker.inspect_image(image_id).await.with_context(|| {
-        format!("the observed container's image {image_ref} ({image_id}) is gone from the engine")
+        format!(
+            "pulled {image_ref}, but it is no longer the observed image {image_id}: the tag \
+             moved since the observation; pull the observed image by its digest, or observe \
+             the new one"
+        )
     })
+}
+
+/// Whether `image_ref` names an image in a registry (`name[:tag]`,
+/// `name@digest`), not an image id.
+fn pullable(image_ref: &str) -> bool {
+    let bare_id = image_ref.len() == 64 && image_ref.bytes().all(|b| b.is_ascii_hexdigit());
+    !(image_ref.is_empty() || image_ref.starts_with("sha256:") || bare_id)
 }
 
 /// The labels of the image `name` names, or None when it names none.
@@ -81,4 +122,17 @@ pub async fn load(docker: &Docker, archive: Vec<u8>) -> Result<()> {
         item.context("loading the image into the Docker engine")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_registry_reference_is_pulled_an_id_is_not() {
+        assert!(super::pullable("127.0.0.1:5000/web:1"));
+        assert!(super::pullable("nginx"));
+        assert!(super::pullable("registry.example/web@sha256:abcd"));
+        assert!(!super::pullable("sha256:0123"));
+        assert!(!super::pullable(&"a".repeat(64)));
+        assert!(!super::pullable(""));
+    }
 }

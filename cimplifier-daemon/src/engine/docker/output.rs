@@ -25,6 +25,34 @@ pub async fn create(
     runtime: &RuntimeSettings,
 ) -> Result<String> {
     let hardening = hardening_of(docker, image).await?;
+    let podman = super::CgroupLayout::of(docker).await == super::CgroupLayout::Podman;
+    // Docker's API takes a seccomp profile inline; Podman's takes a path,
+    // read when the container is created.
+    let mut profiles = Vec::new();
+    let security_opt = match &hardening {
+        Some(h) if podman => {
+            let mut opts = Vec::new();
+            for opt in &h.security_opt {
+                match opt.strip_prefix("seccomp=") {
+                    Some(json) => {
+                        let mut file = tempfile::Builder::new()
+                            .prefix("cimplifier-seccomp-")
+                            .suffix(".json")
+                            .tempfile()
+                            .context("writing the seccomp profile for Podman")?;
+                        std::io::Write::write_all(&mut file, json.as_bytes())
+                            .context("writing the seccomp profile for Podman")?;
+                        opts.push(format!("seccomp={}", file.path().display()));
+                        profiles.push(file);
+                    }
+                    None => opts.push(opt.clone()),
+                }
+            }
+            Some(opts)
+        }
+        Some(h) => Some(h.security_opt.clone()),
+        None => None,
+    };
     let body = ContainerCreateBody {
         image: Some(image.to_owned()),
         tty: runtime.tty.then_some(true),
@@ -36,11 +64,12 @@ pub async fn create(
             init: runtime.init.then_some(true),
             cap_drop: hardening.as_ref().map(|_| vec!["ALL".to_owned()]),
             cap_add: hardening.as_ref().map(|h| h.cap_add.clone()),
-            security_opt: hardening.as_ref().map(|h| h.security_opt.clone()),
+            security_opt,
             readonly_rootfs: hardening.as_ref().map(|h| h.read_only),
             tmpfs: hardening
                 .as_ref()
-                .map(|h| h.tmpfs.clone().into_iter().collect()),
+                .map(|h| tmpfs_options(&h.tmpfs, podman))
+                .transpose()?,
             ..Default::default()
         }),
         ..Default::default()
@@ -57,7 +86,37 @@ pub async fn create(
         .with_context(|| {
             format!("creating container {name} from {image} (was it emitted with --tag {image}?)")
         })?;
+    drop(profiles);
     Ok(created.id)
+}
+
+/// The tmpfs mounts as the engine takes them. Podman 4 knows no `uid=`
+/// or `gid=` option: root's are left out (its tmpfs is root's anyway);
+/// another owner is refused, naming the directory.
+fn tmpfs_options(
+    tmpfs: &std::collections::BTreeMap<String, String>,
+    podman: bool,
+) -> Result<std::collections::HashMap<String, String>> {
+    let mut out = std::collections::HashMap::new();
+    for (dir, options) in tmpfs {
+        if !podman {
+            out.insert(dir.clone(), options.clone());
+            continue;
+        }
+        let mut kept = Vec::new();
+        for option in options.split(',') {
+            match option.split_once('=') {
+                Some(("uid" | "gid", "0")) => {}
+                Some((id @ ("uid" | "gid"), value)) => anyhow::bail!(
+                    "the tmpfs at {dir} belongs to {id} {value}, which Podman cannot give a \
+                     tmpfs: run the output on Docker, or make {dir} a volume"
+                ),
+                _ => kept.push(option),
+            }
+        }
+        out.insert(dir.clone(), kept.join(","));
+    }
+    Ok(out)
 }
 
 /// The privileges a slim image carries in its label (emit put them
@@ -127,5 +186,30 @@ pub async fn volume_exists(docker: &Docker, name: &str) -> Result<bool> {
             status_code: 404, ..
         }) => Ok(false),
         Err(e) => Err(e).with_context(|| format!("inspecting volume {name}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podman_tmpfs_leave_out_roots_ids_and_refuse_another_owner() {
+        let mut tmpfs = std::collections::BTreeMap::new();
+        tmpfs.insert("/run".to_owned(), "mode=755,uid=0,gid=0".to_owned());
+        assert_eq!(
+            tmpfs_options(&tmpfs, false).unwrap()["/run"],
+            "mode=755,uid=0,gid=0"
+        );
+        assert_eq!(tmpfs_options(&tmpfs, true).unwrap()["/run"], "mode=755");
+        tmpfs.insert(
+            "/run/dovecot".to_owned(),
+            "mode=755,uid=97,gid=0".to_owned(),
+        );
+        let refused = tmpfs_options(&tmpfs, true).unwrap_err().to_string();
+        assert!(
+            refused.contains("/run/dovecot") && refused.contains("uid 97"),
+            "{refused}"
+        );
     }
 }
