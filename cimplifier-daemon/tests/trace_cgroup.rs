@@ -497,13 +497,18 @@ fn nested(top: &Path, levels: usize) -> Vec<std::path::PathBuf> {
     dirs
 }
 
-fn remove_nested(dirs: Vec<std::path::PathBuf>) {
-    for d in dirs.into_iter().rev() {
-        for _ in 0..50 {
-            if std::fs::remove_dir(&d).is_ok() {
-                break;
+/// Nested cgroups, removed deepest first however the test ends.
+struct Nested(Vec<std::path::PathBuf>);
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
@@ -519,8 +524,8 @@ async fn cgroups_deeper_than_the_kernel_walk_are_followed_or_refused() {
     let mut events = tracer.events().unwrap();
     let top = TestCgroup::new("deep");
     let depth = cimplifier_common::MAX_CGROUP_LEVEL as usize + 4;
-    let dirs = nested(&top.path, depth);
-    let deepest = dirs.last().unwrap().clone();
+    let dirs = Nested(nested(&top.path, depth));
+    let deepest = dirs.0.last().unwrap().clone();
     let level = cimplifier::trace::cgroup::cgroup_level(&deepest).unwrap();
     assert!(
         level > cimplifier_common::MAX_CGROUP_LEVEL as usize,
@@ -557,7 +562,7 @@ async fn cgroups_deeper_than_the_kernel_walk_are_followed_or_refused() {
         "an open {depth} levels below the watched cgroup must be recorded:\n{}",
         dump(&events, 50)
     );
-    remove_nested(dirs);
+    drop(dirs);
 }
 
 /// A watch of a running cgroup reads /proc with the cgroup frozen, so
