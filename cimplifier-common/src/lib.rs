@@ -218,7 +218,11 @@ pub mod counter {
     /// Repeats folded in the kernel (`syscalls::foldable`): not sent, as
     /// they add nothing to the model. Not a loss.
     pub const FOLDED: u32 = 6;
-    pub const COUNT: u32 = 7;
+    /// A field of a scheduler tracepoint's record (a fork's child pid, an
+    /// exec's old pid or file name) could not be read, so its record was
+    /// not made: a loss, also charged to the cgroup (`cgroup_loss::UNREAD`).
+    pub const TRACEPOINT_UNREAD: u32 = 7;
+    pub const COUNT: u32 = 8;
 }
 
 /// Indices of a `CGROUP_LOSS` value: records lost, by cause, for one cgroup
@@ -228,7 +232,9 @@ pub mod cgroup_loss {
     pub const RINGBUF_FULL: usize = 0;
     /// A syscall's entry was not stored (map full, registers unreadable).
     pub const INFLIGHT: usize = 1;
-    pub const COUNT: usize = 2;
+    /// A scheduler tracepoint's record could not be read (`counter::TRACEPOINT_UNREAD`).
+    pub const UNREAD: usize = 2;
+    pub const COUNT: usize = 3;
 }
 
 /// Values the loader fills into the programs' read-only globals.

@@ -1,10 +1,17 @@
 //! Tracer overhead, measured against baselines taken in the same run.
 //!
 //! `cargo xtask bench-trace` (root, after `cargo xtask setup`). Prints figures
-//! and ratios; asserts nothing about time. Two workloads:
-//! - a syscall-heavy loop (stat/open/close over many files), untraced, traced
-//!   by cimplifier, and under `strace -f`;
-//! - redis-benchmark against a redis-server container, likewise.
+//! and ratios; asserts nothing about time. Two workloads, each against its
+//! untraced baseline:
+//! - a file-syscall loop (stat/open/close over 100 files): the tracer idle,
+//!   an unwatched bystander, the floors an eBPF tool cannot go below on this
+//!   kernel (bpftrace's empty programs on the raw and on the per-syscall
+//!   tracepoints, and one that counts opens), traced by cimplifier (first
+//!   pass, then the same files again), and `strace -f`;
+//! - redis-benchmark against a redis-server container (read/write-heavy):
+//!   unwatched bystander, bpftrace counting opens, traced, and `strace -f`.
+//!
+//! Every figure but strace's is the median of several rounds.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -154,7 +161,74 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// A bpftrace program, attached host-wide until dropped.
+struct Bpftrace(std::process::Child);
+
+impl Bpftrace {
+    fn start(program: &str) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = Command::new("bpftrace")
+            .args(["-e", program])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting bpftrace (apt package bpftrace; `cargo xtask setup`)")?;
+        let stdout = child.stdout.take().context("bpftrace's stdout")?;
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        // "Attaching N probes..." comes once they are being attached.
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("Attaching") => {}
+            other => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("bpftrace -e '{program}' did not attach: {other:?}");
+            }
+        }
+        // The rest (the maps printed at exit) is read and dropped.
+        std::thread::spawn(move || lines.for_each(drop));
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Self(child))
+    }
+}
+
+impl Drop for Bpftrace {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `work` with `program` attached.
+fn under_bpftrace<T>(program: &str, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let _attached = Bpftrace::start(program)?;
+    work()
+}
+
+/// The syscalls of [`syscall_loop`] (std's metadata is statx; newfstatat
+/// in case an older libc is used), entry and exit.
+fn loop_syscall_probes() -> String {
+    ["statx", "newfstatat", "openat", "close"]
+        .iter()
+        .flat_map(|s| {
+            [
+                format!("tracepoint:syscalls:sys_enter_{s}"),
+                format!("tracepoint:syscalls:sys_exit_{s}"),
+            ]
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+const COUNT_OPENS: &str = "tracepoint:syscalls:sys_enter_openat { @opens = count(); }";
+const LOOP_ROUNDS: usize = 5;
 const REDIS_ROUNDS: usize = 5;
+
+fn line(name: &str, seconds: f64, base: f64) {
+    println!("{name:<58} {seconds:>8.3} s  {:.2}x", seconds / base);
+}
 
 async fn run() -> Result<()> {
     let exe = std::env::current_exe()?;
@@ -162,52 +236,61 @@ async fn run() -> Result<()> {
     let work = tempfile::tempdir()?;
     let work_dir = work.path().to_str().unwrap().to_owned();
 
-    println!("## syscall loop: {LOOP_ITERATIONS} x (stat, open, close) over {LOOP_FILES} files");
+    println!(
+        "## syscall loop: {LOOP_ITERATIONS} x (stat, open, close) over {LOOP_FILES} files, \
+         median of {LOOP_ROUNDS} alternating rounds"
+    );
     let loop_argv = [exe.as_str(), "--syscall-loop", work_dir.as_str()];
     let cg = Cgroup::new("loop")?;
-    timed_in(&cg.0, &loop_argv)?; // warm the page cache and the binary
-    let untraced = timed_in(&cg.0, &loop_argv)?.as_secs_f64();
-    // The tracer loaded with nothing watched, as an idle daemon holds it:
-    // the syscall hooks are not attached.
-    let idle = {
-        let tracer = Tracer::load(TracerConfig::default())?;
-        let seconds = timed_in(&cg.0, &loop_argv)?.as_secs_f64();
-        drop(tracer);
-        seconds
-    };
-    // Another cgroup is watched: the cost every unwatched task on the host pays.
     let other = Cgroup::new("other")?;
-    let bystander = traced(&other.0, || timed_in(&cg.0, &loop_argv))
-        .await?
-        .result
-        .as_secs_f64();
-    let run = traced(&cg.0, || timed_in(&cg.0, &loop_argv)).await?;
+    let run_loop = || Ok(timed_in(&cg.0, &loop_argv)?.as_secs_f64());
+    run_loop()?; // warm the page cache and the binary
+    let file_probes = loop_syscall_probes();
+    let raw_empty = "tracepoint:raw_syscalls:sys_enter {} tracepoint:raw_syscalls:sys_exit {}";
+    let file_empty = format!("{file_probes} {{}}");
+    let unused_empty = "tracepoint:syscalls:sys_enter_mkdirat {}";
+    let rows = [
+        "untraced (no programs)",
+        "idle daemon (loaded, none watched)",
+        "unwatched bystander (another cgroup watched)",
+        "floor: bpftrace, one unused syscall (sys_enter_mkdirat)",
+        "floor: bpftrace, empty on raw_syscalls enter+exit",
+        "floor: bpftrace, empty on the loop's syscalls enter+exit",
+        "floor: bpftrace counting opens in the kernel",
+        "traced by cimplifier, first pass",
+        "traced by cimplifier, steady state (same 100 files again)",
+    ];
+    let mut figures: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    let (mut events, mut lost, mut ingest_secs) = (0u64, 0u64, 0f64);
+    for _ in 0..LOOP_ROUNDS {
+        figures[0].push(run_loop()?);
+        // The tracer as an idle daemon holds it: no syscall hook attached.
+        let tracer = Tracer::load(TracerConfig::default())?;
+        figures[1].push(run_loop()?);
+        drop(tracer);
+        figures[2].push(traced(&other.0, run_loop).await?.result);
+        figures[3].push(under_bpftrace(unused_empty, run_loop)?);
+        figures[4].push(under_bpftrace(raw_empty, run_loop)?);
+        figures[5].push(under_bpftrace(&file_empty, run_loop)?);
+        figures[6].push(under_bpftrace(COUNT_OPENS, run_loop)?);
+        let run = traced(&cg.0, || Ok((run_loop()?, run_loop()?))).await?;
+        figures[7].push(run.result.0);
+        figures[8].push(run.result.1);
+        events += run.events;
+        lost += run.lost;
+        ingest_secs += run.seconds;
+    }
     let mut strace_argv = vec!["strace", "-f", "-o", "/dev/null"];
     strace_argv.extend_from_slice(&loop_argv);
     let straced = timed_in(&cg.0, &strace_argv)?.as_secs_f64();
-    let traced_secs = run.result.as_secs_f64();
-    println!("untraced (no programs)     {untraced:>8.3} s  1.00x");
+    let untraced = median(figures[0].clone());
+    for (name, v) in rows.iter().zip(figures) {
+        line(name, median(v), untraced);
+    }
+    line("strace -f (one round)", straced, untraced);
     println!(
-        "idle daemon (none watched) {idle:>8.3} s  {:.2}x",
-        idle / untraced
-    );
-    println!(
-        "unwatched bystander        {bystander:>8.3} s  {:.2}x",
-        bystander / untraced
-    );
-    println!(
-        "traced by cimplifier       {traced_secs:>8.3} s  {:.2}x",
-        traced_secs / untraced
-    );
-    println!(
-        "strace -f                  {straced:>8.3} s  {:.2}x",
-        straced / untraced
-    );
-    println!(
-        "events ingested            {} ({:.0} events/s), lost {}",
-        run.events,
-        run.events as f64 / run.seconds,
-        run.lost
+        "events ingested, traced rounds: {events} ({:.0} events/s), lost {lost}",
+        events as f64 / ingest_secs
     );
 
     println!();
@@ -218,11 +301,20 @@ async fn run() -> Result<()> {
     let redis = RedisContainer::start()?;
     let container_cgroup = cimplifier::trace::cgroup::cgroup_of_pid(redis.pid)?;
     redis.benchmark()?; // warm-up
-    let (mut plain, mut watched, mut events, mut lost) = (Vec::new(), Vec::new(), 0, 0);
+    let rows = [
+        "untraced (no programs)",
+        "unwatched bystander (another cgroup watched)",
+        "floor: bpftrace counting opens in the kernel",
+        "traced by cimplifier",
+    ];
+    let mut figures: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
+    let (mut events, mut lost) = (0, 0);
     for _ in 0..REDIS_ROUNDS {
-        plain.push(redis.benchmark()?);
+        figures[0].push(redis.benchmark()?);
+        figures[1].push(traced(&other.0, || redis.benchmark()).await?.result);
+        figures[2].push(under_bpftrace(COUNT_OPENS, || redis.benchmark())?);
         let run = traced(&container_cgroup, || redis.benchmark()).await?;
-        watched.push(run.result);
+        figures[3].push(run.result);
         events += run.events;
         lost += run.lost;
     }
@@ -238,18 +330,38 @@ async fn run() -> Result<()> {
         nix::sys::signal::Signal::SIGINT,
     );
     let _ = strace.wait();
-    let untraced_rps = median(plain);
-    for (name, rps) in [
-        ("untraced (no programs)", untraced_rps),
-        ("traced by cimplifier", median(watched)),
-        ("strace -f (one round)", straced_rps),
-    ] {
+    let untraced_rps = median(figures[0].clone());
+    let named = rows
+        .iter()
+        .map(|r| r.to_string())
+        .zip(figures.into_iter().map(median))
+        .chain([("strace -f (one round)".to_owned(), straced_rps)]);
+    for (name, rps) in named {
         println!(
-            "{name:<26} {rps:>8.0} requests/s  {:.3}x",
+            "{name:<58} {rps:>8.0} requests/s  {:.3}x",
             rps / untraced_rps
         );
     }
-    println!("events ingested            {events}, lost {lost}");
+    println!("events ingested, traced rounds: {events}, lost {lost}");
+
+    println!();
+    println!("## kernel programs, as the verifier left them (jited bytes)");
+    for kernel_log in [false, true] {
+        let tracer = Tracer::load(TracerConfig {
+            kernel_log,
+            ..Default::default()
+        })?;
+        let sizes: Vec<String> = tracer
+            .program_sizes()?
+            .into_iter()
+            .map(|(name, jited)| format!("{name} {jited}"))
+            .collect();
+        println!(
+            "kernel log {:<3}  {}",
+            if kernel_log { "on" } else { "off" },
+            sizes.join(", ")
+        );
+    }
     Ok(())
 }
 

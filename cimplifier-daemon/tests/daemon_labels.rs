@@ -244,3 +244,75 @@ fn a_selector_given_to_observe_catches_containers_yet_to_start() {
     );
     assert!(String::from_utf8_lossy(&bad.stderr).contains("key=value"));
 }
+
+/// docs/slim.md promises that a session holds its container's events and
+/// no other's, also while containers start side by side: runc, the
+/// entrypoints and the held cgroups of Docker's parent all meet there.
+/// Two labelled containers and an unlabelled one start at once, each
+/// touching names only it uses; every session must hold its own names and
+/// none of the others'.
+#[test]
+fn a_session_holds_none_of_another_containers_events() {
+    require_root();
+    let d = Daemon::start_with(&["--watch-labels"]);
+    let pid = std::process::id();
+    let script = |who: &str| {
+        format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do test -e /only-{who}-{pid}-$i; done; \
+             cat /etc/os-release > /dev/null; sleep 1"
+        )
+    };
+    let containers = [("iso-a", true), ("iso-b", true), ("iso-none", false)];
+    let names: Vec<Removed> = containers
+        .iter()
+        .map(|(who, _)| Removed(format!("cimplifier-{who}-{pid}")))
+        .collect();
+    let runs: Vec<_> = containers
+        .iter()
+        .zip(&names)
+        .map(|((who, labelled), name)| {
+            let (name, script) = (name.0.clone(), script(who));
+            let label = if *labelled {
+                "io.cimplifier.observe=true"
+            } else {
+                "app=other"
+            };
+            std::thread::spawn(move || {
+                docker(&[
+                    "run", "-d", "--name", &name, "--label", label, BASE_IMAGE, "/bin/sh", "-c",
+                    &script,
+                ])
+            })
+        })
+        .collect();
+    for run in runs {
+        run.join().unwrap();
+    }
+    for ((who, labelled), name) in containers.iter().zip(&names) {
+        if !labelled {
+            continue;
+        }
+        let s = closed(&d, &name.0);
+        assert_eq!(s["from_first_exec"], true, "{s}");
+        let (_, events) = d.session_events(&name.0);
+        assert!(
+            touches(&events, &format!("/only-{who}-{pid}-1")),
+            "{}: its own names are recorded\n{}",
+            name.0,
+            common::dump(&events, 60)
+        );
+        let cgroups: std::collections::BTreeSet<_> = events.iter().map(|e| e.cgroup).collect();
+        for (other, _) in containers.iter().filter(|(o, _)| o != who) {
+            for i in 1..=10 {
+                let foreign = format!("/only-{other}-{pid}-{i}");
+                assert!(
+                    !touches(&events, &foreign),
+                    "session {} holds {other}'s event on {foreign} (cgroups {cgroups:?})",
+                    name.0
+                );
+            }
+        }
+    }
+    let all = stdout_of(&d.ctl(&["sessions"]));
+    assert!(!all.contains(&names[2].0), "{all}");
+}

@@ -32,7 +32,13 @@ fn observe(d: &Daemon, c: &Container) -> std::process::Child {
 #[test]
 fn a_noisy_containers_losses_are_its_own() {
     require_root();
-    let d = Daemon::start_with(&["--ring-buffer-mib", "1"]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with(&["--ring-buffer-mib", "1", "--metrics-addr", &metrics_addr]);
 
     // Quiet: reads one file, then sleeps through the flood.
     let quiet = Container::create(
@@ -65,6 +71,26 @@ fn a_noisy_containers_losses_are_its_own() {
     common::wait_until(120, "the noisy session losing records", || {
         session(&d, &noisy.0).is_some_and(|s| s["lost_events"].as_u64().unwrap_or(0) > 0)
     });
+
+    // The metrics tell the losses by watched cgroup and cause.
+    let lost_of = |c: &Container, cause: &str| -> u64 {
+        let id = docker(&["inspect", "-f", "{{.Id}}", &c.0]);
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &format!("http://{metrics_addr}/metrics")])
+            .output()
+            .unwrap();
+        let text = stdout_of(&out);
+        text.lines()
+            .find(|l| {
+                l.starts_with("cimplifier_cgroup_lost_events_total{")
+                    && l.contains(id.trim())
+                    && l.contains(&format!("cause=\"{cause}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {cause} loss of {} in the metrics:\n{text}", c.0))
+    };
+    assert!(lost_of(&noisy, "ringbuf_full") > 0);
+    assert_eq!(lost_of(&quiet, "ringbuf_full"), 0);
 
     docker(&["stop", "-t", "1", &noisy.0]);
     docker(&["stop", "-t", "1", &quiet.0]);

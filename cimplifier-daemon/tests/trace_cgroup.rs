@@ -466,6 +466,203 @@ async fn an_exec_from_a_non_leader_thread_is_recorded_whole() {
         exec.argv.as_deref(),
         Some(&["true".to_owned(), "from-a-thread".to_owned()][..])
     );
+    // What the new program does is its own: its loader's reads are
+    // charged to /bin/true, not to python.
+    let model = cimplifier::model::Model::from_events(&events);
+    let exe = model
+        .executables()
+        .into_iter()
+        .find(|x| x.to_string() == "/bin/true")
+        .unwrap_or_else(|| panic!("no /bin/true in {:?}", model.executables()));
+    let reads: Vec<String> = model
+        .reads(&[exe])
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .collect();
+    assert!(
+        reads.iter().any(|r| r.contains("libc.so")),
+        "/bin/true's reads: {reads:?}"
+    );
+}
+
+/// A cgroup `levels` levels below `top`, made one directory at a time.
+fn nested(top: &Path, levels: usize) -> Vec<std::path::PathBuf> {
+    let mut dirs = Vec::new();
+    let mut dir = top.to_path_buf();
+    for i in 0..levels {
+        dir = dir.join(format!("l{i}"));
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        dirs.push(dir.clone());
+    }
+    dirs
+}
+
+/// Nested cgroups, removed deepest first however the test ends.
+struct Nested(Vec<std::path::PathBuf>);
+
+impl Drop for Nested {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// A task may lie deeper than the kernel filter's walk (MAX_CGROUP_LEVEL
+/// levels): the watched ancestor is met on the way down, so its events are
+/// recorded. A watch (or exclusion) deeper than the walk could never be
+/// met: it is refused, naming the depth, instead of recording nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroups_deeper_than_the_kernel_walk_are_followed_or_refused() {
+    require_root();
+    let mut tracer = Tracer::load(TracerConfig::default()).unwrap();
+    let mut events = tracer.events().unwrap();
+    let top = TestCgroup::new("deep");
+    let depth = cimplifier_common::MAX_CGROUP_LEVEL as usize + 4;
+    let dirs = Nested(nested(&top.path, depth));
+    let deepest = dirs.0.last().unwrap().clone();
+    let level = cimplifier::trace::cgroup::cgroup_level(&deepest).unwrap();
+    assert!(
+        level > cimplifier_common::MAX_CGROUP_LEVEL as usize,
+        "{level}"
+    );
+
+    let refused = tracer.watch_cgroup(&deepest).map(|w| w.id);
+    let message = format!(
+        "{:#}",
+        refused.expect_err("a watch below the walk is refused")
+    );
+    assert!(message.contains("levels below"), "{message}");
+    let refused = tracer.exclude_cgroup(&deepest).map(|w| w.id);
+    assert!(refused.is_err(), "an exclusion below the walk is refused");
+
+    let watched = tracer.watch_cgroup(&top.path).unwrap();
+    let marker = tempfile::NamedTempFile::new().unwrap();
+    tokio::task::spawn_blocking({
+        let (cg, marker) = (deepest.clone(), marker.path().to_owned());
+        move || run_in(&cg, &["/bin/cat", marker.to_str().unwrap()])
+    })
+    .await
+    .unwrap();
+    let events = drain(&mut events, Duration::from_millis(300)).await;
+    tracer.unwatch(&watched).unwrap();
+    assert!(
+        !find(
+            &events,
+            &["openat", "open"],
+            PathRole::Target,
+            marker.path().to_str().unwrap()
+        )
+        .is_empty(),
+        "an open {depth} levels below the watched cgroup must be recorded:\n{}",
+        dump(&events, 50)
+    );
+    drop(dirs);
+}
+
+/// A watch of a running cgroup reads /proc with the cgroup frozen, so
+/// nothing forks or execs between that read and the kernel's map insert;
+/// it is thawed after, and a cgroup found frozen (a paused container)
+/// stays frozen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_freezes_a_running_cgroup_only_while_it_reads_proc() {
+    require_root();
+    use cimplifier::trace::cgroup::Frozen;
+    let frozen = |cg: &Path| {
+        std::fs::read_to_string(cg.join("cgroup.events"))
+            .unwrap()
+            .lines()
+            .any(|l| l == "frozen 1")
+    };
+    let tracer = Tracer::load(TracerConfig::default()).unwrap();
+    let cgroup = TestCgroup::new("freeze");
+    let sleeper = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {}/cgroup.procs && exec sleep 30",
+            cgroup.path.display()
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // However the test ends: nothing left frozen, the sleeper gone.
+    struct Cleanup(u32, std::path::PathBuf, std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.1.join("cgroup.freeze"), "0");
+            let _ = std::fs::write(self.2.join("freezer.state"), "THAWED");
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0 as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            for _ in 0..50 {
+                if !self.2.exists() || std::fs::remove_dir(&self.2).is_ok() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let v1 = Path::new("/sys/fs/cgroup/freezer").join(cgroup.path.file_name().unwrap());
+    let _cleanup = Cleanup(sleeper.id(), cgroup.path.clone(), v1.clone());
+    let procs = cgroup.path.join("cgroup.procs");
+    wait_until(10, "sleep runs in the cgroup", || {
+        std::fs::read_to_string(&procs).is_ok_and(|p| !p.trim().is_empty())
+    });
+
+    // The guard itself: frozen while held, thawed when dropped.
+    let guard = Frozen::new(&cgroup.path, Duration::from_secs(1)).unwrap();
+    assert!(frozen(&cgroup.path), "frozen while the guard is held");
+    drop(guard);
+    wait_until(5, "the cgroup thaws", || !frozen(&cgroup.path));
+
+    let w = tracer.watch_cgroup(&cgroup.path).unwrap();
+    assert!(!frozen(&cgroup.path), "a watch leaves the cgroup running");
+    tracer.unwatch(&w).unwrap();
+
+    std::fs::write(cgroup.path.join("cgroup.freeze"), "1").unwrap();
+    wait_until(5, "the cgroup freezes", || frozen(&cgroup.path));
+    let w = tracer.watch_cgroup(&cgroup.path).unwrap();
+    assert!(frozen(&cgroup.path), "a paused cgroup stays paused");
+    tracer.unwatch(&w).unwrap();
+    std::fs::write(cgroup.path.join("cgroup.freeze"), "0").unwrap();
+    wait_until(5, "the cgroup thaws", || !frozen(&cgroup.path));
+
+    // Paused through the v1 freezer (`docker pause` on a hybrid host like
+    // these): the v2 files do not show it, and a v2 freeze would never
+    // complete; it is found frozen already and left so.
+    if Path::new("/sys/fs/cgroup/freezer/freezer.state").exists()
+        || Path::new("/sys/fs/cgroup/freezer/cgroup.procs").exists()
+    {
+        std::fs::create_dir(&v1).unwrap();
+        std::fs::write(v1.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+        std::fs::write(v1.join("freezer.state"), "FROZEN").unwrap();
+        wait_until(5, "the v1 freezer freezes", || {
+            std::fs::read_to_string(v1.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+        });
+        let guard = Frozen::new(&cgroup.path, Duration::from_secs(1));
+        assert!(
+            guard.is_ok(),
+            "a v1-frozen cgroup is frozen already: {guard:?}"
+        );
+        drop(guard);
+        assert_eq!(
+            std::fs::read_to_string(v1.join("freezer.state"))
+                .unwrap()
+                .trim(),
+            "FROZEN",
+            "and stays frozen"
+        );
+    }
+    drop(_cleanup);
+    let mut sleeper = sleeper;
+    let _ = sleeper.wait();
 }
 
 /// What a model says per executable: its uses, its privileged operations

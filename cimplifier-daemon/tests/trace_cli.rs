@@ -124,6 +124,58 @@ async fn a_full_ring_buffer_is_counted_as_loss() {
     );
 }
 
+/// With the kernel log on (`--kernel-log`), a loss is also told in the
+/// daemon's log, by the kernel program that saw it (aya-log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_log_tells_of_a_full_ring_buffer_when_on() {
+    require_root();
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer({
+            let c = captured.clone();
+            move || c.clone()
+        })
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let log = || String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    for kernel_log in [false, true] {
+        let tracer = Tracer::load(TracerConfig {
+            ring_buffer_bytes: 4096,
+            kernel_log,
+            ..Default::default()
+        })
+        .unwrap();
+        let cgroup = TestCgroup::new("kernel-log");
+        tracer.watch_cgroup(&cgroup.path).unwrap();
+        run_in(
+            &cgroup.path,
+            &[
+                "/bin/sh",
+                "-c",
+                "for i in 1 2 3 4 5 6 7 8; do cat /etc/hostname >/dev/null; done",
+            ],
+        );
+        assert!(tracer.counters().unwrap().loss.ringbuf_full > 0);
+        // The reader thread drains the log every 100 ms, and once more
+        // when the tracer is dropped.
+        drop(tracer);
+        let told = log().contains("ring buffer full: a record of cgroup");
+        assert_eq!(told, kernel_log, "kernel_log {kernel_log}; log:\n{}", log());
+    }
+}
+
 /// `cimplifierd trace --container NAME` asks the engine for the container's
 /// cgroup and records what the container does.
 #[test]

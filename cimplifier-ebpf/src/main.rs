@@ -32,6 +32,10 @@
 //! Every dropped record is counted in `COUNTERS`, and, for the cgroup it
 //! belonged to, in `CGROUP_LOSS`, so that one noisy container's losses do
 //! not mark other sessions incomplete.
+//!
+//! Anomalies are also logged through aya-log, off unless the loader sets
+//! `AYA_LOG_LEVEL` (`cimplifierd serve --kernel-log`): a read-only global,
+//! so with logging off the verifier drops every log call as dead code.
 #![no_std]
 #![no_main]
 
@@ -51,6 +55,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{BtfTracePointContext, TracePointContext},
 };
+use aya_log_ebpf::{debug, warn};
 use cimplifier_common::{
     COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
     SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SignalRecord,
@@ -270,6 +275,8 @@ fn emit(base: *const u8, len: usize, max: usize) {
     } else {
         let cgroup = unsafe { (*base.cast::<RecordHeader>()).cgroup_id };
         count_loss::<{ cgroup_loss::RINGBUF_FULL }>(cgroup, counter::RINGBUF_FULL);
+        // aya-log's macros take a context they do not use.
+        debug!(&(), "ring buffer full: a record of cgroup {} lost", cgroup);
     }
 }
 
@@ -560,6 +567,10 @@ fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
     let regs: *const [u64; REG_WORDS] = ctx.arg(0);
     let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
         count_loss::<{ cgroup_loss::INFLIGHT }>(cgroup, counter::INFLIGHT_FULL);
+        warn!(
+            ctx,
+            "sys_enter: registers of syscall {} unreadable: record lost", nr
+        );
         return None;
     };
     let mut args = [0u64; 6];
@@ -594,6 +605,10 @@ fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
     };
     if INFLIGHT.insert(&tid, &entry, 0).is_err() {
         count_loss::<{ cgroup_loss::INFLIGHT }>(cgroup, counter::INFLIGHT_FULL);
+        warn!(
+            ctx,
+            "sys_enter: in-flight map full: syscall {} of tid {} lost", nr, tid
+        );
     }
     Some(())
 }
@@ -620,6 +635,10 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         // apart (docs/architecture.md): it happens in runc's own threads as
         // a container starts, and cannot be told from a real loss here.
         count(counter::EXIT_MISMATCH);
+        debug!(
+            ctx,
+            "sys_exit: syscall {} of tid {} met the entry of syscall {}", nr, tid, entry.nr
+        );
         return None;
     }
     let ret: i64 = ctx.arg(1);
@@ -724,7 +743,15 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 
 fn try_fork(ctx: &TracePointContext) -> Option<()> {
     let cgroup = watched_cgroup()?;
-    let child_tid: i32 = unsafe { ctx.read_at(global(&FORK_CHILD_PID_OFFSET) as usize) }.ok()?;
+    let Ok(child_tid) = (unsafe { ctx.read_at::<i32>(global(&FORK_CHILD_PID_OFFSET) as usize) })
+    else {
+        count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
+        warn!(
+            ctx,
+            "sched_process_fork: child pid unreadable: fork record lost"
+        );
+        return None;
+    };
     let tid = bpf_get_current_pid_tgid() as u32;
     let clone_flags = match unsafe { INFLIGHT.get(&tid) } {
         Some(e) if e.nr == nr::CLONE => e.args[0],
@@ -775,7 +802,14 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
     // its own.
     let _ = SYSCALLS_SEEN.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
     new_fold_epoch((bpf_get_current_pid_tgid() >> 32) as u32);
-    let old_tid: i32 = unsafe { ctx.read_at(global(&EXEC_OLD_PID_OFFSET) as usize) }.ok()?;
+    let Ok(old_tid) = (unsafe { ctx.read_at::<i32>(global(&EXEC_OLD_PID_OFFSET) as usize) }) else {
+        count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
+        warn!(
+            ctx,
+            "sched_process_exec: old pid unreadable: exec record lost"
+        );
+        return None;
+    };
     let old_tid = old_tid as u32;
     let tid = bpf_get_current_pid_tgid() as u32;
     let entry = unsafe { INFLIGHT.get(&old_tid) }.copied();
@@ -799,7 +833,14 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
     let base = rec.strings.as_mut_ptr();
 
     // __data_loc: the low 16 bits are the string's offset in the record.
-    let loc: u32 = unsafe { ctx.read_at(global(&EXEC_FILENAME_OFFSET) as usize) }.ok()?;
+    let Ok(loc) = (unsafe { ctx.read_at::<u32>(global(&EXEC_FILENAME_OFFSET) as usize) }) else {
+        count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
+        warn!(
+            ctx,
+            "sched_process_exec: file name unreadable: exec record lost"
+        );
+        return None;
+    };
     let name = unsafe { (ctx.as_ptr() as *const u8).add((loc & 0xffff) as usize) };
     let n = unsafe { read_kernel_str_raw(base.cast(), STR_SLOT as u32, name.cast()) };
     if n > 0 {

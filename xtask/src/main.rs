@@ -112,10 +112,14 @@ enum Command {
     /// Measure the tracer's overhead; prints figures, asserts nothing.
     ///
     /// In one run: a stat/open/close loop and redis-benchmark against a redis
-    /// container, each untraced, traced by cimplifier and under `strace -f`.
-    /// Prints wall times or requests/s as ratios to the untraced baseline,
-    /// the events/s ingested and the events lost. Runs `setup` first. Needs
-    /// root. Record the figures in docs/benchmarks.md.
+    /// container, each untraced, as an unwatched bystander, under bpftrace
+    /// floors (empty programs on the raw and the per-syscall tracepoints,
+    /// one counting opens), traced by cimplifier (the loop: first pass and
+    /// steady state) and under `strace -f`. Prints wall times or
+    /// requests/s as ratios to the untraced baseline, the events/s ingested,
+    /// the events lost and the programs' jited sizes with the kernel log off
+    /// and on. Runs `setup` first. Needs root. Record the figures in
+    /// docs/benchmarks.md.
     BenchTrace,
     /// Measure the model stage; prints figures, asserts nothing.
     ///

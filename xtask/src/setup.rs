@@ -20,7 +20,8 @@ use crate::util::{self, Step, cmd};
 /// kubectl decodes the Kubernetes run plan; protobuf-compiler is the protoc
 /// the containerd-client crate's build runs, and containerd (with `ctr`) is
 /// the engine the containerd backend is tested on, dockerd's own; podman is
-/// tested through its Docker-compatible API).
+/// tested through its Docker-compatible API; bpftrace gives bench-trace its
+/// floors: what the cheapest eBPF tool costs on the same workloads).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -33,6 +34,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "debootstrap",
     "iptables",
     "strace",
+    "bpftrace",
     "redis-tools",
     "mariadb-client",
     "curl",

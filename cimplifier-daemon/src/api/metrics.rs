@@ -35,6 +35,12 @@ pub struct Snapshot {
     pub watched_cgroups: u64,
     pub store_bytes: u64,
     pub resident_bytes: u64,
+    /// Host-wide: runs of the kernel programs the kernel skipped (lost).
+    pub missed_runs: u64,
+    /// Host-wide: fork and exec records not made (lost).
+    pub tracepoint_unread: u64,
+    /// Records the kernel lost, by watched cgroup (its directory) and cause.
+    pub cgroup_lost: Vec<(String, crate::trace::CgroupLoss)>,
 }
 
 impl Collector for Snapshot {
@@ -111,6 +117,18 @@ impl Collector for Snapshot {
                 "Events the reader or dispatcher had in hand when it ended (lost).",
                 self.interrupted,
             ),
+            (
+                "cimplifier_missed_program_runs",
+                "Runs of the kernel programs the kernel skipped because another BPF program \
+                 ran on that CPU (bpf_prog_info.recursion_misses; lost, for every session).",
+                self.missed_runs,
+            ),
+            (
+                "cimplifier_tracepoint_unread",
+                "Fork and exec records not made: a field of the tracepoint's record was \
+                 unreadable (lost).",
+                self.tracepoint_unread,
+            ),
         ];
         for (name, help, value) in counters {
             let counter = ConstCounter::new(value);
@@ -120,6 +138,23 @@ impl Collector for Snapshot {
                 None,
                 counter.metric_type(),
             )?)?;
+        }
+        let lost = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "cimplifier_cgroup_lost_events",
+            "Records the kernel lost of a watched cgroup (and the cgroups below it), by cause.",
+            None,
+            lost.metric_type(),
+        )?;
+        for (cgroup, loss) in &self.cgroup_lost {
+            for (cause, n) in [
+                ("ringbuf_full", loss.ringbuf_full),
+                ("inflight", loss.inflight),
+                ("tracepoint_unread", loss.unread),
+            ] {
+                let labels = [("cgroup", cgroup.as_str()), ("cause", cause)];
+                ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+            }
         }
         let gauges = [
             (
@@ -221,6 +256,13 @@ mod tests {
                 sessions_closed: 1,
                 tracer_events: 7,
                 resident_bytes: 4096,
+                cgroup_lost: vec![(
+                    "/sys/fs/cgroup/docker/abc".to_owned(),
+                    crate::trace::CgroupLoss {
+                        ringbuf_full: 3,
+                        ..Default::default()
+                    },
+                )],
                 ..Default::default()
             },
             &timings,
@@ -236,6 +278,10 @@ mod tests {
             "# TYPE cimplifier_emit_seconds histogram",
             "cimplifier_emit_seconds_count 1",
             "cimplifier_plan_seconds_count 0",
+            "# TYPE cimplifier_cgroup_lost_events_total counter",
+            "cimplifier_cgroup_lost_events_total{cgroup=\"/sys/fs/cgroup/docker/abc\",cause=\"ringbuf_full\"} 3",
+            "cimplifier_cgroup_lost_events_total{cgroup=\"/sys/fs/cgroup/docker/abc\",cause=\"inflight\"} 0",
+            "cimplifier_missed_program_runs_total 0",
         ] {
             assert!(text.contains(line), "{line} in:\n{text}");
         }

@@ -38,6 +38,8 @@ pub struct DaemonConfig {
     pub watch_labels: Option<bool>,
     /// False sends every repeat to user space (`--no-kernel-fold`).
     pub kernel_fold: Option<bool>,
+    /// Log the kernel programs' anomalies through aya-log (`--kernel-log`).
+    pub kernel_log: Option<bool>,
     /// Members of this group may call the read-only RPCs on the socket
     /// (docs/security.md); the socket is then open to every local user
     /// and each call is let in by the caller's credentials.

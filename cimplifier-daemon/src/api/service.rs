@@ -174,6 +174,7 @@ impl Service {
             }
         }
         let observer = self.manager.observer();
+        let counters = observer.counters();
         let snapshot = super::metrics::Snapshot {
             sessions_observing: self.manager.observing() as u64,
             sessions_closed: count(
@@ -182,7 +183,14 @@ impl Service {
             sessions_failed: count(&|s| matches!(s, SessionView::Failed { .. })),
             tracer_events: observer.stats.events.load(Ordering::Relaxed),
             tracer_lost: observer.loss().lost(),
-            exit_mismatch: observer.counters().exit_mismatch,
+            exit_mismatch: counters.exit_mismatch,
+            missed_runs: counters.loss.missed_runs,
+            tracepoint_unread: counters.loss.tracepoint_unread,
+            cgroup_lost: observer
+                .watched_losses()
+                .into_iter()
+                .map(|(dir, loss)| (dir.display().to_string(), loss))
+                .collect(),
             session_events,
             session_lost,
             streams: observer.subscribers() as u64,

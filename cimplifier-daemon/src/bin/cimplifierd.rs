@@ -87,7 +87,7 @@ enum Command {
         /// state_dir, ring_buffer_mib, metrics_addr, listen_tcp, tls_cert,
         /// tls_key, tls_client_ca, tls_admin_identities,
         /// tls_read_only_identities, retain_sessions, max_heavy_calls,
-        /// watch_labels, kernel_fold). Read if it
+        /// watch_labels, kernel_fold, kernel_log). Read if it
         /// exists; a file named
         /// explicitly must exist.
         #[arg(long, env = "CIMPLIFIER_CONFIG")]
@@ -179,6 +179,11 @@ enum Command {
         /// instead. For comparing the two, or a full event stream.
         #[arg(long, env = "CIMPLIFIER_NO_KERNEL_FOLD")]
         no_kernel_fold: bool,
+        /// Log the kernel programs' anomalies (a lost record, an exit that
+        /// met another call's entry...) through aya-log, target
+        /// cimplifier::kernel. Off by default; off, it costs nothing.
+        #[arg(long, env = "CIMPLIFIER_KERNEL_LOG")]
+        kernel_log: bool,
     },
 }
 
@@ -251,6 +256,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             max_heavy_calls,
             watch_labels,
             no_kernel_fold,
+            kernel_log,
         } => {
             let file = cimplifier::api::DaemonConfig::load(config.as_deref())?;
             let tcp = cimplifier::api::TcpFlags {
@@ -278,6 +284,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracer: TracerConfig {
                     ring_buffer_bytes: ring_buffer_mib << 20,
                     fold_repeats: !no_kernel_fold && file.kernel_fold.unwrap_or(true),
+                    kernel_log: kernel_log || file.kernel_log.unwrap_or(false),
                     ..Default::default()
                 },
                 retain_sessions: retain_sessions.or(file.retain_sessions),

@@ -59,6 +59,11 @@ impl LossBase {
                 .loss
                 .undecodable
                 .saturating_sub(self.host.loss.undecodable),
+            // Which cgroup's runs the kernel skipped is unknown.
+            missed_runs: now
+                .loss
+                .missed_runs
+                .saturating_sub(self.host.loss.missed_runs),
             ..Default::default()
         };
         for &id in members {
@@ -70,6 +75,9 @@ impl LossBase {
             loss.inflight_full = loss
                 .inflight_full
                 .saturating_add(lost.inflight.saturating_sub(base.inflight));
+            loss.tracepoint_unread = loss
+                .tracepoint_unread
+                .saturating_add(lost.unread.saturating_sub(base.unread));
         }
         loss
     }

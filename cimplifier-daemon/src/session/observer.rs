@@ -521,6 +521,28 @@ impl Observer {
         self.watches.lock().expect("watches lock").len()
     }
 
+    /// What the kernel lost of each watched cgroup's records, the cgroups
+    /// below it included, by watched directory (for the metrics).
+    pub fn watched_losses(&self) -> Vec<(PathBuf, crate::trace::CgroupLoss)> {
+        let dirs: Vec<PathBuf> = self
+            .watches
+            .lock()
+            .expect("watches lock")
+            .keys()
+            .cloned()
+            .collect();
+        dirs.into_iter()
+            .map(|dir| {
+                let lost = cgroups_below(&dir)
+                    .iter()
+                    .filter_map(|d| cgroup_id(d).ok())
+                    .map(|id| self.cgroup_loss(id))
+                    .fold(crate::trace::CgroupLoss::default(), |a, b| a.plus(b));
+                (dir, lost)
+            })
+            .collect()
+    }
+
     /// Whether every event recorded before `ns` (CLOCK_MONOTONIC) has been
     /// handed to its session.
     pub fn dispatched_up_to(&self, ns: u64) -> bool {
@@ -551,7 +573,7 @@ impl Observer {
             tracing::error!("reading the loss of cgroup {}: {e:#}", id.0);
             crate::trace::CgroupLoss {
                 ringbuf_full: u64::MAX,
-                inflight: 0,
+                ..Default::default()
             }
         })
     }

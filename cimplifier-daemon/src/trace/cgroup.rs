@@ -84,6 +84,133 @@ pub fn pids_below(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// How deep the cgroup at `dir` lies: 0 for the cgroup2 root, 1 for its
+/// children, and so on (the kernel's `cgroup->level`).
+pub fn cgroup_level(dir: &Path) -> Result<usize> {
+    let mount = cgroup2_mount()?;
+    let real = std::fs::canonicalize(dir)
+        .with_context(|| format!("cgroup {} does not exist or is not readable", dir.display()))?;
+    let rel = real.strip_prefix(&mount).map_err(|_| {
+        anyhow!(
+            "{} is not under the cgroup v2 mount {}",
+            dir.display(),
+            mount.display()
+        )
+    })?;
+    Ok(rel.components().count())
+}
+
+/// A cgroup v2 frozen (`cgroup.freeze`) until this is dropped: none of its
+/// processes runs, forks or execs meanwhile. One found frozen already (a
+/// paused container) is left frozen.
+#[derive(Debug)]
+pub struct Frozen {
+    dir: PathBuf,
+    thaw: bool,
+}
+
+impl Frozen {
+    /// Freezes the cgroup at `dir` and waits until the kernel reports every
+    /// process in it (and below) stopped, at most `timeout`.
+    pub fn new(dir: &Path, timeout: std::time::Duration) -> Result<Self> {
+        if cgroup_of_pid(std::process::id()).is_ok_and(|own| own.starts_with(dir)) {
+            return Err(anyhow!(
+                "this process runs in cgroup {} itself and would freeze with it",
+                dir.display()
+            ));
+        }
+        let file = dir.join("cgroup.freeze");
+        let state = std::fs::read_to_string(&file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        // On a hybrid host `docker pause` freezes through the v1 freezer,
+        // which the v2 files do not show; v2 would then wait in vain.
+        if state.trim() == "1" || frozen_by_v1_freezer(dir) {
+            return Ok(Self {
+                dir: dir.to_path_buf(),
+                thaw: false,
+            });
+        }
+        std::fs::write(&file, "1").with_context(|| format!("writing 1 to {}", file.display()))?;
+        // From here on, dropping it (on an error too) thaws the cgroup.
+        let frozen = Self {
+            dir: dir.to_path_buf(),
+            thaw: true,
+        };
+        let events = dir.join("cgroup.events");
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&events)
+                .with_context(|| format!("reading {}", events.display()))?;
+            if text.lines().any(|l| l.trim() == "frozen 1") {
+                return Ok(frozen);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(anyhow!(
+                    "cgroup {} did not freeze within {timeout:?} (a process in uninterruptible \
+                     sleep, or stopped by another freezer?)",
+                    dir.display()
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+}
+
+/// Whether the processes of the v2 cgroup at `dir` are held by a frozen v1
+/// freezer cgroup (hybrid hosts), judged by its first process.
+fn frozen_by_v1_freezer(dir: &Path) -> bool {
+    let Some(pid) = std::fs::read_to_string(dir.join("cgroup.procs"))
+        .ok()
+        .and_then(|t| t.lines().next()?.trim().parse::<u32>().ok())
+    else {
+        return false;
+    };
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let Some(mount) = mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut fs = right.split_whitespace();
+        let v1_freezer = fs.next()? == "cgroup" && fs.nth(1)?.split(',').any(|o| o == "freezer");
+        let mount_point = left.split_whitespace().nth(4)?;
+        v1_freezer.then(|| PathBuf::from(mount_point))
+    }) else {
+        return false;
+    };
+    let Ok(membership) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    membership
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers.split(',').any(|c| c == "freezer").then(|| {
+                mount
+                    .join(path.trim_start_matches('/'))
+                    .join("freezer.state")
+            })
+        })
+        .and_then(|state| std::fs::read_to_string(state).ok())
+        .is_some_and(|s| s.trim() == "FROZEN")
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if !self.thaw {
+            return;
+        }
+        let file = self.dir.join("cgroup.freeze");
+        if let Err(e) = std::fs::write(&file, "0") {
+            tracing::error!(
+                "could not thaw cgroup {}: {e}; its processes stay stopped until `echo 0 > {}`",
+                self.dir.display(),
+                file.display()
+            );
+        }
+    }
+}
+
 /// A process's root directory (`chroot`), as the container sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProcessRoot {

@@ -407,6 +407,15 @@ pub struct LossCounters {
     /// (a panic, a bug) and was restarted by the daemon's supervisor.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub interrupted: u64,
+    /// Fork and exec records the kernel could not make: a field of the
+    /// scheduler tracepoint's record was unreadable.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tracepoint_unread: u64,
+    /// Runs of the kernel programs the kernel skipped because another BPF
+    /// program was running on that CPU (`bpf_prog_info.recursion_misses`):
+    /// which cgroup's events they were is unknown, so every session counts them.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub missed_runs: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -423,6 +432,8 @@ impl LossCounters {
             self.undecodable,
             self.held_overflow,
             self.interrupted,
+            self.tracepoint_unread,
+            self.missed_runs,
         ]
         .into_iter()
         .fold(self.ringbuf_full, u64::saturating_add)
@@ -448,6 +459,8 @@ impl LossCounters {
             unreadable_names: f(self.unreadable_names, other.unreadable_names),
             held_overflow: f(self.held_overflow, other.held_overflow),
             interrupted: f(self.interrupted, other.interrupted),
+            tracepoint_unread: f(self.tracepoint_unread, other.tracepoint_unread),
+            missed_runs: f(self.missed_runs, other.missed_runs),
         }
     }
 
@@ -471,6 +484,18 @@ mod tests {
         assert!(!interrupted.is_complete());
         assert_eq!(interrupted.plus(interrupted).interrupted, 6);
         assert_eq!(interrupted.since(interrupted).interrupted, 0);
+        for lost in [
+            LossCounters {
+                tracepoint_unread: 1,
+                ..Default::default()
+            },
+            LossCounters {
+                missed_runs: 1,
+                ..Default::default()
+            },
+        ] {
+            assert!(!lost.is_complete(), "{lost:?}");
+        }
         // Not written when zero, so older readers see records as before.
         let json = serde_json::to_string(&LossCounters::default()).unwrap();
         assert!(!json.contains("interrupted"), "{json}");

@@ -1,6 +1,7 @@
 //! Loads the kernel programs, owns the watch set, and turns the ring buffer
 //! into a stream of [`Event`]s.
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,11 +14,11 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use cimplifier_common::{cgroup_loss, counter, globals, maps};
+use cimplifier_common::{MAX_CGROUP_LEVEL, cgroup_loss, counter, globals, maps};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use super::cgroup::{cgroup_id, cgroup_of_pid, pids_below, snapshot_process};
+use super::cgroup::{Frozen, cgroup_id, cgroup_level, cgroup_of_pid, pids_below, snapshot_process};
 use super::decode::{RawHeader, decode};
 use super::kernel_layout::{KernelLayout, TRACEFS};
 use super::resolve::Resolver;
@@ -37,6 +38,10 @@ pub struct TracerConfig {
     /// Fold repeats in the kernel (`syscalls::foldable`): a call that adds
     /// nothing to the model is counted, not sent.
     pub fold_repeats: bool,
+    /// The kernel programs log their anomalies (aya-log) to the daemon's
+    /// log, target `cimplifier::kernel`. Off, the log calls are dead code
+    /// to the verifier and cost nothing.
+    pub kernel_log: bool,
 }
 
 impl Default for TracerConfig {
@@ -45,6 +50,7 @@ impl Default for TracerConfig {
             ring_buffer_bytes: 64 << 20,
             channel_capacity: 65536,
             fold_repeats: true,
+            kernel_log: false,
         }
     }
 }
@@ -69,6 +75,19 @@ struct Maps {
 pub struct CgroupLoss {
     pub ringbuf_full: u64,
     pub inflight: u64,
+    /// Fork and exec records not made: a tracepoint field was unreadable.
+    pub unread: u64,
+}
+
+impl CgroupLoss {
+    /// Both together, cause by cause, stopping at `u64::MAX`.
+    pub fn plus(self, other: Self) -> Self {
+        Self {
+            ringbuf_full: self.ringbuf_full.saturating_add(other.ringbuf_full),
+            inflight: self.inflight.saturating_add(other.inflight),
+            unread: self.unread.saturating_add(other.unread),
+        }
+    }
 }
 
 /// The syscall programs and what they share with user space.
@@ -146,6 +165,8 @@ pub struct Tracer {
     /// read and handed to the event stream.
     drained_ns: Arc<AtomicU64>,
     config: TracerConfig,
+    /// Forwards the kernel programs' log while `kernel_log` is on.
+    _kernel_log: Option<KernelLogReader>,
 }
 
 impl Tracer {
@@ -183,6 +204,7 @@ impl Tracer {
             .override_global(globals::CRED_EUID_OFFSET, &layout.cred_euid, true)
             .override_global(globals::SIGINFO_CODE_OFFSET, &layout.siginfo_code, true)
             .override_global(globals::FOLD_REPEATS, &u64::from(config.fold_repeats), true)
+            .override_global(aya_log::LEVEL, &kernel_log_level(config.kernel_log), true)
             .map_max_entries(maps::EVENTS, config.ring_buffer_bytes)
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs (are you root, with BPF enabled?)")?;
@@ -229,6 +251,13 @@ impl Tracer {
             cgroup_folded: PerCpuHashMap::try_from(take(&mut ebpf, maps::CGROUP_FOLDED)?)?,
         };
         let ring = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
+        let kernel_log = if config.kernel_log {
+            let logger = aya_log::EbpfLogger::init_with_logger(&mut ebpf, KernelLogger)
+                .context("reading the kernel programs' log (aya-log)")?;
+            Some(KernelLogReader::start(logger)?)
+        } else {
+            None
+        };
         let inflight = HashMap::try_from(take(&mut ebpf, maps::INFLIGHT)?)?;
         Ok(Self {
             hooks: Mutex::new(SyscallHooks {
@@ -246,6 +275,7 @@ impl Tracer {
             kill_reader: Arc::default(),
             drained_ns: Arc::new(AtomicU64::new(0)),
             config,
+            _kernel_log: kernel_log,
         })
     }
 
@@ -267,6 +297,7 @@ impl Tracer {
     /// with [`Tracer::unwatch`], or replaced by a later watch of `dir`.
     pub fn exclude_cgroup(&self, dir: &Path) -> Result<WatchedCgroup> {
         let id = cgroup_id(dir)?;
+        within_walk(dir)?;
         let mut maps = self.maps.lock().expect("maps lock");
         maps.watched
             .insert(id.0, 0, 0)
@@ -289,6 +320,22 @@ impl Tracer {
 
     fn watch(&self, dir: &Path, seed: bool) -> Result<WatchedCgroup> {
         let id = cgroup_id(dir)?;
+        within_walk(dir)?;
+        // Processes already running are read from /proc, then the cgroup
+        // goes into the kernel's map: a process that forked or exec'd in
+        // between would be known by a stale state (an old executable) or not
+        // at all. Frozen, the cgroup cannot change meanwhile.
+        let _frozen = match seed.then(|| Frozen::new(dir, FREEZE_TIMEOUT)) {
+            Some(Err(e)) => {
+                tracing::warn!(
+                    cgroup = %dir.display(),
+                    "watching without freezing it first ({e:#}): a process that forks or execs \
+                     while /proc is read may be recorded with its old executable"
+                );
+                None
+            }
+            frozen => frozen.and_then(Result::ok),
+        };
         // Processes already running: learn their cwd and open files first,
         // so their relative names resolve, and report each as running.
         if seed {
@@ -343,6 +390,21 @@ impl Tracer {
         Ok(())
     }
 
+    /// Each loaded program's size as the kernel runs it (jited bytes),
+    /// by name: what the verifier left, dead code removed.
+    pub fn program_sizes(&self) -> Result<Vec<(String, u32)>> {
+        let hooks = self.hooks.lock().expect("hooks lock");
+        let mut sizes = Vec::new();
+        for (name, program) in hooks.ebpf.programs() {
+            let info = program
+                .info()
+                .with_context(|| format!("reading the info of program {name}"))?;
+            sizes.push((name.to_owned(), info.size_jitted()));
+        }
+        sizes.sort();
+        Ok(sizes)
+    }
+
     /// Whether the syscall hooks are attached (some cgroup is watched).
     pub fn hooks_attached(&self) -> bool {
         self.hooks.lock().expect("hooks lock").links.is_some()
@@ -356,6 +418,10 @@ impl Tracer {
 
     /// Loss and health counters, summed over CPUs, plus user-space ones.
     pub fn counters(&self) -> Result<TracerCounters> {
+        let missed_runs = {
+            let hooks = self.hooks.lock().expect("hooks lock");
+            recursion_misses(&hooks.ebpf)?
+        };
         let maps = self.maps.lock().expect("maps lock");
         let sum = |index: u32| -> Result<(u64, Vec<u64>)> {
             let per_cpu = maps.counters.get(&index, 0)?;
@@ -370,6 +436,8 @@ impl Tracer {
                 undecodable: self.undecodable.load(Ordering::Relaxed),
                 // Counted from the events, by whoever receives them.
                 unreadable_names: 0,
+                tracepoint_unread: sum(counter::TRACEPOINT_UNREAD)?.0,
+                missed_runs,
                 ..Default::default()
             },
             ringbuf_full_per_cpu,
@@ -396,6 +464,7 @@ impl Tracer {
                     .ringbuf_full
                     .saturating_add(v[cgroup_loss::RINGBUF_FULL]),
                 inflight: sum.inflight.saturating_add(v[cgroup_loss::INFLIGHT]),
+                unread: sum.unread.saturating_add(v[cgroup_loss::UNREAD]),
             }))
     }
 
@@ -488,6 +557,127 @@ where
         .program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
         .try_into()?)
+}
+
+/// Runs of our programs the kernel skipped, summed over them: a program
+/// does not run while another BPF program runs on its CPU (a tracepoint hit
+/// from inside one), and the kernel counts each such miss. aya does not
+/// expose the count, the program's fdinfo does.
+fn recursion_misses(ebpf: &Ebpf) -> Result<u64> {
+    let mut total = 0u64;
+    for (name, program) in ebpf.programs() {
+        let Ok(fd) = program.fd() else {
+            continue; // not loaded: it never ran
+        };
+        let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {path}, the fdinfo of program {name}"))?;
+        total = total.saturating_add(fdinfo_recursion_misses(&text).with_context(|| {
+            format!("{path} (program {name}) has no recursion_misses line: is the kernel older than 5.12?")
+        })?);
+    }
+    Ok(total)
+}
+
+fn fdinfo_recursion_misses(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `AYA_LOG_LEVEL` for the kernel programs: 0 logs nothing.
+fn kernel_log_level(on: bool) -> u8 {
+    if on { aya_log::Level::Debug as u8 } else { 0 }
+}
+
+/// Hands the kernel programs' log records to `tracing`.
+struct KernelLogger;
+
+impl log::Log for KernelLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let message = record.args();
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "cimplifier::kernel", "{message}"),
+            log::Level::Warn => tracing::warn!(target: "cimplifier::kernel", "{message}"),
+            log::Level::Info => tracing::info!(target: "cimplifier::kernel", "{message}"),
+            log::Level::Debug | log::Level::Trace => {
+                tracing::debug!(target: "cimplifier::kernel", "{message}")
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// A thread that drains the kernel programs' log ring every 100 ms, until
+/// dropped.
+struct KernelLogReader {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KernelLogReader {
+    fn start(mut logger: aya_log::EbpfLogger<KernelLogger>) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        // The subscriber of whoever loaded the tracer, also where that is
+        // not the global one (a test's).
+        let dispatch = tracing::dispatcher::get_default(Clone::clone);
+        let thread = std::thread::Builder::new()
+            .name("kernel-log".into())
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || {
+                    tracing::dispatcher::with_default(&dispatch, || {
+                        while !stop.load(Ordering::Relaxed) {
+                            logger.flush();
+                            std::thread::sleep(Duration::from_millis(100));
+                        }
+                        logger.flush();
+                    })
+                }
+            })
+            .context("starting the kernel log reader thread")?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for KernelLogReader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The longest a watch keeps a running cgroup frozen waiting for it to
+/// stop: past it, the watch goes on unfrozen and says so.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The kernel's filter walks a task's cgroup ancestors from the root down
+/// to level `MAX_CGROUP_LEVEL - 1` (it has to be bounded); an entry deeper
+/// than that would never be met, and its cgroup's events would silently
+/// go unrecorded (or, for an exclusion, recorded). Tasks may lie deeper
+/// than that: only the entries must not.
+fn within_walk(dir: &Path) -> Result<()> {
+    let level = cgroup_level(dir)?;
+    if level >= MAX_CGROUP_LEVEL as usize {
+        bail!(
+            "cgroup {} lies {level} levels below the cgroup v2 root; the kernel filter sees \
+             watches and exclusions down to level {} only: watch an ancestor instead",
+            dir.display(),
+            MAX_CGROUP_LEVEL - 1
+        );
+    }
+    Ok(())
 }
 
 fn bump_generation(maps: &mut Maps) -> Result<()> {
@@ -708,5 +898,18 @@ impl futures::Stream for EventStream {
     type Item = Event;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Event>> {
         self.rx.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recursion_misses_are_read_from_a_programs_fdinfo() {
+        let fdinfo = "pos:\t0\nflags:\t02000002\nprog_type:\t26\nrun_cnt:\t0\n\
+                      recursion_misses:\t7\nverified_insns:\t512\n";
+        assert_eq!(fdinfo_recursion_misses(fdinfo), Some(7));
+        assert_eq!(fdinfo_recursion_misses("pos:\t0\n"), None);
     }
 }
