@@ -58,8 +58,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use cimplifier_common::{
     COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
-    SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SignalRecord,
-    SyscallRecord, SyscallSeenRecord, cgroup_loss, counter, flags,
+    SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SignalRecord, SyscallRecord,
+    SyscallSeenRecord, cgroup_loss, counter, flags,
     syscalls::{AddrSource, StrSource, foldable, forgets_folded, nr, spec},
 };
 
@@ -968,26 +968,55 @@ fn cred_ids(task: *const u8, cred_offset: u64, first: u64, second: u64) -> Optio
 /// carry another code or SEND_SIG_PRIV.
 fn try_signal(ctx: &BtfTracePointContext) -> Option<()> {
     let cgroup = watched_cgroup()?;
+    match read_signal(ctx, cgroup) {
+        Ok(Some(rec)) => emit(
+            (&rec as *const SignalRecord).cast(),
+            core::mem::size_of::<SignalRecord>(),
+            core::mem::size_of::<SignalRecord>(),
+        ),
+        Ok(None) => {}
+        Err(Unread) => {
+            count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
+            warn!(
+                ctx,
+                "signal_generate: a task or siginfo field unreadable: signal record lost"
+            );
+        }
+    }
+    Some(())
+}
+
+/// A kernel field the program could not read: its record is lost, and
+/// counted so.
+struct Unread;
+
+/// The record of a signal the current process sent to another process;
+/// None for any other signal (the kernel's own, one to itself).
+fn read_signal(ctx: &BtfTracePointContext, cgroup: u64) -> Result<Option<SignalRecord>, Unread> {
     let sig: i32 = ctx.arg(0);
     let info: u64 = ctx.arg(1);
     let task: *const u8 = ctx.arg(2);
     let code = match info {
         SEND_SIG_NOINFO => SI_USER,
-        SEND_SIG_PRIV => return None,
+        SEND_SIG_PRIV => return Ok(None),
         p => unsafe {
-            bpf_probe_read_kernel((p as *const u8).add(global(&SIGINFO_CODE_OFFSET) as usize).cast())
+            bpf_probe_read_kernel(
+                (p as *const u8)
+                    .add(global(&SIGINFO_CODE_OFFSET) as usize)
+                    .cast(),
+            )
         }
-        .ok()?,
+        .map_err(|_| Unread)?,
     };
     if code != SI_USER && code != SI_TKILL && code != SI_QUEUE {
-        return None;
+        return Ok(None);
     }
     let target_pid: u32 =
         unsafe { bpf_probe_read_kernel(task.add(global(&TASK_TGID_OFFSET) as usize).cast()) }
-            .ok()?;
+            .map_err(|_| Unread)?;
     if target_pid == (bpf_get_current_pid_tgid() >> 32) as u32 {
         // Its own process: never checked.
-        return None;
+        return Ok(None);
     }
     let current = unsafe { bpf_get_current_task() } as *const u8;
     let (uid, euid) = cred_ids(
@@ -995,14 +1024,16 @@ fn try_signal(ctx: &BtfTracePointContext) -> Option<()> {
         global(&TASK_CRED_OFFSET),
         global(&CRED_UID_OFFSET),
         global(&CRED_EUID_OFFSET),
-    )?;
+    )
+    .ok_or(Unread)?;
     let (target_uid, target_suid) = cred_ids(
         task,
         global(&TASK_REAL_CRED_OFFSET),
         global(&CRED_UID_OFFSET),
         global(&CRED_SUID_OFFSET),
-    )?;
-    let rec = SignalRecord {
+    )
+    .ok_or(Unread)?;
+    Ok(Some(SignalRecord {
         header: header(RecordKind::Signal, cgroup),
         sig: sig as u32,
         code,
@@ -1012,13 +1043,7 @@ fn try_signal(ctx: &BtfTracePointContext) -> Option<()> {
         target_uid,
         target_suid,
         _pad: 0,
-    };
-    emit(
-        (&rec as *const SignalRecord).cast(),
-        core::mem::size_of::<SignalRecord>(),
-        core::mem::size_of::<SignalRecord>(),
-    );
-    Some(())
+    }))
 }
 
 /// GPL-compatible, as the kernel requires for bpf_probe_read_kernel and
