@@ -1,7 +1,8 @@
 //! An idle daemon costs the host nothing: `sys_enter` and `sys_exit` run on
 //! every syscall of the host, so they are attached only while some cgroup
 //! is watched. Counted from the daemon's BPF link descriptors: the three
-//! scheduler tracepoints always, the two syscall hooks only while a session
+//! scheduler tracepoints and `signal_generate` (which runs only when a
+//! signal is generated) always, the two syscall hooks only while a session
 //! observes. Real daemon, real container. Needs root and dockerd.
 
 mod common;
@@ -21,7 +22,11 @@ fn the_syscall_hooks_are_attached_only_while_a_session_observes() {
     require_root();
     let d = Daemon::start();
     let pid = d.child.id();
-    assert_eq!(bpf_links(pid), 3, "idle: the scheduler tracepoints only");
+    assert_eq!(
+        bpf_links(pid),
+        4,
+        "idle: the scheduler tracepoints and signal_generate only"
+    );
 
     let c = Container::create("idle-hooks", &[BASE_IMAGE, "sleep", "600"]);
     let observing = common::cimplifierctl()
@@ -31,7 +36,7 @@ fn the_syscall_hooks_are_attached_only_while_a_session_observes() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    common::wait_until(30, "the syscall hooks attached", || bpf_links(pid) == 5);
+    common::wait_until(30, "the syscall hooks attached", || bpf_links(pid) == 6);
 
     docker(&["stop", "-t", "1", &c.0]);
     let out = observing.wait_with_output().unwrap();
@@ -41,5 +46,5 @@ fn the_syscall_hooks_are_attached_only_while_a_session_observes() {
         info["executables"].to_string().contains("/usr/bin/sleep"),
         "the hooks were in place for the first exec: {info}"
     );
-    common::wait_until(30, "the syscall hooks detached", || bpf_links(pid) == 3);
+    common::wait_until(30, "the syscall hooks detached", || bpf_links(pid) == 4);
 }

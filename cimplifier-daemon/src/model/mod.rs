@@ -665,6 +665,18 @@ impl Exe {
     pub fn is_unobserved(&self) -> bool {
         self.0.as_str().starts_with(UNOBSERVED_EXEC)
     }
+
+    /// A stage of the OCI runtime in the container's cgroup, whose exec
+    /// was not seen: `runc`, `runc:[0:PARENT]`, `runc:[1:CHILD]`,
+    /// `runc:[2:INIT]`, or `exe` (runc re-executing `/proc/self/exe`,
+    /// before it names its stage). What it does before it execs the
+    /// entrypoint is the runtime's, not the image's.
+    pub fn is_runtime(&self) -> bool {
+        let Some(name) = self.0.as_str().strip_prefix(UNOBSERVED_EXEC) else {
+            return false;
+        };
+        name == "runc" || name == "exe" || name.starts_with("runc:[")
+    }
 }
 
 /// Stands for the executable of a process whose exec was not observed (it

@@ -495,3 +495,14 @@ fn a_process_seen_running_has_its_real_executable() {
     let r = m.reads(&nginx);
     assert!(r.contains(&res("/usr/sbin/nginx")) && r.contains(&res("/etc/nginx/nginx.conf")));
 }
+
+#[test]
+fn the_runtimes_stages_are_known_by_name_only_when_their_exec_was_not_seen() {
+    for stage in ["runc", "runc:[0:PARENT]", "runc:[2:INIT]", "exe"] {
+        assert!(unknown_exe(stage).is_runtime(), "{stage}");
+    }
+    assert!(!unknown_exe("nginx").is_runtime());
+    // A program of the image named so, whose exec was seen, is the image's.
+    assert!(!exe("/usr/local/bin/exe").is_runtime());
+    assert!(!exe("/usr/bin/runc").is_runtime());
+}

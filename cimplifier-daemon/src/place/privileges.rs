@@ -598,7 +598,7 @@ pub fn privileges(model: &Model, exes: &BTreeSet<Exe>, ctx: &Context<'_>) -> Pri
     // program of the image: the capabilities it uses are the runtime's.
     let not_seen: Vec<Exe> = exes
         .iter()
-        .filter(|e| e.is_unobserved() && !e.0.as_str().ends_with("/runc:[2:INIT]"))
+        .filter(|e| e.is_unobserved() && !e.is_runtime())
         .filter(|e| {
             model
                 .privileged(&BTreeSet::from([(*e).clone()]))

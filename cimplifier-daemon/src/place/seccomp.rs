@@ -359,14 +359,6 @@ pub struct SeccompInputs {
     pub rpe_stub: bool,
 }
 
-/// A stage of runc in the container's cgroup (`runc`, `runc:[0:PARENT]`,
-/// `runc:[1:CHILD]`, `runc:[2:INIT]`), whose exec was not seen: what it
-/// makes before the filter is the runtime's.
-fn is_runtime(exe: &Exe) -> bool {
-    let name = exe.0.as_str().rsplit('/').next().unwrap_or("");
-    name == "runc" || name.starts_with("runc:[")
-}
-
 /// The profile of the image holding `exes`.
 pub fn seccomp(model: &Model, exes: &BTreeSet<Exe>, inputs: SeccompInputs) -> Seccomp {
     let arch = Arch::X86_64;
@@ -378,7 +370,7 @@ pub fn seccomp(model: &Model, exes: &BTreeSet<Exe>, inputs: SeccompInputs) -> Se
     out.not_seen = model
         .syscall_makers()
         .into_iter()
-        .filter(|e| exes.contains(e) && e.is_unobserved() && !is_runtime(e))
+        .filter(|e| exes.contains(e) && e.is_unobserved() && !e.is_runtime())
         .collect();
     let observed: BTreeSet<Exe> = exes
         .iter()
