@@ -247,6 +247,35 @@ impl ComposeFile {
     /// `dir`, as Compose takes it) with the profile's content, which is
     /// what the engine's API takes.
     pub fn inline_seccomp_profiles(&mut self, dir: &Path) -> Result<()> {
+        self.seccomp_profiles(dir, ProfileAs::Content)
+    }
+
+    /// Makes the plan what the engine's API takes: Docker's takes each
+    /// seccomp profile inline; Podman's takes a path (made absolute), and
+    /// tmpfs options without root's ids (`output::tmpfs_options`).
+    pub fn for_engine(&mut self, layout: super::CgroupLayout, dir: &Path) -> Result<()> {
+        if layout == super::CgroupLayout::Docker {
+            return self.seccomp_profiles(dir, ProfileAs::Content);
+        }
+        self.seccomp_profiles(dir, ProfileAs::Path)?;
+        for (name, s) in &mut self.services {
+            let tmpfs = super::output::tmpfs_options(&tmpfs_map(&s.tmpfs), true)
+                .with_context(|| format!("service {name}"))?;
+            s.tmpfs = tmpfs
+                .into_iter()
+                .map(|(dir, opts)| match opts.is_empty() {
+                    true => dir,
+                    false => format!("{dir}:{opts}"),
+                })
+                .collect();
+            s.tmpfs.sort();
+        }
+        Ok(())
+    }
+
+    /// Each `seccomp=FILE` option (relative to `dir`) as the engine takes
+    /// it: the profile's content, or its absolute path.
+    fn seccomp_profiles(&mut self, dir: &Path, as_: ProfileAs) -> Result<()> {
         for (name, s) in &mut self.services {
             for opt in &mut s.security_opt {
                 let Some(file) = opt.strip_prefix("seccomp=") else {
@@ -256,65 +285,22 @@ impl ComposeFile {
                     continue;
                 }
                 let at = dir.join(file);
-                let profile = std::fs::read_to_string(&at).with_context(|| {
+                let unreadable = || {
                     format!(
                         "service {name}: cannot read its seccomp profile {}; emit --policy \
                          writes it beside the run plan",
                         at.display()
                     )
-                })?;
-                *opt = format!("seccomp={profile}");
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes the plan what the engine's API takes: Docker's takes each
-    /// seccomp profile inline ([`ComposeFile::inline_seccomp_profiles`]);
-    /// Podman's takes a path (made absolute), and tmpfs options without
-    /// root's ids (`output::tmpfs_options`).
-    pub fn for_engine(&mut self, layout: super::CgroupLayout, dir: &Path) -> Result<()> {
-        if layout == super::CgroupLayout::Docker {
-            return self.inline_seccomp_profiles(dir);
-        }
-        for (name, s) in &mut self.services {
-            for opt in &mut s.security_opt {
-                let Some(file) = opt.strip_prefix("seccomp=") else {
-                    continue;
                 };
-                if file == "unconfined" || file.trim_start().starts_with('{') {
-                    continue;
-                }
-                let at = dir.join(file);
-                if !at.is_file() {
-                    bail!(
-                        "service {name}: its seccomp profile {} is missing; emit --policy \
-                         writes it beside the run plan",
-                        at.display()
-                    );
-                }
-                *opt = format!("seccomp={}", at.display());
-            }
-            let tmpfs: std::collections::BTreeMap<String, String> = s
-                .tmpfs
-                .iter()
-                .map(|t| match t.split_once(':') {
-                    Some((dir, opts)) => (dir.to_owned(), opts.to_owned()),
-                    None => (t.clone(), String::new()),
-                })
-                .collect();
-            s.tmpfs = super::output::tmpfs_options(&tmpfs, true)
-                .with_context(|| format!("service {name}"))?
-                .into_iter()
-                .map(|(dir, opts)| {
-                    if opts.is_empty() {
-                        dir
-                    } else {
-                        format!("{dir}:{opts}")
+                *opt = match as_ {
+                    ProfileAs::Content => {
+                        let profile = std::fs::read_to_string(&at).with_context(unreadable)?;
+                        format!("seccomp={profile}")
                     }
-                })
-                .collect();
-            s.tmpfs.sort();
+                    ProfileAs::Path if at.is_file() => format!("seccomp={}", at.display()),
+                    ProfileAs::Path => bail!(unreadable()),
+                };
+            }
         }
         Ok(())
     }
@@ -557,6 +543,24 @@ pub enum StartOrder {
     /// namespace), then the rest in the reverse of the dependency order: a
     /// check that what a partition finds does not depend on start order.
     Reversed,
+}
+
+/// How an engine's API takes a seccomp profile.
+#[derive(Clone, Copy)]
+enum ProfileAs {
+    Content,
+    Path,
+}
+
+/// `DIR:OPTIONS` tmpfs entries, by directory.
+fn tmpfs_map(entries: &[String]) -> std::collections::BTreeMap<String, String> {
+    entries
+        .iter()
+        .map(|t| match t.split_once(':') {
+            Some((dir, opts)) => (dir.to_owned(), opts.to_owned()),
+            None => (t.clone(), String::new()),
+        })
+        .collect()
 }
 
 /// Creates the volumes and starts every service, in dependency order.
@@ -1016,15 +1020,7 @@ async fn create(
             cap_add: (!s.cap_add.is_empty()).then(|| s.cap_add.clone()),
             security_opt: (!s.security_opt.is_empty()).then(|| s.security_opt.clone()),
             readonly_rootfs: s.read_only.then_some(true),
-            tmpfs: (!s.tmpfs.is_empty()).then(|| {
-                s.tmpfs
-                    .iter()
-                    .map(|t| match t.split_once(':') {
-                        Some((dir, opts)) => (dir.to_owned(), opts.to_owned()),
-                        None => (t.clone(), String::new()),
-                    })
-                    .collect()
-            }),
+            tmpfs: (!s.tmpfs.is_empty()).then(|| tmpfs_map(&s.tmpfs).into_iter().collect()),
             ..Default::default()
         }),
         ..Default::default()
