@@ -333,18 +333,9 @@ impl SessionTask {
                 },
             }
         };
-        let end_ns = crate::trace::loader::monotonic_ns();
-        observer.unwatch(watch);
-        if let Some(e) = failure {
-            return Err(recorder.failed(&mut record, e));
-        }
-        recorder.drain(&mut events, end_ns, &name).await;
-        record.state = SessionState::Closed;
-        record.end = Some(end);
-        if let Err(e) = recorder.commit(&mut record) {
-            return Err(recorder.failed(&mut record, e));
-        }
-        drop(recorder);
+        recorder
+            .close(&mut record, end, failure, watch, &mut events, &name)
+            .await?;
         drop(route);
         Ok(record)
     }

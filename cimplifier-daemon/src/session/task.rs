@@ -263,20 +263,9 @@ impl SessionTask {
                 },
             }
         };
-        // What the tracer still holds of the container's last moments: on a
-        // busy host the dispatcher can be seconds behind the engine's `die`.
-        let end_ns = crate::trace::loader::monotonic_ns();
-        observer.unwatch(watch);
-        if let Some(e) = failure {
-            return Err(recorder.failed(&mut record, e));
-        }
-        recorder.drain(&mut events, end_ns, &name).await;
-        record.state = SessionState::Closed;
-        record.end = Some(end);
-        if let Err(e) = recorder.commit(&mut record) {
-            return Err(recorder.failed(&mut record, e));
-        }
-        drop(recorder);
+        recorder
+            .close(&mut record, end, failure, watch, &mut events, &name)
+            .await?;
         drop(route);
         Ok(record)
     }
@@ -691,6 +680,33 @@ impl<'a> Recorder<'a> {
             store.display(),
             dir.display()
         ))
+    }
+
+    /// Closes the session that ended by `end` (or by a failed checkpoint):
+    /// the watch released, what the tracer still holds of the container's
+    /// last moments accepted (on a busy host the dispatcher can be seconds
+    /// behind the engine's end), the record written closed.
+    pub(super) async fn close(
+        mut self,
+        record: &mut SessionRecord,
+        end: EndReason,
+        failure: Option<anyhow::Error>,
+        watch: Watch,
+        events: &mut mpsc::Receiver<Event>,
+        name: &str,
+    ) -> Result<()> {
+        let end_ns = crate::trace::loader::monotonic_ns();
+        self.observer.unwatch(watch);
+        if let Some(e) = failure {
+            return Err(self.failed(record, e));
+        }
+        self.drain(events, end_ns, name).await;
+        record.state = SessionState::Closed;
+        record.end = Some(end);
+        if let Err(e) = self.commit(record) {
+            return Err(self.failed(record, e));
+        }
+        Ok(())
     }
 
     /// Accepts what the tracer still held from before `end_ns`. A
