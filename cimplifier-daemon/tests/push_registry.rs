@@ -423,16 +423,9 @@ fn emit_pulls_a_source_image_gone_from_the_engine_and_refuses_a_moved_tag() {
 
     let slim = format!("cimplifier-e2e/pulled{pid}:slim");
     let _slim = PulledImage(slim.clone());
-    let out = ctl(
-        &d,
-        &[
-            "emit",
-            &format!("cimplifier-pull-src-{pid}"),
-            "--tag",
-            &slim,
-        ],
-        None,
-    );
+    let session = format!("cimplifier-pull-src-{pid}");
+    let emit = || ctl(&d, &["emit", &session, "--tag", &slim], None);
+    let out = emit();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "emit from the registry: {said}");
     docker(&["image", "inspect", &slim]);
@@ -444,16 +437,7 @@ fn emit_pulls_a_source_image_gone_from_the_engine_and_refuses_a_moved_tag() {
     docker(&["push", &source]);
     drop(moved);
     let _ = Command::new("docker").args(["rmi", &source]).output();
-    let out = ctl(
-        &d,
-        &[
-            "emit",
-            &format!("cimplifier-pull-src-{pid}"),
-            "--tag",
-            &slim,
-        ],
-        None,
-    );
+    let out = emit();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a moved tag was taken");
     assert!(said.contains("the tag moved"), "{said}");

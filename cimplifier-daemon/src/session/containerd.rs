@@ -255,12 +255,7 @@ impl SessionTask {
             &record,
             loss_base,
         );
-        let deadline = async {
-            match self.duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let deadline = super::task::session_deadline(self.duration);
         tokio::pin!(stop, deadline);
         let mut checkpoint = tokio::time::interval(CHECKPOINT);
         checkpoint.tick().await;

@@ -35,6 +35,14 @@ fn is_runc_init(comm: &str, exe: Option<&ContainerPath>) -> bool {
     comm.starts_with("runc") || (comm == "exe" && exe.is_none_or(|x| x.as_str().ends_with("/runc")))
 }
 
+/// When a session with `--duration` ends; never without one.
+pub(super) async fn session_deadline(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The first 12 characters of a container id, as `docker ps` shows it.
 fn short_id(id: &str) -> &str {
     &id[..id.len().min(12)]
@@ -177,12 +185,7 @@ impl SessionTask {
             &record,
             loss_base,
         );
-        let deadline = async {
-            match self.duration {
-                Some(d) => tokio::time::sleep(d).await,
-                None => std::future::pending().await,
-            }
-        };
+        let deadline = session_deadline(self.duration);
         tokio::pin!(stop, deadline);
         let mut checkpoint = tokio::time::interval(CHECKPOINT);
         checkpoint.tick().await;
