@@ -332,6 +332,74 @@ pub const TRACED: &[u32] = {
     ]
 };
 
+/// Syscalls that the per-syscall hooks leave alone, so that a server's hot
+/// loop runs no program at all: calls that act only on the caller's memory,
+/// its clock, itself or a descriptor it already holds. None is traced (it
+/// names no resource: what it acts on was opened, mapped or made by a call
+/// that is), none forgets folded repeats, none sends a signal. Seccomp
+/// profiles allow them to every executable of a session traced so
+/// (`EventKind::Unhooked`), as they were not seen either way.
+pub const UNHOOKED: &[u32] = &[
+    0,   // read
+    1,   // write
+    5,   // fstat
+    7,   // poll
+    8,   // lseek
+    9,   // mmap
+    10,  // mprotect
+    11,  // munmap
+    12,  // brk
+    14,  // rt_sigprocmask
+    15,  // rt_sigreturn
+    17,  // pread64
+    18,  // pwrite64
+    19,  // readv
+    20,  // writev
+    23,  // select
+    24,  // sched_yield
+    25,  // mremap
+    28,  // madvise
+    35,  // nanosleep
+    39,  // getpid
+    40,  // sendfile
+    45,  // recvfrom
+    47,  // recvmsg
+    74,  // fsync
+    75,  // fdatasync
+    96,  // gettimeofday
+    186, // gettid
+    201, // time
+    202, // futex
+    219, // restart_syscall
+    228, // clock_gettime
+    230, // clock_nanosleep
+    232, // epoll_wait
+    233, // epoll_ctl
+    270, // pselect6
+    271, // ppoll
+    281, // epoll_pwait
+    295, // preadv
+    296, // pwritev
+    299, // recvmmsg
+    318, // getrandom
+    327, // preadv2
+    328, // pwritev2
+    441, // epoll_pwait2
+    449, // futex_waitv
+];
+
+/// Whether syscall `n` is one of [`UNHOOKED`].
+pub const fn unhooked(n: u32) -> bool {
+    let mut i = 0;
+    while i < UNHOOKED.len() {
+        if UNHOOKED[i] == n {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
 /// How many arguments the syscall takes; the rest of `args` is unspecified.
 pub const fn arity(n: u32) -> usize {
     use nr::*;
@@ -493,5 +561,17 @@ mod tests {
         }
         assert!(forgets_folded(nr::CHROOT) && forgets_folded(nr::UNSHARE));
         assert!(!forgets_folded(nr::OPENAT));
+    }
+
+    #[test]
+    fn unhooked_syscalls_name_nothing_traced_and_change_nothing_folded() {
+        for &n in UNHOOKED {
+            assert!(unhooked(n));
+            assert!(spec(n).is_none(), "{n} is traced: it must be hooked");
+            assert!(!forgets_folded(n), "{n} forgets folded repeats");
+            assert!(!sends_signal(n), "{n} sends a signal");
+            assert!((n as usize) < crate::SYSCALL_BITMAP_BITS as usize);
+        }
+        assert!(!unhooked(nr::OPENAT) && !unhooked(nr::EXECVE) && !unhooked(nr::CLONE));
     }
 }

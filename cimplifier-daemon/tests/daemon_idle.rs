@@ -1,20 +1,34 @@
-//! An idle daemon costs the host nothing: `sys_enter` and `sys_exit` run on
-//! every syscall of the host, so they are attached only while some cgroup
-//! is watched. Counted from the daemon's BPF link descriptors: the three
-//! scheduler tracepoints and `signal_generate` (which runs only when a
-//! signal is generated) always, the two syscall hooks only while a session
-//! observes. Real daemon, real container. Needs root and dockerd.
+//! An idle daemon costs the host nothing: the syscall hooks run on the
+//! host's syscalls, watched or not, so they are attached only while some
+//! cgroup is watched. Counted from the daemon's descriptors: BPF links for
+//! the three scheduler tracepoints and `signal_generate` (which runs only
+//! when a signal is generated) always; the perf events that hold the
+//! per-syscall hooks (the default, `--hooks per-syscall`) only while a
+//! session observes. Real daemon, real container. Needs root and dockerd.
 
 mod common;
 
 use common::{BASE_IMAGE, Container, Daemon, docker, require_root};
 
-fn bpf_links(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
+/// The daemon's BPF links and perf events.
+fn hooks(pid: u32) -> (usize, usize) {
+    let targets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|target| target.to_string_lossy() == "anon_inode:bpf_link")
-        .count()
+        .map(|t| t.to_string_lossy().into_owned())
+        .collect();
+    let count = |kind: &str| targets.iter().filter(|t| *t == kind).count();
+    (
+        count("anon_inode:bpf_link"),
+        count("anon_inode:[perf_event]"),
+    )
+}
+
+/// Syscalls with a per-syscall hook: every syscall but the unhooked ones
+/// at entry, and the traced ones at exit too.
+fn hooked_enough((links, perf_events): (usize, usize)) -> bool {
+    let traced = cimplifier_common::syscalls::TRACED.len();
+    links == 4 && perf_events > 200 + traced && perf_events < 400 + traced
 }
 
 #[test]
@@ -23,8 +37,8 @@ fn the_syscall_hooks_are_attached_only_while_a_session_observes() {
     let d = Daemon::start();
     let pid = d.child.id();
     assert_eq!(
-        bpf_links(pid),
-        4,
+        hooks(pid),
+        (4, 0),
         "idle: the scheduler tracepoints and signal_generate only"
     );
 
@@ -36,7 +50,9 @@ fn the_syscall_hooks_are_attached_only_while_a_session_observes() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    common::wait_until(30, "the syscall hooks attached", || bpf_links(pid) == 6);
+    common::wait_until(30, "the syscall hooks attached", || {
+        hooked_enough(hooks(pid))
+    });
 
     docker(&["stop", "-t", "1", &c.0]);
     let out = observing.wait_with_output().unwrap();
@@ -46,5 +62,5 @@ fn the_syscall_hooks_are_attached_only_while_a_session_observes() {
         info["executables"].to_string().contains("/usr/bin/sleep"),
         "the hooks were in place for the first exec: {info}"
     );
-    common::wait_until(30, "the syscall hooks detached", || bpf_links(pid) == 4);
+    common::wait_until(30, "the syscall hooks detached", || hooks(pid) == (4, 0));
 }

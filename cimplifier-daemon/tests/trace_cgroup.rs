@@ -730,6 +730,11 @@ for _ in range(50): os.stat(\"/etc/passwd\"); os.path.exists(\"/no/such/early\")
         ))
         .spawn()
         .unwrap();
+    // Both tracers' hooks first (attaching takes a while), so that the two
+    // watches below begin together: a call between them would be one
+    // tracer's only.
+    let idle = TestCgroup::new("fold-idle");
+    let idle_watches = [&folding, &full].map(|t| t.watch_cgroup(&idle.path).unwrap());
     std::thread::sleep(Duration::from_millis(300));
     let watched = folding.watch_cgroup(&cgroup.path).unwrap();
     let watched_full = full.watch_cgroup(&cgroup.path).unwrap();
@@ -768,6 +773,9 @@ for _ in range(3): os.path.exists(\"/etc/shadow\"); os.path.exists(\"/no/such\")
     let folded = folding.cgroup_folded(watched.id).unwrap();
     folding.unwatch(&watched).unwrap();
     full.unwatch(&watched_full).unwrap();
+    for (t, w) in [&folding, &full].into_iter().zip(&idle_watches) {
+        t.unwatch(w).unwrap();
+    }
     for t in [&folding, &full] {
         let c = t.counters().unwrap();
         assert_eq!(c.loss.lost(), 0, "events were lost: {:?}", c.loss);
@@ -808,4 +816,97 @@ for _ in range(3): os.path.exists(\"/etc/shadow\"); os.path.exists(\"/no/such\")
         "{:?}",
         va.1
     );
+}
+
+/// Two tracers watch one cgroup, one on the per-syscall tracepoints (the
+/// default) and one on every syscall, while real programs open, stat,
+/// list, rename, connect, fork and exec, and copy data with read and
+/// write: per executable the two models hold the same uses, privileged
+/// operations and unresolved names, and the same syscalls but the
+/// unhooked ones, which the per-syscall tracer never sees and its session
+/// says it did not hook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_syscall_hooks_see_what_every_syscall_hooks_see_but_the_unhooked_calls() {
+    use cimplifier::trace::loader::HookMode;
+    use cimplifier_common::syscalls::{UNHOOKED, unhooked};
+    require_root();
+    let mut per = Tracer::load(TracerConfig::default()).expect("loading the tracer");
+    let mut every = Tracer::load(TracerConfig {
+        hooks: HookMode::EverySyscall,
+        ..Default::default()
+    })
+    .expect("loading the second tracer");
+    let mut per_events = per.events().unwrap();
+    let mut every_events = every.events().unwrap();
+    let cgroup = TestCgroup::new("hooks");
+    // Both tracers' hooks first, so that the two watches begin together.
+    let idle = TestCgroup::new("hooks-idle");
+    let idle_watches = [&per, &every].map(|t| t.watch_cgroup(&idle.path).unwrap());
+    let watched = [&per, &every].map(|t| t.watch_cgroup(&cgroup.path).unwrap());
+    let base_dir = tempfile::tempdir().unwrap();
+    let base = base_dir.path().to_str().unwrap().to_owned();
+    let shell = format!(
+        "python3 {script} {base} > /dev/null
+         python3 -c 'import json, sqlite3, http.client'
+         dd if=/etc/services of={base}/copy bs=512 2>/dev/null
+         sort < {base}/copy | md5sum > {base}/sum
+         for i in 1 2 3; do test -e /etc/passwd; ls /etc > /dev/null; done",
+        script = workload_script().display()
+    );
+    tokio::task::spawn_blocking({
+        let path = cgroup.path.clone();
+        move || run_in(&path, &["/bin/sh", "-c", &shell])
+    })
+    .await
+    .unwrap();
+    let mut a: Vec<_> = per.unhooked_event(watched[0].id).into_iter().collect();
+    a.extend(drain(&mut per_events, Duration::from_millis(500)).await);
+    let b = drain(&mut every_events, Duration::from_millis(500)).await;
+    assert!(every.unhooked_event(watched[1].id).is_none());
+    for (t, ws) in [&per, &every].into_iter().zip([0, 1]) {
+        t.unwatch(&watched[ws]).unwrap();
+        t.unwatch(&idle_watches[ws]).unwrap();
+    }
+    for t in [&per, &every] {
+        let c = t.counters().unwrap();
+        assert_eq!(c.loss.lost(), 0, "events were lost: {:?}", c.loss);
+    }
+    let model = cimplifier::model::Model::from_events(&a);
+    assert_eq!(
+        model
+            .unhooked_syscalls()
+            .iter()
+            .copied()
+            .collect::<Vec<_>>(),
+        UNHOOKED
+            .iter()
+            .copied()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect::<Vec<_>>()
+    );
+    let (va, vb) = (model_view(&a), model_view(&b));
+    assert_eq!(va.3, vb.3, "unresolved names");
+    assert_eq!(va.1, vb.1, "privileged operations");
+    for (exe, uses) in &vb.0 {
+        assert_eq!(va.0.get(exe), Some(uses), "the uses of {exe}");
+    }
+    assert_eq!(va.0.len(), vb.0.len());
+    let hooked: std::collections::BTreeMap<_, _> =
+        vb.2.iter().filter(|(nr, _)| !unhooked(**nr)).collect();
+    assert_eq!(
+        va.2.iter().collect::<std::collections::BTreeMap<_, _>>(),
+        hooked
+    );
+    // The every-syscall tracer saw the data being copied; the other ran no
+    // program for it.
+    let dd =
+        vb.0.keys()
+            .find(|e| e.to_string().ends_with("/dd"))
+            .expect("dd ran");
+    assert!(
+        vb.2[&0].contains(dd) && vb.2[&1].contains(dd),
+        "dd read and wrote"
+    );
+    assert!(va.2.keys().all(|nr| !unhooked(*nr)));
 }

@@ -60,7 +60,7 @@ use cimplifier_common::{
     COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
     SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SignalRecord, SyscallRecord,
     SyscallSeenRecord, cgroup_loss, counter, flags,
-    syscalls::{AddrSource, StrSource, foldable, forgets_folded, nr, spec},
+    syscalls::{AddrSource, Spec, StrSource, foldable, forgets_folded, nr, spec},
 };
 
 #[map]
@@ -559,11 +559,7 @@ fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
     let id: i64 = ctx.arg(1);
     let nr = id as u32;
     let cgroup = watched_cgroup()?;
-    note_syscall(cgroup, nr);
-    if forgets_folded(nr) {
-        new_fold_epoch((bpf_get_current_pid_tgid() >> 32) as u32);
-    }
-    let spec = spec(nr)?;
+    let spec = noted(cgroup, nr)?;
     let regs: *const [u64; REG_WORDS] = ctx.arg(0);
     let Ok(regs) = (unsafe { bpf_probe_read_kernel(regs) }) else {
         count_loss::<{ cgroup_loss::INFLIGHT }>(cgroup, counter::INFLIGHT_FULL);
@@ -577,6 +573,61 @@ fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
     for (a, r) in args.iter_mut().zip(ARG_REGS) {
         *a = regs[r];
     }
+    enter(ctx, cgroup, nr, spec, &args)
+}
+
+/// The same as `sys_enter`, attached to the per-syscall tracepoints
+/// `syscalls/sys_enter_NAME` of every syscall but the unhooked ones
+/// (`syscalls::unhooked`), so that those never run a program.
+#[tracepoint]
+pub fn sys_enter_one(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_enter_one(&ctx);
+    0
+}
+
+// The context the kernel builds for a per-syscall tracepoint's program: the
+// common fields, the number (an int) at 8, and from 16 the arguments (those
+// the syscall has; the rest are not set) or the return value. The kernel
+// refuses to attach a program that loads from the context past the end of
+// a tracepoint's own fields, so the arguments are copied with a helper.
+const TP_NR: usize = 8;
+const TP_ARGS: usize = 16;
+
+#[inline(always)]
+fn tp_nr(ctx: &TracePointContext) -> u32 {
+    unsafe { ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(TP_NR).cast::<u32>()) }
+}
+
+fn try_sys_enter_one(ctx: &TracePointContext) -> Option<()> {
+    let nr = tp_nr(ctx);
+    let cgroup = watched_cgroup()?;
+    let spec = noted(cgroup, nr)?;
+    let at = unsafe { ctx.as_ptr().cast::<u8>().add(TP_ARGS) }.cast::<[u64; 6]>();
+    let Ok(args) = (unsafe { bpf_probe_read_kernel(at) }) else {
+        count_loss::<{ cgroup_loss::INFLIGHT }>(cgroup, counter::INFLIGHT_FULL);
+        warn!(
+            ctx,
+            "sys_enter_one: arguments of syscall {} unreadable: record lost", nr
+        );
+        return None;
+    };
+    enter(ctx, cgroup, nr, spec, &args)
+}
+
+/// What every watched syscall entry does first: the seccomp evidence, the
+/// end of a fold span; then the call's spec when it is traced.
+#[inline(always)]
+fn noted(cgroup: u64, nr: u32) -> Option<Spec> {
+    note_syscall(cgroup, nr);
+    if forgets_folded(nr) {
+        new_fold_epoch((bpf_get_current_pid_tgid() >> 32) as u32);
+    }
+    spec(nr)
+}
+
+#[inline(always)]
+fn enter<C: EbpfContext>(ctx: &C, cgroup: u64, nr: u32, spec: Spec, args: &[u64; 6]) -> Option<()> {
+    let args = *args;
 
     if nr == nr::EXIT || nr == nr::EXIT_GROUP {
         let rec = scratch_syscall(RecordKind::Syscall, cgroup, nr, &args)?;
@@ -625,6 +676,28 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
     // a helper call, on every syscall of the host.
     let nr = unsafe { ptr::read_volatile(regs.wrapping_add(ORIG_AX)) } as u32;
     let spec = spec(nr)?;
+    let ret: i64 = ctx.arg(1);
+    exit(ctx, nr, spec, ret)
+}
+
+/// The same as `sys_exit`, attached to `syscalls/sys_exit_NAME` of the
+/// traced syscalls only.
+#[tracepoint]
+pub fn sys_exit_one(ctx: TracePointContext) -> u32 {
+    let _ = try_sys_exit_one(&ctx);
+    0
+}
+
+fn try_sys_exit_one(ctx: &TracePointContext) -> Option<()> {
+    let nr = tp_nr(ctx);
+    let spec = spec(nr)?;
+    // Every exit tracepoint has its return value.
+    let ret = unsafe { ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(TP_ARGS).cast::<i64>()) };
+    exit(ctx, nr, spec, ret)
+}
+
+#[inline(always)]
+fn exit<C: EbpfContext>(ctx: &C, nr: u32, spec: Spec, ret: i64) -> Option<()> {
     let tid = bpf_get_current_pid_tgid() as u32;
     // Only watched threads have an entry, so no cgroup walk here.
     let entry = *unsafe { INFLIGHT.get(&tid) }?;
@@ -641,7 +714,6 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Option<()> {
         );
         return None;
     }
-    let ret: i64 = ctx.arg(1);
     let rec = scratch_syscall(RecordKind::Syscall, cgroup, nr, &entry.args)?;
     rec.ret = ret;
     rec.enter_ts_ns = entry.enter_ts_ns;

@@ -38,6 +38,8 @@ pub struct DaemonConfig {
     pub watch_labels: Option<bool>,
     /// False sends every repeat to user space (`--no-kernel-fold`).
     pub kernel_fold: Option<bool>,
+    /// Where the syscall programs attach (`--hooks`).
+    pub hooks: Option<crate::trace::loader::HookMode>,
     /// Log the kernel programs' anomalies through aya-log (`--kernel-log`).
     pub kernel_log: Option<bool>,
     /// Members of this group may call the read-only RPCs on the socket

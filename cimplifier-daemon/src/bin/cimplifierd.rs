@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cimplifier::cli::shutdown_signal;
 use cimplifier::trace::TracerConfig;
+use cimplifier::trace::loader::HookMode;
 use cimplifier::trace::record::{RecordOptions, TraceTarget, record};
 use clap::{Parser, Subcommand};
 
@@ -67,6 +68,14 @@ enum Command {
         /// same process made before with the same result.
         #[arg(long)]
         no_kernel_fold: bool,
+        /// Where the syscall programs attach: `per-syscall` hooks each
+        /// syscall's own tracepoint but those that act only on memory, the
+        /// clock, the process or a descriptor it holds (read, write, epoll,
+        /// futex...: they run no program, and seccomp profiles allow them
+        /// unseen); `every-syscall` runs a program on every syscall of the
+        /// host, and sees every one a watched process makes.
+        #[arg(long, value_enum, default_value_t = HookMode::PerSyscall)]
+        hooks: HookMode,
     },
     /// Serve the gRPC API (proto/cimplifier/v1) on a unix socket (and TCP).
     ///
@@ -87,7 +96,7 @@ enum Command {
         /// state_dir, ring_buffer_mib, metrics_addr, listen_tcp, tls_cert,
         /// tls_key, tls_client_ca, tls_admin_identities,
         /// tls_read_only_identities, retain_sessions, max_heavy_calls,
-        /// watch_labels, kernel_fold, kernel_log). Read if it
+        /// watch_labels, kernel_fold, kernel_log, hooks). Read if it
         /// exists; a file named
         /// explicitly must exist.
         #[arg(long, env = "CIMPLIFIER_CONFIG")]
@@ -179,6 +188,10 @@ enum Command {
         /// instead. For comparing the two, or a full event stream.
         #[arg(long, env = "CIMPLIFIER_NO_KERNEL_FOLD")]
         no_kernel_fold: bool,
+        /// Where the syscall programs attach [default: per-syscall]: see
+        /// `cimplifierd trace --help`.
+        #[arg(long, value_enum, env = "CIMPLIFIER_HOOKS")]
+        hooks: Option<HookMode>,
         /// Log the kernel programs' anomalies (a lost record, an exit that
         /// met another call's entry...) through aya-log, target
         /// cimplifier::kernel. Off by default; off, it costs nothing.
@@ -257,6 +270,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             watch_labels,
             no_kernel_fold,
             kernel_log,
+            hooks,
         } => {
             let file = cimplifier::api::DaemonConfig::load(config.as_deref())?;
             let tcp = cimplifier::api::TcpFlags {
@@ -285,6 +299,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     ring_buffer_bytes: ring_buffer_mib << 20,
                     fold_repeats: !no_kernel_fold && file.kernel_fold.unwrap_or(true),
                     kernel_log: kernel_log || file.kernel_log.unwrap_or(false),
+                    hooks: hooks.or(file.hooks).unwrap_or_default(),
                     ..Default::default()
                 },
                 retain_sessions: retain_sessions.or(file.retain_sessions),
@@ -308,6 +323,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             duration,
             ring_buffer_mib,
             no_kernel_fold,
+            hooks,
         } => {
             if !ring_buffer_mib.is_power_of_two() {
                 anyhow::bail!("--ring-buffer-mib {ring_buffer_mib} must be a power of two");
@@ -324,6 +340,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tracer: TracerConfig {
                     ring_buffer_bytes: ring_buffer_mib << 20,
                     fold_repeats: !no_kernel_fold,
+                    hooks,
                     ..Default::default()
                 },
                 progress_every: Duration::from_secs(5),

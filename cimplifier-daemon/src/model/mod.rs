@@ -213,6 +213,9 @@ pub struct Model {
     /// Whether any `SyscallSeen` event was folded: sessions recorded
     /// before the tracer sent them have no syscall evidence at all.
     syscall_evidence: bool,
+    /// Syscalls the tracer did not hook (`EventKind::Unhooked`): whoever
+    /// made them, no event says so.
+    unhooked: BTreeSet<u32>,
 }
 
 impl Model {
@@ -274,6 +277,7 @@ impl Model {
                 self.processes.remove(&event.pid);
             }
             EventKind::Exit { .. } => {}
+            EventKind::Unhooked { nrs } => self.unhooked.extend(nrs),
             EventKind::SyscallSeen { nr, .. } => {
                 self.syscall_evidence = true;
                 let exe = self.running(event);
@@ -416,6 +420,12 @@ impl Model {
     /// seen) that made any syscall.
     pub fn syscall_makers(&self) -> BTreeSet<Exe> {
         self.syscalls.keys().cloned().collect()
+    }
+
+    /// The syscalls the tracer did not hook while recording these events:
+    /// any executable may have made them unseen.
+    pub fn unhooked_syscalls(&self) -> &BTreeSet<u32> {
+        &self.unhooked
     }
 
     /// Whether the events carried syscall evidence (`SyscallSeen`); logs

@@ -303,6 +303,10 @@ pub enum Grant {
     /// exit_group nor redis's wait4; refused, the child cannot end and the
     /// rewrite never finishes.
     Implied { exe: Exe, because: String },
+    /// The tracer ran no program on it (`HookMode::PerSyscall`: a call on
+    /// the caller's memory, clock, itself or a descriptor it holds), so
+    /// whoever made it was not seen: allowed to every image.
+    Unhooked,
 }
 
 impl fmt::Display for Grant {
@@ -314,6 +318,10 @@ impl fmt::Display for Grant {
             }
             Grant::RpeServer => f.write_str("the RPE server needs it"),
             Grant::RpeStub => f.write_str("the RPE stub needs it"),
+            Grant::Unhooked => f.write_str(
+                "not hooked while tracing (a call on memory, the clock, the process itself or \
+                 a descriptor it holds): whoever made it was not seen",
+            ),
             Grant::Implied { exe, because } => write!(f, "{exe} {because}"),
             Grant::MayRemove { exe, created } => {
                 write!(
@@ -451,6 +459,14 @@ pub fn seccomp(model: &Model, exes: &BTreeSet<Exe>, inputs: SeccompInputs) -> Se
         }
     };
     add(runtime, Grant::Runtime);
+    if !observed.is_empty() {
+        let unhooked: Vec<&str> = model
+            .unhooked_syscalls()
+            .iter()
+            .filter_map(|&nr| arch.name(nr))
+            .collect();
+        add(&unhooked, Grant::Unhooked);
+    }
     if inputs.rpe_server {
         add(RPE_SERVER, Grant::RpeServer);
     }

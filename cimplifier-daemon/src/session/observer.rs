@@ -167,6 +167,7 @@ pub fn kind_of(e: &Event) -> (&'static str, Option<&str>) {
         EventKind::Syscall(s) => ("syscall", Some(s.syscall.as_str())),
         EventKind::SyscallSeen { .. } => ("syscall_seen", None),
         EventKind::Signal(_) => ("signal", None),
+        EventKind::Unhooked { .. } => ("unhooked", None),
     }
 }
 
@@ -180,6 +181,7 @@ pub fn event_kinds() -> Vec<&'static str> {
         "syscall",
         "syscall_seen",
         "signal",
+        "unhooked",
     ];
     for &nr in cimplifier_common::syscalls::TRACED {
         let name = cimplifier_common::syscalls::name(nr);
@@ -347,6 +349,9 @@ impl Observer {
     /// receives every event no other session owns.
     pub fn route(&self, session: &str) -> (Arc<Route>, mpsc::Receiver<Event>) {
         let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        if let Some(unhooked) = self.tracer.unhooked_event(CgroupId(0)) {
+            tx.try_send(unhooked).expect("a new queue has room");
+        }
         let route = Arc::new(Route {
             session: session.to_owned(),
             claim: Mutex::default(),

@@ -349,6 +349,13 @@ pub enum EventKind {
     },
     /// A signal sent to another process. Absent in older logs.
     Signal(SignalEvent),
+    /// How the session was traced, not what a process did: these syscall
+    /// numbers ran no program (`HookMode::PerSyscall`), so no
+    /// `SyscallSeen` tells who made them. Sent once as the session's
+    /// recording begins. Absent in older logs and in `every-syscall` ones.
+    Unhooked {
+        nrs: Vec<u32>,
+    },
 }
 
 /// One decoded event.

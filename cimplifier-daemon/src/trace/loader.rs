@@ -1,7 +1,7 @@
 //! Loads the kernel programs, owns the watch set, and turns the ring buffer
 //! into a stream of [`Event`]s.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,13 +14,17 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use cimplifier_common::{MAX_CGROUP_LEVEL, cgroup_loss, counter, globals, maps};
+use cimplifier_common::syscalls::{UNHOOKED, spec, unhooked};
+use cimplifier_common::{
+    MAX_CGROUP_LEVEL, SYSCALL_BITMAP_BITS, cgroup_loss, counter, globals, maps,
+};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
 use super::cgroup::{Frozen, cgroup_id, cgroup_level, cgroup_of_pid, pids_below, snapshot_process};
 use super::decode::{RawHeader, decode};
 use super::kernel_layout::{KernelLayout, TRACEFS};
+use super::perf::{attach_tracepoint, tracepoint_id};
 use super::resolve::Resolver;
 use super::{CgroupId, Event, LossCounters};
 
@@ -42,6 +46,8 @@ pub struct TracerConfig {
     /// log, target `cimplifier::kernel`. Off, the log calls are dead code
     /// to the verifier and cost nothing.
     pub kernel_log: bool,
+    /// Where the syscall programs attach.
+    pub hooks: HookMode,
 }
 
 impl Default for TracerConfig {
@@ -51,7 +57,42 @@ impl Default for TracerConfig {
             channel_capacity: 65536,
             fold_repeats: true,
             kernel_log: false,
+            hooks: HookMode::PerSyscall,
         }
+    }
+}
+
+/// Where the syscall programs attach while a cgroup is watched.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookMode {
+    /// The per-syscall tracepoints (`syscalls/sys_enter_NAME`) of every
+    /// syscall but [`UNHOOKED`], and `sys_exit_NAME` of the traced ones: a
+    /// read, write, epoll or futex runs no program, watched or not. Those
+    /// are not seen, so seccomp profiles allow them (`EventKind::Unhooked`).
+    #[default]
+    PerSyscall,
+    /// `sys_enter`/`sys_exit` (BTF raw tracepoints): every syscall of the
+    /// host runs a program, and every syscall a watched process makes is seen.
+    EverySyscall,
+}
+
+impl HookMode {
+    /// The syscalls a watched process makes unseen in this mode.
+    pub fn unhooked(self) -> &'static [u32] {
+        match self {
+            Self::PerSyscall => UNHOOKED,
+            Self::EverySyscall => &[],
+        }
+    }
+}
+
+impl std::fmt::Display for HookMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::PerSyscall => "per-syscall",
+            Self::EverySyscall => "every-syscall",
+        })
     }
 }
 
@@ -90,14 +131,89 @@ impl CgroupLoss {
     }
 }
 
-/// The syscall programs and what they share with user space.
-const SYSCALL_HOOKS: [(&str, &str); 2] = [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")];
+/// The BTF raw tracepoint programs of [`HookMode::EverySyscall`].
+const EVERY_SYSCALL_HOOKS: [(&str, &str); 2] =
+    [("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")];
+/// The tracepoint programs of [`HookMode::PerSyscall`].
+const ENTER_ONE: &str = "sys_enter_one";
+const EXIT_ONE: &str = "sys_exit_one";
 
-/// `sys_enter` and `sys_exit` run on every syscall of the host, watched or
+/// The per-syscall tracepoints' names where they are not `sys_*_NAME`.
+fn tracepoint_name(syscall: &str) -> &str {
+    match syscall {
+        "stat" => "newstat",
+        "fstat" => "newfstat",
+        "lstat" => "newlstat",
+        "uname" => "newuname",
+        "sendfile" => "sendfile64",
+        "umount2" => "umount",
+        other => other,
+    }
+}
+
+/// One per-syscall attachment to make: the syscall and its tracepoint.
+struct OneHook {
+    nr: u32,
+    tracepoint: String,
+    id: u64,
+}
+
+/// The per-syscall tracepoints to attach, for every syscall this kernel
+/// has one for, but [`UNHOOKED`]: entries for all (the seccomp evidence),
+/// exits for the traced ones. A traced syscall without both is an error:
+/// its calls would go unseen.
+fn per_syscall_hooks() -> Result<(Vec<OneHook>, Vec<OneHook>)> {
+    let events = Path::new(TRACEFS).join("events/syscalls");
+    let (mut enters, mut exits) = (Vec::new(), Vec::new());
+    for nr in 0..SYSCALL_BITMAP_BITS {
+        if unhooked(nr) {
+            continue;
+        }
+        let Some(name) = syscalls::x86_64::Sysno::new(nr as usize).map(|s| s.name()) else {
+            continue;
+        };
+        let tp = tracepoint_name(name);
+        let (enter, exit) = (format!("sys_enter_{tp}"), format!("sys_exit_{tp}"));
+        let traced = spec(nr).is_some();
+        if !events.join(&enter).exists() || (traced && !events.join(&exit).exists()) {
+            if traced {
+                bail!(
+                    "the kernel has no tracepoint {} for the traced syscall {name}: run \
+                     `cimplifierd serve --hooks every-syscall`",
+                    events.join(&enter).display()
+                );
+            }
+            // Not built into this kernel (its calls fail with ENOSYS).
+            continue;
+        }
+        enters.push(OneHook {
+            nr,
+            id: tracepoint_id("syscalls", &enter)?,
+            tracepoint: enter,
+        });
+        if traced {
+            exits.push(OneHook {
+                nr,
+                id: tracepoint_id("syscalls", &exit)?,
+                tracepoint: exit,
+            });
+        }
+    }
+    Ok((enters, exits))
+}
+
+enum Links {
+    EverySyscall([BtfTracePointLinkId; 2]),
+    /// The perf events the programs hang on: closed, they detach.
+    PerSyscall(Vec<OwnedFd>),
+}
+
+/// The syscall programs run on every hooked syscall of the host, watched or
 /// not; they are attached only while some cgroup is watched.
 struct SyscallHooks {
     ebpf: Ebpf,
-    links: Option<[BtfTracePointLinkId; 2]>,
+    mode: HookMode,
+    links: Option<Links>,
     /// The kernel's in-flight map (value: the programs' 64-byte entry),
     /// emptied at detach: an entry left from before would meet another
     /// call's exit once attached again.
@@ -110,17 +226,47 @@ impl SyscallHooks {
             return Ok(());
         }
         let start = std::time::Instant::now();
-        let mut links = Vec::with_capacity(2);
-        for (prog, hook) in SYSCALL_HOOKS {
-            let p: &mut BtfTracePoint = program(&mut self.ebpf, prog)?;
-            links.push(
-                p.attach()
-                    .with_context(|| format!("attaching to raw tracepoint {hook}"))?,
-            );
-        }
-        let [enter, exit] = <[_; 2]>::try_from(links).expect("two hooks");
-        self.links = Some([enter, exit]);
+        let links = match self.mode {
+            HookMode::EverySyscall => {
+                let mut links = Vec::with_capacity(2);
+                for (prog, hook) in EVERY_SYSCALL_HOOKS {
+                    let p: &mut BtfTracePoint = program(&mut self.ebpf, prog)?;
+                    links.push(
+                        p.attach()
+                            .with_context(|| format!("attaching to raw tracepoint {hook}"))?,
+                    );
+                }
+                Links::EverySyscall(<[_; 2]>::try_from(links).expect("two hooks"))
+            }
+            HookMode::PerSyscall => {
+                let (enters, exits) = per_syscall_hooks()?;
+                let mut events = Vec::with_capacity(enters.len() + exits.len());
+                for (prog, hooks) in [(ENTER_ONE, &enters), (EXIT_ONE, &exits)] {
+                    let p: &mut TracePoint = program(&mut self.ebpf, prog)?;
+                    let fd = p
+                        .fd()
+                        .with_context(|| format!("program {prog} is not loaded"))?;
+                    for hook in hooks {
+                        // On error the events made so far are closed: detached.
+                        events.push(attach_tracepoint(fd.as_fd(), hook.id).with_context(|| {
+                            format!(
+                                "attaching {prog} to tracepoint syscalls/{} (syscall {})",
+                                hook.tracepoint, hook.nr
+                            )
+                        })?);
+                    }
+                }
+                Links::PerSyscall(events)
+            }
+        };
+        let hooked = match &links {
+            Links::EverySyscall(_) => 2,
+            Links::PerSyscall(events) => events.len(),
+        };
+        self.links = Some(links);
         tracing::info!(
+            mode = %self.mode,
+            tracepoints = hooked,
             micros = start.elapsed().as_micros() as u64,
             "attached the syscall hooks: a cgroup is watched"
         );
@@ -131,10 +277,15 @@ impl SyscallHooks {
         let Some(links) = self.links.take() else {
             return Ok(());
         };
-        for ((prog, _), link) in SYSCALL_HOOKS.into_iter().zip(links) {
-            let p: &mut BtfTracePoint = program(&mut self.ebpf, prog)?;
-            p.detach(link)
-                .with_context(|| format!("detaching {prog}"))?;
+        match links {
+            Links::EverySyscall(links) => {
+                for ((prog, _), link) in EVERY_SYSCALL_HOOKS.into_iter().zip(links) {
+                    let p: &mut BtfTracePoint = program(&mut self.ebpf, prog)?;
+                    p.detach(link)
+                        .with_context(|| format!("detaching {prog}"))?;
+                }
+            }
+            Links::PerSyscall(events) => drop(events),
         }
         let stale: Vec<u32> = self.inflight.keys().filter_map(|k| k.ok()).collect();
         for tid in stale {
@@ -209,17 +360,25 @@ impl Tracer {
             .load(EBPF_OBJECT)
             .context("loading the eBPF programs (are you root, with BPF enabled?)")?;
 
-        // BTF raw tracepoints for the syscall hooks: they fire on every
-        // syscall on the host, and unlike `raw_syscalls/*` tracepoints they
-        // build no trace record first. (The per-syscall `syscalls/*`
-        // tracepoints would skip untraced calls, but linking to them fails
-        // on these kernels.) Loaded now, attached only while a cgroup is
-        // watched ([`SyscallHooks`]): an idle daemon costs the host nothing.
+        // The syscall hooks of the configured mode ([`HookMode`]). Loaded
+        // now, attached only while a cgroup is watched ([`SyscallHooks`]):
+        // an idle daemon costs the host nothing.
         let btf = Btf::from_sys_fs().context("reading kernel BTF from /sys/kernel/btf/vmlinux")?;
-        for (prog, hook) in SYSCALL_HOOKS {
-            let p: &mut BtfTracePoint = program(&mut ebpf, prog)?;
-            p.load(hook, &btf)
-                .with_context(|| format!("loading tp_btf program {prog}"))?;
+        match config.hooks {
+            HookMode::EverySyscall => {
+                for (prog, hook) in EVERY_SYSCALL_HOOKS {
+                    let p: &mut BtfTracePoint = program(&mut ebpf, prog)?;
+                    p.load(hook, &btf)
+                        .with_context(|| format!("loading tp_btf program {prog}"))?;
+                }
+            }
+            HookMode::PerSyscall => {
+                for prog in [ENTER_ONE, EXIT_ONE] {
+                    let p: &mut TracePoint = program(&mut ebpf, prog)?;
+                    p.load()
+                        .with_context(|| format!("loading tracepoint program {prog}"))?;
+                }
+            }
         }
         // Runs only when a signal is generated: attached for good.
         let p: &mut BtfTracePoint = program(&mut ebpf, "signal_generate")?;
@@ -262,6 +421,7 @@ impl Tracer {
         Ok(Self {
             hooks: Mutex::new(SyscallHooks {
                 ebpf,
+                mode: config.hooks,
                 links: None,
                 inflight,
             }),
@@ -395,7 +555,8 @@ impl Tracer {
     pub fn program_sizes(&self) -> Result<Vec<(String, u32)>> {
         let hooks = self.hooks.lock().expect("hooks lock");
         let mut sizes = Vec::new();
-        for (name, program) in hooks.ebpf.programs() {
+        // The other mode's syscall programs are not loaded.
+        for (name, program) in hooks.ebpf.programs().filter(|(_, p)| p.fd().is_ok()) {
             let info = program
                 .info()
                 .with_context(|| format!("reading the info of program {name}"))?;
@@ -403,6 +564,22 @@ impl Tracer {
         }
         sizes.sort();
         Ok(sizes)
+    }
+
+    /// The event that tells a session's model which syscalls ran no program
+    /// (`HookMode::PerSyscall`): sent first in every recording. None when
+    /// every syscall is hooked.
+    pub fn unhooked_event(&self, cgroup: CgroupId) -> Option<Event> {
+        let nrs = self.config.hooks.unhooked();
+        (!nrs.is_empty()).then(|| Event {
+            ts_ns: monotonic_ns(),
+            pid: 0,
+            tid: 0,
+            ppid: 0,
+            cgroup,
+            comm: String::new(),
+            kind: super::EventKind::Unhooked { nrs: nrs.to_vec() },
+        })
     }
 
     /// Whether the syscall hooks are attached (some cgroup is watched).

@@ -245,13 +245,18 @@ mod tests {
             },
         };
         w.write(&event).unwrap();
+        let unhooked = Event {
+            kind: EventKind::Unhooked { nrs: vec![0, 1] },
+            ..event.clone()
+        };
+        w.write(&unhooked).unwrap();
         let loss = LossCounters {
             ringbuf_full: 3,
             ..Default::default()
         };
         w.finish(10, loss).unwrap();
         let log = EventLog::read(&path).unwrap();
-        assert_eq!(log.events, vec![event]);
+        assert_eq!(log.events, vec![event, unhooked]);
         assert!(
             !log.is_complete(),
             "3 lost events must make the log incomplete"

@@ -18,6 +18,7 @@ pub mod cgroup;
 pub mod kernel_layout;
 pub mod loader;
 pub mod log;
+mod perf;
 
 pub use loader::{CgroupLoss, EventStream, Tracer, TracerConfig, TracerCounters, WatchedCgroup};
 pub mod record;

@@ -62,6 +62,9 @@ pub async fn record(opts: RecordOptions, stop: impl Future<Output = ()>) -> Resu
     let mut tracer = Tracer::load(opts.tracer.clone())?;
     let mut events = tracer.events()?;
     let watched = tracer.watch_cgroup(&cgroup_path)?;
+    if let Some(unhooked) = tracer.unhooked_event(cgroup) {
+        log.write(&unhooked)?;
+    }
     tracing::info!("tracing {target} into {}", opts.output.display());
 
     let started = Instant::now();

@@ -31,6 +31,7 @@ enum EventTag {
     Running,
     SyscallSeen,
     Signal,
+    Unhooked,
 }
 
 /// Every field of every record kind; which are present depends on the kind.
@@ -83,6 +84,8 @@ pub(super) struct FlatRecord {
     sender_euid: Option<u32>,
     target_uid: Option<u32>,
     target_suid: Option<u32>,
+    // unhooked
+    nrs: Option<Vec<u32>>,
 }
 
 fn need<T>(v: Option<T>, field: &str, what: &str) -> Result<T, String> {
@@ -111,6 +114,9 @@ impl TryFrom<FlatRecord> for Event {
             EventTag::SyscallSeen => EventKind::SyscallSeen {
                 nr: need(r.nr, "nr", "a syscall_seen event")?,
                 syscall: r.syscall,
+            },
+            EventTag::Unhooked => EventKind::Unhooked {
+                nrs: need(r.nrs, "nrs", "an unhooked event")?,
             },
             EventTag::Signal => {
                 let w = "a signal event";

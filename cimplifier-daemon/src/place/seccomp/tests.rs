@@ -281,3 +281,40 @@ fn names_and_numbers_come_from_the_x86_64_table() {
     assert_eq!(SeccompMode::parse("log"), Ok(SeccompMode::Log));
     assert!(SeccompMode::parse("audit").is_err());
 }
+
+/// A session traced with per-syscall hooks says which syscalls ran no
+/// program: those are allowed, as nobody could be seen making them; the
+/// hooked ones still need evidence.
+#[test]
+fn syscalls_the_tracer_did_not_hook_are_allowed_unseen_and_only_those() {
+    let unhooked = |nrs: Vec<u32>| Event {
+        ts_ns: 0,
+        pid: 0,
+        tid: 0,
+        ppid: 0,
+        cgroup: CgroupId(0),
+        comm: String::new(),
+        kind: EventKind::Unhooked { nrs },
+    };
+    let mut events = vec![unhooked(vec![0, 1, 202])];
+    events.extend([exec(10, "/usr/sbin/nginx"), seen(10, "nginx", 49)]);
+    let m = Model::from_events(&events);
+    let s = seccomp(&m, &m.executables(), ENFORCE);
+    for name in ["read", "write", "futex"] {
+        assert!(s.allowed[name].contains(&Grant::Unhooked), "{name}");
+    }
+    assert!(
+        !s.allowed.contains_key("epoll_wait"),
+        "hooked, and not seen"
+    );
+    assert!(
+        s.explain("read").contains("not hooked"),
+        "{}",
+        s.explain("read")
+    );
+
+    // Traced with every syscall hooked: nothing is allowed unseen.
+    let m = nginx_model();
+    let s = seccomp(&m, &m.executables(), ENFORCE);
+    assert!(s.allowed.values().flatten().all(|g| *g != Grant::Unhooked));
+}
