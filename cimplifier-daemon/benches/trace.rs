@@ -4,12 +4,15 @@
 //! and ratios; asserts nothing about time. Two workloads, each against its
 //! untraced baseline:
 //! - a file-syscall loop (stat/open/close over 100 files): the tracer idle,
-//!   an unwatched bystander, the floors an eBPF tool cannot go below on this
+//!   an unwatched bystander (per-syscall hooks, the default, and
+//!   `--hooks every-syscall`), the floors an eBPF tool cannot go below on this
 //!   kernel (bpftrace's empty programs on the raw and on the per-syscall
-//!   tracepoints, and one that counts opens), traced by cimplifier (first
-//!   pass, then the same files again), and `strace -f`;
+//!   tracepoints, and one that counts opens), traced by cimplifier in both
+//!   hook modes (first pass, then the same files again), the time the
+//!   hooks take to attach, and `strace -f`;
 //! - redis-benchmark against a redis-server container (read/write-heavy):
-//!   unwatched bystander, bpftrace counting opens, traced, and `strace -f`.
+//!   unwatched bystander and traced in both hook modes, bpftrace counting
+//!   opens, and `strace -f`.
 //!
 //! Every figure but strace's is the median of several rounds.
 
@@ -19,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use cimplifier::trace::cgroup::cgroup2_mount;
+use cimplifier::trace::loader::HookMode;
 use cimplifier::trace::{EventStream, Tracer, TracerConfig};
 
 const LOOP_ITERATIONS: usize = 200_000;
@@ -131,14 +135,25 @@ struct Traced<T> {
     events: u64,
     seconds: f64,
     lost: u64,
+    /// How long the first watch took, hooks attached.
+    attach_seconds: f64,
 }
 
 /// Loads the tracer, watches `cgroup`, runs `work`, and unloads it again, so
 /// that the untraced baselines run with no programs attached at all.
-async fn traced<T>(cgroup: &Path, work: impl FnOnce() -> Result<T>) -> Result<Traced<T>> {
-    let mut tracer = Tracer::load(TracerConfig::default())?;
+async fn traced<T>(
+    hooks: HookMode,
+    cgroup: &Path,
+    work: impl FnOnce() -> Result<T>,
+) -> Result<Traced<T>> {
+    let mut tracer = Tracer::load(TracerConfig {
+        hooks,
+        ..Default::default()
+    })?;
     let events = tracer.events()?;
+    let attach = Instant::now();
     let watched = tracer.watch_cgroup(cgroup)?;
+    let attach_seconds = attach.elapsed().as_secs_f64();
     let (stop, counter) = count_events(events);
     let start = Instant::now();
     let result = work()?;
@@ -153,6 +168,7 @@ async fn traced<T>(cgroup: &Path, work: impl FnOnce() -> Result<T>) -> Result<Tr
         events,
         seconds,
         lost,
+        attach_seconds,
     })
 }
 
@@ -253,32 +269,44 @@ async fn run() -> Result<()> {
         "untraced (no programs)",
         "idle daemon (loaded, none watched)",
         "unwatched bystander (another cgroup watched)",
+        "unwatched bystander, --hooks every-syscall",
         "floor: bpftrace, one unused syscall (sys_enter_mkdirat)",
         "floor: bpftrace, empty on raw_syscalls enter+exit",
         "floor: bpftrace, empty on the loop's syscalls enter+exit",
         "floor: bpftrace counting opens in the kernel",
         "traced by cimplifier, first pass",
         "traced by cimplifier, steady state (same 100 files again)",
+        "traced, --hooks every-syscall, first pass",
+        "traced, --hooks every-syscall, steady state",
     ];
     let mut figures: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let (mut events, mut lost, mut ingest_secs) = (0u64, 0u64, 0f64);
+    let mut attach: [Vec<f64>; 2] = Default::default();
     for _ in 0..LOOP_ROUNDS {
         figures[0].push(run_loop()?);
         // The tracer as an idle daemon holds it: no syscall hook attached.
         let tracer = Tracer::load(TracerConfig::default())?;
         figures[1].push(run_loop()?);
         drop(tracer);
-        figures[2].push(traced(&other.0, run_loop).await?.result);
-        figures[3].push(under_bpftrace(unused_empty, run_loop)?);
-        figures[4].push(under_bpftrace(raw_empty, run_loop)?);
-        figures[5].push(under_bpftrace(&file_empty, run_loop)?);
-        figures[6].push(under_bpftrace(COUNT_OPENS, run_loop)?);
-        let run = traced(&cg.0, || Ok((run_loop()?, run_loop()?))).await?;
-        figures[7].push(run.result.0);
-        figures[8].push(run.result.1);
-        events += run.events;
-        lost += run.lost;
-        ingest_secs += run.seconds;
+        for (mode, row) in [(HookMode::PerSyscall, 2), (HookMode::EverySyscall, 3)] {
+            figures[row].push(traced(mode, &other.0, run_loop).await?.result);
+        }
+        figures[4].push(under_bpftrace(unused_empty, run_loop)?);
+        figures[5].push(under_bpftrace(raw_empty, run_loop)?);
+        figures[6].push(under_bpftrace(&file_empty, run_loop)?);
+        figures[7].push(under_bpftrace(COUNT_OPENS, run_loop)?);
+        for (i, mode) in [HookMode::PerSyscall, HookMode::EverySyscall]
+            .into_iter()
+            .enumerate()
+        {
+            let run = traced(mode, &cg.0, || Ok((run_loop()?, run_loop()?))).await?;
+            figures[8 + 2 * i].push(run.result.0);
+            figures[9 + 2 * i].push(run.result.1);
+            attach[i].push(run.attach_seconds);
+            events += run.events;
+            lost += run.lost;
+            ingest_secs += run.seconds;
+        }
     }
     let mut strace_argv = vec!["strace", "-f", "-o", "/dev/null"];
     strace_argv.extend_from_slice(&loop_argv);
@@ -292,6 +320,12 @@ async fn run() -> Result<()> {
         "events ingested, traced rounds: {events} ({:.0} events/s), lost {lost}",
         events as f64 / ingest_secs
     );
+    let [per, every] = attach.map(median);
+    println!(
+        "attaching the hooks at the first watch: per-syscall {:.1} ms, every-syscall {:.1} ms",
+        per * 1e3,
+        every * 1e3
+    );
 
     println!();
     println!(
@@ -304,19 +338,25 @@ async fn run() -> Result<()> {
     let rows = [
         "untraced (no programs)",
         "unwatched bystander (another cgroup watched)",
+        "unwatched bystander, --hooks every-syscall",
         "floor: bpftrace counting opens in the kernel",
         "traced by cimplifier",
+        "traced, --hooks every-syscall",
     ];
     let mut figures: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let (mut events, mut lost) = (0, 0);
     for _ in 0..REDIS_ROUNDS {
         figures[0].push(redis.benchmark()?);
-        figures[1].push(traced(&other.0, || redis.benchmark()).await?.result);
-        figures[2].push(under_bpftrace(COUNT_OPENS, || redis.benchmark())?);
-        let run = traced(&container_cgroup, || redis.benchmark()).await?;
-        figures[3].push(run.result);
-        events += run.events;
-        lost += run.lost;
+        for (mode, row) in [(HookMode::PerSyscall, 1), (HookMode::EverySyscall, 2)] {
+            figures[row].push(traced(mode, &other.0, || redis.benchmark()).await?.result);
+        }
+        figures[3].push(under_bpftrace(COUNT_OPENS, || redis.benchmark())?);
+        for (mode, row) in [(HookMode::PerSyscall, 4), (HookMode::EverySyscall, 5)] {
+            let run = traced(mode, &container_cgroup, || redis.benchmark()).await?;
+            figures[row].push(run.result);
+            events += run.events;
+            lost += run.lost;
+        }
     }
     let mut strace = Command::new("strace")
         .args(["-f", "-o", "/dev/null", "-p", &redis.pid.to_string()])
@@ -346,9 +386,14 @@ async fn run() -> Result<()> {
 
     println!();
     println!("## kernel programs, as the verifier left them (jited bytes)");
-    for kernel_log in [false, true] {
+    for (kernel_log, hooks) in [
+        (false, HookMode::PerSyscall),
+        (true, HookMode::PerSyscall),
+        (false, HookMode::EverySyscall),
+    ] {
         let tracer = Tracer::load(TracerConfig {
             kernel_log,
+            hooks,
             ..Default::default()
         })?;
         let sizes: Vec<String> = tracer
@@ -357,7 +402,7 @@ async fn run() -> Result<()> {
             .map(|(name, jited)| format!("{name} {jited}"))
             .collect();
         println!(
-            "kernel log {:<3}  {}",
+            "kernel log {:<3} {hooks:<13}  {}",
             if kernel_log { "on" } else { "off" },
             sizes.join(", ")
         );

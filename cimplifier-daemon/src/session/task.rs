@@ -571,7 +571,10 @@ impl<'a> Recorder<'a> {
     /// Streams the event and keeps it for the next commit, unless it is
     /// another container's or repeats a use already stored.
     pub(super) fn accept(&mut self, e: Event) {
-        if !self.members.contains(&e.cgroup) {
+        // How the tracer hooks syscalls: the observer's, sent to every
+        // session as its route opens, of no cgroup.
+        let about_the_tracer = matches!(e.kind, EventKind::Unhooked { .. });
+        if !about_the_tracer && !self.members.contains(&e.cgroup) {
             // A cgroup created below the container's since the last look,
             // or another container's event seen while waiting.
             self.members
