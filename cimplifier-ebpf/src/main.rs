@@ -4,26 +4,30 @@
 //! cgroup v2 is watched or descends from a watched cgroup, with no excluded
 //! cgroup in between (`watched_cgroup`).
 //!
-//! - `sys_enter`/`sys_exit` (BTF raw tracepoints: no trace record is built,
-//!   which keeps the cost for every unwatched syscall low) pair each call by
-//!   thread id through `INFLIGHT` and emit one `SyscallRecord` at exit, with
-//!   the arguments, the return value and the names read from user memory.
-//!   execve(at) also emits an `ExecArgs` record at entry, while its argv exists.
+//! - `sys_enter_one`/`sys_exit_one` (tracepoint programs on the per-syscall
+//!   tracepoints `syscalls/sys_{enter,exit}_NAME`, attached by user space
+//!   to every syscall but `syscalls::UNHOOKED`, exits to the traced ones
+//!   only) or, with `--hooks every-syscall`, `sys_enter`/`sys_exit` (BTF raw
+//!   tracepoints on every syscall: no trace record is built) share one body
+//!   per side (`enter`, `exit`). They pair each call by thread id through
+//!   `INFLIGHT` and emit one `SyscallRecord` at exit, with the arguments,
+//!   the return value and the names read from user memory. execve(at) also
+//!   emits an `ExecArgs` record at entry, while its argv exists.
 //! - `sched_process_exec` emits an `ExecImage` record for every exec that
 //!   loaded its image, with the file name and argv read from memory that
 //!   cannot fault: the entry read fails when the caller's page is not mapped
 //!   (a vfork/posix_spawn child of a large process, a string in a file
 //!   mapping the process never touched).
 //! - `sched_process_fork`/`sched_process_exit` follow the process tree.
-//! - `sys_enter` also sends a `SyscallSeenRecord` the first time a watched
-//!   process makes a syscall number since its exec, traced or not: the
-//!   evidence for seccomp profiles (`SYSCALLS_SEEN`).
+//! - The entry programs also send a `SyscallSeenRecord` the first time a
+//!   watched process makes a hooked syscall number since its exec, traced
+//!   or not: the evidence for seccomp profiles (`SYSCALLS_SEEN`).
 //! - `signal_generate` (a BTF tracepoint: it has the receiving task) sends a
 //!   `SignalRecord` when a watched process signals another process, with
 //!   the credentials the kernel's permission check compared: the evidence
 //!   for CAP_KILL. It runs only when a signal is generated, so it stays
 //!   attached.
-//! - `sys_exit` folds a repeat of a call that only asks about an absolute
+//! - The exit programs fold a repeat of a call that only asks about an absolute
 //!   path (stat, access) or an open of one that failed: the same process,
 //!   since its last fork, exec or change of root, mounts or credentials,
 //!   made the same call with the same result (`syscalls::foldable`). It is
