@@ -576,6 +576,7 @@ mod tests {
         ComposeFile {
             name: "app".into(),
             plan_id: "0123456789abcdef".into(),
+            containerd_namespace: None,
             services: [
                 ("php".to_owned(), srv),
                 ("web_1".to_owned(), web),

@@ -587,18 +587,25 @@ pub async fn emit_partitioned(
         .unwrap_or(&partitions[0])
         .name
         .clone();
-    let compose = compose_file(
-        &opts.images,
-        &partitions,
-        RunPlanVolumes {
-            volumes: &volumes,
-            rpe_volumes: &rpe_volumes,
-            seed: seed_image.as_ref(),
+    let compose = ComposeFile {
+        // Where the images are: `up` starts the plan in that engine.
+        containerd_namespace: match &destination {
+            oci::Destination::Containerd { namespace } => Some(namespace.clone()),
+            oci::Destination::Docker(_) => None,
         },
-        &network_owner,
-        &source,
-        &run,
-    )
+        ..compose_file(
+            &opts.images,
+            &partitions,
+            RunPlanVolumes {
+                volumes: &volumes,
+                rpe_volumes: &rpe_volumes,
+                seed: seed_image.as_ref(),
+            },
+            &network_owner,
+            &source,
+            &run,
+        )
+    }
     .with_plan_id()?;
     let compose_yaml = compose.to_yaml()?;
     let mut warnings = warnings;
@@ -851,6 +858,7 @@ fn compose_file(
     ComposeFile {
         name,
         plan_id: String::new(),
+        containerd_namespace: None,
         services,
         volumes: volumes
             .iter()
