@@ -33,19 +33,50 @@ impl Workload {
         container: &str,
         stdout_to_stderr: bool,
     ) -> Result<Self> {
+        Self::spawn_in(command, target, container, stdout_to_stderr, None)
+    }
+
+    /// [`Self::spawn`], inside the network namespace `netns` (a
+    /// `/proc/PID/ns/net`) when given: how a workload reaches a container
+    /// that has only loopback (a containerd task without CNI).
+    pub fn spawn_in(
+        command: &str,
+        target: IpAddr,
+        container: &str,
+        stdout_to_stderr: bool,
+        netns: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let stdout = if stdout_to_stderr {
             Stdio::from(std::io::stderr())
         } else {
             Stdio::inherit()
         };
-        let child = tokio::process::Command::new("/bin/sh")
-            .arg("-c")
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c")
             .arg(command)
             .env(TARGET_VAR, target.to_string())
             .env(CONTAINER_VAR, container)
             .stdin(Stdio::null())
             .stdout(stdout)
-            .process_group(0)
+            .process_group(0);
+        if let Some(netns) = netns {
+            let ns = std::fs::File::open(netns).with_context(|| {
+                format!(
+                    "opening the network namespace {} to run the workload in (is the \
+                     container still running?)",
+                    netns.display()
+                )
+            })?;
+            // SAFETY: setns is async-signal-safe, and the closure only
+            // calls it on a file opened before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = cmd
             .spawn()
             .with_context(|| format!("starting the workload `{command}` with /bin/sh"))?;
         let pid = child

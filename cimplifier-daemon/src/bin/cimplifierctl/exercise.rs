@@ -86,6 +86,10 @@ pub struct Exercise<'a> {
     pub json: bool,
     /// The lifecycle steps to run after the first pass.
     pub steps: &'a [pb::LifecycleStep],
+    /// The container's network namespace (`/proc/PID/ns/net`) when it has
+    /// only loopback (a containerd task without CNI): CMD runs inside it
+    /// against 127.0.0.1, and no port is probed from outside.
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// Ctrl-C or SIGTERM, listened for from now on (so one that comes while
@@ -210,14 +214,18 @@ impl Exercise<'_> {
         stop: &mut std::pin::Pin<&mut impl Future<Output = Signal>>,
     ) -> anyhow::Result<Ended> {
         let name = self.container;
-        let address = address(name, target)?;
+        let address = match &self.netns {
+            Some(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            None => address(name, target)?,
+        };
+        let probe = self.netns.is_none();
         let ports: Vec<u16> = target
             .map(|t| t.tcp_ports.as_slice())
             .unwrap_or_default()
             .iter()
             .filter_map(|&p| u16::try_from(p).ok())
             .collect();
-        if !ports.is_empty() && !self.ready_timeout.is_zero() {
+        if probe && !ports.is_empty() && !self.ready_timeout.is_zero() {
             let list = ports
                 .iter()
                 .map(u16::to_string)
@@ -254,7 +262,7 @@ impl Exercise<'_> {
             "running the workload: sh -c {cmd:?} with {}={address}",
             workload::TARGET_VAR
         );
-        let mut w = Workload::spawn(cmd, address, name, self.json)?;
+        let mut w = Workload::spawn_in(cmd, address, name, self.json, self.netns.as_deref())?;
         tokio::select! {
             status = w.wait() => Ok(Ended::Exited(status?)),
             sig = &mut *stop => {

@@ -9,6 +9,7 @@ use anyhow::Context;
 use cimplifier::api::{Address, pb};
 use cimplifier::docker::compose::{self, ComposeFile, StartOrder};
 use cimplifier::emit::partitioned::seed::SEED_SERVICE;
+use cimplifier::engine::containerd::{ContainerRef, Containerd, plan as containerd_plan};
 
 use crate::args::VerifyArgs;
 use crate::daemon::{Client, WorkloadFailed, connect, runtime, status};
@@ -29,6 +30,31 @@ struct Started {
     what: String,
     /// Volumes this verify made (a plan's), removed with the output.
     volumes: Vec<String>,
+    /// The front's network namespace when it has only loopback (a
+    /// containerd task without CNI): the workload runs inside it.
+    netns: Option<std::path::PathBuf>,
+}
+
+/// The engine a run plan starts in: the one its images were emitted into.
+enum PlanEngine {
+    Docker,
+    Containerd {
+        containerd: Containerd,
+        namespace: String,
+    },
+}
+
+impl PlanEngine {
+    async fn of(plan: &std::path::Path) -> anyhow::Result<Self> {
+        let (_, file) = ComposeFile::load(plan)?;
+        Ok(match containerd_plan::namespace_of(&file) {
+            Some(ns) => PlanEngine::Containerd {
+                containerd: Containerd::connect().await?,
+                namespace: ns.to_owned(),
+            },
+            None => PlanEngine::Docker,
+        })
+    }
 }
 
 pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
@@ -62,7 +88,10 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
         let tag = format!("{}-{}", original.container, std::process::id());
         let started = match (&image, &plan) {
             (Some(image), _) => start_image(&docker, &mut api, &original, image, &tag).await,
-            (_, Some(plan)) => start_plan(&docker, &api, plan).await,
+            (_, Some(plan)) => match PlanEngine::of(plan).await {
+                Ok(engine) => start_plan(&docker, &engine, &api, plan).await,
+                Err(e) => Err(e),
+            },
             _ => unreachable!("clap requires --image or --plan"),
         };
         let started = match started {
@@ -102,6 +131,7 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
             ready_timeout,
             json,
             steps: &steps,
+            netns: started.netns.clone(),
         };
         let passes = exercise.run(started.target.as_ref(), stop).await;
         for (name, _) in &started.sessions {
@@ -133,7 +163,10 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
             .map(tonic::Response::into_inner);
         if !keep {
             let removed = match &plan {
-                Some(plan) => stop_plan(&docker, plan, &started.volumes).await,
+                Some(plan) => match PlanEngine::of(plan).await {
+                    Ok(engine) => stop_plan(&docker, &engine, plan, &started.volumes).await,
+                    Err(e) => Err(e),
+                },
                 None => cimplifier::docker::output::remove(&docker, &started.front).await,
             };
             if let Err(e) = removed {
@@ -238,6 +271,7 @@ async fn start_image(
         target: observed.target,
         what: format!("image {image}, run as container {name}"),
         volumes: Vec::new(),
+        netns: None,
     })
 }
 
@@ -245,6 +279,7 @@ async fn start_image(
 /// observation from its first exec.
 async fn start_plan(
     docker: &cimplifier::docker::Docker,
+    engine: &PlanEngine,
     api: &Client,
     plan: &std::path::Path,
 ) -> anyhow::Result<Started> {
@@ -253,7 +288,13 @@ async fn start_plan(
     let mut volumes = Vec::new();
     for name in file.volumes.keys() {
         let full = file.volume_name(name);
-        if cimplifier::docker::output::volume_exists(docker, &full).await? {
+        let exists = match engine {
+            PlanEngine::Docker => cimplifier::docker::output::volume_exists(docker, &full).await?,
+            PlanEngine::Containerd { namespace, .. } => containerd_plan::StateDirs::new(namespace)
+                .volume(&full)
+                .exists(),
+        };
+        if exists {
             eprintln!(
                 "cimplifierctl: warning: volume {full} exists already: the output starts with \
                  its data, not with what the seed service would give it"
@@ -265,13 +306,27 @@ async fn start_plan(
     let targets: Arc<Mutex<BTreeMap<String, Option<pb::Target>>>> = Arc::default();
     let seen = targets.clone();
     let client = api.clone();
+    // A containerd container is observed as containerd://NS/ID, and its
+    // session is named by its id.
+    let scheme = match engine {
+        PlanEngine::Docker => None,
+        PlanEngine::Containerd { namespace, .. } => Some(namespace.clone()),
+    };
     let start = move |name: String| -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
         let mut api = client.clone();
         let seen = seen.clone();
+        let container = match &scheme {
+            Some(ns) => ContainerRef {
+                namespace: ns.clone(),
+                id: name.clone(),
+            }
+            .to_string(),
+            None => name.clone(),
+        };
         Box::pin(async move {
             let observed = api
                 .observe(pb::ObserveRequest {
-                    container: name.clone(),
+                    container,
                     replace: true,
                     ..Default::default()
                 })
@@ -289,7 +344,13 @@ async fn start_plan(
         order: StartOrder::Dependencies,
         ..Default::default()
     };
-    let up = compose::up_with(docker, plan, &order, &start, &|step| eprintln!("{step}")).await;
+    let progress = |step: &str| eprintln!("{step}");
+    let up = match engine {
+        PlanEngine::Docker => compose::up_with(docker, plan, &order, &start, &progress).await,
+        PlanEngine::Containerd { containerd, .. } => {
+            containerd_plan::up_with(containerd, plan, &order, &start, &progress).await
+        }
+    };
     let up = match up {
         Ok(up) => up,
         Err(e) => {
@@ -308,7 +369,7 @@ async fn start_plan(
                     })
                     .await;
             }
-            let _ = stop_plan(docker, plan, &volumes).await;
+            let _ = stop_plan(docker, engine, plan, &volumes).await;
             return Err(e);
         }
     };
@@ -320,6 +381,25 @@ async fn start_plan(
         .context("the plan has no partition that owns the network")?;
     let mut targets = targets.lock().expect("targets lock").clone();
     let target = targets.remove(&owner).flatten();
+    // Only loopback (no CNI): the workload runs in the owner's namespace.
+    let netns = match engine {
+        PlanEngine::Containerd {
+            containerd,
+            namespace,
+        } if target.as_ref().is_none_or(|t| t.ip_address.is_empty()) => {
+            let at = ContainerRef {
+                namespace: namespace.clone(),
+                id: owner.clone(),
+            };
+            let pid = containerd_plan::task_pid(containerd, &at)
+                .await?
+                .with_context(|| {
+                    format!("the task of {at}, which owns the network, is not running")
+                })?;
+            Some(std::path::PathBuf::from(format!("/proc/{pid}/ns/net")))
+        }
+        _ => None,
+    };
     Ok(Started {
         sessions: up
             .containers
@@ -334,18 +414,34 @@ async fn start_plan(
             up.containers.len()
         ),
         volumes,
+        netns,
     })
 }
 
 /// Stops the plan's containers and removes `volumes`, which verify made.
 async fn stop_plan(
     docker: &cimplifier::docker::Docker,
+    engine: &PlanEngine,
     plan: &std::path::Path,
     volumes: &[String],
 ) -> anyhow::Result<()> {
-    compose::down(docker, plan, false, &|_| {}).await?;
-    for v in volumes {
-        cimplifier::docker::output::remove_volume(docker, v).await?;
+    match engine {
+        PlanEngine::Docker => {
+            compose::down(docker, plan, false, &|_| {}).await?;
+            for v in volumes {
+                cimplifier::docker::output::remove_volume(docker, v).await?;
+            }
+        }
+        PlanEngine::Containerd {
+            containerd,
+            namespace,
+        } => {
+            containerd_plan::down(containerd, plan, false, &|_| {}).await?;
+            let dirs = containerd_plan::StateDirs::new(namespace);
+            for v in volumes {
+                dirs.remove_volume(v)?;
+            }
+        }
     }
     Ok(())
 }
