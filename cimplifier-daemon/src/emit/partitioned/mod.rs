@@ -672,7 +672,7 @@ pub async fn emit_partitioned(
 }
 
 /// The label naming, by tag, the image a plan's service runs by id.
-pub const IMAGE_TAG_LABEL: &str = "io.cimplifier.image";
+pub use crate::docker::compose::IMAGE_TAG_LABEL;
 
 /// The partition report's file name beside the run plan.
 pub const PARTITION_REPORT_FILE: &str = "partition-report.json";

@@ -38,11 +38,10 @@ use serde::Deserialize;
 
 use super::{ContainerRef, Containerd, in_namespace, leased};
 use crate::docker::compose::{
-    ComposeFile, ComposeService, PLAN_LABEL, PROJECT_LABEL, SEED_SERVICE, SERVICE_LABEL,
-    StartOrder, StartedService, Starter, UpOptions, UpReport, split_volume, tmpfs_map,
+    ComposeFile, ComposeService, FILL_DIR, IMAGE_TAG_LABEL, PLAN_LABEL, PROJECT_LABEL,
+    SEED_COPY_PROGRAM, SEED_DIR, SEED_SERVICE, SERVICE_LABEL, StartOrder, StartedService, Starter,
+    UpOptions, UpReport, split_volume, tmpfs_map,
 };
-use crate::emit::partitioned::kubernetes::FILL_DIR;
-use crate::emit::partitioned::seed::{SEED_COPY_PROGRAM, SEED_DIR};
 
 /// Where `up` keeps the plans' volumes and the tasks' logs.
 pub const STATE_DIR: &str = "/var/lib/cimplifier/containerd";
@@ -51,8 +50,6 @@ pub const SNAPSHOTTER: &str = "overlayfs";
 /// The runtime of the tasks (`ctr run`'s default).
 pub const RUNTIME: &str = "io.containerd.runc.v2";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-/// The label naming a service's image by tag (emit/partitioned/mod.rs).
-const IMAGE_TAG_LABEL: &str = crate::emit::partitioned::IMAGE_TAG_LABEL;
 /// How long a task has to stop after SIGTERM before SIGKILL (Docker's
 /// `down` waits as long).
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -735,20 +732,68 @@ impl Containerd {
         Ok(parent)
     }
 
-    /// The image's /etc/passwd and /etc/group (empty when it has none).
+    /// The image's /etc/passwd and /etc/group (empty when it has none),
+    /// from its layers in order: a later layer's file or whiteout wins.
     async fn user_files(&self, namespace: &str, image: &ResolvedImage) -> Result<(String, String)> {
-        let dir = std::env::temp_dir();
-        let (file, _, _) = self
-            .save_to_spool(namespace, &image.manifest, &dir, &|_| {})
-            .await?;
-        let fs = crate::image::fs::ImageFs::from_archive_file(file, &image.name)?;
-        let read = |p: &str| {
-            crate::trace::ContainerPath::new(p)
-                .and_then(|p| fs.data(&p))
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        use std::io::{Read, Seek};
+        let (_, manifest) = self.manifest(namespace, &image.manifest).await?;
+        let mut files: [Option<Vec<u8>>; 2] = [None, None];
+        for layer in manifest.layers() {
+            let digest = layer.digest().to_string();
+            let mut blob = tempfile::tempfile()
+                .context("a spool file for a layer (is the temporary directory writable?)")?;
+            self.read_blob_into(namespace, &digest, &mut blob).await?;
+            blob.rewind()?;
+            let media = layer.media_type().to_string();
+            let reader: Box<dyn Read> = if media.ends_with("gzip") {
+                Box::new(flate2::read::GzDecoder::new(blob))
+            } else if media.ends_with("zstd") {
+                Box::new(zstd::Decoder::new(blob)?)
+            } else if media.ends_with("tar") {
+                Box::new(blob)
+            } else {
+                bail!(
+                    "image {}: layer {digest} has media type {media}, not a tar",
+                    image.name
+                );
+            };
+            let mut tar = tar::Archive::new(reader);
+            for entry in tar
+                .entries()
+                .with_context(|| format!("reading layer {digest} of {}", image.name))?
+            {
+                let mut e =
+                    entry.with_context(|| format!("reading layer {digest} of {}", image.name))?;
+                let path = e
+                    .path()?
+                    .to_string_lossy()
+                    .trim_start_matches("./")
+                    .to_owned();
+                let slot = match path.as_str() {
+                    "etc/passwd" | "etc/.wh.passwd" => 0,
+                    "etc/group" | "etc/.wh.group" => 1,
+                    // An opaque /etc hides the lower layers' files.
+                    "etc/.wh..wh..opq" => {
+                        files = [None, None];
+                        continue;
+                    }
+                    _ => continue,
+                };
+                files[slot] = if path.contains(".wh.") {
+                    None
+                } else {
+                    let mut data = Vec::new();
+                    e.read_to_end(&mut data)?;
+                    Some(data)
+                };
+            }
+        }
+        let text = |f: &Option<Vec<u8>>| {
+            f.as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
         };
-        Ok((read("/etc/passwd"), read("/etc/group")))
+        Ok((text(&files[0]), text(&files[1])))
     }
 
     /// Creates container `id` on a new snapshot of `image` (unpacked

@@ -32,6 +32,16 @@ use serde::{Deserialize, Serialize};
 /// The one-shot service that fills the volumes before the others start
 /// (written by emit, see emit/partitioned/seed.rs).
 pub const SEED_SERVICE: &str = "cimplifier-seed";
+/// Where the seed image holds each volume's content, and the seed service
+/// mounts that volume (emit/partitioned/seed.rs).
+pub const SEED_DIR: &str = "/.cimplifier/seed";
+/// The seed image's program that copies the staged content into empty
+/// volumes (Kubernetes' init container, containerd's seed).
+pub const SEED_COPY_PROGRAM: &str = "/.cimplifier/seed-copy";
+/// Where that copy finds each volume to fill.
+pub const FILL_DIR: &str = "/.cimplifier/fill";
+/// The label naming, by tag, the image a plan's service runs by id.
+pub const IMAGE_TAG_LABEL: &str = "io.cimplifier.image";
 
 /// File name of the run plan in emit's output directory.
 pub const COMPOSE_FILE: &str = "docker-compose.yml";
