@@ -87,8 +87,8 @@ pub struct Exercise<'a> {
     /// The lifecycle steps to run after the first pass.
     pub steps: &'a [pb::LifecycleStep],
     /// The container's network namespace (`/proc/PID/ns/net`) when it has
-    /// only loopback (a containerd task without CNI): CMD runs inside it
-    /// against 127.0.0.1, and no port is probed from outside.
+    /// only loopback (a containerd task without CNI): its ports are probed
+    /// and CMD runs inside it, against 127.0.0.1.
     pub netns: Option<std::path::PathBuf>,
 }
 
@@ -218,14 +218,13 @@ impl Exercise<'_> {
             Some(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             None => address(name, target)?,
         };
-        let probe = self.netns.is_none();
         let ports: Vec<u16> = target
             .map(|t| t.tcp_ports.as_slice())
             .unwrap_or_default()
             .iter()
             .filter_map(|&p| u16::try_from(p).ok())
             .collect();
-        if probe && !ports.is_empty() && !self.ready_timeout.is_zero() {
+        if !ports.is_empty() && !self.ready_timeout.is_zero() {
             let list = ports
                 .iter()
                 .map(u16::to_string)
@@ -233,7 +232,12 @@ impl Exercise<'_> {
                 .join(", ");
             eprintln!("waiting until {name} accepts connections on TCP port(s) {list}");
             let never = tokio::select! {
-                never = workload::wait_for_ports(address, &ports, self.ready_timeout) => never,
+                never = async {
+                    match &self.netns {
+                        Some(ns) => workload::wait_for_ports_in(ns, address, &ports, self.ready_timeout).await,
+                        None => Ok(workload::wait_for_ports(address, &ports, self.ready_timeout).await),
+                    }
+                } => never?,
                 sig = &mut *stop => return Ok(Ended::Interrupted(sig, None)),
                 end = session_ended(self.api.clone(), name) => anyhow::bail!(
                     "the session of {name} ended ({end}) before its ports accepted connections, \

@@ -400,6 +400,21 @@ async fn start_plan(
         }
         _ => None,
     };
+    // Reached inside that namespace, on the ports the owner exposes.
+    let target = match (&netns, target) {
+        (Some(_), _) => Some(pb::Target {
+            network_mode: "netns".into(),
+            ip_address: std::net::Ipv4Addr::LOCALHOST.to_string(),
+            tcp_ports: file
+                .services
+                .values()
+                .filter(|s| s.network_mode.is_none())
+                .flat_map(|s| &s.expose)
+                .filter_map(|p| p.strip_suffix("/tcp").unwrap_or(p).parse().ok())
+                .collect(),
+        }),
+        (None, target) => target,
+    };
     Ok(Started {
         sessions: up
             .containers

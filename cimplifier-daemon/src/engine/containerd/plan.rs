@@ -323,6 +323,9 @@ fn spec_of(input: SpecInput<'_>) -> Result<Spec> {
         .cwd(cwd)
         .no_new_privileges(no_new_privileges)
         .capabilities(capabilities)
+        // None of its own: the limits containerd's shim runs with, as a
+        // Docker container gets dockerd's.
+        .rlimits(Vec::new())
         .build()?;
 
     // The runtime's usual file systems, then the volumes and the tmpfs.
