@@ -251,6 +251,34 @@ async fn nginx_on_containerd_from_cri_labels_to_ctr_run() {
         "emit named {slim} in containerd"
     );
 
+    // verify --image in containerd: hardened by its label (capabilities,
+    // seccomp, read-only root with its tmpfs, anonymous volumes filled
+    // from the image), the workload inside its network namespace, through
+    // the lifecycle steps the original went through.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/nginx.sh");
+    let verified = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        .env("CONTAINERD_ADDRESS", &address)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["verify", &session, "--image", &slim, "--json", "--workload"])
+        .arg(format!("bash {}", script.display()))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verified.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap_or_default();
+    assert_eq!(verified.status.code(), Some(0), "{report:#} {said}");
+    assert_eq!(report["verified"], true, "{report:#}");
+    assert_eq!(
+        report["workload"]["passes"].as_array().map(Vec::len),
+        Some(4),
+        "the first pass and one after each step: {report:#}"
+    );
+    assert_eq!(
+        ns.ctr(&["containers", "ls", "-q"]).trim(),
+        "web",
+        "verify removed what it started"
+    );
+
     ns.ctr(&["run", "-d", &slim, "slim"]);
     ns.containers.push("slim".into());
     let pid = ns.task_pid("slim").expect("ctr run started the slim image");

@@ -10,10 +10,11 @@ use cimplifier::api::{Address, pb};
 use cimplifier::docker::compose::{self, ComposeFile, StartOrder};
 use cimplifier::emit::partitioned::seed::SEED_SERVICE;
 use cimplifier::engine::containerd::{ContainerRef, Containerd, plan as containerd_plan};
+use cimplifier::place::privileges::{HARDENING_LABEL, Hardening};
 
 use crate::args::VerifyArgs;
 use crate::daemon::{Client, WorkloadFailed, connect, runtime, status};
-use crate::exercise::{Exercise, Pass, STEPS, interruption, outcome, step_name};
+use crate::exercise::{Exercise, NetnsOf, Pass, STEPS, interruption, outcome, step_name};
 use crate::observe::{passes_json, passes_text};
 use crate::render::print;
 
@@ -32,7 +33,9 @@ struct Started {
     volumes: Vec<String>,
     /// The front's network namespace when it has only loopback (a
     /// containerd task without CNI): the workload runs inside it.
-    netns: Option<std::path::PathBuf>,
+    netns: Option<NetnsOf>,
+    /// The one-service plan a containerd `--image` output runs as.
+    image_plan: Option<(Containerd, ComposeFile)>,
 }
 
 /// The engine a run plan starts in: the one its images were emitted into.
@@ -87,7 +90,10 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
         let docker = cimplifier::docker::connect()?;
         let tag = format!("{}-{}", original.container, std::process::id());
         let started = match (&image, &plan) {
-            (Some(image), _) => start_image(&docker, &mut api, &original, image, &tag).await,
+            (Some(image), _) => match original.container_id.parse::<ContainerRef>() {
+                Ok(at) => start_image_containerd(&api, &at, image, &tag).await,
+                Err(_) => start_image(&docker, &mut api, &original, image, &tag).await,
+            },
             (_, Some(plan)) => match PlanEngine::of(plan).await {
                 Ok(engine) => start_plan(&docker, &engine, &api, plan).await,
                 Err(e) => Err(e),
@@ -167,7 +173,14 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
                     Ok(engine) => stop_plan(&docker, &engine, plan, &started.volumes).await,
                     Err(e) => Err(e),
                 },
-                None => cimplifier::docker::output::remove(&docker, &started.front).await,
+                None => match &started.image_plan {
+                    Some((containerd, plan)) => {
+                        containerd_plan::down_plan(containerd, plan, true, &|_| {})
+                            .await
+                            .map(drop)
+                    }
+                    None => cimplifier::docker::output::remove(&docker, &started.front).await,
+                },
             };
             if let Err(e) = removed {
                 eprintln!("cimplifierctl: warning: removing the output: {e:#}");
@@ -272,6 +285,153 @@ async fn start_image(
         what: format!("image {image}, run as container {name}"),
         volumes: Vec::new(),
         netns: None,
+        image_plan: None,
+    })
+}
+
+/// The service a containerd `--image` output runs as.
+const IMAGE_SERVICE: &str = "output";
+
+/// The one-service plan that runs `image` in containerd namespace `ns`
+/// with its hardening label's settings (as Docker's container gets them):
+/// its anonymous volumes are volumes of the plan, filled from the image.
+fn image_plan(
+    ns: &str,
+    image: &str,
+    tag: &str,
+    hardening: Option<&Hardening>,
+) -> anyhow::Result<ComposeFile> {
+    let mut service = compose::ComposeService {
+        image: image.to_owned(),
+        ..Default::default()
+    };
+    let mut volumes = BTreeMap::new();
+    if let Some(h) = hardening {
+        service.cap_drop = vec!["ALL".to_owned()];
+        service.cap_add = h.cap_add.clone();
+        service.security_opt = h.security_opt.clone();
+        service.read_only = h.read_only;
+        service.tmpfs = h
+            .tmpfs
+            .iter()
+            .map(|(dir, opts)| match opts.is_empty() {
+                true => dir.clone(),
+                false => format!("{dir}:{opts}"),
+            })
+            .collect();
+        for (i, path) in h.volumes.iter().enumerate() {
+            let name = format!("anonymous-{}", i + 1);
+            service.volumes.push(format!("{name}:{path}"));
+            volumes.insert(name, compose::ComposeVolume::default());
+        }
+    }
+    let plan = ComposeFile {
+        name: verify_name(tag),
+        plan_id: String::new(),
+        containerd_namespace: Some(ns.to_owned()),
+        services: [(IMAGE_SERVICE.to_owned(), service)].into(),
+        volumes,
+    }
+    .with_plan_id()?;
+    containerd_plan::check(&plan)
+        .with_context(|| format!("running image {image} in containerd"))?;
+    Ok(plan)
+}
+
+/// `verify --image` of a containerd session: the slim image runs in the
+/// original's namespace, hardened by its label, started by the daemon
+/// under observation; the workload runs inside its network namespace.
+async fn start_image_containerd(
+    api: &Client,
+    original: &ContainerRef,
+    image: &str,
+    tag: &str,
+) -> anyhow::Result<Started> {
+    let containerd = Containerd::connect().await?;
+    let ns = original.namespace.clone();
+    let labels = containerd
+        .image_labels(&ns, image)
+        .await?
+        .with_context(|| {
+            format!(
+                "image {image} is not in containerd namespace {ns}, where the session's container \
+             ran (`emit --tag` writes it there)"
+            )
+        })?;
+    let hardening = match labels.get(HARDENING_LABEL) {
+        Some(json) => {
+            let h: Hardening = serde_json::from_str(json)
+                .with_context(|| format!("image {image}: its {HARDENING_LABEL} label"))?;
+            h.check()
+                .map_err(|e| anyhow::anyhow!("image {image}: its {HARDENING_LABEL} label: {e}"))?;
+            Some(h)
+        }
+        None => None,
+    };
+    let plan = image_plan(&ns, image, tag, hardening.as_ref())?;
+    let id = plan.container_name(IMAGE_SERVICE);
+    let client = api.clone();
+    let at = ContainerRef {
+        namespace: ns.clone(),
+        id: id.clone(),
+    };
+    let observed_at = at.to_string();
+    let start = move |_: String| -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+        let mut api = client.clone();
+        let container = observed_at.clone();
+        Box::pin(async move {
+            api.observe(pb::ObserveRequest {
+                container: container.clone(),
+                replace: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(status)
+            .with_context(|| format!("starting {container} under observation"))?;
+            Ok(())
+        })
+    };
+    let file = std::path::PathBuf::from(format!("(verify of {image})"));
+    containerd_plan::up_plan(
+        &containerd,
+        &file,
+        &plan,
+        &ns,
+        &compose::UpOptions::default(),
+        &start,
+        &|step| eprintln!("{step}"),
+    )
+    .await?;
+    let digest = containerd
+        .image_target(&ns, image)
+        .await?
+        .with_context(|| format!("image {image} in namespace {ns}"))?;
+    let config = containerd.image_config(&ns, &digest).await?;
+    let tcp_ports = config
+        .config()
+        .as_ref()
+        .and_then(|c| c.exposed_ports().clone())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p.strip_suffix("/tcp").unwrap_or(p).parse().ok())
+        .collect();
+    let netns = NetnsOf {
+        containerd: containerd.clone(),
+        at,
+    };
+    netns.path().await?;
+    Ok(Started {
+        sessions: vec![(id.clone(), String::new())],
+        front: id.clone(),
+        target: Some(pb::Target {
+            network_mode: "netns".into(),
+            ip_address: std::net::Ipv4Addr::LOCALHOST.to_string(),
+            tcp_ports,
+        }),
+        what: format!("image {image}, run as container {id} in containerd namespace {ns}"),
+        volumes: Vec::new(),
+        netns: Some(netns),
+        image_plan: Some((containerd, plan)),
     })
 }
 
@@ -391,12 +551,12 @@ async fn start_plan(
                 namespace: namespace.clone(),
                 id: owner.clone(),
             };
-            let pid = containerd_plan::task_pid(containerd, &at)
-                .await?
-                .with_context(|| {
-                    format!("the task of {at}, which owns the network, is not running")
-                })?;
-            Some(std::path::PathBuf::from(format!("/proc/{pid}/ns/net")))
+            let netns = NetnsOf {
+                containerd: containerd.clone(),
+                at,
+            };
+            netns.path().await?;
+            Some(netns)
         }
         _ => None,
     };
@@ -430,6 +590,7 @@ async fn start_plan(
         ),
         volumes,
         netns,
+        image_plan: None,
     })
 }
 

@@ -486,6 +486,38 @@ pub fn oci_seccomp(docker_profile: &str) -> Result<LinuxSeccomp> {
         .context("an action, architecture, flag or argument OCI does not know")
 }
 
+/// `rel` below the volume directory `dest`, refused when it would leave
+/// it: `..`, or a symlink on the way (an image's symlink must not make
+/// the copy write outside the volume).
+fn volume_path(dest: &Path, rel: &str) -> Result<PathBuf> {
+    let mut at = dest.to_path_buf();
+    let parts: Vec<&str> = rel
+        .split('/')
+        .filter(|p| !p.is_empty() && *p != ".")
+        .collect();
+    for (i, part) in parts.iter().enumerate() {
+        if *part == ".." {
+            bail!("{rel:?} leaves the volume");
+        }
+        at.push(part);
+        let last = i + 1 == parts.len();
+        if !last && std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!("{rel:?} goes through the symlink {}", at.display());
+        }
+    }
+    Ok(at)
+}
+
+/// Removes a file, symlink or directory tree; nothing when absent.
+fn remove_any(path: &Path) -> Result<()> {
+    let removed = match std::fs::symlink_metadata(path) {
+        Err(_) => return Ok(()),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+    };
+    removed.with_context(|| format!("removing {}", path.display()))
+}
+
 fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
     match v {
         serde_json::Value::Object(o) => o
@@ -571,6 +603,10 @@ fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     }
     out
 }
+
+/// What [`Containerd::walk_layers`] calls with each entry.
+type LayerEntryFn<'a> =
+    dyn FnMut(&str, &mut tar::Entry<'_, Box<dyn std::io::Read>>) -> Result<()> + 'a;
 
 /// A service's image as the plan names it: by tag, checked to be the
 /// configuration the plan names by digest.
@@ -735,12 +771,16 @@ impl Containerd {
         Ok(parent)
     }
 
-    /// The image's /etc/passwd and /etc/group (empty when it has none),
-    /// from its layers in order: a later layer's file or whiteout wins.
-    async fn user_files(&self, namespace: &str, image: &ResolvedImage) -> Result<(String, String)> {
+    /// Calls `each` with every entry of the image's layers, lowest layer
+    /// first, with its path relative to the root (no `./`).
+    async fn walk_layers(
+        &self,
+        namespace: &str,
+        image: &ResolvedImage,
+        each: &mut LayerEntryFn<'_>,
+    ) -> Result<()> {
         use std::io::{Read, Seek};
         let (_, manifest) = self.manifest(namespace, &image.manifest).await?;
-        let mut files: [Option<Vec<u8>>; 2] = [None, None];
         for layer in manifest.layers() {
             let digest = layer.digest().to_string();
             let mut blob = tempfile::tempfile()
@@ -761,42 +801,129 @@ impl Containerd {
                 );
             };
             let mut tar = tar::Archive::new(reader);
-            for entry in tar
-                .entries()
-                .with_context(|| format!("reading layer {digest} of {}", image.name))?
-            {
-                let mut e =
-                    entry.with_context(|| format!("reading layer {digest} of {}", image.name))?;
+            tar.set_preserve_permissions(true);
+            tar.set_preserve_ownerships(true);
+            tar.set_unpack_xattrs(true);
+            let what = || format!("reading layer {digest} of {}", image.name);
+            for entry in tar.entries().with_context(what)? {
+                let mut e = entry.with_context(what)?;
                 let path = e
-                    .path()?
+                    .path()
+                    .with_context(what)?
                     .to_string_lossy()
                     .trim_start_matches("./")
+                    .trim_end_matches('/')
                     .to_owned();
-                let slot = match path.as_str() {
-                    "etc/passwd" | "etc/.wh.passwd" => 0,
-                    "etc/group" | "etc/.wh.group" => 1,
-                    // An opaque /etc hides the lower layers' files.
-                    "etc/.wh..wh..opq" => {
-                        files = [None, None];
-                        continue;
-                    }
-                    _ => continue,
-                };
-                files[slot] = if path.contains(".wh.") {
-                    None
-                } else {
-                    let mut data = Vec::new();
-                    e.read_to_end(&mut data)?;
-                    Some(data)
-                };
+                each(&path, &mut e).with_context(what)?;
             }
         }
+        Ok(())
+    }
+
+    /// The image's /etc/passwd and /etc/group (empty when it has none):
+    /// a later layer's file or whiteout wins.
+    async fn user_files(&self, namespace: &str, image: &ResolvedImage) -> Result<(String, String)> {
+        use std::io::Read;
+        let mut files: [Option<Vec<u8>>; 2] = [None, None];
+        self.walk_layers(namespace, image, &mut |path, e| {
+            let slot = match path {
+                "etc/passwd" | "etc/.wh.passwd" => 0,
+                "etc/group" | "etc/.wh.group" => 1,
+                // An opaque /etc hides the lower layers' files.
+                "etc/.wh..wh..opq" => {
+                    files = [None, None];
+                    return Ok(());
+                }
+                _ => return Ok(()),
+            };
+            files[slot] = if path.contains(".wh.") {
+                None
+            } else {
+                let mut data = Vec::new();
+                e.read_to_end(&mut data)?;
+                Some(data)
+            };
+            Ok(())
+        })
+        .await?;
         let text = |f: &Option<Vec<u8>>| {
             f.as_deref()
                 .map(|b| String::from_utf8_lossy(b).into_owned())
                 .unwrap_or_default()
         };
         Ok((text(&files[0]), text(&files[1])))
+    }
+
+    /// Copies what the image holds at `mount` (a directory) into the empty
+    /// volume directory `dest`, with owners, modes and extended
+    /// attributes, the mount point's own onto `dest`: what Docker does for
+    /// an empty volume mounted without `nocopy`.
+    async fn copy_into_volume(
+        &self,
+        namespace: &str,
+        image: &ResolvedImage,
+        mount: &str,
+        dest: &Path,
+    ) -> Result<u64> {
+        let prefix = mount.trim_matches('/').to_owned();
+        let mut copied = 0u64;
+        self.walk_layers(namespace, image, &mut |path, e| {
+            let rel = if path == prefix {
+                ""
+            } else if let Some(rel) = path.strip_prefix(&prefix).and_then(|r| r.strip_prefix('/')) {
+                rel
+            } else {
+                return Ok(());
+            };
+            let to = volume_path(dest, rel)?;
+            let name = to.file_name().map(|n| n.to_string_lossy().into_owned());
+            // Whiteouts of a later layer: what lower layers put there goes.
+            if let Some(hidden) = name.as_deref().and_then(|n| n.strip_prefix(".wh.")) {
+                let dir = to.parent().unwrap_or(dest);
+                if hidden == ".wh..opq" {
+                    for child in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                        remove_any(&child.path())?;
+                    }
+                } else {
+                    remove_any(&dir.join(hidden))?;
+                }
+                return Ok(());
+            }
+            if rel.is_empty() {
+                // The mount point: its owner, mode and attributes.
+                if e.header().entry_type().is_dir() {
+                    e.unpack(dest)?;
+                }
+                return Ok(());
+            }
+            if e.header().entry_type().is_hard_link() {
+                let target = e
+                    .link_name()?
+                    .map(|l| l.to_string_lossy().trim_start_matches("./").to_owned())
+                    .unwrap_or_default();
+                let Some(within) = target.strip_prefix(&prefix).and_then(|r| r.strip_prefix('/'))
+                else {
+                    bail!(
+                        "{path} is a hard link to {target}, outside the volume at {mount}:                          containerd's up cannot copy it into the volume"
+                    );
+                };
+                let from = volume_path(dest, within)?;
+                remove_any(&to)?;
+                std::fs::hard_link(&from, &to)
+                    .with_context(|| format!("linking {} to {}", to.display(), from.display()))?;
+                copied += 1;
+                return Ok(());
+            }
+            if !e.header().entry_type().is_dir() {
+                remove_any(&to)?;
+            }
+            e.unpack(&to)
+                .with_context(|| format!("copying {path} into {}", to.display()))?;
+            copied += 1;
+            Ok(())
+        })
+        .await?;
+        Ok(copied)
     }
 
     /// Creates container `id` on a new snapshot of `image` (unpacked
@@ -1130,6 +1257,21 @@ pub async fn up_with(
     progress: &dyn Fn(&str),
 ) -> Result<UpReport> {
     let (file, plan, ns) = load(path)?;
+    up_plan(containerd, &file, &plan, &ns, opts, start, progress).await
+}
+
+/// [`up_with`] of a plan already loaded (and checked) from `file`.
+pub async fn up_plan(
+    containerd: &Containerd,
+    file: &Path,
+    plan: &ComposeFile,
+    ns: &str,
+    opts: &UpOptions,
+    start: Starter<'_>,
+    progress: &dyn Fn(&str),
+) -> Result<UpReport> {
+    let path = file;
+    check(plan)?;
     if !opts.publish.is_empty() {
         bail!(
             "--publish: containerd without CNI gives its tasks no network but loopback, so \
@@ -1137,8 +1279,8 @@ pub async fn up_with(
              (nsenter --net=/proc/PID/ns/net)"
         );
     }
-    let dirs = StateDirs::new(&ns);
-    let existing = containerd.labelled(&ns, PROJECT_LABEL, &plan.name).await?;
+    let dirs = StateDirs::new(ns);
+    let existing = containerd.labelled(ns, PROJECT_LABEL, &plan.name).await?;
     if !existing.is_empty() {
         bail!(
             "project {} is already up in containerd namespace {ns} ({}); `cimplifierctl down \
@@ -1150,16 +1292,16 @@ pub async fn up_with(
     }
     let mut made = Made::default();
     let result = match start_all(
-        containerd, &plan, &ns, &dirs, opts.order, start, progress, &mut made,
+        containerd, plan, ns, &dirs, opts.order, start, progress, &mut made,
     )
     .await
     {
         Ok(r) if !opts.require_running => Ok(r),
-        Ok(r) => match exited(containerd, &ns, &dirs, &made, true).await {
+        Ok(r) => match exited(containerd, ns, &dirs, &made, true).await {
             None => Ok(r),
             Some(cause) => Err(anyhow::anyhow!("{cause}")),
         },
-        Err(e) => Err(match exited(containerd, &ns, &dirs, &made, false).await {
+        Err(e) => Err(match exited(containerd, ns, &dirs, &made, false).await {
             Some(cause) => e.context(cause),
             None => e,
         }),
@@ -1167,7 +1309,7 @@ pub async fn up_with(
     match result {
         Ok((containers, seeded, kept)) => Ok(UpReport {
             project: plan.name.clone(),
-            compose_file: file,
+            compose_file: file.to_path_buf(),
             containers,
             ip_address: None,
             seeded,
@@ -1176,7 +1318,7 @@ pub async fn up_with(
         }),
         Err(e) => {
             progress("rolling back");
-            let undone = undo(containerd, &ns, &dirs, &made).await;
+            let undone = undo(containerd, ns, &dirs, &made).await;
             Err(e.context(match undone {
                 Ok(()) => format!(
                     "up {} failed, and what it had created was removed",
@@ -1336,7 +1478,26 @@ async fn create(
     let image = containerd.resolve_image(ns, service, s).await?;
     let mut binds = Vec::new();
     for v in &s.volumes {
-        let (vol, target, _) = split_volume(v)?;
+        let (vol, target, nocopy) = split_volume(v)?;
+        // As Docker: an empty volume mounted without nocopy is filled
+        // from this image (the seed's volumes are filled by its copy).
+        if seed_only.is_none() && !nocopy {
+            let data = dirs.volume_data(&plan.volume_name(vol));
+            let empty = std::fs::read_dir(&data)
+                .with_context(|| format!("volume {vol} ({})", data.display()))?
+                .next()
+                .is_none();
+            if empty {
+                containerd
+                    .copy_into_volume(ns, &image, target, &data)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "service {service}: filling volume {vol} from its image at {target}"
+                        )
+                    })?;
+            }
+        }
         let target = match seed_only {
             Some(only) if !only.iter().any(|o| o == vol) => continue,
             Some(_) => {
@@ -1482,11 +1643,23 @@ pub async fn down(
     progress: &dyn Fn(&str),
 ) -> Result<Vec<String>> {
     let (file, plan) = ComposeFile::load(path)?;
-    let ns = namespace_of(&plan)
-        .with_context(|| format!("{}: not a plan emitted into containerd", file.display()))?
-        .to_owned();
+    if namespace_of(&plan).is_none() {
+        bail!("{}: not a plan emitted into containerd", file.display());
+    }
+    down_plan(containerd, &plan, volumes, progress).await
+}
+
+/// [`down`] of a plan already loaded.
+pub async fn down_plan(
+    containerd: &Containerd,
+    plan: &ComposeFile,
+    volumes: bool,
+    progress: &dyn Fn(&str),
+) -> Result<Vec<String>> {
+    check(plan)?;
+    let ns = namespace_of(plan).unwrap_or_default().to_owned();
     let dirs = StateDirs::new(&ns);
-    let running = plan_containers(containerd, &plan, &ns).await?;
+    let running = plan_containers(containerd, plan, &ns).await?;
     let mut order: Vec<String> = plan
         .start_order()?
         .into_iter()
@@ -1773,6 +1946,30 @@ mod tests {
         );
         let e = user_ids("nobody", passwd, group).unwrap_err();
         assert!(e.to_string().contains("nobody"), "{e}");
+    }
+
+    #[test]
+    fn the_copy_into_a_volume_never_leaves_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("data");
+        std::fs::create_dir_all(dest.join("sub")).unwrap();
+        assert_eq!(volume_path(&dest, "sub/f").unwrap(), dest.join("sub/f"));
+        assert_eq!(volume_path(&dest, "./sub//f").unwrap(), dest.join("sub/f"));
+        assert!(volume_path(&dest, "../etc/passwd").is_err());
+        assert!(volume_path(&dest, "sub/../../x").is_err());
+        std::os::unix::fs::symlink("/etc", dest.join("link")).unwrap();
+        let e = volume_path(&dest, "link/passwd").unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        // The symlink itself may be replaced: it is the last component.
+        assert_eq!(volume_path(&dest, "link").unwrap(), dest.join("link"));
+        remove_any(&dest.join("link")).unwrap();
+        assert!(
+            std::fs::symlink_metadata("/etc").is_ok(),
+            "removed the link, not its target"
+        );
+        remove_any(&dest.join("sub")).unwrap();
+        remove_any(&dest.join("absent")).unwrap();
+        assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
     }
 
     #[test]
