@@ -909,6 +909,10 @@ impl Containerd {
                 };
                 let from = volume_path(dest, within)?;
                 remove_any(&to)?;
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("making {}", parent.display()))?;
+                }
                 std::fs::hard_link(&from, &to)
                     .with_context(|| format!("linking {} to {}", to.display(), from.display()))?;
                 copied += 1;
@@ -916,6 +920,11 @@ impl Containerd {
             }
             if !e.header().entry_type().is_dir() {
                 remove_any(&to)?;
+            }
+            // A layer need not list the directories on the way.
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("making {}", parent.display()))?;
             }
             e.unpack(&to)
                 .with_context(|| format!("copying {path} into {}", to.display()))?;
