@@ -480,7 +480,11 @@ pub fn up(plan: &Path, publish: &[String], json: bool) -> anyhow::Result<()> {
             let containerd = Containerd::connect().await?;
             let start = containerd_plan::engine_start(&containerd, ns);
             return containerd_plan::up_with(&containerd, plan, &opts, &start, &|step| {
-                bar.set_message(step.to_owned())
+                // A warning stays on the screen; a step passes.
+                match step.strip_prefix("warning: ") {
+                    Some(w) => bar.suspend(|| eprintln!("cimplifierctl: warning: {w}")),
+                    None => bar.set_message(step.to_owned()),
+                }
             })
             .await;
         }

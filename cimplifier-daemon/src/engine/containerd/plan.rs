@@ -464,6 +464,7 @@ pub fn oci_seccomp(docker_profile: &str) -> Result<LinuxSeccomp> {
                 r.names.first().or(r.name.as_ref())
             );
         }
+        // A note for people: the spec has no place for it.
         let _ = r.comment;
         let mut names = r.names;
         names.extend(r.name);
@@ -1442,6 +1443,13 @@ async fn start_all(
         let id = plan.container_name(service);
         let shown = s.labels.get(IMAGE_TAG_LABEL).unwrap_or(&s.image);
         progress(&format!("starting {id} ({shown})"));
+        if !s.security_opt.iter().any(|o| o.starts_with("seccomp=")) {
+            // Said, not silent: the same plan is filtered on Docker.
+            progress(&format!(
+                "warning: service {service} names no seccomp profile, and containerd applies \
+                 none by default (Docker applies its own): it runs unfiltered"
+            ));
+        }
         let netns = match s.network_owner() {
             Some(owner) => {
                 let at = ContainerRef {
