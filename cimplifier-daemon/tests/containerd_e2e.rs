@@ -585,6 +585,12 @@ fn a_partitioned_plan_runs_on_containerd_with_up_down_and_verify() {
         "verify removed what it started"
     );
 
+    // Without CNI nothing can be published: refused by name, nothing made.
+    let (code, _, said) = ctl(&["up", plan, "--publish", "8080:80"]);
+    assert_ne!(code, Some(0), "{said}");
+    assert!(said.contains("--publish") && said.contains("CNI"), "{said}");
+    assert_eq!(ns.ctr(&["containers", "ls", "-q"]).trim(), "split");
+
     let (code, up, said) = ctl(&["up", plan, "--json"]);
     assert_eq!(code, Some(0), "{said}");
     assert_eq!(up["containers"].as_array().map(Vec::len), Some(2), "{up}");
