@@ -17,11 +17,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{Daemon, require_root, session_json, stdout_of, wait_until};
+use common::{Daemon, cimplifierctl, require_root, session_json, stdout_of, wait_until};
+use serde_json::Value;
 
 /// dockerd's own containerd.
 const DOCKERD_CONTAINERD: &str = "/run/docker/containerd/containerd.sock";
 const IMAGE: &str = "cimplifier-test/nginx:latest";
+/// Where `up` keeps a containerd plan's volumes and logs.
+const STATE_DIR: &str = "/var/lib/cimplifier/containerd";
 
 fn address() -> PathBuf {
     let a = std::env::var_os("CONTAINERD_ADDRESS")
@@ -102,6 +105,8 @@ impl Namespace {
 
 impl Drop for Namespace {
     fn drop(&mut self) {
+        // What a failed `up` may have left: volumes and logs.
+        let _ = std::fs::remove_dir_all(Path::new(STATE_DIR).join(&self.name));
         for c in &self.containers {
             let _ = self.ctr_output(&["tasks", "kill", "-a", "-s", "SIGKILL", c]);
         }
@@ -244,6 +249,34 @@ async fn nginx_on_containerd_from_cri_labels_to_ctr_run() {
     assert!(
         ns.ctr(&["images", "ls", "-q"]).lines().any(|l| l == slim),
         "emit named {slim} in containerd"
+    );
+
+    // verify --image in containerd: hardened by its label (capabilities,
+    // seccomp, read-only root with its tmpfs, anonymous volumes filled
+    // from the image), the workload inside its network namespace, through
+    // the lifecycle steps the original went through.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workloads/nginx.sh");
+    let verified = Command::new(env!("CARGO_BIN_EXE_cimplifierctl"))
+        .env("CONTAINERD_ADDRESS", &address)
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["verify", &session, "--image", &slim, "--json", "--workload"])
+        .arg(format!("bash {}", script.display()))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&verified.stderr);
+    let report: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap_or_default();
+    assert_eq!(verified.status.code(), Some(0), "{report:#} {said}");
+    assert_eq!(report["verified"], true, "{report:#}");
+    assert_eq!(
+        report["workload"]["passes"].as_array().map(Vec::len),
+        Some(4),
+        "the first pass and one after each step: {report:#}"
+    );
+    assert_eq!(
+        ns.ctr(&["containers", "ls", "-q"]).trim(),
+        "web",
+        "verify removed what it started"
     );
 
     ns.ctr(&["run", "-d", &slim, "slim"]);
@@ -451,5 +484,158 @@ async fn observe_exec_runs_the_workload_and_the_lifecycle_on_containerd() {
         record["lifecycle"],
         serde_json::json!(["restart", "kill-start", "reload"]),
         "{record:#}"
+    );
+}
+
+/// The shell and `cat` of the flag image in two partitions on containerd,
+/// with no Docker between: observed in containerd, emitted with `--policy`
+/// into the namespace's content store, the run plan passes `verify
+/// --plan` (each partition started under observation, the shell's `cat`
+/// run in the reader's partition by RPE over a socket directory shared
+/// between them, /srv/app seeded from the source image); then `up` starts
+/// it (the shell prints what `cat` read in the other partition) and
+/// `down --volumes` leaves no task, container, snapshot or volume behind.
+#[test]
+fn a_partitioned_plan_runs_on_containerd_with_up_down_and_verify() {
+    require_root();
+    let address = address();
+    let pid = std::process::id();
+    let mut ns = Namespace::new(&address, "split");
+    let source = format!("cimplifier-e2e/ctr-flag{pid}:latest");
+    common::flag_image(&format!("ctr-flag-base-{pid}"), &source);
+    let image = ns.import(&source);
+    let _ = Command::new("docker").args(["rmi", &source]).output();
+    ns.ctr(&["containers", "create", &image, "split"]);
+    ns.containers.push("split".into());
+    let d = Daemon::start_with_env(&[], &[("CONTAINERD_ADDRESS", &address)]);
+    let ctl = |args: &[&str]| -> (Option<i32>, Value, String) {
+        let out = cimplifierctl()
+            .env("CONTAINERD_ADDRESS", &address)
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        let said = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), json, said)
+    };
+    let target = format!("containerd://{}/split", ns.name);
+    let (code, info, said) = ctl(&["observe", &target, "--json"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(info["complete"], true, "{info}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, common::SHELL_AND_READER_POLICY).unwrap();
+    let out = dir.path().join("split");
+    let plan = out.to_str().unwrap();
+    let tag = format!("cimplifier-test-{pid}/split");
+    let (code, report, said) = ctl(&[
+        "emit",
+        "split",
+        "--policy",
+        policy.to_str().unwrap(),
+        "--tag",
+        &tag,
+        "--out",
+        plan,
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{said}");
+    for image in report["partitions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(std::iter::once(&report["seed"]))
+        .filter_map(|p| p["image"].as_str())
+    {
+        ns.images.push(image.to_owned());
+    }
+    let compose = std::fs::read_to_string(out.join("docker-compose.yml")).unwrap();
+    assert!(
+        compose.contains(&format!("x-cimplifier-containerd-namespace: {}", ns.name)),
+        "the plan says where its images are: {compose}"
+    );
+    // What `up` makes, removed however the test ends.
+    for service in ["shell", "reader", "cimplifier-seed"] {
+        ns.containers.push(format!("split-{service}-1"));
+    }
+
+    let (code, verified, said) = ctl(&[
+        "verify",
+        "split",
+        "--plan",
+        plan,
+        "--workload",
+        "test \"$(cat /proc/net/dev | grep -c :)\" = 1 && sleep 2",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(verified["verified"], true, "{verified}");
+    assert_eq!(
+        verified["output_sessions"].as_array().map(Vec::len),
+        Some(2),
+        "{verified}"
+    );
+    assert_eq!(
+        ns.ctr(&["containers", "ls", "-q"]).trim(),
+        "split",
+        "verify removed what it started"
+    );
+
+    // Without CNI nothing can be published: refused by name, nothing made.
+    let (code, _, said) = ctl(&["up", plan, "--publish", "8080:80"]);
+    assert_ne!(code, Some(0), "{said}");
+    assert!(said.contains("--publish") && said.contains("CNI"), "{said}");
+    assert_eq!(ns.ctr(&["containers", "ls", "-q"]).trim(), "split");
+
+    let (code, up, said) = ctl(&["up", plan, "--json"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert_eq!(up["containers"].as_array().map(Vec::len), Some(2), "{up}");
+    assert_eq!(up["seeded"], serde_json::json!(["srv-app"]), "{up}");
+    let volume = Path::new(STATE_DIR)
+        .join(&ns.name)
+        .join("volumes/split_srv-app/data");
+    assert_eq!(
+        std::fs::read_to_string(volume.join("flag")).unwrap(),
+        "hello\n",
+        "the seed filled the shared volume from the source image"
+    );
+    // The shell's `cat` ran in the reader's partition and read the flag.
+    let log = Path::new(STATE_DIR)
+        .join(&ns.name)
+        .join("logs/split-shell-1.log");
+    wait_until(30, "the shell partition to print the flag", || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("hello"))
+    });
+    let (_, again, said) = ctl(&["up", plan]);
+    assert!(
+        said.contains("already up"),
+        "a second up is refused: {again} {said}"
+    );
+
+    let (code, removed, said) = ctl(&["down", plan, "--volumes", "--json"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        removed
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x == "split_srv-app")),
+        "{removed}"
+    );
+    assert_eq!(ns.ctr(&["containers", "ls", "-q"]).trim(), "split");
+    assert!(
+        !ns.ctr(&["tasks", "ls"]).contains("split-"),
+        "no task of the plan is left"
+    );
+    let snapshots = ns.ctr(&["snapshots", "ls"]);
+    assert!(
+        !snapshots.lines().any(|l| l.starts_with("split-")),
+        "no snapshot of the plan's containers is left: {snapshots}"
+    );
+    assert!(
+        !Path::new(STATE_DIR).join(&ns.name).exists(),
+        "down --volumes removed the volumes and logs"
     );
 }

@@ -33,19 +33,50 @@ impl Workload {
         container: &str,
         stdout_to_stderr: bool,
     ) -> Result<Self> {
+        Self::spawn_in(command, target, container, stdout_to_stderr, None)
+    }
+
+    /// [`Self::spawn`], inside the network namespace `netns` (a
+    /// `/proc/PID/ns/net`) when given: how a workload reaches a container
+    /// that has only loopback (a containerd task without CNI).
+    pub fn spawn_in(
+        command: &str,
+        target: IpAddr,
+        container: &str,
+        stdout_to_stderr: bool,
+        netns: Option<&std::path::Path>,
+    ) -> Result<Self> {
         let stdout = if stdout_to_stderr {
             Stdio::from(std::io::stderr())
         } else {
             Stdio::inherit()
         };
-        let child = tokio::process::Command::new("/bin/sh")
-            .arg("-c")
+        let mut cmd = tokio::process::Command::new("/bin/sh");
+        cmd.arg("-c")
             .arg(command)
             .env(TARGET_VAR, target.to_string())
             .env(CONTAINER_VAR, container)
             .stdin(Stdio::null())
             .stdout(stdout)
-            .process_group(0)
+            .process_group(0);
+        if let Some(netns) = netns {
+            let ns = std::fs::File::open(netns).with_context(|| {
+                format!(
+                    "opening the network namespace {} to run the workload in (is the \
+                     container still running?)",
+                    netns.display()
+                )
+            })?;
+            // SAFETY: setns is async-signal-safe, and the closure only
+            // calls it on a file opened before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let child = cmd
             .spawn()
             .with_context(|| format!("starting the workload `{command}` with /bin/sh"))?;
         let pid = child
@@ -120,6 +151,37 @@ pub async fn wait_for_ports(address: IpAddr, ports: &[u16], limit: Duration) -> 
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// [`wait_for_ports`] from inside the network namespace `netns` (a
+/// `/proc/PID/ns/net`): a thread of its own joins it, since a namespace
+/// is per thread and the runtime's threads must stay in ours.
+pub async fn wait_for_ports_in(
+    netns: &std::path::Path,
+    address: IpAddr,
+    ports: &[u16],
+    limit: Duration,
+) -> Result<Vec<u16>> {
+    let ns = std::fs::File::open(netns)
+        .with_context(|| format!("opening the network namespace {}", netns.display()))?;
+    let ports = ports.to_vec();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ports-in-netns".into())
+        .spawn(move || {
+            let waited = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| anyhow::anyhow!("joining the network namespace: {e}"))
+                .and_then(|()| {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    Ok(rt.block_on(wait_for_ports(address, &ports, limit)))
+                });
+            let _ = tx.send(waited);
+        })
+        .context("starting a thread to probe the ports")?;
+    rx.await
+        .context("the thread probing the ports ended without an answer")?
 }
 
 #[cfg(test)]
@@ -203,5 +265,34 @@ mod tests {
                 .await
                 .is_empty()
         );
+    }
+
+    #[tokio::test]
+    async fn ports_are_probed_and_the_workload_runs_inside_a_network_namespace() {
+        // Our own namespace stands in for a container's: what matters is
+        // that the probe and the command run in the one named.
+        let ns = std::path::Path::new("/proc/self/ns/net");
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let never = wait_for_ports_in(ns, LOCAL, &[port], Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(never.is_empty(), "{never:?}");
+        let ours = std::fs::read_link(ns).unwrap();
+        let cmd = format!(
+            "test \"$(readlink /proc/self/ns/net)\" = {:?}",
+            ours.display().to_string()
+        );
+        let mut w = Workload::spawn_in(&cmd, LOCAL, "web", true, Some(ns)).unwrap();
+        assert_eq!(exit_code(w.wait().await.unwrap()), 0);
+        let e = wait_for_ports_in(
+            std::path::Path::new("/nonexistent/ns"),
+            LOCAL,
+            &[port],
+            Duration::ZERO,
+        )
+        .await
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("/nonexistent/ns"), "{e:#}");
     }
 }

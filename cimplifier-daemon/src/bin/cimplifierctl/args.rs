@@ -181,7 +181,12 @@ pub enum Command {
     /// labelled as Compose labels them, so `docker compose` sees them too.
     /// All or nothing: if a step fails or a partition exits as it starts,
     /// what this `up` created is removed and the error names the partition
-    /// that exited, with its last log lines.
+    /// that exited, with its last log lines. A plan emitted into containerd
+    /// (x-cimplifier-containerd-namespace) starts in that namespace through
+    /// containerd's API ($CONTAINERD_ADDRESS, else
+    /// /run/containerd/containerd.sock): its volumes are directories under
+    /// /var/lib/cimplifier/containerd/NAMESPACE/, its tasks have only
+    /// loopback (no CNI), so ports are not published.
     Up {
         /// The run plan: a directory holding docker-compose.yml, or the file.
         plan: PathBuf,
@@ -412,7 +417,9 @@ pub struct VerifyArgs {
     #[arg(long, value_name = "TAG")]
     pub image: Option<String>,
     /// The run plan to verify: the --out directory of `emit --policy`, or
-    /// its docker-compose.yml. Its project must not be up.
+    /// its docker-compose.yml. Its project must not be up. A plan emitted
+    /// into containerd runs there, the workload inside its network
+    /// namespace (CIMPLIFIER_TARGET=127.0.0.1).
     #[arg(long, value_name = "DIR")]
     pub plan: Option<PathBuf>,
     /// How long to wait for the output's TCP ports before each pass.

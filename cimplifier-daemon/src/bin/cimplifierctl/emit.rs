@@ -10,6 +10,7 @@ use cimplifier::docker::tag::ImageTag;
 use cimplifier::emit::partitioned::PartitionEmitReport;
 use cimplifier::emit::push::PushTarget;
 use cimplifier::emit::slim::{EmitReport, Explained};
+use cimplifier::engine::containerd::{Containerd, plan as containerd_plan};
 use cimplifier::place::slim::{SafetySet, SlimOptions};
 use tokio_stream::StreamExt;
 
@@ -471,8 +472,22 @@ pub fn up(plan: &Path, publish: &[String], json: bool) -> anyhow::Result<()> {
         require_running: true,
         ..Default::default()
     };
+    let (_, file) = compose::ComposeFile::load(plan)?;
     let bar = spinner();
     let report = runtime()?.block_on(async {
+        // The engine the plan's images were emitted into.
+        if let Some(ns) = containerd_plan::namespace_of(&file) {
+            let containerd = Containerd::connect().await?;
+            let start = containerd_plan::engine_start(&containerd, ns);
+            return containerd_plan::up_with(&containerd, plan, &opts, &start, &|step| {
+                // A warning stays on the screen; a step passes.
+                match step.strip_prefix("warning: ") {
+                    Some(w) => bar.suspend(|| eprintln!("cimplifierctl: warning: {w}")),
+                    None => bar.set_message(step.to_owned()),
+                }
+            })
+            .await;
+        }
         let docker = cimplifier::docker::connect()?;
         let start = compose::engine_start(&docker);
         compose::up_with(&docker, plan, &opts, &start, &|step| {
@@ -508,6 +523,12 @@ pub fn up(plan: &Path, publish: &[String], json: bool) -> anyhow::Result<()> {
     if let Some(ip) = &report.ip_address {
         text += &format!("  reachable at {ip} (the shared network namespace)\n");
     }
+    if let Some(ns) = containerd_plan::namespace_of(&file) {
+        text += &format!(
+            "  in containerd namespace {ns}, with only loopback (no CNI): reach it inside its \
+             network namespace, nsenter --net=/proc/PID/ns/net (PID: `ctr -n {ns} tasks ls`)\n"
+        );
+    }
     for p in &report.published {
         text += &format!("  published on the host: {p}\n");
     }
@@ -516,7 +537,15 @@ pub fn up(plan: &Path, publish: &[String], json: bool) -> anyhow::Result<()> {
 
 pub fn down(plan: &Path, volumes: bool, json: bool) -> anyhow::Result<()> {
     let bar = spinner();
+    let (_, file) = compose::ComposeFile::load(plan)?;
     let removed = runtime()?.block_on(async {
+        if containerd_plan::namespace_of(&file).is_some() {
+            let containerd = Containerd::connect().await?;
+            return containerd_plan::down(&containerd, plan, volumes, &|step| {
+                bar.set_message(step.to_owned())
+            })
+            .await;
+        }
         let docker = cimplifier::docker::connect()?;
         compose::down(&docker, plan, volumes, &|step| {
             bar.set_message(step.to_owned())

@@ -86,6 +86,32 @@ pub struct Exercise<'a> {
     pub json: bool,
     /// The lifecycle steps to run after the first pass.
     pub steps: &'a [pb::LifecycleStep],
+    /// Where the container's network namespace is when it has only
+    /// loopback (a containerd task without CNI): its ports are probed and
+    /// CMD runs inside it, against 127.0.0.1.
+    pub netns: Option<NetnsOf>,
+}
+
+/// The network namespace of a containerd task's init, looked up at each
+/// pass: a restart gives the task a new one.
+#[derive(Clone)]
+pub struct NetnsOf {
+    pub containerd: cimplifier::engine::containerd::Containerd,
+    pub at: cimplifier::engine::containerd::ContainerRef,
+}
+
+impl NetnsOf {
+    pub async fn path(&self) -> anyhow::Result<std::path::PathBuf> {
+        let pid = cimplifier::engine::containerd::plan::task_pid(&self.containerd, &self.at)
+            .await?
+            .with_context(|| {
+                format!(
+                    "the task of {} is not running, so its network namespace is gone",
+                    self.at
+                )
+            })?;
+        Ok(std::path::PathBuf::from(format!("/proc/{pid}/ns/net")))
+    }
 }
 
 /// Ctrl-C or SIGTERM, listened for from now on (so one that comes while
@@ -180,7 +206,10 @@ impl Exercise<'_> {
                         return Ok(passes);
                     }
                 };
-                target = Some(moved.into_inner());
+                // In a namespace of its own, the ports stay the image's.
+                if self.netns.is_none() {
+                    target = Some(moved.into_inner());
+                }
                 if step == pb::LifecycleStep::Reload {
                     tokio::time::sleep(RELOAD_SETTLE).await;
                 }
@@ -210,7 +239,14 @@ impl Exercise<'_> {
         stop: &mut std::pin::Pin<&mut impl Future<Output = Signal>>,
     ) -> anyhow::Result<Ended> {
         let name = self.container;
-        let address = address(name, target)?;
+        let netns = match &self.netns {
+            Some(of) => Some(of.path().await?),
+            None => None,
+        };
+        let address = match &netns {
+            Some(_) => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            None => address(name, target)?,
+        };
         let ports: Vec<u16> = target
             .map(|t| t.tcp_ports.as_slice())
             .unwrap_or_default()
@@ -225,7 +261,12 @@ impl Exercise<'_> {
                 .join(", ");
             eprintln!("waiting until {name} accepts connections on TCP port(s) {list}");
             let never = tokio::select! {
-                never = workload::wait_for_ports(address, &ports, self.ready_timeout) => never,
+                never = async {
+                    match &netns {
+                        Some(ns) => workload::wait_for_ports_in(ns, address, &ports, self.ready_timeout).await,
+                        None => Ok(workload::wait_for_ports(address, &ports, self.ready_timeout).await),
+                    }
+                } => never?,
                 sig = &mut *stop => return Ok(Ended::Interrupted(sig, None)),
                 end = session_ended(self.api.clone(), name) => anyhow::bail!(
                     "the session of {name} ended ({end}) before its ports accepted connections, \
@@ -254,7 +295,7 @@ impl Exercise<'_> {
             "running the workload: sh -c {cmd:?} with {}={address}",
             workload::TARGET_VAR
         );
-        let mut w = Workload::spawn(cmd, address, name, self.json)?;
+        let mut w = Workload::spawn_in(cmd, address, name, self.json, netns.as_deref())?;
         tokio::select! {
             status = w.wait() => Ok(Ended::Exited(status?)),
             sig = &mut *stop => {

@@ -79,6 +79,7 @@ pub fn observe(socket: &Address, args: ObserveArgs) -> anyhow::Result<()> {
                             ready_timeout: LIFECYCLE_READY,
                             json,
                             steps: &STEPS,
+                            netns: None,
                         };
                         eprintln!("running the lifecycle steps before the session closes");
                         let passes = exercise.run(started.target.as_ref(), interruption()?).await?;
@@ -243,6 +244,7 @@ fn observe_exec(
             ready_timeout,
             json,
             steps,
+            netns: None,
         };
         let passes = exercise.run(started.target.as_ref(), stop).await;
         // Whatever happened, the session is closed, as `stop` closes it.

@@ -9,10 +9,12 @@ use anyhow::Context;
 use cimplifier::api::{Address, pb};
 use cimplifier::docker::compose::{self, ComposeFile, StartOrder};
 use cimplifier::emit::partitioned::seed::SEED_SERVICE;
+use cimplifier::engine::containerd::{ContainerRef, Containerd, plan as containerd_plan};
+use cimplifier::place::privileges::{HARDENING_LABEL, Hardening};
 
 use crate::args::VerifyArgs;
 use crate::daemon::{Client, WorkloadFailed, connect, runtime, status};
-use crate::exercise::{Exercise, Pass, STEPS, interruption, outcome, step_name};
+use crate::exercise::{Exercise, NetnsOf, Pass, STEPS, interruption, outcome, step_name};
 use crate::observe::{passes_json, passes_text};
 use crate::render::print;
 
@@ -29,6 +31,33 @@ struct Started {
     what: String,
     /// Volumes this verify made (a plan's), removed with the output.
     volumes: Vec<String>,
+    /// The front's network namespace when it has only loopback (a
+    /// containerd task without CNI): the workload runs inside it.
+    netns: Option<NetnsOf>,
+    /// The one-service plan a containerd `--image` output runs as.
+    image_plan: Option<(Containerd, ComposeFile)>,
+}
+
+/// The engine a run plan starts in: the one its images were emitted into.
+enum PlanEngine {
+    Docker,
+    Containerd {
+        containerd: Containerd,
+        namespace: String,
+    },
+}
+
+impl PlanEngine {
+    async fn of(plan: &std::path::Path) -> anyhow::Result<Self> {
+        let (_, file) = ComposeFile::load(plan)?;
+        Ok(match containerd_plan::namespace_of(&file) {
+            Some(ns) => PlanEngine::Containerd {
+                containerd: Containerd::connect().await?,
+                namespace: ns.to_owned(),
+            },
+            None => PlanEngine::Docker,
+        })
+    }
 }
 
 pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
@@ -61,8 +90,14 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
         let docker = cimplifier::docker::connect()?;
         let tag = format!("{}-{}", original.container, std::process::id());
         let started = match (&image, &plan) {
-            (Some(image), _) => start_image(&docker, &mut api, &original, image, &tag).await,
-            (_, Some(plan)) => start_plan(&docker, &api, plan).await,
+            (Some(image), _) => match original.container_id.parse::<ContainerRef>() {
+                Ok(at) => start_image_containerd(&api, &at, image, &tag).await,
+                Err(_) => start_image(&docker, &mut api, &original, image, &tag).await,
+            },
+            (_, Some(plan)) => match PlanEngine::of(plan).await {
+                Ok(engine) => start_plan(&docker, &engine, &api, plan).await,
+                Err(e) => Err(e),
+            },
             _ => unreachable!("clap requires --image or --plan"),
         };
         let started = match started {
@@ -102,6 +137,7 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
             ready_timeout,
             json,
             steps: &steps,
+            netns: started.netns.clone(),
         };
         let passes = exercise.run(started.target.as_ref(), stop).await;
         for (name, _) in &started.sessions {
@@ -133,8 +169,18 @@ pub fn verify(socket: &Address, args: VerifyArgs) -> anyhow::Result<()> {
             .map(tonic::Response::into_inner);
         if !keep {
             let removed = match &plan {
-                Some(plan) => stop_plan(&docker, plan, &started.volumes).await,
-                None => cimplifier::docker::output::remove(&docker, &started.front).await,
+                Some(plan) => match PlanEngine::of(plan).await {
+                    Ok(engine) => stop_plan(&docker, &engine, plan, &started.volumes).await,
+                    Err(e) => Err(e),
+                },
+                None => match &started.image_plan {
+                    Some((containerd, plan)) => {
+                        containerd_plan::down_plan(containerd, plan, true, &|_| {})
+                            .await
+                            .map(drop)
+                    }
+                    None => cimplifier::docker::output::remove(&docker, &started.front).await,
+                },
             };
             if let Err(e) = removed {
                 eprintln!("cimplifierctl: warning: removing the output: {e:#}");
@@ -238,6 +284,154 @@ async fn start_image(
         target: observed.target,
         what: format!("image {image}, run as container {name}"),
         volumes: Vec::new(),
+        netns: None,
+        image_plan: None,
+    })
+}
+
+/// The service a containerd `--image` output runs as.
+const IMAGE_SERVICE: &str = "output";
+
+/// The one-service plan that runs `image` in containerd namespace `ns`
+/// with its hardening label's settings (as Docker's container gets them):
+/// its anonymous volumes are volumes of the plan, filled from the image.
+fn image_plan(
+    ns: &str,
+    image: &str,
+    tag: &str,
+    hardening: Option<&Hardening>,
+) -> anyhow::Result<ComposeFile> {
+    let mut service = compose::ComposeService {
+        image: image.to_owned(),
+        ..Default::default()
+    };
+    let mut volumes = BTreeMap::new();
+    if let Some(h) = hardening {
+        service.cap_drop = vec!["ALL".to_owned()];
+        service.cap_add = h.cap_add.clone();
+        service.security_opt = h.security_opt.clone();
+        service.read_only = h.read_only;
+        service.tmpfs = h
+            .tmpfs
+            .iter()
+            .map(|(dir, opts)| match opts.is_empty() {
+                true => dir.clone(),
+                false => format!("{dir}:{opts}"),
+            })
+            .collect();
+        for (i, path) in h.volumes.iter().enumerate() {
+            let name = format!("anonymous-{}", i + 1);
+            service.volumes.push(format!("{name}:{path}"));
+            volumes.insert(name, compose::ComposeVolume::default());
+        }
+    }
+    let plan = ComposeFile {
+        name: verify_name(tag),
+        plan_id: String::new(),
+        containerd_namespace: Some(ns.to_owned()),
+        services: [(IMAGE_SERVICE.to_owned(), service)].into(),
+        volumes,
+    }
+    .with_plan_id()?;
+    containerd_plan::check(&plan)
+        .with_context(|| format!("running image {image} in containerd"))?;
+    Ok(plan)
+}
+
+/// `verify --image` of a containerd session: the slim image runs in the
+/// original's namespace, hardened by its label, started by the daemon
+/// under observation; the workload runs inside its network namespace.
+async fn start_image_containerd(
+    api: &Client,
+    original: &ContainerRef,
+    image: &str,
+    tag: &str,
+) -> anyhow::Result<Started> {
+    let containerd = Containerd::connect().await?;
+    let ns = original.namespace.clone();
+    let labels = containerd
+        .image_labels(&ns, image)
+        .await?
+        .with_context(|| {
+            format!(
+                "image {image} is not in containerd namespace {ns}, where the session's container \
+             ran (`emit --tag` writes it there)"
+            )
+        })?;
+    let hardening = match labels.get(HARDENING_LABEL) {
+        Some(json) => {
+            let h: Hardening = serde_json::from_str(json)
+                .with_context(|| format!("image {image}: its {HARDENING_LABEL} label"))?;
+            h.check()
+                .map_err(|e| anyhow::anyhow!("image {image}: its {HARDENING_LABEL} label: {e}"))?;
+            Some(h)
+        }
+        None => None,
+    };
+    let plan = image_plan(&ns, image, tag, hardening.as_ref())?;
+    let id = plan.container_name(IMAGE_SERVICE);
+    let client = api.clone();
+    let at = ContainerRef {
+        namespace: ns.clone(),
+        id: id.clone(),
+    };
+    let observed_at = at.to_string();
+    let start = move |_: String| -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
+        let mut api = client.clone();
+        let container = observed_at.clone();
+        Box::pin(async move {
+            api.observe(pb::ObserveRequest {
+                container: container.clone(),
+                replace: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(status)
+            .with_context(|| format!("starting {container} under observation"))?;
+            Ok(())
+        })
+    };
+    let file = std::path::PathBuf::from(format!("(verify of {image})"));
+    containerd_plan::up_plan(
+        &containerd,
+        &file,
+        &plan,
+        &ns,
+        &compose::UpOptions::default(),
+        &start,
+        &|step| eprintln!("{step}"),
+    )
+    .await?;
+    let digest = containerd
+        .image_target(&ns, image)
+        .await?
+        .with_context(|| format!("image {image} in namespace {ns}"))?;
+    let config = containerd.image_config(&ns, &digest).await?;
+    let tcp_ports = config
+        .config()
+        .as_ref()
+        .and_then(|c| c.exposed_ports().clone())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p.strip_suffix("/tcp").unwrap_or(p).parse().ok())
+        .collect();
+    let netns = NetnsOf {
+        containerd: containerd.clone(),
+        at,
+    };
+    netns.path().await?;
+    Ok(Started {
+        sessions: vec![(id.clone(), String::new())],
+        front: id.clone(),
+        target: Some(pb::Target {
+            network_mode: "netns".into(),
+            ip_address: std::net::Ipv4Addr::LOCALHOST.to_string(),
+            tcp_ports,
+        }),
+        what: format!("image {image}, run as container {id} in containerd namespace {ns}"),
+        volumes: Vec::new(),
+        netns: Some(netns),
+        image_plan: Some((containerd, plan)),
     })
 }
 
@@ -245,6 +439,7 @@ async fn start_image(
 /// observation from its first exec.
 async fn start_plan(
     docker: &cimplifier::docker::Docker,
+    engine: &PlanEngine,
     api: &Client,
     plan: &std::path::Path,
 ) -> anyhow::Result<Started> {
@@ -253,7 +448,13 @@ async fn start_plan(
     let mut volumes = Vec::new();
     for name in file.volumes.keys() {
         let full = file.volume_name(name);
-        if cimplifier::docker::output::volume_exists(docker, &full).await? {
+        let exists = match engine {
+            PlanEngine::Docker => cimplifier::docker::output::volume_exists(docker, &full).await?,
+            PlanEngine::Containerd { namespace, .. } => containerd_plan::StateDirs::new(namespace)
+                .volume(&full)
+                .exists(),
+        };
+        if exists {
             eprintln!(
                 "cimplifierctl: warning: volume {full} exists already: the output starts with \
                  its data, not with what the seed service would give it"
@@ -265,13 +466,27 @@ async fn start_plan(
     let targets: Arc<Mutex<BTreeMap<String, Option<pb::Target>>>> = Arc::default();
     let seen = targets.clone();
     let client = api.clone();
+    // A containerd container is observed as containerd://NS/ID, and its
+    // session is named by its id.
+    let scheme = match engine {
+        PlanEngine::Docker => None,
+        PlanEngine::Containerd { namespace, .. } => Some(namespace.clone()),
+    };
     let start = move |name: String| -> futures::future::BoxFuture<'static, anyhow::Result<()>> {
         let mut api = client.clone();
         let seen = seen.clone();
+        let container = match &scheme {
+            Some(ns) => ContainerRef {
+                namespace: ns.clone(),
+                id: name.clone(),
+            }
+            .to_string(),
+            None => name.clone(),
+        };
         Box::pin(async move {
             let observed = api
                 .observe(pb::ObserveRequest {
-                    container: name.clone(),
+                    container,
                     replace: true,
                     ..Default::default()
                 })
@@ -289,7 +504,13 @@ async fn start_plan(
         order: StartOrder::Dependencies,
         ..Default::default()
     };
-    let up = compose::up_with(docker, plan, &order, &start, &|step| eprintln!("{step}")).await;
+    let progress = |step: &str| eprintln!("{step}");
+    let up = match engine {
+        PlanEngine::Docker => compose::up_with(docker, plan, &order, &start, &progress).await,
+        PlanEngine::Containerd { containerd, .. } => {
+            containerd_plan::up_with(containerd, plan, &order, &start, &progress).await
+        }
+    };
     let up = match up {
         Ok(up) => up,
         Err(e) => {
@@ -308,7 +529,7 @@ async fn start_plan(
                     })
                     .await;
             }
-            let _ = stop_plan(docker, plan, &volumes).await;
+            let _ = stop_plan(docker, engine, plan, &volumes).await;
             return Err(e);
         }
     };
@@ -320,6 +541,40 @@ async fn start_plan(
         .context("the plan has no partition that owns the network")?;
     let mut targets = targets.lock().expect("targets lock").clone();
     let target = targets.remove(&owner).flatten();
+    // Only loopback (no CNI): the workload runs in the owner's namespace.
+    let netns = match engine {
+        PlanEngine::Containerd {
+            containerd,
+            namespace,
+        } if target.as_ref().is_none_or(|t| t.ip_address.is_empty()) => {
+            let at = ContainerRef {
+                namespace: namespace.clone(),
+                id: owner.clone(),
+            };
+            let netns = NetnsOf {
+                containerd: containerd.clone(),
+                at,
+            };
+            netns.path().await?;
+            Some(netns)
+        }
+        _ => None,
+    };
+    // Reached inside that namespace, on the ports the owner exposes.
+    let target = match (&netns, target) {
+        (Some(_), _) => Some(pb::Target {
+            network_mode: "netns".into(),
+            ip_address: std::net::Ipv4Addr::LOCALHOST.to_string(),
+            tcp_ports: file
+                .services
+                .values()
+                .filter(|s| s.network_mode.is_none())
+                .flat_map(|s| &s.expose)
+                .filter_map(|p| p.strip_suffix("/tcp").unwrap_or(p).parse().ok())
+                .collect(),
+        }),
+        (None, target) => target,
+    };
     Ok(Started {
         sessions: up
             .containers
@@ -334,18 +589,35 @@ async fn start_plan(
             up.containers.len()
         ),
         volumes,
+        netns,
+        image_plan: None,
     })
 }
 
 /// Stops the plan's containers and removes `volumes`, which verify made.
 async fn stop_plan(
     docker: &cimplifier::docker::Docker,
+    engine: &PlanEngine,
     plan: &std::path::Path,
     volumes: &[String],
 ) -> anyhow::Result<()> {
-    compose::down(docker, plan, false, &|_| {}).await?;
-    for v in volumes {
-        cimplifier::docker::output::remove_volume(docker, v).await?;
+    match engine {
+        PlanEngine::Docker => {
+            compose::down(docker, plan, false, &|_| {}).await?;
+            for v in volumes {
+                cimplifier::docker::output::remove_volume(docker, v).await?;
+            }
+        }
+        PlanEngine::Containerd {
+            containerd,
+            namespace,
+        } => {
+            containerd_plan::down(containerd, plan, false, &|_| {}).await?;
+            let dirs = containerd_plan::StateDirs::new(namespace);
+            for v in volumes {
+                dirs.remove_volume(v)?;
+            }
+        }
     }
     Ok(())
 }

@@ -33,7 +33,7 @@ use crate::docker::compose::{ComposeFile, ComposeService, SEED_SERVICE};
 /// The file's name among the run plan's.
 pub const KUBERNETES_FILE: &str = "kubernetes.yaml";
 /// Where the init container mounts each volume to fill it.
-pub const FILL_DIR: &str = "/.cimplifier/fill";
+pub use crate::docker::compose::FILL_DIR;
 /// Where a kubelet looks for `Localhost` seccomp profiles is its
 /// `/var/lib/kubelet/seccomp`; the plan's profiles go below this.
 pub const SECCOMP_PROFILE_DIR: &str = "cimplifier";
@@ -576,6 +576,7 @@ mod tests {
         ComposeFile {
             name: "app".into(),
             plan_id: "0123456789abcdef".into(),
+            containerd_namespace: None,
             services: [
                 ("php".to_owned(), srv),
                 ("web_1".to_owned(), web),

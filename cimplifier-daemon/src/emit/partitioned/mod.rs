@@ -587,18 +587,25 @@ pub async fn emit_partitioned(
         .unwrap_or(&partitions[0])
         .name
         .clone();
-    let compose = compose_file(
-        &opts.images,
-        &partitions,
-        RunPlanVolumes {
-            volumes: &volumes,
-            rpe_volumes: &rpe_volumes,
-            seed: seed_image.as_ref(),
+    let compose = ComposeFile {
+        // Where the images are: `up` starts the plan in that engine.
+        containerd_namespace: match &destination {
+            oci::Destination::Containerd { namespace } => Some(namespace.clone()),
+            oci::Destination::Docker(_) => None,
         },
-        &network_owner,
-        &source,
-        &run,
-    )
+        ..compose_file(
+            &opts.images,
+            &partitions,
+            RunPlanVolumes {
+                volumes: &volumes,
+                rpe_volumes: &rpe_volumes,
+                seed: seed_image.as_ref(),
+            },
+            &network_owner,
+            &source,
+            &run,
+        )
+    }
     .with_plan_id()?;
     let compose_yaml = compose.to_yaml()?;
     let mut warnings = warnings;
@@ -665,7 +672,7 @@ pub async fn emit_partitioned(
 }
 
 /// The label naming, by tag, the image a plan's service runs by id.
-pub const IMAGE_TAG_LABEL: &str = "io.cimplifier.image";
+pub use crate::docker::compose::IMAGE_TAG_LABEL;
 
 /// The partition report's file name beside the run plan.
 pub const PARTITION_REPORT_FILE: &str = "partition-report.json";
@@ -851,6 +858,7 @@ fn compose_file(
     ComposeFile {
         name,
         plan_id: String::new(),
+        containerd_namespace: None,
         services,
         volumes: volumes
             .iter()

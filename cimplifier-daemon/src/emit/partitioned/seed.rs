@@ -31,16 +31,16 @@ use crate::image::fs::{EntryKind, ImageFs};
 use crate::place::partition::SharedVolume;
 use crate::trace::ContainerPath;
 
-/// The seed service's name in the run plan (no partition may have it).
-pub use crate::docker::compose::SEED_SERVICE;
 /// Where the seed image holds each volume's content, and the seed service
 /// mounts that volume.
-pub const SEED_DIR: &str = "/.cimplifier/seed";
+pub use crate::docker::compose::SEED_DIR;
+/// The seed service's name in the run plan (no partition may have it).
+pub use crate::docker::compose::SEED_SERVICE;
 /// The seed service's command: a static program that exits 0.
 pub const SEED_PROGRAM: &str = "/.cimplifier/seed-done";
 /// The Kubernetes init container's command: copies the staged content
 /// into empty volumes.
-pub const SEED_COPY_PROGRAM: &str = "/.cimplifier/seed-copy";
+pub use crate::docker::compose::SEED_COPY_PROGRAM;
 
 static EMBEDDED_SEED_COPY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/cimplifier-seed"));
 

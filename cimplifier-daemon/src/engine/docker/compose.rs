@@ -32,16 +32,26 @@ use serde::{Deserialize, Serialize};
 /// The one-shot service that fills the volumes before the others start
 /// (written by emit, see emit/partitioned/seed.rs).
 pub const SEED_SERVICE: &str = "cimplifier-seed";
+/// Where the seed image holds each volume's content, and the seed service
+/// mounts that volume (emit/partitioned/seed.rs).
+pub const SEED_DIR: &str = "/.cimplifier/seed";
+/// The seed image's program that copies the staged content into empty
+/// volumes (Kubernetes' init container, containerd's seed).
+pub const SEED_COPY_PROGRAM: &str = "/.cimplifier/seed-copy";
+/// Where that copy finds each volume to fill.
+pub const FILL_DIR: &str = "/.cimplifier/fill";
+/// The label naming, by tag, the image a plan's service runs by id.
+pub const IMAGE_TAG_LABEL: &str = "io.cimplifier.image";
 
 /// File name of the run plan in emit's output directory.
 pub const COMPOSE_FILE: &str = "docker-compose.yml";
 /// Labels Compose itself uses, so `docker compose ps` and `down` see
 /// containers `up` started and the other way round.
-const PROJECT_LABEL: &str = "com.docker.compose.project";
-const SERVICE_LABEL: &str = "com.docker.compose.service";
-const VOLUME_LABEL: &str = "com.docker.compose.volume";
+pub(crate) const PROJECT_LABEL: &str = "com.docker.compose.project";
+pub(crate) const SERVICE_LABEL: &str = "com.docker.compose.service";
+pub(crate) const VOLUME_LABEL: &str = "com.docker.compose.volume";
 /// The label holding [`ComposeFile::plan_id`].
-const PLAN_LABEL: &str = "io.cimplifier.plan";
+pub(crate) const PLAN_LABEL: &str = "io.cimplifier.plan";
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +67,15 @@ pub struct ComposeFile {
         skip_serializing_if = "String::is_empty"
     )]
     pub plan_id: String,
+    /// The containerd namespace whose content store holds the images
+    /// (emit of a containerd session): `up`, `down` and `verify --plan`
+    /// start it there (engine/containerd/plan.rs). None: Docker.
+    #[serde(
+        rename = "x-cimplifier-containerd-namespace",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub containerd_namespace: Option<String>,
     pub services: BTreeMap<String, ComposeService>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, ComposeVolume>,
@@ -215,7 +234,7 @@ impl ComposeFile {
     }
 
     /// The labels every container and volume of the plan carries.
-    fn own_labels(&self, labels: &mut HashMap<String, String>) {
+    pub(crate) fn own_labels(&self, labels: &mut HashMap<String, String>) {
         labels.insert(PROJECT_LABEL.into(), self.name.clone());
         if !self.plan_id.is_empty() {
             labels.insert(PLAN_LABEL.into(), self.plan_id.clone());
@@ -412,7 +431,7 @@ impl ComposeService {
 /// `<volume>:<mount point>[:nocopy]`: the volume, where it is mounted, and
 /// whether the engine must leave an empty volume empty (not fill it from
 /// the image).
-fn split_volume(spec: &str) -> Result<(&str, &str, bool)> {
+pub(crate) fn split_volume(spec: &str) -> Result<(&str, &str, bool)> {
     let mut parts = spec.split(':');
     match (parts.next(), parts.next(), parts.next(), parts.next()) {
         (Some(v), Some(t), None, None) if !v.is_empty() => Ok((v, t, false)),
@@ -553,7 +572,7 @@ enum ProfileAs {
 }
 
 /// `DIR:OPTIONS` tmpfs entries, by directory.
-fn tmpfs_map(entries: &[String]) -> std::collections::BTreeMap<String, String> {
+pub(crate) fn tmpfs_map(entries: &[String]) -> std::collections::BTreeMap<String, String> {
     entries
         .iter()
         .map(|t| match t.split_once(':') {
@@ -1177,6 +1196,7 @@ mod tests {
         ComposeFile {
             name: "wp".into(),
             plan_id: String::new(),
+            containerd_namespace: None,
             services: [
                 (
                     "db".to_owned(),

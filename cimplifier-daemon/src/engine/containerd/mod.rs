@@ -21,6 +21,8 @@ use futures::{Stream, StreamExt};
 use oci_spec::image::{ImageConfiguration, ImageIndex, ImageManifest};
 use serde::{Deserialize, Serialize};
 
+pub mod plan;
+
 /// Where containerd listens unless `$CONTAINERD_ADDRESS` says otherwise.
 pub const DEFAULT_ADDRESS: &str = "/run/containerd/containerd.sock";
 /// The variable `ctr` also reads for the socket.
