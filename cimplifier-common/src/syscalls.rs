@@ -388,6 +388,39 @@ pub const UNHOOKED: &[u32] = &[
     449, // futex_waitv
 ];
 
+/// Traced syscalls that the per-syscall hooks see at exit only, reading
+/// their arguments from the saved user registers then: the file calls a
+/// busy program repeats most, none of which blocks for long, changes its
+/// arguments' registers, starts a process or forgets folded repeats. Their
+/// entry tracepoints stay unhooked, so each call costs one tracepoint, not
+/// two. Their first use (seccomp's evidence) is noted at exit too: a call
+/// still running when the watch ends is not seen, as it is not recorded
+/// either way.
+pub const fn seen_at_exit(n: u32) -> bool {
+    use nr::*;
+    matches!(
+        n,
+        STAT | LSTAT
+            | NEWFSTATAT
+            | STATX
+            | ACCESS
+            | FACCESSAT
+            | FACCESSAT2
+            | OPEN
+            | OPENAT
+            | OPENAT2
+            | CREAT
+            | CLOSE
+            | READLINK
+            | READLINKAT
+            | GETDENTS64
+            | FCNTL
+            | DUP
+            | DUP2
+            | DUP3
+    )
+}
+
 /// Whether syscall `n` is one of [`UNHOOKED`].
 pub const fn unhooked(n: u32) -> bool {
     let mut i = 0;
@@ -573,5 +606,33 @@ mod tests {
             assert!((n as usize) < crate::SYSCALL_BITMAP_BITS as usize);
         }
         assert!(!unhooked(nr::OPENAT) && !unhooked(nr::EXECVE) && !unhooked(nr::CLONE));
+    }
+
+    #[test]
+    fn calls_seen_at_exit_are_traced_plain_file_calls() {
+        for n in 0..512 {
+            if seen_at_exit(n) {
+                assert!(spec(n).is_some(), "{} is not traced", name(n));
+                assert!(!unhooked(n) && !forgets_folded(n) && !sends_signal(n));
+                assert!(
+                    !matches!(spec(n).map(|s| s.str1), Some(StrSource::Argv(_))),
+                    "{} execs",
+                    name(n)
+                );
+            }
+        }
+        for n in [
+            nr::EXECVE,
+            nr::CLONE,
+            nr::CLONE3,
+            nr::FORK,
+            nr::VFORK,
+            nr::EXIT,
+            nr::EXIT_GROUP,
+            nr::CONNECT,
+            nr::ACCEPT4,
+        ] {
+            assert!(!seen_at_exit(n), "{} needs its entry", name(n));
+        }
     }
 }

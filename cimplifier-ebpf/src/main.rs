@@ -51,8 +51,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_probe_read_kernel_str as read_kernel_str_raw,
-            bpf_probe_read_user as read_user_raw, bpf_probe_read_user_str as read_user_str_raw,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_task_btf,
+            bpf_probe_read_kernel_str as read_kernel_str_raw, bpf_probe_read_user as read_user_raw,
+            bpf_probe_read_user_str as read_user_str_raw, bpf_task_pt_regs,
         },
     },
     macros::{btf_tracepoint, map, tracepoint},
@@ -64,7 +65,7 @@ use cimplifier_common::{
     COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
     SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SignalRecord, SyscallRecord,
     SyscallSeenRecord, cgroup_loss, counter, flags,
-    syscalls::{AddrSource, Spec, StrSource, foldable, forgets_folded, nr, spec},
+    syscalls::{AddrSource, Spec, StrSource, foldable, forgets_folded, nr, seen_at_exit, spec},
 };
 
 #[map]
@@ -694,10 +695,41 @@ pub fn sys_exit_one(ctx: TracePointContext) -> u32 {
 
 fn try_sys_exit_one(ctx: &TracePointContext) -> Option<()> {
     let nr = tp_nr(ctx);
+    if !seen_at_exit(nr) {
+        // Paired with its entry (`INFLIGHT`).
+        let spec = spec(nr)?;
+        let ret =
+            unsafe { ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(TP_ARGS).cast::<i64>()) };
+        return exit(ctx, nr, spec, ret);
+    }
+    // Seen at exit only (no entry hook): the whole call is here, its
+    // arguments in the user registers the kernel saved at entry. (The
+    // `regs` the context starts with are the tracer's own, not those.)
     let spec = spec(nr)?;
-    // Every exit tracepoint has its return value.
+    let cgroup = watched_cgroup()?;
+    note_syscall(cgroup, nr);
+    // A BTF pointer: direct loads, no helper call.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u64;
+    if unsafe { ptr::read_volatile(regs.wrapping_add(ORIG_AX)) } as u32 != nr {
+        count_loss::<{ cgroup_loss::INFLIGHT }>(cgroup, counter::INFLIGHT_FULL);
+        warn!(
+            ctx,
+            "sys_exit_one: the saved registers are not syscall {}'s: record lost", nr
+        );
+        return None;
+    }
+    let mut args = [0u64; 6];
+    for (a, r) in args.iter_mut().zip(ARG_REGS) {
+        *a = unsafe { ptr::read_volatile(regs.wrapping_add(r)) };
+    }
     let ret = unsafe { ptr::read_volatile(ctx.as_ptr().cast::<u8>().add(TP_ARGS).cast::<i64>()) };
-    exit(ctx, nr, spec, ret)
+    let call = InFlight {
+        nr,
+        enter_flags: 0,
+        args,
+        enter_ts_ns: 0,
+    };
+    record_exit(cgroup, spec, ret, &call)
 }
 
 #[inline(always)]
@@ -718,6 +750,14 @@ fn exit<C: EbpfContext>(ctx: &C, nr: u32, spec: Spec, ret: i64) -> Option<()> {
         );
         return None;
     }
+    record_exit(cgroup, spec, ret, &entry)
+}
+
+/// The record of a call that returned `ret`: names read now, folded when
+/// it repeats, sent otherwise.
+#[inline(always)]
+fn record_exit(cgroup: u64, spec: Spec, ret: i64, entry: &InFlight) -> Option<()> {
+    let nr = entry.nr;
     let rec = scratch_syscall(RecordKind::Syscall, cgroup, nr, &entry.args)?;
     rec.ret = ret;
     rec.enter_ts_ns = entry.enter_ts_ns;

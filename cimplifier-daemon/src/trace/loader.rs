@@ -14,7 +14,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::tp_btf::BtfTracePointLinkId;
 use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Btf, Ebpf, EbpfLoader};
-use cimplifier_common::syscalls::{UNHOOKED, spec, unhooked};
+use cimplifier_common::syscalls::{UNHOOKED, seen_at_exit, spec, unhooked};
 use cimplifier_common::{
     MAX_CGROUP_LEVEL, SYSCALL_BITMAP_BITS, cgroup_loss, counter, globals, maps,
 };
@@ -159,9 +159,9 @@ struct OneHook {
 }
 
 /// The per-syscall tracepoints to attach, for every syscall this kernel
-/// has one for, but [`UNHOOKED`]: entries for all (the seccomp evidence),
-/// exits for the traced ones. A traced syscall without both is an error:
-/// its calls would go unseen.
+/// has one for, but [`UNHOOKED`]: entries for all (the seccomp evidence)
+/// but those [`seen_at_exit`], exits for the traced ones. A traced syscall
+/// without both is an error: its calls would go unseen.
 fn per_syscall_hooks() -> Result<(Vec<OneHook>, Vec<OneHook>)> {
     let events = Path::new(TRACEFS).join("events/syscalls");
     let (mut enters, mut exits) = (Vec::new(), Vec::new());
@@ -186,11 +186,13 @@ fn per_syscall_hooks() -> Result<(Vec<OneHook>, Vec<OneHook>)> {
             // Not built into this kernel (its calls fail with ENOSYS).
             continue;
         }
-        enters.push(OneHook {
-            nr,
-            id: tracepoint_id("syscalls", &enter)?,
-            tracepoint: enter,
-        });
+        if !seen_at_exit(nr) {
+            enters.push(OneHook {
+                nr,
+                id: tracepoint_id("syscalls", &enter)?,
+                tracepoint: enter,
+            });
+        }
         if traced {
             exits.push(OneHook {
                 nr,
