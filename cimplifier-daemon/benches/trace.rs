@@ -15,6 +15,9 @@
 //!   opens, and `strace -f`.
 //!
 //! Every figure but strace's is the median of several rounds.
+//! `CIMPLIFIER_BENCH_SECTIONS=redis` (a comma-separated subset of `loop`,
+//! `redis`, `sizes`) runs only those sections, e.g. to measure one again
+//! on a quieter machine.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -246,7 +249,26 @@ fn line(name: &str, seconds: f64, base: f64) {
     println!("{name:<58} {seconds:>8.3} s  {:.2}x", seconds / base);
 }
 
+/// Whether the section `name` is to run (`CIMPLIFIER_BENCH_SECTIONS`).
+fn section(name: &str) -> bool {
+    std::env::var("CIMPLIFIER_BENCH_SECTIONS")
+        .map_or(true, |v| v.split(',').any(|s| s.trim() == name))
+}
+
 async fn run() -> Result<()> {
+    if section("loop") {
+        syscall_loop_section().await?;
+    }
+    if section("redis") {
+        redis_section().await?;
+    }
+    if section("sizes") {
+        sizes_section()?;
+    }
+    Ok(())
+}
+
+async fn syscall_loop_section() -> Result<()> {
     let exe = std::env::current_exe()?;
     let exe = exe.to_str().unwrap().to_owned();
     let work = tempfile::tempdir()?;
@@ -328,10 +350,15 @@ async fn run() -> Result<()> {
     );
 
     println!();
+    Ok(())
+}
+
+async fn redis_section() -> Result<()> {
     println!(
         "## redis-benchmark -n {REDIS_REQUESTS} -t set,get against {REDIS_IMAGE}, \
          median of {REDIS_ROUNDS} alternating rounds"
     );
+    let other = Cgroup::new("other")?;
     let redis = RedisContainer::start()?;
     let container_cgroup = cimplifier::trace::cgroup::cgroup_of_pid(redis.pid)?;
     redis.benchmark()?; // warm-up
@@ -383,8 +410,11 @@ async fn run() -> Result<()> {
         );
     }
     println!("events ingested, traced rounds: {events}, lost {lost}");
-
     println!();
+    Ok(())
+}
+
+fn sizes_section() -> Result<()> {
     println!("## kernel programs, as the verifier left them (jited bytes)");
     for (kernel_log, hooks) in [
         (false, HookMode::PerSyscall),
