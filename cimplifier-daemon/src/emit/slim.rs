@@ -50,6 +50,9 @@ pub struct EmitOptions {
     /// Also push the image to a registry (`emit --push`).
     pub push: Option<super::push::PushTarget>,
     pub seccomp: SeccompMode,
+    /// The caller's credentials for the source image's registry, should
+    /// the engine have to pull it.
+    pub source_auth: super::push::Credentials,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -386,6 +389,7 @@ pub async fn emit(
             allow_incomplete: opts.allow_incomplete,
         },
         TraceDigest::Sha256,
+        &opts.source_auth,
         &|done, total| bytes("reading the source image", done, total),
     )
     .await?;

@@ -179,6 +179,9 @@ pub struct PartitionEmitOptions {
     /// after the tag (`emit --push`).
     pub push: Option<super::push::PushTarget>,
     pub seccomp: SeccompMode,
+    /// The caller's credentials for the source image's registry, should
+    /// the engine have to pull it.
+    pub source_auth: super::push::Credentials,
 }
 
 /// What a partition's container runs.
@@ -371,6 +374,7 @@ pub async fn emit_partitioned(
             allow_incomplete: opts.allow_incomplete,
         },
         TraceDigest::Skip,
+        &opts.source_auth,
         &|done, total| bytes("reading the source image", done, total),
     )
     .await?;
