@@ -389,4 +389,16 @@ fn labelled_containers_podman_runs_are_observed_from_their_first_exec() {
     }
     let all = stdout_of(&d.ctl(&["sessions"]));
     assert!(!all.contains(&busy), "{all}");
+
+    // Emitted into Podman, the summary names Podman, not Docker.
+    let tag = format!("cimplifier-e2e/podman-label{pid}:slim");
+    podman.made.push(("image", format!("localhost/{tag}")));
+    let (code, _, said) = podman.ctl(&d, &["emit", &names[0], "--tag", &tag]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("as Podman sizes it"), "{said}");
+    assert!(
+        said.contains("run it as the container ran: podman run"),
+        "{said}"
+    );
+    assert!(!said.contains("docker run"), "{said}");
 }

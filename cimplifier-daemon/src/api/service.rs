@@ -237,7 +237,7 @@ impl Service {
         }
         if req.oci_archive {
             return Err(Status::invalid_argument(
-                "oci_archive is for a single slim image; with a policy the images go into Docker",
+                "oci_archive is for a single slim image; with a policy the images go into the engine",
             ));
         }
         let images =

@@ -264,7 +264,7 @@ fn write_seccomp_profile(report: &mut EmitReport, outputs: &mut Outputs) -> anyh
     };
     let Some(dir) = outputs.out_dir().map(Path::to_path_buf) else {
         report.warnings.push(format!(
-            "the docker run line names {SECCOMP_FILE}, its seccomp profile: emit --out DIR \
+            "the run line names {SECCOMP_FILE}, its seccomp profile: emit --out DIR \
              writes it there (it is also the report's privileges.seccomp)"
         ));
         return Ok(());
@@ -389,12 +389,7 @@ fn summary(r: &EmitReport) -> String {
         r.removed_files,
         mb(r.removed_bytes)
     );
-    s += &format!(
-        "  image: {} (its layer) from {} (the source image as Docker sizes it), {:.1}% smaller\n",
-        mb(r.slim_image_bytes),
-        mb(r.source_image_bytes),
-        r.reduction_percent
-    );
+    s += &format!("  {}\n", r.size_line());
     s += &format!(
         "  session: {} events, {}, {}\n",
         r.events,
@@ -417,8 +412,8 @@ fn summary(r: &EmitReport) -> String {
     s += "  run settings (the image's config):\n";
     s += &r.run.render_text("    ");
     s += &format!("  privileges: {}\n", r.privileges.summary());
-    if !r.docker_run.is_empty() {
-        s += &format!("  run it as the container ran: {}\n", r.docker_run);
+    if let Some(line) = r.run_line() {
+        s += &format!("  {line}\n");
     }
     for d in &r.state_directories {
         s += &format!(

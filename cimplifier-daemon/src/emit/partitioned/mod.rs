@@ -378,7 +378,7 @@ pub async fn emit_partitioned(
         &|done, total| bytes("reading the source image", done, total),
     )
     .await?;
-    let destination = oci::Destination::of(&info)?;
+    let destination = oci::Destination::of(&info).await?;
     progress("partitioning and placing");
     let partitioning = crate::partition::partition(&model, &opts.policy)?;
     if partitioning
@@ -595,7 +595,7 @@ pub async fn emit_partitioned(
         // Where the images are: `up` starts the plan in that engine.
         containerd_namespace: match &destination {
             oci::Destination::Containerd { namespace } => Some(namespace.clone()),
-            oci::Destination::Docker(_) => None,
+            oci::Destination::Docker(..) => None,
         },
         ..compose_file(
             &opts.images,
