@@ -401,4 +401,5 @@ fn labelled_containers_podman_runs_are_observed_from_their_first_exec() {
         "{said}"
     );
     assert!(!said.contains("docker run"), "{said}");
+    assert!(!said.contains("docker create"), "{said}");
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::oci::SourceConfig;
 use crate::docker::run::{RunSettings, RuntimeSettings};
+use crate::engine::Engine;
 use crate::store::SessionRecord;
 
 /// Where a setting of an emitted image came from.
@@ -57,21 +58,28 @@ impl Setting {
         }
     }
 
-    /// How a container sets it.
-    fn how(self) -> &'static str {
-        match self {
-            Setting::Entrypoint => "docker create --entrypoint",
-            Setting::Cmd => "docker create IMAGE COMMAND",
-            Setting::Env => "docker create --env",
-            Setting::User => "docker create --user",
-            Setting::WorkingDir => "docker create --workdir",
-            Setting::ExposedPorts => "docker create --expose/--publish",
-            Setting::StopSignal => "docker create --stop-signal",
-            Setting::PublishedPorts => "docker create --publish",
-            Setting::PublishAllPorts => "docker create --publish-all",
-            Setting::Tty => "docker create --tty",
-            Setting::StdinOpen => "docker create --interactive",
-            Setting::Init => "docker create --init",
+    /// How a container sets it, in the words of `engine`'s CLI: Podman's
+    /// `create` takes Docker's flags; a containerd container has it in
+    /// its OCI spec.
+    fn how(self, engine: Engine) -> String {
+        let flag = match self {
+            Setting::Entrypoint => "--entrypoint",
+            Setting::Cmd => "IMAGE COMMAND",
+            Setting::Env => "--env",
+            Setting::User => "--user",
+            Setting::WorkingDir => "--workdir",
+            Setting::ExposedPorts => "--expose/--publish",
+            Setting::StopSignal => "--stop-signal",
+            Setting::PublishedPorts => "--publish",
+            Setting::PublishAllPorts => "--publish-all",
+            Setting::Tty => "--tty",
+            Setting::StdinOpen => "--interactive",
+            Setting::Init => "--init",
+        };
+        match engine {
+            Engine::Docker => format!("docker create {flag}"),
+            Engine::Podman => format!("podman create {flag}"),
+            Engine::Containerd => format!("its OCI spec, as `docker create {flag}` would set it"),
         }
     }
 }
@@ -93,9 +101,14 @@ pub struct CarriedSetting {
 impl CarriedSetting {
     /// `image config` or `container (docker create --env)`.
     pub fn origin(&self) -> String {
+        self.origin_on(Engine::Docker)
+    }
+
+    /// [`CarriedSetting::origin`] of a container that ran on `engine`.
+    pub fn origin_on(&self, engine: Engine) -> String {
         match self.from {
             Origin::ImageConfig => "image config".to_owned(),
-            Origin::Container => format!("container ({})", self.setting.how()),
+            Origin::Container => format!("container ({})", self.setting.how(engine)),
         }
     }
 }
@@ -136,6 +149,11 @@ impl RunReport {
     /// One line per setting (variables grouped by origin), each indented
     /// by `indent`.
     pub fn render_text(&self, indent: &str) -> String {
+        self.render_text_on(indent, Engine::Docker)
+    }
+
+    /// [`RunReport::render_text`] of a container that ran on `engine`.
+    pub fn render_text_on(&self, indent: &str, engine: Engine) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
         if !self.recorded {
@@ -161,7 +179,7 @@ impl RunReport {
                 "{indent}{} {}: {}",
                 s.setting.name(),
                 s.value.as_deref().unwrap_or("(none)"),
-                s.origin()
+                s.origin_on(engine)
             );
         }
         env.sort_by_key(|(from, _)| *from);
@@ -172,7 +190,12 @@ impl RunReport {
                 value: None,
                 from,
             };
-            let _ = writeln!(out, "{indent}env {}: {}", names.join(" "), s.origin());
+            let _ = writeln!(
+                out,
+                "{indent}env {}: {}",
+                names.join(" "),
+                s.origin_on(engine)
+            );
         }
         if !self.left_out.is_empty() {
             let _ = writeln!(

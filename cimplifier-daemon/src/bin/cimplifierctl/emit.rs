@@ -410,7 +410,7 @@ fn summary(r: &EmitReport) -> String {
         }
     );
     s += "  run settings (the image's config):\n";
-    s += &r.run.render_text("    ");
+    s += &r.run.render_text_on("    ", r.engine);
     s += &format!("  privileges: {}\n", r.privileges.summary());
     if let Some(line) = r.run_line() {
         s += &format!("  {line}\n");

@@ -113,6 +113,23 @@ fn the_containers_settings_win_where_they_differ() {
         text.contains("  NOT carried (the container had them; add them when you run it): --volume /srv/data:/data"),
         "{text}"
     );
+    // Each engine's own words: no `docker create` said of a container
+    // Podman or containerd made.
+    let podman = report.render_text_on("  ", crate::engine::Engine::Podman);
+    assert!(
+        podman.contains("  env LANG GREETING: container (podman create --env)"),
+        "{podman}"
+    );
+    assert!(!podman.contains("docker create"), "{podman}");
+    let containerd = report.render_text_on("  ", crate::engine::Engine::Containerd);
+    assert!(
+        containerd.contains("  env LANG GREETING: container (its OCI spec, as"),
+        "{containerd}"
+    );
+    assert!(
+        !containerd.contains("container (docker create"),
+        "{containerd}"
+    );
 }
 
 #[test]
