@@ -402,4 +402,9 @@ fn labelled_containers_podman_runs_are_observed_from_their_first_exec() {
     );
     assert!(!said.contains("docker run"), "{said}");
     assert!(!said.contains("docker create"), "{said}");
+    // Podman's own variables are left to Podman, not baked into the image.
+    assert!(
+        said.contains("HOSTNAME: set by the engine itself, not carried"),
+        "{said}"
+    );
 }

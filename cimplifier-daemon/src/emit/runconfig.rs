@@ -129,6 +129,12 @@ pub struct RunReport {
     /// them when running the output.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
+    /// Variables the engine put into the container's environment itself
+    /// (Podman's `container`, `HOSTNAME`, `TERM`, root's `HOME`), not
+    /// carried: the engine sets them again in a new container, and a
+    /// `HOSTNAME` in the image would name the old container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_env: Vec<String>,
 }
 
 impl RunReport {
@@ -197,6 +203,13 @@ impl RunReport {
                 s.origin_on(engine)
             );
         }
+        if !self.engine_env.is_empty() {
+            let _ = writeln!(
+                out,
+                "{indent}env {}: set by the engine itself, not carried (it sets them again)",
+                self.engine_env.join(" ")
+            );
+        }
         if !self.left_out.is_empty() {
             let _ = writeln!(
                 out,
@@ -255,6 +268,27 @@ pub fn carry(image: &SourceConfig, run: Option<&RunSettings>) -> (SourceConfig, 
         report.settings = settings(image, &same);
         return (image.clone(), report);
     };
+    let image_env = image.env.clone().unwrap_or_default();
+    let injected = podman_injected(run, &image_env);
+    let own;
+    let run = if injected.is_empty() {
+        run
+    } else {
+        own = RunSettings {
+            env: run
+                .env
+                .iter()
+                .filter(|e| !injected.contains(e))
+                .cloned()
+                .collect(),
+            ..run.clone()
+        };
+        &own
+    };
+    report.engine_env = injected
+        .iter()
+        .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k).to_owned())
+        .collect();
     report.settings = settings(image, run);
     report.runtime = run.runtime.clone();
     report.left_out = run.left_out.clone();
@@ -269,6 +303,31 @@ pub fn carry(image: &SourceConfig, run: Option<&RunSettings>) -> (SourceConfig, 
         ..image.clone()
     };
     (config, report)
+}
+
+/// The variables of `run`'s environment that Podman put there itself,
+/// not the image (`image_env`) or the container's creator: `container=
+/// podman` (which only Podman sets, and which tells its containers), with
+/// its `HOSTNAME`, `TERM=xterm` and, for root, `HOME=/root`.
+fn podman_injected(run: &RunSettings, image_env: &[String]) -> Vec<String> {
+    const MARK: &str = "container=podman";
+    if !run.env.iter().any(|e| e == MARK) || image_env.iter().any(|e| e == MARK) {
+        return Vec::new();
+    }
+    let root = matches!(
+        run.user.as_deref(),
+        None | Some("" | "root" | "0" | "0:0" | "root:root")
+    );
+    run.env
+        .iter()
+        .filter(|e| !image_env.contains(e))
+        .filter(|e| match e.split_once('=') {
+            Some(("container", "podman") | ("TERM", "xterm") | ("HOSTNAME", _)) => true,
+            Some(("HOME", "/root")) => root,
+            _ => false,
+        })
+        .cloned()
+        .collect()
 }
 
 /// Every setting that is set in the image or the container, by origin.
