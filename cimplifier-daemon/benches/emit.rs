@@ -118,6 +118,7 @@ async fn run(name: &str, state: &Path) -> Result<()> {
         explain: Vec::new(),
         push: None,
         seccomp: cimplifier::place::seccomp::SeccompMode::Enforce,
+        source_auth: Default::default(),
     };
     let (mut read, mut plan, mut write, mut load, mut total, mut save) =
         (vec![], vec![], vec![], vec![], vec![], vec![]);

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, cimplifierctl, require_root};
+use cimplifier::trace::{Event, EventKind};
+use common::{Daemon, cimplifierctl, require_root, session_json, stdout_of, touches, wait_until};
 use serde_json::Value;
 
 const CONF: &str = "[containers]\ndefault_ulimits = []\n[engine]\nruntime = \"runc\"\n\
@@ -268,4 +269,142 @@ fn a_partitioned_plan_runs_on_podman_and_passes_verify() {
     assert_eq!(verified["verified"], true, "{verified}");
     let (code, _, said) = podman.ctl(&d, &["down", out.to_str().unwrap(), "--volumes"]);
     assert_eq!(code, Some(0), "{said}");
+}
+
+fn first_exec(events: &[Event]) -> Option<String> {
+    events.iter().find_map(|e| match &e.kind {
+        EventKind::Syscall(s) if s.syscall == "execve" && s.succeeded() => {
+            s.paths.first().map(|p| p.raw.clone())
+        }
+        _ => None,
+    })
+}
+
+/// Containers `podman run -d` creates and starts at once, labelled
+/// `io.cimplifier.observe=true` or matching a selector given to `observe
+/// --label`, are observed from their first exec by a daemon reaching
+/// Podman through its Docker-compatible API; an unlabelled one is left
+/// alone. Podman's `create` event reaches the daemon about a second after
+/// the container started (it reads its file event log), so what starts
+/// below Podman's parent cgroup (`libpod_parent/libpod-<id>`) is held until
+/// its container's labels are known.
+#[test]
+fn labelled_containers_podman_runs_are_observed_from_their_first_exec() {
+    require_root();
+    let mut podman = Podman::start();
+    load(&podman, "cimplifier-test/nginx:latest");
+    let host = podman.host();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with_env(
+        &["--watch-labels", "--metrics-addr", &metrics_addr],
+        &[("DOCKER_HOST", Path::new(&host))],
+    );
+    let pid = std::process::id();
+    let selector = format!("cimplifier-test-app=podman-{pid}");
+    let (code, _, said) = podman.ctl(&d, &["observe", "--label", &selector]);
+    assert_eq!(code, Some(0), "{said}");
+    let run = |name: &str, label: &str, script: &str| {
+        let out = Command::new("podman")
+            .env("CONTAINERS_CONF", &podman.conf)
+            .args(["run", "-d", "--name", name, "--label", label])
+            .args([
+                "localhost/cimplifier-test/nginx:latest",
+                "/bin/sh",
+                "-c",
+                script,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "podman run {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    // An unlabelled, busy container: once the daemon holds what starts
+    // below Podman's parent, it is found no one's and excluded, which
+    // also says the daemon is ready for the labelled ones.
+    let busy = format!("cimplifier-podman-label-none-{pid}");
+    podman.made.push(("container", busy.clone()));
+    run(
+        &busy,
+        "app=other",
+        "while true; do cat /etc/hostname > /dev/null; sleep 0.1; done",
+    );
+    wait_until(60, "the unlabelled container to be excluded", || {
+        let out = Command::new("curl")
+            .args(["-sf", &format!("http://{metrics_addr}/metrics")])
+            .output()
+            .unwrap();
+        stdout_of(&out)
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("cimplifier_excluded_cgroups_total ")?
+                    .parse()
+                    .ok()
+            })
+            .is_some_and(|n: u64| n >= 1)
+    });
+
+    let runs = [
+        ("podman-label-a", "io.cimplifier.observe=true"),
+        ("podman-label-b", "io.cimplifier.observe=true"),
+        ("podman-label-sel", selector.as_str()),
+    ];
+    let names: Vec<String> = runs
+        .iter()
+        .map(|(tag, _)| format!("cimplifier-{tag}-{pid}"))
+        .collect();
+    for name in &names {
+        podman.made.push(("container", name.clone()));
+    }
+    std::thread::scope(|s| {
+        for ((_, label), name) in runs.iter().zip(&names) {
+            s.spawn(|| run(name, label, "cat /etc/os-release > /dev/null; sleep 2"));
+        }
+    });
+    for name in &names {
+        wait_until(60, &format!("session {name} to close"), || {
+            let all = stdout_of(&d.ctl(&["sessions", "--json"]));
+            all.contains(name.as_str()) && session_json(&d, name)["state"] == "closed"
+        });
+        let s = session_json(&d, name);
+        assert_eq!(s["from_first_exec"], true, "{name}: {s}");
+        assert_eq!(s["complete"], true, "{name}: {s}");
+        assert_eq!(s["end"], "container_died", "{name}: {s}");
+        let (_, events) = d.session_events(name);
+        assert_eq!(
+            first_exec(&events).as_deref(),
+            Some("/bin/sh"),
+            "{name}: the entrypoint; {s}\n{}",
+            common::dump(&events, 40)
+        );
+        assert!(touches(&events, "/etc/os-release"), "{name}");
+    }
+    let all = stdout_of(&d.ctl(&["sessions"]));
+    assert!(!all.contains(&busy), "{all}");
+
+    // Emitted into Podman, the summary names Podman, not Docker.
+    let tag = format!("cimplifier-e2e/podman-label{pid}:slim");
+    podman.made.push(("image", format!("localhost/{tag}")));
+    let (code, _, said) = podman.ctl(&d, &["emit", &names[0], "--tag", &tag]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("as Podman sizes it"), "{said}");
+    assert!(
+        said.contains("run it as the container ran: podman run"),
+        "{said}"
+    );
+    assert!(!said.contains("docker run"), "{said}");
+    assert!(!said.contains("docker create"), "{said}");
+    // Podman's own variables are left to Podman, not baked into the image.
+    assert!(
+        said.contains("HOSTNAME: set by the engine itself, not carried"),
+        "{said}"
+    );
 }

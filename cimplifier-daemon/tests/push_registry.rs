@@ -442,3 +442,92 @@ fn emit_pulls_a_source_image_gone_from_the_engine_and_refuses_a_moved_tag() {
     assert!(!out.status.success(), "a moved tag was taken");
     assert!(said.contains("the tag moved"), "{said}");
 }
+
+/// A docker config in a directory of its own holding `user:password` for
+/// `registry`, as `docker login` writes it.
+fn docker_config(registry: &str, user: &str, password: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let mut b64 = Command::new("base64")
+        .args(["-w", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = b64.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{user}:{password}").as_bytes())
+            .unwrap();
+    }
+    let auth = String::from_utf8(b64.wait_with_output().unwrap().stdout).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        format!(r#"{{"auths":{{"{registry}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    dir
+}
+
+/// The observed image is gone from the engine and its registry asks for
+/// credentials: emit has the engine pull it with the caller's (from
+/// cimplifierctl's docker config); without them, or with wrong ones, the
+/// pull is refused, naming the registry and how to log in.
+#[test]
+fn emit_pulls_a_source_image_from_a_registry_with_the_callers_credentials() {
+    require_root();
+    let pid = std::process::id();
+    let registry = Registry::start("127.0.0.1", &[("ci", "s3cret")]);
+    let source = format!("{}/cimplifier-guarded{pid}:1", registry.addr);
+    let image = own_image(&source, "guarded");
+    let good = docker_config(&registry.addr, "ci", "s3cret");
+    let wrong = docker_config(&registry.addr, "ci", "wrong");
+    // Pushed with the credentials, never through the host's docker config.
+    docker(&["--config", good.path().to_str().unwrap(), "push", &source]);
+    let d = Daemon::start();
+    let c = Container::create("pull-guarded", &[&source]);
+    let out = ctl(&d, &["observe", &c.0], None);
+    assert!(out.status.success(), "{out:?}");
+    drop(c);
+    drop(image);
+    let gone = Command::new("docker")
+        .args(["image", "inspect", &source])
+        .output()
+        .unwrap();
+    assert!(
+        !gone.status.success(),
+        "the source image is still in Docker"
+    );
+    let _pulled = PulledImage(source.clone());
+
+    let slim = format!("cimplifier-e2e/guarded{pid}:slim");
+    let _slim = PulledImage(slim.clone());
+    let session = format!("cimplifier-pull-guarded-{pid}");
+    let emit = |config: Option<&Path>| ctl(&d, &["emit", &session, "--tag", &slim], config);
+    for (config, said) in [
+        (None, "no credentials were given"),
+        (Some(wrong.path()), "the credentials of ci"),
+    ] {
+        let out = emit(config);
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "pulled without the right credentials"
+        );
+        assert!(
+            e.contains(&format!("registry {}", registry.addr))
+                && e.contains(&format!("`docker login {}", registry.addr))
+                && e.contains(said),
+            "{e}"
+        );
+        assert!(!e.contains("wrong"), "the password is not echoed: {e}");
+    }
+    let out = emit(Some(good.path()));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "emit with the caller's credentials: {e}"
+    );
+    docker(&["image", "inspect", &slim]);
+    docker(&["image", "inspect", &source]);
+}

@@ -237,7 +237,7 @@ impl Service {
         }
         if req.oci_archive {
             return Err(Status::invalid_argument(
-                "oci_archive is for a single slim image; with a policy the images go into Docker",
+                "oci_archive is for a single slim image; with a policy the images go into the engine",
             ));
         }
         let images =
@@ -255,6 +255,7 @@ impl Service {
             kubernetes: req.kubernetes,
             push,
             seccomp,
+            source_auth: credentials(req.source_auth.as_ref()),
         };
         let store = self.manager.store().clone();
         let (tx, rx) = mpsc::channel(16);
@@ -528,17 +529,10 @@ impl Cimplifier for Service {
             }
             None
         } else {
-            let credentials = match &req.registry_auth {
-                Some(a) if !a.username.is_empty() => Credentials::Basic {
-                    username: a.username.clone(),
-                    password: a.password.clone(),
-                },
-                _ => Credentials::Anonymous,
-            };
             Some(PushTarget::parse(
                 &req.push,
                 req.insecure_registry,
-                credentials,
+                credentials(req.registry_auth.as_ref()),
             )?)
         };
         if req.kubernetes && req.policy_toml.is_empty() {
@@ -601,6 +595,7 @@ impl Cimplifier for Service {
             explain,
             push,
             seccomp: SeccompMode::parse(&req.seccomp).map_err(Status::invalid_argument)?,
+            source_auth: credentials(req.source_auth.as_ref()),
         };
         let store = self.manager.store().clone();
         let reports = self.state_dir.join("emit-reports");
@@ -936,6 +931,17 @@ fn exists_or(e: anyhow::Error, otherwise: fn(String) -> Status) -> Status {
 }
 
 /// The retag rule a request asks for.
+/// A request's registry credentials; none, or no user name, is anonymous.
+fn credentials(auth: Option<&pb::RegistryAuth>) -> Credentials {
+    match auth {
+        Some(a) if !a.username.is_empty() => Credentials::Basic {
+            username: a.username.clone(),
+            password: a.password.clone(),
+        },
+        _ => Credentials::Anonymous,
+    }
+}
+
 fn retag(force: bool) -> crate::emit::oci::Retag {
     if force {
         crate::emit::oci::Retag::Any

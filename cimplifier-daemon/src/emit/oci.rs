@@ -324,25 +324,32 @@ pub async fn load_into_docker(
 /// Where emitted images are loaded: the engine the session's container ran
 /// on.
 pub enum Destination {
-    Docker(Docker),
-    Containerd { namespace: String },
+    /// An engine reached through Docker's API: dockerd, or Podman (which
+    /// `engine` says, for what is printed).
+    Docker(Docker, crate::engine::Engine),
+    Containerd {
+        namespace: String,
+    },
 }
 
 impl Destination {
     /// The engine of the session `record`'s container.
-    pub fn of(record: &crate::store::SessionRecord) -> Result<Self, EmitError> {
+    pub async fn of(record: &crate::store::SessionRecord) -> Result<Self, EmitError> {
         Ok(match &record.containerd {
             Some(at) => Destination::Containerd {
                 namespace: at.namespace.clone(),
             },
-            None => Destination::Docker(crate::docker::connect().map_err(EmitError::Engine)?),
+            None => Destination::Docker(
+                crate::docker::connect().map_err(EmitError::Engine)?,
+                crate::engine::Engine::of(record).await,
+            ),
         })
     }
 
     /// Loads `image` under its tag (see [`check_tag`]).
     pub async fn load(&self, image: &OciImage, retag: Retag) -> Result<(), EmitError> {
         match self {
-            Destination::Docker(docker) => load_into_docker(docker, image, retag).await,
+            Destination::Docker(docker, _) => load_into_docker(docker, image, retag).await,
             Destination::Containerd { namespace } => {
                 load_into_containerd(namespace, image, retag).await
             }
@@ -353,7 +360,7 @@ impl Destination {
 impl std::fmt::Display for Destination {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Destination::Docker(_) => write!(f, "Docker"),
+            Destination::Docker(_, engine) => write!(f, "{engine}"),
             Destination::Containerd { namespace } => {
                 write!(f, "containerd (namespace {namespace})")
             }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::oci::SourceConfig;
 use crate::docker::run::{RunSettings, RuntimeSettings};
+use crate::engine::Engine;
 use crate::store::SessionRecord;
 
 /// Where a setting of an emitted image came from.
@@ -57,21 +58,28 @@ impl Setting {
         }
     }
 
-    /// How a container sets it.
-    fn how(self) -> &'static str {
-        match self {
-            Setting::Entrypoint => "docker create --entrypoint",
-            Setting::Cmd => "docker create IMAGE COMMAND",
-            Setting::Env => "docker create --env",
-            Setting::User => "docker create --user",
-            Setting::WorkingDir => "docker create --workdir",
-            Setting::ExposedPorts => "docker create --expose/--publish",
-            Setting::StopSignal => "docker create --stop-signal",
-            Setting::PublishedPorts => "docker create --publish",
-            Setting::PublishAllPorts => "docker create --publish-all",
-            Setting::Tty => "docker create --tty",
-            Setting::StdinOpen => "docker create --interactive",
-            Setting::Init => "docker create --init",
+    /// How a container sets it, in the words of `engine`'s CLI: Podman's
+    /// `create` takes Docker's flags; a containerd container has it in
+    /// its OCI spec.
+    fn how(self, engine: Engine) -> String {
+        let flag = match self {
+            Setting::Entrypoint => "--entrypoint",
+            Setting::Cmd => "IMAGE COMMAND",
+            Setting::Env => "--env",
+            Setting::User => "--user",
+            Setting::WorkingDir => "--workdir",
+            Setting::ExposedPorts => "--expose/--publish",
+            Setting::StopSignal => "--stop-signal",
+            Setting::PublishedPorts => "--publish",
+            Setting::PublishAllPorts => "--publish-all",
+            Setting::Tty => "--tty",
+            Setting::StdinOpen => "--interactive",
+            Setting::Init => "--init",
+        };
+        match engine {
+            Engine::Docker => format!("docker create {flag}"),
+            Engine::Podman => format!("podman create {flag}"),
+            Engine::Containerd => format!("its OCI spec, as `docker create {flag}` would set it"),
         }
     }
 }
@@ -93,9 +101,14 @@ pub struct CarriedSetting {
 impl CarriedSetting {
     /// `image config` or `container (docker create --env)`.
     pub fn origin(&self) -> String {
+        self.origin_on(Engine::Docker)
+    }
+
+    /// [`CarriedSetting::origin`] of a container that ran on `engine`.
+    pub fn origin_on(&self, engine: Engine) -> String {
         match self.from {
             Origin::ImageConfig => "image config".to_owned(),
-            Origin::Container => format!("container ({})", self.setting.how()),
+            Origin::Container => format!("container ({})", self.setting.how(engine)),
         }
     }
 }
@@ -116,6 +129,12 @@ pub struct RunReport {
     /// them when running the output.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub left_out: Vec<String>,
+    /// Variables the engine put into the container's environment itself
+    /// (Podman's `container`, `HOSTNAME`, `TERM`, root's `HOME`), not
+    /// carried: the engine sets them again in a new container, and a
+    /// `HOSTNAME` in the image would name the old container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_env: Vec<String>,
 }
 
 impl RunReport {
@@ -136,6 +155,11 @@ impl RunReport {
     /// One line per setting (variables grouped by origin), each indented
     /// by `indent`.
     pub fn render_text(&self, indent: &str) -> String {
+        self.render_text_on(indent, Engine::Docker)
+    }
+
+    /// [`RunReport::render_text`] of a container that ran on `engine`.
+    pub fn render_text_on(&self, indent: &str, engine: Engine) -> String {
         use std::fmt::Write as _;
         let mut out = String::new();
         if !self.recorded {
@@ -161,7 +185,7 @@ impl RunReport {
                 "{indent}{} {}: {}",
                 s.setting.name(),
                 s.value.as_deref().unwrap_or("(none)"),
-                s.origin()
+                s.origin_on(engine)
             );
         }
         env.sort_by_key(|(from, _)| *from);
@@ -172,7 +196,19 @@ impl RunReport {
                 value: None,
                 from,
             };
-            let _ = writeln!(out, "{indent}env {}: {}", names.join(" "), s.origin());
+            let _ = writeln!(
+                out,
+                "{indent}env {}: {}",
+                names.join(" "),
+                s.origin_on(engine)
+            );
+        }
+        if !self.engine_env.is_empty() {
+            let _ = writeln!(
+                out,
+                "{indent}env {}: set by the engine itself, not carried (it sets them again)",
+                self.engine_env.join(" ")
+            );
         }
         if !self.left_out.is_empty() {
             let _ = writeln!(
@@ -232,6 +268,27 @@ pub fn carry(image: &SourceConfig, run: Option<&RunSettings>) -> (SourceConfig, 
         report.settings = settings(image, &same);
         return (image.clone(), report);
     };
+    let image_env = image.env.clone().unwrap_or_default();
+    let injected = podman_injected(run, &image_env);
+    let own;
+    let run = if injected.is_empty() {
+        run
+    } else {
+        own = RunSettings {
+            env: run
+                .env
+                .iter()
+                .filter(|e| !injected.contains(e))
+                .cloned()
+                .collect(),
+            ..run.clone()
+        };
+        &own
+    };
+    report.engine_env = injected
+        .iter()
+        .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k).to_owned())
+        .collect();
     report.settings = settings(image, run);
     report.runtime = run.runtime.clone();
     report.left_out = run.left_out.clone();
@@ -246,6 +303,31 @@ pub fn carry(image: &SourceConfig, run: Option<&RunSettings>) -> (SourceConfig, 
         ..image.clone()
     };
     (config, report)
+}
+
+/// The variables of `run`'s environment that Podman put there itself,
+/// not the image (`image_env`) or the container's creator: `container=
+/// podman` (which only Podman sets, and which tells its containers), with
+/// its `HOSTNAME`, `TERM=xterm` and, for root, `HOME=/root`.
+fn podman_injected(run: &RunSettings, image_env: &[String]) -> Vec<String> {
+    const MARK: &str = "container=podman";
+    if !run.env.iter().any(|e| e == MARK) || image_env.iter().any(|e| e == MARK) {
+        return Vec::new();
+    }
+    let root = matches!(
+        run.user.as_deref(),
+        None | Some("" | "root" | "0" | "0:0" | "root:root")
+    );
+    run.env
+        .iter()
+        .filter(|e| !image_env.contains(e))
+        .filter(|e| match e.split_once('=') {
+            Some(("container", "podman") | ("TERM", "xterm") | ("HOSTNAME", _)) => true,
+            Some(("HOME", "/root")) => root,
+            _ => false,
+        })
+        .cloned()
+        .collect()
 }
 
 /// Every setting that is set in the image or the container, by origin.

@@ -50,6 +50,9 @@ pub struct EmitOptions {
     /// Also push the image to a registry (`emit --push`).
     pub push: Option<super::push::PushTarget>,
     pub seccomp: SeccompMode,
+    /// The caller's credentials for the source image's registry, should
+    /// the engine have to pull it.
+    pub source_auth: super::push::Credentials,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,7 +71,7 @@ pub struct Timings {
     pub plan_ms: u64,
     /// Writing the layer and the OCI blobs.
     pub write_ms: u64,
-    /// Loading into Docker (0 without a tag).
+    /// Loading into the engine, and pushing (0 without a tag or push).
     pub load_ms: u64,
 }
 
@@ -87,8 +90,12 @@ pub struct EmitReport {
     /// Where the client wrote the OCI layout (the daemon writes none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oci_dir: Option<PathBuf>,
-    /// The image id Docker gives it: the digest of its config.
+    /// The image id the engine gives it: the digest of its config.
     pub image_id: String,
+    /// The engine the source image was read from and the image loaded
+    /// into (reports from before engines were named: Docker).
+    #[serde(default)]
+    pub engine: crate::engine::Engine,
     pub manifest_digest: String,
     /// The session's events and whether any were lost.
     pub events: u64,
@@ -166,6 +173,45 @@ pub struct EmitReport {
 }
 
 impl EmitReport {
+    /// The summary's size line: the slim layer against the source image
+    /// as the engine it was read from sizes it.
+    pub fn size_line(&self) -> String {
+        let mb = |bytes: u64| format!("{:.1} MB", bytes as f64 / 1e6);
+        format!(
+            "image: {} (its layer) from {} (the source image as {} sizes it), {:.1}% smaller",
+            mb(self.slim_image_bytes),
+            mb(self.source_image_bytes),
+            self.engine,
+            self.reduction_percent
+        )
+    }
+
+    /// The summary's line on how to run the image as the container ran,
+    /// in the engine's own words: Podman takes `docker run`'s flags as
+    /// `podman run`; containerd has no such line, so Docker's is named as
+    /// Docker's.
+    pub fn run_line(&self) -> Option<String> {
+        if self.docker_run.is_empty() {
+            return None;
+        }
+        Some(match self.engine {
+            crate::engine::Engine::Docker => {
+                format!("run it as the container ran: {}", self.docker_run)
+            }
+            crate::engine::Engine::Podman => format!(
+                "run it as the container ran: {}",
+                self.docker_run
+                    .strip_prefix("docker ")
+                    .map_or_else(|| self.docker_run.clone(), |rest| format!("podman {rest}"))
+            ),
+            crate::engine::Engine::Containerd => format!(
+                "run it in Docker as the container ran: {} (in containerd, `cimplifierctl \
+                 verify --image` runs it hardened; `ctr run` takes other flags)",
+                self.docker_run
+            ),
+        })
+    }
+
     /// Why `what` (a path or `cap:NAME`) is in the image, or why not.
     pub fn explain_item(&self, what: &Explained) -> String {
         match what {
@@ -386,6 +432,7 @@ pub async fn emit(
             allow_incomplete: opts.allow_incomplete,
         },
         TraceDigest::Sha256,
+        &opts.source_auth,
         &|done, total| bytes("reading the source image", done, total),
     )
     .await?;
@@ -449,7 +496,7 @@ pub async fn emit(
 
     let start = Instant::now();
     if opts.tag.is_some() {
-        let destination = oci::Destination::of(&info)?;
+        let destination = oci::Destination::of(&info).await?;
         progress(&format!("loading into {destination}"));
         destination.load(&image, opts.retag).await?;
     }
@@ -493,6 +540,7 @@ pub async fn emit(
         .collect();
     let source_image_bytes = inspect.size.unwrap_or(0).max(0) as u64;
     let slim_image_bytes = image.layer.bytes.len() as u64;
+    let engine = crate::engine::Engine::of(&info).await;
     let report = EmitReport {
         format: REPORT_FORMAT.into(),
         version: REPORT_VERSION,
@@ -503,6 +551,7 @@ pub async fn emit(
         pushed,
         oci_dir: None,
         image_id: image.config.digest(),
+        engine,
         manifest_digest: image.manifest.digest(),
         events: info.events,
         complete: info.complete(),
@@ -554,4 +603,73 @@ pub async fn emit(
 pub struct Emitted {
     pub report: EmitReport,
     pub oci_archive: Option<Vec<u8>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Engine;
+
+    /// A report as an older daemon wrote it: no `engine`.
+    fn report() -> EmitReport {
+        serde_json::from_value(serde_json::json!({
+            "format": REPORT_FORMAT, "version": REPORT_VERSION, "container": "web",
+            "source_image": "sha256:aa", "source_ref": "web:1", "image_id": "sha256:bb",
+            "manifest_digest": "sha256:cc", "events": 1, "complete": true, "lost_events": 0,
+            "incomplete_allowed": false, "from_first_exec": true, "source_files": 10,
+            "source_image_bytes": 200_000_000u64, "kept_files": 2, "slim_image_bytes": 20_000_000u64,
+            "removed_files": 8, "removed_bytes": 1, "reduction_percent": 90.0, "kept": [],
+            "created_at_run_time": [], "excluded": [],
+            "docker_run": "docker run -d --cap-drop ALL web:slim",
+            "timings": {"read_image_ms": 0, "plan_ms": 0, "write_ms": 0, "load_ms": 0},
+        }))
+        .expect("a report without an engine reads as Docker's")
+    }
+
+    #[test]
+    fn the_summary_names_the_engine_the_image_was_read_from_and_went_to() {
+        let mut r = report();
+        assert_eq!(r.engine, Engine::Docker);
+        assert_eq!(
+            r.size_line(),
+            "image: 20.0 MB (its layer) from 200.0 MB (the source image as Docker sizes it), \
+             90.0% smaller"
+        );
+        assert_eq!(
+            r.run_line().as_deref(),
+            Some("run it as the container ran: docker run -d --cap-drop ALL web:slim")
+        );
+
+        r.engine = Engine::Podman;
+        assert!(
+            r.size_line().contains("as Podman sizes it"),
+            "{}",
+            r.size_line()
+        );
+        assert_eq!(
+            r.run_line().as_deref(),
+            Some("run it as the container ran: podman run -d --cap-drop ALL web:slim")
+        );
+
+        r.engine = Engine::Containerd;
+        assert!(
+            r.size_line().contains("as containerd sizes it"),
+            "{}",
+            r.size_line()
+        );
+        let run = r.run_line().unwrap();
+        assert!(
+            run.starts_with("run it in Docker as the container ran: docker run"),
+            "{run}"
+        );
+        assert!(run.contains("verify --image"), "{run}");
+        for line in [r.size_line(), run] {
+            assert!(!line.contains("as Docker sizes"), "{line}");
+        }
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["engine"], "containerd");
+
+        r.docker_run.clear();
+        assert_eq!(r.run_line(), None);
+    }
 }

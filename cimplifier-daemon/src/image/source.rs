@@ -107,17 +107,26 @@ pub async fn read_session(
     admit: Admit,
     digest: TraceDigest,
 ) -> Result<SourceSession, SourceError> {
-    read_session_counting(store, name, admit, digest, &|_, _| {}).await
+    read_session_counting(
+        store,
+        name,
+        admit,
+        digest,
+        &crate::emit::push::Credentials::Anonymous,
+        &|_, _| {},
+    )
+    .await
 }
 
 /// [`read_session`], telling `read` the image bytes read so far, of about
 /// how many (the engine's size of the image; the archive has tar headers
-/// on top).
+/// on top). An image gone from the engine is pulled with `source_auth`.
 pub async fn read_session_counting(
     store: &Arc<Store>,
     name: &str,
     admit: Admit,
     digest: TraceDigest,
+    source_auth: &crate::emit::push::Credentials,
     read: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<SourceSession, SourceError> {
     let record = store
@@ -136,6 +145,7 @@ pub async fn read_session_counting(
             read_image(
                 &record.started.image_id,
                 &record.started.image_ref,
+                source_auth,
                 &spool_dir,
                 read,
             )
@@ -179,11 +189,12 @@ pub async fn read_session_counting(
 async fn read_image(
     image_id: &str,
     image_ref: &str,
+    auth: &crate::emit::push::Credentials,
     spool_dir: &std::path::Path,
     read: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> anyhow::Result<(ImageInspect, Arc<ImageFs>)> {
     let docker = crate::docker::connect()?;
-    let inspect = crate::docker::image::inspect(&docker, image_id, image_ref).await?;
+    let inspect = crate::docker::image::inspect(&docker, image_id, image_ref, auth).await?;
     let about = inspect.size.unwrap_or(0).max(0) as u64;
     let spool = crate::docker::image::save_to_spool(&docker, image_id, spool_dir, &|n| {
         read(n, about.max(n))

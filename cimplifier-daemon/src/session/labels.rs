@@ -265,7 +265,7 @@ impl Manager {
             while let Some(cgroup) = new_cgroups.recv().await {
                 let (manager, docker, parent) = (manager.clone(), docker.clone(), parent.clone());
                 tokio::spawn(async move {
-                    let (verdict, dir) = manager.classify(&docker, &parent, cgroup).await;
+                    let (verdict, dir) = manager.classify(&docker, layout, &parent, cgroup).await;
                     manager.observer.decide(cgroup, verdict, dir.as_deref());
                 });
             }
@@ -280,6 +280,7 @@ impl Manager {
     async fn classify(
         &self,
         docker: &Docker,
+        layout: crate::engine::docker::CgroupLayout,
         parent: &std::path::Path,
         cgroup: crate::trace::CgroupId,
     ) -> (observer::Verdict, Option<PathBuf>) {
@@ -289,15 +290,15 @@ impl Manager {
             tracing::debug!(cgroup = cgroup.0, parent = %parent.display(), "a new cgroup was gone before its container was known");
             return (Verdict::Foreign, None);
         };
-        let id = dir
+        let Some(id) = dir
             .file_name()
             .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            // Not a container's (a builder's, say).
+            .and_then(|n| layout.id_of_dir(n))
+            .map(str::to_owned)
+        else {
+            // Not a container's (a builder's, or Podman's conmon).
             return (Verdict::Foreign, Some(dir));
-        }
+        };
         let mut details = container::inspect(docker, &id).await;
         if details.is_err() && dir.exists() {
             // A busy engine, not a removed container: once more.

@@ -71,10 +71,11 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         Some(reference) => {
             let target = PushTarget::parse(reference, insecure_registry, Default::default())
                 .map_err(|e| usage(e.to_string()))?;
-            registry_auth(&target)?
+            registry_auth(target.reference.registry(), "--push")?
         }
         None => None,
     };
+    let source_auth = source_auth(socket, &container);
     let mut slim = SlimOptions::with_safety_sets();
     slim.strict = strict;
     if no_safety_sets {
@@ -144,6 +145,7 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
         push: push.unwrap_or_default(),
         insecure_registry,
         registry_auth,
+        source_auth,
         seccomp: if no_seccomp {
             "off".to_owned()
         } else {
@@ -187,11 +189,13 @@ pub fn emit(socket: &Address, args: EmitArgs) -> anyhow::Result<()> {
     print(&text)
 }
 
-/// The caller's credentials for the push registry, from its own docker
-/// config ($DOCKER_CONFIG/config.json or ~/.docker/config.json, with its
-/// credential helpers), as `docker push` would use them; none there is
-/// anonymous. Read here, as the caller: the daemon reads no such file.
-fn registry_auth(target: &PushTarget) -> anyhow::Result<Option<pb::RegistryAuth>> {
+/// The caller's credentials for `registry` (`--push`'s, or the source
+/// image's; `what` says which in errors), from its own docker config
+/// ($DOCKER_CONFIG/config.json or ~/.docker/config.json, with its
+/// credential helpers), as `docker push` and `docker pull` would use them;
+/// none there is anonymous. Read here, as the caller: the daemon reads no
+/// such file.
+fn registry_auth(registry: &str, what: &str) -> anyhow::Result<Option<pb::RegistryAuth>> {
     use docker_credential::{CredentialRetrievalError as E, DockerCredential};
     let config = std::env::var_os("DOCKER_CONFIG")
         .map(std::path::PathBuf::from)
@@ -202,7 +206,7 @@ fn registry_auth(target: &PushTarget) -> anyhow::Result<Option<pb::RegistryAuth>
     }
     let config = config.expect("checked");
     // Docker Hub's credentials are kept under its v1 index address.
-    let key = match target.reference.registry() {
+    let key = match registry {
         "docker.io" | "index.docker.io" => "https://index.docker.io/v1/",
         other => other,
     };
@@ -211,16 +215,42 @@ fn registry_auth(target: &PushTarget) -> anyhow::Result<Option<pb::RegistryAuth>
             Ok(Some(pb::RegistryAuth { username, password }))
         }
         Ok(DockerCredential::IdentityToken(_)) => Err(usage(format!(
-            "--push: {} holds an identity token for {key}, which cimplifier cannot use; \
+            "{what}: {} holds an identity token for {key}, which cimplifier cannot use; \
              `docker login {key}` with a password or access token",
             config.display()
         ))),
         Err(E::NoCredentialConfigured) => Ok(None),
         Err(e) => Err(anyhow::anyhow!(
-            "--push: cannot read the credentials for {key} from {}: {e:?}; fix it or \
+            "{what}: cannot read the credentials for {key} from {}: {e:?}; fix it or \
              `docker login {key}` again",
             config.display()
         )),
+    }
+}
+
+/// The caller's credentials for the registry the observed image's
+/// reference names, for the engine to pull it with should it be gone
+/// (a Docker or Podman session's). Credentials that cannot be read are
+/// warned of and left out: the image may well still be in the engine.
+fn source_auth(socket: &Address, session: &str) -> Option<pb::RegistryAuth> {
+    let request = pb::GetSessionRequest {
+        container: session.to_owned(),
+    };
+    // No such session: emit says so itself.
+    let found = daemon(socket, async |mut c| c.get_session(request).await).ok()?;
+    if found.container_id.starts_with("containerd://") {
+        return None;
+    }
+    let reference: oci_client::Reference = found.image_ref.parse().ok()?;
+    match registry_auth(reference.registry(), "the source image's registry") {
+        Ok(auth) => auth,
+        Err(e) => {
+            eprintln!(
+                "cimplifierctl: warning: {e:#}; should the engine have to pull {}, it pulls anonymously",
+                found.image_ref
+            );
+            None
+        }
     }
 }
 
@@ -234,7 +264,7 @@ fn write_seccomp_profile(report: &mut EmitReport, outputs: &mut Outputs) -> anyh
     };
     let Some(dir) = outputs.out_dir().map(Path::to_path_buf) else {
         report.warnings.push(format!(
-            "the docker run line names {SECCOMP_FILE}, its seccomp profile: emit --out DIR \
+            "the run line names {SECCOMP_FILE}, its seccomp profile: emit --out DIR \
              writes it there (it is also the report's privileges.seccomp)"
         ));
         return Ok(());
@@ -359,12 +389,7 @@ fn summary(r: &EmitReport) -> String {
         r.removed_files,
         mb(r.removed_bytes)
     );
-    s += &format!(
-        "  image: {} (its layer) from {} (the source image as Docker sizes it), {:.1}% smaller\n",
-        mb(r.slim_image_bytes),
-        mb(r.source_image_bytes),
-        r.reduction_percent
-    );
+    s += &format!("  {}\n", r.size_line());
     s += &format!(
         "  session: {} events, {}, {}\n",
         r.events,
@@ -385,10 +410,10 @@ fn summary(r: &EmitReport) -> String {
         }
     );
     s += "  run settings (the image's config):\n";
-    s += &r.run.render_text("    ");
+    s += &r.run.render_text_on("    ", r.engine);
     s += &format!("  privileges: {}\n", r.privileges.summary());
-    if !r.docker_run.is_empty() {
-        s += &format!("  run it as the container ran: {}\n", r.docker_run);
+    if let Some(line) = r.run_line() {
+        s += &format!("  {line}\n");
     }
     for d in &r.state_directories {
         s += &format!(

@@ -179,6 +179,9 @@ pub struct PartitionEmitOptions {
     /// after the tag (`emit --push`).
     pub push: Option<super::push::PushTarget>,
     pub seccomp: SeccompMode,
+    /// The caller's credentials for the source image's registry, should
+    /// the engine have to pull it.
+    pub source_auth: super::push::Credentials,
 }
 
 /// What a partition's container runs.
@@ -371,10 +374,11 @@ pub async fn emit_partitioned(
             allow_incomplete: opts.allow_incomplete,
         },
         TraceDigest::Skip,
+        &opts.source_auth,
         &|done, total| bytes("reading the source image", done, total),
     )
     .await?;
-    let destination = oci::Destination::of(&info)?;
+    let destination = oci::Destination::of(&info).await?;
     progress("partitioning and placing");
     let partitioning = crate::partition::partition(&model, &opts.policy)?;
     if partitioning
@@ -591,7 +595,7 @@ pub async fn emit_partitioned(
         // Where the images are: `up` starts the plan in that engine.
         containerd_namespace: match &destination {
             oci::Destination::Containerd { namespace } => Some(namespace.clone()),
-            oci::Destination::Docker(_) => None,
+            oci::Destination::Docker(..) => None,
         },
         ..compose_file(
             &opts.images,

@@ -113,6 +113,23 @@ fn the_containers_settings_win_where_they_differ() {
         text.contains("  NOT carried (the container had them; add them when you run it): --volume /srv/data:/data"),
         "{text}"
     );
+    // Each engine's own words: no `docker create` said of a container
+    // Podman or containerd made.
+    let podman = report.render_text_on("  ", crate::engine::Engine::Podman);
+    assert!(
+        podman.contains("  env LANG GREETING: container (podman create --env)"),
+        "{podman}"
+    );
+    assert!(!podman.contains("docker create"), "{podman}");
+    let containerd = report.render_text_on("  ", crate::engine::Engine::Containerd);
+    assert!(
+        containerd.contains("  env LANG GREETING: container (its OCI spec, as"),
+        "{containerd}"
+    );
+    assert!(
+        !containerd.contains("container (docker create"),
+        "{containerd}"
+    );
 }
 
 #[test]
@@ -163,5 +180,55 @@ fn without_recorded_settings_the_image_config_is_used_and_said() {
         report
             .render_text("")
             .contains("NOT CARRIED (not recorded)")
+    );
+}
+
+/// Podman puts `container=podman`, `HOSTNAME`, `TERM` and root's `HOME`
+/// into every container's environment: none is carried into the image (a
+/// `HOSTNAME` there would name the observed container in every new one),
+/// and the report says they were left to the engine. A variable the
+/// creator gave is carried as before.
+#[test]
+fn the_variables_podman_sets_itself_are_not_carried() {
+    let img = image();
+    let mut run = RunSettings {
+        env: img.env.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    run.env.extend(
+        [
+            "TERM=xterm",
+            "container=podman",
+            "HOME=/root",
+            "HOSTNAME=ba0b6b1bbe0d",
+            "MODE=fast",
+        ]
+        .map(str::to_owned),
+    );
+    let (config, report) = carry(&img, Some(&run));
+    let env = config.env.unwrap_or_default();
+    for injected in ["TERM=", "container=", "HOME=", "HOSTNAME="] {
+        assert!(!env.iter().any(|e| e.starts_with(injected)), "{env:?}");
+    }
+    assert!(env.iter().any(|e| e == "MODE=fast"), "{env:?}");
+    assert_eq!(report.engine_env, ["TERM", "container", "HOME", "HOSTNAME"]);
+    let text = report.render_text("");
+    assert!(
+        text.contains("env TERM container HOME HOSTNAME: set by the engine itself, not carried"),
+        "{text}"
+    );
+    assert!(text.contains("env MODE: container"), "{text}");
+
+    // On Docker (no `container=podman`) the same variables are the
+    // creator's, and carried.
+    run.env.retain(|e| e != "container=podman");
+    let (config, report) = carry(&img, Some(&run));
+    assert!(report.engine_env.is_empty());
+    assert!(
+        config
+            .env
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.starts_with("HOSTNAME="))
     );
 }

@@ -7,11 +7,19 @@ use bollard::Docker;
 pub use bollard::models::ImageInspect;
 use futures::StreamExt;
 
+use crate::emit::push::Credentials;
+
 /// The engine's description of the image `image_id` (`image_ref` names it
 /// in errors). An image gone from the engine is pulled by the engine from
-/// the registry `image_ref` names, and taken only when the pull gave the
-/// observed image (`image_id`) back: a tag that moved since names another.
-pub async fn inspect(docker: &Docker, image_id: &str, image_ref: &str) -> Result<ImageInspect> {
+/// the registry `image_ref` names, with the caller's credentials `auth`,
+/// and taken only when the pull gave the observed image (`image_id`) back:
+/// a tag that moved since names another.
+pub async fn inspect(
+    docker: &Docker,
+    image_id: &str,
+    image_ref: &str,
+    auth: &Credentials,
+) -> Result<ImageInspect> {
     match docker.inspect_image(image_id).await {
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 404, ..
@@ -25,20 +33,28 @@ pub async fn inspect(docker: &Docker, image_id: &str, image_ref: &str) -> Result
             });
         }
     }
-    tracing::info!(image = %image_ref, "the observed image is not local: pulling it");
+    let registry = registry_of(image_ref);
+    tracing::info!(image = %image_ref, %registry, credentials = ?auth, "the observed image is not local: pulling it");
     let options = bollard::query_parameters::CreateImageOptions {
         from_image: Some(image_ref.to_owned()),
         ..Default::default()
     };
-    let mut pull = docker.create_image(Some(options), None, None);
+    let credentials = match auth {
+        Credentials::Anonymous => None,
+        Credentials::Basic { username, password } => Some(bollard::auth::DockerCredentials {
+            username: Some(username.clone()),
+            password: Some(password.clone()),
+            serveraddress: Some(registry.clone()),
+            ..Default::default()
+        }),
+    };
+    let mut pull = docker.create_image(Some(options), None, credentials);
     while let Some(step) = pull.next().await {
-        step.with_context(|| {
-            format!(
-                "the observed image {image_ref} ({image_id}) is gone from the engine, and \
-                 pulling {image_ref} failed: load it (`docker pull`, with the registry's \
-                 credentials) and emit again"
-            )
-        })?;
+        if let Err(e) = step {
+            return Err(
+                anyhow::Error::new(e).context(pull_failed(image_ref, image_id, &registry, auth))
+            );
+        }
     }
     docker.inspect_image(image_id).await.with_context(|| {
         format!(
@@ -47,6 +63,36 @@ pub async fn inspect(docker: &Docker, image_id: &str, image_ref: &str) -> Result
              the new one"
         )
     })
+}
+
+/// The registry `image_ref` names, as `docker login` takes it
+/// (`docker.io` for a bare name).
+fn registry_of(image_ref: &str) -> String {
+    image_ref
+        .parse::<oci_client::Reference>()
+        .map_or_else(|_| image_ref.to_owned(), |r| r.registry().to_owned())
+}
+
+/// What a failed pull of the observed image says: which registry, and how
+/// to give emit the credentials it may want.
+fn pull_failed(image_ref: &str, image_id: &str, registry: &str, auth: &Credentials) -> String {
+    let login = match auth {
+        Credentials::Anonymous => format!(
+            "no credentials were given for {registry}: if it asks for them, `docker login \
+             {registry}` as the user running cimplifierctl (whose docker config gives them to \
+             emit) and emit again"
+        ),
+        Credentials::Basic { username, .. } => format!(
+            "the credentials of {username} for {registry} came from the caller's docker config: \
+             if the registry refused them, `docker login {registry}` again as the user running \
+             cimplifierctl and emit again"
+        ),
+    };
+    format!(
+        "the observed image {image_ref} ({image_id}) is gone from the engine, and pulling it \
+         from registry {registry} failed; {login}, or load the image (`docker pull`) and emit \
+         again"
+    )
 }
 
 /// Whether `image_ref` names an image in a registry (`name[:tag]`,
@@ -126,6 +172,48 @@ pub async fn load(docker: &Docker, archive: Vec<u8>) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_failed_pull_names_the_registry_and_how_to_log_in() {
+        use super::{Credentials, pull_failed, registry_of};
+        assert_eq!(registry_of("127.0.0.1:5000/web:1"), "127.0.0.1:5000");
+        assert_eq!(registry_of("nginx"), "docker.io");
+        assert_eq!(registry_of("localhost/web:1"), "localhost");
+        let anonymous = pull_failed(
+            "127.0.0.1:5000/web:1",
+            "sha256:ab",
+            "127.0.0.1:5000",
+            &Credentials::Anonymous,
+        );
+        assert!(anonymous.contains("registry 127.0.0.1:5000"), "{anonymous}");
+        assert!(
+            anonymous.contains("no credentials were given"),
+            "{anonymous}"
+        );
+        assert!(
+            anonymous.contains("`docker login 127.0.0.1:5000`"),
+            "{anonymous}"
+        );
+        let basic = Credentials::Basic {
+            username: "ci".into(),
+            password: "s3cret".into(),
+        };
+        let refused = pull_failed(
+            "127.0.0.1:5000/web:1",
+            "sha256:ab",
+            "127.0.0.1:5000",
+            &basic,
+        );
+        assert!(
+            refused.contains("credentials of ci for 127.0.0.1:5000"),
+            "{refused}"
+        );
+        assert!(
+            refused.contains("`docker login 127.0.0.1:5000` again"),
+            "{refused}"
+        );
+        assert!(!refused.contains("s3cret"), "{refused}");
+    }
+
     #[test]
     fn a_registry_reference_is_pulled_an_id_is_not() {
         assert!(super::pullable("127.0.0.1:5000/web:1"));

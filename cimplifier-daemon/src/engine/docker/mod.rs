@@ -81,6 +81,17 @@ impl CgroupLayout {
             CgroupLayout::Podman => format!("libpod-{id}"),
         }
     }
+
+    /// The container id a cgroup named `dir` below the parent belongs to
+    /// ([`CgroupLayout::dir_name`] read back); `None` for a cgroup that is
+    /// no container's (Podman's `conmon`, a builder's).
+    pub fn id_of_dir(self, dir: &str) -> Option<&str> {
+        let id = match self {
+            CgroupLayout::Docker => dir,
+            CgroupLayout::Podman => dir.strip_prefix("libpod-")?,
+        };
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+    }
 }
 
 /// Resolves a container name or id to its process and cgroup.
@@ -108,4 +119,26 @@ pub async fn resolve_container(docker: &Docker, name_or_id: &str) -> Result<Cont
         pid,
         cgroup_path: cgroup_of_pid(pid)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_containers_cgroup_name_gives_its_id_back_by_layout() {
+        let id = "ab".repeat(32);
+        for layout in [CgroupLayout::Docker, CgroupLayout::Podman] {
+            assert_eq!(layout.id_of_dir(&layout.dir_name(&id)), Some(id.as_str()));
+        }
+        // Podman's cgroups are `libpod-<id>`: a bare id is not its, nor
+        // its monitor's `conmon`.
+        assert_eq!(CgroupLayout::Podman.id_of_dir(&id), None);
+        assert_eq!(CgroupLayout::Podman.id_of_dir("conmon"), None);
+        assert_eq!(
+            CgroupLayout::Docker.id_of_dir(&format!("libpod-{id}")),
+            None
+        );
+        assert_eq!(CgroupLayout::Docker.id_of_dir("buildkit"), None);
+    }
 }
