@@ -8,6 +8,7 @@
 //! The socket is `$CONTAINERD_ADDRESS` (as for `ctr`), else
 //! [`DEFAULT_ADDRESS`].
 
+use containerd_client::types::v1::Status as TaskStatus;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
@@ -246,7 +247,18 @@ impl Containerd {
 
     /// The pid of the task's init process while it runs.
     pub async fn task_pid(&self, at: &ContainerRef) -> Result<Option<u32>> {
-        use containerd_client::types::v1::Status;
+        Ok(self
+            .task_state(at)
+            .await?
+            .filter(|&(pid, status, _)| status == TaskStatus::Running && pid > 0)
+            .map(|(pid, ..)| pid))
+    }
+
+    /// The task's init pid, status and exit status, while a task exists.
+    pub(super) async fn task_state(
+        &self,
+        at: &ContainerRef,
+    ) -> Result<Option<(u32, TaskStatus, u32)>> {
         let mut tasks = api::tasks_client::TasksClient::new(self.channel.clone());
         let got = tasks
             .get(in_namespace(
@@ -258,11 +270,13 @@ impl Containerd {
             )?)
             .await;
         match got {
-            Ok(r) => Ok(r
-                .into_inner()
-                .process
-                .filter(|p| p.status == Status::Running as i32 && p.pid > 0)
-                .map(|p| p.pid)),
+            Ok(r) => Ok(r.into_inner().process.map(|p| {
+                (
+                    p.pid,
+                    TaskStatus::try_from(p.status).unwrap_or(TaskStatus::Unknown),
+                    p.exit_status,
+                )
+            })),
             Err(s) if s.code() == Code::NotFound => Ok(None),
             Err(s) => Err(s).with_context(|| format!("the task of {at} in {}", self.what())),
         }

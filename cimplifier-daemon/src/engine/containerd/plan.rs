@@ -1083,31 +1083,6 @@ impl Containerd {
         Ok(created.pid)
     }
 
-    /// The task's init pid, status and exit status, while a task exists.
-    async fn task_state(&self, at: &ContainerRef) -> Result<Option<(u32, Status, u32)>> {
-        let mut tasks = api::tasks_client::TasksClient::new(self.channel.clone());
-        let got = tasks
-            .get(in_namespace(
-                &at.namespace,
-                api::GetRequest {
-                    container_id: at.id.clone(),
-                    exec_id: String::new(),
-                },
-            )?)
-            .await;
-        match got {
-            Ok(r) => Ok(r.into_inner().process.map(|p| {
-                (
-                    p.pid,
-                    Status::try_from(p.status).unwrap_or(Status::Unknown),
-                    p.exit_status,
-                )
-            })),
-            Err(s) if s.code() == Code::NotFound => Ok(None),
-            Err(s) => Err(s).with_context(|| format!("the task of {at} in {}", self.what())),
-        }
-    }
-
     /// Waits until the task exits; its exit status.
     async fn wait_task(&self, at: &ContainerRef) -> Result<u32> {
         let mut tasks = api::tasks_client::TasksClient::new(self.channel.clone());
