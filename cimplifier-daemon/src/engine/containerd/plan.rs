@@ -769,6 +769,36 @@ impl Containerd {
             }
             parent = chain.clone();
         }
+        // As containerd's own unpacker does: the image's configuration
+        // refers to its top snapshot, so the garbage collector keeps the
+        // layers while the image exists. Without it they were the lease's
+        // alone, and collected once `down` removed the last container
+        // using them, while `ctr run`, which found them unpacked, went on
+        // to build on them.
+        let gc_ref = format!("containerd.io/gc.ref.snapshot.{SNAPSHOTTER}");
+        let mut content = api::content_client::ContentClient::new(self.channel.clone());
+        content
+            .update(leased(
+                namespace,
+                lease,
+                api::UpdateRequest {
+                    info: Some(api::Info {
+                        digest: manifest.config().digest().to_string(),
+                        labels: HashMap::from([(gc_ref.clone(), parent.clone())]),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec![format!("labels.{gc_ref}")],
+                    }),
+                },
+            )?)
+            .await
+            .with_context(|| {
+                format!(
+                    "labelling image {}'s configuration with its unpacked layers",
+                    image.name
+                )
+            })?;
         Ok(parent)
     }
 
