@@ -407,13 +407,9 @@ async fn start_image_containerd(
         .await?
         .with_context(|| format!("image {image} in namespace {ns}"))?;
     let config = containerd.image_config(&ns, &digest).await?;
-    let tcp_ports = config
-        .config()
-        .as_ref()
-        .and_then(|c| c.exposed_ports().clone())
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|p| p.strip_suffix("/tcp").unwrap_or(p).parse().ok())
+    let tcp_ports = cimplifier::engine::containerd::exposed_tcp_ports(&config)
+        .into_iter()
+        .map(u32::from)
         .collect();
     let netns = NetnsOf {
         containerd: containerd.clone(),

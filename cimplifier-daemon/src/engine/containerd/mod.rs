@@ -566,16 +566,7 @@ impl Containerd {
             return Ok(None);
         };
         let config = self.image_config(&at.namespace, &c.image_digest).await?;
-        let mut tcp_ports: Vec<u16> = config
-            .config()
-            .as_ref()
-            .and_then(|c| c.exposed_ports().clone())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|p| p.strip_suffix("/tcp").unwrap_or(p).parse().ok())
-            .collect();
-        tcp_ports.sort_unstable();
-        tcp_ports.dedup();
+        let tcp_ports = exposed_tcp_ports(&config);
         Ok(Some(super::docker::target::NetworkTarget {
             network_mode: network_mode.to_owned(),
             address: Some(address),
@@ -1045,6 +1036,21 @@ pub fn inspect_of(
         }),
         ..Default::default()
     }
+}
+
+/// The TCP ports an image's configuration exposes, sorted, once each.
+pub fn exposed_tcp_ports(config: &oci_spec::image::ImageConfiguration) -> Vec<u16> {
+    let mut ports: Vec<u16> = config
+        .config()
+        .as_ref()
+        .and_then(|c| c.exposed_ports().clone())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| p.strip_suffix("/tcp").unwrap_or(p).parse().ok())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 #[cfg(test)]
