@@ -53,6 +53,9 @@ pub enum RecordKind {
     /// with both sides' credentials as the kernel's permission check saw
     /// them. Evidence for CAP_KILL.
     Signal = 8,
+    /// A [`FdRepeatRecord`]: a descriptor that a folded open made is about
+    /// to matter to user space.
+    FdRepeat = 9,
 }
 
 impl RecordKind {
@@ -65,6 +68,7 @@ impl RecordKind {
             6 => Self::ExecImage,
             7 => Self::SyscallSeen,
             8 => Self::Signal,
+            9 => Self::FdRepeat,
             _ => return None,
         })
     }
@@ -119,6 +123,10 @@ pub struct SyscallRecord {
     pub args: [u64; 6],
     pub ret: i64,
     pub enter_ts_ns: u64,
+    /// Nonzero on the first of a `syscalls::foldable` or
+    /// `syscalls::folds_into_fd` call: the key its repeats fold under, which
+    /// a [`FdRepeatRecord`] names.
+    pub fold_key: [u64; 2],
     /// Bytes of each string, without the terminating NUL.
     pub str_len: [u32; 2],
     pub sockaddr_len: u32,
@@ -194,6 +202,26 @@ pub struct SignalRecord {
     pub target_uid: u32,
     pub target_suid: u32,
     pub _pad: u32,
+}
+
+/// A successful open that repeated one already sent (same process, fold
+/// span, flags, mode and absolute name) was not sent: the kernel kept its
+/// descriptor and the key the first open was sent with (`fold_key`). This
+/// record comes when that descriptor is about to matter to user space: a
+/// call resolves a name through it (a dirfd, fchdir, getdents64, dup*,
+/// fcntl, fchmod, fchown: `syscalls::fd_args`), or the process forks,
+/// execs or changes root, mounts or credentials while holding it. User
+/// space then replays the first open with `fd` as its result, before the
+/// record that uses it. A folded descriptor that is only closed (or
+/// replaced by dup2, or closed by close_range or the process's exit) is
+/// never reported: open and close count as folded repeats.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FdRepeatRecord {
+    pub header: RecordHeader,
+    pub fd: i32,
+    pub _pad: u32,
+    pub key: [u64; 2],
 }
 
 /// Indices of the per-CPU `COUNTERS` array.
@@ -281,4 +309,6 @@ pub mod maps {
     pub const CGROUP_LOSS: &str = "CGROUP_LOSS";
     pub const CGROUP_FOLDED: &str = "CGROUP_FOLDED";
     pub const INFLIGHT: &str = "INFLIGHT";
+    pub const FD_FOLDS: &str = "FD_FOLDS";
+    pub const FOLDED_FDS: &str = "FOLDED_FDS";
 }

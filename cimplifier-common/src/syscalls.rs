@@ -119,6 +119,45 @@ pub const fn foldable(n: u32, ret: i64, args: &[u64; 6]) -> Option<[u64; 2]> {
     }
 }
 
+/// The flags and mode of a successful open of a name, when its repeats may
+/// be folded in the kernel by keeping the descriptor instead of sending it
+/// (`FdRepeatRecord`): open, openat, creat. (openat2's flags are behind a
+/// pointer: always sent.)
+pub const fn folds_into_fd(n: u32, ret: i64, args: &[u64; 6]) -> Option<[u64; 2]> {
+    use nr::*;
+    if ret < 0 {
+        return None;
+    }
+    match n {
+        OPEN => Some([args[1], args[2]]),
+        OPENAT => Some([args[2], args[3]]),
+        CREAT => Some([args[1], 0]),
+        _ => None,
+    }
+}
+
+/// Pads [`fd_args`].
+pub const NO_FD_ARG: u8 = u8::MAX;
+
+/// The arguments of syscall `n` that are descriptors user space reads a
+/// path from (its fd table): the dirfd of a `*at` call, or the descriptor
+/// fchdir, getdents64, dup*, fcntl, fchmod and fchown act on. A folded
+/// descriptor named here is reported first (`FdRepeatRecord`). close is not
+/// here: closing a folded descriptor ends it unreported.
+pub const fn fd_args(n: u32) -> [u8; 2] {
+    use nr::*;
+    match n {
+        OPENAT | OPENAT2 | NEWFSTATAT | STATX | FACCESSAT | FACCESSAT2 | MKDIRAT | UNLINKAT
+        | FCHMODAT | FCHMODAT2 | FCHOWNAT | UTIMENSAT | MKNODAT | READLINKAT | EXECVEAT => {
+            [0, NO_FD_ARG]
+        }
+        RENAMEAT | RENAMEAT2 | LINKAT => [0, 2],
+        SYMLINKAT => [1, NO_FD_ARG],
+        FCHDIR | GETDENTS64 | DUP | DUP2 | DUP3 | FCNTL | FCHMOD | FCHOWN => [0, NO_FD_ARG],
+        _ => [NO_FD_ARG, NO_FD_ARG],
+    }
+}
+
 /// Whether syscall `n`, whatever its result, changes what a process's
 /// absolute paths name (root, mounts, namespaces) or its credentials: its
 /// folded repeats are forgotten at entry.

@@ -698,9 +698,11 @@ fn model_view(events: &[cimplifier::trace::Event]) -> ModelView {
 /// Two tracers watch one cgroup, one folding repeats in the kernel and one
 /// not, while real programs repeat stats and failed opens (python's
 /// imports, a shell loop, a process started before the watch), change
-/// directory, and repeat a stat after dropping root: the models built from
-/// the two streams are equal, per
-/// executable, with as many unresolved names, and the folding one sent
+/// directory, repeat a stat after dropping root, and repeat opens whose
+/// descriptors they then close, list, enter, chmod, dup, replace, close by
+/// range, hand to a forked child or across an exec, or hold at exit
+/// (`repeated_fds.py`): the models built from the two streams are equal,
+/// per executable, with as many unresolved names, and the folding one sent
 /// fewer events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn folding_repeats_in_the_kernel_leaves_the_model_unchanged() {
@@ -745,8 +747,10 @@ for _ in range(50): os.stat(\"/etc/passwd\"); os.path.exists(\"/no/such/early\")
     });
 
     let script = workload_script();
+    let fds_script = workload_script().with_file_name("repeated_fds.py");
     let shell = format!(
         "python3 {script} {base} > /dev/null
+         python3 {fds_script} {base}/fds
          python3 -c 'import json, email.parser, http.client, xml.dom.minidom, sqlite3, decimal'
          python3 -c '
 import os
@@ -758,7 +762,8 @@ for _ in range(3): os.path.exists(\"/etc/shadow\"); os.path.exists(\"/no/such\")
            test -e /etc/passwd; test -e /no/such; cat /no/such 2>/dev/null
            ls /etc > /dev/null; cd /etc; test -e passwd; cd /
          done",
-        script = script.display()
+        script = script.display(),
+        fds_script = fds_script.display(),
     );
     tokio::task::spawn_blocking({
         let path = cgroup.path.clone();
@@ -809,6 +814,43 @@ for _ in range(3): os.path.exists(\"/etc/shadow\"); os.path.exists(\"/no/such\")
             .count()
     };
     assert_eq!((early_probes(&a), early_probes(&b)), (1, 50));
+    // The repeated opens of a file only read and closed: one sent.
+    let passwd_opens = |events: &[cimplifier::trace::Event]| {
+        events
+            .iter()
+            .filter_map(|e| e.syscall())
+            .filter(|s| {
+                s.syscall == "openat"
+                    && s.ret.is_some_and(|r| r >= 0)
+                    && s.paths.iter().any(|p| p.raw == "/etc/passwd")
+            })
+            .count()
+    };
+    let (opens_folded, opens_full) = (passwd_opens(&a), passwd_opens(&b));
+    assert!(
+        opens_full >= 23 && opens_folded < opens_full - 20,
+        "successful opens of /etc/passwd sent: {opens_folded} folding, {opens_full} not"
+    );
+    // Each descriptor used later was reported and its open replayed: the
+    // names relative to one resolved as without folding.
+    let under_dir = |events: &[cimplifier::trace::Event]| {
+        events
+            .iter()
+            .filter_map(|e| e.syscall())
+            .flat_map(|s| &s.paths)
+            .filter(|p| {
+                p.raw == "file"
+                    && p.path
+                        .as_ref()
+                        .is_some_and(|r| r.as_str() == format!("{base}/fds/dir/file"))
+            })
+            .count()
+    };
+    assert_eq!(
+        (under_dir(&a), under_dir(&b)),
+        (14, 14),
+        "names relative to a descriptor, folding and not"
+    );
     // The stat after dropping root was sent: other evidence of privilege.
     assert!(
         va.1.iter().any(|o| matches!(o.uid, cimplifier::model::privileged::Uid::Set(65534))

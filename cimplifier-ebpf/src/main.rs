@@ -51,7 +51,7 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_user,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_task_btf,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_task_btf, bpf_loop,
             bpf_probe_read_kernel_str as read_kernel_str_raw, bpf_probe_read_user as read_user_raw,
             bpf_probe_read_user_str as read_user_str_raw, bpf_task_pt_regs,
         },
@@ -62,10 +62,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use cimplifier_common::{
-    COMM_LEN, ExitRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader, RecordKind,
-    SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SignalRecord, SyscallRecord,
-    SyscallSeenRecord, cgroup_loss, counter, flags,
-    syscalls::{AddrSource, Spec, StrSource, foldable, forgets_folded, nr, seen_at_exit, spec},
+    COMM_LEN, ExitRecord, FdRepeatRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader,
+    RecordKind, SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SignalRecord,
+    SyscallRecord, SyscallSeenRecord, cgroup_loss, counter, flags,
+    syscalls::{
+        AddrSource, NO_FD_ARG, Spec, StrSource, fd_args, foldable, folds_into_fd, forgets_folded,
+        nr, seen_at_exit, spec,
+    },
 };
 
 #[map]
@@ -122,6 +125,26 @@ static FOLD_EPOCH: LruHashMap<u32, u64> = LruHashMap::with_max_entries(16384, 0)
 /// only makes its next repeat be sent.
 #[map]
 static FOLD_SEEN: LruHashMap<[u64; 2], u8> = LruHashMap::with_max_entries(65536, 0);
+
+/// Descriptors made by folded opens (`folds_into_fd`), by
+/// `tgid << 32 | fd`: the key the first such open was sent with, for the
+/// `FdRepeatRecord` that reports one when it comes to matter. Only
+/// descriptors below `FOLD_FD_LIMIT` are kept, so that a process's can be
+/// walked. Not LRU: an entry is never dropped unseen; when the map is full
+/// the open is sent.
+#[map]
+static FOLDED_FDS: HashMap<u64, [u64; 2]> = HashMap::with_max_entries(65536, 0);
+
+/// Per process (tgid): `FD_FOLDS_HELD` once it has kept a folded
+/// descriptor (so fork, exec and exit walk `FOLDED_FDS`), `FD_FOLDS_NEVER`
+/// when it shares its descriptor table with another process (clone with
+/// CLONE_FILES, not a thread): a descriptor kept under one's id could be
+/// closed by the other, unseen. Dropped at exec and exit.
+#[map]
+static FD_FOLDS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
+const FD_FOLDS_HELD: u8 = 1;
+const FD_FOLDS_NEVER: u8 = 2;
+const FOLD_FD_LIMIT: i64 = 128;
 
 /// Repeats folded per cgroup id: the sessions' count of them.
 #[map]
@@ -412,6 +435,7 @@ fn scratch_syscall(
     rec.args = *args;
     rec.ret = 0;
     rec.enter_ts_ns = 0;
+    rec.fold_key = [0, 0];
     rec.str_len = [0, 0];
     rec.sockaddr_len = 0;
     rec.argc = 0;
@@ -505,28 +529,28 @@ fn mix(h: &mut [u64; 2], v: u64) {
     }
 }
 
-/// Whether `rec` (a `foldable` call on an absolute path, whose name was read
-/// whole) repeats one the process sent since its epoch began: then it is
-/// counted, not sent.
+/// The key `rec` folds under: a call on an absolute path whose name was
+/// read whole, by the process in its current fold span, with `keep` (its
+/// flags and mode) and result `ret`. None when it cannot fold.
 #[inline(always)]
-fn folded(rec: &SyscallRecord, cgroup: u64, keep: [u64; 2]) -> bool {
+fn fold_key(rec: &SyscallRecord, keep: [u64; 2], ret: i64) -> Option<[u64; 2]> {
     const WHOLE: u32 = flags::STR0_PRESENT | flags::STR0_TRUNCATED | flags::STR0_FAULT;
     let len = rec.str_len[0];
     if rec.flags & WHOLE != flags::STR0_PRESENT || len == 0 || rec.strings[0] != b'/' {
-        return false;
+        return None;
     }
     let tgid = rec.header.pid;
     let Some(epoch) = (unsafe { FOLD_EPOCH.get(&tgid) }).copied() else {
         // Running before the watch began, or evicted: a span starts now.
         new_fold_epoch(tgid);
-        return false;
+        return None;
     };
     let mut h = [0x243f_6a88_85a3_08d3u64, 0x1319_8a2e_0370_7344];
     for v in [
         tgid as u64,
         epoch,
         rec.nr as u64,
-        rec.ret as u64,
+        ret as u64,
         keep[0],
         keep[1],
         len as u64,
@@ -547,18 +571,188 @@ fn folded(rec: &SyscallRecord, cgroup: u64, keep: [u64; 2]) -> bool {
         }
         mix(&mut h, w);
     }
-    if unsafe { FOLD_SEEN.get(&h) }.is_some() {
-        count(counter::FOLDED);
-        if let Some(p) = CGROUP_FOLDED.get_ptr_mut(&cgroup) {
-            unsafe { *p += 1 };
-        } else {
-            let _ = CGROUP_FOLDED.insert(&cgroup, &1, 0);
-        }
+    Some(h)
+}
+
+/// Whether a call under `key` was sent before (in this span); if not, it
+/// is marked sent now, and its record carries the key.
+#[inline(always)]
+fn sent_before(rec: &mut SyscallRecord, key: [u64; 2]) -> bool {
+    if unsafe { FOLD_SEEN.get(&key) }.is_some() {
         return true;
     }
-    let _ = FOLD_SEEN.insert(&h, &1, 0);
+    let _ = FOLD_SEEN.insert(&key, &1, 0);
+    rec.fold_key = key;
     false
 }
+
+/// Counts `n` repeats of `cgroup` folded: not sent.
+#[inline(always)]
+fn count_folded(cgroup: u64, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(counter::FOLDED) {
+        unsafe { *p += n };
+    }
+    if let Some(p) = CGROUP_FOLDED.get_ptr_mut(&cgroup) {
+        unsafe { *p += n };
+    } else {
+        let _ = CGROUP_FOLDED.insert(&cgroup, &n, 0);
+    }
+}
+
+#[inline(always)]
+fn fd_slot(tgid: u32, fd: i64) -> u64 {
+    ((tgid as u64) << 32) | (fd as u64 & 0xffff_ffff)
+}
+
+/// Whether the process may hold folded descriptors.
+#[inline(always)]
+fn holds_folded_fds(tgid: u32) -> bool {
+    unsafe { FD_FOLDS.get(&tgid) }.is_some_and(|v| *v == FD_FOLDS_HELD)
+}
+
+/// Keeps descriptor `fd`, made by a repeated open, instead of sending the
+/// open. False when it cannot be kept (the open is then sent).
+#[inline(always)]
+fn keep_folded_fd(tgid: u32, fd: i64, key: [u64; 2]) -> bool {
+    if !(0..FOLD_FD_LIMIT).contains(&fd) {
+        return false;
+    }
+    match unsafe { FD_FOLDS.get(&tgid) }.copied() {
+        Some(FD_FOLDS_NEVER) => return false,
+        Some(_) => {}
+        None => {
+            if FD_FOLDS.insert(&tgid, &FD_FOLDS_HELD, 0).is_err() {
+                return false;
+            }
+        }
+    }
+    FOLDED_FDS.insert(&fd_slot(tgid, fd), &key, 0).is_ok()
+}
+
+/// Reports descriptor `fd` of the process if it is a folded one: its open
+/// is replayed in user space before what comes next.
+#[inline(never)]
+fn report_folded_fd(tgid: u32, fd: i64, cgroup: u64) {
+    if !(0..FOLD_FD_LIMIT).contains(&fd) {
+        return;
+    }
+    let slot = fd_slot(tgid, fd);
+    let Some(key) = (unsafe { FOLDED_FDS.get(&slot) }).copied() else {
+        return;
+    };
+    let _ = FOLDED_FDS.remove(&slot);
+    let rec = FdRepeatRecord {
+        header: header(RecordKind::FdRepeat, cgroup),
+        fd: fd as i32,
+        _pad: 0,
+        key,
+    };
+    emit(
+        (&rec as *const FdRepeatRecord).cast(),
+        core::mem::size_of::<FdRepeatRecord>(),
+        core::mem::size_of::<FdRepeatRecord>(),
+    );
+}
+
+/// Ends folded descriptor `fd` unreported (it was closed): whether it was
+/// one. Its open counts as folded.
+#[inline(always)]
+fn end_folded_fd(tgid: u32, fd: i64, cgroup: u64) -> bool {
+    if !(0..FOLD_FD_LIMIT).contains(&fd) || FOLDED_FDS.remove(&fd_slot(tgid, fd)).is_err() {
+        return false;
+    }
+    count_folded(cgroup, 1);
+    true
+}
+
+/// What `fd_walk_step` does to each folded descriptor in `first..=last`.
+#[repr(C)]
+struct FdWalk {
+    tgid: u32,
+    report: u32,
+    cgroup: u64,
+    first: u64,
+    last: u64,
+}
+
+/// One step of `walk_folded_fds` (a `bpf_loop` callback: verified once,
+/// not once per descriptor).
+extern "C" fn fd_walk_step(fd: u64, walk: *mut c_void) -> i64 {
+    let walk = unsafe { &*(walk as *const FdWalk) };
+    if fd >= walk.first && fd <= walk.last {
+        if walk.report != 0 {
+            report_folded_fd(walk.tgid, fd as i64, walk.cgroup);
+        } else {
+            end_folded_fd(walk.tgid, fd as i64, walk.cgroup);
+        }
+    }
+    0
+}
+
+/// Reports each folded descriptor in `first..=last` the process holds (it
+/// forks, execs, or changes what its names mean), or ends it (`report`
+/// false: it exited, or closed a range).
+#[inline(always)]
+fn walk_folded_fds(tgid: u32, cgroup: u64, report: bool, first: u64, last: u64) {
+    if !holds_folded_fds(tgid) {
+        return;
+    }
+    let mut walk = FdWalk {
+        tgid,
+        report: report as u32,
+        cgroup,
+        first,
+        last,
+    };
+    unsafe {
+        bpf_loop(
+            FOLD_FD_LIMIT as u32,
+            fd_walk_step as *mut c_void,
+            (&mut walk as *mut FdWalk).cast(),
+            0,
+        )
+    };
+}
+
+#[inline(always)]
+fn all_folded_fds(tgid: u32, cgroup: u64, report: bool) {
+    walk_folded_fds(tgid, cgroup, report, 0, u64::MAX);
+}
+
+/// Before a call's record: reports the folded descriptors it names, and
+/// ends those it closes or replaces. True when the call itself is a folded
+/// descriptor's close, which is then not sent.
+#[inline(always)]
+fn settle_folded_fds(nr: u32, args: &[u64; 6], ret: i64, tgid: u32, cgroup: u64) -> bool {
+    if !holds_folded_fds(tgid) {
+        return false;
+    }
+    let fd = |i: u8| arg(args, i) as i32 as i64;
+    for i in fd_args(nr) {
+        if i != NO_FD_ARG {
+            report_folded_fd(tgid, fd(i), cgroup);
+        }
+    }
+    match nr {
+        nr::CLOSE => {
+            if end_folded_fd(tgid, fd(0), cgroup) {
+                count_folded(cgroup, 1);
+                return true;
+            }
+        }
+        // The old descriptor at newfd is closed by a successful dup2/dup3.
+        nr::DUP2 | nr::DUP3 if ret >= 0 && args[0] != args[1] => {
+            end_folded_fd(tgid, fd(1), cgroup);
+        }
+        nr::CLOSE_RANGE if ret == 0 && args[2] & CLOSE_RANGE_CLOEXEC == 0 => {
+            walk_folded_fds(tgid, cgroup, false, args[0], args[1]);
+        }
+        _ => {}
+    }
+    false
+}
+
+const CLOSE_RANGE_CLOEXEC: u64 = 4;
 
 fn try_sys_enter(ctx: &BtfTracePointContext) -> Option<()> {
     let id: i64 = ctx.arg(1);
@@ -625,7 +819,10 @@ fn try_sys_enter_one(ctx: &TracePointContext) -> Option<()> {
 fn noted(cgroup: u64, nr: u32) -> Option<Spec> {
     note_syscall(cgroup, nr);
     if forgets_folded(nr) {
-        new_fold_epoch((bpf_get_current_pid_tgid() >> 32) as u32);
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        // Kept descriptors keep what they named before the change.
+        all_folded_fds(tgid, cgroup, true);
+        new_fold_epoch(tgid);
     }
     spec(nr)
 }
@@ -642,6 +839,16 @@ fn enter<C: EbpfContext>(ctx: &C, cgroup: u64, nr: u32, spec: Spec, args: &[u64;
     }
     let mut enter_flags = 0;
     if let (StrSource::Path(p), StrSource::Argv(a)) = (spec.str0, spec.str1) {
+        if global(&FOLD_REPEATS) != 0 {
+            // execveat's dirfd: user space resolves the name at entry.
+            settle_folded_fds(
+                nr,
+                &args,
+                0,
+                (bpf_get_current_pid_tgid() >> 32) as u32,
+                cgroup,
+            );
+        }
         let rec = scratch_syscall(RecordKind::ExecArgs, cgroup, nr, &args)?;
         let (l0, l1, argc, bits) = read_exec_names(rec, &args, p, a);
         rec.str_len = [l0, l1];
@@ -837,11 +1044,30 @@ fn record_exit(cgroup: u64, spec: Spec, ret: i64, entry: &InFlight) -> Option<()
         }
         _ => {}
     }
-    if global(&FOLD_REPEATS) != 0
-        && let Some(keep) = foldable(nr, ret, &args)
-        && folded(rec, cgroup, keep)
-    {
-        return Some(());
+    if global(&FOLD_REPEATS) != 0 {
+        let tgid = rec.header.pid;
+        if settle_folded_fds(nr, &args, ret, tgid, cgroup) {
+            return Some(());
+        }
+        // A repeat is counted and dropped; a repeated open's descriptor is
+        // kept instead (its open counts as folded when the descriptor ends
+        // unreported). An open's key leaves out the descriptor it returned.
+        let (keep, key_ret, into_fd) = match foldable(nr, ret, &args) {
+            Some(keep) => (Some(keep), ret, false),
+            None => (folds_into_fd(nr, ret, &args), 0, true),
+        };
+        if let Some(keep) = keep
+            && let Some(key) = fold_key(rec, keep, key_ret)
+            && sent_before(rec, key)
+        {
+            if !into_fd {
+                count_folded(cgroup, 1);
+                return Some(());
+            }
+            if keep_folded_fd(tgid, ret, key) {
+                return Some(());
+            }
+        }
     }
     emit_syscall(rec);
     Some(())
@@ -881,9 +1107,19 @@ fn try_fork(ctx: &TracePointContext) -> Option<()> {
     // A new process runs its parent's program: what the parent was seen
     // making needs no new record.
     const CLONE_THREAD: u64 = 0x10000;
+    const CLONE_FILES: u64 = 0x400;
     if clone_flags & CLONE_THREAD == 0 {
         new_fold_epoch(child_tid as u32);
         let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if global(&FOLD_REPEATS) != 0 {
+            // The child inherits the descriptors: user space copies them
+            // from the parent's table, so that must hold them.
+            all_folded_fds(parent, cgroup, true);
+            if clone_flags & CLONE_FILES != 0 {
+                let _ = FD_FOLDS.insert(&parent, &FD_FOLDS_NEVER, 0);
+                let _ = FD_FOLDS.insert(&(child_tid as u32), &FD_FOLDS_NEVER, 0);
+            }
+        }
         if let Some(seen) = unsafe { SYSCALLS_SEEN.get(&parent) } {
             let seen = *seen;
             let _ = SYSCALLS_SEEN.insert(&(child_tid as u32), &seen, 0);
@@ -914,9 +1150,14 @@ pub fn sched_process_exec(ctx: TracePointContext) -> u32 {
 /// lies in pages of the new mm that the kernel has just written.
 fn try_exec(ctx: &TracePointContext) -> Option<()> {
     let cgroup = watched_cgroup()?;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Descriptors outlive the exec (those without close-on-exec): reported
+    // under the old program. The new one has a table of its own.
+    all_folded_fds(tgid, cgroup, true);
+    let _ = FD_FOLDS.remove(&tgid);
     // A new program: its syscalls are its own evidence, and its repeats
     // its own.
-    let _ = SYSCALLS_SEEN.remove(&((bpf_get_current_pid_tgid() >> 32) as u32));
+    let _ = SYSCALLS_SEEN.remove(&tgid);
     new_fold_epoch((bpf_get_current_pid_tgid() >> 32) as u32);
     let Ok(old_tid) = (unsafe { ctx.read_at::<i32>(global(&EXEC_OLD_PID_OFFSET) as usize) }) else {
         count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
@@ -1025,11 +1266,17 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
 fn try_exit(ctx: &TracePointContext) -> Option<()> {
     let tid = bpf_get_current_pid_tgid() as u32;
     let _ = INFLIGHT.remove(&tid);
-    let cgroup = watched_cgroup()?;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let group_dead: u8 =
         unsafe { ctx.read_at(global(&EXIT_GROUP_DEAD_OFFSET) as usize) }.unwrap_or(0);
+    // Before the watch check: a process that outlived its watch must not
+    // leave folded descriptors to one that reuses its id.
+    if group_dead != 0 && unsafe { FD_FOLDS.get(&tgid) }.is_some() {
+        all_folded_fds(tgid, unsafe { bpf_get_current_cgroup_id() }, false);
+        let _ = FD_FOLDS.remove(&tgid);
+    }
+    let cgroup = watched_cgroup()?;
     if group_dead != 0 {
-        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
         let _ = SYSCALLS_SEEN.remove(&tgid);
         let _ = FOLD_EPOCH.remove(&tgid);
     }

@@ -4,8 +4,8 @@
 //! socket addresses. [`super::resolve`] turns them into [`super::Event`]s.
 
 use cimplifier_common::{
-    ExitRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT, SignalRecord, SyscallRecord,
-    SyscallSeenRecord, flags,
+    ExitRecord, FdRepeatRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT, SignalRecord,
+    SyscallRecord, SyscallSeenRecord, flags,
     syscalls::{StrSource, arity, nr, spec},
 };
 
@@ -60,6 +60,9 @@ pub struct RawSyscall {
     pub args: [u64; 6],
     pub ret: i64,
     pub enter_ts_ns: u64,
+    /// The key the kernel folds this call's repeats under, on the first of
+    /// them (zero otherwise): a [`RawRecord::FdRepeat`] names it.
+    pub fold_key: [u64; 2],
     pub str0: Option<RawStr>,
     /// Second path, or readlink's value. For execve, see `argv`.
     pub str1: Option<RawStr>,
@@ -100,6 +103,13 @@ pub enum RawRecord {
         header: RawHeader,
         signal: SignalEvent,
     },
+    /// Descriptor `fd` was made by an open the kernel folded: a repeat of
+    /// the one sent with fold key `key`, which user space replays now.
+    FdRepeat {
+        header: RawHeader,
+        fd: i32,
+        key: [u64; 2],
+    },
 }
 
 impl RawRecord {
@@ -109,7 +119,8 @@ impl RawRecord {
             RawRecord::Fork { header, .. }
             | RawRecord::Exit { header, .. }
             | RawRecord::SyscallSeen { header, .. }
-            | RawRecord::Signal { header, .. } => header,
+            | RawRecord::Signal { header, .. }
+            | RawRecord::FdRepeat { header, .. } => header,
         }
     }
 }
@@ -246,6 +257,7 @@ fn syscall(bytes: &[u8]) -> Result<RawSyscall, DecodeError> {
         args,
         ret: rec.ret,
         enter_ts_ns: rec.enter_ts_ns,
+        fold_key: rec.fold_key,
         str0,
         str1,
         argv,
@@ -303,6 +315,14 @@ pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
                     target_uid: rec.target_uid,
                     target_suid: rec.target_suid,
                 },
+            })
+        }
+        Some(RecordKind::FdRepeat) => {
+            let rec: FdRepeatRecord = read(bytes, "folded descriptor")?;
+            Ok(RawRecord::FdRepeat {
+                header: header(&rec.header),
+                fd: rec.fd,
+                key: rec.key,
             })
         }
         None => Err(DecodeError::UnknownKind(h.kind)),
@@ -420,6 +440,24 @@ pub(crate) mod tests {
         assert_eq!(signal.name(), "SIGTERM");
         assert!(matches!(
             decode(&as_bytes(&rec)[..size_of::<SignalRecord>() - 1]),
+            Err(DecodeError::Short { .. })
+        ));
+    }
+
+    #[test]
+    fn decodes_a_folded_descriptor() {
+        let rec = FdRepeatRecord {
+            header: header_bytes(RecordKind::FdRepeat, 7),
+            fd: 12,
+            _pad: 0,
+            key: [1, 2],
+        };
+        let RawRecord::FdRepeat { header, fd, key } = decode(as_bytes(&rec)).unwrap() else {
+            panic!()
+        };
+        assert_eq!((header.tid, fd, key), (7, 12, [1, 2]));
+        assert!(matches!(
+            decode(&as_bytes(&rec)[..size_of::<FdRepeatRecord>() - 1]),
             Err(DecodeError::Short { .. })
         ));
     }

@@ -109,6 +109,26 @@ struct Maps {
     counters: PerCpuArray<MapData, u64>,
     cgroup_loss: PerCpuHashMap<MapData, u64, [u64; cgroup_loss::COUNT]>,
     cgroup_folded: PerCpuHashMap<MapData, u64, u64>,
+    /// The kernel's folded descriptors (`FD_FOLDS`, `FOLDED_FDS`).
+    fd_folds: HashMap<MapData, u32, u8>,
+    folded_fds: HashMap<MapData, u64, [u64; 2]>,
+}
+
+impl Maps {
+    fn forget_folded_fds(&mut self, pids: &[u32]) {
+        for pid in pids {
+            let _ = self.fd_folds.remove(pid);
+        }
+        let stale: Vec<u64> = self
+            .folded_fds
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| pids.contains(&((k >> 32) as u32)))
+            .collect();
+        for k in stale {
+            let _ = self.folded_fds.remove(&k);
+        }
+    }
 }
 
 /// Records the kernel lost for one cgroup, summed over CPUs.
@@ -410,6 +430,8 @@ impl Tracer {
             counters: PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?)?,
             cgroup_loss: PerCpuHashMap::try_from(take(&mut ebpf, maps::CGROUP_LOSS)?)?,
             cgroup_folded: PerCpuHashMap::try_from(take(&mut ebpf, maps::CGROUP_FOLDED)?)?,
+            fd_folds: HashMap::try_from(take(&mut ebpf, maps::FD_FOLDS)?)?,
+            folded_fds: HashMap::try_from(take(&mut ebpf, maps::FOLDED_FDS)?)?,
         };
         let ring = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?)?;
         let kernel_log = if config.kernel_log {
@@ -502,7 +524,15 @@ impl Tracer {
         // so their relative names resolve, and report each as running.
         if seed {
             let mut resolver = lock_resolver(&self.resolver);
-            for pid in pids_below(dir) {
+            let pids = pids_below(dir);
+            // Descriptors the kernel kept for these processes under an
+            // earlier watch: /proc shows their state now, and what became
+            // of those descriptors since was not seen.
+            self.maps
+                .lock()
+                .expect("maps lock")
+                .forget_folded_fds(&pids);
+            for pid in pids {
                 // Already followed through a watched parent: its state is
                 // known better from its events than from /proc.
                 if resolver.is_tracked(pid) {

@@ -179,6 +179,23 @@ impl PendingExec {
     }
 }
 
+/// Whether syscall `n` acts on the descriptor in its first argument,
+/// whose name the event carries (`fd_path`).
+fn acts_on_fd(n: u32) -> bool {
+    matches!(
+        n,
+        nr::FCHDIR
+            | nr::GETDENTS64
+            | nr::CLOSE
+            | nr::DUP
+            | nr::DUP2
+            | nr::DUP3
+            | nr::FCNTL
+            | nr::FCHMOD
+            | nr::FCHOWN
+    )
+}
+
 /// The name argument of an exec call (execve's shape when `nr` is unknown).
 fn exec_name_arg(nr: u32) -> NameArg {
     name_args(nr)[0].unwrap_or(NameArg {
@@ -202,6 +219,10 @@ pub struct Resolver {
     snapshot: Option<Snapshotter>,
     /// `Running` events of seeded processes, not yet handed out.
     queued: Vec<Event>,
+    /// Per process, the opens the kernel folds repeats of under a key
+    /// (`RawSyscall::fold_key`), to replay for a `RawRecord::FdRepeat`.
+    /// Dropped at exec and exit, after which the kernel's keys change.
+    fold_origins: HashMap<u32, HashMap<[u64; 2], RawSyscall>>,
 }
 
 impl Resolver {
@@ -317,6 +338,7 @@ impl Resolver {
     }
 
     fn forget_process(&mut self, pid: u32) {
+        self.fold_origins.remove(&pid);
         let Some(p) = self.processes.remove(&pid) else {
             return;
         };
@@ -441,7 +463,18 @@ impl Resolver {
                     .collect()
             }
             RawRecord::ExecImage(raw) => self.exec_image(raw),
-            RawRecord::Syscall(raw) => vec![self.syscall(raw)],
+            RawRecord::Syscall(raw) => {
+                if raw.fold_key != [0, 0]
+                    && syscalls::folds_into_fd(raw.nr, raw.ret, &raw.args).is_some()
+                {
+                    self.fold_origins
+                        .entry(raw.header.pid)
+                        .or_default()
+                        .insert(raw.fold_key, raw.clone());
+                }
+                vec![self.syscall(raw)]
+            }
+            RawRecord::FdRepeat { header, fd, key } => vec![self.fd_repeat(header, fd, key)],
             RawRecord::Signal { header, signal } => {
                 vec![event(&header, EventKind::Signal(signal))]
             }
@@ -613,6 +646,9 @@ impl Resolver {
     /// from the kernel's own copy. The exit then comes from `header.tid`,
     /// which is the leader's id even when another thread called exec.
     fn exec_image(&mut self, raw: RawSyscall) -> Vec<Event> {
+        // The kernel has reported the folded descriptors the old program
+        // held; the new one folds under keys of its own.
+        self.fold_origins.remove(&raw.header.pid);
         let p = self.process(raw.header.pid);
         let caller = raw.ret as u32;
         let key = [caller, raw.header.tid]
@@ -696,6 +732,44 @@ impl Resolver {
         self.resolve(p, name, arg, &raw.args)
     }
 
+    /// Descriptor `fd` came from a folded open: that open again, as the
+    /// process made it (same name, flags and mode), returning `fd`. An
+    /// origin not held (its record was lost, which the loss counters show)
+    /// makes an open whose name is unreadable, so it stays counted among
+    /// the unresolved names.
+    fn fd_repeat(&mut self, header: RawHeader, fd: i32, key: [u64; 2]) -> Event {
+        let origin = self.fold_origins.get(&header.pid).and_then(|o| o.get(&key));
+        let raw = match origin {
+            Some(origin) => RawSyscall {
+                header,
+                ret: fd.into(),
+                fold_key: [0, 0],
+                ..origin.clone()
+            },
+            None => {
+                tracing::warn!(
+                    pid = header.pid,
+                    fd,
+                    "a folded open's first record was not seen: its name is unknown"
+                );
+                RawSyscall {
+                    header,
+                    nr: nr::OPENAT,
+                    flags: flags::STR0_PRESENT | flags::STR0_FAULT,
+                    args: [AT_FDCWD as u64, 0, 0, 0, 0, 0],
+                    ret: fd.into(),
+                    enter_ts_ns: 0,
+                    fold_key: [0, 0],
+                    str0: Some(RawStr::Fault),
+                    str1: None,
+                    argv: None,
+                    sockaddr: None,
+                }
+            }
+        };
+        self.syscall(raw)
+    }
+
     fn syscall(&mut self, raw: RawSyscall) -> Event {
         let p = self.process(raw.header.pid);
         let no_return = raw.has(flags::NO_RETURN);
@@ -735,18 +809,7 @@ impl Resolver {
             incomplete.push(SOCKADDR_UNREADABLE.to_owned());
         }
         let fd = raw.args[0] as i32;
-        let on_fd = matches!(
-            raw.nr,
-            nr::FCHDIR
-                | nr::GETDENTS64
-                | nr::CLOSE
-                | nr::DUP
-                | nr::DUP2
-                | nr::DUP3
-                | nr::FCNTL
-                | nr::FCHMOD
-                | nr::FCHOWN
-        );
+        let on_fd = acts_on_fd(raw.nr);
         let on_socket = matches!(
             raw.nr,
             nr::BIND

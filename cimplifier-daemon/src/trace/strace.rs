@@ -200,6 +200,7 @@ impl Parser {
             args: [0; 6],
             ret,
             enter_ts_ns: 0,
+            fold_key: [0, 0],
             str0: None,
             str1: None,
             argv: None,

@@ -33,6 +33,7 @@ fn call(
         args,
         ret,
         enter_ts_ns: 0,
+        fold_key: [0, 0],
         str0: s0,
         str1: s1,
         argv: None,
@@ -1177,4 +1178,114 @@ fn no_return_calls_have_no_ret() {
         (e.syscall.as_str(), e.ret, e.errno),
         ("exit_group", None, None)
     );
+}
+
+/// The kernel reports a folded descriptor before every call that reads a
+/// name through it here: each dirfd and each descriptor acted on (close
+/// aside, which ends one unreported).
+#[test]
+fn the_kernel_reports_folded_descriptors_before_every_call_resolved_through_them() {
+    use cimplifier_common::syscalls::{NO_FD_ARG, TRACED, fd_args};
+    for &n in TRACED {
+        let reported = fd_args(n);
+        for arg in name_args(n).into_iter().flatten() {
+            if let Some(dirfd) = arg.dirfd {
+                assert!(
+                    reported.contains(&(dirfd as u8)),
+                    "{}: dirfd argument {dirfd} is not in fd_args {reported:?}",
+                    syscalls::name(n)
+                );
+            }
+        }
+        if acts_on_fd(n) && n != nr::CLOSE {
+            assert!(reported.contains(&0), "{}", syscalls::name(n));
+        }
+        assert!(
+            reported
+                .iter()
+                .all(|&a| a == NO_FD_ARG || (a as usize) < syscalls::arity(n)),
+            "{}: {reported:?}",
+            syscalls::name(n)
+        );
+    }
+}
+
+fn folded_open_origin(pid: u32, name: &str, ret: i64, key: [u64; 2]) -> RawRecord {
+    let RawRecord::Syscall(mut raw) = call(
+        pid,
+        nr::OPENAT,
+        [CWD, 0, 0o200000, 0, 0, 0],
+        ret,
+        text(name),
+        None,
+    ) else {
+        unreachable!()
+    };
+    raw.fold_key = key;
+    RawRecord::Syscall(raw)
+}
+
+#[test]
+fn a_folded_descriptor_replays_its_first_open_with_its_own_number() {
+    let mut r = seeded();
+    one(&mut r, folded_open_origin(10, "/etc", 3, [7, 8]));
+    one(
+        &mut r,
+        call(10, nr::CLOSE, [3, 0, 0, 0, 0, 0], 0, None, None),
+    );
+    // The kernel kept the repeat's descriptor 5 and reports it before a
+    // call names it: the open again, returning 5.
+    let replayed = one(
+        &mut r,
+        RawRecord::FdRepeat {
+            header: header(10),
+            fd: 5,
+            key: [7, 8],
+        },
+    );
+    assert_eq!((replayed.nr, replayed.ret), (nr::OPENAT, Some(5)));
+    assert_eq!(path(&replayed, PathRole::Target).as_deref(), Some("/etc"));
+    let at = one(
+        &mut r,
+        call(
+            10,
+            nr::NEWFSTATAT,
+            [5, 0, 0, 0, 0, 0],
+            0,
+            text("passwd"),
+            None,
+        ),
+    );
+    assert_eq!(path(&at, PathRole::Target).as_deref(), Some("/etc/passwd"));
+
+    // Another process's key, or a key from before an exec, names nothing
+    // held: an open whose name is unreadable, counted as such.
+    for pid in [11, 10] {
+        if pid == 10 {
+            let mut image = exec_record(
+                10,
+                nr::EXECVE,
+                [0; 6],
+                10,
+                0,
+                text("/bin/true"),
+                Some(&["true"]),
+            );
+            image.header.tid = 10;
+            r.handle(RawRecord::ExecImage(image));
+        }
+        let lost = one(
+            &mut r,
+            RawRecord::FdRepeat {
+                header: header(pid),
+                fd: 4,
+                key: [7, 8],
+            },
+        );
+        assert_eq!(lost.ret, Some(4));
+        assert_eq!(
+            lost.path(PathRole::Target).map(|p| &p.resolution),
+            Some(&Resolution::Unreadable)
+        );
+    }
 }
