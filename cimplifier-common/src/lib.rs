@@ -56,6 +56,10 @@ pub enum RecordKind {
     /// A [`FdRepeatRecord`]: a descriptor that a folded open made is about
     /// to matter to user space.
     FdRepeat = 9,
+    /// A [`ForeignExecRecord`]: a watched process exec'd a program built
+    /// for another ABI than x86_64's (32-bit x86, x32), whose system calls
+    /// the syscall tracepoints do not report.
+    ForeignExec = 10,
 }
 
 impl RecordKind {
@@ -69,6 +73,7 @@ impl RecordKind {
             7 => Self::SyscallSeen,
             8 => Self::Signal,
             9 => Self::FdRepeat,
+            10 => Self::ForeignExec,
             _ => return None,
         })
     }
@@ -224,6 +229,21 @@ pub struct FdRepeatRecord {
     pub key: [u64; 2],
 }
 
+/// From the `exec_abi` program on `sched_process_exec`: the loaded image's
+/// ELF header (the kernel's `linux_binprm.buf`) says another ABI than
+/// x86_64's. Compat system calls (`int 0x80`, x32) do not fire the
+/// per-syscall tracepoints, and the raw ones number them differently, so
+/// nothing the process does after this exec is recorded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct ForeignExecRecord {
+    pub header: RecordHeader,
+    /// `e_ident[EI_CLASS]`: 1 for 32-bit, 2 for 64-bit.
+    pub elf_class: u32,
+    /// `e_machine`: 3 for i386, 62 for x86_64 (x32 is class 1 with it).
+    pub machine: u32,
+}
+
 /// Indices of the per-CPU `COUNTERS` array.
 pub mod counter {
     /// Records dropped because the ring buffer was full: lost events.
@@ -280,6 +300,9 @@ pub mod globals {
     pub const EXEC_FILENAME_OFFSET: &str = "EXEC_FILENAME_OFFSET";
     /// Byte offset of `old_pid` in the sched_process_exec tracepoint record.
     pub const EXEC_OLD_PID_OFFSET: &str = "EXEC_OLD_PID_OFFSET";
+    /// Byte offset of `buf` (the first bytes of the file being executed)
+    /// in `struct linux_binprm`.
+    pub const BPRM_BUF_OFFSET: &str = "BPRM_BUF_OFFSET";
     /// Byte offset of `mm` in `struct task_struct`.
     pub const TASK_MM_OFFSET: &str = "TASK_MM_OFFSET";
     /// Byte offsets of `arg_start` and `arg_end` in `struct mm_struct`.

@@ -62,9 +62,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use cimplifier_common::{
-    COMM_LEN, ExitRecord, FdRepeatRecord, ForkRecord, MAX_ARGV, MAX_CGROUP_LEVEL, RecordHeader,
-    RecordKind, SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS, SYSCALL_BITMAP_WORDS, SignalRecord,
-    SyscallRecord, SyscallSeenRecord, cgroup_loss, counter, flags,
+    COMM_LEN, ExitRecord, FdRepeatRecord, ForeignExecRecord, ForkRecord, MAX_ARGV,
+    MAX_CGROUP_LEVEL, RecordHeader, RecordKind, SOCKADDR_MAX, STR_SLOT, SYSCALL_BITMAP_BITS,
+    SYSCALL_BITMAP_WORDS, SignalRecord, SyscallRecord, SyscallSeenRecord, cgroup_loss, counter,
+    flags,
     syscalls::{
         AddrSource, NO_FD_ARG, Spec, StrSource, fd_args, foldable, folds_into_fd, forgets_folded,
         nr, seen_at_exit, spec,
@@ -181,6 +182,8 @@ static EXEC_OLD_PID_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static TASK_MM_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
+static BPRM_BUF_OFFSET: u64 = 0;
+#[unsafe(no_mangle)]
 static MM_ARG_START_OFFSET: u64 = 0;
 #[unsafe(no_mangle)]
 static MM_ARG_END_OFFSET: u64 = 0;
@@ -264,6 +267,15 @@ fn parent_tgid() -> u32 {
     }
     unsafe { bpf_probe_read_kernel(parent.add(global(&TASK_TGID_OFFSET) as usize).cast()) }
         .unwrap_or(0)
+}
+
+/// What a header needs of the current task but its ids: filled in only
+/// once a record is certain to be sent.
+#[inline(always)]
+fn stamp(h: &mut RecordHeader) {
+    h.ppid = parent_tgid();
+    h.ts_ns = unsafe { bpf_ktime_get_ns() };
+    h.comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
 }
 
 #[inline(always)]
@@ -442,6 +454,32 @@ fn scratch_syscall(
     Some(rec)
 }
 
+/// A syscall record whose header holds only its ids (`stamp` completes
+/// it): most of a folded call's cost would otherwise be a header never sent.
+#[inline(always)]
+fn unstamped_scratch_syscall(
+    cgroup: u64,
+    nr: u32,
+    args: &[u64; 6],
+) -> Option<&'static mut SyscallRecord> {
+    let rec = unsafe { &mut *SYSCALL_SCRATCH.get_ptr_mut(0)? };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    rec.header.kind = RecordKind::Syscall as u32;
+    rec.header.pid = (pid_tgid >> 32) as u32;
+    rec.header.tid = pid_tgid as u32;
+    rec.header.cgroup_id = cgroup;
+    rec.nr = nr;
+    rec.flags = 0;
+    rec.args = *args;
+    rec.ret = 0;
+    rec.enter_ts_ns = 0;
+    rec.fold_key = [0, 0];
+    rec.str_len = [0, 0];
+    rec.sockaddr_len = 0;
+    rec.argc = 0;
+    Some(rec)
+}
+
 /// Record size: the fixed part, then slot 0, then slot 1 when it is used.
 #[inline(always)]
 fn syscall_record_len(rec: &SyscallRecord) -> usize {
@@ -557,21 +595,48 @@ fn fold_key(rec: &SyscallRecord, keep: [u64; 2], ret: i64) -> Option<[u64; 2]> {
     ] {
         mix(&mut h, v);
     }
-    // The name, eight bytes at a time; the last word masked to its length.
-    let base = rec.strings.as_ptr();
-    for i in 0..(STR_SLOT / 8) {
-        let at = (i * 8) as u32;
-        if at >= len {
-            break;
-        }
-        let mut w = unsafe { ptr::read_unaligned(base.add(i * 8).cast::<u64>()) };
-        let left = len - at;
-        if left < 8 {
-            w &= (1u64 << (left * 8)) - 1;
-        }
-        mix(&mut h, w);
-    }
+    // The name, eight bytes at a time, in a `bpf_loop` so that the verifier
+    // checks one step, not one per word of the slot.
+    let mut walk = NameHash { h, len };
+    let words = len.div_ceil(8);
+    unsafe {
+        bpf_loop(
+            words,
+            name_hash_step as *mut c_void,
+            (&mut walk as *mut NameHash).cast(),
+            0,
+        )
+    };
+    let h = walk.h;
     Some(h)
+}
+
+/// The running hash of `fold_key` over slot 0 of the scratch record.
+#[repr(C)]
+struct NameHash {
+    h: [u64; 2],
+    len: u32,
+}
+
+/// Mixes word `i` of the scratch record's slot 0 into the hash, the last
+/// word masked to the name's length.
+extern "C" fn name_hash_step(i: u64, walk: *mut c_void) -> i64 {
+    let walk = unsafe { &mut *(walk as *mut NameHash) };
+    let Some(rec) = SYSCALL_SCRATCH.get_ptr(0) else {
+        return 1;
+    };
+    let at = (i as u32).wrapping_mul(8);
+    if i >= (STR_SLOT / 8) as u64 || at >= walk.len {
+        return 1;
+    }
+    let base = unsafe { (*rec).strings.as_ptr() };
+    let mut w = unsafe { ptr::read_unaligned(base.add((i as usize) * 8).cast::<u64>()) };
+    let left = walk.len - at;
+    if left < 8 {
+        w &= (1u64 << (left * 8)) - 1;
+    }
+    mix(&mut walk.h, w);
+    0
 }
 
 /// Whether a call under `key` was sent before (in this span); if not, it
@@ -724,22 +789,29 @@ fn all_folded_fds(tgid: u32, cgroup: u64, report: bool) {
 /// descriptor's close, which is then not sent.
 #[inline(always)]
 fn settle_folded_fds(nr: u32, args: &[u64; 6], ret: i64, tgid: u32, cgroup: u64) -> bool {
-    if !holds_folded_fds(tgid) {
+    let fd = |i: u8| arg(args, i) as i32 as i64;
+    if nr == nr::CLOSE {
+        // One map operation, the hot path's only one for a close.
+        if end_folded_fd(tgid, fd(0), cgroup) {
+            count_folded(cgroup, 1);
+            return true;
+        }
         return false;
     }
-    let fd = |i: u8| arg(args, i) as i32 as i64;
+    // Most calls name no descriptor (AT_FDCWD): no lookup at all.
+    let named = fd_args(nr)
+        .iter()
+        .any(|&i| i != NO_FD_ARG && (0..FOLD_FD_LIMIT).contains(&fd(i)));
+    let ends = matches!(nr, nr::DUP2 | nr::DUP3 | nr::CLOSE_RANGE);
+    if !(named || ends) || !holds_folded_fds(tgid) {
+        return false;
+    }
     for i in fd_args(nr) {
         if i != NO_FD_ARG {
             report_folded_fd(tgid, fd(i), cgroup);
         }
     }
     match nr {
-        nr::CLOSE => {
-            if end_folded_fd(tgid, fd(0), cgroup) {
-                count_folded(cgroup, 1);
-                return true;
-            }
-        }
         // The old descriptor at newfd is closed by a successful dup2/dup3.
         nr::DUP2 | nr::DUP3 if ret >= 0 && args[0] != args[1] => {
             end_folded_fd(tgid, fd(1), cgroup);
@@ -965,7 +1037,7 @@ fn exit<C: EbpfContext>(ctx: &C, nr: u32, spec: Spec, ret: i64) -> Option<()> {
 #[inline(always)]
 fn record_exit(cgroup: u64, spec: Spec, ret: i64, entry: &InFlight) -> Option<()> {
     let nr = entry.nr;
-    let rec = scratch_syscall(RecordKind::Syscall, cgroup, nr, &entry.args)?;
+    let rec = unstamped_scratch_syscall(cgroup, nr, &entry.args)?;
     rec.ret = ret;
     rec.enter_ts_ns = entry.enter_ts_ns;
     let args = entry.args;
@@ -1069,6 +1141,7 @@ fn record_exit(cgroup: u64, spec: Spec, ret: i64, entry: &InFlight) -> Option<()
             }
         }
     }
+    stamp(&mut rec.header);
     emit_syscall(rec);
     Some(())
 }
@@ -1254,6 +1327,51 @@ fn try_exec(ctx: &TracePointContext) -> Option<()> {
         count(counter::USER_READ_FAULT);
     }
     emit_syscall(rec);
+    Some(())
+}
+
+/// The same exec, seen with its `linux_binprm`: the loaded image's ELF
+/// header tells a program whose system calls go unreported (a 32-bit or
+/// x32 one), which user space marks the session incomplete for.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn exec_abi(ctx: BtfTracePointContext) -> i32 {
+    let _ = try_exec_abi(&ctx);
+    0
+}
+
+const EM_X86_64: u32 = 62;
+const ELFCLASS64: u32 = 2;
+
+fn try_exec_abi(ctx: &BtfTracePointContext) -> Option<()> {
+    let cgroup = watched_cgroup()?;
+    let bprm: *const u8 = ctx.arg(2);
+    let head: [u8; 20] = match unsafe {
+        bpf_probe_read_kernel(bprm.wrapping_add(global(&BPRM_BUF_OFFSET) as usize).cast())
+    } {
+        Ok(head) => head,
+        Err(_) => {
+            count_loss::<{ cgroup_loss::UNREAD }>(cgroup, counter::TRACEPOINT_UNREAD);
+            return None;
+        }
+    };
+    if head[0] != 0x7f || head[1] != b'E' || head[2] != b'L' || head[3] != b'F' {
+        return None;
+    }
+    let elf_class = head[4] as u32;
+    let machine = u16::from_le_bytes([head[18], head[19]]) as u32;
+    if elf_class == ELFCLASS64 && machine == EM_X86_64 {
+        return None;
+    }
+    let rec = ForeignExecRecord {
+        header: header(RecordKind::ForeignExec, cgroup),
+        elf_class,
+        machine,
+    };
+    emit(
+        (&rec as *const ForeignExecRecord).cast(),
+        core::mem::size_of::<ForeignExecRecord>(),
+        core::mem::size_of::<ForeignExecRecord>(),
+    );
     Some(())
 }
 

@@ -21,7 +21,8 @@ use crate::util::{self, Step, cmd};
 /// the containerd-client crate's build runs, and containerd (with `ctr`) is
 /// the engine the containerd backend is tested on, dockerd's own; podman is
 /// tested through its Docker-compatible API; bpftrace gives bench-trace its
-/// floors: what the cheapest eBPF tool costs on the same workloads).
+/// floors: what the cheapest eBPF tool costs on the same workloads;
+/// binutils assembles the 32-bit program the tracer must flag).
 pub const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -49,6 +50,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "containerd",
     "podman",
+    "binutils",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

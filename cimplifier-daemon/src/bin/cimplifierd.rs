@@ -64,8 +64,9 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         ring_buffer_mib: u32,
         /// Record every repeat: by default the kernel folds a stat or
-        /// access of an absolute path, or a failed open of one, that the
-        /// same process made before with the same result.
+        /// access of an absolute path, or an open of one, that the same
+        /// process made before with the same result (a repeated open's
+        /// descriptor is reported only when a later call uses it).
         #[arg(long)]
         no_kernel_fold: bool,
         /// Where the syscall programs attach: `per-syscall` hooks each
@@ -182,10 +183,11 @@ enum Command {
         #[arg(long, env = "CIMPLIFIER_WATCH_LABELS")]
         watch_labels: bool,
         /// Send every repeat of a call to user space. By default the kernel
-        /// folds a stat or access of an absolute path, or a failed open of
-        /// one, that the same process made before with the same result: it
-        /// adds nothing to the model, and is counted (`kernel_folded_events`)
-        /// instead. For comparing the two, or a full event stream.
+        /// folds a stat or access of an absolute path, or an open of one,
+        /// that the same process made before with the same result: it adds
+        /// nothing to the model, and is counted (`kernel_folded_events`)
+        /// instead (a repeated open's descriptor is reported only when a
+        /// later call uses it). For comparing the two, or a full event stream.
         #[arg(long, env = "CIMPLIFIER_NO_KERNEL_FOLD")]
         no_kernel_fold: bool,
         /// Where the syscall programs attach [default: per-syscall]: see

@@ -278,6 +278,8 @@ impl Model {
             }
             EventKind::Exit { .. } => {}
             EventKind::Unhooked { nrs } => self.unhooked.extend(nrs),
+            // Counted against the session (`LossCounters::foreign_programs`).
+            EventKind::ForeignAbi { .. } => {}
             EventKind::SyscallSeen { nr, .. } => {
                 self.syscall_evidence = true;
                 let exe = self.running(event);

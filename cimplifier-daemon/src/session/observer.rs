@@ -168,6 +168,7 @@ pub fn kind_of(e: &Event) -> (&'static str, Option<&str>) {
         EventKind::SyscallSeen { .. } => ("syscall_seen", None),
         EventKind::Signal(_) => ("signal", None),
         EventKind::Unhooked { .. } => ("unhooked", None),
+        EventKind::ForeignAbi { .. } => ("foreign_abi", None),
     }
 }
 
@@ -182,6 +183,7 @@ pub fn event_kinds() -> Vec<&'static str> {
         "syscall_seen",
         "signal",
         "unhooked",
+        "foreign_abi",
     ];
     for &nr in cimplifier_common::syscalls::TRACED {
         let name = cimplifier_common::syscalls::name(nr);

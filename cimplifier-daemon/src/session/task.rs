@@ -525,6 +525,7 @@ pub(super) struct Recorder<'a> {
     /// Names of this segment's events that the tracer could not read: the
     /// tracer's own counters are host-wide.
     unreadable: u64,
+    foreign: u64,
     batch: Vec<Event>,
     prior_duration: u64,
     prior_loss: LossCounters,
@@ -558,6 +559,7 @@ impl<'a> Recorder<'a> {
             seen_uses: HashSet::new(),
             aggregated: 0,
             unreadable: 0,
+            foreign: 0,
             batch: Vec::new(),
             prior_duration: record.duration_ms,
             prior_loss: record.loss,
@@ -594,6 +596,18 @@ impl<'a> Recorder<'a> {
             self.missed_start = true;
         }
         self.unreadable += e.unreadable_names();
+        if let EventKind::ForeignAbi { elf_class, machine } = e.kind {
+            self.foreign += 1;
+            tracing::warn!(
+                session = %self.session_name,
+                pid = e.pid,
+                comm = %e.comm,
+                "process {} exec'd a {} program: its system calls are not traced, so the \
+                 session is incomplete",
+                e.pid,
+                crate::trace::event::abi_name(elf_class, machine)
+            );
+        }
         let exe = self.exes.exe_after(&e);
         let repeated = crate::model::uses_of(&e).is_some_and(|uses| {
             use std::hash::{Hash, Hasher};
@@ -644,6 +658,7 @@ impl<'a> Recorder<'a> {
             .prior_loss
             .plus(self.loss_base.since(self.observer, &self.members));
         next.loss.unreadable_names += self.unreadable;
+        next.loss.foreign_programs += self.foreign;
         next.loss.held_overflow += self.route.route.held_overflow();
         next.loss.interrupted += self.route.route.interrupted();
         off_the_workers(|| self.store.append(&next, &self.batch))?;

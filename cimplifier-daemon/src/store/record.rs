@@ -186,6 +186,15 @@ impl SessionRecord {
                 self.loss.unreadable_names
             ));
         }
+        if self.loss.foreign_programs > 0 {
+            why.push(format!(
+                "ran {} program(s) built for another ABI than x86_64 (32-bit x86 or x32, \
+                 see the `foreign_abi` events): their system calls do not reach the \
+                 tracer, so what they used is unknown; rebuild them for x86_64, or \
+                 name what they need with --include",
+                self.loss.foreign_programs
+            ));
+        }
         if !self.started.from_first_exec {
             why.push(
                 "did not observe the container's start-up, when its configuration and \

@@ -285,6 +285,18 @@ fn unreadable_names_make_a_session_incomplete() {
 }
 
 #[test]
+fn a_program_of_another_abi_makes_a_session_incomplete() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut r = record(&store, "web");
+    assert!(r.complete());
+    r.loss.foreign_programs = 1;
+    let why = r.incompleteness().unwrap();
+    assert!(why.contains("1 program(s) built for another ABI"), "{why}");
+    assert!(why.contains("foreign_abi"), "names the events: {why}");
+}
+
+#[test]
 fn a_missed_start_up_makes_a_session_incomplete() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();

@@ -4,8 +4,8 @@
 //! socket addresses. [`super::resolve`] turns them into [`super::Event`]s.
 
 use cimplifier_common::{
-    ExitRecord, FdRepeatRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT, SignalRecord,
-    SyscallRecord, SyscallSeenRecord, flags,
+    ExitRecord, FdRepeatRecord, ForeignExecRecord, ForkRecord, RecordHeader, RecordKind, STR_SLOT,
+    SignalRecord, SyscallRecord, SyscallSeenRecord, flags,
     syscalls::{StrSource, arity, nr, spec},
 };
 
@@ -110,6 +110,13 @@ pub enum RawRecord {
         fd: i32,
         key: [u64; 2],
     },
+    /// The process exec'd a program of another ABI (its ELF class and
+    /// machine), whose system calls are not reported.
+    ForeignExec {
+        header: RawHeader,
+        elf_class: u8,
+        machine: u16,
+    },
 }
 
 impl RawRecord {
@@ -120,7 +127,8 @@ impl RawRecord {
             | RawRecord::Exit { header, .. }
             | RawRecord::SyscallSeen { header, .. }
             | RawRecord::Signal { header, .. }
-            | RawRecord::FdRepeat { header, .. } => header,
+            | RawRecord::FdRepeat { header, .. }
+            | RawRecord::ForeignExec { header, .. } => header,
         }
     }
 }
@@ -323,6 +331,14 @@ pub fn decode(bytes: &[u8]) -> Result<RawRecord, DecodeError> {
                 header: header(&rec.header),
                 fd: rec.fd,
                 key: rec.key,
+            })
+        }
+        Some(RecordKind::ForeignExec) => {
+            let rec: ForeignExecRecord = read(bytes, "foreign exec")?;
+            Ok(RawRecord::ForeignExec {
+                header: header(&rec.header),
+                elf_class: rec.elf_class as u8,
+                machine: rec.machine as u16,
             })
         }
         None => Err(DecodeError::UnknownKind(h.kind)),

@@ -356,6 +356,24 @@ pub enum EventKind {
     Unhooked {
         nrs: Vec<u32>,
     },
+    /// The process exec'd a program built for another ABI than x86_64's
+    /// (its ELF class and machine: a 32-bit x86 or x32 program). Its
+    /// system calls do not reach the syscall tracepoints as x86_64 ones,
+    /// so nothing it does after this exec is recorded: the session is
+    /// incomplete ([`LossCounters::foreign_programs`]). Absent in older logs.
+    ForeignAbi {
+        elf_class: u8,
+        machine: u16,
+    },
+}
+
+/// What an ELF class and machine name, for messages.
+pub fn abi_name(elf_class: u8, machine: u16) -> String {
+    match (elf_class, machine) {
+        (1, 3) => "32-bit x86 (i386)".to_owned(),
+        (1, 62) => "x32".to_owned(),
+        (c, m) => format!("ELF class {c}, machine {m}"),
+    }
 }
 
 /// One decoded event.
@@ -384,6 +402,11 @@ impl Event {
     /// See [`SyscallEvent::unreadable_names`].
     pub fn unreadable_names(&self) -> u64 {
         self.syscall().map_or(0, SyscallEvent::unreadable_names)
+    }
+
+    /// 1 for a program exec'd for another ABI ([`EventKind::ForeignAbi`]).
+    pub fn foreign_programs(&self) -> u64 {
+        matches!(self.kind, EventKind::ForeignAbi { .. }).into()
     }
 }
 
@@ -423,6 +446,10 @@ pub struct LossCounters {
     /// which cgroup's events they were is unknown, so every session counts them.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub missed_runs: u64,
+    /// Programs exec'd for another ABI ([`EventKind::ForeignAbi`]), counted
+    /// from the events: what they did was not recorded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub foreign_programs: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -468,6 +495,7 @@ impl LossCounters {
             interrupted: f(self.interrupted, other.interrupted),
             tracepoint_unread: f(self.tracepoint_unread, other.tracepoint_unread),
             missed_runs: f(self.missed_runs, other.missed_runs),
+            foreign_programs: f(self.foreign_programs, other.foreign_programs),
         }
     }
 

@@ -23,6 +23,8 @@ pub struct KernelLayout {
     pub exec_filename: u64,
     pub exec_old_pid: u64,
     pub task_mm: u64,
+    /// `linux_binprm.buf`: the loaded image's first bytes (its ELF header).
+    pub bprm_buf: u64,
     pub mm_arg_start: u64,
     pub mm_arg_end: u64,
     /// `task_struct.cred` and `.real_cred`, and `cred.uid`, `.suid` and
@@ -47,6 +49,7 @@ impl KernelLayout {
             exec_filename: tracepoint_field_offset("sched", "sched_process_exec", "filename")?,
             exec_old_pid: tracepoint_field_offset("sched", "sched_process_exec", "old_pid")?,
             task_mm: btf.member_offset("task_struct", "mm")?,
+            bprm_buf: btf.member_offset("linux_binprm", "buf")?,
             mm_arg_start: btf.member_offset("mm_struct", "arg_start")?,
             mm_arg_end: btf.member_offset("mm_struct", "arg_end")?,
             task_cred: btf.member_offset("task_struct", "cred")?,

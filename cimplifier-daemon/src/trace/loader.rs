@@ -368,6 +368,7 @@ impl Tracer {
             .override_global(globals::EXEC_FILENAME_OFFSET, &layout.exec_filename, true)
             .override_global(globals::EXEC_OLD_PID_OFFSET, &layout.exec_old_pid, true)
             .override_global(globals::TASK_MM_OFFSET, &layout.task_mm, true)
+            .override_global(globals::BPRM_BUF_OFFSET, &layout.bprm_buf, true)
             .override_global(globals::MM_ARG_START_OFFSET, &layout.mm_arg_start, true)
             .override_global(globals::MM_ARG_END_OFFSET, &layout.mm_arg_end, true)
             .override_global(globals::TASK_CRED_OFFSET, &layout.task_cred, true)
@@ -408,6 +409,12 @@ impl Tracer {
             .context("loading tp_btf program signal_generate")?;
         p.attach()
             .context("attaching to BTF tracepoint signal_generate")?;
+        // Runs only at exec: attached for good.
+        let p: &mut BtfTracePoint = program(&mut ebpf, "exec_abi")?;
+        p.load("sched_process_exec", &btf)
+            .context("loading tp_btf program exec_abi")?;
+        p.attach()
+            .context("attaching to BTF tracepoint sched_process_exec")?;
         for name in [
             "sched_process_fork",
             "sched_process_exec",

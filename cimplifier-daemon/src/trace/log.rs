@@ -50,6 +50,7 @@ pub struct EventLogWriter {
     path: PathBuf,
     events: u64,
     unreadable_names: u64,
+    foreign_programs: u64,
 }
 
 impl EventLogWriter {
@@ -61,6 +62,7 @@ impl EventLogWriter {
             path: path.to_path_buf(),
             events: 0,
             unreadable_names: 0,
+            foreign_programs: 0,
         };
         w.line(&LogLine::Header(header))?;
         Ok(w)
@@ -76,6 +78,7 @@ impl EventLogWriter {
     pub fn write(&mut self, event: &Event) -> Result<()> {
         self.events += 1;
         self.unreadable_names += event.unreadable_names();
+        self.foreign_programs += event.foreign_programs();
         // Borrowing serialisation of the tagged line without cloning the event.
         #[derive(Serialize)]
         struct Tagged<'a> {
@@ -104,13 +107,16 @@ impl EventLogWriter {
     pub fn finish(mut self, duration_ms: u64, loss: LossCounters) -> Result<LogSummary> {
         let loss = LossCounters {
             unreadable_names: self.unreadable_names,
+            foreign_programs: self.foreign_programs,
             ..loss
         };
         let summary = LogSummary {
             events: self.events,
             duration_ms,
             loss,
-            complete: loss.is_complete() && loss.unreadable_names == 0,
+            complete: loss.is_complete()
+                && loss.unreadable_names == 0
+                && loss.foreign_programs == 0,
         };
         self.line(&LogLine::Summary(summary.clone()))?;
         self.out.flush()?;
@@ -278,6 +284,29 @@ mod tests {
         assert_eq!(summary.loss.unreadable_names, 1);
         assert_eq!(summary.loss.lost(), 0);
         assert!(!EventLog::read(&path).unwrap().is_complete());
+    }
+
+    #[test]
+    fn a_program_of_another_abi_makes_the_log_incomplete() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        let mut w = EventLogWriter::create(&path, header()).unwrap();
+        let line = r#"{"ts_ns":1,"pid":1,"tid":1,"ppid":0,"cgroup":7,"comm":"x",
+            "event":"foreign_abi","elf_class":1,"machine":3}"#;
+        let event: Event = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            event.kind,
+            EventKind::ForeignAbi {
+                elf_class: 1,
+                machine: 3
+            }
+        );
+        w.write(&event).unwrap();
+        let summary = w.finish(10, LossCounters::default()).unwrap();
+        assert_eq!((summary.loss.foreign_programs, summary.loss.lost()), (1, 0));
+        let log = EventLog::read(&path).unwrap();
+        assert!(!log.is_complete());
+        assert_eq!(log.events, vec![event]);
     }
 
     #[test]

@@ -475,6 +475,11 @@ impl Resolver {
                 vec![self.syscall(raw)]
             }
             RawRecord::FdRepeat { header, fd, key } => vec![self.fd_repeat(header, fd, key)],
+            RawRecord::ForeignExec {
+                header,
+                elf_class,
+                machine,
+            } => vec![event(&header, EventKind::ForeignAbi { elf_class, machine })],
             RawRecord::Signal { header, signal } => {
                 vec![event(&header, EventKind::Signal(signal))]
             }

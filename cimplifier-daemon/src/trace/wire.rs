@@ -32,6 +32,7 @@ enum EventTag {
     SyscallSeen,
     Signal,
     Unhooked,
+    ForeignAbi,
 }
 
 /// Every field of every record kind; which are present depends on the kind.
@@ -86,6 +87,9 @@ pub(super) struct FlatRecord {
     target_suid: Option<u32>,
     // unhooked
     nrs: Option<Vec<u32>>,
+    // foreign_abi
+    elf_class: Option<u8>,
+    machine: Option<u16>,
 }
 
 fn need<T>(v: Option<T>, field: &str, what: &str) -> Result<T, String> {
@@ -117,6 +121,10 @@ impl TryFrom<FlatRecord> for Event {
             },
             EventTag::Unhooked => EventKind::Unhooked {
                 nrs: need(r.nrs, "nrs", "an unhooked event")?,
+            },
+            EventTag::ForeignAbi => EventKind::ForeignAbi {
+                elf_class: need(r.elf_class, "elf_class", "a foreign_abi event")?,
+                machine: need(r.machine, "machine", "a foreign_abi event")?,
             },
             EventTag::Signal => {
                 let w = "a signal event";
