@@ -7,9 +7,11 @@
 //!   an unwatched bystander (per-syscall hooks, the default, and
 //!   `--hooks every-syscall`), the floors an eBPF tool cannot go below on this
 //!   kernel (bpftrace's empty programs on the raw and on the per-syscall
-//!   tracepoints, and one that counts opens), traced by cimplifier in both
-//!   hook modes (first pass, then the same files again), the time the
-//!   hooks take to attach, and `strace -f`;
+//!   tracepoints, one that counts opens, and one that keys each name in a
+//!   map, the least an in-kernel dedup does), traced by cimplifier in both
+//!   hook modes (first pass, then the same files again) and with every
+//!   call sent (`--no-kernel-fold`: the event rate and loss at full
+//!   speed), the time the hooks take to attach, and `strace -f`;
 //! - redis-benchmark against a redis-server container (read/write-heavy):
 //!   unwatched bystander and traced in both hook modes, bpftrace counting
 //!   opens, and `strace -f`.
@@ -145,14 +147,11 @@ struct Traced<T> {
 /// Loads the tracer, watches `cgroup`, runs `work`, and unloads it again, so
 /// that the untraced baselines run with no programs attached at all.
 async fn traced<T>(
-    hooks: HookMode,
+    config: TracerConfig,
     cgroup: &Path,
     work: impl FnOnce() -> Result<T>,
 ) -> Result<Traced<T>> {
-    let mut tracer = Tracer::load(TracerConfig {
-        hooks,
-        ..Default::default()
-    })?;
+    let mut tracer = Tracer::load(config)?;
     let events = tracer.events()?;
     let attach = Instant::now();
     let watched = tracer.watch_cgroup(cgroup)?;
@@ -173,6 +172,13 @@ async fn traced<T>(
         lost,
         attach_seconds,
     })
+}
+
+fn hooks(hooks: HookMode) -> TracerConfig {
+    TracerConfig {
+        hooks,
+        ..Default::default()
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -305,9 +311,11 @@ async fn syscall_loop_section() -> Result<()> {
         "traced by cimplifier, steady state (same 100 files again)",
         "traced, --hooks every-syscall, first pass",
         "traced, --hooks every-syscall, steady state",
+        "traced, --no-kernel-fold (every call sent)",
     ];
     let mut figures: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
     let (mut events, mut lost, mut ingest_secs) = (0u64, 0u64, 0f64);
+    let mut full_rate = (0u64, 0u64, 0f64);
     let mut attach: [Vec<f64>; 2] = Default::default();
     for _ in 0..LOOP_ROUNDS {
         figures[0].push(run_loop()?);
@@ -316,7 +324,7 @@ async fn syscall_loop_section() -> Result<()> {
         figures[1].push(run_loop()?);
         drop(tracer);
         for (mode, row) in [(HookMode::PerSyscall, 2), (HookMode::EverySyscall, 3)] {
-            figures[row].push(traced(mode, &other.0, run_loop).await?.result);
+            figures[row].push(traced(hooks(mode), &other.0, run_loop).await?.result);
         }
         figures[4].push(under_bpftrace(unused_empty, run_loop)?);
         figures[5].push(under_bpftrace(raw_empty, run_loop)?);
@@ -327,7 +335,7 @@ async fn syscall_loop_section() -> Result<()> {
             .into_iter()
             .enumerate()
         {
-            let run = traced(mode, &cg.0, || Ok((run_loop()?, run_loop()?))).await?;
+            let run = traced(hooks(mode), &cg.0, || Ok((run_loop()?, run_loop()?))).await?;
             figures[9 + 2 * i].push(run.result.0);
             figures[10 + 2 * i].push(run.result.1);
             attach[i].push(run.attach_seconds);
@@ -335,6 +343,16 @@ async fn syscall_loop_section() -> Result<()> {
             lost += run.lost;
             ingest_secs += run.seconds;
         }
+        // Every call sent: the ring buffer and the reader at full rate.
+        let unfolded = TracerConfig {
+            fold_repeats: false,
+            ..Default::default()
+        };
+        let run = traced(unfolded, &cg.0, run_loop).await?;
+        figures[13].push(run.result);
+        full_rate.0 += run.events;
+        full_rate.1 += run.lost;
+        full_rate.2 += run.seconds;
     }
     let mut strace_argv = vec!["strace", "-f", "-o", "/dev/null"];
     strace_argv.extend_from_slice(&loop_argv);
@@ -347,6 +365,12 @@ async fn syscall_loop_section() -> Result<()> {
     println!(
         "events ingested, traced rounds: {events} ({:.0} events/s), lost {lost}",
         events as f64 / ingest_secs
+    );
+    println!(
+        "events ingested, --no-kernel-fold rounds: {} ({:.0} events/s), lost {}",
+        full_rate.0,
+        full_rate.0 as f64 / full_rate.2,
+        full_rate.1
     );
     let [per, every] = attach.map(median);
     println!(
@@ -381,11 +405,15 @@ async fn redis_section() -> Result<()> {
     for _ in 0..REDIS_ROUNDS {
         figures[0].push(redis.benchmark()?);
         for (mode, row) in [(HookMode::PerSyscall, 1), (HookMode::EverySyscall, 2)] {
-            figures[row].push(traced(mode, &other.0, || redis.benchmark()).await?.result);
+            figures[row].push(
+                traced(hooks(mode), &other.0, || redis.benchmark())
+                    .await?
+                    .result,
+            );
         }
         figures[3].push(under_bpftrace(COUNT_OPENS, || redis.benchmark())?);
         for (mode, row) in [(HookMode::PerSyscall, 4), (HookMode::EverySyscall, 5)] {
-            let run = traced(mode, &container_cgroup, || redis.benchmark()).await?;
+            let run = traced(hooks(mode), &container_cgroup, || redis.benchmark()).await?;
             figures[row].push(run.result);
             events += run.events;
             lost += run.lost;

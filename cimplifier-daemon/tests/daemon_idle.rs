@@ -24,11 +24,15 @@ fn hooks(pid: u32) -> (usize, usize) {
     )
 }
 
+/// Links held for good: the three scheduler tracepoints, `exec_abi` and
+/// `signal_generate`.
+const IDLE_LINKS: usize = 5;
+
 /// Syscalls with a per-syscall hook: every syscall but the unhooked ones
 /// at entry, and the traced ones at exit too.
 fn hooked_enough((links, perf_events): (usize, usize)) -> bool {
     let traced = cimplifier_common::syscalls::TRACED.len();
-    links == 4 && perf_events > 200 + traced && perf_events < 400 + traced
+    links == IDLE_LINKS && perf_events > 200 + traced && perf_events < 400 + traced
 }
 
 #[test]
@@ -38,8 +42,8 @@ fn the_syscall_hooks_are_attached_only_while_a_session_observes() {
     let pid = d.child.id();
     assert_eq!(
         hooks(pid),
-        (4, 0),
-        "idle: the scheduler tracepoints and signal_generate only"
+        (IDLE_LINKS, 0),
+        "idle: the scheduler tracepoints, exec_abi and signal_generate only"
     );
 
     let c = Container::create("idle-hooks", &[BASE_IMAGE, "sleep", "600"]);
@@ -62,5 +66,7 @@ fn the_syscall_hooks_are_attached_only_while_a_session_observes() {
         info["executables"].to_string().contains("/usr/bin/sleep"),
         "the hooks were in place for the first exec: {info}"
     );
-    common::wait_until(30, "the syscall hooks detached", || hooks(pid) == (4, 0));
+    common::wait_until(30, "the syscall hooks detached", || {
+        hooks(pid) == (IDLE_LINKS, 0)
+    });
 }

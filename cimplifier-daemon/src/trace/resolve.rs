@@ -219,10 +219,73 @@ pub struct Resolver {
     snapshot: Option<Snapshotter>,
     /// `Running` events of seeded processes, not yet handed out.
     queued: Vec<Event>,
-    /// Per process, the opens the kernel folds repeats of under a key
-    /// (`RawSyscall::fold_key`), to replay for a `RawRecord::FdRepeat`.
-    /// Dropped at exec and exit, after which the kernel's keys change.
-    fold_origins: HashMap<u32, HashMap<[u64; 2], RawSyscall>>,
+    fold_origins: FoldOrigins,
+}
+
+/// The opens the kernel folds repeats of under a key
+/// (`RawSyscall::fold_key`), per process, to replay for a
+/// `RawRecord::FdRepeat`. Dropped at exec and exit, after which the
+/// kernel's keys change. At most [`FoldOrigins::MAX`] are held, the oldest
+/// dropped first: the kernel holds no more keys than that (`FOLD_SEEN`
+/// and `FOLDED_FDS`), so only a process that opened more distinct files
+/// since its exec can miss one, and a miss replays an open whose name is
+/// unreadable, counted as such.
+#[derive(Default)]
+struct FoldOrigins {
+    by_process: HashMap<u32, HashMap<[u64; 2], RawSyscall>>,
+    held: usize,
+    /// Insertion order, for dropping the oldest; may name dropped ones.
+    order: std::collections::VecDeque<(u32, [u64; 2])>,
+}
+
+impl FoldOrigins {
+    const MAX: usize = 65536 * 2;
+
+    fn insert(&mut self, raw: &RawSyscall) {
+        let (pid, key) = (raw.header.pid, raw.fold_key);
+        if self
+            .by_process
+            .entry(pid)
+            .or_default()
+            .insert(key, raw.clone())
+            .is_none()
+        {
+            self.held += 1;
+            self.order.push_back((pid, key));
+        }
+        while self.held > Self::MAX {
+            let Some((pid, key)) = self.order.pop_front() else {
+                break;
+            };
+            self.remove(pid, key);
+        }
+        if self.order.len() > 2 * Self::MAX {
+            let by_process = &self.by_process;
+            self.order
+                .retain(|(pid, key)| by_process.get(pid).is_some_and(|o| o.contains_key(key)));
+        }
+    }
+
+    fn remove(&mut self, pid: u32, key: [u64; 2]) {
+        if let Some(origins) = self.by_process.get_mut(&pid)
+            && origins.remove(&key).is_some()
+        {
+            self.held -= 1;
+            if origins.is_empty() {
+                self.by_process.remove(&pid);
+            }
+        }
+    }
+
+    fn get(&self, pid: u32, key: [u64; 2]) -> Option<&RawSyscall> {
+        self.by_process.get(&pid)?.get(&key)
+    }
+
+    fn forget(&mut self, pid: u32) {
+        if let Some(origins) = self.by_process.remove(&pid) {
+            self.held -= origins.len();
+        }
+    }
 }
 
 impl Resolver {
@@ -338,7 +401,7 @@ impl Resolver {
     }
 
     fn forget_process(&mut self, pid: u32) {
-        self.fold_origins.remove(&pid);
+        self.fold_origins.forget(pid);
         let Some(p) = self.processes.remove(&pid) else {
             return;
         };
@@ -467,10 +530,7 @@ impl Resolver {
                 if raw.fold_key != [0, 0]
                     && syscalls::folds_into_fd(raw.nr, raw.ret, &raw.args).is_some()
                 {
-                    self.fold_origins
-                        .entry(raw.header.pid)
-                        .or_default()
-                        .insert(raw.fold_key, raw.clone());
+                    self.fold_origins.insert(&raw);
                 }
                 vec![self.syscall(raw)]
             }
@@ -653,7 +713,7 @@ impl Resolver {
     fn exec_image(&mut self, raw: RawSyscall) -> Vec<Event> {
         // The kernel has reported the folded descriptors the old program
         // held; the new one folds under keys of its own.
-        self.fold_origins.remove(&raw.header.pid);
+        self.fold_origins.forget(raw.header.pid);
         let p = self.process(raw.header.pid);
         let caller = raw.ret as u32;
         let key = [caller, raw.header.tid]
@@ -743,7 +803,7 @@ impl Resolver {
     /// makes an open whose name is unreadable, so it stays counted among
     /// the unresolved names.
     fn fd_repeat(&mut self, header: RawHeader, fd: i32, key: [u64; 2]) -> Event {
-        let origin = self.fold_origins.get(&header.pid).and_then(|o| o.get(&key));
+        let origin = self.fold_origins.get(header.pid, key);
         let raw = match origin {
             Some(origin) => RawSyscall {
                 header,

@@ -1289,3 +1289,37 @@ fn a_folded_descriptor_replays_its_first_open_with_its_own_number() {
         );
     }
 }
+
+#[test]
+fn fold_origins_are_bounded_and_dropped_with_their_process() {
+    let mut origins = FoldOrigins::default();
+    let origin = |pid: u32, n: u64| {
+        let RawRecord::Syscall(mut raw) = folded_open_origin(pid, "/etc", 3, [n, 1]) else {
+            unreachable!()
+        };
+        raw.header.pid = pid;
+        raw
+    };
+    for n in 0..(FoldOrigins::MAX as u64 + 10) {
+        origins.insert(&origin(10 + (n % 3) as u32, n));
+    }
+    assert_eq!(origins.held, FoldOrigins::MAX);
+    // The oldest went first.
+    assert!(origins.get(10, [0, 1]).is_none());
+    let last = FoldOrigins::MAX as u64 + 9;
+    assert!(origins.get(10 + (last % 3) as u32, [last, 1]).is_some());
+    origins.forget(10);
+    origins.forget(11);
+    origins.forget(12);
+    assert_eq!(origins.held, 0);
+    // Many short-lived processes: the insertion order does not grow without end.
+    for pid in 0..(3 * FoldOrigins::MAX as u32) {
+        origins.insert(&origin(pid, 1));
+        origins.forget(pid);
+    }
+    assert!(
+        origins.order.len() <= 2 * FoldOrigins::MAX + 1,
+        "{}",
+        origins.order.len()
+    );
+}
