@@ -440,17 +440,9 @@ fn scratch_syscall(
     nr: u32,
     args: &[u64; 6],
 ) -> Option<&'static mut SyscallRecord> {
-    let rec = unsafe { &mut *SYSCALL_SCRATCH.get_ptr_mut(0)? };
-    rec.header = header(kind, cgroup);
-    rec.nr = nr;
-    rec.flags = 0;
-    rec.args = *args;
-    rec.ret = 0;
-    rec.enter_ts_ns = 0;
-    rec.fold_key = [0, 0];
-    rec.str_len = [0, 0];
-    rec.sockaddr_len = 0;
-    rec.argc = 0;
+    let rec = unstamped_scratch_syscall(cgroup, nr, args)?;
+    rec.header.kind = kind as u32;
+    stamp(&mut rec.header);
     Some(rec)
 }
 
