@@ -341,7 +341,7 @@ impl Destination {
             },
             None => Destination::Docker(
                 crate::docker::connect().map_err(EmitError::Engine)?,
-                crate::engine::Engine::of(record).await,
+                record.engine().await,
             ),
         })
     }
@@ -414,6 +414,48 @@ pub async fn load_into_containerd(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_containerd_image_configuration_carries_over_as_dockers_inspect_does() {
+        let config: oci_spec::image::ImageConfiguration =
+            serde_json::from_value(serde_json::json!({
+                "architecture": "amd64",
+                "os": "linux",
+                "created": "2026-01-01T00:00:00Z",
+                "config": {
+                    "Entrypoint": ["/docker-entrypoint.sh"],
+                    "Cmd": ["nginx", "-g", "daemon off;"],
+                    "Env": ["PATH=/usr/bin"],
+                    "WorkingDir": "/srv",
+                    "User": "www-data",
+                    "ExposedPorts": {"80/tcp": {}, "443/tcp": {}},
+                    "Volumes": {"/var/log/nginx": {}},
+                    "Labels": {"a": "1"},
+                    "StopSignal": "SIGQUIT"
+                },
+                "rootfs": {"type": "layers", "diff_ids": []}
+            }))
+            .unwrap();
+        let inspect = crate::engine::containerd::inspect_of("sha256:abc", &config, 42);
+        assert_eq!(inspect.size, Some(42));
+        let carried = SourceConfig::from_inspect(&inspect);
+        assert_eq!(
+            carried.entrypoint,
+            Some(vec!["/docker-entrypoint.sh".into()])
+        );
+        assert_eq!(carried.cmd.as_deref().map(<[String]>::len), Some(3));
+        assert_eq!(carried.env, Some(vec!["PATH=/usr/bin".into()]));
+        assert_eq!(carried.working_dir.as_deref(), Some("/srv"));
+        assert_eq!(carried.user.as_deref(), Some("www-data"));
+        assert_eq!(
+            carried.exposed_ports,
+            Some(vec!["443/tcp".into(), "80/tcp".into()])
+        );
+        assert_eq!(carried.volumes, Some(vec!["/var/log/nginx".into()]));
+        assert_eq!(carried.labels.get("a").map(String::as_str), Some("1"));
+        assert_eq!(carried.stop_signal.as_deref(), Some("SIGQUIT"));
+        assert_eq!(carried.created.as_deref(), Some("2026-01-01T00:00:00Z"));
+    }
 
     #[test]
     fn same_inputs_same_digests() {

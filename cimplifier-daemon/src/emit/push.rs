@@ -37,25 +37,7 @@ pub struct PushTarget {
     pub credentials: Credentials,
 }
 
-/// The caller's credentials for the registry.
-#[derive(Clone, Default)]
-pub enum Credentials {
-    #[default]
-    Anonymous,
-    Basic {
-        username: String,
-        password: String,
-    },
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Credentials::Anonymous => f.write_str("Anonymous"),
-            Credentials::Basic { username, .. } => write!(f, "Basic({username}, ***)"),
-        }
-    }
-}
+pub use crate::engine::registry::Credentials;
 
 /// What was pushed: where, and the manifest's digest there.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

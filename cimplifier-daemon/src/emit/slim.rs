@@ -540,7 +540,7 @@ pub async fn emit(
         .collect();
     let source_image_bytes = inspect.size.unwrap_or(0).max(0) as u64;
     let slim_image_bytes = image.layer.bytes.len() as u64;
-    let engine = crate::engine::Engine::of(&info).await;
+    let engine = info.engine().await;
     let report = EmitReport {
         format: REPORT_FORMAT.into(),
         version: REPORT_VERSION,

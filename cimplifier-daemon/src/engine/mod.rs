@@ -1,9 +1,12 @@
 //! The container engines: every call to an engine goes through here.
 //! [`docker`]: the Docker engine, through bollard; [`containerd`]:
-//! containerd, through its gRPC API.
+//! containerd, through its gRPC API; [`hardening`]: what a slim image's
+//! container is created with; [`registry`]: credentials for a registry.
 
 pub mod containerd;
 pub mod docker;
+pub mod hardening;
+pub mod registry;
 
 /// The engine a session's container ran on, which its source image is
 /// read from and its output goes to: what reports name, so that nothing
@@ -21,21 +24,6 @@ pub enum Engine {
 }
 
 impl Engine {
-    /// The engine of a session's container: containerd's when the session
-    /// records a namespace, else the engine behind the Docker API.
-    pub async fn of(record: &crate::store::SessionRecord) -> Self {
-        if record.containerd.is_some() {
-            return Engine::Containerd;
-        }
-        match docker::connect() {
-            Ok(d) => match docker::CgroupLayout::of(&d).await {
-                docker::CgroupLayout::Podman => Engine::Podman,
-                docker::CgroupLayout::Docker => Engine::Docker,
-            },
-            Err(_) => Engine::Docker,
-        }
-    }
-
     /// As users write it.
     pub fn name(self) -> &'static str {
         match self {

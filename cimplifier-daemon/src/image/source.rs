@@ -112,7 +112,7 @@ pub async fn read_session(
         name,
         admit,
         digest,
-        &crate::emit::push::Credentials::Anonymous,
+        &crate::engine::registry::Credentials::Anonymous,
         &|_, _| {},
     )
     .await
@@ -126,7 +126,7 @@ pub async fn read_session_counting(
     name: &str,
     admit: Admit,
     digest: TraceDigest,
-    source_auth: &crate::emit::push::Credentials,
+    source_auth: &crate::engine::registry::Credentials,
     read: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<SourceSession, SourceError> {
     let record = store
@@ -189,7 +189,7 @@ pub async fn read_session_counting(
 async fn read_image(
     image_id: &str,
     image_ref: &str,
-    auth: &crate::emit::push::Credentials,
+    auth: &crate::engine::registry::Credentials,
     spool_dir: &std::path::Path,
     read: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> anyhow::Result<(ImageInspect, Arc<ImageFs>)> {

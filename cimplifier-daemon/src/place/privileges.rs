@@ -175,24 +175,10 @@ pub struct Privileges {
     pub seccomp: Seccomp,
 }
 
-/// The label of a slim image holding its [`Hardening`] as JSON, which
-/// `verify --image` starts it with.
-pub const HARDENING_LABEL: &str = "io.cimplifier.hardening";
+pub use crate::engine::hardening::{HARDENING_LABEL, Hardening};
 
-/// What a container of the image is created with to apply the
-/// privileges, as the engine's API takes it (the seccomp profile inline).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hardening {
-    /// Added after dropping every capability.
-    pub cap_add: Vec<String>,
-    pub security_opt: Vec<String>,
-    pub read_only: bool,
-    /// `DIR` -> `mode=...,uid=...,gid=...`.
-    pub tmpfs: BTreeMap<String, String>,
-    /// Anonymous volumes.
-    pub volumes: Vec<ContainerPath>,
-}
-
+// The type is the engine's (how a container is created); which
+// capabilities and options a label may ask for is this stage's rule.
 impl Hardening {
     /// Refuses what emit never writes: an image's label is input, and
     /// must not widen a container beyond what the rules can grant (a

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Access, Exe, Model, Resource};
 use crate::trace::ContainerPath;
+pub use crate::trace::arch::Arch;
 
 /// Calls an executable makes at a moment a run may not reach, implied by
 /// what it was seen making (an empty trigger: by any call): see
@@ -38,40 +39,6 @@ fn kernel_fs(p: &ContainerPath) -> bool {
     ["/proc", "/sys", "/dev"]
         .iter()
         .any(|d| p.is_under(&ContainerPath::new(d).expect("absolute")))
-}
-
-/// A syscall ABI a profile is written for. Only x86_64 is traced today;
-/// arm64 needs its own tables here and the tracer's numbers for it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Arch {
-    X86_64,
-}
-
-impl Arch {
-    /// The syscall's name for number `nr`, from the kernel's table as the
-    /// `syscalls` crate carries it.
-    pub fn name(self, nr: u32) -> Option<&'static str> {
-        match self {
-            Arch::X86_64 => syscalls::x86_64::Sysno::new(nr as usize).map(|s| s.name()),
-        }
-    }
-
-    /// The number of the syscall `name`.
-    pub fn number(self, name: &str) -> Option<u32> {
-        match self {
-            Arch::X86_64 => syscalls::x86_64::Sysno::iter()
-                .find(|s| s.name() == name)
-                .map(|s| s.id() as u32),
-        }
-    }
-
-    /// libseccomp's name for it. Only the native ABI is listed: 32-bit
-    /// (x86, x32) calls are refused as a whole.
-    pub fn scmp(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "SCMP_ARCH_X86_64",
-        }
-    }
 }
 
 /// x86_64 syscalls Docker 20.10.24's built-in default profile allows (the

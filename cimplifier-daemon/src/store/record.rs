@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::docker::run::RunSettings;
+use crate::engine::{Engine, docker};
 use crate::trace::LossCounters;
 
 /// How a session ended.
@@ -124,6 +125,21 @@ pub struct SessionRecord {
 }
 
 impl SessionRecord {
+    /// The engine of the session's container: containerd's when the
+    /// session records a namespace, else the engine behind the Docker API.
+    pub async fn engine(&self) -> Engine {
+        if self.containerd.is_some() {
+            return Engine::Containerd;
+        }
+        match docker::connect() {
+            Ok(d) => match docker::CgroupLayout::of(&d).await {
+                docker::CgroupLayout::Podman => Engine::Podman,
+                docker::CgroupLayout::Docker => Engine::Docker,
+            },
+            Err(_) => Engine::Docker,
+        }
+    }
+
     /// A session beginning now: observing, one segment, nothing seen yet.
     pub fn new(name: String, id: u64, started: Started) -> Self {
         let now = started.started_unix_ms;

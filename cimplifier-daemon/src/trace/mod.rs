@@ -9,6 +9,7 @@
 //!   resolved by the same [`resolve`], so both inputs give one [`Event`] stream.
 //! - [`record`]: recording one cgroup into an event log (`cimplifierd trace`).
 
+pub mod arch;
 pub mod decode;
 pub mod event;
 pub mod resolve;

@@ -547,9 +547,7 @@ impl Resolver {
                 &header,
                 EventKind::SyscallSeen {
                     nr,
-                    syscall: crate::place::seccomp::Arch::X86_64
-                        .name(nr)
-                        .map(str::to_owned),
+                    syscall: super::arch::Arch::X86_64.name(nr).map(str::to_owned),
                 },
             )],
         }

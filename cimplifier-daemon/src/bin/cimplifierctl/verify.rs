@@ -266,7 +266,9 @@ async fn start_image(
     let runtime = cimplifier::docker::output::original_runtime(docker, &original.container_id)
         .await
         .unwrap_or_default();
-    cimplifier::docker::output::create(docker, &name, image, &runtime).await?;
+    let label = cimplifier::docker::output::image_label(docker, image, HARDENING_LABEL).await?;
+    let hardening = hardening_label(image, label.as_deref())?;
+    cimplifier::docker::output::create(docker, &name, image, &runtime, hardening.as_ref()).await?;
     let observed = api
         .observe(pb::ObserveRequest {
             container: name.clone(),
@@ -291,6 +293,24 @@ async fn start_image(
 
 /// The service a containerd `--image` output runs as.
 const IMAGE_SERVICE: &str = "output";
+
+/// The privileges `image`'s hardening label (`json`) asks for, refused
+/// when it is not what emit writes or asks for more than emit grants (the
+/// label is input); None for an image without the label (an older emit).
+fn hardening_label(image: &str, json: Option<&str>) -> anyhow::Result<Option<Hardening>> {
+    let Some(json) = json else {
+        return Ok(None);
+    };
+    let h: Hardening = serde_json::from_str(json).with_context(|| {
+        format!("image {image}: its {HARDENING_LABEL} label is not what emit writes")
+    })?;
+    h.check().map_err(|e| {
+        anyhow::anyhow!(
+            "image {image}: its {HARDENING_LABEL} label asks for more than emit grants: {e}"
+        )
+    })?;
+    Ok(Some(h))
+}
 
 /// The one-service plan that runs `image` in containerd namespace `ns`
 /// with its hardening label's settings (as Docker's container gets them):
@@ -358,16 +378,7 @@ async fn start_image_containerd(
              ran (`emit --tag` writes it there)"
             )
         })?;
-    let hardening = match labels.get(HARDENING_LABEL) {
-        Some(json) => {
-            let h: Hardening = serde_json::from_str(json)
-                .with_context(|| format!("image {image}: its {HARDENING_LABEL} label"))?;
-            h.check()
-                .map_err(|e| anyhow::anyhow!("image {image}: its {HARDENING_LABEL} label: {e}"))?;
-            Some(h)
-        }
-        None => None,
-    };
+    let hardening = hardening_label(image, labels.get(HARDENING_LABEL).map(String::as_str))?;
     let plan = image_plan(&ns, image, tag, hardening.as_ref())?;
     let id = plan.container_name(IMAGE_SERVICE);
     let client = api.clone();

@@ -638,7 +638,7 @@ impl Containerd {
 
     /// The image `digest` (its target in the image store) as an OCI image
     /// layout tar in an unnamed file in `dir`, for
-    /// [`crate::image::fs::ImageFs::from_archive_file`], with its
+    /// the image stage's reader (`ImageFs::from_archive_file`), with its
     /// configuration and the size of its layers as stored.
     pub async fn save_to_spool(
         &self,
@@ -1074,47 +1074,6 @@ mod tests {
             let e = bad.parse::<ContainerRef>().unwrap_err();
             assert!(e.to_string().contains("containerd://NAMESPACE/ID"), "{e}");
         }
-    }
-
-    #[test]
-    fn an_image_configuration_carries_over_as_dockers_inspect_does() {
-        let config: ImageConfiguration = serde_json::from_value(serde_json::json!({
-            "architecture": "amd64",
-            "os": "linux",
-            "created": "2026-01-01T00:00:00Z",
-            "config": {
-                "Entrypoint": ["/docker-entrypoint.sh"],
-                "Cmd": ["nginx", "-g", "daemon off;"],
-                "Env": ["PATH=/usr/bin"],
-                "WorkingDir": "/srv",
-                "User": "www-data",
-                "ExposedPorts": {"80/tcp": {}, "443/tcp": {}},
-                "Volumes": {"/var/log/nginx": {}},
-                "Labels": {"a": "1"},
-                "StopSignal": "SIGQUIT"
-            },
-            "rootfs": {"type": "layers", "diff_ids": []}
-        }))
-        .unwrap();
-        let inspect = inspect_of("sha256:abc", &config, 42);
-        assert_eq!(inspect.size, Some(42));
-        let carried = crate::emit::oci::SourceConfig::from_inspect(&inspect);
-        assert_eq!(
-            carried.entrypoint,
-            Some(vec!["/docker-entrypoint.sh".into()])
-        );
-        assert_eq!(carried.cmd.as_deref().map(<[String]>::len), Some(3));
-        assert_eq!(carried.env, Some(vec!["PATH=/usr/bin".into()]));
-        assert_eq!(carried.working_dir.as_deref(), Some("/srv"));
-        assert_eq!(carried.user.as_deref(), Some("www-data"));
-        assert_eq!(
-            carried.exposed_ports,
-            Some(vec!["443/tcp".into(), "80/tcp".into()])
-        );
-        assert_eq!(carried.volumes, Some(vec!["/var/log/nginx".into()]));
-        assert_eq!(carried.labels.get("a").map(String::as_str), Some("1"));
-        assert_eq!(carried.stop_signal.as_deref(), Some("SIGQUIT"));
-        assert_eq!(carried.created.as_deref(), Some("2026-01-01T00:00:00Z"));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use bollard::Docker;
 pub use bollard::models::ImageInspect;
 use futures::StreamExt;
 
-use crate::emit::push::Credentials;
+use crate::engine::registry::Credentials;
 
 /// The engine's description of the image `image_id` (`image_ref` names it
 /// in errors). An image gone from the engine is pulled by the engine from

@@ -8,7 +8,7 @@ use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
 
 use super::run::{RunSettings, RuntimeSettings};
-use crate::place::privileges::{HARDENING_LABEL, Hardening};
+use crate::engine::hardening::Hardening;
 
 /// How the original container was run, when the engine still has it.
 pub async fn original_runtime(docker: &Docker, container_id: &str) -> Option<RuntimeSettings> {
@@ -16,20 +16,21 @@ pub async fn original_runtime(docker: &Docker, container_id: &str) -> Option<Run
     Some(RunSettings::from_inspect(&details).runtime)
 }
 
-/// Creates (does not start) container `name` from `image`. Ports are not
-/// published: the workload reaches the container at its own address.
+/// Creates (does not start) container `name` from `image`, confined by
+/// `hardening` (the caller read and checked the image's label). Ports are
+/// not published: the workload reaches the container at its own address.
 pub async fn create(
     docker: &Docker,
     name: &str,
     image: &str,
     runtime: &RuntimeSettings,
+    hardening: Option<&Hardening>,
 ) -> Result<String> {
-    let hardening = hardening_of(docker, image).await?;
     let podman = super::CgroupLayout::of(docker).await == super::CgroupLayout::Podman;
     // Docker's API takes a seccomp profile inline; Podman's takes a path,
     // read when the container is created.
     let mut profiles = Vec::new();
-    let security_opt = match &hardening {
+    let security_opt = match hardening {
         Some(h) if podman => {
             let mut opts = Vec::new();
             for opt in &h.security_opt {
@@ -57,17 +58,14 @@ pub async fn create(
         image: Some(image.to_owned()),
         tty: runtime.tty.then_some(true),
         open_stdin: runtime.stdin_open.then_some(true),
-        volumes: hardening
-            .as_ref()
-            .map(|h| h.volumes.iter().map(|v| v.to_string()).collect()),
+        volumes: hardening.map(|h| h.volumes.iter().map(|v| v.to_string()).collect()),
         host_config: Some(HostConfig {
             init: runtime.init.then_some(true),
-            cap_drop: hardening.as_ref().map(|_| vec!["ALL".to_owned()]),
-            cap_add: hardening.as_ref().map(|h| h.cap_add.clone()),
+            cap_drop: hardening.map(|_| vec!["ALL".to_owned()]),
+            cap_add: hardening.map(|h| h.cap_add.clone()),
             security_opt,
-            readonly_rootfs: hardening.as_ref().map(|h| h.read_only),
+            readonly_rootfs: hardening.map(|h| h.read_only),
             tmpfs: hardening
-                .as_ref()
                 .map(|h| tmpfs_options(&h.tmpfs, podman))
                 .transpose()?,
             ..Default::default()
@@ -119,28 +117,16 @@ pub(crate) fn tmpfs_options(
     Ok(out)
 }
 
-/// The privileges a slim image carries in its label (emit put them
-/// there); None for an image without it (made by an older emit).
-async fn hardening_of(docker: &Docker, image: &str) -> Result<Option<Hardening>> {
+/// Label `label` of `image`; None when the image has no such label.
+pub async fn image_label(docker: &Docker, image: &str, label: &str) -> Result<Option<String>> {
     let inspect = docker
         .inspect_image(image)
         .await
         .with_context(|| format!("inspecting {image} (was it emitted with --tag {image}?)"))?;
-    let Some(json) = inspect
+    Ok(inspect
         .config
         .and_then(|c| c.labels)
-        .and_then(|mut l| l.remove(HARDENING_LABEL))
-    else {
-        return Ok(None);
-    };
-    let hardening: Hardening = serde_json::from_str(&json)
-        .with_context(|| format!("{image}: its label {HARDENING_LABEL} is not what emit writes"))?;
-    hardening.check().map_err(|why| {
-        anyhow::anyhow!(
-            "{image}: its label {HARDENING_LABEL} asks for more than emit grants: {why}"
-        )
-    })?;
-    Ok(Some(hardening))
+        .and_then(|mut l| l.remove(label)))
 }
 
 /// Removes container `name`, running or not; one already gone is fine.
