@@ -634,6 +634,18 @@ fn a_partitioned_plan_runs_on_containerd_with_up_down_and_verify() {
         !snapshots.lines().any(|l| l.starts_with("split-")),
         "no snapshot of the plan's containers is left: {snapshots}"
     );
+    // What is left is the images' unpacked layers (committed, held by each
+    // image's gc.ref label until the image is removed, as containerd's own
+    // unpacker leaves them) and the snapshots of containers still there.
+    let containers = ns.ctr(&["containers", "ls", "-q"]);
+    for line in snapshots.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (key, kind) = (fields[0], fields[fields.len() - 1]);
+        assert!(
+            kind == "Committed" || containers.lines().any(|c| c.trim() == key),
+            "snapshot {key} ({kind}) is neither a layer nor a container's: {snapshots}"
+        );
+    }
     assert!(
         !Path::new(STATE_DIR).join(&ns.name).exists(),
         "down --volumes removed the volumes and logs"
