@@ -227,7 +227,57 @@ fn per_syscall_hooks() -> Result<(Vec<OneHook>, Vec<OneHook>)> {
 enum Links {
     EverySyscall([BtfTracePointLinkId; 2]),
     /// The perf events the programs hang on: closed, they detach.
-    PerSyscall(Vec<OwnedFd>),
+    PerSyscall(Vec<PerfHook>),
+}
+
+/// Program `prog` on tracepoint `id`, for as long as `event` is open.
+struct PerfHook {
+    prog: &'static str,
+    id: u64,
+    _event: OwnedFd,
+}
+
+/// Per-syscall hooks being closed on a thread of their own. The kernel
+/// waits for an RCU grace period as each tracepoint's last perf event
+/// closes, one at a time under a global lock: about 70 ms each here, so
+/// the ~370 hooks take ~27 s (docs/benchmarks.md). Nothing waits for
+/// that: a watch that begins meanwhile stops the thread and attaches
+/// again only the hooks already closed. Until then the hooks left run
+/// for nobody (no cgroup is watched).
+struct Closing {
+    cancel: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<PerfHook>>,
+}
+
+impl Closing {
+    fn start(mut hooks: Vec<PerfHook>) -> Result<Self> {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let stop = cancel.clone();
+        let thread = std::thread::Builder::new()
+            .name("cimplifier-unhook".into())
+            .spawn(move || {
+                let (start, total) = (std::time::Instant::now(), hooks.len());
+                while !stop.load(Ordering::Acquire) {
+                    let Some(hook) = hooks.pop() else { break };
+                    drop(hook);
+                }
+                tracing::info!(
+                    closed = total - hooks.len(),
+                    left = hooks.len(),
+                    millis = start.elapsed().as_millis() as u64,
+                    "closed the per-syscall hooks' perf events"
+                );
+                hooks
+            })
+            .context("starting the thread that closes the per-syscall hooks")?;
+        Ok(Self { cancel, thread })
+    }
+
+    /// Stops closing (after the close under way); the hooks still open.
+    fn stop(self) -> Vec<PerfHook> {
+        self.cancel.store(true, Ordering::Release);
+        self.thread.join().unwrap_or_default()
+    }
 }
 
 /// The syscall programs run on every hooked syscall of the host, watched or
@@ -236,6 +286,8 @@ struct SyscallHooks {
     ebpf: Ebpf,
     mode: HookMode,
     links: Option<Links>,
+    /// The per-syscall hooks of the last detach, while they are closed.
+    closing: Option<Closing>,
     /// The kernel's in-flight map (value: the programs' 64-byte entry),
     /// emptied at detach: an entry left from before would meet another
     /// call's exit once attached again.
@@ -262,6 +314,15 @@ impl SyscallHooks {
             }
             HookMode::PerSyscall => {
                 let (enters, exits) = per_syscall_hooks()?;
+                // What the last detach has not closed yet is still attached.
+                let mut open: std::collections::HashMap<(&str, u64), PerfHook> = self
+                    .closing
+                    .take()
+                    .map(Closing::stop)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|h| ((h.prog, h.id), h))
+                    .collect();
                 let mut events = Vec::with_capacity(enters.len() + exits.len());
                 for (prog, hooks) in [(ENTER_ONE, &enters), (EXIT_ONE, &exits)] {
                     let p: &mut TracePoint = program(&mut self.ebpf, prog)?;
@@ -269,13 +330,22 @@ impl SyscallHooks {
                         .fd()
                         .with_context(|| format!("program {prog} is not loaded"))?;
                     for hook in hooks {
+                        if let Some(still) = open.remove(&(prog, hook.id)) {
+                            events.push(still);
+                            continue;
+                        }
                         // On error the events made so far are closed: detached.
-                        events.push(attach_tracepoint(fd.as_fd(), hook.id).with_context(|| {
+                        let event = attach_tracepoint(fd.as_fd(), hook.id).with_context(|| {
                             format!(
                                 "attaching {prog} to tracepoint syscalls/{} (syscall {})",
                                 hook.tracepoint, hook.nr
                             )
-                        })?);
+                        })?;
+                        events.push(PerfHook {
+                            prog,
+                            id: hook.id,
+                            _event: event,
+                        });
                     }
                 }
                 Links::PerSyscall(events)
@@ -307,7 +377,7 @@ impl SyscallHooks {
                         .with_context(|| format!("detaching {prog}"))?;
                 }
             }
-            Links::PerSyscall(events) => drop(events),
+            Links::PerSyscall(events) => self.closing = Some(Closing::start(events)?),
         }
         let stale: Vec<u32> = self.inflight.keys().filter_map(|k| k.ok()).collect();
         for tid in stale {
@@ -315,6 +385,17 @@ impl SyscallHooks {
         }
         tracing::info!("detached the syscall hooks: no cgroup is watched");
         Ok(())
+    }
+}
+
+impl Drop for SyscallHooks {
+    /// The per-syscall hooks are closed on their thread (see [`Closing`]),
+    /// which nothing joins: a process that drops its tracer goes on at
+    /// once (at its exit the kernel closes what is left).
+    fn drop(&mut self) {
+        if let Some(Links::PerSyscall(events)) = self.links.take() {
+            let _ = Closing::start(events);
+        }
     }
 }
 
@@ -454,6 +535,7 @@ impl Tracer {
                 ebpf,
                 mode: config.hooks,
                 links: None,
+                closing: None,
                 inflight,
             }),
             maps: Mutex::new(maps),
