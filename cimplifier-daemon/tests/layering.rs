@@ -33,7 +33,9 @@ fn allowed_imports() -> BTreeMap<String, BTreeSet<String>> {
     for line in diagram.lines() {
         let line = line.trim_start();
         let line = match line.strip_prefix("floor ") {
-            Some(rest) => rest.trim_start_matches(|c: char| c.is_ascii_digit()).trim_start(),
+            Some(rest) => rest
+                .trim_start_matches(|c: char| c.is_ascii_digit())
+                .trim_start(),
             None => line,
         };
         if let Some((module, imports)) = line.split_once('▶') {
@@ -64,7 +66,11 @@ fn imports_of(module: &str) -> BTreeMap<String, Vec<String>> {
     if single.is_file() {
         files.push(single);
     }
-    assert!(!files.is_empty(), "no source files for module {module} under {}", src.display());
+    assert!(
+        !files.is_empty(),
+        "no source files for module {module} under {}",
+        src.display()
+    );
     let mut found: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for file in files {
         let text = std::fs::read_to_string(&file).unwrap();
@@ -74,7 +80,11 @@ fn imports_of(module: &str) -> BTreeMap<String, Vec<String>> {
                     .chars()
                     .take_while(|c| c.is_ascii_lowercase() || *c == '_')
                     .collect();
-                let name = if name == "docker" { "engine".to_owned() } else { name };
+                let name = if name == "docker" {
+                    "engine".to_owned()
+                } else {
+                    name
+                };
                 if name.is_empty() || name == module || ANYWHERE.contains(&name.as_str()) {
                     continue;
                 }
@@ -103,8 +113,19 @@ fn collect_rs(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_import_points_down_as_the_architecture_diagram_says() {
     let allowed = allowed_imports();
-    for stage in ["trace", "model", "partition", "place", "emit", "engine", "api"] {
-        assert!(allowed.contains_key(stage), "the diagram has no line for {stage}: {allowed:?}");
+    for stage in [
+        "trace",
+        "model",
+        "partition",
+        "place",
+        "emit",
+        "engine",
+        "api",
+    ] {
+        assert!(
+            allowed.contains_key(stage),
+            "the diagram has no line for {stage}: {allowed:?}"
+        );
     }
     let mut wrong = Vec::new();
     for (module, may) in &allowed {
@@ -132,8 +153,14 @@ fn the_diagram_names_every_module_of_the_library() {
         .map(|m| m.trim_end_matches(';'))
         .filter(|m| !ANYWHERE.contains(m))
         .collect();
-    assert!(modules.len() >= 10, "lib.rs lists too few modules: {modules:?}");
+    assert!(
+        modules.len() >= 10,
+        "lib.rs lists too few modules: {modules:?}"
+    );
     for m in modules {
-        assert!(allowed.contains_key(m), "docs/architecture.md's diagram has no line for module {m}");
+        assert!(
+            allowed.contains_key(m),
+            "docs/architecture.md's diagram has no line for module {m}"
+        );
     }
 }

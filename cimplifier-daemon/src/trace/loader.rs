@@ -671,6 +671,19 @@ impl Tracer {
         Ok(())
     }
 
+    /// Waits until the hooks of the last detach are all closed (they are
+    /// closed on their own thread, [`Closing`]), for a caller that needs
+    /// the host as it was: a benchmark's next baseline. A watch waits
+    /// meanwhile. Returns how long it waited.
+    pub fn wait_unhooked(&self) -> Duration {
+        let start = std::time::Instant::now();
+        let mut hooks = self.hooks.lock().expect("hooks lock");
+        if let Some(closing) = hooks.closing.take() {
+            let _ = closing.thread.join();
+        }
+        start.elapsed()
+    }
+
     /// Each loaded program's size as the kernel runs it (jited bytes),
     /// by name: what the verifier left, dead code removed.
     pub fn program_sizes(&self) -> Result<Vec<(String, u32)>> {
