@@ -37,20 +37,18 @@ fn hooked_enough((links, perf_events): (usize, usize)) -> bool {
     links == IDLE_LINKS && perf_events > 200 + traced && perf_events < 400 + traced
 }
 
-/// Observes `c` until it stops (`docker stop`), and returns the summary.
-fn observe(d: &Daemon, c: &Container) -> std::process::Child {
-    common::cimplifierctl()
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(["observe", &c.0, "--no-lifecycle", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn summary(observing: std::process::Child) -> serde_json::Value {
+/// Stops `c`, which `observing` observes, and checks that the session saw
+/// its first exec: the hooks were in place.
+fn stop_and_check_first_exec(c: &Container, observing: std::process::Child) {
+    docker(&["stop", "-t", "1", &c.0]);
     let out = observing.wait_with_output().unwrap();
-    serde_json::from_slice(&out.stdout).unwrap()
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["from_first_exec"], true, "{info}");
+    assert!(
+        info["executables"].to_string().contains("/usr/bin/sleep"),
+        "the hooks were in place for the first exec of {}: {info}",
+        c.0
+    );
 }
 
 #[test]
@@ -65,35 +63,23 @@ fn the_syscall_hooks_are_attached_only_while_a_session_observes() {
     );
 
     let first = Container::create("idle-hooks", &[BASE_IMAGE, "sleep", "600"]);
-    let observing = observe(&d, &first);
+    let observing = common::observe_until_stopped(&d, &first.0);
     common::wait_until(30, "the syscall hooks attached", || {
         hooked_enough(hooks(pid))
     });
     let attached = hooks(pid);
 
-    docker(&["stop", "-t", "1", &first.0]);
-    let info = summary(observing);
-    assert_eq!(info["from_first_exec"], true, "{info}");
-    assert!(
-        info["executables"].to_string().contains("/usr/bin/sleep"),
-        "the hooks were in place for the first exec: {info}"
-    );
+    stop_and_check_first_exec(&first, observing);
 
     // The hooks are being closed (the kernel takes a grace period per
     // tracepoint); a watch that begins meanwhile keeps those still open and
     // attaches the others again: the same set, none twice, none missing.
     let second = Container::create("idle-hooks-again", &[BASE_IMAGE, "sleep", "600"]);
-    let observing = observe(&d, &second);
+    let observing = common::observe_until_stopped(&d, &second.0);
     common::wait_until(30, "the whole set of hooks attached again", || {
         hooks(pid) == attached
     });
-    docker(&["stop", "-t", "1", &second.0]);
-    let info = summary(observing);
-    assert_eq!(info["from_first_exec"], true, "{info}");
-    assert!(
-        info["executables"].to_string().contains("/usr/bin/sleep"),
-        "the hooks kept or attached again saw the first exec: {info}"
-    );
+    stop_and_check_first_exec(&second, observing);
 
     // ~370 tracepoints, about 70 ms each on these machines.
     common::wait_until(120, "the syscall hooks detached", || {

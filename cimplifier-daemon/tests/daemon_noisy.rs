@@ -18,17 +18,6 @@ fn session(d: &Daemon, name: &str) -> Option<Value> {
     sessions(d).into_iter().find(|s| s["container"] == name)
 }
 
-fn observe(d: &Daemon, c: &Container) -> std::process::Child {
-    common::cimplifierctl()
-        .arg("--socket")
-        .arg(&d.socket)
-        .args(["observe", &c.0, "--no-lifecycle", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
 #[test]
 fn a_noisy_containers_losses_are_its_own() {
     require_root();
@@ -50,7 +39,7 @@ fn a_noisy_containers_losses_are_its_own() {
             "cat /etc/os-release > /dev/null; exec sleep 600",
         ],
     );
-    let quiet_observe = observe(&d, &quiet);
+    let quiet_observe = common::observe_until_stopped(&d, &quiet.0);
     common::wait_until(30, "the quiet session observing", || {
         session(&d, &quiet.0).is_some_and(|s| s["state"] == "observing" && s["events"] != 0)
     });
@@ -67,7 +56,7 @@ fn a_noisy_containers_losses_are_its_own() {
              > /dev/null; done) & done; wait",
         ],
     );
-    let noisy_observe = observe(&d, &noisy);
+    let noisy_observe = common::observe_until_stopped(&d, &noisy.0);
     common::wait_until(120, "the noisy session losing records", || {
         session(&d, &noisy.0).is_some_and(|s| s["lost_events"].as_u64().unwrap_or(0) > 0)
     });

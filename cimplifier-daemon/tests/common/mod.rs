@@ -486,6 +486,20 @@ pub fn looping(tag: &str, period: &str) -> Container {
     )
 }
 
+/// `cimplifierctl observe CONTAINER --no-lifecycle --json` against `d`,
+/// which runs until the container stops: its summary on stdout, piped,
+/// and its stderr piped.
+pub fn observe_until_stopped(d: &Daemon, container: &str) -> std::process::Child {
+    cimplifierctl()
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["observe", container, "--no-lifecycle", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Observes `container` through the daemon's gRPC API.
 pub async fn observe(d: &Daemon, container: &str) {
     cimplifier::api::connect(&d.socket)
