@@ -1045,6 +1045,34 @@ async fn a_32_bit_program_is_reported_as_untraced() {
         .collect();
     assert_eq!(foreign, [("open32", 1, 3)], "{}", dump(&got, 40));
     assert_eq!(got.iter().map(|e| e.foreign_programs()).sum::<u64>(), 1);
+    // Its exec never returns to a hook (its exit is a 32-bit one): the
+    // resolver finishes it, as successful, just before the foreign_abi
+    // event, so the program is named and in the model.
+    let exec_at = got
+        .iter()
+        .position(|e| {
+            e.syscall().is_some_and(|s| {
+                s.syscall == "execve" && s.paths.iter().any(|p| p.raw.ends_with("/open32"))
+            })
+        })
+        .unwrap_or_else(|| panic!("no exec of open32: {}", dump(&got, 40)));
+    let exec = got[exec_at].syscall().unwrap();
+    assert_eq!((exec.ret, exec.incomplete.len()), (Some(0), 0), "{exec:?}");
+    assert!(
+        matches!(got[exec_at + 1].kind, EventKind::ForeignAbi { .. }),
+        "{}",
+        dump(&got, 40)
+    );
+    let model = cimplifier::model::Model::from_events(&got);
+    let open32 = cimplifier::model::Exe(
+        cimplifier::trace::ContainerPath::new(exe.to_str().unwrap()).unwrap(),
+    );
+    assert!(
+        model.executables().contains(&open32),
+        "{:?}",
+        model.executables()
+    );
+    assert!(!model.callers(&open32).is_empty(), "its caller, the shell");
     // Its open went by unseen: why the session must say so.
     assert!(
         !got.iter()

@@ -526,6 +526,8 @@ pub(super) struct Recorder<'a> {
     /// tracer's own counters are host-wide.
     unreadable: u64,
     foreign: u64,
+    /// The programs of another ABI this segment saw run (`PATH (ABI)`).
+    foreign_named: std::collections::BTreeSet<String>,
     batch: Vec<Event>,
     prior_duration: u64,
     prior_loss: LossCounters,
@@ -560,6 +562,7 @@ impl<'a> Recorder<'a> {
             aggregated: 0,
             unreadable: 0,
             foreign: 0,
+            foreign_named: Default::default(),
             batch: Vec::new(),
             prior_duration: record.duration_ms,
             prior_loss: record.loss,
@@ -596,19 +599,26 @@ impl<'a> Recorder<'a> {
             self.missed_start = true;
         }
         self.unreadable += e.unreadable_names();
+        let exe = self.exes.exe_after(&e);
         if let EventKind::ForeignAbi { elf_class, machine } = e.kind {
+            // The resolver finished the exec just before: `exe` is the program.
+            let abi = crate::trace::event::abi_name(elf_class, machine);
+            let program = exe.as_ref().map_or_else(
+                || format!("a program of comm {:?}", e.comm),
+                crate::trace::ContainerPath::to_string,
+            );
             self.foreign += 1;
             tracing::warn!(
                 session = %self.session_name,
                 pid = e.pid,
-                comm = %e.comm,
-                "process {} exec'd a {} program: its system calls are not traced, so the \
-                 session is incomplete",
+                "process {} exec'd {program}, a {abi} program: its system calls are not \
+                 traced, so the session is incomplete",
                 e.pid,
-                crate::trace::event::abi_name(elf_class, machine)
             );
+            if self.foreign_named.len() < crate::store::FOREIGN_NAMED {
+                self.foreign_named.insert(format!("{program} ({abi})"));
+            }
         }
-        let exe = self.exes.exe_after(&e);
         let repeated = crate::model::uses_of(&e).is_some_and(|uses| {
             use std::hash::{Hash, Hasher};
             let mut h = rustc_hash::FxHasher::default();
@@ -659,6 +669,11 @@ impl<'a> Recorder<'a> {
             .plus(self.loss_base.since(self.observer, &self.members));
         next.loss.unreadable_names += self.unreadable;
         next.loss.foreign_programs += self.foreign;
+        for named in &self.foreign_named {
+            if next.foreign_programs.len() < crate::store::FOREIGN_NAMED {
+                next.foreign_programs.insert(named.clone());
+            }
+        }
         next.loss.held_overflow += self.route.route.held_overflow();
         next.loss.interrupted += self.route.route.interrupted();
         off_the_workers(|| self.store.append(&next, &self.batch))?;

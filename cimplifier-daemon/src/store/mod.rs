@@ -27,7 +27,9 @@ use crate::trace::{Event, LossCounters};
 
 mod record;
 
-pub use record::{EndReason, Gap, LifecycleStep, Segment, SessionRecord, SessionState, Started};
+pub use record::{
+    EndReason, FOREIGN_NAMED, Gap, LifecycleStep, Segment, SessionRecord, SessionState, Started,
+};
 
 const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
 const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
@@ -684,6 +686,7 @@ impl Store {
             aggregated: 0,
             kernel_folded: 0,
             loss: LossCounters::default(),
+            foreign_programs: Default::default(),
             segments: vec![],
             gaps: vec![],
             checkpoint_unix_ms: 0,
@@ -714,6 +717,9 @@ impl Store {
             merged.aggregated += r.aggregated;
             merged.kernel_folded += r.kernel_folded;
             merged.loss = merged.loss.plus(r.loss);
+            merged
+                .foreign_programs
+                .extend(r.foreign_programs.iter().cloned());
             merged.gaps.extend(r.gaps.iter().cloned());
             merged.checkpoint_unix_ms = merged.checkpoint_unix_ms.max(r.checkpoint_unix_ms);
             self.append(&merged, &events)?;

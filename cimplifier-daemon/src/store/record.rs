@@ -7,6 +7,9 @@ use crate::docker::run::RunSettings;
 use crate::engine::{Engine, docker};
 use crate::trace::LossCounters;
 
+/// How many programs of another ABI a session names (it counts them all).
+pub const FOREIGN_NAMED: usize = 16;
+
 /// How a session ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -99,6 +102,10 @@ pub struct SessionRecord {
     #[serde(default)]
     pub kernel_folded: u64,
     pub loss: LossCounters,
+    /// The programs built for another ABI that ran, as `PATH (ABI)`: at
+    /// most [`FOREIGN_NAMED`] of those `loss.foreign_programs` counts.
+    #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty", default)]
+    pub foreign_programs: std::collections::BTreeSet<String>,
     pub segments: Vec<Segment>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub gaps: Vec<Gap>,
@@ -160,6 +167,7 @@ impl SessionRecord {
             aggregated: 0,
             kernel_folded: 0,
             loss: LossCounters::default(),
+            foreign_programs: Default::default(),
             gaps: vec![],
             checkpoint_unix_ms: now,
             lifecycle: vec![],
@@ -203,11 +211,17 @@ impl SessionRecord {
             ));
         }
         if self.loss.foreign_programs > 0 {
+            let mut named: Vec<&str> = self.foreign_programs.iter().map(String::as_str).collect();
+            if named.is_empty() {
+                named.push("32-bit x86 or x32, see the `foreign_abi` events");
+            } else if (named.len() as u64) < self.loss.foreign_programs {
+                named.push("...");
+            }
+            let named = named.join(", ");
             why.push(format!(
-                "ran {} program(s) built for another ABI than x86_64 (32-bit x86 or x32, \
-                 see the `foreign_abi` events): their system calls do not reach the \
-                 tracer, so what they used is unknown; rebuild them for x86_64, or \
-                 name what they need with --include",
+                "ran {} program(s) built for another ABI than x86_64 ({named}): their \
+                 system calls do not reach the tracer, so what they used is unknown; \
+                 rebuild them for x86_64, or name what they need with --include",
                 self.loss.foreign_programs
             ));
         }

@@ -490,12 +490,6 @@ impl Tracer {
             .context("loading tp_btf program signal_generate")?;
         p.attach()
             .context("attaching to BTF tracepoint signal_generate")?;
-        // Runs only at exec: attached for good.
-        let p: &mut BtfTracePoint = program(&mut ebpf, "exec_abi")?;
-        p.load("sched_process_exec", &btf)
-            .context("loading tp_btf program exec_abi")?;
-        p.attach()
-            .context("attaching to BTF tracepoint sched_process_exec")?;
         for name in [
             "sched_process_fork",
             "sched_process_exec",
@@ -507,6 +501,15 @@ impl Tracer {
             p.attach("sched", name)
                 .with_context(|| format!("attaching to tracepoint sched/{name}"))?;
         }
+        // Runs only at exec: attached for good. After `sched_process_exec`:
+        // a tracepoint runs its probes in the order they came, so its
+        // record follows the exec's image record, which the resolver needs
+        // first to finish the exec.
+        let p: &mut BtfTracePoint = program(&mut ebpf, "exec_abi")?;
+        p.load("sched_process_exec", &btf)
+            .context("loading tp_btf program exec_abi")?;
+        p.attach()
+            .context("attaching to BTF tracepoint sched_process_exec")?;
 
         let take = |ebpf: &mut Ebpf, name: &str| {
             ebpf.take_map(name)

@@ -539,7 +539,12 @@ impl Resolver {
                 header,
                 elf_class,
                 machine,
-            } => vec![event(&header, EventKind::ForeignAbi { elf_class, machine })],
+            } => {
+                let mut events: Vec<Event> =
+                    self.finish_foreign_exec(&header).into_iter().collect();
+                events.push(event(&header, EventKind::ForeignAbi { elf_class, machine }));
+                events
+            }
             RawRecord::Signal { header, signal } => {
                 vec![event(&header, EventKind::Signal(signal))]
             }
@@ -747,6 +752,31 @@ impl Resolver {
             .map(|p| unfinished_exec(p, "exec exit not seen before the next exec"))
             .into_iter()
             .collect()
+    }
+
+    /// The exec of a program built for another ABI is past its point of no
+    /// return (its image is loading), and its exit is a compat one, which
+    /// the syscall hooks never see: it is finished here, as successful, so
+    /// that the program is the process's from now on.
+    fn finish_foreign_exec(&mut self, header: &RawHeader) -> Option<Event> {
+        let entry = [header.tid]
+            .into_iter()
+            .find(|k| self.pending_exec.contains_key(k))
+            .or_else(|| {
+                self.pending_exec
+                    .iter()
+                    .find(|(_, e)| e.pid == header.pid)
+                    .map(|(k, _)| *k)
+            })
+            .map(|k| self.pending_exec[&k].entry.clone())?;
+        Some(self.syscall(RawSyscall {
+            ret: 0,
+            flags: entry.flags & !flags::NO_RETURN,
+            str0: None,
+            str1: None,
+            argv: None,
+            ..entry
+        }))
     }
 
     /// Fills the names of `pending` that its entry could not read from a

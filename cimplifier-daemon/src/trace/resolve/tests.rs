@@ -469,6 +469,63 @@ fn exec_record(
 }
 
 #[test]
+fn the_exec_of_a_program_of_another_abi_is_finished_when_it_is_reported() {
+    let mut r = seeded();
+    let entry = exec_record(
+        10,
+        nr::EXECVE,
+        [0; 6],
+        0,
+        0,
+        text("/opt/old32"),
+        Some(&["old32"]),
+    );
+    assert!(r.handle(RawRecord::ExecArgs(entry)).is_empty());
+    let image = exec_record(
+        10,
+        nr::EXECVE,
+        [0; 6],
+        10,
+        0,
+        text("/opt/old32"),
+        Some(&["old32"]),
+    );
+    assert!(r.handle(RawRecord::ExecImage(image)).is_empty());
+    // Its exit is a 32-bit one, never seen: the record finishes the exec.
+    let events = r.handle(RawRecord::ForeignExec {
+        header: header(10),
+        elf_class: 1,
+        machine: 3,
+    });
+    assert_eq!(events.len(), 2, "{events:?}");
+    let exec = events[0].syscall().expect("the exec first");
+    assert_eq!(exec.ret, Some(0));
+    assert!(exec.incomplete.is_empty(), "{:?}", exec.incomplete);
+    assert_eq!(path(exec, PathRole::Target).as_deref(), Some("/opt/old32"));
+    assert!(matches!(
+        events[1].kind,
+        EventKind::ForeignAbi {
+            elf_class: 1,
+            machine: 3
+        }
+    ));
+    // Nothing is left to report at the process's exit.
+    assert!(r.pending_exec.is_empty());
+    let exit = r.handle(RawRecord::Exit {
+        header: header(10),
+        group_dead: true,
+    });
+    assert!(exit.iter().all(|e| e.syscall().is_none()), "{exit:?}");
+    // Reported with no exec pending (its entry was lost): the event alone.
+    let alone = r.handle(RawRecord::ForeignExec {
+        header: header(11),
+        elf_class: 1,
+        machine: 3,
+    });
+    assert_eq!(alone.len(), 1, "{alone:?}");
+}
+
+#[test]
 fn exec_names_unread_at_entry_come_from_the_loaded_image() {
     let mut r = seeded();
     let fault = flags::STR0_FAULT | flags::STR1_FAULT;
