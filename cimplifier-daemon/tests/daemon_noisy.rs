@@ -1,8 +1,9 @@
 //! One noisy container must not spoil other sessions: a container that
 //! floods a 1 MiB ring buffer loses records and its session says so, while
 //! a quiet container observed at the same time keeps a complete session.
-//! Losses are counted per cgroup in the kernel (`CGROUP_LOSS`). Real
-//! daemon, real containers. Needs root and dockerd.
+//! Losses are counted per cgroup in the kernel (`CGROUP_LOSS`). And a
+//! program the tracer cannot follow (32-bit) is named, its session
+//! incomplete. Real daemon, real containers. Needs root and dockerd.
 
 mod common;
 
@@ -111,4 +112,47 @@ fn a_noisy_containers_losses_are_its_own() {
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("--allow-incomplete"), "{err}");
+}
+
+/// A 32-bit program (its system calls never reach the tracer) makes its
+/// session incomplete, named in the summary and in emit's refusal.
+#[test]
+fn a_program_of_another_abi_is_named_and_its_session_incomplete() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = common::i386_program(dir.path());
+    let d = Daemon::start();
+    let c = Container::create(
+        "abi32",
+        &[BASE_IMAGE, "sh", "-c", "/usr/local/bin/open32; sleep 1"],
+    );
+    docker(&[
+        "cp",
+        exe.to_str().unwrap(),
+        &format!("{}:/usr/local/bin/open32", c.0),
+    ]);
+    let out = common::observe_until_stopped(&d, &c.0)
+        .wait_with_output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["complete"], false, "{info}");
+    assert_eq!(info["foreign_programs"], 1, "{info}");
+    assert_eq!(
+        info["foreign_program_names"],
+        serde_json::json!(["/usr/local/bin/open32: 32-bit x86 (i386)"]),
+        "{info}"
+    );
+    assert!(
+        info["executables"]
+            .to_string()
+            .contains("/usr/local/bin/open32"),
+        "its exec is in the model: {info}"
+    );
+    let refused = d.ctl(&["emit", &c.0, "--tag", "cimplifier-test/abi32-refused:slim"]);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains("(/usr/local/bin/open32: 32-bit x86 (i386))"),
+        "{said}"
+    );
 }

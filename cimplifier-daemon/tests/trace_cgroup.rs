@@ -959,59 +959,6 @@ async fn per_syscall_hooks_see_what_every_syscall_hooks_see_but_the_unhooked_cal
     assert!(va.2.keys().all(|nr| !unhooked(*nr)));
 }
 
-/// A static 32-bit x86 program that opens `/etc/hostname` through
-/// `int 0x80` (i386 syscall 5) and exits 7, assembled with binutils.
-fn i386_program(dir: &Path) -> std::path::PathBuf {
-    let src = dir.join("open32.s");
-    std::fs::write(
-        &src,
-        ".globl _start
-_start:
- mov $5, %eax
- mov $name, %ebx
- xor %ecx, %ecx
- int $0x80
- mov $1, %eax
- mov $7, %ebx
- int $0x80
-.data
-name: .asciz \"/etc/hostname\"
-",
-    )
-    .unwrap();
-    let obj = dir.join("open32.o");
-    let exe = dir.join("open32");
-    for (tool, args) in [
-        (
-            "as",
-            vec!["--32", "-o", obj.to_str().unwrap(), src.to_str().unwrap()],
-        ),
-        (
-            "ld",
-            vec![
-                "-m",
-                "elf_i386",
-                "-o",
-                exe.to_str().unwrap(),
-                obj.to_str().unwrap(),
-            ],
-        ),
-    ] {
-        let out = std::process::Command::new(tool)
-            .args(&args)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("running {tool} (binutils, installed by `cargo xtask setup`): {e}")
-            });
-        assert!(
-            out.status.success(),
-            "{tool}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    exe
-}
-
 /// A 32-bit program's system calls never reach the syscall tracepoints
 /// as x86_64 ones: its exec is reported (`ForeignAbi`), so the session
 /// can say it is incomplete, and a 64-bit one is not.
@@ -1020,7 +967,7 @@ async fn a_32_bit_program_is_reported_as_untraced() {
     use cimplifier::trace::EventKind;
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let exe = i386_program(dir.path());
+    let exe = common::i386_program(dir.path());
     let mut tracer = Tracer::load(TracerConfig::default()).expect("loading the tracer");
     let mut events = tracer.events().unwrap();
     let cgroup = TestCgroup::new("abi");

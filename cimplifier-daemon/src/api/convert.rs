@@ -48,6 +48,8 @@ pub(super) fn stored(r: &SessionRecord) -> pb::Session {
         kernel_folded_events: r.kernel_folded,
         lost_events: r.loss.lost(),
         unreadable_names: r.loss.unreadable_names,
+        foreign_programs: r.loss.foreign_programs,
+        foreign_program_names: r.foreign_programs.iter().cloned().collect(),
         complete: r.complete(),
         gaps: r
             .gaps

@@ -526,7 +526,7 @@ pub(super) struct Recorder<'a> {
     /// tracer's own counters are host-wide.
     unreadable: u64,
     foreign: u64,
-    /// The programs of another ABI this segment saw run (`PATH (ABI)`).
+    /// The programs of another ABI this segment saw run (`PATH: ABI`).
     foreign_named: std::collections::BTreeSet<String>,
     batch: Vec<Event>,
     prior_duration: u64,
@@ -616,7 +616,7 @@ impl<'a> Recorder<'a> {
                 e.pid,
             );
             if self.foreign_named.len() < crate::store::FOREIGN_NAMED {
-                self.foreign_named.insert(format!("{program} ({abi})"));
+                self.foreign_named.insert(format!("{program}: {abi}"));
             }
         }
         let repeated = crate::model::uses_of(&e).is_some_and(|uses| {

@@ -102,7 +102,7 @@ pub struct SessionRecord {
     #[serde(default)]
     pub kernel_folded: u64,
     pub loss: LossCounters,
-    /// The programs built for another ABI that ran, as `PATH (ABI)`: at
+    /// The programs built for another ABI that ran, as `PATH: ABI`: at
     /// most [`FOREIGN_NAMED`] of those `loss.foreign_programs` counts.
     #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty", default)]
     pub foreign_programs: std::collections::BTreeSet<String>,

@@ -301,7 +301,7 @@ fn a_program_of_another_abi_makes_a_session_incomplete() {
     assert!(why.contains("(/opt/old/tool (32-bit x86))"), "{why}");
     r.loss.foreign_programs = 2;
     let why = r.incompleteness().unwrap();
-    assert!(why.contains("(/opt/old/tool (32-bit x86), ...)"), "{why}");
+    assert!(why.contains("(/opt/old/tool: 32-bit x86, ...)"), "{why}");
 }
 
 #[test]

@@ -512,3 +512,56 @@ pub async fn observe(d: &Daemon, container: &str) {
         .await
         .unwrap();
 }
+
+/// A static 32-bit x86 program that opens `/etc/hostname` through
+/// `int 0x80` (i386 syscall 5) and exits 7, assembled with binutils.
+pub fn i386_program(dir: &Path) -> PathBuf {
+    let src = dir.join("open32.s");
+    std::fs::write(
+        &src,
+        ".globl _start
+_start:
+ mov $5, %eax
+ mov $name, %ebx
+ xor %ecx, %ecx
+ int $0x80
+ mov $1, %eax
+ mov $7, %ebx
+ int $0x80
+.data
+name: .asciz \"/etc/hostname\"
+",
+    )
+    .unwrap();
+    let obj = dir.join("open32.o");
+    let exe = dir.join("open32");
+    for (tool, args) in [
+        (
+            "as",
+            vec!["--32", "-o", obj.to_str().unwrap(), src.to_str().unwrap()],
+        ),
+        (
+            "ld",
+            vec![
+                "-m",
+                "elf_i386",
+                "-o",
+                exe.to_str().unwrap(),
+                obj.to_str().unwrap(),
+            ],
+        ),
+    ] {
+        let out = std::process::Command::new(tool)
+            .args(&args)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("running {tool} (binutils, installed by `cargo xtask setup`): {e}")
+            });
+        assert!(
+            out.status.success(),
+            "{tool}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    exe
+}

@@ -202,6 +202,13 @@ fn print_observed(session: &pb::Session) -> anyhow::Result<()> {
             if !session.from_first_exec {
                 why.push("start-up NOT observed".to_owned());
             }
+            if session.foreign_programs > 0 {
+                why.push(format!(
+                    "{} program(s) of another ABI NOT traced ({})",
+                    session.foreign_programs,
+                    session.foreign_program_names.join(", ")
+                ));
+            }
             format!(
                 "INCOMPLETE: {} (emit will refuse without --allow-incomplete)",
                 why.join(", ")

@@ -31,6 +31,8 @@ pub fn session_json(s: &pb::Session) -> serde_json::Value {
         "events": s.events, "aggregated_events": s.aggregated_events,
         "kernel_folded_events": s.kernel_folded_events,
         "lost_events": s.lost_events, "unreadable_names": s.unreadable_names,
+        "foreign_programs": s.foreign_programs,
+        "foreign_program_names": s.foreign_program_names,
         "complete": s.complete,
         "executables": s.executables, "resources": s.resources,
         "gaps": s.gaps.iter().map(|g| serde_json::json!({
