@@ -296,9 +296,9 @@ fn a_program_of_another_abi_makes_a_session_incomplete() {
     assert!(why.contains("foreign_abi"), "names the events: {why}");
     // Named when the session saw the program's path; "..." for the rest.
     r.foreign_programs
-        .insert("/opt/old/tool (32-bit x86)".into());
+        .insert("/opt/old/tool: 32-bit x86".into());
     let why = r.incompleteness().unwrap();
-    assert!(why.contains("(/opt/old/tool (32-bit x86))"), "{why}");
+    assert!(why.contains("(/opt/old/tool: 32-bit x86)"), "{why}");
     r.loss.foreign_programs = 2;
     let why = r.incompleteness().unwrap();
     assert!(why.contains("(/opt/old/tool: 32-bit x86, ...)"), "{why}");
