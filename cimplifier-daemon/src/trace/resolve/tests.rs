@@ -468,29 +468,40 @@ fn exec_record(
     raw
 }
 
+/// Tid 10's execve, as the kernel reports it at entry and, once loaded,
+/// its image (`ret` 10 is the image record's old pid).
+fn execve_entry(flags: u32, name: Option<RawStr>, argv: &[&str]) -> RawRecord {
+    RawRecord::ExecArgs(exec_record(
+        10,
+        nr::EXECVE,
+        [0; 6],
+        0,
+        flags,
+        name,
+        Some(argv),
+    ))
+}
+
+fn execve_image(name: &str, argv: &[&str]) -> RawRecord {
+    RawRecord::ExecImage(exec_record(
+        10,
+        nr::EXECVE,
+        [0; 6],
+        10,
+        0,
+        text(name),
+        Some(argv),
+    ))
+}
+
 #[test]
 fn the_exec_of_a_program_of_another_abi_is_finished_when_it_is_reported() {
     let mut r = seeded();
-    let entry = exec_record(
-        10,
-        nr::EXECVE,
-        [0; 6],
-        0,
-        0,
-        text("/opt/old32"),
-        Some(&["old32"]),
+    assert!(
+        r.handle(execve_entry(0, text("/opt/old32"), &["old32"]))
+            .is_empty()
     );
-    assert!(r.handle(RawRecord::ExecArgs(entry)).is_empty());
-    let image = exec_record(
-        10,
-        nr::EXECVE,
-        [0; 6],
-        10,
-        0,
-        text("/opt/old32"),
-        Some(&["old32"]),
-    );
-    assert!(r.handle(RawRecord::ExecImage(image)).is_empty());
+    assert!(r.handle(execve_image("/opt/old32", &["old32"])).is_empty());
     // Its exit is a 32-bit one, never seen: the record finishes the exec.
     let events = r.handle(RawRecord::ForeignExec {
         header: header(10),
@@ -529,26 +540,14 @@ fn the_exec_of_a_program_of_another_abi_is_finished_when_it_is_reported() {
 fn exec_names_unread_at_entry_come_from_the_loaded_image() {
     let mut r = seeded();
     let fault = flags::STR0_FAULT | flags::STR1_FAULT;
-    let entry = exec_record(
-        10,
-        nr::EXECVE,
-        [0; 6],
-        0,
-        fault,
-        Some(RawStr::Fault),
-        Some(&[""]),
+    assert!(
+        r.handle(execve_entry(fault, Some(RawStr::Fault), &[""]))
+            .is_empty()
     );
-    assert!(r.handle(RawRecord::ExecArgs(entry)).is_empty());
-    let image = exec_record(
-        10,
-        nr::EXECVE,
-        [0; 6],
-        10,
-        0,
-        text("/bin/sh"),
-        Some(&["sh", "-c", "x"]),
+    assert!(
+        r.handle(execve_image("/bin/sh", &["sh", "-c", "x"]))
+            .is_empty()
     );
-    assert!(r.handle(RawRecord::ExecImage(image)).is_empty());
     let exec = one(&mut r, call(10, nr::EXECVE, [0; 6], 0, None, None));
     assert_eq!(path(&exec, PathRole::Target).as_deref(), Some("/bin/sh"));
     assert_eq!(exec.argv, Some(vec!["sh".into(), "-c".into(), "x".into()]));
@@ -557,26 +556,8 @@ fn exec_names_unread_at_entry_come_from_the_loaded_image() {
 
     // Names read at entry stay as the program passed them (a script's
     // image has the interpreter's argv); a relative image name joins the cwd.
-    let entry = exec_record(
-        10,
-        nr::EXECVE,
-        [0; 6],
-        0,
-        0,
-        text("run.sh"),
-        Some(&["./run.sh"]),
-    );
-    r.handle(RawRecord::ExecArgs(entry));
-    let image = exec_record(
-        10,
-        nr::EXECVE,
-        [0; 6],
-        10,
-        0,
-        text("run.sh"),
-        Some(&["/bin/sh", "./run.sh"]),
-    );
-    r.handle(RawRecord::ExecImage(image));
+    r.handle(execve_entry(0, text("run.sh"), &["./run.sh"]));
+    r.handle(execve_image("run.sh", &["/bin/sh", "./run.sh"]));
     let exec = one(&mut r, call(10, nr::EXECVE, [0; 6], 0, None, None));
     assert_eq!(
         path(&exec, PathRole::Target).as_deref(),
