@@ -759,16 +759,17 @@ impl Resolver {
     /// the syscall hooks never see: it is finished here, as successful, so
     /// that the program is the process's from now on.
     fn finish_foreign_exec(&mut self, header: &RawHeader) -> Option<Event> {
-        let entry = [header.tid]
-            .into_iter()
-            .find(|k| self.pending_exec.contains_key(k))
+        // A thread other than the leader exec'd: the pending entry is the
+        // thread's, found by its process.
+        let key = Some(header.tid)
+            .filter(|tid| self.pending_exec.contains_key(tid))
             .or_else(|| {
                 self.pending_exec
                     .iter()
                     .find(|(_, e)| e.pid == header.pid)
-                    .map(|(k, _)| *k)
-            })
-            .map(|k| self.pending_exec[&k].entry.clone())?;
+                    .map(|(tid, _)| *tid)
+            })?;
+        let entry = self.pending_exec[&key].entry.clone();
         Some(self.syscall(RawSyscall {
             ret: 0,
             flags: entry.flags & !flags::NO_RETURN,
