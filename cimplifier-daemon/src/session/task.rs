@@ -669,11 +669,7 @@ impl<'a> Recorder<'a> {
             .plus(self.loss_base.since(self.observer, &self.members));
         next.loss.unreadable_names += self.unreadable;
         next.loss.foreign_programs += self.foreign;
-        for named in &self.foreign_named {
-            if next.foreign_programs.len() < crate::store::FOREIGN_NAMED {
-                next.foreign_programs.insert(named.clone());
-            }
-        }
+        next.name_foreign_programs(&self.foreign_named);
         next.loss.held_overflow += self.route.route.held_overflow();
         next.loss.interrupted += self.route.route.interrupted();
         off_the_workers(|| self.store.append(&next, &self.batch))?;

@@ -717,9 +717,7 @@ impl Store {
             merged.aggregated += r.aggregated;
             merged.kernel_folded += r.kernel_folded;
             merged.loss = merged.loss.plus(r.loss);
-            merged
-                .foreign_programs
-                .extend(r.foreign_programs.iter().cloned());
+            merged.name_foreign_programs(&r.foreign_programs);
             merged.gaps.extend(r.gaps.iter().cloned());
             merged.checkpoint_unix_ms = merged.checkpoint_unix_ms.max(r.checkpoint_unix_ms);
             self.append(&merged, &events)?;

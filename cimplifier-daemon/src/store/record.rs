@@ -147,6 +147,17 @@ impl SessionRecord {
         }
     }
 
+    /// Names the programs of another ABI in `named` (`PATH: ABI`), as many
+    /// as [`FOREIGN_NAMED`] allows: `loss.foreign_programs` counts them all.
+    pub fn name_foreign_programs<'a>(&mut self, named: impl IntoIterator<Item = &'a String>) {
+        for program in named {
+            if self.foreign_programs.len() >= FOREIGN_NAMED {
+                break;
+            }
+            self.foreign_programs.insert(program.clone());
+        }
+    }
+
     /// A session beginning now: observing, one segment, nothing seen yet.
     pub fn new(name: String, id: u64, started: Started) -> Self {
         let now = started.started_unix_ms;

@@ -302,6 +302,11 @@ fn a_program_of_another_abi_makes_a_session_incomplete() {
     r.loss.foreign_programs = 2;
     let why = r.incompleteness().unwrap();
     assert!(why.contains("(/opt/old/tool: 32-bit x86, ...)"), "{why}");
+    // Named up to FOREIGN_NAMED, however many there were.
+    let many: Vec<String> = (0..40).map(|i| format!("/opt/t{i:02}: x32")).collect();
+    r.name_foreign_programs(&many);
+    assert_eq!(r.foreign_programs.len(), FOREIGN_NAMED);
+    assert!(r.foreign_programs.contains("/opt/old/tool: 32-bit x86"));
 }
 
 #[test]

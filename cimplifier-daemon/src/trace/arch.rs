@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 /// A syscall ABI the tracer numbers calls in and a profile is written
-/// for. Only x86_64 is traced today; arm64 needs its own tables here and the tracer's numbers for it.
+/// for. Only x86_64 is traced today; arm64 needs its own tables here and
+/// the tracer's numbers for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Arch {
     X86_64,

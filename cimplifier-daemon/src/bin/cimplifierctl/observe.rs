@@ -203,10 +203,18 @@ fn print_observed(session: &pb::Session) -> anyhow::Result<()> {
                 why.push("start-up NOT observed".to_owned());
             }
             if session.foreign_programs > 0 {
+                let mut named = session.foreign_program_names.clone();
+                if (named.len() as u64) < session.foreign_programs && !named.is_empty() {
+                    named.push("...".to_owned());
+                }
+                let named = if named.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", named.join(", "))
+                };
                 why.push(format!(
-                    "{} program(s) of another ABI NOT traced ({})",
-                    session.foreign_programs,
-                    session.foreign_program_names.join(", ")
+                    "{} program(s) of another ABI NOT traced{named}",
+                    session.foreign_programs
                 ));
             }
             format!(
