@@ -719,19 +719,27 @@ async fn folding_repeats_in_the_kernel_leaves_the_model_unchanged() {
     let base_dir = tempfile::tempdir().unwrap();
     let base = base_dir.path().to_str().unwrap().to_owned();
     // A process running before the watch began, which repeats once told.
-    let go = format!("{base}/go");
-    let early = std::process::Command::new("/bin/sh")
+    // It says it is ready and waits on a pipe (read is not hooked): a wait
+    // polling with stat, or a start-up still under way, could make a call
+    // between the two watches below, seen by one tracer only.
+    let mut early = std::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(format!(
             "echo $$ > {}/cgroup.procs && exec python3 -c '
-import os, time
-while not os.path.exists(\"{go}\"): time.sleep(0.05)
+import os
+os.write(1, b\"r\"); os.read(0, 1)
 for _ in range(50): os.stat(\"/etc/passwd\"); os.path.exists(\"/no/such/early\")
 '",
             cgroup.path.display()
         ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    let mut ready = [0u8; 1];
+    std::io::Read::read_exact(early.stdout.as_mut().unwrap(), &mut ready)
+        .expect("the early process says it is ready");
+    let mut go = early.stdin.take().unwrap();
     // Both tracers' hooks first (attaching takes a while), so that the two
     // watches below begin together: a call between them would be one
     // tracer's only.
@@ -740,7 +748,8 @@ for _ in range(50): os.stat(\"/etc/passwd\"); os.path.exists(\"/no/such/early\")
     std::thread::sleep(Duration::from_millis(300));
     let watched = folding.watch_cgroup(&cgroup.path).unwrap();
     let watched_full = full.watch_cgroup(&cgroup.path).unwrap();
-    std::fs::write(&go, "").unwrap();
+    std::io::Write::write_all(&mut go, b"g").unwrap();
+    drop(go);
     let early = tokio::task::spawn_blocking(move || {
         let mut early = early;
         early.wait().unwrap()
@@ -773,8 +782,9 @@ for _ in range(3): os.path.exists(\"/etc/shadow\"); os.path.exists(\"/no/such\")
     .unwrap();
     assert!(early.await.unwrap().success());
 
-    let a = drain(&mut folded_events, Duration::from_millis(500)).await;
-    let b = drain(&mut full_events, Duration::from_millis(500)).await;
+    let mark = cimplifier::trace::loader::monotonic_ns();
+    let a = drain_through(&folding, &mut folded_events, mark).await;
+    let b = drain_through(&full, &mut full_events, mark).await;
     let folded = folding.cgroup_folded(watched.id).unwrap();
     folding.unwatch(&watched).unwrap();
     full.unwatch(&watched_full).unwrap();
@@ -793,7 +803,7 @@ for _ in range(3): os.path.exists(\"/etc/shadow\"); os.path.exists(\"/no/such\")
     );
     // Syscall records only: a first-use record (`SyscallSeen`) of the
     // process running before the watch can be one tracer's only, when the
-    // other's freeze made its sleep restart (restart_syscall) in between.
+    // other's freeze interrupted its wait in between.
     let calls = |events: &[cimplifier::trace::Event]| {
         events.iter().filter(|e| e.syscall().is_some()).count()
     };

@@ -12,7 +12,9 @@ use std::time::Duration;
 use std::time::Instant;
 
 use cimplifier::trace::cgroup::cgroup2_mount;
-use cimplifier::trace::{ContainerPath, Event, EventStream, PathRole, SocketAddress, SyscallEvent};
+use cimplifier::trace::{
+    ContainerPath, Event, EventStream, PathRole, SocketAddress, SyscallEvent, Tracer,
+};
 
 pub fn require_root() {
     assert!(
@@ -78,6 +80,21 @@ pub async fn drain(events: &mut EventStream, quiet: Duration) -> Vec<Event> {
         out.push(e);
     }
     out
+}
+
+/// Every event the tracer wrote before `mark` (CLOCK_MONOTONIC ns, see
+/// `monotonic_ns`), however slow the reader: for counts that two tracers
+/// must agree on, where a quiet gap would be a guess.
+pub async fn drain_through(tracer: &Tracer, events: &mut EventStream, mark: u64) -> Vec<Event> {
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(50), events.next_event()).await {
+            Ok(Some(e)) => out.push(e),
+            Ok(None) => panic!("the event stream ended while draining"),
+            Err(_) if tracer.drained_ns() >= mark && events.is_empty() => return out,
+            Err(_) => {}
+        }
+    }
 }
 
 pub fn workload_script() -> PathBuf {
