@@ -917,9 +917,10 @@ async fn per_syscall_hooks_see_what_every_syscall_hooks_see_but_the_unhooked_cal
     })
     .await
     .unwrap();
+    let mark = cimplifier::trace::loader::monotonic_ns();
     let mut a: Vec<_> = per.unhooked_event(watched[0].id).into_iter().collect();
-    a.extend(drain(&mut per_events, Duration::from_millis(500)).await);
-    let b = drain(&mut every_events, Duration::from_millis(500)).await;
+    a.extend(drain_through(&per, &mut per_events, mark).await);
+    let b = drain_through(&every, &mut every_events, mark).await;
     assert!(every.unhooked_event(watched[1].id).is_none());
     for (t, ws) in [&per, &every].into_iter().zip([0, 1]) {
         t.unwatch(&watched[ws]).unwrap();
