@@ -415,8 +415,7 @@ fn config_file_flags_and_metrics() {
         "{metrics}"
     );
     assert!(metrics.contains("# TYPE cimplifier_resident_memory_bytes gauge"));
-    let _ = child.kill();
-    let _ = child.wait();
+    common::stop_daemon(&mut child);
 
     // A bad key is named with its file and line.
     std::fs::write(

@@ -74,6 +74,11 @@ fn the_syscall_hooks_are_attached_only_while_a_session_observes() {
     // The hooks are being closed (the kernel takes a grace period per
     // tracepoint); a watch that begins meanwhile keeps those still open and
     // attaches the others again: the same set, none twice, none missing.
+    let closing = hooks(pid);
+    assert!(
+        closing.1 > 0,
+        "the hooks are still being closed as the next watch begins: {closing:?}"
+    );
     let second = Container::create("idle-hooks-again", &[BASE_IMAGE, "sleep", "600"]);
     let observing = common::observe_until_stopped(&d, &second.0);
     common::wait_until(30, "the whole set of hooks attached again", || {
@@ -81,7 +86,8 @@ fn the_syscall_hooks_are_attached_only_while_a_session_observes() {
     });
     stop_and_check_first_exec(&second, observing);
 
-    // ~370 tracepoints, about 70 ms each on these machines.
+    // ~370 tracepoints, about 30 ms each on these machines (closed a few
+    // at a time, so that their detach grace periods overlap).
     common::wait_until(120, "the syscall hooks detached", || {
         hooks(pid) == (IDLE_LINKS, 0)
     });

@@ -183,8 +183,7 @@ impl LoggedDaemon {
 
 impl Drop for LoggedDaemon {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::stop_daemon(&mut self.child);
     }
 }
 

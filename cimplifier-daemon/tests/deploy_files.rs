@@ -589,8 +589,7 @@ fn systemd_unit_file_system_view_still_observes_from_the_first_exec() {
         &[common::BASE_IMAGE, "/bin/sh", "-c", "cat /etc/os-release"],
     );
     let observed = ctl(&["observe", &c.0]);
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    common::stop_daemon(&mut daemon);
     assert!(
         observed.status.success(),
         "under the unit's file system view, a container that exits at once is not observed: {}",

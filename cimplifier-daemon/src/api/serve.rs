@@ -283,6 +283,14 @@ pub async fn serve(
     notify_systemd("STOPPING=1\nSTATUS=closing every session");
     tracing::info!("shutting down: closing every session");
     service.manager().shutdown().await;
+    // Closed now, the hooks go several at a time; left to the exit, one by one.
+    let observer = Arc::clone(service.manager().observer());
+    if let Ok(waited) = tokio::task::spawn_blocking(move || observer.wait_unhooked()).await {
+        tracing::info!(
+            millis = waited.as_millis() as u64,
+            "shutting down: the syscall hooks are closed"
+        );
+    }
     result.map(|_| ()).context("serving the API")
 }
 

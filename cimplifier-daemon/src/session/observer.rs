@@ -314,6 +314,12 @@ impl Observer {
         self.tracing.subscribe()
     }
 
+    /// Waits until the syscall hooks of the last unwatch are closed: see
+    /// [`Tracer::wait_unhooked`].
+    pub fn wait_unhooked(&self) -> Duration {
+        self.tracer.wait_unhooked()
+    }
+
     /// Test hook (see docs/security.md): the ring reader panics at its next
     /// batch of events.
     pub fn kill_reader(&self) {

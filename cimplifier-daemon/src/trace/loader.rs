@@ -237,46 +237,88 @@ struct PerfHook {
     _event: OwnedFd,
 }
 
-/// Per-syscall hooks being closed on a thread of their own. The kernel
-/// waits for an RCU grace period as each tracepoint's last perf event
-/// closes, one at a time under a global lock: about 70 ms each here, so
-/// the ~370 hooks take ~27 s (docs/benchmarks.md). Nothing waits for
-/// that: a watch that begins meanwhile stops the thread and attaches
-/// again only the hooks already closed. Until then the hooks left run
-/// for nobody (no cgroup is watched).
+/// Per-syscall hooks being closed off the caller's path. Each close makes
+/// the kernel wait for two RCU grace periods: one as the program is
+/// detached, which closes made together share, and one as the tracepoint
+/// is unregistered, one tracepoint at a time under a global lock. One by
+/// one that was ~70 ms a hook, ~27 s for the ~370; [`CLOSERS`] threads
+/// taking them from one list overlap the first waits and take ~11 s
+/// (docs/benchmarks.md). Nothing waits for that: a watch that begins
+/// meanwhile stops the threads and attaches again only the hooks already
+/// closed. Until then the hooks left run for nobody (no cgroup is watched).
 struct Closing {
     cancel: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<PerfHook>>,
+    left: Arc<Mutex<Vec<PerfHook>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
+/// How many hooks are closed at once: two already reach the serial wait's
+/// floor; a watch that begins meanwhile waits for the closes under way.
+const CLOSERS: usize = 4;
+
 impl Closing {
-    fn start(mut hooks: Vec<PerfHook>) -> Result<Self> {
+    fn start(hooks: Vec<PerfHook>) -> Result<Self> {
+        let (started, total) = (std::time::Instant::now(), hooks.len());
         let cancel = Arc::new(AtomicBool::new(false));
-        let stop = cancel.clone();
-        let thread = std::thread::Builder::new()
-            .name("cimplifier-unhook".into())
-            .spawn(move || {
-                let (start, total) = (std::time::Instant::now(), hooks.len());
-                while !stop.load(Ordering::Acquire) {
-                    let Some(hook) = hooks.pop() else { break };
-                    drop(hook);
+        let left = Arc::new(Mutex::new(hooks));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut threads = Vec::with_capacity(CLOSERS);
+        for n in 0..CLOSERS.min(total) {
+            let (stop, left, closed) = (cancel.clone(), left.clone(), closed.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("cimplifier-unhook-{n}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::Acquire) {
+                        let Some(hook) = left.lock().expect("closing hooks").pop() else {
+                            break;
+                        };
+                        drop(hook);
+                        // The last closer says how it went.
+                        if closed.fetch_add(1, Ordering::AcqRel) + 1 == total {
+                            tracing::info!(
+                                closed = total,
+                                millis = started.elapsed().as_millis() as u64,
+                                "closed the per-syscall hooks' perf events"
+                            );
+                        }
+                    }
+                });
+            match thread {
+                Ok(thread) => threads.push(thread),
+                // Fewer closers only take longer; none is an error.
+                Err(e) if threads.is_empty() => {
+                    return Err(e).context("starting the threads that close the per-syscall hooks");
                 }
-                tracing::info!(
-                    closed = total - hooks.len(),
-                    left = hooks.len(),
-                    millis = start.elapsed().as_millis() as u64,
-                    "closed the per-syscall hooks' perf events"
-                );
-                hooks
-            })
-            .context("starting the thread that closes the per-syscall hooks")?;
-        Ok(Self { cancel, thread })
+                Err(_) => break,
+            }
+        }
+        Ok(Self {
+            cancel,
+            left,
+            threads,
+        })
     }
 
-    /// Stops closing (after the close under way); the hooks still open.
-    fn stop(self) -> Vec<PerfHook> {
+    /// Waits until every hook is closed, or (stopped) until the closes
+    /// under way end.
+    fn join(&mut self) {
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+
+    /// Stops closing (after the closes under way); the hooks still open.
+    fn stop(mut self) -> Vec<PerfHook> {
         self.cancel.store(true, Ordering::Release);
-        self.thread.join().unwrap_or_default()
+        self.join();
+        let left = std::mem::take(&mut *self.left.lock().expect("closing hooks"));
+        if !left.is_empty() {
+            tracing::info!(
+                left = left.len(),
+                "stopped closing the per-syscall hooks: a cgroup is watched again"
+            );
+        }
+        left
     }
 }
 
@@ -389,9 +431,10 @@ impl SyscallHooks {
 }
 
 impl Drop for SyscallHooks {
-    /// The per-syscall hooks are closed on their thread (see [`Closing`]),
+    /// The per-syscall hooks are closed on their threads (see [`Closing`]),
     /// which nothing joins: a process that drops its tracer goes on at
-    /// once (at its exit the kernel closes what is left).
+    /// once. At its exit the kernel closes what is left, one at a time: a
+    /// process about to exit calls [`Tracer::wait_unhooked`] first.
     fn drop(&mut self) {
         if let Some(Links::PerSyscall(events)) = self.links.take() {
             let _ = Closing::start(events);
@@ -675,14 +718,16 @@ impl Tracer {
     }
 
     /// Waits until the hooks of the last detach are all closed (they are
-    /// closed on their own thread, [`Closing`]), for a caller that needs
-    /// the host as it was: a benchmark's next baseline. A watch waits
-    /// meanwhile. Returns how long it waited.
+    /// closed on threads of their own, [`Closing`]), for a caller that
+    /// needs the host as it was (a benchmark's next baseline) or is about
+    /// to exit: left to the exit, the kernel closes them one by one, which
+    /// takes ~2.5 times as long. A watch waits meanwhile. Returns how long
+    /// it waited.
     pub fn wait_unhooked(&self) -> Duration {
         let start = std::time::Instant::now();
         let mut hooks = self.hooks.lock().expect("hooks lock");
-        if let Some(closing) = hooks.closing.take() {
-            let _ = closing.thread.join();
+        if let Some(mut closing) = hooks.closing.take() {
+            closing.join();
         }
         start.elapsed()
     }

@@ -101,6 +101,7 @@ pub async fn record(opts: RecordOptions, stop: impl Future<Output = ()>) -> Resu
     }
     let counters = tracer.counters()?;
     let summary = log.finish(started.elapsed().as_millis() as u64, counters.loss)?;
+
     if summary.complete {
         tracing::info!(events = summary.events, "trace complete: no events lost");
     } else {
@@ -112,5 +113,8 @@ pub async fn record(opts: RecordOptions, stop: impl Future<Output = ()>) -> Resu
             summary.loss
         );
     }
+    // The process exits next: closed now, the hooks go several at a time.
+    drop(events);
+    let _ = tokio::task::spawn_blocking(move || tracer.wait_unhooked()).await;
     Ok(summary)
 }
