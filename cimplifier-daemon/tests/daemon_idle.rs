@@ -86,8 +86,8 @@ fn the_syscall_hooks_are_attached_only_while_a_session_observes() {
     });
     stop_and_check_first_exec(&second, observing);
 
-    // ~370 tracepoints, about 30 ms each on these machines (closed a few
-    // at a time, so that their detach grace periods overlap).
+    // ~370 tracepoints, about 70 ms each on these machines: one closer,
+    // which leaves other tracers room to attach meanwhile.
     common::wait_until(120, "the syscall hooks detached", || {
         hooks(pid) == (IDLE_LINKS, 0)
     });

@@ -4,7 +4,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -240,63 +240,73 @@ struct PerfHook {
 /// Per-syscall hooks being closed off the caller's path. Each close makes
 /// the kernel wait for two RCU grace periods: one as the program is
 /// detached, which closes made together share, and one as the tracepoint
-/// is unregistered, one tracepoint at a time under a global lock. One by
-/// one that was ~70 ms a hook, ~27 s for the ~370; [`CLOSERS`] threads
-/// taking them from one list overlap the first waits and take ~11 s
-/// (docs/benchmarks.md). Nothing waits for that: a watch that begins
-/// meanwhile stops the threads and attaches again only the hooks already
-/// closed. Until then the hooks left run for nobody (no cgroup is watched).
+/// is unregistered, under the kernel's tracing `event_mutex`. One closer
+/// takes ~70 ms a hook, ~27 s for the ~370, and holds that mutex less than
+/// half the time, so that other tracers (another of ours, bpftrace, a
+/// security agent) attach meanwhile as fast as ever. A process about to
+/// exit hurries them ([`Closing::hurry`]): [`CLOSERS`] threads overlap the
+/// first waits and take ~11 s, holding the mutex throughout
+/// (docs/benchmarks.md). A watch that begins meanwhile stops them and
+/// attaches again only the hooks already closed. Until then the hooks left
+/// run for nobody (no cgroup is watched).
 struct Closing {
     cancel: Arc<AtomicBool>,
     left: Arc<Mutex<Vec<PerfHook>>>,
+    closed: Arc<AtomicUsize>,
+    total: usize,
+    started: std::time::Instant,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// How many hooks are closed at once: two already reach the serial wait's
-/// floor; a watch that begins meanwhile waits for the closes under way.
-const CLOSERS: usize = 4;
+/// How many threads close the hooks when hurried: two reach the floor of
+/// the serial wait, and more only keep other tracers off the mutex longer.
+const CLOSERS: usize = 2;
 
 impl Closing {
     fn start(hooks: Vec<PerfHook>) -> Result<Self> {
-        let (started, total) = (std::time::Instant::now(), hooks.len());
-        let cancel = Arc::new(AtomicBool::new(false));
-        let left = Arc::new(Mutex::new(hooks));
-        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut threads = Vec::with_capacity(CLOSERS);
-        for n in 0..CLOSERS.min(total) {
-            let (stop, left, closed) = (cancel.clone(), left.clone(), closed.clone());
-            let thread = std::thread::Builder::new()
-                .name(format!("cimplifier-unhook-{n}"))
-                .spawn(move || {
-                    while !stop.load(Ordering::Acquire) {
-                        let Some(hook) = left.lock().expect("closing hooks").pop() else {
-                            break;
-                        };
-                        drop(hook);
-                        // The last closer says how it went.
-                        if closed.fetch_add(1, Ordering::AcqRel) + 1 == total {
-                            tracing::info!(
-                                closed = total,
-                                millis = started.elapsed().as_millis() as u64,
-                                "closed the per-syscall hooks' perf events"
-                            );
-                        }
+        let mut closing = Self {
+            cancel: Arc::new(AtomicBool::new(false)),
+            total: hooks.len(),
+            left: Arc::new(Mutex::new(hooks)),
+            closed: Arc::new(AtomicUsize::new(0)),
+            started: std::time::Instant::now(),
+            threads: Vec::with_capacity(CLOSERS),
+        };
+        closing
+            .add_closer()
+            .context("starting the thread that closes the per-syscall hooks")?;
+        Ok(closing)
+    }
+
+    fn add_closer(&mut self) -> std::io::Result<()> {
+        let (stop, left, closed) = (self.cancel.clone(), self.left.clone(), self.closed.clone());
+        let (total, started) = (self.total, self.started);
+        let thread = std::thread::Builder::new()
+            .name(format!("cimplifier-unhook-{}", self.threads.len()))
+            .spawn(move || {
+                while !stop.load(Ordering::Acquire) {
+                    let Some(hook) = left.lock().expect("closing hooks").pop() else {
+                        break;
+                    };
+                    drop(hook);
+                    // The last close says how it went.
+                    if closed.fetch_add(1, Ordering::AcqRel) + 1 == total {
+                        tracing::info!(
+                            closed = total,
+                            millis = started.elapsed().as_millis() as u64,
+                            "closed the per-syscall hooks' perf events"
+                        );
                     }
-                });
-            match thread {
-                Ok(thread) => threads.push(thread),
-                // Fewer closers only take longer; none is an error.
-                Err(e) if threads.is_empty() => {
-                    return Err(e).context("starting the threads that close the per-syscall hooks");
                 }
-                Err(_) => break,
-            }
-        }
-        Ok(Self {
-            cancel,
-            left,
-            threads,
-        })
+            })?;
+        self.threads.push(thread);
+        Ok(())
+    }
+
+    /// Closes the rest [`CLOSERS`] at a time (fewer if threads cannot be
+    /// had: that only takes longer).
+    fn hurry(&mut self) {
+        while self.threads.len() < CLOSERS && self.add_closer().is_ok() {}
     }
 
     /// Waits until every hook is closed, or (stopped) until the closes
@@ -717,8 +727,8 @@ impl Tracer {
         Ok(())
     }
 
-    /// Waits until the hooks of the last detach are all closed (they are
-    /// closed on threads of their own, [`Closing`]), for a caller that
+    /// Closes the hooks of the last detach several at a time (see
+    /// [`Closing`]) and waits until they are all closed, for a caller that
     /// needs the host as it was (a benchmark's next baseline) or is about
     /// to exit: left to the exit, the kernel closes them one by one, which
     /// takes ~2.5 times as long. A watch waits meanwhile. Returns how long
@@ -727,6 +737,7 @@ impl Tracer {
         let start = std::time::Instant::now();
         let mut hooks = self.hooks.lock().expect("hooks lock");
         if let Some(mut closing) = hooks.closing.take() {
+            closing.hurry();
             closing.join();
         }
         start.elapsed()
