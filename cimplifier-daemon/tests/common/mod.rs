@@ -321,24 +321,32 @@ impl Drop for Daemon {
 /// Stops a daemon as systemd would: SIGTERM, then SIGKILL if it has not
 /// exited in a minute. A daemon that shuts down closes its syscall hooks
 /// several at a time; killed, it leaves them to the kernel's exit, one by
-/// one, at ~2.5 times the wait.
+/// one, at ~2.5 times the wait. Every test's daemon so tests the shutdown:
+/// one that hangs or fails fails the test (unless it is failing already).
 pub fn stop_daemon(child: &mut Child) {
     // Reaped already: its pid may be another process's now.
     if !matches!(child.try_wait(), Ok(None)) {
         return;
     }
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(
+                status.success() || std::thread::panicking(),
+                "the daemon (pid {pid}) failed its shutdown on SIGTERM: {status}"
+            );
+            return;
         }
+        std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
     let _ = child.wait();
+    assert!(
+        std::thread::panicking(),
+        "the daemon (pid {pid}) had not exited a minute after SIGTERM: killed"
+    );
 }
 
 /// Runs the docker CLI; panics with its stderr when it fails.
