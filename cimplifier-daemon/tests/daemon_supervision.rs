@@ -123,6 +123,28 @@ async fn a_killed_ring_reader_or_dispatcher_is_restarted_and_its_loss_counted() 
     assert!(interrupted >= 2, "the loss is counted: {record}");
     let s = session_json(&d, &c.0);
     assert_eq!(s["complete"], false, "{s}");
+
+    // A health watch never ends on its own: on SIGTERM it hears that the
+    // daemon stops serving, and it does not keep the daemon up (after the
+    // calls' grace its connection is closed; `stop_daemon` fails the test
+    // if the daemon has not exited in a minute).
+    let mut d = d;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(d.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(
+        next_status(&mut health).await,
+        ServingStatus::NotServing,
+        "shutting down: health says so"
+    );
+    common::stop_daemon(&mut d.child);
+    let ended = tokio::time::timeout(Duration::from_secs(30), health.recv()).await;
+    assert!(
+        matches!(ended, Ok(None)),
+        "the health watch ends with the daemon: {ended:?}"
+    );
 }
 
 /// A tmpfs of `mib` MiB on a fresh directory, unmounted on drop.

@@ -211,7 +211,7 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     // Set before the first call is answered; kept true after.
     set_health(&health, *tracing_state.borrow_and_update()).await;
-    tokio::spawn(follow_tracing(health, tracing_state));
+    let following = tokio::spawn(follow_tracing(health.clone(), tracing_state));
     if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -236,6 +236,18 @@ pub async fn serve(
     // from here on (they queue until the server below polls them).
     notify_systemd("READY=1\nSTATUS=serving");
     let shutdown = futures::FutureExt::shared(shutdown);
+    // After the signal, calls in flight get SHUTDOWN_GRACE to end; a call
+    // that never ends on its own (a health Watch, a client that holds its
+    // stream) would otherwise keep the daemon up until systemd kills it.
+    let grace_over = {
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown.await;
+            following.abort();
+            set_health(&health, false).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        }
+    };
     let api = pb::cimplifier_server::CimplifierServer::new(super::audit::Audited(service.clone()));
     use super::authz::{AuthzLayer, Transport};
     let on_socket = with_limits(tonic::transport::Server::builder())
@@ -279,7 +291,17 @@ pub async fn serve(
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await
     };
-    let result = tokio::try_join!(on_socket, on_tcp);
+    let result = tokio::select! {
+        served = async { tokio::try_join!(on_socket, on_tcp) } => served.map(|_| ()),
+        () = grace_over => {
+            tracing::warn!(
+                "shutting down: calls still open {} s after the signal (a health watch, a \
+                 stream held open): their connections are closed",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            Ok(())
+        }
+    };
     notify_systemd("STOPPING=1\nSTATUS=closing every session");
     tracing::info!("shutting down: closing every session");
     service.manager().shutdown().await;
@@ -291,8 +313,11 @@ pub async fn serve(
             "shutting down: the syscall hooks are closed"
         );
     }
-    result.map(|_| ()).context("serving the API")
+    result.context("serving the API")
 }
+
+/// How long calls in flight may go on after the shutdown signal.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The environment variable that enables the test hooks (value `1`):
 /// only the daemons the integration tests start set it.

@@ -101,7 +101,6 @@ pub async fn record(opts: RecordOptions, stop: impl Future<Output = ()>) -> Resu
     }
     let counters = tracer.counters()?;
     let summary = log.finish(started.elapsed().as_millis() as u64, counters.loss)?;
-
     if summary.complete {
         tracing::info!(events = summary.events, "trace complete: no events lost");
     } else {
