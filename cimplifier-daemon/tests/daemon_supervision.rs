@@ -47,6 +47,11 @@ async fn health_changes(socket: &Path) -> tokio::sync::mpsc::UnboundedReceiver<S
     rx
 }
 
+/// Sends `sig` to the daemon.
+fn signal(d: &Daemon, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.child.id() as i32), sig).unwrap();
+}
+
 async fn next_status(
     rx: &mut tokio::sync::mpsc::UnboundedReceiver<ServingStatus>,
 ) -> ServingStatus {
@@ -67,11 +72,7 @@ async fn a_killed_ring_reader_or_dispatcher_is_restarted_and_its_loss_counted() 
 
     let mut health = health_changes(&d.socket).await;
     assert_eq!(next_status(&mut health).await, ServingStatus::Serving);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.child.id() as i32),
-        nix::sys::signal::Signal::SIGUSR2,
-    )
-    .unwrap();
+    signal(&d, nix::sys::signal::Signal::SIGUSR2);
     assert_eq!(
         next_status(&mut health).await,
         ServingStatus::NotServing,
@@ -83,11 +84,7 @@ async fn a_killed_ring_reader_or_dispatcher_is_restarted_and_its_loss_counted() 
         "the reader was restarted"
     );
     // The dispatcher too (SIGUSR1): it panics routing an event.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.child.id() as i32),
-        nix::sys::signal::Signal::SIGUSR1,
-    )
-    .unwrap();
+    signal(&d, nix::sys::signal::Signal::SIGUSR1);
     assert_eq!(
         next_status(&mut health).await,
         ServingStatus::NotServing,
@@ -129,11 +126,7 @@ async fn a_killed_ring_reader_or_dispatcher_is_restarted_and_its_loss_counted() 
     // calls' grace its connection is closed; `stop_daemon` fails the test
     // if the daemon has not exited in a minute).
     let mut d = d;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(d.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    signal(&d, nix::sys::signal::Signal::SIGTERM);
     assert_eq!(
         next_status(&mut health).await,
         ServingStatus::NotServing,
