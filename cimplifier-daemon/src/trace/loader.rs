@@ -245,7 +245,7 @@ struct PerfHook {
 /// half the time, so that other tracers (another of ours, bpftrace, a
 /// security agent) attach meanwhile as fast as ever. A process about to
 /// exit hurries them ([`Closing::hurry`]): [`CLOSERS`] threads overlap the
-/// first waits and take ~11 s, holding the mutex throughout
+/// first waits and take ~11 s, holding the mutex nearly throughout
 /// (docs/benchmarks.md). A watch that begins meanwhile stops them and
 /// attaches again only the hooks already closed. Until then the hooks left
 /// run for nobody (no cgroup is watched).
